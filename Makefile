@@ -1,0 +1,41 @@
+# coop-infra: the commands the README names. Each one does its own set-up first.
+#   make test    install what the tests need, then run the whole suite
+#   make demo    install what the main job needs, then run it on the local site
+#   make dev     the Dagster UI on http://127.0.0.1:$(DEV_PORT)
+#   make bench   the benchmarks (figures in the README)
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+# One Dagster instance for the repo: dagster.yaml here, its storage in .dagster/ (gitignored).
+export DAGSTER_HOME := $(CURDIR)
+export UV_PYTHON_DOWNLOADS := never
+# The site `make demo` and `make dev` work on; the co-op's own is topology.yaml.
+TOPOLOGY ?= topology.local.yaml
+DEV_PORT ?= 3000
+UV = $(shell command -v uv 2>/dev/null || echo python3 -m uv)
+RUN = $(UV) run --locked --no-sync
+
+.PHONY: help setup test lint demo dev bench
+
+help:
+	@sed -n 's/^#   //p' Makefile
+
+setup:
+	@scripts/setup
+
+lint: setup
+	$(RUN) ruff check .
+	$(RUN) ruff format --check .
+
+test: setup lint
+	$(RUN) pytest
+
+demo: setup
+	@INFRA_TOPOLOGY=$(TOPOLOGY) $(RUN) infra demo
+
+dev: setup
+	@echo "Dagster UI: http://127.0.0.1:$(DEV_PORT)  (topology: $(TOPOLOGY); Ctrl-C stops it)"
+	INFRA_TOPOLOGY=$(TOPOLOGY) $(RUN) dagster dev -w workspace.yaml -h 127.0.0.1 -p $(DEV_PORT)
+
+bench: setup
+	$(RUN) python -m benchmarks

@@ -1,0 +1,118 @@
+"""`infra`: the command line of coop-infra.
+
+    infra check [FILE] [--json]    validate a topology, print a one-line summary
+    infra ips [FILE] [--json]      print the address plan: host, role, address, DNS name
+    infra demo                     run the main job on the local site (`make demo`)
+
+A bad topology prints every problem (file:line: key.path: what is wrong) and exits with 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from infra_assets.model import AddressPlan, Topology, TopologyError, address_plan, load_topology
+
+EXIT_BAD_INPUT = 2
+
+FILE_ARG = click.argument("file", default="topology.yaml", type=click.Path(path_type=Path))
+JSON_OPT = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """coop-infra: the co-op's infrastructure as files in git, run by Dagster."""
+
+
+def _load(file: Path, as_json: bool) -> Topology:
+    try:
+        return load_topology(file)
+    except TopologyError as err:
+        if as_json:
+            click.echo(json.dumps(err.as_json(), indent=2))
+        else:
+            click.echo(err.render(), err=True)
+        sys.exit(EXIT_BAD_INPUT)
+
+
+@cli.command()
+@FILE_ARG
+@JSON_OPT
+def check(file: Path, as_json: bool) -> None:
+    """Validate FILE (default: topology.yaml) and print a one-line summary."""
+    topo = _load(file, as_json)
+    plan = address_plan(topo)
+    summary = {
+        "file": str(file),
+        "ok": True,
+        "locations": len(topo.locations),
+        "types": len(topo.types),
+        "hosts": len(topo.hosts),
+        "addresses": len(plan.addresses),
+        "apps": len(topo.apps),
+    }
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    click.echo(
+        f"{file}: ok: {_n(len(topo.locations), 'location')}, {_n(len(topo.hosts), 'host')}"
+        f" with {_n(len(plan.addresses), 'address', 'addresses')}, {_n(len(topo.apps), 'app')}"
+    )
+
+
+@cli.command()
+@FILE_ARG
+@JSON_OPT
+def ips(file: Path, as_json: bool) -> None:
+    """Print the address plan of FILE (default: topology.yaml)."""
+    plan = address_plan(_load(file, as_json))
+    if as_json:
+        click.echo(json.dumps(plan.as_json(), indent=2))
+        return
+    click.echo(_table(plan))
+
+
+@cli.command()
+@click.option(
+    "--topology",
+    "topology_file",
+    type=click.Path(path_type=Path),
+    envvar="INFRA_TOPOLOGY",
+    default="topology.local.yaml",
+    show_default=True,
+    help="The site to run on ($INFRA_TOPOLOGY).",
+)
+def demo(topology_file: Path) -> None:
+    """Run the main job on the local site and say where to look (`make demo`)."""
+    from infra_assets.demo import run_demo
+
+    sys.exit(run_demo(topology_file))
+
+
+def _table(plan: AddressPlan) -> str:
+    rows = [("HOST", "ROLE", "ADDRESS", "DNS NAME")]
+    rows += [
+        (a.host, a.role + ("" if a.primary else " (service)"), a.address, a.dns_name)
+        for a in plan.addresses
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    return "\n".join(
+        "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:3])) + "  " + row[3]
+        for row in rows
+    )
+
+
+def _n(count: int, one: str, many: str | None = None) -> str:
+    return f"{count} {one if count == 1 else (many or one + 's')}"
+
+
+def main() -> None:
+    cli(prog_name="infra")
+
+
+if __name__ == "__main__":
+    main()

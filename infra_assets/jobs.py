@@ -1,0 +1,21 @@
+"""Jobs: what CI and people run, `dagster job execute -m infra_assets.definitions -j <job>`."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+# Validate the topology and derive the address plan: what a pull request to topology.yaml runs.
+topology_job = dg.define_asset_job(
+    "topology",
+    selection=dg.AssetSelection.groups("topology"),
+    description="Validate topology.yaml and derive the address plan.",
+)
+
+# The whole pipeline, on the site that the topology names (`make demo`: the local site).
+main_job = dg.define_asset_job(
+    "main",
+    selection=dg.AssetSelection.all(),
+    description="Everything: the topology, then every part of the site it describes.",
+)
+
+JOBS = [topology_job, main_job]

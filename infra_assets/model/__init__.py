@@ -1,0 +1,34 @@
+"""The topology model: plain Python (pydantic), importable and testable without Dagster.
+
+from infra_assets.model import load_topology, address_plan
+topo = load_topology("topology.yaml")          # raises TopologyError listing every problem
+plan = address_plan(topo)                      # every address and DNS name
+"""
+
+from infra_assets.model.addresses import Address, AddressPlan, address_plan
+from infra_assets.model.errors import Problem, TopologyError
+from infra_assets.model.load import load_topology, parse_topology
+from infra_assets.model.topology import (
+    ENVIRONMENTS,
+    UNTYPED_ROLES,
+    App,
+    Host,
+    Location,
+    Topology,
+)
+
+__all__ = [
+    "ENVIRONMENTS",
+    "UNTYPED_ROLES",
+    "Address",
+    "AddressPlan",
+    "App",
+    "Host",
+    "Location",
+    "Problem",
+    "Topology",
+    "TopologyError",
+    "address_plan",
+    "load_topology",
+    "parse_topology",
+]

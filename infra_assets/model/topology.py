@@ -1,0 +1,131 @@
+"""The shape of `topology.yaml` (DESIGN.md, "The topology file", is the contract).
+
+Structure is checked here, one entry at a time; what ties entries together (references, unique
+numbers and addresses) is checked in `load.py`, so that every problem is reported at once.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+# A DNS label: host, location, type, app and role names all end up in DNS names, salt minion ids
+# and container names.
+NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+NAME_RE = re.compile(NAME_PATTERN)
+_LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+DOMAIN_RE = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*$")
+
+# Roles that run a service but take no address of their own (DESIGN.md: `dns` gets no address).
+UNTYPED_ROLES: frozenset[str] = frozenset({"dns"})
+
+# The environments an app is released to, in promotion order.
+ENVIRONMENTS: tuple[str, ...] = ("staging", "production")
+
+Octet = Annotated[int, Field(ge=1, le=254)]
+
+
+class _Strict(BaseModel):
+    # strict: `instance: "1"` or `instance: true` is a mistake, not a number.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class Location(_Strict):
+    number: Octet = Field(description="The second octet of every address in the location.")
+    cloud: str = Field(
+        min_length=1, description="An entry of clouds.yaml, or `local` for this machine."
+    )
+
+    @property
+    def is_local(self) -> bool:
+        return self.cloud == "local"
+
+
+class Host(_Strict):
+    location: str = Field(min_length=1)
+    instance: Octet = Field(description="The last octet of each of the host's addresses.")
+    roles: list[str] = Field(min_length=1, description="The first role with a type is primary.")
+    flavor: str | None = Field(default=None, description="The cloud's instance flavor.")
+
+    @field_validator("roles")
+    @classmethod
+    def _roles_unique(cls, roles: list[str]) -> list[str]:
+        seen = [r for i, r in enumerate(roles) if r in roles[:i]]
+        if seen:
+            raise ValueError(f"role {seen[0]!r} is listed twice")
+        return roles
+
+
+# git check-ref-format, in short: what a branch name may not contain or start or end with.
+_BAD_BRANCH = re.compile(r"(\.\.|[\x00-\x20\x7f~^:?*\[\\]|@\{|//)")
+
+
+class App(_Strict):
+    repo: str = Field(min_length=1, description="A git URL, or a local path for the local site.")
+    branch: str = Field(default="main", min_length=1)
+    port: int = Field(ge=1, le=65535, description="The port the app listens on in its container.")
+    health: str = Field(default="/health", description="The path that answers 200 when healthy.")
+    domains: dict[str, str] = Field(default_factory=dict, description="Environment -> domain.")
+
+    @field_validator("branch")
+    @classmethod
+    def _branch_is_a_ref(cls, branch: str) -> str:
+        if (
+            _BAD_BRANCH.search(branch)
+            or branch.startswith(("-", "/", "."))
+            or branch.endswith(("/", ".", ".lock"))
+            or branch == "@"
+        ):
+            raise ValueError(
+                f"{branch!r} is not a valid git branch name (see `git check-ref-format --branch`)"
+            )
+        return branch
+
+    @field_validator("health")
+    @classmethod
+    def _health_is_a_path(cls, health: str) -> str:
+        if not health.startswith("/") or re.search(r"\s", health) or "#" in health:
+            raise ValueError(f"{health!r} is not a URL path: it must start with '/', no spaces")
+        return health
+
+    @field_validator("domains")
+    @classmethod
+    def _domains(cls, domains: dict[str, str]) -> dict[str, str]:
+        for env, domain in domains.items():
+            if env not in ENVIRONMENTS:
+                raise ValueError(f"unknown environment {env!r}: use {' or '.join(ENVIRONMENTS)}")
+            if not DOMAIN_RE.match(domain):
+                raise ValueError(f"{domain!r} is not a domain name (for {env})")
+        return domains
+
+
+class Topology(_Strict):
+    """A validated topology. Build it with `load_topology` or `parse_topology`."""
+
+    domain: str = Field(
+        default="coop.internal", description="The private DNS domain: <host>.<location>.<domain>."
+    )
+    locations: dict[str, Location]
+    types: dict[str, Octet]
+    hosts: dict[str, Host]
+    apps: dict[str, App] = Field(default_factory=dict)
+
+    def roles(self) -> set[str]:
+        """Every role a host may have: the typed roles and the untyped ones."""
+        return set(self.types) | UNTYPED_ROLES
+
+    def hosts_with_role(self, role: str) -> dict[str, Host]:
+        return {name: host for name, host in self.hosts.items() if role in host.roles}
+
+    def typed_roles(self, host: Host) -> list[str]:
+        """The host's roles that take an address, primary first."""
+        return [r for r in host.roles if r in self.types]
+
+    def location_of(self, host_name: str) -> Location:
+        return self.locations[self.hosts[host_name].location]
+
+    def salt_master(self) -> str:
+        """The name of the host that runs the salt master (validated to be exactly one)."""
+        return next(iter(self.hosts_with_role("salt-master")))

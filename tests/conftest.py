@@ -1,0 +1,63 @@
+"""Shared fixtures. Every service a test needs is started for real, on 127.0.0.1, and stopped
+by pid; only what cannot run here (an OpenStack cloud, a Jenkins server) is a fake in fakes/."""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from infra_assets.paths import REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def coop_topology_data(repo_root: Path) -> dict:
+    """The co-op's topology.yaml as plain data, to copy and break in tests."""
+    return yaml.safe_load((repo_root / "topology.yaml").read_text())
+
+
+@pytest.fixture
+def write_topology(tmp_path: Path, coop_topology_data: dict) -> Callable[..., Path]:
+    """Write a topology file: YAML text as given, or the co-op's data after `edit(data)`."""
+
+    def write(text: str | None = None, edit: Callable[[dict], None] | None = None) -> Path:
+        path = tmp_path / "topology.yaml"
+        if text is None:
+            data = copy.deepcopy(coop_topology_data)
+            if edit:
+                edit(data)
+            text = yaml.safe_dump(data, sort_keys=False)
+        path.write_text(text)
+        return path
+
+    return write
+
+
+@pytest.fixture
+def dagster_home(
+    tmp_path: Path, repo_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Path]:
+    """A Dagster instance of the test's own, configured by the repo's dagster.yaml.
+
+    dagster.yaml names its storage relative to the working folder, so the test runs in `home`.
+    """
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(repo_root / "dagster.yaml", home / "dagster.yaml")
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    monkeypatch.chdir(home)
+    yield home
+
+
+def env_with(**extra: str) -> dict[str, str]:
+    return {**os.environ, **extra}

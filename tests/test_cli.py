@@ -1,0 +1,92 @@
+"""The `infra` command, run as a person runs it: the installed console script, in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+INFRA = shutil.which("infra", path=str(Path(sys.executable).parent))
+
+
+def infra(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    assert INFRA, "the console script `infra` is installed with the project (uv sync)"
+    return subprocess.run([INFRA, *args], capture_output=True, text=True, cwd=cwd, timeout=60)
+
+
+def test_check_defaults_to_topology_yaml_in_the_current_folder(repo_root):
+    out = infra("check", cwd=repo_root)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "topology.yaml: ok: 1 location, 6 hosts with 10 addresses, 1 app"
+
+
+def test_check_json(repo_root):
+    out = infra("check", "--json", str(repo_root / "topology.local.yaml"))
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["ok"] is True and data["hosts"] == 3 and data["apps"] == 1
+
+
+def test_ips_prints_host_role_address_and_dns_name(repo_root):
+    out = infra("ips", cwd=repo_root)
+    assert out.returncode == 0, out.stderr
+    rows = [line.split() for line in out.stdout.splitlines()]
+    assert rows[0] == ["HOST", "ROLE", "ADDRESS", "DNS", "NAME"]
+    assert [
+        "web-staging-1",
+        "web-staging",
+        "10.100.5.1",
+        "web-staging-1.nz-por-1.coop.internal",
+    ] in rows
+    assert [
+        "support-1",
+        "npm-cache",
+        "(service)",
+        "10.100.10.1",
+        "npm-cache-1.nz-por-1.coop.internal",
+    ] in rows
+
+
+def test_ips_json(repo_root):
+    out = infra("ips", "--json", str(repo_root / "topology.yaml"))
+    data = json.loads(out.stdout)
+    support = [a for a in data["addresses"] if a["host"] == "support-1"]
+    assert [a["address"] for a in support] == [
+        "10.100.1.1",
+        "10.100.3.1",
+        "10.100.9.1",
+        "10.100.10.1",
+    ]
+    assert support[0]["primary"] and support[0]["dns_name"] == "support-1.nz-por-1.coop.internal"
+
+
+@pytest.mark.parametrize("command", ["check", "ips"])
+def test_bad_input_exits_2_with_every_problem_and_no_traceback(write_topology, command):
+    path = write_topology(
+        edit=lambda d: d["hosts"]["web-staging-1"].update(instance=999, location="x")
+    )
+    out = infra(command, str(path))
+    assert out.returncode == 2
+    assert out.stdout == ""
+    assert "Traceback" not in out.stderr
+    assert f"{path}: 2 problems in the topology" in out.stderr
+    assert "hosts.web-staging-1.instance: 999 is out of range: must be 1..254" in out.stderr
+    assert "hosts.web-staging-1.location: unknown location 'x'" in out.stderr
+
+
+def test_bad_input_json(write_topology):
+    path = write_topology("locations: [\n")
+    out = infra("check", "--json", str(path))
+    assert out.returncode == 2
+    data = json.loads(out.stdout)
+    assert data["ok"] is False and data["problems"][0]["message"].startswith("YAML syntax error")
+
+
+def test_a_missing_file_is_a_clear_error(tmp_path):
+    out = infra("check", cwd=tmp_path)
+    assert out.returncode == 2
+    assert out.stderr.strip().endswith("topology.yaml: no such file: pass the topology file's path")

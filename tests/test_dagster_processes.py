@@ -1,0 +1,130 @@
+"""Dagster itself, as CI and a person run it: `dagster job execute` in a subprocess, and the real
+webserver on loopback answering GraphQL."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from infra_assets.local_site.processes import Supervisor, free_port
+
+BIN = Path(sys.executable).parent
+
+
+def dagster_job_execute(job: str, *, topology: Path, home: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(BIN / "dagster"), "job", "execute", "-m", "infra_assets.definitions", "-j", job],
+        capture_output=True,
+        text=True,
+        cwd=home,
+        env={**os.environ, "DAGSTER_HOME": str(home), "INFRA_TOPOLOGY": str(topology)},
+        timeout=180,
+    )
+
+
+def test_dagster_job_execute_succeeds_on_the_shipped_topology(dagster_home, repo_root):
+    out = dagster_job_execute("topology", topology=repo_root / "topology.yaml", home=dagster_home)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    log = out.stdout + out.stderr
+    assert 'RUN_SUCCESS - Finished execution of run for "topology"' in log
+    assert "Materialized value ip_plan" in log
+    assert "Asset check 'ip_plan_has_no_collisions' on 'ip_plan' passed" in log
+    # dagster.yaml keeps the history in the instance's own .dagster/
+    assert (dagster_home / ".dagster" / "storage" / "history" / "runs.db").exists()
+
+
+def test_dagster_job_execute_fails_with_the_clear_error(dagster_home, write_topology):
+    path = write_topology(edit=lambda d: d["hosts"]["web-staging-1"].update(location="nz-akl-9"))
+    out = dagster_job_execute("topology", topology=path, home=dagster_home)
+    assert out.returncode != 0
+    log = out.stdout + out.stderr
+    assert "hosts.web-staging-1.location: unknown location 'nz-akl-9'" in log
+    assert "Materialized value" not in log
+
+
+@pytest.fixture
+def webserver(dagster_home, repo_root, tmp_path):
+    port = free_port()
+    sup = Supervisor(tmp_path / "run")
+
+    def loaded() -> bool:
+        """The webserver answers and has loaded the code location (not only started)."""
+        try:
+            data = graphql(f"http://127.0.0.1:{port}", LOCATIONS)
+        except OSError:
+            return False
+        entries = data["data"]["workspaceOrError"]["locationEntries"]
+        return bool(entries) and all(e["loadStatus"] == "LOADED" for e in entries)
+
+    sup.start(
+        "dagster-webserver",
+        [
+            BIN / "dagster-webserver",
+            "-w",
+            repo_root / "workspace.yaml",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
+        log=tmp_path / "webserver.log",
+        cwd=dagster_home,
+        env={"DAGSTER_HOME": str(dagster_home)},
+        ready=loaded,
+        ready_timeout_s=120,
+    )
+    yield f"http://127.0.0.1:{port}"
+    sup.stop("dagster-webserver", timeout_s=20)
+
+
+LOCATIONS = """
+{ workspaceOrError { ... on Workspace { locationEntries {
+    name loadStatus locationOrLoadError { __typename ... on PythonError { message } } } } } }
+"""
+
+
+def graphql(url: str, query: str) -> dict:
+    request = urllib.request.Request(
+        f"{url}/graphql",
+        data=json.dumps({"query": query}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def test_the_webserver_shows_the_asset_graph(webserver):
+    data = graphql(
+        webserver,
+        "{ assetNodes { assetKey { path } dependencyKeys { path } groupName kinds } }",
+    )
+    assert "errors" not in data, data
+    nodes = {"/".join(n["assetKey"]["path"]): n for n in data["data"]["assetNodes"]}
+    assert {"topology", "ip_plan"} <= set(nodes)
+    assert {"path": ["topology"]} in nodes["ip_plan"]["dependencyKeys"]
+    assert nodes["topology"]["groupName"] == "topology"
+    assert "yaml" in nodes["topology"]["kinds"]
+
+
+def test_the_code_location_loads_without_error(webserver):
+    entries = graphql(webserver, LOCATIONS)["data"]["workspaceOrError"]["locationEntries"]
+    assert [(e["name"], e["locationOrLoadError"]["__typename"]) for e in entries] == [
+        ("coop-infra", "RepositoryLocation")
+    ]
+
+
+def test_the_webserver_lists_the_jobs(webserver):
+    data = graphql(
+        webserver,
+        "{ repositoriesOrError { ... on RepositoryConnection { nodes { jobs { name } } } } }",
+    )
+    names = {
+        j["name"] for repo in data["data"]["repositoriesOrError"]["nodes"] for j in repo["jobs"]
+    }
+    assert {"topology", "main"} <= names

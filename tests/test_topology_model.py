@@ -1,0 +1,280 @@
+"""The topology model and its address plan: plain Python, no Dagster."""
+
+from __future__ import annotations
+
+import pytest
+
+from infra_assets.model import TopologyError, address_plan, load_topology
+
+
+def problems_of(path) -> list[str]:
+    with pytest.raises(TopologyError) as err:
+        load_topology(path)
+    return [p.render(str(path)) for p in err.value.problems]
+
+
+# --- the address plan -------------------------------------------------------------------------
+
+
+def test_the_coop_address_plan_matches_its_table(repo_root):
+    plan = address_plan(load_topology(repo_root / "topology.yaml"))
+    by_role = {(a.host, a.role): a.address for a in plan.addresses}
+    assert by_role[("web-staging-1", "web-staging")] == "10.100.5.1"
+    assert plan.primary("support-1").address == "10.100.1.1"
+    assert {a.address for a in plan.for_host("support-1")} == {
+        "10.100.1.1",
+        "10.100.3.1",
+        "10.100.9.1",
+        "10.100.10.1",
+    }
+    # The table of types, one host of each, instance 1 in nz-por-1 (100).
+    assert by_role[("support-2", "salt-minion")] == "10.100.2.1"
+    assert by_role[("support-2", "jenkins-agent")] == "10.100.4.1"
+    assert by_role[("web-production-1", "web-production")] == "10.100.6.1"
+    assert by_role[("pg-staging-1", "postgres-staging")] == "10.100.7.1"
+    assert by_role[("pg-production-1", "postgres-production")] == "10.100.8.1"
+    assert plan.collisions() == {}
+
+
+def test_dns_has_no_address_and_every_host_has_a_primary(repo_root):
+    topo = load_topology(repo_root / "topology.yaml")
+    plan = address_plan(topo)
+    assert not [a for a in plan.addresses if a.role == "dns"]
+    assert sorted(a.host for a in plan.addresses if a.primary) == sorted(topo.hosts)
+
+
+def test_dnsmasq_hosts_file_names_hosts_and_services(repo_root):
+    plan = address_plan(load_topology(repo_root / "topology.yaml"))
+    lines = {
+        line.split("\t")[0]: line.split("\t")[1].split()
+        for line in plan.dnsmasq_hosts().splitlines()
+        if not line.startswith("#")
+    }
+    assert lines["10.100.1.1"][0] == "support-1.nz-por-1.coop.internal"
+    assert "docker-registry.nz-por-1.coop.internal" in lines["10.100.9.1"]
+    assert "npm-cache-1.nz-por-1.coop.internal" in lines["10.100.10.1"]
+    # a host named like its role-instance is listed once, not twice
+    assert lines["10.100.5.1"].count("web-staging-1.nz-por-1.coop.internal") == 1
+
+
+def test_two_hosts_of_one_role_share_the_role_name_round_robin(write_topology):
+    def edit(d):
+        d["hosts"]["web-staging-2"] = {
+            "location": "nz-por-1",
+            "instance": 2,
+            "roles": ["web-staging"],
+        }
+
+    plan = address_plan(load_topology(write_topology(edit=edit)))
+    text = plan.dnsmasq_hosts()
+    assert (
+        "10.100.5.2\tweb-staging-2.nz-por-1.coop.internal web-staging.nz-por-1.coop.internal"
+        in text
+    )
+    assert text.count(" web-staging.nz-por-1.coop.internal") == 2
+
+
+def test_the_local_site_topology_is_valid(repo_root):
+    topo = load_topology(repo_root / "topology.local.yaml")
+    assert all(loc.is_local for loc in topo.locations.values())
+    assert topo.salt_master() == "support-1"
+    assert "hello" in topo.apps
+
+
+# --- every bad input: the file, the line, the key path and what is wrong -----------------------
+
+GOOD = """\
+locations:
+  nz-por-1: {number: 100, cloud: catalyst}
+types:
+  salt-master: 1
+  web-staging: 5
+hosts:
+  support-1: {location: nz-por-1, instance: 1, roles: [salt-master, dns]}
+  web-staging-1: {location: nz-por-1, instance: 1, roles: [web-staging]}
+apps:
+  hello: {repo: /srv/git/hello.git, branch: main, port: 8000, health: /health}
+"""
+
+
+def test_the_minimal_file_is_valid(write_topology):
+    topo = load_topology(write_topology(GOOD))
+    assert list(topo.hosts) == ["support-1", "web-staging-1"]
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        # a YAML syntax error, with its line
+        ("  salt-master: 1\n", "  salt-master: [1\n", ":5: YAML syntax error"),
+        # an unknown key, with a suggestion
+        (
+            "instance: 1, roles: [web",
+            "instanse: 1, roles: [web",
+            ":8: hosts.web-staging-1.instanse: unknown key 'instanse' (did you mean 'instance'?)",
+        ),
+        ("locations:", "colour: red\nlocations:", ":1: colour: unknown key 'colour'"),
+        # a wrong type
+        (
+            "web-staging-1: {location: nz-por-1, instance: 1,",
+            "web-staging-1: {location: nz-por-1, instance: one,",
+            ":8: hosts.web-staging-1.instance: must be a whole number, not 'one' (a string)",
+        ),
+        (
+            "roles: [web-staging]",
+            "roles: web-staging",
+            ":8: hosts.web-staging-1.roles: must be a list, not 'web-staging' (a string)",
+        ),
+        ("web-staging: 5", "web-staging: five", ":5: types.web-staging: must be a whole number"),
+        # numbers out of range
+        (
+            "number: 100",
+            "number: 0",
+            ":2: locations.nz-por-1.number: 0 is out of range: must be 1..254",
+        ),
+        ("number: 100", "number: 255", ":2: locations.nz-por-1.number: 255 is out of range"),
+        ("web-staging: 5", "web-staging: 300", ":5: types.web-staging: 300 is out of range"),
+        (
+            "web-staging-1: {location: nz-por-1, instance: 1,",
+            "web-staging-1: {location: nz-por-1, instance: 255,",
+            ":8: hosts.web-staging-1.instance: 255 is out of range: must be 1..254",
+        ),
+        # two locations, or two types, with one number
+        (
+            "  nz-por-1: {number: 100, cloud: catalyst}\n",
+            "  nz-por-1: {number: 100, cloud: catalyst}\n  nz-akl-1: {number: 100, cloud: catalyst}\n",
+            ":3: locations.nz-akl-1.number: number 100 is taken by location 'nz-por-1'",
+        ),
+        (
+            "  web-staging: 5\n",
+            "  web-staging: 5\n  web-production: 5\n",
+            ":6: types.web-production: number 5 is taken by type 'web-staging'",
+        ),
+        # two hosts with one address
+        (
+            "apps:",
+            "  web-staging-2: {location: nz-por-1, instance: 1, roles: [web-staging]}\napps:",
+            ":9: hosts.web-staging-2.instance: address 10.100.5.1 (web-staging) is already"
+            " web-staging-1's",
+        ),
+        # references to an unknown location or role
+        (
+            "web-staging-1: {location: nz-por-1",
+            "web-staging-1: {location: nz-por-2",
+            ":8: hosts.web-staging-1.location: unknown location 'nz-por-2' (did you mean 'nz-por-1'?)",
+        ),
+        (
+            "roles: [web-staging]",
+            "roles: [web-stagin]",
+            ":8: hosts.web-staging-1.roles[0]: unknown role 'web-stagin' (did you mean 'web-staging'?)",
+        ),
+        # an app with a bad port, branch or health path
+        (
+            "port: 8000",
+            "port: 70000",
+            ":10: apps.hello.port: 70000 is out of range: must be 1..65535",
+        ),
+        ("port: 8000", "port: 0", ":10: apps.hello.port: 0 is out of range"),
+        ("port: 8000", "port: '8000'", ":10: apps.hello.port: must be a whole number"),
+        (
+            "branch: main",
+            "branch: 'a b'",
+            ":10: apps.hello.branch: 'a b' is not a valid git branch",
+        ),
+        (
+            "branch: main",
+            "branch: feature..x",
+            ":10: apps.hello.branch: 'feature..x' is not a valid",
+        ),
+        ("branch: main", "branch: x.lock", ":10: apps.hello.branch: 'x.lock' is not a valid"),
+        ("health: /health", "health: health", ":10: apps.hello.health: 'health' is not a URL path"),
+        (
+            "health: /health",
+            "health: /he alth",
+            ":10: apps.hello.health: '/he alth' is not a URL path",
+        ),
+        # a missing required field
+        ("repo: /srv/git/hello.git, ", "", ":10: apps.hello.repo: missing required key 'repo'"),
+        (
+            "web-staging-1: {location: nz-por-1, ",
+            "web-staging-1: {",
+            ":8: hosts.web-staging-1.location: missing required key 'location'",
+        ),
+        ("types:\n  salt-master: 1\n  web-staging: 5\n", "", "types: missing required key 'types'"),
+        # names that cannot be DNS labels or minion ids
+        ("  web-staging-1:", "  Web_1:", ":8: hosts.Web_1: 'Web_1' is not a valid name"),
+        # a second salt master, none at all
+        (
+            "roles: [web-staging]",
+            "roles: [salt-master]",
+            ":8: hosts.web-staging-1.roles: a second salt master",
+        ),
+        (
+            "roles: [salt-master, dns]",
+            "roles: [dns]",
+            ":7: hosts.support-1.roles: no role with an address type",
+        ),
+        # a key given twice, which YAML alone would silently drop
+        (
+            "apps:",
+            "  web-staging-1: {location: nz-por-1, instance: 2, roles: [web-staging]}\napps:",
+            ":9: hosts.web-staging-1: duplicate key: already given on line 8",
+        ),
+    ],
+)
+def test_bad_input_is_reported_with_file_line_and_key(write_topology, old, new, expected):
+    assert old in GOOD, old
+    path = write_topology(GOOD.replace(old, new, 1))
+    problems = problems_of(path)
+    assert any(p.startswith(str(path)) and expected in p for p in problems), problems
+
+
+def test_an_empty_file_is_an_error(write_topology):
+    for text in ("", "\n\n", "# only a comment\n", "~\n"):
+        path = write_topology(text)
+        assert problems_of(path) == [
+            f"{path}: the file is empty: it needs the keys locations,"
+            " types, hosts (and apps); see docs/DESIGN.md"
+        ]
+
+
+def test_a_file_that_is_not_a_mapping_is_an_error(write_topology):
+    path = write_topology("- just\n- a list\n")
+    assert "the file must be a mapping" in problems_of(path)[0]
+
+
+def test_a_missing_file_is_an_error(tmp_path):
+    assert problems_of(tmp_path / "nope.yaml") == [
+        f"{tmp_path / 'nope.yaml'}: no such file: pass the topology file's path"
+    ]
+
+
+def test_every_problem_in_the_file_is_reported_at_once(write_topology):
+    text = (
+        GOOD.replace("number: 100", "number: 300")
+        .replace(
+            "web-staging-1: {location: nz-por-1, instance: 1,",
+            "web-staging-1: {location: nowhere, instance: x,",
+        )
+        .replace("port: 8000", "port: -1")
+        .replace("health: /health", "health: nope")
+    )
+    problems = problems_of(write_topology(text))
+    wanted = [
+        "locations.nz-por-1.number",
+        "hosts.web-staging-1.location",
+        "hosts.web-staging-1.instance",
+        "apps.hello.port",
+        "apps.hello.health",
+    ]
+    for key in wanted:
+        assert any(f": {key}: " in p for p in problems), (key, problems)
+    assert len(problems) == len(wanted), problems
+
+
+def test_problems_come_in_file_order(write_topology):
+    text = GOOD.replace("port: 8000", "port: 0").replace("number: 100", "number: 0")
+    with pytest.raises(TopologyError) as err:
+        load_topology(write_topology(text))
+    lines = [p.line for p in err.value.problems]
+    assert lines == sorted(lines) and lines[0] == 2
