@@ -3,6 +3,7 @@
     infra check [FILE] [--json]    validate a topology, print a one-line summary
     infra ips [FILE] [--json]      print the address plan: host, role, address, DNS name
     infra demo                     run the main job on the local site (`make demo`)
+    infra local up|down|status     the local site's services on this machine
 
 A bad topology prints every problem (file:line: key.path: what is wrong) and exits with 2.
 """
@@ -108,6 +109,11 @@ def _table(plan: AddressPlan) -> str:
 
 def _n(count: int, one: str, many: str | None = None) -> str:
     return f"{count} {one if count == 1 else (many or one + 's')}"
+
+
+from infra_assets.local_site.cli import local  # noqa: E402
+
+cli.add_command(local)
 
 
 def main() -> None:

@@ -1,0 +1,67 @@
+"""`infra local up|down|status`: the local site's services on this machine."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from infra_assets.model import TopologyError
+
+TOPOLOGY_OPT = click.option(
+    "--topology",
+    "topology_file",
+    type=click.Path(path_type=Path),
+    envvar="INFRA_TOPOLOGY",
+    default="topology.local.yaml",
+    show_default=True,
+    help="The local site's topology ($INFRA_TOPOLOGY).",
+)
+
+
+def _site(topology_file: Path):
+    from infra_assets.local_site.site import LocalSite
+
+    return LocalSite(topology_file)
+
+
+@click.group()
+def local() -> None:
+    """The local site: services on this machine, on 127.0.0.1."""
+
+
+@local.command()
+@TOPOLOGY_OPT
+def up(topology_file: Path) -> None:
+    """Start the local site's services (safe to run twice)."""
+    site = _site(topology_file)
+    try:
+        status = site.up()
+    except TopologyError as err:
+        click.echo(err.render(), err=True)
+        sys.exit(2)
+    names = [k for k in status if k not in ("topology", "state_dir")]
+    click.echo(f"local site up ({', '.join(names) or 'no services yet'}); state in {site.root}")
+
+
+@local.command()
+@TOPOLOGY_OPT
+def down(topology_file: Path) -> None:
+    """Stop what `infra local up` started, and only that (safe to run twice)."""
+    stopped = _site(topology_file).down()
+    click.echo(f"local site down ({', '.join(stopped) or 'nothing was running'})")
+
+
+@local.command()
+@TOPOLOGY_OPT
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+def status(topology_file: Path, as_json: bool) -> None:
+    """Where each service of the local site is, and whether it runs."""
+    data = _site(topology_file).status()
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    for key, value in data.items():
+        click.echo(f"{key}: {json.dumps(value) if isinstance(value, dict | list) else value}")

@@ -1,0 +1,12 @@
+"""The local site's services, in the order they start (and the reverse order they stop).
+
+Each issue that adds a service to the local site adds it here.
+"""
+
+from __future__ import annotations
+
+from infra_assets.local_site.site import LocalService
+
+
+def services() -> list[LocalService]:
+    return []
