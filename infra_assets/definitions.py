@@ -1,5 +1,12 @@
-"""The Dagster code location: assembles assets, checks, jobs and resources. Nothing is defined
-here, and nothing is read or started at import."""
+"""The Dagster code location: assembles assets, checks, jobs, sensors and resources.
+
+Nothing is defined here, and importing this module reads nothing: the definitions are built
+when Dagster loads the code location (`@dg.definitions`), from the topology it works on
+($INFRA_TOPOLOGY, else topology.yaml). Parts of the graph that exist once per location, role or
+app (`network/<location>`, `release/staging/<app>`) are built from that topology by their
+module's `definitions(topo)`. A broken topology still loads the `topology` asset and jobs, whose
+run then fails with the file's problems listed; the other parts appear once it is fixed.
+"""
 
 import warnings
 
@@ -7,19 +14,42 @@ import dagster as dg
 
 from infra_assets import topology
 from infra_assets.jobs import JOBS
+from infra_assets.model import Topology, TopologyError, load_topology
+from infra_assets.paths import default_topology
 from resources.topology import TopologyResource
 
 # Data versions on outputs (`topology` hashes its file) are beta in Dagster 1.13; we rely on them.
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
 
-defs = dg.Definitions(
-    assets=dg.load_assets_from_modules([topology]),
-    asset_checks=dg.load_asset_checks_from_modules([topology]),
-    jobs=JOBS,
-    # Steps run one after another in the run's process: a step in a subprocess of its own costs
-    # 2-3 s of imports, and most of ours wait on a tool (salt, terraform) rather than compute.
-    executor=dg.in_process_executor,
-    resources={
+# Modules with a `definitions(topo: Topology) -> dg.Definitions` for their part of the graph.
+TOPOLOGY_PARTS: list = []
+
+
+def resources() -> dict[str, dg.ConfigurableResource]:
+    return {
         "topology_file": TopologyResource(),
-    },
-)
+    }
+
+
+def build_definitions(topo: Topology | None) -> dg.Definitions:
+    """The whole code location for `topo` (None: the topology is broken; its asset says why)."""
+    base = dg.Definitions(
+        assets=dg.load_assets_from_modules([topology]),
+        asset_checks=dg.load_asset_checks_from_modules([topology]),
+        jobs=JOBS,
+        resources=resources(),
+        # Steps run one after another in the run's process: a step in a subprocess of its own
+        # costs 2-3 s of imports, and most of ours wait on a tool (salt, terraform), not the CPU.
+        executor=dg.in_process_executor,
+    )
+    parts = [part.definitions(topo) for part in TOPOLOGY_PARTS] if topo is not None else []
+    return dg.Definitions.merge(base, *parts)
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    try:
+        topo = load_topology(default_topology())
+    except TopologyError:
+        topo = None
+    return build_definitions(topo)

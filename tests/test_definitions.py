@@ -18,7 +18,7 @@ from infra_assets.topology import check_plan
 def defs() -> dg.Definitions:
     from infra_assets.definitions import defs
 
-    return defs
+    return defs()
 
 
 AUDIT_IMPORT = """
@@ -63,6 +63,15 @@ def test_every_asset_has_kinds_and_a_description(defs):
         node = graph.get(key)
         assert node.kinds, f"{key.to_user_string()} has no kinds"
         assert node.description, f"{key.to_user_string()} has no description"
+
+
+def test_a_broken_topology_still_loads_the_code_location(write_topology, monkeypatch):
+    from infra_assets.definitions import defs
+
+    monkeypatch.setenv("INFRA_TOPOLOGY", str(write_topology("hosts: [\n")))
+    loaded = defs()
+    assert loaded.resolve_job_def("topology")
+    assert dg.AssetKey("topology") in loaded.resolve_asset_graph().get_all_asset_keys()
 
 
 def test_jobs_for_ci(defs):
