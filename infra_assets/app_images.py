@@ -29,6 +29,7 @@ import dagster as dg
 from infra_assets.jobs import topology_job
 from infra_assets.model import App, Topology
 from infra_assets.paths import state_dir
+from resources.cli_runner import CliError
 from resources.git import GitError, GitResource, resolve_repo
 from resources.jenkins import JenkinsError, JenkinsResource
 from resources.podman import PodmanError, PodmanResource
@@ -177,7 +178,7 @@ def materialize(
             )
         tags, branch_note = _follow_branch(res, registry, app_name, app, repo, sha, manifest)
         outcome.notes.append(branch_note)
-    except (GitError, PodmanError, JenkinsError, RegistryError) as err:
+    except (GitError, PodmanError, JenkinsError, RegistryError, CliError) as err:
         raise dg.Failure(
             description=f"app_image/{app_name} at {sha[:12]}: {err}",
             metadata={"build_log": dg.MetadataValue.path(str(log.path)), "log_tail": log.tail_md()},
