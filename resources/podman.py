@@ -82,6 +82,11 @@ class PodmanResource(dg.ConfigurableResource):
         default=["python3", "ca-certificates"],
         description="Packages debootstrap adds to the minimal base.",
     )
+    storage_driver: str = Field(
+        default="overlay",
+        description="containers/storage driver: `overlay` (fast, needs a filesystem that is not"
+        " itself overlayfs) or `vfs` (works anywhere, copies every layer).",
+    )
     build_network: str = Field(
         default="none",
         description="podman build --network: `none` (the default) creates no bridge and no"
@@ -102,9 +107,10 @@ class PodmanResource(dg.ConfigurableResource):
             (root / sub).mkdir(parents=True, exist_ok=True)
         files = {
             "containers.conf": _containers_conf(root),
-            "storage.conf": _storage_conf(root),
+            "storage.conf": _storage_conf(root, self.storage_driver),
             "registries.conf": 'unqualified-search-registries = []\nshort-name-mode = "disabled"\n',
         }
+        files["no-auth.json"] = '{"auths": {}}\n'
         for name, text in files.items():
             path = root / name
             if not path.exists() or path.read_text() != text:
@@ -129,9 +135,6 @@ class PodmanResource(dg.ConfigurableResource):
     ):
         """`podman ARGS` with the project's config (the CLI runner: each line to `log`)."""
         env = self.env()
-        auth = Path(env["REGISTRY_AUTH_FILE"])
-        if not auth.exists():
-            auth.write_text('{"auths": {}}\n')
         try:
             result = run_cli(
                 ["podman", *args],
@@ -374,11 +377,11 @@ network_config_dir = "{root}/networks"
 """
 
 
-def _storage_conf(root: Path) -> str:
+def _storage_conf(root: Path, driver: str) -> str:
     return f"""\
 # Written by coop-infra (resources/podman.py).
 [storage]
-driver = "overlay"
+driver = "{driver}"
 graphroot = "{root}/storage"
 runroot = "{root}/run"
 """
