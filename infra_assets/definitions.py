@@ -12,22 +12,32 @@ import warnings
 
 import dagster as dg
 
-from infra_assets import topology
+from infra_assets import app_images, topology
 from infra_assets.jobs import JOBS
 from infra_assets.model import Topology, TopologyError, load_topology
 from infra_assets.paths import default_topology
+from resources.git import GitResource
+from resources.jenkins import JenkinsResource
+from resources.podman import PodmanResource
+from resources.registry import RegistryResource
 from resources.topology import TopologyResource
 
 # Data versions on outputs (`topology` hashes its file) are beta in Dagster 1.13; we rely on them.
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
 
 # Modules with a `definitions(topo: Topology) -> dg.Definitions` for their part of the graph.
-TOPOLOGY_PARTS: list = []
+TOPOLOGY_PARTS: list = [app_images]
 
 
 def resources() -> dict[str, dg.ConfigurableResource]:
     return {
         "topology_file": TopologyResource(),
+        # App delivery (app_images.py): the local site's registry and podman unless configured
+        # from the environment (INFRA_REGISTRY_*, INFRA_JENKINS_*; see README).
+        "git": GitResource(),
+        "podman": PodmanResource(),
+        "registry": RegistryResource.from_env(),
+        "jenkins": JenkinsResource.from_env(),
     }
 
 

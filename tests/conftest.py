@@ -61,3 +61,7 @@ def dagster_home(
 
 def env_with(**extra: str) -> dict[str, str]:
     return {**os.environ, **extra}
+
+
+# App delivery (issue 4): git repos, podman, the registry (tests/fixtures_delivery.py).
+pytest_plugins = ["fixtures_delivery"]

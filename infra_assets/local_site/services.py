@@ -9,4 +9,6 @@ from infra_assets.local_site.site import LocalService
 
 
 def services() -> list[LocalService]:
-    return []
+    from infra_assets.local_site.registry import RegistryService
+
+    return [RegistryService()]

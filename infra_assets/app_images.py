@@ -1,0 +1,383 @@
+"""App images: `app_image/<app>`, one per app, partitioned by commit (a dynamic partition per sha).
+
+A materialisation builds the app's Dockerfile at that commit and pushes the image to the registry,
+tagged with the sha; when the commit is still the head of the app's branch, the branch tag (`main`)
+is moved to it too (that tag is what `registry_image_sensor` watches for staging releases).
+
+Two builders, one per kind of site:
+- `local` (a topology whose locations are all `cloud: local`): podman on this machine, with the
+  project's own containers config, FROM the base image the project makes (resources/podman.py);
+- `jenkins` (the co-op's cloud sites): the `app-image` Jenkins job (jenkins/Jenkinsfile) on the
+  jenkins agents, triggered and followed through resources/jenkins.py.
+Either way the digest is then read back from the registry and must match what the build pushed;
+the metadata is the same: digest, size, build time, the build log.
+
+Idempotent: a commit whose image is already in the registry (its sha tag, with that commit as its
+revision label) is not built again; the materialisation says so.
+
+Also here: the per-app build jobs (`build_<app>`) and the two delivery sensors (`sensors/`).
+"""
+
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+
+from infra_assets.jobs import topology_job
+from infra_assets.model import App, Topology
+from infra_assets.paths import state_dir
+from resources.cli_runner import CliError
+from resources.git import GitError, GitResource, resolve_repo
+from resources.jenkins import JenkinsError, JenkinsResource
+from resources.podman import PodmanError, PodmanResource
+from resources.registry import Manifest, RegistryError, RegistryResource
+from resources.topology import TopologyResource
+from sensors.git_push import AppTarget, build_git_push_sensor
+from sensors.registry_images import REVISION_LABEL, build_registry_image_sensor
+
+GROUP = "app_images"
+SHA_RE = re.compile(r"^[0-9a-f]{40}$")
+DIGEST_LINE = re.compile(r"PUSHED_DIGEST=(sha256:[0-9a-f]{64})")
+LOG_TAIL_LINES = 40
+
+
+def _ident(app: str) -> str:
+    """App names are DNS labels (a-z, 0-9, -); Dagster names take a-z, 0-9, _."""
+    return app.replace("-", "_")
+
+
+def asset_key(app: str) -> dg.AssetKey:
+    return dg.AssetKey(["app_image", app])
+
+
+def partitions_def_name(app: str) -> str:
+    return f"commits_{_ident(app)}"
+
+
+def build_job_name(app: str) -> str:
+    return f"build_{_ident(app)}"
+
+
+def builder_for(topo: Topology) -> str:
+    """`local` when every location of the topology is this machine, else `jenkins`."""
+    return "local" if all(loc.is_local for loc in topo.locations.values()) else "jenkins"
+
+
+@dataclass(frozen=True)
+class AppImage:
+    """What `app_image/<app>` hands downstream (the releases): an image by digest."""
+
+    app: str
+    sha: str
+    repository: str
+    digest: str
+    image: str  # registry-host/app@sha256:...
+    tags: tuple[str, ...]
+    size: int
+
+
+class BuildLog:
+    """Each line of a build: to the Dagster log as it comes, and to a file kept with the build."""
+
+    def __init__(self, path: Path, context: dg.AssetExecutionContext):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._file = path.open("w", encoding="utf-8")
+        self._log = context.log
+        self.lines: list[str] = []
+
+    def __call__(self, line: str) -> None:
+        self.lines.append(line)
+        self._file.write(line + "\n")
+        self._file.flush()
+        self._log.info(line)
+
+    def close(self) -> None:
+        self._file.close()
+
+    def tail_md(self, lines: int = LOG_TAIL_LINES) -> dg.MetadataValue:
+        text = "\n".join(self.lines[-lines:]) or "(no output)"
+        return dg.MetadataValue.md(f"```\n{text}\n```")
+
+
+@dataclass
+class BuildOutcome:
+    digest: str | None  # None: nothing was built (already in the registry)
+    took_s: float
+    notes: list[str]
+    extra: dict
+
+
+def app_image_asset(app_name: str, builder: str) -> dg.AssetsDefinition:
+    partitions = dg.DynamicPartitionsDefinition(name=partitions_def_name(app_name))
+    needs = {"git", "registry", "topology_file", "podman" if builder == "local" else "jenkins"}
+
+    @dg.asset(
+        key=asset_key(app_name),
+        partitions_def=partitions,
+        ins={"topology": dg.AssetIn("topology")},
+        group_name=GROUP,
+        kinds={"podman" if builder == "local" else "jenkins", "docker"},
+        required_resource_keys=needs,
+        tags={"coop/app": app_name},
+        description=f"The image of app {app_name!r} at one commit (partition = the sha), built"
+        f" by the {builder} builder and pushed to the registry as {app_name}:<sha>; the branch"
+        " tag follows the branch head.",
+    )
+    def _asset(context: dg.AssetExecutionContext, topology: Topology) -> dg.Output:
+        return materialize(context, topology, app_name, builder)
+
+    return _asset
+
+
+def materialize(
+    context: dg.AssetExecutionContext, topology: Topology, app_name: str, builder: str
+) -> dg.Output:
+    sha = context.partition_key
+    if not SHA_RE.match(sha):
+        raise dg.Failure(
+            f"partition {sha!r} of app_image/{app_name} is not a commit sha (40 hex digits):"
+            " partitions are added by git_push_sensor, one per commit",
+            allow_retries=False,
+        )
+    app = topology.apps.get(app_name)
+    if app is None:
+        raise dg.Failure(
+            f"app {app_name!r} is no longer in the topology ({', '.join(topology.apps) or 'none'}"
+            " left): nothing to build",
+            allow_retries=False,
+        )
+    res = context.resources
+    registry: RegistryResource = res.registry
+    topology_file: TopologyResource = res.topology_file
+    repo = resolve_repo(app.repo, topology_file.file().parent)
+    try:
+        endpoint = registry.endpoint()
+    except RegistryError as err:
+        raise dg.Failure(f"no registry to push to: {err}", allow_retries=False) from None
+    log = BuildLog(state_dir() / "builds" / app_name / f"{sha}.log", context)
+    try:
+        existing = _already_built(registry, app_name, sha)
+        if existing is not None:
+            log(f"{endpoint.image(app_name, sha)} is already in the registry ({existing.digest})")
+            outcome = BuildOutcome(None, 0.0, ["already in the registry: not built again"], {})
+        elif builder == "local":
+            outcome = _build_local(res.git, res.podman, endpoint, app_name, app, repo, sha, log)
+        else:
+            outcome = _build_jenkins(res.jenkins, endpoint, app_name, app, repo, sha, log)
+        manifest = registry.manifest(repository=app_name, reference=sha)
+        if manifest is None:
+            raise dg.Failure(f"{endpoint.image(app_name, sha)} is not in the registry after push")
+        if outcome.digest is not None and manifest.digest != outcome.digest:
+            raise dg.Failure(
+                f"the build pushed {outcome.digest}, but the registry serves"
+                f" {endpoint.image(app_name, sha)} as {manifest.digest}"
+            )
+        tags, branch_note = _follow_branch(res, registry, app_name, app, repo, sha, manifest)
+        outcome.notes.append(branch_note)
+    except (GitError, PodmanError, JenkinsError, RegistryError, CliError) as err:
+        raise dg.Failure(
+            description=f"app_image/{app_name} at {sha[:12]}: {err}",
+            metadata={"build_log": dg.MetadataValue.path(str(log.path)), "log_tail": log.tail_md()},
+        ) from None
+    finally:
+        log.close()
+
+    image = AppImage(
+        app=app_name,
+        sha=sha,
+        repository=f"{endpoint.host}/{app_name}",
+        digest=manifest.digest,
+        image=endpoint.image(app_name, manifest.digest),
+        tags=tuple(tags),
+        size=manifest.size,
+    )
+    metadata = {
+        "digest": manifest.digest,
+        "image": image.image,
+        "tags": ", ".join(f"{app_name}:{t}" for t in tags),
+        "sha": sha,
+        "branch": app.branch,
+        "repo": repo,
+        "size_bytes": dg.MetadataValue.int(manifest.size),
+        "size": _human(manifest.size),
+        "media_type": manifest.media_type,
+        "builder": builder,
+        "built": outcome.digest is not None,
+        "build_time_s": dg.MetadataValue.float(round(outcome.took_s, 2)),
+        "what_happened": dg.MetadataValue.md("\n".join(f"- {n}" for n in outcome.notes)),
+        "build_log": dg.MetadataValue.path(str(log.path)),
+        "build_log_tail": log.tail_md(),
+        **outcome.extra,
+    }
+    return dg.Output(image, metadata=metadata, data_version=dg.DataVersion(manifest.digest))
+
+
+def _already_built(registry: RegistryResource, app_name: str, sha: str) -> Manifest | None:
+    manifest = registry.manifest(repository=app_name, reference=sha)
+    if manifest is None or manifest.is_index:
+        return None
+    labels = registry.labels(repository=app_name, manifest=manifest)
+    return manifest if labels.get(REVISION_LABEL) == sha else None
+
+
+def _build_local(
+    git: GitResource,
+    podman: PodmanResource,
+    endpoint,
+    app_name: str,
+    app: App,
+    repo: str,
+    sha: str,
+    log: BuildLog,
+) -> BuildOutcome:
+    started = time.monotonic()
+    notes = []
+    base = podman.ensure_base_image(log=log)
+    notes.append(
+        f"base image {base.ref} made ({base.took_s:.0f} s)" if base.built
+        else f"base image {base.ref} found in the storage"
+    )  # fmt: skip
+    workdir = state_dir() / "builds" / app_name / sha
+    log(f"== checkout {repo} {sha}")
+    checkout = git.checkout(repo=repo, sha=sha, dest=workdir, branch=app.branch, log=log)
+    tag = endpoint.image(app_name, sha)
+    try:
+        log(f"== podman build {tag}")
+        built = podman.build(
+            context=checkout.path,
+            tag=tag,
+            build_args={"GIT_SHA": sha},
+            labels={
+                REVISION_LABEL: sha,
+                "org.opencontainers.image.source": repo,
+                "org.coop-infra.app": app_name,
+            },
+            log=log,
+        )
+        log(f"== podman push {tag}")
+        pushed = podman.push(image=tag, destination=tag, registry=endpoint, log=log)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    notes.append(f"built in {built.took_s:.1f} s, pushed in {pushed.took_s:.1f} s")
+    return BuildOutcome(
+        pushed.digest,
+        time.monotonic() - started,
+        notes,
+        {"image_id": built.image_id, "base_image_id": base.image_id},
+    )
+
+
+def _build_jenkins(
+    jenkins: JenkinsResource,
+    endpoint,
+    app_name: str,
+    app: App,
+    repo: str,
+    sha: str,
+    log: BuildLog,
+) -> BuildOutcome:
+    started = time.monotonic()
+    parameters = {
+        "APP": app_name,
+        "REPO": repo,
+        "SHA": sha,
+        "BRANCH": app.branch,
+        "IMAGE": endpoint.image(app_name),
+    }
+    build = jenkins.build(parameters=parameters, log=log)
+    extra = {
+        "jenkins_build": dg.MetadataValue.url(build.url),
+        "jenkins_console": dg.MetadataValue.url(build.console_url),
+        "jenkins_result": build.result,
+    }
+    if not build.ok:
+        raise dg.Failure(
+            description=f"Jenkins {build.job} #{build.number} ended {build.result}:"
+            f" {build.console_url}",
+            metadata={**extra, "console_tail": dg.MetadataValue.md(
+                "```\n" + "\n".join(build.tail()) + "\n```"
+            )},
+        )  # fmt: skip
+    found = DIGEST_LINE.findall(build.console) or DIGEST_LINE.findall(
+        (build.description or "").replace("digest=", "PUSHED_DIGEST=")
+    )
+    if not found:
+        raise dg.Failure(
+            description=f"Jenkins {build.job} #{build.number} succeeded but printed no"
+            f" PUSHED_DIGEST=sha256:... line (is the job running jenkins/Jenkinsfile?):"
+            f" {build.console_url}",
+            metadata=extra,
+        )
+    return BuildOutcome(
+        found[-1],
+        time.monotonic() - started,
+        [f"Jenkins {build.job} #{build.number}: {build.result} in {build.duration_s:.1f} s"],
+        extra,
+    )
+
+
+def _follow_branch(res, registry, app_name, app, repo, sha, manifest) -> tuple[list[str], str]:
+    """Move the branch tag to this image if the commit is still the branch's head."""
+    branch = app.branch
+    git: GitResource = res.git
+    try:
+        head = git.head(repo=repo, branch=branch)
+    except GitError as err:
+        return [sha], f"branch tag {branch!r} left alone: cannot read the branch ({err})"
+    if head != sha:
+        return [sha], f"branch tag {branch!r} left alone: {branch} has moved on to {head[:12]}"
+    current = registry.digest(repository=app_name, reference=branch)
+    if current == manifest.digest:
+        return [sha, branch], f"branch tag {branch!r} already on this image"
+    registry.tag(repository=app_name, manifest=manifest, tag=branch)
+    return [sha, branch], f"branch tag {branch!r} moved to this image (was {current or 'absent'})"
+
+
+def _human(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.1f} {unit}" if unit != "B" else f"{size} B"
+        value /= 1024
+    return f"{size} B"
+
+
+def definitions(topo: Topology) -> dg.Definitions:
+    """`app_image/<app>` for each app of `topo`, its build job, and the delivery sensors."""
+    if not topo.apps:
+        return dg.Definitions()
+    builder = builder_for(topo)
+    assets = [app_image_asset(name, builder) for name in topo.apps]
+    jobs = [
+        dg.define_asset_job(
+            build_job_name(name),
+            selection=dg.AssetSelection.assets("topology", asset_key(name)),
+            description=f"Build app {name!r} at one commit (the partition) and push its image;"
+            " launched by git_push_sensor.",
+            tags={"coop/app": name},
+        )
+        for name in topo.apps
+    ]
+    targets = {
+        name: AppTarget(build_job_name(name), partitions_def_name(name)) for name in topo.apps
+    }
+    # The local site is polled often (the demo's loop); a real git server less so.
+    interval = 5 if builder == "local" else 30
+    sensors = [
+        build_git_push_sensor(
+            apps=topo.apps, targets=targets, jobs=jobs, minimum_interval_seconds=interval
+        ),
+        # Until the staging releases exist (issue 4, part 2) a new image asks for a run of the
+        # `topology` job, tagged with the app and the digest.
+        build_registry_image_sensor(
+            apps=topo.apps,
+            job_for_app={name: topology_job.name for name in topo.apps},
+            jobs=[topology_job],
+            minimum_interval_seconds=interval,
+        ),
+    ]
+    return dg.Definitions(assets=assets, jobs=jobs, sensors=sensors)

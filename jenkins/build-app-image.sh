@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Build one app at one commit with podman and push it, tagged with the commit's sha: the work of
+# the `app-image` Jenkins job (jenkins/Jenkinsfile), runnable on any machine with git and podman.
+#
+# Environment (the job's parameters and its registry credential):
+#   APP, REPO, SHA, BRANCH, IMAGE       the app, its git repo, the commit, its branch, and
+#                                       registry-host/repository (no tag)
+#   REGISTRY_USER, REGISTRY_PASSWORD    the registry's credentials (never printed)
+#   BASE_IMAGE                          optional: the image apps build FROM
+#   REGISTRY_TLS_VERIFY                 optional: false for a plain-HTTP registry (default true)
+#   BUILD_NETWORK                       optional: podman build --network (default: podman's own)
+# Writes the pushed digest to image-digest.txt and prints `PUSHED_DIGEST=sha256:...`.
+set -euo pipefail
+
+for var in APP REPO SHA BRANCH IMAGE REGISTRY_USER REGISTRY_PASSWORD; do
+  if [ -z "${!var:-}" ]; then
+    echo "build-app-image: $var is not set (a parameter of the app-image job)" >&2
+    exit 2
+  fi
+done
+if ! [[ "$SHA" =~ ^[0-9a-f]{40}$ ]]; then
+  echo "build-app-image: SHA must be a full commit sha (40 hex digits), not '$SHA'" >&2
+  exit 2
+fi
+tls="${REGISTRY_TLS_VERIFY:-true}"
+registry="${IMAGE%%/*}"
+top="$PWD"
+work="$top/build-$APP"
+rm -rf "$work" "$top/image-digest.txt"
+mkdir -p "$work/src"
+
+echo "== checkout $REPO $SHA"
+git -C "$work/src" init -q
+if ! git -C "$work/src" fetch -q --depth 1 --no-tags -- "$REPO" "$SHA"; then
+  # Some servers serve a commit only through a branch: fetch the branch, then find the commit.
+  git -C "$work/src" fetch -q --no-tags -- "$REPO" "refs/heads/$BRANCH"
+fi
+git -C "$work/src" -c advice.detachedHead=false checkout -q "$SHA"
+rm -rf "$work/src/.git"
+
+echo "== build $IMAGE:$SHA"
+build_args=(--build-arg "GIT_SHA=$SHA")
+if [ -n "${BASE_IMAGE:-}" ]; then build_args+=(--build-arg "BASE_IMAGE=$BASE_IMAGE"); fi
+network=()
+if [ -n "${BUILD_NETWORK:-}" ]; then network=(--network "$BUILD_NETWORK"); fi
+podman build --pull=never --layers --force-rm "${network[@]}" "${build_args[@]}" \
+  --label "org.opencontainers.image.revision=$SHA" \
+  --label "org.opencontainers.image.source=$REPO" \
+  --label "org.coop-infra.app=$APP" \
+  -t "$IMAGE:$SHA" "$work/src"
+
+echo "== push $IMAGE:$SHA"
+umask 077
+auth="$work/auth.json"
+printf '%s' "$REGISTRY_PASSWORD" | podman login --authfile "$auth" --tls-verify="$tls" \
+  --username "$REGISTRY_USER" --password-stdin "$registry"
+podman push --authfile "$auth" --tls-verify="$tls" --digestfile "$work/digest" \
+  "$IMAGE:$SHA" "docker://$IMAGE:$SHA"
+rm -f "$auth"
+digest="$(cat "$work/digest")"
+printf '%s\n' "$digest" > "$top/image-digest.txt"
+echo "PUSHED_DIGEST=$digest"

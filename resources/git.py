@@ -1,0 +1,169 @@
+"""GitResource: the apps' git repositories, read with the system's git (`ls-remote`, fetch).
+
+Local paths and URLs alike: a topology names an app's repo by URL (`https://...`, `ssh://...`,
+`git@host:path`) or, on the local site, by a path relative to the topology file. Every call goes
+through the project's CLI runner; git never prompts (no terminal, no askpass), and ssh runs in
+batch mode with a connect timeout, so an unreachable repo fails fast instead of hanging a sensor.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+from pydantic import Field
+
+from resources.cli_runner import CliError, run_cli
+
+SHA_RE = re.compile(r"^[0-9a-f]{40}$")
+# scheme://..., or scp-like user@host:path (git's own rule: a colon before any slash).
+_URL_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://|^[^/:]+@[^/:]+:")
+
+# Git must never wait for a person: no prompts, ssh in batch mode, and no system/global config
+# that a developer's machine might carry (insteadOf rewrites, credential helpers).
+GIT_ENV = {
+    "GIT_TERMINAL_PROMPT": "0",
+    "GIT_ASKPASS": "/bin/false",
+    "SSH_ASKPASS": "/bin/false",
+    "GIT_SSH_COMMAND": "ssh -o BatchMode=yes -o ConnectTimeout=10",
+    "GIT_CONFIG_NOSYSTEM": "1",
+    "LC_ALL": "C",
+}
+
+
+class GitError(RuntimeError):
+    """A repo could not be read: unreachable, not a repo, no such branch or commit."""
+
+
+def resolve_repo(repo: str, base_dir: Path) -> str:
+    """A repo as the topology names it, ready for git: URLs unchanged, a relative local path
+    made absolute against `base_dir` (the topology file's folder)."""
+    if _URL_RE.match(repo):
+        return repo
+    path = Path(repo).expanduser()
+    return str(path if path.is_absolute() else (base_dir / path).absolute())
+
+
+@dataclass(frozen=True)
+class Head:
+    """What `ls-remote` says about one branch: its sha, or why it could not be read."""
+
+    repo: str
+    branch: str
+    sha: str | None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.sha is not None
+
+
+@dataclass(frozen=True)
+class Checkout:
+    path: Path
+    sha: str
+
+
+def _quiet(_line: str) -> None:
+    """ls-remote prints one line per branch; a sensor polling 200 repos logs only its summary."""
+
+
+class GitResource(dg.ConfigurableResource):
+    """The system's git, for app repositories (local paths and URLs)."""
+
+    timeout_s: float = Field(
+        default=20.0, description="How long one git command may take before it is stopped."
+    )
+    max_workers: int = Field(default=16, ge=1, description="How many repos `heads` reads at once.")
+
+    def head(self, *, repo: str, branch: str) -> str:
+        """The sha at the tip of `branch` in `repo`. Raises GitError if it cannot be read."""
+        ref = f"refs/heads/{branch}"
+        try:
+            result = run_cli(
+                ["git", "ls-remote", "--", repo, ref],
+                env=GIT_ENV,
+                log=_quiet,
+                timeout_s=self.timeout_s,
+            )
+        except CliError as err:
+            raise GitError(_git_reason(err)) from None
+        for line in result.lines:
+            sha, _, name = line.partition("\t")
+            if name == ref and SHA_RE.match(sha):
+                return sha
+        raise GitError(f"no branch {branch!r} in {repo}")
+
+    def heads(self, *, targets: Sequence[tuple[str, str]]) -> list[Head]:
+        """`head` of many (repo, branch) pairs at once; each failure is a Head with its error."""
+
+        def one(target: tuple[str, str]) -> Head:
+            repo, branch = target
+            try:
+                return Head(repo, branch, self.head(repo=repo, branch=branch))
+            except GitError as err:
+                return Head(repo, branch, None, str(err))
+
+        if not targets:
+            return []
+        workers = min(self.max_workers, len(targets))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="git-ls-remote") as pool:
+            return list(pool.map(one, targets))
+
+    def checkout(
+        self,
+        *,
+        repo: str,
+        sha: str,
+        dest: Path,
+        branch: str | None = None,
+        log: Callable[[str], object] | None = None,
+    ) -> Checkout:
+        """The tree of commit `sha` of `repo` in `dest` (emptied first), without history.
+
+        Fetches the one commit (`--depth 1`); a server that refuses to serve a commit by its id
+        (GitHub does, some do not) is asked for `branch` instead, deep enough to hold it.
+        """
+        if not SHA_RE.match(sha):
+            raise GitError(f"{sha!r} is not a full commit sha (40 hex digits)")
+        dest = Path(dest)
+        if dest.exists():
+            shutil.rmtree(dest)
+        dest.mkdir(parents=True)
+
+        def git(*args: str) -> None:
+            run_cli(
+                ["git", "-C", str(dest), *args],
+                env=GIT_ENV,
+                log=log or _quiet,
+                timeout_s=max(self.timeout_s, 300),
+            )
+
+        try:
+            git("init", "-q")
+            try:
+                git("fetch", "-q", "--depth", "1", "--no-tags", "--", repo, sha)
+            except CliError:
+                if not branch:
+                    raise
+                git("fetch", "-q", "--no-tags", "--", repo, f"refs/heads/{branch}")
+            git("-c", "advice.detachedHead=false", "checkout", "-q", sha)
+        except CliError as err:
+            raise GitError(f"cannot check out {sha[:12]} of {repo}: {_git_reason(err)}") from None
+        shutil.rmtree(dest / ".git")  # the build context is the tree, not the repo
+        return Checkout(dest, sha)
+
+
+def _git_reason(err: CliError) -> str:
+    """git's own words (its `fatal:` lines), else the runner's message."""
+    fatal = [line.removeprefix("fatal: ") for line in err.tail if line.startswith("fatal:")]
+    if fatal:
+        return "; ".join(fatal)
+    if err.returncode is None or "timed out" in str(err):
+        return str(err).splitlines()[0]
+    return f"git exited with status {err.returncode}" + (f": {err.tail[-1]}" if err.tail else "")

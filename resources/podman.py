@@ -1,0 +1,387 @@
+"""PodmanResource: podman with the project's own containers config, for building app images.
+
+Podman here runs with configuration files of the project's own (TOOLING.md, "Podman"), named by
+`CONTAINERS_CONF`, `CONTAINERS_STORAGE_CONF` and `CONTAINERS_REGISTRIES_CONF` on every call:
+runc (crun fails on this kind of machine), cgroupfs, rlimits the process may set, and storage,
+run and temporary folders under `root` (the state folder's `podman/`), so nothing is shared with
+another podman user of the machine. Builds run without a network (`--network none`): no bridge,
+no iptables rules, no ip_forward; a build step that needs packages takes them from the build
+context (a wheelhouse), as TOOLING.md advises.
+
+The base image every app starts FROM is made here too (Docker Hub is not reachable): `debootstrap`
+of a minimal Debian with Python, imported with `podman import`, built once and kept in the
+storage; later builds find it there.
+"""
+
+from __future__ import annotations
+
+import base64
+import fcntl
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+from pydantic import Field
+
+from infra_assets.paths import state_dir
+from resources.cli_runner import CliError, run_cli
+from resources.registry import Endpoint
+
+LogSink = Callable[[str], object]
+BASE_LABEL = "org.coop-infra.base"
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+class PodmanError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class BaseImage:
+    ref: str
+    image_id: str
+    built: bool  # False: it was already in the storage
+    took_s: float
+
+
+@dataclass(frozen=True)
+class BuiltImage:
+    tag: str
+    image_id: str
+    took_s: float
+
+
+@dataclass(frozen=True)
+class Pushed:
+    destination: str
+    digest: str
+    took_s: float
+
+
+class PodmanResource(dg.ConfigurableResource):
+    """The podman CLI, configured by files of the project's own under `root`."""
+
+    root: str = Field(
+        default="",
+        description="Podman's configs, storage and run folders. Empty: the state folder's podman/.",
+    )
+    base_image: str = Field(
+        default="localhost/coop-base:bookworm",
+        description="The image apps build FROM (their Dockerfile's BASE_IMAGE build argument).",
+    )
+    debian_suite: str = Field(default="bookworm", description="The base image's Debian release.")
+    debian_mirror: str = Field(default="http://deb.debian.org/debian")
+    base_packages: list[str] = Field(
+        default=["python3", "ca-certificates"],
+        description="Packages debootstrap adds to the minimal base.",
+    )
+    storage_driver: str = Field(
+        default="overlay",
+        description="containers/storage driver: `overlay` (fast, needs a filesystem that is not"
+        " itself overlayfs) or `vfs` (works anywhere, copies every layer).",
+    )
+    build_network: str = Field(
+        default="none",
+        description="podman build --network: `none` (the default) creates no bridge and no"
+        " iptables rules; `host` lets RUN steps use the machine's network.",
+    )
+    timeout_s: float = Field(default=1800.0, description="The longest one podman command may take.")
+
+    # --- configuration ----------------------------------------------------------------------
+
+    def folder(self) -> Path:
+        return Path(self.root).absolute() if self.root else state_dir() / "podman"
+
+    def env(self) -> dict[str, str]:
+        """The environment every podman call gets: the project's config files (written here
+        when missing or changed)."""
+        root = self.folder()
+        for sub in ("storage", "run", "tmp", "networks", "volumes"):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+        files = {
+            "containers.conf": _containers_conf(root),
+            "storage.conf": _storage_conf(root, self.storage_driver),
+            "registries.conf": 'unqualified-search-registries = []\nshort-name-mode = "disabled"\n',
+        }
+        files["no-auth.json"] = '{"auths": {}}\n'
+        for name, text in files.items():
+            path = root / name
+            if not path.exists() or path.read_text() != text:
+                path.write_text(text)
+        return {
+            "CONTAINERS_CONF": str(root / "containers.conf"),
+            "CONTAINERS_STORAGE_CONF": str(root / "storage.conf"),
+            "CONTAINERS_REGISTRIES_CONF": str(root / "registries.conf"),
+            "TMPDIR": str(root / "tmp"),
+            # Never a developer's own registry logins: each push names its auth file.
+            "REGISTRY_AUTH_FILE": str(root / "no-auth.json"),
+        }
+
+    def run(
+        self,
+        args: list[str],
+        *,
+        log: LogSink | None = None,
+        redact: list[str] | None = None,
+        check: bool = True,
+        timeout_s: float | None = None,
+    ):
+        """`podman ARGS` with the project's config (the CLI runner: each line to `log`)."""
+        env = self.env()
+        try:
+            result = run_cli(
+                ["podman", *args],
+                env=env,
+                log=log,
+                redact=redact or [],
+                check=check,
+                timeout_s=timeout_s or self.timeout_s,
+            )
+        except CliError:
+            self._release_storage(env)
+            raise
+        if result.returncode != 0:
+            self._release_storage(env)
+        return result
+
+    @staticmethod
+    def _release_storage(env: Mapping[str, str]) -> None:
+        """A podman command that fails leaves its overlay storage's home bind-mounted (measured:
+        `<root>/storage/overlay` stays a mount point, and the folder cannot be removed). The next
+        podman command that ends well unmounts it; run a cheap one."""
+        try:
+            run_cli(["podman", "images", "-q"], env=env, log=_quiet, check=False, timeout_s=60)
+        except CliError:
+            pass
+
+    # --- images -----------------------------------------------------------------------------
+
+    def image_id(self, ref: str) -> str | None:
+        result = self.run(["image", "inspect", "--format", "{{.Id}}", ref], log=_quiet, check=False)
+        if result.returncode != 0:
+            return None
+        return result.lines[-1].strip() if result.lines else None
+
+    def labels(self, ref: str) -> dict[str, str]:
+        result = self.run(["image", "inspect", "--format", "{{json .Labels}}", ref], log=_quiet)
+        return json.loads(result.lines[-1]) or {}
+
+    def remove_image(self, ref: str) -> None:
+        self.run(["rmi", "--force", "--ignore", ref], log=_quiet, check=False)
+
+    def ensure_base_image(self, *, log: LogSink | None = None) -> BaseImage:
+        """The base image, made once (debootstrap + podman import, about 30-40 s), then found."""
+        started = time.monotonic()
+        existing = self.image_id(self.base_image)
+        if existing:
+            return BaseImage(self.base_image, existing, False, time.monotonic() - started)
+        with self._lock("base"):
+            existing = self.image_id(self.base_image)  # another run made it while we waited
+            if existing:
+                return BaseImage(self.base_image, existing, False, time.monotonic() - started)
+            image_id = self._make_base_image(log)
+        return BaseImage(self.base_image, image_id, True, time.monotonic() - started)
+
+    def _make_base_image(self, log: LogSink | None) -> str:
+        if shutil.which("debootstrap") is None:
+            raise PodmanError(
+                "debootstrap is not installed: `apt-get install debootstrap` (listed in"
+                " scripts/apt-packages.txt; `make setup` installs it)"
+            )
+        work = self.folder() / "base"
+        rootfs = work / "rootfs"
+        tarball = work / "rootfs.tar"
+        if work.exists():
+            shutil.rmtree(work)  # what a failed attempt left
+        work.mkdir(parents=True)
+        try:
+            run_cli(
+                [
+                    "debootstrap",
+                    "--variant=minbase",
+                    f"--include={','.join(self.base_packages)}",
+                    self.debian_suite,
+                    str(rootfs),
+                    self.debian_mirror,
+                ],
+                log=log,
+                timeout_s=self.timeout_s,
+            )
+            # What an image does not need: downloaded packages and package lists (~90 MB).
+            for leftover in ("var/cache/apt/archives", "var/lib/apt/lists"):
+                for entry in (rootfs / leftover).glob("*"):
+                    if entry.is_file():
+                        entry.unlink()
+            run_cli(["tar", "-C", str(rootfs), "-cf", str(tarball), "."], log=log)
+            shutil.rmtree(rootfs)
+            self.run(
+                [
+                    "import",
+                    "--change", f"ENV PATH={DEFAULT_PATH}",
+                    "--change", "ENV LANG=C.UTF-8",
+                    "--change", f"LABEL {BASE_LABEL}={self.debian_suite}",
+                    "--change", 'CMD ["/bin/bash"]',
+                    "--message", f"coop-infra base: debootstrap {self.debian_suite} minbase",
+                    str(tarball),
+                    self.base_image,
+                ],
+                log=log,
+            )  # fmt: skip
+        except CliError as err:
+            raise PodmanError(f"making the base image {self.base_image} failed: {err}") from None
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        image_id = self.image_id(self.base_image)
+        if not image_id:
+            raise PodmanError(f"{self.base_image} is not in the storage after podman import")
+        return image_id
+
+    def build(
+        self,
+        *,
+        context: Path,
+        tag: str,
+        dockerfile: str = "Dockerfile",
+        build_args: Mapping[str, str] | None = None,
+        labels: Mapping[str, str] | None = None,
+        log: LogSink | None = None,
+    ) -> BuiltImage:
+        """`podman build` of `context` into `tag`, FROM the base image (never pulled)."""
+        if not (Path(context) / dockerfile).is_file():
+            raise PodmanError(f"no {dockerfile} at the top of the build context {context}")
+        started = time.monotonic()
+        iidfile = self.folder() / "tmp" / f"iid-{os.getpid()}-{time.monotonic_ns()}"
+        args = [
+            "build",
+            "--pull=never",
+            f"--network={self.build_network}",
+            "--layers",
+            "--force-rm",
+            "--iidfile", str(iidfile),
+            "-f", str(Path(context) / dockerfile),
+            "-t", tag,
+            "--build-arg", f"BASE_IMAGE={self.base_image}",
+        ]  # fmt: skip
+        for key, value in (build_args or {}).items():
+            args += ["--build-arg", f"{key}={value}"]
+        for key, value in (labels or {}).items():
+            args += ["--label", f"{key}={value}"]
+        try:
+            self.run([*args, str(context)], log=log)
+            image_id = iidfile.read_text().strip().removeprefix("sha256:")
+        except CliError as err:
+            raise PodmanError(f"podman build of {tag} failed: {err}") from None
+        finally:
+            iidfile.unlink(missing_ok=True)
+        return BuiltImage(tag, image_id, time.monotonic() - started)
+
+    def push(
+        self,
+        *,
+        image: str,
+        destination: str,
+        registry: Endpoint,
+        manifest_format: str | None = None,
+        log: LogSink | None = None,
+    ) -> Pushed:
+        """`podman push image docker://destination`; returns the digest the registry stored.
+
+        The credentials go in an auth file of the call's own (0600, removed after), never on
+        the command line; the password is redacted from every line logged.
+        """
+        started = time.monotonic()
+        with self._auth_file(registry) as auth, _temp_path(self.folder() / "tmp") as digestfile:
+            args = [
+                "push",
+                "--authfile", str(auth),
+                f"--tls-verify={'true' if registry.tls else 'false'}",
+                "--digestfile", str(digestfile),
+            ]  # fmt: skip
+            if manifest_format:
+                args += ["--format", manifest_format]
+            try:
+                self.run(
+                    [*args, image, f"docker://{destination}"],
+                    log=log,
+                    redact=[registry.password],
+                )
+            except CliError as err:
+                raise PodmanError(f"podman push to {destination} failed: {err}") from None
+            digest = digestfile.read_text().strip()
+        return Pushed(destination, digest, time.monotonic() - started)
+
+    # --- helpers ----------------------------------------------------------------------------
+
+    @contextmanager
+    def _auth_file(self, registry: Endpoint) -> Iterator[Path]:
+        token = base64.b64encode(f"{registry.username}:{registry.password}".encode()).decode()
+        auths = {"auths": {registry.host: {"auth": token}}} if registry.username else {"auths": {}}
+        with _temp_path(self.folder() / "tmp") as path:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as out:
+                json.dump(auths, out)
+            yield path
+
+    @contextmanager
+    def _lock(self, name: str) -> Iterator[None]:
+        path = self.folder() / f"{name}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextmanager
+def _temp_path(folder: Path) -> Iterator[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=folder)
+    os.close(fd)
+    try:
+        yield Path(name)
+    finally:
+        Path(name).unlink(missing_ok=True)
+
+
+def _quiet(_line: str) -> None:
+    pass
+
+
+def _containers_conf(root: Path) -> str:
+    return f"""\
+# Written by coop-infra (resources/podman.py): podman for this project only.
+[containers]
+default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]
+
+[engine]
+runtime = "runc"
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+events_logfile_path = "{root}/events.log"
+tmp_dir = "{root}/tmp/libpod"
+volume_path = "{root}/volumes"
+static_dir = "{root}/storage/libpod"
+
+[network]
+network_backend = "netavark"
+network_config_dir = "{root}/networks"
+"""
+
+
+def _storage_conf(root: Path, driver: str) -> str:
+    return f"""\
+# Written by coop-infra (resources/podman.py).
+[storage]
+driver = "{driver}"
+graphroot = "{root}/storage"
+runroot = "{root}/run"
+"""

@@ -1,0 +1,142 @@
+"""`registry_image_sensor`: a new image on an app's branch tag asks for a staging release.
+
+It watches each app's repository in the registry (named like the app) at the tag of the app's
+branch (`hello:main`), the tag the image build moves to each new head of the branch. The cursor
+is the digest per app and tag, as JSON (`{"hello": {"main": "sha256:..."}}`). Each new digest asks
+for one run with run_key = the digest, its tags naming the app, the digest, the image and the
+commit (the image's `org.opencontainers.image.revision` label). A registry that cannot be reached
+(or refuses the credentials) skips the tick with the reason, and the cursor stays where it was.
+
+The run goes to the job that `job_for_app` names for the app: the staging release job once the
+releases exist (issue 4, part 2); until then the `topology` job, so that the sensor's runs are
+real runs of a real job.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import dagster as dg
+
+from infra_assets.model import App
+from resources.registry import RegistryError, RegistryResource
+
+SENSOR_NAME = "registry_image_sensor"
+REVISION_LABEL = "org.opencontainers.image.revision"
+
+
+@dataclass(frozen=True)
+class NewImage:
+    app: str
+    tag: str
+    digest: str
+    image: str  # host:port/app@sha256:...
+    sha: str | None  # the commit it was built from (its revision label), if it says
+
+
+@dataclass
+class RegistryPoll:
+    new: list[NewImage] = field(default_factory=list)
+    absent: dict[str, str] = field(default_factory=dict)  # app -> tag not in the registry yet
+    cursor: dict[str, dict[str, str]] = field(default_factory=dict)
+
+
+class CursorError(ValueError):
+    pass
+
+
+def read_cursor(text: str | None) -> dict[str, dict[str, str]]:
+    if not text:
+        return {}
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CursorError(f"the cursor is not JSON ({exc}); reset it in the UI") from None
+    if not isinstance(data, dict) or not all(
+        isinstance(tags, dict) and all(isinstance(d, str) for d in tags.values())
+        for tags in data.values()
+    ):
+        raise CursorError('the cursor is not {"<app>": {"<tag>": "<digest>"}}; reset it in the UI')
+    return data
+
+
+def watched_tags(app: App) -> list[str]:
+    return [app.branch]
+
+
+def poll(
+    *, apps: Mapping[str, App], cursor: Mapping[str, Mapping[str, str]], registry: RegistryResource
+) -> RegistryPoll:
+    """Every app's watched tags against the cursor. Raises RegistryError when the registry
+    cannot be asked (then nothing of this poll counts)."""
+    endpoint = registry.endpoint()
+    result = RegistryPoll(cursor={app: dict(tags) for app, tags in cursor.items()})
+    for name, app in apps.items():
+        for tag in watched_tags(app):
+            digest = registry.digest(repository=name, reference=tag)
+            if digest is None:
+                result.absent[name] = f"{name}:{tag} is not in the registry yet"
+                continue
+            if cursor.get(name, {}).get(tag) == digest:
+                continue
+            manifest = registry.manifest(repository=name, reference=digest)
+            sha = None
+            if manifest is not None and not manifest.is_index:
+                sha = registry.labels(repository=name, manifest=manifest).get(REVISION_LABEL)
+            result.new.append(NewImage(name, tag, digest, endpoint.image(name, digest), sha))
+            result.cursor.setdefault(name, {})[tag] = digest
+    return result
+
+
+def build_registry_image_sensor(
+    *,
+    apps: Mapping[str, App],
+    job_for_app: Mapping[str, str],
+    jobs: list,
+    minimum_interval_seconds: int = 30,
+) -> dg.SensorDefinition:
+    """The sensor for these apps; a new image of `app` asks for a run of `job_for_app[app]`."""
+
+    @dg.sensor(
+        name=SENSOR_NAME,
+        jobs=jobs,
+        minimum_interval_seconds=minimum_interval_seconds,
+        default_status=dg.DefaultSensorStatus.STOPPED,
+        description="A new digest at an app's branch tag in the registry -> a staging release"
+        " of that digest (run_key = the digest). Cursor: the digest per app and tag.",
+    )
+    def registry_image_sensor(context: dg.SensorEvaluationContext, registry: RegistryResource):
+        try:
+            cursor = read_cursor(context.cursor)
+        except CursorError as err:
+            return dg.SkipReason(str(err))
+        try:
+            result = poll(apps=apps, cursor=cursor, registry=registry)
+        except RegistryError as err:
+            return dg.SkipReason(f"registry unreachable, cursor unchanged: {err}")
+        if not result.new:
+            why = "no new image"
+            if result.absent:
+                why += "; " + "; ".join(result.absent[a] for a in sorted(result.absent))
+            return dg.SkipReason(why)
+        requests = []
+        for image in result.new:
+            tags = {
+                "coop/app": image.app,
+                "coop/tag": image.tag,
+                "coop/digest": image.digest,
+                "coop/image": image.image,
+            }
+            if image.sha:
+                tags["coop/sha"] = image.sha
+            requests.append(
+                dg.RunRequest(run_key=image.digest, job_name=job_for_app[image.app], tags=tags)
+            )
+            context.log.info(f"new image {image.app}:{image.tag} = {image.digest}")
+        return dg.SensorResult(
+            run_requests=requests, cursor=json.dumps(result.cursor, sort_keys=True)
+        )
+
+    return registry_image_sensor

@@ -1,0 +1,172 @@
+"""Fixtures for app delivery (issue 4): real git repos, the real registry, real podman.
+
+- `app_repos`: bare git repos under tmp_path with a working clone each; `commit()` pushes.
+- `podman` (session): podman with the project's config and its storage in a folder of the
+  session's own (or $INFRA_TEST_PODMAN_ROOT, to keep the base image between sessions);
+  `base_image` (session) makes the base image once per session (about 40 s).
+- `registry_site` (session): the local site's registry service, started for real on 127.0.0.1
+  (htpasswd auth) in a state folder of the session's own, stopped by pid at the end.
+- `delivery_defs(topo, **resources)`: the code location for `topo`, with resources replaced.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import yaml
+
+from infra_assets.local_site.registry import RegistryService
+from infra_assets.local_site.site import LocalSite
+from resources.podman import BaseImage, PodmanResource
+from resources.registry import Endpoint, RegistryResource, local_site_endpoint
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+HELLO = REPO_ROOT / "apps" / "hello"
+GIT_IDENTITY = {
+    "GIT_AUTHOR_NAME": "Dev Eloper",
+    "GIT_AUTHOR_EMAIL": "dev@example.coop",
+    "GIT_COMMITTER_NAME": "Dev Eloper",
+    "GIT_COMMITTER_EMAIL": "dev@example.coop",
+    "GIT_CONFIG_NOSYSTEM": "1",
+}
+
+
+def git(*args: str, cwd: Path | None = None) -> str:
+    out = subprocess.run(
+        ["git", *args],
+        cwd=cwd,
+        env={**os.environ, **GIT_IDENTITY},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, f"git {' '.join(args)}: {out.stderr}"
+    return out.stdout.strip()
+
+
+@dataclass
+class AppRepo:
+    """A bare repo (what the topology names) and a clone to commit and push from."""
+
+    name: str
+    bare: Path
+    work: Path
+    branch: str = "main"
+
+    def commit(self, files: dict[str, str] | None = None, message: str = "change") -> str:
+        for rel, text in (files or {}).items():
+            path = self.work / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+        if not files:
+            stamp = self.work / "CHANGES"
+            stamp.write_text((stamp.read_text() if stamp.exists() else "") + message + "\n")
+        git("add", "-A", cwd=self.work)
+        git("commit", "-q", "-m", message, cwd=self.work)
+        git("push", "-q", "origin", f"HEAD:refs/heads/{self.branch}", cwd=self.work)
+        return git("rev-parse", "HEAD", cwd=self.work)
+
+
+def make_app_repo(root: Path, name: str, *, branch: str = "main", source: Path | None = None):
+    bare = root / "git" / f"{name}.git"
+    work = root / "work" / name
+    bare.parent.mkdir(parents=True, exist_ok=True)
+    git("init", "-q", "--bare", "-b", branch, str(bare))
+    git("clone", "-q", str(bare), str(work))
+    git("checkout", "-q", "-b", branch, cwd=work)
+    if source is not None:
+        shutil.copytree(source, work, dirs_exist_ok=True)
+    return AppRepo(name, bare, work, branch)
+
+
+@pytest.fixture
+def app_repos(tmp_path: Path) -> Callable[..., AppRepo]:
+    def make(name: str, **kw) -> AppRepo:
+        return make_app_repo(tmp_path, name, **kw)
+
+    return make
+
+
+def write_local_topology(
+    path: Path, apps: dict[str, str | dict], *, cloud: str = "local", branch: str = "main"
+) -> Path:
+    """A small topology at `path` whose apps live at the given repos (paths or URLs)."""
+    data = yaml.safe_load((REPO_ROOT / "topology.local.yaml").read_text())
+    data["locations"] = {"local": {"number": 127, "cloud": cloud}}
+    data["apps"] = {}
+    for name, repo in apps.items():
+        entry = {"repo": repo, "branch": branch, "port": 8000, "health": "/health"}
+        if isinstance(repo, dict):
+            entry = {**entry, **repo}
+        data["apps"][name] = entry
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def delivery_defs(topo, **resources) -> dg.Definitions:
+    from infra_assets.definitions import build_definitions
+
+    defs = build_definitions(topo)
+    return dg.Definitions(
+        assets=defs.assets,
+        asset_checks=defs.asset_checks,
+        jobs=defs.jobs,
+        sensors=defs.sensors,
+        schedules=defs.schedules,
+        resources={**(defs.resources or {}), **resources},
+        executor=defs.executor,
+    )
+
+
+# --- podman ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def podman(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PodmanResource]:
+    kept = os.environ.get("INFRA_TEST_PODMAN_ROOT")
+    resource = PodmanResource(root=kept or str(tmp_path_factory.mktemp("podman")))
+    yield resource
+    if not kept:  # free the session's images (a few hundred MB) now, not at a later session
+        resource.run(["rmi", "--all", "--force"], check=False, log=lambda _line: None)
+
+
+@pytest.fixture(scope="session")
+def base_image(podman: PodmanResource) -> BaseImage:
+    """The project's base image, made once per session (debootstrap + podman import)."""
+    return podman.ensure_base_image(log=lambda _line: None)
+
+
+# --- the registry ----------------------------------------------------------------------------
+
+
+@dataclass
+class SessionRegistry:
+    state_dir: Path  # what INFRA_STATE_DIR must be for RegistryResource() to find it
+    site: LocalSite
+    endpoint: Endpoint
+
+    def resource(self, **overrides) -> RegistryResource:
+        e = self.endpoint
+        fields = {"url": e.url, "username": e.username, "password": e.password, **overrides}
+        return RegistryResource(**fields)
+
+
+@pytest.fixture(scope="session")
+def registry_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SessionRegistry]:
+    state = tmp_path_factory.mktemp("registry-state")
+    site = LocalSite(REPO_ROOT / "topology.local.yaml", root=state / "local")
+    service = RegistryService()
+    service.up(site)
+    try:
+        site.root.mkdir(parents=True, exist_ok=True)
+        site.write_status()
+        yield SessionRegistry(state, site, local_site_endpoint(site.root))
+    finally:
+        service.down(site)

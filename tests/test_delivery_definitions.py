@@ -1,0 +1,81 @@
+"""App delivery in the code location: app_image/<app> per app (partitioned by commit), its
+lineage from the topology, its build job, the two sensors, and the builder each site gets."""
+
+from __future__ import annotations
+
+import dagster as dg
+import pytest
+
+from infra_assets.app_images import builder_for
+from infra_assets.definitions import build_definitions
+from infra_assets.model import load_topology
+
+
+@pytest.fixture(scope="module")
+def local_defs(repo_root):
+    return build_definitions(load_topology(repo_root / "topology.local.yaml"))
+
+
+def test_each_app_has_an_image_asset_partitioned_by_commit(local_defs):
+    graph = local_defs.resolve_asset_graph()
+    node = graph.get(dg.AssetKey(["app_image", "hello"]))
+    assert dg.AssetKey("topology") in node.parent_keys
+    assert node.group_name == "app_images"
+    assert set(node.kinds) == {"podman", "docker"}
+    assert isinstance(node.partitions_def, dg.DynamicPartitionsDefinition)
+    assert node.partitions_def.name == "commits_hello"
+
+
+def test_the_build_job_includes_the_topology_and_the_app_image(local_defs):
+    job = local_defs.resolve_job_def("build_hello")
+    keys = {k.to_user_string() for k in job.asset_layer.selected_asset_keys}
+    assert keys == {"topology", "app_image/hello"}
+    assert job.partitions_def.name == "commits_hello"
+
+
+def test_main_stays_unpartitioned_without_the_per_commit_builds(local_defs):
+    job = local_defs.resolve_job_def("main")
+    keys = {k.to_user_string() for k in job.asset_layer.selected_asset_keys}
+    assert "app_image/hello" not in keys and {"topology", "ip_plan"} <= keys
+    assert job.partitions_def is None
+
+
+def test_the_sensors_target_jobs_that_exist(local_defs):
+    git = local_defs.resolve_sensor_def("git_push_sensor")
+    registry = local_defs.resolve_sensor_def("registry_image_sensor")
+    assert {j.name for j in git.jobs} == {"build_hello"}
+    assert {j.name for j in registry.jobs} == {"topology"}
+    assert git.minimum_interval_seconds == 5  # the local site
+    for sensor in (git, registry):
+        assert sensor.default_status == dg.DefaultSensorStatus.STOPPED
+
+
+def test_the_coops_cloud_topology_builds_with_jenkins(repo_root):
+    topo = load_topology(repo_root / "topology.yaml")
+    assert builder_for(topo) == "jenkins"
+    defs = build_definitions(topo)
+    node = defs.resolve_asset_graph().get(dg.AssetKey(["app_image", "hello"]))
+    assert set(node.kinds) == {"jenkins", "docker"}
+    assert defs.resolve_sensor_def("git_push_sensor").minimum_interval_seconds == 30
+
+
+def test_a_topology_without_apps_has_no_delivery_part(write_topology):
+    topo = load_topology(write_topology(edit=lambda d: d.pop("apps")))
+    defs = build_definitions(topo)
+    keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
+    assert keys == {"topology", "ip_plan"}
+    assert defs.resolve_job_def("main")
+
+
+def test_secrets_come_from_the_environment_as_env_vars(monkeypatch, repo_root):
+    monkeypatch.setenv("INFRA_REGISTRY_URL", "https://registry.example.coop")
+    monkeypatch.setenv("INFRA_REGISTRY_PASSWORD", "s3cret")
+    monkeypatch.setenv("INFRA_JENKINS_API_TOKEN", "t0ken")
+    from infra_assets.definitions import resources
+
+    res = resources()
+    assert isinstance(res["registry"].password, dg.EnvVar)
+    assert res["registry"].password.env_var_name == "INFRA_REGISTRY_PASSWORD"
+    assert res["registry"].username == ""  # unset: not taken
+    assert isinstance(res["jenkins"].api_token, dg.EnvVar)
+    assert "s3cret" not in repr(res) and "t0ken" not in repr(res)

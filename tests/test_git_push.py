@@ -1,0 +1,179 @@
+"""Git: GitResource and git_push_sensor against real git repos (bare repos under tmp_path, pushes)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import dagster as dg
+import pytest
+from fixtures_delivery import delivery_defs, write_local_topology
+
+from infra_assets.app_images import build_job_name, partitions_def_name
+from infra_assets.local_site.processes import free_port
+from infra_assets.model import load_topology
+from resources.git import GitError, GitResource, resolve_repo
+from sensors.git_push import SENSOR_NAME
+
+
+def test_head_reads_the_branch_tip_of_a_local_repo(app_repos):
+    repo = app_repos("hello")
+    first = repo.commit(message="one")
+    second = repo.commit(message="two")
+    assert first != second
+    assert GitResource().head(repo=str(repo.bare), branch="main") == second
+
+
+def test_head_says_why_a_repo_cannot_be_read(tmp_path, app_repos):
+    git = GitResource(timeout_s=10)
+    with pytest.raises(GitError, match="does not appear to be a git repository"):
+        git.head(repo=str(tmp_path / "nowhere.git"), branch="main")
+    with pytest.raises(GitError, match="Failed to connect to 127.0.0.1"):
+        git.head(repo=f"http://127.0.0.1:{free_port()}/hello.git", branch="main")
+    repo = app_repos("hello")
+    repo.commit()
+    with pytest.raises(GitError, match="no branch 'release' in"):
+        git.head(repo=str(repo.bare), branch="release")
+
+
+def test_checkout_gives_the_tree_of_one_commit_without_history(tmp_path, app_repos):
+    repo = app_repos("hello")
+    old = repo.commit({"app.py": "print('v1')\n"}, "v1")
+    repo.commit({"app.py": "print('v2')\n"}, "v2")
+    out = GitResource().checkout(repo=str(repo.bare), sha=old, dest=tmp_path / "build")
+    assert (out.path / "app.py").read_text() == "print('v1')\n"
+    assert not (out.path / ".git").exists()
+    with pytest.raises(GitError, match="not a full commit sha"):
+        GitResource().checkout(repo=str(repo.bare), sha="abc", dest=tmp_path / "b2")
+    with pytest.raises(GitError, match="cannot check out 0000000000"):
+        GitResource().checkout(repo=str(repo.bare), sha="0" * 40, dest=tmp_path / "b3")
+
+
+def test_resolve_repo_keeps_urls_and_anchors_relative_paths(tmp_path):
+    for url in (
+        "https://git.example.coop/hello.git",
+        "ssh://git@git.example.coop/hello.git",
+        "git@git.example.coop:coop/hello.git",
+        "file:///srv/git/hello.git",
+    ):
+        assert resolve_repo(url, tmp_path) == url
+    assert resolve_repo(".state/git/hello.git", tmp_path) == str(tmp_path / ".state/git/hello.git")
+    assert resolve_repo("/srv/git/hello.git", tmp_path) == "/srv/git/hello.git"
+
+
+# --- the sensor -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def two_apps(tmp_path, app_repos, monkeypatch):
+    """Two apps with a commit each, in a topology that names their repos by relative path."""
+    hello, world = app_repos("hello"), app_repos("hello-world")
+    shas = {"hello": hello.commit(message="hello 1"), "hello-world": world.commit(message="w 1")}
+    topo_file = write_local_topology(
+        tmp_path / "topology.yaml",
+        {"hello": "git/hello.git", "hello-world": "git/hello-world.git"},
+    )
+    monkeypatch.setenv("INFRA_TOPOLOGY", str(topo_file))
+    defs = delivery_defs(load_topology(topo_file))
+    return defs, {"hello": hello, "hello-world": world}, shas
+
+
+def tick(defs: dg.Definitions, cursor: str | None, instance=None):
+    sensor = defs.resolve_sensor_def(SENSOR_NAME)
+    context = dg.build_sensor_context(
+        instance=instance or dg.DagsterInstance.ephemeral(),
+        cursor=cursor,
+        definitions=defs,
+        resources=defs.resources,
+    )
+    return sensor(context)
+
+
+def test_a_push_asks_for_one_build_per_new_commit_and_a_replay_for_nothing(two_apps):
+    defs, repos, shas = two_apps
+    first = tick(defs, None)
+    assert isinstance(first, dg.SensorResult)
+    got = {r.run_key: (r.job_name, r.partition_key, r.tags["coop/app"]) for r in first.run_requests}
+    assert got == {
+        f"hello:{shas['hello']}": ("build_hello", shas["hello"], "hello"),
+        f"hello-world:{shas['hello-world']}": (
+            "build_hello_world",
+            shas["hello-world"],
+            "hello-world",
+        ),
+    }
+    partitions = {
+        (p.partitions_def_name, tuple(p.partition_keys)) for p in first.dynamic_partitions_requests
+    }
+    assert partitions == {
+        ("commits_hello", (shas["hello"],)),
+        ("commits_hello_world", (shas["hello-world"],)),
+    }
+    assert json.loads(first.cursor) == shas
+
+    # The same tick again, from the cursor it left: nothing new, nothing asked.
+    replay = tick(defs, first.cursor)
+    assert replay.run_requests in (None, [])
+    assert "no new commit" in replay.skip_reason.skip_message
+
+    # A push to one app: one build, of that commit only.
+    new = repos["hello"].commit(message="hello 2")
+    after_push = tick(defs, first.cursor)
+    assert [r.run_key for r in after_push.run_requests] == [f"hello:{new}"]
+    assert [r.partition_key for r in after_push.run_requests] == [new]
+    assert json.loads(after_push.cursor) == {**shas, "hello": new}
+
+
+def test_an_unreachable_repo_is_skipped_with_its_reason_and_keeps_its_cursor(two_apps):
+    defs, repos, shas = two_apps
+    cursor = tick(defs, None).cursor
+    shutil.move(repos["hello-world"].bare, repos["hello-world"].bare.with_suffix(".moved"))
+    new = repos["hello"].commit(message="hello 2")
+
+    result = tick(defs, cursor)
+    assert [r.run_key for r in result.run_requests] == [f"hello:{new}"]
+    assert json.loads(result.cursor) == {"hello": new, "hello-world": shas["hello-world"]}
+
+    quiet = tick(defs, result.cursor)
+    assert quiet.run_requests in (None, [])
+    reason = quiet.skip_reason.skip_message
+    assert "1 repo(s) could not be read (cursor kept)" in reason
+    assert "hello-world:" in reason and "does not appear to be a git repository" in reason
+    assert json.loads(quiet.cursor)["hello-world"] == shas["hello-world"]
+
+    # Back again, at the same commit: still nothing to build.
+    shutil.move(repos["hello-world"].bare.with_suffix(".moved"), repos["hello-world"].bare)
+    assert tick(defs, quiet.cursor).run_requests in (None, [])
+
+
+def test_a_repo_with_no_commit_yet_is_skipped_not_failed(tmp_path, app_repos, monkeypatch):
+    app_repos("hello")  # created, nothing pushed
+    topo_file = write_local_topology(tmp_path / "topology.yaml", {"hello": "git/hello.git"})
+    monkeypatch.setenv("INFRA_TOPOLOGY", str(topo_file))
+    result = tick(delivery_defs(load_topology(topo_file)), None)
+    assert result.run_requests in (None, [])
+    assert "no branch 'main'" in result.skip_reason.skip_message
+
+
+def test_a_broken_cursor_is_a_clear_skip(two_apps):
+    defs, _, _ = two_apps
+    result = tick(defs, "not json")
+    assert "the cursor is not JSON" in result.skip_message
+    result = tick(defs, '["hello"]')
+    assert 'the cursor is not {"<app>": "<sha>"}' in result.skip_message
+
+
+def test_the_requested_partition_and_run_exist_in_the_code_location(two_apps, tmp_path):
+    """The tick's partition requests, applied as the daemon applies them, make the partition
+    the run request names, of the job it names."""
+    defs, _, shas = two_apps
+    instance = dg.DagsterInstance.ephemeral()
+    result = tick(defs, None, instance)
+    for request in result.dynamic_partitions_requests:
+        instance.add_dynamic_partitions(request.partitions_def_name, request.partition_keys)
+    for run in result.run_requests:
+        job = defs.resolve_job_def(run.job_name)
+        keys = job.partitions_def.get_partition_keys(dynamic_partitions_store=instance)
+        assert run.partition_key in keys
+    assert instance.get_dynamic_partitions(partitions_def_name("hello")) == [shas["hello"]]
+    assert build_job_name("hello-world") == "build_hello_world"

@@ -1,0 +1,280 @@
+"""The `jenkins` builder: JenkinsResource (python-jenkins) against a FAKE Jenkins REST API
+(tests/fakes/jenkins.py; no Jenkins server can run here), and the job's own script
+(jenkins/build-app-image.sh) run for real, as the fake's executor, with real git, podman and
+the real registry."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from fakes.jenkins import Console, FakeJenkins
+from fixtures_delivery import HELLO, delivery_defs, write_local_topology
+
+from infra_assets.app_images import builder_for
+from infra_assets.model import load_topology
+from resources.jenkins import JenkinsError, JenkinsResource
+from sensors import git_push
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+JENKINSFILE = REPO_ROOT / "jenkins" / "Jenkinsfile"
+SCRIPT = REPO_ROOT / "jenkins" / "build-app-image.sh"
+
+
+def resource(fake: FakeJenkins, **kw) -> JenkinsResource:
+    fields = {
+        "url": fake.url,
+        "username": fake.username,
+        "api_token": fake.api_token,
+        "poll_interval_s": 0.05,
+        **kw,
+    }
+    return JenkinsResource(**fields)
+
+
+def slow_success(params: dict[str, str], console: Console):
+    for i in range(5):
+        console.line(f"step {i} for {params['APP']}")
+        time.sleep(0.05)
+    return "SUCCESS", "digest=sha256:" + "b" * 64
+
+
+def test_build_triggers_follows_the_queue_and_streams_the_console():
+    with FakeJenkins(jobs={"app-image": slow_success}) as fake:
+        lines: list[str] = []
+        build = resource(fake).build(parameters={"APP": "hello", "SHA": "a" * 40}, log=lines.append)
+    assert build.ok and build.result == "SUCCESS" and build.number == 1
+    assert build.description == "digest=sha256:" + "b" * 64
+    assert build.url == f"{fake.url}job/app-image/1/"
+    # Every console line reached the log, once each, in order.
+    steps = [line for line in lines if line.startswith("step ")]
+    assert steps == [f"step {i} for hello" for i in range(5)]
+    assert lines[-1] == "Finished: SUCCESS"
+    # The wire: a crumb first, the POST with it (201 + queue Location), then queue and build.
+    calls = [(m, p, s) for m, p, s in fake.requests]
+    assert ("GET", "/crumbIssuer/api/json", 200) in calls
+    assert ("POST", "/job/app-image/buildWithParameters", 201) in calls
+    assert any(p.startswith("/queue/item/") and s == 200 for _, p, s in calls)
+    assert ("GET", "/job/app-image/1/consoleText", 200) in calls
+    assert fake.builds[("app-image", 1)].params == {"APP": "hello", "SHA": "a" * 40}
+
+
+def test_a_failed_build_is_returned_with_its_console():
+    def fails(params, console):
+        console.line("npm ERR! missing script: build")
+        return "FAILURE", None
+
+    with FakeJenkins(jobs={"app-image": fails}) as fake:
+        build = resource(fake).build(parameters={"APP": "hello"}, log=lambda _l: None)
+    assert not build.ok and build.result == "FAILURE"
+    assert "npm ERR! missing script: build" in build.tail()
+
+
+def test_wrong_token_missing_job_and_no_server_are_clear_errors():
+    with FakeJenkins(jobs={"app-image": slow_success}) as fake:
+        with pytest.raises(JenkinsError, match="401") as err:
+            resource(fake, api_token="not-the-token").build(parameters={"APP": "x"})
+        assert "not-the-token" not in str(err.value)
+        with pytest.raises(JenkinsError, match="cannot trigger job 'other': not found"):
+            resource(fake, job="other").build(parameters={"APP": "x"})
+        url = fake.url
+    with pytest.raises(JenkinsError, match="cannot trigger job 'app-image'"):
+        JenkinsResource(url=url, username="u", api_token="t").build(parameters={"APP": "x"})
+    with pytest.raises(JenkinsError, match="has no url: set INFRA_JENKINS_URL"):
+        JenkinsResource().build(parameters={})
+
+
+def test_a_queue_item_that_never_starts_times_out_and_is_cancelled():
+    with FakeJenkins(jobs={"app-image": slow_success}, hold_in_queue=True) as fake:
+        with pytest.raises(JenkinsError, match="waited 0.5 s in the queue .*Waiting for next"):
+            resource(fake, queue_timeout_s=0.5).build(parameters={"APP": "x"})
+        [item] = fake.queue.values()
+        assert item.cancelled
+
+
+def test_a_queue_item_cancelled_in_jenkins_is_an_error():
+    with FakeJenkins(jobs={"app-image": slow_success}, hold_in_queue=True) as fake:
+        res = resource(fake)
+
+        def cancel_soon():
+            while not fake.queue:
+                time.sleep(0.02)
+            next(iter(fake.queue.values())).cancelled = True
+
+        threading.Thread(target=cancel_soon, daemon=True).start()
+        with pytest.raises(JenkinsError, match="was cancelled in Jenkins"):
+            res.build(parameters={"APP": "x"})
+
+
+def test_a_build_that_runs_too_long_is_stopped():
+    def hangs(params, console):
+        console.line("waiting forever")
+        console.abort.wait(30)
+        return "SUCCESS", None
+
+    with FakeJenkins(jobs={"app-image": hangs}) as fake:
+        with pytest.raises(JenkinsError, match="still running after 0.5 s; stopped it"):
+            resource(fake, build_timeout_s=0.5).build(parameters={"APP": "x"})
+        deadline = time.monotonic() + 5
+        while fake.builds[("app-image", 1)].result is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert fake.builds[("app-image", 1)].result == "ABORTED"
+
+
+# --- the Jenkinsfile and its script -----------------------------------------------------------
+
+
+def test_the_jenkinsfile_declares_what_the_builder_sends():
+    text = JENKINSFILE.read_text()
+    declared = set(re.findall(r"string\(name: '([A-Z_]+)'", text))
+    assert declared == {"APP", "REPO", "SHA", "BRANCH", "IMAGE"}
+    assert "sh 'jenkins/build-app-image.sh'" in text
+    assert "usernameVariable: 'REGISTRY_USER'" in text
+    assert "passwordVariable: 'REGISTRY_PASSWORD'" in text
+    assert "readFile('image-digest.txt')" in text
+    script = SCRIPT.read_text()
+    for name in declared | {"REGISTRY_USER", "REGISTRY_PASSWORD"}:
+        assert f"{name}" in script
+    assert 'echo "PUSHED_DIGEST=$digest"' in script
+
+
+def test_the_script_refuses_missing_parameters(tmp_path):
+    out = subprocess.run(
+        ["bash", str(SCRIPT)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+    assert out.returncode == 2 and "APP is not set (a parameter of the app-image job)" in out.stderr
+
+
+def script_runner(podman, registry_site, workspace: Path):
+    """What a Jenkins agent does for the `app-image` job (jenkins/Jenkinsfile): the parameters
+    and the `docker-registry` credential in the environment, `sh 'jenkins/build-app-image.sh'`
+    in the workspace, and on success the description `digest=` + image-digest.txt."""
+
+    def run(params: dict[str, str], console: Console):
+        end = registry_site.endpoint
+        env = {
+            "PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
+            **podman.env(),
+            **params,
+            "REGISTRY_USER": end.username,
+            "REGISTRY_PASSWORD": end.password,
+            "REGISTRY_TLS_VERIFY": "false",
+            "BUILD_NETWORK": "none",
+            "BASE_IMAGE": podman.base_image,
+            "WORKSPACE": str(workspace),
+        }
+        workspace.mkdir(parents=True, exist_ok=True)
+        proc = subprocess.Popen(
+            ["bash", str(SCRIPT)],
+            cwd=workspace,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            console.line(line.rstrip("\n").replace(end.password, "****"))  # Jenkins masks it
+        if proc.wait() != 0:
+            return "FAILURE", None
+        return "SUCCESS", "digest=" + (workspace / "image-digest.txt").read_text().strip()
+
+    return run
+
+
+def test_the_jenkins_builder_builds_through_the_job_and_checks_the_registry(
+    tmp_path, app_repos, monkeypatch, podman, base_image, registry_site
+):
+    repo = app_repos("hello-ci", source=HELLO)
+    sha = repo.commit(message="ci 1")
+    # A topology on a cloud (not `local`): its apps are built by Jenkins.
+    topo_file = write_local_topology(
+        tmp_path / "topology.yaml", {"hello-ci": "git/hello-ci.git"}, cloud="catalyst"
+    )
+    topo = load_topology(topo_file)
+    assert builder_for(topo) == "jenkins"
+    monkeypatch.setenv("INFRA_TOPOLOGY", str(topo_file))
+    monkeypatch.setenv("INFRA_STATE_DIR", str(tmp_path / "state"))
+    runner = script_runner(podman, registry_site, tmp_path / "workspace")
+    with FakeJenkins(jobs={"app-image": runner}) as fake:
+        defs = delivery_defs(
+            topo, registry=registry_site.resource(), jenkins=resource(fake, poll_interval_s=0.2)
+        )
+        instance = dg.DagsterInstance.ephemeral()
+        context = dg.build_sensor_context(
+            instance=instance, definitions=defs, resources=defs.resources
+        )
+        tick = defs.resolve_sensor_def(git_push.SENSOR_NAME)(context)
+        [request] = tick.run_requests
+        for p in tick.dynamic_partitions_requests:
+            instance.add_dynamic_partitions(p.partitions_def_name, p.partition_keys)
+        result = defs.resolve_job_def(request.job_name).execute_in_process(
+            instance=instance, partition_key=request.partition_key
+        )
+    assert result.success
+    [mat] = result.asset_materializations_for_node("app_image__hello_ci")
+    meta = {k: v.value for k, v in mat.metadata.items()}
+    registry = registry_site.resource()
+    assert meta["builder"] == "jenkins" and meta["built"] is True
+    assert meta["digest"] == registry.digest(repository="hello-ci", reference=sha)
+    assert meta["digest"] == registry.digest(repository="hello-ci", reference="main")
+    assert meta["jenkins_build"] == f"{fake.url}job/app-image/1/"
+    assert meta["jenkins_result"] == "SUCCESS"
+    build = fake.builds[("app-image", 1)]
+    assert build.params == {
+        "APP": "hello-ci",
+        "REPO": str(repo.bare),
+        "SHA": sha,
+        "BRANCH": "main",
+        "IMAGE": registry_site.endpoint.image("hello-ci"),
+    }
+    # The console went to the Dagster log and into the build log; the password did not.
+    log = Path(meta["build_log"]).read_text()
+    assert f"PUSHED_DIGEST={meta['digest']}" in log and "== build" in log
+    assert registry_site.endpoint.password not in log
+    labels = registry.labels(
+        repository="hello-ci", manifest=registry.manifest(repository="hello-ci", reference=sha)
+    )
+    assert labels["org.opencontainers.image.revision"] == sha
+
+
+def test_a_failed_jenkins_build_fails_the_asset_with_the_console_tail(
+    tmp_path, app_repos, monkeypatch, registry_site
+):
+    repo = app_repos("hello-ci", source=HELLO)
+    sha = repo.commit(message="ci")
+    topo_file = write_local_topology(
+        tmp_path / "topology.yaml", {"hello-ci": "git/hello-ci.git"}, cloud="catalyst"
+    )
+    monkeypatch.setenv("INFRA_TOPOLOGY", str(topo_file))
+    monkeypatch.setenv("INFRA_STATE_DIR", str(tmp_path / "state"))
+
+    def fails(params, console):
+        console.line('Error: building at STEP "RUN make": exit status 2')
+        return "FAILURE", None
+
+    with FakeJenkins(jobs={"app-image": fails}) as fake:
+        defs = delivery_defs(
+            load_topology(topo_file), registry=registry_site.resource(), jenkins=resource(fake)
+        )
+        instance = dg.DagsterInstance.ephemeral()
+        instance.add_dynamic_partitions("commits_hello_ci", [sha])
+        result = defs.resolve_job_def("build_hello_ci").execute_in_process(
+            instance=instance, partition_key=sha, raise_on_error=False
+        )
+    assert not result.success
+    failure = result.failure_data_for_node("app_image__hello_ci")
+    assert f"Jenkins app-image #1 ended FAILURE: {fake.url}job/app-image/1/console" in (
+        failure.error.message
+    )
+    tail = failure.user_failure_data.metadata["console_tail"].value
+    assert "exit status 2" in tail

@@ -1,0 +1,281 @@
+"""The local site's registry: the real Docker Distribution registry (Debian `docker-registry`) on
+127.0.0.1 with htpasswd auth; RegistryResource and registry_image_sensor against it; podman
+pushes to it (with the project's own containers config)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import requests
+from fixtures_delivery import delivery_defs, write_local_topology
+
+from infra_assets.local_site.processes import free_port, port_open
+from infra_assets.model import load_topology
+from resources.cli_runner import CliError
+from resources.podman import PodmanError
+from resources.registry import (
+    DOCKER_MANIFEST,
+    OCI_MANIFEST,
+    RegistryAuthError,
+    RegistryResource,
+    RegistryUnreachable,
+)
+from sensors.registry_images import SENSOR_NAME
+
+INFRA = str(Path(sys.executable).parent / "infra")
+
+
+def infra(*args: str, state: Path, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [INFRA, *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, "INFRA_STATE_DIR": str(state)},
+        timeout=120,
+    )
+
+
+def test_infra_local_up_starts_the_registry_with_auth_and_status_reports_its_url(
+    tmp_path, repo_root
+):
+    state = tmp_path / "state"
+    try:
+        up = infra("local", "up", state=state, cwd=repo_root)
+        assert up.returncode == 0, up.stderr
+        status = infra("local", "status", "--json", state=state, cwd=repo_root)
+        assert status.returncode == 0, status.stderr
+        registry = json.loads(status.stdout)["registry"]
+        url = registry["url"]
+        assert url.startswith("http://127.0.0.1:") and registry["running"] is True
+        password = Path(registry["password_file"]).read_text().strip()
+        assert len(password) >= 24
+        assert password not in status.stdout + up.stdout + up.stderr
+        assert oct(Path(registry["password_file"]).stat().st_mode)[-3:] == "600"
+        # site.json, which the Dagster resources read, says the same.
+        assert json.loads((state / "local" / "site.json").read_text())["registry"]["url"] == url
+
+        anonymous = requests.get(f"{url}/v2/", timeout=5)
+        assert anonymous.status_code == 401
+        assert requests.get(f"{url}/v2/", auth=("coop", "wrong"), timeout=5).status_code == 401
+        assert requests.get(f"{url}/v2/", auth=("coop", password), timeout=5).status_code == 200
+
+        # Up again: the same registry, the same URL, the same password.
+        again = infra("local", "up", state=state, cwd=repo_root)
+        assert again.returncode == 0, again.stderr
+        after = json.loads(infra("local", "status", "--json", state=state, cwd=repo_root).stdout)
+        assert after["registry"]["url"] == url and after["registry"]["pid"] == registry["pid"]
+        assert Path(registry["password_file"]).read_text().strip() == password
+    finally:
+        down = infra("local", "down", state=state, cwd=repo_root)
+    assert down.returncode == 0, down.stderr
+    assert "registry" in down.stdout
+    assert not port_open(int(url.rsplit(":", 1)[1]))
+    stopped = json.loads(infra("local", "status", "--json", state=state, cwd=repo_root).stdout)
+    assert stopped["registry"]["running"] is False
+
+
+def test_the_resource_finds_the_local_sites_registry(registry_site, monkeypatch):
+    monkeypatch.setenv("INFRA_STATE_DIR", str(registry_site.state_dir))
+    resource = RegistryResource()
+    assert resource.endpoint().url == registry_site.endpoint.url
+    resource.ping()
+    assert isinstance(resource.catalog(), list)
+
+
+def test_the_resource_without_a_local_site_says_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.setenv("INFRA_STATE_DIR", str(tmp_path))
+    with pytest.raises(Exception, match="the local site is not up .* run `infra local up`"):
+        RegistryResource().endpoint()
+
+
+@pytest.fixture(scope="module")
+def tiny_images(podman, registry_site, tmp_path_factory):
+    """A tiny image (FROM scratch, one file) pushed by podman twice: as OCI and as Docker."""
+    context = tmp_path_factory.mktemp("tiny")
+    (context / "hello.txt").write_text("hello\n")
+    (context / "Dockerfile").write_text("FROM scratch\nCOPY hello.txt /hello.txt\n")
+    podman.build(context=context, tag="localhost/tiny:latest", labels={"test": "tiny"})
+    end = registry_site.endpoint
+    oci = podman.push(
+        image="localhost/tiny:latest", destination=end.image("tiny", "oci"), registry=end
+    )
+    docker = podman.push(
+        image="localhost/tiny:latest",
+        destination=end.image("tiny", "docker"),
+        registry=end,
+        manifest_format="v2s2",
+    )
+    return oci.digest, docker.digest
+
+
+def test_catalog_tags_and_digests_in_both_media_types(registry_site, tiny_images):
+    oci_digest, docker_digest = tiny_images
+    assert oci_digest != docker_digest  # another format, other bytes: another digest
+    registry = registry_site.resource()
+    assert "tiny" in registry.catalog()
+    assert {"oci", "docker"} <= set(registry.tags(repository="tiny"))
+    assert registry.tags(repository="no-such-repo") == []
+    assert registry.digest(repository="no-such-repo", reference="main") is None
+    assert registry.digest(repository="tiny", reference="no-such-tag") is None
+
+    for tag, digest, media_type in (
+        ("oci", oci_digest, OCI_MANIFEST),
+        ("docker", docker_digest, DOCKER_MANIFEST),
+    ):
+        assert registry.digest(repository="tiny", reference=tag) == digest
+        manifest = registry.manifest(repository="tiny", reference=tag)
+        assert manifest.digest == digest and manifest.media_type == media_type
+        # The digest is the sha256 of the bytes the registry serves, fetched here by hand.
+        raw = requests.get(
+            f"{registry_site.endpoint.url}/v2/tiny/manifests/{tag}",
+            headers={"Accept": media_type},
+            auth=(registry_site.endpoint.username, registry_site.endpoint.password),
+            timeout=5,
+        ).content
+        assert "sha256:" + hashlib.sha256(raw).hexdigest() == digest
+        assert manifest.size > 0 and len(manifest.layers) == 1
+        assert registry.labels(repository="tiny", manifest=manifest)["test"] == "tiny"
+
+
+def test_tagging_an_image_in_the_registry_keeps_its_digest(registry_site, tiny_images):
+    oci_digest, _ = tiny_images
+    registry = registry_site.resource()
+    manifest = registry.manifest(repository="tiny", reference=oci_digest)
+    registry.tag(repository="tiny", manifest=manifest, tag="copied")
+    assert registry.digest(repository="tiny", reference="copied") == oci_digest
+
+
+def test_wrong_credentials_and_no_registry_are_clear_errors(registry_site):
+    wrong = registry_site.resource(password="not-the-password")
+    with pytest.raises(RegistryAuthError, match="refused GET /v2/ \\(401, user 'coop'\\)"):
+        wrong.ping()
+    anonymous = registry_site.resource(username="", password="")
+    with pytest.raises(RegistryAuthError, match="no credentials"):
+        anonymous.catalog()
+    gone = RegistryResource(url=f"http://127.0.0.1:{free_port()}", username="u", password="p")
+    with pytest.raises(RegistryUnreachable, match="unreachable"):
+        gone.ping()
+
+
+def test_the_registry_refuses_an_anonymous_push(podman, registry_site, tiny_images):
+    end = registry_site.endpoint
+    anonymous = type(end)(end.url, "", "")
+    with pytest.raises(PodmanError, match="authentication required") as err:
+        podman.push(
+            image="localhost/tiny:latest", destination=end.image("tiny", "anon"), registry=anonymous
+        )
+    assert end.password not in str(err.value)
+    wrong = type(end)(end.url, end.username, "wrong-password")
+    with pytest.raises(PodmanError, match="authentication required") as err:
+        podman.push(
+            image="localhost/tiny:latest", destination=end.image("tiny", "anon"), registry=wrong
+        )
+    assert "wrong-password" not in str(err.value)
+    assert "anon" not in registry_site.resource().tags(repository="tiny")
+
+
+def test_the_push_log_never_shows_the_password(podman, registry_site, tiny_images):
+    end = registry_site.endpoint
+    lines: list[str] = []
+    podman.push(
+        image="localhost/tiny:latest",
+        destination=end.image("tiny", "logged"),
+        registry=end,
+        log=lines.append,
+    )
+    assert lines and not any(end.password in line for line in lines)
+
+
+# --- registry_image_sensor -------------------------------------------------------------------
+
+
+def _sensor_defs(tmp_path, monkeypatch, registry: RegistryResource, app="tiny", branch="oci"):
+    topo_file = write_local_topology(tmp_path / "topology.yaml", {app: "git/x.git"}, branch=branch)
+    monkeypatch.setenv("INFRA_TOPOLOGY", str(topo_file))
+    return delivery_defs(load_topology(topo_file), registry=registry)
+
+
+def _tick(defs: dg.Definitions, cursor: str | None):
+    context = dg.build_sensor_context(
+        instance=dg.DagsterInstance.ephemeral(),
+        cursor=cursor,
+        definitions=defs,
+        resources=defs.resources,
+    )
+    return defs.resolve_sensor_def(SENSOR_NAME)(context)
+
+
+def test_registry_sensor_asks_once_per_new_digest(
+    tmp_path, monkeypatch, registry_site, tiny_images
+):
+    oci_digest, _ = tiny_images
+    defs = _sensor_defs(tmp_path, monkeypatch, registry_site.resource())
+    first = _tick(defs, None)
+    [request] = first.run_requests
+    assert request.run_key == oci_digest
+    assert request.job_name == "topology"  # until the staging releases exist (part 2)
+    assert request.tags["coop/app"] == "tiny" and request.tags["coop/digest"] == oci_digest
+    assert request.tags["coop/image"] == registry_site.endpoint.image("tiny", oci_digest)
+    assert json.loads(first.cursor) == {"tiny": {"oci": oci_digest}}
+    # The run it asks for is a run of a job of the code location.
+    assert defs.resolve_job_def(request.job_name)
+
+    replay = _tick(defs, first.cursor)
+    assert isinstance(replay, dg.SkipReason)  # no run request
+    assert replay.skip_message == "no new image"
+
+    # The tag moves to another image: a new digest, a new request.
+    registry = registry_site.resource()
+    docker = registry.manifest(repository="tiny", reference="docker")
+    registry.tag(repository="tiny", manifest=docker, tag="oci")
+    try:
+        moved = _tick(defs, first.cursor)
+        assert [r.run_key for r in moved.run_requests] == [docker.digest]
+    finally:
+        oci = registry.manifest(repository="tiny", reference=oci_digest)
+        registry.tag(repository="tiny", manifest=oci, tag="oci")
+
+
+def test_registry_sensor_skips_an_app_not_built_yet(tmp_path, monkeypatch, registry_site):
+    defs = _sensor_defs(tmp_path, monkeypatch, registry_site.resource(), app="not-built")
+    result = _tick(defs, None)
+    assert "not-built:oci is not in the registry yet" in result.skip_message
+
+
+def test_registry_sensor_skips_an_unreachable_registry_and_keeps_its_cursor(tmp_path, monkeypatch):
+    gone = RegistryResource(url=f"http://127.0.0.1:{free_port()}", username="u", password="p")
+    defs = _sensor_defs(tmp_path, monkeypatch, gone)
+    cursor = json.dumps({"tiny": {"oci": "sha256:" + "a" * 64}})
+    context = dg.build_sensor_context(
+        instance=dg.DagsterInstance.ephemeral(), cursor=cursor, resources=defs.resources
+    )
+    result = defs.resolve_sensor_def(SENSOR_NAME)(context)
+    assert isinstance(result, dg.SkipReason)
+    assert result.skip_message.startswith("registry unreachable, cursor unchanged:")
+    assert context.cursor == cursor and not context.cursor_updated
+
+
+def test_registry_sensor_skips_on_refused_credentials(tmp_path, monkeypatch, registry_site):
+    defs = _sensor_defs(tmp_path, monkeypatch, registry_site.resource(password="wrong"))
+    result = _tick(defs, None)
+    assert isinstance(result, dg.SkipReason) and "401" in result.skip_message
+
+
+def test_cli_errors_never_carry_the_password(podman, registry_site):
+    """The runner redacts: even the failing command line shows *** for the password."""
+    end = registry_site.endpoint
+    with pytest.raises(CliError) as err:
+        podman.run(
+            ["push", "--creds", f"coop:{end.password}", "localhost/none:x"],
+            redact=[end.password],
+            log=lambda _l: None,
+        )
+    assert end.password not in str(err.value) and "***" in str(err.value)
