@@ -12,6 +12,7 @@ they are found and pruned, newest first, keeping the last N and never one a serv
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,8 +83,14 @@ class OpenStackResource(dg.ConfigurableResource):
     )
     password: str | None = Field(
         default=None,
-        description="The cloud user's password, from the environment (dg.EnvVar('OS_PASSWORD'));"
-        " None: clouds.yaml's auth or secure.yaml provides the credentials.",
+        description="The cloud user's password (set it from dg.EnvVar). None: the environment"
+        " variable named by password_env, if set, else clouds.yaml / secure.yaml.",
+    )
+    # The password is optional (secure.yaml or application credentials do without it), and a
+    # dg.EnvVar cannot be optional: so the variable's NAME is configured and read when used.
+    password_env: str = Field(
+        default="OS_PASSWORD",
+        description="The environment variable holding the password when `password` is None.",
     )
     api_timeout_s: float = Field(default=60.0, description="Timeout of each API call.")
 
@@ -105,8 +112,8 @@ class OpenStackResource(dg.ConfigurableResource):
         try:
             config = OpenStackConfig(config_files=files) if files else OpenStackConfig()
             extra: dict[str, Any] = {"api_timeout": self.api_timeout_s}
-            if self.password:
-                extra["password"] = self.password
+            if self.secret():
+                extra["password"] = self.secret()
             region = config.get_one(cloud=cloud, **extra)
         except sdk_errors.ConfigException as exc:
             where = self.clouds_yaml or "openstacksdk's clouds.yaml search path"
@@ -117,6 +124,10 @@ class OpenStackResource(dg.ConfigurableResource):
         connection = openstack.connection.Connection(config=region)
         self._connections[cloud] = connection
         return connection
+
+    def secret(self) -> str | None:
+        """The password: the field, else the environment variable `password_env`."""
+        return self.password or os.environ.get(self.password_env) or None
 
     def _call(self, cloud: str, what: str, fn):
         from keystoneauth1 import exceptions as ks_errors
@@ -141,8 +152,8 @@ class OpenStackResource(dg.ConfigurableResource):
         env = {"OS_CLOUD": cloud}
         if self.clouds_yaml:
             env["OS_CLIENT_CONFIG_FILE"] = str(Path(self.clouds_yaml).absolute())
-        if self.password:
-            env["OS_PASSWORD"] = self.password
+        if self.secret():
+            env["OS_PASSWORD"] = self.secret() or ""
         return env
 
     # --- images ----------------------------------------------------------------------------

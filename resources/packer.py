@@ -103,9 +103,15 @@ class PackerResource(dg.ConfigurableResource):
         default="",
         description="Where each build's variables and manifest go. Empty: .state/packer.",
     )
+    salt_tree: str = Field(
+        default="", description="The salt state tree baked into images. Empty: the repo's salt/."
+    )
 
     def folder(self) -> Path:
         return Path(self.template_dir).absolute() if self.template_dir else REPO_ROOT / "packer"
+
+    def states_dir(self) -> Path:
+        return Path(self.salt_tree).absolute() if self.salt_tree else REPO_ROOT / "salt"
 
     def _work(self) -> Path:
         root = Path(self.work_dir).absolute() if self.work_dir else state_dir() / "packer"

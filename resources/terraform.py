@@ -76,7 +76,9 @@ class ResourceChange:
         return "+".join(self.actions)
 
     def matches(self, patterns: Sequence[str]) -> bool:
-        return any(fnmatch.fnmatchcase(self.address, p) for p in patterns)
+        """Whether the address is one of `patterns`, given whole (`a.b["x"]`: brackets are part
+        of an address) or as a glob (`openstack_compute_instance_v2.*`)."""
+        return any(self.address == p or fnmatch.fnmatchcase(self.address, p) for p in patterns)
 
 
 @dataclass(frozen=True)
@@ -235,12 +237,13 @@ class TerraformResource(dg.ConfigurableResource):
     pg_conn_str: str = Field(
         default="",
         description="The pg backend's connection string WITHOUT the password, e.g."
-        " postgres://terraform@db.internal/terraform_state?sslmode=require.",
+        " postgres://terraform@db.internal/terraform_state?sslmode=require. Empty:"
+        " $TF_PG_CONN_STR.",
     )
     pg_password: str | None = Field(
         default=None,
-        description="The pg backend's password, given to Terraform as PGPASSWORD; set it from"
-        " dg.EnvVar, never in a file.",
+        description="The pg backend's password, given to Terraform as PGPASSWORD (set it from"
+        " dg.EnvVar). None: Terraform reads PGPASSWORD from the environment, if set.",
     )
     cli_config_file: str = Field(
         default="",
@@ -305,6 +308,11 @@ class TerraformResource(dg.ConfigurableResource):
             env["PGPASSWORD"] = self.pg_password
         return env
 
+    def _secrets(self) -> list[str]:
+        # (a very short value would blank out every occurrence of its letters in the log)
+        found = [self.pg_password or "", os.environ.get("PGPASSWORD", "")]
+        return [s for s in found if len(s) >= 4]
+
     def _tf(self, stack: str):
         from python_terraform import Terraform
 
@@ -329,7 +337,7 @@ class TerraformResource(dg.ConfigurableResource):
                 inherit_env=False,
                 log=log,
                 json_lines=json_lines,
-                redact=[self.pg_password or ""],
+                redact=self._secrets(),
                 check=False,
             )
         except CliError as err:  # could not start, or timed out
@@ -348,19 +356,20 @@ class TerraformResource(dg.ConfigurableResource):
         work = self.work_dir(stack, location)
         work.mkdir(parents=True, exist_ok=True)
         if self.backend == "pg":
-            if not self.pg_conn_str:
+            conn_str = self.pg_conn_str or os.environ.get("TF_PG_CONN_STR", "")
+            if not conn_str:
                 raise TerraformError(
-                    "the pg state backend needs a connection string: set the terraform"
-                    " resource's pg_conn_str (without the password; the password goes in"
-                    " pg_password, from the environment)"
+                    "the pg state backend needs a connection string: set TF_PG_CONN_STR or the"
+                    " terraform resource's pg_conn_str (without the password: that goes in"
+                    " PGPASSWORD or pg_password, from the environment)"
                 )
-            if re.search(r"://[^/@]*:[^/@]*@|password=", self.pg_conn_str):
+            if re.search(r"://[^/@]*:[^/@]*@|password=", conn_str):
                 raise TerraformError(
                     "pg_conn_str must not hold the password (Terraform keeps the connection"
                     " string in its data folder): remove it and set pg_password instead"
                 )
             backend_config = {
-                "conn_str": self.pg_conn_str,
+                "conn_str": conn_str,
                 "schema_name": _schema_name(location, stack),
             }
         else:
@@ -442,6 +451,8 @@ class TerraformResource(dg.ConfigurableResource):
 
     def state_version(self, *, stack: str, location: str) -> StateVersion:
         """The lineage and serial of the stored state (empty lineage: no state yet)."""
+        if not (self.work_dir(stack, location) / ".terraform" / "terraform.tfstate").is_file():
+            self.init(stack=stack, location=location, log=lambda _line: None)
         argv = self._tf(stack).generate_cmd_string("state pull")
         result = self._run(stack, location, argv, log=lambda _line: None)
         text = result.output.strip()
@@ -496,6 +507,9 @@ class TerraformResource(dg.ConfigurableResource):
     def output(self, *, stack: str, location: str) -> dict[str, Any]:
         """`terraform output -json`: name -> {value, sensitive, type}. Empty before any apply."""
         from python_terraform import IsFlagged
+
+        if not (self.work_dir(stack, location) / ".terraform" / "terraform.tfstate").is_file():
+            self.init(stack=stack, location=location, log=lambda _line: None)
 
         argv = self._tf(stack).generate_cmd_string("output", json=IsFlagged, no_color=IsFlagged)
         result = self._run(stack, location, argv, log=lambda _line: None)
