@@ -77,7 +77,7 @@ def _image_asset(group: str, description: str) -> dg.AssetsDefinition:
                 allow_retries=False,
             )
         states = states_sha256(tree)
-        commit = context.run.tags.get("coop/git_sha") or _head(context)
+        commit = context.run.tags.get("coop/git_sha") or _head()
         built: dict[str, dict] = {}
         rows = ["| cloud | image | id | pruned | kept in use |", "|---|---|---|---|---|"]
         prunes = {}
@@ -157,7 +157,7 @@ def _image_asset(group: str, description: str) -> dg.AssetsDefinition:
     return image
 
 
-def _head(context: dg.AssetExecutionContext) -> str:
+def _head() -> str:
     from resources.cli_runner import run_cli
 
     result = run_cli(

@@ -85,15 +85,3 @@ def instances_vars(
         domain=topo.domain,
     )
     return data
-
-
-def stack_inputs(topo: Topology, location: str) -> dict[str, Any]:
-    """What the topology feeds a location's stacks, for telling whether a commit changed it
-    (the sensor): both stacks' topology-derived variables."""
-    try:
-        data = network_vars(topo, location)
-    except ValueError as err:  # a host without an image group: a change all the same
-        data = {"error": str(err)}
-    data["salt_master"] = topo.salt_master()
-    data["domain"] = topo.domain
-    return data
