@@ -14,6 +14,7 @@ stopped: turn them on in the UI (Automation) where the cloud credentials are set
 import dagster as dg
 
 from infra_assets.cloud.stacks import cloud_locations
+from infra_assets.images import FORCE_TAG
 from infra_assets.model import Topology, TopologyError
 from infra_assets.stacks import pool_of
 from resources.topology import TopologyResource
@@ -95,7 +96,8 @@ def schedules() -> list[dg.ScheduleDefinition]:
         description="Every Monday: rebuild the role images (security updates) and prune old ones.",
     )
     def images_weekly(context: dg.ScheduleEvaluationContext):
-        return dg.RunRequest(tags={"coop/trigger": "images_weekly"})
+        # weekly: build even when states and template are unchanged (the base image's updates)
+        return dg.RunRequest(tags={"coop/trigger": "images_weekly", FORCE_TAG: "true"})
 
     return [drift_nightly, images_weekly]
 

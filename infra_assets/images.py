@@ -23,7 +23,15 @@ from resources.packer import PackerError, PackerResource
 TEMPLATE = "coop.pkr.hcl"
 
 
+FORCE_TAG = "coop/force_rebuild"
+
+
 class ImageConfig(dg.Config):
+    force: bool = Field(
+        default=False,
+        description="Build even if the newest image already has these states and this template"
+        " (the weekly schedule forces a build with the run tag coop/force_rebuild).",
+    )
     keep: int = Field(
         default=3,
         ge=1,
@@ -45,6 +53,21 @@ def states_sha256(tree: Path) -> str:
     for path in sorted(p for p in tree.rglob("*") if p.is_file()):
         digest.update(str(path.relative_to(tree)).encode() + b"\0")
         digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def template_sha256(folder: Path, cloud_vars: Path) -> str:
+    """A hash of what shapes an image besides the states: the template, the role groups, the
+    bake script and the cloud's build settings."""
+    digest = hashlib.sha256()
+    for path in [
+        folder / TEMPLATE,
+        folder / "images.json",
+        *sorted(folder.glob("scripts/*")),
+        cloud_vars,
+    ]:
+        if path.is_file():
+            digest.update(path.name.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
 
 
@@ -78,8 +101,9 @@ def _image_asset(group: str, description: str) -> dg.AssetsDefinition:
             )
         states = states_sha256(tree)
         commit = context.run.tags.get("coop/git_sha") or _head()
+        force = config.force or context.run.tags.get(FORCE_TAG) == "true"
         built: dict[str, dict] = {}
-        rows = ["| cloud | image | id | pruned | kept in use |", "|---|---|---|---|---|"]
+        rows = ["| cloud | image | id | what | pruned | kept in use |", "|---|---|---|---|---|---|"]
         prunes = {}
         for cloud in clouds:
             var_file = packer.folder() / "clouds" / f"{cloud}.pkrvars.hcl"
@@ -90,9 +114,24 @@ def _image_asset(group: str, description: str) -> dg.AssetsDefinition:
                     " packer/clouds/catalyst.pkrvars.hcl and adapt it.",
                     allow_retries=False,
                 )
+            template = template_sha256(packer.folder(), var_file)
             name = f"coop-{group}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
             env = openstack.tool_env(cloud=cloud)
             try:
+                current = openstack.latest_images(cloud=cloud, groups=[group]).get(group)
+                if (
+                    current is not None
+                    and not force
+                    and current.properties.get("coop_states_sha256") == states
+                    and current.properties.get("coop_template_sha256") == template
+                ):
+                    context.log.info(
+                        f"{group} on {cloud}: {current.name} already has these states and this"
+                        " template: nothing to build"
+                    )
+                    built[cloud] = {"id": current.id, "name": current.name, "built": False}
+                    rows.append(f"| {cloud} | {current.name} | `{current.id}` | up to date | | |")
+                    continue
                 build = packer.build(
                     template=TEMPLATE,
                     variables={
@@ -102,6 +141,7 @@ def _image_asset(group: str, description: str) -> dg.AssetsDefinition:
                         "salt_tree": str(tree),
                         "git_commit": commit,
                         "states_sha256": states,
+                        "template_sha256": template,
                     },
                     var_files=[var_file],
                     env=env,
@@ -124,10 +164,10 @@ def _image_asset(group: str, description: str) -> dg.AssetsDefinition:
                 )
             except (PackerError, OpenStackError) as err:
                 raise dg.Failure(description=str(err), allow_retries=False) from None
-            built[cloud] = {"id": image.id, "name": image.name}
+            built[cloud] = {"id": image.id, "name": image.name, "built": True}
             prunes[cloud] = pruned
             rows.append(
-                f"| {cloud} | {image.name} | `{image.id}` | {len(pruned.deleted)} |"
+                f"| {cloud} | {image.name} | `{image.id}` | built | {len(pruned.deleted)} |"
                 f" {len(pruned.in_use)} |"
             )
             context.log.info(

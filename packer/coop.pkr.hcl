@@ -89,6 +89,12 @@ variable "states_sha256" {
   description = "A hash of the salt tree's content (image metadata)."
 }
 
+variable "template_sha256" {
+  type        = string
+  default     = ""
+  description = "A hash of this template, images.json, the bake script and the cloud's settings (image metadata)."
+}
+
 variable "manifest" {
   type        = string
   default     = "manifest.json"
@@ -113,10 +119,11 @@ source "openstack" "role" {
   image_name          = var.image_name
   image_visibility    = "private"
   metadata = {
-    coop_image_group   = var.group
-    coop_roles         = join(",", local.roles)
-    coop_git_commit    = var.git_commit
-    coop_states_sha256 = var.states_sha256
+    coop_image_group     = var.group
+    coop_roles           = join(",", local.roles)
+    coop_git_commit      = var.git_commit
+    coop_states_sha256   = var.states_sha256
+    coop_template_sha256 = var.template_sha256
   }
 }
 

@@ -357,6 +357,19 @@ def test_the_image_is_built_verified_and_old_ones_pruned(site):
     assert md["states_sha256"] and len(md["states_sha256"]) == 64
     assert site.fake.requests("POST", "^/image/v2/images$")  # Packer's build registered it
 
+    # nothing changed: nothing is built; the weekly schedule's tag builds all the same
+    again = site.run("images", selection=[dg.AssetKey("topology"), dg.AssetKey(["images", "web"])])
+    same = metadata(again, dg.AssetKey(["images", "web"]))["built"]["fake"]
+    assert same == {**built, "built": False}
+    assert len(site.fake.requests("POST", "^/image/v2/images$")) == 1
+    weekly = site.run(
+        "images",
+        selection=[dg.AssetKey("topology"), dg.AssetKey(["images", "web"])],
+        tags={"coop/force_rebuild": "true"},
+    )
+    assert metadata(weekly, dg.AssetKey(["images", "web"]))["built"]["fake"]["built"] is True
+    assert len(site.fake.requests("POST", "^/image/v2/images$")) == 2
+
 
 def test_an_image_build_without_the_salt_tree_says_so(site, tmp_path):
     packer = PackerResource(

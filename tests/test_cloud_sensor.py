@@ -242,6 +242,7 @@ def test_the_nightly_schedule_plans_and_readies_the_pools(repo, instance):
     request = drift(context)
     assert request.tags["coop/trigger"] == "drift_nightly"
     assert drift.job_name == "plan" and weekly.job_name == "images"
+    assert weekly(dg.build_schedule_context(instance=instance)).tags["coop/force_rebuild"] == "true"
     assert {p.name for p in instance.event_log_storage.get_pool_limits()} >= {
         "location/test-1",
         "location/test-2",

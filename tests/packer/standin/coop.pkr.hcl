@@ -30,6 +30,11 @@ variable "states_sha256" {
   default = ""
 }
 
+variable "template_sha256" {
+  type    = string
+  default = ""
+}
+
 variable "manifest" {
   type = string
 }
@@ -55,6 +60,8 @@ build {
       "IMAGE_NAME=${var.image_name}",
       "IMAGE_GROUP=${var.group}",
       "SALT_TREE=${var.salt_tree}",
+      "STATES_SHA256=${var.states_sha256}",
+      "TEMPLATE_SHA256=${var.template_sha256}",
     ]
     inline = [
       "test -d \"$SALT_TREE\"",

@@ -11,6 +11,8 @@ response = conn.image.post(
     json={
         "name": os.environ["IMAGE_NAME"],
         "coop_image_group": os.environ["IMAGE_GROUP"],
+        "coop_states_sha256": os.environ["STATES_SHA256"],
+        "coop_template_sha256": os.environ["TEMPLATE_SHA256"],
         "disk_format": "qcow2",
         "container_format": "bare",
     },
