@@ -100,6 +100,11 @@ def stack_definitions(
         context: dg.AssetExecutionContext, config: PlanConfig, topology: Topology
     ) -> dg.Output[StackPlan]:
         terraform: TerraformResource = context.resources.terraform
+        # Runs launched by hand before the sensor or a schedule ever ran: from now on, at least,
+        # the location's pool has its limit.
+        from infra_assets.cloud_jobs import ensure_location_pools
+
+        ensure_location_pools(context.instance, [location])
         settings = terraform.location_file(location)
         if not settings.is_file():
             raise dg.Failure(
