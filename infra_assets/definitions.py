@@ -12,26 +12,36 @@ import warnings
 
 import dagster as dg
 
-from infra_assets import app_images, topology
+from infra_assets import app_images, cloud_jobs, images, instances, network, topology
 from infra_assets.jobs import JOBS
 from infra_assets.model import Topology, TopologyError, load_topology
 from infra_assets.paths import default_topology
 from resources.git import GitResource
+from resources.infra_repo import InfraRepoResource
 from resources.jenkins import JenkinsResource
+from resources.openstack import OpenStackResource
+from resources.packer import PackerResource
 from resources.podman import PodmanResource
 from resources.registry import RegistryResource
+from resources.terraform import TerraformResource
 from resources.topology import TopologyResource
 
 # Data versions on outputs (`topology` hashes its file) are beta in Dagster 1.13; we rely on them.
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
 
 # Modules with a `definitions(topo: Topology) -> dg.Definitions` for their part of the graph.
-TOPOLOGY_PARTS: list = [app_images]
+TOPOLOGY_PARTS: list = [images, network, instances, cloud_jobs, app_images]
 
 
 def resources() -> dict[str, dg.ConfigurableResource]:
     return {
         "topology_file": TopologyResource(),
+        # Cloud credentials come from the environment when used (OS_PASSWORD, PGPASSWORD,
+        # TF_PG_CONN_STR): README, "Pointing it at a real cloud".
+        "packer": PackerResource(),
+        "terraform": TerraformResource(),
+        "openstack": OpenStackResource(),
+        "infra_repo": InfraRepoResource(),
         # App delivery (app_images.py): the local site's registry and podman unless configured
         # from the environment (INFRA_REGISTRY_*, INFRA_JENKINS_*; see README).
         "git": GitResource(),
@@ -41,13 +51,16 @@ def resources() -> dict[str, dg.ConfigurableResource]:
     }
 
 
-def build_definitions(topo: Topology | None) -> dg.Definitions:
-    """The whole code location for `topo` (None: the topology is broken; its asset says why)."""
+def build_definitions(
+    topo: Topology | None, resource_overrides: dict[str, object] | None = None
+) -> dg.Definitions:
+    """The whole code location for `topo` (None: the topology is broken; its asset says why).
+    `resource_overrides` replace resources by key (tests: a stand-in or a fake's client)."""
     base = dg.Definitions(
         assets=dg.load_assets_from_modules([topology]),
         asset_checks=dg.load_asset_checks_from_modules([topology]),
         jobs=JOBS,
-        resources=resources(),
+        resources={**resources(), **(resource_overrides or {})},
         # Steps run one after another in the run's process: a step in a subprocess of its own
         # costs 2-3 s of imports, and most of ours wait on a tool (salt, terraform), not the CPU.
         executor=dg.in_process_executor,

@@ -20,4 +20,7 @@ main_job = dg.define_asset_job(
     description="Everything: the topology, then every part of the site it describes.",
 )
 
-JOBS = [topology_job, main_job]
+# The cloud part's jobs (plan, apply, images): infra_assets/cloud_jobs.py.
+from infra_assets.cloud_jobs import CLOUD_JOBS  # noqa: E402
+
+JOBS = [topology_job, main_job, *CLOUD_JOBS]

@@ -37,6 +37,10 @@ class Location(_Strict):
     cloud: str = Field(
         min_length=1, description="An entry of clouds.yaml, or `local` for this machine."
     )
+    auto_apply: bool = Field(
+        default=False,
+        description="Apply what a commit on main changes without a person (default: plan only).",
+    )
 
     @property
     def is_local(self) -> bool:

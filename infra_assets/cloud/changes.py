@@ -1,0 +1,129 @@
+"""What a range of commits on the infra repo's main branch changed, for the cloud part: which
+Terraform stacks of which locations to plan, which role images to rebuild.
+
+- `terraform/modules/`, `terraform/network/`: every OpenStack location's network and instances;
+  `terraform/instances/`: every location's instances; `terraform/locations/<L>.tfvars`: L's.
+- `topology.yaml`: the locations whose stack inputs differ between the two commits (a location's
+  number or cloud: its network; its hosts, addresses, roles, flavors, the salt master: its
+  instances); a new location: both.
+- `packer/` (template, bake script, images.json): every image in use; `packer/clouds/<c>`: the
+  images built on cloud c. `salt/`: the group of the role a changed path names (a path part equal
+  to a role, or `<role>.sls`), else every image in use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+
+from infra_assets.cloud.groups import ImageGroupError, group_of_role, groups_in_use
+from infra_assets.cloud.stacks import STACKS, cloud_locations, stack_hosts
+from infra_assets.model import Topology, TopologyError, parse_topology
+
+
+@dataclass
+class ChangeSet:
+    stacks: dict[str, set[str]] = field(default_factory=dict)  # location -> stacks to plan
+    images: set[str] = field(default_factory=set)  # image groups to rebuild
+    reasons: list[str] = field(default_factory=list)
+
+    def add_stacks(self, location: str, stacks: tuple[str, ...] | set[str], why: str) -> None:
+        self.stacks.setdefault(location, set()).update(stacks)
+        self.reasons.append(f"{location} ({', '.join(sorted(stacks))}): {why}")
+
+    def add_images(self, groups: set[str] | list[str], why: str) -> None:
+        if groups:
+            self.images.update(groups)
+            self.reasons.append(f"images {', '.join(sorted(groups))}: {why}")
+
+    @property
+    def empty(self) -> bool:
+        return not self.stacks and not self.images
+
+
+def _load(text: str | None, file: str) -> Topology | None:
+    if text is None:
+        return None
+    try:
+        return parse_topology(text, file=file)
+    except TopologyError:
+        return None
+
+
+def _network_inputs(topo: Topology, location: str) -> tuple:
+    loc = topo.locations[location]
+    return (loc.number, loc.cloud)
+
+
+def _instances_inputs(topo: Topology, location: str) -> tuple:
+    try:
+        hosts = stack_hosts(topo, location)
+    except ImageGroupError as err:
+        hosts = {"error": str(err)}
+    return (repr(sorted(hosts.items())), topo.salt_master(), topo.domain)
+
+
+def changes_between(
+    changed_files: list[str],
+    *,
+    topology_path: str,
+    new_topology: Topology,
+    read_old_topology: Callable[[], str | None],
+) -> ChangeSet:
+    """The plan and rebuild work that `changed_files` (repo-relative paths) calls for, on the
+    locations of `new_topology` that are on an OpenStack cloud."""
+    out = ChangeSet()
+    locations = cloud_locations(new_topology)
+    try:
+        in_use = groups_in_use(new_topology)
+    except ImageGroupError:
+        in_use = {}
+    roles = new_topology.roles()
+
+    for path in changed_files:
+        parts = PurePosixPath(path).parts
+        if not parts:
+            continue
+        top = parts[0]
+        if top == "terraform" and len(parts) > 1:
+            if parts[1] in ("modules", "network"):
+                for loc in locations:
+                    out.add_stacks(loc, STACKS, f"{path} changed")
+            elif parts[1] == "instances":
+                for loc in locations:
+                    out.add_stacks(loc, ("instances",), f"{path} changed")
+            elif parts[1] == "locations" and len(parts) > 2:
+                loc = parts[2].split(".")[0]
+                if loc in locations:
+                    out.add_stacks(loc, STACKS, f"{path} changed")
+        elif top == "packer" and len(parts) > 1:
+            if parts[1] == "clouds" and len(parts) > 2:
+                cloud = parts[2].split(".")[0]
+                out.add_images({g for g, c in in_use.items() if cloud in c}, f"{path} changed")
+            else:
+                out.add_images(set(in_use), f"{path} changed")
+        elif top == "salt":
+            named = {p.removesuffix(".sls") for p in parts[1:] if p.removesuffix(".sls") in roles}
+            groups = {group_of_role(r) for r in named} - {None}
+            if named:
+                out.add_images({g for g in groups if g in in_use}, f"{path} changed")
+            else:
+                out.add_images(set(in_use), f"{path} changed (shared states)")
+        elif path == topology_path:
+            old = _load(read_old_topology(), topology_path)
+            for loc in locations:
+                if old is None or loc not in old.locations or old.locations[loc].is_local:
+                    out.add_stacks(loc, STACKS, "new in the topology")
+                    continue
+                if _network_inputs(old, loc) != _network_inputs(new_topology, loc):
+                    out.add_stacks(loc, STACKS, "its number or cloud changed in the topology")
+                elif _instances_inputs(old, loc) != _instances_inputs(new_topology, loc):
+                    out.add_stacks(loc, ("instances",), "its hosts changed in the topology")
+            try:
+                old_groups = groups_in_use(old) if old is not None else {}
+            except ImageGroupError:
+                old_groups = {}
+            fresh = {g for g, clouds in in_use.items() if set(clouds) - set(old_groups.get(g, []))}
+            out.add_images(fresh, "newly needed by a host in the topology")
+    return out

@@ -1,0 +1,87 @@
+"""The Terraform stacks' variables, derived from the topology (plain data, written to a tfvars
+JSON file for each plan). The location's other settings (bastion, external network) are in
+`terraform/locations/<location>.tfvars`.
+
+Stacks, in apply order: `network` (network, subnet, router, security groups), then `instances`
+(ports with the address plan's fixed addresses, servers from the role images).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from infra_assets.cloud.groups import IMAGES_FILE, group_of_host
+from infra_assets.model import Topology, address_plan
+
+STACKS = ("network", "instances")
+
+
+def cloud_locations(topo: Topology) -> list[str]:
+    """Locations whose hosts live on an OpenStack cloud (not `cloud: local`), in file order."""
+    return [name for name, loc in topo.locations.items() if not loc.is_local]
+
+
+def stack_hosts(topo: Topology, location: str, *, images_file=IMAGES_FILE) -> dict[str, dict]:
+    """The location's hosts as the stacks take them: every role (primary first), every address
+    (primary first, then service addresses), flavor ("" for the default), image group."""
+    plan = address_plan(topo)
+    hosts = {}
+    for name, host in topo.hosts.items():
+        if host.location != location:
+            continue
+        hosts[name] = {
+            "roles": list(host.roles),
+            "addresses": [a.address for a in plan.for_host(name)],
+            "flavor": host.flavor or "",
+            "image_group": group_of_host(topo, name, host, images_file),
+        }
+    return hosts
+
+
+def network_vars(topo: Topology, location: str, *, images_file=IMAGES_FILE) -> dict[str, Any]:
+    loc = topo.locations[location]
+    return {
+        "location": location,
+        "location_number": loc.number,
+        "cloud": loc.cloud,
+        "hosts": stack_hosts(topo, location, images_file=images_file),
+    }
+
+
+def instances_vars(
+    topo: Topology,
+    location: str,
+    *,
+    network_outputs: Mapping[str, Any],
+    images: Mapping[str, str],
+    images_file=IMAGES_FILE,
+) -> dict[str, Any]:
+    """`network_outputs`: the network stack's `terraform output -json`; `images`: image group ->
+    image id (the newest of each group, from openstacksdk)."""
+    missing = [
+        k for k in ("network_id", "subnet_id", "security_group_ids") if k not in network_outputs
+    ]
+    if missing:
+        raise ValueError(
+            f"the network stack of {location} has no output {', '.join(missing)}: apply"
+            f" network/{location} first"
+        )
+    master = topo.salt_master()
+    data = network_vars(topo, location, images_file=images_file)
+    wanted = sorted({h["image_group"] for h in data["hosts"].values()})
+    absent = [g for g in wanted if g not in images]
+    if absent:
+        raise ValueError(
+            f"no image for group {', '.join(absent)} on cloud {data['cloud']}: materialise"
+            f" {', '.join('images/' + g for g in absent)} first"
+        )
+    data.update(
+        network_id=network_outputs["network_id"]["value"],
+        subnet_id=network_outputs["subnet_id"]["value"],
+        security_group_ids=network_outputs["security_group_ids"]["value"],
+        images={g: images[g] for g in wanted},
+        salt_master_address=address_plan(topo).primary(master).address,
+        domain=topo.domain,
+    )
+    return data

@@ -1,0 +1,111 @@
+"""The cloud part's jobs, schedules and sensor.
+
+Jobs (in JOBS, so they exist whatever the topology):
+- `plan`: Terraform plans of every OpenStack location, no apply: pull requests, CI, the nightly
+  drift check;
+- `apply`: plan, gate, apply: network then instances of every OpenStack location;
+- `images`: rebuild the role images.
+
+Schedules: `images_weekly` (Monday 03:00 NZ) and `drift_nightly` (02:30 NZ, the plan job, whose
+`no_drift` checks report drift). Sensor `infra_main` (sensors/infra_repo.py). All three start
+stopped: turn them on in the UI (Automation) where the cloud credentials are set.
+"""
+
+import dagster as dg
+
+from infra_assets.cloud.stacks import cloud_locations
+from infra_assets.images import FORCE_TAG
+from infra_assets.model import Topology, TopologyError
+from infra_assets.stacks import pool_of
+from resources.topology import TopologyResource
+
+_BASE = dg.AssetSelection.assets("topology", "ip_plan")
+
+plan_job = dg.define_asset_job(
+    "plan",
+    selection=_BASE | dg.AssetSelection.key_prefixes(["plan"]),
+    description="Plan the network and instances of every OpenStack location; apply nothing."
+    " For pull requests, CI and the nightly drift check.",
+    tags={"coop/mode": "plan"},
+)
+
+apply_job = dg.define_asset_job(
+    "apply",
+    selection=_BASE | dg.AssetSelection.key_prefixes(["plan"], ["network"], ["instances"]),
+    description="Plan, gate and apply the network and instances of every OpenStack location"
+    " (one location at a time: pool location/<name>).",
+    tags={"coop/mode": "apply"},
+)
+
+images_job = dg.define_asset_job(
+    "images",
+    selection=_BASE | dg.AssetSelection.key_prefixes(["images"]),
+    description="Build the role images with Packer and prune the old ones.",
+)
+
+CLOUD_JOBS = [plan_job, apply_job, images_job]
+
+
+def ensure_location_pools(instance: dg.DagsterInstance, locations: list[str]) -> list[str]:
+    """Give each location's pool its limit before any run uses it. Dagster creates a pool's row
+    on first use, so a first burst of runs would otherwise not be limited. Returns the pools
+    this call created."""
+    storage = instance.event_log_storage
+    if not storage.supports_global_concurrency_limits:
+        return []
+    existing = storage.get_concurrency_keys()
+    limit = instance.global_op_concurrency_default_limit or 1
+    created = []
+    for location in locations:
+        pool = pool_of(location)
+        if pool not in existing:
+            storage.set_concurrency_slots(pool, limit)
+            created.append(pool)
+    return created
+
+
+def _locations(topology_file: TopologyResource) -> list[str]:
+    try:
+        return cloud_locations(topology_file.load())
+    except TopologyError:
+        return []
+
+
+def schedules() -> list[dg.ScheduleDefinition]:
+    """Built when the code location loads, not at import (a timezone is read from disk)."""
+
+    @dg.schedule(
+        name="drift_nightly",
+        cron_schedule="30 2 * * *",
+        execution_timezone="Pacific/Auckland",
+        job_name="plan",
+        default_status=dg.DefaultScheduleStatus.STOPPED,
+        description="Every night: plan every OpenStack location; a non-empty plan when nothing was"
+        " merged is drift, reported by the plans' no_drift checks.",
+    )
+    def drift_nightly(context: dg.ScheduleEvaluationContext, topology_file: TopologyResource):
+        ensure_location_pools(context.instance, _locations(topology_file))
+        return dg.RunRequest(tags={"coop/trigger": "drift_nightly"})
+
+    @dg.schedule(
+        name="images_weekly",
+        cron_schedule="0 3 * * 1",
+        execution_timezone="Pacific/Auckland",
+        job_name="images",
+        default_status=dg.DefaultScheduleStatus.STOPPED,
+        description="Every Monday: rebuild the role images (security updates) and prune old ones.",
+    )
+    def images_weekly(context: dg.ScheduleEvaluationContext):
+        # weekly: build even when states and template are unchanged (the base image's updates)
+        return dg.RunRequest(tags={"coop/trigger": "images_weekly", FORCE_TAG: "true"})
+
+    return [drift_nightly, images_weekly]
+
+
+def definitions(topo: Topology) -> dg.Definitions:
+    """The schedules and the sensor, where there is a cloud to act on."""
+    if not cloud_locations(topo):
+        return dg.Definitions()
+    from sensors.infra_repo import infra_main_sensor
+
+    return dg.Definitions(schedules=schedules(), sensors=[infra_main_sensor])

@@ -1,0 +1,215 @@
+"""`images/<group>`: one Packer image per role group (packer/images.json) that a host on an
+OpenStack location boots from, built by packer/coop.pkr.hcl on each cloud that needs it, with
+the group's salt states baked in. After a build, the group's old images are pruned through
+openstacksdk: the newest `keep` stay, and so does any image a server still runs on.
+
+Rebuilt by the weekly schedule, and by the sensor on main when the template or the group's
+states change. Locations on the `local` cloud need no image and make none.
+"""
+
+import hashlib
+import time
+from pathlib import Path
+
+import dagster as dg
+from pydantic import Field
+
+from infra_assets.cloud.groups import IMAGES_FILE, ImageGroupError, groups_in_use, image_groups
+from infra_assets.model import Topology
+from infra_assets.paths import REPO_ROOT
+from resources.openstack import OpenStackError, OpenStackResource, redacted_env
+from resources.packer import PackerError, PackerResource
+
+TEMPLATE = "coop.pkr.hcl"
+
+
+FORCE_TAG = "coop/force_rebuild"
+
+
+class ImageConfig(dg.Config):
+    force: bool = Field(
+        default=False,
+        description="Build even if the newest image already has these states and this template"
+        " (the weekly schedule forces a build with the run tag coop/force_rebuild).",
+    )
+    keep: int = Field(
+        default=3,
+        ge=1,
+        description="Images kept per group and cloud: the newest ones (older images that a"
+        " server still uses are kept too).",
+    )
+    prune_dry_run: bool = Field(
+        default=False, description="Report which images pruning would delete, delete none."
+    )
+
+
+def image_key(group: str) -> dg.AssetKey:
+    return dg.AssetKey(["images", group])
+
+
+def states_sha256(tree: Path) -> str:
+    """A hash of the salt tree's files (paths and contents): what the image baked."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in tree.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(tree)).encode() + b"\0")
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def template_sha256(folder: Path, cloud_vars: Path) -> str:
+    """A hash of what shapes an image besides the states: the template, the role groups, the
+    bake script and the cloud's build settings."""
+    digest = hashlib.sha256()
+    for path in [
+        folder / TEMPLATE,
+        folder / "images.json",
+        *sorted(folder.glob("scripts/*")),
+        cloud_vars,
+    ]:
+        if path.is_file():
+            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def _image_asset(group: str, description: str) -> dg.AssetsDefinition:
+    @dg.asset(
+        key=image_key(group),
+        group_name="images",
+        kinds={"packer", "openstack"},
+        ins={"topology": dg.AssetIn(dg.AssetKey("topology"))},
+        tags={"coop/image_group": group},
+        description=f"The {group} image: {description}. Built by Packer (packer/{TEMPLATE}) with"
+        " the group's salt states baked in; old images pruned.",
+    )
+    def image(
+        context: dg.AssetExecutionContext,
+        config: ImageConfig,
+        topology: Topology,
+        packer: PackerResource,
+        openstack: OpenStackResource,
+    ) -> dg.Output[dict]:
+        try:
+            clouds = groups_in_use(topology).get(group, [])
+        except ImageGroupError as err:
+            raise dg.Failure(description=str(err), allow_retries=False) from None
+        tree = packer.states_dir()
+        if not tree.is_dir():
+            raise dg.Failure(
+                description=f"the salt state tree {tree} does not exist: images bake the role"
+                " states from it (salt/, with top.sls by role)",
+                allow_retries=False,
+            )
+        states = states_sha256(tree)
+        commit = context.run.tags.get("coop/git_sha") or _head()
+        force = config.force or context.run.tags.get(FORCE_TAG) == "true"
+        built: dict[str, dict] = {}
+        rows = ["| cloud | image | id | what | pruned | kept in use |", "|---|---|---|---|---|---|"]
+        prunes = {}
+        for cloud in clouds:
+            var_file = packer.folder() / "clouds" / f"{cloud}.pkrvars.hcl"
+            if not var_file.is_file():
+                raise dg.Failure(
+                    description=f"{var_file} is missing: it says how to build on cloud"
+                    f" {cloud!r} (source image, flavor, network). Copy"
+                    " packer/clouds/catalyst.pkrvars.hcl and adapt it.",
+                    allow_retries=False,
+                )
+            template = template_sha256(packer.folder(), var_file)
+            name = f"coop-{group}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+            env = openstack.tool_env(cloud=cloud)
+            try:
+                current = openstack.latest_images(cloud=cloud, groups=[group]).get(group)
+                if (
+                    current is not None
+                    and not force
+                    and current.properties.get("coop_states_sha256") == states
+                    and current.properties.get("coop_template_sha256") == template
+                ):
+                    context.log.info(
+                        f"{group} on {cloud}: {current.name} already has these states and this"
+                        " template: nothing to build"
+                    )
+                    built[cloud] = {"id": current.id, "name": current.name, "built": False}
+                    rows.append(f"| {cloud} | {current.name} | `{current.id}` | up to date | | |")
+                    continue
+                build = packer.build(
+                    template=TEMPLATE,
+                    variables={
+                        "group": group,
+                        "image_name": name,
+                        "cloud": cloud,
+                        "salt_tree": str(tree),
+                        "git_commit": commit,
+                        "states_sha256": states,
+                        "template_sha256": template,
+                    },
+                    var_files=[var_file],
+                    env=env,
+                    redact=redacted_env(env),
+                    log=context.log.info,
+                )
+                artifact = build.artifacts[-1]
+                # Packer says it made an image: the cloud must have it, active.
+                image = openstack.find_image(cloud=cloud, name_or_id=artifact.artifact_id)
+                image = image or openstack.find_image(cloud=cloud, name_or_id=artifact.image_name)
+                if image is None or image.status != "active":
+                    raise dg.Failure(
+                        description=f"Packer reported image {artifact.image_name}"
+                        f" ({artifact.artifact_id}) but cloud {cloud!r} has"
+                        f" {'no such image' if image is None else 'it ' + image.status}",
+                        allow_retries=False,
+                    )
+                pruned = openstack.prune_images(
+                    cloud=cloud, group=group, keep=config.keep, dry_run=config.prune_dry_run
+                )
+            except (PackerError, OpenStackError) as err:
+                raise dg.Failure(description=str(err), allow_retries=False) from None
+            built[cloud] = {"id": image.id, "name": image.name, "built": True}
+            prunes[cloud] = pruned
+            rows.append(
+                f"| {cloud} | {image.name} | `{image.id}` | built | {len(pruned.deleted)} |"
+                f" {len(pruned.in_use)} |"
+            )
+            context.log.info(
+                f"{group} on {cloud}: built {image.name} ({image.id}); "
+                f"{'would delete' if pruned.dry_run else 'deleted'}"
+                f" {len(pruned.deleted)}, kept {len(pruned.kept)} newest"
+                f" and {len(pruned.in_use)} in use"
+            )
+        if not clouds:
+            context.log.info(f"no host on an OpenStack location boots the {group} image")
+        return dg.Output(
+            built,
+            metadata={
+                "images": dg.MetadataValue.md("\n".join(rows)),
+                "built": dg.MetadataValue.json(built),
+                "roles": ", ".join(image_groups()[group].roles),
+                "states_sha256": states,
+                "git_commit": commit,
+                "keep": config.keep,
+                **{
+                    f"pruning_{cloud}": dg.MetadataValue.md(p.markdown())
+                    for cloud, p in prunes.items()
+                },
+            },
+        )
+
+    return image
+
+
+def _head() -> str:
+    from resources.cli_runner import run_cli
+
+    result = run_cli(
+        ["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], log=lambda _l: None, check=False
+    )
+    return result.output.strip() if result.returncode == 0 else ""
+
+
+def definitions(topo: Topology) -> dg.Definitions:
+    try:
+        needed = groups_in_use(topo, IMAGES_FILE)
+        groups = image_groups(IMAGES_FILE)
+    except ImageGroupError:
+        return dg.Definitions()  # plan/instances says what is wrong when it runs
+    return dg.Definitions(assets=[_image_asset(g, groups[g].description or g) for g in needed])

@@ -1,0 +1,268 @@
+"""A Terraform stack of one location as Dagster assets: the plan, its gates, and the apply.
+
+    plan/<stack>/<location>   terraform plan -out + show -json: a typed plan (metadata: summary)
+      check safe_to_apply       blocking: no server or network destroyed or replaced unless the
+                                run's config (the plan asset's `allow_destroy`) allows it
+      check no_drift            the plan is empty: what runs matches the configuration
+    <stack>/<location>        terraform apply of that saved plan, made in the same run; outputs
+
+Every asset of a location shares the pool `location/<name>` (dagster.yaml: a limit of 1, run
+granularity), so two runs never plan or apply one location at once; a failed or cancelled run
+frees it.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import dagster as dg
+from pydantic import Field
+
+from infra_assets.model import Topology
+from resources.terraform import (
+    ResourceChange,
+    TerraformError,
+    TerraformPlan,
+    TerraformResource,
+    public_outputs,
+)
+
+# What a plan asset computes its variables with: (context, topology). Resources are on
+# context.resources (`terraform`, and `openstack` for stacks that need it).
+VariablesFn = Callable[[dg.AssetExecutionContext, Topology], dict[str, Any]]
+# What runs after a successful apply: (context, topology, public outputs).
+AfterApplyFn = Callable[[dg.AssetExecutionContext, Topology, dict[str, Any]], None]
+
+
+def pool_of(location: str) -> str:
+    return f"location/{location}"
+
+
+def plan_key(stack: str, location: str) -> dg.AssetKey:
+    return dg.AssetKey(["plan", stack, location])
+
+
+def apply_key(stack: str, location: str) -> dg.AssetKey:
+    return dg.AssetKey([stack, location])
+
+
+class PlanConfig(dg.Config):
+    allow_destroy: list[str] = Field(
+        default_factory=list,
+        description="Resource addresses (globs) this run may destroy or replace, e.g."
+        ' ["openstack_compute_instance_v2.host[\\"web-staging-1\\"]"]; ["*"] allows all.'
+        " Empty: a plan that destroys or replaces a server or a network is stopped.",
+    )
+
+
+@dataclass(frozen=True)
+class StackPlan:
+    """A plan as the plan asset hands it to the apply asset: made in which run, allowing what."""
+
+    plan: TerraformPlan
+    run_id: str
+    allow_destroy: tuple[str, ...] = ()
+
+    def blocked(self, protected: list[str]) -> list[ResourceChange]:
+        """Protected resources the plan would destroy or replace without the run's leave."""
+        return [c for c in self.plan.destructive(protected) if not c.matches(self.allow_destroy)]
+
+
+def stack_definitions(
+    stack: str,
+    location: str,
+    *,
+    variables: VariablesFn,
+    deps: list[dg.AssetKey],
+    description: str,
+    needs_openstack: bool = False,
+    after_apply: AfterApplyFn | None = None,
+) -> dg.Definitions:
+    """The plan and apply assets of `stack` at `location`, with the gate and drift checks."""
+    pkey, akey = plan_key(stack, location), apply_key(stack, location)
+    pool = pool_of(location)
+    tags = {"coop/location": location, "coop/stack": stack}
+    # Only what the stack uses: a run that needs no cloud API asks for no cloud credentials.
+    resource_keys = {"terraform", "openstack"} if needs_openstack else {"terraform"}
+
+    @dg.asset(
+        key=pkey,
+        group_name=stack,
+        kinds={"terraform", "openstack"},
+        pool=pool,
+        deps=[dg.AssetKey("ip_plan"), *deps],
+        ins={"topology": dg.AssetIn(dg.AssetKey("topology"))},
+        required_resource_keys=resource_keys,
+        tags=tags,
+        description=f"The Terraform plan of {stack} at {location}: {description}",
+    )
+    def plan_asset(
+        context: dg.AssetExecutionContext, config: PlanConfig, topology: Topology
+    ) -> dg.Output[StackPlan]:
+        terraform: TerraformResource = context.resources.terraform
+        # Runs launched by hand before the sensor or a schedule ever ran: from now on, at least,
+        # the location's pool has its limit.
+        from infra_assets.cloud_jobs import ensure_location_pools
+
+        ensure_location_pools(context.instance, [location])
+        settings = terraform.location_file(location)
+        if not settings.is_file():
+            raise dg.Failure(
+                description=f"{settings} is missing: it holds {location}'s settings that the"
+                " topology does not (bastion_cidr, external_network). Copy"
+                " terraform/locations/nz-por-1.tfvars and set them for this location.",
+                allow_retries=False,
+            )
+        try:
+            values = variables(context, topology)
+            plan = terraform.plan(
+                stack=stack,
+                location=location,
+                variables=values,
+                var_files=[settings],
+                log=context.log.info,
+            )
+        except (TerraformError, ValueError) as err:
+            raise dg.Failure(description=str(err), allow_retries=False) from None
+        summary = plan.summary()
+        return dg.Output(
+            StackPlan(plan, context.run_id, tuple(config.allow_destroy)),
+            metadata={
+                "plan": dg.MetadataValue.md(plan.markdown()),
+                **{k: dg.MetadataValue.int(v) for k, v in summary.items()},
+                "has_changes": plan.has_changes,
+                "drift": len(plan.drift),
+                "allow_destroy": dg.MetadataValue.json(list(config.allow_destroy)),
+                "terraform_version": plan.terraform_version,
+                "plan_file": dg.MetadataValue.path(plan.path),
+                "git_sha": context.run.tags.get("coop/git_sha", "(not from a commit sensor)"),
+            },
+        )
+
+    @dg.asset_check(
+        asset=pkey,
+        name="safe_to_apply",
+        blocking=True,
+        description="Stops the apply when the plan destroys or replaces a server or a network"
+        " that the run's config (allow_destroy on the plan) does not allow.",
+    )
+    def safe_to_apply(plan: StackPlan, terraform: TerraformResource) -> dg.AssetCheckResult:
+        return gate_result(plan, terraform.protected)
+
+    @dg.asset_check(
+        asset=pkey,
+        name="no_drift",
+        description="The plan is empty: the running infrastructure matches the configuration."
+        " Run nightly; a plan with changes after nothing was merged is drift.",
+    )
+    def no_drift(plan: StackPlan) -> dg.AssetCheckResult:
+        return drift_result(plan.plan)
+
+    @dg.asset(
+        key=akey,
+        group_name=stack,
+        kinds={"terraform", "openstack"},
+        pool=pool,
+        ins={"stack_plan": dg.AssetIn(pkey), "topology": dg.AssetIn(dg.AssetKey("topology"))},
+        required_resource_keys=resource_keys,
+        tags=tags,
+        description=f"{stack.capitalize()} at {location}, applied by Terraform from the plan"
+        f" made in the same run: {description}",
+    )
+    def apply_asset(
+        context: dg.AssetExecutionContext, stack_plan: StackPlan, topology: Topology
+    ) -> dg.Output[dict[str, Any]]:
+        terraform: TerraformResource = context.resources.terraform
+        plan = stack_plan.plan
+        if stack_plan.run_id != context.run_id:
+            raise dg.Failure(
+                description=f"{akey.to_user_string()} applies only a plan made in the same run;"
+                f" this one is from run {stack_plan.run_id}. Materialise"
+                f" {pkey.to_user_string()} with it.",
+                allow_retries=False,
+            )
+        blocked = stack_plan.blocked(terraform.protected)
+        if blocked:  # the gate's own test, so that leaving the check out cannot bypass it
+            raise dg.Failure(description=_blocked_text(blocked), allow_retries=False)
+        try:
+            if plan.has_changes:
+                result = terraform.apply(plan=plan, log=context.log.info)
+                outputs = result.outputs
+                applied = {
+                    "applied": True,
+                    "added": result.added,
+                    "changed": result.changed,
+                    "destroyed": result.destroyed,
+                    "apply_seconds": round(result.duration_s, 1),
+                }
+            else:
+                context.log.info(f"{stack}/{location}: the plan has no changes; nothing applied")
+                outputs = terraform.output(stack=stack, location=location)
+                applied = {"applied": False, "why": "the plan has no changes"}
+        except TerraformError as err:
+            raise dg.Failure(description=str(err), allow_retries=False) from None
+        public = public_outputs(outputs)
+        if after_apply is not None:
+            after_apply(context, topology, public)
+        return dg.Output(
+            public,
+            metadata={
+                **applied,
+                "plan": dg.MetadataValue.md(plan.markdown()),
+                "outputs": dg.MetadataValue.md(_outputs_table(public)),
+                "outputs_json": dg.MetadataValue.json(public),
+            },
+        )
+
+    return dg.Definitions(assets=[plan_asset, apply_asset], asset_checks=[safe_to_apply, no_drift])
+
+
+def gate_result(stack_plan: StackPlan, protected: list[str]) -> dg.AssetCheckResult:
+    blocked = stack_plan.blocked(protected)
+    allowed = [c for c in stack_plan.plan.destructive(protected) if c not in blocked]
+    return dg.AssetCheckResult(
+        passed=not blocked,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=_blocked_text(blocked) if blocked else None,
+        metadata={
+            "blocked": dg.MetadataValue.json([f"{c.action} {c.address}" for c in blocked]),
+            "allowed_by_config": dg.MetadataValue.json(
+                [f"{c.action} {c.address}" for c in allowed]
+            ),
+        },
+    )
+
+
+def drift_result(plan: TerraformPlan) -> dg.AssetCheckResult:
+    changed = [c for c in plan.changes if c.action not in ("no-op", "read")]
+    lines = [f"- {c.action} `{c.address}`" for c in changed]
+    lines += [f"- changed outside Terraform: `{c.address}`" for c in plan.drift]
+    return dg.AssetCheckResult(
+        passed=not plan.has_changes and not plan.drift,
+        severity=dg.AssetCheckSeverity.WARN,
+        description="\n".join(lines) or None,
+        metadata={"changes": len(changed), "outside_terraform": len(plan.drift)},
+    )
+
+
+def _blocked_text(blocked: list[ResourceChange]) -> str:
+    what = ", ".join(f"{c.action} {c.address}" for c in blocked)
+    return (
+        f"the plan would {what}. If that is intended, run again with the plan asset's config"
+        ' allow_destroy listing those addresses (or ["*"]); otherwise fix the configuration.'
+    )
+
+
+def _outputs_table(outputs: dict[str, Any]) -> str:
+    rows = ["| output | value |", "|---|---|"]
+    for name, value in outputs.items():
+        shown = value if isinstance(value, str) else f"`{_short(value)}`"
+        rows.append(f"| {name} | {shown} |")
+    return "\n".join(rows)
+
+
+def _short(value: Any, limit: int = 300) -> str:
+    import json
+
+    text = json.dumps(value, sort_keys=True)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

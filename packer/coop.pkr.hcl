@@ -1,0 +1,159 @@
+# One role group's image (support, builder, web, postgres: images.json), built on OpenStack from
+# a Debian cloud image, with the group's salt states baked in by `salt-call --local`.
+#
+#   packer build -var group=web -var image_name=coop-web-20261130-0300 \
+#     -var-file=clouds/catalyst.pkrvars.hcl coop.pkr.hcl        (run from this folder)
+#
+# The PackerResource (resources/packer.py) runs it for the `images/<group>` assets, with the
+# manifest post-processor's file telling it the new image's id. Credentials come from clouds.yaml
+# (`cloud`) and the environment (OS_PASSWORD), never from this folder.
+
+packer {
+  required_version = ">= 1.6.6"
+}
+
+variable "group" {
+  type        = string
+  description = "The image's role group: a key of images.json."
+}
+
+variable "image_name" {
+  type        = string
+  description = "The new image's name, coop-<group>-<UTC timestamp> (the resource sets it)."
+}
+
+variable "cloud" {
+  type        = string
+  default     = ""
+  description = "The clouds.yaml entry (empty: $OS_CLOUD)."
+}
+
+variable "region" {
+  type    = string
+  default = ""
+}
+
+variable "source_image_name" {
+  type        = string
+  description = "The Debian cloud image to start from (the cloud's own, e.g. debian-12-x86_64)."
+}
+
+variable "flavor" {
+  type        = string
+  description = "The build instance's flavor."
+}
+
+variable "networks" {
+  type        = list(string)
+  default     = []
+  description = "Network ids for the build instance (empty: the project's default)."
+}
+
+variable "floating_ip_network" {
+  type        = string
+  default     = ""
+  description = "Where to take a floating IP from to reach the build instance by ssh."
+}
+
+variable "security_groups" {
+  type        = list(string)
+  default     = []
+  description = "Security groups of the build instance (one that lets Packer in by ssh)."
+}
+
+variable "ssh_username" {
+  type    = string
+  default = "debian"
+}
+
+variable "salt_tree" {
+  type        = string
+  default     = ""
+  description = "The salt state tree to bake (empty: the repo's salt/)."
+}
+
+variable "salt_version" {
+  type    = string
+  default = "3008.4"
+}
+
+variable "git_commit" {
+  type        = string
+  default     = ""
+  description = "The commit of this repository the image is built from (image metadata)."
+}
+
+variable "states_sha256" {
+  type        = string
+  default     = ""
+  description = "A hash of the salt tree's content (image metadata)."
+}
+
+variable "template_sha256" {
+  type        = string
+  default     = ""
+  description = "A hash of this template, images.json, the bake script and the cloud's settings (image metadata)."
+}
+
+variable "manifest" {
+  type        = string
+  default     = "manifest.json"
+  description = "Where the manifest post-processor writes the artifacts (the resource reads it)."
+}
+
+locals {
+  groups    = jsondecode(file("${path.root}/images.json"))
+  roles     = local.groups[var.group].roles
+  salt_tree = var.salt_tree != "" ? var.salt_tree : "${path.root}/../salt"
+}
+
+source "openstack" "role" {
+  cloud               = var.cloud
+  region              = var.region
+  source_image_name   = var.source_image_name
+  flavor              = var.flavor
+  networks            = var.networks
+  floating_ip_network = var.floating_ip_network
+  security_groups     = var.security_groups
+  ssh_username        = var.ssh_username
+  image_name          = var.image_name
+  image_visibility    = "private"
+  metadata = {
+    coop_image_group     = var.group
+    coop_roles           = join(",", local.roles)
+    coop_git_commit      = var.git_commit
+    coop_states_sha256   = var.states_sha256
+    coop_template_sha256 = var.template_sha256
+  }
+}
+
+build {
+  sources = ["source.openstack.role"]
+
+  provisioner "file" {
+    source      = "${local.salt_tree}/"
+    destination = "/tmp/coop-salt"
+  }
+
+  provisioner "shell" {
+    script = "${path.root}/scripts/bake.sh"
+    environment_vars = [
+      "SALT_TREE=/tmp/coop-salt",
+      "IMAGE_ROLES=${join(",", local.roles)}",
+      "IMAGE_GROUP=${var.group}",
+      "SALT_VERSION=${var.salt_version}",
+      "IMAGE_CLEANUP=1",
+    ]
+    execute_command = "chmod +x {{ .Path }}; sudo env {{ .Vars }} {{ .Path }}"
+  }
+
+  post-processor "manifest" {
+    output     = var.manifest
+    strip_path = true
+    custom_data = {
+      group      = var.group
+      image_name = var.image_name
+      roles      = join(",", local.roles)
+    }
+  }
+}

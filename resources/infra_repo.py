@@ -1,0 +1,71 @@
+"""InfraRepoResource: this repository in git, as the sensor on its main branch reads it: the
+branch's head, the files a range of commits changed, a file as it was at a commit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+from pydantic import Field
+
+from infra_assets.paths import REPO_ROOT
+from resources.cli_runner import CliError, run_cli
+
+
+class GitError(RuntimeError):
+    """git failed; the message carries the command and its output."""
+
+
+class InfraRepoResource(dg.ConfigurableResource):
+    """The infrastructure repository (this one) and the branch that is deployed."""
+
+    path: str = Field(default="", description="The repository. Empty: this checkout.")
+    branch: str = Field(default="main", description="The branch whose commits are planned.")
+
+    def root(self) -> Path:
+        return Path(self.path).absolute() if self.path else REPO_ROOT
+
+    def _git(self, *args: str, check: bool = True) -> str:
+        try:
+            result = run_cli(
+                ["git", "-C", str(self.root()), *args], log=lambda _line: None, check=check
+            )
+        except CliError as err:
+            raise GitError(str(err)) from None
+        return result.output if result.returncode == 0 else ""
+
+    def head(self) -> str:
+        """The sha at the tip of the branch."""
+        return self._git("rev-parse", "--verify", f"refs/heads/{self.branch}^{{commit}}").strip()
+
+    def is_ancestor(self, old: str, new: str) -> bool:
+        try:
+            run_cli(
+                ["git", "-C", str(self.root()), "merge-base", "--is-ancestor", old, new],
+                log=lambda _line: None,
+            )
+        except CliError:
+            return False
+        return True
+
+    def changed_files(self, old: str, new: str) -> list[str]:
+        """Paths (relative to the repo) that differ between two commits."""
+        out = self._git("diff", "--name-only", "--no-renames", old, new)
+        return [line for line in out.splitlines() if line.strip()]
+
+    def show(self, sha: str, path: str) -> str | None:
+        """A file's content at a commit; None if it did not exist there."""
+        try:
+            return run_cli(
+                ["git", "-C", str(self.root()), "show", f"{sha}:{path}"],
+                log=lambda _line: None,
+            ).output
+        except CliError:
+            return None
+
+    def relative(self, file: Path) -> str | None:
+        """`file` relative to the repo, None if it is outside."""
+        try:
+            return str(Path(file).absolute().relative_to(self.root()))
+        except ValueError:
+            return None

@@ -1,0 +1,10 @@
+output "servers" {
+  description = "Host -> {id, addresses (primary first), image_id}."
+  value = {
+    for name, server in openstack_compute_instance_v2.host : name => {
+      id        = server.id
+      addresses = [for ip in openstack_networking_port_v2.host[name].fixed_ip : ip.ip_address]
+      image_id  = server.image_id
+    }
+  }
+}

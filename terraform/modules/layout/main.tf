@@ -1,0 +1,88 @@
+# The location's layout as data, with no provider: its address range, its security groups and
+# their rules, and each host's port (fixed addresses, security groups). The network and
+# instances stacks turn it into OpenStack resources; the tests evaluate it with a real Terraform
+# (tests/test_terraform_config.py), so the rules below are checked as Terraform reads them.
+
+locals {
+  cidr    = "10.${var.location_number}.0.0/16"
+  private = local.cidr
+
+  # Every security group and its ingress rules. `remote` is a CIDR. Nothing is open to the
+  # world but 80/443 on web hosts; ssh only from the bastion; the rest only from the private
+  # network.
+  security_groups = {
+    base = {
+      description = "Every host: ssh from the bastion only, ICMP from the private network"
+      rules = [
+        { protocol = "tcp", port_min = 22, port_max = 22, remote = var.bastion_cidr },
+        { protocol = "icmp", port_min = 0, port_max = 0, remote = local.private },
+      ]
+    }
+    salt-master = {
+      description = "The salt master: publish and return ports, from the private network"
+      rules = [
+        { protocol = "tcp", port_min = 4505, port_max = 4506, remote = local.private },
+      ]
+    }
+    docker-registry = {
+      description = "The private docker registry, from the private network"
+      rules = [
+        { protocol = "tcp", port_min = var.registry_port, port_max = var.registry_port, remote = local.private },
+      ]
+    }
+    npm-cache = {
+      description = "The npm cache, from the private network"
+      rules = [
+        { protocol = "tcp", port_min = var.npm_cache_port, port_max = var.npm_cache_port, remote = local.private },
+      ]
+    }
+    dns = {
+      description = "DNS for the network, from the private network"
+      rules = [
+        { protocol = "udp", port_min = 53, port_max = 53, remote = local.private },
+        { protocol = "tcp", port_min = 53, port_max = 53, remote = local.private },
+      ]
+    }
+    web = {
+      description = "Web hosts: HTTP and HTTPS from anywhere"
+      rules = [
+        { protocol = "tcp", port_min = 80, port_max = 80, remote = "0.0.0.0/0" },
+        { protocol = "tcp", port_min = 443, port_max = 443, remote = "0.0.0.0/0" },
+      ]
+    }
+    postgres = {
+      description = "PostgreSQL, from the private network"
+      rules = [
+        { protocol = "tcp", port_min = 5432, port_max = 5432, remote = local.private },
+      ]
+    }
+  }
+
+  # The security groups each role brings (every host also has `base`).
+  role_security_groups = {
+    salt-master         = ["salt-master"]
+    docker-registry     = ["docker-registry"]
+    npm-cache           = ["npm-cache"]
+    dns                 = ["dns"]
+    web-staging         = ["web"]
+    web-production      = ["web"]
+    postgres-staging    = ["postgres"]
+    postgres-production = ["postgres"]
+  }
+
+  # One entry per rule, keyed "<group>/<n>", for for_each.
+  security_rules = merge([
+    for group, spec in local.security_groups : {
+      for index, rule in spec.rules : "${group}/${index}" => merge(rule, { group = group })
+    }
+  ]...)
+
+  ports = {
+    for name, host in var.hosts : name => {
+      fixed_ips = host.addresses
+      security_groups = distinct(concat(["base"], flatten([
+        for role in host.roles : lookup(local.role_security_groups, role, [])
+      ])))
+    }
+  }
+}

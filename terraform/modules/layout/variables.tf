@@ -1,0 +1,40 @@
+variable "location_number" {
+  description = "The location's number: the second octet of its addresses (10.N.0.0/16)."
+  type        = number
+  validation {
+    condition     = var.location_number >= 1 && var.location_number <= 254 && floor(var.location_number) == var.location_number
+    error_message = "The location_number must be a whole number from 1 to 254."
+  }
+}
+
+variable "bastion_cidr" {
+  description = "The only source allowed to reach ssh, as a CIDR (a single address is x.x.x.x/32)."
+  type        = string
+  validation {
+    condition     = can(cidrhost(var.bastion_cidr, 0)) && var.bastion_cidr != "0.0.0.0/0"
+    error_message = "The bastion_cidr must be a CIDR such as 203.0.113.10/32, and not 0.0.0.0/0: ssh is never open to the world."
+  }
+}
+
+variable "hosts" {
+  description = "The location's hosts from the topology: roles (primary first) and addresses (primary first)."
+  type = map(object({
+    roles       = list(string)
+    addresses   = list(string)
+    flavor      = string
+    image_group = string
+  }))
+  default = {}
+}
+
+variable "registry_port" {
+  description = "The private docker registry's port."
+  type        = number
+  default     = 5000
+}
+
+variable "npm_cache_port" {
+  description = "The npm cache's port (verdaccio)."
+  type        = number
+  default     = 4873
+}

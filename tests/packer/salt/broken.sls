@@ -1,0 +1,3 @@
+this-state-fails:
+  cmd.run:
+    - name: "echo the broken state ran; exit 3"

@@ -1,0 +1,441 @@
+"""The cloud part's Dagster assets, run in process: `plan/<stack>/<location>`, its gates,
+`network/<location>` and `instances/<location>`, `images/<group>`.
+
+Real: Dagster, Terraform 1.0.3 with the null provider (the stand-in of the OpenStack stacks, fed
+by the real layout module and the variables the assets derive from the topology), Packer 1.6.6
+(a stand-in template that "builds" by registering an image), openstacksdk. FAKE: the OpenStack
+API (tests/fakes/openstack.py); the servers that the OpenStack provider would create are seeded
+in it by the tests, since no provider can create them here."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import yaml
+from cloud_env import terraform_resource, write_location
+from fakes.openstack import FakeOpenStack
+
+from infra_assets.definitions import build_definitions
+from infra_assets.model import load_topology
+from resources.openstack import GROUP_PROPERTY, OpenStackResource
+from resources.packer import PackerResource
+
+HERE = Path(__file__).parent
+
+TOPOLOGY = """
+locations:
+  test-1: {number: 42, cloud: fake}
+types: {salt-master: 1, web-staging: 5, docker-registry: 9}
+hosts:
+  support-1: {location: test-1, instance: 1, roles: [salt-master, docker-registry, dns]}
+  web-staging-1: {location: test-1, instance: 1, roles: [web-staging]}
+  web-staging-2: {location: test-1, instance: 2, roles: [web-staging]}
+"""
+L = "test-1"
+PLAN_NETWORK = dg.AssetKey(["plan", "network", L])
+PLAN_INSTANCES = dg.AssetKey(["plan", "instances", L])
+NETWORK = dg.AssetKey(["network", L])
+INSTANCES = dg.AssetKey(["instances", L])
+
+
+class Site:
+    """A cloud location of the tests' own: its topology file, the fake cloud, the resources."""
+
+    def __init__(self, root: Path, fake: FakeOpenStack, monkeypatch):
+        self.root = root
+        self.fake = fake
+        self.topology_file = root / "topology.yaml"
+        self.topology_file.write_text(TOPOLOGY)
+        monkeypatch.setenv("INFRA_TOPOLOGY", str(self.topology_file))
+        monkeypatch.delenv("OS_PASSWORD", raising=False)
+        clouds = root / "clouds.yaml"
+        clouds.write_text(yaml.safe_dump(fake.clouds_yaml("fake")))
+        self.terraform = terraform_resource(root / "tf")
+        write_location(Path(self.terraform.config_dir), L)
+        self.openstack = OpenStackResource(
+            clouds_yaml=str(clouds), password=fake.credentials.password
+        )
+        packer_dir = root / "packer"
+        (packer_dir / "clouds").mkdir(parents=True)
+        for name in ("coop.pkr.hcl", "register_image.py"):
+            shutil.copy(HERE / "packer" / "standin" / name, packer_dir)
+        (packer_dir / "clouds" / "fake.pkrvars.hcl").write_text(
+            f'python  = "{sys.executable}"\nout_dir = "{root}"\n'
+        )
+        self.packer = PackerResource(
+            template_dir=str(packer_dir),
+            work_dir=str(root / "packer-work"),
+            salt_tree=str(HERE / "packer" / "salt"),
+        )
+        self.images = {
+            "support": fake.add_image("coop-support-1", properties={GROUP_PROPERTY: "support"}),
+            "web": fake.add_image("coop-web-1", properties={GROUP_PROPERTY: "web"}),
+        }
+
+    def write(self, text: str) -> None:
+        self.topology_file.write_text(text)
+
+    def resources(self) -> dict:
+        return {"terraform": self.terraform, "openstack": self.openstack, "packer": self.packer}
+
+    def run(self, job: str, *, run_config: dict | None = None, selection=None, **kwargs):
+        overrides = {**self.resources(), **kwargs.pop("resources", {})}
+        defs = build_definitions(load_topology(self.topology_file), overrides)
+        return defs.resolve_job_def(job).execute_in_process(
+            instance=kwargs.pop("instance", None) or dg.DagsterInstance.ephemeral(),
+            run_config=run_config or {},
+            asset_selection=selection,
+            raise_on_error=False,
+            **kwargs,
+        )
+
+    def seed_servers(self, hosts: dict[str, list[str]]) -> None:
+        """What the OpenStack provider would have created (it cannot run here)."""
+        for name, addresses in hosts.items():
+            group = "support" if name.startswith("support") else "web"
+            self.fake.add_server(name, image_id=self.images[group], addresses=addresses)
+
+
+@pytest.fixture
+def site(tmp_path, monkeypatch):
+    fake = FakeOpenStack()
+    fake.start()
+    yield Site(tmp_path, fake, monkeypatch)
+    fake.stop()
+
+
+def materialised(result) -> list[str]:
+    return sorted(
+        ev.event_specific_data.materialization.asset_key.to_user_string()
+        for ev in result.get_asset_materialization_events()
+    )
+
+
+def check(result, key: dg.AssetKey, name: str):
+    [evaluation] = [
+        c
+        for c in result.get_asset_check_evaluations()
+        if c.asset_key == key and c.check_name == name
+    ]
+    return evaluation
+
+
+def metadata(result, key: dg.AssetKey) -> dict:
+    [event] = [
+        ev.event_specific_data.materialization
+        for ev in result.get_asset_materialization_events()
+        if ev.event_specific_data.materialization.asset_key == key
+    ]
+    return {k: v.value for k, v in event.metadata.items()}
+
+
+def observations(result, key: dg.AssetKey) -> list[dict]:
+    return [
+        {k: v.value for k, v in ev.event_specific_data.asset_observation.metadata.items()}
+        for ev in result.all_events
+        if ev.event_type_value == "ASSET_OBSERVATION"
+        and ev.event_specific_data.asset_observation.asset_key == key
+    ]
+
+
+def test_apply_plans_gates_and_applies_the_network_then_the_instances(site):
+    site.seed_servers(
+        {
+            "support-1": ["10.42.1.1", "10.42.9.1"],
+            "web-staging-1": ["10.42.5.1"],
+            "web-staging-2": ["10.42.5.2"],
+        }
+    )
+    result = site.run("apply")
+    assert result.success
+    assert materialised(result) == sorted(
+        [
+            "topology",
+            "ip_plan",
+            f"plan/network/{L}",
+            f"network/{L}",
+            f"plan/instances/{L}",
+            f"instances/{L}",
+        ]
+    )
+    plan_md = metadata(result, PLAN_NETWORK)
+    assert plan_md["add"] == 22 and plan_md["destroy"] == 0
+    assert plan_md["plan"].startswith(f"**network/{L}**: 22 to add")
+    net = metadata(result, NETWORK)
+    assert net["applied"] is True and net["added"] == 22
+    assert net["outputs_json"]["cidr"] == "10.42.0.0/16"
+    inst = metadata(result, INSTANCES)
+    assert inst["added"] == 6
+    servers = inst["outputs_json"]["servers"]
+    assert servers["support-1"]["addresses"] == ["10.42.1.1", "10.42.9.1"]
+    # the plan booted each host from its group's newest image, found through openstacksdk
+    assert servers["web-staging-2"]["image_id"] == site.images["web"]
+    assert servers["support-1"]["image_id"] == site.images["support"]
+
+    assert check(result, PLAN_NETWORK, "safe_to_apply").passed
+    assert check(result, PLAN_INSTANCES, "safe_to_apply").passed
+    assert not check(result, PLAN_NETWORK, "no_drift").passed  # a first apply is all change
+    servers_check = check(result, INSTANCES, "servers_match_the_plan")
+    assert servers_check.passed, servers_check.description
+    # the servers as the cloud reports them, observed on instances/<location>
+    seen = observations(result, INSTANCES)
+    assert len(seen) == 2  # while planning, and after the apply
+    assert seen[-1]["active"] == 3
+    assert "| web-staging-2 | ACTIVE | 10.42.5.2 | 10.42.5.2 | yes |" in seen[-1]["servers"]
+
+    again = site.run("apply")
+    assert again.success
+    assert metadata(again, NETWORK)["applied"] is False
+    assert metadata(again, INSTANCES)["why"] == "the plan has no changes"
+    assert check(again, PLAN_NETWORK, "no_drift").passed
+    assert check(again, PLAN_INSTANCES, "no_drift").passed
+
+
+def test_the_gate_stops_a_destroy_unless_the_run_allows_it(site):
+    site.seed_servers(
+        {
+            "support-1": ["10.42.1.1", "10.42.9.1"],
+            "web-staging-1": ["10.42.5.1"],
+            "web-staging-2": ["10.42.5.2"],
+        }
+    )
+    assert site.run("apply").success
+    site.write(
+        TOPOLOGY.replace(
+            "  web-staging-2: {location: test-1, instance: 2, roles: [web-staging]}\n", ""
+        )
+    )
+
+    blocked = site.run("apply")
+    assert not blocked.success
+    gate = check(blocked, PLAN_INSTANCES, "safe_to_apply")
+    assert not gate.passed
+    assert 'delete null_resource.server["web-staging-2"]' in gate.description
+    assert "allow_destroy" in gate.description
+    assert f"instances/{L}" not in materialised(blocked)
+    state = site.terraform.output(stack="instances", location=L)["servers"]["value"]
+    assert "web-staging-2" in state  # nothing was destroyed
+
+    server = 'null_resource.server["web-staging-2"]'
+    allowed = site.run(
+        "apply",
+        run_config={"ops": {"plan__instances__test_1": {"config": {"allow_destroy": [server]}}}},
+    )
+    assert allowed.success
+    gate = check(allowed, PLAN_INSTANCES, "safe_to_apply")
+    assert gate.passed and gate.metadata["allowed_by_config"].value == [f"delete {server}"]
+    assert metadata(allowed, INSTANCES)["destroyed"] == 2  # its server and its port
+    assert (
+        "web-staging-2"
+        not in site.terraform.output(stack="instances", location=L)["servers"]["value"]
+    )
+
+
+def test_a_new_network_number_replaces_the_network_only_with_leave(site):
+    assert site.run(
+        "apply", selection=[dg.AssetKey("topology"), dg.AssetKey("ip_plan"), PLAN_NETWORK, NETWORK]
+    ).success
+    site.write(TOPOLOGY.replace("number: 42", "number: 43"))
+    blocked = site.run(
+        "apply", selection=[dg.AssetKey("topology"), dg.AssetKey("ip_plan"), PLAN_NETWORK, NETWORK]
+    )
+    assert not blocked.success
+    assert (
+        "replace null_resource.network" in check(blocked, PLAN_NETWORK, "safe_to_apply").description
+    )
+
+
+def test_the_plan_job_plans_and_applies_nothing(site):
+    result = site.run("plan")
+    assert not result.success  # the instances plan needs the network's outputs: said clearly
+    assert f"plan/network/{L}" in materialised(result)
+    assert not [k for k in materialised(result) if k in (f"network/{L}", f"instances/{L}")]
+    failure = result.failure_data_for_node("plan__instances__test_1")
+    assert f"the network stack of {L} has no output" in failure.error.message
+    assert f"apply network/{L} first" in failure.error.message
+    assert site.terraform.output(stack="network", location=L) == {}
+
+
+def test_an_apply_takes_only_a_plan_made_in_its_own_run(site, tmp_path):
+    io = {"io_manager": dg.FilesystemIOManager(base_dir=str(tmp_path / "io"))}
+    instance = dg.DagsterInstance.ephemeral()
+    first = site.run(
+        "plan",
+        selection=[dg.AssetKey("topology"), dg.AssetKey("ip_plan"), PLAN_NETWORK],
+        resources=io,
+        instance=instance,
+    )
+    assert first.success
+    second = site.run("apply", selection=[NETWORK], resources=io, instance=instance)
+    assert not second.success
+    message = second.failure_data_for_node("network__test_1").error.message
+    assert f"network/{L} applies only a plan made in the same run" in message
+    assert first.run_id in message
+    assert site.terraform.output(stack="network", location=L) == {}
+
+
+def test_drift_is_reported_by_the_nightly_plan(site):
+    site.seed_servers(
+        {
+            "support-1": ["10.42.1.1", "10.42.9.1"],
+            "web-staging-1": ["10.42.5.1"],
+            "web-staging-2": ["10.42.5.2"],
+        }
+    )
+    assert site.run("apply").success
+    # someone removes the router behind Terraform's back (here: from its state)
+    tf = site.terraform
+    subprocess.run(
+        [tf.binary, "state", "rm", "null_resource.router_interface"],
+        cwd=tf.stack_dir("network"),
+        env=tf._env("network", L),
+        check=True,
+        capture_output=True,
+    )
+    result = site.run("plan", tags={"coop/trigger": "drift_nightly"})
+    drift = check(result, PLAN_NETWORK, "no_drift")
+    assert not drift.passed
+    assert drift.severity == dg.AssetCheckSeverity.WARN
+    assert "create `null_resource.router_interface`" in drift.description
+    assert check(result, PLAN_INSTANCES, "no_drift").passed
+
+
+def test_observation_reports_a_server_that_differs_from_the_plan(site):
+    site.seed_servers({"support-1": ["10.42.1.1"], "web-staging-1": ["10.42.5.1"]})
+    result = site.run("apply")
+    servers_check = check(result, INSTANCES, "servers_match_the_plan")
+    assert not servers_check.passed
+    assert "- no server for web-staging-2" in servers_check.description
+    assert "- support-1: addresses differ from the plan" in servers_check.description
+    seen = observations(result, INSTANCES)[-1]
+    assert seen["missing"] == ["web-staging-2"] and seen["mismatched"] == ["support-1"]
+
+
+def test_a_location_without_its_settings_file_is_named(site):
+    site.terraform.location_file(L).unlink()
+    result = site.run(
+        "plan", selection=[dg.AssetKey("topology"), dg.AssetKey("ip_plan"), PLAN_NETWORK]
+    )
+    assert not result.success
+    message = result.failure_data_for_node("plan__network__test_1").error.message
+    assert f"locations/{L}.tfvars is missing" in message and "bastion_cidr" in message
+
+
+def test_the_image_is_built_verified_and_old_ones_pruned(site):
+    weeks_ago = [datetime.now(UTC) - timedelta(weeks=w) for w in (4, 3, 2)]
+    old = [
+        site.fake.add_image(f"coop-web-0{i}", properties={GROUP_PROPERTY: "web"}, created_at=when)
+        for i, when in enumerate(weeks_ago)
+    ]
+    site.fake.add_server("web-production-9", image_id=old[0], addresses=["10.42.6.9"])
+    result = site.run(
+        "images",
+        selection=[dg.AssetKey("topology"), dg.AssetKey(["images", "web"])],
+        run_config={"ops": {"images__web": {"config": {"keep": 2}}}},
+    )
+    assert result.success
+    md = metadata(result, dg.AssetKey(["images", "web"]))
+    built = md["built"]["fake"]
+    assert built["name"].startswith("coop-web-")
+    names = site.fake.image_names()
+    assert built["name"] in names
+    # of 5 web images, the newest two stay (the new one and coop-web-1), and the oldest, which
+    # web-production-9 runs on; the other two are gone
+    assert {i for i in names if i.startswith("coop-web")} == {
+        built["name"],
+        "coop-web-1",
+        "coop-web-00",
+    }
+    assert md["keep"] == 2
+    assert "kept (in use)" in md["pruning_fake"]
+    assert md["states_sha256"] and len(md["states_sha256"]) == 64
+    assert site.fake.requests("POST", "^/image/v2/images$")  # Packer's build registered it
+
+    # nothing changed: nothing is built; the weekly schedule's tag builds all the same
+    again = site.run("images", selection=[dg.AssetKey("topology"), dg.AssetKey(["images", "web"])])
+    same = metadata(again, dg.AssetKey(["images", "web"]))["built"]["fake"]
+    assert same == {**built, "built": False}
+    assert len(site.fake.requests("POST", "^/image/v2/images$")) == 1
+    weekly = site.run(
+        "images",
+        selection=[dg.AssetKey("topology"), dg.AssetKey(["images", "web"])],
+        tags={"coop/force_rebuild": "true"},
+    )
+    assert metadata(weekly, dg.AssetKey(["images", "web"]))["built"]["fake"]["built"] is True
+    assert len(site.fake.requests("POST", "^/image/v2/images$")) == 2
+
+
+def test_an_image_build_without_the_salt_tree_says_so(site, tmp_path):
+    packer = PackerResource(
+        template_dir=site.packer.template_dir,
+        work_dir=site.packer.work_dir,
+        salt_tree=str(tmp_path / "no-salt"),
+    )
+    result = site.run(
+        "images",
+        selection=[dg.AssetKey("topology"), dg.AssetKey(["images", "web"])],
+        resources={"packer": packer},
+    )
+    assert not result.success
+    message = result.failure_data_for_node("images__web").error.message
+    assert "no-salt does not exist: images bake the role states from it" in message
+
+
+def test_the_local_site_has_no_cloud_assets_and_its_main_job_needs_no_credentials(
+    repo_root, monkeypatch
+):
+    for name in ("OS_PASSWORD", "TF_PG_CONN_STR", "PGPASSWORD", "OS_CLOUD"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("INFRA_TOPOLOGY", str(repo_root / "topology.local.yaml"))
+    defs = build_definitions(load_topology(repo_root / "topology.local.yaml"))
+    keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
+    assert not [k for k in keys if k.split("/")[0] in ("images", "plan", "network", "instances")]
+    assert defs.resolve_job_def("plan")  # the CI job exists, and has nothing to plan here
+    result = defs.resolve_job_def("main").execute_in_process(
+        instance=dg.DagsterInstance.ephemeral()
+    )
+    assert result.success
+
+
+def test_the_coop_graph_has_the_designed_lineage(repo_root):
+    defs = build_definitions(load_topology(repo_root / "topology.yaml"))
+    graph = defs.resolve_asset_graph()
+
+    def parents(*path: str) -> set[str]:
+        return {k.to_user_string() for k in graph.get(dg.AssetKey(list(path))).parent_keys}
+
+    assert parents("plan", "network", "nz-por-1") == {"topology", "ip_plan"}
+    assert parents("network", "nz-por-1") == {"topology", "plan/network/nz-por-1"}
+    assert parents("plan", "instances", "nz-por-1") == {
+        "topology",
+        "ip_plan",
+        "network/nz-por-1",
+        "images/support",
+        "images/builder",
+        "images/web",
+        "images/postgres",
+    }
+    assert parents("images", "web") == {"topology"}
+    for key in (
+        "plan/network/nz-por-1",
+        "network/nz-por-1",
+        "plan/instances/nz-por-1",
+        "instances/nz-por-1",
+    ):
+        node = graph.get(dg.AssetKey(key.split("/")))
+        assert node.pools == {"location/nz-por-1"}, key
+        assert "terraform" in node.kinds
+    checks = {c.to_user_string() for c in graph.asset_check_keys}
+    assert {
+        "plan/network/nz-por-1:safe_to_apply",
+        "plan/instances/nz-por-1:no_drift",
+        "instances/nz-por-1:servers_match_the_plan",
+    } <= checks
+    assert defs.resolve_sensor_def("infra_main")
+    assert {s.name for s in defs.schedules} == {"drift_nightly", "images_weekly"}

