@@ -4,6 +4,7 @@ by pid; only what cannot run here (an OpenStack cloud, a Jenkins server) is a fa
 from __future__ import annotations
 
 import copy
+import gc
 import os
 import shutil
 from collections.abc import Callable, Iterator
@@ -65,3 +66,21 @@ def env_with(**extra: str) -> dict[str, str]:
 
 # App delivery (issue 4): git repos, podman, the registry (tests/fixtures_delivery.py).
 pytest_plugins = ["fixtures_delivery"]
+
+
+@pytest.fixture(autouse=True)
+def _dagster_contexts_are_closed():
+    """A Dagster context built in a test and never closed (`build_sensor_context(...)` without
+    `with`) leaves its instance's state storage current; when the garbage collector closes it,
+    mid-way through some later test, that test fails with 'Attempted to resolve undefined
+    DagsterInstance weakref'. Collect the garbage now and fail the test that leaks instead."""
+    from dagster._core.storage.defs_state.base import DefsStateStorage
+
+    before = DefsStateStorage.get()
+    yield
+    gc.collect()
+    after = DefsStateStorage.get()
+    assert after is before, (
+        "this test left a Dagster context open: use `with dg.build_sensor_context(...) as"
+        " context:` (or build_schedule_context, instance_for_test) so it is closed"
+    )

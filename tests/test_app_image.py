@@ -36,10 +36,11 @@ def hello(tmp_path, app_repos, monkeypatch, registry_site, podman, base_image):
 
 
 def sensor_tick(defs, name: str, instance, cursor: str | None):
-    context = dg.build_sensor_context(
+    sensor = defs.resolve_sensor_def(name)
+    with dg.build_sensor_context(
         instance=instance, cursor=cursor, definitions=defs, resources=defs.resources
-    )
-    return defs.resolve_sensor_def(name)(context)
+    ) as context:
+        return sensor(context)
 
 
 def run_requested(defs, instance, result, **kw) -> list[dg.ExecuteInProcessResult]:

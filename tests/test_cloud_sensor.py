@@ -92,7 +92,7 @@ def tick(repo: Repo, instance, cursor: str | None, *, path: Path | None = None):
     """One evaluation, by a code location loaded from the original topology."""
     topology = repo.root / "topology.yaml"
     defs = build_definitions(parse_topology(TOPOLOGY))
-    context = dg.build_sensor_context(
+    with dg.build_sensor_context(
         instance=instance,
         cursor=cursor,
         definitions=defs,
@@ -100,8 +100,8 @@ def tick(repo: Repo, instance, cursor: str | None, *, path: Path | None = None):
             "infra_repo": InfraRepoResource(path=str(path or repo.root)),
             "topology_file": TopologyResource(path=str(topology)),
         },
-    )
-    return infra_main_sensor(context)
+    ) as context:
+        return infra_main_sensor(context)
 
 
 def requests(result) -> dict[str, dg.RunRequest]:
@@ -238,11 +238,14 @@ def test_changes_between_names_its_reasons():
 def test_the_nightly_schedule_plans_and_readies_the_pools(repo, instance):
     [drift, weekly] = schedules()
     topology = TopologyResource(path=str(repo.root / "topology.yaml"))
-    context = dg.build_schedule_context(instance=instance, resources={"topology_file": topology})
-    request = drift(context)
+    with dg.build_schedule_context(
+        instance=instance, resources={"topology_file": topology}
+    ) as context:
+        request = drift(context)
     assert request.tags["coop/trigger"] == "drift_nightly"
     assert drift.job_name == "plan" and weekly.job_name == "images"
-    assert weekly(dg.build_schedule_context(instance=instance)).tags["coop/force_rebuild"] == "true"
+    with dg.build_schedule_context(instance=instance) as context:
+        assert weekly(context).tags["coop/force_rebuild"] == "true"
     assert {p.name for p in instance.event_log_storage.get_pool_limits()} >= {
         "location/test-1",
         "location/test-2",

@@ -80,13 +80,13 @@ def two_apps(tmp_path, app_repos, monkeypatch):
 
 def tick(defs: dg.Definitions, cursor: str | None, instance=None):
     sensor = defs.resolve_sensor_def(SENSOR_NAME)
-    context = dg.build_sensor_context(
+    with dg.build_sensor_context(
         instance=instance or dg.DagsterInstance.ephemeral(),
         cursor=cursor,
         definitions=defs,
         resources=defs.resources,
-    )
-    return sensor(context)
+    ) as context:
+        return sensor(context)
 
 
 def test_a_push_asks_for_one_build_per_new_commit_and_a_replay_for_nothing(two_apps):

@@ -210,10 +210,11 @@ def test_the_jenkins_builder_builds_through_the_job_and_checks_the_registry(
             topo, registry=registry_site.resource(), jenkins=resource(fake, poll_interval_s=0.2)
         )
         instance = dg.DagsterInstance.ephemeral()
-        context = dg.build_sensor_context(
+        sensor = defs.resolve_sensor_def(git_push.SENSOR_NAME)
+        with dg.build_sensor_context(
             instance=instance, definitions=defs, resources=defs.resources
-        )
-        tick = defs.resolve_sensor_def(git_push.SENSOR_NAME)(context)
+        ) as context:
+            tick = sensor(context)
         [request] = tick.run_requests
         for p in tick.dynamic_partitions_requests:
             instance.add_dynamic_partitions(p.partitions_def_name, p.partition_keys)

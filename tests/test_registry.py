@@ -204,13 +204,14 @@ def _sensor_defs(tmp_path, monkeypatch, registry: RegistryResource, app="tiny", 
 
 
 def _tick(defs: dg.Definitions, cursor: str | None):
-    context = dg.build_sensor_context(
+    sensor = defs.resolve_sensor_def(SENSOR_NAME)
+    with dg.build_sensor_context(
         instance=dg.DagsterInstance.ephemeral(),
         cursor=cursor,
         definitions=defs,
         resources=defs.resources,
-    )
-    return defs.resolve_sensor_def(SENSOR_NAME)(context)
+    ) as context:
+        return sensor(context)
 
 
 def test_registry_sensor_asks_once_per_new_digest(
@@ -254,10 +255,11 @@ def test_registry_sensor_skips_an_unreachable_registry_and_keeps_its_cursor(tmp_
     gone = RegistryResource(url=f"http://127.0.0.1:{free_port()}", username="u", password="p")
     defs = _sensor_defs(tmp_path, monkeypatch, gone)
     cursor = json.dumps({"tiny": {"oci": "sha256:" + "a" * 64}})
-    context = dg.build_sensor_context(
+    sensor = defs.resolve_sensor_def(SENSOR_NAME)
+    with dg.build_sensor_context(
         instance=dg.DagsterInstance.ephemeral(), cursor=cursor, resources=defs.resources
-    )
-    result = defs.resolve_sensor_def(SENSOR_NAME)(context)
+    ) as context:
+        result = sensor(context)
     assert isinstance(result, dg.SkipReason)
     assert result.skip_message.startswith("registry unreachable, cursor unchanged:")
     assert context.cursor == cursor and not context.cursor_updated
