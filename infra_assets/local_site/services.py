@@ -9,4 +9,9 @@ from infra_assets.local_site.site import LocalService
 
 
 def services() -> list[LocalService]:
-    return []
+    from infra_assets.local_site.hosts import HostServices
+    from infra_assets.local_site.salt import SaltService
+
+    # salt first: its `up` allocates the ports and writes the pillar; `down` runs in reverse, so
+    # the services the states started stop before the minions and the master.
+    return [SaltService(), HostServices()]
