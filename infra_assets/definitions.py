@@ -12,22 +12,24 @@ import warnings
 
 import dagster as dg
 
-from infra_assets import topology
+from infra_assets import highstate, minions, topology
 from infra_assets.jobs import JOBS
 from infra_assets.model import Topology, TopologyError, load_topology
 from infra_assets.paths import default_topology
+from resources.salt import SaltResource
 from resources.topology import TopologyResource
 
 # Data versions on outputs (`topology` hashes its file) are beta in Dagster 1.13; we rely on them.
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
 
 # Modules with a `definitions(topo: Topology) -> dg.Definitions` for their part of the graph.
-TOPOLOGY_PARTS: list = []
+TOPOLOGY_PARTS: list = [minions, highstate]
 
 
 def resources() -> dict[str, dg.ConfigurableResource]:
     return {
         "topology_file": TopologyResource(),
+        "salt": SaltResource(),
     }
 
 
