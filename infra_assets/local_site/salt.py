@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -121,19 +122,21 @@ class SaltService:
             ready=lambda: port_open(ret) and port_open(publish),
             ready_timeout_s=60,
         )
+        # The minions start side by side (each spends about a second importing salt and making
+        # its key); each is ready once its key exists.
+        waiting: dict[str, Path] = {}
         for host in topo.hosts:
             name = MINION_PREFIX + host
             cfg = ps.minion_config(host)
             if _write_config(cfg, minion_opts(ps, host)) and sup.get(name):
                 sup.stop(name, timeout_s=5)
-            pub_key = cfg.parent / "pki" / "minion" / "minion.pub"
             sup.start(
                 name,
                 [salt_binary("salt-minion"), "-c", cfg.parent, "--log-level=warning"],
                 log=Path(ps.host_root(host)) / "var" / "log" / "salt" / "minion.out",
-                ready=pub_key.exists,
-                ready_timeout_s=60,
             )
+            waiting[name] = cfg.parent / "pki" / "minion" / "minion.pub"
+        _wait_for_keys(site, waiting)
         # Minions of hosts that left the topology: this project started them, so it stops them.
         _stop_all(
             site,
@@ -217,6 +220,21 @@ def _write_config(path: Path, opts: dict[str, Any]) -> bool:
         pass
     path.write_text(text)
     return True
+
+
+def _wait_for_keys(site: LocalSite, keys: dict[str, Path], timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    pending = dict(keys)
+    while pending:
+        for name, key in list(pending.items()):
+            if key.exists():
+                del pending[name]
+            elif site.supervisor.get(name) is None:
+                log = key.parents[4] / "var" / "log" / "salt" / "minion.out"
+                raise SiteError(f"{name} stopped while starting: see {log}")
+        if pending and time.monotonic() > deadline:
+            raise SiteError(f"{', '.join(pending)} did not start within {timeout_s:g} s")
+        time.sleep(0.1)
 
 
 def _stop_all(site: LocalSite, names: list[str]) -> None:
