@@ -359,12 +359,15 @@ class SaltResource(dg.ConfigurableResource):
         """Ping until every minion answers or `timeout_s` passes (a minion whose key was just
         accepted needs a moment to authenticate again)."""
         started = time.monotonic()
+        said = -10.0
         while True:
             result = self.ping(minions=minions, timeout_s=1)
-            if result.ok or time.monotonic() - started > timeout_s:
-                return PingResult(result.answered, result.silent, time.monotonic() - started)
-            if log:
-                log(f"waiting for {', '.join(result.silent)} to answer")
+            elapsed = time.monotonic() - started
+            if result.ok or elapsed > timeout_s:
+                return PingResult(result.answered, result.silent, elapsed)
+            if log and elapsed - said >= 5:
+                log(f"waiting for {', '.join(result.silent)} to answer ({elapsed:.0f} s)")
+                said = elapsed
             time.sleep(0.5)
 
     def call(
