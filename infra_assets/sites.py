@@ -168,7 +168,12 @@ class ProcessSite(Site):
         longest = max((len(h) for h in self.topo.hosts), default=0)
         if len(str(real)) + 1 + longest + 52 <= 104:
             return real
-        digest = hashlib.sha256(str(self.root).encode()).hexdigest()[:10]
+        return self.link_dir(self.root)
+
+    @staticmethod
+    def link_dir(root: Path) -> Path:
+        """The short link to `<root>/hosts` (used when that path is too long for salt)."""
+        digest = hashlib.sha256(str(Path(root).absolute()).encode()).hexdigest()[:10]
         return Path(tempfile.gettempdir()) / f"coop-infra-{digest}"
 
     def ensure_layout(self) -> None:

@@ -148,6 +148,33 @@ def test_throwaway_secrets_are_made_once_and_kept(tmp_path, coop):
     assert key_lines[1] in first.values()
 
 
+def test_local_up_refuses_a_bad_secrets_file_before_starting_anything(tmp_path, repo_root):
+    import subprocess
+    import sys
+
+    bad = tmp_path / "secrets.yaml"
+    bad.write_text("registry: {users: {ci: x}}\n")
+    bad.chmod(0o600)
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "infra"), "local", "up"],
+        capture_output=True,
+        text=True,
+        cwd=repo_root,
+        env={
+            **os.environ,
+            "INFRA_STATE_DIR": str(tmp_path / "state"),
+            "INFRA_SECRETS_FILE": str(bad),
+        },
+        timeout=120,
+    )
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr
+    assert f"{bad}: 4 problems in the secrets" in out.stderr
+    assert "registry.users.deploy: missing: the topology needs it" in out.stderr
+    assert not (tmp_path / "state" / "local" / "hosts").exists()
+    assert not (tmp_path / "state" / "local" / "run").exists()
+
+
 # --- the pillar ----------------------------------------------------------------------------------
 
 

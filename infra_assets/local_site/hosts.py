@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from infra_assets.local_site.site import LocalSite
-from infra_assets.sites import ROLE_SERVICES, ProcessSite, SiteError
+from infra_assets.sites import LOCAL_PIDFILES, ROLE_SERVICES, ProcessSite, SiteError
 
 SCHEMES = {"http": "http", "registry": "https", "npm": "http", "jenkins": "http"}
 # PostgreSQL's SIGTERM waits for its clients; SIGINT is its "fast" shutdown.
@@ -29,9 +29,14 @@ def host_services(ps: ProcessSite, host: str) -> list[str]:
 
 def daemon_pid(ps: ProcessSite, host: str, service: str) -> int | None:
     """The pid of `service` on `host` if it runs (and is ours), else None."""
+    return _pid_under(Path(ps.host_root(host)), service, ps.root)
+
+
+def _pid_under(host_root: Path, service: str, site_root: Path) -> int | None:
+    """The pid in `service`'s pid file under `host_root`, if that process runs and its command
+    line names the host's folder (through the short link or not): only then is it ours."""
     try:
-        text = ps.pidfile(host, service).read_text().split()
-        pid = int(text[0])
+        pid = int((host_root / LOCAL_PIDFILES[service]).read_text().split()[0])
     except (FileNotFoundError, IndexError, ValueError, PermissionError):
         return None
     try:
@@ -41,8 +46,12 @@ def daemon_pid(ps: ProcessSite, host: str, service: str) -> int | None:
         return None
     if stat[stat.rindex(")") + 2] in "ZX":
         return None
-    roots = {ps.host_root(host), str(Path(ps.host_root(host)).resolve())}
-    return pid if any(root in cmdline for root in roots) else None
+    name = host_root.name
+    roots = {
+        str(Path(site_root) / "hosts" / name),
+        str(ProcessSite.link_dir(site_root) / name),
+    }
+    return pid if any(root + "/" in cmdline for root in roots) else None
 
 
 def running_services(ps: ProcessSite) -> set[str]:
@@ -65,13 +74,12 @@ class HostServices:
         return None
 
     def down(self, site: LocalSite) -> None:
-        try:
-            ps = ProcessSite(site.topology(), root=site.root)
-        except Exception:  # noqa: BLE001 - a broken topology: nothing we can name
-            return
-        for host in ps.topo.hosts:
-            for service in host_services(ps, host):
-                pid = daemon_pid(ps, host, service)
+        # Every host folder, whatever the topology says now (a host removed from it, or a
+        # broken file, leaves no service behind).
+        hosts = site.root / "hosts"
+        for host_root in sorted(hosts.iterdir()) if hosts.is_dir() else []:
+            for service in LOCAL_PIDFILES:
+                pid = _pid_under(host_root, service, site.root)
                 if pid:
                     _stop(pid, STOP_SIGNALS.get(service, signal.SIGTERM))
 

@@ -101,13 +101,13 @@ class SaltService:
     def up(self, site: LocalSite) -> None:
         topo = site.topology()
         ps = ProcessSite(topo, root=site.root)
+        secrets = local_secrets(ps)  # a bad secrets file stops here, before anything changes
         ps.ensure_layout()
         sup = site.supervisor
         from infra_assets.local_site.hosts import running_services
 
         running = {MASTER} if sup.get(MASTER) else set()
         ps.allocate_ports(running=running | running_services(ps))
-        secrets = local_secrets(ps)
         write_pillar(ps, secrets)
 
         master_cfg = ps.salt_master_config()
