@@ -5,12 +5,12 @@ The resource only ever knows a master config path: which site the master belongs
 machine, a lab, a cloud) is `infra_assets/sites.py`'s business.
 
 salt itself runs in a worker process of the resource's own (`resources/salt_worker.py`, started on
-first use, stopped at the end of the step): importing salt replaces the interpreter's logger class
+first use, stopped when the run ends): importing salt replaces the interpreter's logger class
 and excepthook, which breaks Dagster's loggers. The worker holds one `LocalClient` and one
 `WheelClient` and streams each minion's return back as it arrives.
 
     salt = SaltResource(master_config="/etc/salt/master")
-    salt.list_keys()                                 # KeyList(accepted=..., pending=..., ...)
+    salt.list_keys()                              # KeyList(accepted=..., pending=..., ...)
     salt.accept_keys(minion_ids=["web-staging-1"])
     salt.ping(minions=["web-staging-1"])          # PingResult(answered=..., silent=...)
     run = salt.apply(minions=[...], sls=["web"], test=True)   # ApplyResult

@@ -107,6 +107,9 @@ class HostServices:
                 }
                 if service in SCHEMES and port:
                     entry["url"] = f"{SCHEMES[service]}://{ps.reach(host, role)}:{port}"
+                if service == "http":  # where app releases put their nginx config
+                    entry["nginx_prefix"] = f"{ps.host_root(host)}/etc/nginx/"
+                    entry["conf_d"] = f"{ps.host_root(host)}/etc/nginx/conf.d"
                 services[service] = entry
             hosts[host] = {
                 "root": ps.host_root(host),
