@@ -12,7 +12,16 @@ import warnings
 
 import dagster as dg
 
-from infra_assets import app_images, cloud_jobs, images, instances, network, topology
+from infra_assets import (
+    app_images,
+    cloud_jobs,
+    highstate,
+    images,
+    instances,
+    minions,
+    network,
+    topology,
+)
 from infra_assets.jobs import JOBS
 from infra_assets.model import Topology, TopologyError, load_topology
 from infra_assets.paths import default_topology
@@ -23,6 +32,7 @@ from resources.openstack import OpenStackResource
 from resources.packer import PackerResource
 from resources.podman import PodmanResource
 from resources.registry import RegistryResource
+from resources.salt import SaltResource
 from resources.terraform import TerraformResource
 from resources.topology import TopologyResource
 
@@ -30,7 +40,7 @@ from resources.topology import TopologyResource
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
 
 # Modules with a `definitions(topo: Topology) -> dg.Definitions` for their part of the graph.
-TOPOLOGY_PARTS: list = [images, network, instances, cloud_jobs, app_images]
+TOPOLOGY_PARTS: list = [images, network, instances, cloud_jobs, minions, highstate, app_images]
 
 
 def resources() -> dict[str, dg.ConfigurableResource]:
@@ -48,6 +58,9 @@ def resources() -> dict[str, dg.ConfigurableResource]:
         "podman": PodmanResource(),
         "registry": RegistryResource.from_env(),
         "jenkins": JenkinsResource.from_env(),
+        # Configuration management (minions.py, highstate.py): the local site's salt master
+        # unless configured (README, "Configuration management").
+        "salt": SaltResource(),
     }
 
 

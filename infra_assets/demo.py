@@ -27,6 +27,7 @@ def run_demo(topology_file: Path, *, job: str = "main") -> int:
         return 2
     sites = sorted({loc.cloud for loc in topo.locations.values()})
     say(f"== topology {topology_file}: {len(topo.hosts)} hosts on {', '.join(sites)}")
+    site_status = _local_site_up(topology_file, topo, say)
 
     say(f"== running the `{job}` job (dagster job execute -m infra_assets.definitions -j {job})")
     env = {
@@ -70,6 +71,52 @@ def run_demo(topology_file: Path, *, job: str = "main") -> int:
         ("the Dagster UI: this run, the lineage", "make dev, then http://127.0.0.1:3000/assets"),
         ("the address plan again", f"infra ips {topology_file}"),
         ("Dagster's history of runs", str(dagster_home() / ".dagster")),
+        *_local_site_places(topology_file, site_status),
     ]:
         say(f"   {what:<40} {where}")
     return 0
+
+
+def _local_site_up(topology_file: Path, topo, say) -> dict:
+    """On the local site, bring up its services first (`infra local up`): the salt master and a
+    minion per host. They stay up after the demo, until `infra local down`."""
+    if not all(loc.is_local for loc in topo.locations.values()):
+        return {}
+    from infra_assets.local_site.site import LocalSite
+
+    say(f"== infra local up (the local site's services; state in {LocalSite(topology_file).root})")
+    status = LocalSite(topology_file).up()
+    salt = status.get("salt", {})
+    say(
+        f"   salt master on 127.0.0.1:{salt.get('ret_port')} (publish {salt.get('publish_port')}),"
+        f" minions: {', '.join(m['id'] for m in salt.get('minions', []))}"
+    )
+    return status
+
+
+def _local_site_places(topology_file: Path, before: dict) -> list[tuple[str, str]]:
+    if not before:
+        return []
+    from infra_assets.local_site.site import LocalSite
+
+    status = LocalSite(topology_file).status()
+    places = [
+        (
+            "the local site: every service, as JSON",
+            f"infra local status --json --topology {topology_file}",
+        ),
+        ("the salt master's config", status["salt"]["master_config"]),
+        (
+            "salt on the command line",
+            f"{Path(sys.executable).parent / 'salt'} -c"
+            f" {Path(status['salt']['master_config']).parent} '*' test.ping",
+        ),
+    ]
+    for host, info in status.get("hosts", {}).items():
+        for service, where in info.get("services", {}).items():
+            if where.get("running"):
+                places.append(
+                    (f"{host}: {service}", where.get("url") or f"127.0.0.1:{where['port']}")
+                )
+    places.append(("stop the local site", f"infra local down --topology {topology_file}"))
+    return places

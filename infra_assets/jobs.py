@@ -20,7 +20,16 @@ main_job = dg.define_asset_job(
     description="Everything: the topology, then every part of the site it describes.",
 )
 
+# Configuration management, for CI: the topology, the salt pillar, the minions' keys, and every
+# role's states (highstate/<role>). The dry run is `configure_dry_run` (infra_assets/highstate.py).
+configure_job = dg.define_asset_job(
+    "configure",
+    selection=dg.AssetSelection.groups("topology", "salt"),
+    description="Gate the salt minions' keys by the topology, write the pillar and apply every"
+    " role's salt states.",
+)
+
 # The cloud part's jobs (plan, apply, images): infra_assets/cloud_jobs.py.
 from infra_assets.cloud_jobs import CLOUD_JOBS  # noqa: E402
 
-JOBS = [topology_job, main_job, *CLOUD_JOBS]
+JOBS = [topology_job, main_job, configure_job, *CLOUD_JOBS]

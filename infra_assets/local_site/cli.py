@@ -36,12 +36,22 @@ def local() -> None:
 @TOPOLOGY_OPT
 def up(topology_file: Path) -> None:
     """Start the local site's services (safe to run twice)."""
+    from infra_assets.local_site.processes import ProcessError
+    from infra_assets.secrets import SecretsError
+    from infra_assets.sites import SiteError
+
     site = _site(topology_file)
     try:
         status = site.up()
     except TopologyError as err:
         click.echo(err.render(), err=True)
         sys.exit(2)
+    except SecretsError as err:
+        click.echo(str(err), err=True)
+        sys.exit(2)
+    except (SiteError, ProcessError) as err:
+        click.echo(f"infra local up: {err}", err=True)
+        sys.exit(1)
     names = [k for k in status if k not in ("topology", "state_dir")]
     click.echo(f"local site up ({', '.join(names) or 'no services yet'}); state in {site.root}")
 

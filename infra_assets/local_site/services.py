@@ -9,6 +9,10 @@ from infra_assets.local_site.site import LocalService
 
 
 def services() -> list[LocalService]:
+    from infra_assets.local_site.hosts import HostServices
     from infra_assets.local_site.registry import RegistryService
+    from infra_assets.local_site.salt import SaltService
 
-    return [RegistryService()]
+    # salt first: its `up` allocates the ports and writes the pillar; `down` runs in reverse, so
+    # the services the states started stop before the minions and the master.
+    return [SaltService(), RegistryService(), HostServices()]

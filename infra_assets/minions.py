@@ -1,0 +1,197 @@
+"""Salt: the pillar generated from the topology, and the minions whose keys the topology gates.
+
+- `salt_pillar`: every host's pillar (roles, addresses, the master, its services, the secrets its
+  roles need and no others), written where the master reads it. Metadata names which secrets
+  each host gets, never a value.
+- `minions`: accepts exactly the pending keys whose ids are hosts of the topology, leaves every
+  other key unaccepted and reports it, deletes the keys of hosts that left the topology, and
+  pings every declared minion. Metadata: a table of minions and their state.
+- check `minion_keys_match_topology` (blocking): accepted keys == declared hosts, so no state is
+  applied while a stranger is accepted or a host is missing.
+"""
+
+import dagster as dg
+from pydantic import Field
+
+from infra_assets.model import Topology
+from infra_assets.pillar import render_pillars, secret_paths
+from infra_assets.secrets import SecretsError, load_secrets
+from infra_assets.sites import SiteError, site_for
+from resources.salt import KeyList, SaltError, SaltResource
+
+GROUP = "salt"
+POOL = "salt"  # one writer at a time to the salt master's minions
+
+
+class MinionsConfig(dg.Config):
+    ping_timeout_s: float = Field(
+        default=30.0,
+        description="How long to wait for every declared minion to answer test.ping (a minion"
+        " whose key was just accepted needs a moment to authenticate).",
+    )
+
+
+@dg.asset(
+    group_name=GROUP,
+    kinds={"salt"},
+    deps=["ip_plan"],
+    pool=POOL,
+    description="The salt pillar generated from the topology: one file per minion with its roles,"
+    " addresses, services and only the secrets its roles need.",
+)
+def salt_pillar(
+    context: dg.AssetExecutionContext, topology: Topology, salt: SaltResource
+) -> dg.MaterializeResult:
+    site = _site(topology)
+    try:
+        secrets = load_secrets(site.secrets_file(), topology)
+    except (SecretsError, SiteError) as err:
+        raise dg.Failure(description=str(err), allow_retries=False) from None
+    try:
+        pillars = render_pillars(site, secrets)
+        written = salt.write_pillar(pillars=pillars)
+    except (SiteError, SaltError) as err:
+        raise dg.Failure(description=str(err), allow_retries=False) from None
+    context.log.info(
+        f"pillar in {written.root}: {len(written.written)} written, {len(written.unchanged)}"
+        f" unchanged, {len(written.removed)} removed"
+    )
+    rows = ["| minion | roles | secrets it gets | file |", "|---|---|---|---|"]
+    granted = {}
+    for host, pillar in pillars.items():
+        names = secret_paths(pillar, secrets)
+        granted[host] = names
+        state = "written" if host in written.written else "unchanged"
+        rows.append(
+            f"| {host} | {', '.join(pillar['roles'])} | {', '.join(names) or '(none)'} | {state} |"
+        )
+    return dg.MaterializeResult(
+        metadata={
+            "pillar_root": dg.MetadataValue.path(str(written.root)),
+            "site": site.kind,
+            "minions": len(pillars),
+            "written": list(written.written),
+            "removed": list(written.removed),
+            "secrets_file": dg.MetadataValue.path(str(secrets.file)),
+            "pillars": dg.MetadataValue.md("\n".join(rows)),
+            "secrets_by_minion": dg.MetadataValue.json(granted),
+        }
+    )
+
+
+@dg.asset(
+    group_name=GROUP,
+    kinds={"salt"},
+    pool=POOL,
+    description="The salt minions: keys accepted exactly for the hosts of the topology, keys of"
+    " removed hosts deleted, every declared minion pinged.",
+)
+def minions(
+    context: dg.AssetExecutionContext,
+    config: MinionsConfig,
+    topology: Topology,
+    salt: SaltResource,
+) -> dg.MaterializeResult:
+    declared = sorted(topology.hosts)
+    try:
+        before = salt.list_keys()
+        accepted = salt.accept_keys(minion_ids=[m for m in declared if m in before.pending])
+        removed = salt.delete_keys(
+            minion_ids=[m for m in before.accepted if m not in topology.hosts]
+        )
+        after = salt.list_keys()
+        targets = [m for m in declared if m in after.accepted]
+        ping = salt.wait_for(minions=targets, timeout_s=config.ping_timeout_s, log=context.log.info)
+    except SaltError as err:
+        raise dg.Failure(description=str(err), allow_retries=False) from None
+    for m in accepted:
+        context.log.info(f"accepted the key of {m} (a host of the topology)")
+    for m in removed:
+        context.log.info(f"deleted the key of {m}: no such host in the topology any more")
+    undeclared = sorted(after.all() - set(declared))
+    for m in undeclared:
+        context.log.warning(
+            f"key {m!r} ({after.state_of(m)}) is not a host of the topology: left unaccepted"
+        )
+    missing = [m for m in declared if m not in after.accepted]
+    rows = ["| minion | roles | key | answers | this run |", "|---|---|---|---|---|"]
+    for m in declared:
+        answers = "yes" if m in ping.answered else ("no" if m in targets else "-")
+        action = "accepted" if m in accepted else ""
+        roles = ", ".join(topology.hosts[m].roles)
+        rows.append(f"| {m} | {roles} | {after.state_of(m)} | {answers} | {action} |")
+    for m in removed:
+        rows.append(f"| {m} | (not in the topology) | deleted | - | key deleted |")
+    for m in undeclared:
+        rows.append(f"| {m} | (not in the topology) | {after.state_of(m)} | - | left unaccepted |")
+    return dg.MaterializeResult(
+        metadata={
+            "declared": len(declared),
+            "accepted_keys": list(after.accepted),
+            "accepted_this_run": accepted,
+            "deleted_keys": removed,
+            "undeclared_keys": undeclared,
+            "missing_keys": missing,
+            "answering": list(ping.answered),
+            "silent": list(ping.silent),
+            "minions": dg.MetadataValue.md("\n".join(rows)),
+        }
+    )
+
+
+@dg.asset_check(
+    asset=minions,
+    additional_ins={"topology": dg.AssetIn("topology")},
+    blocking=True,
+    description="The master has accepted exactly the keys of the hosts in the topology: no"
+    " stranger, no host missing.",
+)
+def minion_keys_match_topology(topology: Topology, salt: SaltResource) -> dg.AssetCheckResult:
+    return check_keys(salt.list_keys(), topology)
+
+
+@dg.asset_check(
+    asset=minions,
+    additional_ins={"topology": dg.AssetIn("topology")},
+    description="Every declared minion answers test.ping.",
+)
+def declared_minions_answer(topology: Topology, salt: SaltResource) -> dg.AssetCheckResult:
+    declared = sorted(topology.hosts)
+    ping = salt.ping(minions=declared)
+    return dg.AssetCheckResult(
+        passed=ping.ok,
+        severity=dg.AssetCheckSeverity.WARN,
+        description=f"silent: {', '.join(ping.silent)}" if ping.silent else None,
+        metadata={"answering": list(ping.answered), "silent": list(ping.silent)},
+    )
+
+
+def check_keys(keys: KeyList, topology: Topology) -> dg.AssetCheckResult:
+    accepted, declared = set(keys.accepted), set(topology.hosts)
+    strangers = sorted(accepted - declared)
+    missing = sorted(declared - accepted)
+    lines = [f"- accepted, but not a host of the topology: {m}" for m in strangers]
+    lines += [
+        f"- a host of the topology without an accepted key: {m} ({keys.state_of(m)})"
+        for m in missing
+    ]
+    return dg.AssetCheckResult(
+        passed=not strangers and not missing,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description="\n".join(lines) or None,
+        metadata={"accepted": sorted(accepted), "strangers": strangers, "missing": missing},
+    )
+
+
+def _site(topology: Topology):
+    try:
+        return site_for(topology)
+    except SiteError as err:
+        raise dg.Failure(description=str(err), allow_retries=False) from None
+
+
+def definitions(topo: Topology) -> dg.Definitions:
+    return dg.Definitions(
+        assets=[salt_pillar, minions],
+        asset_checks=[minion_keys_match_topology, declared_minions_answer],
+    )

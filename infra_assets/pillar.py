@@ -1,0 +1,258 @@
+"""The salt pillar, generated from the topology: one document per minion, holding only its own.
+
+`render_pillars(site, secrets)` gives every host of the topology a pillar with:
+
+- `roles` (what `salt/top.sls` matches on) and `coop` (host, location, domain, addresses);
+- `site` (how states act where the host lives: `kind`, and `root`, the prefix of every path);
+- `salt` (the master to talk to; the master's own settings on the salt-master host);
+- one block per role it has (`dns`, `registry`, `web`, `postgres`, `jenkins`, `npm_cache`) with
+  the service's `listen` address and `port` as the site says;
+- the secrets its roles need, and no others: a web host gets the database passwords of its own
+  environment and the registry's pull account; a postgres host those of its environments; the
+  registry host only bcrypt hashes of the registry's passwords.
+
+Plain Python, no Dagster: the `salt_pillar` asset and `infra local up` both call it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from typing import Any
+
+from infra_assets.model import ENVIRONMENTS
+from infra_assets.secrets import REGISTRY_USERS, Secrets, postgres_environments
+from infra_assets.sites import ProcessSite, Site
+
+NPM_UPLINK = "https://registry.npmjs.org/"
+
+
+def render_pillars(site: Site, secrets: Secrets | None) -> dict[str, dict[str, Any]]:
+    """The pillar of every host in the site's topology, by minion id (the host's name)."""
+    return {host: host_pillar(site, secrets, host) for host in site.topo.hosts}
+
+
+def host_pillar(site: Site, secrets: Secrets | None, host: str) -> dict[str, Any]:
+    topo, plan = site.topo, site.plan
+    spec = topo.hosts[host]
+    location = topo.locations[spec.location]
+    roles = list(spec.roles)
+    master = site.master_host()
+    publish_port, ret_port = site.salt_ports()
+    pillar: dict[str, Any] = {
+        "roles": roles,
+        "coop": {
+            "host": host,
+            "location": spec.location,
+            "domain": topo.domain,
+            "fqdn": f"{host}.{spec.location}.{topo.domain}",
+            "address": plan.primary(host).address,
+            "addresses": {a.role: a.address for a in plan.for_host(host)},
+            "network": f"10.{location.number}.0.0/16",
+        },
+        "site": site.settings(host),
+        "salt": {
+            "minion": {
+                "id": host,
+                "master": site.reach(master, "salt-master"),
+                "publish_port": publish_port,
+                "master_port": ret_port,
+            }
+        },
+    }
+    if "salt-master" in roles:
+        pillar["salt"]["master"] = {
+            "interface": site.listen(host, "salt-master"),
+            "publish_port": publish_port,
+            "ret_port": ret_port,
+            "file_roots": site.file_roots(),
+            "pillar_roots": [str(site.pillar_root())],
+            "worker_threads": 2 if site.kind == "local" else 5,
+        }
+    if "dns" in roles:
+        pillar["dns"] = {
+            **_service(site, host, "dns", "dns"),
+            "domain": topo.domain,
+            "hosts": plan.dnsmasq_hosts(),
+            # The local site answers from the plan only and forwards nothing off this machine.
+            "forward": site.kind != "local",
+        }
+    if "docker-registry" in roles:
+        pillar["registry"] = _registry(site, secrets, host)
+    if "npm-cache" in roles:
+        pillar["npm_cache"] = {**_service(site, host, "npm-cache", "npm"), "uplink": NPM_UPLINK}
+    if "jenkins-master" in roles:
+        pillar["jenkins"] = {
+            **_service(site, host, "jenkins-master", "jenkins"),
+            "admin_password": _secret(secrets, "jenkins", "admin_password"),
+        }
+    if "jenkins-agent" in roles:
+        pillar["jenkins_agent"] = {"master_url": _url(site, "jenkins-master", "jenkins", "http")}
+        client = _registry_client(site, secrets, host, user="ci")
+        if client:
+            pillar["registry_client"] = client
+    web_envs = [env for env in ENVIRONMENTS if f"web-{env}" in roles]
+    if web_envs:
+        env = web_envs[0]
+        pillar["web"] = {
+            **_service(site, host, f"web-{env}", "http"),
+            "environment": env,
+            "url": f"http://{site.reach(host, f'web-{env}')}:{site.port(host, 'http')}",
+        }
+        pillar["apps"] = {name: _app(site, secrets, host, name, env) for name in sorted(topo.apps)}
+        client = _registry_client(site, secrets, host, user="deploy")
+        if client:
+            pillar["registry_client"] = client
+    pg_envs = [env for env in postgres_environments(topo) if f"postgres-{env}" in roles]
+    if pg_envs:
+        pillar["postgres"] = {
+            **_service(site, host, f"postgres-{pg_envs[0]}", "postgres"),
+            "network": "127.0.0.1/32" if site.kind == "local" else pillar["coop"]["network"],
+            "databases": {
+                _db_name(app, env): {
+                    "owner": _db_name(app, env),
+                    "password": _secret(secrets, "postgres", app, env),
+                    "environment": env,
+                }
+                for env in pg_envs
+                for app in sorted(topo.apps)
+            },
+        }
+    return pillar
+
+
+def secret_paths(pillar: Any, secrets: Secrets, prefix: str = "") -> list[str]:
+    """The dotted paths in `pillar` whose value is (or holds) a secret: names, never values."""
+    values = secrets.values()
+    found: list[str] = []
+    if isinstance(pillar, dict):
+        for key, value in pillar.items():
+            found += secret_paths(value, secrets, f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(pillar, str) and any(v in pillar for v in values):
+        found.append(prefix)
+    return found
+
+
+def bcrypt_htpasswd_line(user: str, password: str) -> str:
+    """`user:$2b$...` for Docker Distribution's htpasswd auth (bcrypt only).
+
+    The salt is derived from the user and password, so the line is the same on every run (the
+    state changes nothing until a password does) and the pillar never holds the password itself.
+    """
+    import bcrypt
+
+    raw = hmac.new(password.encode(), f"coop-infra registry {user}".encode(), hashlib.sha256)
+    salt = _bcrypt_b64(raw.digest()[:16])
+    hashed = bcrypt.hashpw(password.encode(), b"$2b$10$" + salt)
+    return f"{user}:{hashed.decode()}"
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+
+def _service(site: Site, host: str, role: str, service: str) -> dict[str, Any]:
+    block: dict[str, Any] = {"listen": site.listen(host, role), "port": site.port(host, service)}
+    if isinstance(site, ProcessSite):
+        block["pidfile"] = str(site.pidfile(host, service))
+    return block
+
+
+def _secret(secrets: Secrets | None, *path: str) -> str:
+    if secrets is None:
+        return ""
+    return secrets.get(*path)
+
+
+def _first_with_role(site: Site, role: str, location: str | None = None) -> str | None:
+    hosts = site.topo.hosts_with_role(role)
+    same = [h for h, spec in hosts.items() if spec.location == location]
+    return (same or list(hosts) or [None])[0]
+
+
+def _url(site: Site, role: str, service: str, scheme: str) -> str | None:
+    host = _first_with_role(site, role)
+    if host is None:
+        return None
+    return f"{scheme}://{site.reach(host, role)}:{site.port(host, service)}"
+
+
+def _registry(site: Site, secrets: Secrets | None, host: str) -> dict[str, Any]:
+    block = _service(site, host, "docker-registry", "registry")
+    reach = site.reach(host, "docker-registry")
+    block["address"] = f"{reach}:{block['port']}"
+    block["url"] = f"https://{block['address']}"
+    block["http_secret"] = _secret(secrets, "registry", "http_secret")
+    block["htpasswd"] = (
+        "".join(
+            bcrypt_htpasswd_line(user, secrets.get("registry", "users", user)) + "\n"
+            for user in REGISTRY_USERS
+        )
+        if secrets
+        else ""
+    )
+    block["tls"] = {
+        "cert": _secret(secrets, "registry", "tls", "cert"),
+        "key": _secret(secrets, "registry", "tls", "key"),
+    }
+    return block
+
+
+def registry_tls_names(site: Site) -> list[str]:
+    """The names and addresses the registry's certificate must cover."""
+    names: list[str] = []
+    for host in site.topo.hosts_with_role("docker-registry"):
+        for address in site.plan.for_host(host):
+            if address.role == "docker-registry":
+                names += [*address.names, address.address]
+        reach = site.reach(host, "docker-registry")
+        names.append(reach)
+    if site.kind == "local":
+        names.append("localhost")
+    return list(dict.fromkeys(names))
+
+
+def _registry_client(
+    site: Site, secrets: Secrets | None, host: str, *, user: str
+) -> dict[str, Any] | None:
+    registry = _first_with_role(site, "docker-registry", site.topo.hosts[host].location)
+    if registry is None:
+        return None
+    address = f"{site.reach(registry, 'docker-registry')}:{site.port(registry, 'registry')}"
+    return {
+        "address": address,
+        "url": f"https://{address}",
+        "user": user,
+        "password": _secret(secrets, "registry", "users", user),
+        "ca_cert": _secret(secrets, "registry", "tls", "cert"),
+    }
+
+
+def _app(site: Site, secrets: Secrets | None, host: str, name: str, env: str) -> dict[str, Any]:
+    app = site.topo.apps[name]
+    block: dict[str, Any] = {
+        "port": app.port,
+        "health": app.health,
+        "domain": app.domains.get(env, ""),
+    }
+    db_host = _first_with_role(site, f"postgres-{env}", site.topo.hosts[host].location)
+    if db_host is not None:
+        block["database"] = {
+            "host": site.reach(db_host, f"postgres-{env}"),
+            "port": site.port(db_host, "postgres"),
+            "name": _db_name(name, env),
+            "user": _db_name(name, env),
+            "password": _secret(secrets, "postgres", name, env),
+        }
+    return block
+
+
+def _db_name(app: str, env: str) -> str:
+    """A PostgreSQL identifier that needs no quoting: `hello_staging`."""
+    return f"{app}_{env}".replace("-", "_")
+
+
+def _bcrypt_b64(raw: bytes) -> bytes:
+    std = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    alphabet = b"./ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+    return base64.b64encode(raw).rstrip(b"=").translate(bytes.maketrans(std, alphabet))

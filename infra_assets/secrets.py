@@ -1,0 +1,242 @@
+"""The secrets pillar's source: one YAML file outside git, its path from `$INFRA_SECRETS_FILE`.
+
+    registry:                      # when a host has the role docker-registry
+      http_secret: ...             # the registry's upload-state HMAC key
+      users: {ci: ..., deploy: ...}  # htpasswd: ci pushes (jenkins agents), deploy pulls (web)
+      tls: {cert: PEM, key: PEM}   # the registry's certificate (self-signed or from the co-op's CA)
+    postgres:                      # per app and environment that has a postgres-<env> host
+      hello: {staging: ..., production: ...}
+    jenkins:                       # when a host has the role jenkins-master
+      admin_password: ...
+
+Which keys are required follows from the topology (`required_keys`). The pillar hands each minion
+only the values its roles need (`infra_assets/pillar.py`). The local site generates throwaway
+values (`ensure_secrets`) under the gitignored state folder; a real site's file is written by a
+person and never generated.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+import secrets as random
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from infra_assets.model import ENVIRONMENTS, Topology
+
+REGISTRY_USERS = ("ci", "deploy")
+
+
+class SecretsError(Exception):
+    """The secrets file is missing, unreadable or lacks keys. Lists every problem at once."""
+
+    def __init__(self, file: Path, problems: list[str]):
+        self.file = file
+        self.problems = problems
+        head = f"{file}: {len(problems)} problem{'s' if len(problems) != 1 else ''} in the secrets"
+        super().__init__("\n".join([head, *(f"  {p}" for p in problems)]))
+
+
+@dataclass(frozen=True)
+class Secrets:
+    file: Path
+    data: dict[str, Any]
+
+    def get(self, *path: str) -> Any:
+        node: Any = self.data
+        for key in path:
+            node = node[key]
+        return node
+
+    def values(self) -> list[str]:
+        """Every secret value, longest first: what logs and metadata must never show."""
+        found: list[str] = []
+
+        def walk(node: Any) -> None:
+            if isinstance(node, dict):
+                for value in node.values():
+                    walk(value)
+            elif isinstance(node, str) and node:
+                found.append(node)
+                # A PEM key also shows up line by line in a diff.
+                if "\n" in node:
+                    found.extend(line for line in node.splitlines() if len(line) >= 16)
+
+        walk(self.data)
+        return sorted(set(found), key=len, reverse=True)
+
+
+def postgres_environments(topo: Topology) -> list[str]:
+    """The environments that have a PostgreSQL host somewhere in the topology."""
+    return [env for env in ENVIRONMENTS if topo.hosts_with_role(f"postgres-{env}")]
+
+
+def required_keys(topo: Topology) -> list[tuple[str, ...]]:
+    keys: list[tuple[str, ...]] = []
+    if topo.hosts_with_role("docker-registry"):
+        keys.append(("registry", "http_secret"))
+        keys += [("registry", "users", user) for user in REGISTRY_USERS]
+        keys += [("registry", "tls", "cert"), ("registry", "tls", "key")]
+    for app in topo.apps:
+        keys += [("postgres", app, env) for env in postgres_environments(topo)]
+    if topo.hosts_with_role("jenkins-master"):
+        keys.append(("jenkins", "admin_password"))
+    return keys
+
+
+def load_secrets(path: Path, topo: Topology) -> Secrets:
+    """Read and check the secrets file for `topo`. Raises `SecretsError` (never shows a value)."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SecretsError(
+            path, ["no such file: write it (README, 'Secrets') or set $INFRA_SECRETS_FILE"]
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SecretsError(path, [f"cannot read the file: {exc}"]) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" on line {mark.line + 1}" if mark else ""
+        raise SecretsError(path, [f"not valid YAML{where}"]) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise SecretsError(path, ["the file must be a YAML mapping (registry:, postgres:, ...)"])
+    problems = []
+    for key in required_keys(topo):
+        value = _lookup(data, key)
+        dotted = ".".join(key)
+        if value is _MISSING:
+            problems.append(f"{dotted}: missing: the topology needs it ({_why(key)})")
+        elif not isinstance(value, str) or not value.strip():
+            problems.append(f"{dotted}: must be a non-empty string")
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        problems.append(f"readable by others (mode {oct(mode)}): chmod 600 {path}")
+    if problems:
+        raise SecretsError(path, problems)
+    return Secrets(path, data)
+
+
+def ensure_secrets(path: Path, topo: Topology, *, tls_names: Iterable[str] = ()) -> Secrets:
+    """The local site's throwaway secrets: create the file, or add what the topology now needs.
+
+    Values already in the file are kept. Never call this for a real site.
+    """
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        data = {}
+    changed = False
+    for key in required_keys(topo):
+        if _lookup(data, key) is _MISSING:
+            _store(data, key, _generate(key, data, tls_names))
+            changed = True
+    if changed or not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(
+                "# Throwaway secrets of the local site, generated by coop-infra. Not in git.\n"
+            )
+            yaml.safe_dump(data, out, sort_keys=True, default_flow_style=False)
+        os.replace(tmp, path)
+    os.chmod(path, 0o600)
+    return load_secrets(path, topo)
+
+
+_MISSING = object()
+
+
+def _lookup(data: Any, key: tuple[str, ...]) -> Any:
+    node = data
+    for part in key:
+        if not isinstance(node, dict) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
+
+
+def _store(data: dict, key: tuple[str, ...], value: str) -> None:
+    node = data
+    for part in key[:-1]:
+        node = node.setdefault(part, {})
+    node[key[-1]] = value
+
+
+def _why(key: tuple[str, ...]) -> str:
+    if key[0] == "registry":
+        return "a host has the role docker-registry"
+    if key[0] == "postgres":
+        return f"app {key[1]!r} and a host with the role postgres-{key[2]}"
+    return "a host has the role jenkins-master"
+
+
+def _generate(key: tuple[str, ...], data: dict, tls_names: Iterable[str]) -> str:
+    if key[:2] == ("registry", "tls"):
+        cert, pem_key = self_signed_certificate(list(tls_names) or ["localhost"])
+        # Both halves at once, so that they match.
+        data.setdefault("registry", {}).setdefault("tls", {}).update(cert=cert, key=pem_key)
+        return cert if key[2] == "cert" else pem_key
+    return random.token_urlsafe(24)
+
+
+def self_signed_certificate(names: list[str]) -> tuple[str, str]:
+    """A self-signed certificate (PEM) for `names` (DNS names and IP addresses), and its key."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
+    alt: list[x509.GeneralName] = []
+    for name in names:
+        try:
+            alt.append(x509.IPAddress(ipaddress.ip_address(name)))
+        except ValueError:
+            alt.append(x509.DNSName(name))
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=825))
+        .add_extension(x509.SubjectAlternativeName(alt), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_encipherment=False,
+                key_cert_sign=True,
+                content_commitment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    return (
+        cert.public_bytes(serialization.Encoding.PEM).decode(),
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ).decode(),
+    )

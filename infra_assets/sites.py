@@ -1,0 +1,350 @@
+"""Sites: where the hosts of a topology live and how to reach them. THE seam for that question.
+
+A location's `cloud` picks its site (DESIGN.md, "Sites"). Everything that differs between "a
+server in a cloud" and "a process on this machine" is answered here, and only here:
+
+- which salt master manages the hosts (`salt_master_config`),
+- where a host's files live (`host_root`: "" on a server, a folder under the state folder on the
+  local site, so that every path a state writes is `{root}/etc/...`),
+- where a host's service listens and how other hosts reach it (`listen`, `reach`, `port`),
+- where the secrets file is (`secrets_file`).
+
+The salt states read these answers from the pillar (`site:` and each role's `listen`/`port`), the
+pillar is rendered from them (`infra_assets/pillar.py`), and `resources/salt.py` only ever sees a
+master config path: it does not know which site it talks to.
+
+Implementations:
+- `ProcessSite` (`cloud: local`): each host is a salt minion running as a process on this machine
+  (`infra local up`), its files under `<state>/local/hosts/<host>/`, its services on 127.0.0.1 on
+  ports of their own, allocated once and kept in `<state>/local/ports.json`.
+- `CloudSite` (an OpenStack cloud): hosts are servers on the location's private network; services
+  listen on the host's planned addresses and standard ports; the master's config is
+  `/etc/salt/master` on the primary support server, where Dagster runs.
+- Next (DESIGN.md, "A lab of containers"): a `LabSite` whose hosts are containers carrying the
+  address plan: roots are "" again and addresses are the planned ones; only `salt_master_config`
+  and the ports differ from `CloudSite`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import tempfile
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, ClassVar
+
+from infra_assets.model import Topology, address_plan, load_topology
+from infra_assets.paths import REPO_ROOT, default_topology, state_dir
+
+SECRETS_ENV = "INFRA_SECRETS_FILE"
+MASTER_CONFIG_ENV = "INFRA_SALT_MASTER_CONFIG"
+
+# The service each role runs, and its standard port on a server. Roles not listed run no
+# listening service of their own (salt-minion, jenkins-agent).
+ROLE_SERVICES: dict[str, str] = {
+    "dns": "dns",
+    "docker-registry": "registry",
+    "npm-cache": "npm",
+    "jenkins-master": "jenkins",
+    "web-staging": "http",
+    "web-production": "http",
+    "postgres-staging": "postgres",
+    "postgres-production": "postgres",
+}
+# Where a service started by the states keeps its pid on the local site, under the host's root
+# (the states get these paths from the pillar; `infra local down` stops what they name).
+LOCAL_PIDFILES: dict[str, str] = {
+    "http": "run/nginx.pid",
+    "dns": "run/dnsmasq/dnsmasq.pid",
+    "registry": "run/docker-registry.pid",
+    "postgres": "var/lib/postgresql/15/main/postmaster.pid",
+    "npm": "run/verdaccio.pid",
+    "jenkins": "run/jenkins.pid",
+}
+STANDARD_PORTS: dict[str, int] = {
+    "salt-publish": 4505,
+    "salt-ret": 4506,
+    "dns": 53,
+    "registry": 5000,
+    "npm": 4873,
+    "jenkins": 8080,
+    "http": 80,
+    "postgres": 5432,
+}
+
+
+class SiteError(RuntimeError):
+    """The site cannot answer (not up, mixed clouds, ...). The message says what to do."""
+
+
+class Site(ABC):
+    """Where the hosts of one topology live and how to reach them."""
+
+    kind: ClassVar[str]
+
+    def __init__(self, topo: Topology):
+        self.topo = topo
+        self.plan = address_plan(topo)
+
+    # --- salt -----------------------------------------------------------------------------------
+    @abstractmethod
+    def salt_master_config(self) -> Path:
+        """The master's config FILE (what `salt.client.LocalClient(c_path=...)` takes)."""
+
+    @abstractmethod
+    def salt_ports(self) -> tuple[int, int]:
+        """(publish_port, ret_port) of the master."""
+
+    def master_host(self) -> str:
+        return self.topo.salt_master()
+
+    def file_roots(self) -> list[str]:
+        """The state tree: this repository's `salt/` folder, where Dagster runs."""
+        return [str(REPO_ROOT / "salt")]
+
+    def pillar_root(self) -> Path:
+        """The generated pillar (outside git): `srv/pillar` under the master host's root."""
+        return Path(self.host_root(self.master_host()) or "/") / "srv" / "pillar"
+
+    # --- hosts ----------------------------------------------------------------------------------
+    @abstractmethod
+    def host_root(self, host: str) -> str:
+        """The prefix of every path a state writes on `host`: "" on a real server."""
+
+    @abstractmethod
+    def listen(self, host: str, role: str) -> str:
+        """The address `host`'s service for `role` binds to."""
+
+    @abstractmethod
+    def reach(self, host: str, role: str) -> str:
+        """The address other hosts use to reach `host`'s service for `role`."""
+
+    @abstractmethod
+    def port(self, host: str, service: str) -> int:
+        """The port of `service` (a value of ROLE_SERVICES) on `host`."""
+
+    def settings(self, host: str) -> dict[str, Any]:
+        """The pillar's `site:` block for `host`: how its states act here."""
+        return {"kind": self.kind, "root": self.host_root(host)}
+
+    # --- secrets --------------------------------------------------------------------------------
+    @abstractmethod
+    def secrets_file(self) -> Path:
+        """The secrets pillar's source: a YAML file outside git (`$INFRA_SECRETS_FILE`)."""
+
+    def address(self, host: str, role: str) -> str:
+        """The planned address of `host` for `role` (its primary one for an untyped role)."""
+        for a in self.plan.for_host(host):
+            if a.role == role:
+                return a.address
+        return self.plan.primary(host).address
+
+
+class ProcessSite(Site):
+    """`cloud: local`: every host is a salt minion running as a process on this machine."""
+
+    kind = "local"
+    LOOPBACK = "127.0.0.1"
+
+    def __init__(self, topo: Topology, root: Path | None = None):
+        super().__init__(topo)
+        self.root = Path(root or state_dir() / "local").absolute()
+
+    @property
+    def ports_file(self) -> Path:
+        return self.root / "ports.json"
+
+    def host_root(self, host: str) -> str:
+        return str(self.hosts_dir() / host)
+
+    def hosts_dir(self) -> Path:
+        """`<root>/hosts`, or a short link to it in /tmp when that path is too long: salt puts
+        unix sockets under each host's root (`var/run/salt/minion/minion_event_<hash>_pull.ipc`,
+        52 characters more) and a socket path may not exceed 107 bytes."""
+        real = self.root / "hosts"
+        longest = max((len(h) for h in self.topo.hosts), default=0)
+        if len(str(real)) + 1 + longest + 52 <= 104:
+            return real
+        return self.link_dir(self.root)
+
+    @staticmethod
+    def link_dir(root: Path) -> Path:
+        """The short link to `<root>/hosts` (used when that path is too long for salt)."""
+        digest = hashlib.sha256(str(Path(root).absolute()).encode()).hexdigest()[:10]
+        return Path(tempfile.gettempdir()) / f"coop-infra-{digest}"
+
+    def ensure_layout(self) -> None:
+        """Create the hosts folder (and its short link, when one is used)."""
+        real = self.root / "hosts"
+        real.mkdir(parents=True, exist_ok=True)
+        link = self.hosts_dir()
+        if link != real:
+            if link.is_symlink() and Path(os.readlink(link)) == real:
+                return
+            if link.is_symlink():
+                link.unlink()
+            link.symlink_to(real, target_is_directory=True)
+
+    def salt_master_config(self) -> Path:
+        return Path(self.host_root(self.master_host())) / "etc" / "salt" / "master"
+
+    def minion_config(self, host: str) -> Path:
+        return Path(self.host_root(host)) / "etc" / "salt" / "minion"
+
+    def pidfile(self, host: str, service: str) -> Path:
+        return Path(self.host_root(host)) / LOCAL_PIDFILES[service]
+
+    def listen(self, host: str, role: str) -> str:
+        return self.LOOPBACK
+
+    def reach(self, host: str, role: str) -> str:
+        return self.LOOPBACK
+
+    def _ports(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.ports_file.read_text())
+        except FileNotFoundError:
+            raise SiteError(
+                f"the local site has no ports yet ({self.ports_file} is missing):"
+                " run `infra local up` first"
+            ) from None
+
+    def salt_ports(self) -> tuple[int, int]:
+        salt = self._ports()["salt"]
+        return salt["publish_port"], salt["ret_port"]
+
+    def port(self, host: str, service: str) -> int:
+        try:
+            return self._ports()["hosts"][host][service]
+        except KeyError:
+            raise SiteError(
+                f"the local site has no {service} port for {host}: the topology changed since"
+                " `infra local up`; run it again"
+            ) from None
+
+    def settings(self, host: str) -> dict[str, Any]:
+        # Services the site's supervisor runs (the salt master and minions) are not restarted by
+        # states; everything else is started by the states as daemons under the host's root.
+        return {**super().settings(host), "loopback": True}
+
+    def secrets_file(self) -> Path:
+        env = os.environ.get(SECRETS_ENV)
+        return Path(env).absolute() if env else self.root / "secrets.yaml"
+
+    def allocate_ports(self, running: set[str] | None = None) -> dict[str, Any]:
+        """Give the master and every host's services a free loopback port, once.
+
+        Ports already recorded are kept, unless something else holds one now and its own
+        service is not running (`running`: the names of services known to run); then it moves.
+        """
+        running = running or set()
+        try:
+            ports = json.loads(self.ports_file.read_text())
+        except FileNotFoundError:
+            ports = {}
+        taken: set[int] = set()
+
+        def keep_or_pick(current: int | None, owner: str) -> int:
+            if current and current not in taken and (owner in running or _port_free(current)):
+                taken.add(current)
+                return current
+            while True:
+                candidate = _free_port()
+                if candidate not in taken and _port_free(candidate):
+                    taken.add(candidate)
+                    return candidate
+
+        salt = ports.get("salt", {})
+        new = {
+            "salt": {
+                "publish_port": keep_or_pick(salt.get("publish_port"), "salt-master"),
+                "ret_port": keep_or_pick(salt.get("ret_port"), "salt-master"),
+            },
+            "hosts": {},
+        }
+        for host, spec in self.topo.hosts.items():
+            old = ports.get("hosts", {}).get(host, {})
+            services = sorted({ROLE_SERVICES[r] for r in spec.roles if r in ROLE_SERVICES})
+            new["hosts"][host] = {s: keep_or_pick(old.get(s), f"{host}/{s}") for s in services}
+        if new != ports:
+            self.ports_file.parent.mkdir(parents=True, exist_ok=True)
+            self.ports_file.write_text(json.dumps(new, indent=2) + "\n")
+        return new
+
+
+class CloudSite(Site):
+    """An OpenStack cloud: hosts are servers on the location's private network 10.{location}.0.0/16.
+
+    Dagster runs on the primary support server beside the salt master.
+    """
+
+    kind = "cloud"
+
+    def host_root(self, host: str) -> str:
+        return ""
+
+    def salt_master_config(self) -> Path:
+        return Path("/etc/salt/master")
+
+    def salt_ports(self) -> tuple[int, int]:
+        return STANDARD_PORTS["salt-publish"], STANDARD_PORTS["salt-ret"]
+
+    def listen(self, host: str, role: str) -> str:
+        return self.address(host, role)
+
+    def reach(self, host: str, role: str) -> str:
+        return self.address(host, role)
+
+    def port(self, host: str, service: str) -> int:
+        return STANDARD_PORTS[service]
+
+    def secrets_file(self) -> Path:
+        env = os.environ.get(SECRETS_ENV)
+        if not env:
+            raise SiteError(
+                f"${SECRETS_ENV} is not set: point it at the secrets file (YAML, outside git;"
+                " see README, 'Secrets')"
+            )
+        return Path(env).absolute()
+
+
+def site_for(topo: Topology, *, root: Path | None = None) -> Site:
+    """The site that the topology's locations name (one site per topology)."""
+    clouds = {loc.cloud for loc in topo.locations.values()}
+    local = {name for name, loc in topo.locations.items() if loc.is_local}
+    if local and len(local) != len(topo.locations):
+        raise SiteError(
+            "the topology mixes the local site with clouds"
+            f" ({', '.join(sorted(clouds))}): keep `cloud: local` locations in a topology of"
+            " their own (topology.local.yaml)"
+        )
+    return ProcessSite(topo, root=root) if local else CloudSite(topo)
+
+
+def salt_master_config() -> Path:
+    """The master that Dagster talks to: `$INFRA_SALT_MASTER_CONFIG`, else the master of the
+    site that the default topology (`$INFRA_TOPOLOGY`) names."""
+    env = os.environ.get(MASTER_CONFIG_ENV)
+    if env:
+        return Path(env).absolute()
+    return site_for(load_topology(default_topology())).salt_master_config()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _port_free(port: int) -> bool:
+    """Nothing holds `port` on 127.0.0.1, over TCP or UDP (the DNS service needs both)."""
+    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+        with socket.socket(socket.AF_INET, kind) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+    return True

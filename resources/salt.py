@@ -1,0 +1,709 @@
+"""SaltResource: the salt master, through salt's Python API, with typed results.
+
+`LocalClient` (on the master's config FILE) runs functions on minions; the wheel API manages keys.
+The resource only ever knows a master config path: which site the master belongs to (this
+machine, a lab, a cloud) is `infra_assets/sites.py`'s business.
+
+salt itself runs in a worker process of the resource's own (`resources/salt_worker.py`, started on
+first use, stopped when the run ends): importing salt replaces the interpreter's logger class
+and excepthook, which breaks Dagster's loggers. The worker holds one `LocalClient` and one
+`WheelClient` and streams each minion's return back as it arrives.
+
+    salt = SaltResource(master_config="/etc/salt/master")
+    salt.list_keys()                              # KeyList(accepted=..., pending=..., ...)
+    salt.accept_keys(minion_ids=["web-staging-1"])
+    salt.ping(minions=["web-staging-1"])          # PingResult(answered=..., silent=...)
+    run = salt.apply(minions=[...], sls=["web"], test=True)   # ApplyResult
+    run.failed_states()                           # [StateResult(minion, state_id, ...), ...]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+from pydantic import Field, PrivateAttr
+
+LogSink = Callable[[str], Any]
+
+
+class SaltError(RuntimeError):
+    """The master could not be used, or a minion's answer could not be read."""
+
+
+# --- typed results ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KeyList:
+    accepted: tuple[str, ...]
+    pending: tuple[str, ...]
+    rejected: tuple[str, ...]
+    denied: tuple[str, ...]
+
+    def all(self) -> set[str]:
+        return {*self.accepted, *self.pending, *self.rejected, *self.denied}
+
+    def state_of(self, minion_id: str) -> str:
+        for name in ("accepted", "pending", "rejected", "denied"):
+            if minion_id in getattr(self, name):
+                return name
+        return "no key"
+
+
+@dataclass(frozen=True)
+class PingResult:
+    answered: tuple[str, ...]
+    silent: tuple[str, ...]  # targeted, but no answer within the timeout
+    duration_s: float
+
+    @property
+    def ok(self) -> bool:
+        return not self.silent
+
+
+@dataclass(frozen=True)
+class StateResult:
+    """One state of a `state.apply` on one minion, as salt reports it."""
+
+    minion: str
+    state_id: str  # the ID in the SLS file (`__id__`)
+    function: str  # `file.managed`
+    name: str  # the state's name argument (often a path)
+    sls: str
+    result: bool | None  # None: test=True, would change
+    changes: dict[str, Any]
+    comment: str
+    duration_ms: float
+    run_num: int
+
+    @property
+    def failed(self) -> bool:
+        return self.result is False
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.changes) or self.result is None
+
+    @property
+    def label(self) -> str:
+        """How a person names the state: `web: nginx-config (file.managed)`."""
+        return f"{self.sls}: {self.state_id} ({self.function})"
+
+    @property
+    def detail(self) -> str:
+        """The comment's first line, and for a command its last lines of output: the why."""
+        text = _first_line(self.comment)
+        output = ""
+        if isinstance(self.changes, dict):
+            output = str(self.changes.get("stderr") or self.changes.get("stdout") or "")
+        tail = [line for line in output.splitlines() if line.strip()][-3:]
+        return " | ".join([text, *tail]) if tail else text
+
+
+@dataclass(frozen=True)
+class MinionRun:
+    """What one minion answered to a state run."""
+
+    minion: str
+    returned: bool  # False: no answer within the timeout
+    states: tuple[StateResult, ...] = ()
+    errors: tuple[str, ...] = ()  # render or compile errors: no state ran
+    retcode: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.returned and not self.errors and not any(s.failed for s in self.states)
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    sls: tuple[str, ...]  # empty for a highstate
+    test: bool
+    minions: dict[str, MinionRun]
+    duration_s: float
+    jid: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.minions) and all(run.ok for run in self.minions.values())
+
+    def states(self) -> list[StateResult]:
+        return [s for run in self.minions.values() for s in run.states]
+
+    def failed_states(self) -> list[StateResult]:
+        return [s for s in self.states() if s.failed]
+
+    def changed_states(self) -> list[StateResult]:
+        return [s for s in self.states() if s.changed and not s.failed]
+
+    def problems(self) -> list[str]:
+        """Every failure, one line each, naming the minion and the state."""
+        lines = []
+        for run in self.minions.values():
+            if not run.returned:
+                lines.append(f"{run.minion}: did not answer (is the minion running and accepted?)")
+            lines += [f"{run.minion}: {error}" for error in run.errors]
+            lines += [
+                f"{run.minion}: state {s.label} failed: {s.detail}" for s in run.states if s.failed
+            ]
+        return lines
+
+
+@dataclass(frozen=True)
+class PillarWrite:
+    root: Path
+    written: tuple[str, ...]  # minion ids whose pillar file changed
+    unchanged: tuple[str, ...]
+    removed: tuple[str, ...]  # pillar files of minions no longer given
+
+
+class _Worker:
+    """The salt worker process (resources/salt_worker.py): one request at a time."""
+
+    def __init__(self, config: Path):
+        self.config = config
+        self.stderr: deque[str] = deque(maxlen=40)
+        self.lock = threading.Lock()
+        self.next_id = 1
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "resources.salt_worker", str(config)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+        )
+        threading.Thread(target=self._drain_stderr, daemon=True).start()
+        first = self._read()
+        if first is None or first.get("event") != "ready":
+            self.close()
+            raise SaltError(f"the salt API could not start on {config}:\n{self.tail()}")
+
+    def _drain_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.stderr.append(line.rstrip("\n"))
+
+    def tail(self) -> str:
+        time.sleep(0.1)  # let the last lines of a dying worker arrive
+        return "\n".join(f"  {line}" for line in self.stderr) or "  (no output)"
+
+    def _read(self) -> dict[str, Any] | None:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        return json.loads(line) if line else None
+
+    def request(self, payload: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """Send one request; yield its events up to (and including) `done` or `error`."""
+        with self.lock:
+            rid = self.next_id
+            self.next_id += 1
+            assert self.proc.stdin is not None
+            try:
+                self.proc.stdin.write(json.dumps({**payload, "id": rid}) + "\n")
+                self.proc.stdin.flush()
+            except BrokenPipeError:
+                raise SaltError(f"the salt API process has stopped:\n{self.tail()}") from None
+            while True:
+                event = self._read()
+                if event is None:
+                    raise SaltError(f"the salt API process has stopped:\n{self.tail()}")
+                yield event
+                if event.get("event") in ("done", "error"):
+                    return
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                assert self.proc.stdin is not None
+                self.proc.stdin.close()
+                self.proc.wait(timeout=5)
+            except (subprocess.TimeoutExpired, BrokenPipeError, OSError):
+                self.proc.kill()
+                self.proc.wait()
+
+
+# --- the resource ----------------------------------------------------------------------------
+
+
+class SaltResource(dg.ConfigurableResource):
+    """The salt master that manages the site's hosts: keys, pings, state runs, the pillar."""
+
+    master_config: str = Field(
+        default="",
+        description="The salt master's config FILE. Empty: $INFRA_SALT_MASTER_CONFIG, else the"
+        " master of the site the topology names (infra_assets/sites.py).",
+    )
+    timeout_s: int = Field(
+        default=600, description="How long a state run may take before it counts as failed."
+    )
+
+    _worker: _Worker | None = PrivateAttr(default=None)
+    _opts: dict[str, Any] | None = PrivateAttr(default=None)
+
+    # --- configuration --------------------------------------------------------------------------
+    def config_path(self) -> Path:
+        if self.master_config:
+            return Path(self.master_config).absolute()
+        from infra_assets.sites import salt_master_config
+
+        return salt_master_config()
+
+    def _connect(self) -> _Worker:
+        if self._worker is not None and self._worker.alive():
+            return self._worker
+        path = self.config_path()
+        if not path.is_file():
+            raise SaltError(
+                f"no salt master config at {path}: on the local site run `infra local up`;"
+                " elsewhere set $INFRA_SALT_MASTER_CONFIG or the resource's master_config"
+            )
+        worker = _Worker(path)
+        opts = _value(worker.request({"op": "opts"}))
+        host = opts.get("interface") or "127.0.0.1"
+        host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        if not _port_open(host, int(opts.get("ret_port") or 4506)):
+            worker.close()
+            raise SaltError(
+                f"the salt master of {path} is not running (nothing answers on"
+                f" {host}:{opts.get('ret_port')}): on the local site run `infra local up`"
+            )
+        self._worker, self._opts = worker, opts
+        return worker
+
+    def close(self) -> None:
+        """Stop the salt worker process (started again on next use)."""
+        if self._worker is not None:
+            self._worker.close()
+            self._worker = None
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        self.close()
+
+    def __enter__(self) -> SaltResource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def opts(self) -> dict[str, Any]:
+        """The master's effective settings, as salt reads its config (a subset: paths, ports,
+        interface, auto_accept, file_roots, pillar_roots)."""
+        self._connect()
+        assert self._opts is not None
+        return self._opts
+
+    # --- keys -------------------------------------------------------------------------------------
+    def list_keys(self) -> KeyList:
+        raw = self._wheel("key.list_all")
+        return KeyList(
+            accepted=tuple(sorted(raw.get("minions", []))),
+            pending=tuple(sorted(raw.get("minions_pre", []))),
+            rejected=tuple(sorted(raw.get("minions_rejected", []))),
+            denied=tuple(sorted(raw.get("minions_denied", []))),
+        )
+
+    def accept_keys(self, *, minion_ids: Sequence[str]) -> list[str]:
+        """Accept the pending keys of exactly these ids (no globbing). Returns those accepted."""
+        pending = set(self.list_keys().pending)
+        ids = sorted(set(minion_ids) & pending)
+        if ids:
+            self._wheel("key.accept_dict", {"minions_pre": ids})
+        return ids
+
+    def delete_keys(self, *, minion_ids: Sequence[str]) -> list[str]:
+        """Delete the keys (accepted, pending, rejected or denied) of exactly these ids."""
+        keys = self.list_keys()
+        match = {
+            name: sorted(set(minion_ids) & set(ids))
+            for name, ids in [
+                ("minions", keys.accepted),
+                ("minions_pre", keys.pending),
+                ("minions_rejected", keys.rejected),
+                ("minions_denied", keys.denied),
+            ]
+        }
+        match = {k: v for k, v in match.items() if v}
+        if match:
+            self._wheel("key.delete_dict", match)
+        return sorted({i for ids in match.values() for i in ids})
+
+    # --- running functions ------------------------------------------------------------------------
+    def ping(self, *, minions: Sequence[str], timeout_s: float = 5) -> PingResult:
+        started = time.monotonic()
+        answers = self.call(
+            minions=minions, fun="test.ping", timeout_s=timeout_s, gather_job_timeout_s=1
+        )
+        answered = tuple(sorted(m for m, ret in answers.items() if ret is True))
+        silent = tuple(sorted(set(minions) - set(answered)))
+        return PingResult(answered, silent, time.monotonic() - started)
+
+    def wait_for(
+        self, *, minions: Sequence[str], timeout_s: float = 30, log: LogSink | None = None
+    ) -> PingResult:
+        """Ping until every minion answers or `timeout_s` passes (a minion whose key was just
+        accepted needs a moment to authenticate again)."""
+        started = time.monotonic()
+        said = -10.0
+        while True:
+            result = self.ping(minions=minions, timeout_s=1)
+            elapsed = time.monotonic() - started
+            if result.ok or elapsed > timeout_s:
+                return PingResult(result.answered, result.silent, elapsed)
+            if log and elapsed - said >= 5:
+                log(f"waiting for {', '.join(result.silent)} to answer ({elapsed:.0f} s)")
+                said = elapsed
+            time.sleep(0.5)
+
+    def call(
+        self,
+        *,
+        minions: Sequence[str],
+        fun: str,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        timeout_s: float = 30,
+        gather_job_timeout_s: float | None = None,
+    ) -> dict[str, Any]:
+        """Run an execution function on exactly these minions: their returns, by id (a minion
+        that does not answer is absent)."""
+        out: dict[str, Any] = {}
+        for minion, ret in self._iter(
+            minions, fun, args, kwargs, timeout_s, gather_job_timeout_s=gather_job_timeout_s
+        ):
+            if isinstance(ret, dict) and "ret" in ret:
+                out[minion] = ret["ret"]
+        return out
+
+    def apply(
+        self,
+        *,
+        minions: Sequence[str],
+        sls: Sequence[str] = (),
+        test: bool = False,
+        pillar: Mapping[str, Any] | None = None,
+        log: LogSink | None = None,
+        redact: Sequence[str] = (),
+    ) -> ApplyResult:
+        """`state.apply` of `sls` (all of them in one run; empty: the highstate) on `minions`.
+
+        Each minion's result is logged as it arrives. `redact` values never reach the log or
+        the result (a secret in a state's comment or diff shows as ***).
+        """
+        kwargs: dict[str, Any] = {"test": bool(test), "queue": True}
+        if pillar:
+            kwargs["pillar"] = dict(pillar)
+        args = [",".join(sls)] if sls else []
+        return self._run_states(minions, "state.apply", args, kwargs, sls, test, log, redact)
+
+    def highstate(
+        self,
+        *,
+        minions: Sequence[str],
+        test: bool = False,
+        log: LogSink | None = None,
+        redact: Sequence[str] = (),
+    ) -> ApplyResult:
+        kwargs = {"test": bool(test), "queue": True}
+        return self._run_states(minions, "state.highstate", [], kwargs, (), test, log, redact)
+
+    def show_sls(self, *, minion: str, sls: Sequence[str], timeout_s: float = 60) -> dict:
+        """The states `sls` renders to on `minion` with its pillar (`state.show_sls`), by ID.
+        Raises SaltError with salt's render errors."""
+        ret = self.call(
+            minions=[minion], fun="state.show_sls", args=[",".join(sls)], timeout_s=timeout_s
+        )
+        if minion not in ret:
+            raise SaltError(f"{minion} did not answer state.show_sls {','.join(sls)}")
+        rendered = ret[minion]
+        if not isinstance(rendered, dict):
+            raise SaltError(f"{minion}: {','.join(sls)} does not render:\n" + _errors(rendered))
+        return rendered
+
+    def pillar(self, *, minion: str, unmask: bool = False, timeout_s: float = 30) -> dict:
+        """The pillar the master compiles for `minion`, asked from the minion itself
+        (`pillar.items`). Salt masks every value as ********** unless `unmask`."""
+        kwargs = {"unmask": True} if unmask else {}
+        ret = self.call(minions=[minion], fun="pillar.items", kwargs=kwargs, timeout_s=timeout_s)
+        if minion not in ret:
+            raise SaltError(f"{minion} did not answer pillar.items")
+        return ret[minion]
+
+    # --- the pillar -------------------------------------------------------------------------------
+    def pillar_root(self) -> Path:
+        roots = self.opts().get("pillar_roots", {}).get("base") or []
+        if not roots:
+            raise SaltError(f"{self.config_path()}: the master has no pillar_roots for base")
+        return Path(roots[0])
+
+    def write_pillar(self, *, pillars: Mapping[str, Mapping[str, Any]]) -> PillarWrite:
+        """Make the master's pillar exactly `pillars`: one file per minion, readable by root only,
+        and a top file that gives each minion its own file and nothing else."""
+        root = self.pillar_root()
+        return write_pillar_tree(root, pillars)
+
+    # --- internals -----------------------------------------------------------------------------
+    def _wheel(self, fun: str, *args: Any) -> Any:
+        return _value(self._connect().request({"op": "wheel", "fun": fun, "args": list(args)}))
+
+    def _iter(
+        self,
+        minions: Sequence[str],
+        fun: str,
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any] | None,
+        timeout_s: float,
+        on_jid: Callable[[str], None] | None = None,
+        gather_job_timeout_s: float | None = None,
+    ) -> Iterator[tuple[str, Any]]:
+        """Run `fun` on exactly `minions`; yield (minion, full return) as each arrives. A minion
+        that does not answer in time yields {"failed": True}."""
+        if not minions:
+            return
+        request = {
+            "op": "run",
+            "tgt": list(minions),
+            "fun": fun,
+            "arg": list(args),
+            "kwarg": dict(kwargs or {}),
+            "timeout": timeout_s,
+            "gather_job_timeout": gather_job_timeout_s,
+        }
+        worker = self._connect()
+        finished = False
+        try:
+            for event in worker.request(request):
+                kind = event.get("event")
+                finished = kind in ("done", "error")
+                if kind == "pub" and on_jid:
+                    on_jid(event["jid"])
+                elif kind == "ret":
+                    yield event["minion"], event["ret"]
+                elif kind == "error":
+                    raise SaltError(f"{fun} on {', '.join(minions)}: {event.get('message')}")
+        finally:
+            if not finished:
+                # Interrupted mid-answer (a cancelled run): the worker is out of step; replace it.
+                worker.close()
+                self._worker = None
+
+    def _run_states(
+        self,
+        minions: Sequence[str],
+        fun: str,
+        args: list[Any],
+        kwargs: dict[str, Any],
+        sls: Sequence[str],
+        test: bool,
+        log: LogSink | None,
+        redact: Sequence[str],
+    ) -> ApplyResult:
+        say = log or dg.get_dagster_logger("salt").info
+        secrets = [s for s in redact if s]
+        started = time.monotonic()
+        runs: dict[str, MinionRun] = {}
+        jid: list[str] = []
+        what = f"{fun} {','.join(sls)}".strip() + (" test=True" if test else "")
+        say(f"{what} on {', '.join(minions)}")
+        try:
+            for minion, ret in self._iter(
+                minions, fun, args, kwargs, self.timeout_s, on_jid=jid.append
+            ):
+                if minion not in minions:
+                    continue
+                run = _minion_run(minion, _scrub(ret, secrets))
+                runs[minion] = run
+                say(_summary(run, test))
+                for state in sorted(run.states, key=lambda s: s.run_num):
+                    if state.failed or state.changed:
+                        verdict = (
+                            "FAILED" if state.failed else ("would change" if test else "changed")
+                        )
+                        say(f"  {verdict}: {state.label}: {state.detail}")
+                for error in run.errors:
+                    say(f"  ERROR: {error}")
+        except (KeyboardInterrupt, dg.DagsterExecutionInterruptedError):
+            # A cancelled run: stop the job on the minions too, then let the cancellation go on.
+            if jid:
+                try:
+                    self.call(minions=minions, fun="saltutil.term_job", args=[jid[0]], timeout_s=5)
+                except Exception:  # noqa: BLE001 - the cancellation matters more
+                    pass
+            raise
+        for minion in minions:
+            runs.setdefault(minion, MinionRun(minion, returned=False))
+        return ApplyResult(
+            tuple(sls), test, runs, time.monotonic() - started, jid[0] if jid else ""
+        )
+
+
+def write_pillar_tree(root: Path, pillars: Mapping[str, Mapping[str, Any]]) -> PillarWrite:
+    """Write `pillars` under `root`: `top.sls` and `hosts/<minion>.sls` (JSON, no Jinja), 0600."""
+    root = Path(root)
+    hosts = root / "hosts"
+    hosts.mkdir(parents=True, exist_ok=True)
+    os.chmod(root, 0o700)
+    os.chmod(hosts, 0o700)
+    written, unchanged = [], []
+    for minion, data in sorted(pillars.items()):
+        text = "#!json\n" + json.dumps(data, indent=2, sort_keys=True) + "\n"
+        if _write_if_changed(hosts / f"{minion}.sls", text):
+            written.append(minion)
+        else:
+            unchanged.append(minion)
+    # Each minion id is a host name (a DNS label: no glob characters), matched exactly.
+    top = [
+        "# Generated by coop-infra from the topology: each minion gets its own file only.",
+        "base:",
+    ]
+    for minion in sorted(pillars):
+        top += [f"  '{minion}':", f"    - hosts.{minion}"]
+    _write_if_changed(root / "top.sls", "\n".join(top) + "\n")
+    removed = []
+    for stale in sorted(hosts.glob("*.sls")):
+        if stale.stem not in pillars:
+            stale.unlink()
+            removed.append(stale.stem)
+    return PillarWrite(root, tuple(written), tuple(unchanged), tuple(removed))
+
+
+def _write_if_changed(path: Path, text: str) -> bool:
+    try:
+        if path.read_text() == text:
+            os.chmod(path, 0o600)
+            return False
+    except FileNotFoundError:
+        pass
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+    os.replace(tmp, path)
+    return True
+
+
+def _value(events: Iterator[dict[str, Any]]) -> Any:
+    for event in events:
+        if event.get("event") == "done":
+            return event.get("value")
+        if event.get("event") == "error":
+            raise SaltError(str(event.get("message")))
+    raise SaltError("the salt API process gave no answer")
+
+
+def _port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+# --- parsing salt's answers ------------------------------------------------------------------
+
+
+def parse_state_return(minion: str, ret: Any) -> tuple[list[StateResult], list[str]]:
+    """Salt's `state.apply` return for one minion: (states, errors).
+
+    A dict keyed `<function-module>_|-<id>_|-<name>_|-<function>` is a run; a list of strings
+    is a render or compile error (no state ran).
+    """
+    if isinstance(ret, list):
+        return [], [str(e) for e in ret]
+    if isinstance(ret, str):
+        return [], [ret]
+    if not isinstance(ret, dict):
+        return [], [f"unexpected answer: {ret!r}"]
+    states = []
+    for key, value in ret.items():
+        if not isinstance(value, dict):
+            return [], [f"unexpected answer for {key}: {value!r}"]
+        parts = key.split("_|-")
+        module = parts[0] if parts else ""
+        function = f"{module}.{parts[-1]}" if len(parts) >= 4 else key
+        states.append(
+            StateResult(
+                minion=minion,
+                state_id=value.get("__id__") or (parts[1] if len(parts) >= 2 else key),
+                function=function,
+                name=str(value.get("name", parts[2] if len(parts) >= 3 else "")),
+                sls=str(value.get("__sls__", "")),
+                result=value.get("result"),
+                changes=value.get("changes") or {},
+                comment=_comment(value.get("comment", "")),
+                duration_ms=float(value.get("duration", 0) or 0),
+                run_num=int(value.get("__run_num__", 0) or 0),
+            )
+        )
+    states.sort(key=lambda s: s.run_num)
+    return states, []
+
+
+def _minion_run(minion: str, ret: Any) -> MinionRun:
+    if not isinstance(ret, dict) or (ret.get("failed") is True and "ret" not in ret):
+        return MinionRun(minion, returned=False)
+    states, errors = parse_state_return(minion, ret.get("ret"))
+    return MinionRun(minion, True, tuple(states), tuple(errors), ret.get("retcode"))
+
+
+def _comment(comment: Any) -> str:
+    if isinstance(comment, list):
+        return "\n".join(str(c) for c in comment)
+    return str(comment)
+
+
+def _scrub(value: Any, secrets: Sequence[str]) -> Any:
+    if not secrets:
+        return value
+    if isinstance(value, str):
+        for secret in secrets:
+            value = value.replace(secret, "***")
+        return value
+    if isinstance(value, dict):
+        return {k: _scrub(v, secrets) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_scrub(v, secrets) for v in value]
+    return value
+
+
+def _summary(run: MinionRun, test: bool) -> str:
+    if not run.returned:
+        return f"{run.minion}: no answer"
+    if run.errors:
+        return f"{run.minion}: {len(run.errors)} error(s), no state ran"
+    failed = sum(s.failed for s in run.states)
+    changed = sum(s.changed and not s.failed for s in run.states)
+    seconds = sum(s.duration_ms for s in run.states) / 1000
+    verb = "would change" if test else "changed"
+    return (
+        f"{run.minion}: {len(run.states)} states, {changed} {verb}, {failed} failed"
+        f" ({seconds:.1f} s)"
+    )
+
+
+def _first_line(text: str) -> str:
+    lines = [line for line in str(text).splitlines() if line.strip()]
+    if not lines:
+        return ""
+    return lines[0] + (" ..." if len(lines) > 1 else "")
+
+
+def _errors(value: Any) -> str:
+    if isinstance(value, list):
+        return "\n".join(f"  {v}" for v in value)
+    return f"  {value}"

@@ -1,0 +1,37 @@
+{#- Every host: its salt minion's config, the folders the other states write into, base packages,
+    and a record of what the topology says this host is (/etc/coop/host.json). Every role's
+    states include this. #}
+{%- from "lib/site.jinja" import root, local with context %}
+
+include:
+  - salt.minion
+
+common-packages:
+  pkg.installed:
+    - pkgs: [ca-certificates, curl, python3]
+    - refresh: False
+
+{%- for dir in ['etc/coop', 'run', 'var/log', 'var/lib'] %}
+common-dir-{{ dir | replace('/', '-') }}:
+  file.directory:
+    - name: {{ root }}/{{ dir }}
+    - makedirs: True
+{%- if local %}
+    - mode: '0755'
+{%- endif %}
+{%- endfor %}
+
+common-host-record:
+  file.serialize:
+    - name: {{ root }}/etc/coop/host.json
+    - serializer: json
+    - dataset:
+        host: {{ pillar['coop']['host'] | json }}
+        fqdn: {{ pillar['coop']['fqdn'] | json }}
+        location: {{ pillar['coop']['location'] | json }}
+        roles: {{ pillar['roles'] | json }}
+        addresses: {{ pillar['coop']['addresses'] | json }}
+        site: {{ pillar['site']['kind'] | json }}
+    - mode: '0644'
+    - require:
+      - file: common-dir-etc-coop

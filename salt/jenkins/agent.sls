@@ -1,0 +1,79 @@
+{#- A Jenkins agent: the build tools (podman with runc, buildah, git, Java for the agent itself),
+    and the registry's push account (`ci`) and certificate, so builds push images. On a server the
+    agent runs as the `jenkins` user; the local site creates no users, it writes under the root. #}
+{%- from "lib/site.jinja" import root, local with context %}
+{%- set agent = pillar['jenkins_agent'] %}
+{%- set client = pillar.get('registry_client', {}) %}
+{%- set home = root ~ '/var/lib/jenkins' %}
+
+include:
+  - common
+
+jenkins-agent-packages:
+  pkg.installed:
+    - pkgs: [openjdk-17-jre-headless, git, podman, runc, buildah, uidmap, slirp4netns]
+    - refresh: False
+
+{%- if not local %}
+jenkins-agent-user:
+  user.present:
+    - name: jenkins
+    - home: /var/lib/jenkins
+    - system: True
+    - shell: /bin/bash
+    - require_in:
+      - file: jenkins-agent-home
+{%- endif %}
+
+jenkins-agent-home:
+  file.directory:
+    - name: {{ home }}
+    - makedirs: True
+{%- if not local %}
+    - user: jenkins
+{%- endif %}
+
+jenkins-agent-containers-conf:
+  file.managed:
+    - name: {{ root }}/etc/containers/containers.conf
+    - makedirs: True
+    - mode: '0644'
+    - contents: |
+        # Managed by salt (salt/jenkins/agent.sls).
+        [engine]
+        runtime = "runc"
+
+jenkins-agent-master:
+  file.managed:
+    - name: {{ home }}/coop-agent.env
+    - mode: '0644'
+    - contents: |
+        JENKINS_URL={{ agent['master_url'] or '' }}
+    - require:
+      - file: jenkins-agent-home
+{%- if client %}
+
+jenkins-agent-registry-ca:
+  file.managed:
+    - name: {{ root }}/etc/containers/certs.d/{{ client['address'] }}/ca.crt
+    - makedirs: True
+    - mode: '0644'
+    - contents_pillar: registry_client:ca_cert
+
+jenkins-agent-registry-auth:
+  file.serialize:
+    - name: {{ home }}/.config/containers/auth.json
+    - makedirs: True
+    - mode: '0600'
+{%- if not local %}
+    - user: jenkins
+{%- endif %}
+    - show_changes: False
+    - serializer: json
+    - dataset:
+        auths:
+          {{ client['address'] | json }}:
+            auth: {{ salt['hashutil.base64_b64encode'](client['user'] ~ ':' ~ client['password']) | json }}
+    - require:
+      - file: jenkins-agent-home
+{%- endif %}

@@ -1,0 +1,83 @@
+{#- The private docker registry: Debian's docker-registry (Docker Distribution 2.8) with htpasswd
+    auth (bcrypt hashes from the pillar; the passwords themselves never reach this host) and TLS
+    (the certificate and key from the secrets pillar). #}
+{%- from "lib/site.jinja" import root, local with context %}
+{%- from "lib/daemon.jinja" import daemon with context %}
+{%- set reg = pillar['registry'] %}
+{%- set etc = root ~ '/etc/docker/registry' %}
+{%- set group = 'root' if local else 'docker-registry' %}
+
+include:
+  - common
+
+registry-packages:
+  pkg.installed:
+    - pkgs: [docker-registry]
+    - refresh: False
+
+registry-storage:
+  file.directory:
+    - name: {{ root }}/var/lib/docker-registry
+    - makedirs: True
+{%- if not local %}
+    - user: docker-registry
+    - group: docker-registry
+{%- endif %}
+    - require:
+      - pkg: registry-packages
+
+registry-etc:
+  file.directory:
+    - name: {{ etc }}/tls
+    - makedirs: True
+    - mode: '0750'
+    - group: {{ group }}
+
+registry-htpasswd:
+  file.managed:
+    - name: {{ etc }}/htpasswd
+    - contents_pillar: registry:htpasswd
+    - mode: '0640'
+    - group: {{ group }}
+    - show_changes: False
+    - require:
+      - file: registry-etc
+
+registry-tls-cert:
+  file.managed:
+    - name: {{ etc }}/tls/registry.crt
+    - contents_pillar: registry:tls:cert
+    - mode: '0644'
+    - require:
+      - file: registry-etc
+
+registry-tls-key:
+  file.managed:
+    - name: {{ etc }}/tls/registry.key
+    - contents_pillar: registry:tls:key
+    - mode: '0640'
+    - group: {{ group }}
+    - show_changes: False
+    - require:
+      - file: registry-etc
+
+registry-config:
+  file.managed:
+    - name: {{ etc }}/config.yml
+    - source: salt://registry/files/config.yml.jinja
+    - template: jinja
+    - mode: '0640'
+    - group: {{ group }}
+    - show_changes: False
+    - context:
+        root: {{ root | json }}
+        etc: {{ etc }}
+    - require:
+      - file: registry-etc
+
+{{ daemon('registry', 'docker-registry', '/usr/bin/docker-registry', 'serve ' ~ etc ~ '/config.yml',
+          reg.get('pidfile', ''),
+          watch=[{'file': 'registry-config'}, {'file': 'registry-htpasswd'},
+                 {'file': 'registry-tls-cert'}, {'file': 'registry-tls-key'}],
+          on_change='restart', detach=True, log=root ~ '/var/log/docker-registry.log',
+          host=reg['listen'], port=reg['port'], require=[{'file': 'registry-storage'}]) }}

@@ -1,0 +1,27 @@
+{#- Every host is a salt minion whose id is its host name and whose master is the salt-master
+    host's address. On a server the minion restarts itself when this changes. On the local site
+    `infra local up` configures the minion processes: the file is written for the record under the
+    host's root, and the local minion does not read it (it could never cut itself off the master). #}
+{%- from "lib/site.jinja" import root, local with context %}
+{%- set minion = pillar['salt']['minion'] %}
+
+salt-minion-config:
+  file.managed:
+    - name: {{ root }}/etc/salt/minion.d/coop.conf
+    - makedirs: True
+    - mode: '0644'
+    - contents: |
+        # Managed by salt (salt/salt/minion.sls) from the topology.
+        id: {{ minion['id'] }}
+        master: {{ minion['master'] }}
+{%- if not local %}
+
+# A minion cannot restart itself in the middle of a run: the documented way is a restart in the
+# background once the run has returned.
+salt-minion-restart:
+  cmd.run:
+    - name: salt-call --local service.restart salt-minion
+    - bg: True
+    - onchanges:
+      - file: salt-minion-config
+{%- endif %}

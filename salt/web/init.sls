@@ -1,0 +1,107 @@
+{#- A web host, ready for app releases: nginx (its own instance on the local site, under the host's
+    root on 127.0.0.1), podman with runc, and the registry's pull account and certificate.
+
+    For app releases (the `app` state): sites and upstreams go in {root}/etc/nginx/conf.d/*.conf,
+    and a state that changes one reloads nginx with `onchanges_in: [{cmd: web-nginx-reload}]`.
+    Containers: {root}/etc/containers/containers.conf (and on the local site storage.conf; point
+    CONTAINERS_CONF and CONTAINERS_STORAGE_CONF at them), pulls authenticate with
+    {root}/etc/containers/auth.json and trust {root}/etc/containers/certs.d/<registry>/ca.crt. #}
+{%- from "lib/site.jinja" import root, local with context %}
+{%- from "lib/daemon.jinja" import daemon with context %}
+{%- set web = pillar['web'] %}
+{%- set prefix = root ~ '/etc/nginx/' %}
+{%- set client = pillar.get('registry_client', {}) %}
+
+include:
+  - common
+
+web-packages:
+  pkg.installed:
+    - pkgs: [nginx-light, podman, runc, uidmap, slirp4netns]
+    - refresh: False
+
+{%- for dir in ['etc/nginx/conf.d', 'var/log/nginx', 'var/lib/nginx/body', 'var/lib/nginx/proxy',
+                'var/lib/nginx/fastcgi', 'var/lib/nginx/uwsgi', 'var/lib/nginx/scgi'] %}
+web-dir-{{ dir | replace('/', '-') }}:
+  file.directory:
+    - name: {{ root }}/{{ dir }}
+    - makedirs: True
+    - require:
+      - pkg: web-packages
+{%- endfor %}
+
+web-nginx-config:
+  file.managed:
+    - name: {{ prefix }}nginx.conf
+    - source: salt://web/files/nginx.conf.jinja
+    - template: jinja
+    - mode: '0644'
+    - context:
+        root: {{ root | json }}
+        local: {{ local }}
+    # A broken config never replaces a working one (nginx -t on the new file first).
+    - check_cmd: /usr/sbin/nginx -t -q -p {{ prefix }} -e {{ root }}/var/log/nginx/error.log -c
+    - require:
+      - file: web-dir-etc-nginx-conf.d
+      - file: web-dir-var-log-nginx
+      - file: web-dir-var-lib-nginx-body
+      - file: web-dir-var-lib-nginx-proxy
+      - file: web-dir-var-lib-nginx-fastcgi
+      - file: web-dir-var-lib-nginx-uwsgi
+      - file: web-dir-var-lib-nginx-scgi
+
+{{ daemon('web-nginx', 'nginx', '/usr/sbin/nginx',
+          '-p ' ~ prefix ~ ' -c ' ~ prefix ~ 'nginx.conf -e ' ~ root ~ '/var/log/nginx/error.log',
+          web.get('pidfile', ''),
+          watch=[{'file': 'web-nginx-config'}], on_change='reload',
+          host=web['listen'], port=web['port']) }}
+
+web-containers-conf:
+  file.managed:
+    - name: {{ root }}/etc/containers/containers.conf
+    - makedirs: True
+    - mode: '0644'
+    - contents: |
+        # Managed by salt (salt/web).
+        [engine]
+        runtime = "runc"
+{%- if local %}
+        [containers]
+        # The local site's containers run without CAP_SYS_RESOURCE: keep rlimits within reach.
+        default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]
+{%- endif %}
+{%- if local %}
+
+web-containers-storage:
+  file.managed:
+    - name: {{ root }}/etc/containers/storage.conf
+    - makedirs: True
+    - mode: '0644'
+    - contents: |
+        # Managed by salt (salt/web): this host's images and containers stay under its root.
+        [storage]
+        driver = "vfs"
+        graphroot = "{{ root }}/var/lib/containers/storage"
+        runroot = "{{ root }}/run/containers/storage"
+{%- endif %}
+{%- if client %}
+
+web-registry-ca:
+  file.managed:
+    - name: {{ root }}/etc/containers/certs.d/{{ client['address'] }}/ca.crt
+    - makedirs: True
+    - mode: '0644'
+    - contents_pillar: registry_client:ca_cert
+
+web-registry-auth:
+  file.serialize:
+    - name: {{ root }}/etc/containers/auth.json
+    - makedirs: True
+    - mode: '0600'
+    - show_changes: False
+    - serializer: json
+    - dataset:
+        auths:
+          {{ client['address'] | json }}:
+            auth: {{ salt['hashutil.base64_b64encode'](client['user'] ~ ':' ~ client['password']) | json }}
+{%- endif %}

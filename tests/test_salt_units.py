@@ -1,0 +1,366 @@
+"""The parts of configuration management that need no running salt: the sites seam, the secrets
+file, the pillar generated from the topology, the pillar tree on disk, parsing salt's answers
+(recorded from a real master: tests/data/salt/), and the Dagster graph."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import bcrypt
+import dagster as dg
+import pytest
+import yaml
+from cryptography import x509
+
+from infra_assets.model import load_topology
+from infra_assets.pillar import render_pillars, secret_paths
+from infra_assets.secrets import SecretsError, ensure_secrets, load_secrets, required_keys
+from infra_assets.sites import CloudSite, ProcessSite, SiteError, site_for
+from resources.salt import ApplyResult, MinionRun, parse_state_return, write_pillar_tree
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture
+def coop(repo_root):
+    return load_topology(repo_root / "topology.yaml")
+
+
+@pytest.fixture
+def coop_secrets(tmp_path, coop, monkeypatch):
+    """A secrets file for the co-op's topology, as a person would write it (values made up)."""
+    path = tmp_path / "secrets.yaml"
+    secrets = ensure_secrets(path, coop, tls_names=["docker-registry.nz-por-1.coop.internal"])
+    monkeypatch.setenv("INFRA_SECRETS_FILE", str(path))
+    return secrets
+
+
+# --- sites ---------------------------------------------------------------------------------------
+
+
+def test_the_topology_picks_the_site(coop, repo_root, tmp_path):
+    cloud = site_for(coop)
+    assert isinstance(cloud, CloudSite)
+    assert cloud.salt_master_config() == Path("/etc/salt/master")
+    assert cloud.listen("pg-staging-1", "postgres-staging") == "10.100.7.1"
+    assert cloud.listen("support-1", "docker-registry") == "10.100.9.1"  # its service address
+    assert cloud.port("web-staging-1", "http") == 80
+    assert cloud.host_root("web-staging-1") == ""
+    local = site_for(load_topology(repo_root / "topology.local.yaml"), root=tmp_path)
+    assert isinstance(local, ProcessSite)
+    assert local.listen("web-staging-1", "web-staging") == "127.0.0.1"
+    assert local.salt_master_config() == local.hosts_dir() / "support-1/etc/salt/master"
+
+
+def test_a_topology_mixing_local_and_cloud_is_refused(write_topology):
+    def edit(data):
+        data["locations"]["lab"] = {"number": 101, "cloud": "local"}
+
+    with pytest.raises(SiteError, match="mixes the local site with clouds"):
+        site_for(load_topology(write_topology(edit=edit)))
+
+
+def test_the_local_site_needs_up_before_it_has_ports(repo_root, tmp_path):
+    site = ProcessSite(load_topology(repo_root / "topology.local.yaml"), root=tmp_path)
+    with pytest.raises(SiteError, match="run `infra local up` first"):
+        site.port("web-staging-1", "http")
+    ports = site.allocate_ports()
+    assert site.port("web-staging-1", "http") == ports["hosts"]["web-staging-1"]["http"]
+    assert site.allocate_ports() == ports  # kept once given
+    every = [ports["salt"]["publish_port"], ports["salt"]["ret_port"]]
+    every += [p for host in ports["hosts"].values() for p in host.values()]
+    assert len(set(every)) == len(every)
+
+
+def test_a_long_state_folder_gets_a_short_link_for_salts_sockets(repo_root, tmp_path):
+    topo = load_topology(repo_root / "topology.local.yaml")
+    deep = tmp_path / ("d" * 60) / "local"
+    site = ProcessSite(topo, root=deep)
+    assert site.hosts_dir() != deep / "hosts"
+    site.ensure_layout()
+    try:
+        assert site.hosts_dir().resolve() == (deep / "hosts").resolve()
+        longest = Path(site.host_root("web-production-1"), "var/run/salt/minion")
+        assert len(str(longest / "minion_event_0123456789_pull.ipc")) <= 107
+    finally:
+        site.hosts_dir().unlink()
+
+
+def test_the_cloud_site_wants_the_secrets_file_from_the_environment(coop, monkeypatch):
+    monkeypatch.delenv("INFRA_SECRETS_FILE", raising=False)
+    with pytest.raises(SiteError, match=r"\$INFRA_SECRETS_FILE is not set"):
+        site_for(coop).secrets_file()
+
+
+# --- secrets -------------------------------------------------------------------------------------
+
+
+def test_required_secrets_follow_the_topology(coop, repo_root):
+    keys = {".".join(k) for k in required_keys(coop)}
+    assert keys == {
+        "registry.http_secret",
+        "registry.users.ci",
+        "registry.users.deploy",
+        "registry.tls.cert",
+        "registry.tls.key",
+        "postgres.hello.staging",
+        "postgres.hello.production",
+        "jenkins.admin_password",
+    }
+    local = load_topology(repo_root / "topology.local.yaml")  # no postgres, no jenkins
+    assert {k[0] for k in required_keys(local)} == {"registry"}
+
+
+def test_a_bad_secrets_file_lists_every_problem_and_no_value(tmp_path, coop):
+    path = tmp_path / "secrets.yaml"
+    path.write_text("registry:\n  http_secret: s3cret-value\n  users: {ci: ''}\njenkins: {}\n")
+    path.chmod(0o644)
+    with pytest.raises(SecretsError) as err:
+        load_secrets(path, coop)
+    text = str(err.value)
+    assert text.startswith(f"{path}: 8 problems in the secrets")
+    assert "registry.users.ci: must be a non-empty string" in text
+    assert "registry.users.deploy: missing: the topology needs it" in text
+    assert "postgres.hello.production: missing: the topology needs it (app 'hello' and a host" in (
+        text
+    )
+    assert f"readable by others (mode 0o644): chmod 600 {path}" in text
+    assert "s3cret-value" not in text
+    with pytest.raises(SecretsError, match="no such file"):
+        load_secrets(tmp_path / "missing.yaml", coop)
+
+
+def test_throwaway_secrets_are_made_once_and_kept(tmp_path, coop):
+    path = tmp_path / "local" / "secrets.yaml"
+    first = ensure_secrets(path, coop, tls_names=["registry.example", "127.0.0.1"])
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    again = ensure_secrets(path, coop, tls_names=["registry.example", "127.0.0.1"])
+    assert again.data == first.data
+    cert = x509.load_pem_x509_certificate(first.get("registry", "tls", "cert").encode())
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert names.get_values_for_type(x509.DNSName) == ["registry.example"]
+    assert [str(ip) for ip in names.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+    # A PEM key counts as a secret line by line too (a diff would show it so).
+    key_lines = first.get("registry", "tls", "key").splitlines()
+    assert key_lines[1] in first.values()
+
+
+def test_local_up_refuses_a_bad_secrets_file_before_starting_anything(tmp_path, repo_root):
+    import subprocess
+    import sys
+
+    bad = tmp_path / "secrets.yaml"
+    bad.write_text("registry: {users: {ci: x}}\n")
+    bad.chmod(0o600)
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "infra"), "local", "up"],
+        capture_output=True,
+        text=True,
+        cwd=repo_root,
+        env={
+            **os.environ,
+            "INFRA_STATE_DIR": str(tmp_path / "state"),
+            "INFRA_SECRETS_FILE": str(bad),
+        },
+        timeout=120,
+    )
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr
+    assert f"{bad}: 4 problems in the secrets" in out.stderr
+    assert "registry.users.deploy: missing: the topology needs it" in out.stderr
+    assert not (tmp_path / "state" / "local" / "hosts").exists()
+    assert not (tmp_path / "state" / "local" / "run").exists()
+
+
+# --- the pillar ----------------------------------------------------------------------------------
+
+
+def test_each_host_gets_only_the_secrets_its_roles_need(coop, coop_secrets):
+    pillars = render_pillars(site_for(coop), coop_secrets)
+    granted = {host: set(secret_paths(p, coop_secrets)) for host, p in pillars.items()}
+    assert granted["web-staging-1"] == {
+        "apps.hello.database.password",
+        "registry_client.password",
+        "registry_client.ca_cert",
+    }
+    assert pillars["web-staging-1"]["apps"]["hello"]["database"]["password"] == coop_secrets.get(
+        "postgres", "hello", "staging"
+    )
+    assert pillars["web-production-1"]["apps"]["hello"]["database"]["password"] == (
+        coop_secrets.get("postgres", "hello", "production")
+    )
+    assert granted["pg-staging-1"] == {"postgres.databases.hello_staging.password"}
+    assert granted["pg-production-1"] == {"postgres.databases.hello_production.password"}
+    assert granted["support-2"] == {"registry_client.password", "registry_client.ca_cert"}
+    assert pillars["support-2"]["registry_client"]["user"] == "ci"
+    assert "jenkins.admin_password" in granted["support-1"]
+    # The registry host: bcrypt hashes that verify, never the passwords.
+    assert "registry.htpasswd" not in granted["support-1"]
+    lines = dict(
+        line.split(":", 1) for line in pillars["support-1"]["registry"]["htpasswd"].split()
+    )
+    for user in ("ci", "deploy"):
+        password = coop_secrets.get("registry", "users", user).encode()
+        assert bcrypt.checkpw(password, lines[user].encode())
+
+
+def test_the_pillar_says_where_each_service_listens_on_a_server(coop, coop_secrets):
+    pillars = render_pillars(site_for(coop), coop_secrets)
+    assert pillars["web-staging-1"]["web"] == {
+        "listen": "10.100.5.1",
+        "port": 80,
+        "environment": "staging",
+        "url": "http://10.100.5.1:80",
+    }
+    assert pillars["web-staging-1"]["apps"]["hello"]["database"]["host"] == "10.100.7.1"
+    assert pillars["pg-production-1"]["postgres"]["network"] == "10.100.0.0/16"
+    master = pillars["support-1"]["salt"]["master"]
+    assert master["interface"] == "10.100.1.1" and master["pillar_roots"] == ["/srv/pillar"]
+    assert pillars["web-staging-1"]["salt"]["minion"]["master"] == "10.100.1.1"
+    assert pillars["support-1"]["site"] == {"kind": "cloud", "root": ""}
+    assert (
+        "10.100.5.1\tweb-staging-1.nz-por-1.coop.internal" in pillars["support-1"]["dns"]["hosts"]
+    )
+    assert pillars["support-1"]["dns"]["forward"] is True
+    # The same input gives the same pillar (the registry's hashes too): applies change nothing.
+    assert render_pillars(site_for(coop), coop_secrets) == pillars
+
+
+def test_the_pillar_tree_gives_each_minion_its_own_file(tmp_path):
+    root = tmp_path / "pillar"
+    first = write_pillar_tree(root, {"web-1": {"a": 1}, "web-2": {"b": "{{ not jinja }}"}})
+    assert first.written == ("web-1", "web-2")
+    top = yaml.safe_load((root / "top.sls").read_text())
+    assert top == {"base": {"web-1": ["hosts.web-1"], "web-2": ["hosts.web-2"]}}
+    text = (root / "hosts" / "web-2.sls").read_text()
+    assert text.startswith("#!json\n") and json.loads(text.split("\n", 1)[1]) == {
+        "b": "{{ not jinja }}"
+    }
+    assert stat.S_IMODE((root / "hosts" / "web-1.sls").stat().st_mode) == 0o600
+    assert stat.S_IMODE(root.stat().st_mode) == 0o700
+    second = write_pillar_tree(root, {"web-1": {"a": 2}})
+    assert second.written == ("web-1",) and second.removed == ("web-2",)
+    assert not (root / "hosts" / "web-2.sls").exists()
+    assert write_pillar_tree(root, {"web-1": {"a": 2}}).unchanged == ("web-1",)
+
+
+# --- salt's answers, recorded from a real master -------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["apply_web_dry_run", "apply_web_port_taken", "apply_missing_sls"])
+def test_state_returns_parse_into_typed_results(name):
+    raw = json.loads((DATA / "salt" / f"{name}.json").read_text())["web-production-1"]
+    expected = json.loads((DATA / "salt" / f"{name}.expected.json").read_text())
+    states, errors = parse_state_return("web-production-1", raw)
+    assert errors == expected["errors"]
+    assert [
+        {
+            "state_id": s.state_id,
+            "function": s.function,
+            "sls": s.sls,
+            "result": s.result,
+            "changed": s.changed,
+            "run_num": s.run_num,
+        }
+        for s in states
+    ] == expected["states"]
+
+
+def test_a_failed_run_names_the_minion_the_state_and_why():
+    raw = json.loads((DATA / "salt" / "apply_web_port_taken.json").read_text())
+    states, _ = parse_state_return("web-production-1", raw["web-production-1"])
+    run = ApplyResult(
+        ("web",),
+        False,
+        {
+            "web-production-1": MinionRun("web-production-1", True, tuple(states)),
+            "web-staging-1": MinionRun("web-staging-1", returned=False),
+        },
+        1.0,
+    )
+    assert not run.ok
+    problems = run.problems()
+    assert problems[0] == (
+        "web-production-1: state web: web-nginx-running (cmd.run) failed: Command"
+        ' "start-stop-daemon --quiet --pidfile /tmp/coop-infra-b7769b1256/web-production-1/run/'
+        "nginx.pid --exec /usr/sbin/nginx --start -- -p /tmp/coop-infra-b7769b1256/"
+        "web-production-1/etc/nginx/ -c /tmp/coop-infra-b7769b1256/web-production-1/etc/nginx/"
+        'nginx.conf -e /tmp/coop-infra-b7769b1256/web-production-1/var/log/nginx/error.log" run'
+        " | nginx: [emerg] bind() to 127.0.0.1:52609 failed (98: Address already in use)"
+        " | nginx: [emerg] bind() to 127.0.0.1:52609 failed (98: Address already in use)"
+        " | nginx: [emerg] still could not bind()"
+    )
+    assert "web-staging-1: did not answer (is the minion running and accepted?)" in problems
+
+
+# --- the Dagster graph ---------------------------------------------------------------------------
+
+
+def test_the_salt_part_of_the_graph(coop):
+    from infra_assets.definitions import build_definitions
+
+    defs = build_definitions(coop)
+    graph = defs.resolve_asset_graph()
+    key = dg.AssetKey
+    roles = {r for h in coop.hosts.values() for r in h.roles}
+    for role in roles:
+        node = graph.get(key(["highstate", role]))
+        assert node.parent_keys == {key("minions"), key("salt_pillar"), key("topology")}
+        assert node.group_name == "salt" and "salt" in node.kinds
+    assert graph.get(key("minions")).parent_keys == {key("topology")}
+    assert graph.get(key("salt_pillar")).parent_keys == {key("topology"), key("ip_plan")}
+    checks = {c.name for c in graph.asset_check_keys}
+    assert {"minion_keys_match_topology", "declared_minions_answer"} <= checks
+    configure = defs.resolve_job_def("configure")
+    assert {k.to_user_string() for k in configure.asset_layer.selected_asset_keys} >= {
+        "topology",
+        "minions",
+        "salt_pillar",
+        "highstate/web-staging",
+    }
+    dry = defs.resolve_job_def("configure_dry_run")
+    assert dry.run_config["ops"]["highstate__web_staging"] == {"config": {"dry_run": True}}
+    assert len(dry.run_config["ops"]) == len(roles)
+    selected = {k.to_user_string() for k in dry.asset_layer.selected_asset_keys}
+    assert "minions" not in selected and "highstate/dns" in selected
+
+
+def test_a_missing_secrets_file_fails_the_pillar_clearly(coop, repo_root, tmp_path, monkeypatch):
+    from infra_assets.definitions import build_definitions
+
+    monkeypatch.setenv("INFRA_TOPOLOGY", str(repo_root / "topology.yaml"))
+    monkeypatch.setenv("INFRA_SECRETS_FILE", str(tmp_path / "nowhere.yaml"))
+    monkeypatch.setenv("INFRA_SALT_MASTER_CONFIG", str(tmp_path / "no-master"))
+    job = build_definitions(coop).resolve_implicit_global_asset_job_def()
+    result = job.execute_in_process(
+        asset_selection=[dg.AssetKey("topology"), dg.AssetKey("salt_pillar")],
+        instance=dg.DagsterInstance.ephemeral(),
+        raise_on_error=False,
+    )
+    assert not result.success
+    failure = result.failure_data_for_node("salt_pillar").error.message
+    assert f"{tmp_path / 'nowhere.yaml'}: 1 problem in the secrets" in failure
+    assert "no such file: write it (README, 'Secrets') or set $INFRA_SECRETS_FILE" in failure
+
+
+def test_salt_is_never_imported_into_dagster(coop, repo_root):
+    """salt replaces the interpreter's logger class on import, which breaks Dagster's loggers:
+    the code location and the resource keep it in the worker process."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, infra_assets.definitions as d, resources.salt;"
+        "d.defs(); print('salt' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "INFRA_TOPOLOGY": str(repo_root / "topology.yaml")},
+        timeout=120,
+    )
+    assert out.stdout.strip() == "False", out.stderr
