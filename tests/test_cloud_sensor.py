@@ -233,6 +233,13 @@ def test_changes_between_names_its_reasons():
     assert work.reasons == [
         "test-1 (instances, network): terraform/locations/test-1.tfvars changed"
     ]
+    shared = changes_between(
+        ["terraform/shared/location.tf"],
+        topology_path="topology.yaml",
+        new_topology=topo,
+        read_old_topology=lambda: TOPOLOGY,
+    )
+    assert shared.stacks == {"test-1": {"network", "instances"}, "test-2": {"network", "instances"}}
 
 
 def test_the_nightly_schedule_plans_and_readies_the_pools(repo, instance):

@@ -1,8 +1,9 @@
 """What a range of commits on the infra repo's main branch changed, for the cloud part: which
 Terraform stacks of which locations to plan, which role images to rebuild.
 
-- `terraform/modules/`, `terraform/network/`: every OpenStack location's network and instances;
-  `terraform/instances/`: every location's instances; `terraform/locations/<L>.tfvars`: L's.
+- `terraform/modules/`, `terraform/shared/`, `terraform/network/`: every OpenStack location's
+  network and instances; `terraform/instances/`: every location's instances;
+  `terraform/locations/<L>.tfvars`: L's.
 - `topology.yaml`: the locations whose stack inputs differ between the two commits (a location's
   number or cloud: its network; its hosts, addresses, roles, flavors, the salt master: its
   instances); a new location: both.
@@ -87,7 +88,7 @@ def changes_between(
             continue
         top = parts[0]
         if top == "terraform" and len(parts) > 1:
-            if parts[1] in ("modules", "network"):
+            if parts[1] in ("modules", "shared", "network"):
                 for loc in locations:
                     out.add_stacks(loc, STACKS, f"{path} changed")
             elif parts[1] == "instances":
