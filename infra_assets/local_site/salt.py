@@ -115,6 +115,8 @@ class SaltService:
             sup.stop(MASTER)
         publish, ret = ps.salt_ports()
         master_root = Path(ps.host_root(ps.master_host()))
+        if not sup.get(MASTER):
+            _clear_stale_pidfile(ps.host_root(ps.master_host()), "salt-master")
         sup.start(
             MASTER,
             [salt_binary("salt-master"), "-c", master_cfg.parent, "--log-level=warning"],
@@ -130,6 +132,8 @@ class SaltService:
             cfg = ps.minion_config(host)
             if _write_config(cfg, minion_opts(ps, host)) and sup.get(name):
                 sup.stop(name, timeout_s=5)
+            if not sup.get(name):
+                _clear_stale_pidfile(ps.host_root(host), "salt-minion")
             sup.start(
                 name,
                 [salt_binary("salt-minion"), "-c", cfg.parent, "--log-level=warning"],
@@ -205,6 +209,16 @@ def write_pillar(ps: ProcessSite, secrets: Secrets):
     from resources.salt import write_pillar_tree
 
     return write_pillar_tree(ps.pillar_root(), render_pillars(ps, secrets))
+
+
+def _clear_stale_pidfile(root: str, daemon: str) -> None:
+    """Remove the pid files a daemon of ours left when it was killed (SIGKILL after a slow
+    SIGTERM). Salt refuses to start ("An instance is already running") while its
+    `process_responsibility_<daemon>.pid` names a process that still exists, and the killed
+    daemon's zombie does until something reaps it. Only called when the supervisor knows that no
+    such daemon of ours runs."""
+    for name in (f"{daemon}.pid", f"process_responsibility_{daemon}.pid"):
+        Path(root, "var", "run", name).unlink(missing_ok=True)
 
 
 def _write_config(path: Path, opts: dict[str, Any]) -> bool:
