@@ -155,6 +155,13 @@ def materialize(
     app_name: str,
 ) -> dg.MaterializeResult:
     what = f"release/{environment}/{app_name}"
+    if config.digest and not DIGEST_RE.match(config.digest):
+        raise _fail(
+            f"{what}: config digest {config.digest!r} is not sha256:<64 hex digits> (a release is"
+            " an image by digest, as the registry names it)"
+        )
+    if config.digest and config.rollback:
+        raise _fail(f"{what}: config asks for a digest and a rollback: give one or the other")
     app = topology.apps.get(app_name)
     if app is None:
         raise _fail(f"{what}: app {app_name!r} is no longer in the topology")
@@ -272,11 +279,6 @@ def _choose(
         sha = next((r.previous or {}).get("sha", "") for r in before)
         return digest, sha, f"rollback to the previous release (was {before[0].digest()})"
     if config.digest:
-        if not DIGEST_RE.match(config.digest):
-            raise _fail(
-                f"release/{environment}/{app_name}: config digest {config.digest!r} is not"
-                " sha256:<64 hex digits>"
-            )
         digest, why = config.digest, "asked for (run config)"
     elif environment == "staging":
         app = topology.apps[app_name]
