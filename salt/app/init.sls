@@ -13,8 +13,9 @@
     4. render the app's nginx site with its upstream on the new container
        ({root}/etc/nginx/conf.d/app-<app>.conf) and reload the host's nginx (the one the `web`
        state runs), then wait until nginx answers with the new release (header X-Coop-Release);
-    5. let nginx's old workers finish their requests, then stop the old container: it stays,
-       stopped, with its image, as the release to roll back to;
+    5. let nginx's workers from before the reload finish their requests (they hold the old
+       upstream), then stop the old container: it stays, stopped, with its image, as the release
+       to roll back to;
     6. record the live and the previous release ({root}/var/lib/coop/releases/<app>.json) and
        remove this app's older images.
 
@@ -81,6 +82,7 @@ app-release-known:
 {%- set host_header = app['domain'] or name %}
 {%- set pidfile = web.get('pidfile') or '/run/nginx.pid' %}
 {%- set conf = root ~ '/etc/nginx/conf.d/app-' ~ name ~ '.conf' %}
+{%- set old_workers = root ~ '/run/coop-app-' ~ name ~ '.old-workers' %}
 {%- set env = {'CONTAINERS_CONF': root ~ '/etc/containers/containers.conf',
                'REGISTRY_AUTH_FILE': root ~ '/etc/containers/auth.json'} %}
 {%- if local %}
@@ -190,11 +192,16 @@ app-{{ name }}-nginx:
 
 app-{{ name }}-reload:
   cmd.run:
+    - name: |
+        # nginx's workers before the reload: they finish what they hold with the old upstream,
+        # and the old container stops only once they are gone (stop-old).
+        pgrep -P "$(cat {{ pidfile }})" > {{ old_workers }} || true
 {%- if local %}
-    - name: start-stop-daemon --quiet --pidfile {{ pidfile }} --exec /usr/sbin/nginx --stop --signal HUP
+        start-stop-daemon --quiet --pidfile {{ pidfile }} --exec /usr/sbin/nginx --stop --signal HUP
 {%- else %}
-    - name: systemctl reload nginx
+        systemctl reload nginx
 {%- endif %}
+    - shell: /bin/bash
     - onchanges:
       - file: app-{{ name }}-nginx
 
@@ -226,12 +233,17 @@ app-{{ name }}-stop-old:
         if [ "$(podman container inspect -f {{ running_fmt }} {{ old }} 2>/dev/null)" != true ]; then
           echo "changed=no comment='{{ old }} is not running'"; exit 0
         fi
-        # nginx's old workers finish the requests they hold (at most 10 s), then the old
-        # release stops. It stays, stopped, for a rollback.
+        # nginx's workers from before the reload finish the requests they hold with the old
+        # upstream (at most 10 s), then the old release stops. It stays, stopped, for a rollback.
         master=$(cat {{ pidfile }} 2>/dev/null)
-        for i in $(seq 50); do
-          pgrep -P "${master:-1}" -f 'shutting down' >/dev/null || break
-          sleep 0.2
+        workers=$(cat {{ old_workers }} 2>/dev/null); rm -f {{ old_workers }}
+        for i in $(seq 100); do
+          left=""
+          for pid in $workers; do
+            [ "$(ps -o ppid= -p "$pid" 2>/dev/null | tr -d ' ')" = "$master" ] && left="$left $pid"
+          done
+          [ -z "$left" ] && break
+          sleep 0.1
         done
         podman stop -t 10 {{ old }} >/dev/null || exit 1
         echo "changed=yes comment='stopped {{ old }} (kept for a rollback)'"
