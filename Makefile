@@ -33,9 +33,10 @@ test: setup lint
 demo: setup
 	@INFRA_TOPOLOGY=$(TOPOLOGY) $(RUN) infra demo
 
+# `dagster dev`, or only the webserver when `make demo`'s daemon runs (one daemon per instance).
 dev: setup
 	@echo "Dagster UI: http://127.0.0.1:$(DEV_PORT)  (topology: $(TOPOLOGY); Ctrl-C stops it)"
-	INFRA_TOPOLOGY=$(TOPOLOGY) $(RUN) dagster dev -w workspace.yaml -h 127.0.0.1 -p $(DEV_PORT)
+	INFRA_TOPOLOGY=$(TOPOLOGY) $(RUN) infra dev --port $(DEV_PORT)
 
 bench: setup
 	$(RUN) python -m benchmarks

@@ -15,7 +15,7 @@ the metadata is the same: digest, size, build time, the build log.
 Idempotent: a commit whose image is already in the registry (its sha tag, with that commit as its
 revision label) is not built again; the materialisation says so.
 
-Also here: the per-app build jobs (`build_<app>`) and the two delivery sensors (`sensors/`).
+Also here: the per-app build jobs (`build_<app>`) and git_push_sensor (`sensors/git_push.py`).
 """
 
 import re
@@ -26,7 +26,6 @@ from pathlib import Path
 
 import dagster as dg
 
-from infra_assets.jobs import topology_job
 from infra_assets.model import App, Topology
 from infra_assets.paths import state_dir
 from resources.cli_runner import CliError
@@ -36,7 +35,7 @@ from resources.podman import PodmanError, PodmanResource
 from resources.registry import Manifest, RegistryError, RegistryResource
 from resources.topology import TopologyResource
 from sensors.git_push import AppTarget, build_git_push_sensor
-from sensors.registry_images import REVISION_LABEL, build_registry_image_sensor
+from sensors.registry_images import REVISION_LABEL
 
 GROUP = "app_images"
 SHA_RE = re.compile(r"^[0-9a-f]{40}$")
@@ -371,13 +370,7 @@ def definitions(topo: Topology) -> dg.Definitions:
         build_git_push_sensor(
             apps=topo.apps, targets=targets, jobs=jobs, minimum_interval_seconds=interval
         ),
-        # Until the staging releases exist (issue 4, part 2) a new image asks for a run of the
-        # `topology` job, tagged with the app and the digest.
-        build_registry_image_sensor(
-            apps=topo.apps,
-            job_for_app={name: topology_job.name for name in topo.apps},
-            jobs=[topology_job],
-            minimum_interval_seconds=interval,
-        ),
+        # registry_image_sensor, which turns the pushed images into staging releases, is built
+        # with the releases (infra_assets/releases.py).
     ]
     return dg.Definitions(assets=assets, jobs=jobs, sensors=sensors)

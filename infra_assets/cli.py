@@ -3,6 +3,7 @@
     infra check [FILE] [--json]    validate a topology, print a one-line summary
     infra ips [FILE] [--json]      print the address plan: host, role, address, DNS name
     infra demo                     run the main job on the local site (`make demo`)
+    infra dev [--port N]           the Dagster UI (`make dev`)
     infra local up|down|status     the local site's services on this machine
 
 A bad topology prints every problem (file:line: key.path: what is wrong) and exits with 2.
@@ -92,6 +93,33 @@ def demo(topology_file: Path) -> None:
     from infra_assets.demo import run_demo
 
     sys.exit(run_demo(topology_file))
+
+
+@cli.command()
+@click.option("--port", default=3000, show_default=True, help="The UI's port on 127.0.0.1.")
+def dev(port: int) -> None:
+    """The Dagster UI on 127.0.0.1 (`make dev`): `dagster dev`, or only `dagster-webserver` when
+    a Dagster daemon already runs on this instance (the local site's, started by `make demo`):
+    one instance never gets two daemons."""
+    import os
+
+    from infra_assets.local_site.dagster import running_daemons
+    from infra_assets.paths import REPO_ROOT, dagster_home
+
+    home = dagster_home()
+    bin_dir = Path(sys.executable).parent
+    workspace = str(REPO_ROOT / "workspace.yaml")
+    daemons = running_daemons(home)
+    if daemons:
+        click.echo(
+            f"A Dagster daemon already runs on this instance (pid {daemons[0].pid}, started by"
+            " `make demo`; `infra local down` stops it): starting the webserver only."
+        )
+        argv = [str(bin_dir / "dagster-webserver"), "-w", workspace]
+    else:
+        argv = [str(bin_dir / "dagster"), "dev", "-w", workspace]
+    argv += ["-h", "127.0.0.1", "-p", str(port)]
+    os.execve(argv[0], argv, {**os.environ, "DAGSTER_HOME": str(home)})
 
 
 def _table(plan: AddressPlan) -> str:

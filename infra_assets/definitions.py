@@ -20,6 +20,7 @@ from infra_assets import (
     instances,
     minions,
     network,
+    releases,
     topology,
 )
 from infra_assets.jobs import JOBS
@@ -40,7 +41,16 @@ from resources.topology import TopologyResource
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
 
 # Modules with a `definitions(topo: Topology) -> dg.Definitions` for their part of the graph.
-TOPOLOGY_PARTS: list = [images, network, instances, cloud_jobs, minions, highstate, app_images]
+TOPOLOGY_PARTS: list = [
+    images,
+    network,
+    instances,
+    cloud_jobs,
+    minions,
+    highstate,
+    app_images,
+    releases,
+]
 
 
 def resources() -> dict[str, dg.ConfigurableResource]:

@@ -1,5 +1,9 @@
 """`infra demo` (`make demo`): run the main job on the site the topology names, then say what it
-made and where to look. The local site needs no cloud account: everything runs on this machine."""
+made and where to look. The local site needs no cloud account: everything runs on this machine.
+
+On the local site, the demo then runs the push-to-live loop (infra_assets/demo_loop.py): the
+sample app's git repo, the Dagster daemon and the delivery sensors, two commits pushed and each
+followed until the staging URL answers with it."""
 
 from __future__ import annotations
 
@@ -12,13 +16,13 @@ from pathlib import Path
 import click
 
 from infra_assets.model import TopologyError, address_plan, load_topology
-from infra_assets.paths import REPO_ROOT, dagster_home
+from infra_assets.paths import dagster_home
 
 # `dagster job execute` prints every engine event at DEBUG; a person wants the asset's own lines.
 QUIET_RUN_CONFIG = "loggers:\n  console:\n    config:\n      log_level: INFO\n"
 
 
-def run_demo(topology_file: Path, *, job: str = "main") -> int:
+def run_demo(topology_file: Path, *, job: str = "main", loop: bool = True) -> int:
     say = click.echo
     try:
         topo = load_topology(topology_file)
@@ -51,7 +55,8 @@ def run_demo(topology_file: Path, *, job: str = "main") -> int:
                 config.name,
             ],
             env=env,
-            cwd=REPO_ROOT,
+            # dagster.yaml names its storage relative to the instance's folder.
+            cwd=dagster_home(),
             check=False,
         )
     finally:
@@ -65,6 +70,12 @@ def run_demo(topology_file: Path, *, job: str = "main") -> int:
     say("== the address plan (`infra ips`):")
     for a in plan.addresses:
         say(f"   {a.host:<18} {a.role:<16} {a.address:<14} {a.dns_name}")
+    if site_status and topo.apps and loop:
+        from infra_assets.demo_loop import run_loop
+
+        status = run_loop(topology_file, topo, say)
+        if status != 0:
+            return status
     say("")
     say("== where to look")
     for what, where in [
@@ -101,6 +112,7 @@ def _local_site_places(topology_file: Path, before: dict) -> list[tuple[str, str
 
     status = LocalSite(topology_file).status()
     places = [
+        *_release_places(status),
         (
             "the local site: every service, as JSON",
             f"infra local status --json --topology {topology_file}",
@@ -119,4 +131,26 @@ def _local_site_places(topology_file: Path, before: dict) -> list[tuple[str, str
                     (f"{host}: {service}", where.get("url") or f"127.0.0.1:{where['port']}")
                 )
     places.append(("stop the local site", f"infra local down --topology {topology_file}"))
+    return places
+
+
+def _release_places(status: dict) -> list[tuple[str, str]]:
+    places = []
+    for app, envs in sorted((status.get("releases") or {}).items()):
+        for env, release in envs.items():
+            if release.get("digest"):
+                places.append(
+                    (f"{app} on {env} ({(release.get('sha') or '')[:12]})", release["url"])
+                )
+    daemon = status.get("dagster") or {}
+    if daemon.get("daemon_running"):
+        places.append(("the Dagster daemon (sensors on)", f"pid {daemon['pid']}, {daemon['log']}"))
+        work = Path(status["state_dir"]) / "git" / "work"
+        for app in sorted(status.get("releases") or {}):
+            if (work / app).is_dir():
+                places.append(
+                    (f"push a change of {app} yourself", f"cd {work / app}; git commit; git push")
+                )
+        places.append(("send staging to production", "dagster job execute ... -j promote"))
+        places.append(("put back the previous release", "... -j rollback (or rollback_staging)"))
     return places

@@ -14,9 +14,10 @@ topology_job = dg.define_asset_job(
 # The whole pipeline, on the site that the topology names (`make demo`: the local site).
 # App images are built per commit (a partition each), by their own jobs (`build_<app>`) that
 # git_push_sensor launches: a job cannot span several partitionings, so they stay out of `main`.
+# Releases follow new images (registry_image_sensor) and people (`promote`, `rollback`): not `main`.
 main_job = dg.define_asset_job(
     "main",
-    selection=dg.AssetSelection.all() - dg.AssetSelection.groups("app_images"),
+    selection=dg.AssetSelection.all() - dg.AssetSelection.groups("app_images", "releases"),
     description="Everything: the topology, then every part of the site it describes.",
 )
 

@@ -234,6 +234,11 @@ def _app(site: Site, secrets: Secrets | None, host: str, name: str, env: str) ->
         "port": app.port,
         "health": app.health,
         "domain": app.domains.get(env, ""),
+        # Releases (the `app` state): the two ports a release's container can listen on
+        # (blue/green), the port nginx serves the app on, and where a person opens it.
+        "slots": site.app_slots(host, name),
+        "listen_port": site.app_port(host, name),
+        "url": site.app_url(host, name, env),
     }
     db_host = _first_with_role(site, f"postgres-{env}", site.topo.hosts[host].location)
     if db_host is not None:

@@ -64,6 +64,17 @@ LOCAL_PIDFILES: dict[str, str] = {
     "npm": "run/verdaccio.pid",
     "jenkins": "run/jenkins.pid",
 }
+# A release runs in one of two slots (blue/green): the new one starts beside the live one.
+APP_SLOTS: tuple[str, ...] = ("blue", "green")
+# Where the `app` state records what is live on a web host (<app>.json), under the host's root.
+RECORDS_DIR = "var/lib/coop/releases"
+
+
+def app_port_key(app: str, slot: str | None = None) -> str:
+    """The key of an app's port in the local site's ports.json (under its web host)."""
+    return f"app:{app}" + (f":{slot}" if slot else "")
+
+
 STANDARD_PORTS: dict[str, int] = {
     "salt-publish": 4505,
     "salt-ret": 4506,
@@ -125,6 +136,20 @@ class Site(ABC):
     @abstractmethod
     def port(self, host: str, service: str) -> int:
         """The port of `service` (a value of ROLE_SERVICES) on `host`."""
+
+    # --- app releases (the `app` state on web hosts) ---------------------------------------------
+    @abstractmethod
+    def app_slots(self, host: str, app: str) -> dict[str, int]:
+        """The two loopback ports a release of `app` can run on, on web host `host`: `blue` and
+        `green`. A new release starts in the slot the live one is not in (blue/green)."""
+
+    @abstractmethod
+    def app_port(self, host: str, app: str) -> int:
+        """The port `host`'s nginx serves `app` on (a server: the web port, by server name)."""
+
+    @abstractmethod
+    def app_url(self, host: str, app: str, environment: str) -> str:
+        """Where a person opens `app` served by `host` in `environment`."""
 
     def settings(self, host: str) -> dict[str, Any]:
         """The pillar's `site:` block for `host`: how its states act here."""
@@ -225,6 +250,16 @@ class ProcessSite(Site):
                 " `infra local up`; run it again"
             ) from None
 
+    def app_slots(self, host: str, app: str) -> dict[str, int]:
+        return {slot: self.port(host, app_port_key(app, slot)) for slot in APP_SLOTS}
+
+    def app_port(self, host: str, app: str) -> int:
+        return self.port(host, app_port_key(app))
+
+    def app_url(self, host: str, app: str, environment: str) -> str:
+        # No DNS for the apps' domains here: each app has a port of its own on the host's nginx.
+        return f"http://{self.reach(host, f'web-{environment}')}:{self.app_port(host, app)}/"
+
     def settings(self, host: str) -> dict[str, Any]:
         # Services the site's supervisor runs (the salt master and minions) are not restarted by
         # states; everything else is started by the states as daemons under the host's root.
@@ -269,6 +304,13 @@ class ProcessSite(Site):
             old = ports.get("hosts", {}).get(host, {})
             services = sorted({ROLE_SERVICES[r] for r in spec.roles if r in ROLE_SERVICES})
             new["hosts"][host] = {s: keep_or_pick(old.get(s), f"{host}/{s}") for s in services}
+            if "http" in services:
+                # A web host: each app gets a port on its nginx and two for its releases'
+                # containers. They belong to the host's nginx (and the releases behind it): kept
+                # while it runs, even though something listens on them.
+                for app in sorted(self.topo.apps):
+                    for key in (app_port_key(app), *(app_port_key(app, s) for s in APP_SLOTS)):
+                        new["hosts"][host][key] = keep_or_pick(old.get(key), f"{host}/http")
         if new != ports:
             self.ports_file.parent.mkdir(parents=True, exist_ok=True)
             self.ports_file.write_text(json.dumps(new, indent=2) + "\n")
@@ -300,6 +342,21 @@ class CloudSite(Site):
 
     def port(self, host: str, service: str) -> int:
         return STANDARD_PORTS[service]
+
+    def app_slots(self, host: str, app: str) -> dict[str, int]:
+        # On a server the app's containers listen on 127.0.0.1:<port> and <port>+1 (topology.yaml
+        # apps.<app>.port), behind nginx: give apps ports at least two apart.
+        port = self.topo.apps[app].port
+        return {"blue": port, "green": port + 1}
+
+    def app_port(self, host: str, app: str) -> int:
+        return self.port(host, "http")
+
+    def app_url(self, host: str, app: str, environment: str) -> str:
+        domain = self.topo.apps[app].domains.get(environment)
+        return (
+            f"http://{domain}/" if domain else f"http://{self.reach(host, f'web-{environment}')}/"
+        )
 
     def secrets_file(self) -> Path:
         env = os.environ.get(SECRETS_ENV)

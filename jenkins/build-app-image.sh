@@ -8,6 +8,9 @@
 #   REGISTRY_USER, REGISTRY_PASSWORD    the registry's credentials (never printed)
 #   BASE_IMAGE                          optional: the image apps build FROM
 #   REGISTRY_TLS_VERIFY                 optional: false for a plain-HTTP registry (default true)
+#   REGISTRY_CERT_DIR                   optional: a folder with the registry's CA (ca.crt); default:
+#                                       podman's own, /etc/containers/certs.d/<registry>/ (the
+#                                       jenkins.agent salt state puts it there)
 #   BUILD_NETWORK                       optional: podman build --network (default: podman's own)
 # Writes the pushed digest to image-digest.txt and prints `PUSHED_DIGEST=sha256:...`.
 set -euo pipefail
@@ -23,6 +26,8 @@ if ! [[ "$SHA" =~ ^[0-9a-f]{40}$ ]]; then
   exit 2
 fi
 tls="${REGISTRY_TLS_VERIFY:-true}"
+certs=()
+if [ -n "${REGISTRY_CERT_DIR:-}" ]; then certs=(--cert-dir "$REGISTRY_CERT_DIR"); fi
 registry="${IMAGE%%/*}"
 top="$PWD"
 work="$top/build-$APP"
@@ -53,8 +58,8 @@ echo "== push $IMAGE:$SHA"
 umask 077
 auth="$work/auth.json"
 printf '%s' "$REGISTRY_PASSWORD" | podman login --authfile "$auth" --tls-verify="$tls" \
-  --username "$REGISTRY_USER" --password-stdin "$registry"
-podman push --authfile "$auth" --tls-verify="$tls" --digestfile "$work/digest" \
+  "${certs[@]}" --username "$REGISTRY_USER" --password-stdin "$registry"
+podman push --authfile "$auth" --tls-verify="$tls" "${certs[@]}" --digestfile "$work/digest" \
   "$IMAGE:$SHA" "docker://$IMAGE:$SHA"
 rm -f "$auth"
 digest="$(cat "$work/digest")"

@@ -35,6 +35,7 @@ from resources.cli_runner import CliError, run_cli
 from resources.registry import Endpoint
 
 LogSink = Callable[[str], object]
+PODMAN_ROOT_ENV = "INFRA_PODMAN_ROOT"
 BASE_LABEL = "org.coop-infra.base"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -70,7 +71,8 @@ class PodmanResource(dg.ConfigurableResource):
 
     root: str = Field(
         default="",
-        description="Podman's configs, storage and run folders. Empty: the state folder's podman/.",
+        description="Podman's configs, storage and run folders. Empty: $INFRA_PODMAN_ROOT, else"
+        " the state folder's podman/.",
     )
     base_image: str = Field(
         default="localhost/coop-base:bookworm",
@@ -97,7 +99,10 @@ class PodmanResource(dg.ConfigurableResource):
     # --- configuration ----------------------------------------------------------------------
 
     def folder(self) -> Path:
-        return Path(self.root).absolute() if self.root else state_dir() / "podman"
+        if self.root:
+            return Path(self.root).absolute()
+        # $INFRA_PODMAN_ROOT: one storage (and one base image) for several state folders.
+        return Path(os.environ.get(PODMAN_ROOT_ENV) or state_dir() / "podman").absolute()
 
     def env(self) -> dict[str, str]:
         """The environment every podman call gets: the project's config files (written here
@@ -304,6 +309,9 @@ class PodmanResource(dg.ConfigurableResource):
                 f"--tls-verify={'true' if registry.tls else 'false'}",
                 "--digestfile", str(digestfile),
             ]  # fmt: skip
+            if registry.tls and registry.ca_file:
+                # podman trusts the *.crt files of a folder: the registry's CA file's own.
+                args += ["--cert-dir", str(Path(registry.ca_file).parent)]
             if manifest_format:
                 args += ["--format", manifest_format]
             try:

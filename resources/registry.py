@@ -2,9 +2,13 @@
 
 Catalog, tags, manifests and their digests (OCI and Docker media types), an image's config (its
 labels name the commit it was built from), and tagging a manifest that is already there. Basic
-auth (the registry's htpasswd). The production registry is configured with `url`, `username` and
-`password` (a `dg.EnvVar`); left empty, they are the local site's registry (`infra local up`
-records its URL and where its generated password is, in `<state>/local/site.json`).
+auth (the registry's htpasswd), TLS verified against `ca_file` (the registry's own certificate or
+its CA; empty: the system's trust store). The production registry is configured with `url`,
+`username`, `password` (a `dg.EnvVar`) and `ca_file`; left empty, they are the local site's
+registry: the one the salt `registry` state runs on the site's docker-registry host, configured
+as production is (TLS, htpasswd). `infra local up` records its URL, its CA file and which account
+Dagster uses (`ci`, the push account) in `<state>/local/site.json`; the password is the local
+secrets file's `registry.users.ci`.
 """
 
 from __future__ import annotations
@@ -44,9 +48,15 @@ class RegistryAuthError(RegistryError):
 
 @dataclass(frozen=True)
 class Endpoint:
-    url: str  # http://127.0.0.1:5000, no trailing slash
+    url: str  # https://127.0.0.1:5000, no trailing slash
     username: str
     password: str = field(repr=False)
+    ca_file: str = ""  # PEM to verify the registry's TLS certificate; empty: the system's
+
+    @property
+    def verify(self) -> str | bool:
+        """What `requests` takes as `verify`."""
+        return self.ca_file or True
 
     @property
     def host(self) -> str:
@@ -100,17 +110,24 @@ class RegistryResource(dg.ConfigurableResource):
         description="Set it with dg.EnvVar. Empty with an empty url: the local site's generated"
         " password (a file under the state folder).",
     )
+    ca_file: str = Field(
+        default="",
+        description="A PEM file to verify the registry's TLS certificate with (its own or its"
+        " CA's). Empty: the system's trust store (or, with an empty url, the local site's).",
+    )
     timeout_s: float = Field(default=10.0, description="Per HTTP request.")
 
     @classmethod
     def from_env(cls) -> RegistryResource:
         """The resource with each field whose environment variable is set taken from it
-        (`INFRA_REGISTRY_URL`, `INFRA_REGISTRY_USER`, `INFRA_REGISTRY_PASSWORD`), as dg.EnvVar
-        so the password is never shown; none set: the local site's registry."""
+        (`INFRA_REGISTRY_URL`, `INFRA_REGISTRY_USER`, `INFRA_REGISTRY_PASSWORD`,
+        `INFRA_REGISTRY_CA_FILE`), as dg.EnvVar so the password is never shown; none set: the
+        local site's registry."""
         names = {
             "url": "INFRA_REGISTRY_URL",
             "username": "INFRA_REGISTRY_USER",
             "password": "INFRA_REGISTRY_PASSWORD",
+            "ca_file": "INFRA_REGISTRY_CA_FILE",
         }
         return cls(**{k: dg.EnvVar(v) for k, v in names.items() if os.environ.get(v)})
 
@@ -118,7 +135,7 @@ class RegistryResource(dg.ConfigurableResource):
 
     def endpoint(self) -> Endpoint:
         if self.url:
-            return Endpoint(self.url.rstrip("/"), self.username, self.password)
+            return Endpoint(self.url.rstrip("/"), self.username, self.password, self.ca_file)
         return local_site_endpoint()
 
     # --- the API ----------------------------------------------------------------------------
@@ -238,10 +255,23 @@ class RegistryResource(dg.ConfigurableResource):
         auth = (end.username, end.password) if end.username else None
         try:
             response = requests.request(
-                method, url, headers=headers, data=data, auth=auth, timeout=self.timeout_s
+                method,
+                url,
+                headers=headers,
+                data=data,
+                auth=auth,
+                timeout=self.timeout_s,
+                verify=end.verify,
             )
+        except requests.exceptions.SSLError as exc:
+            raise RegistryError(
+                f"registry {end.url}: its TLS certificate is not trusted ({_short(exc)}); set the"
+                " registry's CA file (INFRA_REGISTRY_CA_FILE, the resource's ca_file)"
+            ) from None
         except requests.RequestException as exc:
-            raise RegistryUnreachable(f"registry {end.url} unreachable: {_short(exc)}") from None
+            raise RegistryUnreachable(
+                f"registry {end.url} unreachable: {_short(exc)}{_local_hint(end)}"
+            ) from None
         if response.status_code in (401, 403):
             who = f"user {end.username!r}" if end.username else "no credentials"
             raise RegistryAuthError(
@@ -259,7 +289,8 @@ class RegistryResource(dg.ConfigurableResource):
 
 
 def local_site_endpoint(root: Path | None = None) -> Endpoint:
-    """The local site's registry, from what `infra local up` recorded in `site.json`."""
+    """The local site's registry, from what `infra local up` recorded in `site.json`: its URL,
+    its CA file, the account Dagster uses, and the secrets file that holds its password."""
     root = root or state_dir() / "local"
     status_file = root / "site.json"
     try:
@@ -270,19 +301,37 @@ def local_site_endpoint(root: Path | None = None) -> Endpoint:
             " the registry resource's url"
         ) from None
     registry = status.get("registry") or {}
-    if not registry.get("url"):
+    if not registry.get("url") or not registry.get("secrets_file"):
         raise RegistryError(
-            f"{status_file} names no registry: run `infra local up` (it starts the registry)"
+            f"{status_file} names no registry: does the topology have a docker-registry host?"
+            " Then run `infra local up` again"
         )
-    password_file = Path(registry["password_file"])
+    secrets_file = Path(registry["secrets_file"])
+    user = registry.get("username") or "ci"
     try:
-        password = password_file.read_text().strip()
-    except OSError as exc:
+        import yaml
+
+        secrets = yaml.safe_load(secrets_file.read_text()) or {}
+        password = secrets["registry"]["users"][user]
+    except (OSError, KeyError, TypeError, ValueError) as exc:
         raise RegistryError(
-            f"cannot read the local registry's password ({password_file}): {exc}; run"
-            " `infra local up` again"
+            f"cannot read the local registry's password (registry.users.{user} in"
+            f" {secrets_file}): {type(exc).__name__}; run `infra local up` again"
         ) from None
-    return Endpoint(registry["url"].rstrip("/"), registry["username"], password)
+    return Endpoint(
+        registry["url"].rstrip("/"), user, str(password), str(registry.get("ca_file") or "")
+    )
+
+
+LOCAL_HINT = (
+    "; on the local site the registry is a service of the salt `registry` state: it runs once"
+    " highstate/docker-registry is applied (`make demo`, or the `configure` job)"
+)
+
+
+def _local_hint(end: Endpoint) -> str:
+    host = urlsplit(end.url).hostname or ""
+    return LOCAL_HINT if host in ("127.0.0.1", "localhost") else ""
 
 
 def _next_link(link: str) -> str:

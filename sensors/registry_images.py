@@ -7,15 +7,15 @@ for one run with run_key = the digest, its tags naming the app, the digest, the 
 commit (the image's `org.opencontainers.image.revision` label). A registry that cannot be reached
 (or refuses the credentials) skips the tick with the reason, and the cursor stays where it was.
 
-The run goes to the job that `job_for_app` names for the app: the staging release job once the
-releases exist (issue 4, part 2); until then the `topology` job, so that the sensor's runs are
-real runs of a real job.
+The run goes to the job that `job_for_app` names for the app: its staging release
+(`release_staging_<app>`, infra_assets/releases.py), with the digest and the commit in the run's
+config (`run_config_for`), so the run releases exactly the image the sensor saw.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import dagster as dg
@@ -95,9 +95,11 @@ def build_registry_image_sensor(
     apps: Mapping[str, App],
     job_for_app: Mapping[str, str],
     jobs: list,
+    run_config_for: Callable[[NewImage], dict] | None = None,
     minimum_interval_seconds: int = 30,
 ) -> dg.SensorDefinition:
-    """The sensor for these apps; a new image of `app` asks for a run of `job_for_app[app]`."""
+    """The sensor for these apps; a new image of `app` asks for a run of `job_for_app[app]`,
+    configured by `run_config_for(image)`."""
 
     @dg.sensor(
         name=SENSOR_NAME,
@@ -132,7 +134,12 @@ def build_registry_image_sensor(
             if image.sha:
                 tags["coop/sha"] = image.sha
             requests.append(
-                dg.RunRequest(run_key=image.digest, job_name=job_for_app[image.app], tags=tags)
+                dg.RunRequest(
+                    run_key=image.digest,
+                    job_name=job_for_app[image.app],
+                    run_config=run_config_for(image) if run_config_for else {},
+                    tags=tags,
+                )
             )
             context.log.info(f"new image {image.app}:{image.tag} = {image.digest}")
         return dg.SensorResult(

@@ -20,15 +20,17 @@ from infra_assets.local_site.processes import free_port
 from infra_assets.model import load_topology
 from sensors import git_push, registry_images
 
-NODE = "app_image__hello"
+# The app is named apart from the delivery site's own `hello` (one registry for the session).
+APP = "hello-build"
+NODE = "app_image__hello_build"
 
 
 @pytest.fixture
 def hello(tmp_path, app_repos, monkeypatch, registry_site, podman, base_image):
     """The sample app in a git repo of its own, one commit pushed; the local site's topology
     naming it; the code location with the session's registry and podman."""
-    repo = app_repos("hello", source=HELLO)
-    topo_file = write_local_topology(tmp_path / "topology.yaml", {"hello": "git/hello.git"})
+    repo = app_repos(APP, source=HELLO)
+    topo_file = write_local_topology(tmp_path / "topology.yaml", {APP: f"git/{APP}.git"})
     monkeypatch.setenv("INFRA_TOPOLOGY", str(topo_file))
     monkeypatch.setenv("INFRA_STATE_DIR", str(tmp_path / "state"))
     defs = delivery_defs(load_topology(topo_file), registry=registry_site.resource(), podman=podman)
@@ -65,7 +67,7 @@ def test_push_build_registry_and_the_registry_sensor(hello, registry_site, podma
     sha = repo.commit(message="hello 1")
 
     tick = sensor_tick(defs, git_push.SENSOR_NAME, instance, None)
-    assert [r.run_key for r in tick.run_requests] == [f"hello:{sha}"]
+    assert [r.run_key for r in tick.run_requests] == [f"{APP}:{sha}"]
     [run] = run_requested(defs, instance, tick)
     assert run.success
     meta = materialization(run)
@@ -73,19 +75,20 @@ def test_push_build_registry_and_the_registry_sensor(hello, registry_site, podma
     # The digest the build reports is the one the registry serves, for the sha and the branch.
     registry = registry_site.resource()
     digest = meta["digest"]
-    assert registry.digest(repository="hello", reference=sha) == digest
-    assert registry.digest(repository="hello", reference="main") == digest
+    assert registry.digest(repository=APP, reference=sha) == digest
+    assert registry.digest(repository=APP, reference="main") == digest
     end = registry_site.endpoint
     served = requests.get(
-        f"{end.url}/v2/hello/manifests/{sha}",
+        f"{end.url}/v2/{APP}/manifests/{sha}",
         headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
         auth=(end.username, end.password),
+        verify=end.ca_file,  # the registry's own certificate (TLS, as in production)
         timeout=5,
     )
     assert "sha256:" + hashlib.sha256(served.content).hexdigest() == digest
-    assert meta["tags"] == f"hello:{sha}, hello:main"
+    assert meta["tags"] == f"{APP}:{sha}, {APP}:main"
     assert meta["built"] is True and meta["builder"] == "local"
-    assert meta["sha"] == sha and meta["image"] == end.image("hello", digest)
+    assert meta["sha"] == sha and meta["image"] == end.image(APP, digest)
     manifest = json.loads(served.content)
     assert (
         meta["size_bytes"]
@@ -94,22 +97,22 @@ def test_push_build_registry_and_the_registry_sensor(hello, registry_site, podma
     assert meta["size_bytes"] > 10_000_000  # the base's Debian and Python are in it
     assert meta["build_time_s"] > 0
     log = Path(meta["build_log"]).read_text()
-    assert f"== podman build {end.image('hello', sha)}" in log and "COPY app.py" in log
+    assert f"== podman build {end.image(APP, sha)}" in log and "COPY app.py" in log
     assert end.password not in log
     # The image's labels name the commit; its config carries the version.
-    labels = registry.labels(repository="hello", manifest=registry.manifest(
-        repository="hello", reference=digest))  # fmt: skip
+    labels = registry.labels(repository=APP, manifest=registry.manifest(
+        repository=APP, reference=digest))  # fmt: skip
     assert labels["org.opencontainers.image.revision"] == sha
 
     # The output handed downstream (to the releases) is the image by digest.
     image = run.output_for_node(NODE)
-    assert (image.digest, image.sha, image.app) == (digest, sha, "hello")
+    assert (image.digest, image.sha, image.app) == (digest, sha, APP)
 
     # The registry sensor sees the new image at the branch tag: one run, run_key = the digest.
     seen = sensor_tick(defs, registry_images.SENSOR_NAME, instance, None)
     [request] = seen.run_requests
     assert request.run_key == digest
-    assert request.tags["coop/sha"] == sha and request.tags["coop/app"] == "hello"
+    assert request.tags["coop/sha"] == sha and request.tags["coop/app"] == APP
     replay = sensor_tick(defs, registry_images.SENSOR_NAME, instance, seen.cursor)
     assert isinstance(replay, dg.SkipReason) and replay.skip_message == "no new image"
     # ... and the git sensor, replayed, asks for nothing either.
@@ -117,12 +120,12 @@ def test_push_build_registry_and_the_registry_sensor(hello, registry_site, podma
     assert not again.run_requests
 
     # The image runs and answers /health with its commit (host network: no bridge, no iptables;
-    # the app stops on SIGTERM by itself, so no --init, whose catatonit is not installed here).
+    # --init: Debian's catatonit as PID 1, as the releases run it).
     port = free_port()
     name = f"hello-test-{port}"
     podman.run(
-        ["run", "-d", "--name", name, "--network", "host",
-         "-e", f"PORT={port}", "-e", "HOST=127.0.0.1", end.image("hello", sha)],
+        ["run", "-d", "--init", "--name", name, "--network", "host",
+         "-e", f"PORT={port}", "-e", "HOST=127.0.0.1", end.image(APP, sha)],
         log=lambda _l: None,
     )  # fmt: skip
     try:
@@ -146,21 +149,21 @@ def test_a_rebuild_is_skipped_and_an_old_commit_leaves_the_branch_tag_alone(hell
     meta2 = materialization(run2)
     assert meta2["digest"] != digest1
     registry = registry_site.resource()
-    assert registry.digest(repository="hello", reference="main") == meta2["digest"]
+    assert registry.digest(repository=APP, reference="main") == meta2["digest"]
 
     # The first commit again: already in the registry, not built; main stays on the second.
-    job = defs.resolve_job_def("build_hello")
+    job = defs.resolve_job_def("build_hello_build")
     again = job.execute_in_process(instance=instance, partition_key=first)
     meta = materialization(again)
     assert meta["built"] is False and meta["digest"] == digest1
     assert "already in the registry: not built again" in meta["what_happened"]
     assert f"main has moved on to {second[:12]}" in meta["what_happened"]
-    assert meta["tags"] == f"hello:{first}"
-    assert registry.digest(repository="hello", reference="main") == meta2["digest"]
+    assert meta["tags"] == f"{APP}:{first}"
+    assert registry.digest(repository=APP, reference="main") == meta2["digest"]
     # Both commits are partitions of app_image/hello now.
-    partitions = instance.get_dynamic_partitions("commits_hello")
+    partitions = instance.get_dynamic_partitions("commits_hello_build")
     assert set(partitions) == {first, second}
-    assert instance.get_latest_materialization_event(asset_key("hello")) is not None
+    assert instance.get_latest_materialization_event(asset_key(APP)) is not None
 
 
 def test_a_failing_build_fails_the_run_with_its_log_and_pushes_nothing(hello, registry_site):
@@ -171,22 +174,22 @@ def test_a_failing_build_fails_the_run_with_its_log_and_pushes_nothing(hello, re
     [run] = run_requested(defs, instance, tick, raise_on_error=False)
     assert not run.success
     failure = run.failure_data_for_node(NODE)
-    assert f"app_image/hello at {sha[:12]}: podman build of" in failure.error.message
+    assert f"app_image/{APP} at {sha[:12]}: podman build of" in failure.error.message
     assert "exited with status" in failure.error.message
     tail = failure.user_failure_data.metadata["log_tail"].value
     assert "tests fail here" in tail
-    assert registry_site.resource().digest(repository="hello", reference=sha) is None
+    assert registry_site.resource().digest(repository=APP, reference=sha) is None
 
 
 def test_a_partition_that_is_not_a_sha_is_refused(hello):
     _, defs, instance = hello
-    instance.add_dynamic_partitions("commits_hello", ["latest"])
-    result = defs.resolve_job_def("build_hello").execute_in_process(
+    instance.add_dynamic_partitions("commits_hello_build", ["latest"])
+    result = defs.resolve_job_def("build_hello_build").execute_in_process(
         instance=instance, partition_key="latest", raise_on_error=False
     )
     assert not result.success
     message = result.failure_data_for_node(NODE).error.message
-    assert "partition 'latest' of app_image/hello is not a commit sha" in message
+    assert f"partition 'latest' of app_image/{APP} is not a commit sha" in message
 
 
 def _get_json(url: str, timeout_s: float = 15.0) -> dict:

@@ -1,5 +1,6 @@
 """App delivery in the code location: app_image/<app> per app (partitioned by commit), its
-lineage from the topology, its build job, the two sensors, and the builder each site gets."""
+lineage from the topology, its build job, the two sensors, and the builder each site gets; the
+releases (release/staging/<app> -> release/production/<app>) and their jobs."""
 
 from __future__ import annotations
 
@@ -44,8 +45,9 @@ def test_the_sensors_target_jobs_that_exist(local_defs):
     git = local_defs.resolve_sensor_def("git_push_sensor")
     registry = local_defs.resolve_sensor_def("registry_image_sensor")
     assert {j.name for j in git.jobs} == {"build_hello"}
-    assert {j.name for j in registry.jobs} == {"topology"}
+    assert {j.name for j in registry.jobs} == {"release_staging_hello"}
     assert git.minimum_interval_seconds == 5  # the local site
+    assert registry.minimum_interval_seconds == 5
     for sensor in (git, registry):
         assert sensor.default_status == dg.DefaultSensorStatus.STOPPED
 
@@ -79,3 +81,46 @@ def test_secrets_come_from_the_environment_as_env_vars(monkeypatch, repo_root):
     assert res["registry"].username == ""  # unset: not taken
     assert isinstance(res["jenkins"].api_token, dg.EnvVar)
     assert "s3cret" not in repr(res) and "t0ken" not in repr(res)
+
+
+def test_releases_follow_the_image_and_staging_leads_to_production(local_defs):
+    graph = local_defs.resolve_asset_graph()
+    staging = graph.get(dg.AssetKey(["release", "staging", "hello"]))
+    production = graph.get(dg.AssetKey(["release", "production", "hello"]))
+    assert set(staging.parent_keys) == {
+        dg.AssetKey("topology"),
+        dg.AssetKey(["app_image", "hello"]),
+        dg.AssetKey(["highstate", "web-staging"]),
+    }
+    assert set(production.parent_keys) == {
+        dg.AssetKey("topology"),
+        dg.AssetKey(["release", "staging", "hello"]),
+        dg.AssetKey(["highstate", "web-production"]),
+    }
+    for node in (staging, production):
+        assert node.group_name == "releases" and node.partitions_def is None
+        assert set(node.kinds) == {"salt", "podman", "nginx"}
+        assert node.pools == {"salt"}  # one writer at a time to the minions, as the highstates
+
+
+def test_release_jobs(local_defs):
+    def keys(job: str) -> set[str]:
+        return {
+            k.to_user_string()
+            for k in local_defs.resolve_job_def(job).asset_layer.selected_asset_keys
+        }
+
+    assert keys("release_staging_hello") == {"topology", "release/staging/hello"}
+    assert keys("promote") == {"topology", "release/production/hello"}
+    assert keys("rollback") == {"topology", "release/production/hello"}
+    assert keys("rollback_staging") == {"topology", "release/staging/hello"}
+    # The rollback jobs ask for the previous release; promote for what is on staging (no config).
+    assert local_defs.resolve_job_def("rollback").run_config == {
+        "ops": {"release__production__hello": {"config": {"rollback": True}}}
+    }
+    assert local_defs.resolve_job_def("rollback_staging").run_config == {
+        "ops": {"release__staging__hello": {"config": {"rollback": True}}}
+    }
+    assert not local_defs.resolve_job_def("promote").run_config
+    # Releases are not part of `main` (they follow images and people).
+    assert not {k for k in keys("main") if k.startswith("release/")}

@@ -167,7 +167,9 @@ def script_runner(podman, registry_site, workspace: Path):
             **params,
             "REGISTRY_USER": end.username,
             "REGISTRY_PASSWORD": end.password,
-            "REGISTRY_TLS_VERIFY": "false",
+            # The site's registry: TLS, verified against its certificate.
+            "REGISTRY_TLS_VERIFY": "true",
+            "REGISTRY_CERT_DIR": str(Path(end.ca_file).parent),
             "BUILD_NETWORK": "none",
             "BASE_IMAGE": podman.base_image,
             "WORKSPACE": str(workspace),

@@ -4,6 +4,7 @@ pushes to it (with the project's own containers config)."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -14,9 +15,10 @@ from pathlib import Path
 import dagster as dg
 import pytest
 import requests
+import yaml
 from fixtures_delivery import delivery_defs, write_local_topology
 
-from infra_assets.local_site.processes import free_port, port_open
+from infra_assets.local_site.processes import free_port
 from infra_assets.model import load_topology
 from resources.cli_runner import CliError
 from resources.podman import PodmanError
@@ -43,43 +45,42 @@ def infra(*args: str, state: Path, cwd: Path) -> subprocess.CompletedProcess:
     )
 
 
-def test_infra_local_up_starts_the_registry_with_auth_and_status_reports_its_url(
-    tmp_path, repo_root
-):
-    state = tmp_path / "state"
-    try:
-        up = infra("local", "up", state=state, cwd=repo_root)
-        assert up.returncode == 0, up.stderr
-        status = infra("local", "status", "--json", state=state, cwd=repo_root)
-        assert status.returncode == 0, status.stderr
-        registry = json.loads(status.stdout)["registry"]
-        url = registry["url"]
-        assert url.startswith("http://127.0.0.1:") and registry["running"] is True
-        password = Path(registry["password_file"]).read_text().strip()
-        assert len(password) >= 24
-        assert password not in status.stdout + up.stdout + up.stderr
-        assert oct(Path(registry["password_file"]).stat().st_mode)[-3:] == "600"
-        # site.json, which the Dagster resources read, says the same.
-        assert json.loads((state / "local" / "site.json").read_text())["registry"]["url"] == url
-
-        anonymous = requests.get(f"{url}/v2/", timeout=5)
-        assert anonymous.status_code == 401
-        assert requests.get(f"{url}/v2/", auth=("coop", "wrong"), timeout=5).status_code == 401
-        assert requests.get(f"{url}/v2/", auth=("coop", password), timeout=5).status_code == 200
-
-        # Up again: the same registry, the same URL, the same password.
-        again = infra("local", "up", state=state, cwd=repo_root)
-        assert again.returncode == 0, again.stderr
-        after = json.loads(infra("local", "status", "--json", state=state, cwd=repo_root).stdout)
-        assert after["registry"]["url"] == url and after["registry"]["pid"] == registry["pid"]
-        assert Path(registry["password_file"]).read_text().strip() == password
-    finally:
-        down = infra("local", "down", state=state, cwd=repo_root)
-    assert down.returncode == 0, down.stderr
-    assert "registry" in down.stdout
-    assert not port_open(int(url.rsplit(":", 1)[1]))
-    stopped = json.loads(infra("local", "status", "--json", state=state, cwd=repo_root).stdout)
-    assert stopped["registry"]["running"] is False
+def test_one_registry_the_salt_configured_one_with_tls_and_htpasswd(delivery_site, repo_root):
+    """The local site has one registry: the one the salt `registry` state runs on support-1,
+    configured as production is (TLS with the certificate from the secrets, htpasswd with the
+    `ci` and `deploy` accounts). `infra local status --json` says where it is and which CA and
+    account to use, never a password; builds, the sensor and the web hosts all use it."""
+    status = infra("local", "status", "--json", state=delivery_site.state, cwd=repo_root)
+    assert status.returncode == 0, status.stderr
+    data = json.loads(status.stdout)
+    registry = data["registry"]
+    port = delivery_site.process_site().port("support-1", "registry")
+    assert registry["url"] == f"https://127.0.0.1:{port}" and registry["running"] is True
+    assert registry["host"] == "support-1" and registry["username"] == "ci"
+    secrets = yaml.safe_load(Path(registry["secrets_file"]).read_text())
+    users = secrets["registry"]["users"]
+    assert not any(pw in status.stdout for pw in users.values())
+    # The process is the state's daemon on support-1 (its pid file under the host's root) ...
+    root = Path(data["hosts"]["support-1"]["root"])
+    assert int((root / "run/docker-registry.pid").read_text().split()[0]) == registry["pid"]
+    cmdline = Path(f"/proc/{registry['pid']}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    assert cmdline.startswith("/usr/bin/docker-registry serve ")
+    # ... and the site runs no second one (the plain-HTTP registry of before is gone).
+    assert _registries_under(delivery_site.state) == [registry["pid"]]
+    assert "registry" not in {r.name for r in delivery_site.site.supervisor.running()}
+    # TLS: its certificate is the one in the secrets (and the CA file status names).
+    ca = Path(registry["ca_file"])
+    assert ca.read_text() == secrets["registry"]["tls"]["cert"]
+    with pytest.raises(requests.exceptions.SSLError):
+        requests.get(f"{registry['url']}/v2/", timeout=5)  # not trusted without its CA
+    url = f"{registry['url']}/v2/"
+    assert requests.get(url, verify=ca, timeout=5).status_code == 401
+    assert requests.get(url, auth=("ci", "wrong"), verify=ca, timeout=5).status_code == 401
+    for user, password in users.items():  # ci pushes (builds), deploy pulls (web hosts)
+        assert requests.get(url, auth=(user, password), verify=ca, timeout=5).status_code == 200
+    # site.json, which the Dagster resources read, says the same.
+    recorded = json.loads((delivery_site.site.root / "site.json").read_text())["registry"]
+    assert recorded["url"] == registry["url"] and recorded["ca_file"] == registry["ca_file"]
 
 
 def test_the_resource_finds_the_local_sites_registry(registry_site, monkeypatch):
@@ -138,6 +139,7 @@ def test_catalog_tags_and_digests_in_both_media_types(registry_site, tiny_images
             f"{registry_site.endpoint.url}/v2/tiny/manifests/{tag}",
             headers={"Accept": media_type},
             auth=(registry_site.endpoint.username, registry_site.endpoint.password),
+            verify=registry_site.endpoint.ca_file,
             timeout=5,
         ).content
         assert "sha256:" + hashlib.sha256(raw).hexdigest() == digest
@@ -155,7 +157,7 @@ def test_tagging_an_image_in_the_registry_keeps_its_digest(registry_site, tiny_i
 
 def test_wrong_credentials_and_no_registry_are_clear_errors(registry_site):
     wrong = registry_site.resource(password="not-the-password")
-    with pytest.raises(RegistryAuthError, match="refused GET /v2/ \\(401, user 'coop'\\)"):
+    with pytest.raises(RegistryAuthError, match="refused GET /v2/ \\(401, user 'ci'\\)"):
         wrong.ping()
     anonymous = registry_site.resource(username="", password="")
     with pytest.raises(RegistryAuthError, match="no credentials"):
@@ -167,13 +169,13 @@ def test_wrong_credentials_and_no_registry_are_clear_errors(registry_site):
 
 def test_the_registry_refuses_an_anonymous_push(podman, registry_site, tiny_images):
     end = registry_site.endpoint
-    anonymous = type(end)(end.url, "", "")
+    anonymous = dataclasses.replace(end, username="", password="")
     with pytest.raises(PodmanError, match="authentication required") as err:
         podman.push(
             image="localhost/tiny:latest", destination=end.image("tiny", "anon"), registry=anonymous
         )
     assert end.password not in str(err.value)
-    wrong = type(end)(end.url, end.username, "wrong-password")
+    wrong = dataclasses.replace(end, password="wrong-password")
     with pytest.raises(PodmanError, match="authentication required") as err:
         podman.push(
             image="localhost/tiny:latest", destination=end.image("tiny", "anon"), registry=wrong
@@ -222,7 +224,11 @@ def test_registry_sensor_asks_once_per_new_digest(
     first = _tick(defs, None)
     [request] = first.run_requests
     assert request.run_key == oci_digest
-    assert request.job_name == "topology"  # until the staging releases exist (part 2)
+    # A staging release of exactly that digest (infra_assets/releases.py).
+    assert request.job_name == "release_staging_tiny"
+    assert request.run_config == {
+        "ops": {"release__staging__tiny": {"config": {"digest": oci_digest, "sha": ""}}}
+    }
     assert request.tags["coop/app"] == "tiny" and request.tags["coop/digest"] == oci_digest
     assert request.tags["coop/image"] == registry_site.endpoint.image("tiny", oci_digest)
     assert json.loads(first.cursor) == {"tiny": {"oci": oci_digest}}
@@ -281,3 +287,19 @@ def test_cli_errors_never_carry_the_password(podman, registry_site):
             log=lambda _l: None,
         )
     assert end.password not in str(err.value) and "***" in str(err.value)
+
+
+def _registries_under(state: Path) -> list[int]:
+    """The pids of every docker-registry process whose config is under `state`."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        words = [a.decode(errors="replace") for a in argv if a]
+        if words and words[0].endswith("docker-registry"):
+            config = Path(words[-1]).resolve()
+            if str(config).startswith(str(state.resolve())):
+                found.append(int(proc.name))
+    return found

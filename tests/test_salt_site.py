@@ -1,4 +1,4 @@
-"""Salt against the real thing: a salt master and minions on 127.0.0.1, started once for the session
+"""Salt against the real thing: a salt master and minions on 127.0.0.1, started once for this module
 by the local site's own code (`LocalSite.up()`, what `infra local up` runs), shared by every test
 here, and stopped by pid at the end.
 
@@ -73,7 +73,8 @@ class SaltSite:
         return self.ps.port(host, service)
 
 
-@pytest.fixture(scope="session")
+# Module scope: only this module uses this site; its master and minions stop when it is done.
+@pytest.fixture(scope="module")
 def salt_site() -> SaltSite:
     state = REPO_ROOT / ".state" / f"pytest-salt-{os.getpid()}"
     shutil.rmtree(state, ignore_errors=True)

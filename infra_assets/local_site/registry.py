@@ -1,160 +1,87 @@
-"""The local site's private registry: Debian's `docker-registry` (Docker Distribution 2.8) on
-127.0.0.1, with htpasswd auth.
+"""The local site's private registry: where it is, and how Dagster talks to it.
 
-Everything lives under `<site>/registry/`: `config.yml`, the image storage (`data/`), the
-htpasswd file, the generated password (`password`, mode 0600, never printed) and the log. The
-port is chosen once and kept while it stays free, so the registry's URL (and the image names that
-carry it) survive `infra local down` / `up`.
+There is one registry, configured as production's is: Docker Distribution (Debian
+`docker-registry`) run by the salt `registry` state on the topology's docker-registry host
+(support-1), with TLS (the certificate in the secrets) and htpasswd auth (accounts `ci`, which
+pushes, and `deploy`, which pulls; their passwords in the secrets). The state starts it when the
+host's role is applied (highstate/docker-registry: `make demo`, or the `configure` job), like
+nginx and dnsmasq, and `infra local down` stops it with them (hosts.py).
+
+This service starts nothing. `up` writes the registry's certificate where this machine's clients
+(RegistryResource, podman for the builds) read it, `<site>/registry/tls/ca.crt`, and `status`
+reports where the registry is (`infra local status --json`: `registry.url`, `ca_file`, the
+account Dagster uses and the secrets file that holds the passwords; never a password), which
+`site.json` keeps for the Dagster resources.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import secrets
-import shutil
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from infra_assets.local_site.processes import free_port, port_open
 from infra_assets.local_site.site import LocalSite
-from resources.cli_runner import run_cli
 
-USERNAME = "coop"
-PROCESS = "registry"
+USERNAME = "ci"  # Dagster builds and pushes (the jenkins agents' account)
+ACCOUNTS = {"ci": "push (image builds)", "deploy": "pull (web hosts)"}
+ROLE = "docker-registry"
 
 
 class RegistryService:
     name = "registry"
 
-    # --- paths ------------------------------------------------------------------------------
-
     @staticmethod
-    def folder(site: LocalSite) -> Path:
-        return site.path("registry")
-
-    def password_file(self, site: LocalSite) -> Path:
-        return self.folder(site) / "password"
-
-    def _settings_file(self, site: LocalSite) -> Path:
-        return self.folder(site) / "settings.json"
-
-    def url(self, site: LocalSite) -> str | None:
-        try:
-            port = json.loads(self._settings_file(site).read_text())["port"]
-        except (FileNotFoundError, KeyError, json.JSONDecodeError):
-            return None
-        return f"http://127.0.0.1:{port}"
-
-    # --- LocalService -----------------------------------------------------------------------
+    def ca_file(site: LocalSite) -> Path:
+        return site.path("registry", "tls", "ca.crt")
 
     def up(self, site: LocalSite) -> None:
-        if site.supervisor.get(PROCESS) is not None:
+        from infra_assets.local_site.salt import local_secrets
+        from infra_assets.sites import ProcessSite
+
+        topo = site.topology()
+        if not topo.hosts_with_role(ROLE):
             return
-        binary = shutil.which("docker-registry")
-        if binary is None:
-            raise RuntimeError(
-                "docker-registry is not installed: `apt-get install docker-registry`"
-                " (scripts/apt-packages.txt lists it; `make setup` installs it)"
-            )
-        folder = self.folder(site)
-        (folder / "data").mkdir(parents=True, exist_ok=True)
-        folder.chmod(0o700)  # the password, the htpasswd file and the http secret live here
-        password = self._password(site)
-        self._htpasswd(folder / "htpasswd", password)
-        port = self._port(site)
-        config = folder / "config.yml"
-        config.write_text(yaml.safe_dump(self._config(folder, port), sort_keys=False))
-        config.chmod(0o600)  # holds the http secret
-        site.supervisor.start(
-            PROCESS,
-            [binary, "serve", str(config)],
-            log=folder / "registry.log",
-            ready=lambda: _answers(port),
-            ready_timeout_s=30,
-        )
+        secrets = local_secrets(ProcessSite(topo, root=site.root))
+        cert = secrets.get("registry", "tls", "cert")
+        path = self.ca_file(site)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists() or path.read_text() != cert:
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(cert)
+            os.replace(tmp, path)
 
     def down(self, site: LocalSite) -> None:
-        site.supervisor.stop(PROCESS)
+        # The registry is a service of the salt state: HostServices stops it with the others.
+        return None
 
     def status(self, site: LocalSite) -> dict[str, Any]:
-        record = site.supervisor.get(PROCESS)
-        return {
-            "url": self.url(site),
-            "running": record is not None,
-            "pid": record.pid if record else None,
-            "username": USERNAME,
-            "password_file": str(self.password_file(site)),
-            "storage": str(self.folder(site) / "data"),
-        }
+        from infra_assets.local_site.hosts import daemon_pid
+        from infra_assets.sites import ProcessSite, SiteError
 
-    # --- set-up -----------------------------------------------------------------------------
-
-    def _password(self, site: LocalSite) -> str:
-        """The site's registry password: generated once, kept in a 0600 file."""
-        path = self.password_file(site)
-        if path.exists():
-            return path.read_text().strip()
-        password = secrets.token_urlsafe(24)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(password + "\n")
-        return password
-
-    @staticmethod
-    def _htpasswd(path: Path, password: str) -> None:
-        # bcrypt (-B), the only hash the registry accepts; the password goes in on stdin (-i),
-        # never on a command line.
-        run_cli(
-            ["htpasswd", "-c", "-i", "-B", str(path), USERNAME],
-            stdin=password + "\n",
-            redact=[password],
-            log=lambda _line: None,
-        )
-        path.chmod(0o600)
-
-    def _port(self, site: LocalSite) -> int:
-        settings = self._settings_file(site)
         try:
-            port = int(json.loads(settings.read_text())["port"])
-        except (FileNotFoundError, KeyError, ValueError):
-            port = 0
-        if not port or port_open(port):  # first start, or another process took it meanwhile
-            port = free_port()
-        settings.write_text(json.dumps({"port": port}) + "\n")
-        return port
-
-    @staticmethod
-    def _config(folder: Path, port: int) -> dict[str, Any]:
+            topo = site.topology()
+        except Exception as err:  # noqa: BLE001 - status reports, it does not fail
+            return {"error": str(err).splitlines()[0]}
+        hosts = sorted(topo.hosts_with_role(ROLE))
+        if not hosts:
+            return {"url": None, "note": "no host has the role docker-registry"}
+        ps = ProcessSite(topo, root=site.root)
+        host = hosts[0]
+        try:
+            port: int | None = ps.port(host, "registry")
+        except SiteError:
+            port = None
+        pid = daemon_pid(ps, host, "registry")
         return {
-            "version": 0.1,
-            "log": {"level": "info", "formatter": "text", "accesslog": {"disabled": False}},
-            "storage": {
-                "filesystem": {"rootdirectory": str(folder / "data")},
-                "delete": {"enabled": True},
-            },
-            "http": {
-                "addr": f"127.0.0.1:{port}",
-                # Signs upload state between requests; a fresh one per start is fine.
-                "secret": secrets.token_hex(16),
-            },
-            "auth": {"htpasswd": {"realm": "coop-registry", "path": str(folder / "htpasswd")}},
+            "url": f"https://{ps.reach(host, ROLE)}:{port}" if port else None,
+            "host": host,
+            "running": pid is not None,
+            "pid": pid,
+            "started_by": "the salt `registry` state (highstate/docker-registry)",
+            "ca_file": str(self.ca_file(site)),
+            "username": USERNAME,
+            "accounts": ACCOUNTS,
+            "secrets_file": str(ps.secrets_file()),
+            "passwords": "registry.users.<account> in the secrets file",
+            "storage": f"{ps.host_root(host)}/var/lib/docker-registry",
         }
-
-
-def _answers(port: int) -> bool:
-    """The registry is up when `/v2/` asks for credentials (401)."""
-    import http.client
-
-    if not port_open(port):
-        return False
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-    try:
-        conn.request("GET", "/v2/")
-        return conn.getresponse().status == 401
-    except OSError:
-        return False
-    finally:
-        conn.close()

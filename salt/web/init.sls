@@ -1,11 +1,13 @@
 {#- A web host, ready for app releases: nginx (its own instance on the local site, under the host's
     root on 127.0.0.1), podman with runc, and the registry's pull account and certificate.
 
-    For app releases (the `app` state): sites and upstreams go in {root}/etc/nginx/conf.d/*.conf,
-    and a state that changes one reloads nginx with `onchanges_in: [{cmd: web-nginx-reload}]`.
+    For app releases (salt/app): each app's site and upstream go in
+    {root}/etc/nginx/conf.d/app-<app>.conf, and the `app` state reloads this nginx when it changes
+    one (a state that is applied with this one can use `onchanges_in: [{cmd: web-nginx-reload}]`).
     Containers: {root}/etc/containers/containers.conf (and on the local site storage.conf; point
     CONTAINERS_CONF and CONTAINERS_STORAGE_CONF at them), pulls authenticate with
-    {root}/etc/containers/auth.json and trust {root}/etc/containers/certs.d/<registry>/ca.crt. #}
+    {root}/etc/containers/auth.json and trust {root}/etc/containers/certs.d/<registry>/ca.crt.
+    catatonit: the containers run with --init. #}
 {%- from "lib/site.jinja" import root, local with context %}
 {%- from "lib/daemon.jinja" import daemon with context %}
 {%- set web = pillar['web'] %}
@@ -17,7 +19,7 @@ include:
 
 web-packages:
   pkg.installed:
-    - pkgs: [nginx-light, podman, runc, uidmap, slirp4netns]
+    - pkgs: [nginx-light, podman, runc, catatonit, uidmap, slirp4netns]
     - refresh: False
 
 {%- for dir in ['etc/nginx/conf.d', 'var/log/nginx', 'var/lib/nginx/body', 'var/lib/nginx/proxy',
@@ -66,6 +68,14 @@ web-containers-conf:
         [engine]
         runtime = "runc"
 {%- if local %}
+        # The local site: several web hosts share this machine; each keeps podman's run-time
+        # files (locks, exit codes, events) and network configs under its own root.
+        cgroup_manager = "cgroupfs"
+        tmp_dir = "{{ root }}/run/libpod"
+        events_logger = "file"
+        events_logfile_path = "{{ root }}/run/libpod/events.log"
+        [network]
+        network_config_dir = "{{ root }}/etc/containers/networks"
         [containers]
         # The local site's containers run without CAP_SYS_RESOURCE: keep rlimits within reach.
         default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]

@@ -1,0 +1,316 @@
+"""The push-to-live loop of `make demo` on the local site, driven by the real Dagster daemon.
+
+1. the sample app's git repo: the bare repo the topology names (`apps.<app>.repo`) and a working
+   clone under the state folder (`<state>/local/git/work/<app>`), made from `apps/<app>/`;
+2. the Dagster daemon on the repo's instance (local_site/dagster.py), and the two sensors on;
+3. a commit, pushed: git_push_sensor -> `build_<app>` (podman build, push to the registry) ->
+   registry_image_sensor -> `release_staging_<app>` (the `app` salt state on web-staging-1);
+   the loop follows the runs and waits until the staging URL answers with that commit;
+4. a second commit, the same way: the new version live.
+
+Everything stays up afterwards (`infra local down` stops it). Also used by the end-to-end test and
+benchmarks/bench_push_to_live.py: `push()` and `wait_live()` are the two halves of one round.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from infra_assets.model import Topology
+from infra_assets.paths import REPO_ROOT, dagster_home
+
+Say = Callable[..., None]
+BIN = Path(sys.executable).parent
+SENSORS = ("git_push_sensor", "registry_image_sensor")
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "coop-infra demo",
+    "GIT_AUTHOR_EMAIL": "demo@coop-infra.invalid",
+    "GIT_COMMITTER_NAME": "coop-infra demo",
+    "GIT_COMMITTER_EMAIL": "demo@coop-infra.invalid",
+    "GIT_CONFIG_NOSYSTEM": "1",
+    "GIT_TERMINAL_PROMPT": "0",
+}
+
+
+class LoopError(RuntimeError):
+    """The loop cannot go on; the message says why and where to look."""
+
+
+@dataclass
+class AppRepo:
+    app: str
+    bare: Path
+    work: Path
+    branch: str
+
+    def commit(self, message: str, files: dict[str, str] | None = None) -> str:
+        for rel, text in (files or {}).items():
+            path = self.work / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+        _git("add", "-A", cwd=self.work)
+        _git("commit", "-q", "--allow-empty", "-m", message, cwd=self.work)
+        return _git("rev-parse", "HEAD", cwd=self.work)
+
+    def push(self) -> None:
+        _git("push", "-q", "origin", f"HEAD:refs/heads/{self.branch}", cwd=self.work)
+
+
+def demo_app(topo: Topology) -> str:
+    """The app the demo pushes: the first one whose source is in this repo (apps/<name>/)."""
+    for name in topo.apps:
+        if (REPO_ROOT / "apps" / name / "Dockerfile").is_file():
+            return name
+    raise LoopError(
+        f"no app of the topology has its source under {REPO_ROOT / 'apps'} (apps:"
+        f" {', '.join(topo.apps) or 'none'}): the demo pushes one of those"
+    )
+
+
+def ensure_repo(topology_file: Path, topo: Topology, app: str, state: Path) -> AppRepo:
+    """The app's bare repo where the topology says (made once, from apps/<app>/) and a clone."""
+    from resources.git import resolve_repo
+
+    spec = topo.apps[app]
+    bare = Path(resolve_repo(spec.repo, topology_file.parent))
+    if "://" in str(spec.repo) or "@" in str(spec.repo).split("/")[0]:
+        raise LoopError(f"apps.{app}.repo is a URL ({spec.repo}): the demo needs a local path")
+    work = state / "git" / "work" / app
+    if not (bare / "HEAD").exists():
+        bare.parent.mkdir(parents=True, exist_ok=True)
+        _git("init", "-q", "--bare", "-b", spec.branch, str(bare))
+    if not (work / ".git").exists():
+        shutil.rmtree(work, ignore_errors=True)
+        work.parent.mkdir(parents=True, exist_ok=True)
+        _git("clone", "-q", str(bare), str(work))
+        if not _git("branch", "-r", cwd=work):  # an empty repo: start the branch
+            _git("checkout", "-q", "-b", spec.branch, cwd=work)
+    repo = AppRepo(app, bare, work, spec.branch)
+    source = REPO_ROOT / "apps" / app
+    if not (work / "Dockerfile").exists():
+        shutil.copytree(source, work, dirs_exist_ok=True)
+        repo.commit(f"{app}: the sample app (from coop-infra apps/{app})")
+        repo.push()
+    return repo
+
+
+def start_daemon_and_sensors(
+    topology_file: Path, site, env: dict[str, str], say: Say
+) -> tuple[int, bool]:
+    """The Dagster daemon on the repo's instance, and the delivery sensors on."""
+    from infra_assets.local_site.dagster import DagsterDaemonService
+
+    home = dagster_home()
+    pid, ours = DagsterDaemonService().start(site, dagster_home=home, env=env)
+    if ours:
+        say(f"   dagster-daemon (pid {pid}) on the instance {home}; log {site.path('run')}")
+    else:
+        say(
+            f"   a Dagster daemon already runs on this instance (pid {pid}: `make dev`?);"
+            " the demo uses it"
+        )
+    # Every sensor of the code location: on a local site, exactly these two. Through the
+    # workspace, so that they are the sensors of the location the daemon runs ("coop-infra").
+    out = subprocess.run(
+        [
+            str(BIN / "dagster"),
+            "sensor",
+            "start",
+            "--start-all",
+            "-w",
+            str(REPO_ROOT / "workspace.yaml"),
+        ],
+        env={**os.environ, **env, "DAGSTER_HOME": str(home)},
+        cwd=home,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    if out.returncode != 0:
+        text = (out.stdout + out.stderr).strip()
+        raise LoopError(f"`dagster sensor start --start-all` failed:\n{text[-2000:]}")
+    say(f"   sensors on: {', '.join(SENSORS)} (every 5 s)")
+    return pid, ours
+
+
+@contextmanager
+def instance():
+    """The repo's Dagster instance (dagster.yaml names its storage relative to DAGSTER_HOME)."""
+    import dagster as dg
+
+    home = dagster_home()
+    before = os.getcwd()
+    os.chdir(home)
+    try:
+        with dg.DagsterInstance.from_config(str(home)) as inst:
+            yield inst
+    finally:
+        os.chdir(before)
+
+
+def live_version(url: str, health: str) -> str | None:
+    """The version the app at `url` says it runs (its health path), or None."""
+    import requests
+
+    try:
+        response = requests.get(url.rstrip("/") + health, timeout=2)
+        if response.status_code != 200:
+            return None
+        return str(response.json().get("version"))
+    except (requests.RequestException, ValueError):
+        return None
+
+
+def wait_live(
+    url: str,
+    health: str,
+    sha: str,
+    *,
+    since: float,
+    say: Say,
+    release_job: str | None = None,
+    timeout_s: float = 300,
+    poll_s: float = 0.2,
+) -> float:
+    """Wait until `url` answers with `sha`; follow the runs started since `since` (a
+    timestamp) and stop at the first that fails. Returns the seconds from `since` until the URL
+    answered. With `release_job`, return only once that job's run for `sha` has finished too
+    (the release records what is live after nginx serves it)."""
+    seen: dict[str, str] = {}
+    last_runs_check = 0.0
+    live_after: float | None = None
+    with instance() as inst:
+        while True:
+            if live_after is None and live_version(url, health) == sha:
+                live_after = time.time() - since
+            if live_after is not None and (
+                release_job is None or _finished(inst, release_job, sha, since)
+            ):
+                return live_after
+            now = time.monotonic()
+            if now - last_runs_check >= 1:
+                last_runs_check = now
+                _follow_runs(inst, since, seen, say)
+            if time.time() - since > timeout_s:
+                raise LoopError(
+                    f"{url} does not answer with {sha[:12]} after {timeout_s:.0f} s; the runs:"
+                    f" make dev, then http://127.0.0.1:3000/runs (or `infra local status`)"
+                )
+            time.sleep(poll_s)
+
+
+def _finished(inst, job: str, sha: str, since: float) -> bool:
+    import dagster as dg
+
+    records = inst.get_run_records(
+        dg.RunsFilter(
+            job_name=job,
+            tags={"coop/sha": sha},
+            statuses=[dg.DagsterRunStatus.SUCCESS],
+            created_after=_utc(since),
+        ),
+        limit=1,
+    )
+    return bool(records)
+
+
+def _follow_runs(inst, since: float, seen: dict[str, str], say: Say) -> None:
+    import dagster as dg
+
+    records = inst.get_run_records(
+        dg.RunsFilter(created_after=_utc(since)), limit=20, ascending=True
+    )
+    for record in records:
+        run = record.dagster_run
+        status = run.status.value
+        if seen.get(run.run_id) == status:
+            continue
+        seen[run.run_id] = status
+        label = run.tags.get("dagster/partition") or run.tags.get("coop/digest", "")
+        say(f"   {time.time() - since:5.1f} s  {run.job_name} {label[:19]}: {status}")
+        if run.status == dg.DagsterRunStatus.FAILURE:
+            raise LoopError(f"run {run.run_id} ({run.job_name}) failed:\n{_run_error(inst, run)}")
+
+
+def _run_error(inst, run) -> str:
+    import dagster as dg
+
+    lines = []
+    for entry in inst.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_FAILURE):
+        data = entry.dagster_event.step_failure_data
+        if data and data.error:
+            lines.append(data.error.message.strip())
+    return "\n".join(lines) or "(see the run's log in the UI)"
+
+
+def _utc(timestamp: float):
+    import datetime
+
+    return datetime.datetime.fromtimestamp(timestamp, tz=datetime.UTC)
+
+
+def run_loop(topology_file: Path, topo: Topology, say: Say, *, rounds: int = 2) -> int:
+    """The demo's loop: `rounds` commits pushed, each followed until it is live on staging."""
+    from infra_assets.local_site.site import LocalSite
+    from infra_assets.releases import staging_job_name
+    from infra_assets.sites import ProcessSite
+
+    site = LocalSite(topology_file)
+    ps = ProcessSite(topo, root=site.root)
+    app = demo_app(topo)
+    staging = sorted(topo.hosts_with_role("web-staging"))
+    if not staging:
+        say("== no host has the role web-staging: nothing to release to", err=True)
+        return 1
+    url = ps.app_url(staging[0], app, "staging")
+    health = topo.apps[app].health
+    env = {
+        "INFRA_TOPOLOGY": str(topology_file.absolute()),
+        "INFRA_STATE_DIR": str(site.root.parent),
+    }
+    try:
+        say("")
+        say(f"== push to live: {app} on staging ({url})")
+        repo = ensure_repo(topology_file, topo, app, site.root)
+        say(f"   git repo {repo.bare} (branch {repo.branch}); working clone {repo.work}")
+        start_daemon_and_sensors(topology_file, site, env, say)
+        for n in range(1, rounds + 1):
+            sha = repo.commit(
+                f"demo: change {n}",
+                {"DEMO.md": f"Pushed by `make demo` at {time.strftime('%Y-%m-%d %H:%M:%S')}.\n"},
+            )
+            pushed = time.time()
+            repo.push()
+            say(f"-- git push: {app} {sha[:12]} ({'the first' if n == 1 else 'a new'} version)")
+            took = wait_live(
+                url, health, sha, since=pushed, say=say, release_job=staging_job_name(app)
+            )
+            say(f"== {url} answers {sha} ({took:.1f} s after the push)")
+    except LoopError as err:
+        say(f"== the push-to-live loop stopped: {err}", err=True)
+        return 1
+    return 0
+
+
+def _git(*args: str, cwd: Path | None = None) -> str:
+    out = subprocess.run(
+        ["git", *args],
+        cwd=cwd,
+        env={**os.environ, **GIT_ENV},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if out.returncode != 0:
+        raise LoopError(f"git {' '.join(args)}: {out.stderr.strip() or out.stdout.strip()}")
+    return out.stdout.strip()

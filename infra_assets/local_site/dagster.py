@@ -1,0 +1,118 @@
+"""The Dagster daemon of the local site: `dagster-daemon run` on the repo's instance.
+
+`make demo` starts it (`infra demo`), so that the sensors tick and the runs they ask for run,
+as they would on the co-op's support server: a push becomes a build, a new image a staging
+release. It stays up with the rest of the site until `infra local down`. `infra local up` alone
+does not start it.
+
+One instance must never have two daemons: `make dev` (`infra dev`) starts only the webserver while
+this one runs, and `start` does not start a second one when another process already runs a daemon
+on the same instance (`dagster dev`, say): it says which, and the demo uses that one.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from infra_assets.local_site.site import LocalSite
+from infra_assets.paths import REPO_ROOT
+
+PROCESS = "dagster-daemon"
+BIN = Path(sys.executable).parent
+
+
+@dataclass(frozen=True)
+class DaemonProcess:
+    pid: int
+    command: str
+
+
+def same_instance(pid: int, dagster_home: Path) -> bool:
+    """Whether process `pid` works on the Dagster instance at `dagster_home` (its DAGSTER_HOME,
+    else its working folder, which is where Dagster looks without one)."""
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
+    except (FileNotFoundError, PermissionError, ProcessLookupError, OSError):
+        return False
+    prefix = b"DAGSTER_HOME="
+    home = next((e[len(prefix) :].decode() for e in environ if e.startswith(prefix)), None)
+    return Path(home or cwd).resolve() == Path(dagster_home).resolve()
+
+
+def running_daemons(dagster_home: Path) -> list[DaemonProcess]:
+    """Every process that runs the Dagster daemon on this instance: `dagster-daemon run`, or
+    `dagster dev` (which runs one of its own)."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        words = [a.decode(errors="replace") for a in argv if a]
+        names = [Path(w).name for w in words[:3]]
+        is_daemon = "dagster-daemon" in names and "run" in words
+        is_dev = "dagster" in names and "dev" in words[1:4]
+        if (is_daemon or is_dev) and same_instance(int(proc.name), dagster_home):
+            found.append(DaemonProcess(int(proc.name), " ".join(words)))
+    return sorted(found, key=lambda d: d.pid)
+
+
+class DagsterDaemonService:
+    name = "dagster"
+
+    @staticmethod
+    def _home_file(site: LocalSite) -> Path:
+        return site.path("run", "dagster-home")
+
+    def up(self, site: LocalSite) -> None:
+        # Started by `infra demo` (start()), not by `infra local up`.
+        return None
+
+    def start(
+        self, site: LocalSite, *, dagster_home: Path, env: dict[str, str], timeout_s: float = 120
+    ) -> tuple[int, bool]:
+        """Start the daemon on `dagster_home` unless one runs there: (pid, started by us)."""
+        ours = site.supervisor.get(PROCESS)
+        if ours is not None:
+            return ours.pid, True
+        others = running_daemons(dagster_home)
+        if others:
+            return others[0].pid, False
+        log = site.path("run", "dagster-daemon.log")
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text("")  # `ready` reads this run's lines only
+        record = site.supervisor.start(
+            PROCESS,
+            [BIN / "dagster-daemon", "run", "-w", REPO_ROOT / "workspace.yaml"],
+            log=log,
+            cwd=dagster_home,
+            env={**env, "DAGSTER_HOME": str(dagster_home)},
+            ready=lambda: "Instance is configured" in log.read_text(errors="replace"),
+            ready_timeout_s=timeout_s,
+        )
+        self._home_file(site).write_text(str(dagster_home) + "\n")
+        return record.pid, True
+
+    def down(self, site: LocalSite) -> None:
+        # `dagster-daemon run` stops its own children on SIGTERM; SIGKILL after 30 s.
+        site.supervisor.stop(PROCESS, timeout_s=30)
+        self._home_file(site).unlink(missing_ok=True)
+
+    def status(self, site: LocalSite) -> dict[str, Any]:
+        record = site.supervisor.get(PROCESS)
+        try:
+            home = self._home_file(site).read_text().strip()
+        except FileNotFoundError:
+            home = None
+        return {
+            "daemon_running": record is not None,
+            "pid": record.pid if record else None,
+            "dagster_home": home if record else None,
+            "log": str(site.path("run", "dagster-daemon.log")),
+            "started_by": "infra demo (make demo)",
+        }

@@ -1,0 +1,461 @@
+"""Releases: `release/staging/<app>` and `release/production/<app>`, carried out by Salt.
+
+A release puts one image, by digest, live on every web host of an environment (the hosts with the
+role `web-<environment>`). Dagster decides what goes where; the `app` salt state (salt/app/) does
+it on each host, blue/green: pull by digest, start the new container beside the live one, wait for
+its health path, switch the app's nginx upstream and reload, stop the old container and keep it
+(with its image) as the release to roll back to. A failed health check leaves the live release
+serving, removes the new container and fails the asset with the health log.
+
+Which digest:
+- `release/staging/<app>`: the run config's `digest` (what registry_image_sensor asks for, one run
+  per new digest at the app's branch tag), else the digest at that tag now;
+- `release/production/<app>`: the digest live on staging (the `promote` job): never a new build;
+- with `rollback: true` (the `rollback` and `rollback_staging` jobs): the previous release recorded
+  on the environment's hosts.
+
+Hosts are released one after another; the first failure stops the run (the hosts after it keep
+what they had). Metadata: digest, commit, the URL, the health check's answer, the previous digest,
+a table of what each host did and every state's result.
+"""
+
+import json
+import re
+import shlex
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import dagster as dg
+from pydantic import Field
+
+from infra_assets.app_images import asset_key as app_image_key
+from infra_assets.highstate import highstate_key, report
+from infra_assets.minions import POOL
+from infra_assets.model import ENVIRONMENTS, Topology
+from infra_assets.secrets import SecretsError, load_secrets
+from infra_assets.sites import RECORDS_DIR, Site, SiteError, site_for
+from resources.registry import RegistryError, RegistryResource
+from resources.salt import ApplyResult, SaltError, SaltResource, StateResult
+from sensors.registry_images import REVISION_LABEL, NewImage, build_registry_image_sensor
+
+GROUP = "releases"
+DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+
+def release_key(environment: str, app: str) -> dg.AssetKey:
+    return dg.AssetKey(["release", environment, app])
+
+
+def release_op_name(environment: str, app: str) -> str:
+    """The op Dagster derives from the asset key (for run config)."""
+    return release_key(environment, app).to_python_identifier()
+
+
+def staging_job_name(app: str) -> str:
+    return f"release_staging_{app.replace('-', '_')}"
+
+
+class ReleaseConfig(dg.Config):
+    digest: str = Field(
+        default="",
+        description="The image to release (sha256:...). Empty: on staging the digest at the app's"
+        " branch tag in the registry; on production the digest live on staging.",
+    )
+    sha: str = Field(default="", description="The commit it was built from (else: its label).")
+    rollback: bool = Field(
+        default=False, description="Put back the previous release recorded on the hosts."
+    )
+    health_timeout_s: int = Field(
+        default=30, ge=1, le=600, description="How long the new container has to answer 200."
+    )
+
+
+@dataclass(frozen=True)
+class Record:
+    """What a web host says is live (`current`) and was live before (`previous`)."""
+
+    host: str
+    current: dict[str, Any] | None
+    previous: dict[str, Any] | None
+
+    def digest(self, which: str = "current") -> str | None:
+        entry = getattr(self, which)
+        return entry.get("digest") if entry else None
+
+
+def record_path(site: Site, host: str, app: str) -> str:
+    return f"{site.host_root(host)}/{RECORDS_DIR}/{app}.json"
+
+
+def read_records(salt: SaltResource, site: Site, hosts: list[str], app: str) -> list[Record]:
+    """Each host's release record, asked from the host itself (through salt)."""
+    records = []
+    for host in hosts:
+        path = shlex.quote(record_path(site, host, app))
+        out = salt.call(
+            minions=[host],
+            fun="cmd.run",
+            args=[f"cat {path} 2>/dev/null || true"],
+            kwargs={"python_shell": True},
+        )
+        if host not in out:
+            raise SaltError(f"{host} did not answer (is its minion running and accepted?)")
+        text = str(out[host] or "").strip()
+        try:
+            data = json.loads(text) if text else {}
+        except json.JSONDecodeError:
+            raise SaltError(f"{host}: {record_path(site, host, app)} is not JSON") from None
+        records.append(Record(host, data.get("current"), data.get("previous")))
+    return records
+
+
+def release_asset(environment: str, app_name: str, topo: Topology) -> dg.AssetsDefinition:
+    role = f"web-{environment}"
+    deps: list[Any] = []
+    if environment == "staging":
+        deps.append(app_image_key(app_name))
+    else:
+        deps.append(release_key("staging", app_name))
+    if topo.hosts_with_role(role):
+        deps.append(highstate_key(role))
+
+    @dg.asset(
+        key=release_key(environment, app_name),
+        group_name=GROUP,
+        kinds={"salt", "podman", "nginx"},
+        deps=deps,
+        ins={"topology": dg.AssetIn("topology")},
+        pool=POOL,
+        tags={"coop/app": app_name, "coop/environment": environment},
+        description=f"App {app_name!r} live on the {environment} web hosts (role {role}): an"
+        " image by digest, released by the `app` salt state (blue/green behind nginx, health"
+        " checked, the previous release kept for a rollback)."
+        + (" Its digest is the one live on staging." if environment == "production" else ""),
+    )
+    def _release(
+        context: dg.AssetExecutionContext,
+        config: ReleaseConfig,
+        topology: Topology,
+        salt: SaltResource,
+        registry: RegistryResource,
+    ) -> dg.MaterializeResult:
+        return materialize(context, config, topology, salt, registry, environment, app_name)
+
+    return _release
+
+
+def materialize(
+    context: dg.AssetExecutionContext,
+    config: ReleaseConfig,
+    topology: Topology,
+    salt: SaltResource,
+    registry: RegistryResource,
+    environment: str,
+    app_name: str,
+) -> dg.MaterializeResult:
+    what = f"release/{environment}/{app_name}"
+    if config.digest and not DIGEST_RE.match(config.digest):
+        raise _fail(
+            f"{what}: config digest {config.digest!r} is not sha256:<64 hex digits> (a release is"
+            " an image by digest, as the registry names it)"
+        )
+    if config.digest and config.rollback:
+        raise _fail(f"{what}: config asks for a digest and a rollback: give one or the other")
+    app = topology.apps.get(app_name)
+    if app is None:
+        raise _fail(f"{what}: app {app_name!r} is no longer in the topology")
+    hosts = sorted(topology.hosts_with_role(f"web-{environment}"))
+    if not hosts:
+        raise _fail(f"{what}: no host has the role web-{environment}: nowhere to release")
+    try:
+        site = site_for(topology)
+        secrets = load_secrets(site.secrets_file(), topology).values()
+        before = read_records(salt, site, hosts, app_name)
+        digest, sha, why = _choose(config, registry, salt, site, topology, environment, app_name,
+                                   before)  # fmt: skip
+    except (SaltError, SiteError, SecretsError, RegistryError) as err:
+        raise _fail(f"{what}: {err}") from None
+    context.log.info(f"{what}: {digest} ({why}) on {', '.join(hosts)}")
+    pillar = {
+        "release": {
+            "app": app_name,
+            "digest": digest,
+            "sha": sha,
+            "health_timeout_s": config.health_timeout_s,
+        }
+    }
+    results: list[ApplyResult] = []
+    started = time.monotonic()
+    for host in hosts:  # one host after another: the first failure stops the release
+        try:
+            result = salt.apply(
+                minions=[host], sls=["app"], pillar=pillar, log=context.log.info, redact=secrets
+            )
+        except SaltError as err:
+            raise _fail(f"{what}: {host}: {err}") from None
+        results.append(result)
+        if not result.ok:
+            raise _failure(what, digest, host, result, results)
+    took = time.monotonic() - started
+
+    url = site.app_url(hosts[0], app_name, environment)
+    states = [s for r in results for s in r.states()]
+    changed = any(s.changed for s in states)
+    previous = _previous_digest(before, digest)
+    try:
+        after = read_records(salt, site, hosts, app_name)
+    except SaltError as err:
+        raise _fail(f"{what}: released, but the hosts' records cannot be read: {err}") from None
+    wrong = [r.host for r in after if r.digest() != digest]
+    if wrong:
+        raise _fail(f"{what}: released, but {', '.join(wrong)} records another release live")
+    rows = [
+        "| host | live | slot | port | container | previous | states changed |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for record, result in zip(after, results, strict=True):
+        live, prev = record.current or {}, record.previous or {}
+        rows.append(
+            f"| {record.host} | {live.get('sha', '')[:12] or digest[:19]} | {live.get('slot')} |"
+            f" {live.get('port')} | {live.get('container')} |"
+            f" {(prev.get('sha') or prev.get('digest') or 'none')[:19]} |"
+            f" {sum(s.changed for s in result.states())} |"
+        )
+    health = _state(results[0], "healthy")
+    metadata: dict[str, Any] = {
+        "digest": digest,
+        "sha": sha or "(unknown)",
+        "image": f"{app_name}@{digest}",
+        "url": dg.MetadataValue.url(url),
+        "environment": environment,
+        "hosts": hosts,
+        "why": why,
+        "health": _health_text(health),
+        "health_path": app.health,
+        "previous_digest": previous or "(none)",
+        "changed": changed,
+        "what_happened": dg.MetadataValue.md(
+            "\n".join(f"- {h}: {_summary(r)}" for h, r in zip(hosts, results, strict=True))
+        ),
+        "release_hosts": dg.MetadataValue.md("\n".join(rows)),
+        "apply_s": dg.MetadataValue.float(round(took, 2)),
+        # From `podman run` to the first 200 on the health path, on the slowest host.
+        "container_start_s": dg.MetadataValue.float(
+            round(max(_container_start_s(r) for r in results), 2)
+        ),
+        **{k: v for k, v in report(_merge(results)).items() if k in ("results", "states")},
+    }
+    if not changed:
+        context.log.info(f"{what}: {digest} was live already; nothing changed")
+    return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(digest))
+
+
+def _choose(
+    config: ReleaseConfig,
+    registry: RegistryResource,
+    salt: SaltResource,
+    site: Site,
+    topology: Topology,
+    environment: str,
+    app_name: str,
+    before: list[Record],
+) -> tuple[str, str, str]:
+    """(digest, sha, why) of what to release."""
+    if config.rollback:
+        previous = {r.digest("previous") for r in before}
+        if None in previous:
+            missing = [r.host for r in before if r.previous is None]
+            raise _fail(
+                f"release/{environment}/{app_name}: nothing to roll back to on"
+                f" {', '.join(missing)} (no previous release recorded there)"
+            )
+        if len(previous) > 1:
+            raise _fail(
+                f"release/{environment}/{app_name}: the hosts disagree on the previous release"
+                f" ({_by_host(before, 'previous')}); release a digest by hand (config: digest)"
+            )
+        digest = previous.pop()
+        sha = next((r.previous or {}).get("sha", "") for r in before)
+        return digest, sha, f"rollback to the previous release (was {before[0].digest()})"
+    if config.digest:
+        digest, why = config.digest, "asked for (run config)"
+    elif environment == "staging":
+        app = topology.apps[app_name]
+        found = registry.digest(repository=app_name, reference=app.branch)
+        if found is None:
+            raise _fail(
+                f"release/staging/{app_name}: {app_name}:{app.branch} is not in the registry yet:"
+                " push a commit (git_push_sensor builds it)"
+            )
+        digest, why = found, f"the image at {app_name}:{app.branch}"
+    else:
+        staging = sorted(site.topo.hosts_with_role("web-staging"))
+        if not staging:
+            raise _fail(f"release/production/{app_name}: no staging host to promote from")
+        live = read_records(salt, site, staging, app_name)
+        digests = {r.digest() for r in live}
+        if None in digests:
+            raise _fail(
+                f"release/production/{app_name}: nothing is released on staging yet"
+                f" ({', '.join(r.host for r in live if r.current is None)}): release it there"
+                " first"
+            )
+        if len(digests) > 1:
+            raise _fail(
+                f"release/production/{app_name}: the staging hosts run different releases"
+                f" ({_by_host(live, 'current')}): finish the staging release first"
+            )
+        digest = digests.pop()
+        return digest, (live[0].current or {}).get("sha", ""), "promoted: the release on staging"
+    manifest = registry.manifest(repository=app_name, reference=digest)
+    if manifest is None:
+        raise _fail(f"release/{environment}/{app_name}: {app_name}@{digest} is not in the registry")
+    sha = config.sha
+    if not sha and not manifest.is_index:
+        sha = registry.labels(repository=app_name, manifest=manifest).get(REVISION_LABEL, "")
+    return digest, sha, why
+
+
+def _previous_digest(before: list[Record], digest: str) -> str | None:
+    """What was live before this release (or, when it was live already, before that)."""
+    for record in before:
+        current = record.digest()
+        if current and current != digest:
+            return current
+    return next((r.digest("previous") for r in before if r.digest("previous")), None)
+
+
+def _failure(
+    what: str, digest: str, host: str, result: ApplyResult, results: list[ApplyResult]
+) -> dg.Failure:
+    failed = [s for s in result.failed_states() if "requisite failed" not in s.comment]
+    health = next((s for s in failed if s.state_id.endswith("-healthy")), None)
+    problems = [f"{s.label}: {s.comment}" for s in failed] or result.problems()
+    lines = [f"{what}: {digest} failed on {host}: " + "; ".join(problems)]
+    if health is not None:
+        lines.append("The live release keeps serving; the new container was removed.")
+        lines.append("Health log:\n" + _output(health))
+    done = [r for r in results if r is not result]
+    metadata: dict[str, Any] = {
+        "digest": digest,
+        "failed_host": host,
+        "released_before_the_failure": [m for r in done for m in r.minions],
+        **{k: v for k, v in report(result).items() if k in ("results", "failed")},
+    }
+    if health is not None:
+        metadata["health_log"] = dg.MetadataValue.md(f"```\n{_output(health)}\n```")
+    return dg.Failure(description="\n".join(lines), metadata=metadata, allow_retries=False)
+
+
+def _state(result: ApplyResult, step: str) -> StateResult | None:
+    return next((s for s in result.states() if s.state_id.endswith(f"-{step}")), None)
+
+
+def _output(state: StateResult | None) -> str:
+    if state is None:
+        return ""
+    changes = state.changes if isinstance(state.changes, dict) else {}
+    text = str(changes.get("stdout") or "").strip()
+    return "\n".join([text, state.comment] if text else [state.comment])
+
+
+def _health_text(state: StateResult | None) -> str:
+    return state.comment if state is not None else "(not checked)"
+
+
+def _container_start_s(result: ApplyResult) -> float:
+    """Seconds from starting the new container to its first healthy answer (0 when the
+    container was running already)."""
+    start, healthy = _state(result, "start"), _state(result, "healthy")
+    if start is None or not start.changed:
+        return 0.0
+    return (start.duration_ms + (healthy.duration_ms if healthy else 0)) / 1000
+
+
+def _summary(result: ApplyResult) -> str:
+    changed = [s for s in result.states() if s.changed and not s.failed]
+    if not changed:
+        return "nothing to do: this release was live already"
+    return "; ".join(s.comment for s in changed if s.state_id.startswith("app-"))
+
+
+def _merge(results: list[ApplyResult]) -> ApplyResult:
+    minions = {m: run for r in results for m, run in r.minions.items()}
+    return ApplyResult(
+        results[0].sls, False, minions, sum(r.duration_s for r in results), results[0].jid
+    )
+
+
+def _by_host(records: list[Record], which: str) -> str:
+    return ", ".join(f"{r.host}: {r.digest(which) or 'none'}" for r in records)
+
+
+def _fail(description: str) -> dg.Failure:
+    return dg.Failure(description=description, allow_retries=False)
+
+
+# --- jobs and the registry sensor --------------------------------------------------------------
+
+
+def _rollback_config(assets: list[dg.AssetsDefinition]) -> dict:
+    return {"ops": {a.op.name: {"config": {"rollback": True}} for a in assets}}
+
+
+def definitions(topo: Topology) -> dg.Definitions:
+    """The release assets of every app and environment, the jobs that run them, and the
+    registry sensor that starts staging releases."""
+    if not topo.apps:
+        return dg.Definitions()
+    by_env = {env: [release_asset(env, name, topo) for name in topo.apps] for env in ENVIRONMENTS}
+    assets = [a for env in ENVIRONMENTS for a in by_env[env]]
+    staging = [release_key("staging", name) for name in topo.apps]
+    production = [release_key("production", name) for name in topo.apps]
+    topology = dg.AssetSelection.assets("topology")
+    staging_jobs = {
+        name: dg.define_asset_job(
+            staging_job_name(name),
+            selection=topology | dg.AssetSelection.assets(release_key("staging", name)),
+            description=f"Release app {name!r} on staging: the digest in the run config, else the"
+            " image at its branch tag. Launched by registry_image_sensor.",
+            tags={"coop/app": name},
+        )
+        for name in topo.apps
+    }
+    promote = dg.define_asset_job(
+        "promote",
+        selection=topology | dg.AssetSelection.assets(*production),
+        description="Send what is live on staging to production, for every app: the same digest,"
+        " never a new build.",
+    )
+    rollback = dg.define_asset_job(
+        "rollback",
+        selection=topology | dg.AssetSelection.assets(*production),
+        description="Put back production's previous release, for every app.",
+        config=_rollback_config(by_env["production"]),
+    )
+    rollback_staging = dg.define_asset_job(
+        "rollback_staging",
+        selection=topology | dg.AssetSelection.assets(*staging),
+        description="Put back staging's previous release, for every app.",
+        config=_rollback_config(by_env["staging"]),
+    )
+
+    def run_config(image: NewImage) -> dict:
+        config = {"digest": image.digest, "sha": image.sha or ""}
+        return {"ops": {release_op_name("staging", image.app): {"config": config}}}
+
+    local = all(loc.is_local for loc in topo.locations.values())
+    sensor = build_registry_image_sensor(
+        apps=topo.apps,
+        job_for_app={name: job.name for name, job in staging_jobs.items()},
+        jobs=list(staging_jobs.values()),
+        run_config_for=run_config,
+        # The local site is polled often (the demo's loop); a real registry less so.
+        minimum_interval_seconds=5 if local else 30,
+    )
+    return dg.Definitions(
+        assets=assets,
+        jobs=[*staging_jobs.values(), promote, rollback, rollback_staging],
+        sensors=[sensor],
+    )

@@ -1,0 +1,282 @@
+{#- A release of one app on a web host, blue/green. The `release/<environment>/<app>` assets apply
+    this state with the release in the pillar (state.apply app pillar={"release": {...}}):
+
+        release: {app: hello, digest: "sha256:...", sha: "<commit>", health_timeout_s: 30}
+
+    1. pull <registry>/<app>@<digest> with the registry's pull account and CA (the `web` state put
+       them under {root}/etc/containers);
+    2. start it in the slot the live release is not in (each app has two loopback ports on the
+       host, `apps.<app>.slots`), with --init, on the host's network, its port in $PORT/$HOST;
+    3. wait for its health path; if it does not answer 200 in time: print why (the last answer,
+       the container's last lines), remove the new container and fail. nginx and the live
+       release are not touched;
+    4. render the app's nginx site with its upstream on the new container
+       ({root}/etc/nginx/conf.d/app-<app>.conf) and reload the host's nginx (the one the `web`
+       state runs), then wait until nginx answers with the new release (header X-Coop-Release);
+    5. let nginx's workers from before the reload finish their requests (they hold the old
+       upstream), then stop the old container: it stays, stopped, with its image, as the release
+       to roll back to;
+    6. record the live and the previous release ({root}/var/lib/coop/releases/<app>.json) and
+       remove this app's older images.
+
+    Applying the live release again changes nothing. A rollback is a release of the previous
+    digest, whose image is still on the host (nothing is pulled).
+
+    Each step is a `cmd.run` that checks before it acts and says whether it changed anything
+    (`stateful`: its last line is `changed=yes|no comment='...'`). No unless/onlyif: in salt
+    3008, the first state with one makes the minion load every state module (about 4 s per
+    apply, measured), and this state is on the path from a push to the release. For the same
+    reason it does not include `web` (23 more states): it checks that the `web` state has run. #}
+{%- from "lib/site.jinja" import root, local with context %}
+{%- set release = pillar.get('release', {}) %}
+{%- set apps = pillar.get('apps', {}) %}
+{%- set name = release.get('app', '') %}
+{%- if not name or not release.get('digest', '').startswith('sha256:') %}
+
+app-release-in-pillar:
+  test.fail_without_changes:
+    - name: >-
+        no release in the pillar: apply with
+        pillar={"release": {"app": "<app>", "digest": "sha256:...", "sha": "<commit>"}}
+{%- elif name not in apps or not pillar.get('registry_client') or not pillar.get('web') %}
+
+app-release-known:
+  test.fail_without_changes:
+    - name: >-
+        {{ name }} is not an app of this host's pillar (apps: {{ apps | join(', ') or 'none' }}),
+        or the host has no registry to pull from: is it a web host of the topology?
+{%- else %}
+{%- set app = apps[name] %}
+{%- set web = pillar['web'] %}
+{%- set client = pillar['registry_client'] %}
+{%- set digest = release['digest'] %}
+{%- set sha = release.get('sha') or '' %}
+{%- set timeout = release.get('health_timeout_s', 30) | int %}
+{%- set image = client['address'] ~ '/' ~ name ~ '@' ~ digest %}
+{%- set record_file = root ~ '/var/lib/coop/releases/' ~ name ~ '.json' %}
+{%- if salt['file.file_exists'](record_file) %}
+{%- set record = salt['file.read'](record_file) | load_json %}
+{%- else %}
+{%- set record = {} %}
+{%- endif %}
+{%- set current = record.get('current') or {} %}
+{%- if current.get('digest') == digest %}
+{%- set slot = current.get('slot', 'blue') %}
+{%- else %}
+{%- set slot = 'green' if current.get('slot') == 'blue' else 'blue' %}
+{%- endif %}
+{%- set other = 'green' if slot == 'blue' else 'blue' %}
+{%- set port = app['slots'][slot] %}
+{%- set container = 'app-' ~ name ~ '-' ~ slot %}
+{%- set old = 'app-' ~ name ~ '-' ~ other %}
+{%- set this = {'digest': digest, 'sha': sha, 'image': image, 'slot': slot, 'port': port,
+                'container': container} %}
+{%- if current.get('digest') == digest %}
+{%- set new_record = {'current': this, 'previous': record.get('previous')} %}
+{%- else %}
+{%- set new_record = {'current': this, 'previous': current or None} %}
+{%- endif %}
+{%- set keep = [digest, (new_record['previous'] or {}).get('digest', digest)] %}
+{%- set health_url = 'http://127.0.0.1:' ~ port ~ app['health'] %}
+{%- set served_url = 'http://' ~ web['listen'] ~ ':' ~ app['listen_port'] ~ app['health'] %}
+{%- set host_header = app['domain'] or name %}
+{%- set pidfile = web.get('pidfile') or '/run/nginx.pid' %}
+{%- set conf = root ~ '/etc/nginx/conf.d/app-' ~ name ~ '.conf' %}
+{%- set old_workers = root ~ '/run/coop-app-' ~ name ~ '.old-workers' %}
+{%- set env = {'CONTAINERS_CONF': root ~ '/etc/containers/containers.conf',
+               'REGISTRY_AUTH_FILE': root ~ '/etc/containers/auth.json'} %}
+{%- if local %}
+{%- do env.update({'CONTAINERS_STORAGE_CONF': root ~ '/etc/containers/storage.conf'}) %}
+{%- endif %}
+{#- Go templates for podman, kept out of Jinja's way. #}
+{%- set running_fmt = "'{{.State.Running}}'" %}
+{%- set live_fmt = "'{{.ImageDigest}} {{.State.Running}} {{index .Config.Labels \"coop.port\"}}'" %}
+{%- set ref_fmt = "'{{.Repository}}@{{.Digest}}'" %}
+
+app-{{ name }}-web-ready:
+  cmd.run:
+    - name: |
+        # The web state (highstate/web-<environment>) runs nginx and writes podman's config.
+        if ! kill -0 "$(cat {{ pidfile }} 2>/dev/null)" 2>/dev/null; then
+          echo "changed=no comment='nginx is not running on this host ({{ pidfile }}): apply the web state first (highstate/web-{{ web['environment'] }})'"; exit 1
+        fi
+        for f in {{ root }}/etc/containers/containers.conf {{ root }}/etc/containers/auth.json; do
+          [ -f "$f" ] || { echo "changed=no comment='$f is missing: apply the web state first (highstate/web-{{ web['environment'] }})'"; exit 1; }
+        done
+        mkdir -p {{ root }}/etc/nginx/conf.d {{ root }}/var/lib/coop/releases
+        echo "changed=no comment='nginx runs; podman is configured'"
+    - stateful: True
+
+app-{{ name }}-pull:
+  cmd.run:
+    - name: |
+        if podman image exists {{ image }}; then
+          echo "changed=no comment='{{ image }} is here already'"; exit 0
+        fi
+        started=$SECONDS
+        podman pull -q --cert-dir {{ root }}/etc/containers/certs.d/{{ client['address'] }} {{ image }} || exit 1
+        echo "changed=yes comment='pulled {{ image }} in $((SECONDS - started)) s'"
+    - stateful: True
+    - shell: /bin/bash
+    - env: {{ env | json }}
+    - require:
+      - cmd: app-{{ name }}-web-ready
+
+app-{{ name }}-start:
+  cmd.run:
+    - name: |
+        if [ "$(podman container inspect -f {{ live_fmt }} {{ container }} 2>/dev/null)" = "{{ digest }} true {{ port }}" ]; then
+          echo "changed=no comment='{{ container }} runs {{ digest }} on port {{ port }}'"; exit 0
+        fi
+        podman rm -f -i -t 5 {{ container }} >/dev/null
+        podman run -d --init --pull=never --name {{ container }} --network host \
+          --label coop.app={{ name }} --label coop.digest={{ digest }} --label coop.sha={{ sha }} \
+          --label coop.slot={{ slot }} --label coop.port={{ port }} \
+          -e PORT={{ port }} -e HOST=127.0.0.1 {{ image }} || exit 1
+        echo "changed=yes comment='started {{ container }} on 127.0.0.1:{{ port }}'"
+    - stateful: True
+    - shell: /bin/bash
+    - env: {{ env | json }}
+    - require:
+      - cmd: app-{{ name }}-pull
+
+app-{{ name }}-healthy:
+  cmd.run:
+    - name: |
+        body=$(mktemp); started=$SECONDS; code=""
+        while :; do
+          code=$(curl -s -o "$body" -w '%{http_code}' --max-time 2 {{ health_url }}) || code=""
+          if [ "$code" = 200 ]; then
+            echo "GET {{ health_url }} -> 200 after $((SECONDS - started)) s: $(head -c 300 "$body")"
+            rm -f "$body"
+            echo "changed=no comment='healthy: {{ health_url }} answers 200'"; exit 0
+          fi
+          if [ "$(podman container inspect -f {{ running_fmt }} {{ container }} 2>/dev/null)" != true ]; then
+            echo "{{ container }} has stopped"; break
+          fi
+          [ $((SECONDS - started)) -ge {{ timeout }} ] && break
+          sleep 0.2
+        done
+        echo "health check failed: GET {{ health_url }} -> ${code:-no answer} within {{ timeout }} s$([ -s "$body" ] && echo ": $(head -c 300 "$body" | tr -d "'")")"
+        echo "--- {{ container }} ({{ image }}), its last lines:"
+        podman logs --tail 30 {{ container }} 2>&1
+        rm -f "$body"
+        podman rm -f -t 2 {{ container }} >/dev/null 2>&1 && echo "--- removed {{ container }}; the live release is untouched"
+        echo "changed=yes comment='health check failed: {{ health_url }} -> ${code:-no answer} within {{ timeout }} s'"
+        exit 1
+    - stateful: True
+    - shell: /bin/bash
+    - env: {{ env | json }}
+    - require:
+      - cmd: app-{{ name }}-start
+
+app-{{ name }}-nginx:
+  file.managed:
+    - name: {{ conf }}
+    - source: salt://app/files/nginx-app.conf.jinja
+    - template: jinja
+    - mode: '0644'
+    - context:
+        name: {{ name }}
+        environment: {{ web['environment'] }}
+        digest: {{ digest }}
+        sha: {{ sha | json }}
+        slot: {{ slot }}
+        port: {{ port }}
+        listen: {{ web['listen'] }}
+        web_port: {{ web['port'] }}
+        listen_port: {{ app['listen_port'] }}
+        domain: {{ app['domain'] | json }}
+    - require:
+      - cmd: app-{{ name }}-healthy
+
+app-{{ name }}-reload:
+  cmd.run:
+    - name: |
+        # nginx's workers before the reload: they finish what they hold with the old upstream,
+        # and the old container stops only once they are gone (stop-old).
+        pgrep -P "$(cat {{ pidfile }})" > {{ old_workers }} || true
+{%- if local %}
+        start-stop-daemon --quiet --pidfile {{ pidfile }} --exec /usr/sbin/nginx --stop --signal HUP
+{%- else %}
+        systemctl reload nginx
+{%- endif %}
+    - shell: /bin/bash
+    - onchanges:
+      - file: app-{{ name }}-nginx
+
+app-{{ name }}-switched:
+  cmd.run:
+    - name: |
+        served() {
+          curl -s -D - -o /dev/null --max-time 2 -H 'Host: {{ host_header }}' {{ served_url }} \
+            | grep -qi '^x-coop-release: {{ digest }}'
+        }
+        if served; then echo "changed=no comment='nginx serves {{ digest }}'"; exit 0; fi
+        for i in $(seq 75); do
+          sleep 0.2
+          served && { echo "changed=yes comment='nginx serves {{ digest }} (slot {{ slot }}, port {{ port }})'"; exit 0; }
+        done
+        echo "nginx does not serve {{ digest }} after 15 s; its error log ends:"
+        tail -n 20 {{ root }}/var/log/nginx/error.log
+        echo "changed=no comment='nginx does not serve {{ digest }} after 15 s'"
+        exit 1
+    - stateful: True
+    - shell: /bin/bash
+    - require:
+      - file: app-{{ name }}-nginx
+      - cmd: app-{{ name }}-reload
+
+app-{{ name }}-stop-old:
+  cmd.run:
+    - name: |
+        if [ "$(podman container inspect -f {{ running_fmt }} {{ old }} 2>/dev/null)" != true ]; then
+          echo "changed=no comment='{{ old }} is not running'"; exit 0
+        fi
+        # nginx's workers from before the reload finish the requests they hold with the old
+        # upstream (at most 10 s), then the old release stops. It stays, stopped, for a rollback.
+        master=$(cat {{ pidfile }} 2>/dev/null)
+        workers=$(cat {{ old_workers }} 2>/dev/null); rm -f {{ old_workers }}
+        for i in $(seq 100); do
+          left=""
+          for pid in $workers; do
+            [ "$(ps -o ppid= -p "$pid" 2>/dev/null | tr -d ' ')" = "$master" ] && left="$left $pid"
+          done
+          [ -z "$left" ] && break
+          sleep 0.1
+        done
+        podman stop -t 10 {{ old }} >/dev/null || exit 1
+        echo "changed=yes comment='stopped {{ old }} (kept for a rollback)'"
+    - stateful: True
+    - shell: /bin/bash
+    - env: {{ env | json }}
+    - require:
+      - cmd: app-{{ name }}-switched
+
+app-{{ name }}-record:
+  file.serialize:
+    - name: {{ record_file }}
+    - mode: '0644'
+    - serializer: json
+    - dataset: {{ new_record | json }}
+    - require:
+      - cmd: app-{{ name }}-switched
+
+app-{{ name }}-prune:
+  cmd.run:
+    - name: |
+        # The live and the previous release stay; this app's older images go.
+        old=$(podman images --noheading --format {{ ref_fmt }} --filter reference={{ client['address'] }}/{{ name }} \
+              | grep -v -e '@{{ keep | join("$' -e '@") }}$' | sort -u)
+        [ -z "$old" ] && { echo "changed=no comment='no older image'"; exit 0; }
+        for ref in $old; do
+          podman rmi "$ref" >/dev/null 2>&1 && echo "removed $ref" || echo "kept $ref (in use)"
+        done
+        echo "changed=yes comment='older images of {{ name }} removed'"
+    - stateful: True
+    - shell: /bin/bash
+    - env: {{ env | json }}
+    - require:
+      - file: app-{{ name }}-record
+      - cmd: app-{{ name }}-stop-old
+{%- endif %}
