@@ -17,6 +17,7 @@ from pathlib import Path
 
 import click
 
+from infra_assets.local_site.cli import TOPOLOGY_OPT, local
 from infra_assets.model import AddressPlan, Topology, TopologyError, address_plan, load_topology
 
 EXIT_BAD_INPUT = 2
@@ -79,15 +80,7 @@ def ips(file: Path, as_json: bool) -> None:
 
 
 @cli.command()
-@click.option(
-    "--topology",
-    "topology_file",
-    type=click.Path(path_type=Path),
-    envvar="INFRA_TOPOLOGY",
-    default="topology.local.yaml",
-    show_default=True,
-    help="The site to run on ($INFRA_TOPOLOGY).",
-)
+@TOPOLOGY_OPT
 def demo(topology_file: Path) -> None:
     """Run the main job on the local site and say where to look (`make demo`)."""
     from infra_assets.demo import run_demo
@@ -138,8 +131,6 @@ def _table(plan: AddressPlan) -> str:
 def _n(count: int, one: str, many: str | None = None) -> str:
     return f"{count} {one if count == 1 else (many or one + 's')}"
 
-
-from infra_assets.local_site.cli import local  # noqa: E402
 
 cli.add_command(local)
 

@@ -18,7 +18,7 @@ import requests
 import yaml
 from fixtures_delivery import delivery_defs, write_local_topology
 
-from infra_assets.local_site.processes import free_port
+from infra_assets.local_site.processes import command_lines, free_port
 from infra_assets.model import load_topology
 from resources.cli_runner import CliError
 from resources.podman import PodmanError
@@ -292,14 +292,9 @@ def test_cli_errors_never_carry_the_password(podman, registry_site):
 def _registries_under(state: Path) -> list[int]:
     """The pids of every docker-registry process whose config is under `state`."""
     found = []
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            argv = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        words = [a.decode(errors="replace") for a in argv if a]
+    for pid, words in command_lines():
         if words and words[0].endswith("docker-registry"):
             config = Path(words[-1]).resolve()
             if str(config).startswith(str(state.resolve())):
-                found.append(int(proc.name))
+                found.append(pid)
     return found

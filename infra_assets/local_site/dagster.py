@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from infra_assets.local_site.processes import command_lines
 from infra_assets.local_site.site import LocalSite
 from infra_assets.paths import REPO_ROOT
 
@@ -48,17 +49,12 @@ def running_daemons(dagster_home: Path) -> list[DaemonProcess]:
     """Every process that runs the Dagster daemon on this instance: `dagster-daemon run`, or
     `dagster dev` (which runs one of its own)."""
     found = []
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            argv = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        words = [a.decode(errors="replace") for a in argv if a]
+    for pid, words in command_lines():
         names = [Path(w).name for w in words[:3]]
         is_daemon = "dagster-daemon" in names and "run" in words
         is_dev = "dagster" in names and "dev" in words[1:4]
-        if (is_daemon or is_dev) and same_instance(int(proc.name), dagster_home):
-            found.append(DaemonProcess(int(proc.name), " ".join(words)))
+        if (is_daemon or is_dev) and same_instance(pid, dagster_home):
+            found.append(DaemonProcess(pid, " ".join(words)))
     return sorted(found, key=lambda d: d.pid)
 
 

@@ -178,6 +178,19 @@ def _group_alive(pgid: int) -> bool:
     return False
 
 
+def command_lines() -> list[tuple[int, list[str]]]:
+    """Every process on this machine that can be read, as (pid, argv): for finding the ones a
+    site started when no pid file names them (a daemon started by another command, say)."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        found.append((int(proc.name), [a.decode(errors="replace") for a in argv if a]))
+    return found
+
+
 def _tail(log: Path, lines: int = 20) -> str:
     try:
         return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
