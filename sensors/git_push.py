@@ -131,9 +131,7 @@ def build_git_push_sensor(
                     tags={"coop/app": app, "coop/sha": sha, "coop/branch": apps[app].branch},
                 )
             )
-        context.log.info(
-            "new commits: " + ", ".join(f"{a} {s[:12]}" for a, s in sorted(result.new.items()))
-        )
+        context.log.info(summarise_commits(result.new))
         return dg.SensorResult(
             run_requests=requests,
             dynamic_partitions_requests=partitions,
@@ -141,6 +139,17 @@ def build_git_push_sensor(
         )
 
     return git_push_sensor
+
+
+LOGGED_COMMITS = 10
+
+
+def summarise_commits(new: dict[str, str]) -> str:
+    """`new commits: a 1234..., b 5678...` with the first few apps named, the rest counted: one
+    short line per tick, even when 200 apps move at once."""
+    named = [f"{app} {sha[:12]}" for app, sha in sorted(new.items())[:LOGGED_COMMITS]]
+    more = len(new) - len(named)
+    return f"new commits ({len(new)}): " + ", ".join(named) + (f", and {more} more" if more else "")
 
 
 def _dump(cursor: Mapping[str, str]) -> str:

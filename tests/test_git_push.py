@@ -13,7 +13,7 @@ from infra_assets.app_images import build_job_name, partitions_def_name
 from infra_assets.local_site.processes import free_port
 from infra_assets.model import load_topology
 from resources.git import GitError, GitResource, resolve_repo
-from sensors.git_push import SENSOR_NAME
+from sensors.git_push import SENSOR_NAME, summarise_commits
 
 
 def test_head_reads_the_branch_tip_of_a_local_repo(app_repos):
@@ -177,3 +177,11 @@ def test_the_requested_partition_and_run_exist_in_the_code_location(two_apps, tm
         assert run.partition_key in keys
     assert instance.get_dynamic_partitions(partitions_def_name("hello")) == [shas["hello"]]
     assert build_job_name("hello-world") == "build_hello_world"
+
+
+def test_the_tick_log_names_a_few_new_commits_and_counts_the_rest():
+    new = {f"app-{i:03d}": f"{i:040x}" for i in range(200)}
+    line = summarise_commits(new)
+    assert line.startswith("new commits (200): app-000 000000000000, app-001 000000000000")
+    assert line.endswith(", and 190 more") and "app-010" not in line
+    assert summarise_commits({"hello": "ab" * 20}) == "new commits (1): hello abababababab"
