@@ -36,6 +36,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar
 
+from infra_assets.local_site.processes import free_port
 from infra_assets.model import Topology, address_plan, load_topology
 from infra_assets.paths import REPO_ROOT, default_topology, state_dir
 
@@ -287,7 +288,7 @@ class ProcessSite(Site):
                 taken.add(current)
                 return current
             while True:
-                candidate = _free_port()
+                candidate = free_port()
                 if candidate not in taken and _port_free(candidate):
                     taken.add(candidate)
                     return candidate
@@ -388,12 +389,6 @@ def salt_master_config() -> Path:
     if env:
         return Path(env).absolute()
     return site_for(load_topology(default_topology())).salt_master_config()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _port_free(port: int) -> bool:

@@ -124,3 +124,11 @@ def test_sigint_is_not_inherited_as_ignored(tmp_path):
         signal.signal(signal.SIGINT, previous)
     assert log.read_text().strip() == "True"
     sup.stop("int", sig=signal.SIGINT)
+
+
+def test_free_ports_are_outside_the_kernels_ephemeral_range_and_free():
+    low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+    ports = {free_port() for _ in range(50)}
+    assert all(20000 <= p < low for p in ports)
+    for port in ports:
+        assert not port_open(port)

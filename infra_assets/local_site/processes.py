@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -198,11 +199,36 @@ def _tail(log: Path, lines: int = 20) -> str:
         return "(no log)"
 
 
+# Ports for the site's services come from below the kernel's ephemeral range: a port in that
+# range can be taken at any moment as the source port of an outgoing connection, or handed to
+# another program's bind(0), between the moment it is chosen and the moment a service binds it.
+SERVICE_PORTS_FROM = 20000
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
+    """A TCP port on 127.0.0.1 that nothing holds right now, outside the ephemeral range."""
+    try:
+        ephemeral_low = int(EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 32768  # Linux's default
+    if ephemeral_low - SERVICE_PORTS_FROM >= 1000:
+        for _ in range(100):
+            port = random.randrange(SERVICE_PORTS_FROM, ephemeral_low)
+            if _bindable(port):
+                return port
+    with socket.socket() as sock:  # a crowded or unusual range: let the kernel choose
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
