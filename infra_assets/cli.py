@@ -112,6 +112,7 @@ def dev(port: int) -> None:
     else:
         argv = [str(bin_dir / "dagster"), "dev", "-w", workspace]
     argv += ["-h", "127.0.0.1", "-p", str(port)]
+    os.chdir(home)  # dagster.yaml names its storage relative to the instance's folder
     os.execve(argv[0], argv, {**os.environ, "DAGSTER_HOME": str(home)})
 
 

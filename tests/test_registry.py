@@ -8,8 +8,11 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import dagster as dg
@@ -81,6 +84,51 @@ def test_one_registry_the_salt_configured_one_with_tls_and_htpasswd(delivery_sit
     # site.json, which the Dagster resources read, says the same.
     recorded = json.loads((delivery_site.site.root / "site.json").read_text())["registry"]
     assert recorded["url"] == registry["url"] and recorded["ca_file"] == registry["ca_file"]
+
+
+def test_infra_local_up_starts_the_registry(delivery_site, repo_root, tmp_path, monkeypatch):
+    """`infra local up` brings the registry up as the co-op's servers get it: the registry host's
+    role applied through Dagster (highstate/docker-registry, its keys and pillar first), recorded
+    on the instance. Here the site's registry is stopped first; `up` starts it again."""
+    before = delivery_site.status()["registry"]
+    assert before["running"] is True
+    os.kill(before["pid"], signal.SIGTERM)
+    _wait_until(lambda: not delivery_site.status()["registry"]["running"], timeout_s=15)
+    home = tmp_path / "dagster"
+    home.mkdir()
+    shutil.copy(repo_root / "dagster.yaml", home / "dagster.yaml")
+    out = subprocess.run(
+        [INFRA, "local", "up", "--topology", str(delivery_site.topology)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **delivery_site.env, "DAGSTER_HOME": str(home)},
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    after = delivery_site.status()["registry"]
+    assert after["running"] is True and after["pid"] != before["pid"]
+    assert after["url"] == before["url"]
+    assert f"registry: {after['url']}" in out.stdout
+    url = f"{after['url']}/v2/"
+    assert requests.get(url, verify=after["ca_file"], timeout=5).status_code == 401
+    secrets = yaml.safe_load(Path(after["secrets_file"]).read_text())
+    ci = ("ci", secrets["registry"]["users"]["ci"])
+    assert requests.get(url, auth=ci, verify=after["ca_file"], timeout=5).status_code == 200
+    assert ci[1] not in out.stdout + out.stderr
+    # The role was applied by a Dagster run, on the instance `up` was given.
+    monkeypatch.chdir(home)  # dagster.yaml names its storage relative to the instance's folder
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        event = instance.get_latest_materialization_event(
+            dg.AssetKey(["highstate", "docker-registry"])
+        )
+    assert event is not None
+
+
+def _wait_until(predicate, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
 
 
 def test_the_resource_finds_the_local_sites_registry(registry_site, monkeypatch):

@@ -177,7 +177,8 @@ def test_status_json_reports_the_master_and_every_minion(salt_site):
 def test_up_twice_changes_nothing(salt_site):
     before = {r.name: r.pid for r in salt_site.site.supervisor.running()}
     out = subprocess.run(
-        [INFRA, "local", "up", "--topology", str(TOPOLOGY)],
+        # --no-registry: the salt processes only (starting the registry is test_registry's).
+        [INFRA, "local", "up", "--no-registry", "--topology", str(TOPOLOGY)],
         capture_output=True,
         text=True,
         env={**os.environ, **salt_site.env},

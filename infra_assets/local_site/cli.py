@@ -34,15 +34,25 @@ def local() -> None:
 
 @local.command()
 @TOPOLOGY_OPT
-def up(topology_file: Path) -> None:
-    """Start the local site's services (safe to run twice)."""
+@click.option(
+    "--no-registry",
+    is_flag=True,
+    help="Only the salt master and minions: leave the registry host's role unapplied.",
+)
+def up(topology_file: Path, no_registry: bool) -> None:
+    """Start the local site's services (safe to run twice): the salt master, a minion per host,
+    then the registry (its host's role, highstate/docker-registry, materialised by Dagster)."""
     from infra_assets.local_site.processes import ProcessError
+    from infra_assets.local_site.registry import ROLE, apply_registry_role
     from infra_assets.secrets import SecretsError
     from infra_assets.sites import SiteError
 
     site = _site(topology_file)
     try:
         status = site.up()
+        if not no_registry and site.topology().hosts_with_role(ROLE):
+            apply_registry_role(topology_file)
+            status = site.write_status()
     except TopologyError as err:
         click.echo(err.render(), err=True)
         sys.exit(2)
@@ -54,6 +64,9 @@ def up(topology_file: Path) -> None:
         sys.exit(1)
     names = [k for k in status if k not in ("topology", "state_dir")]
     click.echo(f"local site up ({', '.join(names) or 'no services yet'}); state in {site.root}")
+    registry = status.get("registry") or {}
+    if registry.get("running"):
+        click.echo(f"registry: {registry['url']} (CA {registry['ca_file']})")
 
 
 @local.command()

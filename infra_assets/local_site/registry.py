@@ -4,19 +4,26 @@ There is one registry, configured as production's is: Docker Distribution (Debia
 `docker-registry`) run by the salt `registry` state on the topology's docker-registry host
 (support-1), with TLS (the certificate in the secrets) and htpasswd auth (accounts `ci`, which
 pushes, and `deploy`, which pulls; their passwords in the secrets). The state starts it when the
-host's role is applied (highstate/docker-registry: `make demo`, or the `configure` job), like
-nginx and dnsmasq, and `infra local down` stops it with them (hosts.py).
+host's role is applied, like nginx and dnsmasq, and `infra local down` stops it with them
+(hosts.py).
 
-This service starts nothing. `up` writes the registry's certificate where this machine's clients
-(RegistryResource, podman for the builds) read it, `<site>/registry/tls/ca.crt`, and `status`
-reports where the registry is (`infra local status --json`: `registry.url`, `ca_file`, the
-account Dagster uses and the secrets file that holds the passwords; never a password), which
-`site.json` keeps for the Dagster resources.
+`infra local up` applies that role the way the co-op's servers get it: after the salt master and
+minions are up it materialises highstate/docker-registry and what that needs (the topology, the
+minions' keys, the pillar) on the repo's Dagster instance (`apply_registry_role`;
+`--no-registry` leaves it out). `make demo` and the `configure` job apply it with every role.
+
+This service itself starts nothing: `up` writes the registry's certificate where this machine's
+clients (RegistryResource, podman for the builds) read it, `<site>/registry/tls/ca.crt`, and
+`status` reports where the registry is (`infra local status --json`: `registry.url`,
+`ca_file`, the account Dagster uses and the secrets file that holds the passwords; never a
+password), which `site.json` keeps for the Dagster resources.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -85,3 +92,32 @@ class RegistryService:
             "passwords": "registry.users.<account> in the secrets file",
             "storage": f"{ps.host_root(host)}/var/lib/docker-registry",
         }
+
+
+def apply_registry_role(topology_file: Path) -> None:
+    """The registry host's role, applied through Dagster: `dagster asset materialize --select
+    '*highstate/docker-registry'` (the run and its materialisations are in the UI like any other).
+    Raises ProcessError with the run's error lines when it fails."""
+    from infra_assets.local_site.processes import ProcessError
+    from infra_assets.paths import dagster_home
+
+    home = dagster_home()
+    argv = [
+        str(Path(sys.executable).parent / "dagster"),
+        "asset",
+        "materialize",
+        "-m",
+        "infra_assets.definitions",
+        "--select",
+        f"*highstate/{ROLE}",
+    ]
+    env = {**os.environ, "INFRA_TOPOLOGY": str(topology_file.absolute()), "DAGSTER_HOME": str(home)}
+    # dagster.yaml names its storage relative to the instance's folder.
+    proc = subprocess.run(argv, env=env, cwd=home, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        lines = (proc.stdout + proc.stderr).splitlines()
+        errors = [line for line in lines if "ERROR" in line or "Failure" in line][-8:]
+        raise ProcessError(
+            f"applying the {ROLE} role failed (`{' '.join(argv[1:])}`, exit {proc.returncode}):\n"
+            + "\n".join(errors or lines[-15:])
+        )
