@@ -12,7 +12,7 @@ export UV_PYTHON_DOWNLOADS := never
 # The site `make demo` and `make dev` work on; the co-op's own is topology.yaml.
 TOPOLOGY ?= topology.local.yaml
 DEV_PORT ?= 3000
-UV = $(shell command -v uv 2>/dev/null || echo python3 -m uv)
+UV = $(shell command -v uv 2>/dev/null || { test -x .tools/bin/uv && echo .tools/bin/uv; } || echo python3 -m uv)
 RUN = $(UV) run --locked --no-sync
 
 .PHONY: help setup test lint demo dev bench
