@@ -1,10 +1,12 @@
 {#- Every host: its salt minion's config, the folders the other states write into, base packages,
-    and a record of what the topology says this host is (/etc/coop/host.json). Every role's states
-    include this. An image bake (lib/site.jinja: bake) gets the packages and the folders only. #}
+    a record of what the topology says this host is (/etc/coop/host.json) and, on a server, its
+    service addresses (common/addresses.sls). Every role's states include this. An image bake
+    (lib/site.jinja: bake) gets the packages and the folders only. #}
 {%- from "lib/site.jinja" import root, local, bake with context %}
 
 include:
   - salt.minion
+  - common.addresses
 
 common-packages:
   pkg.installed:
