@@ -46,7 +46,13 @@ variable "flavor" {
 variable "networks" {
   type        = list(string)
   default     = []
-  description = "Network ids for the build instance (empty: the project's default)."
+  description = "Network ids for the build instance (empty: found by network_discovery_cidrs, else the project's default)."
+}
+
+variable "network_discovery_cidrs" {
+  type        = list(string)
+  default     = []
+  description = "With no networks: the build instance joins the network whose subnet is in one of these (a location's 10.N.0.0/16)."
 }
 
 variable "floating_ip_network" {
@@ -108,16 +114,17 @@ locals {
 }
 
 source "openstack" "role" {
-  cloud               = var.cloud
-  region              = var.region
-  source_image_name   = var.source_image_name
-  flavor              = var.flavor
-  networks            = var.networks
-  floating_ip_network = var.floating_ip_network
-  security_groups     = var.security_groups
-  ssh_username        = var.ssh_username
-  image_name          = var.image_name
-  image_visibility    = "private"
+  cloud                   = var.cloud
+  region                  = var.region
+  source_image_name       = var.source_image_name
+  flavor                  = var.flavor
+  networks                = var.networks
+  network_discovery_cidrs = var.network_discovery_cidrs
+  floating_ip_network     = var.floating_ip_network
+  security_groups         = var.security_groups
+  ssh_username            = var.ssh_username
+  image_name              = var.image_name
+  image_visibility        = "private"
   metadata = {
     coop_image_group     = var.group
     coop_roles           = join(",", local.roles)

@@ -154,6 +154,35 @@ def test_the_openstack_template_names_a_missing_salt_tree(tmp_path, fake):
     )
 
 
+def test_the_cloud_settings_let_packer_reach_the_build_instance(repo_root):
+    """The cloud's default security group blocks ssh: the build instance needs a group that lets
+    Packer in, and a network; the template hands both to the openstack source."""
+    import hcl2
+
+    def load(path: Path):
+        def unquote(value):
+            if isinstance(value, dict):
+                return {k.strip('"'): unquote(v) for k, v in value.items()}
+            if isinstance(value, list):
+                return [unquote(v) for v in value]
+            if isinstance(value, str) and len(value) >= 2 and value[0] == value[-1] == '"':
+                return value[1:-1]
+            return value
+
+        return unquote(hcl2.loads(path.read_text()))
+
+    settings = load(repo_root / "packer" / "clouds" / "catalyst.pkrvars.hcl")
+    assert settings["security_groups"] == ["coop-packer-build"]
+    assert settings["network_discovery_cidrs"] == ["10.100.0.0/16"]  # nz-por-1's network
+    template = load(repo_root / "packer" / "coop.pkr.hcl")
+    [source] = [s["openstack"]["role"] for s in template["source"] if "openstack" in s]
+    for key in ("security_groups", "networks", "network_discovery_cidrs", "floating_ip_network"):
+        assert source[key] == f"${{var.{key}}}", key
+    # and the README tells a person what to create on the cloud
+    readme = (repo_root / "README.md").read_text()
+    assert "coop-packer-build" in readme
+
+
 def test_templates_are_formatted(repo_root):
     for folder in (repo_root / "packer", HERE / "packer"):
         out = subprocess.run(

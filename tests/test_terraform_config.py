@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+import subprocess
 from pathlib import Path
 
 import hcl2
@@ -174,6 +175,59 @@ def test_the_cloud_init_points_the_minion_at_the_master(layout):
     }
     assert yaml.safe_load(files["/etc/salt/grains"]) == {"roles": ["web-staging", "dns"]}
     assert layout["cloud_init"].startswith("#cloud-config\n")
+
+
+def test_the_cloud_init_installs_the_minion_from_the_salt_project_pinned_as_the_images_do(
+    repo_root, layout, tmp_path
+):
+    """Debian 12 has no salt-minion: where an image lacks it, cloud-init adds the Salt Project's
+    repository, its key and the pin first, the same way and version as bake.sh."""
+    data = yaml.safe_load(layout["cloud_init"])
+    files = {f["path"]: f for f in data["write_files"]}
+    install = files["/usr/local/sbin/coop-install-salt-minion"]
+    assert install["permissions"] == "0755"
+    script = install["content"]
+    assert data["runcmd"][0] == ["/usr/local/sbin/coop-install-salt-minion"]
+    assert data["runcmd"][1:] == [
+        ["systemctl", "enable", "salt-minion"],
+        ["systemctl", "restart", "salt-minion"],
+    ]
+    # the rendered script is valid shell
+    path = tmp_path / "install.sh"
+    path.write_text(script)
+    assert subprocess.run(["sh", "-n", str(path)], capture_output=True).returncode == 0
+
+    def steps(text: str) -> list[str]:
+        joined = text.replace("\\\n", " ")
+        return [" ".join(line.split()) for line in joined.splitlines() if line.strip()]
+
+    lines = steps(script)
+    key, sources, pin, install_minion = (
+        next(i for i, line in enumerate(lines) if marker in line)
+        for marker in (
+            "/etc/apt/keyrings/salt-archive-keyring.pgp",
+            "/etc/apt/sources.list.d/salt.sources",
+            "/etc/apt/preferences.d/salt-pin-1001",
+            "apt-get install -y -q salt-minion",
+        )
+    )
+    assert key < sources < pin < install_minion
+    assert lines[install_minion - 1] == "apt-get update -q"  # after the repository is added
+    # the same commands as bake.sh's install_salt, and the same version as the images'
+    bake = (repo_root / "packer" / "scripts" / "bake.sh").read_text()
+    version = re.search(r"SALT_VERSION=\$\{SALT_VERSION:-([0-9.]+)\}", bake).group(1)
+    packer_default = re.search(
+        r'variable "salt_version" \{\s*type\s*=\s*string\s*default\s*=\s*"([0-9.]+)"',
+        (repo_root / "packer" / "coop.pkr.hcl").read_text(),
+    ).group(1)
+    assert version == packer_default
+    baked = steps(bake)
+    for step in (lines[key], lines[sources]):
+        assert step in baked, step
+    assert lines[pin] == (
+        "printf 'Package: salt-*\\nPin: version %s\\nPin-Priority: 1001\\n' "
+        f"{version} > /etc/apt/preferences.d/salt-pin-1001"
+    )
 
 
 def _hcl(path: Path) -> dict:

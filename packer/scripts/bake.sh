@@ -1,14 +1,21 @@
 #!/bin/sh
 # Bake a role group's salt states into an image, masterless: `salt-call --local state.highstate`
-# with the group's roles as pillar and grains, so the tree's top.sls picks the states by role.
-# Run by packer/coop.pkr.hcl on the build instance (as root), and by the tests on this machine.
+# with the group's roles as pillar and grains, so the tree's top.sls picks the states by role,
+# and `image_bake: true`, so the states install what is the same on every host and start nothing
+# (salt/lib/site.jinja). The pillar holds no host, site or secret: the server's first highstate
+# brings those. Run by packer/coop.pkr.hcl on the build instance (as root), and by the tests on
+# this machine (tests/test_bake_states.py: every group of images.json against the real salt/).
 #
 #   SALT_TREE      the state tree (a copy of the repo's salt/), required
 #   IMAGE_ROLES    the group's roles, comma-separated, required
 #   IMAGE_GROUP    the group's name (the bake's minion id is image-<group>)
 #   SALT_CALL      the salt-call to use (default: salt-call, installed when missing)
 #   SALT_VERSION   the salt version to install when salt-call is missing
-#   IMAGE_CLEANUP  1: leave no minion identity in the image (each server makes its own key)
+#   IMAGE_CLEANUP  1: a real image build: no package starts its service during the bake
+#                  (policy-rc.d), and no minion identity is left (each server makes its own key)
+#   IMAGE_ROOT     the prefix of every path the states write (pillar site:root; default "": /)
+#   SALT_ARGS      what salt-call runs (default: state.highstate; the tests: state.show_highstate,
+#                  or state.highstate test=True)
 set -eu
 
 : "${SALT_TREE:?SALT_TREE must name the salt state tree}"
@@ -16,6 +23,8 @@ set -eu
 IMAGE_GROUP=${IMAGE_GROUP:-image}
 SALT_CALL=${SALT_CALL:-salt-call}
 SALT_VERSION=${SALT_VERSION:-3008.4}
+IMAGE_ROOT=${IMAGE_ROOT:-}
+SALT_ARGS=${SALT_ARGS:-state.highstate}
 
 say() { printf 'bake: %s\n' "$*"; }
 
@@ -42,7 +51,17 @@ if ! command -v "$SALT_CALL" >/dev/null 2>&1; then
 fi
 
 work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+cleanup() {
+  rm -rf "$work"
+  if [ -n "${policy_rc:-}" ]; then rm -f /usr/sbin/policy-rc.d; fi
+}
+trap cleanup EXIT
+if [ "${IMAGE_CLEANUP:-0}" = 1 ] && [ ! -e /usr/sbin/policy-rc.d ]; then
+  # Packages (jenkins, postgresql, nginx, ...) start their services when installed: not in an image.
+  policy_rc=1
+  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+  chmod 0755 /usr/sbin/policy-rc.d
+fi
 mkdir -p "$work/pillar"
 roles_yaml=$(printf '%s' "$IMAGE_ROLES" | tr ',' '\n' | sed 's/^/  - /')
 cat > "$work/minion" <<CONF
@@ -69,10 +88,14 @@ image_bake: true
 image_group: $IMAGE_GROUP
 roles:
 $roles_yaml
+site:
+  kind: image
+  root: "$IMAGE_ROOT"
 PILLAR
 
 say "applying the states of $IMAGE_ROLES from $SALT_TREE"
-"$SALT_CALL" --local --config-dir="$work" --retcode-passthrough --state-output=terse state.highstate
+# shellcheck disable=SC2086 # SALT_ARGS is words
+"$SALT_CALL" --local --config-dir="$work" --retcode-passthrough --state-output=terse $SALT_ARGS
 
 if [ "${IMAGE_CLEANUP:-0}" = 1 ]; then
   say "removing the minion identity and caches from the image"

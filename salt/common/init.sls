@@ -1,10 +1,12 @@
 {#- Every host: its salt minion's config, the folders the other states write into, base packages,
-    and a record of what the topology says this host is (/etc/coop/host.json). Every role's
-    states include this. #}
-{%- from "lib/site.jinja" import root, local with context %}
+    a record of what the topology says this host is (/etc/coop/host.json) and, on a server, its
+    service addresses (common/addresses.sls). Every role's states include this. An image bake
+    (lib/site.jinja: bake) gets the packages and the folders only. #}
+{%- from "lib/site.jinja" import root, local, bake with context %}
 
 include:
   - salt.minion
+  - common.addresses
 
 common-packages:
   pkg.installed:
@@ -21,6 +23,8 @@ common-dir-{{ dir | replace('/', '-') }}:
 {%- endif %}
 {%- endfor %}
 
+{%- if not bake %}
+
 common-host-record:
   file.serialize:
     - name: {{ root }}/etc/coop/host.json
@@ -35,3 +39,4 @@ common-host-record:
     - mode: '0644'
     - require:
       - file: common-dir-etc-coop
+{%- endif %}

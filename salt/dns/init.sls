@@ -1,9 +1,8 @@
 {#- DNS for the network: dnsmasq answering from the address plan (pillar dns:hosts, rendered from
     the topology by the ip_plan asset's logic). On the local site it listens on 127.0.0.1 on a
     port of its own and forwards nothing. #}
-{%- from "lib/site.jinja" import root, local with context %}
+{%- from "lib/site.jinja" import root, local, bake with context %}
 {%- from "lib/daemon.jinja" import daemon with context %}
-{%- set dns = pillar['dns'] %}
 {%- set conf = root ~ '/etc/dnsmasq.d/coop.conf' %}
 {%- set hosts = root ~ '/etc/coop/dns/hosts' %}
 
@@ -14,6 +13,8 @@ dns-packages:
   pkg.installed:
     - pkgs: [dnsmasq]
     - refresh: False
+{%- if not bake %}
+{%- set dns = pillar['dns'] %}
 
 dns-hosts:
   file.managed:
@@ -53,3 +54,4 @@ dns-dir-{{ dir | replace('/', '-') }}:
           dns.get('pidfile', ''),
           watch=[{'file': 'dns-config'}, {'file': 'dns-hosts'}], on_change='restart',
           host=dns['listen'], port=dns['port']) }}
+{%- endif %}

@@ -1,8 +1,8 @@
 {#- A Jenkins agent: the build tools (podman with runc, buildah, git, Java for the agent itself),
     and the registry's push account (`ci`) and certificate, so builds push images. On a server the
-    agent runs as the `jenkins` user; the local site creates no users, it writes under the root. #}
-{%- from "lib/site.jinja" import root, local with context %}
-{%- set agent = pillar['jenkins_agent'] %}
+    agent runs as the `jenkins` user; the local site creates no users, it writes under the root.
+    An image bake: the tools, the user and the container runtime's settings. #}
+{%- from "lib/site.jinja" import root, local, bake with context %}
 {%- set client = pillar.get('registry_client', {}) %}
 {%- set home = root ~ '/var/lib/jenkins' %}
 
@@ -42,6 +42,8 @@ jenkins-agent-containers-conf:
         # Managed by salt (salt/jenkins/agent.sls).
         [engine]
         runtime = "runc"
+{%- if not bake %}
+{%- set agent = pillar['jenkins_agent'] %}
 
 jenkins-agent-master:
   file.managed:
@@ -76,4 +78,5 @@ jenkins-agent-registry-auth:
             auth: {{ salt['hashutil.base64_b64encode'](client['user'] ~ ':' ~ client['password']) | json }}
     - require:
       - file: jenkins-agent-home
+{%- endif %}
 {%- endif %}

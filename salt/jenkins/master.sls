@@ -4,10 +4,10 @@
     installed by Jenkins' own plugin manager, not by a package).
 
     The local site has no Jenkins: the repository is added on servers only, so a real apply on the
-    local site fails at the `jenkins` package; dry runs show what a server gets. #}
-{%- from "lib/site.jinja" import root, local with context %}
+    local site fails at the `jenkins` package; dry runs show what a server gets. An image bake:
+    the repository and the packages (the bake keeps the package from starting Jenkins). #}
+{%- from "lib/site.jinja" import root, local, bake with context %}
 {%- from "lib/daemon.jinja" import daemon with context %}
-{%- set jenkins = pillar['jenkins'] %}
 {%- set home = root ~ '/var/lib/jenkins' %}
 
 include:
@@ -28,6 +28,8 @@ jenkins-packages:
   pkg.installed:
     - pkgs: [openjdk-17-jre-headless, fontconfig, jenkins]
     - refresh: {{ not local }}
+{%- if not bake %}
+{%- set jenkins = pillar['jenkins'] %}
 
 jenkins-casc:
   file.managed:
@@ -84,3 +86,4 @@ jenkins-systemd-reload:
           watch=[{'file': 'jenkins-casc'}, {'file': 'jenkins-environment'}], on_change='restart',
           detach=True, log=root ~ '/var/log/jenkins.log', host=jenkins['listen'],
           port=jenkins['port'], require=[{'pkg': 'jenkins-packages'}]) }}
+{%- endif %}

@@ -1,8 +1,10 @@
 {#- The npm cache: verdaccio 6.8 from the npm registry (node-fetch pinned to 2.7 so that it runs
-    on Node 20), proxying registry.npmjs.org, listening on the host's npm-cache address. #}
-{%- from "lib/site.jinja" import root, local with context %}
+    on Node 20), proxying registry.npmjs.org, listening on the host's npm-cache address. An image
+    bake installs verdaccio and its unit, and configures and starts nothing. #}
+{%- from "lib/site.jinja" import root, local, bake with context %}
 {%- from "lib/daemon.jinja" import daemon with context %}
-{%- set npm = pillar['npm_cache'] %}
+{#- The bake's pillar has no npm_cache block: verdaccio comes from the public registry then. #}
+{%- set uplink = salt['pillar.get']('npm_cache:uplink', 'https://registry.npmjs.org/') %}
 {%- set app = root ~ '/opt/verdaccio' %}
 {%- set storage = root ~ '/var/lib/verdaccio' %}
 {%- set conf = root ~ '/etc/verdaccio/config.yaml' %}
@@ -50,11 +52,39 @@ npm-cache-package-json:
 
 npm-cache-install:
   cmd.run:
-    - name: npm install --prefix {{ app }} --omit=dev --no-audit --no-fund --registry {{ npm['uplink'] }}
+    - name: npm install --prefix {{ app }} --omit=dev --no-audit --no-fund --registry {{ uplink }}
     - unless: test -x {{ app }}/node_modules/.bin/verdaccio -a {{ app }}/node_modules/.package-lock.json -nt {{ app }}/package.json
     - require:
       - pkg: npm-cache-packages
       - file: npm-cache-package-json
+{%- if not local %}
+
+npm-cache-unit:
+  file.managed:
+    - name: {{ root }}/etc/systemd/system/verdaccio.service
+    - makedirs: True
+    - mode: '0644'
+    - contents: |
+        [Unit]
+        Description=verdaccio npm cache (coop-infra)
+        After=network-online.target
+        [Service]
+        User=verdaccio
+        ExecStart=/usr/bin/node {{ app }}/node_modules/verdaccio/bin/verdaccio --config {{ conf }}
+        Restart=on-failure
+        [Install]
+        WantedBy=multi-user.target
+{%- if not bake %}
+  cmd.run:
+    - name: systemctl daemon-reload
+    - onchanges:
+      - file: npm-cache-unit
+    - require_in:
+      - service: npm-cache-running
+{%- endif %}
+{%- endif %}
+{%- if not bake %}
+{%- set npm = pillar['npm_cache'] %}
 
 npm-cache-config:
   file.managed:
@@ -78,29 +108,6 @@ npm-cache-config:
             publish: $authenticated
             proxy: npmjs
         log: {type: stdout, format: pretty, level: warn}
-{%- if not local %}
-
-npm-cache-unit:
-  file.managed:
-    - name: /etc/systemd/system/verdaccio.service
-    - mode: '0644'
-    - contents: |
-        [Unit]
-        Description=verdaccio npm cache (coop-infra)
-        After=network-online.target
-        [Service]
-        User=verdaccio
-        ExecStart=/usr/bin/node {{ app }}/node_modules/verdaccio/bin/verdaccio --config {{ conf }}
-        Restart=on-failure
-        [Install]
-        WantedBy=multi-user.target
-  cmd.run:
-    - name: systemctl daemon-reload
-    - onchanges:
-      - file: npm-cache-unit
-    - require_in:
-      - service: npm-cache-running
-{%- endif %}
 
 {{ daemon('npm-cache', 'verdaccio', '/usr/bin/node',
           app ~ '/node_modules/verdaccio/bin/verdaccio --config ' ~ conf,
@@ -108,3 +115,4 @@ npm-cache-unit:
           watch=[{'file': 'npm-cache-config'}, {'cmd': 'npm-cache-install'}], on_change='restart',
           detach=True, log=root ~ '/var/log/verdaccio.log', host=npm['listen'], port=npm['port'],
           require=[{'file': 'npm-cache-storage'}]) }}
+{%- endif %}

@@ -1,9 +1,9 @@
 {#- PostgreSQL 15 listening on its private address, a role and a database per app and environment
     (passwords from the secrets pillar, stored as SCRAM verifiers). On the local site the cluster
-    lives under the host's root, runs as the postgres user on 127.0.0.1 on a port of its own. #}
-{%- from "lib/site.jinja" import root, local with context %}
+    lives under the host's root, runs as the postgres user on 127.0.0.1 on a port of its own.
+    An image bake: the package (the bake keeps Debian's cluster from starting). #}
+{%- from "lib/site.jinja" import root, local, bake with context %}
 {%- from "lib/daemon.jinja" import daemon with context %}
-{%- set pg = pillar['postgres'] %}
 {%- set bin = '/usr/lib/postgresql/15/bin' %}
 {%- set etc = root ~ '/etc/postgresql/15/main' %}
 {%- set data = root ~ '/var/lib/postgresql/15/main' %}
@@ -16,6 +16,8 @@ postgres-packages:
   pkg.installed:
     - pkgs: [postgresql-15]
     - refresh: False
+{%- if not bake %}
+{%- set pg = pillar['postgres'] %}
 
 {%- if local %}
 postgres-data-dir:
@@ -117,3 +119,4 @@ postgres-db-{{ name }}:
     - require:
       - postgres_user: postgres-role-{{ name }}
 {%- endfor %}
+{%- endif %}

@@ -1,9 +1,8 @@
 {#- The private docker registry: Debian's docker-registry (Docker Distribution 2.8) with htpasswd
     auth (bcrypt hashes from the pillar; the passwords themselves never reach this host) and TLS
-    (the certificate and key from the secrets pillar). #}
-{%- from "lib/site.jinja" import root, local with context %}
+    (the certificate and key from the secrets pillar). An image bake: the package and folders. #}
+{%- from "lib/site.jinja" import root, local, bake with context %}
 {%- from "lib/daemon.jinja" import daemon with context %}
-{%- set reg = pillar['registry'] %}
 {%- set etc = root ~ '/etc/docker/registry' %}
 {%- set group = 'root' if local else 'docker-registry' %}
 
@@ -32,6 +31,8 @@ registry-etc:
     - makedirs: True
     - mode: '0750'
     - group: {{ group }}
+{%- if not bake %}
+{%- set reg = pillar['registry'] %}
 
 registry-htpasswd:
   file.managed:
@@ -81,3 +82,4 @@ registry-config:
                  {'file': 'registry-tls-cert'}, {'file': 'registry-tls-key'}],
           on_change='restart', detach=True, log=root ~ '/var/log/docker-registry.log',
           host=reg['listen'], port=reg['port'], require=[{'file': 'registry-storage'}]) }}
+{%- endif %}

@@ -1,12 +1,22 @@
 {#- The salt master: binds to its private address only, accepts no key by itself (the `minions`
     asset accepts exactly the hosts of the topology), serves this repo's states and the pillar
     generated from the topology. On the local site `infra local up` runs the master with the same
-    settings (on 127.0.0.1); the file is written for the record and not read by it. #}
-{%- from "lib/site.jinja" import root, local with context %}
-{%- set master = pillar['salt']['master'] %}
+    settings (on 127.0.0.1); the file is written for the record and not read by it. On a server
+    the package comes from the Salt Project's repository, pinned to the minion's version (an
+    image bake sets it up: packer/scripts/bake.sh); an image bake installs it and no more. #}
+{%- from "lib/site.jinja" import root, local, bake with context %}
 
 include:
   - common
+{%- if not local %}
+
+salt-master-packages:
+  pkg.installed:
+    - pkgs: [salt-master]
+    - refresh: False
+{%- endif %}
+{%- if not bake %}
+{%- set master = pillar['salt']['master'] %}
 
 salt-master-pillar-dir:
   file.directory:
@@ -40,4 +50,5 @@ salt-master-restart:
     - bg: True
     - onchanges:
       - file: salt-master-config
+{%- endif %}
 {%- endif %}

@@ -1,8 +1,16 @@
 {#- Every host is a salt minion whose id is its host name and whose master is the salt-master
     host's address. On a server the minion restarts itself when this changes. On the local site
     `infra local up` configures the minion processes: the file is written for the record under the
-    host's root, and the local minion does not read it (it could never cut itself off the master). #}
-{%- from "lib/site.jinja" import root, local with context %}
+    host's root, and the local minion does not read it (it could never cut itself off the master).
+    An image bake leaves it out: the image has no id and no master (cloud-init writes both on
+    the server's first boot: terraform/instances/cloud-init.yaml.tftpl). #}
+{%- from "lib/site.jinja" import root, local, bake with context %}
+{%- if bake %}
+
+salt-minion-bake:
+  test.nop:
+    - name: the minion's id and master are the server's, written by cloud-init at first boot
+{%- else %}
 {%- set minion = pillar['salt']['minion'] %}
 
 salt-minion-config:
@@ -24,4 +32,5 @@ salt-minion-restart:
     - bg: True
     - onchanges:
       - file: salt-minion-config
+{%- endif %}
 {%- endif %}

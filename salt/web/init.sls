@@ -7,10 +7,11 @@
     Containers: {root}/etc/containers/containers.conf (and on the local site storage.conf; point
     CONTAINERS_CONF and CONTAINERS_STORAGE_CONF at them), pulls authenticate with
     {root}/etc/containers/auth.json and trust {root}/etc/containers/certs.d/<registry>/ca.crt.
-    catatonit: the containers run with --init. #}
-{%- from "lib/site.jinja" import root, local with context %}
+    catatonit: the containers run with --init. An image bake: the packages, nginx's folders and the
+    container runtime's settings; nginx's own config names the host's address, so it waits for
+    the server's first highstate. #}
+{%- from "lib/site.jinja" import root, local, bake with context %}
 {%- from "lib/daemon.jinja" import daemon with context %}
-{%- set web = pillar['web'] %}
 {%- set prefix = root ~ '/etc/nginx/' %}
 {%- set client = pillar.get('registry_client', {}) %}
 
@@ -31,6 +32,8 @@ web-dir-{{ dir | replace('/', '-') }}:
     - require:
       - pkg: web-packages
 {%- endfor %}
+{%- if not bake %}
+{%- set web = pillar['web'] %}
 
 web-nginx-config:
   file.managed:
@@ -57,6 +60,7 @@ web-nginx-config:
           web.get('pidfile', ''),
           watch=[{'file': 'web-nginx-config'}], on_change='reload',
           host=web['listen'], port=web['port']) }}
+{%- endif %}
 
 web-containers-conf:
   file.managed:
@@ -94,7 +98,7 @@ web-containers-storage:
         graphroot = "{{ root }}/var/lib/containers/storage"
         runroot = "{{ root }}/run/containers/storage"
 {%- endif %}
-{%- if client %}
+{%- if client and not bake %}
 
 web-registry-ca:
   file.managed:

@@ -1,0 +1,166 @@
+"""The image bake against the REAL salt/ tree: the real packer/scripts/bake.sh, whose salt step is
+`salt-call --local` with the bake's pillar and grains (`image_bake: true`, the group's roles, no
+host, site or secret), for every role group of packer/images.json. Each group's highstate runs
+in test mode (every state renders and is checked: packages looked up, templates rendered); the
+web group's is applied for real, under a root folder of the test's own (pillar site:root) on
+this machine, whose packages scripts/apt-packages.txt has installed already. The bake's own
+minion files live in a temporary folder of bake.sh's; nothing is written to this machine's /etc.
+
+No Packer here: tests/test_packer.py runs bake.sh inside a real Packer build, with a tiny tree.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+HERE = Path(__file__).parent
+REPO = HERE.parent
+SALT_CALL = str(Path(sys.executable).parent / "salt-call")
+GROUPS: dict[str, dict] = json.loads((REPO / "packer" / "images.json").read_text())
+ROLE_STATES: dict[str, list[str]] = yaml.safe_load((REPO / "salt" / "roles.yaml").read_text())
+
+# What a bake may do: install packages (and the repositories and users they need), write files
+# and folders, and run one install command; never start, enable or restart a service.
+BAKE_FUNCTIONS = {
+    "pkg.installed",
+    "pkgrepo.managed",
+    "user.present",
+    "file.managed",
+    "file.directory",
+    "test.nop",
+    "cmd.run",
+}
+BAKE_COMMANDS = {"npm-cache-install"}  # fetches verdaccio: the same on every host
+# What each group's image gets: its services' packages (and what installs them)...
+BAKED = {
+    "support": {
+        "salt-master-packages",
+        "jenkins-repo",
+        "jenkins-packages",
+        "registry-packages",
+        "npm-cache-packages",
+        "npm-cache-install",
+        "npm-cache-unit",
+        "dns-packages",
+    },
+    "builder": {"jenkins-agent-packages", "jenkins-agent-user", "jenkins-agent-containers-conf"},
+    "web": {"web-packages", "web-containers-conf"},
+    "postgres": {"postgres-packages"},
+}
+# ... and never what names the host, its addresses or ports, or a secret: the first highstate's.
+NOT_BAKED = {
+    "common-host-record",
+    "salt-minion-config",
+    "salt-master-config",
+    "jenkins-casc",
+    "jenkins-environment",
+    "jenkins-agent-master",
+    "registry-config",
+    "registry-htpasswd",
+    "registry-tls-key",
+    "npm-cache-config",
+    "dns-config",
+    "dns-hosts",
+    "web-nginx-config",
+    "web-registry-auth",
+    "postgres-config",
+    "postgres-hba",
+}
+
+
+def bake(group: str, root: Path, out: Path, salt_args: str) -> dict[str, dict]:
+    """Run the real bake.sh for `group` with `salt_args`; the state results by key."""
+    env = {
+        **os.environ,
+        "SALT_TREE": str(REPO / "salt"),
+        "IMAGE_ROLES": ",".join(GROUPS[group]["roles"]),
+        "IMAGE_GROUP": group,
+        "SALT_CALL": SALT_CALL,
+        "IMAGE_ROOT": str(root),
+        "SALT_ARGS": f"--out=json --out-file={out} {salt_args}",
+    }
+    run = subprocess.run(
+        ["sh", str(REPO / "packer" / "scripts" / "bake.sh")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert run.returncode == 0, f"bake of {group} failed:\n{run.stdout}\n{run.stderr}"
+    assert f"bake: applying the states of {env['IMAGE_ROLES']}" in run.stdout
+    results = json.loads(out.read_text())["local"]
+    assert isinstance(results, dict), results  # a list is salt's list of render errors
+    return results
+
+
+def parse(key: str) -> tuple[str, str, str]:
+    """(function, id, name) from a state result's key `module_|-id_|-name_|-function`."""
+    module, sid, name, function = key.split("_|-")
+    return f"{module}.{function}", sid, name
+
+
+@pytest.mark.parametrize("group", sorted(GROUPS))
+def test_every_group_s_states_render_and_check_in_bake_mode(group, tmp_path):
+    root = tmp_path / "root"
+    results = bake(group, root, tmp_path / "out.json", "state.highstate test=True")
+
+    failed = {k: r["comment"] for k, r in results.items() if r["result"] is False}
+    assert not failed, failed
+    # the group's roles bring their states (roles.yaml), and every host's
+    expected = {"common", "salt.minion"}
+    for role in GROUPS[group]["roles"]:
+        expected |= set(ROLE_STATES[role])
+    assert {r["__sls__"] for r in results.values()} >= expected
+
+    for key in results:
+        function, sid, name = parse(key)
+        assert function in BAKE_FUNCTIONS, f"{group}: {sid} ({function}) in a bake"
+        if function == "cmd.run":
+            assert sid in BAKE_COMMANDS, f"{group}: {sid} runs `{name}` in a bake"
+        if function.startswith("file."):
+            assert name.startswith(f"{root}/"), f"{group}: {sid} writes {name} outside the root"
+    ids = {parse(k)[1] for k in results}
+    assert BAKED[group] | {"common-packages"} <= ids
+    assert not ids & NOT_BAKED, ids & NOT_BAKED
+    assert not any(i.startswith("common-addresses") for i in ids)
+    # test mode: nothing written
+    assert not root.exists()
+
+
+def test_the_web_bake_applies_for_real_under_a_root_and_twice_changes_nothing(tmp_path):
+    packages = ["ca-certificates", "curl", "python3"]
+    packages += ["nginx-light", "podman", "runc", "catatonit", "uidmap", "slirp4netns"]
+    missing = [
+        p
+        for p in packages
+        if "install ok installed"
+        not in subprocess.run(
+            ["dpkg-query", "-W", "-f=${Status}", p], capture_output=True, text=True
+        ).stdout
+    ]
+    # a real apply would install them on this machine: scripts/setup installs them beforehand
+    assert not missing, f"run `make setup` (scripts/apt-packages.txt) first: missing {missing}"
+
+    root = tmp_path / "root"
+    results = bake("web", root, tmp_path / "out.json", "state.highstate")
+    assert all(r["result"] is True for r in results.values()), results
+    changed = {parse(k)[1]: parse(k)[2] for k, r in results.items() if r["changes"]}
+    assert all(name.startswith(f"{root}/") for name in changed.values()), changed
+    assert "web-packages" not in changed and "common-packages" not in changed
+
+    conf = (root / "etc" / "containers" / "containers.conf").read_text()
+    assert 'runtime = "runc"' in conf and "cgroupfs" not in conf  # a server's, not the local site's
+    for folder in ("etc/nginx/conf.d", "var/log/nginx", "var/lib/nginx/body", "etc/coop"):
+        assert (root / folder).is_dir(), folder
+    written = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+    assert written == ["etc/containers/containers.conf"]  # no host record, minion id or nginx.conf
+
+    again = bake("web", root, tmp_path / "again.json", "state.highstate")
+    assert not {parse(k)[1] for k, r in again.items() if r["changes"]}
