@@ -3,8 +3,8 @@ configuration, as a ratio in one run (target: at most 1.1).
 
 The configuration is the null-provider stand-in of the OpenStack stacks (tests/terraform/standin,
 with the real layout module and variables) for the co-op's topology.yaml at nz-por-1: as many
-resources as the real configuration makes there (22 for the network, 12 for the instances).
-Both stacks are applied first, so each plan refreshes all 34, as the nightly plan does. One
+resources as the real configuration makes there (24 for the network, 16 for the instances).
+Both stacks are applied first, so each plan refreshes all 40, as the nightly plan does. One
 measurement = both stacks planned into a saved file and described by `show -json`: the raw way
 (`terraform plan -out` + `terraform show -json`, output captured) against the resource's
 (`plan(init=False)`: the same two commands with -json, every line streamed to a log sink, the

@@ -12,9 +12,9 @@ import dagster as dg
 from infra_assets.cloud.groups import IMAGES_FILE, ImageGroupError, group_of_host, image_groups
 from infra_assets.cloud.stacks import cloud_locations, instances_vars
 from infra_assets.model import Topology, address_plan
-from infra_assets.stacks import apply_key, stack_definitions
+from infra_assets.stacks import NotReady, apply_key, stack_definitions, tool_env
 from resources.openstack import OpenStackError, OpenStackResource, Server
-from resources.terraform import TerraformResource
+from resources.terraform import TerraformError, TerraformResource
 
 
 def _variables(location: str):
@@ -22,7 +22,19 @@ def _variables(location: str):
         terraform: TerraformResource = context.resources.terraform
         openstack: OpenStackResource = context.resources.openstack
         cloud = topology.locations[location].cloud
-        network = terraform.output(stack="network", location=location)
+        try:
+            network = terraform.output(
+                stack="network", location=location, env=tool_env(context, topology, location)
+            )
+        except TerraformError as err:
+            raise dg.Failure(description=str(err), allow_retries=False) from None
+        if not network:
+            # A location added by a pull request: its instances can be planned only once its
+            # network exists. The plan job still succeeds (CI on that pull request).
+            raise NotReady(
+                f"network not applied yet: instances are planned after network/{location} is"
+                " applied"
+            )
         groups = sorted(
             {
                 group_of_host(topology, name, host)
@@ -172,7 +184,6 @@ def definitions(topo: Topology) -> dg.Definitions:
             variables=_variables(location),
             deps=[apply_key("network", location), *image_deps],
             description="a server per host, on ports with its planned addresses.",
-            needs_openstack=True,
             after_apply=_after_apply(location),
         )
         parts.append(

@@ -7,18 +7,26 @@
     <stack>/<location>        terraform apply of that saved plan, made in the same run; outputs
 
 Every asset of a location shares the pool `location/<name>` (dagster.yaml: a limit of 1, run
-granularity), so two runs never plan or apply one location at once; a failed or cancelled run
-frees it.
+granularity), so runs that the daemon's run queue launches never plan or apply one location at
+once; a failed or cancelled run frees it.
+
+Terraform runs with the location's cloud credentials (`OpenStackResource.tool_env`: OS_CLOUD,
+OS_CLIENT_CONFIG_FILE, OS_PASSWORD), for the OpenStack provider of both stacks. A run tagged with
+a commit (`coop/git_sha`, by the `infra_main` sensor) plans only if this checkout is at that
+commit, with nothing uncommitted under terraform/ or in the topology.
 """
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
 from pydantic import Field
 
 from infra_assets.model import Topology
+from resources.infra_repo import GitError, InfraRepoResource
+from resources.openstack import OpenStackResource
 from resources.terraform import (
     ResourceChange,
     TerraformError,
@@ -32,6 +40,46 @@ from resources.terraform import (
 VariablesFn = Callable[[dg.AssetExecutionContext, Topology], dict[str, Any]]
 # What runs after a successful apply: (context, topology, public outputs).
 AfterApplyFn = Callable[[dg.AssetExecutionContext, Topology, dict[str, Any]], None]
+
+
+GIT_SHA_TAG = "coop/git_sha"
+
+
+class NotReady(Exception):
+    """A stack cannot be planned yet (what it builds on is not applied): the plan is skipped, with
+    this reason, and the run goes on."""
+
+
+def tool_env(context: dg.AssetExecutionContext, topology: Topology, location: str) -> dict:
+    """Terraform's provider credentials for the location's cloud (never logged, never stored)."""
+    openstack: OpenStackResource = context.resources.openstack
+    return openstack.tool_env(cloud=topology.locations[location].cloud)
+
+
+def checkout_problem(repo: InfraRepoResource, sha: str, paths: list[Path]) -> str | None:
+    """Why this checkout is not the commit `sha` a run was asked to plan (None: it is). The
+    plan reads the files on disk, so they must be that commit's."""
+    try:
+        head = repo.checkout_head()
+        if head != sha:
+            return (
+                f"this run plans commit {sha[:12]} (tag {GIT_SHA_TAG}), but the checkout"
+                f" {repo.root()} is at {head[:12]}: update the checkout to {sha[:12]} (git pull"
+                f" on {repo.branch}) and run again. Nothing was planned."
+            )
+        dirty = repo.uncommitted(paths)
+    except GitError as err:
+        return (
+            f"this run plans commit {sha[:12]} (tag {GIT_SHA_TAG}), but the checkout"
+            f" {repo.root()} cannot be read with git: {err}"
+        )
+    if dirty:
+        return (
+            f"this run plans commit {sha[:12]} (tag {GIT_SHA_TAG}), but the checkout"
+            f" {repo.root()} has uncommitted changes the plan would read: {', '.join(dirty)}."
+            " Commit or discard them (git stash) and run again. Nothing was planned."
+        )
+    return None
 
 
 def pool_of(location: str) -> str:
@@ -75,15 +123,14 @@ def stack_definitions(
     variables: VariablesFn,
     deps: list[dg.AssetKey],
     description: str,
-    needs_openstack: bool = False,
     after_apply: AfterApplyFn | None = None,
 ) -> dg.Definitions:
     """The plan and apply assets of `stack` at `location`, with the gate and drift checks."""
     pkey, akey = plan_key(stack, location), apply_key(stack, location)
     pool = pool_of(location)
     tags = {"coop/location": location, "coop/stack": stack}
-    # Only what the stack uses: a run that needs no cloud API asks for no cloud credentials.
-    resource_keys = {"terraform", "openstack"} if needs_openstack else {"terraform"}
+    # Both stacks' OpenStack provider needs the cloud's credentials (`openstack.tool_env`).
+    resource_keys = {"terraform", "openstack"}
 
     @dg.asset(
         key=pkey,
@@ -92,13 +139,14 @@ def stack_definitions(
         pool=pool,
         deps=[dg.AssetKey("ip_plan"), *deps],
         ins={"topology": dg.AssetIn(dg.AssetKey("topology"))},
-        required_resource_keys=resource_keys,
+        required_resource_keys=resource_keys | {"infra_repo", "topology_file"},
         tags=tags,
+        # Not made when what the stack builds on is not applied yet (NotReady): the plan is
+        # skipped with the reason, its checks and apply with it, and the run succeeds.
+        output_required=False,
         description=f"The Terraform plan of {stack} at {location}: {description}",
     )
-    def plan_asset(
-        context: dg.AssetExecutionContext, config: PlanConfig, topology: Topology
-    ) -> dg.Output[StackPlan]:
+    def plan_asset(context: dg.AssetExecutionContext, config: PlanConfig, topology: Topology):
         terraform: TerraformResource = context.resources.terraform
         # Runs launched by hand before the sensor or a schedule ever ran: from now on, at least,
         # the location's pool has its limit.
@@ -113,6 +161,15 @@ def stack_definitions(
                 " terraform/locations/nz-por-1.tfvars and set them for this location.",
                 allow_retries=False,
             )
+        sha = context.run.tags.get(GIT_SHA_TAG)
+        if sha:
+            problem = checkout_problem(
+                context.resources.infra_repo,
+                sha,
+                [terraform.config_root(), context.resources.topology_file.file()],
+            )
+            if problem:
+                raise dg.Failure(description=problem, allow_retries=False)
         try:
             values = variables(context, topology)
             plan = terraform.plan(
@@ -121,11 +178,20 @@ def stack_definitions(
                 variables=values,
                 var_files=[settings],
                 log=context.log.info,
+                env=tool_env(context, topology, location),
             )
+        except NotReady as why:
+            context.log.warning(f"{pkey.to_user_string()} skipped: {why}")
+            context.log_event(
+                dg.AssetObservation(
+                    asset_key=pkey, metadata={"skipped": str(why), "planned": False}
+                )
+            )
+            return
         except (TerraformError, ValueError) as err:
             raise dg.Failure(description=str(err), allow_retries=False) from None
         summary = plan.summary()
-        return dg.Output(
+        yield dg.Output(
             StackPlan(plan, context.run_id, tuple(config.allow_destroy)),
             metadata={
                 "plan": dg.MetadataValue.md(plan.markdown()),
@@ -135,7 +201,7 @@ def stack_definitions(
                 "allow_destroy": dg.MetadataValue.json(list(config.allow_destroy)),
                 "terraform_version": plan.terraform_version,
                 "plan_file": dg.MetadataValue.path(plan.path),
-                "git_sha": context.run.tags.get("coop/git_sha", "(not from a commit sensor)"),
+                "git_sha": context.run.tags.get(GIT_SHA_TAG, "(not from a commit sensor)"),
             },
         )
 
@@ -184,9 +250,10 @@ def stack_definitions(
         blocked = stack_plan.blocked(terraform.protected)
         if blocked:  # the gate's own test, so that leaving the check out cannot bypass it
             raise dg.Failure(description=_blocked_text(blocked), allow_retries=False)
+        env = tool_env(context, topology, location)
         try:
             if plan.has_changes:
-                result = terraform.apply(plan=plan, log=context.log.info)
+                result = terraform.apply(plan=plan, log=context.log.info, env=env)
                 outputs = result.outputs
                 applied = {
                     "applied": True,
@@ -197,7 +264,7 @@ def stack_definitions(
                 }
             else:
                 context.log.info(f"{stack}/{location}: the plan has no changes; nothing applied")
-                outputs = terraform.output(stack=stack, location=location)
+                outputs = terraform.output(stack=stack, location=location, env=env)
                 applied = {"applied": False, "why": "the plan has no changes"}
         except TerraformError as err:
             raise dg.Failure(description=str(err), allow_retries=False) from None

@@ -38,6 +38,31 @@ class InfraRepoResource(dg.ConfigurableResource):
         """The sha at the tip of the branch."""
         return self._git("rev-parse", "--verify", f"refs/heads/{self.branch}^{{commit}}").strip()
 
+    def checkout_head(self) -> str:
+        """The commit the working tree is checked out at (HEAD), which is what a plan reads;
+        the branch's tip (`head`) can be ahead of it until someone pulls."""
+        sha = self._git("rev-parse", "--verify", "HEAD^{commit}").strip()
+        if not sha:
+            raise GitError(f"{self.root()} has no commit checked out")
+        return sha
+
+    def uncommitted(self, paths: list[Path]) -> list[str]:
+        """Files under `paths` that differ from HEAD: modified, staged, deleted or untracked
+        (Terraform reads an untracked *.tf too), relative to the repo. Terraform's own lock
+        file (.terraform.lock.hcl, written by `init`) is not counted."""
+        inside = [p for p in (self.relative(Path(path)) for path in paths) if p is not None]
+        if not inside:
+            return []
+        out = self._git(
+            "status",
+            "--porcelain",
+            "--untracked-files=all",
+            "--",
+            *inside,
+            ":(exclude,glob)**/.terraform.lock.hcl",
+        )
+        return sorted({line[3:].strip() for line in out.splitlines() if line.strip()})
+
     def is_ancestor(self, old: str, new: str) -> bool:
         try:
             run_cli(

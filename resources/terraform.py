@@ -36,15 +36,23 @@ from pydantic import Field
 from infra_assets.paths import REPO_ROOT, state_dir
 from resources.cli_runner import CliError, LogSink, run_cli
 
-# What a plan may not destroy or replace without the run's leave (the destroy gate): servers and
-# the network they sit on. Globs over resource addresses.
+# What a plan may not destroy or replace without the run's leave (the destroy gate): servers, the
+# network they sit on, and the web hosts' public addresses (DNS points at them; a new floating IP
+# is a different address). Globs over resource addresses.
 DEFAULT_PROTECTED = (
     "openstack_compute_instance_v2.*",
+    "openstack_networking_floatingip_v2.*",
     "openstack_networking_network_v2.*",
     "openstack_networking_subnet_v2.*",
     "openstack_networking_router_v2.*",
 )
 STACK_RE = re.compile(r"^[a-z][a-z0-9_-]*$")
+# Environment variables whose values never reach a log line or an error (OS_PASSWORD, PGPASSWORD,
+# OS_APPLICATION_CREDENTIAL_SECRET, OS_TOKEN, ...).
+SECRET_ENV_RE = re.compile(r"PASSWORD|SECRET|TOKEN|PRIVATE_KEY", re.I)
+# What a caller adds to Terraform's environment: the cloud's credentials for the provider
+# (`OpenStackResource.tool_env(cloud=...)`: OS_CLOUD, OS_CLIENT_CONFIG_FILE, OS_PASSWORD).
+ToolEnv = Mapping[str, str] | None
 
 
 class TerraformError(RuntimeError):
@@ -291,8 +299,13 @@ class TerraformResource(dg.ConfigurableResource):
             )
         return found
 
-    def _env(self, stack: str, location: str) -> dict[str, str]:
+    def config_root(self) -> Path:
+        """The folder of the stacks: config_dir, or the repo's terraform/."""
+        return Path(self.config_dir).absolute() if self.config_dir else REPO_ROOT / "terraform"
+
+    def _env(self, stack: str, location: str, extra: ToolEnv = None) -> dict[str, str]:
         env = dict(os.environ)
+        env.update(extra or {})
         env.update(
             TF_IN_AUTOMATION="1",
             TF_INPUT="0",
@@ -308,10 +321,15 @@ class TerraformResource(dg.ConfigurableResource):
             env["PGPASSWORD"] = self.pg_password
         return env
 
-    def _secrets(self) -> list[str]:
+    def _secrets(self, env: Mapping[str, str]) -> list[str]:
+        """The values to blank out of every line and error: the pg password and every variable
+        of Terraform's environment named like a secret (OS_PASSWORD, PGPASSWORD, ...)."""
+        found = [self.pg_password or ""]
+        found += [value for name, value in env.items() if SECRET_ENV_RE.search(name)]
+        # Terraform's -json lines carry a value JSON-escaped: blank that spelling out too.
+        found += [json.dumps(s)[1:-1] for s in found]
         # (a very short value would blank out every occurrence of its letters in the log)
-        found = [self.pg_password or "", os.environ.get("PGPASSWORD", "")]
-        return [s for s in found if len(s) >= 4]
+        return sorted({s for s in found if len(s) >= 4}, key=len, reverse=True)
 
     def _tf(self, stack: str):
         from python_terraform import Terraform
@@ -325,31 +343,37 @@ class TerraformResource(dg.ConfigurableResource):
         argv: list[str],
         *,
         log: LogSink | None,
+        env: ToolEnv = None,
         json_lines: bool = False,
         check: bool = True,
     ):
         argv = [self.binary_path(), *argv[1:]]
+        full_env = self._env(stack, location, env)
+        secrets = self._secrets(full_env)
         try:
             result = run_cli(
                 argv,
                 cwd=self.stack_dir(stack),
-                env=self._env(stack, location),
+                env=full_env,
                 inherit_env=False,
                 log=log,
                 json_lines=json_lines,
-                redact=self._secrets(),
+                redact=secrets,
                 check=False,
             )
         except CliError as err:  # could not start, or timed out
-            raise TerraformError(f"{stack}/{location}: {err}") from None
+            raise TerraformError(_redact(f"{stack}/{location}: {err}", secrets)) from None
         if check and result.returncode != 0:
-            raise TerraformError(_failure(stack, location, result))
+            raise TerraformError(_redact(_failure(stack, location, result), secrets))
         return result
 
     # --- verbs -----------------------------------------------------------------------------
 
-    def init(self, *, stack: str, location: str, log: LogSink | None = None) -> None:
-        """`terraform init` with this location's backend settings (idempotent)."""
+    def init(
+        self, *, stack: str, location: str, log: LogSink | None = None, env: ToolEnv = None
+    ) -> None:
+        """`terraform init` with this location's backend settings (idempotent). `env`: added to
+        Terraform's environment (the cloud's credentials: `OpenStackResource.tool_env`)."""
         from python_terraform import IsFlagged
 
         self.binary_path()  # a missing binary is said first
@@ -381,7 +405,7 @@ class TerraformResource(dg.ConfigurableResource):
             reconfigure=IsFlagged,
             backend_config=backend_config,
         )
-        self._run(stack, location, argv, log=log)
+        self._run(stack, location, argv, log=log, env=env)
 
     def plan(
         self,
@@ -393,15 +417,18 @@ class TerraformResource(dg.ConfigurableResource):
         destroy: bool = False,
         log: LogSink | None = None,
         init: bool = True,
+        env: ToolEnv = None,
     ) -> TerraformPlan:
-        """Plan into a saved file, then describe it (`show -json`) as a `TerraformPlan`."""
+        """Plan into a saved file, then describe it (`show -json`) as a `TerraformPlan`. `env`:
+        added to Terraform's environment (the provider's credentials); secret-named values in it
+        are blanked out of every log line and error."""
         from python_terraform import IsFlagged
 
         for path in var_files:
             if not Path(path).is_file():
                 raise TerraformError(f"variables file {path} is missing")
         if init:
-            self.init(stack=stack, location=location, log=log)
+            self.init(stack=stack, location=location, log=log, env=env)
         work = self.work_dir(stack, location)
         plans = work / "plans"
         plans.mkdir(parents=True, exist_ok=True)
@@ -418,25 +445,22 @@ class TerraformResource(dg.ConfigurableResource):
             out=str(plan_file),
             var_file=[*(str(Path(p).absolute()) for p in var_files), str(vars_file)],
         )
-        self._run(stack, location, argv, log=_json_log(log), json_lines=True)
-        plan = self.show(stack=stack, location=location, plan_file=plan_file)
+        self._run(stack, location, argv, log=_json_log(log), env=env, json_lines=True)
+        plan = self.show(stack=stack, location=location, plan_file=plan_file, env=env)
         _prune_old_plans(plans, keep=10)
         return plan
 
-    def show(self, *, stack: str, location: str, plan_file: Path) -> TerraformPlan:
+    def show(
+        self, *, stack: str, location: str, plan_file: Path, env: ToolEnv = None
+    ) -> TerraformPlan:
         """Describe a saved plan. Its JSON holds variable values: it is parsed, never logged."""
         from python_terraform import IsFlagged
 
         argv = self._tf(stack).generate_cmd_string(
             "show", str(plan_file), json=IsFlagged, no_color=IsFlagged
         )
-        result = self._run(stack, location, argv, log=lambda _line: None)
-        try:
-            data = json.loads(result.output)
-        except json.JSONDecodeError:
-            raise TerraformError(
-                f"{stack}/{location}: `terraform show -json` did not print JSON"
-            ) from None
+        result = self._run(stack, location, argv, log=lambda _line: None, env=env)
+        data = _json_output(result.output, f"{stack}/{location}: `terraform show -json`")
         lineage, serial = _plan_prior_state(plan_file)
         return TerraformPlan(
             stack=stack,
@@ -449,19 +473,26 @@ class TerraformResource(dg.ConfigurableResource):
             **parse_plan_json(data),
         )
 
-    def state_version(self, *, stack: str, location: str) -> StateVersion:
+    def state_version(self, *, stack: str, location: str, env: ToolEnv = None) -> StateVersion:
         """The lineage and serial of the stored state (empty lineage: no state yet)."""
         if not (self.work_dir(stack, location) / ".terraform" / "terraform.tfstate").is_file():
-            self.init(stack=stack, location=location, log=lambda _line: None)
+            self.init(stack=stack, location=location, log=lambda _line: None, env=env)
         argv = self._tf(stack).generate_cmd_string("state pull")
-        result = self._run(stack, location, argv, log=lambda _line: None)
+        result = self._run(stack, location, argv, log=lambda _line: None, env=env)
         text = result.output.strip()
         if not text:
             return StateVersion("", 0)
-        data = json.loads(text)
-        return StateVersion(data.get("lineage", ""), int(data.get("serial", 0)))
+        data = _json_output(text, f"{stack}/{location}: `terraform state pull`")
+        if not isinstance(data, dict):
+            raise TerraformError(
+                f"{stack}/{location}: `terraform state pull` printed no state object: "
+                + _first_lines(text)
+            )
+        return StateVersion(str(data.get("lineage") or ""), int(data.get("serial") or 0))
 
-    def apply(self, *, plan: TerraformPlan, log: LogSink | None = None) -> ApplyResult:
+    def apply(
+        self, *, plan: TerraformPlan, log: LogSink | None = None, env: ToolEnv = None
+    ) -> ApplyResult:
         """Apply exactly this saved plan. Refused if the file changed since it was shown or the
         state moved since it was made (Terraform itself misses the latter when the plan was made
         against an empty state)."""
@@ -477,7 +508,7 @@ class TerraformResource(dg.ConfigurableResource):
                 f"{plan.stack}/{plan.location}: the saved plan {path} changed after it was"
                 " shown: plan again"
             )
-        now = self.state_version(stack=plan.stack, location=plan.location)
+        now = self.state_version(stack=plan.stack, location=plan.location, env=env)
         if (now.lineage, now.serial) != (plan.prior_lineage, plan.prior_serial):
             raise StalePlanError(
                 f"{plan.stack}/{plan.location}: the plan is stale: it was made against state"
@@ -489,7 +520,9 @@ class TerraformResource(dg.ConfigurableResource):
             "apply", str(path), input=False, json=IsFlagged, lock_timeout=self.lock_timeout
         )
         started = time.monotonic()
-        result = self._run(plan.stack, plan.location, argv, log=_json_log(log), json_lines=True)
+        result = self._run(
+            plan.stack, plan.location, argv, log=_json_log(log), env=env, json_lines=True
+        )
         counts = {"add": 0, "change": 0, "remove": 0}
         for event in result.events:
             if event.get("type") == "change_summary":
@@ -500,21 +533,29 @@ class TerraformResource(dg.ConfigurableResource):
             added=int(counts["add"]),
             changed=int(counts["change"]),
             destroyed=int(counts["remove"]),
-            outputs=self.output(stack=plan.stack, location=plan.location),
+            outputs=self.output(stack=plan.stack, location=plan.location, env=env),
             duration_s=time.monotonic() - started,
         )
 
-    def output(self, *, stack: str, location: str) -> dict[str, Any]:
+    def output(self, *, stack: str, location: str, env: ToolEnv = None) -> dict[str, Any]:
         """`terraform output -json`: name -> {value, sensitive, type}. Empty before any apply."""
         from python_terraform import IsFlagged
 
         if not (self.work_dir(stack, location) / ".terraform" / "terraform.tfstate").is_file():
-            self.init(stack=stack, location=location, log=lambda _line: None)
+            self.init(stack=stack, location=location, log=lambda _line: None, env=env)
 
         argv = self._tf(stack).generate_cmd_string("output", json=IsFlagged, no_color=IsFlagged)
-        result = self._run(stack, location, argv, log=lambda _line: None)
+        result = self._run(stack, location, argv, log=lambda _line: None, env=env)
         text = result.output.strip()
-        return json.loads(text) if text else {}
+        if not text:
+            return {}
+        data = _json_output(text, f"{stack}/{location}: `terraform output -json`")
+        if not isinstance(data, dict):
+            raise TerraformError(
+                f"{stack}/{location}: `terraform output -json` printed no outputs object: "
+                + _first_lines(text)
+            )
+        return data
 
     def fmt_check(self, *, path: Path, log: LogSink | None = None) -> list[str]:
         """Files under `path` that `terraform fmt` would rewrite (empty: all formatted)."""
@@ -539,6 +580,29 @@ def public_outputs(outputs: Mapping[str, Any]) -> dict[str, Any]:
 
 def _schema_name(location: str, stack: str) -> str:
     return re.sub(r"[^a-z0-9_]", "_", f"coop_{location}_{stack}".lower())
+
+
+def _redact(text: str, secrets: Sequence[str]) -> str:
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return text
+
+
+def _first_lines(text: str, count: int = 5, width: int = 200) -> str:
+    lines = [line[:width] for line in text.strip().splitlines()[:count]]
+    return "\n  " + "\n  ".join(lines) if lines else "(nothing)"
+
+
+def _json_output(text: str, what: str) -> Any:
+    """The JSON a command printed; a TerraformError showing its first lines if it is not JSON
+    (a wrapper script, a banner, a binary that is not Terraform)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise TerraformError(
+            f"{what} did not print JSON ({exc.msg} at line {exc.lineno}); is `binary` Terraform"
+            f" or OpenTofu? It printed:{_first_lines(text)}"
+        ) from None
 
 
 def _sha256(path: Path) -> str:

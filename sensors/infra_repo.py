@@ -69,7 +69,11 @@ def infra_main_sensor(
             changed = ["terraform/network", "packer/coop.pkr.hcl"]
             old_text = lambda: None  # noqa: E731
         work = changes_between(
-            changed, topology_path=path, new_topology=topo, read_old_topology=old_text
+            changed,
+            topology_path=path,
+            new_topology=topo,
+            read_old_topology=old_text,
+            salt_roles=_salt_roles(infra_repo, head),
         )
     except GitError as err:
         return dg.SkipReason(f"cannot compare {last[:12]}..{head[:12]}: {err}")
@@ -119,3 +123,20 @@ def infra_main_sensor(
     if not requests:
         return dg.SensorResult(skip_reason="; ".join(notes) or "nothing to run", cursor=head)
     return dg.SensorResult(run_requests=requests, cursor=head)
+
+
+def _salt_roles(infra_repo: InfraRepoResource, sha: str) -> dict[str, list[str]] | None:
+    """salt/roles.yaml at `sha` (role -> states); None if it is missing or broken, and then every
+    salt/ change rebuilds every image."""
+    import yaml
+
+    text = infra_repo.show(sha, "salt/roles.yaml")
+    if text is None:
+        return None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    return {str(role): [str(s) for s in states or []] for role, states in data.items()}

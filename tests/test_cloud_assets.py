@@ -23,6 +23,8 @@ from fakes.openstack import FakeOpenStack
 
 from infra_assets.definitions import build_definitions
 from infra_assets.model import load_topology
+from infra_assets.stacks import GIT_SHA_TAG as GIT_SHA
+from resources.infra_repo import InfraRepoResource
 from resources.openstack import GROUP_PROPERTY, OpenStackResource
 from resources.packer import PackerResource
 
@@ -165,13 +167,14 @@ def test_apply_plans_gates_and_applies_the_network_then_the_instances(site):
         ]
     )
     plan_md = metadata(result, PLAN_NETWORK)
-    assert plan_md["add"] == 22 and plan_md["destroy"] == 0
-    assert plan_md["plan"].startswith(f"**network/{L}**: 22 to add")
+    assert plan_md["add"] == 24 and plan_md["destroy"] == 0
+    assert plan_md["plan"].startswith(f"**network/{L}**: 24 to add")
     net = metadata(result, NETWORK)
-    assert net["applied"] is True and net["added"] == 22
+    assert net["applied"] is True and net["added"] == 24
     assert net["outputs_json"]["cidr"] == "10.42.0.0/16"
     inst = metadata(result, INSTANCES)
-    assert inst["added"] == 6
+    assert inst["added"] == 10  # 3 ports, 3 servers, 2 web hosts' floating IPs and associations
+    assert set(inst["outputs_json"]["floating_ips"]) == {"web-staging-1", "web-staging-2"}
     servers = inst["outputs_json"]["servers"]
     assert servers["support-1"]["addresses"] == ["10.42.1.1", "10.42.9.1"]
     # the plan booted each host from its group's newest image, found through openstacksdk
@@ -230,7 +233,8 @@ def test_the_gate_stops_a_destroy_unless_the_run_allows_it(site):
     assert allowed.success
     gate = check(allowed, PLAN_INSTANCES, "safe_to_apply")
     assert gate.passed and gate.metadata["allowed_by_config"].value == [f"delete {server}"]
-    assert metadata(allowed, INSTANCES)["destroyed"] == 2  # its server and its port
+    # its server, its port, its floating IP and the IP's association
+    assert metadata(allowed, INSTANCES)["destroyed"] == 4
     assert (
         "web-staging-2"
         not in site.terraform.output(stack="instances", location=L)["servers"]["value"]
@@ -251,15 +255,101 @@ def test_a_new_network_number_replaces_the_network_only_with_leave(site):
     )
 
 
-def test_the_plan_job_plans_and_applies_nothing(site):
+def test_the_plan_job_plans_a_new_location_and_applies_nothing(site):
+    """A pull request adding a location: its network is planned; its instances cannot be until
+    the network exists, so that plan is skipped, saying why, and the job (CI) succeeds."""
     result = site.run("plan")
-    assert not result.success  # the instances plan needs the network's outputs: said clearly
-    assert f"plan/network/{L}" in materialised(result)
-    assert not [k for k in materialised(result) if k in (f"network/{L}", f"instances/{L}")]
-    failure = result.failure_data_for_node("plan__instances__test_1")
-    assert f"the network stack of {L} has no output" in failure.error.message
-    assert f"apply network/{L} first" in failure.error.message
+    assert result.success
+    assert materialised(result) == sorted(["topology", "ip_plan", f"plan/network/{L}"])
+    skipped = observations(result, PLAN_INSTANCES)
+    assert skipped == [
+        {
+            "skipped": f"network not applied yet: instances are planned after network/{L}"
+            " is applied",
+            "planned": False,
+        }
+    ]
+    assert not [c for c in result.get_asset_check_evaluations() if c.asset_key == PLAN_INSTANCES]
     assert site.terraform.output(stack="network", location=L) == {}
+    # once the network is applied, the same job plans the instances
+    assert site.run(
+        "apply", selection=[dg.AssetKey("topology"), dg.AssetKey("ip_plan"), PLAN_NETWORK, NETWORK]
+    ).success
+    again = site.run("plan")
+    assert again.success and f"plan/instances/{L}" in materialised(again)
+    assert metadata(again, PLAN_INSTANCES)["add"] == 10
+
+
+def test_terraform_gets_the_cloud_credentials_of_the_openstack_resource(site, tmp_path):
+    """The network stack's provider needs the cloud's credentials too: what reached Terraform's
+    environment is traced by the stand-in (OS_CLOUD, OS_CLIENT_CONFIG_FILE, the password's
+    length), and the password is in no event of the run."""
+    trace = tmp_path / "env.trace"
+    write_location(Path(site.terraform.config_dir), L, env_trace_file=str(trace))
+    result = site.run(
+        "apply", selection=[dg.AssetKey("topology"), dg.AssetKey("ip_plan"), PLAN_NETWORK, NETWORK]
+    )
+    assert result.success
+    password = site.fake.credentials.password
+    assert trace.read_text().split() == ["fake", site.openstack.clouds_yaml, str(len(password))]
+    for event in result.all_events:
+        assert password not in str(event), event.event_type_value
+
+
+def test_a_run_for_a_commit_plans_only_a_checkout_at_that_commit(site, monkeypatch):
+    """The sensor tags its runs with the commit it saw on main; the plan reads the files on
+    disk, so it refuses when the checkout is elsewhere or has uncommitted changes."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(site.root), "-c", "user.name=t", "-c", "user.email=t@x.coop", *args],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+
+    git("init", "-q", "-b", "main")
+    git("add", "-A")
+    git("commit", "-q", "-m", "the infrastructure")
+    first = git("rev-parse", "HEAD")
+    site.write(
+        TOPOLOGY + "  web-staging-3: {location: test-1, instance: 3, roles: [web-staging]}\n"
+    )
+    git("commit", "-q", "-am", "a third web host")
+    second = git("rev-parse", "HEAD")
+    repo = {"infra_repo": InfraRepoResource(path=str(site.root))}
+    selection = [dg.AssetKey("topology"), dg.AssetKey("ip_plan"), PLAN_NETWORK]
+
+    git("checkout", "-q", first)  # main moved on; this checkout was not updated
+    behind = site.run("plan", selection=selection, resources=repo, tags={GIT_SHA: second})
+    assert not behind.success
+    message = behind.failure_data_for_node("plan__network__test_1").error.message
+    assert f"this run plans commit {second[:12]}" in message
+    assert f"is at {first[:12]}: update the checkout" in message
+    assert "Nothing was planned" in message
+    assert not list(Path(site.terraform.data_dir).rglob("*.tfplan"))
+
+    git("checkout", "-q", "main")
+    at_commit = site.run("plan", selection=selection, resources=repo, tags={GIT_SHA: second})
+    assert at_commit.success
+    assert metadata(at_commit, PLAN_NETWORK)["git_sha"] == second
+
+    tfvars = site.terraform.location_file(L)
+    tfvars.write_text(tfvars.read_text() + 'dns_nameservers = ["192.0.2.53"]\n')
+    dirty = site.run("plan", selection=selection, resources=repo, tags={GIT_SHA: second})
+    assert not dirty.success
+    message = dirty.failure_data_for_node("plan__network__test_1").error.message
+    assert "has uncommitted changes the plan would read" in message
+    assert message.strip().endswith(
+        f"tf/terraform/locations/{L}.tfvars. Commit or discard them (git"
+        " stash) and run again. Nothing was planned."
+    )
+    # (Terraform's own .terraform.lock.hcl, written by init beside the stack, does not count)
+    git("checkout", "--", str(tfvars))
+    assert list((site.root / "tf" / "terraform").rglob(".terraform.lock.hcl"))
+    assert site.run("plan", selection=selection, resources=repo, tags={GIT_SHA: second}).success
+    # a run by hand (no commit tag) plans what is on disk, as before
+    assert site.run("plan", selection=selection, resources=repo).success
 
 
 def test_an_apply_takes_only_a_plan_made_in_its_own_run(site, tmp_path):

@@ -39,7 +39,7 @@ class Repo:
         self.git("init", "-q", "-b", "main")
         shutil.copytree(repo_root / "terraform", root / "terraform")
         shutil.copytree(repo_root / "packer", root / "packer")
-        shutil.copytree(Path(__file__).parent / "packer" / "salt", root / "salt")
+        shutil.copytree(repo_root / "salt", root / "salt")  # the real tree, named by state
         (root / "topology.yaml").write_text(TOPOLOGY)
         (root / "README.md").write_text("# infra\n")
         self.commit("the infrastructure")
@@ -174,18 +174,31 @@ def test_topology_changes_plan_only_the_locations_they_change(repo, instance):
 
 def test_state_and_template_changes_rebuild_the_images_they_touch(repo, instance):
     start = repo.head
-    role = repo.change("salt/web-staging/init.sls", "pkg.installed: []\n")
+    # salt/web is the state of the roles web-staging and web-production (salt/roles.yaml)
+    role = repo.change("salt/web/files/nginx.conf.jinja", append="# tuned\n")
     runs = requests(tick(repo, instance, start))
     assert set(runs) == {f"images:{role}"}
     assert runs[f"images:{role}"].job_name == "images"
     assert keys(runs[f"images:{role}"]) == {"topology", "images/web"}
 
-    shared = repo.change("salt/top.sls", append="# shared\n")
+    master = repo.change("salt/salt/master.sls", append="# tuned\n")
     runs = requests(tick(repo, instance, role))
+    assert keys(runs[f"images:{master}"]) == {"topology", "images/support"}
+
+    # postgres: no host of an OpenStack location needs its image here: nothing to rebuild
+    pg = repo.change("salt/postgres/files/pg_hba.conf.jinja", append="# tuned\n")
+    result = tick(repo, instance, master)
+    assert result.cursor == pg and not result.run_requests
+
+    shared = repo.change("salt/top.sls", append="# shared\n")
+    runs = requests(tick(repo, instance, pg))
     assert keys(runs[f"images:{shared}"]) == {"topology", "images/web", "images/support"}
+    common = repo.change("salt/common/init.sls", append="# everywhere\n")
+    runs = requests(tick(repo, instance, shared))
+    assert keys(runs[f"images:{common}"]) == {"topology", "images/web", "images/support"}
 
     cloud = repo.change("packer/clouds/fake.pkrvars.hcl", 'flavor = "c1.c1r1"\n')
-    runs = requests(tick(repo, instance, shared))
+    runs = requests(tick(repo, instance, common))
     assert keys(runs[f"images:{cloud}"]) == {"topology", "images/web", "images/support"}
 
 
@@ -219,6 +232,61 @@ def test_rewritten_history_plans_everything(repo, instance):
         "plan/network/test-1",
         "plan/instances/test-1",
     }
+
+
+def test_every_file_of_the_salt_tree_rebuilds_the_images_of_the_roles_that_apply_it(repo_root):
+    """On the co-op's topology (every image group in use on nz-por-1) and the real salt/ tree
+    and roles.yaml: each state's files rebuild its roles' images only."""
+    from infra_assets.highstate import role_states
+
+    coop = parse_topology((repo_root / "topology.yaml").read_text())
+    roles = role_states(repo_root / "salt" / "roles.yaml")
+    every = {"support", "builder", "web", "postgres"}
+
+    def images(path: str) -> set[str]:
+        return changes_between(
+            [path],
+            topology_path="topology.yaml",
+            new_topology=coop,
+            read_old_topology=lambda: None,
+            salt_roles=roles,
+        ).images
+
+    # by path prefix, the most specific first: the image groups a change there rebuilds
+    expected = {
+        "salt/web/": {"web"},
+        "salt/postgres/": {"postgres"},
+        "salt/jenkins/master.sls": {"support"},
+        "salt/jenkins/agent.sls": {"builder"},
+        "salt/salt/master.sls": {"support"},
+        "salt/dns/": {"support"},
+        "salt/registry/": {"support"},
+        "salt/npm-cache/": {"support"},
+        "salt/salt/minion.sls": every,  # in every image (common includes it)
+        "salt/common/": every,
+        "salt/lib/": every,  # imported by every state
+        "salt/top.sls": every,
+        "salt/roles.yaml": every,
+        "salt/app/": every,  # no role's state (releases apply it): taken as shared
+    }
+    tree = sorted(
+        str(p.relative_to(repo_root)) for p in (repo_root / "salt").rglob("*") if p.is_file()
+    )
+    assert len(tree) >= 20
+    for path in tree:
+        prefix = max((p for p in expected if path.startswith(p)), key=len, default=None)
+        assert prefix is not None, f"{path}: no expectation here for this part of the tree"
+        assert images(path) == expected[prefix], path
+    # without roles.yaml (missing or broken at that commit), every salt change rebuilds all
+    assert (
+        changes_between(
+            ["salt/web/init.sls"],
+            topology_path="topology.yaml",
+            new_topology=coop,
+            read_old_topology=lambda: None,
+        ).images
+        == every
+    )
 
 
 def test_changes_between_names_its_reasons():

@@ -133,6 +133,8 @@ def test_only_web_hosts_are_open_to_the_world_and_only_on_80_and_443(coop, layou
         h for h, host in coop.hosts.items() if {"web-staging", "web-production"} & set(host.roles)
     }
     assert with_web == web_hosts == {"web-staging-1", "web-production-1"}
+    # ... and those, only, get a floating IP: "from anywhere" must reach them
+    assert set(layout["public_hosts"]) == web_hosts
 
 
 def test_salt_registry_and_npm_cache_only_from_the_private_network(coop, layout):
@@ -162,7 +164,25 @@ def test_salt_registry_and_npm_cache_only_from_the_private_network(coop, layout)
         }
         assert {h for h in layout["ports"] if group in _groups_of(layout, h)} == holders, group
     # nothing but these rules exists
-    assert len(_rules(layout)) == 10
+    assert len(_rules(layout)) == 11
+
+
+def test_jenkins_agents_reach_the_master_on_8080_from_the_private_network_only(coop, layout):
+    """The agents' pillar points them at http://<master>:8080 (infra_assets/pillar.py)."""
+    private = ipaddress.IPv4Network("10.100.0.0/16")
+    jenkins = [r for r in _rules(layout) if r["port_min"] <= 8080 <= r["port_max"]]
+    assert jenkins == [
+        {
+            "group": "jenkins-master",
+            "protocol": "tcp",
+            "port_min": 8080,
+            "port_max": 8080,
+            "remote": str(private),
+        }
+    ]
+    masters = {h for h, host in coop.hosts.items() if "jenkins-master" in host.roles}
+    assert masters == {"support-1"}
+    assert {h for h in layout["ports"] if "jenkins-master" in _groups_of(layout, h)} == masters
 
 
 def test_the_cloud_init_points_the_minion_at_the_master(layout):
@@ -283,6 +303,16 @@ def test_openstack_resources_take_their_values_from_the_layout(repo_root):
     assert server["network"][0]["port"] == "${openstack_networking_port_v2.host[each.key].id}"
     assert server["image_id"] == "${var.images[each.value.image_group]}"
     assert "var.salt_master_address" in server["user_data"]
+    # the web hosts' floating IPs: from the location's external network, on the host's port
+    floating = instances["openstack_networking_floatingip_v2.public"]
+    assert floating["for_each"] == "${module.layout.public_hosts}"
+    assert floating["pool"] == "${var.external_network}"
+    associate = instances["openstack_networking_floatingip_associate_v2.public"]
+    assert associate["for_each"] == "${module.layout.public_hosts}"
+    assert associate["port_id"] == "${openstack_networking_port_v2.host[each.key].id}"
+    assert associate["floating_ip"] == (
+        "${openstack_networking_floatingip_v2.public[each.key].address}"
+    )
 
 
 def test_both_stacks_keep_remote_state_in_pg_and_share_the_location_settings(repo_root):
@@ -296,14 +326,26 @@ def test_both_stacks_keep_remote_state_in_pg_and_share_the_location_settings(rep
     ).read_text()
 
 
-def test_the_stand_in_has_the_real_stacks_outputs(repo_root):
+def test_the_stand_in_has_the_real_stacks_outputs_and_resources(repo_root):
     def outputs(path: Path) -> set[str]:
         return set(re.findall(r'^output "([^"]+)"', path.read_text(), re.M))
 
+    def for_each(path: Path) -> dict[str, str]:
+        """Resource address -> what it is made for (`for_each`, else one)."""
+        return {
+            address: str(body.get("for_each", body.get("count", "one")))
+            for address, body in _resources(path).items()
+        }
+
     for stack in ("network", "instances"):
         real = set().union(*(outputs(p) for p in (repo_root / "terraform" / stack).glob("*.tf")))
-        standin = outputs(Path(__file__).parent / "terraform" / "standin" / stack / "standin.tf")
-        assert real == standin, stack
+        standin_file = Path(__file__).parent / "terraform" / "standin" / stack / "standin.tf"
+        assert real == outputs(standin_file), stack
+    # every resource of the real instances stack has its stand-in, made as many times
+    real = for_each(repo_root / "terraform" / "instances" / "main.tf")
+    standin = for_each(Path(__file__).parent / "terraform" / "standin" / "instances" / "standin.tf")
+    assert sorted(real.values()) == sorted(standin.values())
+    assert len(real) == 4  # port, server, floating IP, its association
 
 
 def test_every_role_of_the_coop_has_an_image_group_and_a_security_group_if_it_serves(

@@ -69,16 +69,16 @@ def plan_network(tf: TerraformResource, text: str = TOPOLOGY, log=None) -> Terra
 def test_plan_summarises_the_changes_per_resource(tf):
     lines: list[str] = []
     plan = plan_network(tf, log=lines.append)
-    # network, subnet, router, router interface, 7 security groups, 10 ingress rules, 1 egress
-    assert plan.summary() == {"add": 22, "change": 0, "destroy": 0, "replace": 0, "unchanged": 0}
+    # network, subnet, router, router interface, 8 security groups, 11 ingress rules, 1 egress
+    assert plan.summary() == {"add": 24, "change": 0, "destroy": 0, "replace": 0, "unchanged": 0}
     assert plan.has_changes and plan.terraform_version == "1.0.3"
     assert 'null_resource.ingress["salt-master/0"]' in plan.adds
     md = plan.markdown()
-    assert md.startswith("**network/test-1**: 22 to add, 0 to change, 0 to destroy, 0 to replace")
+    assert md.startswith("**network/test-1**: 24 to add, 0 to change, 0 to destroy, 0 to replace")
     assert "| create | `null_resource.network` |" in md
     # Terraform's -json lines reach the log as the messages they carry, as they arrive
     assert "null_resource.network: Plan to create" in lines
-    assert "Plan: 22 to add, 0 to change, 0 to destroy." in lines
+    assert "Plan: 24 to add, 0 to change, 0 to destroy." in lines
     assert not any(line.startswith("{") for line in lines)
     # the saved plan is where the plan says, and it is the file that was shown
     assert zipfile.is_zipfile(plan.path)
@@ -87,7 +87,7 @@ def test_plan_summarises_the_changes_per_resource(tf):
 def test_apply_applies_the_saved_plan_and_returns_the_outputs(tf):
     plan = plan_network(tf)
     result = tf.apply(plan=plan)
-    assert (result.added, result.changed, result.destroyed) == (22, 0, 0)
+    assert (result.added, result.changed, result.destroyed) == (24, 0, 0)
     outputs = result.outputs
     assert outputs["cidr"]["value"] == "10.42.0.0/16"
     assert set(outputs["security_group_ids"]["value"]) == {
@@ -96,13 +96,14 @@ def test_apply_applies_the_saved_plan_and_returns_the_outputs(tf):
         "docker-registry",
         "npm-cache",
         "dns",
+        "jenkins-master",
         "web",
         "postgres",
     }
     assert tf.output(stack="network", location="test-1") == outputs
     again = plan_network(tf)
     assert not again.has_changes
-    assert again.summary()["unchanged"] == 22
+    assert again.summary()["unchanged"] == 24
     assert "No changes" in again.markdown()
 
 
@@ -116,11 +117,16 @@ def test_a_changed_topology_plans_only_the_difference(tf):
     plan = tf.plan(
         stack="instances", location="test-1", variables=variables, var_files=location_file(tf)
     )
-    assert plan.summary()["add"] == 6  # a port and a server per host
+    # a port and a server per host, a floating IP and its association per web host
+    assert plan.summary()["add"] == 10
+    assert 'null_resource.floatingip["web-staging-1"]' in plan.adds
+    assert not [a for a in plan.adds if "floatingip" in a and "support-1" in a]
     tf.apply(plan=plan)
-    servers = tf.output(stack="instances", location="test-1")["servers"]["value"]
+    outputs = tf.output(stack="instances", location="test-1")
+    servers = outputs["servers"]["value"]
     assert servers["support-1"]["addresses"] == ["10.42.1.1", "10.42.9.1"]
     assert servers["web-staging-2"]["addresses"] == ["10.42.5.2"]
+    assert set(outputs["floating_ips"]["value"]) == {"web-staging-1", "web-staging-2"}
 
     # a newer image changes nothing for existing servers (as ignore_changes on the real one)
     newer = instances_vars(
@@ -142,6 +148,8 @@ def test_a_changed_topology_plans_only_the_difference(tf):
         stack="instances", location="test-1", variables=less, var_files=location_file(tf)
     )
     assert sorted(plan.destroys) == [
+        'null_resource.floatingip["web-staging-2"]',
+        'null_resource.floatingip_associate["web-staging-2"]',
         'null_resource.port["web-staging-2"]',
         'null_resource.server["web-staging-2"]',
     ]
@@ -211,6 +219,19 @@ def test_a_bad_setting_is_reported_with_terraform_s_own_diagnostic(tf):
     assert "Invalid value for variable" in text
     assert "ssh is never open to the world" in text
     assert "{" not in text.splitlines()[1]  # the diagnostic, not a raw JSON line
+
+
+def test_the_bastion_must_be_an_ipv4_cidr_of_at_least_slash_8(tf):
+    settings = tf.location_file("test-1")
+    for bastion in ("0.0.0.0/1", "128.0.0.0/7", "203.0.113.10", "2001:db8::/32", "bastion"):
+        settings.write_text(f'bastion_cidr = "{bastion}"\nexternal_network = "public-net"\n')
+        with pytest.raises(TerraformError, match="prefix length of at least /8") as err:
+            plan_network(tf)
+        assert "Invalid value for variable" in str(err.value), bastion
+    for bastion in ("10.0.0.0/8", "198.51.100.7/32"):
+        settings.write_text(f'bastion_cidr = "{bastion}"\nexternal_network = "public-net"\n')
+        rules = plan_network(tf).adds
+        assert 'null_resource.ingress["base/0"]' in rules, bastion
 
 
 def test_missing_pieces_are_named(tmp_path, tf):
@@ -343,7 +364,7 @@ def test_pg_backend_keeps_the_state_remotely_and_locks_it(tmp_path, postgres):
     )
     lines: list[str] = []
     plan = plan_network(tf, log=lines.append)
-    assert plan.summary()["add"] == 23  # with the slow stand-in resource
+    assert plan.summary()["add"] == 25  # with the slow stand-in resource
 
     # the state is in PostgreSQL, in the location's own schema
     applying = threading.Thread(target=tf.apply, kwargs={"plan": plan})
@@ -371,3 +392,92 @@ def test_pg_backend_keeps_the_state_remotely_and_locks_it(tmp_path, postgres):
     for path in Path(tf.data_dir).rglob("*"):
         if path.is_file() and path.stat().st_size < 5_000_000:
             assert postgres.password.encode() not in path.read_bytes(), path
+
+
+PROBE = """
+terraform {
+  required_providers {
+    null = { source = "hashicorp/null" }
+  }
+  backend "local" {}
+}
+
+variable "fail" {
+  type    = bool
+  default = false
+}
+
+# What Terraform's environment holds, as its provider would see it (local-exec inherits it).
+resource "null_resource" "probe" {
+  triggers = { fail = var.fail }
+  provisioner "local-exec" {
+    command = "echo cloud=$OS_CLOUD file=$OS_CLIENT_CONFIG_FILE password=$OS_PASSWORD; ${var.fail ? "exit 3" : "true"}"
+  }
+}
+"""
+
+
+def test_the_cloud_credentials_reach_terraform_and_never_its_log_or_errors(
+    tf, tmp_path, monkeypatch
+):
+    from resources.openstack import OpenStackResource
+
+    monkeypatch.delenv("OS_PASSWORD", raising=False)
+    monkeypatch.delenv("OS_CLOUD", raising=False)
+    stack = Path(tf.config_dir) / "probe"
+    stack.mkdir()
+    (stack / "main.tf").write_text(PROBE)
+    clouds = tmp_path / "clouds.yaml"
+    clouds.write_text("clouds: {fake: {auth: {auth_url: 'http://127.0.0.1:9/v3'}}}\n")
+    secret = "s3cret-" + "x" * 12
+    openstack = OpenStackResource(clouds_yaml=str(clouds), password=secret)
+    env = openstack.tool_env(cloud="fake")
+
+    lines: list[str] = []
+    plan = tf.plan(stack="probe", location="test-1", variables={}, log=lines.append, env=env)
+    tf.apply(plan=plan, log=lines.append, env=env)
+    said = [line for line in lines if "cloud=" in line and "Executing" not in line]
+    assert said and said[0].endswith(f"cloud=fake file={clouds} password=***"), said
+
+    # a failing command's error carries Terraform's diagnostic, with the password blanked out
+    plan = tf.plan(
+        stack="probe", location="test-1", variables={"fail": True}, log=lines.append, env=env
+    )
+    with pytest.raises(TerraformError) as err:
+        tf.apply(plan=plan, log=lines.append, env=env)
+    text = str(err.value)
+    assert "exit status 3" in text and f"cloud=fake file={clouds} password=***" in text
+    assert secret not in text
+    assert not [line for line in lines if secret in line]
+    # the password never reached Terraform's files (it is in the environment only)
+    for path in Path(tf.data_dir).rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path
+
+    # without the cloud's environment, Terraform runs without it (this is what was missing)
+    lines.clear()
+    plan = tf.plan(stack="probe", location="test-1", variables={}, log=lines.append)
+    tf.apply(plan=plan, log=lines.append)
+    assert [line for line in lines if line.endswith("cloud= file= password=")]
+
+
+def test_odd_output_from_the_binary_is_an_error_not_a_traceback(tf, tmp_path):
+    """A `binary` that is not Terraform (a wrapper printing a banner): the resource's error,
+    with what it printed."""
+    fake = tmp_path / "not-terraform"
+    fake.write_text('#!/bin/sh\necho "Welcome to the wrapper v2"\necho "{not json"\n')
+    fake.chmod(0o755)
+    odd = TerraformResource(
+        binary=str(fake), config_dir=tf.config_dir, data_dir=tf.data_dir, backend="local"
+    )
+    for call in (
+        lambda: odd.output(stack="network", location="test-1"),
+        lambda: odd.state_version(stack="network", location="test-1"),
+    ):
+        with pytest.raises(TerraformError, match="did not print JSON") as err:
+            call()
+        assert "Welcome to the wrapper v2" in str(err.value)
+    (Path(tf.data_dir) / "test-1" / "network" / ".terraform").mkdir(parents=True, exist_ok=True)
+    fake.write_text('#!/bin/sh\necho "[1, 2]"\n')
+    with pytest.raises(TerraformError, match="printed no outputs object"):
+        odd.output(stack="network", location="test-1")

@@ -8,13 +8,17 @@ Terraform stacks of which locations to plan, which role images to rebuild.
   number or cloud: its network; its hosts, addresses, roles, flavors, the salt master: its
   instances); a new location: both.
 - `packer/` (template, bake script, images.json): every image in use; `packer/clouds/<c>`: the
-  images built on cloud c. `salt/`: the group of the role a changed path names (a path part equal
-  to a role, or `<role>.sls`), else every image in use.
+  images built on cloud c. `salt/`: the tree is named by state (`salt/web/`, `salt/jenkins/
+  master.sls`), and `salt/roles.yaml` says which states each role applies: a changed path is the
+  state it belongs to (`salt/postgres/files/x` -> postgres; `salt/jenkins/x` -> every jenkins.*
+  state), whose roles' groups are rebuilt. `common` and `salt.minion` are in every image, and a
+  path of no role's state (top.sls, roles.yaml, lib/, a state no role applies) is treated as
+  shared: every image in use.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
@@ -65,22 +69,48 @@ def _instances_inputs(topo: Topology, location: str) -> tuple:
     return (repr(sorted(hosts.items())), topo.salt_master(), topo.domain)
 
 
+# States every role's states include (salt/roles.yaml's note): a change to them is in every image.
+EVERY_IMAGE_STATES = {"common", "salt.minion"}
+
+
+def states_of_salt_path(path: str, states: set[str]) -> set[str]:
+    """The states of `states` (dotted names) that the file `salt/<...>` belongs to: the state
+    whose file or folder holds it (`salt/jenkins/master.sls`, `salt/web/files/x`), else every
+    state under its top folder (`salt/jenkins/files/x` -> jenkins.master, jenkins.agent).
+    Empty: the path is no state's (top.sls, roles.yaml, lib/, a state no role applies)."""
+    parts = list(PurePosixPath(path).parts[1:])
+    if len(parts) < 2:  # salt/top.sls, salt/roles.yaml: shared by all
+        return set()
+    if parts[-1].endswith(".sls"):
+        parts[-1] = parts[-1].removesuffix(".sls")
+        if parts[-1] == "init":
+            parts.pop()
+    exact = {s for s in states if parts[: len(s.split("."))] == s.split(".")}
+    if exact:
+        return exact
+    return {s for s in states if s.split(".")[0] == parts[0]}
+
+
 def changes_between(
     changed_files: list[str],
     *,
     topology_path: str,
     new_topology: Topology,
     read_old_topology: Callable[[], str | None],
+    salt_roles: Mapping[str, list[str]] | None = None,
 ) -> ChangeSet:
     """The plan and rebuild work that `changed_files` (repo-relative paths) calls for, on the
-    locations of `new_topology` that are on an OpenStack cloud."""
+    locations of `new_topology` that are on an OpenStack cloud. `salt_roles`: salt/roles.yaml
+    (role -> states) at the new commit; None: every salt/ change rebuilds every image."""
     out = ChangeSet()
     locations = cloud_locations(new_topology)
     try:
         in_use = groups_in_use(new_topology)
     except ImageGroupError:
         in_use = {}
-    roles = new_topology.roles()
+    role_states = {r: set(states) for r, states in (salt_roles or {}).items()}
+    # (top.sls gives every host common and salt.minion besides its roles' states)
+    all_states = set().union(EVERY_IMAGE_STATES, *role_states.values()) if role_states else set()
 
     for path in changed_files:
         parts = PurePosixPath(path).parts
@@ -105,12 +135,17 @@ def changes_between(
             else:
                 out.add_images(set(in_use), f"{path} changed")
         elif top == "salt":
-            named = {p.removesuffix(".sls") for p in parts[1:] if p.removesuffix(".sls") in roles}
-            groups = {group_of_role(r) for r in named} - {None}
-            if named:
-                out.add_images({g for g in groups if g in in_use}, f"{path} changed")
-            else:
+            states = states_of_salt_path(path, all_states)
+            if not states or states & EVERY_IMAGE_STATES:
                 out.add_images(set(in_use), f"{path} changed (shared states)")
+                continue
+            roles = {r for r, s in role_states.items() if s & states}
+            groups = {group_of_role(r) for r in roles} - {None}
+            out.add_images(
+                {g for g in groups if g in in_use},
+                f"{path} changed (state {', '.join(sorted(states))}:"
+                f" role {', '.join(sorted(roles))})",
+            )
         elif path == topology_path:
             old = _load(read_old_topology(), topology_path)
             for loc in locations:

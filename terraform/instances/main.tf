@@ -53,3 +53,17 @@ resource "openstack_compute_instance_v2" "host" {
     ignore_changes = [image_id, user_data]
   }
 }
+
+# The web hosts' public addresses (80/443 from anywhere is their security group's): a floating IP
+# from the location's external network, on the host's port. Other hosts have none.
+resource "openstack_networking_floatingip_v2" "public" {
+  for_each    = module.layout.public_hosts
+  pool        = var.external_network
+  description = "${each.key}.${var.location}"
+}
+
+resource "openstack_networking_floatingip_associate_v2" "public" {
+  for_each    = module.layout.public_hosts
+  floating_ip = openstack_networking_floatingip_v2.public[each.key].address
+  port_id     = openstack_networking_port_v2.host[each.key].id
+}

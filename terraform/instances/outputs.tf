@@ -8,3 +8,8 @@ output "servers" {
     }
   }
 }
+
+output "floating_ips" {
+  description = "Web host -> its public (floating) address, for DNS."
+  value       = { for name, ip in openstack_networking_floatingip_v2.public : name => ip.address }
+}

@@ -43,6 +43,12 @@ locals {
         { protocol = "tcp", port_min = 53, port_max = 53, remote = local.private },
       ]
     }
+    jenkins-master = {
+      description = "The Jenkins master's web UI and agent connections, from the private network"
+      rules = [
+        { protocol = "tcp", port_min = var.jenkins_port, port_max = var.jenkins_port, remote = local.private },
+      ]
+    }
     web = {
       description = "Web hosts: HTTP and HTTPS from anywhere"
       rules = [
@@ -64,6 +70,7 @@ locals {
     docker-registry     = ["docker-registry"]
     npm-cache           = ["npm-cache"]
     dns                 = ["dns"]
+    jenkins-master      = ["jenkins-master"]
     web-staging         = ["web"]
     web-production      = ["web"]
     postgres-staging    = ["postgres"]
@@ -76,6 +83,13 @@ locals {
       for index, rule in spec.rules : "${group}/${index}" => merge(rule, { group = group })
     }
   ]...)
+
+  # Hosts reached from the internet (the web group: 80/443 from anywhere) get a floating IP
+  # from the location's external network; no other host has a public address.
+  public_groups = ["web"]
+  public_hosts = toset([
+    for name, port in local.ports : name if length(setintersection(port.security_groups, local.public_groups)) > 0
+  ])
 
   ports = {
     for name, host in var.hosts : name => {

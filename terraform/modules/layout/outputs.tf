@@ -27,3 +27,8 @@ output "ports" {
   description = "Host -> {fixed_ips (primary first), security_groups}."
   value       = local.ports
 }
+
+output "public_hosts" {
+  description = "The hosts that get a floating IP from the external network (those in the web group)."
+  value       = local.public_hosts
+}

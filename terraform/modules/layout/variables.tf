@@ -11,8 +11,9 @@ variable "bastion_cidr" {
   description = "The only source allowed to reach ssh, as a CIDR (a single address is x.x.x.x/32)."
   type        = string
   validation {
-    condition     = can(cidrhost(var.bastion_cidr, 0)) && var.bastion_cidr != "0.0.0.0/0"
-    error_message = "The bastion_cidr must be a CIDR such as 203.0.113.10/32, and not 0.0.0.0/0: ssh is never open to the world."
+    # An IPv4 CIDR of at least /8: 0.0.0.0/0, 0.0.0.0/1 ... are the world, or half of it.
+    condition     = can(regex("^[0-9]+\\.[0-9]+\\.[0-9]+\\.[0-9]+/[0-9]+$", var.bastion_cidr)) && can(cidrhost(var.bastion_cidr, 0)) && try(tonumber(split("/", var.bastion_cidr)[1]) >= 8, false)
+    error_message = "The bastion_cidr must be an IPv4 CIDR with a prefix length of at least /8, such as 203.0.113.10/32 (one address): ssh is never open to the world (0.0.0.0/0) or to a large part of it."
   }
 }
 
@@ -37,4 +38,10 @@ variable "npm_cache_port" {
   description = "The npm cache's port (verdaccio)."
   type        = number
   default     = 4873
+}
+
+variable "jenkins_port" {
+  description = "The Jenkins master's port (its UI and the agents' connections)."
+  type        = number
+  default     = 8080
 }

@@ -40,6 +40,19 @@ resource "null_resource" "server" {
   }
 }
 
+resource "null_resource" "floatingip" {
+  for_each = module.layout.public_hosts
+  triggers = { pool = var.external_network, description = "${each.key}.${var.location}" }
+}
+
+resource "null_resource" "floatingip_associate" {
+  for_each = module.layout.public_hosts
+  triggers = {
+    floating_ip = null_resource.floatingip[each.key].id
+    port        = null_resource.port[each.key].id
+  }
+}
+
 output "servers" {
   value = {
     for name, server in null_resource.server : name => {
@@ -47,5 +60,13 @@ output "servers" {
       addresses = module.layout.ports[name].fixed_ips
       image_id  = server.triggers.image
     }
+  }
+}
+
+output "floating_ips" {
+  # a documentation address (TEST-NET-3) per web host, in host order, where the cloud would give
+  # one from its external network
+  value = {
+    for index, name in sort(keys(null_resource.floatingip)) : name => cidrhost("203.0.113.0/24", index + 10)
   }
 }

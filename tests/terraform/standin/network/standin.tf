@@ -72,6 +72,20 @@ resource "null_resource" "slow" {
   }
 }
 
+# Tests only: what reached Terraform's environment from the openstack resource (the cloud, the
+# clouds.yaml, the password's length, never the password), as the OpenStack provider would read it.
+variable "env_trace_file" {
+  type    = string
+  default = ""
+}
+
+resource "null_resource" "env_trace" {
+  count = var.env_trace_file != "" ? 1 : 0
+  provisioner "local-exec" {
+    command = "echo \"$OS_CLOUD $OS_CLIENT_CONFIG_FILE $${#OS_PASSWORD}\" > ${var.env_trace_file}"
+  }
+}
+
 output "network_id" {
   value = null_resource.network.id
 }
