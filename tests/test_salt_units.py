@@ -175,6 +175,56 @@ def test_local_up_refuses_a_bad_secrets_file_before_starting_anything(tmp_path, 
     assert not (tmp_path / "state" / "local" / "run").exists()
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            'registry:\n  http_secret: "S3CRETVALUE\n  users: {ci: x}\n',
+            "not valid YAML on line 2 (in or after the key registry.http_secret): found "
+            "unexpected end of stream; the line is not shown (secrets)",
+        ),
+        (
+            "registry:\n  http_secret: S3CRETVALUE: x\n",
+            "not valid YAML on line 2 (in or after the key registry.http_secret): mapping values "
+            "are not allowed here",
+        ),
+        ("registry: S3CRETVALUE\n", "registry: must be a mapping of http_secret, tls, users"),
+        ("registry:\n  users: S3CRETVALUE\n", "registry.users: must be a mapping of ci, deploy"),
+    ],
+    ids=["unclosed-quote", "colon-in-value", "group-not-a-mapping", "users-not-a-mapping"],
+)
+def test_local_up_refuses_a_broken_throwaway_secrets_file_without_showing_it(
+    tmp_path, repo_root, text, expected
+):
+    """The local site's own secrets file (no $INFRA_SECRETS_FILE), edited by hand and broken: a
+    clear error that names the file, the line and the key, never the line's text."""
+    import subprocess
+    import sys
+
+    state = tmp_path / "state"
+    secrets = state / "local" / "secrets.yaml"
+    secrets.parent.mkdir(parents=True)
+    secrets.write_text(text)
+    secrets.chmod(0o600)
+    env = {k: v for k, v in os.environ.items() if k != "INFRA_SECRETS_FILE"}
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "infra"), "local", "up"],
+        capture_output=True,
+        text=True,
+        cwd=repo_root,
+        env={**env, "INFRA_STATE_DIR": str(state)},
+        timeout=120,
+    )
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr
+    assert f"{secrets}: 1 problem in the secrets" in out.stderr
+    assert expected in out.stderr
+    assert "S3CRETVALUE" not in out.stdout + out.stderr
+    assert not (state / "local" / "hosts").exists()
+    assert not (state / "local" / "run").exists()
+    assert secrets.read_text() == text  # not rewritten
+
+
 # --- the pillar ----------------------------------------------------------------------------------
 
 
