@@ -337,6 +337,8 @@ def _cross_check(report: _Report, data: dict, entries: dict[str, dict[str, Any]]
                 f" known: {', '.join(sorted(location_names)) or 'none'}",
             )
         roles = host.get("roles")
+        if isinstance(roles, list) and "salt-master" in roles:
+            masters.append(name)
         if not isinstance(roles, list) or not type_names:
             continue
         for i, role in enumerate(roles):
@@ -354,15 +356,32 @@ def _cross_check(report: _Report, data: dict, entries: dict[str, dict[str, Any]]
                     "no role with an address type: give the host at least one role listed"
                     " under 'types'",
                 )
-        if "salt-master" in roles:
-            masters.append(name)
-    if raw_hosts and "salt-master" in type_names and not masters:
-        report.add(("hosts",), "no host has the role salt-master: every host is a minion of one")
+    # DESIGN.md: every host is a salt minion whose id is its name, of the one master.
+    if raw_hosts and not masters:
+        hint = "" if "salt-master" in type_names else " (and the type salt-master under 'types')"
+        report.add(
+            ("hosts",),
+            "no host has the role salt-master: every host is a minion of one;"
+            f" give one host the role salt-master{hint}",
+        )
     for extra in masters[1:]:
         report.add(
             ("hosts", extra, "roles"),
             f"a second salt master: {masters[0]!r} already has the role salt-master",
         )
+
+    # One site per topology (sites.site_for): the local site's salt master, registry and hosts
+    # are processes on this machine, which a cloud's servers cannot reach, nor it theirs.
+    clouds = sorted({loc.cloud for loc in locations.values() if not loc.is_local})
+    if clouds:
+        for name, location in locations.items():
+            if location.is_local:
+                report.add(
+                    ("locations", name, "cloud"),
+                    f"'local' (this machine) cannot be mixed with clouds ({', '.join(clouds)})"
+                    " in one topology: keep the local site's locations in a topology of their"
+                    " own (topology.local.yaml)",
+                )
 
     for name, app in entries["apps"].items():
         if "{" in app.repo or app.repo.strip() != app.repo:
