@@ -266,6 +266,33 @@ def test_a_topology_mixing_the_local_site_and_a_cloud_is_refused(write_topology)
     load_topology(write_topology(text.replace("cloud: catalyst", "cloud: local")))
 
 
+def test_every_bad_domain_is_reported_with_its_own_key_path(write_topology):
+    text = GOOD.replace(
+        "health: /health}",
+        "health: /health,\n    domains: {staging: bad_name, production: also bad, qa: x.coop}}",
+    )
+    path = write_topology(text)
+    problems = problems_of(path)
+    assert sorted(problems) == [
+        f"{path}:11: apps.hello.domains.production: 'also bad' is not a domain name",
+        f"{path}:11: apps.hello.domains.qa: unknown environment 'qa': use staging or production",
+        f"{path}:11: apps.hello.domains.staging: 'bad_name' is not a domain name",
+    ]
+
+
+def test_a_host_named_like_a_role_is_refused(write_topology):
+    # `web-staging.<location>.<domain>` is the round-robin name of the role's hosts: a host of
+    # that name would silently lose its own DNS name.
+    path = write_topology(GOOD.replace("  web-staging-1: {", "  web-staging: {"))
+    assert problems_of(path) == [
+        f"{path}:8: hosts.web-staging: a host named like the role 'web-staging':"
+        " <web-staging>.<location>.<domain> is the DNS name of all the role's hosts (round"
+        " robin), so the host would lose its own; rename the host (e.g. web-staging-1)"
+    ]
+    # An untyped role has no DNS name: a host may be called `dns`.
+    load_topology(write_topology(GOOD.replace("  web-staging-1: {", "  dns: {")))
+
+
 def test_an_empty_file_is_an_error(write_topology):
     for text in ("", "\n\n", "# only a comment\n", "~\n"):
         path = write_topology(text)

@@ -251,6 +251,8 @@ def _translate(report: _Report, base: Path_, exc: ValidationError, model: type[B
     """Pydantic's errors, said as a person would say them."""
     for err in exc.errors():
         loc: Path_ = tuple(err["loc"])
+        if loc and loc[-1] == "[key]":  # a mapping's key: its path is the entry's
+            loc = loc[:-1]
         path = (*base, *loc)
         kind = err["type"]
         value = err.get("input")
@@ -327,6 +329,13 @@ def _cross_check(report: _Report, data: dict, entries: dict[str, dict[str, Any]]
     raw_hosts = data.get("hosts") if isinstance(data.get("hosts"), dict) else {}
     masters = []
     for name, host in raw_hosts.items():
+        if name in type_names:
+            report.add(
+                ("hosts", name),
+                f"a host named like the role {name!r}: <{name}>.<location>.<domain> is the DNS"
+                f" name of all the role's hosts (round robin), so the host would lose its own;"
+                f" rename the host (e.g. {name}-1)",
+            )
         if not isinstance(host, dict):
             continue
         location = host.get("location")
