@@ -17,10 +17,13 @@ person and never generated.
 
 from __future__ import annotations
 
+import base64
 import datetime
 import ipaddress
+import json
 import os
 import secrets as random
+import urllib.parse
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,7 +58,13 @@ class Secrets:
         return node
 
     def values(self) -> list[str]:
-        """Every secret value, longest first: what logs and metadata must never show."""
+        """Every secret value and every encoded form of it that a state writes, longest first:
+        what logs and metadata must never show.
+
+        Besides the values: each value JSON-escaped (`| json` in the states, auth.json) and
+        URL-quoted, its base64, and the base64 of each registry account's `user:password` (the
+        `auth` of an auth.json, written by the web and jenkins-agent states).
+        """
         found: list[str] = []
 
         def walk(node: Any) -> None:
@@ -69,7 +78,22 @@ class Secrets:
                     found.extend(line for line in node.splitlines() if len(line) >= 16)
 
         walk(self.data)
+        plain = list(found)
+        for value in plain:
+            found.append(json.dumps(value)[1:-1])
+            found.append(json.dumps(value, ensure_ascii=False)[1:-1])
+            found.append(urllib.parse.quote(value, safe=""))
+            found.append(_b64(value))
+        registry = self.data.get("registry")
+        users = registry.get("users") if isinstance(registry, dict) else None
+        for user, password in users.items() if isinstance(users, dict) else ():
+            if isinstance(password, str) and password:
+                found.append(_b64(f"{user}:{password}"))
         return sorted(set(found), key=len, reverse=True)
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
 
 
 def postgres_environments(topo: Topology) -> list[str]:

@@ -320,6 +320,51 @@ def test_state_returns_parse_into_typed_results(name):
     ] == expected["states"]
 
 
+def test_secrets_and_their_encoded_forms_never_reach_the_log_the_table_or_the_error(tmp_path):
+    """A state return recorded from real (masterless) salt, tests/data/salt/leaky/record.sh: the
+    registry's pull account as base64 in an auth.json diff, a password JSON-escaped in a file
+    diff, and a failing command that prints a password in clear."""
+    import base64
+
+    from infra_assets.highstate import report
+    from infra_assets.secrets import Secrets
+    from resources.salt import take_minion_return
+
+    pull = 'pull-S3cret "quoted" \\ back'
+    database = 'db S3cret/with spaces & "quotes"'
+    secrets = Secrets(
+        tmp_path / "secrets.yaml",
+        {"registry": {"users": {"deploy": pull}}, "postgres": {"hello": {"staging": database}}},
+    )
+    leaked = {
+        pull,
+        database,
+        base64.b64encode(f"deploy:{pull}".encode()).decode(),
+        json.dumps(database)[1:-1],  # as the JSON file's diff shows it
+        "S3cret",  # any part of a value
+    }
+    raw = {"ret": json.loads((DATA / "salt" / "leaky.json").read_text())["local"], "retcode": 2}
+
+    def seen(redact):
+        log: list[str] = []
+        run = take_minion_return("web-staging-1", raw, test=False, say=log.append, redact=redact)
+        result = ApplyResult(("leaky",), False, {"web-staging-1": run}, 1.0)
+        table = report(result)["results"].value
+        return {"log": "\n".join(log), "table": table, "error": "\n".join(result.problems())}
+
+    # Unscrubbed, each place shows a secret in some form: the test can fail.
+    for place, text in seen(()).items():
+        assert any(form in text for form in leaked), place
+    scrubbed = seen(secrets.values())
+    for place, text in scrubbed.items():
+        assert "***" in text, place
+        assert not [form for form in leaked if form in text], (place, text)
+    assert '"auth": "***"' in scrubbed["table"]  # the auth.json diff
+    assert '{"password": "***"}' in scrubbed["table"]  # the JSON-escaped password, in its diff
+    assert "login deploy:*** refused" in scrubbed["error"]
+    assert "FAILED: leaky: leaky-login (cmd.run)" in scrubbed["log"]
+
+
 def test_a_failed_run_names_the_minion_the_state_and_why():
     raw = json.loads((DATA / "salt" / "apply_web_port_taken.json").read_text())
     states, _ = parse_state_return("web-production-1", raw["web-production-1"])
