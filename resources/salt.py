@@ -326,17 +326,24 @@ class SaltResource(dg.ConfigurableResource):
             self._wheel("key.accept_dict", {"minions_pre": ids})
         return ids
 
-    def delete_keys(self, *, minion_ids: Sequence[str]) -> list[str]:
-        """Delete the keys (accepted, pending, rejected or denied) of exactly these ids."""
+    def delete_keys(
+        self,
+        *,
+        minion_ids: Sequence[str],
+        states: Sequence[str] = ("accepted", "pending", "rejected", "denied"),
+    ) -> list[str]:
+        """Delete the keys of exactly these ids, in these states only (default: all of them;
+        `states=["denied"]` drops an impostor's key and keeps the accepted one)."""
         keys = self.list_keys()
         match = {
-            name: sorted(set(minion_ids) & set(ids))
-            for name, ids in [
-                ("minions", keys.accepted),
-                ("minions_pre", keys.pending),
-                ("minions_rejected", keys.rejected),
-                ("minions_denied", keys.denied),
+            name: sorted(set(minion_ids) & set(getattr(keys, state)))
+            for state, name in [
+                ("accepted", "minions"),
+                ("pending", "minions_pre"),
+                ("rejected", "minions_rejected"),
+                ("denied", "minions_denied"),
             ]
+            if state in states
         }
         match = {k: v for k, v in match.items() if v}
         if match:
