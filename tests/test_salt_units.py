@@ -298,6 +298,81 @@ def test_the_pillar_tree_gives_each_minion_its_own_file(tmp_path):
     assert write_pillar_tree(root, {"web-1": {"a": 2}}).unchanged == ("web-1",)
 
 
+def test_the_jenkins_master_gets_its_password_from_a_root_only_file_and_its_casc_plugin(
+    coop, coop_secrets, tmp_path, repo_root
+):
+    """jenkins.master as a server gets it (no Jenkins here, so the server branch is rendered by
+    real masterless salt, `state.show_sls`, with support-1's pillar from the topology)."""
+    import shlex
+    import subprocess
+    import sys
+
+    password = 'it\'s "x" \\ y $HOME'  # quotes, a backslash, a dollar: systemd must get it whole
+    data = {**coop_secrets.data, "jenkins": {"admin_password": password}}
+    path = coop_secrets.file
+    path.write_text(yaml.safe_dump(data))
+    secrets = load_secrets(path, coop)
+    pillar = render_pillars(site_for(coop), secrets)["support-1"]
+    (tmp_path / "pillar").mkdir()
+    (tmp_path / "pillar" / "top.sls").write_text("base: {'*': [support-1]}\n")
+    (tmp_path / "pillar" / "support-1.sls").write_text("#!json\n" + json.dumps(pillar))
+    config = {
+        "id": "support-1",
+        "file_client": "local",
+        "root_dir": str(tmp_path / "root"),
+        "file_roots": {"base": [str(repo_root / "salt")]},
+        "pillar_roots": {"base": [str(tmp_path / "pillar")]},
+        "enable_fqdns_grains": False,
+        "enable_gpu_grains": False,
+    }
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "minion").write_text(yaml.safe_dump(config))
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "salt-call"), "--local", "-c", str(tmp_path / "etc")]
+        + ["--out=json", "--log-level=quiet", "state.show_sls", "jenkins.master"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    states = json.loads(out.stdout)["local"]
+
+    def args(state_id: str) -> dict:
+        return {
+            k: v
+            for item in states[state_id][next(iter(states[state_id]))]
+            if isinstance(item, dict)
+            for k, v in item.items()
+        }
+
+    env = args("jenkins-admin-env")
+    assert env["name"] == "/etc/jenkins/admin.env"
+    assert (env["mode"], env["user"], env["group"], env["show_changes"]) == (
+        "0600",
+        "root",
+        "root",
+        False,
+    )
+    line = [x for x in env["contents"].splitlines() if x.startswith("JENKINS_ADMIN_PASSWORD=")]
+    assert shlex.split(line[0]) == [f"JENKINS_ADMIN_PASSWORD={password}"]  # systemd's quoting
+    unit = args("jenkins-environment")
+    assert unit["name"] == "/etc/systemd/system/jenkins.service.d/coop.conf"
+    assert "EnvironmentFile=/etc/jenkins/admin.env" in unit["contents"].splitlines()
+    assert "JENKINS_ADMIN_PASSWORD" not in unit["contents"] and "$HOME" not in unit["contents"]
+    assert 'password: "${JENKINS_ADMIN_PASSWORD}"' in args("jenkins-casc")["contents"]
+    # The plugin casc.yaml needs, with its dependencies, by Jenkins' plugin manager (pinned, and
+    # checked against the checksum published beside it); Jenkins restarts when it ran.
+    assert "configuration-as-code" in args("jenkins-plugins-list")["contents"].splitlines()
+    manager = args("jenkins-plugin-manager")
+    assert manager["source_hash"] == manager["source"] + ".sha256"
+    plugins = args("jenkins-plugins")
+    assert "--plugin-file /etc/jenkins/plugins.txt" in plugins["name"]
+    assert plugins["runas"] == "jenkins"
+    assert plugins["unless"] == ["test -e /var/lib/jenkins/plugins/configuration-as-code.jpi"]
+    assert {"cmd": "jenkins-plugins"} in args("jenkins-restart")["onchanges"]
+    assert {"file": "jenkins-admin-env"} in args("jenkins-restart")["onchanges"]
+
+
 # --- salt's answers, recorded from a real master -------------------------------------------------
 
 
