@@ -365,6 +365,8 @@ def test_the_jenkins_master_gets_its_password_from_a_root_only_file_and_its_casc
     assert "configuration-as-code" in args("jenkins-plugins-list")["contents"].splitlines()
     manager = args("jenkins-plugin-manager")
     assert manager["source_hash"] == manager["source"] + ".sha256"
+    # Neither the download nor the install runs while every plugin is in place.
+    assert manager["unless"] == ["test -e /var/lib/jenkins/plugins/configuration-as-code.jpi"]
     plugins = args("jenkins-plugins")
     assert "--plugin-file /etc/jenkins/plugins.txt" in plugins["name"]
     assert plugins["runas"] == "jenkins"

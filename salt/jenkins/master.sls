@@ -118,6 +118,10 @@ jenkins-plugin-manager:
     - source: {{ plugin_cli_url }}
     - source_hash: {{ plugin_cli_url }}.sha256
     - mode: '0644'
+    - unless:  # every plugin of the list in place (an operator may have installed them)
+{%- for plugin in plugins %}
+      - test -e {{ home }}/plugins/{{ plugin }}.jpi
+{%- endfor %}
 
 jenkins-plugins:
   cmd.run:
