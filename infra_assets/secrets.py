@@ -154,7 +154,7 @@ def _read(path: Path, keys: list[tuple[str, ...]], *, missing_ok: bool = False) 
     return data
 
 
-def _shape_problems(data: dict, keys: Iterable[tuple[str, ...]]) -> list[str]:
+def _shape_problems(data: dict, keys: list[tuple[str, ...]]) -> list[str]:
     """The groups on the way to a required key that are not mappings (`registry: x`).
     Values are never shown, only their type."""
     found: list[str] = []
