@@ -5,7 +5,9 @@
   each host gets, never a value.
 - `minions`: accepts exactly the pending keys whose ids are hosts of the topology, leaves every
   other key unaccepted and reports it, deletes the keys of hosts that left the topology, and
-  pings every declared minion. Metadata: a table of minions and their state.
+  pings every declared minion. A denied or rejected key under a declared host's name (an
+  impostor, or a rebuilt server) is named with a warning. Metadata: a table of minions and
+  their state.
 - check `minion_keys_match_topology` (blocking): accepted keys == declared hosts, so no state is
   applied while a stranger is accepted or a host is missing.
 """
@@ -113,13 +115,30 @@ def minions(
         context.log.warning(
             f"key {m!r} ({after.state_of(m)}) is not a host of the topology: left unaccepted"
         )
+    # A declared host's name on a key the master will not use: denied (another machine presents
+    # a different key for a name that already has one: an impostor, or the server was rebuilt)
+    # or rejected (by a person). Neither is accepted or deleted here; both are named.
+    denied = [m for m in declared if m in after.denied]
+    rejected = [m for m in declared if m in after.rejected]
+    for m in denied:
+        context.log.warning(
+            f"host {m}: a key under its name was denied: a machine presents another key than"
+            f" the {after.state_of(m)} one (an impostor, or the server was rebuilt). If it was"
+            f" rebuilt: `salt-key -d {m}`, restart its minion and materialise minions again;"
+            " otherwise find that machine"
+        )
+    for m in rejected:
+        context.log.warning(
+            f"host {m}: a key under its name was rejected (salt-key -r) and is left so; if the"
+            f" host is genuine, `salt-key -d {m}` and let its minion authenticate again"
+        )
     missing = [m for m in declared if m not in after.accepted]
     rows = ["| minion | roles | key | answers | this run |", "|---|---|---|---|---|"]
     for m in declared:
         answers = "yes" if m in ping.answered else ("no" if m in targets else "-")
         action = "accepted" if m in accepted else ""
         roles = ", ".join(topology.hosts[m].roles)
-        rows.append(f"| {m} | {roles} | {after.state_of(m)} | {answers} | {action} |")
+        rows.append(f"| {m} | {roles} | {_key_states(after, m)} | {answers} | {action} |")
     for m in removed:
         rows.append(f"| {m} | (not in the topology) | deleted | - | key deleted |")
     for m in undeclared:
@@ -132,6 +151,8 @@ def minions(
             "deleted_keys": removed,
             "undeclared_keys": undeclared,
             "missing_keys": missing,
+            "denied_keys": denied,
+            "rejected_keys": rejected,
             "answering": list(ping.answered),
             "silent": list(ping.silent),
             "minions": dg.MetadataValue.md("\n".join(rows)),
@@ -181,6 +202,14 @@ def check_keys(keys: KeyList, topology: Topology) -> dg.AssetCheckResult:
         description="\n".join(lines) or None,
         metadata={"accepted": sorted(accepted), "strangers": strangers, "missing": missing},
     )
+
+
+def _key_states(keys: KeyList, minion_id: str) -> str:
+    """Every state the id has a key in (`accepted + denied`), or `no key`."""
+    states = [
+        s for s in ("accepted", "pending", "rejected", "denied") if minion_id in getattr(keys, s)
+    ]
+    return " + ".join(f"**{s}**" if s in ("denied", "rejected") else s for s in states) or "no key"
 
 
 def _site(topology: Topology):

@@ -17,10 +17,13 @@ person and never generated.
 
 from __future__ import annotations
 
+import base64
 import datetime
 import ipaddress
+import json
 import os
 import secrets as random
+import urllib.parse
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,7 +58,13 @@ class Secrets:
         return node
 
     def values(self) -> list[str]:
-        """Every secret value, longest first: what logs and metadata must never show."""
+        """Every secret value and every encoded form of it that a state writes, longest first:
+        what logs and metadata must never show.
+
+        Besides the values: each value JSON-escaped (`| json` in the states, auth.json) and
+        URL-quoted, its base64, and the base64 of each registry account's `user:password` (the
+        `auth` of an auth.json, written by the web and jenkins-agent states).
+        """
         found: list[str] = []
 
         def walk(node: Any) -> None:
@@ -69,7 +78,22 @@ class Secrets:
                     found.extend(line for line in node.splitlines() if len(line) >= 16)
 
         walk(self.data)
+        plain = list(found)
+        for value in plain:
+            found.append(json.dumps(value)[1:-1])
+            found.append(json.dumps(value, ensure_ascii=False)[1:-1])
+            found.append(urllib.parse.quote(value, safe=""))
+            found.append(_b64(value))
+        registry = self.data.get("registry")
+        users = registry.get("users") if isinstance(registry, dict) else None
+        for user, password in users.items() if isinstance(users, dict) else ():
+            if isinstance(password, str) and password:
+                found.append(_b64(f"{user}:{password}"))
         return sorted(set(found), key=len, reverse=True)
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
 
 
 def postgres_environments(topo: Topology) -> list[str]:
@@ -90,25 +114,95 @@ def required_keys(topo: Topology) -> list[tuple[str, ...]]:
     return keys
 
 
-def load_secrets(path: Path, topo: Topology) -> Secrets:
-    """Read and check the secrets file for `topo`. Raises `SecretsError` (never shows a value)."""
-    path = Path(path)
+def _read(path: Path, keys: list[tuple[str, ...]], *, missing_ok: bool = False) -> dict[str, Any]:
+    """The secrets file as a mapping, or `SecretsError` naming the file, the line and the key.
+
+    Never shows a line of the file: a YAML error's excerpt would print the secret on it.
+    """
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
+        if missing_ok:
+            return {}
         raise SecretsError(
             path, ["no such file: write it (README, 'Secrets') or set $INFRA_SECRETS_FILE"]
         ) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SecretsError(path, [f"cannot read the file: {exc}"]) from None
+    except OSError as exc:
+        raise SecretsError(path, [f"cannot read the file: {exc.strerror or exc}"]) from None
+    except UnicodeDecodeError:
+        raise SecretsError(path, ["cannot read the file: it is not UTF-8 text"]) from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
+        # The construct's start (an unclosed quote's line) names the key better than the point
+        # where the parser gave up (often the end of the file).
+        mark = getattr(exc, "context_mark", None) or getattr(exc, "problem_mark", None)
         where = f" on line {mark.line + 1}" if mark else ""
-        raise SecretsError(path, [f"not valid YAML{where}"]) from None
+        problem = getattr(exc, "problem", None) or "cannot parse it"
+        key = _key_before(text, mark.line, keys) if mark else None
+        near = f" (in or after the key {key})" if key else ""
+        raise SecretsError(
+            path, [f"not valid YAML{where}{near}: {problem}; the line is not shown (secrets)"]
+        ) from None
     if data is None:
-        data = {}
+        return {}
     if not isinstance(data, dict):
         raise SecretsError(path, ["the file must be a YAML mapping (registry:, postgres:, ...)"])
+    problems = _shape_problems(data, keys)
+    if problems:
+        raise SecretsError(path, problems)
+    return data
+
+
+def _shape_problems(data: dict, keys: list[tuple[str, ...]]) -> list[str]:
+    """The groups on the way to a required key that are not mappings (`registry: x`).
+    Values are never shown, only their type."""
+    found: list[str] = []
+    for key in keys:
+        node: Any = data
+        for depth, part in enumerate(key[:-1], start=1):
+            if not isinstance(node, dict) or part not in node:
+                break
+            node = node[part]
+            if not isinstance(node, dict):
+                problem = (
+                    f"{'.'.join(key[:depth])}: must be a mapping of "
+                    f"{', '.join(sorted({k[depth] for k in keys if k[:depth] == key[:depth]}))}"
+                    f" (found a {type(node).__name__})"
+                )
+                if problem not in found:
+                    found.append(problem)
+                break
+    return found
+
+
+def _key_before(text: str, line: int, keys: list[tuple[str, ...]]) -> str | None:
+    """The dotted key of the last mapping key at or above `line` (0-based), from indentation
+    alone, for an error message that names where without showing the value. Only names the
+    topology's keys are made of are shown (text before a colon inside a value could be a secret).
+    """
+    known = {part for key in keys for part in key}
+    stack: list[tuple[int, str]] = []
+    found = None
+    for raw in text.splitlines()[: line + 1]:
+        stripped = raw.lstrip(" ")
+        if not stripped or stripped.startswith("#") or ":" not in stripped:
+            continue
+        name = stripped.split(":", 1)[0].strip().strip("'\"")
+        if not name or any(c in name for c in "{}[],&*!|>'\"%@`"):
+            continue
+        indent = len(raw) - len(stripped)
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        stack.append((indent, name))
+        found = ".".join(n for _, n in stack) if all(n in known for _, n in stack) else None
+    return found
+
+
+def load_secrets(path: Path, topo: Topology) -> Secrets:
+    """Read and check the secrets file for `topo`. Raises `SecretsError` (never shows a value)."""
+    path = Path(path)
+    data = _read(path, required_keys(topo))
     problems = []
     for key in required_keys(topo):
         value = _lookup(data, key)
@@ -131,10 +225,7 @@ def ensure_secrets(path: Path, topo: Topology, *, tls_names: Iterable[str] = ())
     Values already in the file are kept. Never call this for a real site.
     """
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        data = {}
+    data = _read(path, required_keys(topo), missing_ok=True)
     changed = False
     for key in required_keys(topo):
         if _lookup(data, key) is _MISSING:

@@ -326,17 +326,24 @@ class SaltResource(dg.ConfigurableResource):
             self._wheel("key.accept_dict", {"minions_pre": ids})
         return ids
 
-    def delete_keys(self, *, minion_ids: Sequence[str]) -> list[str]:
-        """Delete the keys (accepted, pending, rejected or denied) of exactly these ids."""
+    def delete_keys(
+        self,
+        *,
+        minion_ids: Sequence[str],
+        states: Sequence[str] = ("accepted", "pending", "rejected", "denied"),
+    ) -> list[str]:
+        """Delete the keys of exactly these ids, in these states only (default: all of them;
+        `states=["denied"]` drops an impostor's key and keeps the accepted one)."""
         keys = self.list_keys()
         match = {
-            name: sorted(set(minion_ids) & set(ids))
-            for name, ids in [
-                ("minions", keys.accepted),
-                ("minions_pre", keys.pending),
-                ("minions_rejected", keys.rejected),
-                ("minions_denied", keys.denied),
+            name: sorted(set(minion_ids) & set(getattr(keys, state)))
+            for state, name in [
+                ("accepted", "minions"),
+                ("pending", "minions_pre"),
+                ("rejected", "minions_rejected"),
+                ("denied", "minions_denied"),
             ]
+            if state in states
         }
         match = {k: v for k, v in match.items() if v}
         if match:
@@ -526,17 +533,7 @@ class SaltResource(dg.ConfigurableResource):
             ):
                 if minion not in minions:
                     continue
-                run = _minion_run(minion, _scrub(ret, secrets))
-                runs[minion] = run
-                say(_summary(run, test))
-                for state in sorted(run.states, key=lambda s: s.run_num):
-                    if state.failed or state.changed:
-                        verdict = (
-                            "FAILED" if state.failed else ("would change" if test else "changed")
-                        )
-                        say(f"  {verdict}: {state.label}: {state.detail}")
-                for error in run.errors:
-                    say(f"  ERROR: {error}")
+                runs[minion] = take_minion_return(minion, ret, test=test, say=say, redact=secrets)
         except (KeyboardInterrupt, dg.DagsterExecutionInterruptedError):
             # A cancelled run: stop the job on the minions too, then let the cancellation go on.
             if jid:
@@ -654,6 +651,22 @@ def parse_state_return(minion: str, ret: Any) -> tuple[list[StateResult], list[s
     return states, []
 
 
+def take_minion_return(
+    minion: str, ret: Any, *, test: bool, say: LogSink, redact: Sequence[str] = ()
+) -> MinionRun:
+    """One minion's answer to a state run: scrubbed of every `redact` value first, parsed, and
+    said in the log (a summary, then each failed or changed state, then any error)."""
+    run = _minion_run(minion, _scrub(ret, [s for s in redact if s]))
+    say(_summary(run, test))
+    for state in sorted(run.states, key=lambda s: s.run_num):
+        if state.failed or state.changed:
+            verdict = "FAILED" if state.failed else ("would change" if test else "changed")
+            say(f"  {verdict}: {state.label}: {state.detail}")
+    for error in run.errors:
+        say(f"  ERROR: {error}")
+    return run
+
+
 def _minion_run(minion: str, ret: Any) -> MinionRun:
     if not isinstance(ret, dict) or (ret.get("failed") is True and "ret" not in ret):
         return MinionRun(minion, returned=False)
@@ -668,6 +681,9 @@ def _comment(comment: Any) -> str:
 
 
 def _scrub(value: Any, secrets: Sequence[str]) -> Any:
+    """`value` with every secret replaced by `***`, in keys too (a state's key holds its name,
+    which for a command is the command line). `secrets` longest first, with their encoded
+    forms (`Secrets.values()`)."""
     if not secrets:
         return value
     if isinstance(value, str):
@@ -675,7 +691,7 @@ def _scrub(value: Any, secrets: Sequence[str]) -> Any:
             value = value.replace(secret, "***")
         return value
     if isinstance(value, dict):
-        return {k: _scrub(v, secrets) for k, v in value.items()}
+        return {_scrub(k, secrets): _scrub(v, secrets) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_scrub(v, secrets) for v in value]
     return value

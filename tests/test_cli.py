@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -90,3 +91,29 @@ def test_a_missing_file_is_a_clear_error(tmp_path):
     out = infra("check", cwd=tmp_path)
     assert out.returncode == 2
     assert out.stderr.strip().endswith("topology.yaml: no such file: pass the topology file's path")
+
+
+def test_a_topology_without_a_salt_master_fails_check_and_local_status_says_why(
+    repo_root, tmp_path
+):
+    path = tmp_path / "topology.yaml"
+    text = (repo_root / "topology.local.yaml").read_text()
+    assert "roles: [salt-master, docker-registry, dns]" in text
+    # No host has the role, and no type names it (the check once ran only when a type did).
+    text = text.replace(
+        "roles: [salt-master, docker-registry, dns]", "roles: [docker-registry, dns]"
+    )
+    path.write_text(text.replace("  salt-master: 1\n", ""))
+    out = infra("check", str(path))
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "hosts: no host has the role salt-master: every host is a minion of one" in out.stderr
+    # `infra local status` reports the broken topology per service instead of crashing.
+    status = subprocess.run(
+        [INFRA, "local", "status", "--json", "--topology", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "INFRA_STATE_DIR": str(tmp_path / "state")},
+    )
+    assert status.returncode == 0 and "Traceback" not in status.stderr, status.stderr
+    assert json.loads(status.stdout)["salt"] == {"error": f"{path}: 1 problem in the topology"}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import shutil
 import socket
@@ -19,6 +20,7 @@ import ssl
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -117,12 +119,17 @@ def on_site(salt_site: SaltSite, monkeypatch: pytest.MonkeyPatch) -> SaltSite:
     return salt_site
 
 
-def run_assets(*keys: str, topology: Path = TOPOLOGY, run_config: dict | None = None):
+def run_assets(
+    *keys: str,
+    topology: Path = TOPOLOGY,
+    run_config: dict | None = None,
+    instance: dg.DagsterInstance | None = None,
+):
     defs = build_definitions(load_topology(topology))
     job = defs.resolve_implicit_global_asset_job_def()
     return job.execute_in_process(
         asset_selection=[dg.AssetKey.from_user_string(k) for k in ("topology", *keys)],
-        instance=dg.DagsterInstance.ephemeral(),
+        instance=instance or dg.DagsterInstance.ephemeral(),
         run_config=run_config or {},
         raise_on_error=False,
     )
@@ -275,6 +282,77 @@ def test_the_keys_check_fails_on_a_stranger(on_site):
     assert not bad.passed
     assert "accepted, but not a host of the topology: intruder-1" in bad.description
     assert "a host of the topology without an accepted key: support-2 (no key)" in bad.description
+
+
+def test_the_keys_check_blocks_the_highstate_while_a_declared_host_has_no_key(
+    on_site, tmp_path, monkeypatch
+):
+    # ghost-1 is declared but no minion of that id ever started: no key at all.
+    data = yaml.safe_load(TOPOLOGY.read_text())
+    data["hosts"]["ghost-1"] = {"location": "local", "instance": 2, "roles": ["web-staging"]}
+    bigger = tmp_path / "topology.yaml"
+    bigger.write_text(yaml.safe_dump(data, sort_keys=False))
+    monkeypatch.setenv("INFRA_TOPOLOGY", str(bigger))
+    # highstate/salt-minion runs on support-2 only, whose key is accepted: were it not blocked,
+    # it would materialise.
+    result = run_assets("minions", "highstate/salt-minion", topology=bigger)
+    assert materialization(result, "minions").metadata["missing_keys"].value == ["ghost-1"]
+    check = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    assert not check["minion_keys_match_topology"].passed
+    assert "a host of the topology without an accepted key: ghost-1 (no key)" in (
+        check["minion_keys_match_topology"].description
+    )
+    op = _highstate_op("salt-minion")
+    started = {e.step_key for e in result.all_events if e.event_type_value == "STEP_START"}
+    assert op not in started, "the highstate ran although the keys check failed"
+    assert not [
+        e
+        for e in result.get_asset_materialization_events()
+        if e.asset_key == dg.AssetKey(["highstate", "salt-minion"])
+    ]
+    assert not result.success
+
+
+def test_a_denied_key_under_a_declared_name_is_reported(on_site):
+    """Another machine presents itself as support-2 with a key of its own (an impostor, or the
+    server rebuilt): the master denies that key; `minions` names it and warns."""
+    root = Path(tempfile.mkdtemp(prefix="impostor-"))  # short: salt's sockets live under it
+    cfg = root / "etc" / "salt" / "minion"
+    cfg.parent.mkdir(parents=True)
+    cfg.write_text(yaml.safe_dump({**minion_opts(on_site.ps, "support-2"), "root_dir": str(root)}))
+    sup = on_site.site.supervisor
+    instance = dg.DagsterInstance.ephemeral()
+    with on_site.salt() as salt:
+        try:
+            sup.start(
+                "test-impostor-minion",
+                [salt_binary("salt-minion"), "-c", cfg.parent],
+                log=root / "minion.out",
+                ready=(cfg.parent / "pki" / "minion" / "minion.pub").exists,
+            )
+            _wait_until(lambda: "support-2" in salt.list_keys().denied, 60)
+            result = run_assets("minions", instance=instance)
+            assert result.success
+            md = materialization(result, "minions").metadata
+            assert md["denied_keys"].value == ["support-2"]
+            assert md["rejected_keys"].value == []
+            assert "| support-2 | salt-minion, jenkins-agent | accepted + **denied** | yes |" in (
+                md["minions"].value
+            )
+            warnings = [
+                e.user_message
+                for e in instance.all_logs(result.run_id)
+                if e.level == logging.WARNING and "support-2" in e.user_message
+            ]
+            assert any("a key under its name was denied" in w for w in warnings), warnings
+        finally:
+            sup.stop("test-impostor-minion")
+            shutil.rmtree(root, ignore_errors=True)
+            salt.delete_keys(minion_ids=["support-2"], states=["denied"])
+        # The genuine support-2 keeps its accepted key and answers.
+        assert "support-2" in salt.list_keys().accepted
+        assert "support-2" not in salt.list_keys().denied
+        assert salt.ping(minions=["support-2"]).ok
 
 
 # --- the pillar ----------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from cryptography import x509
 
-from infra_assets.model import load_topology
+from infra_assets.model import TopologyError, load_topology
 from infra_assets.pillar import render_pillars, secret_paths
 from infra_assets.secrets import SecretsError, ensure_secrets, load_secrets, required_keys
 from infra_assets.sites import CloudSite, ProcessSite, SiteError, site_for
@@ -59,8 +59,9 @@ def test_a_topology_mixing_local_and_cloud_is_refused(write_topology):
     def edit(data):
         data["locations"]["lab"] = {"number": 101, "cloud": "local"}
 
-    with pytest.raises(SiteError, match="mixes the local site with clouds"):
-        site_for(load_topology(write_topology(edit=edit)))
+    # Refused when the topology is read, before any site is picked (tests/test_topology_model.py).
+    with pytest.raises(TopologyError, match=r"locations\.lab\.cloud: 'local' \(this machine\)"):
+        load_topology(write_topology(edit=edit))
 
 
 def test_the_local_site_needs_up_before_it_has_ports(repo_root, tmp_path):
@@ -175,6 +176,56 @@ def test_local_up_refuses_a_bad_secrets_file_before_starting_anything(tmp_path, 
     assert not (tmp_path / "state" / "local" / "run").exists()
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            'registry:\n  http_secret: "S3CRETVALUE\n  users: {ci: x}\n',
+            "not valid YAML on line 2 (in or after the key registry.http_secret): found "
+            "unexpected end of stream; the line is not shown (secrets)",
+        ),
+        (
+            "registry:\n  http_secret: S3CRETVALUE: x\n",
+            "not valid YAML on line 2 (in or after the key registry.http_secret): mapping values "
+            "are not allowed here",
+        ),
+        ("registry: S3CRETVALUE\n", "registry: must be a mapping of http_secret, tls, users"),
+        ("registry:\n  users: S3CRETVALUE\n", "registry.users: must be a mapping of ci, deploy"),
+    ],
+    ids=["unclosed-quote", "colon-in-value", "group-not-a-mapping", "users-not-a-mapping"],
+)
+def test_local_up_refuses_a_broken_throwaway_secrets_file_without_showing_it(
+    tmp_path, repo_root, text, expected
+):
+    """The local site's own secrets file (no $INFRA_SECRETS_FILE), edited by hand and broken: a
+    clear error that names the file, the line and the key, never the line's text."""
+    import subprocess
+    import sys
+
+    state = tmp_path / "state"
+    secrets = state / "local" / "secrets.yaml"
+    secrets.parent.mkdir(parents=True)
+    secrets.write_text(text)
+    secrets.chmod(0o600)
+    env = {k: v for k, v in os.environ.items() if k != "INFRA_SECRETS_FILE"}
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "infra"), "local", "up"],
+        capture_output=True,
+        text=True,
+        cwd=repo_root,
+        env={**env, "INFRA_STATE_DIR": str(state)},
+        timeout=120,
+    )
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr
+    assert f"{secrets}: 1 problem in the secrets" in out.stderr
+    assert expected in out.stderr
+    assert "S3CRETVALUE" not in out.stdout + out.stderr
+    assert not (state / "local" / "hosts").exists()
+    assert not (state / "local" / "run").exists()
+    assert secrets.read_text() == text  # not rewritten
+
+
 # --- the pillar ----------------------------------------------------------------------------------
 
 
@@ -247,6 +298,83 @@ def test_the_pillar_tree_gives_each_minion_its_own_file(tmp_path):
     assert write_pillar_tree(root, {"web-1": {"a": 2}}).unchanged == ("web-1",)
 
 
+def test_the_jenkins_master_gets_its_password_from_a_root_only_file_and_its_casc_plugin(
+    coop, coop_secrets, tmp_path, repo_root
+):
+    """jenkins.master as a server gets it (no Jenkins here, so the server branch is rendered by
+    real masterless salt, `state.show_sls`, with support-1's pillar from the topology)."""
+    import shlex
+    import subprocess
+    import sys
+
+    password = 'it\'s "x" \\ y $HOME'  # quotes, a backslash, a dollar: systemd must get it whole
+    data = {**coop_secrets.data, "jenkins": {"admin_password": password}}
+    path = coop_secrets.file
+    path.write_text(yaml.safe_dump(data))
+    secrets = load_secrets(path, coop)
+    pillar = render_pillars(site_for(coop), secrets)["support-1"]
+    (tmp_path / "pillar").mkdir()
+    (tmp_path / "pillar" / "top.sls").write_text("base: {'*': [support-1]}\n")
+    (tmp_path / "pillar" / "support-1.sls").write_text("#!json\n" + json.dumps(pillar))
+    config = {
+        "id": "support-1",
+        "file_client": "local",
+        "root_dir": str(tmp_path / "root"),
+        "file_roots": {"base": [str(repo_root / "salt")]},
+        "pillar_roots": {"base": [str(tmp_path / "pillar")]},
+        "enable_fqdns_grains": False,
+        "enable_gpu_grains": False,
+    }
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "minion").write_text(yaml.safe_dump(config))
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "salt-call"), "--local", "-c", str(tmp_path / "etc")]
+        + ["--out=json", "--log-level=quiet", "state.show_sls", "jenkins.master"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    states = json.loads(out.stdout)["local"]
+
+    def args(state_id: str) -> dict:
+        return {
+            k: v
+            for item in states[state_id][next(iter(states[state_id]))]
+            if isinstance(item, dict)
+            for k, v in item.items()
+        }
+
+    env = args("jenkins-admin-env")
+    assert env["name"] == "/etc/jenkins/admin.env"
+    assert (env["mode"], env["user"], env["group"], env["show_changes"]) == (
+        "0600",
+        "root",
+        "root",
+        False,
+    )
+    line = [x for x in env["contents"].splitlines() if x.startswith("JENKINS_ADMIN_PASSWORD=")]
+    assert shlex.split(line[0]) == [f"JENKINS_ADMIN_PASSWORD={password}"]  # systemd's quoting
+    unit = args("jenkins-environment")
+    assert unit["name"] == "/etc/systemd/system/jenkins.service.d/coop.conf"
+    assert "EnvironmentFile=/etc/jenkins/admin.env" in unit["contents"].splitlines()
+    assert "JENKINS_ADMIN_PASSWORD" not in unit["contents"] and "$HOME" not in unit["contents"]
+    assert 'password: "${JENKINS_ADMIN_PASSWORD}"' in args("jenkins-casc")["contents"]
+    # The plugin casc.yaml needs, with its dependencies, by Jenkins' plugin manager (pinned, and
+    # checked against the checksum published beside it); Jenkins restarts when it ran.
+    assert "configuration-as-code" in args("jenkins-plugins-list")["contents"].splitlines()
+    manager = args("jenkins-plugin-manager")
+    assert manager["source_hash"] == manager["source"] + ".sha256"
+    # Neither the download nor the install runs while every plugin is in place.
+    assert manager["unless"] == ["test -e /var/lib/jenkins/plugins/configuration-as-code.jpi"]
+    plugins = args("jenkins-plugins")
+    assert "--plugin-file /etc/jenkins/plugins.txt" in plugins["name"]
+    assert plugins["runas"] == "jenkins"
+    assert plugins["unless"] == ["test -e /var/lib/jenkins/plugins/configuration-as-code.jpi"]
+    assert {"cmd": "jenkins-plugins"} in args("jenkins-restart")["onchanges"]
+    assert {"file": "jenkins-admin-env"} in args("jenkins-restart")["onchanges"]
+
+
 # --- salt's answers, recorded from a real master -------------------------------------------------
 
 
@@ -267,6 +395,51 @@ def test_state_returns_parse_into_typed_results(name):
         }
         for s in states
     ] == expected["states"]
+
+
+def test_secrets_and_their_encoded_forms_never_reach_the_log_the_table_or_the_error(tmp_path):
+    """A state return recorded from real (masterless) salt, tests/data/salt/leaky/record.sh: the
+    registry's pull account as base64 in an auth.json diff, a password JSON-escaped in a file
+    diff, and a failing command that prints a password in clear."""
+    import base64
+
+    from infra_assets.highstate import report
+    from infra_assets.secrets import Secrets
+    from resources.salt import take_minion_return
+
+    pull = 'pull-S3cret "quoted" \\ back'
+    database = 'db S3cret/with spaces & "quotes"'
+    secrets = Secrets(
+        tmp_path / "secrets.yaml",
+        {"registry": {"users": {"deploy": pull}}, "postgres": {"hello": {"staging": database}}},
+    )
+    leaked = {
+        pull,
+        database,
+        base64.b64encode(f"deploy:{pull}".encode()).decode(),
+        json.dumps(database)[1:-1],  # as the JSON file's diff shows it
+        "S3cret",  # any part of a value
+    }
+    raw = {"ret": json.loads((DATA / "salt" / "leaky.json").read_text())["local"], "retcode": 2}
+
+    def seen(redact):
+        log: list[str] = []
+        run = take_minion_return("web-staging-1", raw, test=False, say=log.append, redact=redact)
+        result = ApplyResult(("leaky",), False, {"web-staging-1": run}, 1.0)
+        table = report(result)["results"].value
+        return {"log": "\n".join(log), "table": table, "error": "\n".join(result.problems())}
+
+    # Unscrubbed, each place shows a secret in some form: the test can fail.
+    for place, text in seen(()).items():
+        assert any(form in text for form in leaked), place
+    scrubbed = seen(secrets.values())
+    for place, text in scrubbed.items():
+        assert "***" in text, place
+        assert not [form for form in leaked if form in text], (place, text)
+    assert '"auth": "***"' in scrubbed["table"]  # the auth.json diff
+    assert '{"password": "***"}' in scrubbed["table"]  # the JSON-escaped password, in its diff
+    assert "login deploy:*** refused" in scrubbed["error"]
+    assert "FAILED: leaky: leaky-login (cmd.run)" in scrubbed["log"]
 
 
 def test_a_failed_run_names_the_minion_the_state_and_why():

@@ -229,6 +229,70 @@ def test_bad_input_is_reported_with_file_line_and_key(write_topology, old, new, 
     assert any(p.startswith(str(path)) and expected in p for p in problems), problems
 
 
+def test_a_topology_with_hosts_needs_one_salt_master(write_topology):
+    # Every host is a minion of the one master (DESIGN.md): without one, salt assets and
+    # `infra local status` would have nothing to talk to.
+    path = write_topology(
+        GOOD.replace("instance: 1, roles: [salt-master, dns]", "instance: 2, roles: [web-staging]")
+    )
+    problems = problems_of(path)
+    assert problems == [
+        f"{path}:6: hosts: no host has the role salt-master: every host is a minion of one;"
+        " give one host the role salt-master"
+    ]
+    # No type salt-master either: the message says to add it too.
+    text = GOOD.replace("  salt-master: 1\n", "").replace("[salt-master, dns]", "[dns]")
+    problems = problems_of(write_topology(text))
+    assert any(
+        "hosts: no host has the role salt-master" in p
+        and "(and the type salt-master under 'types')" in p
+        for p in problems
+    ), problems
+
+
+def test_a_topology_mixing_the_local_site_and_a_cloud_is_refused(write_topology):
+    text = GOOD.replace(
+        "  nz-por-1: {number: 100, cloud: catalyst}\n",
+        "  nz-por-1: {number: 100, cloud: catalyst}\n  lab: {number: 101, cloud: local}\n",
+    )
+    path = write_topology(text)
+    assert problems_of(path) == [
+        f"{path}:3: locations.lab.cloud: 'local' (this machine) cannot be mixed with clouds"
+        " (catalyst) in one topology: keep the local site's locations in a topology of their"
+        " own (topology.local.yaml)"
+    ]
+    # Two clouds are fine, and so is a topology of local locations only.
+    load_topology(write_topology(text.replace("cloud: local", "cloud: other")))
+    load_topology(write_topology(text.replace("cloud: catalyst", "cloud: local")))
+
+
+def test_every_bad_domain_is_reported_with_its_own_key_path(write_topology):
+    text = GOOD.replace(
+        "health: /health}",
+        "health: /health,\n    domains: {staging: bad_name, production: also bad, qa: x.coop}}",
+    )
+    path = write_topology(text)
+    problems = problems_of(path)
+    assert sorted(problems) == [
+        f"{path}:11: apps.hello.domains.production: 'also bad' is not a domain name",
+        f"{path}:11: apps.hello.domains.qa: unknown environment 'qa': use staging or production",
+        f"{path}:11: apps.hello.domains.staging: 'bad_name' is not a domain name",
+    ]
+
+
+def test_a_host_named_like_a_role_is_refused(write_topology):
+    # `web-staging.<location>.<domain>` is the round-robin name of the role's hosts: a host of
+    # that name would silently lose its own DNS name.
+    path = write_topology(GOOD.replace("  web-staging-1: {", "  web-staging: {"))
+    assert problems_of(path) == [
+        f"{path}:8: hosts.web-staging: a host named like the role 'web-staging':"
+        " <web-staging>.<location>.<domain> is the DNS name of all the role's hosts (round"
+        " robin), so the host would lose its own; rename the host (e.g. web-staging-1)"
+    ]
+    # An untyped role has no DNS name: a host may be called `dns`.
+    load_topology(write_topology(GOOD.replace("  web-staging-1: {", "  dns: {")))
+
+
 def test_an_empty_file_is_an_error(write_topology):
     for text in ("", "\n\n", "# only a comment\n", "~\n"):
         path = write_topology(text)

@@ -251,6 +251,8 @@ def _translate(report: _Report, base: Path_, exc: ValidationError, model: type[B
     """Pydantic's errors, said as a person would say them."""
     for err in exc.errors():
         loc: Path_ = tuple(err["loc"])
+        if loc and loc[-1] == "[key]":  # a mapping's key: its path is the entry's
+            loc = loc[:-1]
         path = (*base, *loc)
         kind = err["type"]
         value = err.get("input")
@@ -327,6 +329,13 @@ def _cross_check(report: _Report, data: dict, entries: dict[str, dict[str, Any]]
     raw_hosts = data.get("hosts") if isinstance(data.get("hosts"), dict) else {}
     masters = []
     for name, host in raw_hosts.items():
+        if name in type_names:
+            report.add(
+                ("hosts", name),
+                f"a host named like the role {name!r}: <{name}>.<location>.<domain> is the DNS"
+                f" name of all the role's hosts (round robin), so the host would lose its own;"
+                f" rename the host (e.g. {name}-1)",
+            )
         if not isinstance(host, dict):
             continue
         location = host.get("location")
@@ -337,6 +346,8 @@ def _cross_check(report: _Report, data: dict, entries: dict[str, dict[str, Any]]
                 f" known: {', '.join(sorted(location_names)) or 'none'}",
             )
         roles = host.get("roles")
+        if isinstance(roles, list) and "salt-master" in roles:
+            masters.append(name)
         if not isinstance(roles, list) or not type_names:
             continue
         for i, role in enumerate(roles):
@@ -354,15 +365,32 @@ def _cross_check(report: _Report, data: dict, entries: dict[str, dict[str, Any]]
                     "no role with an address type: give the host at least one role listed"
                     " under 'types'",
                 )
-        if "salt-master" in roles:
-            masters.append(name)
-    if raw_hosts and "salt-master" in type_names and not masters:
-        report.add(("hosts",), "no host has the role salt-master: every host is a minion of one")
+    # DESIGN.md: every host is a salt minion whose id is its name, of the one master.
+    if raw_hosts and not masters:
+        hint = "" if "salt-master" in type_names else " (and the type salt-master under 'types')"
+        report.add(
+            ("hosts",),
+            "no host has the role salt-master: every host is a minion of one;"
+            f" give one host the role salt-master{hint}",
+        )
     for extra in masters[1:]:
         report.add(
             ("hosts", extra, "roles"),
             f"a second salt master: {masters[0]!r} already has the role salt-master",
         )
+
+    # One site per topology (sites.site_for): the local site's salt master, registry and hosts
+    # are processes on this machine, which a cloud's servers cannot reach, nor it theirs.
+    clouds = sorted({loc.cloud for loc in locations.values() if not loc.is_local})
+    if clouds:
+        for name, location in locations.items():
+            if location.is_local:
+                report.add(
+                    ("locations", name, "cloud"),
+                    f"'local' (this machine) cannot be mixed with clouds ({', '.join(clouds)})"
+                    " in one topology: keep the local site's locations in a topology of their"
+                    " own (topology.local.yaml)",
+                )
 
     for name, app in entries["apps"].items():
         if "{" in app.repo or app.repo.strip() != app.repo:

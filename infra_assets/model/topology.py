@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 # A DNS label: host, location, type, app and role names all end up in DNS names, salt minion ids
 # and container names.
@@ -62,6 +62,24 @@ class Host(_Strict):
         return roles
 
 
+def _environment(env: str) -> str:
+    if env not in ENVIRONMENTS:
+        raise ValueError(f"unknown environment {env!r}: use {' or '.join(ENVIRONMENTS)}")
+    return env
+
+
+def _domain(domain: str) -> str:
+    if not DOMAIN_RE.match(domain):
+        raise ValueError(f"{domain!r} is not a domain name")
+    return domain
+
+
+# Checked entry by entry, so that each bad one is reported with its own key path
+# (`apps.hello.domains.staging`).
+Environment = Annotated[str, AfterValidator(_environment)]
+Domain = Annotated[str, AfterValidator(_domain)]
+
+
 # git check-ref-format, in short: what a branch name may not contain or start or end with.
 _BAD_BRANCH = re.compile(r"(\.\.|[\x00-\x20\x7f~^:?*\[\\]|@\{|//)")
 
@@ -71,7 +89,9 @@ class App(_Strict):
     branch: str = Field(default="main", min_length=1)
     port: int = Field(ge=1, le=65535, description="The port the app listens on in its container.")
     health: str = Field(default="/health", description="The path that answers 200 when healthy.")
-    domains: dict[str, str] = Field(default_factory=dict, description="Environment -> domain.")
+    domains: dict[Environment, Domain] = Field(
+        default_factory=dict, description="Environment -> domain."
+    )
 
     @field_validator("branch")
     @classmethod
@@ -93,16 +113,6 @@ class App(_Strict):
         if not health.startswith("/") or re.search(r"\s", health) or "#" in health:
             raise ValueError(f"{health!r} is not a URL path: it must start with '/', no spaces")
         return health
-
-    @field_validator("domains")
-    @classmethod
-    def _domains(cls, domains: dict[str, str]) -> dict[str, str]:
-        for env, domain in domains.items():
-            if env not in ENVIRONMENTS:
-                raise ValueError(f"unknown environment {env!r}: use {' or '.join(ENVIRONMENTS)}")
-            if not DOMAIN_RE.match(domain):
-                raise ValueError(f"{domain!r} is not a domain name (for {env})")
-        return domains
 
 
 class Topology(_Strict):
