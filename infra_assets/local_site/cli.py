@@ -32,26 +32,35 @@ def local() -> None:
     """The local site: services on this machine, on 127.0.0.1."""
 
 
-@local.command()
-@TOPOLOGY_OPT
-def up(topology_file: Path) -> None:
-    """Start the local site's services (safe to run twice)."""
+def site_up(site, command: str = "infra local up") -> tuple[dict | None, int]:
+    """`site.up()`, its known failures said on stderr without a traceback: (status, 0), or
+    (None, exit code): 2 for bad input (the topology, the secrets file), 1 when a service could
+    not be started. `infra local up` and `infra demo` both bring the site up through here."""
     from infra_assets.local_site.processes import ProcessError
     from infra_assets.secrets import SecretsError
     from infra_assets.sites import SiteError
 
-    site = _site(topology_file)
     try:
-        status = site.up()
+        return site.up(), 0
     except TopologyError as err:
         click.echo(err.render(), err=True)
-        sys.exit(2)
+        return None, 2
     except SecretsError as err:
         click.echo(str(err), err=True)
-        sys.exit(2)
+        return None, 2
     except (SiteError, ProcessError) as err:
-        click.echo(f"infra local up: {err}", err=True)
-        sys.exit(1)
+        click.echo(f"{command}: {err}", err=True)
+        return None, 1
+
+
+@local.command()
+@TOPOLOGY_OPT
+def up(topology_file: Path) -> None:
+    """Start the local site's services (safe to run twice)."""
+    site = _site(topology_file)
+    status, code = site_up(site)
+    if status is None:
+        sys.exit(code)
     names = [k for k in status if k not in ("topology", "state_dir")]
     click.echo(f"local site up ({', '.join(names) or 'no services yet'}); state in {site.root}")
 
