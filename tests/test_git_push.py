@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
 
 import dagster as dg
 import pytest
@@ -54,11 +56,35 @@ def test_resolve_repo_keeps_urls_and_anchors_relative_paths(tmp_path):
         "https://git.example.coop/hello.git",
         "ssh://git@git.example.coop/hello.git",
         "git@git.example.coop:coop/hello.git",
+        "gitea:coop/hello.git",  # scp-like without a user: ssh to gitea
+        "[::1]:hello.git",
         "file:///srv/git/hello.git",
     ):
         assert resolve_repo(url, tmp_path) == url
     assert resolve_repo(".state/git/hello.git", tmp_path) == str(tmp_path / ".state/git/hello.git")
     assert resolve_repo("/srv/git/hello.git", tmp_path) == "/srv/git/hello.git"
+    assert resolve_repo("./a:b/hello.git", tmp_path) == str(tmp_path / "a:b/hello.git")
+
+
+@pytest.mark.parametrize(
+    "repo", ["gitea:coop/hello.git", "git@gitea:hello.git", "gitea:hello", "./x:y", "x/y:z"]
+)
+def test_resolve_repo_reads_a_repo_as_git_itself_does(tmp_path, repo):
+    """Real git decides ssh or local path; resolve_repo agrees (it keeps what git reaches over
+    ssh, and makes a path of the rest). The ssh git runs here only writes down its arguments."""
+    called = tmp_path / "ssh-called"
+    ssh = tmp_path / "fake-ssh"
+    ssh.write_text(f'#!/bin/sh\necho "$@" > {called}\nexit 1\n')
+    ssh.chmod(0o755)
+    subprocess.run(
+        ["git", "ls-remote", repo],
+        cwd=tmp_path,
+        env={**os.environ, "GIT_SSH_COMMAND": str(ssh), "GIT_TERMINAL_PROMPT": "0"},
+        capture_output=True,
+        timeout=30,
+    )
+    git_uses_ssh = called.exists()
+    assert (resolve_repo(repo, tmp_path) == repo) == git_uses_ssh
 
 
 # --- the sensor -------------------------------------------------------------------------------
