@@ -142,6 +142,33 @@ def test_a_push_asks_for_one_build_per_new_commit_and_a_replay_for_nothing(two_a
     assert replay.run_requests in (None, [])
     assert "no new commit" in replay.skip_reason.skip_message
 
+    # A tick from the OLD cursor (a cursor lost, an evaluation replayed) asks again, with the
+    # same run keys: the runs asked for the first time are in the instance (created as the
+    # daemon creates them, tagged with the run key and the sensor), so the daemon skips them.
+    # What the daemon checks: runs tagged dagster/run_key=<key> and dagster/sensor_name=<sensor>.
+    instance = dg.DagsterInstance.ephemeral()
+    for p in first.dynamic_partitions_requests:
+        instance.add_dynamic_partitions(p.partitions_def_name, p.partition_keys)
+    for r in first.run_requests:
+        instance.create_run_for_job(
+            defs.resolve_job_def(r.job_name),
+            run_config=r.run_config,
+            tags={
+                **r.tags,
+                "dagster/partition": r.partition_key,
+                "dagster/run_key": r.run_key,
+                "dagster/sensor_name": SENSOR_NAME,
+            },
+        )
+    again = tick(defs, None, instance=instance)
+    keys = sorted(r.run_key for r in again.run_requests)
+    assert keys == sorted(r.run_key for r in first.run_requests)
+    for key in keys:
+        existing = instance.get_runs(
+            filters=dg.RunsFilter(tags={"dagster/run_key": key, "dagster/sensor_name": SENSOR_NAME})
+        )
+        assert len(existing) == 1, key  # one run per key: this request would be skipped
+
     # A push to one app: one build, of that commit only.
     new = repos["hello"].commit(message="hello 2")
     after_push = tick(defs, first.cursor)
