@@ -175,13 +175,15 @@ app-{{ name }}-healthy:
   cmd.run:
     - name: |
         {{ vars('image', 'container', 'timeout', 'health_url') }}
+        # salt reads the last line's comment='...' splitting at every `=`: the URL's are %3D there.
+        shown=${health_url//=/%3D}
         body=$(mktemp); started=$SECONDS; code=""
         while :; do
           code=$(curl -s -o "$body" -w '%{http_code}' --max-time 2 "$health_url") || code=""
           if [ "$code" = 200 ]; then
             echo "GET $health_url -> 200 after $((SECONDS - started)) s: $(head -c 300 "$body")"
             rm -f "$body"
-            echo "changed=no comment='healthy: $health_url answers 200'"; exit 0
+            echo "changed=no comment='healthy: $shown answers 200'"; exit 0
           fi
           if [ "$(podman container inspect -f {{ running_fmt }} "$container" 2>/dev/null)" != true ]; then
             echo "$container has stopped"; break
@@ -194,7 +196,7 @@ app-{{ name }}-healthy:
         podman logs --tail 30 "$container" 2>&1
         rm -f "$body"
         podman rm -f -t 2 "$container" >/dev/null 2>&1 && echo "--- removed $container; the live release is untouched"
-        echo "changed=yes comment='health check failed: $health_url -> ${code:-no answer} within $timeout s'"
+        echo "changed=yes comment='health check failed: $shown -> ${code:-no answer} within $timeout s'"
         exit 1
     - stateful: True
     - shell: /bin/bash
