@@ -31,7 +31,10 @@ def run_demo(topology_file: Path, *, job: str = "main", loop: bool = True) -> in
         return 2
     sites = sorted({loc.cloud for loc in topo.locations.values()})
     say(f"== topology {topology_file}: {len(topo.hosts)} hosts on {', '.join(sites)}")
-    site_status = _local_site_up(topology_file, topo, say)
+    site_status, code = _local_site_up(topology_file, topo, say)
+    if code:
+        say("== the local site did not come up: nothing was run", err=True)
+        return code
 
     say(f"== running the `{job}` job (dagster job execute -m infra_assets.definitions -j {job})")
     env = {
@@ -88,21 +91,26 @@ def run_demo(topology_file: Path, *, job: str = "main", loop: bool = True) -> in
     return 0
 
 
-def _local_site_up(topology_file: Path, topo, say) -> dict:
+def _local_site_up(topology_file: Path, topo, say) -> tuple[dict, int]:
     """On the local site, bring up its services first (`infra local up`): the salt master and a
-    minion per host. They stay up after the demo, until `infra local down`."""
+    minion per host. They stay up after the demo, until `infra local down`. (status, 0), or
+    ({}, the exit code) when the site could not come up (said on stderr, as `infra local up`)."""
     if not all(loc.is_local for loc in topo.locations.values()):
-        return {}
+        return {}, 0
+    from infra_assets.local_site.cli import site_up
     from infra_assets.local_site.site import LocalSite
 
-    say(f"== infra local up (the local site's services; state in {LocalSite(topology_file).root})")
-    status = LocalSite(topology_file).up()
+    site = LocalSite(topology_file)
+    say(f"== infra local up (the local site's services; state in {site.root})")
+    status, code = site_up(site, "infra demo")
+    if status is None:
+        return {}, code
     salt = status.get("salt", {})
     say(
         f"   salt master on 127.0.0.1:{salt.get('ret_port')} (publish {salt.get('publish_port')}),"
         f" minions: {', '.join(m['id'] for m in salt.get('minions', []))}"
     )
-    return status
+    return status, 0
 
 
 def _local_site_places(topology_file: Path, before: dict) -> list[tuple[str, str]]:

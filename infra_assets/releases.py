@@ -11,6 +11,7 @@ Which digest:
 - `release/staging/<app>`: the run config's `digest` (what registry_image_sensor asks for, one run
   per new digest at the app's branch tag), else the digest at that tag now;
 - `release/production/<app>`: the digest live on staging (the `promote` job): never a new build;
+  a config `digest` is refused unless it is that one (release it on staging first);
 - with `rollback: true` (the `rollback` and `rollback_staging` jobs): the previous release recorded
   on the environment's hosts.
 
@@ -40,7 +41,9 @@ from resources.salt import ApplyResult, SaltError, SaltResource, StateResult
 from sensors.registry_images import REVISION_LABEL, NewImage, build_registry_image_sensor
 
 GROUP = "releases"
-DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+# \Z, not $: `$` also matches before a final newline (a newline would add nginx directives).
+DIGEST_RE = re.compile(r"\Asha256:[0-9a-f]{64}\Z")
+SHA_RE = re.compile(r"\A[0-9a-f]{40}\Z")
 
 
 def release_key(environment: str, app: str) -> dg.AssetKey:
@@ -62,7 +65,11 @@ class ReleaseConfig(dg.Config):
         description="The image to release (sha256:...). Empty: on staging the digest at the app's"
         " branch tag in the registry; on production the digest live on staging.",
     )
-    sha: str = Field(default="", description="The commit it was built from (else: its label).")
+    sha: str = Field(
+        default="",
+        description="The commit it was built from, 40 hex digits (else: the image's revision"
+        " label).",
+    )
     rollback: bool = Field(
         default=False, description="Put back the previous release recorded on the hosts."
     )
@@ -160,6 +167,11 @@ def materialize(
             f"{what}: config digest {config.digest!r} is not sha256:<64 hex digits> (a release is"
             " an image by digest, as the registry names it)"
         )
+    if config.sha and not SHA_RE.match(config.sha):
+        raise _fail(
+            f"{what}: config sha {config.sha!r} is not a commit (40 lowercase hex digits, as"
+            " `git rev-parse` prints it); leave it empty to take the image's revision label"
+        )
     if config.digest and config.rollback:
         raise _fail(f"{what}: config asks for a digest and a rollback: give one or the other")
     app = topology.apps.get(app_name)
@@ -176,6 +188,12 @@ def materialize(
                                    before)  # fmt: skip
     except (SaltError, SiteError, SecretsError, RegistryError) as err:
         raise _fail(f"{what}: {err}") from None
+    if not DIGEST_RE.match(digest or "") or (sha and not SHA_RE.match(sha)):
+        # What the hosts' records or the registry said: refused before the hosts are asked to act.
+        raise _fail(
+            f"{what}: {why}: {digest!r} (commit {sha!r}) is not an image digest and a commit"
+            " (sha256:<64 hex digits>; 40 hex digits): nothing was released"
+        )
     context.log.info(f"{what}: {digest} ({why}) on {', '.join(hosts)}")
     pillar = {
         "release": {
@@ -278,9 +296,21 @@ def _choose(
         digest = previous.pop()
         sha = next((r.previous or {}).get("sha", "") for r in before)
         return digest, sha, f"rollback to the previous release (was {before[0].digest()})"
-    if config.digest:
+    if environment == "production":
+        live_digest, live_sha = _live_on_staging(salt, site, app_name)
+        if not config.digest:
+            return live_digest, live_sha, "promoted: the release on staging"
+        if config.digest != live_digest:
+            raise _fail(
+                f"release/production/{app_name}: config digest {config.digest} is not the release"
+                f" live on staging ({live_digest}): production only takes what staging runs."
+                f" Release it on staging first ({staging_job_name(app_name)} with that digest),"
+                " then run `promote`"
+            )
+        digest, why = config.digest, "asked for (run config); it is the release on staging"
+    elif config.digest:
         digest, why = config.digest, "asked for (run config)"
-    elif environment == "staging":
+    else:
         app = topology.apps[app_name]
         found = registry.digest(repository=app_name, reference=app.branch)
         if found is None:
@@ -289,32 +319,42 @@ def _choose(
                 " push a commit (git_push_sensor builds it)"
             )
         digest, why = found, f"the image at {app_name}:{app.branch}"
-    else:
-        staging = sorted(site.topo.hosts_with_role("web-staging"))
-        if not staging:
-            raise _fail(f"release/production/{app_name}: no staging host to promote from")
-        live = read_records(salt, site, staging, app_name)
-        digests = {r.digest() for r in live}
-        if None in digests:
-            raise _fail(
-                f"release/production/{app_name}: nothing is released on staging yet"
-                f" ({', '.join(r.host for r in live if r.current is None)}): release it there"
-                " first"
-            )
-        if len(digests) > 1:
-            raise _fail(
-                f"release/production/{app_name}: the staging hosts run different releases"
-                f" ({_by_host(live, 'current')}): finish the staging release first"
-            )
-        digest = digests.pop()
-        return digest, (live[0].current or {}).get("sha", ""), "promoted: the release on staging"
     manifest = registry.manifest(repository=app_name, reference=digest)
     if manifest is None:
         raise _fail(f"release/{environment}/{app_name}: {app_name}@{digest} is not in the registry")
     sha = config.sha
     if not sha and not manifest.is_index:
         sha = registry.labels(repository=app_name, manifest=manifest).get(REVISION_LABEL, "")
+        if sha and not SHA_RE.match(sha):
+            raise _fail(
+                f"release/{environment}/{app_name}: {app_name}@{digest} says it was built from"
+                f" {sha!r} (its label {REVISION_LABEL}), which is not a commit (40 lowercase hex"
+                " digits): nothing was released. Build the image from git (app_image), or give"
+                " the commit in the run config (sha)"
+            )
     return digest, sha, why
+
+
+def _live_on_staging(salt: SaltResource, site: Site, app_name: str) -> tuple[str, str]:
+    """(digest, sha) of the release every staging host runs; fails when there is none or the
+    hosts disagree."""
+    staging = sorted(site.topo.hosts_with_role("web-staging"))
+    if not staging:
+        raise _fail(f"release/production/{app_name}: no staging host to promote from")
+    live = read_records(salt, site, staging, app_name)
+    digests = {r.digest() for r in live}
+    if None in digests:
+        raise _fail(
+            f"release/production/{app_name}: nothing is released on staging yet"
+            f" ({', '.join(r.host for r in live if r.current is None)}): release it there"
+            " first"
+        )
+    if len(digests) > 1:
+        raise _fail(
+            f"release/production/{app_name}: the staging hosts run different releases"
+            f" ({_by_host(live, 'current')}): finish the staging release first"
+        )
+    return digests.pop(), (live[0].current or {}).get("sha", "")
 
 
 def _previous_digest(before: list[Record], digest: str) -> str | None:

@@ -57,6 +57,7 @@ podman build --pull=never --layers --force-rm "${network[@]}" "${build_args[@]}"
 echo "== push $IMAGE:$SHA"
 umask 077
 auth="$work/auth.json"
+trap 'rm -f "$auth"' EXIT  # the registry's credentials go with the script, even when a step fails
 printf '%s' "$REGISTRY_PASSWORD" | podman login --authfile "$auth" --tls-verify="$tls" \
   "${certs[@]}" --username "$REGISTRY_USER" --password-stdin "$registry"
 podman push --authfile "$auth" --tls-verify="$tls" "${certs[@]}" --digestfile "$work/digest" \

@@ -20,9 +20,11 @@ from pydantic import Field
 
 from resources.cli_runner import CliError, run_cli
 
-SHA_RE = re.compile(r"^[0-9a-f]{40}$")
-# scheme://..., or scp-like user@host:path (git's own rule: a colon before any slash).
-_URL_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://|^[^/:]+@[^/:]+:")
+# \Z, not $: `$` also matches before a final newline.
+SHA_RE = re.compile(r"\A[0-9a-f]{40}\Z")
+# scheme://..., or scp-like [user@]host:path: git's own rule (connect.c, url_is_local_not_ssh):
+# a colon before the first slash (or with no slash at all) is ssh; `./a:b`, `/srv/a:b` are paths.
+_URL_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://|^[^/]*:")
 
 # Git must never wait for a person: no prompts, ssh in batch mode, and no system/global config
 # that a developer's machine might carry (insteadOf rewrites, credential helpers).

@@ -134,9 +134,25 @@ class RegistryResource(dg.ConfigurableResource):
     # --- where ------------------------------------------------------------------------------
 
     def endpoint(self) -> Endpoint:
+        """Where the registry is and how to reach it. Raises RegistryError when it cannot be
+        reached as configured (the local site is not up, the CA file is missing)."""
         if self.url:
-            return Endpoint(self.url.rstrip("/"), self.username, self.password, self.ca_file)
-        return local_site_endpoint()
+            end = Endpoint(self.url.rstrip("/"), self.username, self.password, self.ca_file)
+        else:
+            end = local_site_endpoint()
+        if end.ca_file and not Path(end.ca_file).is_file():
+            # requests would raise an OSError of its own on each request (a traceback).
+            where = (
+                "INFRA_REGISTRY_CA_FILE, the registry resource's ca_file"
+                if self.url
+                else "recorded by `infra local up`: run it again"
+            )
+            raise RegistryError(
+                f"registry {end.url}: its CA file {end.ca_file} does not exist ({where});"
+                " give the PEM file the registry's TLS certificate is verified with, or"
+                " unset INFRA_REGISTRY_CA_FILE to use the system's trust store"
+            )
+        return end
 
     # --- the API ----------------------------------------------------------------------------
 

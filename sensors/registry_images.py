@@ -4,7 +4,9 @@ It watches each app's repository in the registry (named like the app) at the tag
 branch (`hello:main`), the tag the image build moves to each new head of the branch. The cursor
 is the digest per app and tag, as JSON (`{"hello": {"main": "sha256:..."}}`). Each new digest asks
 for one run with run_key = the digest, its tags naming the app, the digest, the image and the
-commit (the image's `org.opencontainers.image.revision` label). A registry that cannot be reached
+commit (the image's `org.opencontainers.image.revision` label). An image whose label is not a
+commit (40 hex digits) is refused: no run, the reason in the tick, the cursor past it. A registry
+that cannot be reached
 (or refuses the credentials) skips the tick with the reason, and the cursor stays where it was.
 
 The run goes to the job that `job_for_app` names for the app: its staging release
@@ -21,6 +23,7 @@ from dataclasses import dataclass, field
 import dagster as dg
 
 from infra_assets.model import App
+from resources.git import SHA_RE
 from resources.registry import RegistryError, RegistryResource
 
 SENSOR_NAME = "registry_image_sensor"
@@ -40,6 +43,7 @@ class NewImage:
 class RegistryPoll:
     new: list[NewImage] = field(default_factory=list)
     absent: dict[str, str] = field(default_factory=dict)  # app -> tag not in the registry yet
+    refused: list[str] = field(default_factory=list)  # new images not released, and why
     cursor: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
@@ -85,8 +89,15 @@ def poll(
             sha = None
             if manifest is not None and not manifest.is_index:
                 sha = registry.labels(repository=name, manifest=manifest).get(REVISION_LABEL)
-            result.new.append(NewImage(name, tag, digest, endpoint.image(name, digest), sha))
             result.cursor.setdefault(name, {})[tag] = digest
+            if sha is not None and not SHA_RE.match(sha):
+                # The label becomes the release's commit (a salt pillar value): only a sha passes.
+                result.refused.append(
+                    f"{name}:{tag} = {digest} not released: its label {REVISION_LABEL}={sha!r}"
+                    " is not a commit (40 lowercase hex digits); build it from git (app_image)"
+                )
+                continue
+            result.new.append(NewImage(name, tag, digest, endpoint.image(name, digest), sha))
     return result
 
 
@@ -118,10 +129,15 @@ def build_registry_image_sensor(
             result = poll(apps=apps, cursor=cursor, registry=registry)
         except RegistryError as err:
             return dg.SkipReason(f"registry unreachable, cursor unchanged: {err}")
+        for refused in result.refused:
+            context.log.warning(refused)
         if not result.new:
-            why = "no new image"
-            if result.absent:
-                why += "; " + "; ".join(result.absent[a] for a in sorted(result.absent))
+            absent = [result.absent[a] for a in sorted(result.absent)]
+            why = "; ".join(["no new image", *result.refused, *absent])
+            if result.refused:  # the cursor moves past the refused images
+                return dg.SensorResult(
+                    cursor=json.dumps(result.cursor, sort_keys=True), skip_reason=why
+                )
             return dg.SkipReason(why)
         requests = []
         for image in result.new:

@@ -33,6 +33,7 @@ from resources.registry import Endpoint, RegistryResource, local_site_endpoint
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 HELLO = REPO_ROOT / "apps" / "hello"
+HEALTH = "/health?probe=salt&full=1"  # the delivery site's health path for hello
 GIT_IDENTITY = {
     "GIT_AUTHOR_NAME": "Dev Eloper",
     "GIT_AUTHOR_EMAIL": "dev@example.coop",
@@ -232,6 +233,9 @@ def delivery_site(
     state.mkdir(parents=True, exist_ok=True)
     data = yaml.safe_load((REPO_ROOT / "topology.local.yaml").read_text())
     data["apps"]["hello"]["repo"] = str(state / "git" / "hello.git")
+    # A health path with a query: `?` and `&` are shell characters, and the path reaches the
+    # web hosts' shell (salt/app): every release on this site checks that it arrives quoted.
+    data["apps"]["hello"]["health"] = HEALTH
     topology = state / "topology.yaml"
     topology.write_text(yaml.safe_dump(data, sort_keys=False))
     site = DeliverySite(

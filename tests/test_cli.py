@@ -117,3 +117,31 @@ def test_a_topology_without_a_salt_master_fails_check_and_local_status_says_why(
     )
     assert status.returncode == 0 and "Traceback" not in status.stderr, status.stderr
     assert json.loads(status.stdout)["salt"] == {"error": f"{path}: 1 problem in the topology"}
+
+
+@pytest.mark.parametrize("command", [("demo",), ("local", "up")])
+def test_a_missing_secrets_file_stops_the_demo_cleanly_with_nothing_started(
+    repo_root, tmp_path, command
+):
+    """`infra demo` brings the local site up as `infra local up` does: a bad secrets file is
+    a clear error (exit 2), no traceback, and nothing is started."""
+    out = subprocess.run(
+        [INFRA, *command, "--topology", str(repo_root / "topology.local.yaml")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "INFRA_STATE_DIR": str(tmp_path), "INFRA_SECRETS_FILE": "/nonexistent"},
+        timeout=120,
+    )
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr
+    assert (
+        "/nonexistent: 1 problem in the secrets\n"
+        "  no such file: write it (README, 'Secrets') or set $INFRA_SECRETS_FILE"
+    ) in out.stderr
+    # Nothing was started: no process the site's supervisor would know of, no job was run.
+    from infra_assets.local_site.site import LocalSite
+
+    site = LocalSite(repo_root / "topology.local.yaml", root=tmp_path / "local")
+    assert site.supervisor.running() == []
+    assert "running the `main` job" not in out.stdout

@@ -25,6 +25,7 @@ from infra_assets.local_site.processes import Supervisor, free_port
 pytestmark = pytest.mark.slow
 
 INFRA = str(Path(sys.executable).parent / "infra")
+RUN_KEY_TAG = "dagster/run_key"  # the tag Dagster gives a run a sensor asked for with a run_key
 
 
 def test_make_demo_pushes_two_commits_to_live_on_staging(delivery_site, dagster_home, tmp_path):
@@ -71,15 +72,27 @@ def test_make_demo_pushes_two_commits_to_live_on_staging(delivery_site, dagster_
         assert status["dagster"]["daemon_running"] is True
         assert status["dagster"]["dagster_home"] == str(dagster_home)
 
-        # What the daemon ran, in the instance: the main job, a build and a staging release of
-        # each commit (the sensors' run keys: <app>:<sha>, the digest).
+        # What the daemon ran, in the instance: the main job, exactly one build and one staging
+        # release of each commit, under the sensors' run keys (<app>:<sha>; the digest).
         with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
             runs = instance.get_runs()
             done = [(r.job_name, r.tags.get("coop/sha"), r.status.value) for r in runs]
-            for sha in (first, head):
-                assert ("build_hello", sha, "SUCCESS") in done, done
-                assert ("release_staging_hello", sha, "SUCCESS") in done, done
             assert ("main", None, "SUCCESS") in done, done
+            builds = [r for r in runs if r.job_name == "build_hello"]
+            releases = [r for r in runs if r.job_name == "release_staging_hello"]
+            assert len(builds) == 2 and len(releases) == 2, done
+            digests = set()
+            for sha in (first, head):
+                [build] = [r for r in builds if r.tags.get("coop/sha") == sha]
+                assert build.status == dg.DagsterRunStatus.SUCCESS, done
+                assert build.tags[RUN_KEY_TAG] == f"hello:{sha}"
+                [release] = [r for r in releases if r.tags.get("coop/sha") == sha]
+                assert release.status == dg.DagsterRunStatus.SUCCESS, done
+                assert release.tags[RUN_KEY_TAG] == release.tags["coop/digest"]
+                assert release.tags["coop/digest"].startswith("sha256:")
+                digests.add(release.tags["coop/digest"])
+            assert len(digests) == 2  # one staging release per digest
+            assert staging["digest"] in digests
             release = instance.get_latest_materialization_event(
                 dg.AssetKey(["release", "staging", "hello"])
             )

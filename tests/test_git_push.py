@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
 
 import dagster as dg
 import pytest
@@ -54,11 +56,35 @@ def test_resolve_repo_keeps_urls_and_anchors_relative_paths(tmp_path):
         "https://git.example.coop/hello.git",
         "ssh://git@git.example.coop/hello.git",
         "git@git.example.coop:coop/hello.git",
+        "gitea:coop/hello.git",  # scp-like without a user: ssh to gitea
+        "[::1]:hello.git",
         "file:///srv/git/hello.git",
     ):
         assert resolve_repo(url, tmp_path) == url
     assert resolve_repo(".state/git/hello.git", tmp_path) == str(tmp_path / ".state/git/hello.git")
     assert resolve_repo("/srv/git/hello.git", tmp_path) == "/srv/git/hello.git"
+    assert resolve_repo("./a:b/hello.git", tmp_path) == str(tmp_path / "a:b/hello.git")
+
+
+@pytest.mark.parametrize(
+    "repo", ["gitea:coop/hello.git", "git@gitea:hello.git", "gitea:hello", "./x:y", "x/y:z"]
+)
+def test_resolve_repo_reads_a_repo_as_git_itself_does(tmp_path, repo):
+    """Real git decides ssh or local path; resolve_repo agrees (it keeps what git reaches over
+    ssh, and makes a path of the rest). The ssh git runs here only writes down its arguments."""
+    called = tmp_path / "ssh-called"
+    ssh = tmp_path / "fake-ssh"
+    ssh.write_text(f'#!/bin/sh\necho "$@" > {called}\nexit 1\n')
+    ssh.chmod(0o755)
+    subprocess.run(
+        ["git", "ls-remote", repo],
+        cwd=tmp_path,
+        env={**os.environ, "GIT_SSH_COMMAND": str(ssh), "GIT_TERMINAL_PROMPT": "0"},
+        capture_output=True,
+        timeout=30,
+    )
+    git_uses_ssh = called.exists()
+    assert (resolve_repo(repo, tmp_path) == repo) == git_uses_ssh
 
 
 # --- the sensor -------------------------------------------------------------------------------
@@ -115,6 +141,33 @@ def test_a_push_asks_for_one_build_per_new_commit_and_a_replay_for_nothing(two_a
     replay = tick(defs, first.cursor)
     assert replay.run_requests in (None, [])
     assert "no new commit" in replay.skip_reason.skip_message
+
+    # A tick from the OLD cursor (a cursor lost, an evaluation replayed) asks again, with the
+    # same run keys: the runs asked for the first time are in the instance (created as the
+    # daemon creates them, tagged with the run key and the sensor), so the daemon skips them.
+    # What the daemon checks: runs tagged dagster/run_key=<key> and dagster/sensor_name=<sensor>.
+    instance = dg.DagsterInstance.ephemeral()
+    for p in first.dynamic_partitions_requests:
+        instance.add_dynamic_partitions(p.partitions_def_name, p.partition_keys)
+    for r in first.run_requests:
+        instance.create_run_for_job(
+            defs.resolve_job_def(r.job_name),
+            run_config=r.run_config,
+            tags={
+                **r.tags,
+                "dagster/partition": r.partition_key,
+                "dagster/run_key": r.run_key,
+                "dagster/sensor_name": SENSOR_NAME,
+            },
+        )
+    again = tick(defs, None, instance=instance)
+    keys = sorted(r.run_key for r in again.run_requests)
+    assert keys == sorted(r.run_key for r in first.run_requests)
+    for key in keys:
+        existing = instance.get_runs(
+            filters=dg.RunsFilter(tags={"dagster/run_key": key, "dagster/sensor_name": SENSOR_NAME})
+        )
+        assert len(existing) == 1, key  # one run per key: this request would be skipped
 
     # A push to one app: one build, of that commit only.
     new = repos["hello"].commit(message="hello 2")

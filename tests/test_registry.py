@@ -29,6 +29,7 @@ from resources.registry import (
     DOCKER_MANIFEST,
     OCI_MANIFEST,
     RegistryAuthError,
+    RegistryError,
     RegistryResource,
     RegistryUnreachable,
 )
@@ -316,6 +317,32 @@ def test_registry_sensor_skips_an_unreachable_registry_and_keeps_its_cursor(tmp_
         result = sensor(context)
     assert isinstance(result, dg.SkipReason)
     assert result.skip_message.startswith("registry unreachable, cursor unchanged:")
+    assert context.cursor == cursor and not context.cursor_updated
+
+
+def test_a_missing_ca_file_is_a_clear_error_and_the_sensor_skips(tmp_path, monkeypatch):
+    """INFRA_REGISTRY_CA_FILE naming no file: a RegistryError naming the file and the variable
+    (requests alone raises an OSError of its own: a traceback), before any request is sent."""
+    missing = tmp_path / "no-such-ca.pem"
+    url = f"https://127.0.0.1:{free_port()}"
+    with pytest.raises(RegistryError) as err:
+        RegistryResource(url=url, username="u", password="p", ca_file=str(missing)).ping()
+    assert f"its CA file {missing} does not exist" in str(err.value)
+    assert "INFRA_REGISTRY_CA_FILE" in str(err.value)
+
+    # The sensor, with the resource as Dagster makes it from the environment.
+    monkeypatch.setenv("INFRA_REGISTRY_URL", url)
+    monkeypatch.setenv("INFRA_REGISTRY_CA_FILE", str(missing))
+    defs = _sensor_defs(tmp_path, monkeypatch, RegistryResource.from_env())
+    cursor = json.dumps({"tiny": {"oci": "sha256:" + "a" * 64}})
+    sensor = defs.resolve_sensor_def(SENSOR_NAME)
+    with dg.build_sensor_context(
+        instance=dg.DagsterInstance.ephemeral(), cursor=cursor, resources=defs.resources
+    ) as context:
+        result = sensor(context)
+    assert isinstance(result, dg.SkipReason)
+    assert result.skip_message.startswith("registry unreachable, cursor unchanged:")
+    assert f"its CA file {missing} does not exist" in result.skip_message
     assert context.cursor == cursor and not context.cursor_updated
 
 

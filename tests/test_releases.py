@@ -18,13 +18,15 @@ from pathlib import Path
 import dagster as dg
 import pytest
 import requests
-from fixtures_delivery import HELLO
+from fixtures_delivery import HEALTH, HELLO
 
 from infra_assets.definitions import build_definitions
 from infra_assets.local_site.releases import app_containers, podman_env
 from infra_assets.model import load_topology
 from infra_assets.releases import Record, ReleaseConfig, _choose
 from resources.cli_runner import run_cli
+from resources.salt import SaltResource
+from sensors.registry_images import REVISION_LABEL, poll
 
 pytestmark = pytest.mark.slow
 
@@ -54,8 +56,11 @@ class Site:
         host = sorted(self.ps.topo.hosts_with_role(f"web-{env}"))[0]
         return Path(self.ps.host_root(host))
 
-    def image(self, version: str, *, healthy: bool = True) -> str:
-        """The sample app saying `version`, pushed as hello:t-<version>: its digest."""
+    def image(
+        self, version: str, *, healthy: bool = True, label: str | None = None, to: str = ""
+    ) -> str:
+        """The sample app saying `version`, pushed as hello:t-<version> (or `to`): its digest.
+        `label`: its revision label, if not `version`."""
         context = self.tmp / f"app-{version}"
         shutil.copytree(HELLO, context)
         if not healthy:
@@ -69,12 +74,12 @@ class Site:
                 )
             )
         end = self.registry.endpoint
-        tag = end.image(APP, f"t-{version[:12]}")
+        tag = to or end.image(APP, f"t-{version[:12]}")
         self.podman.build(
             context=context,
             tag=tag,
             build_args={"GIT_SHA": version},
-            labels={"org.opencontainers.image.revision": version},
+            labels={REVISION_LABEL: version if label is None else label},
             log=_quiet,
         )
         return self.podman.push(image=tag, destination=tag, registry=end, log=_quiet).digest
@@ -132,9 +137,11 @@ def test_a_staging_release_serves_the_new_version_through_nginx(site):
     meta = _meta(first)
     assert meta["digest"] == d1 and meta["sha"] == v1
     assert meta["url"] == site.url("staging")
+    # The health path (with `?` and `&`: shell characters) reached the host's shell quoted.
+    # (Its `=` are %3D in the comment: salt splits a stateful comment at every `=`.)
     assert meta["health"] == (
         f"healthy: http://127.0.0.1:{site.ps.app_slots('web-staging-1', APP)[_slot(site)]}"
-        "/health answers 200"
+        f"{HEALTH.replace('=', '%3D')} answers 200"
     )
     response = requests.get(site.url("staging"), timeout=5)
     assert response.text == f"hello from {v1}\n"
@@ -210,7 +217,7 @@ def test_a_failing_health_check_leaves_the_old_version_serving(site):
     assert "The live release keeps serving; the new container was removed." in message
     # The health log: the last answer and the container's own lines.
     log = failure.user_failure_data.metadata["health_log"].value
-    assert "unhealthy on purpose" in log and '"GET /health HTTP/1.1" 503' in log
+    assert "unhealthy on purpose" in log and f'"GET {HEALTH} HTTP/1.1" 503' in log
     assert not result.asset_materializations_for_node("release__staging__hello")
 
     # The old version keeps serving; the new container is gone; nothing was recorded.
@@ -257,6 +264,14 @@ def test_promote_sends_the_staging_digest_to_production(site):
 
     assert site.release(d2, v2).success
     assert site.version("production") == v1  # a staging release leaves production alone
+    # A digest asked for by hand must be the one on staging: production never skips staging.
+    bypass = site.run("promote", digest=d1)
+    assert not bypass.success
+    assert (
+        f"release/production/hello: config digest {d1} is not the release live on staging ({d2})"
+        ": production only takes what staging runs. Release it on staging first"
+        " (release_staging_hello with that digest), then run `promote`"
+    ) in _failure(bypass, "production").error.message
     tags = registry.tags(repository=APP)
     promoted = site.run("promote")
     assert promoted.success, _failure(promoted, "production")
@@ -281,6 +296,52 @@ def test_a_digest_that_is_not_one_is_refused_before_anything_changes(site):
         "dagster._core.definitions.events.Failure: release/staging/hello: config digest 'latest'"
         " is not sha256:<64 hex digits>"
     )
+
+
+def test_a_sha_that_is_not_a_commit_is_refused_before_anything_changes(site):
+    v = _version(10)
+    digest = site.image(v)
+    assert site.release(digest, v).success
+    record = (site.host_root("staging") / "var/lib/coop/releases/hello.json").read_text()
+    for bad in ["x; touch /tmp/pwned", v + "\n", v.upper()]:
+        result = site.release(digest, bad)
+        assert not result.success
+        assert f"release/staging/hello: config sha {bad!r} is not a commit" in (
+            _failure(result).error.message
+        )
+
+    # An image whose revision label is not a commit: the release refuses it, with nothing asked
+    # in the run config...
+    bad_label = "v1\nadd_header X-Pwned 1;"
+    d_bad = site.image(_version(11), label=bad_label)
+    result = site.run("release_staging_hello", digest=d_bad)
+    assert not result.success
+    message = _failure(result).error.message
+    assert f"{REVISION_LABEL}), which is not a commit" in message and repr(bad_label) in message
+    assert "nothing was released" in message
+    assert (site.host_root("staging") / "var/lib/coop/releases/hello.json").read_text() == record
+
+    # ...and the registry sensor asks for no release of it (its tick says why; the cursor moves
+    # past it).
+    end = site.registry.endpoint
+    d_sensor = site.image(_version(12), label=bad_label, to=end.image("badlabel", "main"))
+    topo = load_topology(site.delivery.topology)
+    polled = poll(apps={"badlabel": topo.apps[APP]}, cursor={}, registry=site.registry.resource())
+    assert polled.new == []
+    assert polled.refused == [
+        f"badlabel:main = {d_sensor} not released: its label {REVISION_LABEL}={bad_label!r} is"
+        " not a commit (40 lowercase hex digits); build it from git (app_image)"
+    ]
+    assert polled.cursor == {"badlabel": {"main": d_sensor}}
+
+    # The salt state checks the pillar too (a release applied by hand): nothing runs.
+    host = sorted(site.ps.topo.hosts_with_role("web-staging"))[0]
+    pillar = {"release": {"app": APP, "digest": digest, "sha": "x; touch /tmp/pwned"}}
+    with SaltResource() as salt:
+        applied = salt.apply(minions=[host], sls=["app"], pillar=pillar, log=_quiet)
+    assert not applied.ok
+    assert [s.state_id for s in applied.states()] == ["app-release-in-pillar"]
+    assert site.version("staging") == v
 
 
 def test_nothing_to_roll_back_to_is_a_clear_error():

@@ -102,6 +102,12 @@ def test_the_minimal_file_is_valid(write_topology):
     assert list(topo.hosts) == ["support-1", "web-staging-1"]
 
 
+@pytest.mark.parametrize("path", ["/", "/health", "/health?full=1&x=2", "/a/b.c_d~e-f%20g"])
+def test_a_health_path_may_have_a_query_and_percent_escapes(write_topology, path):
+    topo = load_topology(write_topology(GOOD.replace("health: /health", f'health: "{path}"')))
+    assert topo.apps["hello"].health == path
+
+
 @pytest.mark.parametrize(
     ("old", "new", "expected"),
     [
@@ -193,6 +199,12 @@ def test_the_minimal_file_is_valid(write_topology):
             "health: /he alth",
             ":10: apps.hello.health: '/he alth' is not a URL path",
         ),
+        # shell characters: the health path reaches a command line on the web hosts
+        *(
+            ("health: /health", f'health: "{path}"', f":10: apps.hello.health: {path!r} is not a")
+            for path in ["/a;b", "/h$(id)", "/it's", "/a`id`", "/a|b", "/a>b", "/a#b", "/a b"]
+        ),
+        ("health: /health", 'health: "/a\\nb"', ":10: apps.hello.health: '/a\\nb' is not a URL"),
         # a missing required field
         ("repo: /srv/git/hello.git, ", "", ":10: apps.hello.repo: missing required key 'repo'"),
         (

@@ -32,6 +32,35 @@ def local() -> None:
     """The local site: services on this machine, on 127.0.0.1."""
 
 
+def site_up(
+    site, command: str = "infra local up", *, with_registry: bool = False
+) -> tuple[dict | None, int]:
+    """`site.up()` (and with `with_registry`, the registry host's role applied through Dagster),
+    its known failures said on stderr without a traceback: (status, 0), or (None, exit code): 2
+    for bad input (the topology, the secrets file), 1 when a service could not be started.
+    `infra local up` and `infra demo` both bring the site up through here."""
+    from infra_assets.local_site.processes import ProcessError
+    from infra_assets.local_site.registry import ROLE, apply_registry_role
+    from infra_assets.secrets import SecretsError
+    from infra_assets.sites import SiteError
+
+    try:
+        status = site.up()
+        if with_registry and site.topology().hosts_with_role(ROLE):
+            apply_registry_role(site.topology_file)
+            status = site.write_status()
+        return status, 0
+    except TopologyError as err:
+        click.echo(err.render(), err=True)
+        return None, 2
+    except SecretsError as err:
+        click.echo(str(err), err=True)
+        return None, 2
+    except (SiteError, ProcessError) as err:
+        click.echo(f"{command}: {err}", err=True)
+        return None, 1
+
+
 @local.command()
 @TOPOLOGY_OPT
 @click.option(
@@ -42,26 +71,10 @@ def local() -> None:
 def up(topology_file: Path, no_registry: bool) -> None:
     """Start the local site's services (safe to run twice): the salt master, a minion per host,
     then the registry (its host's role, highstate/docker-registry, materialised by Dagster)."""
-    from infra_assets.local_site.processes import ProcessError
-    from infra_assets.local_site.registry import ROLE, apply_registry_role
-    from infra_assets.secrets import SecretsError
-    from infra_assets.sites import SiteError
-
     site = _site(topology_file)
-    try:
-        status = site.up()
-        if not no_registry and site.topology().hosts_with_role(ROLE):
-            apply_registry_role(topology_file)
-            status = site.write_status()
-    except TopologyError as err:
-        click.echo(err.render(), err=True)
-        sys.exit(2)
-    except SecretsError as err:
-        click.echo(str(err), err=True)
-        sys.exit(2)
-    except (SiteError, ProcessError) as err:
-        click.echo(f"infra local up: {err}", err=True)
-        sys.exit(1)
+    status, code = site_up(site, with_registry=not no_registry)
+    if status is None:
+        sys.exit(code)
     names = [k for k in status if k not in ("topology", "state_dir")]
     click.echo(f"local site up ({', '.join(names) or 'no services yet'}); state in {site.root}")
     registry = status.get("registry") or {}

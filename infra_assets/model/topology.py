@@ -84,6 +84,11 @@ Domain = Annotated[str, AfterValidator(_domain)]
 _BAD_BRANCH = re.compile(r"(\.\.|[\x00-\x20\x7f~^:?*\[\\]|@\{|//)")
 
 
+# A health path: what the web hosts' health check asks for (it reaches a shell command line
+# there, quoted; this keeps it to what a URL path and query need).
+_HEALTH_RE = re.compile(r"/[A-Za-z0-9/._~?=&%-]*")
+
+
 class App(_Strict):
     repo: str = Field(min_length=1, description="A git URL, or a local path for the local site.")
     branch: str = Field(default="main", min_length=1)
@@ -110,8 +115,11 @@ class App(_Strict):
     @field_validator("health")
     @classmethod
     def _health_is_a_path(cls, health: str) -> str:
-        if not health.startswith("/") or re.search(r"\s", health) or "#" in health:
-            raise ValueError(f"{health!r} is not a URL path: it must start with '/', no spaces")
+        if not _HEALTH_RE.fullmatch(health):
+            raise ValueError(
+                f"{health!r} is not a URL path: it must start with '/' and hold only letters,"
+                " digits and / . _ ~ ? = & % - (percent-encode anything else)"
+            )
         return health
 
 

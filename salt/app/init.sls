@@ -26,31 +26,41 @@
     (`stateful`: its last line is `changed=yes|no comment='...'`). No unless/onlyif: in salt
     3008, the first state with one makes the minion load every state module (about 4 s per
     apply, measured), and this state is on the path from a push to the release. For the same
-    reason it does not include `web` (23 more states): it checks that the `web` state has run. #}
+    reason it does not include `web` (23 more states): it checks that the `web` state has run.
+
+    No pillar value is spliced into a shell command as it is: each script starts with
+    `{{ vars('image', ...) }}`, shell variables set to values quoted for the shell (salt's `quote`
+    filter: shlex.quote), and uses "$image", "$health_url"... The digest and the commit are
+    checked here too (sha256:<64 hex digits>; 40 hex digits or empty), as the release asset
+    checks them before it asks anything of the hosts. #}
 {%- from "lib/site.jinja" import root, local with context %}
 {%- set release = pillar.get('release', {}) %}
 {%- set apps = pillar.get('apps', {}) %}
 {%- set name = release.get('app', '') %}
-{%- if not name or not release.get('digest', '').startswith('sha256:') %}
+{%- set digest = release.get('digest') or '' %}
+{%- set sha = release.get('sha') or '' %}
+{#- (`$` also matches before a final newline: the lengths rule that out.) #}
+{%- if not name or not (digest | string | regex_match('^(sha256:[0-9a-f]{64})$'))
+      or digest | length != 71
+      or not (sha | string | regex_match('^([0-9a-f]{40})?$')) or sha | length not in (0, 40) %}
 
 app-release-in-pillar:
   test.fail_without_changes:
     - name: >-
-        no release in the pillar: apply with
-        pillar={"release": {"app": "<app>", "digest": "sha256:...", "sha": "<commit>"}}
+        no release in the pillar, or not one: apply with
+        pillar={"release": {"app": "<app>", "digest": "sha256:<64 hex digits>",
+        "sha": "<the commit: 40 hex digits, or empty>"}}
 {%- elif name not in apps or not pillar.get('registry_client') or not pillar.get('web') %}
 
 app-release-known:
   test.fail_without_changes:
     - name: >-
-        {{ name }} is not an app of this host's pillar (apps: {{ apps | join(', ') or 'none' }}),
+        {{ name | json }} is not an app of this host's pillar (apps: {{ apps | join(', ') or 'none' }}),
         or the host has no registry to pull from: is it a web host of the topology?
 {%- else %}
 {%- set app = apps[name] %}
 {%- set web = pillar['web'] %}
 {%- set client = pillar['registry_client'] %}
-{%- set digest = release['digest'] %}
-{%- set sha = release.get('sha') or '' %}
 {%- set timeout = release.get('health_timeout_s', 30) | int %}
 {%- set image = client['address'] ~ '/' ~ name ~ '@' ~ digest %}
 {%- set record_file = root ~ '/var/lib/coop/releases/' ~ name ~ '.json' %}
@@ -76,13 +86,30 @@ app-release-known:
 {%- else %}
 {%- set new_record = {'current': this, 'previous': current or None} %}
 {%- endif %}
-{%- set keep = [digest, (new_record['previous'] or {}).get('digest', digest)] %}
-{%- set health_url = 'http://127.0.0.1:' ~ port ~ app['health'] %}
-{%- set served_url = 'http://' ~ web['listen'] ~ ':' ~ app['listen_port'] ~ app['health'] %}
-{%- set host_header = app['domain'] or name %}
+{%- set keep = (new_record['previous'] or {}).get('digest') or digest %}
 {%- set pidfile = web.get('pidfile') or '/run/nginx.pid' %}
+{#- The values the scripts use, as shell variables (see the top). #}
+{%- set sh = {
+      'app': name,
+      'digest': digest,
+      'sha': sha,
+      'image': image,
+      'registry': client['address'],
+      'slot': slot,
+      'port': port,
+      'container': container,
+      'old': old,
+      'keep': keep,
+      'timeout': timeout,
+      'health_url': 'http://127.0.0.1:' ~ port ~ app['health'],
+      'served_url': 'http://' ~ web['listen'] ~ ':' ~ app['listen_port'] ~ app['health'],
+      'host_header': app['domain'] or name,
+      'pidfile': pidfile,
+      'root': root,
+      'web_state': 'highstate/web-' ~ web['environment'],
+      'old_workers': root ~ '/run/coop-app-' ~ name ~ '.old-workers'} %}
+{%- macro vars() %}{% for key in varargs %}{{ key }}={{ sh[key] | string | quote }}{{ ' ' if not loop.last else '' }}{% endfor %}{% endmacro %}
 {%- set conf = root ~ '/etc/nginx/conf.d/app-' ~ name ~ '.conf' %}
-{%- set old_workers = root ~ '/run/coop-app-' ~ name ~ '.old-workers' %}
 {%- set env = {'CONTAINERS_CONF': root ~ '/etc/containers/containers.conf',
                'REGISTRY_AUTH_FILE': root ~ '/etc/containers/auth.json'} %}
 {%- if local %}
@@ -96,26 +123,29 @@ app-release-known:
 app-{{ name }}-web-ready:
   cmd.run:
     - name: |
+        {{ vars('pidfile', 'root', 'web_state') }}
         # The web state (highstate/web-<environment>) runs nginx and writes podman's config.
-        if ! kill -0 "$(cat {{ pidfile }} 2>/dev/null)" 2>/dev/null; then
-          echo "changed=no comment='nginx is not running on this host ({{ pidfile }}): apply the web state first (highstate/web-{{ web['environment'] }})'"; exit 1
+        if ! kill -0 "$(cat "$pidfile" 2>/dev/null)" 2>/dev/null; then
+          echo "changed=no comment='nginx is not running on this host ($pidfile): apply the web state first ($web_state)'"; exit 1
         fi
-        for f in {{ root }}/etc/containers/containers.conf {{ root }}/etc/containers/auth.json; do
-          [ -f "$f" ] || { echo "changed=no comment='$f is missing: apply the web state first (highstate/web-{{ web['environment'] }})'"; exit 1; }
+        for f in "$root/etc/containers/containers.conf" "$root/etc/containers/auth.json"; do
+          [ -f "$f" ] || { echo "changed=no comment='$f is missing: apply the web state first ($web_state)'"; exit 1; }
         done
-        mkdir -p {{ root }}/etc/nginx/conf.d {{ root }}/var/lib/coop/releases
+        mkdir -p "$root/etc/nginx/conf.d" "$root/var/lib/coop/releases"
         echo "changed=no comment='nginx runs; podman is configured'"
     - stateful: True
+    - shell: /bin/bash
 
 app-{{ name }}-pull:
   cmd.run:
     - name: |
-        if podman image exists {{ image }}; then
-          echo "changed=no comment='{{ image }} is here already'"; exit 0
+        {{ vars('image', 'registry', 'root') }}
+        if podman image exists "$image"; then
+          echo "changed=no comment='$image is here already'"; exit 0
         fi
         started=$SECONDS
-        podman pull -q --cert-dir {{ root }}/etc/containers/certs.d/{{ client['address'] }} {{ image }} || exit 1
-        echo "changed=yes comment='pulled {{ image }} in $((SECONDS - started)) s'"
+        podman pull -q --cert-dir "$root/etc/containers/certs.d/$registry" "$image" || exit 1
+        echo "changed=yes comment='pulled $image in $((SECONDS - started)) s'"
     - stateful: True
     - shell: /bin/bash
     - env: {{ env | json }}
@@ -125,15 +155,16 @@ app-{{ name }}-pull:
 app-{{ name }}-start:
   cmd.run:
     - name: |
-        if [ "$(podman container inspect -f {{ live_fmt }} {{ container }} 2>/dev/null)" = "{{ digest }} true {{ port }}" ]; then
-          echo "changed=no comment='{{ container }} runs {{ digest }} on port {{ port }}'"; exit 0
+        {{ vars('app', 'digest', 'sha', 'image', 'slot', 'port', 'container') }}
+        if [ "$(podman container inspect -f {{ live_fmt }} "$container" 2>/dev/null)" = "$digest true $port" ]; then
+          echo "changed=no comment='$container runs $digest on port $port'"; exit 0
         fi
-        podman rm -f -i -t 5 {{ container }} >/dev/null
-        podman run -d --init --pull=never --name {{ container }} --network host \
-          --label coop.app={{ name }} --label coop.digest={{ digest }} --label coop.sha={{ sha }} \
-          --label coop.slot={{ slot }} --label coop.port={{ port }} \
-          -e PORT={{ port }} -e HOST=127.0.0.1 {{ image }} || exit 1
-        echo "changed=yes comment='started {{ container }} on 127.0.0.1:{{ port }}'"
+        podman rm -f -i -t 5 "$container" >/dev/null
+        podman run -d --init --pull=never --name "$container" --network host \
+          --label "coop.app=$app" --label "coop.digest=$digest" --label "coop.sha=$sha" \
+          --label "coop.slot=$slot" --label "coop.port=$port" \
+          -e "PORT=$port" -e HOST=127.0.0.1 "$image" || exit 1
+        echo "changed=yes comment='started $container on 127.0.0.1:$port'"
     - stateful: True
     - shell: /bin/bash
     - env: {{ env | json }}
@@ -143,26 +174,29 @@ app-{{ name }}-start:
 app-{{ name }}-healthy:
   cmd.run:
     - name: |
+        {{ vars('image', 'container', 'timeout', 'health_url') }}
+        # salt reads the last line's comment='...' splitting at every `=`: the URL's are %3D there.
+        shown=${health_url//=/%3D}
         body=$(mktemp); started=$SECONDS; code=""
         while :; do
-          code=$(curl -s -o "$body" -w '%{http_code}' --max-time 2 {{ health_url }}) || code=""
+          code=$(curl -s -o "$body" -w '%{http_code}' --max-time 2 "$health_url") || code=""
           if [ "$code" = 200 ]; then
-            echo "GET {{ health_url }} -> 200 after $((SECONDS - started)) s: $(head -c 300 "$body")"
+            echo "GET $health_url -> 200 after $((SECONDS - started)) s: $(head -c 300 "$body")"
             rm -f "$body"
-            echo "changed=no comment='healthy: {{ health_url }} answers 200'"; exit 0
+            echo "changed=no comment='healthy: $shown answers 200'"; exit 0
           fi
-          if [ "$(podman container inspect -f {{ running_fmt }} {{ container }} 2>/dev/null)" != true ]; then
-            echo "{{ container }} has stopped"; break
+          if [ "$(podman container inspect -f {{ running_fmt }} "$container" 2>/dev/null)" != true ]; then
+            echo "$container has stopped"; break
           fi
-          [ $((SECONDS - started)) -ge {{ timeout }} ] && break
+          [ $((SECONDS - started)) -ge "$timeout" ] && break
           sleep 0.2
         done
-        echo "health check failed: GET {{ health_url }} -> ${code:-no answer} within {{ timeout }} s$([ -s "$body" ] && echo ": $(head -c 300 "$body" | tr -d "'")")"
-        echo "--- {{ container }} ({{ image }}), its last lines:"
-        podman logs --tail 30 {{ container }} 2>&1
+        echo "health check failed: GET $health_url -> ${code:-no answer} within $timeout s$([ -s "$body" ] && echo ": $(head -c 300 "$body" | tr -d "'")")"
+        echo "--- $container ($image), its last lines:"
+        podman logs --tail 30 "$container" 2>&1
         rm -f "$body"
-        podman rm -f -t 2 {{ container }} >/dev/null 2>&1 && echo "--- removed {{ container }}; the live release is untouched"
-        echo "changed=yes comment='health check failed: {{ health_url }} -> ${code:-no answer} within {{ timeout }} s'"
+        podman rm -f -t 2 "$container" >/dev/null 2>&1 && echo "--- removed $container; the live release is untouched"
+        echo "changed=yes comment='health check failed: $shown -> ${code:-no answer} within $timeout s'"
         exit 1
     - stateful: True
     - shell: /bin/bash
@@ -172,20 +206,20 @@ app-{{ name }}-healthy:
 
 app-{{ name }}-nginx:
   file.managed:
-    - name: {{ conf }}
+    - name: {{ conf | json }}
     - source: salt://app/files/nginx-app.conf.jinja
     - template: jinja
     - mode: '0644'
     - context:
-        name: {{ name }}
-        environment: {{ web['environment'] }}
-        digest: {{ digest }}
+        name: {{ name | json }}
+        environment: {{ web['environment'] | json }}
+        digest: {{ digest | json }}
         sha: {{ sha | json }}
-        slot: {{ slot }}
-        port: {{ port }}
-        listen: {{ web['listen'] }}
-        web_port: {{ web['port'] }}
-        listen_port: {{ app['listen_port'] }}
+        slot: {{ slot | json }}
+        port: {{ port | int }}
+        listen: {{ web['listen'] | json }}
+        web_port: {{ web['port'] | int }}
+        listen_port: {{ app['listen_port'] | int }}
         domain: {{ app['domain'] | json }}
     - require:
       - cmd: app-{{ name }}-healthy
@@ -193,11 +227,12 @@ app-{{ name }}-nginx:
 app-{{ name }}-reload:
   cmd.run:
     - name: |
+        {{ vars('pidfile', 'old_workers') }}
         # nginx's workers before the reload: they finish what they hold with the old upstream,
         # and the old container stops only once they are gone (stop-old).
-        pgrep -P "$(cat {{ pidfile }})" > {{ old_workers }} || true
+        pgrep -P "$(cat "$pidfile")" > "$old_workers" || true
 {%- if local %}
-        start-stop-daemon --quiet --pidfile {{ pidfile }} --exec /usr/sbin/nginx --stop --signal HUP
+        start-stop-daemon --quiet --pidfile "$pidfile" --exec /usr/sbin/nginx --stop --signal HUP
 {%- else %}
         systemctl reload nginx
 {%- endif %}
@@ -208,18 +243,19 @@ app-{{ name }}-reload:
 app-{{ name }}-switched:
   cmd.run:
     - name: |
+        {{ vars('digest', 'slot', 'port', 'served_url', 'host_header', 'root') }}
         served() {
-          curl -s -D - -o /dev/null --max-time 2 -H 'Host: {{ host_header }}' {{ served_url }} \
-            | grep -qi '^x-coop-release: {{ digest }}'
+          curl -s -D - -o /dev/null --max-time 2 -H "Host: $host_header" "$served_url" \
+            | grep -qi "^x-coop-release: $digest"
         }
-        if served; then echo "changed=no comment='nginx serves {{ digest }}'"; exit 0; fi
+        if served; then echo "changed=no comment='nginx serves $digest'"; exit 0; fi
         for i in $(seq 75); do
           sleep 0.2
-          served && { echo "changed=yes comment='nginx serves {{ digest }} (slot {{ slot }}, port {{ port }})'"; exit 0; }
+          served && { echo "changed=yes comment='nginx serves $digest (slot $slot, port $port)'"; exit 0; }
         done
-        echo "nginx does not serve {{ digest }} after 15 s; its error log ends:"
-        tail -n 20 {{ root }}/var/log/nginx/error.log
-        echo "changed=no comment='nginx does not serve {{ digest }} after 15 s'"
+        echo "nginx does not serve $digest after 15 s; its error log ends:"
+        tail -n 20 "$root/var/log/nginx/error.log"
+        echo "changed=no comment='nginx does not serve $digest after 15 s'"
         exit 1
     - stateful: True
     - shell: /bin/bash
@@ -230,13 +266,14 @@ app-{{ name }}-switched:
 app-{{ name }}-stop-old:
   cmd.run:
     - name: |
-        if [ "$(podman container inspect -f {{ running_fmt }} {{ old }} 2>/dev/null)" != true ]; then
-          echo "changed=no comment='{{ old }} is not running'"; exit 0
+        {{ vars('old', 'pidfile', 'old_workers') }}
+        if [ "$(podman container inspect -f {{ running_fmt }} "$old" 2>/dev/null)" != true ]; then
+          echo "changed=no comment='$old is not running'"; exit 0
         fi
         # nginx's workers from before the reload finish the requests they hold with the old
         # upstream (at most 10 s), then the old release stops. It stays, stopped, for a rollback.
-        master=$(cat {{ pidfile }} 2>/dev/null)
-        workers=$(cat {{ old_workers }} 2>/dev/null); rm -f {{ old_workers }}
+        master=$(cat "$pidfile" 2>/dev/null)
+        workers=$(cat "$old_workers" 2>/dev/null); rm -f "$old_workers"
         for i in $(seq 100); do
           left=""
           for pid in $workers; do
@@ -245,8 +282,8 @@ app-{{ name }}-stop-old:
           [ -z "$left" ] && break
           sleep 0.1
         done
-        podman stop -t 10 {{ old }} >/dev/null || exit 1
-        echo "changed=yes comment='stopped {{ old }} (kept for a rollback)'"
+        podman stop -t 10 "$old" >/dev/null || exit 1
+        echo "changed=yes comment='stopped $old (kept for a rollback)'"
     - stateful: True
     - shell: /bin/bash
     - env: {{ env | json }}
@@ -255,7 +292,7 @@ app-{{ name }}-stop-old:
 
 app-{{ name }}-record:
   file.serialize:
-    - name: {{ record_file }}
+    - name: {{ record_file | json }}
     - mode: '0644'
     - serializer: json
     - dataset: {{ new_record | json }}
@@ -265,14 +302,15 @@ app-{{ name }}-record:
 app-{{ name }}-prune:
   cmd.run:
     - name: |
+        {{ vars('app', 'digest', 'registry', 'keep') }}
         # The live and the previous release stay; this app's older images go.
-        old=$(podman images --noheading --format {{ ref_fmt }} --filter reference={{ client['address'] }}/{{ name }} \
-              | grep -v -e '@{{ keep | join("$' -e '@") }}$' | sort -u)
-        [ -z "$old" ] && { echo "changed=no comment='no older image'"; exit 0; }
-        for ref in $old; do
+        older=$(podman images --noheading --format {{ ref_fmt }} --filter "reference=$registry/$app" \
+                | grep -v -e "@$digest\$" -e "@$keep\$" | sort -u)
+        [ -z "$older" ] && { echo "changed=no comment='no older image'"; exit 0; }
+        for ref in $older; do
           podman rmi "$ref" >/dev/null 2>&1 && echo "removed $ref" || echo "kept $ref (in use)"
         done
-        echo "changed=yes comment='older images of {{ name }} removed'"
+        echo "changed=yes comment='older images of $app removed'"
     - stateful: True
     - shell: /bin/bash
     - env: {{ env | json }}
