@@ -19,6 +19,7 @@ import dagster as dg
 from infra_assets.model import App
 from resources.git import GitResource, resolve_repo
 from resources.topology import TopologyResource
+from sensors.cursors import CursorError, read_json_cursor
 
 SENSOR_NAME = "git_push_sensor"
 
@@ -38,22 +39,10 @@ class Poll:
     cursor: dict[str, str] = field(default_factory=dict)
 
 
-class CursorError(ValueError):
-    pass
-
-
 def read_cursor(text: str | None) -> dict[str, str]:
-    if not text:
-        return {}
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise CursorError(f"the cursor is not JSON ({exc}); reset it in the UI") from None
-    if not isinstance(data, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in data.items()
-    ):
-        raise CursorError('the cursor is not {"<app>": "<sha>"}; reset it in the UI')
-    return data
+    return read_json_cursor(
+        text, valid=lambda sha: isinstance(sha, str), shape='{"<app>": "<sha>"}'
+    )
 
 
 def poll(*, apps: Mapping[str, App], cursor: Mapping[str, str], git: GitResource, base_dir) -> Poll:

@@ -25,6 +25,7 @@ import dagster as dg
 from infra_assets.model import App
 from resources.git import SHA_RE
 from resources.registry import RegistryError, RegistryResource
+from sensors.cursors import CursorError, read_json_cursor
 
 SENSOR_NAME = "registry_image_sensor"
 REVISION_LABEL = "org.opencontainers.image.revision"
@@ -47,23 +48,15 @@ class RegistryPoll:
     cursor: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
-class CursorError(ValueError):
-    pass
-
-
 def read_cursor(text: str | None) -> dict[str, dict[str, str]]:
-    if not text:
-        return {}
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise CursorError(f"the cursor is not JSON ({exc}); reset it in the UI") from None
-    if not isinstance(data, dict) or not all(
-        isinstance(tags, dict) and all(isinstance(d, str) for d in tags.values())
-        for tags in data.values()
-    ):
-        raise CursorError('the cursor is not {"<app>": {"<tag>": "<digest>"}}; reset it in the UI')
-    return data
+    return read_json_cursor(
+        text,
+        valid=lambda tags: (
+            isinstance(tags, dict)
+            and all(isinstance(t, str) and isinstance(d, str) for t, d in tags.items())
+        ),
+        shape='{"<app>": {"<tag>": "<digest>"}}',
+    )
 
 
 def watched_tags(app: App) -> list[str]:
