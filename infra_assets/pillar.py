@@ -202,13 +202,20 @@ def registry_tls_names(site: Site) -> list[str]:
     """The names and addresses the registry's certificate must cover."""
     names: list[str] = []
     for host in site.topo.hosts_with_role("docker-registry"):
-        for address in site.plan.for_host(host):
-            if address.role == "docker-registry":
-                names += [*address.names, address.address]
-        reach = site.reach(host, "docker-registry")
-        names.append(reach)
+        names += _registry_names(site, host)
     if site.kind == "local":
         names.append("localhost")
+    return list(dict.fromkeys(names))
+
+
+def _registry_names(site: Site, host: str) -> list[str]:
+    """Every name and address the registry on `host` is reached by: its DNS names, its
+    service address, and how this site reaches it."""
+    names: list[str] = []
+    for address in site.plan.for_host(host):
+        if address.role == "docker-registry":
+            names += [*address.names, address.address]
+    names.append(site.reach(host, "docker-registry"))
     return list(dict.fromkeys(names))
 
 
@@ -218,9 +225,13 @@ def _registry_client(
     registry = _first_with_role(site, "docker-registry", site.topo.hosts[host].location)
     if registry is None:
         return None
-    address = f"{site.reach(registry, 'docker-registry')}:{site.port(registry, 'registry')}"
+    port = site.port(registry, "registry")
+    address = f"{site.reach(registry, 'docker-registry')}:{port}"
     return {
         "address": address,
+        # podman looks up the CA by the name an image is pushed or pulled by: trust it under
+        # every name the certificate covers (a build may push by DNS name, a host pull by address).
+        "trusted_as": [f"{name}:{port}" for name in _registry_names(site, registry)],
         "url": f"https://{address}",
         "user": user,
         "password": _secret(secrets, "registry", "users", user),

@@ -139,7 +139,10 @@ class RegistryResource(dg.ConfigurableResource):
         if self.url:
             end = Endpoint(self.url.rstrip("/"), self.username, self.password, self.ca_file)
         else:
-            end = local_site_endpoint()
+            try:
+                end = local_site_endpoint()
+            except RegistryError as err:
+                raise RegistryError(_without_url_on_a_cloud_site() or str(err)) from None
         if end.ca_file and not Path(end.ca_file).is_file():
             # requests would raise an OSError of its own on each request (a traceback).
             where = (
@@ -302,6 +305,33 @@ class RegistryResource(dg.ConfigurableResource):
                 f" {_errors(response)}"
             )
         return response
+
+
+def _without_url_on_a_cloud_site() -> str | None:
+    """What to say when no registry URL is set and the topology is not the local site's: the
+    settings it needs, and the addresses the registry is reached by (None on the local site)."""
+    from infra_assets.model import TopologyError, load_topology
+    from infra_assets.paths import default_topology
+    from infra_assets.pillar import registry_tls_names
+    from infra_assets.sites import site_for
+
+    try:
+        topo = load_topology(default_topology())
+    except TopologyError:
+        return None
+    if all(loc.is_local for loc in topo.locations.values()) or not topo.hosts_with_role(
+        "docker-registry"
+    ):
+        return None
+    site = site_for(topo)
+    host = sorted(topo.hosts_with_role("docker-registry"))[0]
+    port = site.port(host, "registry")
+    urls = [f"https://{name}:{port}" for name in registry_tls_names(site)]
+    return (
+        f"no registry URL is set, and {default_topology()} is not the local site: set"
+        f" INFRA_REGISTRY_URL to the registry ({', '.join(urls)}), with INFRA_REGISTRY_USER,"
+        " INFRA_REGISTRY_PASSWORD and INFRA_REGISTRY_CA_FILE (README, 'App delivery')"
+    )
 
 
 def local_site_endpoint(root: Path | None = None) -> Endpoint:

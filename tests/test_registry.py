@@ -140,8 +140,22 @@ def test_the_resource_finds_the_local_sites_registry(registry_site, monkeypatch)
     assert isinstance(resource.catalog(), list)
 
 
-def test_the_resource_without_a_local_site_says_what_to_do(tmp_path, monkeypatch):
+def test_the_resource_without_a_url_on_the_coops_topology_names_the_settings(
+    tmp_path, monkeypatch, repo_root
+):
     monkeypatch.setenv("INFRA_STATE_DIR", str(tmp_path))
+    monkeypatch.setenv("INFRA_TOPOLOGY", str(repo_root / "topology.yaml"))
+    with pytest.raises(RegistryError) as err:
+        RegistryResource().endpoint()
+    message = str(err.value)
+    assert "is not the local site: set INFRA_REGISTRY_URL" in message
+    assert "https://10.100.9.1:5000" in message and "INFRA_REGISTRY_CA_FILE" in message
+    assert "infra local up" not in message
+
+
+def test_the_resource_without_a_local_site_says_what_to_do(tmp_path, monkeypatch, repo_root):
+    monkeypatch.setenv("INFRA_STATE_DIR", str(tmp_path))
+    monkeypatch.setenv("INFRA_TOPOLOGY", str(repo_root / "topology.local.yaml"))
     with pytest.raises(Exception, match="the local site is not up .* run `infra local up`"):
         RegistryResource().endpoint()
 

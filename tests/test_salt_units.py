@@ -276,6 +276,15 @@ def test_the_pillar_says_where_each_service_listens_on_a_server(coop, coop_secre
         "10.100.5.1\tweb-staging-1.nz-por-1.coop.internal" in pillars["support-1"]["dns"]["hosts"]
     )
     assert pillars["support-1"]["dns"]["forward"] is True
+    # Pulls and pushes reach the registry by its address or any of its DNS names: the CA is
+    # trusted under each (podman looks it up by the name in the image reference).
+    client = pillars["web-staging-1"]["registry_client"]
+    assert client["address"] == "10.100.9.1:5000" and client["url"] == "https://10.100.9.1:5000"
+    assert {
+        "10.100.9.1:5000",
+        "docker-registry.nz-por-1.coop.internal:5000",
+        "docker-registry-1.nz-por-1.coop.internal:5000",
+    } <= set(client["trusted_as"])
     # The same input gives the same pillar (the registry's hashes too): applies change nothing.
     assert render_pillars(site_for(coop), coop_secrets) == pillars
 
@@ -304,8 +313,6 @@ def test_the_jenkins_master_gets_its_password_from_a_root_only_file_and_its_casc
     """jenkins.master as a server gets it (no Jenkins here, so the server branch is rendered by
     real masterless salt, `state.show_sls`, with support-1's pillar from the topology)."""
     import shlex
-    import subprocess
-    import sys
 
     password = 'it\'s "x" \\ y $HOME'  # quotes, a backslash, a dollar: systemd must get it whole
     data = {**coop_secrets.data, "jenkins": {"admin_password": password}}
@@ -313,37 +320,10 @@ def test_the_jenkins_master_gets_its_password_from_a_root_only_file_and_its_casc
     path.write_text(yaml.safe_dump(data))
     secrets = load_secrets(path, coop)
     pillar = render_pillars(site_for(coop), secrets)["support-1"]
-    (tmp_path / "pillar").mkdir()
-    (tmp_path / "pillar" / "top.sls").write_text("base: {'*': [support-1]}\n")
-    (tmp_path / "pillar" / "support-1.sls").write_text("#!json\n" + json.dumps(pillar))
-    config = {
-        "id": "support-1",
-        "file_client": "local",
-        "root_dir": str(tmp_path / "root"),
-        "file_roots": {"base": [str(repo_root / "salt")]},
-        "pillar_roots": {"base": [str(tmp_path / "pillar")]},
-        "enable_fqdns_grains": False,
-        "enable_gpu_grains": False,
-    }
-    (tmp_path / "etc").mkdir()
-    (tmp_path / "etc" / "minion").write_text(yaml.safe_dump(config))
-    out = subprocess.run(
-        [str(Path(sys.executable).parent / "salt-call"), "--local", "-c", str(tmp_path / "etc")]
-        + ["--out=json", "--log-level=quiet", "state.show_sls", "jenkins.master"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert out.returncode == 0, out.stdout + out.stderr
-    states = json.loads(out.stdout)["local"]
+    states = _show_sls_as_a_server("support-1", pillar, "jenkins.master", tmp_path, repo_root)
 
     def args(state_id: str) -> dict:
-        return {
-            k: v
-            for item in states[state_id][next(iter(states[state_id]))]
-            if isinstance(item, dict)
-            for k, v in item.items()
-        }
+        return _state_args(states, state_id)
 
     env = args("jenkins-admin-env")
     assert env["name"] == "/etc/jenkins/admin.env"
@@ -395,6 +375,62 @@ def test_state_returns_parse_into_typed_results(name):
         }
         for s in states
     ] == expected["states"]
+
+
+def test_a_web_server_trusts_the_registry_under_each_name_it_is_reached_by(
+    coop, coop_secrets, tmp_path, repo_root
+):
+    """The web state as a server gets it: the registry's CA under every name and address the
+    certificate covers, so a pull works by whichever name the image reference uses."""
+    pillar = render_pillars(site_for(coop), coop_secrets)["web-staging-1"]
+    states = _show_sls_as_a_server("web-staging-1", pillar, "web", tmp_path, repo_root)
+    names = [
+        next(iter(item.values())) if isinstance(item, dict) else item
+        for item in _state_args(states, "web-registry-ca")["names"]
+    ]
+    assert names == [
+        f"/etc/containers/certs.d/{name}/ca.crt" for name in pillar["registry_client"]["trusted_as"]
+    ]
+    assert "/etc/containers/certs.d/10.100.9.1:5000/ca.crt" in names
+
+
+def _show_sls_as_a_server(host: str, pillar: dict, sls: str, tmp_path, repo_root) -> dict:
+    """`state.show_sls` of `sls` by real masterless salt, with `pillar` (a server's: root "")."""
+    import subprocess
+    import sys
+
+    (tmp_path / "pillar").mkdir()
+    (tmp_path / "pillar" / "top.sls").write_text(f"base: {{'*': [{host}]}}\n")
+    (tmp_path / "pillar" / f"{host}.sls").write_text("#!json\n" + json.dumps(pillar))
+    config = {
+        "id": host,
+        "file_client": "local",
+        "root_dir": str(tmp_path / "root"),
+        "file_roots": {"base": [str(repo_root / "salt")]},
+        "pillar_roots": {"base": [str(tmp_path / "pillar")]},
+        "enable_fqdns_grains": False,
+        "enable_gpu_grains": False,
+    }
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "minion").write_text(yaml.safe_dump(config))
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "salt-call"), "--local", "-c", str(tmp_path / "etc")]
+        + ["--out=json", "--log-level=quiet", "state.show_sls", sls],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    return json.loads(out.stdout)["local"]
+
+
+def _state_args(states: dict, state_id: str) -> dict:
+    return {
+        k: v
+        for item in states[state_id][next(iter(states[state_id]))]
+        if isinstance(item, dict)
+        for k, v in item.items()
+    }
 
 
 def test_secrets_and_their_encoded_forms_never_reach_the_log_the_table_or_the_error(tmp_path):

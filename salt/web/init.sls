@@ -102,7 +102,10 @@ web-containers-storage:
 
 web-registry-ca:
   file.managed:
-    - name: {{ root }}/etc/containers/certs.d/{{ client['address'] }}/ca.crt
+    - names:
+{%- for name in client.get('trusted_as') or [client['address']] %}
+      - {{ root }}/etc/containers/certs.d/{{ name }}/ca.crt
+{%- endfor %}
     - makedirs: True
     - mode: '0644'
     - contents_pillar: registry_client:ca_cert
