@@ -558,14 +558,18 @@ def _failure(result) -> str:
 
 
 def _file_names(rendered: dict) -> list[tuple[str, str]]:
-    """(id, path) of every file.* state in `state.show_sls` high data."""
+    """(id, path) of every file a file.* state manages, in `state.show_sls` high data."""
     found = []
     for state_id, body in rendered.items():
         for module, args in body.items():
             if module != "file" or not isinstance(args, list):
                 continue
             names = [a["name"] for a in args if isinstance(a, dict) and "name" in a]
-            found.append((state_id, str(names[0] if names else state_id)))
+            # `names:` (one state per path; an item may be a path or {path: [args]})
+            for a in args:
+                if isinstance(a, dict) and "names" in a:
+                    names += [next(iter(n)) if isinstance(n, dict) else n for n in a["names"]]
+            found += [(state_id, str(name)) for name in names or [state_id]]
     return found
 
 
