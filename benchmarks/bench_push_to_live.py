@@ -38,12 +38,8 @@ TARGET_S = 30.0
 
 
 def run() -> list[Result]:
-    import dagster as dg
-
-    from infra_assets import demo_loop
     from infra_assets.local_site.site import LocalSite
     from infra_assets.model import load_topology
-    from infra_assets.releases import staging_job_name
     from infra_assets.sites import ProcessSite
 
     state = REPO_ROOT / ".state" / f"bench-push-{os.getpid()}"
@@ -66,8 +62,6 @@ def run() -> list[Result]:
         env.pop(key, None)
     site = LocalSite(topology, root=state / "local")
     topo = load_topology(topology)
-    saved = {k: os.environ.get(k) for k in ("DAGSTER_HOME", "INFRA_STATE_DIR", "INFRA_TOPOLOGY")}
-    totals, builds, starts = [], [], []
     try:
         started = time.monotonic()
         out = subprocess.run(
@@ -81,37 +75,8 @@ def run() -> list[Result]:
         if out.returncode != 0:
             raise RuntimeError(f"infra demo failed:\n{(out.stdout + out.stderr)[-4000:]}")
         setup_s = time.monotonic() - started
-        os.environ.update({k: env[k] for k in saved})
-        repo = demo_loop.ensure_repo(topology, topo, "hello", site.root)
-        url = ProcessSite(topo, root=site.root).app_url("web-staging-1", "hello", "staging")
-        health = topo.apps["hello"].health
-        for n in range(ROUNDS):
-            sha = repo.commit(f"bench: round {n + 1}", {"BENCH.md": f"round {n + 1}\n"})
-            pushed = time.time()
-            repo.push()
-            total = demo_loop.wait_live(
-                url,
-                health,
-                sha,
-                since=pushed,
-                say=lambda *_a, **_k: None,
-                release_job=staging_job_name("hello"),
-                timeout_s=300,
-            )
-            with demo_loop.instance() as inst:
-                build = _metadata(inst, dg.AssetKey(["app_image", "hello"]), sha, "build_time_s")
-                start = _metadata(
-                    inst, dg.AssetKey(["release", "staging", "hello"]), sha, "container_start_s"
-                )
-            totals.append(total)
-            builds.append(build)
-            starts.append(start)
+        totals, builds, starts = _rounds(topology, topo, site, env)
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
         subprocess.run(
             [INFRA, "local", "down", "--topology", str(topology)],
             env=env,
@@ -164,3 +129,42 @@ def _metadata(instance, key, sha: str, name: str) -> float:
         if mat.partition == sha or (meta.get("sha") and meta["sha"].value == sha):
             return float(meta[name].value)
     raise RuntimeError(f"no materialisation of {key.to_user_string()} for {sha[:12]}")
+
+
+def _rounds(topology: Path, topo, site, env: dict[str, str]) -> tuple[list, list, list]:
+    """ROUNDS pushes, each followed until live; (totals, build times, container starts)."""
+    import dagster as dg
+
+    from infra_assets import demo_loop
+    from infra_assets.local_site.site import site_environment
+    from infra_assets.releases import staging_job_name
+    from infra_assets.sites import ProcessSite
+
+    totals, builds, starts = [], [], []
+    keys = ("DAGSTER_HOME", "INFRA_STATE_DIR", "INFRA_TOPOLOGY", "INFRA_PODMAN_ROOT")
+    with site_environment({k: env[k] for k in keys}):
+        repo = demo_loop.ensure_repo(topology, topo, "hello", site.root)
+        url = ProcessSite(topo, root=site.root).app_url("web-staging-1", "hello", "staging")
+        health = topo.apps["hello"].health
+        for n in range(ROUNDS):
+            sha = repo.commit(f"bench: round {n + 1}", {"BENCH.md": f"round {n + 1}\n"})
+            pushed = time.time()
+            repo.push()
+            total = demo_loop.wait_live(
+                url,
+                health,
+                sha,
+                since=pushed,
+                say=lambda *_a, **_k: None,
+                release_job=staging_job_name("hello"),
+                timeout_s=300,
+            )
+            with demo_loop.instance() as inst:
+                build = _metadata(inst, dg.AssetKey(["app_image", "hello"]), sha, "build_time_s")
+                start = _metadata(
+                    inst, dg.AssetKey(["release", "staging", "hello"]), sha, "container_start_s"
+                )
+            totals.append(total)
+            builds.append(build)
+            starts.append(start)
+    return totals, builds, starts

@@ -19,7 +19,6 @@ import os
 import shutil
 import subprocess
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +26,7 @@ import dagster as dg
 import pytest
 import yaml
 
-from infra_assets.local_site.site import LocalSite
+from infra_assets.local_site.site import SITE_ENV_KEYS, LocalSite, site_environment
 from resources.podman import BaseImage, PodmanResource
 from resources.registry import Endpoint, RegistryResource, local_site_endpoint
 
@@ -151,19 +150,6 @@ def base_image(podman: PodmanResource) -> BaseImage:
 # --- the local site: the registry, salt, the web hosts ---------------------------------------
 
 
-SITE_ENV_KEYS = (
-    "INFRA_STATE_DIR",
-    "INFRA_TOPOLOGY",
-    "INFRA_PODMAN_ROOT",
-    "INFRA_SECRETS_FILE",
-    "INFRA_SALT_MASTER_CONFIG",
-    "INFRA_REGISTRY_URL",
-    "INFRA_REGISTRY_USER",
-    "INFRA_REGISTRY_PASSWORD",
-    "INFRA_REGISTRY_CA_FILE",
-)
-
-
 @dataclass
 class DeliverySite:
     """The local site of topology.local.yaml (support-1 with the salt master, the registry and
@@ -196,23 +182,6 @@ class DeliverySite:
 
     def status(self) -> dict:
         return self.site.status()
-
-
-@contextmanager
-def site_environment(env: dict[str, str]) -> Iterator[None]:
-    """The site's variables in os.environ (and no stray INFRA_* setting), restored after."""
-    saved = {k: os.environ.get(k) for k in SITE_ENV_KEYS}
-    for key in SITE_ENV_KEYS:
-        os.environ.pop(key, None)
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,9 @@ stop only processes this project started (by pid, `processes.Supervisor`).
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -91,3 +94,36 @@ class LocalSite:
             return json.loads(self.status_file.read_text())
         except FileNotFoundError:
             return {}
+
+
+# Every setting that points the code at a site; `site_environment` clears the ones it is not given.
+SITE_ENV_KEYS = (
+    "INFRA_STATE_DIR",
+    "INFRA_TOPOLOGY",
+    "INFRA_PODMAN_ROOT",
+    "INFRA_SECRETS_FILE",
+    "INFRA_SALT_MASTER_CONFIG",
+    "INFRA_REGISTRY_URL",
+    "INFRA_REGISTRY_USER",
+    "INFRA_REGISTRY_PASSWORD",
+    "INFRA_REGISTRY_CA_FILE",
+)
+
+
+@contextmanager
+def site_environment(env: Mapping[str, str]) -> Iterator[None]:
+    """`env` in os.environ (and no stray INFRA_* site setting), every variable restored after:
+    for code that works on a site in process (the delivery tests, the push-to-live benchmark)."""
+    keys = [*SITE_ENV_KEYS, *(k for k in env if k not in SITE_ENV_KEYS)]
+    saved = {k: os.environ.get(k) for k in keys}
+    for key in SITE_ENV_KEYS:
+        os.environ.pop(key, None)
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
