@@ -22,8 +22,11 @@ import hmac
 from typing import Any
 
 from infra_assets.model import ENVIRONMENTS
+from infra_assets.salt_keys import MASTER, KeyStore
 from infra_assets.secrets import REGISTRY_USERS, Secrets, postgres_environments
-from infra_assets.sites import ProcessSite, Site
+from infra_assets.sites import STANDARD_PORTS, ProcessSite, Site, SiteError
+
+SALT_API_USER = "dagster"  # salt-api's eauth account for Dagster (salt/salt/api.sls)
 
 NPM_UPLINK = "https://registry.npmjs.org/"
 
@@ -70,6 +73,22 @@ def host_pillar(site: Site, secrets: Secrets | None, host: str) -> dict[str, Any
             "pillar_roots": [str(site.pillar_root())],
             "worker_threads": 2 if site.kind == "local" else 5,
         }
+        if site.kind != "local":
+            # salt-api (salt/salt/api.sls): how Dagster reaches the master from outside its host.
+            pillar["salt"]["api"] = {
+                "listen": site.listen(host, "salt-master"),
+                "port": STANDARD_PORTS["salt-api"],
+                "user": SALT_API_USER,
+                "password": _secret(secrets, "salt", "api", "password"),
+                "tls": {
+                    "cert": _secret(secrets, "salt", "api", "tls", "cert"),
+                    "key": _secret(secrets, "salt", "api", "tls", "key"),
+                },
+            }
+    finger = _master_finger(site)
+    if finger:
+        # Minions pin the master's key (minion_keys made it): a stranger cannot pose as it.
+        pillar["salt"]["minion"]["master_finger"] = finger
     if "dns" in roles:
         pillar["dns"] = {
             **_service(site, host, "dns", "dns"),
@@ -149,6 +168,17 @@ def bcrypt_htpasswd_line(user: str, password: str) -> str:
 
 
 # --- helpers -------------------------------------------------------------------------------------
+
+
+def _master_finger(site: Site) -> str | None:
+    """The master key's fingerprint where `minion_keys` made the master's pair (lab, cloud)."""
+    if site.kind == "local":
+        return None
+    try:
+        pair = KeyStore(site.keys_dir()).get(MASTER)
+    except SiteError:
+        return None
+    return pair.finger if pair else None
 
 
 def _service(site: Site, host: str, role: str, service: str) -> dict[str, Any]:

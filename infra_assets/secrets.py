@@ -8,6 +8,10 @@
       hello: {staging: ..., production: ...}
     jenkins:                       # when a host has the role jenkins-master
       admin_password: ...
+    salt:                          # the lab and the cloud: how Dagster reaches the master
+      api:                         # salt-api (rest_cherrypy) on the salt-master host
+        password: ...              # the eauth account's shared secret (the account: `dagster`)
+        tls: {cert: PEM, key: PEM} # salt-api's certificate (its CA file is the cert itself)
 
 Which keys are required follows from the topology (`required_keys`). The pillar hands each minion
 only the values its roles need (`infra_assets/pillar.py`). The local site generates throwaway
@@ -31,7 +35,7 @@ from typing import Any
 
 import yaml
 
-from infra_assets.model import ENVIRONMENTS, Topology
+from infra_assets.model import ENVIRONMENTS, Topology, address_plan
 
 REGISTRY_USERS = ("ci", "deploy")
 
@@ -111,7 +115,20 @@ def required_keys(topo: Topology) -> list[tuple[str, ...]]:
         keys += [("postgres", app, env) for env in postgres_environments(topo)]
     if topo.hosts_with_role("jenkins-master"):
         keys.append(("jenkins", "admin_password"))
+    if topo.hosts_with_role("salt-master") and not all(
+        loc.is_local for loc in topo.locations.values()
+    ):
+        keys += [("salt", "api", "password"), ("salt", "api", "tls", "cert")]
+        keys.append(("salt", "api", "tls", "key"))
     return keys
+
+
+def salt_api_names(topo: Topology) -> list[str]:
+    """What salt-api's certificate covers: the master host's addresses and DNS names."""
+    master = topo.salt_master()
+    plan = address_plan(topo)
+    spec = topo.hosts[master]
+    return [a.address for a in plan.for_host(master)] + [f"{master}.{spec.location}.{topo.domain}"]
 
 
 def _read(path: Path, keys: list[tuple[str, ...]], *, missing_ok: bool = False) -> dict[str, Any]:
@@ -229,7 +246,7 @@ def ensure_secrets(path: Path, topo: Topology, *, tls_names: Iterable[str] = ())
     changed = False
     for key in required_keys(topo):
         if _lookup(data, key) is _MISSING:
-            _store(data, key, _generate(key, data, tls_names))
+            _store(data, key, _generate(key, data, tls_names, topo))
             changed = True
     if changed or not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -269,15 +286,23 @@ def _why(key: tuple[str, ...]) -> str:
         return "a host has the role docker-registry"
     if key[0] == "postgres":
         return f"app {key[1]!r} and a host with the role postgres-{key[2]}"
+    if key[0] == "salt":
+        return "a host has the role salt-master (salt-api, how Dagster reaches it)"
     return "a host has the role jenkins-master"
 
 
-def _generate(key: tuple[str, ...], data: dict, tls_names: Iterable[str]) -> str:
+def _generate(key: tuple[str, ...], data: dict, tls_names: Iterable[str], topo: Topology) -> str:
     if key[:2] == ("registry", "tls"):
         cert, pem_key = self_signed_certificate(list(tls_names) or ["localhost"])
         # Both halves at once, so that they match.
         data.setdefault("registry", {}).setdefault("tls", {}).update(cert=cert, key=pem_key)
         return cert if key[2] == "cert" else pem_key
+    if key[:3] == ("salt", "api", "tls"):
+        cert, pem_key = self_signed_certificate(salt_api_names(topo))
+        data.setdefault("salt", {}).setdefault("api", {}).setdefault("tls", {}).update(
+            cert=cert, key=pem_key
+        )
+        return cert if key[3] == "cert" else pem_key
     return random.token_urlsafe(24)
 
 

@@ -20,9 +20,11 @@ Implementations:
 - `CloudSite` (an OpenStack cloud): hosts are servers on the location's private network; services
   listen on the host's planned addresses and standard ports; the master's config is
   `/etc/salt/master` on the primary support server, where Dagster runs.
-- Next (DESIGN.md, "A lab of containers"): a `LabSite` whose hosts are containers carrying the
-  address plan: roots are "" again and addresses are the planned ones; only `salt_master_config`
-  and the ports differ from `CloudSite`.
+- `LabSite` (`cloud: lab`): this machine as a cloud. Hosts are containers with systemd as PID 1
+  at their planned addresses on a network inside a namespace of the project's own (`lab/`);
+  everything a state sees is a server's (roots "", planned addresses, standard ports). Only how
+  Dagster reaches the master (salt-api at the master's address, through the lab's link) and
+  where the throwaway secrets and keys live differ from `CloudSite`.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from infra_assets.paths import REPO_ROOT, default_topology, state_dir
 
 SECRETS_ENV = "INFRA_SECRETS_FILE"
 MASTER_CONFIG_ENV = "INFRA_SALT_MASTER_CONFIG"
+KEYS_ENV = "INFRA_SALT_KEYS_DIR"
 
 # The service each role runs, and its standard port on a server. Roles not listed run no
 # listening service of their own (salt-minion, jenkins-agent).
@@ -79,6 +82,7 @@ def app_port_key(app: str, slot: str | None = None) -> str:
 STANDARD_PORTS: dict[str, int] = {
     "salt-publish": 4505,
     "salt-ret": 4506,
+    "salt-api": 8000,
     "dns": 53,
     "registry": 5000,
     "npm": 4873,
@@ -359,6 +363,21 @@ class CloudSite(Site):
             f"http://{domain}/" if domain else f"http://{self.reach(host, f'web-{environment}')}/"
         )
 
+    def salt_api_url(self) -> str:
+        """salt-api on the master host's primary address (rest_cherrypy, TLS)."""
+        master = self.master_host()
+        return f"https://{self.reach(master, 'salt-master')}:{STANDARD_PORTS['salt-api']}"
+
+    def keys_dir(self) -> Path:
+        """The minions' and the master's key pairs (outside git): `$INFRA_SALT_KEYS_DIR`."""
+        env = os.environ.get(KEYS_ENV)
+        if not env:
+            raise SiteError(
+                f"${KEYS_ENV} is not set: point it at a folder outside git (mode 700) for the"
+                " salt key pairs that `minion_keys` makes"
+            )
+        return Path(env).absolute()
+
     def secrets_file(self) -> Path:
         env = os.environ.get(SECRETS_ENV)
         if not env:
@@ -369,17 +388,58 @@ class CloudSite(Site):
         return Path(env).absolute()
 
 
+class LabSite(CloudSite):
+    """`cloud: lab`: this machine as a cloud (`infra lab up`). Hosts are containers booted from
+    their role images at their planned addresses; the salt master runs inside its host and
+    Dagster reaches it through salt-api over the lab's link (`lab/`)."""
+
+    kind = "lab"
+    # The state tree as the master in the lab sees it: the repo's salt/, bind-mounted read-only
+    # (a checkout of the infra repository on a server).
+    STATE_TREE = "/srv/coop/salt"
+
+    def __init__(self, topo: Topology, root: Path | None = None):
+        super().__init__(topo)
+        self.root = Path(root or state_dir() / "lab").absolute()
+
+    def salt_master_config(self) -> Path:
+        raise SiteError(
+            f"the lab's salt master runs inside {self.master_host()}: Dagster reaches it through"
+            f" salt-api at {self.salt_api_url()}, not through a master config on this machine"
+        )
+
+    def file_roots(self) -> list[str]:
+        return [self.STATE_TREE]
+
+    def pillar_root(self) -> Path:
+        return Path("/srv/pillar")
+
+    def secrets_file(self) -> Path:
+        env = os.environ.get(SECRETS_ENV)
+        return Path(env).absolute() if env else self.root / "secrets.yaml"
+
+    def keys_dir(self) -> Path:
+        return self.root / "keys"
+
+    def numbers(self) -> list[int]:
+        """The lab's location numbers: one network (10.N.0.0/16) and namespace each."""
+        return sorted(loc.number for loc in self.topo.locations.values())
+
+
 def site_for(topo: Topology, *, root: Path | None = None) -> Site:
     """The site that the topology's locations name (one site per topology)."""
-    clouds = {loc.cloud for loc in topo.locations.values()}
-    local = {name for name, loc in topo.locations.items() if loc.is_local}
-    if local and len(local) != len(topo.locations):
+    kinds = {loc.site_kind for loc in topo.locations.values()}
+    if len(kinds) > 1:
+        clouds = sorted({loc.cloud for loc in topo.locations.values()})
         raise SiteError(
-            "the topology mixes the local site with clouds"
-            f" ({', '.join(sorted(clouds))}): keep `cloud: local` locations in a topology of"
-            " their own (topology.local.yaml)"
+            f"the topology mixes this machine with clouds ({', '.join(clouds)}): keep"
+            " `cloud: lab` locations in a topology of their own (topology.lab.yaml)"
         )
-    return ProcessSite(topo, root=root) if local else CloudSite(topo)
+    if kinds == {"local"}:
+        return ProcessSite(topo, root=root)
+    if kinds == {"lab"}:
+        return LabSite(topo, root=root)
+    return CloudSite(topo)
 
 
 def salt_master_config() -> Path:

@@ -262,20 +262,25 @@ def test_a_topology_with_hosts_needs_one_salt_master(write_topology):
     ), problems
 
 
-def test_a_topology_mixing_the_local_site_and_a_cloud_is_refused(write_topology):
+def test_a_topology_mixing_this_machine_and_a_cloud_is_refused(write_topology):
     text = GOOD.replace(
         "  nz-por-1: {number: 100, cloud: catalyst}\n",
-        "  nz-por-1: {number: 100, cloud: catalyst}\n  lab: {number: 101, cloud: local}\n",
+        "  nz-por-1: {number: 100, cloud: catalyst}\n  lab: {number: 101, cloud: lab}\n",
     )
     path = write_topology(text)
     assert problems_of(path) == [
-        f"{path}:3: locations.lab.cloud: 'local' (this machine) cannot be mixed with clouds"
-        " (catalyst) in one topology: keep the local site's locations in a topology of their"
-        " own (topology.local.yaml)"
+        f"{path}:3: locations.lab.cloud: 'lab' (this machine) cannot be mixed with catalyst"
+        " in one topology: keep this machine's locations in a topology of their own"
+        " (topology.lab.yaml)"
     ]
-    # Two clouds are fine, and so is a topology of local locations only.
-    load_topology(write_topology(text.replace("cloud: local", "cloud: other")))
-    load_topology(write_topology(text.replace("cloud: catalyst", "cloud: local")))
+    # The process-based local site cannot be mixed with a cloud or with the lab either.
+    assert (
+        "'local' (this machine) cannot be mixed with lab"
+        in problems_of(write_topology(text.replace("cloud: catalyst", "cloud: local")))[0]
+    )
+    # Two clouds are fine, and so is a topology of lab locations only.
+    load_topology(write_topology(text.replace("cloud: lab", "cloud: other")))
+    load_topology(write_topology(text.replace("cloud: catalyst", "cloud: lab")))
 
 
 def test_every_bad_domain_is_reported_with_its_own_key_path(write_topology):

@@ -379,18 +379,20 @@ def _cross_check(report: _Report, data: dict, entries: dict[str, dict[str, Any]]
             f"a second salt master: {masters[0]!r} already has the role salt-master",
         )
 
-    # One site per topology (sites.site_for): the local site's salt master, registry and hosts
-    # are processes on this machine, which a cloud's servers cannot reach, nor it theirs.
-    clouds = sorted({loc.cloud for loc in locations.values() if not loc.is_local})
-    if clouds:
+    # One site per topology (sites.site_for): the local site's processes and the lab's
+    # containers live on this machine, which a cloud's servers cannot reach, nor it theirs.
+    kinds = {loc.site_kind for loc in locations.values()}
+    if len(kinds) > 1:
         for name, location in locations.items():
-            if location.is_local:
-                report.add(
-                    ("locations", name, "cloud"),
-                    f"'local' (this machine) cannot be mixed with clouds ({', '.join(clouds)})"
-                    " in one topology: keep the local site's locations in a topology of their"
-                    " own (topology.local.yaml)",
-                )
+            if location.site_kind == "cloud":
+                continue
+            others = sorted({loc.cloud for loc in locations.values()} - {location.cloud})
+            report.add(
+                ("locations", name, "cloud"),
+                f"{location.cloud!r} (this machine) cannot be mixed with {', '.join(others)}"
+                " in one topology: keep this machine's locations in a topology of their own"
+                " (topology.lab.yaml)",
+            )
 
     for name, app in entries["apps"].items():
         if "{" in app.repo or app.repo.strip() != app.repo:

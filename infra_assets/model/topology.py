@@ -35,7 +35,9 @@ class _Strict(BaseModel):
 class Location(_Strict):
     number: Octet = Field(description="The second octet of every address in the location.")
     cloud: str = Field(
-        min_length=1, description="An entry of clouds.yaml, or `local` for this machine."
+        min_length=1,
+        description="An entry of clouds.yaml; `lab` for this machine as a cloud (containers as"
+        " servers); `local` for the process-based local site that the lab replaces.",
     )
     auto_apply: bool = Field(
         default=False,
@@ -45,6 +47,15 @@ class Location(_Strict):
     @property
     def is_local(self) -> bool:
         return self.cloud == "local"
+
+    @property
+    def is_lab(self) -> bool:
+        return self.cloud == "lab"
+
+    @property
+    def site_kind(self) -> str:
+        """`local`, `lab` or `cloud`: one topology has one kind (sites.site_for)."""
+        return self.cloud if self.cloud in ("local", "lab") else "cloud"
 
 
 class Host(_Strict):
