@@ -8,6 +8,7 @@
 
 include:
   - common
+  - salt.api
 {%- if not local %}
 
 salt-master-packages:
