@@ -197,11 +197,13 @@ def test_the_cloud_init_points_the_minion_at_the_master(layout):
     assert layout["cloud_init"].startswith("#cloud-config\n")
 
 
-def test_the_cloud_init_installs_the_minion_from_the_salt_project_pinned_as_the_images_do(
+def test_the_cloud_init_installs_the_minion_into_a_venv_pinned_as_the_images_do(
     repo_root, layout, tmp_path
 ):
-    """Debian 12 has no salt-minion: where an image lacks it, cloud-init adds the Salt Project's
-    repository, its key and the pin first, the same way and version as bake.sh."""
+    """Debian 12 has no salt-minion: where an image lacks it, cloud-init installs salt from PyPI
+    into the venv /opt/salt with the images' pinned closure (a copy of
+    packer/salt-requirements.txt), the same way as bake.sh, and the minion's unit as
+    salt.minion ships it; no other apt repository."""
     data = yaml.safe_load(layout["cloud_init"])
     files = {f["path"]: f for f in data["write_files"]}
     install = files["/usr/local/sbin/coop-install-salt-minion"]
@@ -217,37 +219,32 @@ def test_the_cloud_init_installs_the_minion_from_the_salt_project_pinned_as_the_
     path.write_text(script)
     assert subprocess.run(["sh", "-n", str(path)], capture_output=True).returncode == 0
 
-    def steps(text: str) -> list[str]:
-        joined = text.replace("\\\n", " ")
-        return [" ".join(line.split()) for line in joined.splitlines() if line.strip()]
+    # the images' pinned requirements, as Terraform rendered them
+    requirements = (repo_root / "packer" / "salt-requirements.txt").read_text()
+    assert files["/etc/salt/requirements.txt"]["content"] == requirements
+    assert "salt==3008.4\n" in requirements
 
-    lines = steps(script)
-    key, sources, pin, install_minion = (
-        next(i for i, line in enumerate(lines) if marker in line)
-        for marker in (
-            "/etc/apt/keyrings/salt-archive-keyring.pgp",
-            "/etc/apt/sources.list.d/salt.sources",
-            "/etc/apt/preferences.d/salt-pin-1001",
-            "apt-get install -y -q salt-minion",
-        )
+    lines = [" ".join(line.split()) for line in script.splitlines() if line.strip()]
+    venv, pip = (
+        next(i for i, line in enumerate(lines) if line.startswith(marker))
+        for marker in ("python3 -m venv /opt/salt", "/opt/salt/bin/pip install")
     )
-    assert key < sources < pin < install_minion
-    assert lines[install_minion - 1] == "apt-get update -q"  # after the repository is added
-    # the same commands as bake.sh's install_salt, and the same version as the images'
+    assert venv < pip and lines[pip].endswith("-r /etc/salt/requirements.txt")
+    assert "apt-get install -y -q python3-venv ca-certificates gcc python3-dev" in lines
+    for old in ("salt.sources", "keyrings", "preferences.d", "apt-get install -y -q salt-minion"):
+        assert old not in script, old
+    # bake.sh: the same venv, from the same file, and the same links
     bake = (repo_root / "packer" / "scripts" / "bake.sh").read_text()
-    version = re.search(r"SALT_VERSION=\$\{SALT_VERSION:-([0-9.]+)\}", bake).group(1)
-    packer_default = re.search(
-        r'variable "salt_version" \{\s*type\s*=\s*string\s*default\s*=\s*"([0-9.]+)"',
-        (repo_root / "packer" / "coop.pkr.hcl").read_text(),
-    ).group(1)
-    assert version == packer_default
-    baked = steps(bake)
-    for step in (lines[key], lines[sources]):
-        assert step in baked, step
-    assert lines[pin] == (
-        "printf 'Package: salt-*\\nPin: version %s\\nPin-Priority: 1001\\n' "
-        f"{version} > /etc/apt/preferences.d/salt-pin-1001"
-    )
+    assert "SALT_VENV=/opt/salt\n" in bake
+    assert 'python3 -m venv "$SALT_VENV"' in bake
+    assert "for command in salt-call salt-minion salt-master salt-api salt-key; do" in bake
+    assert "for command in salt-call salt-minion salt-master salt-api salt-key; do" in script
+    # the unit is salt.minion's, line for line
+    unit = script.split("<<'UNIT'\n", 1)[1].split("UNIT\n", 1)[0]
+    state = (repo_root / "salt" / "salt" / "minion.sls").read_text()
+    shipped = state.split("    - contents: |\n", 1)[1].split("{%", 1)[0]
+    assert unit == "".join(line[8:] + "\n" for line in shipped.rstrip("\n").splitlines())
+    assert "ExecStart=/opt/salt/bin/salt-minion\n" in unit
 
 
 def _hcl(path: Path) -> dict:

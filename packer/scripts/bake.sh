@@ -3,19 +3,31 @@
 # with the group's roles as pillar and grains, so the tree's top.sls picks the states by role,
 # and `image_bake: true`, so the states install what is the same on every host and start nothing
 # (salt/lib/site.jinja). The pillar holds no host, site or secret: the server's first highstate
-# brings those. Run by packer/coop.pkr.hcl on the build instance (as root), and by the tests on
-# this machine (tests/test_bake_states.py: every group of images.json against the real salt/).
+# brings those. Run by packer/coop.pkr.hcl on the build instance (as root) or in the lab's build
+# container (source docker.lab), and by the tests on this machine (tests/test_bake_states.py:
+# every group of images.json against the real salt/).
 #
-#   SALT_TREE      the state tree (a copy of the repo's salt/), required
-#   IMAGE_ROLES    the group's roles, comma-separated, required
-#   IMAGE_GROUP    the group's name (the bake's minion id is image-<group>)
-#   SALT_CALL      the salt-call to use (default: salt-call, installed when missing)
-#   SALT_VERSION   the salt version to install when salt-call is missing
-#   IMAGE_CLEANUP  1: a real image build: no package starts its service during the bake
-#                  (policy-rc.d), and no minion identity is left (each server makes its own key)
-#   IMAGE_ROOT     the prefix of every path the states write (pillar site:root; default "": /)
-#   SALT_ARGS      what salt-call runs (default: state.highstate; the tests: state.show_highstate,
-#                  or state.highstate test=True)
+# Salt comes from PyPI into a venv at /opt/salt, pinned with its whole dependency closure
+# (packer/salt-requirements.txt, generated from uv.lock), the same way on the cloud and in the
+# lab; its commands are linked into /usr/local/bin. The states ship the salt-minion,
+# salt-master and salt-api systemd units (salt/salt/minion.sls, master.sls), in bake mode too.
+#
+#   SALT_TREE          the state tree (a copy of the repo's salt/), required
+#   IMAGE_ROLES        the group's roles, comma-separated, required
+#   IMAGE_GROUP        the group's name (the bake's minion id is image-<group>)
+#   SALT_CALL          the salt-call to use (default: salt-call, installed when missing)
+#   SALT_VERSION       the salt version the installed salt-call must report
+#   SALT_REQUIREMENTS  the pinned requirements salt is installed from when salt-call is missing
+#   SALT_WHEELHOUSE    a folder with a wheel for each of them: install offline from it
+#                      (`--no-index --find-links`; a lab build, whose HTTPS is intercepted);
+#                      empty: from PyPI (salt and timelib are sdists: gcc and python3-dev are
+#                      installed for the build and removed after)
+#   IMAGE_CLEANUP      1: a real image build: package lists refreshed first, no package starts
+#                      its service during the bake (policy-rc.d), and no minion identity, pip
+#                      cache or package list is left (each server makes its own key)
+#   IMAGE_ROOT         the prefix of every path the states write (pillar site:root; default "": /)
+#   SALT_ARGS          what salt-call runs (default: state.highstate; the tests: state.show_highstate,
+#                      or state.highstate test=True)
 set -eu
 
 : "${SALT_TREE:?SALT_TREE must name the salt state tree}"
@@ -23,29 +35,49 @@ set -eu
 IMAGE_GROUP=${IMAGE_GROUP:-image}
 SALT_CALL=${SALT_CALL:-salt-call}
 SALT_VERSION=${SALT_VERSION:-3008.4}
+SALT_VENV=/opt/salt
 IMAGE_ROOT=${IMAGE_ROOT:-}
 SALT_ARGS=${SALT_ARGS:-state.highstate}
 
 say() { printf 'bake: %s\n' "$*"; }
 
 install_salt() {
-  # The Salt Project's Debian repository (onedir packages), pinned to SALT_VERSION.
-  say "installing salt-minion $SALT_VERSION"
+  : "${SALT_REQUIREMENTS:?SALT_REQUIREMENTS must name salt-requirements.txt (salt-call is missing)}"
+  say "installing salt $SALT_VERSION into $SALT_VENV from ${SALT_WHEELHOUSE:-PyPI}"
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -q
-  apt-get install -y -q curl ca-certificates
-  mkdir -p /etc/apt/keyrings
-  curl -fsSL https://packages.broadcom.com/artifactory/api/security/keypair/SaltProjectKey/public \
-    -o /etc/apt/keyrings/salt-archive-keyring.pgp
-  curl -fsSL https://github.com/saltstack/salt-install-guide/releases/latest/download/salt.sources \
-    -o /etc/apt/sources.list.d/salt.sources
-  printf 'Package: salt-*\nPin: version %s\nPin-Priority: 1001\n' "$SALT_VERSION" \
-    > /etc/apt/preferences.d/salt-pin-1001
-  apt-get update -q
-  apt-get install -y -q salt-minion
-  systemctl disable --now salt-minion 2>/dev/null || true
+  build_deps=""
+  if [ -z "${SALT_WHEELHOUSE:-}" ]; then
+    for package in gcc python3-dev; do
+      dpkg -s "$package" >/dev/null 2>&1 || build_deps="$build_deps $package"
+    done
+  fi
+  # shellcheck disable=SC2086 # build_deps is words
+  apt-get install -y -q python3-venv ca-certificates $build_deps
+  python3 -m venv "$SALT_VENV"
+  if [ -n "${SALT_WHEELHOUSE:-}" ]; then
+    "$SALT_VENV/bin/pip" install -q --no-cache-dir --no-index --find-links "$SALT_WHEELHOUSE" \
+      -r "$SALT_REQUIREMENTS"
+  else
+    "$SALT_VENV/bin/pip" install -q --no-cache-dir -r "$SALT_REQUIREMENTS"
+  fi
+  if [ -n "$build_deps" ]; then
+    # shellcheck disable=SC2086
+    apt-get purge -y -q --autoremove $build_deps
+  fi
+  for command in salt-call salt-minion salt-master salt-api salt-key; do
+    ln -sf "$SALT_VENV/bin/$command" "/usr/local/bin/$command"
+  done
+  installed=$("$SALT_VENV/bin/salt-call" --version)
+  case "$installed" in
+    "salt-call $SALT_VERSION"*) say "installed $installed" ;;
+    *) say "installed '$installed', not salt $SALT_VERSION"; exit 1 ;;
+  esac
 }
 
+if [ "${IMAGE_CLEANUP:-0}" = 1 ]; then
+  # The states install packages with refresh: False: the lists are refreshed once, here.
+  DEBIAN_FRONTEND=noninteractive apt-get update -q
+fi
 if ! command -v "$SALT_CALL" >/dev/null 2>&1; then
   install_salt
 fi
@@ -100,8 +132,10 @@ say "applying the states of $IMAGE_ROLES from $SALT_TREE"
 if [ "${IMAGE_CLEANUP:-0}" = 1 ]; then
   say "removing the minion identity and caches from the image"
   rm -f /etc/salt/minion_id /etc/salt/pki/minion/minion.pem /etc/salt/pki/minion/minion.pub
-  rm -rf /var/cache/salt/minion "$SALT_TREE"
+  rm -rf /var/cache/salt/minion "$SALT_TREE" /root/.cache/pip
+  if [ -n "${SALT_REQUIREMENTS:-}" ]; then rm -f "$SALT_REQUIREMENTS"; fi
   apt-get clean
+  rm -rf /var/lib/apt/lists/*
   cloud-init clean --logs 2>/dev/null || true
 fi
 say "done"
