@@ -41,7 +41,8 @@ BAKE_COMMANDS = {"npm-cache-install"}  # fetches verdaccio: the same on every ho
 # What each group's image gets: its services' packages (and what installs them)...
 BAKED = {
     "support": {
-        "salt-master-packages",
+        "salt-master-unit",
+        "salt-api-unit",
         "jenkins-repo",
         "jenkins-packages",
         "registry-packages",
@@ -127,7 +128,8 @@ def test_every_group_s_states_render_and_check_in_bake_mode(group, tmp_path):
         if function.startswith("file."):
             assert name.startswith(f"{root}/"), f"{group}: {sid} writes {name} outside the root"
     ids = {parse(k)[1] for k in results}
-    assert BAKED[group] | {"common-packages"} <= ids
+    # every image: salt's minion unit (salt itself is bake.sh's venv), enabled at first boot
+    assert BAKED[group] | {"common-packages", "salt-minion-unit"} <= ids
     assert not ids & NOT_BAKED, ids & NOT_BAKED
     assert not any(i.startswith("common-addresses") for i in ids)
     # test mode: nothing written
@@ -136,7 +138,7 @@ def test_every_group_s_states_render_and_check_in_bake_mode(group, tmp_path):
 
 def test_the_web_bake_applies_for_real_under_a_root_and_twice_changes_nothing(tmp_path):
     packages = ["ca-certificates", "curl", "python3"]
-    packages += ["nginx-light", "podman", "runc", "catatonit", "uidmap", "slirp4netns"]
+    packages += ["nginx-light", "podman", "crun", "catatonit", "uidmap", "slirp4netns"]
     missing = [
         p
         for p in packages
@@ -156,11 +158,15 @@ def test_the_web_bake_applies_for_real_under_a_root_and_twice_changes_nothing(tm
     assert "web-packages" not in changed and "common-packages" not in changed
 
     conf = (root / "etc" / "containers" / "containers.conf").read_text()
-    assert 'runtime = "runc"' in conf and "cgroupfs" not in conf  # a server's, not the local site's
+    # a server's (crun: podman inside a container), not the local site's
+    assert 'runtime = "crun"' in conf and "cgroupfs" not in conf
     for folder in ("etc/nginx/conf.d", "var/log/nginx", "var/lib/nginx/body", "etc/coop"):
         assert (root / folder).is_dir(), folder
     written = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
-    assert written == ["etc/containers/containers.conf"]  # no host record, minion id or nginx.conf
+    # no host record, minion id or nginx.conf; the minion's unit (enabled at first boot)
+    assert written == ["etc/containers/containers.conf", "etc/systemd/system/salt-minion.service"]
+    unit = (root / "etc/systemd/system/salt-minion.service").read_text()
+    assert "ExecStart=/opt/salt/bin/salt-minion\n" in unit
 
     again = bake("web", root, tmp_path / "again.json", "state.highstate")
     assert not {parse(k)[1] for k, r in again.items() if r["changes"]}

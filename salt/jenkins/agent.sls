@@ -1,17 +1,19 @@
-{#- A Jenkins agent: the build tools (podman with runc, buildah, git, Java for the agent itself),
+{#- A Jenkins agent: the build tools (podman with crun, buildah, git, Java for the agent itself;
+    podman inside a container, as in the lab, runs with crun and not runc; the local site keeps runc),
     and the registry's push account (`ci`) and certificate, so builds push images. On a server the
     agent runs as the `jenkins` user; the local site creates no users, it writes under the root.
     An image bake: the tools, the user and the container runtime's settings. #}
 {%- from "lib/site.jinja" import root, local, bake with context %}
 {%- set client = pillar.get('registry_client', {}) %}
 {%- set home = root ~ '/var/lib/jenkins' %}
+{%- set runtime = 'runc' if local else 'crun' %}
 
 include:
   - common
 
 jenkins-agent-packages:
   pkg.installed:
-    - pkgs: [openjdk-17-jre-headless, git, podman, runc, buildah, uidmap, slirp4netns]
+    - pkgs: [openjdk-17-jre-headless, git, podman, {{ runtime }}, buildah, uidmap, slirp4netns]
     - refresh: False
 
 {%- if not local %}
@@ -41,7 +43,7 @@ jenkins-agent-containers-conf:
     - contents: |
         # Managed by salt (salt/jenkins/agent.sls).
         [engine]
-        runtime = "runc"
+        runtime = "{{ runtime }}"
 {%- if not bake %}
 {%- set agent = pillar['jenkins_agent'] %}
 

@@ -2,19 +2,61 @@
     asset accepts exactly the hosts of the topology), serves this repo's states and the pillar
     generated from the topology. On the local site `infra local up` runs the master with the same
     settings (on 127.0.0.1); the file is written for the record and not read by it. On a server
-    the package comes from the Salt Project's repository, pinned to the minion's version (an
-    image bake sets it up: packer/scripts/bake.sh); an image bake installs it and no more. #}
+    salt is the venv at /opt/salt that every image has (packer/scripts/bake.sh, pinned by
+    packer/salt-requirements.txt, CherryPy for salt-api included); this state ships the systemd
+    units of salt-master and salt-api (salt.api configures and starts salt-api). An image bake
+    writes the units and no more: nothing enabled or started. #}
 {%- from "lib/site.jinja" import root, local, bake with context %}
 
 include:
   - common
   - salt.api
 {%- if not local %}
+{%- for unit, description, after, limit in [
+      ('salt-master', 'The Salt Master Server', 'network.target', 100000),
+      ('salt-api', 'The Salt API', 'network.target salt-master.service', 8192)] %}
 
-salt-master-packages:
-  pkg.installed:
-    - pkgs: [salt-master]
-    - refresh: False
+{{ unit }}-unit:
+  file.managed:
+    - name: {{ root }}/etc/systemd/system/{{ unit }}.service
+    - makedirs: True
+    - mode: '0644'
+    - contents: |
+        # Managed by salt (salt/salt/master.sls): salt from its venv (packer/scripts/bake.sh).
+        [Unit]
+        Description={{ description }}
+        Documentation=man:{{ unit }}(1) https://docs.saltproject.io/en/latest/contents.html
+        After={{ after }}
+
+        [Service]
+        Type=notify
+        NotifyAccess=all
+        LimitNOFILE={{ limit }}
+        ExecStart=/opt/salt/bin/{{ unit }}
+{%- if unit == 'salt-api' %}
+        TimeoutStopSec=3
+{%- endif %}
+
+        [Install]
+        WantedBy=multi-user.target
+{%- endfor %}
+{%- if not bake %}
+
+salt-master-unit-reload:
+  cmd.run:
+    - name: systemctl daemon-reload
+    - onchanges:
+      - file: salt-master-unit
+      - file: salt-api-unit
+    - require_in:
+      - service: salt-api-service
+
+salt-master-enabled:
+  service.enabled:
+    - name: salt-master
+    - require:
+      - cmd: salt-master-unit-reload
+{%- endif %}
 {%- endif %}
 {%- if not bake %}
 {%- set master = pillar['salt']['master'] %}
@@ -51,5 +93,6 @@ salt-master-restart:
     - bg: True
     - onchanges:
       - file: salt-master-config
+      - file: salt-master-unit
 {%- endif %}
 {%- endif %}

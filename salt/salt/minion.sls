@@ -3,8 +3,37 @@
     `infra local up` configures the minion processes: the file is written for the record under the
     host's root, and the local minion does not read it (it could never cut itself off the master).
     An image bake leaves it out: the image has no id and no master (cloud-init writes both on
-    the server's first boot: terraform/instances/cloud-init.yaml.tftpl). #}
+    the server's first boot: terraform/instances/cloud-init.yaml.tftpl).
+
+    Salt itself is a venv at /opt/salt (packer/scripts/bake.sh, from packer/salt-requirements.txt);
+    its minion's systemd unit is this state's, on a server and in an image bake alike (a bake
+    writes the unit and enables nothing: the first boot enables and starts the minion once its
+    id and master are written). #}
 {%- from "lib/site.jinja" import root, local, bake with context %}
+{%- if not local %}
+
+salt-minion-unit:
+  file.managed:
+    - name: {{ root }}/etc/systemd/system/salt-minion.service
+    - makedirs: True
+    - mode: '0644'
+    - contents: |
+        # Managed by salt (salt/salt/minion.sls): salt from its venv (packer/scripts/bake.sh).
+        [Unit]
+        Description=The Salt Minion
+        Documentation=man:salt-minion(1) https://docs.saltproject.io/en/latest/contents.html
+        After=network.target salt-master.service
+
+        [Service]
+        KillMode=process
+        Type=notify
+        NotifyAccess=all
+        LimitNOFILE=8192
+        ExecStart=/opt/salt/bin/salt-minion
+
+        [Install]
+        WantedBy=multi-user.target
+{%- endif %}
 {%- if bake %}
 
 salt-minion-bake:
@@ -24,6 +53,18 @@ salt-minion-config:
         master: {{ minion['master'] }}
 {%- if not local %}
 
+salt-minion-unit-reload:
+  cmd.run:
+    - name: systemctl daemon-reload
+    - onchanges:
+      - file: salt-minion-unit
+
+salt-minion-enabled:
+  service.enabled:
+    - name: salt-minion
+    - require:
+      - cmd: salt-minion-unit-reload
+
 # A minion cannot restart itself in the middle of a run: the documented way is a restart in the
 # background once the run has returned.
 salt-minion-restart:
@@ -32,5 +73,6 @@ salt-minion-restart:
     - bg: True
     - onchanges:
       - file: salt-minion-config
+      - file: salt-minion-unit
 {%- endif %}
 {%- endif %}

@@ -1,5 +1,7 @@
 {#- A web host, ready for app releases: nginx (its own instance on the local site, under the host's
-    root on 127.0.0.1), podman with runc, and the registry's pull account and certificate.
+    root on 127.0.0.1), podman with crun (podman inside a container, as in the lab, runs with crun
+    and not runc; the local site's processes keep runc, as this machine's podman), and the
+    registry's pull account and certificate.
 
     For app releases (salt/app): each app's site and upstream go in
     {root}/etc/nginx/conf.d/app-<app>.conf, and the `app` state reloads this nginx when it changes
@@ -14,13 +16,14 @@
 {%- from "lib/daemon.jinja" import daemon with context %}
 {%- set prefix = root ~ '/etc/nginx/' %}
 {%- set client = pillar.get('registry_client', {}) %}
+{%- set runtime = 'runc' if local else 'crun' %}
 
 include:
   - common
 
 web-packages:
   pkg.installed:
-    - pkgs: [nginx-light, podman, runc, catatonit, uidmap, slirp4netns]
+    - pkgs: [nginx-light, podman, {{ runtime }}, catatonit, uidmap, slirp4netns]
     - refresh: False
 
 {%- for dir in ['etc/nginx/conf.d', 'var/log/nginx', 'var/lib/nginx/body', 'var/lib/nginx/proxy',
@@ -70,7 +73,7 @@ web-containers-conf:
     - contents: |
         # Managed by salt (salt/web).
         [engine]
-        runtime = "runc"
+        runtime = "{{ runtime }}"
 {%- if local %}
         # The local site: several web hosts share this machine; each keeps podman's run-time
         # files (locks, exit codes, events) and network configs under its own root.
