@@ -95,6 +95,29 @@ def test_a_plan_without_changes_is_a_no_op() -> None:
     assert LabPlan.from_dict(json.loads(json.dumps(stopped.as_dict()))) == stopped
 
 
+def test_a_wrong_plan_names_every_problem() -> None:
+    specs = [
+        HostSpec(host="a", image=IMAGE, address="10.125.1.1"),
+        HostSpec(host="b", image=IMAGE, address="10.125.1.1", name="b"),
+        HostSpec(host="C_1", image=IMAGE, address="10.126.1.1"),
+        HostSpec(host="d", image=IMAGE, address="10.125.255.254", files={"etc/x": (b"", 0o644)}),
+        HostSpec(host="e", image=IMAGE, address="10.125.1.5", binds=[("/nowhere", "/srv")]),
+    ]
+    with pytest.raises(LabError) as err:
+        Lab._check_specs(NET, specs)
+    text = str(err.value)
+    for problem in (
+        "b and a share 10.125.1.1",
+        "b: its container is lab125-b, not b",
+        "'C_1' is not a host name",
+        "C_1: 10.126.1.1 is not a host address of 10.125.0.0/16",
+        "d: 10.125.255.254 is not a host address",
+        "d: 'etc/x' is not an absolute path in the guest",
+        "e: the bind's source /nowhere is not there",
+    ):
+        assert problem in text, text
+
+
 # --- the image and the lab -------------------------------------------------------------------
 
 
@@ -440,6 +463,31 @@ def test_a_privileged_container_has_cap_sys_admin(lab: Lab) -> None:
     lab.apply(lab.plan([_spec("p", "10.125.2.1", privileged=True)], N))
     assert _cap_eff(lab, "p") & CAP_SYS_ADMIN
     assert [r.host for r in lab.status(N, systemd=False)] == ["p"]
+
+
+@pytest.mark.slow
+def test_after_the_machine_restarted_up_and_apply_bring_the_lab_back(lab: Lab) -> None:
+    """A restart takes the namespace and the link (they live in /run and the kernel) and stops
+    the containers; podman's storage and the podman network's file stay."""
+    spec = _spec("p", "10.125.2.1", privileged=True)
+    lab.podman(N, ["stop", "lab125-p"])
+    subprocess.run(["ip", "link", "delete", NET.machine_link], check=True)
+    subprocess.run(["ip", "netns", "delete", NET.namespace], check=True)
+    with pytest.raises(NotInLabError, match="network is down: its /16 is unreachable"):
+        lab.route_into_lab("10.125.2.1")
+
+    assert lab.up_network(N)["made"] == ["namespace", "link", "route"]
+    plan = lab.plan([spec], N)
+    assert [e.host for e in plan.start] == ["p"] and not (plan.create or plan.delete)
+    applied = lab.apply(plan)
+    assert applied.started == ("p",) and applied.systemd == {"p": "running"}
+    lab.exec(N, "p", ["systemd-run", "--unit=lab-probe", "--property=Type=exec", "python3",
+                      "-m", "http.server", "--bind", "10.125.2.1", "8000"])  # fmt: skip
+    deadline = time.monotonic() + 20
+    while not lab.probe_tcp("10.125.2.1", 8000, timeout_s=1):
+        assert time.monotonic() < deadline, "p's http.server never listened"
+        time.sleep(0.2)
+    assert not lab.plan([spec], N).has_changes
 
 
 @pytest.mark.slow
