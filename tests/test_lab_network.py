@@ -234,6 +234,13 @@ SPEC_A = _spec(
 SPEC_B = _spec("b", "10.125.1.2", binds=[(str(Path(__file__).parent), "/srv/tests")])
 
 
+def _ensure(lab: Lab, specs: list[HostSpec]) -> None:
+    """Lab 125 holds these containers (each test can run on its own)."""
+    plan = lab.plan(specs, N)
+    if plan.has_changes:
+        lab.apply(plan)
+
+
 def _routes() -> list[dict]:
     out = subprocess.run(["ip", "-j", "route", "show", "exact", NET.subnet], capture_output=True,
                          text=True, check=True).stdout  # fmt: skip
@@ -386,6 +393,7 @@ def test_two_containers_boot_systemd_at_their_addresses_and_reach_each_other(lab
 
 @pytest.mark.slow
 def test_a_container_that_is_not_privileged_has_no_cap_sys_admin(lab: Lab) -> None:
+    _ensure(lab, [SPEC_A, SPEC_B])
     eff = _cap_eff(lab, "b")
     assert not eff & CAP_SYS_ADMIN, f"CapEff {eff:#x} has CAP_SYS_ADMIN"
     assert eff & CAP_NET_ADMIN and BASE_CAPS == ("NET_ADMIN",)
@@ -395,6 +403,12 @@ def test_a_container_that_is_not_privileged_has_no_cap_sys_admin(lab: Lab) -> No
     lab.exec(N, "b", ["ip", "addr", "del", "10.125.9.2/32", "dev", "eth0"])
     inspect = json.loads(lab.podman(N, ["inspect", "lab125-b"], quiet=True).output)[0]
     assert inspect["HostConfig"]["Privileged"] is False
+    # the project's podman config: runc (crun fails here), cgroupfs, systemd mode
+    assert inspect["OCIRuntime"] == "runc"
+    assert inspect["Config"]["StopSignal"] == 37  # SIGRTMIN+3: systemd's halt (--systemd=always)
+    assert inspect["Config"]["Cmd"] == ["/sbin/init"]
+    info = lab.podman(N, ["info", "--format", "{{.Host.CgroupManager}}"], quiet=True)
+    assert info.output.strip() == "cgroupfs"
 
 
 def _cap_eff(lab: Lab, host: str) -> int:
@@ -404,6 +418,7 @@ def _cap_eff(lab: Lab, host: str) -> int:
 
 @pytest.mark.slow
 def test_memory_of_an_idle_systemd_container(lab: Lab) -> None:
+    _ensure(lab, [SPEC_A, SPEC_B])
     time.sleep(2)  # idle: booted a while ago
     found = {m.host: m for m in lab.memory(N)}
     assert set(found) == {"a", "b"}
@@ -420,6 +435,7 @@ def test_memory_of_an_idle_systemd_container(lab: Lab) -> None:
 def test_plan_deletes_what_left_the_specs_and_keeps_a_host_on_its_old_image(
     lab: Lab, tmp_path: Path
 ) -> None:
+    _ensure(lab, [SPEC_A, SPEC_B])
     stale = lab.plan([SPEC_A, SPEC_B], N)  # no-op, made against a and b
 
     plan = lab.plan([SPEC_A], N)
@@ -470,6 +486,7 @@ def test_after_the_machine_restarted_up_and_apply_bring_the_lab_back(lab: Lab) -
     """A restart takes the namespace and the link (they live in /run and the kernel) and stops
     the containers; podman's storage and the podman network's file stay."""
     spec = _spec("p", "10.125.2.1", privileged=True)
+    _ensure(lab, [spec])
     lab.podman(N, ["stop", "lab125-p"])
     subprocess.run(["ip", "link", "delete", NET.machine_link], check=True)
     subprocess.run(["ip", "netns", "delete", NET.namespace], check=True)
@@ -492,7 +509,7 @@ def test_after_the_machine_restarted_up_and_apply_bring_the_lab_back(lab: Lab) -
 
 @pytest.mark.slow
 def test_down_network_leaves_only_the_unreachable_route(lab: Lab) -> None:
-    assert lab.status(N, systemd=False)  # something to take down
+    _ensure(lab, [_spec("p", "10.125.2.1", privileged=True)])  # something to take down
     removed = lab.down_network(N)
     assert removed == [
         "container lab125-p",
