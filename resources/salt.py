@@ -1,15 +1,20 @@
-"""SaltResource: the salt master, through salt's Python API, with typed results.
+"""SaltResource: the salt master, with typed results, through one of two transports.
 
-`LocalClient` (on the master's config FILE) runs functions on minions; the wheel API manages keys.
-The resource only ever knows a master config path: which site the master belongs to (this
-machine, a lab, a cloud) is `infra_assets/sites.py`'s business.
+- salt-api (`api_url` set): HTTPS to rest_cherrypy with an eauth account of its own, as an
+  operator's machine reaches the co-op's master (resources/salt_api.py; the server side is
+  salt/salt/api.sls). Runs stream per minion from the api's event stream; keys and the pillar go
+  through the wheel client, so nothing needs the master's filesystem.
+- a local master config FILE (`master_config`): salt's Python API in a worker process of the
+  resource's own (`resources/salt_worker.py`, started on first use, stopped when the run ends):
+  importing salt replaces the interpreter's logger class and excepthook, which breaks Dagster's
+  loggers. The worker holds one `LocalClient` and one `WheelClient` and streams each minion's
+  return back as it arrives. The process-based local site uses it.
 
-salt itself runs in a worker process of the resource's own (`resources/salt_worker.py`, started on
-first use, stopped when the run ends): importing salt replaces the interpreter's logger class
-and excepthook, which breaks Dagster's loggers. The worker holds one `LocalClient` and one
-`WheelClient` and streams each minion's return back as it arrives.
+Which master a site has (this machine, a lab, a cloud) is `infra_assets/sites.py`'s business.
 
-    salt = SaltResource(master_config="/etc/salt/master")
+    salt = SaltResource(api_url="https://10.127.1.1:8000", api_user="dagster",
+                        api_password=dg.EnvVar("INFRA_SALT_API_PASSWORD"), api_ca_file="ca.pem")
+    salt = SaltResource(master_config="/etc/salt/master")     # the local master
     salt.list_keys()                              # KeyList(accepted=..., pending=..., ...)
     salt.accept_keys(minion_ids=["web-staging-1"])
     salt.ping(minions=["web-staging-1"])          # PingResult(answered=..., silent=...)
@@ -35,11 +40,20 @@ from typing import Any
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
+from resources.salt_api import SaltApi, SaltError
+
+__all__ = ["SaltError", "SaltResource"]  # and the typed results below
+
 LogSink = Callable[[str], Any]
 
-
-class SaltError(RuntimeError):
-    """The master could not be used, or a minion's answer could not be read."""
+API_ENV = {
+    "api_url": "INFRA_SALT_API_URL",
+    "api_user": "INFRA_SALT_API_USER",
+    "api_password": "INFRA_SALT_API_PASSWORD",
+    "api_ca_file": "INFRA_SALT_API_CA_FILE",
+}
+# Characters that make a key id a glob for the wheel's key functions: refused, never sent.
+GLOB_CHARS = set("*?[]!,")
 
 
 # --- typed results ---------------------------------------------------------------------------
@@ -163,10 +177,16 @@ class ApplyResult:
 
 @dataclass(frozen=True)
 class PillarWrite:
-    root: Path
+    root: Path  # on the master (through salt-api: a path on the master's machine)
     written: tuple[str, ...]  # minion ids whose pillar file changed
     unchanged: tuple[str, ...]
     removed: tuple[str, ...]  # pillar files of minions no longer given
+
+
+# --- transports: what SaltResource needs from a master -------------------------------------------
+#   wheel(fun, kwargs) -> the wheel function's return
+#   run(request) -> events {"event": "pub", "jid"} / {"event": "ret", "minion", "ret": full return}
+#                   / {"event": "done"} (a minion that does not return in time is not in it)
 
 
 class _Worker:
@@ -224,6 +244,15 @@ class _Worker:
                 if event.get("event") in ("done", "error"):
                     return
 
+    def wheel(self, fun: str, kwargs: Mapping[str, Any]) -> Any:
+        return _value(self.request({"op": "wheel", "fun": fun, "kwargs": dict(kwargs)}))
+
+    def run(self, request: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        return self.request({"op": "run", **request})
+
+    # Interrupted in the middle of an answer, the worker is out of step: replace it.
+    restart_when_interrupted = True
+
     def alive(self) -> bool:
         return self.proc.poll() is None
 
@@ -238,34 +267,123 @@ class _Worker:
                 self.proc.wait()
 
 
+class _ApiTransport:
+    """salt-api as a transport (resources/salt_api.py)."""
+
+    restart_when_interrupted = False  # a broken-off run only closes its own event stream
+
+    def __init__(self, api: SaltApi):
+        self.api = api
+
+    def wheel(self, fun: str, kwargs: Mapping[str, Any]) -> Any:
+        return self.api.wheel(fun, **kwargs)
+
+    def run(self, request: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        items = self.api.run(
+            request["tgt"],
+            request["fun"],
+            request.get("arg", []),
+            request.get("kwarg") or {},
+            timeout_s=float(request.get("timeout") or 30),
+        )
+        try:
+            for item in items:
+                if item[0] == "pub":
+                    yield {"event": "pub", "jid": item[1], "minions": item[2]}
+                else:
+                    yield {"event": "ret", "minion": item[1], "ret": item[2]}
+        finally:
+            items.close()  # broken off: its event stream closes now, not when collected
+        yield {"event": "done", "value": None}
+
+    def alive(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self.api.close()
+
+
 # --- the resource ----------------------------------------------------------------------------
 
 
 class SaltResource(dg.ConfigurableResource):
-    """The salt master that manages the site's hosts: keys, pings, state runs, the pillar."""
+    """The salt master that manages the site's hosts: keys, pings, state runs, the pillar.
+
+    `api_url` set: through salt-api (HTTPS, eauth). Else a local master config file."""
 
     master_config: str = Field(
         default="",
-        description="The salt master's config FILE. Empty: $INFRA_SALT_MASTER_CONFIG, else the"
-        " master of the site the topology names (infra_assets/sites.py).",
+        description="The salt master's config FILE (the local-master transport). Empty, with no"
+        " api_url: $INFRA_SALT_MASTER_CONFIG, else the master of the site the topology names"
+        " (infra_assets/sites.py).",
     )
+    api_url: str = Field(
+        default="",
+        description="salt-api's URL, https://ADDRESS:PORT (rest_cherrypy; salt/salt/api.sls)."
+        " Set: SaltResource talks to the master through it only.",
+    )
+    api_user: str = Field(default="", description="The eauth user salt-api logs Dagster in as.")
+    api_password: str = Field(
+        default="",
+        repr=False,
+        description="That user's password (the master's sharedsecret): set it with dg.EnvVar"
+        " (INFRA_SALT_API_PASSWORD), never in plain config.",
+    )
+    api_ca_file: str = Field(
+        default="",
+        description="PEM file of the CA that signed salt-api's TLS certificate. Empty: the"
+        " system's trust store.",
+    )
+    api_eauth: str = Field(default="sharedsecret", description="salt-api's eauth backend.")
     timeout_s: int = Field(
         default=600, description="How long a state run may take before it counts as failed."
     )
 
-    _worker: _Worker | None = PrivateAttr(default=None)
+    _worker: _Worker | _ApiTransport | None = PrivateAttr(default=None)
     _opts: dict[str, Any] | None = PrivateAttr(default=None)
 
+    @classmethod
+    def from_env(cls) -> SaltResource:
+        """The resource with each salt-api field whose environment variable is set taken from it
+        (INFRA_SALT_API_URL, INFRA_SALT_API_USER, INFRA_SALT_API_PASSWORD,
+        INFRA_SALT_API_CA_FILE), as dg.EnvVar so the password is never shown; none set: the
+        local master (master_config)."""
+        return cls(**{k: dg.EnvVar(v) for k, v in API_ENV.items() if os.environ.get(v)})
+
     # --- configuration --------------------------------------------------------------------------
+    @property
+    def through_api(self) -> bool:
+        return bool(self.api_url)
+
+    def where(self) -> str:
+        """The master, as a message names it: salt-api's URL or the config file."""
+        return f"salt-api at {self.api_url}" if self.through_api else str(self.config_path())
+
     def config_path(self) -> Path:
+        if self.through_api:
+            raise SaltError(
+                f"the salt master is reached through salt-api at {self.api_url}: it has no"
+                " config file here"
+            )
         if self.master_config:
             return Path(self.master_config).absolute()
         from infra_assets.sites import salt_master_config
 
         return salt_master_config()
 
-    def _connect(self) -> _Worker:
+    def _connect(self) -> _Worker | _ApiTransport:
         if self._worker is not None and self._worker.alive():
+            return self._worker
+        if self.through_api:
+            api = SaltApi(
+                self.api_url,
+                user=self.api_user,
+                password=self.api_password,
+                ca_file=self.api_ca_file,
+                eauth=self.api_eauth,
+            )
+            api.login()  # a wrong password or an unreachable api is said here, once
+            self._worker = _ApiTransport(api)
             return self._worker
         path = self.config_path()
         if not path.is_file():
@@ -287,7 +405,7 @@ class SaltResource(dg.ConfigurableResource):
         return worker
 
     def close(self) -> None:
-        """Stop the salt worker process (started again on next use)."""
+        """Stop the salt worker process, or log out of salt-api (both again on next use)."""
         if self._worker is not None:
             self._worker.close()
             self._worker = None
@@ -303,7 +421,11 @@ class SaltResource(dg.ConfigurableResource):
 
     def opts(self) -> dict[str, Any]:
         """The master's effective settings, as salt reads its config (a subset: paths, ports,
-        interface, auto_accept, file_roots, pillar_roots)."""
+        interface, auto_accept, file_roots, pillar_roots). The local master only."""
+        if self.through_api:
+            raise SaltError(
+                f"the master's settings are not readable through salt-api ({self.api_url})"
+            )
         self._connect()
         assert self._opts is not None
         return self._opts
@@ -321,9 +443,21 @@ class SaltResource(dg.ConfigurableResource):
     def accept_keys(self, *, minion_ids: Sequence[str]) -> list[str]:
         """Accept the pending keys of exactly these ids (no globbing). Returns those accepted."""
         pending = set(self.list_keys().pending)
-        ids = sorted(set(minion_ids) & pending)
+        ids = sorted(set(_exact_ids(minion_ids)) & pending)
         if ids:
-            self._wheel("key.accept_dict", {"minions_pre": ids})
+            # Only pending keys move (include_rejected/include_denied off); ids hold no glob.
+            self._wheel("key.accept", match=ids, include_rejected=False, include_denied=False)
+        return ids
+
+    def reject_keys(self, *, minion_ids: Sequence[str], include_accepted: bool = True) -> list[str]:
+        """Reject the keys of exactly these ids: pending ones, and accepted ones too unless
+        `include_accepted` is False (salt's key.reject leaves an accepted key alone without it,
+        and still says "success"). Returns the ids rejected."""
+        keys = self.list_keys()
+        movable = set(keys.pending) | (set(keys.accepted) if include_accepted else set())
+        ids = sorted(set(_exact_ids(minion_ids)) & movable)
+        if ids:
+            self._wheel("key.reject", match=ids, include_accepted=include_accepted)
         return ids
 
     def delete_keys(
@@ -335,8 +469,9 @@ class SaltResource(dg.ConfigurableResource):
         """Delete the keys of exactly these ids, in these states only (default: all of them;
         `states=["denied"]` drops an impostor's key and keeps the accepted one)."""
         keys = self.list_keys()
+        wanted = set(_exact_ids(minion_ids))
         match = {
-            name: sorted(set(minion_ids) & set(getattr(keys, state)))
+            name: sorted(wanted & set(getattr(keys, state)))
             for state, name in [
                 ("accepted", "minions"),
                 ("pending", "minions_pre"),
@@ -347,8 +482,28 @@ class SaltResource(dg.ConfigurableResource):
         }
         match = {k: v for k, v in match.items() if v}
         if match:
-            self._wheel("key.delete_dict", match)
+            # key.delete_dict: exactly these ids in exactly these states (key.delete takes a
+            # glob over every state).
+            self._wheel("key.delete_dict", match=match)
         return sorted({i for ids in match.values() for i in ids})
+
+    def key_fingers(self, *, minion_ids: Sequence[str] | None = None) -> dict[str, dict[str, str]]:
+        """The fingerprints of the keys the master holds (`key.finger`), by state then id
+        (states as in KeyList: accepted, pending, rejected, denied); `minion_ids`: only
+        these. Salt 3008.4's master hashes the whole PEM text here (as `salt-key -F` does),
+        BEGIN/END lines included; a minion's `key.finger` and its `master_finger` check hash
+        the body lines only: the same key has two fingerprints (measured)."""
+        match: Any = list(_exact_ids(minion_ids)) if minion_ids is not None else "*"
+        if match == []:
+            return {}
+        raw = self._wheel("key.finger", match=match) or {}
+        names = {
+            "minions": "accepted",
+            "minions_pre": "pending",
+            "minions_rejected": "rejected",
+            "minions_denied": "denied",
+        }
+        return {names[k]: dict(v) for k, v in raw.items() if k in names and v}
 
     # --- running functions ------------------------------------------------------------------------
     def ping(self, *, minions: Sequence[str], timeout_s: float = 5) -> PingResult:
@@ -453,20 +608,81 @@ class SaltResource(dg.ConfigurableResource):
 
     # --- the pillar -------------------------------------------------------------------------------
     def pillar_root(self) -> Path:
+        """The master's first pillar root for base (a path on the master's machine)."""
+        if self.through_api:
+            return Path(self._api_pillar_tree()[0])
         roots = self.opts().get("pillar_roots", {}).get("base") or []
         if not roots:
             raise SaltError(f"{self.config_path()}: the master has no pillar_roots for base")
         return Path(roots[0])
 
     def write_pillar(self, *, pillars: Mapping[str, Mapping[str, Any]]) -> PillarWrite:
-        """Make the master's pillar exactly `pillars`: one file per minion, readable by root only,
-        and a top file that gives each minion its own file and nothing else."""
-        root = self.pillar_root()
-        return write_pillar_tree(root, pillars)
+        """Make the master's pillar exactly `pillars`: one file per minion and a top file that
+        gives each minion its own file and nothing else.
+
+        Local master: files readable by root only, stale ones deleted. Through salt-api: the
+        wheel client's `pillar_roots.write` (nothing needs the master's filesystem); it cannot
+        delete, so a stale minion's file is emptied (no data, and no top entry points at it);
+        the files get the master's umask, inside the pillar root the salt.master state makes
+        0700."""
+        if not self.through_api:
+            return write_pillar_tree(self.pillar_root(), pillars)
+        root, existing = self._api_pillar_tree()
+        texts = pillar_texts(pillars)
+        current = dict(
+            zip(
+                existing,
+                self._wheel_many(
+                    [("pillar_roots.read", {"path": f"hosts/{name}.sls"}) for name in existing]
+                ),
+                strict=True,
+            )
+        )
+
+        def content(read: Any) -> str | None:  # pillar_roots.read: [{full path: text}] or []
+            return next(iter(read[0].values()), None) if read else None
+
+        writes, written, unchanged = [], [], []
+        for minion, text in texts.items():
+            if content(current.get(minion)) == text:
+                unchanged.append(minion)
+            else:
+                written.append(minion)
+                writes.append(("pillar_roots.write", {"path": f"hosts/{minion}.sls", "data": text}))
+        removed = [m for m in existing if m not in texts and content(current[m]) != EMPTIED_PILLAR]
+        writes += [
+            ("pillar_roots.write", {"path": f"hosts/{m}.sls", "data": EMPTIED_PILLAR})
+            for m in removed
+        ]
+        # The top file last: it never names a file that is not written yet.
+        writes.append(("pillar_roots.write", {"path": "top.sls", "data": pillar_top(pillars)}))
+        for (_, kw), answer in zip(writes, self._wheel_many(writes), strict=True):
+            if not str(answer).startswith("Wrote data to file"):
+                raise SaltError(f"{self.where()}: pillar_roots.write {kw['path']}: {answer}")
+        return PillarWrite(Path(root), tuple(written), tuple(unchanged), tuple(removed))
 
     # --- internals -----------------------------------------------------------------------------
-    def _wheel(self, fun: str, *args: Any) -> Any:
-        return _value(self._connect().request({"op": "wheel", "fun": fun, "args": list(args)}))
+    def _wheel(self, fun: str, **kwargs: Any) -> Any:
+        return self._connect().wheel(fun, kwargs)
+
+    def _wheel_many(self, calls: Sequence[tuple[str, dict[str, Any]]]) -> list[Any]:
+        transport = self._connect()
+        if isinstance(transport, _ApiTransport):
+            return transport.api.wheel_many(calls)  # one request
+        return [transport.wheel(fun, kwargs) for fun, kwargs in calls]
+
+    def _api_pillar_tree(self) -> tuple[str, list[str]]:
+        """(the master's first pillar root for base, the minion ids of its hosts/*.sls)."""
+        tree = self._wheel("pillar_roots.list_env", saltenv="base") or {}
+        if not tree:
+            raise SaltError(f"{self.where()}: the master has no pillar_roots for base")
+        root = next(iter(tree))
+        hosts = (tree[root] or {}).get("hosts") or {}
+        return root, sorted(
+            name.removesuffix(".sls")
+            for name, kind in hosts.items()
+            if name.endswith(".sls") and kind == "f"
+        )
 
     def _iter(
         self,
@@ -479,11 +695,10 @@ class SaltResource(dg.ConfigurableResource):
         gather_job_timeout_s: float | None = None,
     ) -> Iterator[tuple[str, Any]]:
         """Run `fun` on exactly `minions`; yield (minion, full return) as each arrives. A minion
-        that does not answer in time yields {"failed": True}."""
+        that does not answer in time yields nothing (the local master: {"failed": True})."""
         if not minions:
             return
         request = {
-            "op": "run",
             "tgt": list(minions),
             "fun": fun,
             "arg": list(args),
@@ -491,10 +706,11 @@ class SaltResource(dg.ConfigurableResource):
             "timeout": timeout_s,
             "gather_job_timeout": gather_job_timeout_s,
         }
-        worker = self._connect()
+        transport = self._connect()
         finished = False
+        events = transport.run(request)
         try:
-            for event in worker.request(request):
+            for event in events:
                 kind = event.get("event")
                 finished = kind in ("done", "error")
                 if kind == "pub" and on_jid:
@@ -505,9 +721,12 @@ class SaltResource(dg.ConfigurableResource):
                     raise SaltError(f"{fun} on {', '.join(minions)}: {event.get('message')}")
         finally:
             if not finished:
-                # Interrupted mid-answer (a cancelled run): the worker is out of step; replace it.
-                worker.close()
-                self._worker = None
+                close = getattr(events, "close", None)
+                if close:
+                    close()  # the api's event stream goes with it
+                if transport.restart_when_interrupted:
+                    transport.close()
+                    self._worker = None
 
     def _run_states(
         self,
@@ -549,6 +768,29 @@ class SaltResource(dg.ConfigurableResource):
         )
 
 
+EMPTIED_PILLAR = "#!json\n{}\n"  # a stale minion's file, through salt-api (no wheel deletes)
+
+
+def pillar_texts(pillars: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
+    """Each minion's pillar file: JSON (no Jinja), by minion id."""
+    return {
+        minion: "#!json\n" + json.dumps(data, indent=2, sort_keys=True) + "\n"
+        for minion, data in sorted(pillars.items())
+    }
+
+
+def pillar_top(pillars: Mapping[str, Mapping[str, Any]]) -> str:
+    """The pillar's top file: each minion gets `hosts.<its id>` and nothing else."""
+    # Each minion id is a host name (a DNS label: no glob characters), matched exactly.
+    top = [
+        "# Generated by coop-infra from the topology: each minion gets its own file only.",
+        "base:",
+    ]
+    for minion in sorted(pillars):
+        top += [f"  '{minion}':", f"    - hosts.{minion}"]
+    return "\n".join(top) + "\n"
+
+
 def write_pillar_tree(root: Path, pillars: Mapping[str, Mapping[str, Any]]) -> PillarWrite:
     """Write `pillars` under `root`: `top.sls` and `hosts/<minion>.sls` (JSON, no Jinja), 0600."""
     root = Path(root)
@@ -557,20 +799,12 @@ def write_pillar_tree(root: Path, pillars: Mapping[str, Mapping[str, Any]]) -> P
     os.chmod(root, 0o700)
     os.chmod(hosts, 0o700)
     written, unchanged = [], []
-    for minion, data in sorted(pillars.items()):
-        text = "#!json\n" + json.dumps(data, indent=2, sort_keys=True) + "\n"
+    for minion, text in pillar_texts(pillars).items():
         if _write_if_changed(hosts / f"{minion}.sls", text):
             written.append(minion)
         else:
             unchanged.append(minion)
-    # Each minion id is a host name (a DNS label: no glob characters), matched exactly.
-    top = [
-        "# Generated by coop-infra from the topology: each minion gets its own file only.",
-        "base:",
-    ]
-    for minion in sorted(pillars):
-        top += [f"  '{minion}':", f"    - hosts.{minion}"]
-    _write_if_changed(root / "top.sls", "\n".join(top) + "\n")
+    _write_if_changed(root / "top.sls", pillar_top(pillars))
     removed = []
     for stale in sorted(hosts.glob("*.sls")):
         if stale.stem not in pillars:
@@ -601,6 +835,15 @@ def _value(events: Iterator[dict[str, Any]]) -> Any:
         if event.get("event") == "error":
             raise SaltError(str(event.get("message")))
     raise SaltError("the salt API process gave no answer")
+
+
+def _exact_ids(minion_ids: Sequence[str]) -> list[str]:
+    """Minion ids for the wheel's key functions, which take globs: an id with a glob character
+    is refused rather than matched."""
+    bad = sorted(i for i in minion_ids if not i or set(i) & GLOB_CHARS)
+    if bad:
+        raise SaltError(f"not a minion id (glob characters or empty): {', '.join(map(repr, bad))}")
+    return list(minion_ids)
 
 
 def _port_open(host: str, port: int) -> bool:

@@ -7,7 +7,7 @@ breaks Dagster's own loggers (`TypeError: SaltLoggingClass.__new__() got an unex
 argument 'level'`, measured with dagster 1.13 and salt 3008.4). So salt lives here, and the
 resource talks to it with one JSON object per line:
 
-    request   {"id": 1, "op": "wheel", "fun": "key.list_all", "args": []}
+    request   {"id": 1, "op": "wheel", "fun": "key.accept", "kwargs": {"match": [...]}}
               {"id": 2, "op": "run", "tgt": [...], "fun": "state.apply", "arg": [...],
                "kwarg": {...}, "timeout": 600}
               {"id": 3, "op": "opts"}
@@ -69,7 +69,12 @@ def main(config: str) -> int:
                     {"id": rid, "event": "done", "value": {k: local.opts.get(k) for k in OPTS_KEYS}}
                 )
             elif op == "wheel":
-                value = wheel.cmd(request["fun"], request.get("args", []), print_event=False)
+                value = wheel.cmd(
+                    request["fun"],
+                    request.get("args", []),
+                    kwarg=request.get("kwargs") or None,
+                    print_event=False,
+                )
                 send({"id": rid, "event": "done", "value": value})
             elif op == "run":
                 for item in local.cmd_iter(
