@@ -2,10 +2,10 @@
     account of its own (sharedsecret) for Dagster, which reaches the master only this way, as an
     operator's machine would (resources/salt_api.py). Included by salt.master.
 
-    Pillar (the master's only): salt:master:interface (the address it listens on),
-    salt:api:user (default coop-dagster), salt:api:password (the shared secret),
-    salt:api:port (default 8000), salt:api:tls:cert and salt:api:tls:key (PEM: the api's
-    certificate, signed by a CA Dagster is given, and its key).
+    Pillar (the master's only; infra_assets/pillar.py): salt:api:listen (its address; default
+    salt:master:interface), salt:api:port (default 8000), salt:api:user (default dagster),
+    salt:api:password (the shared secret), salt:api:tls:cert and salt:api:tls:key (PEM: the api's
+    certificate, which Dagster trusts as its CA file, and its key).
 
     The account may run anything (`.*`), wheel (keys, pillar_roots), runner and jobs functions:
     what SaltResource does. The config file holds the secret: 0600, root; the key too.
@@ -15,9 +15,9 @@
     An image bake writes nothing here (no address, no secret); the local site runs no salt-api. #}
 {%- from "lib/site.jinja" import local, bake with context %}
 {%- if not local and not bake %}
-{%- set master = pillar['salt']['master'] %}
 {%- set api = pillar['salt']['api'] %}
-{%- set user = api.get('user', 'coop-dagster') %}
+{%- set listen = api.get('listen') or pillar['salt']['master']['interface'] %}
+{%- set user = api.get('user', 'dagster') %}
 {%- set tls_dir = '/etc/salt/pki/api' %}
 
 salt-api-tls-dir:
@@ -56,7 +56,7 @@ salt-api-config:
     - serializer: yaml
     - dataset:
         rest_cherrypy:
-          host: {{ master['interface'] | json }}
+          host: {{ listen | json }}
           port: {{ api.get('port', 8000) | int }}
           ssl_crt: {{ tls_dir }}/api.crt
           ssl_key: {{ tls_dir }}/api.key
