@@ -18,17 +18,20 @@ from infra_assets import (
     highstate,
     images,
     instances,
+    lab_instances,
     minions,
     network,
     releases,
     topology,
 )
+from infra_assets.cloud.stacks import lab_locations
 from infra_assets.jobs import JOBS
 from infra_assets.model import Topology, TopologyError, load_topology
 from infra_assets.paths import default_topology
 from resources.git import GitResource
 from resources.infra_repo import InfraRepoResource
 from resources.jenkins import JenkinsResource
+from resources.lab import LabResource
 from resources.openstack import OpenStackResource
 from resources.packer import PackerResource
 from resources.podman import PodmanResource
@@ -45,6 +48,7 @@ TOPOLOGY_PARTS: list = [
     images,
     network,
     instances,
+    lab_instances,
     cloud_jobs,
     minions,
     highstate,
@@ -68,9 +72,10 @@ def resources() -> dict[str, dg.ConfigurableResource]:
         "podman": PodmanResource(),
         "registry": RegistryResource.from_env(),
         "jenkins": JenkinsResource.from_env(),
-        # Configuration management (minions.py, highstate.py): the local site's salt master
-        # unless configured (README, "Configuration management").
-        "salt": SaltResource(),
+        # Configuration management (minions.py, highstate.py): salt-api when INFRA_SALT_API_URL
+        # (and _USER, _PASSWORD, _CA_FILE) are set, else the local site's salt master
+        # (README, "Configuration management").
+        "salt": SaltResource.from_env(),
     }
 
 
@@ -79,11 +84,15 @@ def build_definitions(
 ) -> dg.Definitions:
     """The whole code location for `topo` (None: the topology is broken; its asset says why).
     `resource_overrides` replace resources by key (tests: a stand-in or a fake's client)."""
+    site_resources = resources()
+    if topo is not None and lab_locations(topo):
+        # The lab's container driver, on the project's podman (where Packer builds the images).
+        site_resources["lab"] = LabResource(podman_env=PodmanResource().env())
     base = dg.Definitions(
         assets=dg.load_assets_from_modules([topology]),
         asset_checks=dg.load_asset_checks_from_modules([topology]),
         jobs=JOBS,
-        resources={**resources(), **(resource_overrides or {})},
+        resources={**site_resources, **(resource_overrides or {})},
         # Steps run one after another in the run's process: a step in a subprocess of its own
         # costs 2-3 s of imports, and most of ours wait on a tool (salt, terraform), not the CPU.
         executor=dg.in_process_executor,
