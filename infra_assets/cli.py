@@ -19,6 +19,7 @@ import click
 
 from infra_assets.local_site.cli import TOPOLOGY_OPT, local
 from infra_assets.model import AddressPlan, Topology, TopologyError, address_plan, load_topology
+from lab.cli import lab
 
 EXIT_BAD_INPUT = 2
 
@@ -134,6 +135,7 @@ def _n(count: int, one: str, many: str | None = None) -> str:
 
 
 cli.add_command(local)
+cli.add_command(lab)
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ import dagster as dg
 import yaml
 from pydantic import Field
 
-from infra_assets.minions import GROUP, POOL, minions, salt_pillar
+from infra_assets.minions import GROUP, POOL, salt_pillar
 from infra_assets.model import Topology
 from infra_assets.paths import REPO_ROOT
 from infra_assets.secrets import SecretsError, load_secrets
@@ -48,7 +48,7 @@ def highstate_asset(role: str, states: list[str]) -> dg.AssetsDefinition:
         key=highstate_key(role),
         group_name=GROUP,
         kinds={"salt"},
-        deps=[minions, salt_pillar],
+        deps=[dg.AssetKey("minions"), salt_pillar],
         ins={"topology": dg.AssetIn("topology")},
         pool=POOL,
         output_required=False,  # a dry run observes the asset; it does not materialise it

@@ -12,11 +12,16 @@
   applied while a stranger is accepted or a host is missing.
 """
 
+import hashlib
+
 import dagster as dg
 from pydantic import Field
 
+from infra_assets import lab_instances
+from infra_assets.cloud.stacks import cloud_locations
 from infra_assets.model import Topology
 from infra_assets.pillar import render_pillars, secret_paths
+from infra_assets.salt_keys import KeyStore
 from infra_assets.secrets import SecretsError, load_secrets
 from infra_assets.sites import SiteError, site_for
 from resources.salt import KeyList, SaltError, SaltResource
@@ -84,20 +89,82 @@ def salt_pillar(
 @dg.asset(
     group_name=GROUP,
     kinds={"salt"},
+    deps=["topology"],
     pool=POOL,
-    description="The salt minions: keys accepted exactly for the hosts of the topology, keys of"
-    " removed hosts deleted, every declared minion pinged.",
+    description="Every host's salt key pair and the master's, made ahead of the hosts (as"
+    " salt-cloud makes them): each pair is handed to its instance at creation, the minions'"
+    " public keys are accepted on the master before they boot, and minions pin the master's key.",
 )
-def minions(
+def minion_keys(context: dg.AssetExecutionContext, topology: Topology) -> dg.MaterializeResult:
+    site = _site(topology)
+    if site.kind == "local":
+        # The process-based local site's minions make their own keys (`minions` accepts them).
+        return dg.MaterializeResult(metadata={"site": site.kind, "keys": "made by the minions"})
+    try:
+        store = KeyStore(site.keys_dir())
+    except SiteError as err:
+        raise dg.Failure(description=str(err), allow_retries=False) from None
+    changes = store.ensure(sorted(topology.hosts))
+    for name in changes.created:
+        context.log.info(f"made the key pair of {name}")
+    for name in changes.removed:
+        context.log.info(f"removed the key pair of {name}: no such host in the topology any more")
+    master = store.master()
+    rows = ["| key | fingerprint (sha256) | this run |", "|---|---|---|"]
+    for name in ["master", *store.minions()]:
+        pair = store.get(name)
+        rows.append(f"| {name} | `{pair.finger}` | {'made' if name in changes.created else ''} |")
+    version = hashlib.sha256(
+        "".join(store.get(n).public_pem for n in ["master", *store.minions()]).encode()
+    ).hexdigest()
+    return dg.MaterializeResult(
+        data_version=dg.DataVersion(version[:16]),
+        metadata={
+            "site": site.kind,
+            "keys_dir": dg.MetadataValue.path(str(store.folder)),
+            "master_finger": master.finger,
+            "created": list(changes.created),
+            "removed": list(changes.removed),
+            "keys": dg.MetadataValue.md("\n".join(rows)),
+        },
+    )
+
+
+def _minions_asset(deps: list[dg.AssetKey]) -> dg.AssetsDefinition:
+    @dg.asset(
+        name="minions",
+        group_name=GROUP,
+        kinds={"salt"},
+        deps=deps,
+        pool=POOL,
+        description="The salt minions: keys accepted exactly for the hosts of the topology, keys"
+        " of removed hosts deleted, every declared minion pinged.",
+    )
+    def minions(
+        context: dg.AssetExecutionContext,
+        config: MinionsConfig,
+        topology: Topology,
+        salt: SaltResource,
+    ) -> dg.MaterializeResult:
+        return _minions(context, config, topology, salt)
+
+    return minions
+
+
+def _minions(
     context: dg.AssetExecutionContext,
     config: MinionsConfig,
     topology: Topology,
     salt: SaltResource,
 ) -> dg.MaterializeResult:
     declared = sorted(topology.hosts)
+    # Only the process-based local site accepts pending keys: everywhere else the keys were
+    # accepted ahead of the hosts (`minion_keys`), and a pending key is never accepted.
+    accept_pending = _site(topology).kind == "local"
     try:
         before = salt.list_keys()
-        accepted = salt.accept_keys(minion_ids=[m for m in declared if m in before.pending])
+        pending = [m for m in declared if m in before.pending] if accept_pending else []
+        accepted = salt.accept_keys(minion_ids=pending)
         removed = salt.delete_keys(
             minion_ids=[m for m in before.accepted if m not in topology.hosts]
         )
@@ -161,7 +228,7 @@ def minions(
 
 
 @dg.asset_check(
-    asset=minions,
+    asset="minions",
     additional_ins={"topology": dg.AssetIn("topology")},
     blocking=True,
     description="The master has accepted exactly the keys of the hosts in the topology: no"
@@ -172,7 +239,7 @@ def minion_keys_match_topology(topology: Topology, salt: SaltResource) -> dg.Ass
 
 
 @dg.asset_check(
-    asset=minions,
+    asset="minions",
     additional_ins={"topology": dg.AssetIn("topology")},
     description="Every declared minion answers test.ping.",
 )
@@ -196,11 +263,25 @@ def check_keys(keys: KeyList, topology: Topology) -> dg.AssetCheckResult:
         f"- a host of the topology without an accepted key: {m} ({keys.state_of(m)})"
         for m in missing
     ]
+    # Another machine presenting a declared host's name with another key (an impostor, or a
+    # host rebuilt without its key pair): salt denies or rejects it; the host is not trusted.
+    impostors = sorted(declared & (set(keys.denied) | set(keys.rejected)))
+    lines += [
+        f"- a key under a declared host's name was refused: {m} ({_key_states(keys, m)}):"
+        f" another machine presents this name; find it, then `salt-key -d {m}` removes the"
+        " refused key"
+        for m in impostors
+    ]
     return dg.AssetCheckResult(
-        passed=not strangers and not missing,
+        passed=not strangers and not missing and not impostors,
         severity=dg.AssetCheckSeverity.ERROR,
         description="\n".join(lines) or None,
-        metadata={"accepted": sorted(accepted), "strangers": strangers, "missing": missing},
+        metadata={
+            "accepted": sorted(accepted),
+            "strangers": strangers,
+            "missing": missing,
+            "refused_under_declared_names": impostors,
+        },
     )
 
 
@@ -220,7 +301,10 @@ def _site(topology: Topology):
 
 
 def definitions(topo: Topology) -> dg.Definitions:
+    # `minions` comes after the hosts exist: the lab's or the cloud's instances of each location.
+    deps = [dg.AssetKey("minion_keys"), *lab_instances.instance_keys(topo)]
+    deps += [dg.AssetKey(["instances", loc]) for loc in cloud_locations(topo)]
     return dg.Definitions(
-        assets=[salt_pillar, minions],
+        assets=[salt_pillar, minion_keys, _minions_asset(deps)],
         asset_checks=[minion_keys_match_topology, declared_minions_answer],
     )

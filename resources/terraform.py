@@ -17,12 +17,14 @@ state is remote: Terraform's `pg` backend, one schema per (location, stack), loc
 
 from __future__ import annotations
 
+import base64
 import fnmatch
 import hashlib
 import json
 import os
 import re
 import shutil
+import tempfile
 import time
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
@@ -368,6 +370,39 @@ class TerraformResource(dg.ConfigurableResource):
         return result
 
     # --- verbs -----------------------------------------------------------------------------
+
+    def render_template(self, *, template: Path, variables: Mapping[str, Any]) -> str:
+        """`templatefile(template, variables)` exactly as Terraform renders it, offline: `terraform
+        console` in an empty folder needs no `init`, no provider and no state (about 0.3 s). The
+        lab boots its hosts with the user-data a cloud server gets from the same template."""
+        binary = self.binary_path()
+        with tempfile.TemporaryDirectory(prefix="coop-tf-render-") as tmp:
+            folder = Path(tmp)
+            (folder / "vars.json").write_text(json.dumps(dict(variables)))
+            env = {k: v for k, v in self._env("render", "render").items() if k != "TF_DATA_DIR"}
+            env["TF_DATA_DIR"] = str(folder / ".terraform")
+            expression = (
+                f"base64encode(templatefile({json.dumps(str(Path(template).absolute()))},"
+                ' jsondecode(file("vars.json"))))\n'
+            )
+            try:
+                result = run_cli(
+                    [binary, "console"],
+                    cwd=folder,
+                    env=env,
+                    inherit_env=False,
+                    log=lambda _line: None,
+                    stdin=expression,
+                    redact=self._secrets(env),
+                    timeout_s=60,
+                )
+            except CliError as err:
+                raise TerraformError(f"rendering {template} failed: {err}") from err
+        for line in reversed(result.lines):
+            line = line.strip()
+            if line.startswith('"') and line.endswith('"'):
+                return base64.b64decode(line[1:-1]).decode()
+        raise TerraformError(f"rendering {template}: terraform console printed no string")
 
     def init(
         self, *, stack: str, location: str, log: LogSink | None = None, env: ToolEnv = None

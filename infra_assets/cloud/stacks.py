@@ -18,8 +18,13 @@ STACKS = ("network", "instances")
 
 
 def cloud_locations(topo: Topology) -> list[str]:
-    """Locations whose hosts live on an OpenStack cloud (not `cloud: local`), in file order."""
-    return [name for name, loc in topo.locations.items() if not loc.is_local]
+    """Locations whose hosts live on an OpenStack cloud (not `local` or `lab`), in file order."""
+    return [name for name, loc in topo.locations.items() if loc.site_kind == "cloud"]
+
+
+def lab_locations(topo: Topology) -> list[str]:
+    """Locations on `cloud: lab` (this machine as a cloud: `lab/`), in file order."""
+    return [name for name, loc in topo.locations.items() if loc.is_lab]
 
 
 def stack_hosts(topo: Topology, location: str, *, images_file=IMAGES_FILE) -> dict[str, dict]:

@@ -1,0 +1,330 @@
+"""The lab's part of the graph: `network/<location>`, `plan/instances/<location>` and
+`instances/<location>` for locations on `cloud: lab` (this machine as a cloud).
+
+They do for containers what the Terraform stacks do for servers (infra_assets/stacks.py):
+
+- `network/<location>`: the lab's network namespace, its podman bridge for 10.N.0.0/16, the link
+  the machine reaches it through, and the `unreachable` route that keeps 10.N.x off the wire.
+- `plan/instances/<location>`: which containers to create and delete (a plan, recorded in the
+  metadata, as `terraform plan` shows it). A host whose image is newer keeps its container: a
+  new image is for new hosts, as `ignore_changes = [image_id]` makes it on the cloud; naming a
+  host in `replace` rebuilds it on purpose. An unchanged lab plans nothing.
+- `instances/<location>`: applies the plan (the destroy gate first: deleting a host's container
+  needs `allow_destroy`), then waits until every container's systemd is up.
+
+Each host is a container booted from its role group's image (`images/<group>`, Packer's
+artifact), at its primary planned address, with what a cloud server gets at creation: the
+user-data rendered from terraform/instances/cloud-init.yaml.tftpl (by `terraform console`,
+offline), run at first boot by the lab's stand-in for cloud-init (lab/guest/), and its salt key
+pair from `minion_keys` (the master also gets its own pair, the minions' public keys already
+accepted, and its own pillar for the masterless bootstrap of `salt.master`).
+"""
+
+import json
+from typing import Any
+
+import dagster as dg
+from pydantic import Field
+
+from infra_assets.cloud.groups import IMAGES_FILE, ImageGroupError, group_of_host
+from infra_assets.cloud.stacks import lab_locations
+from infra_assets.model import Topology
+from infra_assets.paths import REPO_ROOT
+from infra_assets.pillar import host_pillar
+from infra_assets.salt_keys import KeyStore
+from infra_assets.secrets import SecretsError, load_secrets
+from infra_assets.sites import LabSite, SiteError, site_for
+from resources.lab import HostSpec, LabError, LabPlan, LabResource
+from resources.terraform import TerraformError, TerraformResource
+
+GUEST = REPO_ROOT / "lab" / "guest"
+USER_DATA_TEMPLATE = REPO_ROOT / "terraform" / "instances" / "cloud-init.yaml.tftpl"
+# Roles whose hosts run containers themselves (app releases, image builds): podman inside needs
+# a privileged container (mounts, cgroups, its own network namespaces). The others get only
+# NET_ADMIN, for `common.addresses`, which adds the host's service addresses inside the guest.
+PRIVILEGED_ROLES = frozenset({"web-staging", "web-production", "jenkins-agent"})
+LAB_IMAGE = "localhost/coop-{group}:lab"
+
+
+class LabPlanConfig(dg.Config):
+    replace: list[str] = Field(
+        default=[],
+        description="Hosts whose containers are rebuilt from the current image on purpose"
+        " (like `terraform apply -replace`): their disks start over.",
+    )
+
+
+class LabApplyConfig(dg.Config):
+    allow_destroy: list[str] = Field(
+        default=[],
+        description="Hosts whose containers this apply may delete or rebuild (the destroy gate).",
+    )
+    boot_timeout_s: float = Field(default=120.0, description="How long systemd may take to boot.")
+
+
+def network_key(location: str) -> dg.AssetKey:
+    return dg.AssetKey(["network", location])
+
+
+def plan_key(location: str) -> dg.AssetKey:
+    return dg.AssetKey(["plan", "instances", location])
+
+
+def instances_key(location: str) -> dg.AssetKey:
+    return dg.AssetKey(["instances", location])
+
+
+def _lab_site(topology: Topology) -> LabSite:
+    site = site_for(topology)
+    if not isinstance(site, LabSite):
+        raise dg.Failure(description="this topology's locations are not on `cloud: lab`")
+    return site
+
+
+def mac_of(address: str) -> str:
+    """A fixed MAC for a planned address: 02:00 (locally administered) and its four octets."""
+    return "02:00:" + ":".join(f"{int(o):02x}" for o in address.split("."))
+
+
+def user_data(terraform: TerraformResource, site: LabSite, host: str) -> str:
+    """The first-boot user-data a cloud server of `host` gets, from the same template."""
+    spec = site.topo.hosts[host]
+    master = site.master_host()
+    return terraform.render_template(
+        template=USER_DATA_TEMPLATE,
+        variables={
+            "hostname": host,
+            "fqdn": f"{host}.{spec.location}.{site.topo.domain}",
+            "master": site.reach(master, "salt-master"),
+            "roles": list(spec.roles),
+        },
+    )
+
+
+def host_files(
+    site: LabSite, host: str, keys: KeyStore, user_data_text: str, master_pillar: dict | None
+) -> dict[str, tuple[bytes, int]]:
+    """What is written into `host`'s container before its first boot: path -> (content, mode)."""
+    pair = keys.minion(host)
+    master = keys.master()
+    files: dict[str, tuple[bytes, int]] = {
+        "/var/lib/coop/user-data": (user_data_text.encode(), 0o600),
+        "/usr/local/sbin/coop-first-boot": ((GUEST / "coop-first-boot").read_bytes(), 0o755),
+        "/etc/systemd/system/coop-first-boot.service": (
+            (GUEST / "coop-first-boot.service").read_bytes(),
+            0o644,
+        ),
+        "/etc/salt/pki/minion/minion.pem": (pair.private_pem.encode(), 0o600),
+        "/etc/salt/pki/minion/minion.pub": (pair.public_pem.encode(), 0o644),
+        # The master's key, pinned: the minion refuses a master that presents another one.
+        "/etc/salt/pki/minion/minion_master.pub": (master.public_pem.encode(), 0o644),
+    }
+    if master_pillar is not None:
+        files["/etc/salt/pki/master/master.pem"] = (master.private_pem.encode(), 0o600)
+        files["/etc/salt/pki/master/master.pub"] = (master.public_pem.encode(), 0o644)
+        for minion in keys.minions():
+            files[f"/etc/salt/pki/master/minions/{minion}"] = (
+                keys.minion(minion).public_pem.encode(),
+                0o644,
+            )
+        files["/etc/systemd/system/coop-master-bootstrap.service"] = (
+            (GUEST / "coop-master-bootstrap.service").read_bytes(),
+            0o644,
+        )
+        files["/var/lib/coop/bootstrap/pillar/top.sls"] = (
+            b"base:\n  '*':\n    - bootstrap\n",
+            0o600,
+        )
+        files["/var/lib/coop/bootstrap/pillar/bootstrap.sls"] = (
+            json.dumps(master_pillar).encode(),
+            0o600,
+        )
+    return files
+
+
+ENABLE = {
+    "coop-first-boot.service": "multi-user.target",
+    "coop-master-bootstrap.service": "multi-user.target",
+}
+
+
+def host_specs(
+    site: LabSite,
+    location: str,
+    *,
+    images: dict[str, str],
+    keys: KeyStore,
+    terraform: TerraformResource,
+    secrets: Any,
+) -> list[HostSpec]:
+    """The containers the location's hosts are, as the driver takes them."""
+    topo, plan = site.topo, site.plan
+    dns_hosts = list(topo.hosts_with_role("dns"))
+    dns = plan.primary(dns_hosts[0]).address if dns_hosts else None
+    master = site.master_host()
+    specs = []
+    for host, spec in topo.hosts.items():
+        if spec.location != location:
+            continue
+        group = group_of_host(topo, host, spec, IMAGES_FILE)
+        pillar = host_pillar(site, secrets, host) if host == master else None
+        files = host_files(site, host, keys, user_data(terraform, site, host), pillar)
+        enable = [u for u in ENABLE if f"/etc/systemd/system/{u}" in files]
+        privileged = bool(PRIVILEGED_ROLES & set(spec.roles))
+        specs.append(
+            HostSpec(
+                name=f"lab{topo.locations[location].number}-{host}",
+                host=host,
+                image=images[group],
+                address=plan.primary(host).address,
+                mac=mac_of(plan.primary(host).address),
+                dns=dns,
+                privileged=privileged,
+                files=files,
+                enable_units={u: ENABLE[u] for u in enable},
+                # The master serves the repo's salt/ (on a server: a checkout of this repo).
+                binds=[(str(REPO_ROOT / "salt"), LabSite.STATE_TREE)] if host == master else [],
+            )
+        )
+    return specs
+
+
+def plan_table(plan: LabPlan) -> str:
+    rows = ["| host | action | image |", "|---|---|---|"]
+    for action in ("create", "replace", "delete", "keep"):
+        for item in getattr(plan, action):
+            rows.append(f"| {item.host} | {action} | {item.image} |")
+    return "\n".join(rows)
+
+
+def _location_definitions(topo: Topology, location: str) -> dg.Definitions:
+    number = topo.locations[location].number
+    groups = set()
+    for host, spec in topo.hosts.items():
+        if spec.location == location:
+            try:
+                groups.add(group_of_host(topo, host, spec, IMAGES_FILE))
+            except ImageGroupError:
+                pass
+    image_keys = {g: dg.AssetKey(["images", g]) for g in sorted(groups)}
+
+    @dg.asset(
+        key=network_key(location),
+        group_name="network",
+        kinds={"podman"},
+        deps=["topology"],
+        pool=f"location:{location}",
+        description=f"The lab's network for {location}: a namespace of the project's own with a"
+        f" podman bridge for 10.{number}.0.0/16, the link into it, and the `unreachable` route"
+        " that keeps the lab's addresses off the machine's network.",
+    )
+    def network_asset(context: dg.AssetExecutionContext, lab: LabResource):
+        try:
+            report = lab.up_network(number, log=context.log.info)
+        except LabError as err:
+            raise dg.Failure(description=str(err), allow_retries=False) from None
+        made = report.get("made") or []
+        context.log.info(f"lab network {location}: {', '.join(made) or 'unchanged'}")
+        return dg.MaterializeResult(
+            metadata={"number": number, "network": dg.MetadataValue.json(report)}
+        )
+
+    @dg.asset(
+        key=plan_key(location),
+        group_name="instances",
+        kinds={"podman"},
+        deps=[network_key(location), "minion_keys", *image_keys.values()],
+        pool=f"location:{location}",
+        description=f"What `instances/{location}` would create and delete (the lab's plan).",
+    )
+    def plan_asset(
+        context: dg.AssetExecutionContext,
+        config: LabPlanConfig,
+        topology: Topology,
+        lab: LabResource,
+        terraform: TerraformResource,
+    ):
+        site = _lab_site(topology)
+        try:
+            secrets = load_secrets(site.secrets_file(), topology)
+            images = {g: lab.image_id(LAB_IMAGE.format(group=g)) for g in image_keys}
+            missing = [g for g, i in images.items() if not i]
+            if missing:
+                raise LabError(
+                    f"no lab image for {', '.join(missing)}: materialise"
+                    f" {', '.join('images/' + g for g in missing)} first"
+                )
+            specs = host_specs(
+                site,
+                location,
+                images=images,
+                keys=KeyStore(site.keys_dir()),
+                terraform=terraform,
+                secrets=secrets,
+            )
+            plan = lab.plan(specs, number, replace=config.replace, log=context.log.info)
+        except (LabError, SiteError, SecretsError, TerraformError, FileNotFoundError) as err:
+            raise dg.Failure(description=str(err), allow_retries=False) from None
+        plan_file = lab.save_plan(plan, site.root / "plans" / f"{location}.json")
+        context.log.info(plan.summary())
+        return dg.MaterializeResult(
+            metadata={
+                "summary": plan.summary(),
+                "changes": plan.has_changes,
+                "plan": dg.MetadataValue.md(plan_table(plan)),
+                "plan_file": dg.MetadataValue.path(str(plan_file)),
+            }
+        )
+
+    @dg.asset(
+        key=instances_key(location),
+        group_name="instances",
+        kinds={"podman"},
+        deps=[plan_key(location)],
+        pool=f"location:{location}",
+        description=f"The lab's containers for {location}, one per host, booted with systemd.",
+    )
+    def instances_asset(
+        context: dg.AssetExecutionContext,
+        config: LabApplyConfig,
+        topology: Topology,
+        lab: LabResource,
+    ):
+        site = _lab_site(topology)
+        try:
+            plan = lab.load_plan(site.root / "plans" / f"{location}.json")
+            blocked = [i.host for i in [*plan.delete, *plan.replace]]
+            blocked = [h for h in blocked if h not in config.allow_destroy]
+            if blocked:
+                raise LabError(
+                    f"the plan deletes or rebuilds {', '.join(blocked)}: name them in"
+                    " allow_destroy to let this apply do it (their disks are lost)"
+                )
+            applied = lab.apply(plan, boot_timeout_s=config.boot_timeout_s, log=context.log.info)
+            hosts = lab.wait_booted(number, timeout_s=config.boot_timeout_s)
+        except LabError as err:
+            raise dg.Failure(description=str(err), allow_retries=False) from None
+        rows = ["| host | address | image | running | systemd |", "|---|---|---|---|---|"]
+        for h in hosts:
+            rows.append(
+                f"| {h.host} | {h.address} | {h.image_id[:19]} | {h.running} | {h.systemd} |"
+            )
+        return dg.MaterializeResult(
+            metadata={
+                "applied": dg.MetadataValue.json(applied.as_dict()),
+                "hosts": dg.MetadataValue.md("\n".join(rows)),
+                "containers": len(hosts),
+            }
+        )
+
+    return dg.Definitions(assets=[network_asset, plan_asset, instances_asset])
+
+
+def definitions(topo: Topology) -> dg.Definitions:
+    parts = [_location_definitions(topo, location) for location in lab_locations(topo)]
+    return dg.Definitions.merge(*parts) if parts else dg.Definitions()
+
+
+def instance_keys(topo: Topology) -> list[dg.AssetKey]:
+    """`instances/<location>` of every lab location (what `minions` comes after)."""
+    return [instances_key(location) for location in lab_locations(topo)]

@@ -1,0 +1,98 @@
+"""`infra lab up|down|status`: the lab, this machine as a cloud (README, "The lab")."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from infra_assets.model import TopologyError
+
+TOPOLOGY_OPT = click.option(
+    "--topology",
+    "topology_file",
+    type=click.Path(path_type=Path),
+    envvar="INFRA_TOPOLOGY",
+    default="topology.lab.yaml",
+    show_default=True,
+    help="The lab's topology ($INFRA_TOPOLOGY).",
+)
+
+
+@click.group()
+def lab() -> None:
+    """The lab: every host of the topology a container with systemd, at its planned address."""
+
+
+def _known_errors():
+    from infra_assets.secrets import SecretsError
+    from infra_assets.sites import SiteError
+    from lab.site import LabUpError
+    from resources.lab import LabError
+
+    return (SecretsError, SiteError, LabUpError, LabError)
+
+
+@lab.command()
+@TOPOLOGY_OPT
+def up(topology_file: Path) -> None:
+    """Bring the lab up (safe to run twice): images when missing, the network, the salt keys,
+    the containers, the minions, every role's states; through Dagster's `main` job."""
+    from lab import site
+
+    try:
+        data = site.up(topology_file)
+    except TopologyError as err:
+        click.echo(err.render(), err=True)
+        sys.exit(2)
+    except _known_errors() as err:
+        click.echo(f"infra lab up: {err}", err=True)
+        sys.exit(1)
+    running = [h for h, v in data["hosts"].items() if v.get("running")]
+    click.echo(f"lab up: {len(running)} of {len(data['hosts'])} hosts running")
+    click.echo(f"salt-api: {data['salt']['api_url']}")
+
+
+@lab.command()
+@TOPOLOGY_OPT
+def down(topology_file: Path) -> None:
+    """Remove the lab's containers, network, namespace and link (the `unreachable` route for
+    its addresses stays). Safe to run twice."""
+    from lab import site
+
+    try:
+        removed = site.down(topology_file)
+    except TopologyError as err:
+        click.echo(err.render(), err=True)
+        sys.exit(2)
+    except _known_errors() as err:
+        click.echo(f"infra lab down: {err}", err=True)
+        sys.exit(1)
+    click.echo(f"lab down ({', '.join(removed) or 'nothing was up'})")
+
+
+@lab.command()
+@TOPOLOGY_OPT
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+def status(topology_file: Path, as_json: bool) -> None:
+    """Each host: its address, image, whether it runs, its services and how to reach them."""
+    from lab import site
+
+    try:
+        data = site.status(topology_file)
+    except TopologyError as err:
+        click.echo(err.render(), err=True)
+        sys.exit(2)
+    except _known_errors() as err:
+        click.echo(f"infra lab status: {err}", err=True)
+        sys.exit(1)
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    click.echo(f"salt-api: {data['salt']['api_url']} (master {data['salt']['master']})")
+    for host, info in data["hosts"].items():
+        state = "running" if info.get("running") else "not running"
+        image = (info.get("image_id") or "")[:12]
+        click.echo(f"{host:18} {info['address']:14} {state:12} {image}")

@@ -1,0 +1,140 @@
+"""The lab as a whole, from the command line: bring it up through Dagster, take it down, say
+where everything is. `infra lab up` runs the `main` job on the lab's topology, in this process, on
+the repo's Dagster instance (the runs and materialisations are in the UI like any other)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from infra_assets.model import Topology, load_topology
+from infra_assets.pillar import registry_tls_names
+from infra_assets.secrets import Secrets, ensure_secrets, load_secrets
+from infra_assets.sites import SECRETS_ENV, LabSite, SiteError, site_for
+from resources.lab import LabResource
+from resources.podman import PodmanResource
+
+
+class LabUpError(RuntimeError):
+    """A step of `infra lab up` failed; the message names the asset and why."""
+
+
+def lab_resource() -> LabResource:
+    """The lab's container driver, on the project's podman (the storage Packer builds into)."""
+    return LabResource(podman_env=PodmanResource().env())
+
+
+def lab_site(topology_file: Path) -> LabSite:
+    site = site_for(load_topology(topology_file))
+    if not isinstance(site, LabSite):
+        raise SiteError(
+            f"{topology_file}: its locations are not on `cloud: lab`: `infra lab` works on a lab"
+            " topology (topology.lab.yaml)"
+        )
+    return site
+
+
+def lab_secrets(site: LabSite) -> Secrets:
+    """The file $INFRA_SECRETS_FILE names (checked, never written), or throwaway secrets made
+    under the lab's state folder (mode 600, outside git)."""
+    if os.environ.get(SECRETS_ENV):
+        return load_secrets(site.secrets_file(), site.topo)
+    return ensure_secrets(site.secrets_file(), site.topo, tls_names=registry_tls_names(site))
+
+
+@contextmanager
+def topology_env(topology_file: Path) -> Iterator[None]:
+    """$INFRA_TOPOLOGY set to the lab's topology while Dagster runs (restored afterwards)."""
+    old = os.environ.get("INFRA_TOPOLOGY")
+    os.environ["INFRA_TOPOLOGY"] = str(Path(topology_file).absolute())
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("INFRA_TOPOLOGY", None)
+        else:
+            os.environ["INFRA_TOPOLOGY"] = old
+
+
+def up(topology_file: Path, *, job: str = "main") -> dict[str, Any]:
+    """Images when missing, the network, the keys, the containers, the minions, every role's
+    states: the `main` job, through Dagster. Safe to run twice (every step compares first)."""
+    import dagster as dg
+
+    from infra_assets.definitions import build_definitions
+
+    site = lab_site(topology_file)
+    lab_secrets(site)
+    with topology_env(topology_file):
+        defs = build_definitions(site.topo)
+        result = defs.get_job_def(job).execute_in_process(
+            instance=dg.DagsterInstance.get(), raise_on_error=False
+        )
+    if not result.success:
+        raise LabUpError(_failure_text(result))
+    return status(topology_file)
+
+
+def _failure_text(result) -> str:
+    lines = []
+    for event in result.all_events:
+        if event.is_step_failure:
+            data = event.step_failure_data
+            why = data.user_failure_data.description if data.user_failure_data else None
+            why = why or (data.error.message.strip() if data.error else "failed")
+            lines.append(f"{event.step_key}: {why}")
+    return "\n".join(lines) or "the run failed (see the Dagster UI)"
+
+
+def down(topology_file: Path) -> list[str]:
+    """Remove every container of the lab, its network, namespace and link. The `unreachable`
+    route for each lab /16 stays, so nothing for the lab's addresses ever leaves the machine."""
+    site = lab_site(topology_file)
+    lab = lab_resource()
+    removed = []
+    for number in site.numbers():
+        removed += lab.down_network(number)
+    return removed
+
+
+def status(topology_file: Path) -> dict[str, Any]:
+    site = lab_site(topology_file)
+    topo: Topology = site.topo
+    lab = lab_resource()
+    hosts: dict[str, Any] = {}
+    for number in site.numbers():
+        for h in lab.status(number):
+            hosts[h.host] = h.as_dict()
+    for host in topo.hosts:
+        entry = hosts.setdefault(host, {"running": False})
+        entry["address"] = site.plan.primary(host).address
+        entry["roles"] = list(topo.hosts[host].roles)
+        entry["services"] = _services(site, host)
+    return {
+        "topology": str(Path(topology_file).absolute()),
+        "state_dir": str(site.root),
+        "networks": {loc: lab.network_status(spec.number) for loc, spec in topo.locations.items()},
+        "salt": {"api_url": site.salt_api_url(), "master": site.master_host()},
+        "hosts": hosts,
+    }
+
+
+def _services(site: LabSite, host: str) -> dict[str, Any]:
+    """Each service of `host` and how the machine reaches it: through the lab's link."""
+    from infra_assets.sites import ROLE_SERVICES
+
+    out: dict[str, Any] = {}
+    for role in site.topo.hosts[host].roles:
+        service = ROLE_SERVICES.get(role)
+        if service:
+            out[service] = {
+                "address": site.reach(host, role),
+                "port": site.port(host, service),
+                "reached_through": "the lab's link (route into the lab's namespace)",
+            }
+    if host == site.master_host():
+        out["salt-api"] = {"url": site.salt_api_url()}
+    return out
