@@ -673,3 +673,21 @@ def test_a_stopped_minion_is_reported_as_not_returned_within_the_timeout(accepte
     assert result.minions[fast].ok and not result.minions[SLOW].returned
     assert result.problems() == [f"{SLOW}: did not answer (is the minion running and accepted?)"]
     assert result.duration_s < 8, result.duration_s
+
+
+def test_from_env_takes_the_api_from_the_environment_and_never_shows_the_password(monkeypatch):
+    import dagster as dg
+
+    monkeypatch.setenv("INFRA_SALT_API_URL", "https://127.0.0.1:8000")
+    monkeypatch.setenv("INFRA_SALT_API_USER", USER)
+    monkeypatch.setenv("INFRA_SALT_API_PASSWORD", "pw-from-the-environment")
+    monkeypatch.setenv("INFRA_SALT_API_CA_FILE", "/etc/coop/salt-api-ca.pem")
+    resource = SaltResource.from_env()
+    assert "pw-from-the-environment" not in repr(resource)
+    with dg.build_resources({"salt": resource}) as built:
+        assert built.salt.through_api and built.salt.api_url == "https://127.0.0.1:8000"
+        assert built.salt.api_password == "pw-from-the-environment"
+        assert built.salt.api_ca_file == "/etc/coop/salt-api-ca.pem"
+    for name in ("URL", "USER", "PASSWORD", "CA_FILE"):
+        monkeypatch.delenv(f"INFRA_SALT_API_{name}")
+    assert not SaltResource.from_env().through_api  # the local master, as before
