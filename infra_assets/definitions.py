@@ -28,10 +28,12 @@ from infra_assets.cloud.stacks import lab_locations
 from infra_assets.jobs import JOBS
 from infra_assets.model import Topology, TopologyError, load_topology
 from infra_assets.paths import default_topology
+from infra_assets.pillar import SALT_API_USER
+from infra_assets.sites import LabSite
 from resources.git import GitResource
 from resources.infra_repo import InfraRepoResource
 from resources.jenkins import JenkinsResource
-from resources.lab import LabResource
+from resources.lab import LabNetwork, LabResource
 from resources.openstack import OpenStackResource
 from resources.packer import PackerResource
 from resources.podman import PodmanResource
@@ -79,6 +81,21 @@ def resources() -> dict[str, dg.ConfigurableResource]:
     }
 
 
+def lab_resources(site: LabSite) -> dict[str, dg.ConfigurableResource]:
+    """The lab's container driver, on the project's podman (where Packer builds the images), and
+    its salt master through salt-api, reached only through the lab's link."""
+    return {
+        "lab": LabResource(podman_env=PodmanResource().env()),
+        "salt": SaltResource(
+            api_url=site.salt_api_url(),
+            api_user=SALT_API_USER,
+            api_password_file=str(site.salt_api_password_file()),
+            api_ca_file=str(site.salt_api_ca_file()),
+            api_route_device=LabNetwork(site.master_number()).machine_link,
+        ),
+    }
+
+
 def build_definitions(
     topo: Topology | None, resource_overrides: dict[str, object] | None = None
 ) -> dg.Definitions:
@@ -86,8 +103,7 @@ def build_definitions(
     `resource_overrides` replace resources by key (tests: a stand-in or a fake's client)."""
     site_resources = resources()
     if topo is not None and lab_locations(topo):
-        # The lab's container driver, on the project's podman (where Packer builds the images).
-        site_resources["lab"] = LabResource(podman_env=PodmanResource().env())
+        site_resources.update(lab_resources(LabSite(topo)))
     base = dg.Definitions(
         assets=dg.load_assets_from_modules([topology]),
         asset_checks=dg.load_asset_checks_from_modules([topology]),

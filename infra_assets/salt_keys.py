@@ -12,7 +12,8 @@ only (lab: written into the container before its first boot; a cloud: its user-d
 
 The formats are salt's own (`salt.crypt.gen_keys`): RSA 2048, the private key in the
 traditional OpenSSL PEM form, the public key as a SubjectPublicKeyInfo PEM; the fingerprint is
-`salt.utils.crypt.pem_finger`'s (sha256 of the PEM's body lines).
+`salt.utils.crypt.pem_finger`'s over the PEM's body lines (sha256), the form a minion's
+`master_finger` and its `key.finger` use (the master's `salt-key -F` hashes the whole PEM).
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ def generate(name: str) -> KeyPair:
 
 
 def pem_finger(pem: str) -> str:
-    """salt's fingerprint of a PEM key (`salt-key -f`, the minion's `master_finger`)."""
+    """salt's fingerprint of a PEM key as a minion checks it (`master_finger`)."""
     lines = [line for line in pem.encode().splitlines(keepends=True) if line.strip()][1:-1]
     digest = hashlib.sha256(b"".join(lines).replace(b"\r\n", b"\n")).hexdigest()
     return ":".join(digest[i : i + 2] for i in range(0, len(digest), 2))

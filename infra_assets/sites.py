@@ -421,6 +421,18 @@ class LabSite(CloudSite):
     def keys_dir(self) -> Path:
         return self.root / "keys"
 
+    def salt_api_password_file(self) -> Path:
+        """salt-api's password for Dagster, from the lab's secrets (mode 600; `infra lab up`)."""
+        return self.root / "salt-api" / "password"
+
+    def salt_api_ca_file(self) -> Path:
+        """salt-api's self-signed certificate, the CA Dagster checks it against."""
+        return self.root / "salt-api" / "ca.pem"
+
+    def master_number(self) -> int:
+        """The number of the master's location: its lab network carries salt-api."""
+        return self.topo.locations[self.topo.hosts[self.master_host()].location].number
+
     def numbers(self) -> list[int]:
         """The lab's location numbers: one network (10.N.0.0/16) and namespace each."""
         return sorted(loc.number for loc in self.topo.locations.values())

@@ -41,8 +41,23 @@ def lab_secrets(site: LabSite) -> Secrets:
     """The file $INFRA_SECRETS_FILE names (checked, never written), or throwaway secrets made
     under the lab's state folder (mode 600, outside git)."""
     if os.environ.get(SECRETS_ENV):
-        return load_secrets(site.secrets_file(), site.topo)
-    return ensure_secrets(site.secrets_file(), site.topo, tls_names=registry_tls_names(site))
+        secrets = load_secrets(site.secrets_file(), site.topo)
+    else:
+        secrets = ensure_secrets(site.secrets_file(), site.topo, tls_names=registry_tls_names(site))
+    write_salt_api_client(site, secrets)
+    return secrets
+
+
+def write_salt_api_client(site: LabSite, secrets: Secrets) -> None:
+    """What Dagster needs to log in to salt-api: the password (mode 600) and the certificate to
+    check it against, beside the lab's secrets (the salt resource reads them when it connects)."""
+    password = site.salt_api_password_file()
+    password.parent.mkdir(parents=True, exist_ok=True)
+    os.chmod(password.parent, 0o700)
+    fd = os.open(password, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(secrets.get("salt", "api", "password"))
+    site.salt_api_ca_file().write_text(secrets.get("salt", "api", "tls", "cert"))
 
 
 @contextmanager

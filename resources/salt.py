@@ -334,6 +334,17 @@ class SaltResource(dg.ConfigurableResource):
         description="PEM file of the CA that signed salt-api's TLS certificate. Empty: the"
         " system's trust store.",
     )
+    api_password_file: str = Field(
+        default="",
+        description="A file (mode 600, outside git) holding that password, read when the"
+        " resource connects: the lab's way (its throwaway secrets), so no value is in config.",
+    )
+    api_route_device: str = Field(
+        default="",
+        description="The network device the route to salt-api's address must go through,"
+        " checked (`ip -j route get`) before anything is sent: the lab's link, so that nothing"
+        " for a lab address ever leaves the machine. Empty: no check.",
+    )
     api_eauth: str = Field(default="sharedsecret", description="salt-api's eauth backend.")
     timeout_s: int = Field(
         default=600, description="How long a state run may take before it counts as failed."
@@ -375,10 +386,12 @@ class SaltResource(dg.ConfigurableResource):
         if self._worker is not None and self._worker.alive():
             return self._worker
         if self.through_api:
+            if self.api_route_device:
+                _check_route(self.api_url, self.api_route_device)
             api = SaltApi(
                 self.api_url,
                 user=self.api_user,
-                password=self.api_password,
+                password=self.api_password or _read_password(self.api_password_file),
                 ca_file=self.api_ca_file,
                 eauth=self.api_eauth,
             )
@@ -844,6 +857,39 @@ def _exact_ids(minion_ids: Sequence[str]) -> list[str]:
     if bad:
         raise SaltError(f"not a minion id (glob characters or empty): {', '.join(map(repr, bad))}")
     return list(minion_ids)
+
+
+def _read_password(path: str) -> str:
+    if not path:
+        return ""
+    try:
+        return Path(path).read_text().strip()
+    except OSError as err:
+        raise SaltError(
+            f"salt-api's password file {path} cannot be read ({err.strerror}): on the lab, run"
+            " `infra lab up`; elsewhere set the salt resource's api_password"
+        ) from None
+
+
+def _check_route(url: str, device: str) -> None:
+    """Refuse to talk to `url` unless the machine's route to its address goes through `device`
+    (the lab's link): a lab address must never be sent out of the machine."""
+    import urllib.parse
+
+    host = urllib.parse.urlsplit(url).hostname or ""
+    try:
+        out = subprocess.run(
+            ["ip", "-j", "route", "get", host], capture_output=True, text=True, timeout=10
+        )
+        routes = json.loads(out.stdout or "[]") if out.returncode == 0 else []
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        routes = []
+    dev = routes[0].get("dev") if routes else None
+    if dev != device:
+        raise SaltError(
+            f"salt-api at {url}: the route to {host} does not go through {device} (it goes"
+            f" {'through ' + dev if dev else 'nowhere'}): the lab is not up; run `infra lab up`"
+        )
 
 
 def _port_open(host: str, port: int) -> bool:

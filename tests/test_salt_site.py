@@ -315,7 +315,8 @@ def test_the_keys_check_blocks_the_highstate_while_a_declared_host_has_no_key(
 
 def test_a_denied_key_under_a_declared_name_is_reported(on_site):
     """Another machine presents itself as support-2 with a key of its own (an impostor, or the
-    server rebuilt): the master denies that key; `minions` names it and warns."""
+    server rebuilt): the master denies that key; `minions` names it and warns, and the blocking
+    keys check fails."""
     root = Path(tempfile.mkdtemp(prefix="impostor-"))  # short: salt's sockets live under it
     cfg = root / "etc" / "salt" / "minion"
     cfg.parent.mkdir(parents=True)
@@ -332,7 +333,16 @@ def test_a_denied_key_under_a_declared_name_is_reported(on_site):
             )
             _wait_until(lambda: "support-2" in salt.list_keys().denied, 60)
             result = run_assets("minions", instance=instance)
-            assert result.success
+            # `minions` is recorded, and its blocking keys check fails: a machine presents a
+            # declared host's name with another key, so no state may be applied until it is
+            # found (the check's failure stops every highstate/<role> downstream).
+            checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+            keys_check = checks["minion_keys_match_topology"]
+            assert not keys_check.passed
+            assert "a key under a declared host's name was refused: support-2" in (
+                keys_check.description
+            )
+            assert keys_check.metadata["refused_under_declared_names"].value == ["support-2"]
             md = materialization(result, "minions").metadata
             assert md["denied_keys"].value == ["support-2"]
             assert md["rejected_keys"].value == []

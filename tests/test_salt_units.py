@@ -110,9 +110,15 @@ def test_required_secrets_follow_the_topology(coop, repo_root):
         "postgres.hello.staging",
         "postgres.hello.production",
         "jenkins.admin_password",
+        # how Dagster reaches the master from outside its host (salt/salt/api.sls)
+        "salt.api.password",
+        "salt.api.tls.cert",
+        "salt.api.tls.key",
     }
     local = load_topology(repo_root / "topology.local.yaml")  # no postgres, no jenkins
     assert {k[0] for k in required_keys(local)} == {"registry"}
+    lab = load_topology(repo_root / "topology.lab.yaml")  # no jenkins master
+    assert {k[0] for k in required_keys(lab)} == {"registry", "postgres", "salt"}
 
 
 def test_a_bad_secrets_file_lists_every_problem_and_no_value(tmp_path, coop):
@@ -122,7 +128,7 @@ def test_a_bad_secrets_file_lists_every_problem_and_no_value(tmp_path, coop):
     with pytest.raises(SecretsError) as err:
         load_secrets(path, coop)
     text = str(err.value)
-    assert text.startswith(f"{path}: 8 problems in the secrets")
+    assert text.startswith(f"{path}: 11 problems in the secrets")
     assert "registry.users.ci: must be a non-empty string" in text
     assert "registry.users.deploy: missing: the topology needs it" in text
     assert "postgres.hello.production: missing: the topology needs it (app 'hello' and a host" in (
@@ -519,7 +525,12 @@ def test_the_salt_part_of_the_graph(coop):
         node = graph.get(key(["highstate", role]))
         assert node.parent_keys == {key("minions"), key("salt_pillar"), key("topology")}
         assert node.group_name == "salt" and "salt" in node.kinds
-    assert graph.get(key("minions")).parent_keys == {key("topology")}
+    # the minions come after the hosts exist, with the key pairs made for them
+    assert graph.get(key("minions")).parent_keys == {
+        key("topology"),
+        key("minion_keys"),
+        key(["instances", "nz-por-1"]),
+    }
     assert graph.get(key("salt_pillar")).parent_keys == {key("topology"), key("ip_plan")}
     checks = {c.name for c in graph.asset_check_keys}
     assert {"minion_keys_match_topology", "declared_minions_answer"} <= checks
