@@ -1,8 +1,14 @@
-# One role group's image (support, builder, web, postgres: images.json), built on OpenStack from
-# a Debian cloud image, with the group's salt states baked in by `salt-call --local`.
+# One role group's image (support, builder, web, postgres: images.json), with the group's salt
+# states baked in by `salt-call --local` (scripts/bake.sh, salt from PyPI into /opt/salt pinned
+# by salt-requirements.txt). Two sources, the same provisioners:
 #
-#   packer build -var group=web -var image_name=coop-web-20261130-0300 \
-#     -var-file=clouds/catalyst.pkrvars.hcl coop.pkr.hcl        (run from this folder)
+#   openstack.role  on OpenStack, from a Debian cloud image:
+#     packer build -only=openstack.role -var group=web -var image_name=coop-web-20261130-0300 \
+#       -var-file=clouds/catalyst.pkrvars.hcl coop.pkr.hcl        (run from this folder)
+#   docker.lab      the lab (this machine as a cloud): Packer's docker builder driving podman
+#                   (Debian's podman-docker shim first on PATH, the project's CONTAINERS_* config)
+#                   from the lab base image, committed and tagged localhost/coop-<group>:lab;
+#                   salt from a wheelhouse made on the machine (salt_wheelhouse).
 #
 # The PackerResource (resources/packer.py) runs it for the `images/<group>` assets, with the
 # manifest post-processor's file telling it the new image's id. Credentials come from clouds.yaml
@@ -101,6 +107,36 @@ variable "template_sha256" {
   description = "A hash of this template, images.json, the bake script and the cloud's settings (image metadata)."
 }
 
+variable "roles" {
+  type        = list(string)
+  default     = []
+  description = "The roles to bake (empty: the group's in images.json; a lab bakes only those its hosts have)."
+}
+
+variable "lab_ca_bundle" {
+  type        = string
+  default     = ""
+  description = "docker.lab: this machine's CA bundle, trusted by the bake only (HTTPS is intercepted here); never kept in the image."
+}
+
+variable "lab_base_image" {
+  type        = string
+  default     = "localhost/coop-lab-base:bookworm"
+  description = "docker.lab: the image it starts from (resources/lab_images.py makes it; never pulled)."
+}
+
+variable "salt_wheelhouse" {
+  type        = string
+  default     = ""
+  description = "docker.lab: a folder on this machine with a wheel for each line of salt-requirements.txt."
+}
+
+variable "lab_inputs_sha256" {
+  type        = string
+  default     = ""
+  description = "docker.lab: a hash of what the image is made of (a label: unchanged inputs, no rebuild)."
+}
+
 variable "manifest" {
   type        = string
   default     = "manifest.json"
@@ -109,8 +145,16 @@ variable "manifest" {
 
 locals {
   groups    = jsondecode(file("${path.root}/images.json"))
-  roles     = local.groups[var.group].roles
+  roles     = length(var.roles) > 0 ? var.roles : local.groups[var.group].roles
   salt_tree = var.salt_tree != "" ? var.salt_tree : "${path.root}/../salt"
+  lab_tag   = "localhost/coop-${var.group}"
+  # docker.lab's read-only mounts (host path, container path), those that are set
+  lab_mounts = [
+    for mount in [
+      [var.salt_wheelhouse, "/run/coop-wheelhouse:ro"],
+      [var.lab_ca_bundle, "/run/coop-host-ca.crt:ro"],
+    ] : mount if mount[0] != ""
+  ]
 }
 
 source "openstack" "role" {
@@ -134,12 +178,37 @@ source "openstack" "role" {
   }
 }
 
+# The lab: a container from the lab base, its /sbin/init not started while baking (the entrypoint
+# is a shell), on the machine's network (no bridge, no firewall rules made for a build), with the
+# wheelhouse and the machine's CA bundle mounted read-only (mounts are not committed); committed
+# with systemd as its command, then tagged.
+source "docker" "lab" {
+  image       = var.lab_base_image
+  pull        = false
+  commit      = true
+  run_command = ["-d", "-i", "-t", "--network=host", "--entrypoint=/bin/sh", "--", "{{.Image}}"]
+  volumes     = { for mount in local.lab_mounts : mount[0] => mount[1] }
+  changes = [
+    "ENTRYPOINT []",
+    "CMD [\"/sbin/init\"]",
+    "LABEL org.coop-infra.group=${var.group}",
+    "LABEL org.coop-infra.roles=${join(",", local.roles)}",
+    "LABEL org.coop-infra.inputs=${var.lab_inputs_sha256}",
+    "LABEL org.coop-infra.git_commit=${var.git_commit}",
+  ]
+}
+
 build {
-  sources = ["source.openstack.role"]
+  sources = ["source.openstack.role", "source.docker.lab"]
 
   provisioner "file" {
     source      = "${local.salt_tree}/"
     destination = "/tmp/coop-salt"
+  }
+
+  provisioner "file" {
+    source      = "${path.root}/salt-requirements.txt"
+    destination = "/tmp/coop-salt-requirements.txt"
   }
 
   provisioner "shell" {
@@ -149,9 +218,24 @@ build {
       "IMAGE_ROLES=${join(",", local.roles)}",
       "IMAGE_GROUP=${var.group}",
       "SALT_VERSION=${var.salt_version}",
+      "SALT_REQUIREMENTS=/tmp/coop-salt-requirements.txt",
+      "SALT_WHEELHOUSE=${var.salt_wheelhouse != "" ? "/run/coop-wheelhouse" : ""}",
+      "BAKE_CA_BUNDLE=${var.lab_ca_bundle != "" ? "/run/coop-host-ca.crt" : ""}",
       "IMAGE_CLEANUP=1",
     ]
     execute_command = "chmod +x {{ .Path }}; sudo env {{ .Vars }} {{ .Path }}"
+    override = {
+      lab = {
+        # the build container's shell is root's, and has no sudo
+        execute_command = "chmod +x {{ .Path }}; env {{ .Vars }} {{ .Path }}"
+      }
+    }
+  }
+
+  post-processor "docker-tag" {
+    only       = ["docker.lab"]
+    repository = local.lab_tag
+    tags       = ["lab"]
   }
 
   post-processor "manifest" {

@@ -2,6 +2,13 @@
 templates, through the shared CLI runner, returning the artifacts that the template's manifest
 post-processor recorded (for the openstack builder: the new image's id and name).
 
+`build_lab` builds a role group's lab image (`-only=docker.lab`: Packer's docker builder driving
+podman through Debian's podman-docker shim, with the project's podman config), checks that the
+artifact id Packer printed, the manifest's and `podman image inspect localhost/coop-<group>:lab`
+agree, and returns that id. A group whose inputs (its salt files, bake.sh, the template, the
+base image, salt-requirements.txt) did not change is not rebuilt: the image carries a hash of
+them as a label.
+
 Machine-readable lines (`timestamp,target,type,data...`) are logged as the text a person would
 see (`ui` lines decoded, commas and newlines restored); a failure raises `PackerError` with
 Packer's own error lines. Variables go in a `.pkrvars.json` file of the run, never on the
@@ -10,7 +17,9 @@ command line; secrets reach Packer only through the environment and are redacted
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +31,11 @@ from pydantic import Field
 
 from infra_assets.paths import REPO_ROOT, state_dir
 from resources.cli_runner import CliError, LogSink, default_log, run_cli
+from resources.podman import PodmanResource
+
+LAB_SOURCE = "docker.lab"
+INPUTS_LABEL = "org.coop-infra.inputs"
+DOCKER_SHIM = "/usr/bin/docker"  # Debian's podman-docker: `exec podman "$@"`
 
 
 class PackerError(RuntimeError):
@@ -46,6 +60,51 @@ class PackerBuild:
     run_uuid: str
     duration_s: float
     log_lines: int
+    # `artifact,N,id` lines of the machine-readable output: {target: [id of artifact 0, 1...]}
+    printed_ids: dict[str, list[str]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LabImage:
+    group: str
+    tag: str  # localhost/coop-<group>:lab
+    image_id: str  # podman's id of the tag (= Packer's artifact id when built)
+    inputs_sha256: str
+    built: bool  # False: the image had these inputs already
+    took_s: float
+    roles: list[str] = field(default_factory=list)
+
+
+def lab_tag(group: str) -> str:
+    return f"localhost/coop-{group}:lab"
+
+
+def lab_inputs_sha256(
+    *,
+    group: str,
+    roles: Sequence[str],
+    packer_dir: Path,
+    salt_tree: Path,
+    salt_files: Sequence[Path],
+    base_image_id: str,
+    template: str = "coop.pkr.hcl",
+) -> str:
+    """A hash of what a group's lab image is made of: the group and its roles, the base image's
+    id, the template, bake.sh, salt-requirements.txt and the group's salt files (paths relative
+    to the tree, and contents)."""
+    digest = hashlib.sha256()
+    head = {"group": group, "roles": list(roles), "base": base_image_id}
+    digest.update(json.dumps(head, sort_keys=True).encode() + b"\0")
+    for path in (
+        packer_dir / template,
+        packer_dir / "scripts" / "bake.sh",
+        packer_dir / "salt-requirements.txt",
+    ):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    for path in sorted(Path(p) for p in salt_files):
+        digest.update(b"salt/" + str(path.relative_to(salt_tree)).encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()
 
 
 def decode_machine_line(line: str) -> tuple[str, str, list[str]] | None:
@@ -106,6 +165,11 @@ class PackerResource(dg.ConfigurableResource):
     salt_tree: str = Field(
         default="", description="The salt state tree baked into images. Empty: the repo's salt/."
     )
+    lab_ca_bundle: str = Field(
+        default="/etc/ssl/certs/ca-certificates.crt",
+        description="Lab builds: this machine's CA bundle, which the bake's downloads (npm, pip)"
+        " trust, mounted into the build container only (HTTPS is intercepted here). Empty: none.",
+    )
 
     def folder(self) -> Path:
         return Path(self.template_dir).absolute() if self.template_dir else REPO_ROOT / "packer"
@@ -151,6 +215,7 @@ class PackerResource(dg.ConfigurableResource):
     ):
         sink = log or default_log()
         errors: list[str] = []
+        printed: dict[str, list[str]] = {}
 
         def emit(line: str) -> None:
             decoded = decode_machine_line(line)
@@ -168,10 +233,11 @@ class PackerResource(dg.ConfigurableResource):
                 errors.append(data[0])
                 sink(data[0])
             elif kind == "artifact" and len(data) >= 3 and data[1] == "id":
+                printed.setdefault(target, []).append(data[2])
                 sink(f"artifact of {target}: {data[2]}")
 
         try:
-            return run_cli(
+            result = run_cli(
                 args,
                 cwd=self.folder(),
                 env={"CHECKPOINT_DISABLE": "1", "PACKER_NO_COLOR": "1", **(env or {})},
@@ -182,6 +248,7 @@ class PackerResource(dg.ConfigurableResource):
         except CliError as err:
             detail = "\n".join(errors) or "\n".join(err.tail)
             raise PackerError(f"`{err.command}` failed ({err.returncode}):\n{detail}") from None
+        return result, printed
 
     def validate(
         self,
@@ -192,6 +259,7 @@ class PackerResource(dg.ConfigurableResource):
         env: Mapping[str, str] | None = None,
         redact: Sequence[str] = (),
         syntax_only: bool = False,
+        only: Sequence[str] = (),
         log: LogSink | None = None,
     ) -> None:
         """`packer validate`. The openstack builder authenticates to its cloud while preparing,
@@ -202,6 +270,7 @@ class PackerResource(dg.ConfigurableResource):
         args = self._args("validate", path, vars_file, var_files)
         if syntax_only:
             args.append("-syntax-only")
+        args += [f"-only={name}" for name in only]
         try:
             self._run([*args, str(path)], env=env, redact=redact, log=log)
         finally:
@@ -215,18 +284,24 @@ class PackerResource(dg.ConfigurableResource):
         var_files: Sequence[Path] = (),
         env: Mapping[str, str] | None = None,
         redact: Sequence[str] = (),
+        only: Sequence[str] = (),
+        skip: Sequence[str] = (),
         log: LogSink | None = None,
     ) -> PackerBuild:
         """`packer build -machine-readable`; the artifacts from the manifest the template's
-        post-processor wrote at `var.manifest` (this resource picks the path)."""
+        post-processor wrote at `var.manifest` (this resource picks the path). `only`: the
+        sources to build (`-only=docker.lab`), else every source of the template but those in
+        `skip` (`-except=docker.lab`)."""
         path = self._template(template)
         stamp = f"{time.strftime('%Y%m%dT%H%M%S')}-{time.time_ns() % 10**6}"
         stem = f"build-{path.name.split('.')[0]}-{stamp}"
         manifest = self._work() / f"{stem}.manifest.json"
         vars_file = self._vars_file(stem, {**variables, "manifest": str(manifest)})
         args = self._args("build", path, vars_file, var_files)
+        args += [f"-only={name}" for name in only]
+        args += [f"-except={name}" for name in skip]
         started = time.monotonic()
-        result = self._run(
+        result, printed = self._run(
             [*args, "-machine-readable", "-color=false", str(path)],
             env=env,
             redact=redact,
@@ -241,4 +316,107 @@ class PackerResource(dg.ConfigurableResource):
             run_uuid=run_uuid,
             duration_s=time.monotonic() - started,
             log_lines=len(result.lines),
+            printed_ids=printed,
         )
+
+    # --- the lab ----------------------------------------------------------------------------
+
+    def docker_shim_dir(self) -> Path:
+        """A folder whose `docker` is Debian's podman-docker shim, to put first on Packer's PATH
+        (a real docker CLI elsewhere on PATH fails against podman at commit)."""
+        if not Path(DOCKER_SHIM).is_file():
+            raise PackerError(
+                f"{DOCKER_SHIM} is missing: `apt-get install podman-docker` (scripts/"
+                "apt-packages.txt): Packer's docker builder drives podman through it"
+            )
+        folder = self._work() / "docker-shim"
+        folder.mkdir(parents=True, exist_ok=True)
+        link = folder / "docker"
+        if not link.is_symlink() or os.readlink(link) != DOCKER_SHIM:
+            link.unlink(missing_ok=True)
+            link.symlink_to(DOCKER_SHIM)
+        return folder
+
+    def build_lab(
+        self,
+        *,
+        group: str,
+        roles: Sequence[str],
+        podman: PodmanResource,
+        base_image: str,
+        base_image_id: str,
+        wheelhouse: Path,
+        salt_files: Sequence[Path] | None = None,
+        template: str = "coop.pkr.hcl",
+        git_commit: str = "",
+        force: bool = False,
+        log: LogSink | None = None,
+    ) -> LabImage:
+        """The group's lab image `localhost/coop-<group>:lab`, built by `packer build
+        -only=docker.lab` from `base_image` (in podman's storage, never pulled) unless the image
+        there already has these inputs (`force`: build anyway). `salt_files`: the files of the
+        salt tree the group's image depends on (None: the whole tree)."""
+        started = time.monotonic()
+        tree = self.states_dir()
+        if salt_files is None:
+            salt_files = [p for p in tree.rglob("*") if p.is_file()]
+        inputs = lab_inputs_sha256(
+            group=group,
+            roles=roles,
+            packer_dir=self.folder(),
+            salt_tree=tree,
+            salt_files=salt_files,
+            base_image_id=base_image_id,
+            template=template,
+        )
+        tag = lab_tag(group)
+        old = podman.image_id(tag)
+        if old and not force and podman.labels(tag).get(INPUTS_LABEL) == inputs:
+            return LabImage(group, tag, old, inputs, False, time.monotonic() - started, list(roles))
+        path = os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin")
+        env = {**podman.env(), "PATH": f"{self.docker_shim_dir()}:{path}"}
+        build = self.build(
+            template=template,
+            variables={
+                "group": group,
+                "image_name": tag,
+                "source_image_name": "",  # the openstack source's: not built here
+                "flavor": "",
+                "roles": list(roles),
+                "salt_tree": str(tree),
+                "lab_base_image": base_image,
+                "lab_ca_bundle": self.lab_ca_bundle if Path(self.lab_ca_bundle).is_file() else "",
+                "salt_wheelhouse": str(Path(wheelhouse).absolute()),
+                "lab_inputs_sha256": inputs,
+                "git_commit": git_commit,
+            },
+            env=env,
+            only=[LAB_SOURCE],
+            log=log,
+        )
+        built = [a for a in build.artifacts if a.build_name == "lab" and a.builder_type == "docker"]
+        printed = build.printed_ids.get(LAB_SOURCE, [])
+        if not built or not printed:
+            raise PackerError(
+                f"Packer built {group} but reported no docker.lab artifact (manifest: "
+                f"{[a.artifact_id for a in build.artifacts]}, printed: {build.printed_ids})"
+            )
+        artifact_id = _bare(built[-1].artifact_id)
+        image_id = podman.image_id(tag)
+        if _bare(printed[0]) != artifact_id or image_id != artifact_id:
+            raise PackerError(
+                f"the {group} lab image does not match Packer's artifact: Packer printed"
+                f" {printed[0]}, its manifest says {built[-1].artifact_id}, and podman has"
+                f" {tag} as {image_id}"
+            )
+        labels = podman.labels(tag)
+        if labels.get(INPUTS_LABEL) != inputs:
+            raise PackerError(f"{tag} lacks its inputs label ({INPUTS_LABEL}): {labels}")
+        if old and old != image_id:
+            # the previous image, untagged now; a container still running it keeps it (rmi fails)
+            podman.run(["rmi", old], log=lambda _line: None, check=False)
+        return LabImage(group, tag, image_id, inputs, True, time.monotonic() - started, list(roles))
+
+
+def _bare(image_id: str) -> str:
+    return image_id.strip().removeprefix("sha256:")

@@ -22,6 +22,8 @@
 #                      (`--no-index --find-links`; a lab build, whose HTTPS is intercepted);
 #                      empty: from PyPI (salt and timelib are sdists: gcc and python3-dev are
 #                      installed for the build and removed after)
+#   BAKE_CA_BUNDLE     a CA bundle the bake's downloads trust (pip, npm, git, curl): a lab build's,
+#                      whose HTTPS is intercepted; it is not copied into the image
 #   IMAGE_CLEANUP      1: a real image build: package lists refreshed first, no package starts
 #                      its service during the bake (policy-rc.d), and no minion identity, pip
 #                      cache or package list is left (each server makes its own key)
@@ -40,6 +42,12 @@ IMAGE_ROOT=${IMAGE_ROOT:-}
 SALT_ARGS=${SALT_ARGS:-state.highstate}
 
 say() { printf 'bake: %s\n' "$*"; }
+
+if [ -n "${BAKE_CA_BUNDLE:-}" ]; then
+  export SSL_CERT_FILE="$BAKE_CA_BUNDLE" CURL_CA_BUNDLE="$BAKE_CA_BUNDLE" GIT_SSL_CAINFO="$BAKE_CA_BUNDLE"
+  export PIP_CERT="$BAKE_CA_BUNDLE" REQUESTS_CA_BUNDLE="$BAKE_CA_BUNDLE"
+  export NODE_EXTRA_CA_CERTS="$BAKE_CA_BUNDLE" npm_config_cafile="$BAKE_CA_BUNDLE"
+fi
 
 install_salt() {
   : "${SALT_REQUIREMENTS:?SALT_REQUIREMENTS must name salt-requirements.txt (salt-call is missing)}"
