@@ -5,6 +5,12 @@ openstacksdk: the newest `keep` stay, and so does any image a server still runs 
 
 Rebuilt by the weekly schedule, and by the sensor on main when the template or the group's
 states change. Locations on the `local` cloud need no image and make none.
+
+On a `lab` location (this machine as a cloud) the image is `localhost/coop-<group>:lab` in the
+project's podman storage, built by the same template's docker.lab source from the lab base image
+(resources/lab_images.py), with only the roles the location's hosts of the group have; its data
+version is the image id. A group whose inputs did not change (its salt files, bake.sh, the
+template, the base image, salt-requirements.txt) is not rebuilt.
 """
 
 import hashlib
@@ -14,13 +20,23 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from infra_assets.cloud.groups import IMAGES_FILE, ImageGroupError, groups_in_use, image_groups
+from infra_assets.cloud.changes import EVERY_IMAGE_STATES, states_of_salt_path
+from infra_assets.cloud.groups import (
+    IMAGES_FILE,
+    ImageGroupError,
+    group_of_host,
+    groups_in_use,
+    image_groups,
+)
 from infra_assets.model import Topology
-from infra_assets.paths import REPO_ROOT
+from infra_assets.paths import REPO_ROOT, state_dir
+from resources.lab_images import ensure_lab_base_image, ensure_wheelhouse
 from resources.openstack import OpenStackError, OpenStackResource, redacted_env
-from resources.packer import PackerError, PackerResource
+from resources.packer import LAB_SOURCE, LabImage, PackerError, PackerResource
+from resources.podman import PodmanError, PodmanResource
 
 TEMPLATE = "coop.pkr.hcl"
+LAB_CLOUD = "lab"
 
 
 FORCE_TAG = "coop/force_rebuild"
@@ -71,11 +87,111 @@ def template_sha256(folder: Path, cloud_vars: Path) -> str:
     return digest.hexdigest()
 
 
-def _image_asset(group: str, description: str) -> dg.AssetsDefinition:
+def lab_roles(topo: Topology, group: str, path: Path = IMAGES_FILE) -> list[str]:
+    """The roles a lab image of `group` bakes: the group's (images.json order) that a host of a
+    lab location in this group has."""
+    have: set[str] = set()
+    for name, host in topo.hosts.items():
+        if topo.locations[host.location].cloud == LAB_CLOUD:
+            if group_of_host(topo, name, host, path) == group:
+                have |= set(host.roles)
+    return [r for r in image_groups(path)[group].roles if r in have]
+
+
+def group_salt_files(tree: Path, roles: list[str]) -> list[Path]:
+    """The salt files an image of `roles` depends on, as the infra_main sensor decides which
+    images a salt change rebuilds: every file but those of states that only other roles apply."""
+    from infra_assets.highstate import role_states
+
+    states = role_states(tree / "roles.yaml") if (tree / "roles.yaml").is_file() else {}
+    if not states:
+        return sorted(p for p in tree.rglob("*") if p.is_file())
+    every = set().union(EVERY_IMAGE_STATES, *map(set, states.values()))
+    mine = set().union(EVERY_IMAGE_STATES, *(set(states.get(r, [])) for r in roles))
+    files = []
+    for path in sorted(p for p in tree.rglob("*") if p.is_file()):
+        owners = states_of_salt_path("salt/" + str(path.relative_to(tree)), every)
+        if not owners or owners & mine:
+            files.append(path)
+    return files
+
+
+def build_lab_image(
+    group: str,
+    roles: list[str],
+    *,
+    packer: PackerResource,
+    podman: PodmanResource,
+    state: Path | None = None,
+    git_commit: str = "",
+    force: bool = False,
+    log=None,
+) -> LabImage:
+    """The lab base and the salt wheelhouse (each made once), then the group's lab image
+    (skipped when its inputs did not change)."""
+    state = state or state_dir()
+    base = ensure_lab_base_image(podman, state, log=log)
+    wheelhouse = ensure_wheelhouse(packer.folder() / "salt-requirements.txt", state, log=log)
+    return packer.build_lab(
+        group=group,
+        roles=roles,
+        podman=podman,
+        base_image=base.ref,
+        base_image_id=base.image_id,
+        wheelhouse=wheelhouse.folder,
+        salt_files=group_salt_files(packer.states_dir(), roles),
+        git_commit=git_commit,
+        force=force,
+        log=log,
+    )
+
+
+def _lab_image(
+    context: dg.AssetExecutionContext,
+    group: str,
+    topology: Topology,
+    packer: PackerResource,
+    podman: PodmanResource,
+    commit: str,
+    force: bool,
+) -> dg.Output[dict]:
+    roles = lab_roles(topology, group)
+    try:
+        image = build_lab_image(
+            group,
+            roles,
+            packer=packer,
+            podman=podman,
+            git_commit=commit,
+            force=force,
+            log=context.log.info,
+        )
+    except (PackerError, PodmanError) as err:
+        raise dg.Failure(description=str(err), allow_retries=False) from None
+    what = "built" if image.built else "skipped: its inputs did not change"
+    context.log.info(f"{group} on the lab: {image.tag} {image.image_id} ({what})")
+    built = {LAB_CLOUD: {"id": image.image_id, "name": image.tag, "built": image.built}}
+    return dg.Output(
+        built,
+        data_version=dg.DataVersion(image.image_id),
+        metadata={
+            "image_id": image.image_id,
+            "tag": image.tag,
+            "roles": ", ".join(image.roles),
+            "inputs_sha256": image.inputs_sha256,
+            "took_s": round(image.took_s, 1),
+            "built": dg.MetadataValue.json(built),
+            "what": "built" if image.built else "skipped",
+            "git_commit": commit,
+        },
+    )
+
+
+def _image_asset(group: str, description: str, lab: bool = False) -> dg.AssetsDefinition:
     @dg.asset(
         key=image_key(group),
         group_name="images",
-        kinds={"packer", "openstack"},
+        kinds={"packer", "podman"} if lab else {"packer", "openstack"},
         ins={"topology": dg.AssetIn(dg.AssetKey("topology"))},
         tags={"coop/image_group": group},
         description=f"The {group} image: {description}. Built by Packer (packer/{TEMPLATE}) with"
@@ -87,6 +203,7 @@ def _image_asset(group: str, description: str) -> dg.AssetsDefinition:
         topology: Topology,
         packer: PackerResource,
         openstack: OpenStackResource,
+        podman: PodmanResource,
     ) -> dg.Output[dict]:
         try:
             clouds = groups_in_use(topology).get(group, [])
@@ -102,6 +219,9 @@ def _image_asset(group: str, description: str) -> dg.AssetsDefinition:
         states = states_sha256(tree)
         commit = context.run.tags.get("coop/git_sha") or _head()
         force = config.force or context.run.tags.get(FORCE_TAG) == "true"
+        if LAB_CLOUD in clouds:
+            # one kind of site per topology (sites.site_for): a lab topology has no other cloud
+            return _lab_image(context, group, topology, packer, podman, commit, force)
         built: dict[str, dict] = {}
         rows = ["| cloud | image | id | what | pruned | kept in use |", "|---|---|---|---|---|---|"]
         prunes = {}
@@ -146,6 +266,7 @@ def _image_asset(group: str, description: str) -> dg.AssetsDefinition:
                     var_files=[var_file],
                     env=env,
                     redact=redacted_env(env),
+                    skip=[LAB_SOURCE],
                     log=context.log.info,
                 )
                 artifact = build.artifacts[-1]
@@ -212,4 +333,8 @@ def definitions(topo: Topology) -> dg.Definitions:
         groups = image_groups(IMAGES_FILE)
     except ImageGroupError:
         return dg.Definitions()  # plan/instances says what is wrong when it runs
-    return dg.Definitions(assets=[_image_asset(g, groups[g].description or g) for g in needed])
+    return dg.Definitions(
+        assets=[
+            _image_asset(g, groups[g].description or g, lab=LAB_CLOUD in needed[g]) for g in needed
+        ]
+    )
