@@ -373,6 +373,44 @@ class PackerResource(dg.ConfigurableResource):
         old = podman.image_id(tag)
         if old and not force and podman.labels(tag).get(INPUTS_LABEL) == inputs:
             return LabImage(group, tag, old, inputs, False, time.monotonic() - started, list(roles))
+        # One build of a group at a time on this storage (the tag is the group's): a run that
+        # waited finds the image another one just built.
+        with podman._lock(f"lab-image-{group}"):
+            old = podman.image_id(tag)
+            if old and not force and podman.labels(tag).get(INPUTS_LABEL) == inputs:
+                took = time.monotonic() - started
+                return LabImage(group, tag, old, inputs, False, took, list(roles))
+            image_id = self._build_lab(
+                group,
+                roles,
+                podman,
+                base_image,
+                tree,
+                wheelhouse,
+                inputs,
+                template,
+                git_commit,
+                log,
+            )
+        if old and old != image_id:
+            # the previous image, untagged now; a container still running it keeps it (rmi fails)
+            podman.run(["rmi", old], log=lambda _line: None, check=False)
+        return LabImage(group, tag, image_id, inputs, True, time.monotonic() - started, list(roles))
+
+    def _build_lab(
+        self,
+        group: str,
+        roles: Sequence[str],
+        podman: PodmanResource,
+        base_image: str,
+        tree: Path,
+        wheelhouse: Path,
+        inputs: str,
+        template: str,
+        git_commit: str,
+        log: LogSink | None,
+    ) -> str:
+        tag = lab_tag(group)
         path = os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin")
         env = {**podman.env(), "PATH": f"{self.docker_shim_dir()}:{path}"}
         build = self.build(
@@ -412,10 +450,7 @@ class PackerResource(dg.ConfigurableResource):
         labels = podman.labels(tag)
         if labels.get(INPUTS_LABEL) != inputs:
             raise PackerError(f"{tag} lacks its inputs label ({INPUTS_LABEL}): {labels}")
-        if old and old != image_id:
-            # the previous image, untagged now; a container still running it keeps it (rmi fails)
-            podman.run(["rmi", old], log=lambda _line: None, check=False)
-        return LabImage(group, tag, image_id, inputs, True, time.monotonic() - started, list(roles))
+        return image_id
 
 
 def _bare(image_id: str) -> str:
