@@ -16,7 +16,7 @@ import dagster as dg
 import yaml
 from pydantic import Field
 
-from infra_assets.minions import GROUP, POOL, salt_pillar
+from infra_assets.minions import GROUP, POOL
 from infra_assets.model import Topology
 from infra_assets.paths import REPO_ROOT
 from infra_assets.secrets import SecretsError, load_secrets
@@ -48,7 +48,7 @@ def highstate_asset(role: str, states: list[str]) -> dg.AssetsDefinition:
         key=highstate_key(role),
         group_name=GROUP,
         kinds={"salt"},
-        deps=[dg.AssetKey("minions"), salt_pillar],
+        deps=[dg.AssetKey("minions"), dg.AssetKey("salt_pillar")],
         ins={"topology": dg.AssetIn("topology")},
         pool=POOL,
         output_required=False,  # a dry run observes the asset; it does not materialise it
@@ -161,7 +161,7 @@ def definitions(topo: Topology) -> dg.Definitions:
         # No `minions`: a dry run accepts and deletes no key. The pillar is written (it is data
         # the dry run needs, and it changes no host).
         selection=dg.AssetSelection.groups("topology")
-        | dg.AssetSelection.assets(salt_pillar)
+        | dg.AssetSelection.assets("salt_pillar")
         | dg.AssetSelection.key_prefixes("highstate"),
         description="The highstates as dry runs (test=True): what would change on each role's"
         " minions, and nothing changes.",

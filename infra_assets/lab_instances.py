@@ -86,7 +86,7 @@ def mac_of(address: str) -> str:
     return "02:00:" + ":".join(f"{int(o):02x}" for o in address.split("."))
 
 
-def user_data(terraform: TerraformResource, site: LabSite, host: str) -> str:
+def user_data(terraform: TerraformResource, site: LabSite, host: str, master_finger: str) -> str:
     """The first-boot user-data a cloud server of `host` gets, from the same template."""
     spec = site.topo.hosts[host]
     master = site.master_host()
@@ -96,6 +96,7 @@ def user_data(terraform: TerraformResource, site: LabSite, host: str) -> str:
             "hostname": host,
             "fqdn": f"{host}.{spec.location}.{site.topo.domain}",
             "master": site.reach(master, "salt-master"),
+            "master_finger": master_finger,
             "roles": list(spec.roles),
         },
     )
@@ -168,7 +169,8 @@ def host_specs(
             continue
         group = group_of_host(topo, host, spec, IMAGES_FILE)
         pillar = host_pillar(site, secrets, host) if host == master else None
-        files = host_files(site, host, keys, user_data(terraform, site, host), pillar)
+        text = user_data(terraform, site, host, keys.master().finger)
+        files = host_files(site, host, keys, text, pillar)
         enable = [u for u in ENABLE if f"/etc/systemd/system/{u}" in files]
         privileged = bool(PRIVILEGED_ROLES & set(spec.roles))
         specs.append(

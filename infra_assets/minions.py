@@ -38,14 +38,24 @@ class MinionsConfig(dg.Config):
     )
 
 
-@dg.asset(
-    group_name=GROUP,
-    kinds={"salt"},
-    deps=["ip_plan"],
-    pool=POOL,
-    description="The salt pillar generated from the topology: one file per minion with its roles,"
-    " addresses, services and only the secrets its roles need.",
-)
+def _salt_pillar_asset(deps: list[dg.AssetKey]) -> dg.AssetsDefinition:
+    @dg.asset(
+        name="salt_pillar",
+        group_name=GROUP,
+        kinds={"salt"},
+        deps=[dg.AssetKey("ip_plan"), *deps],
+        pool=POOL,
+        description="The salt pillar generated from the topology: one file per minion with its"
+        " roles, addresses, services and only the secrets its roles need.",
+    )
+    def salt_pillar_asset(
+        context: dg.AssetExecutionContext, topology: Topology, salt: SaltResource
+    ) -> dg.MaterializeResult:
+        return salt_pillar(context, topology, salt)
+
+    return salt_pillar_asset
+
+
 def salt_pillar(
     context: dg.AssetExecutionContext, topology: Topology, salt: SaltResource
 ) -> dg.MaterializeResult:
@@ -305,6 +315,6 @@ def definitions(topo: Topology) -> dg.Definitions:
     deps = [dg.AssetKey("minion_keys"), *lab_instances.instance_keys(topo)]
     deps += [dg.AssetKey(["instances", loc]) for loc in cloud_locations(topo)]
     return dg.Definitions(
-        assets=[salt_pillar, minion_keys, _minions_asset(deps)],
+        assets=[_salt_pillar_asset(deps[1:]), minion_keys, _minions_asset(deps)],
         asset_checks=[minion_keys_match_topology, declared_minions_answer],
     )

@@ -531,7 +531,11 @@ def test_the_salt_part_of_the_graph(coop):
         key("minion_keys"),
         key(["instances", "nz-por-1"]),
     }
-    assert graph.get(key("salt_pillar")).parent_keys == {key("topology"), key("ip_plan")}
+    assert graph.get(key("salt_pillar")).parent_keys == {
+        key("topology"),
+        key("ip_plan"),
+        key(["instances", "nz-por-1"]),
+    }
     checks = {c.name for c in graph.asset_check_keys}
     assert {"minion_keys_match_topology", "declared_minions_answer"} <= checks
     configure = defs.resolve_job_def("configure")

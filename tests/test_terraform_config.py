@@ -51,7 +51,7 @@ def layout(repo_root, coop, tmp_path_factory) -> dict:
         'output "cloud_init" {\n'
         f'  value = templatefile("{repo_root}/terraform/instances/cloud-init.yaml.tftpl", {{\n'
         '    hostname = "web-staging-1", fqdn = "web-staging-1.nz-por-1.coop.internal",\n'
-        '    master = "10.100.1.1", roles = ["web-staging", "dns"] })\n'
+        '    master = "10.100.1.1", master_finger = "", roles = ["web-staging", "dns"] })\n'
         "}\n"
     )
     tf = TerraformResource(
@@ -237,8 +237,8 @@ def test_the_cloud_init_installs_the_minion_into_a_venv_pinned_as_the_images_do(
     bake = (repo_root / "packer" / "scripts" / "bake.sh").read_text()
     assert "SALT_VENV=/opt/salt\n" in bake
     assert 'python3 -m venv "$SALT_VENV"' in bake
-    assert "for command in salt-call salt-minion salt-master salt-api salt-key; do" in bake
-    assert "for command in salt-call salt-minion salt-master salt-api salt-key; do" in script
+    assert "for command in salt salt-call salt-minion salt-master salt-api salt-key salt-run; do" in bake
+    assert "for command in salt salt-call salt-minion salt-master salt-api salt-key salt-run; do" in script
     # the unit is salt.minion's, line for line
     unit = script.split("<<'UNIT'\n", 1)[1].split("UNIT\n", 1)[0]
     state = (repo_root / "salt" / "salt" / "minion.sls").read_text()

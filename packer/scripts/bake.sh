@@ -72,7 +72,7 @@ install_salt() {
     # shellcheck disable=SC2086
     apt-get purge -y -q --autoremove $build_deps
   fi
-  for command in salt-call salt-minion salt-master salt-api salt-key; do
+  for command in salt salt-call salt-minion salt-master salt-api salt-key salt-run; do
     ln -sf "$SALT_VENV/bin/$command" "/usr/local/bin/$command"
   done
   installed=$("$SALT_VENV/bin/salt-call" --version)

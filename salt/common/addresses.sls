@@ -27,6 +27,9 @@ common-addresses-nonlocal-bind:
         net.ipv4.ip_nonlocal_bind = 1
   cmd.run:
     - name: sysctl -q -p {{ root }}/etc/sysctl.d/60-coop-nonlocal-bind.conf
+    # Already in force (set at the instance's creation, or by an earlier run): nothing to do;
+    # where /proc/sys is read-only to the guest, writing it again would fail.
+    - unless: test "$(sysctl -n net.ipv4.ip_nonlocal_bind)" = 1
     - onchanges:
       - file: common-addresses-nonlocal-bind
 

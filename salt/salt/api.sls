@@ -70,8 +70,9 @@ salt-api-config:
 # has returned (as salt.master does for its own settings).
 salt-api-master-restart:
   cmd.run:
-    - name: salt-call --local service.restart salt-master
-    - bg: True
+    # In 5 s, from a transient systemd timer: after this run has sent its return (a restart
+    # now would cut it off, and the run would read as "did not answer").
+    - name: systemd-run --quiet --on-active=5 systemctl restart salt-master
     - onchanges:
       - file: salt-api-config
 
@@ -79,7 +80,10 @@ salt-api-service:
   service.running:
     - name: salt-api
     - enable: True
+    # salt-api reaches the master at the address the master's own config names
+    # (salt.master: interface): a change there restarts salt-api too.
     - watch:
+      - file: salt-master-config
       - file: salt-api-config
       - file: salt-api-tls-cert
       - file: salt-api-tls-key

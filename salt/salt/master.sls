@@ -89,8 +89,9 @@ salt-master-config:
 
 salt-master-restart:
   cmd.run:
-    - name: salt-call --local service.restart salt-master
-    - bg: True
+    # In 5 s, from a transient systemd timer: after this run has sent its return (a restart
+    # now would cut it off, and the run would read as "did not answer").
+    - name: systemd-run --quiet --on-active=5 systemctl restart salt-master
     - onchanges:
       - file: salt-master-config
       - file: salt-master-unit

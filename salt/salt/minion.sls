@@ -47,10 +47,15 @@ salt-minion-config:
     - name: {{ root }}/etc/salt/minion.d/coop.conf
     - makedirs: True
     - mode: '0644'
+    {#- The same lines the first boot writes (terraform/instances/cloud-init.yaml.tftpl), so
+        a host's first highstate finds them in place. #}
     - contents: |
-        # Managed by salt (salt/salt/minion.sls) from the topology.
+        # Managed by salt (salt/salt/minion.sls) from the topology; first written at first boot.
         id: {{ minion['id'] }}
         master: {{ minion['master'] }}
+{%- if minion.get('master_finger') %}
+        master_finger: '{{ minion['master_finger'] }}'
+{%- endif %}
 {%- if not local %}
 
 salt-minion-unit-reload:
@@ -65,12 +70,12 @@ salt-minion-enabled:
     - require:
       - cmd: salt-minion-unit-reload
 
-# A minion cannot restart itself in the middle of a run: the documented way is a restart in the
-# background once the run has returned.
+# A minion cannot restart itself in the middle of a run: it restarts once the run has returned.
 salt-minion-restart:
   cmd.run:
-    - name: salt-call --local service.restart salt-minion
-    - bg: True
+    # In 5 s, from a transient systemd timer: after this run has sent its return (a restart
+    # now would cut it off, and the run would read as "did not answer").
+    - name: systemd-run --quiet --on-active=5 systemctl restart salt-minion
     - onchanges:
       - file: salt-minion-config
       - file: salt-minion-unit

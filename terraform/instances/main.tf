@@ -32,10 +32,11 @@ resource "openstack_compute_instance_v2" "host" {
   flavor_name = each.value.flavor != "" ? each.value.flavor : var.default_flavor
   key_pair    = var.key_pair != "" ? var.key_pair : null
   user_data = templatefile("${path.module}/cloud-init.yaml.tftpl", {
-    hostname = each.key
-    fqdn     = "${each.key}.${var.location}.${var.domain}"
-    master   = var.salt_master_address
-    roles    = each.value.roles
+    hostname      = each.key
+    fqdn          = "${each.key}.${var.location}.${var.domain}"
+    master        = var.salt_master_address
+    master_finger = var.salt_master_finger
+    roles         = each.value.roles
   })
   metadata = {
     coop_location = var.location

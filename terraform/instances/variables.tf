@@ -28,6 +28,12 @@ variable "salt_master_address" {
   type        = string
 }
 
+variable "salt_master_finger" {
+  description = "The salt master's key fingerprint (minion_keys): minions pin it (master_finger)."
+  type        = string
+  default     = ""
+}
+
 variable "domain" {
   description = "The private DNS domain: hosts are <host>.<location>.<domain>."
   type        = string
