@@ -4,24 +4,27 @@ import'ed), the salt wheelhouse, and the builder and web groups built by the rea
 packer/coop.pkr.hcl, baked by the real bake.sh with the real states in bake mode. Each image is
 checked from inside (podman run, the project's podman config): salt 3008.4 from /opt/salt, the
 salt units the states ship, the group's packages; the id Packer reported is the tag's; a second
-build with the same inputs is skipped.
+build with the same inputs is skipped. The support group (the roles the lab's support host has)
+is built too, for the npm cache: verdaccio from the committed lockfile on Debian 12's own nodejs,
+booted with systemd and configured by the npm-cache state's server branch.
 
 The images live in the project's podman storage (PodmanResource's default: the state folder's
 podman/, or $INFRA_PODMAN_ROOT), as the lab's containers need them, so a later run (and the lab's
 own tests) finds them built. Measured on this machine kind (2 cores): cold, everything from
-nothing (base 60-85 s, wheelhouse 80 s, web 65 s, builder about 2 min); warm, all skipped, a
-few seconds.
+nothing (base 60-85 s, wheelhouse 80 s, web 65 s, builder about 2 min, support about 2 min 10 s:
+apt's nodejs and npm 45 s, npm ci 10 s); warm, all skipped, a few seconds.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
 
 import pytest
 
-from infra_assets.images import build_lab_image, group_salt_files
+from infra_assets.images import build_lab_image, group_salt_files, lab_roles
 from infra_assets.paths import state_dir
 from resources.cli_runner import run_cli
 from resources.lab_images import (
@@ -207,6 +210,108 @@ def test_a_second_build_with_the_same_inputs_is_skipped(lab, podman):
     assert not ensure_wheelhouse(
         REPO / "packer" / "salt-requirements.txt", state_dir(), log=_quiet
     ).built
+
+
+@pytest.fixture(scope="module")
+def support_image(lab, podman) -> LabImage:
+    """The support group's image with the roles topology.lab.yaml's support host has (no
+    jenkins-master: no Jenkins here), as `images/support` builds it (after `lab`: the base and
+    the wheelhouse exist)."""
+    from infra_assets.model import load_topology
+
+    roles = lab_roles(load_topology(REPO / "topology.lab.yaml"), "support")
+    assert "npm-cache" in roles and "jenkins-master" not in roles
+    image = build_lab_image("support", roles, packer=PackerResource(), podman=podman, log=_quiet)
+    print(f"\nsupport image: {image.took_s:.1f} s, built: {image.built}")  # noqa: T201
+    return image
+
+
+def test_the_support_image_runs_the_locked_verdaccio_on_debian_s_node(support_image, podman):
+    """verdaccio from salt/npm-cache/files' lockfile (npm ci, as the verdaccio user), on Debian
+    12's nodejs 18; booted with systemd, the npm-cache state's server branch (with support-1's
+    pillar from the lab topology, listening on 127.0.0.1) starts it: it answers, and refuses a
+    self-registration (max_users: -1)."""
+    from infra_assets.model import load_topology
+    from infra_assets.pillar import host_pillar
+    from infra_assets.sites import LabSite
+
+    files = REPO / "salt" / "npm-cache" / "files"
+    lock = json.loads((files / "package-lock.json").read_text())
+    wanted = json.loads((files / "package.json").read_text())["dependencies"]["verdaccio"]
+    assert lock["packages"]["node_modules/verdaccio"]["version"] == wanted
+    tag = support_image.tag
+    out = inside(
+        podman,
+        tag,
+        "node --version; node /opt/verdaccio/node_modules/verdaccio/bin/verdaccio --version;"
+        " stat -c '%U' /opt/verdaccio /opt/verdaccio/node_modules /opt/verdaccio/package-lock.json;"
+        " sha256sum /opt/verdaccio/package-lock.json;"
+        " grep -h '^User=' /etc/systemd/system/verdaccio.service;"
+        " test -e /var/lib/verdaccio/.npm && echo NPM-CACHE-LEFT;"
+        " dpkg-query -W -f='${Status}\\n' gcc 2>/dev/null | grep -q 'ok installed' && echo GCC;"
+        " true",
+    )
+    lines = out.splitlines()
+    assert lines[0].startswith("v18."), out  # Debian 12's own nodejs
+    assert lines[1] == f"v{wanted}", out
+    assert lines[2:5] == ["verdaccio", "verdaccio", "root"], out
+    assert hashlib.sha256((files / "package-lock.json").read_bytes()).hexdigest() in out
+    assert "NPM-CACHE-LEFT" not in out  # npm ci's cache was a folder of its own, removed
+    assert "User=verdaccio" in out
+    assert "GCC" not in out  # npm's recommends (a compiler, X11) are not installed
+
+    pillar = host_pillar(LabSite(load_topology(REPO / "topology.lab.yaml")), None, "support-1")
+    pillar["npm_cache"]["listen"] = "127.0.0.1"  # no lab network here: the container's loopback
+    name = f"coop-support-{time.monotonic_ns()}-test"
+    state = ""
+    podman.run(
+        ["run", "-d", "--name", name, "--network", "none", "--systemd=always",
+         "-v", f"{REPO / 'salt'}:/srv/coop/salt:ro", tag, "/sbin/init"],
+        log=_quiet,
+    )  # fmt: skip
+    try:
+        for _ in range(60):
+            state = podman.run(
+                ["exec", name, "systemctl", "is-system-running"], log=_quiet, check=False
+            ).output.strip()
+            if state in ("running", "degraded"):
+                break
+            time.sleep(0.5)
+        assert state == "running"
+        # the npm-cache state alone (common's need the lab's network and addresses)
+        exclude = [{"sls": "common"}, {"sls": "common.addresses"}, {"sls": "salt.minion"}]
+
+        def apply() -> set[str]:
+            """The ids of the states that changed something (salt's warnings go to stderr,
+            which the runner mixes in: the results are read from a file)."""
+            podman.run(
+                ["exec", name, "salt-call", "--local", "--file-root=/srv/coop/salt",
+                 "--retcode-passthrough", "--out=json", "--out-file=/tmp/apply.json",
+                 "state.sls", "npm-cache",
+                 f"exclude={json.dumps(exclude)}", f"pillar={json.dumps(pillar)}"],
+                log=_quiet,
+            )  # fmt: skip
+            text = podman.run(["exec", name, "cat", "/tmp/apply.json"], log=_quiet).output
+            return {r["__id__"] for r in json.loads(text)["local"].values() if r["changes"]}
+
+        # installed in the image: the first apply configures and starts it, installs nothing
+        changed = apply()
+        assert "npm-cache-install" not in changed and "npm-cache-config" in changed, changed
+        assert not apply()  # and again changes nothing
+
+        check = (
+            "curl -s -w ' %{http_code}\\n' http://127.0.0.1:4873/-/ping;"
+            " curl -s -w ' %{http_code}\\n' -X PUT -H 'content-type: application/json'"
+            ' -d \'{"name": "mallory", "password": "not-a-secret"}\''
+            " http://127.0.0.1:4873/-/user/org.couchdb.user:mallory;"
+            " ps -o user= -p $(systemctl show -p MainPID --value verdaccio)"
+        )
+        out = podman.run(["exec", name, "sh", "-c", check], log=_quiet).output
+        assert "{} 200" in out.replace("\n", "")
+        assert '"user registration disabled"' in out and " 409" in out, out
+        assert out.splitlines()[-1].startswith("verdacc"), out  # ps cuts the name at 8
+    finally:
+        podman.run(["rm", "-f", "-t", "2", name], log=_quiet, check=False)
 
 
 def test_the_inputs_hash_follows_the_group_s_inputs(lab, tmp_path):
