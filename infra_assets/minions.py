@@ -105,7 +105,9 @@ def salt_pillar(
     " salt-cloud makes them): each pair is handed to its instance at creation, the minions'"
     " public keys are accepted on the master before they boot, and minions pin the master's key.",
 )
-def minion_keys(context: dg.AssetExecutionContext, topology: Topology) -> dg.MaterializeResult:
+def minion_keys(
+    context: dg.AssetExecutionContext, topology: Topology, salt: SaltResource
+) -> dg.MaterializeResult:
     site = _site(topology)
     if site.kind == "local":
         # The process-based local site's minions make their own keys (`minions` accepts them).
@@ -119,6 +121,7 @@ def minion_keys(context: dg.AssetExecutionContext, topology: Topology) -> dg.Mat
         context.log.info(f"made the key pair of {name}")
     for name in changes.removed:
         context.log.info(f"removed the key pair of {name}: no such host in the topology any more")
+    accepted = pre_accept(context, salt, topology, store)
     master = store.master()
     rows = ["| key | fingerprint (sha256) | this run |", "|---|---|---|"]
     for name in ["master", *store.minions()]:
@@ -135,9 +138,48 @@ def minion_keys(context: dg.AssetExecutionContext, topology: Topology) -> dg.Mat
             "master_finger": master.finger,
             "created": list(changes.created),
             "removed": list(changes.removed),
+            "pre_accepted_on_the_running_master": accepted,
             "keys": dg.MetadataValue.md("\n".join(rows)),
         },
     )
+
+
+MASTER_PKI = "/etc/salt/pki/master/minions"
+
+
+def pre_accept(
+    context: dg.AssetExecutionContext, salt: SaltResource, topology: Topology, store: KeyStore
+) -> list[str]:
+    """Hand the running master each declared host's public key as accepted, where it does not
+    hold that key yet (a host added to a running site): written by the master's own minion, as
+    salt-cloud writes it on the master. Before the master exists, its instance gets them at
+    creation (the lab writes them in; a cloud's user-data carries them)."""
+    master = topology.salt_master()
+    try:
+        keys = salt.list_keys()
+    except SaltError as err:
+        context.log.info(f"the master is not up yet ({err}): its instance gets the keys")
+        return []
+    written = []
+    for host in sorted(topology.hosts):
+        pem = store.minion(host).public_pem
+        path = f"{MASTER_PKI}/{host}"
+        if host in keys.accepted:
+            held = salt.call(minions=[master], fun="file.read", args=[path]).get(master)
+            if isinstance(held, str) and held.strip() == pem.strip():
+                continue
+        done = salt.call(
+            minions=[master], fun="file.write", args=[path], kwargs={"args": [pem.strip()]}
+        )
+        if master not in done:
+            raise dg.Failure(
+                description=f"the master ({master}) did not answer when its key for {host} was"
+                " written: is its minion running?",
+                allow_retries=False,
+            )
+        written.append(host)
+        context.log.info(f"the master now holds {host}'s key as accepted")
+    return written
 
 
 def _minions_asset(deps: list[dg.AssetKey]) -> dg.AssetsDefinition:

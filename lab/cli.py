@@ -43,7 +43,8 @@ def up(topology_file: Path) -> None:
     from lab import site
 
     try:
-        data = site.up(topology_file)
+        click.echo(f"infra lab up: {topology_file} (the main job; every run is in the Dagster UI)")
+        data = site.up(topology_file, echo=click.echo)
     except TopologyError as err:
         click.echo(err.render(), err=True)
         sys.exit(2)

@@ -5,6 +5,8 @@ the repo's Dagster instance (the runs and materialisations are in the UI like an
 from __future__ import annotations
 
 import os
+import threading
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -74,23 +76,93 @@ def topology_env(topology_file: Path) -> Iterator[None]:
             os.environ["INFRA_TOPOLOGY"] = old
 
 
-def up(topology_file: Path, *, job: str = "main") -> dict[str, Any]:
+def up(topology_file: Path, *, job: str = "main", echo=None) -> dict[str, Any]:
     """Images when missing, the network, the keys, the containers, the minions, every role's
-    states: the `main` job, through Dagster. Safe to run twice (every step compares first)."""
+    states: the `main` job, through Dagster, on the repo's instance ($DAGSTER_HOME). Safe to run
+    twice (every step compares first). `echo` gets a line per step as the run goes."""
     import dagster as dg
 
     from infra_assets.definitions import build_definitions
+    from infra_assets.paths import dagster_home
 
     site = lab_site(topology_file)
     lab_secrets(site)
-    with topology_env(topology_file):
+    home = dagster_home()
+    with topology_env(topology_file), _cwd(home):
         defs = build_definitions(site.topo)
-        result = defs.get_job_def(job).execute_in_process(
-            instance=dg.DagsterInstance.get(), raise_on_error=False
-        )
+        instance = dg.DagsterInstance.get()
+        run_id = str(uuid.uuid4())
+        follower = _Follower(instance, run_id, echo) if echo else None
+        try:
+            result = defs.get_job_def(job).execute_in_process(
+                instance=instance,
+                run_id=run_id,
+                raise_on_error=False,
+                # Dagster's own console log (every event, with stack traces) stays quiet: the
+                # steps are followed here, and the whole run is in the UI.
+                run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
+            )
+        finally:
+            if follower:
+                follower.stop()
     if not result.success:
         raise LabUpError(_failure_text(result))
     return status(topology_file)
+
+
+@contextmanager
+def _cwd(folder: Path) -> Iterator[None]:
+    """dagster.yaml names its storage relative to the instance's folder."""
+    old = Path.cwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(old)
+
+
+class _Follower:
+    """A line per step of a run as it goes (start, success or failure, with seconds)."""
+
+    def __init__(self, instance, run_id: str, echo):
+        self.instance, self.run_id, self.echo = instance, run_id, echo
+        self._stop = threading.Event()
+        self._seen = 0
+        self._started: dict[str, float] = {}
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(1.0):
+            self._drain()
+
+    def _drain(self) -> None:
+        import dagster as dg
+
+        try:
+            records = self.instance.all_logs(self.run_id)
+        except Exception:  # noqa: BLE001 - the run's storage may not exist yet
+            return
+        for event in records[self._seen :]:
+            self._seen += 1
+            dagster_event = event.dagster_event
+            if dagster_event is None or not dagster_event.step_key:
+                continue
+            step = dagster_event.step_key
+            kind = dagster_event.event_type
+            if kind == dg.DagsterEventType.STEP_START:
+                self._started[step] = event.timestamp
+                self.echo(f"  {step} ...")
+            elif kind == dg.DagsterEventType.STEP_SUCCESS:
+                took = event.timestamp - self._started.get(step, event.timestamp)
+                self.echo(f"  {step} ok ({took:.1f} s)")
+            elif kind == dg.DagsterEventType.STEP_FAILURE:
+                self.echo(f"  {step} FAILED")
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._drain()
 
 
 def _failure_text(result) -> str:
