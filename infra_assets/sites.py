@@ -400,7 +400,12 @@ class LabSite(CloudSite):
 
     def __init__(self, topo: Topology, root: Path | None = None):
         super().__init__(topo)
-        self.root = Path(root or state_dir() / "lab").absolute()
+        # One folder per lab (keys, throwaway secrets, plans), named by the master's location
+        # and its number: two labs of one topology at different numbers (a developer's and the
+        # tests') never share a key.
+        master = topo.hosts[topo.salt_master()].location
+        name = f"{master}-{topo.locations[master].number}"
+        self.root = Path(root or state_dir() / "lab" / name).absolute()
 
     def salt_master_config(self) -> Path:
         raise SiteError(

@@ -94,7 +94,7 @@ def up(topology_file: Path, *, job: str = "main", echo=None) -> dict[str, Any]:
         run_id = str(uuid.uuid4())
         follower = _Follower(instance, run_id, echo) if echo else None
         try:
-            result = defs.get_job_def(job).execute_in_process(
+            result = defs.resolve_job_def(job).execute_in_process(
                 instance=instance,
                 run_id=run_id,
                 raise_on_error=False,

@@ -1,0 +1,114 @@
+"""The test session's lab: the repo's topology.lab.yaml at location number 126 (a developer's
+lab, `make demo`'s, is 127: both can be up at once), brought up once per session by the code of
+`infra lab up` and taken down at the end. Its role images are the ones `make demo` uses (the
+same groups and roles, in the project's podman storage): built once per machine.
+
+Tests that need real hosts take the `lab_env` fixture (marked `lab`); everything else stays fast.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pytest
+import yaml
+
+from infra_assets.model import Topology, load_topology
+from infra_assets.paths import REPO_ROOT
+from infra_assets.sites import LabSite
+
+LAB_NUMBER = 126
+
+
+@dataclass
+class LabEnv:
+    topology_file: Path
+    dagster_home: Path
+    topo: Topology
+
+    @property
+    def site(self) -> LabSite:
+        return LabSite(self.topo)
+
+    def definitions(self) -> dg.Definitions:
+        from infra_assets.definitions import build_definitions
+
+        return build_definitions(self.topo)
+
+    def salt(self):
+        """The salt resource Dagster uses on this lab (salt-api, through the lab's link)."""
+        return self.definitions().resources["salt"]
+
+    def lab(self):
+        return self.definitions().resources["lab"]
+
+    def address(self, host: str, role: str | None = None) -> str:
+        site = self.site
+        return site.address(host, role) if role else site.plan.primary(host).address
+
+    @contextmanager
+    def env(self) -> Iterator[None]:
+        """$INFRA_TOPOLOGY and $DAGSTER_HOME set to the lab's, and the working folder the
+        instance's (dagster.yaml names its storage relative to it); all restored after."""
+        saved = {k: os.environ.get(k) for k in ("INFRA_TOPOLOGY", "DAGSTER_HOME")}
+        cwd = Path.cwd()
+        os.environ["INFRA_TOPOLOGY"] = str(self.topology_file)
+        os.environ["DAGSTER_HOME"] = str(self.dagster_home)
+        os.chdir(self.dagster_home)
+        try:
+            yield
+        finally:
+            os.chdir(cwd)
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+
+    def run(self, *keys: str, run_config: dict[str, Any] | None = None, instance=None):
+        """Materialise `keys` (and the topology) on the lab, in this process."""
+        with self.env():
+            job = self.definitions().resolve_implicit_global_asset_job_def()
+            return job.execute_in_process(
+                asset_selection=[dg.AssetKey.from_user_string(k) for k in ("topology", *keys)],
+                instance=instance or dg.DagsterInstance.get(),
+                run_config=run_config or {},
+                raise_on_error=False,
+            )
+
+
+def write_lab_topology(folder: Path, number: int = LAB_NUMBER) -> Path:
+    """The repo's topology.lab.yaml at another location number, its app repos under `folder`."""
+    data = yaml.safe_load((REPO_ROOT / "topology.lab.yaml").read_text())
+    for location in data["locations"].values():
+        location["number"] = number
+    for name, app in data.get("apps", {}).items():
+        app["repo"] = str(folder / "git" / f"{name}.git")
+    path = folder / "topology.lab.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="session")
+def lab_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabEnv]:
+    from lab import site
+
+    folder = tmp_path_factory.mktemp("lab")
+    topology_file = write_lab_topology(folder)
+    home = folder / "dagster"
+    home.mkdir()
+    shutil.copy(REPO_ROOT / "dagster.yaml", home / "dagster.yaml")
+    env = LabEnv(topology_file, home, load_topology(topology_file))
+    try:
+        with env.env():
+            site.up(topology_file, echo=print)
+        yield env
+    finally:
+        site.down(topology_file)
