@@ -10,7 +10,7 @@ import subprocess
 import dagster as dg
 import pytest
 import yaml
-from lab_env import LAB_NUMBER, LabEnv, lab_env  # noqa: F401 - the session's lab fixture
+from lab_env import LAB_NUMBER, LabEnv
 
 from infra_assets.cloud.groups import IMAGES_FILE, group_of_host
 from infra_assets.model import parse_topology
