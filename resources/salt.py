@@ -346,6 +346,11 @@ class SaltResource(dg.ConfigurableResource):
         " for a lab address ever leaves the machine. Empty: no check.",
     )
     api_eauth: str = Field(default="sharedsecret", description="salt-api's eauth backend.")
+    api_ready_wait_s: float = Field(
+        default=60.0,
+        description="How long to wait for a master that is starting (salt-api answers 503, or"
+        " is not listening yet) before giving up.",
+    )
     timeout_s: int = Field(
         default=600, description="How long a state run may take before it counts as failed."
     )
@@ -395,7 +400,9 @@ class SaltResource(dg.ConfigurableResource):
                 ca_file=self.api_ca_file,
                 eauth=self.api_eauth,
             )
-            api.login()  # a wrong password or an unreachable api is said here, once
+            # A wrong password or an unreachable api is said here, once; a master still
+            # starting (a new site, a restart after a config change) is waited for.
+            api.login(wait_s=self.api_ready_wait_s)
             self._worker = _ApiTransport(api)
             return self._worker
         path = self.config_path()

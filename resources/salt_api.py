@@ -144,15 +144,30 @@ class SaltApi:
                 " on that address (rest_cherrypy host/port in /etc/salt/master.d/api.conf)"
             ) from None
 
-    def login(self) -> None:
-        """Log in with the eauth account; raises SaltError if refused (never with the password)."""
+    def login(self, *, wait_s: float = 0.0) -> None:
+        """Log in with the eauth account; raises SaltError if refused (never with the password).
+
+        `wait_s`: a master that is (re)starting (salt-api answers 503 "Salt Master is not
+        available", or salt-api itself is not listening yet) is waited for that long."""
         self._token = None
-        resp = self._http(
-            "POST",
-            "/login",
-            body={"username": self.user, "password": self._password, "eauth": self.eauth},
-            auth=False,
-        )
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                resp = self._http(
+                    "POST",
+                    "/login",
+                    body={"username": self.user, "password": self._password, "eauth": self.eauth},
+                    auth=False,
+                )
+            except SaltError as err:
+                if "unreachable" not in str(err) or time.monotonic() > deadline:
+                    raise
+                time.sleep(1.0)
+                continue
+            if resp.status_code == 503 and time.monotonic() < deadline:
+                time.sleep(1.0)
+                continue
+            break
         if resp.status_code in (401, 403):
             raise SaltError(
                 f"salt-api at {self.url} refused the login for user {self.user!r} (eauth"

@@ -479,8 +479,11 @@ def test_a_certificate_from_another_ca_names_the_ca_file(site):
 
 def test_an_unreachable_api_names_the_url_and_what_to_check(site):
     url = f"https://127.0.0.1:{free_port()}"  # nothing listens there
-    with site.salt(api_url=url) as salt, pytest.raises(SaltError) as err:
+    started = time.monotonic()
+    with site.salt(api_url=url, api_ready_wait_s=3) as salt, pytest.raises(SaltError) as err:
         salt.ping(minions=list(MINIONS))
+    # a master that is starting is waited for (api_ready_wait_s), then the error is said
+    assert 3 <= time.monotonic() - started < 30
     text = str(err.value)
     assert f"salt-api at {url} is unreachable" in text
     assert "systemctl status salt-api" in text and "Connection refused" in text
