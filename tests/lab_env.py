@@ -24,7 +24,10 @@ from infra_assets.model import Topology, load_topology
 from infra_assets.paths import REPO_ROOT
 from infra_assets.sites import LabSite
 
-LAB_NUMBER = 126
+# $INFRA_TEST_LAB_NUMBER: another number for this session's lab (two sessions at once, say a
+# helper's and a developer's, each need their own). $INFRA_TEST_LAB_KEEP=1: leave the lab up at
+# the end (the next session's `up` finds it and changes nothing; `infra lab down` removes it).
+LAB_NUMBER = int(os.environ.get("INFRA_TEST_LAB_NUMBER") or 126)
 
 
 @dataclass
@@ -111,4 +114,5 @@ def lab_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabEnv]:
             site.up(topology_file, echo=print)
         yield env
     finally:
-        site.down(topology_file)
+        if os.environ.get("INFRA_TEST_LAB_KEEP") != "1":
+            site.down(topology_file)
