@@ -380,6 +380,10 @@ def test_postgres_gives_each_app_a_role_and_a_database(lab_env: LabEnv):
     for host, env in (("pg-staging-1", "staging"), ("pg-production-1", "production")):
         address = lab_env.address(host, f"postgres-{env}")
         assert lab.probe_tcp(address, 5432, timeout_s=5), (host, address)
+        # The environment's web host reaches it across the lab's network, as its apps do.
+        web = f"web-{env}-1"
+        reach = ["bash", "-c", f"timeout 5 bash -c ': <>/dev/tcp/{address}/5432'"]
+        assert lab.exec(LAB_NUMBER, web, reach, check=False).returncode == 0, (web, address)
         for app in sorted(lab_env.topo.apps):
             db = f"{app.replace('-', '_')}_{env}"
 
@@ -428,39 +432,43 @@ def test_a_dry_run_of_every_role_changes_nothing_and_is_an_observation(lab_env: 
     lab = _lab(lab_env)
     path = "/etc/containers/containers.conf"
     lab.exec(LAB_NUMBER, "web-staging-1", ["rm", "-f", path])
-    roles = _roles(lab_env)
-    run_config = {"ops": {_highstate_op(r): {"config": {"dry_run": True}} for r in roles}}
-    started = time.monotonic()
-    result = lab_env.run(
-        *[f"highstate/{r}" for r in roles],
-        run_config=run_config,
-        instance=dg.DagsterInstance.ephemeral(),
-    )
-    print(f"dry run of {len(roles)} roles: {time.monotonic() - started:.1f} s")
-    assert result.success, _failure(result)
-    materialised = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
-    assert materialised == {"topology"}
-    observed = {
-        e.asset_key.to_user_string(): e.event_specific_data.asset_observation.metadata
-        for e in result.all_events
-        if e.event_type_value == "ASSET_OBSERVATION"
-    }
-    assert set(observed) == {f"highstate/{r}" for r in roles}
-    for key, md in observed.items():
-        assert md["dry_run"].value is True and md["failed"].value == 0, key
-    web = observed["highstate/web-staging"]
-    assert "| web-staging-1 | web: web-containers-conf | file.managed | would change |" in (
-        web["results"].value
-    )
-    assert web["changed"].value == 1, web["results"].value
-    # Every other role: a highstated lab has nothing to change.
-    for key, md in observed.items():
-        if key != "highstate/web-staging":
-            assert md["changed"].value == 0, (key, md["results"].value)
-    gone = lab.exec(LAB_NUMBER, "web-staging-1", ["test", "-e", path], check=False)
-    assert gone.returncode != 0, "the dry run wrote the file"
-    # The real thing puts it back.
-    result = lab_env.run("highstate/web-staging", instance=dg.DagsterInstance.ephemeral())
+    try:
+        roles = _roles(lab_env)
+        run_config = {"ops": {_highstate_op(r): {"config": {"dry_run": True}} for r in roles}}
+        started = time.monotonic()
+        result = lab_env.run(
+            *[f"highstate/{r}" for r in roles],
+            run_config=run_config,
+            instance=dg.DagsterInstance.ephemeral(),
+        )
+        print(f"dry run of {len(roles)} roles: {time.monotonic() - started:.1f} s")
+        assert result.success, _failure(result)
+        materialised = {
+            e.asset_key.to_user_string() for e in result.get_asset_materialization_events()
+        }
+        assert materialised == {"topology"}
+        observed = {
+            e.asset_key.to_user_string(): e.event_specific_data.asset_observation.metadata
+            for e in result.all_events
+            if e.event_type_value == "ASSET_OBSERVATION"
+        }
+        assert set(observed) == {f"highstate/{r}" for r in roles}
+        for key, md in observed.items():
+            assert md["dry_run"].value is True and md["failed"].value == 0, key
+        web = observed["highstate/web-staging"]
+        assert "| web-staging-1 | web: web-containers-conf | file.managed | would change |" in (
+            web["results"].value
+        )
+        assert web["changed"].value == 1, web["results"].value
+        # Every other role: a highstated lab has nothing to change.
+        for key, md in observed.items():
+            if key != "highstate/web-staging":
+                assert md["changed"].value == 0, (key, md["results"].value)
+        gone = lab.exec(LAB_NUMBER, "web-staging-1", ["test", "-e", path], check=False)
+        assert gone.returncode != 0, "the dry run wrote the file"
+    finally:
+        # The real thing puts it back (also when an assertion above failed).
+        result = lab_env.run("highstate/web-staging", instance=dg.DagsterInstance.ephemeral())
     assert result.success, _failure(result)
     assert _materialization(result, "highstate/web-staging").metadata["changed"].value == 1
     assert lab.exec(LAB_NUMBER, "web-staging-1", ["test", "-s", path], check=False).returncode == 0
@@ -500,10 +508,13 @@ def test_a_failing_state_fails_the_materialisation_and_names_minion_and_state(la
     assert not [
         e for e in result.get_asset_materialization_events() if "highstate" in str(e.asset_key)
     ]
-    result = lab_env.run("highstate/web-production", instance=dg.DagsterInstance.ephemeral())
-    assert result.success, _failure(result)
-    with _http(f"http://{address}/healthz") as response:
-        assert response.read() == f"{host} production ok\n".encode()
+    try:
+        result = lab_env.run("highstate/web-production", instance=dg.DagsterInstance.ephemeral())
+        assert result.success, _failure(result)
+        with _http(f"http://{address}/healthz") as response:
+            assert response.read() == f"{host} production ok\n".encode()
+    finally:
+        lab.exec(LAB_NUMBER, host, ["systemctl", "start", "nginx"], check=False)
 
 
 # --- a host added to the running lab, and removed again ------------------------------------------
