@@ -347,7 +347,7 @@ class SaltResource(dg.ConfigurableResource):
     )
     api_eauth: str = Field(default="sharedsecret", description="salt-api's eauth backend.")
     api_ready_wait_s: float = Field(
-        default=60.0,
+        default=120.0,
         description="How long to wait for a master that is starting (salt-api answers 503, or"
         " is not listening yet) before giving up.",
     )
