@@ -58,10 +58,14 @@ web-nginx-config:
       - file: web-dir-var-lib-nginx-uwsgi
       - file: web-dir-var-lib-nginx-scgi
 
+{#- A server's nginx runs from its package before the first highstate, Debian's default site on
+    *:80; a reload cannot bind the host's own address while that socket is held (EADDRINUSE in
+    its error log, and `systemctl reload` still says it worked): a new nginx.conf restarts it.
+    The apps' sites (conf.d) are reloaded by the `app` state. #}
 {{ daemon('web-nginx', 'nginx', '/usr/sbin/nginx',
           '-p ' ~ prefix ~ ' -c ' ~ prefix ~ 'nginx.conf -e ' ~ root ~ '/var/log/nginx/error.log',
           web.get('pidfile', ''),
-          watch=[{'file': 'web-nginx-config'}], on_change='reload',
+          watch=[{'file': 'web-nginx-config'}], on_change='reload' if local else 'restart',
           host=web['listen'], port=web['port']) }}
 {%- endif %}
 
