@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Build one app at one commit with podman and push it, tagged with the commit's sha: the work of
+# the `app-image` Jenkins job (jenkins/Jenkinsfile, which runs it as jenkins/build-app-image.sh, a
+# link to this file), and of the `jenkins.build` salt state on a jenkins agent when no Jenkins is
+# configured (salt://jenkins/files/build-app-image.sh). Runnable on any machine with git and podman.
+#
+# Environment (the job's parameters and its registry credential):
+#   APP, REPO, SHA, BRANCH, IMAGE       the app, its git repo, the commit, its branch, and
+#                                       registry-host/repository (no tag)
+#   REGISTRY_USER, REGISTRY_PASSWORD    the registry's credentials (never printed); or
+#   REGISTRY_AUTH_FILE                  instead: an auth file that holds them already (the agent's
+#                                       own, written by the jenkins.agent salt state)
+#   BASE_IMAGE                          optional: the image apps build FROM; pulled (with the
+#                                       same credentials) when it is not in podman's storage
+#   REGISTRY_TLS_VERIFY                 optional: false for a plain-HTTP registry (default true)
+#   REGISTRY_CERT_DIR                   optional: a folder with the registry's CA (ca.crt); default:
+#                                       podman's own, /etc/containers/certs.d/<registry>/ (the
+#                                       jenkins.agent salt state puts it there)
+#   BUILD_NETWORK                       optional: podman build --network (default: podman's own)
+# Writes the pushed digest to image-digest.txt and prints `PUSHED_DIGEST=sha256:...`.
+set -euo pipefail
+
+required=(APP REPO SHA BRANCH IMAGE)
+if [ -z "${REGISTRY_AUTH_FILE:-}" ]; then required+=(REGISTRY_USER REGISTRY_PASSWORD); fi
+for var in "${required[@]}"; do
+  if [ -z "${!var:-}" ]; then
+    echo "build-app-image: $var is not set (a parameter of the app-image job)" >&2
+    exit 2
+  fi
+done
+if [ -n "${REGISTRY_AUTH_FILE:-}" ] && [ ! -r "$REGISTRY_AUTH_FILE" ]; then
+  echo "build-app-image: REGISTRY_AUTH_FILE $REGISTRY_AUTH_FILE cannot be read" >&2
+  exit 2
+fi
+if ! [[ "$SHA" =~ ^[0-9a-f]{40}$ ]]; then
+  echo "build-app-image: SHA must be a full commit sha (40 hex digits), not '$SHA'" >&2
+  exit 2
+fi
+tls="${REGISTRY_TLS_VERIFY:-true}"
+certs=()
+if [ -n "${REGISTRY_CERT_DIR:-}" ]; then certs=(--cert-dir "$REGISTRY_CERT_DIR"); fi
+registry="${IMAGE%%/*}"
+top="$PWD"
+work="$top/build-$APP"
+rm -rf "$work" "$top/image-digest.txt"
+mkdir -p "$work/src"
+
+echo "== checkout $REPO $SHA"
+git -C "$work/src" init -q
+if ! git -C "$work/src" fetch -q --depth 1 --no-tags -- "$REPO" "$SHA"; then
+  # Some servers serve a commit only through a branch: fetch the branch, then find the commit.
+  git -C "$work/src" fetch -q --no-tags -- "$REPO" "refs/heads/$BRANCH"
+fi
+git -C "$work/src" -c advice.detachedHead=false checkout -q "$SHA"
+rm -rf "$work/src/.git"
+
+umask 077
+if [ -n "${REGISTRY_AUTH_FILE:-}" ]; then
+  auth="$REGISTRY_AUTH_FILE"
+else
+  auth="$work/auth.json"
+  trap 'rm -f "$auth"' EXIT  # the registry's credentials go with the script, even when a step fails
+  printf '%s' "$REGISTRY_PASSWORD" | podman login --authfile "$auth" --tls-verify="$tls" \
+    "${certs[@]}" --username "$REGISTRY_USER" --password-stdin "$registry"
+fi
+umask 022
+
+build_args=(--build-arg "GIT_SHA=$SHA")
+if [ -n "${BASE_IMAGE:-}" ]; then
+  build_args+=(--build-arg "BASE_IMAGE=$BASE_IMAGE")
+  if ! podman image exists "$BASE_IMAGE"; then
+    echo "== pull $BASE_IMAGE"
+    podman pull -q --authfile "$auth" --tls-verify="$tls" "${certs[@]}" "$BASE_IMAGE"
+  fi
+fi
+
+echo "== build $IMAGE:$SHA"
+network=()
+if [ -n "${BUILD_NETWORK:-}" ]; then network=(--network "$BUILD_NETWORK"); fi
+podman build --pull=never --layers --force-rm "${network[@]}" "${build_args[@]}" \
+  --label "org.opencontainers.image.revision=$SHA" \
+  --label "org.opencontainers.image.source=$REPO" \
+  --label "org.coop-infra.app=$APP" \
+  -t "$IMAGE:$SHA" "$work/src"
+
+echo "== push $IMAGE:$SHA"
+podman push --authfile "$auth" --tls-verify="$tls" "${certs[@]}" --digestfile "$work/digest" \
+  "$IMAGE:$SHA" "docker://$IMAGE:$SHA"
+if [ -z "${REGISTRY_AUTH_FILE:-}" ]; then rm -f "$auth"; fi
+digest="$(cat "$work/digest")"
+printf '%s\n' "$digest" > "$top/image-digest.txt"
+echo "PUSHED_DIGEST=$digest"
