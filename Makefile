@@ -1,6 +1,7 @@
 # coop-infra: the commands the README names. Each one does its own set-up first.
 #   make test    install what the tests need, then run the whole suite
 #   make demo    install what the main job needs, then run it on the local site
+#   make lab     install what the lab needs, then bring it up (infra lab up; infra lab down)
 #   make dev     the Dagster UI on http://127.0.0.1:$(DEV_PORT)
 #   make bench   the benchmarks (figures in the README)
 SHELL := /bin/bash
@@ -15,7 +16,7 @@ DEV_PORT ?= 3000
 UV = $(shell command -v uv 2>/dev/null || { test -x .tools/bin/uv && echo .tools/bin/uv; } || echo python3 -m uv)
 RUN = $(UV) run --locked --no-sync
 
-.PHONY: help setup test lint demo dev bench
+.PHONY: help setup test lint demo lab dev bench
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -32,6 +33,9 @@ test: setup lint
 
 demo: setup
 	@INFRA_TOPOLOGY=$(TOPOLOGY) $(RUN) infra demo
+
+lab: setup
+	@$(RUN) infra lab up
 
 # `dagster dev`, or only the webserver when `make demo`'s daemon runs (one daemon per instance).
 dev: setup

