@@ -73,7 +73,7 @@ def test_every_minion_answers_through_salt_api_with_keys_made_ahead(lab_env: Lab
 
 
 def test_services_answer_at_their_planned_addresses(lab_env: LabEnv):
-    lab = lab_env.lab()
+    lab = lab_env.lab().lab()  # the driver: it checks the route into the lab before it sends
     checks = {
         ("support-1", "docker-registry"): 5000,
         ("support-1", "npm-cache"): 4873,
