@@ -237,8 +237,14 @@ def test_the_cloud_init_installs_the_minion_into_a_venv_pinned_as_the_images_do(
     bake = (repo_root / "packer" / "scripts" / "bake.sh").read_text()
     assert "SALT_VENV=/opt/salt\n" in bake
     assert 'python3 -m venv "$SALT_VENV"' in bake
-    assert "for command in salt salt-call salt-minion salt-master salt-api salt-key salt-run; do" in bake
-    assert "for command in salt salt-call salt-minion salt-master salt-api salt-key salt-run; do" in script
+    assert (
+        "for command in salt salt-call salt-minion salt-master salt-api salt-key salt-run; do"
+        in bake
+    )
+    assert (
+        "for command in salt salt-call salt-minion salt-master salt-api salt-key salt-run; do"
+        in script
+    )
     # the unit is salt.minion's, line for line
     unit = script.split("<<'UNIT'\n", 1)[1].split("UNIT\n", 1)[0]
     state = (repo_root / "salt" / "salt" / "minion.sls").read_text()
