@@ -115,6 +115,17 @@ class RegistryResource(dg.ConfigurableResource):
         description="A PEM file to verify the registry's TLS certificate with (its own or its"
         " CA's). Empty: the system's trust store (or, with an empty url, the local site's).",
     )
+    password_file: str = Field(
+        default="",
+        description="A file (mode 600, outside git) holding the password, read when the registry"
+        " is used: the lab's way (its throwaway secrets), so no value is in config.",
+    )
+    route_device: str = Field(
+        default="",
+        description="The network device the route to the registry's address must go through,"
+        " checked (`ip -j route get`) before anything is sent: the lab's link, so that nothing"
+        " for a lab address ever leaves the machine. Empty: no check.",
+    )
     timeout_s: float = Field(default=10.0, description="Per HTTP request.")
 
     @classmethod
@@ -137,7 +148,10 @@ class RegistryResource(dg.ConfigurableResource):
         """Where the registry is and how to reach it. Raises RegistryError when it cannot be
         reached as configured (the local site is not up, the CA file is missing)."""
         if self.url:
-            end = Endpoint(self.url.rstrip("/"), self.username, self.password, self.ca_file)
+            password = self.password or _read_password(self.password_file)
+            end = Endpoint(self.url.rstrip("/"), self.username, password, self.ca_file)
+            if self.route_device:
+                check_route(end.url, self.route_device)
         else:
             try:
                 end = local_site_endpoint()
@@ -305,6 +319,40 @@ class RegistryResource(dg.ConfigurableResource):
                 f" {_errors(response)}"
             )
         return response
+
+
+def _read_password(path: str) -> str:
+    if not path:
+        return ""
+    try:
+        return Path(path).read_text().strip()
+    except OSError as err:
+        raise RegistryError(
+            f"the registry's password file {path} cannot be read ({err.strerror}): on the lab,"
+            " run `infra lab up`; elsewhere set the registry resource's password"
+        ) from None
+
+
+def check_route(url: str, device: str) -> None:
+    """Refuse to talk to `url` unless the machine's route to its address goes through `device`
+    (the lab's link): a lab address must never be sent out of the machine."""
+    import subprocess
+
+    host = urlsplit(url).hostname or ""
+    try:
+        out = subprocess.run(
+            ["ip", "-j", "route", "get", host], capture_output=True, text=True, timeout=10
+        )
+        routes = json.loads(out.stdout or "[]") if out.returncode == 0 else []
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        routes = []
+    dev = routes[0].get("dev") if routes else None
+    if dev != device:
+        raise RegistryUnreachable(
+            f"registry {url}: refusing to send: the route to {host} does not go through"
+            f" {device} (it goes {'through ' + dev if dev else 'nowhere'}): the lab is not up;"
+            " run `infra lab up`"
+        )
 
 
 def _without_url_on_a_cloud_site() -> str | None:

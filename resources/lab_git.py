@@ -1,0 +1,208 @@
+"""The lab's git daemon: app repositories that are paths on this machine, served read-only to
+the lab's hosts from the machine's side of the lab's link.
+
+A topology may name an app's repo by a path on the machine (topology.lab.yaml: `.state/lab/git/
+hello.git`). The lab's hosts cannot read this machine's files, so the build agent clones such a
+repo from `git://169.254.N.1/<app>.git`: a `git daemon` listening on the machine's end of lab N's
+veth link (169.254.N.1, port 9418) and nowhere else, exporting one folder of links
+(`<folder>/<app>.git` -> the repo), upload-pack only (no push: receive-pack is off and no repo
+may turn it on).
+
+The daemon is started and stopped by its pid (a file in the folder, checked against the
+process's command line before it is trusted or signalled), never by name. `infra lab down` stops
+it before the link goes.
+
+Nothing from the project is imported here: the lab's number, the folder and the repos are passed
+in.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+GIT_PORT = 9418
+
+
+class LabGitError(RuntimeError):
+    """The git daemon could not be started (or is not the one it should be)."""
+
+
+@dataclass(frozen=True)
+class LabGitDaemon:
+    """The git daemon of lab `number`, its export folder and pid file under `folder`."""
+
+    number: int
+    folder: Path
+
+    @property
+    def address(self) -> str:
+        """The machine's end of the lab's link (resources/lab.py, LabNetwork.machine_address)."""
+        return f"169.254.{self.number}.1"
+
+    @property
+    def export_dir(self) -> Path:
+        return Path(self.folder) / "export"
+
+    @property
+    def pid_file(self) -> Path:
+        return Path(self.folder) / "git-daemon.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return Path(self.folder) / "git-daemon.log"
+
+    def url(self, app: str) -> str:
+        """Where the lab's hosts clone `app` from."""
+        return f"git://{self.address}/{app}.git"
+
+    # --- the export --------------------------------------------------------------------------
+
+    def export(self, repos: Mapping[str, str]) -> dict[str, str]:
+        """Make the export folder exactly `repos` ({app: path of its repo on the machine}):
+        a link `<app>.git` per app, stale links removed. Returns {app: git:// URL}."""
+        self.export_dir.mkdir(parents=True, exist_ok=True)
+        wanted = {f"{app}.git": Path(path).absolute() for app, path in repos.items()}
+        for entry in self.export_dir.iterdir():
+            if entry.name not in wanted and entry.is_symlink():
+                entry.unlink()
+        for name, target in wanted.items():
+            link = self.export_dir / name
+            if link.is_symlink() and Path(os.readlink(link)) == target:
+                continue
+            if link.is_symlink() or link.exists():
+                link.unlink()
+            link.symlink_to(target, target_is_directory=True)
+        return {app: self.url(app) for app in repos}
+
+    # --- the process -------------------------------------------------------------------------
+
+    def pid(self) -> int | None:
+        """The daemon's pid when it runs (its pid file names a live `git daemon` of this lab)."""
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return None
+        args = [a.decode(errors="replace") for a in cmdline if a]
+        mine = f"--listen={self.address}" in args and f"--base-path={self.export_dir}" in args
+        daemon = any(a.endswith("git-daemon") or a == "daemon" for a in args)
+        return pid if mine and daemon else None
+
+    def running(self) -> bool:
+        return self.pid() is not None
+
+    def start(self, *, timeout_s: float = 10.0) -> int:
+        """Start the daemon unless it runs; returns its pid. The address must be on the
+        machine (the lab's link is up)."""
+        pid = self.pid()
+        if pid is not None:
+            return pid
+        self.export_dir.mkdir(parents=True, exist_ok=True)
+        argv = [
+            "git",
+            "daemon",
+            "--reuseaddr",
+            "--export-all",
+            f"--base-path={self.export_dir}",
+            f"--listen={self.address}",
+            f"--port={GIT_PORT}",
+            # Read-only: upload-pack (fetch, clone) only; no repo's config may enable a push.
+            "--forbid-override=receive-pack",
+            "--disable=receive-pack",
+            "--informative-errors",
+            "--verbose",
+            "--log-destination=stderr",
+            str(self.export_dir),
+        ]
+        log = open(self.log_file, "ab")  # noqa: SIM115 - handed to the daemon
+        try:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,  # it outlives the run that started it
+                env={**os.environ, "GIT_CONFIG_NOSYSTEM": "1", "LC_ALL": "C"},
+            )
+        finally:
+            log.close()
+        self.pid_file.write_text(f"{proc.pid}\n")
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                tail = self.log_file.read_text(errors="replace").strip().splitlines()[-5:]
+                self.pid_file.unlink(missing_ok=True)
+                raise LabGitError(
+                    f"git daemon on {self.address}:{GIT_PORT} exited ({proc.returncode}):"
+                    f" {' / '.join(tail) or 'no output'} (is lab {self.number}'s link up?)"
+                )
+            if _listening(self.address, GIT_PORT):
+                return proc.pid
+            time.sleep(0.1)
+        self._kill(proc.pid)
+        raise LabGitError(
+            f"git daemon on {self.address}:{GIT_PORT} did not listen within {timeout_s} s"
+        )
+
+    def stop(self, *, timeout_s: float = 10.0) -> int | None:
+        """Stop the daemon (by its pid); returns the pid stopped, None when it did not run."""
+        pid = self.pid()
+        if pid is None:
+            self.pid_file.unlink(missing_ok=True)
+            return None
+        self._kill(pid, timeout_s=timeout_s)
+        self.pid_file.unlink(missing_ok=True)
+        return pid
+
+    def _kill(self, pid: int, *, timeout_s: float = 10.0) -> None:
+        # git daemon's children (one upload-pack per clone) are in its process group.
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        except PermissionError:
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)  # our child: reap it
+                if done:
+                    return
+            except ChildProcessError:
+                if not Path(f"/proc/{pid}").exists():
+                    return
+            time.sleep(0.1)
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def status(self) -> dict:
+        pid = self.pid()
+        return {
+            "url": f"git://{self.address}:{GIT_PORT}/",
+            "running": pid is not None,
+            "pid": pid,
+            "export_dir": str(self.export_dir),
+            "repos": sorted(p.name for p in self.export_dir.glob("*.git"))
+            if self.export_dir.is_dir()
+            else [],
+        }
+
+
+def _listening(address: str, port: int) -> bool:
+    try:
+        with socket.create_connection((address, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
