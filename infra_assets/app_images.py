@@ -4,11 +4,18 @@ A materialisation builds the app's Dockerfile at that commit and pushes the imag
 tagged with the sha; when the commit is still the head of the app's branch, the branch tag (`main`)
 is moved to it too (that tag is what `registry_image_sensor` watches for staging releases).
 
-Two builders, one per kind of site:
+Three builders, one per kind of site:
 - `local` (a topology whose locations are all `cloud: local`): podman on this machine, with the
   project's own containers config, FROM the base image the project makes (resources/podman.py);
-- `jenkins` (the co-op's cloud sites): the `app-image` Jenkins job (jenkins/Jenkinsfile) on the
-  jenkins agents, triggered and followed through resources/jenkins.py.
+- `salt` (the lab, `cloud: lab`, with no Jenkins configured: no INFRA_JENKINS_URL): the Jenkins
+  job's own script (salt/jenkins/files/build-app-image.sh) run on a jenkins-agent host by the
+  `jenkins.build` salt state, with the agent's podman (crun), the registry's CA and its push
+  account, as the `jenkins.agent` state made them. The base image is the project's, pushed to
+  the registry once (`coop-base`) for the agent to pull; an app repo that is a path on this
+  machine is served to the lab by a read-only git daemon on the lab's link (resources/lab_git.py);
+- `jenkins` (the co-op's cloud sites, or the lab with INFRA_JENKINS_URL): the `app-image`
+  Jenkins job (jenkins/Jenkinsfile) on the jenkins agents, triggered and followed through
+  resources/jenkins.py.
 Either way the digest is then read back from the registry and must match what the build pushed;
 the metadata is the same: digest, size, build time, the build log.
 
@@ -18,6 +25,7 @@ revision label) is not built again; the materialisation says so.
 Also here: the per-app build jobs (`build_<app>`) and git_push_sensor (`sensors/git_push.py`).
 """
 
+import os
 import re
 import shutil
 import time
@@ -26,13 +34,18 @@ from pathlib import Path
 
 import dagster as dg
 
+from infra_assets.highstate import highstate_key
 from infra_assets.model import App, Topology
 from infra_assets.paths import state_dir
+from infra_assets.secrets import SecretsError, load_secrets
+from infra_assets.sites import LabSite, SiteError, site_for
 from resources.cli_runner import CliError
 from resources.git import GitError, GitResource, resolve_repo
 from resources.jenkins import JenkinsError, JenkinsResource
+from resources.lab_git import LabGitDaemon, LabGitError
 from resources.podman import PodmanError, PodmanResource
-from resources.registry import Manifest, RegistryError, RegistryResource
+from resources.registry import Endpoint, Manifest, RegistryError, RegistryResource
+from resources.salt import SaltError, SaltResource
 from resources.topology import TopologyResource
 from sensors.git_push import AppTarget, build_git_push_sensor
 from sensors.registry_images import REVISION_LABEL
@@ -41,6 +54,14 @@ GROUP = "app_images"
 SHA_RE = re.compile(r"^[0-9a-f]{40}$")
 DIGEST_LINE = re.compile(r"PUSHED_DIGEST=(sha256:[0-9a-f]{64})")
 LOG_TAIL_LINES = 40
+REGISTRY_ACCOUNT = "ci"  # the registry's push account: the builds', the jenkins agents'
+BUILD_AGENT_ROLE = "jenkins-agent"
+BUILD_STATE = "jenkins.build"
+# The project's base image, as the salt builder's agents pull it from the registry.
+BASE_REPOSITORY = "coop-base"
+JENKINS_URL_ENV = "INFRA_JENKINS_URL"
+# Whose applied states a build needs: the registry's (it pushes there) and the agent's.
+UPSTREAM_ROLES = ("docker-registry", BUILD_AGENT_ROLE)
 
 
 def _ident(app: str) -> str:
@@ -61,8 +82,16 @@ def build_job_name(app: str) -> str:
 
 
 def builder_for(topo: Topology) -> str:
-    """`local` when every location of the topology is this machine, else `jenkins`."""
-    return "local" if all(loc.is_local for loc in topo.locations.values()) else "jenkins"
+    """`local` when every location of the topology is this machine; `salt` on the lab with no
+    Jenkins configured ($INFRA_JENKINS_URL unset); else `jenkins`."""
+    if all(loc.is_local for loc in topo.locations.values()):
+        return "local"
+    lab = all(loc.site_kind == "lab" for loc in topo.locations.values())
+    return "salt" if lab and not os.environ.get(JENKINS_URL_ENV) else "jenkins"
+
+
+BUILDER_RESOURCES = {"local": "podman", "salt": "salt", "jenkins": "jenkins"}
+BUILDER_KINDS = {"local": "podman", "salt": "salt", "jenkins": "jenkins"}
 
 
 @dataclass(frozen=True)
@@ -110,16 +139,23 @@ class BuildOutcome:
     extra: dict
 
 
-def app_image_asset(app_name: str, builder: str) -> dg.AssetsDefinition:
+def app_image_asset(
+    app_name: str, builder: str, topo: Topology | None = None
+) -> dg.AssetsDefinition:
     partitions = dg.DynamicPartitionsDefinition(name=partitions_def_name(app_name))
-    needs = {"git", "registry", "topology_file", "podman" if builder == "local" else "jenkins"}
+    needs = {"git", "registry", "topology_file", BUILDER_RESOURCES[builder]}
+    if builder == "salt":
+        needs.add("podman")  # the base image, pushed to the registry for the agents
+    # One lineage: the image comes after the registry's and the build agent's states.
+    deps = [highstate_key(role) for role in UPSTREAM_ROLES if topo and topo.hosts_with_role(role)]
 
     @dg.asset(
         key=asset_key(app_name),
         partitions_def=partitions,
         ins={"topology": dg.AssetIn("topology")},
+        deps=deps,
         group_name=GROUP,
-        kinds={"podman" if builder == "local" else "jenkins", "docker"},
+        kinds={BUILDER_KINDS[builder], "docker"},
         required_resource_keys=needs,
         tags={"coop/app": app_name},
         description=f"The image of app {app_name!r} at one commit (partition = the sha), built"
@@ -165,6 +201,8 @@ def materialize(
             outcome = BuildOutcome(None, 0.0, ["already in the registry: not built again"], {})
         elif builder == "local":
             outcome = _build_local(res.git, res.podman, endpoint, app_name, app, repo, sha, log)
+        elif builder == "salt":
+            outcome = _build_salt(context, topology, endpoint, app_name, app, repo, sha, log)
         else:
             outcome = _build_jenkins(res.jenkins, endpoint, app_name, app, repo, sha, log)
         manifest = registry.manifest(repository=app_name, reference=sha)
@@ -177,7 +215,10 @@ def materialize(
             )
         tags, branch_note = _follow_branch(res, registry, app_name, app, repo, sha, manifest)
         outcome.notes.append(branch_note)
-    except (GitError, PodmanError, JenkinsError, RegistryError, CliError) as err:
+    except (
+        GitError, PodmanError, JenkinsError, RegistryError, CliError, SaltError, LabGitError,
+        SiteError, SecretsError,
+    ) as err:  # fmt: skip
         raise dg.Failure(
             description=f"app_image/{app_name} at {sha[:12]}: {err}",
             metadata={"build_log": dg.MetadataValue.path(str(log.path)), "log_tail": log.tail_md()},
@@ -270,6 +311,123 @@ def _build_local(
     )
 
 
+def build_agent(topology: Topology) -> str:
+    """The host the salt builder runs a build on: the first with the jenkins-agent role."""
+    agents = sorted(topology.hosts_with_role(BUILD_AGENT_ROLE))
+    if not agents:
+        raise dg.Failure(
+            f"no host has the role {BUILD_AGENT_ROLE}: the salt builder runs builds on one (add"
+            " one to the topology, or configure Jenkins with INFRA_JENKINS_URL)",
+            allow_retries=False,
+        )
+    return agents[0]
+
+
+def lab_repo_url(site: LabSite, base_dir: Path, agent: str, app_name: str, repo: str) -> str:
+    """Where `agent` clones `repo` from: a URL as it is; a path on this machine through the
+    lab's git daemon (started when it is not running), git://169.254.N.1/<app>.git."""
+    if not Path(repo).is_absolute():
+        return repo
+    daemon = lab_git_daemon(site, site.number_of(agent))
+    daemon.export(lab_path_repos(site, base_dir))
+    daemon.start()
+    return daemon.url(app_name)
+
+
+def lab_git_daemon(site: LabSite, number: int) -> LabGitDaemon:
+    return LabGitDaemon(number, site.git_daemon_dir() / str(number))
+
+
+def lab_path_repos(site: LabSite, base_dir: Path) -> dict[str, str]:
+    """The topology's apps whose repo is a path on this machine: {app: absolute path}
+    (`base_dir`: the topology file's folder, which relative paths start from)."""
+    repos = {name: resolve_repo(app.repo, base_dir) for name, app in site.topo.apps.items()}
+    return {name: path for name, path in repos.items() if Path(path).is_absolute()}
+
+
+def publish_base_image(
+    podman: PodmanResource, registry: RegistryResource, endpoint: Endpoint, log: BuildLog
+) -> tuple[str, str]:
+    """The project's base image in the registry (`coop-base:<suite>`), pushed when the one there
+    is not the image in this machine's storage; returns (image by digest, what happened)."""
+    base = podman.ensure_base_image(log=log)
+    tag = podman.base_image.rsplit(":", 1)[-1] if ":" in podman.base_image else "latest"
+    there = registry.manifest(repository=BASE_REPOSITORY, reference=tag)
+    if there is not None and there.config_digest == f"sha256:{base.image_id}":
+        return endpoint.image(BASE_REPOSITORY, there.digest), (
+            f"base image {podman.base_image} is in the registry ({BASE_REPOSITORY}:{tag})"
+        )
+    destination = endpoint.image(BASE_REPOSITORY, tag)
+    log(f"== podman push {podman.base_image} {destination} (the agents build FROM it)")
+    pushed = podman.push(image=podman.base_image, destination=destination, registry=endpoint,
+                         log=log)  # fmt: skip
+    return endpoint.image(BASE_REPOSITORY, pushed.digest), (
+        f"base image {podman.base_image} pushed to the registry in {pushed.took_s:.1f} s"
+    )
+
+
+def _build_salt(
+    context: dg.AssetExecutionContext,
+    topology: Topology,
+    endpoint: Endpoint,
+    app_name: str,
+    app: App,
+    repo: str,
+    sha: str,
+    log: BuildLog,
+) -> BuildOutcome:
+    """The `jenkins.build` state on a jenkins agent: the job's script, run by salt."""
+    started = time.monotonic()
+    res = context.resources
+    salt: SaltResource = res.salt
+    site = site_for(topology)
+    if not isinstance(site, LabSite):
+        raise SiteError("the salt builder runs on the lab (cloud: lab) only")
+    agent = build_agent(topology)
+    secrets = load_secrets(site.secrets_file(), topology).values()
+    base, base_note = publish_base_image(res.podman, res.registry, endpoint, log)
+    base_dir = res.topology_file.file().parent
+    source = lab_repo_url(site, base_dir, agent, app_name, repo)
+    build = {
+        "app": app_name,
+        "repo": source,
+        "sha": sha,
+        "branch": app.branch,
+        "image": endpoint.image(app_name),
+        "base_image": base,
+    }
+    log(f"== build on {agent} through salt ({BUILD_STATE}): {source} {sha}")
+    result = salt.apply(
+        minions=[agent], sls=[BUILD_STATE], pillar={"build": build}, log=log, redact=secrets
+    )
+    step = next((s for s in result.states() if s.state_id == f"jenkins-build-{app_name}"), None)
+    output = ""
+    if step is not None and isinstance(step.changes, dict):
+        output = "\n".join(
+            str(step.changes.get(k) or "") for k in ("stdout", "stderr") if step.changes.get(k)
+        )
+    for line in output.splitlines():
+        for secret in secrets:
+            if secret:
+                line = line.replace(secret, "***")
+        log(f"[{agent}] {line}")
+    if not result.ok:
+        problems = [f"{s.label}: {s.comment}" for s in result.failed_states()]
+        raise SaltError(
+            f"the build on {agent} failed: "
+            + ("; ".join(problems or result.problems()) or "no return")
+        )
+    found = DIGEST_LINE.findall(output)
+    if not found:
+        raise SaltError(f"the build on {agent} printed no PUSHED_DIGEST=sha256:... line")
+    return BuildOutcome(
+        found[-1],
+        time.monotonic() - started,
+        [base_note, f"built on {agent} through salt ({BUILD_STATE}, job {result.jid})"],
+        {"build_host": agent, "salt_jid": result.jid, "base_image": base, "repo_url": source},
+    )
+
+
 def _build_jenkins(
     jenkins: JenkinsResource,
     endpoint,
@@ -350,7 +508,7 @@ def definitions(topo: Topology) -> dg.Definitions:
     if not topo.apps:
         return dg.Definitions()
     builder = builder_for(topo)
-    assets = [app_image_asset(name, builder) for name in topo.apps]
+    assets = [app_image_asset(name, builder, topo) for name in topo.apps]
     jobs = [
         dg.define_asset_job(
             build_job_name(name),

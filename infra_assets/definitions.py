@@ -24,6 +24,7 @@ from infra_assets import (
     releases,
     topology,
 )
+from infra_assets.app_images import REGISTRY_ACCOUNT
 from infra_assets.cloud.stacks import lab_locations
 from infra_assets.jobs import JOBS
 from infra_assets.model import Topology, TopologyError, load_topology
@@ -83,8 +84,9 @@ def resources() -> dict[str, dg.ConfigurableResource]:
 
 def lab_resources(site: LabSite) -> dict[str, dg.ConfigurableResource]:
     """The lab's container driver, on the project's podman (where Packer builds the images), and
-    its salt master through salt-api, reached only through the lab's link."""
-    return {
+    its salt master through salt-api, and its registry (the push account, the registry's own
+    certificate), both reached only through the lab's link."""
+    lab: dict[str, dg.ConfigurableResource] = {
         "lab": LabResource(podman_env=PodmanResource().env()),
         "salt": SaltResource(
             api_url=site.salt_api_url(),
@@ -94,6 +96,17 @@ def lab_resources(site: LabSite) -> dict[str, dg.ConfigurableResource]:
             api_route_device=LabNetwork(site.master_number()).machine_link,
         ),
     }
+    registries = sorted(site.topo.hosts_with_role("docker-registry"))
+    if registries:
+        host = registries[0]
+        lab["registry"] = RegistryResource(
+            url=f"https://{site.reach(host, 'docker-registry')}:{site.port(host, 'registry')}",
+            username=REGISTRY_ACCOUNT,
+            password_file=str(site.registry_password_file()),
+            ca_file=str(site.registry_ca_file()),
+            route_device=LabNetwork(site.number_of(host)).machine_link,
+        )
+    return lab
 
 
 def build_definitions(

@@ -434,6 +434,22 @@ class LabSite(CloudSite):
         """salt-api's self-signed certificate, the CA Dagster checks it against."""
         return self.root / "salt-api" / "ca.pem"
 
+    def registry_ca_file(self) -> Path:
+        """The registry's certificate (from the lab's secrets), what Dagster checks it against."""
+        return self.root / "registry" / "ca.crt"  # podman --cert-dir reads *.crt
+
+    def registry_password_file(self) -> Path:
+        """The registry's push account's password for Dagster (mode 600; `infra lab up`)."""
+        return self.root / "registry" / "password"
+
+    def git_daemon_dir(self) -> Path:
+        """The lab's git daemon: its export folder (links to the apps' repos), pid and log."""
+        return self.root / "git-daemon"
+
+    def number_of(self, host: str) -> int:
+        """The number of `host`'s location: the lab network it is on."""
+        return self.topo.locations[self.topo.hosts[host].location].number
+
     def master_number(self) -> int:
         """The number of the master's location: its lab network carries salt-api."""
         return self.topo.locations[self.topo.hosts[self.master_host()].location].number

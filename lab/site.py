@@ -47,6 +47,7 @@ def lab_secrets(site: LabSite) -> Secrets:
     else:
         secrets = ensure_secrets(site.secrets_file(), site.topo, tls_names=registry_tls_names(site))
     write_salt_api_client(site, secrets)
+    write_registry_client(site, secrets)
     return secrets
 
 
@@ -60,6 +61,22 @@ def write_salt_api_client(site: LabSite, secrets: Secrets) -> None:
     with os.fdopen(fd, "w") as out:
         out.write(secrets.get("salt", "api", "password"))
     site.salt_api_ca_file().write_text(secrets.get("salt", "api", "tls", "cert"))
+
+
+def write_registry_client(site: LabSite, secrets: Secrets) -> None:
+    """What Dagster needs to use the lab's registry: the push account's password (mode 600) and
+    the registry's certificate to check it against, beside the lab's secrets."""
+    from infra_assets.app_images import REGISTRY_ACCOUNT
+
+    if not site.topo.hosts_with_role("docker-registry"):
+        return
+    password = site.registry_password_file()
+    password.parent.mkdir(parents=True, exist_ok=True)
+    os.chmod(password.parent, 0o700)
+    fd = os.open(password, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(secrets.get("registry", "users", REGISTRY_ACCOUNT))
+    site.registry_ca_file().write_text(secrets.get("registry", "tls", "cert"))
 
 
 @contextmanager
@@ -107,7 +124,35 @@ def up(topology_file: Path, *, job: str = "main", echo=None) -> dict[str, Any]:
                 follower.stop()
     if not result.success:
         raise LabUpError(_failure_text(result))
+    start_git_daemon(site, Path(topology_file).absolute().parent)
     return status(topology_file)
+
+
+def start_git_daemon(site: LabSite, base_dir: Path) -> dict[str, Any] | None:
+    """The read-only git daemon on the build agent's lab link, serving the apps whose repo is a
+    path on this machine (the salt builder starts it too when it is not running)."""
+    from infra_assets.app_images import BUILD_AGENT_ROLE, lab_git_daemon, lab_path_repos
+
+    repos = lab_path_repos(site, base_dir)
+    agents = sorted(site.topo.hosts_with_role(BUILD_AGENT_ROLE))
+    if not repos or not agents:
+        return None
+    daemon = lab_git_daemon(site, site.number_of(agents[0]))
+    daemon.export(repos)
+    daemon.start()
+    return daemon.status()
+
+
+def stop_git_daemons(site: LabSite) -> list[str]:
+    """Stop the lab's git daemons, by their pids."""
+    from infra_assets.app_images import lab_git_daemon
+
+    stopped = []
+    for number in site.numbers():
+        pid = lab_git_daemon(site, number).stop()
+        if pid is not None:
+            stopped.append(f"git daemon (pid {pid})")
+    return stopped
 
 
 @contextmanager
@@ -181,7 +226,7 @@ def down(topology_file: Path) -> list[str]:
     route for each lab /16 stays, so nothing for the lab's addresses ever leaves the machine."""
     site = lab_site(topology_file)
     lab = lab_resource()
-    removed = []
+    removed = stop_git_daemons(site)
     for number in site.numbers():
         removed += lab.down_network(number)
     return removed
@@ -206,6 +251,87 @@ def status(topology_file: Path) -> dict[str, Any]:
         "networks": {loc: lab.network_status(spec.number) for loc, spec in topo.locations.items()},
         "salt": {"api_url": site.salt_api_url(), "master": site.master_host()},
         "hosts": hosts,
+        "git_daemon": _git_daemons(site),
+        "registry": _registry(site),
+        "releases": releases(site),
+    }
+
+
+def _git_daemons(site: LabSite) -> dict[str, Any]:
+    from infra_assets.app_images import lab_git_daemon
+
+    return {str(n): lab_git_daemon(site, n).status() for n in site.numbers()}
+
+
+def _registry(site: LabSite) -> dict[str, Any]:
+    """Where the lab's registry is and how Dagster reaches it (never a password)."""
+    from infra_assets.definitions import lab_resources
+
+    registry = lab_resources(site).get("registry")
+    if registry is None:
+        return {"url": None, "note": "no host has the role docker-registry"}
+    return {
+        "url": registry.url,
+        "username": registry.username,
+        "ca_file": registry.ca_file,
+        "password_file": registry.password_file,
+        "reached_through": registry.route_device,
+    }
+
+
+def releases(site: LabSite) -> dict[str, Any]:
+    """`releases.<app>.<environment>`: what the web hosts record as live (read through salt)
+    and where the machine reaches it: `url` (the web host's planned address, through the lab's
+    link) with `host_header` (the app's domain, which its nginx site answers to)."""
+    from infra_assets.definitions import lab_resources
+    from infra_assets.model import ENVIRONMENTS
+    from infra_assets.releases import read_records
+    from resources.salt import SaltError
+
+    topo = site.topo
+    out: dict[str, Any] = {}
+    if not topo.apps:
+        return out
+    salt = lab_resources(site)["salt"]
+    try:
+        with salt:
+            for app in sorted(topo.apps):
+                for env in ENVIRONMENTS:
+                    hosts = sorted(topo.hosts_with_role(f"web-{env}"))
+                    if not hosts:
+                        continue
+                    entry = lab_app_reach(site, hosts[0], app, env)
+                    try:
+                        [record, *_] = read_records(salt, site, hosts, app)
+                        current, previous = record.current or {}, record.previous or {}
+                    except SaltError as err:
+                        current, previous = {}, {}
+                        entry["error"] = str(err).splitlines()[0]
+                    entry.update(
+                        digest=current.get("digest"),
+                        sha=current.get("sha"),
+                        previous={"digest": previous.get("digest"), "sha": previous.get("sha")},
+                        hosts=hosts,
+                    )
+                    out.setdefault(app, {})[env] = entry
+    except (SaltError, OSError) as err:
+        return {"error": str(err).splitlines()[0]}
+    return out
+
+
+def lab_app_reach(site: LabSite, host: str, app: str, environment: str) -> dict[str, Any]:
+    """How the machine opens `app` on web host `host`: its planned address (through the lab's
+    link), with the app's domain as the Host header (no DNS for the lab's names here)."""
+    role = f"web-{environment}"
+    address = site.reach(host, role)
+    port = site.port(host, "http")
+    url = f"http://{address}/" if port == 80 else f"http://{address}:{port}/"
+    domain = site.topo.apps[app].domains.get(environment) or app
+    return {
+        "url": url,
+        "host_header": domain,
+        "domain_url": f"http://{domain}/",
+        "curl": f"curl -H 'Host: {domain}' {url}",
     }
 
 

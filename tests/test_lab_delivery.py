@@ -1,0 +1,179 @@
+"""App delivery on the lab, for real: a commit pushed to the app's repo (a path on this machine,
+served to the lab by the read-only git daemon on the lab's link), built by the `salt` builder on
+the jenkins agent (support-2: the `jenkins.build` state runs the Jenkins job's script with the
+agent's podman, crun, the registry's CA and its push account), pushed to the lab's registry
+(TLS, htpasswd, reached through the link), released on web-staging-1 by the `app` state (podman
+inside the guest pulls by digest, nginx switches), promoted to web-production-1; each answers at
+its planned address with the commit, and `infra lab status` says so."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+import dagster as dg
+import pytest
+import requests
+from fixtures_delivery import HELLO, git, make_app_repo
+from lab_env import LAB_NUMBER, LabEnv
+
+from infra_assets.app_images import asset_key, build_job_name
+from infra_assets.releases import staging_job_name
+from sensors import git_push, registry_images
+
+pytestmark = [pytest.mark.slow, pytest.mark.lab]
+
+APP = "hello"
+NODE = "app_image__hello"
+
+
+@pytest.fixture(scope="module")
+def hello(lab_env: LabEnv):
+    """The sample app's repo where the lab's topology names it (a bare repo on this machine)."""
+    from pathlib import Path
+
+    bare = Path(lab_env.topo.apps[APP].repo)
+    return make_app_repo(bare.parent.parent, APP, source=HELLO)
+
+
+def _tick(defs, name: str, instance, cursor: str | None):
+    with dg.build_sensor_context(
+        instance=instance, cursor=cursor, definitions=defs, resources=defs.resources
+    ) as context:
+        return defs.resolve_sensor_def(name)(context)
+
+
+def _metadata(result, node: str) -> dict:
+    [mat] = result.asset_materializations_for_node(node)
+    return {k: v.value for k, v in mat.metadata.items()}
+
+
+def _failures(result) -> str:
+    out = []
+    for event in result.all_events:
+        if event.is_step_failure:
+            data = event.step_failure_data
+            out.append(data.user_failure_data.description if data.user_failure_data else "")
+            out.append(data.error.message if data.error else "")
+    return "\n".join(out)
+
+
+def _answer(lab_env: LabEnv, release: dict) -> tuple[dict, dict]:
+    """GET <url>/health with the app's domain as Host, after checking the route into the lab."""
+    address = release["url"].split("//", 1)[1].split("/", 1)[0].split(":")[0]
+    assert lab_env.lab().route_into_lab(address)["dev"] == f"coop{LAB_NUMBER}-m"
+    response = requests.get(
+        release["url"] + "health", headers={"Host": release["host_header"]}, timeout=5
+    )
+    assert response.status_code == 200, response.text
+    return response.json(), dict(response.headers)
+
+
+def test_a_push_is_built_on_the_agent_released_on_staging_and_promoted(lab_env: LabEnv, hello):
+    from lab import site
+
+    times: dict[str, float] = {}
+    sha = hello.commit(message="hello on the lab")
+    with lab_env.env():
+        instance = dg.DagsterInstance.get()
+        defs = lab_env.definitions()
+
+        # The git sensor reads the path repo on this machine: one build, one partition.
+        tick = _tick(defs, git_push.SENSOR_NAME, instance, None)
+        assert [r.run_key for r in tick.run_requests] == [f"{APP}:{sha}"]
+        for request in tick.dynamic_partitions_requests:
+            instance.add_dynamic_partitions(request.partitions_def_name, request.partition_keys)
+
+        started = time.monotonic()
+        build = defs.resolve_job_def(build_job_name(APP)).execute_in_process(
+            instance=instance, partition_key=sha, raise_on_error=False
+        )
+        times["build"] = time.monotonic() - started
+        assert build.success, _failures(build)
+        meta = _metadata(build, NODE)
+
+        # Built on the agent through salt, from the lab's git daemon, pushed to the registry.
+        assert meta["builder"] == "salt" and meta["built"] is True
+        assert meta["build_host"] == "support-2"
+        assert meta["repo_url"] == f"git://169.254.{LAB_NUMBER}.1/{APP}.git"
+        log = open(meta["build_log"]).read()
+        assert "== build on support-2 through salt (jenkins.build)" in log
+        assert "[support-2] == checkout git://" in log and "[support-2] PUSHED_DIGEST=" in log
+        registry = defs.resources["registry"]
+        digest = meta["digest"]
+        assert registry.digest(repository=APP, reference=sha) == digest
+        assert registry.digest(repository=APP, reference="main") == digest
+        assert meta["image"] == f"10.{LAB_NUMBER}.9.1:5000/{APP}@{digest}"
+        assert meta["base_image"].startswith(f"10.{LAB_NUMBER}.9.1:5000/coop-base@sha256:")
+        # No secret reaches the log: the push account is the agent's own auth file.
+        from infra_assets.secrets import load_secrets
+
+        secrets = load_secrets(lab_env.site.secrets_file(), lab_env.topo)
+        assert secrets.get("registry", "users", "ci") not in log
+
+        # The registry sensor sees the image at the branch tag: one staging release.
+        seen = _tick(defs, registry_images.SENSOR_NAME, instance, None)
+        [request] = seen.run_requests
+        assert request.run_key == digest and request.tags["coop/sha"] == sha
+        started = time.monotonic()
+        staging = defs.resolve_job_def(staging_job_name(APP)).execute_in_process(
+            instance=instance, run_config=request.run_config, raise_on_error=False
+        )
+        times["staging"] = time.monotonic() - started
+        assert staging.success, _failures(staging)
+
+        started = time.monotonic()
+        promote = defs.resolve_job_def("promote").execute_in_process(
+            instance=instance, raise_on_error=False
+        )
+        times["production"] = time.monotonic() - started
+        assert promote.success, _failures(promote)
+
+        status = site.status(lab_env.topology_file)
+    print(f"\nlab delivery: {', '.join(f'{k} {v:.1f} s' for k, v in times.items())}")
+
+    releases = status["releases"][APP]
+    for environment, host in (("staging", "web-staging-1"), ("production", "web-production-1")):
+        release = releases[environment]
+        assert release["digest"] == digest and release["sha"] == sha, release
+        assert release["url"] == f"http://{lab_env.address(host, f'web-{environment}')}/"
+        body, headers = _answer(lab_env, release)
+        assert body == {"status": "ok", "app": APP, "version": sha}
+        assert headers["X-Coop-Release"] == digest
+
+
+def test_the_git_daemon_serves_the_lab_read_only(lab_env: LabEnv, hello):
+    from lab import site
+
+    with lab_env.env():
+        status = site.status(lab_env.topology_file)
+    daemon = status["git_daemon"][str(LAB_NUMBER)]
+    assert daemon["running"] and daemon["repos"] == [f"{APP}.git"]
+    url = f"git://169.254.{LAB_NUMBER}.1/{APP}.git"
+    heads = git("ls-remote", url, "refs/heads/main")
+    assert heads.split()[0] == git("rev-parse", "HEAD", cwd=hello.work)
+    # No push: receive-pack is off, and no repo may turn it on.
+    pushed = subprocess.run(
+        ["git", "-C", str(hello.work), "push", url, "HEAD:refs/heads/intruder"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert pushed.returncode != 0
+    assert "service not enabled" in pushed.stderr or "access denied" in pushed.stderr, pushed.stderr
+    assert "intruder" not in git("ls-remote", str(hello.bare))
+    # It listens on the lab's link only (other labs' daemons are on their own links).
+    listening = subprocess.run(["ss", "-Hltn", "sport = :9418"], capture_output=True, text=True)
+    local = {line.split()[3] for line in listening.stdout.splitlines()}
+    assert f"169.254.{LAB_NUMBER}.1:9418" in local
+    assert all(address.startswith("169.254.") for address in local), local
+
+
+def test_the_image_comes_after_the_registry_and_the_agent(lab_env: LabEnv):
+    graph = lab_env.definitions().resolve_asset_graph()
+    parents = graph.get(asset_key(APP)).parent_keys
+    assert {
+        dg.AssetKey(["highstate", "docker-registry"]),
+        dg.AssetKey(["highstate", "jenkins-agent"]),
+        dg.AssetKey(["topology"]),
+    } == parents
