@@ -522,8 +522,10 @@ def definitions(topo: Topology) -> dg.Definitions:
     targets = {
         name: AppTarget(build_job_name(name), partitions_def_name(name)) for name in topo.apps
     }
-    # The local site is polled often (the demo's loop); a real git server less so.
-    interval = 5 if builder == "local" else 30
+    # This machine's sites (the local site, the lab) are polled often (the demo's loop); a real
+    # git server less so.
+    here = all(loc.site_kind in ("local", "lab") for loc in topo.locations.values())
+    interval = 5 if here else 30
     sensors = [
         build_git_push_sensor(
             apps=topo.apps, targets=targets, jobs=jobs, minimum_interval_seconds=interval

@@ -485,13 +485,14 @@ def definitions(topo: Topology) -> dg.Definitions:
         config = {"digest": image.digest, "sha": image.sha or ""}
         return {"ops": {release_op_name("staging", image.app): {"config": config}}}
 
-    local = all(loc.is_local for loc in topo.locations.values())
+    local = all(loc.site_kind in ("local", "lab") for loc in topo.locations.values())
     sensor = build_registry_image_sensor(
         apps=topo.apps,
         job_for_app={name: job.name for name, job in staging_jobs.items()},
         jobs=list(staging_jobs.values()),
         run_config_for=run_config,
-        # The local site is polled often (the demo's loop); a real registry less so.
+        # This machine's sites (the local site, the lab) are polled often (the demo's loop); a
+        # real registry less so.
         minimum_interval_seconds=5 if local else 30,
     )
     return dg.Definitions(

@@ -52,6 +52,31 @@ def test_the_sensors_target_jobs_that_exist(local_defs):
         assert sensor.default_status == dg.DefaultSensorStatus.STOPPED
 
 
+def test_the_lab_builds_through_salt_after_the_registry_and_the_agent(repo_root, monkeypatch):
+    monkeypatch.delenv("INFRA_JENKINS_URL", raising=False)
+    topo = load_topology(repo_root / "topology.lab.yaml")
+    assert builder_for(topo) == "salt"
+    defs = build_definitions(topo)
+    node = defs.resolve_asset_graph().get(dg.AssetKey(["app_image", "hello"]))
+    assert set(node.kinds) == {"salt", "docker"}
+    assert node.parent_keys == {
+        dg.AssetKey("topology"),
+        dg.AssetKey(["highstate", "docker-registry"]),
+        dg.AssetKey(["highstate", "jenkins-agent"]),
+    }
+    # This machine: the sensors are polled as often as the local site's.
+    for name in ("git_push_sensor", "registry_image_sensor"):
+        assert defs.resolve_sensor_def(name).minimum_interval_seconds == 5
+    # The lab's registry, reached through the lab's link, no password in config.
+    registry = defs.resources["registry"]
+    assert registry.url == "https://10.127.9.1:5000" and registry.username == "ci"
+    assert registry.route_device == "coop127-m" and registry.password == ""
+    assert registry.password_file.endswith("/lab/lab-127/registry/password")
+    # With Jenkins configured, the lab builds through it.
+    monkeypatch.setenv("INFRA_JENKINS_URL", "https://jenkins.example.coop")
+    assert builder_for(topo) == "jenkins"
+
+
 def test_the_coops_cloud_topology_builds_with_jenkins(repo_root):
     topo = load_topology(repo_root / "topology.yaml")
     assert builder_for(topo) == "jenkins"
