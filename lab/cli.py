@@ -97,3 +97,14 @@ def status(topology_file: Path, as_json: bool) -> None:
         state = "running" if info.get("running") else "not running"
         image = (info.get("image_id") or "")[:12]
         click.echo(f"{host:18} {info['address']:14} {state:12} {image}")
+    registry = data.get("registry") or {}
+    if registry.get("url"):
+        click.echo(f"registry: {registry['url']} (account {registry['username']})")
+    for daemon in (data.get("git_daemon") or {}).values():
+        if daemon.get("running"):
+            click.echo(f"git daemon: {daemon['url']} ({', '.join(daemon['repos']) or 'no repo'})")
+    releases = data.get("releases") or {}
+    for app, envs in sorted(releases.items()) if "error" not in releases else []:
+        for env, release in envs.items():
+            live = (release.get("sha") or "")[:12] or "nothing released"
+            click.echo(f"{app} {env}: {live}  {release.get('curl', release.get('url'))}")
