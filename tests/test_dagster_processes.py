@@ -48,8 +48,7 @@ def test_dagster_job_execute_fails_with_the_clear_error(dagster_home, write_topo
     assert "Materialized value" not in log
 
 
-@pytest.fixture
-def webserver(dagster_home, repo_root, tmp_path):
+def _webserver(dagster_home, repo_root, tmp_path, topology: Path | None = None):
     port = free_port()
     sup = Supervisor(tmp_path / "run")
 
@@ -62,6 +61,9 @@ def webserver(dagster_home, repo_root, tmp_path):
         entries = data["data"]["workspaceOrError"]["locationEntries"]
         return bool(entries) and all(e["loadStatus"] == "LOADED" for e in entries)
 
+    env = {"DAGSTER_HOME": str(dagster_home)}
+    if topology is not None:
+        env["INFRA_TOPOLOGY"] = str(topology)
     sup.start(
         "dagster-webserver",
         [
@@ -75,11 +77,25 @@ def webserver(dagster_home, repo_root, tmp_path):
         ],
         log=tmp_path / "webserver.log",
         cwd=dagster_home,
-        env={"DAGSTER_HOME": str(dagster_home)},
+        env=env,
         ready=loaded,
         ready_timeout_s=120,
     )
-    yield f"http://127.0.0.1:{port}"
+    return sup, f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture
+def webserver(dagster_home, repo_root, tmp_path):
+    sup, url = _webserver(dagster_home, repo_root, tmp_path)
+    yield url
+    sup.stop("dagster-webserver", timeout_s=20)
+
+
+@pytest.fixture
+def lab_webserver(dagster_home, repo_root, tmp_path):
+    """The webserver on the lab's topology (definitions only: no lab needs to be up)."""
+    sup, url = _webserver(dagster_home, repo_root, tmp_path, repo_root / "topology.lab.yaml")
+    yield url
     sup.stop("dagster-webserver", timeout_s=20)
 
 
@@ -128,3 +144,31 @@ def test_the_webserver_lists_the_jobs(webserver):
         j["name"] for repo in data["data"]["repositoriesOrError"]["nodes"] for j in repo["jobs"]
     }
     assert {"topology", "main"} <= names
+
+
+def test_the_ui_shows_one_lineage_from_an_image_to_a_release(lab_webserver):
+    """The graph is one chain, as the UI draws it: a role image -> the lab's plan -> its
+    instances -> the minions -> each role's states -> the app's image (built on the build agent,
+    pushed to the registry) -> staging -> production."""
+    data = graphql(lab_webserver, "{ assetNodes { assetKey { path } dependencyKeys { path } } }")
+    assert "errors" not in data, data
+    parents = {
+        "/".join(n["assetKey"]["path"]): {"/".join(d["path"]) for d in n["dependencyKeys"]}
+        for n in data["data"]["assetNodes"]
+    }
+    chain = [
+        ("images/web", "plan/instances/lab"),
+        ("images/support", "plan/instances/lab"),
+        ("minion_keys", "plan/instances/lab"),
+        ("plan/instances/lab", "instances/lab"),
+        ("instances/lab", "minions"),
+        ("minions", "highstate/web-staging"),
+        ("minions", "highstate/docker-registry"),
+        ("highstate/docker-registry", "app_image/hello"),
+        ("highstate/jenkins-agent", "app_image/hello"),
+        ("app_image/hello", "release/staging/hello"),
+        ("highstate/web-staging", "release/staging/hello"),
+        ("release/staging/hello", "release/production/hello"),
+    ]
+    missing = [(up, down) for up, down in chain if up not in parents.get(down, set())]
+    assert not missing, missing
