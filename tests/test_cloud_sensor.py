@@ -255,6 +255,10 @@ def test_every_file_of_the_salt_tree_rebuilds_the_images_of_the_roles_that_apply
         "salt/postgres/": {"postgres"},
         "salt/jenkins/master.sls": {"support"},
         "salt/jenkins/agent.sls": {"builder"},
+        # one image build on an agent (applied by app_image/<app>, named by no role) and the
+        # build script: taken by their folder (jenkins.master and jenkins.agent)
+        "salt/jenkins/build.sls": {"builder", "support"},
+        "salt/jenkins/files/": {"builder", "support"},
         "salt/salt/master.sls": {"support"},
         # included by salt.master, named by no role: taken by its folder (salt.master and
         # salt.minion), so shared: every image (exact would need the includes followed)
