@@ -1,13 +1,28 @@
-"""Key pairs made ahead of the hosts (infra_assets/salt_keys.py), checked against salt itself."""
+"""Key pairs made ahead of the hosts (infra_assets/salt_keys.py), checked against salt itself.
+
+salt is imported in a subprocess only: importing it replaces the interpreter's logger class, which
+breaks Dagster's loggers for every later test (resources/salt.py runs salt in a worker for that)."""
 
 from __future__ import annotations
 
+import json
 import stat
-
-import salt.crypt
-import salt.utils.crypt
+import subprocess
+import sys
 
 from infra_assets.salt_keys import MASTER, KeyStore
+
+SALT_CHECK = """
+import json, sys
+import salt.crypt, salt.utils.crypt
+pub, pem = sys.argv[1], sys.argv[2]
+key = salt.crypt.PrivateKey(open(pem, "rb").read())
+signature = key.sign(b"hello")
+print(json.dumps({
+    "finger": salt.utils.crypt.pem_finger(pub, sum_type="sha256"),
+    "verified": bool(salt.crypt.PublicKey.from_file(pub).verify(b"hello", signature)),
+}))
+"""
 
 
 def test_pairs_are_made_once_kept_and_dropped_with_their_host(tmp_path):
@@ -31,10 +46,16 @@ def test_salt_reads_the_pairs_and_agrees_on_the_fingerprint(tmp_path):
     store = KeyStore(tmp_path / "keys")
     store.ensure(["web-1"])
     pair = store.master()
-    path = tmp_path / "master.pub"
-    path.write_text(pair.public_pem)
-    assert salt.utils.crypt.pem_finger(str(path), sum_type="sha256") == pair.finger
+    pub, pem = tmp_path / "master.pub", tmp_path / "master.pem"
+    pub.write_text(pair.public_pem)
+    pem.write_text(pair.private_pem)
+    out = subprocess.run(
+        [sys.executable, "-c", SALT_CHECK, str(pub), str(pem)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen["finger"] == pair.finger
     # salt loads both halves: the private key signs, the public key verifies
-    key = salt.crypt.PrivateKey(pair.private_pem.encode())
-    signature = key.sign(b"hello")
-    assert salt.crypt.PublicKey.from_file(str(path)).verify(b"hello", signature)
+    assert seen["verified"] is True
