@@ -21,14 +21,21 @@
 set -euo pipefail
 
 required=(APP REPO SHA BRANCH IMAGE)
-if [ -z "${REGISTRY_AUTH_FILE:-}" ]; then required+=(REGISTRY_USER REGISTRY_PASSWORD); fi
+# Credentials given (the Jenkins job's) win; with none, the agent's own auth file. (A
+# REGISTRY_AUTH_FILE that podman's environment sets for other reasons is not the credentials.)
+own_auth=""
+if [ -z "${REGISTRY_PASSWORD:-}" ] && [ -n "${REGISTRY_AUTH_FILE:-}" ]; then
+  own_auth="$REGISTRY_AUTH_FILE"
+else
+  required+=(REGISTRY_USER REGISTRY_PASSWORD)
+fi
 for var in "${required[@]}"; do
   if [ -z "${!var:-}" ]; then
     echo "build-app-image: $var is not set (a parameter of the app-image job)" >&2
     exit 2
   fi
 done
-if [ -n "${REGISTRY_AUTH_FILE:-}" ] && [ ! -r "$REGISTRY_AUTH_FILE" ]; then
+if [ -n "$own_auth" ] && [ ! -r "$own_auth" ]; then
   echo "build-app-image: REGISTRY_AUTH_FILE $REGISTRY_AUTH_FILE cannot be read" >&2
   exit 2
 fi
@@ -55,8 +62,8 @@ git -C "$work/src" -c advice.detachedHead=false checkout -q "$SHA"
 rm -rf "$work/src/.git"
 
 umask 077
-if [ -n "${REGISTRY_AUTH_FILE:-}" ]; then
-  auth="$REGISTRY_AUTH_FILE"
+if [ -n "$own_auth" ]; then
+  auth="$own_auth"
 else
   auth="$work/auth.json"
   trap 'rm -f "$auth"' EXIT  # the registry's credentials go with the script, even when a step fails
@@ -86,7 +93,7 @@ podman build --pull=never --layers --force-rm "${network[@]}" "${build_args[@]}"
 echo "== push $IMAGE:$SHA"
 podman push --authfile "$auth" --tls-verify="$tls" "${certs[@]}" --digestfile "$work/digest" \
   "$IMAGE:$SHA" "docker://$IMAGE:$SHA"
-if [ -z "${REGISTRY_AUTH_FILE:-}" ]; then rm -f "$auth"; fi
+if [ -z "$own_auth" ]; then rm -f "$auth"; fi
 digest="$(cat "$work/digest")"
 printf '%s\n' "$digest" > "$top/image-digest.txt"
 echo "PUSHED_DIGEST=$digest"
