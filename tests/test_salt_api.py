@@ -432,6 +432,8 @@ def test_api_sls_renders_for_a_server_and_to_nothing_locally_or_in_a_bake(tmp_pa
     assert state_arg(rendered, "salt-api-service", "name") == "salt-api"
     assert state_arg(rendered, "salt-api-service", "enable") is True
     assert {next(iter(w.values())) for w in state_arg(rendered, "salt-api-service", "watch")} == {
+        # salt-api reaches the master at the address the master's own settings name
+        "salt-master-config",
         "salt-api-config",
         "salt-api-tls-cert",
         "salt-api-tls-key",
