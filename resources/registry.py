@@ -25,6 +25,7 @@ import dagster as dg
 from pydantic import Field
 
 from infra_assets.paths import state_dir
+from resources.lab_link import read_secret_file, route_problem
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -322,10 +323,8 @@ class RegistryResource(dg.ConfigurableResource):
 
 
 def _read_password(path: str) -> str:
-    if not path:
-        return ""
     try:
-        return Path(path).read_text().strip()
+        return read_secret_file(path)
     except OSError as err:
         raise RegistryError(
             f"the registry's password file {path} cannot be read ({err.strerror}): on the lab,"
@@ -334,25 +333,10 @@ def _read_password(path: str) -> str:
 
 
 def check_route(url: str, device: str) -> None:
-    """Refuse to talk to `url` unless the machine's route to its address goes through `device`
-    (the lab's link): a lab address must never be sent out of the machine."""
-    import subprocess
-
-    host = urlsplit(url).hostname or ""
-    try:
-        out = subprocess.run(
-            ["ip", "-j", "route", "get", host], capture_output=True, text=True, timeout=10
-        )
-        routes = json.loads(out.stdout or "[]") if out.returncode == 0 else []
-    except (OSError, ValueError, subprocess.TimeoutExpired):
-        routes = []
-    dev = routes[0].get("dev") if routes else None
-    if dev != device:
-        raise RegistryUnreachable(
-            f"registry {url}: refusing to send: the route to {host} does not go through"
-            f" {device} (it goes {'through ' + dev if dev else 'nowhere'}): the lab is not up;"
-            " run `infra lab up`"
-        )
+    """Refuse to talk to `url` unless its route goes through `device` (the lab's link)."""
+    problem = route_problem(url, device)
+    if problem:
+        raise RegistryUnreachable(f"registry {url}: refusing to send: {problem}")
 
 
 def _without_url_on_a_cloud_site() -> str | None:

@@ -40,6 +40,7 @@ from typing import Any
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
+from resources.lab_link import read_secret_file, route_problem
 from resources.salt_api import SaltApi, SaltError
 
 __all__ = ["SaltError", "SaltResource"]  # and the typed results below
@@ -867,10 +868,8 @@ def _exact_ids(minion_ids: Sequence[str]) -> list[str]:
 
 
 def _read_password(path: str) -> str:
-    if not path:
-        return ""
     try:
-        return Path(path).read_text().strip()
+        return read_secret_file(path)
     except OSError as err:
         raise SaltError(
             f"salt-api's password file {path} cannot be read ({err.strerror}): on the lab, run"
@@ -879,24 +878,10 @@ def _read_password(path: str) -> str:
 
 
 def _check_route(url: str, device: str) -> None:
-    """Refuse to talk to `url` unless the machine's route to its address goes through `device`
-    (the lab's link): a lab address must never be sent out of the machine."""
-    import urllib.parse
-
-    host = urllib.parse.urlsplit(url).hostname or ""
-    try:
-        out = subprocess.run(
-            ["ip", "-j", "route", "get", host], capture_output=True, text=True, timeout=10
-        )
-        routes = json.loads(out.stdout or "[]") if out.returncode == 0 else []
-    except (OSError, ValueError, subprocess.TimeoutExpired):
-        routes = []
-    dev = routes[0].get("dev") if routes else None
-    if dev != device:
-        raise SaltError(
-            f"salt-api at {url}: the route to {host} does not go through {device} (it goes"
-            f" {'through ' + dev if dev else 'nowhere'}): the lab is not up; run `infra lab up`"
-        )
+    """Refuse to talk to `url` unless its route goes through `device` (the lab's link)."""
+    problem = route_problem(url, device)
+    if problem:
+        raise SaltError(f"salt-api at {url}: {problem}")
 
 
 def _port_open(host: str, port: int) -> bool:
