@@ -23,8 +23,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import yaml
-
 from benchmarks import Result
 from infra_assets.paths import REPO_ROOT
 
@@ -133,13 +131,7 @@ def _lab_env(*, cold: bool) -> Iterator[tuple[Path, _Env]]:
     from lab import site
 
     folder = Path(tempfile.mkdtemp(prefix="bench-lab-", dir=REPO_ROOT / ".state"))
-    data = yaml.safe_load((REPO_ROOT / "topology.lab.yaml").read_text())
-    for location in data["locations"].values():
-        location["number"] = NUMBER
-    for name, app in data.get("apps", {}).items():
-        app["repo"] = str(folder / "git" / f"{name}.git")
-    topology = folder / "topology.lab.yaml"
-    topology.write_text(yaml.safe_dump(data, sort_keys=False))
+    topology = site.write_lab_topology(folder, NUMBER)
     home = folder / "dagster"
     home.mkdir()
     shutil.copy(REPO_ROOT / "dagster.yaml", home / "dagster.yaml")

@@ -24,6 +24,23 @@ class LabUpError(RuntimeError):
     """A step of `infra lab up` failed; the message names the asset and why."""
 
 
+def write_lab_topology(folder: Path, number: int) -> Path:
+    """The repo's topology.lab.yaml at another location number (a second lab beside a developer's:
+    the tests', a benchmark's), its app repos under `folder`. Returns the file written there."""
+    import yaml
+
+    from infra_assets.paths import REPO_ROOT
+
+    data = yaml.safe_load((REPO_ROOT / "topology.lab.yaml").read_text())
+    for location in data["locations"].values():
+        location["number"] = number
+    for name, app in data.get("apps", {}).items():
+        app["repo"] = str(folder / "git" / f"{name}.git")
+    path = folder / "topology.lab.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
 def lab_resource() -> LabResource:
     """The lab's container driver, on the project's podman (the storage Packer builds into)."""
     return LabResource(podman_env=PodmanResource().env())

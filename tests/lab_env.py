@@ -18,7 +18,6 @@ from typing import Any
 
 import dagster as dg
 import pytest
-import yaml
 
 from infra_assets.model import Topology, load_topology
 from infra_assets.paths import REPO_ROOT
@@ -88,15 +87,9 @@ class LabEnv:
 
 
 def write_lab_topology(folder: Path, number: int = LAB_NUMBER) -> Path:
-    """The repo's topology.lab.yaml at another location number, its app repos under `folder`."""
-    data = yaml.safe_load((REPO_ROOT / "topology.lab.yaml").read_text())
-    for location in data["locations"].values():
-        location["number"] = number
-    for name, app in data.get("apps", {}).items():
-        app["repo"] = str(folder / "git" / f"{name}.git")
-    path = folder / "topology.lab.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
+    from lab.site import write_lab_topology as write
+
+    return write(folder, number)
 
 
 @pytest.fixture(scope="session")
