@@ -135,28 +135,19 @@ def _lab_env(*, cold: bool) -> Iterator[tuple[Path, _Env]]:
     home = folder / "dagster"
     home.mkdir()
     shutil.copy(REPO_ROOT / "dagster.yaml", home / "dagster.yaml")
-    saved = {
-        k: os.environ.get(k)
-        for k in ("DAGSTER_HOME", "INFRA_STATE_DIR", "INFRA_PODMAN_ROOT", "INFRA_SECRETS_FILE")
-    }
-    cwd = Path.cwd()
-    os.environ.update(DAGSTER_HOME=str(home), INFRA_STATE_DIR=str(folder / "state"))
-    os.environ.pop("INFRA_SECRETS_FILE", None)
     # warm: the project's podman storage, where `make demo` and the tests keep the images
-    os.environ["INFRA_PODMAN_ROOT"] = str(
-        folder / "podman" if cold else REPO_ROOT / ".state/podman"
-    )
-    os.chdir(home)
+    podman = folder / "podman" if cold else REPO_ROOT / ".state" / "podman"
+    variables = {
+        "DAGSTER_HOME": str(home),
+        "INFRA_STATE_DIR": str(folder / "state"),
+        "INFRA_PODMAN_ROOT": str(podman),
+        "INFRA_SECRETS_FILE": None,
+    }
     try:
-        yield topology, _Env(topology)
+        with site.environment(home, **variables):
+            try:
+                yield topology, _Env(topology)
+            finally:
+                site.down(topology)
     finally:
-        try:
-            site.down(topology)
-        finally:
-            os.chdir(cwd)
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
-            shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(folder, ignore_errors=True)

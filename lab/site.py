@@ -97,17 +97,28 @@ def write_registry_client(site: LabSite, secrets: Secrets) -> None:
 
 
 @contextmanager
-def topology_env(topology_file: Path) -> Iterator[None]:
-    """$INFRA_TOPOLOGY set to the lab's topology while Dagster runs (restored afterwards)."""
-    old = os.environ.get("INFRA_TOPOLOGY")
-    os.environ["INFRA_TOPOLOGY"] = str(Path(topology_file).absolute())
+def environment(cwd: Path | None = None, **variables: str | None) -> Iterator[None]:
+    """`variables` in os.environ (None: unset) and the working folder `cwd`, while the block
+    runs; every variable and the folder restored after. For running a lab's Dagster code in
+    process: `up`, the tests' lab, the lab benchmark."""
+    saved = {k: os.environ.get(k) for k in variables}
+    before = Path.cwd()
+    for key, value in variables.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    if cwd is not None:
+        os.chdir(cwd)
     try:
         yield
     finally:
-        if old is None:
-            os.environ.pop("INFRA_TOPOLOGY", None)
-        else:
-            os.environ["INFRA_TOPOLOGY"] = old
+        os.chdir(before)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def up(topology_file: Path, *, job: str = "main", echo=None) -> dict[str, Any]:
@@ -122,7 +133,8 @@ def up(topology_file: Path, *, job: str = "main", echo=None) -> dict[str, Any]:
     site = lab_site(topology_file)
     lab_secrets(site)
     home = dagster_home()
-    with topology_env(topology_file), _cwd(home):
+    # dagster.yaml names its storage relative to the instance's folder.
+    with environment(home, INFRA_TOPOLOGY=str(Path(topology_file).absolute())):
         defs = build_definitions(site.topo)
         instance = dg.DagsterInstance.get()
         run_id = str(uuid.uuid4())
@@ -170,17 +182,6 @@ def stop_git_daemons(site: LabSite) -> list[str]:
         if pid is not None:
             stopped.append(f"git daemon (pid {pid})")
     return stopped
-
-
-@contextmanager
-def _cwd(folder: Path) -> Iterator[None]:
-    """dagster.yaml names its storage relative to the instance's folder."""
-    old = Path.cwd()
-    os.chdir(folder)
-    try:
-        yield
-    finally:
-        os.chdir(old)
 
 
 class _Follower:

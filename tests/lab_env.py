@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,24 +54,16 @@ class LabEnv:
         site = self.site
         return site.address(host, role) if role else site.plan.primary(host).address
 
-    @contextmanager
-    def env(self) -> Iterator[None]:
+    def env(self):
         """$INFRA_TOPOLOGY and $DAGSTER_HOME set to the lab's, and the working folder the
         instance's (dagster.yaml names its storage relative to it); all restored after."""
-        saved = {k: os.environ.get(k) for k in ("INFRA_TOPOLOGY", "DAGSTER_HOME")}
-        cwd = Path.cwd()
-        os.environ["INFRA_TOPOLOGY"] = str(self.topology_file)
-        os.environ["DAGSTER_HOME"] = str(self.dagster_home)
-        os.chdir(self.dagster_home)
-        try:
-            yield
-        finally:
-            os.chdir(cwd)
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
+        from lab.site import environment
+
+        return environment(
+            self.dagster_home,
+            INFRA_TOPOLOGY=str(self.topology_file),
+            DAGSTER_HOME=str(self.dagster_home),
+        )
 
     def run(self, *keys: str, run_config: dict[str, Any] | None = None, instance=None):
         """Materialise `keys` (and the topology) on the lab, in this process."""
