@@ -134,7 +134,9 @@ def up(topology_file: Path, *, job: str = "main", echo=None) -> dict[str, Any]:
     lab_secrets(site)
     home = dagster_home()
     # dagster.yaml names its storage relative to the instance's folder.
-    with environment(home, INFRA_TOPOLOGY=str(Path(topology_file).absolute())):
+    with environment(
+        home, DAGSTER_HOME=str(home), INFRA_TOPOLOGY=str(Path(topology_file).absolute())
+    ):
         defs = build_definitions(site.topo)
         instance = dg.DagsterInstance.get()
         run_id = str(uuid.uuid4())
@@ -228,14 +230,23 @@ class _Follower:
         self._drain()
 
 
+def _error_text(error) -> str:
+    """A step's error without Dagster's wrapper: the innermost cause's message (the project's
+    own errors name the file, key or command), else Dagster's."""
+    if error is None:
+        return "failed"
+    while error.cause is not None:
+        error = error.cause
+    return error.message.strip()
+
+
 def _failure_text(result) -> str:
     lines = []
     for event in result.all_events:
         if event.is_step_failure:
             data = event.step_failure_data
             why = data.user_failure_data.description if data.user_failure_data else None
-            why = why or (data.error.message.strip() if data.error else "failed")
-            lines.append(f"{event.step_key}: {why}")
+            lines.append(f"{event.step_key}: {why or _error_text(data.error)}")
     return "\n".join(lines) or "the run failed (see the Dagster UI)"
 
 
