@@ -30,9 +30,10 @@ def _known_errors():
     from infra_assets.secrets import SecretsError
     from infra_assets.sites import SiteError
     from lab.site import LabUpError
+    from resources.cli_runner import CliError
     from resources.lab import LabError
 
-    return (SecretsError, SiteError, LabUpError, LabError)
+    return (SecretsError, SiteError, LabUpError, LabError, CliError)
 
 
 @lab.command()

@@ -11,7 +11,9 @@ as PID 1 at their planned addresses 10.N.x.y. Everything of lab N is named from 
 - the podman network `coop-lab-N` (10.N.0.0/16, gateway 10.N.255.254), created from inside it;
 - a veth link, `coopN-m` (machine, 169.254.N.1/30) to `coopN-l` (namespace, 169.254.N.2/30),
   and the machine route `10.N.0.0/16 via 169.254.N.2 dev coopN-m metric 10`;
-- containers `labN-<host>`, labelled `org.coop-infra.lab=N` and `org.coop-infra.host=<host>`.
+- containers `labN-<host>`, labelled `org.coop-infra.lab=N` and `org.coop-infra.host=<host>`;
+- `/run/coop-infra/lab-N.owner`: the podman folder of the checkout whose lab N it is. Another
+  checkout (a second clone, a CI run on the same machine) is refused lab N while it is held.
 
 Nothing is sent from the machine to a lab address before `route_into_lab` has checked, with
 `ip -j route get`, that the route goes through `coopN-m`.
@@ -58,6 +60,7 @@ HOST_LABEL = "org.coop-infra.host"
 # The container's configuration as planned (JSON, without the image and the files): what `plan`
 # compares to decide that a container must be replaced.
 SPEC_LABEL = "org.coop-infra.lab-spec"
+OWNER_DIR = Path("/run/coop-infra")
 UNREACHABLE_METRIC = 4000
 VIA_METRIC = 10
 NETNS_DIR = Path("/run/netns")
@@ -409,6 +412,8 @@ class Lab:
         self.log = log or default_log()
         self.timeout_s = timeout_s
         self.lock_dir = Path(lock_dir or self.podman_env.get("TMPDIR") or "/run/lock")
+        # Which checkout this is, for the owner file: its podman folder.
+        self.owner = str(Path(self.podman_env["CONTAINERS_CONF"]).parent)
 
     # --- commands ------------------------------------------------------------------------------
 
@@ -471,6 +476,7 @@ class Lab:
         with self._locked(number):
             if self._ensure_unreachable(net):
                 made.append("unreachable route")
+            self._claim(net)
             if self._ensure_namespace(net):
                 made.append("namespace")
             if self._ensure_podman_network(net):
@@ -485,6 +491,37 @@ class Lab:
                 made.append("route")
         self.route_into_lab(net.gateway)
         return {**net.as_dict(), "made": made}
+
+    def _claim(self, net: LabNetwork) -> None:
+        """Make this checkout the owner of lab N, unless another one holds it."""
+        self._refuse_if_held(net)
+        path = owner_file(net.number)
+        if not path.is_file() or path.read_text().strip() != self.owner:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(self.owner + "\n")
+
+    def _refuse_if_held(self, net: LabNetwork) -> None:
+        """LabError when another checkout holds lab N: a live namespace with processes in it
+        that this checkout's podman did not start."""
+        path = owner_file(net.number)
+        held_by = path.read_text().strip() if path.is_file() else ""
+        if held_by == self.owner or not _is_netns(net.netns_path):
+            return
+        # conmon runs in the namespace (podman is started there); each container's own
+        # processes are in namespaces of their own, linked to the bridge
+        ours = set()
+        for info in self._containers(net.number).values():
+            state = info.get("State") or {}
+            ours |= {int(pid) for pid in (state.get("ConmonPid"), state.get("Pid")) if pid}
+        theirs = [pid for pid in _processes_in(net.netns_path) if pid not in ours]
+        if theirs:
+            raise LabError(
+                f"lab {net.number} is held by another checkout"
+                f" ({held_by or 'unknown: made before owners were recorded'}): its namespace"
+                f" {net.namespace} runs pids {', '.join(map(str, theirs[:8]))}. Take that lab"
+                " down from its checkout (`infra lab down`), or give this topology's location"
+                " another lab number (`number:` in its topology)"
+            )
 
     def _ensure_unreachable(self, net: LabNetwork) -> bool:
         if self._unreachable_route(net):
@@ -578,6 +615,7 @@ class Lab:
         removed: list[str] = []
         with self._locked(number):
             self._ensure_unreachable(net)
+            self._refuse_if_held(net)
             found = self._containers(number)
             if found:
                 self._remove_containers(number, [info["Id"] for info in found.values()])
@@ -605,6 +643,9 @@ class Lab:
                     )
                 self._ip("netns", "delete", net.namespace)
                 removed.append(f"namespace {net.namespace}")
+            path = owner_file(number)
+            if path.is_file() and path.read_text().strip() == self.owner:
+                path.unlink()
         return removed
 
     def network_status(self, number: int) -> dict[str, bool]:
@@ -678,8 +719,13 @@ class Lab:
         return found
 
     def _remove_containers(self, number: int, ids: Sequence[str]) -> None:
-        self.podman(number, ["stop", "--ignore", "-t", str(STOP_TIMEOUT_S), *ids])
-        self.podman(number, ["rm", "--ignore", "--force", *ids])
+        # `stop` may fail for a container whose network is already gone (its namespace was
+        # deleted under it) while it stops it all the same; `rm --force` says what is left.
+        self.podman(number, ["stop", "--ignore", "-t", str(STOP_TIMEOUT_S), *ids], check=False)
+        try:
+            self.podman(number, ["rm", "--ignore", "--force", *ids])
+        except CliError as err:
+            raise LabError(f"lab {number}: its containers could not be removed: {err}") from None
 
     def image_id(self, ref: str, *, number: int | None = None) -> str | None:
         """The id of image `ref` in the lab's podman storage; None when it is not there."""
@@ -1146,6 +1192,21 @@ class LabResource(dg.ConfigurableResource):
 
 def _quiet(_line: str) -> None:
     pass
+
+
+def owner_file(number: int) -> Path:
+    """Where lab `number`'s owner (a checkout's podman folder) is written; /run: gone with the
+    namespaces when the machine restarts."""
+    return OWNER_DIR / f"lab-{number}.owner"
+
+
+def lab_holder(number: int) -> str | None:
+    """Who holds lab `number`: the podman folder of the checkout that made it, "unknown" for a
+    live namespace without an owner file; None when the lab is not up."""
+    if not _is_netns(LabNetwork(number).netns_path):
+        return None
+    path = owner_file(number)
+    return (path.read_text().strip() if path.is_file() else "") or "unknown"
 
 
 def _is_netns(path: Path) -> bool:

@@ -22,10 +22,25 @@ from infra_assets.model import Topology, load_topology
 from infra_assets.paths import REPO_ROOT
 from infra_assets.sites import LabSite
 
-# $INFRA_TEST_LAB_NUMBER: another number for this session's lab (two sessions at once, say a
-# helper's and a developer's, each need their own). $INFRA_TEST_LAB_KEEP=1: leave the lab up at
-# the end (the next session's `up` finds it and changes nothing; `infra lab down` removes it).
-LAB_NUMBER = int(os.environ.get("INFRA_TEST_LAB_NUMBER") or 126)
+
+def _free_lab_number() -> int:
+    """126, or the first number below it that no other checkout holds (a developer's lab, a
+    second clone's test session): 125 is test_lab_network's and 127 the repo's own lab."""
+    from resources.lab import lab_holder
+    from resources.podman import PodmanResource
+
+    ours = str(PodmanResource().folder())
+    for number in (126, *range(124, 99, -1)):
+        if lab_holder(number) in (None, ours):
+            return number
+    raise RuntimeError("every lab number from 100 to 126 is held by another checkout")
+
+
+# $INFRA_TEST_LAB_NUMBER: this session's lab number, else the first free one (above). A lab
+# number is held by one checkout at a time (resources/lab.py). $INFRA_TEST_LAB_KEEP=1: leave the
+# lab up at the end (the next session's `up` finds it and changes nothing; `infra lab down`
+# removes it).
+LAB_NUMBER = int(os.environ.get("INFRA_TEST_LAB_NUMBER") or _free_lab_number())
 
 
 @dataclass

@@ -508,6 +508,23 @@ def test_after_the_machine_restarted_up_and_apply_bring_the_lab_back(lab: Lab) -
 
 
 @pytest.mark.slow
+def test_another_checkout_is_refused_a_lab_number_that_is_held(lab: Lab, tmp_path) -> None:
+    """A second clone (or a CI run on the same machine) with the same lab number gets a clear
+    refusal from `up` and from `down`, and the holder's lab is left as it was."""
+    _ensure(lab, [SPEC_A])
+    other = Lab(PodmanResource(root=str(tmp_path / "other")).env(), log=_quiet)
+    before = (_routes(), _links(), lab.network_status(N))
+    for change in (other.up_network, other.down_network):
+        with pytest.raises(LabError) as refused:
+            change(N)
+        text = str(refused.value)
+        assert f"lab {N} is held by another checkout ({lab.owner})" in text
+        assert "`infra lab down`" in text and "another lab number" in text
+    assert (_routes(), _links(), lab.network_status(N)) == before
+    assert {r.host for r in lab.status(N) if r.running} >= {"a"}
+
+
+@pytest.mark.slow
 def test_down_network_leaves_only_the_unreachable_route(lab: Lab) -> None:
     _ensure(lab, [_spec("p", "10.125.2.1", privileged=True)])  # something to take down
     removed = lab.down_network(N)
