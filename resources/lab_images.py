@@ -167,48 +167,21 @@ def ensure_lab_base_image(
 def _make_base(
     podman: PodmanResource, lab: Path, recipe: BaseRecipe, wanted: str, log: LogSink | None
 ) -> str:
-    if shutil.which("debootstrap") is None:
-        raise PodmanError(
-            "debootstrap is not installed: `apt-get install debootstrap` (scripts/apt-packages.txt)"
-        )
-    work = lab / "base"
-    rootfs = work / "rootfs"
-    tarball = work / "rootfs.tar"
     cache = lab / "debootstrap-cache"  # the .debs, kept: a changed recipe rebuilds faster
-    if work.exists():
-        shutil.rmtree(work)  # what a failed attempt left
-    work.mkdir(parents=True)
     cache.mkdir(parents=True, exist_ok=True)
-    try:
-        run_cli(
-            [
-                "debootstrap",
-                "--variant=minbase",
-                f"--include={','.join(recipe.packages)}",
-                f"--cache-dir={cache}",
-                recipe.suite,
-                str(rootfs),
-                recipe.mirror,
-            ],
-            log=log,
-            timeout_s=podman.timeout_s,
-        )
-        run_cli(["chroot", str(rootfs), "/bin/sh", "-c", recipe.setup_script()], log=log)
-        run_cli(["tar", "-C", str(rootfs), "--numeric-owner", "-cf", str(tarball), "."], log=log)
-        shutil.rmtree(rootfs)
-        args = ["import"]
-        for change in (*recipe.changes, f"LABEL {RECIPE_LABEL}={wanted}"):
-            args += ["--change", change]
-        args += ["--message", f"coop-infra lab base: debootstrap {recipe.suite} minbase + systemd"]
-        podman.run([*args, str(tarball), recipe.ref], log=log)
-    except CliError as err:
-        raise PodmanError(f"making the lab base image {recipe.ref} failed: {err}") from None
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    image_id = podman.image_id(recipe.ref)
-    if not image_id:
-        raise PodmanError(f"{recipe.ref} is not in the storage after podman import")
-    return image_id
+    return podman.debootstrap_image(
+        ref=recipe.ref,
+        work=lab / "base",
+        suite=recipe.suite,
+        mirror=recipe.mirror,
+        packages=recipe.packages,
+        changes=[*recipe.changes, f"LABEL {RECIPE_LABEL}={wanted}"],
+        message=f"coop-infra lab base: debootstrap {recipe.suite} minbase + systemd",
+        what="the lab base image",
+        setup_script=recipe.setup_script(),
+        cache_dir=cache,
+        log=log,
+    )
 
 
 def ensure_wheelhouse(

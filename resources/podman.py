@@ -22,7 +22,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -195,57 +195,89 @@ class PodmanResource(dg.ConfigurableResource):
         return BaseImage(self.base_image, image_id, True, time.monotonic() - started)
 
     def _make_base_image(self, log: LogSink | None) -> str:
+        return self.debootstrap_image(
+            ref=self.base_image,
+            work=self.folder() / "base",
+            suite=self.debian_suite,
+            mirror=self.debian_mirror,
+            packages=self.base_packages,
+            changes=[
+                f"ENV PATH={DEFAULT_PATH}",
+                "ENV LANG=C.UTF-8",
+                f"LABEL {BASE_LABEL}={self.debian_suite}",
+                'CMD ["/bin/bash"]',
+            ],
+            message=f"coop-infra base: debootstrap {self.debian_suite} minbase",
+            what="the base image",
+            log=log,
+        )
+
+    def debootstrap_image(
+        self,
+        *,
+        ref: str,
+        work: Path,
+        suite: str,
+        mirror: str,
+        packages: Sequence[str],
+        changes: Sequence[str],
+        message: str,
+        what: str,
+        setup_script: str | None = None,
+        cache_dir: Path | None = None,
+        log: LogSink | None = None,
+    ) -> str:
+        """A minimal Debian made with debootstrap in `work` (with `packages`, `setup_script` run
+        in it by chroot, no package caches or lists left), `podman import`ed as `ref` with
+        `changes`: the image id. The app base and the lab base are both made here."""
         if shutil.which("debootstrap") is None:
             raise PodmanError(
                 "debootstrap is not installed: `apt-get install debootstrap` (listed in"
                 " scripts/apt-packages.txt; `make setup` installs it)"
             )
-        work = self.folder() / "base"
         rootfs = work / "rootfs"
         tarball = work / "rootfs.tar"
         if work.exists():
+            _unmount_under(work)  # debootstrap's /proc and /sys, when it was killed
             shutil.rmtree(work)  # what a failed attempt left
         work.mkdir(parents=True)
+        cache = [f"--cache-dir={cache_dir}"] if cache_dir else []
         try:
             run_cli(
                 [
                     "debootstrap",
                     "--variant=minbase",
-                    f"--include={','.join(self.base_packages)}",
-                    self.debian_suite,
+                    f"--include={','.join(packages)}",
+                    *cache,
+                    suite,
                     str(rootfs),
-                    self.debian_mirror,
+                    mirror,
                 ],
                 log=log,
                 timeout_s=self.timeout_s,
             )
+            if setup_script:
+                run_cli(["chroot", str(rootfs), "/bin/sh", "-c", setup_script], log=log)
             # What an image does not need: downloaded packages and package lists (~90 MB).
             for leftover in ("var/cache/apt/archives", "var/lib/apt/lists"):
                 for entry in (rootfs / leftover).glob("*"):
                     if entry.is_file():
                         entry.unlink()
-            run_cli(["tar", "-C", str(rootfs), "-cf", str(tarball), "."], log=log)
+            run_cli(
+                ["tar", "-C", str(rootfs), "--numeric-owner", "-cf", str(tarball), "."], log=log
+            )
             shutil.rmtree(rootfs)
-            self.run(
-                [
-                    "import",
-                    "--change", f"ENV PATH={DEFAULT_PATH}",
-                    "--change", "ENV LANG=C.UTF-8",
-                    "--change", f"LABEL {BASE_LABEL}={self.debian_suite}",
-                    "--change", 'CMD ["/bin/bash"]',
-                    "--message", f"coop-infra base: debootstrap {self.debian_suite} minbase",
-                    str(tarball),
-                    self.base_image,
-                ],
-                log=log,
-            )  # fmt: skip
+            args = ["import"]
+            for change in changes:
+                args += ["--change", change]
+            self.run([*args, "--message", message, str(tarball), ref], log=log)
         except CliError as err:
-            raise PodmanError(f"making the base image {self.base_image} failed: {err}") from None
+            raise PodmanError(f"making {what} {ref} failed: {err}") from None
         finally:
             shutil.rmtree(work, ignore_errors=True)
-        image_id = self.image_id(self.base_image)
+        image_id = self.image_id(ref)
         if not image_id:
-            raise PodmanError(f"{self.base_image} is not in the storage after podman import")
+            raise PodmanError(f"{ref} is not in the storage after podman import")
         return image_id
 
     def build(
@@ -393,3 +425,13 @@ driver = "{driver}"
 graphroot = "{root}/storage"
 runroot = "{root}/run"
 """
+
+
+def _unmount_under(folder: Path) -> None:
+    """Unmount what is mounted under `folder`, deepest first (a killed debootstrap leaves its
+    chroot's /proc and /sys mounted, and removing the folder would then fail)."""
+    prefix = str(folder.absolute()) + "/"
+    with open("/proc/self/mounts") as mounts:
+        points = [line.split()[1] for line in mounts if line.split()[1].startswith(prefix)]
+    for point in sorted(points, reverse=True):
+        run_cli(["umount", "--lazy", point], log=lambda _line: None, check=False)
