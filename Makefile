@@ -1,6 +1,6 @@
 # coop-infra: the commands the README names. Each one does its own set-up first.
 #   make test    install what the tests need, then run the whole suite
-#   make demo    install what the main job needs, then run it on the local site
+#   make demo    install what the lab needs, bring it up, then push to live on it twice
 #   make lab     install what the lab needs, then bring it up (infra lab up; infra lab down)
 #   make dev     the Dagster UI on http://127.0.0.1:$(DEV_PORT)
 #   make bench   the benchmarks (figures in the README)
@@ -11,7 +11,7 @@ SHELL := /bin/bash
 export DAGSTER_HOME := $(CURDIR)
 export UV_PYTHON_DOWNLOADS := never
 # The site `make demo` and `make dev` work on; the co-op's own is topology.yaml.
-TOPOLOGY ?= topology.local.yaml
+TOPOLOGY ?= topology.lab.yaml
 DEV_PORT ?= 3000
 UV = $(shell command -v uv 2>/dev/null || { test -x .tools/bin/uv && echo .tools/bin/uv; } || echo python3 -m uv)
 RUN = $(UV) run --locked --no-sync

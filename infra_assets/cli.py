@@ -17,7 +17,7 @@ from pathlib import Path
 
 import click
 
-from infra_assets.local_site.cli import TOPOLOGY_OPT, local
+from infra_assets.local_site.cli import local
 from infra_assets.model import AddressPlan, Topology, TopologyError, address_plan, load_topology
 from lab.cli import lab
 
@@ -81,11 +81,28 @@ def ips(file: Path, as_json: bool) -> None:
 
 
 @cli.command()
-@TOPOLOGY_OPT
+@click.option(
+    "--topology",
+    "topology_file",
+    type=click.Path(path_type=Path),
+    envvar="INFRA_TOPOLOGY",
+    default="topology.lab.yaml",
+    show_default=True,
+    help="The topology to run the demo on ($INFRA_TOPOLOGY): the lab's, or a local site's.",
+)
 def demo(topology_file: Path) -> None:
-    """Run the main job on the local site and say where to look (`make demo`)."""
+    """Run the main job on the lab (or the local site) and push to live twice (`make demo`)."""
     from infra_assets.demo import run_demo
 
+    try:
+        on_lab = all(loc.cloud == "lab" for loc in load_topology(topology_file).locations.values())
+    except TopologyError as err:
+        click.echo(err.render(), err=True)
+        sys.exit(2)
+    if on_lab:
+        from lab.demo import run_demo as run_lab_demo
+
+        sys.exit(run_lab_demo(topology_file, click.echo))
     sys.exit(run_demo(topology_file))
 
 

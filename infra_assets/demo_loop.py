@@ -157,12 +157,23 @@ def instance():
         os.chdir(before)
 
 
-def live_version(url: str, health: str) -> str | None:
-    """The version the app at `url` says it runs (its health path), or None."""
+def live_version(
+    url: str, health: str, *, host_header: str | None = None, route_device: str | None = None
+) -> str | None:
+    """The version the app at `url` says it runs (its health path), or None. `host_header`:
+    the app's domain, for a web host that serves several; `route_device`: send only when the
+    machine's route to `url` goes through it (a lab's link)."""
     import requests
 
+    if route_device:
+        from resources.lab_link import route_problem
+
+        problem = route_problem(url, route_device)
+        if problem:
+            raise LoopError(f"{url}: {problem}")
     try:
-        response = requests.get(url.rstrip("/") + health, timeout=2)
+        headers = {"Host": host_header} if host_header else {}
+        response = requests.get(url.rstrip("/") + health, headers=headers, timeout=2)
         if response.status_code != 200:
             return None
         return str(response.json().get("version"))
@@ -180,17 +191,24 @@ def wait_live(
     release_job: str | None = None,
     timeout_s: float = 300,
     poll_s: float = 0.2,
+    host_header: str | None = None,
+    route_device: str | None = None,
 ) -> float:
     """Wait until `url` answers with `sha`; follow the runs started since `since` (a
     timestamp) and stop at the first that fails. Returns the seconds from `since` until the URL
     answered. With `release_job`, return only once that job's run for `sha` has finished too
-    (the release records what is live after nginx serves it)."""
+    (the release records what is live after nginx serves it). `host_header`, `route_device`:
+    as `live_version`."""
     seen: dict[str, str] = {}
     last_runs_check = 0.0
     live_after: float | None = None
     with instance() as inst:
         while True:
-            if live_after is None and live_version(url, health) == sha:
+            if (
+                live_after is None
+                and live_version(url, health, host_header=host_header, route_device=route_device)
+                == sha
+            ):
                 live_after = time.time() - since
             if live_after is not None and (
                 release_job is None or _finished(inst, release_job, sha, since)
@@ -203,7 +221,7 @@ def wait_live(
             if time.time() - since > timeout_s:
                 raise LoopError(
                     f"{url} does not answer with {sha[:12]} after {timeout_s:.0f} s; the runs:"
-                    f" make dev, then http://127.0.0.1:3000/runs (or `infra local status`)"
+                    f" make dev, then http://127.0.0.1:3000/runs"
                 )
             time.sleep(poll_s)
 

@@ -26,7 +26,7 @@ def lab() -> None:
     """The lab: every host of the topology a container with systemd, at its planned address."""
 
 
-def _known_errors():
+def known_errors():
     from infra_assets.secrets import SecretsError
     from infra_assets.sites import SiteError
     from lab.site import LabUpError
@@ -49,7 +49,7 @@ def up(topology_file: Path) -> None:
     except TopologyError as err:
         click.echo(err.render(), err=True)
         sys.exit(2)
-    except _known_errors() as err:
+    except known_errors() as err:
         click.echo(f"infra lab up: {err}", err=True)
         sys.exit(1)
     running = [h for h, v in data["hosts"].items() if v.get("running")]
@@ -69,7 +69,7 @@ def down(topology_file: Path) -> None:
     except TopologyError as err:
         click.echo(err.render(), err=True)
         sys.exit(2)
-    except _known_errors() as err:
+    except known_errors() as err:
         click.echo(f"infra lab down: {err}", err=True)
         sys.exit(1)
     click.echo(f"lab down ({', '.join(removed) or 'nothing was up'})")
@@ -87,7 +87,7 @@ def status(topology_file: Path, as_json: bool) -> None:
     except TopologyError as err:
         click.echo(err.render(), err=True)
         sys.exit(2)
-    except _known_errors() as err:
+    except known_errors() as err:
         click.echo(f"infra lab status: {err}", err=True)
         sys.exit(1)
     if as_json:

@@ -253,9 +253,11 @@ def _failure_text(result) -> str:
 def down(topology_file: Path) -> list[str]:
     """Remove every container of the lab, its network, namespace and link. The `unreachable`
     route for each lab /16 stays, so nothing for the lab's addresses ever leaves the machine."""
+    from lab.demo import stop_daemon
+
     site = lab_site(topology_file)
     lab = lab_resource()
-    removed = stop_git_daemons(site)
+    removed = stop_daemon(site) + stop_git_daemons(site)
     for number in site.numbers():
         removed += lab.down_network(number)
     return removed

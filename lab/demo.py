@@ -1,0 +1,159 @@
+"""`make demo` on the lab (`infra demo --topology topology.lab.yaml`): the lab up (the `main`
+job), then the push-to-live loop on it, driven by the real Dagster daemon:
+
+1. the sample app's bare repo where the topology names it (a path on this machine, served to
+   the lab by the read-only git daemon on the lab's link) and a working clone beside it;
+2. `dagster-daemon run` on the repo's instance, and the delivery sensors on;
+3. a commit, pushed: git_push_sensor -> `build_<app>` (built on the jenkins agent through salt,
+   pushed to the lab's registry) -> registry_image_sensor -> `release_staging_<app>` (the `app`
+   state on web-staging-1); the loop follows the runs and waits until staging answers with the
+   commit, at its planned address with the app's domain as Host, through the lab's link;
+4. a second commit, the same way.
+
+Everything stays up afterwards; `infra lab down` stops the daemon, the git daemon and the lab.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from infra_assets.local_site.dagster import DagsterDaemonService
+from infra_assets.local_site.processes import Supervisor
+from infra_assets.model import Topology
+from infra_assets.sites import LabSite
+
+
+class DaemonPlace:
+    """Where the demo's Dagster daemon is recorded for a lab: its pid record and log under the
+    lab's state folder (so `infra lab down` of that lab, and only that lab, stops it)."""
+
+    def __init__(self, site: LabSite):
+        self.root = site.root
+        self.supervisor = Supervisor(self.root / "run")
+
+    def path(self, *parts: str) -> Path:
+        return self.root.joinpath(*parts)
+
+
+def stop_daemon(site: LabSite) -> list[str]:
+    place = DaemonPlace(site)
+    record = place.supervisor.get("dagster-daemon")
+    if record is None:
+        return []
+    DagsterDaemonService().down(place)
+    return [f"dagster-daemon (pid {record.pid})"]
+
+
+def staging_reach(site: LabSite, topo: Topology, app: str) -> tuple[str, str, str]:
+    """(URL of the first staging web host, the app's staging domain, the lab link's device)."""
+    host = sorted(topo.hosts_with_role("web-staging"))[0]
+    address = site.address(host, "web-staging")
+    return f"http://{address}/", topo.apps[app].domains["staging"], f"coop{site.number_of(host)}-m"
+
+
+def run_loop(topology_file: Path, site: LabSite, say, *, rounds: int = 2) -> int:
+    """`rounds` commits pushed to the demo app, each followed until staging answers with it."""
+    from infra_assets.demo_loop import (
+        LoopError,
+        demo_app,
+        ensure_repo,
+        start_daemon_and_sensors,
+        wait_live,
+    )
+    from infra_assets.releases import staging_job_name
+    from lab.site import start_git_daemon
+
+    topo = site.topo
+    if not topo.hosts_with_role("web-staging"):
+        say("== no host has the role web-staging: nothing to release to", err=True)
+        return 1
+    try:
+        app = demo_app(topo)
+        url, domain, device = staging_reach(site, topo, app)
+        say("")
+        say(f"== push to live: {app} on staging ({url}, Host: {domain})")
+        repo = ensure_repo(topology_file, topo, app, site.root)
+        say(f"   git repo {repo.bare} (branch {repo.branch}); working clone {repo.work}")
+        daemon = start_git_daemon(site, Path(topology_file).absolute().parent)
+        if daemon:
+            say(f"   the lab clones it from the git daemon on its link ({daemon.get('url', '')})")
+        env = {"INFRA_TOPOLOGY": str(Path(topology_file).absolute())}
+        start_daemon_and_sensors(topology_file, DaemonPlace(site), env, say)
+        for n in range(1, rounds + 1):
+            sha = repo.commit(
+                f"demo: change {n}",
+                {"DEMO.md": f"Pushed by `make demo` at {time.strftime('%Y-%m-%d %H:%M:%S')}.\n"},
+            )
+            pushed = time.time()
+            repo.push()
+            say(f"-- git push: {app} {sha[:12]} ({'the first' if n == 1 else 'a new'} version)")
+            took = wait_live(
+                url,
+                topo.apps[app].health,
+                sha,
+                since=pushed,
+                say=say,
+                release_job=staging_job_name(app),
+                host_header=domain,
+                route_device=device,
+            )
+            say(f"== {url} (Host: {domain}) answers {sha} ({took:.1f} s after the push)")
+    except LoopError as err:
+        say(f"== the push-to-live loop stopped: {err}", err=True)
+        return 1
+    return 0
+
+
+def run_demo(topology_file: Path, say, *, rounds: int = 2) -> int:
+    """`make demo` on a lab topology: `infra lab up`, the push-to-live loop, where to look."""
+    from infra_assets.model import TopologyError
+    from infra_assets.paths import dagster_home
+    from lab import site as lab
+    from lab.cli import known_errors
+
+    try:
+        site = lab.lab_site(topology_file)
+        say(f"== infra lab up: {topology_file} (the main job; every run is in the Dagster UI)")
+        data = lab.up(topology_file, echo=say)
+    except TopologyError as err:
+        say(err.render(), err=True)
+        return 2
+    except known_errors() as err:
+        say(f"== the lab did not come up: {err}", err=True)
+        return 1
+    running = [h for h, v in data["hosts"].items() if v.get("running")]
+    say(f"== lab up: {len(running)} of {len(data['hosts'])} hosts running")
+    if site.topo.apps:
+        code = run_loop(topology_file, site, say, rounds=rounds)
+        if code:
+            return code
+    where = [
+        ("the Dagster UI: the runs, the lineage", "make dev, then http://127.0.0.1:3000/assets"),
+        ("the lab: hosts, releases, registry", f"infra lab status --topology {topology_file}"),
+        ("Dagster's history of runs", str(dagster_home() / ".dagster")),
+    ]
+    for app in sorted(site.topo.apps):
+        url, domain, _ = staging_reach(site, site.topo, app)
+        where.append((f"{app} on staging", f"curl -H 'Host: {domain}' {url}"))
+        work = site.root / "git" / "work" / app
+        if work.is_dir():
+            where.append((f"push a change of {app} yourself", f"cd {work}; git commit; git push"))
+    record = DaemonPlace(site).supervisor.get("dagster-daemon")
+    if record:
+        where.append(("the Dagster daemon (sensors on)", f"pid {record.pid}, {site.root}/run"))
+    execute = (
+        f"DAGSTER_HOME={dagster_home()} INFRA_TOPOLOGY={Path(topology_file).absolute()}"
+        f" {Path(sys.executable).parent / 'dagster'} job execute -m infra_assets.definitions -j"
+    )
+    where += [
+        ("send staging to production", f"{execute} promote"),
+        ("put back the previous release", f"{execute} rollback (or rollback_staging)"),
+        ("stop the daemon and the lab", f"infra lab down --topology {topology_file}"),
+    ]
+    say("")
+    say("== where to look")
+    for what, place in where:
+        say(f"   {what:<40} {place}")
+    return 0
