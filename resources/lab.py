@@ -61,6 +61,19 @@ HOST_LABEL = "org.coop-infra.host"
 # compares to decide that a container must be replaced.
 SPEC_LABEL = "org.coop-infra.lab-spec"
 OWNER_DIR = Path("/run/coop-infra")
+# What the lab's machine is, written into every privileged guest (the roles that run podman):
+# its cgroups are v1 and not delegated, so systemd inside cannot give a container a scope of its
+# own (the scope is empty at once). With podman's default systemd manager every container of the
+# guest then shares one cgroup, and removing one (`podman stop` of an old release) kills the
+# others with it (seen: the new release killed with 137 as the old one stopped). cgroupfs gives
+# each its own. A server VM (cgroups v2, systemd as its own PID 1) needs none of this.
+GUEST_FILES: dict[str, tuple[bytes, int]] = {
+    "/etc/containers/containers.conf.d/50-coop-lab.conf": (
+        b"# Written by the coop-infra lab (resources/lab.py): cgroups v1, not delegated\n"
+        b'[engine]\ncgroup_manager = "cgroupfs"\n',
+        0o644,
+    ),
+}
 UNREACHABLE_METRIC = 4000
 VIA_METRIC = 10
 NETNS_DIR = Path("/run/netns")
@@ -952,6 +965,8 @@ class Lab:
         for source, target in sorted(spec.binds):
             args += ["--volume", f"{Path(source).absolute()}:{target}:ro"]
         args += [spec.image, "/sbin/init"]
+        if spec.privileged:
+            spec = dataclasses.replace(spec, files={**GUEST_FILES, **spec.files})
         try:
             self.podman(net.number, args)
             if spec.files or spec.enable_units:

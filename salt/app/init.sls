@@ -110,10 +110,12 @@ app-release-known:
       'old_workers': root ~ '/run/coop-app-' ~ name ~ '.old-workers'} %}
 {%- macro vars() %}{% for key in varargs %}{{ key }}={{ sh[key] | string | quote }}{{ ' ' if not loop.last else '' }}{% endfor %}{% endmacro %}
 {%- set conf = root ~ '/etc/nginx/conf.d/app-' ~ name ~ '.conf' %}
-{%- set env = {'CONTAINERS_CONF': root ~ '/etc/containers/containers.conf',
-               'REGISTRY_AUTH_FILE': root ~ '/etc/containers/auth.json'} %}
+{#- A server's podman reads /etc/containers/containers.conf (salt/web) and the drop-ins of
+    containers.conf.d where it always does: CONTAINERS_CONF would make it read that file only. #}
+{%- set env = {'REGISTRY_AUTH_FILE': root ~ '/etc/containers/auth.json'} %}
 {%- if local %}
-{%- do env.update({'CONTAINERS_STORAGE_CONF': root ~ '/etc/containers/storage.conf'}) %}
+{%- do env.update({'CONTAINERS_CONF': root ~ '/etc/containers/containers.conf',
+                   'CONTAINERS_STORAGE_CONF': root ~ '/etc/containers/storage.conf'}) %}
 {%- endif %}
 {#- Go templates for podman, kept out of Jinja's way. #}
 {%- set running_fmt = "'{{.State.Running}}'" %}

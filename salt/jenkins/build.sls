@@ -61,8 +61,8 @@ jenkins-build-{{ app }}:
         IMAGE: {{ image | string | json }}
         BASE_IMAGE: {{ build.get('base_image', '') | string | json }}
         REGISTRY_AUTH_FILE: {{ auth | json }}
-        # The agent's podman settings (jenkins.agent): crun, and the CA under certs.d.
-        CONTAINERS_CONF: /etc/containers/containers.conf
+        # Podman reads the agent's settings (jenkins.agent: crun) from its default place, with
+        # the drop-ins of containers.conf.d (CONTAINERS_CONF would make it read that file only).
     - require:
       - file: jenkins-build-{{ app }}-workdir
 
