@@ -110,7 +110,7 @@ def demo(topology_file: Path) -> None:
 @click.option("--port", default=3000, show_default=True, help="The UI's port on 127.0.0.1.")
 def dev(port: int) -> None:
     """The Dagster UI on 127.0.0.1 (`make dev`): `dagster dev`, or only `dagster-webserver` when
-    a Dagster daemon already runs on this instance (the local site's, started by `make demo`):
+    a Dagster daemon already runs on this instance (started by `make demo`):
     one instance never gets two daemons."""
     import os
 
@@ -124,7 +124,7 @@ def dev(port: int) -> None:
     if daemons:
         click.echo(
             f"A Dagster daemon already runs on this instance (pid {daemons[0].pid}, started by"
-            " `make demo`; `infra local down` stops it): starting the webserver only."
+            " `make demo`; `infra lab down` stops it): starting the webserver only."
         )
         argv = [str(bin_dir / "dagster-webserver"), "-w", workspace]
     else:

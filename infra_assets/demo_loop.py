@@ -87,6 +87,8 @@ def ensure_repo(topology_file: Path, topo: Topology, app: str, state: Path) -> A
     if not (bare / "HEAD").exists():
         bare.parent.mkdir(parents=True, exist_ok=True)
         _git("init", "-q", "--bare", "-b", spec.branch, str(bare))
+    if (work / ".git").exists() and _git("remote", "get-url", "origin", cwd=work) != str(bare):
+        shutil.rmtree(work)  # a clone of another repo (the topology names a new path): again
     if not (work / ".git").exists():
         shutil.rmtree(work, ignore_errors=True)
         work.parent.mkdir(parents=True, exist_ok=True)
@@ -213,6 +215,15 @@ def wait_live(
             if live_after is not None and (
                 release_job is None or _finished(inst, release_job, sha, since)
             ):
+                # Still live once the release is over (its last step stops the old container).
+                answer = live_version(
+                    url, health, host_header=host_header, route_device=route_device
+                )
+                if answer != sha:
+                    raise LoopError(
+                        f"{url} answered with {sha[:12]}, then with {answer or 'nothing'} once"
+                        f" {release_job or 'the release'} had finished"
+                    )
                 return live_after
             now = time.monotonic()
             if now - last_runs_check >= 1:

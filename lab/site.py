@@ -285,7 +285,16 @@ def status(topology_file: Path) -> dict[str, Any]:
         "git_daemon": _git_daemons(site),
         "registry": _registry(site),
         "releases": releases(site),
+        "dagster": _demo_daemon(site),
     }
+
+
+def _demo_daemon(site: LabSite) -> dict[str, Any]:
+    """The Dagster daemon `make demo` started for this lab (its sensors drive the releases)."""
+    from infra_assets.local_site.dagster import DagsterDaemonService
+    from lab.demo import DaemonPlace
+
+    return DagsterDaemonService().status(DaemonPlace(site))
 
 
 def _git_daemons(site: LabSite) -> dict[str, Any]:

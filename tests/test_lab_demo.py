@@ -1,0 +1,158 @@
+"""`make demo` on the lab, end to end: `infra demo` on the tests' lab, in a subprocess, on the lab's
+Dagster instance. It runs the `main` job, starts the real `dagster-daemon` and the two sensors,
+makes the sample app's repo, pushes a commit and waits until web-staging-1 answers with it at its
+planned address (git_push_sensor -> build_hello on the agent -> registry_image_sensor ->
+release_staging_hello), then pushes a second one. Nothing else runs the sensors under the real
+daemon on the lab."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import requests
+from lab_env import LAB_NUMBER, LabEnv
+
+from infra_assets.local_site.dagster import running_daemons
+from infra_assets.local_site.processes import Supervisor, free_port
+
+pytestmark = [pytest.mark.slow, pytest.mark.lab]
+
+INFRA = str(Path(sys.executable).parent / "infra")
+RUN_KEY_TAG = "dagster/run_key"  # the tag Dagster gives a run a sensor asked for with a run_key
+
+
+def test_make_demo_pushes_two_commits_to_live_on_the_lab_s_staging(lab_env: LabEnv):
+    from lab.demo import stop_daemon
+
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(lab_env.dagster_home),
+        "INFRA_TOPOLOGY": str(lab_env.topology_file),
+    }
+    try:
+        started = time.monotonic()
+        out = subprocess.run(
+            [INFRA, "demo"],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=lab_env.dagster_home,
+            timeout=1200,
+        )
+        took = time.monotonic() - started
+        log = out.stdout + out.stderr
+        assert out.returncode == 0, log[-6000:]
+
+        # Two commits on the app's branch, each announced live on staging.
+        work = lab_env.site.root / "git" / "work" / "hello"
+        head, first = _git(work, "rev-parse", "HEAD"), _git(work, "rev-parse", "HEAD~1")
+        bare = Path(lab_env.topo.apps["hello"].repo)
+        assert _git(bare, "rev-parse", "main") == head
+        url = f"http://{lab_env.address('web-staging-1', 'web-staging')}/"
+        domain = lab_env.topo.apps["hello"].domains["staging"]
+        assert f"== {url} (Host: {domain}) answers {first} (" in log
+        assert f"== {url} (Host: {domain}) answers {head} (" in log
+        # ... and staging answers with the second one now (sent after the route check).
+        address = lab_env.address("web-staging-1", "web-staging")
+        assert lab_env.lab().route_into_lab(address)["dev"] == f"coop{LAB_NUMBER}-m"
+        health = requests.get(url + "health", headers={"Host": domain}, timeout=5).json()
+        assert health == {"status": "ok", "app": "hello", "version": head}
+
+        # `infra lab status --json`: the live release, the previous one, the daemon.
+        status = _status(env)
+        staging = status["releases"]["hello"]["staging"]
+        assert staging["sha"] == head and staging["digest"].startswith("sha256:")
+        assert staging["previous"]["sha"] == first
+        assert status["dagster"]["daemon_running"] is True
+        assert status["dagster"]["dagster_home"] == str(lab_env.dagster_home)
+
+        # What the daemon ran: exactly one build and one staging release of each pushed commit,
+        # under the sensors' run keys (<app>:<sha>; the digest). The repo's head before the
+        # demo may be built too, when the git sensor's first tick comes before the first push.
+        history = set(_git(work, "rev-list", "HEAD").split())
+        # (dagster.yaml names its storage relative to the working folder: lab_env.env() is in it)
+        with lab_env.env(), dg.DagsterInstance.from_config(str(lab_env.dagster_home)) as instance:
+            runs = instance.get_runs()
+            done = [(r.job_name, r.tags.get("coop/sha"), r.status.value) for r in runs]
+            builds = [r for r in runs if r.job_name == "build_hello" and RUN_KEY_TAG in r.tags]
+            releases = [
+                r for r in runs if r.job_name == "release_staging_hello" and RUN_KEY_TAG in r.tags
+            ]
+            built = [r.tags["coop/sha"] for r in builds]
+            assert len(built) == len(set(built)) and set(built) <= history, done
+            digests = set()
+            for sha in (first, head):
+                [build] = [r for r in builds if r.tags.get("coop/sha") == sha]
+                assert build.status == dg.DagsterRunStatus.SUCCESS, done
+                assert build.tags[RUN_KEY_TAG] == f"hello:{sha}"
+                [release] = [r for r in releases if r.tags.get("coop/sha") == sha]
+                assert release.status == dg.DagsterRunStatus.SUCCESS, done
+                assert release.tags[RUN_KEY_TAG] == release.tags["coop/digest"]
+                digests.add(release.tags["coop/digest"])
+            assert len(digests) == 2 and staging["digest"] in digests
+
+        # `make dev` now starts the webserver only: one instance, one daemon.
+        _check_make_dev_starts_only_the_webserver(lab_env, env)
+        print(f"infra demo on the lab took {took:.0f} s")
+    finally:
+        stopped = stop_daemon(lab_env.site)
+    assert stopped and not running_daemons(lab_env.dagster_home)
+
+
+def _check_make_dev_starts_only_the_webserver(lab_env: LabEnv, env: dict) -> None:
+    [daemon] = running_daemons(lab_env.dagster_home)
+    run = lab_env.dagster_home / "dev-run"
+    sup = Supervisor(run)
+    log = run / "dev.log"
+    run.mkdir(exist_ok=True)
+
+    def cmdline() -> str:
+        record = sup.get("infra-dev")
+        try:
+            return Path(f"/proc/{record.pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (AttributeError, OSError):
+            return ""
+
+    sup.start(
+        "infra-dev",
+        [INFRA, "dev", "--port", str(free_port())],
+        log=log,
+        cwd=lab_env.dagster_home,
+        env=env,
+        ready=lambda: "dagster-webserver" in cmdline(),
+        ready_timeout_s=30,
+    )
+    try:
+        assert (
+            f"A Dagster daemon already runs on this instance (pid {daemon.pid}" in log.read_text()
+        )
+        words = cmdline().split()  # `infra dev` became the webserver (exec), not `dagster dev`
+        assert Path(words[1]).name == "dagster-webserver" and "dev" not in words
+        assert running_daemons(lab_env.dagster_home) == [daemon]  # no second daemon
+    finally:
+        sup.stop("infra-dev", sig=2, timeout_s=20)
+
+
+def _status(env: dict) -> dict:
+    out = subprocess.run(
+        [INFRA, "lab", "status", "--json", "--topology", env["INFRA_TOPOLOGY"]],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def _git(repo: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", "-C", str(repo), *args], capture_output=True, text=True, check=True
+    ).stdout.strip()
