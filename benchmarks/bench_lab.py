@@ -139,6 +139,7 @@ def _lab_env(*, cold: bool) -> Iterator[tuple[Path, _Env]]:
     podman = folder / "podman" if cold else REPO_ROOT / ".state" / "podman"
     variables = {
         "DAGSTER_HOME": str(home),
+        "INFRA_TOPOLOGY": str(topology),  # what the `topology` asset reads
         "INFRA_STATE_DIR": str(folder / "state"),
         "INFRA_PODMAN_ROOT": str(podman),
         "INFRA_SECRETS_FILE": None,
