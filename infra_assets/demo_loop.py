@@ -87,8 +87,20 @@ def ensure_repo(topology_file: Path, topo: Topology, app: str, state: Path) -> A
     if not (bare / "HEAD").exists():
         bare.parent.mkdir(parents=True, exist_ok=True)
         _git("init", "-q", "--bare", "-b", spec.branch, str(bare))
-    if (work / ".git").exists() and _git("remote", "get-url", "origin", cwd=work) != str(bare):
-        shutil.rmtree(work)  # a clone of another repo (the topology names a new path): again
+    if (work / ".git").exists():
+        origin = _git("remote", "get-url", "origin", cwd=work)
+        if Path(origin).resolve() != bare.resolve():
+            # A clone of another repo (the topology names a new path): made again, unless it
+            # holds work of someone's that is not pushed anywhere.
+            unsaved = _git("status", "--porcelain", cwd=work) or _git(
+                "log", "--branches", "--not", "--remotes", "--oneline", cwd=work
+            )
+            if unsaved:
+                raise LoopError(
+                    f"{work} is a clone of {origin}, not of {bare}, and holds changes not pushed"
+                    " there: push or move them, then run the demo again"
+                )
+            shutil.rmtree(work)
     if not (work / ".git").exists():
         shutil.rmtree(work, ignore_errors=True)
         work.parent.mkdir(parents=True, exist_ok=True)
@@ -115,6 +127,15 @@ def start_daemon_and_sensors(
     if ours:
         say(f"   dagster-daemon (pid {pid}) on the instance {home}; log {site.path('run')}")
     else:
+        theirs = _topology_of(pid)
+        wanted = env.get("INFRA_TOPOLOGY")
+        if wanted and theirs != Path(wanted).resolve():
+            raise LoopError(
+                f"a Dagster daemon already runs on this instance (pid {pid}) on another topology"
+                f" ({theirs or 'topology.yaml, the default'}): its sensors would act on that one."
+                " Stop it first (Ctrl-C in `make dev`; `infra lab down` or `infra local down` for"
+                " a demo's), then run the demo again"
+            )
         say(
             f"   a Dagster daemon already runs on this instance (pid {pid}: `make dev`?);"
             " the demo uses it"
@@ -142,6 +163,20 @@ def start_daemon_and_sensors(
         raise LoopError(f"`dagster sensor start --start-all` failed:\n{text[-2000:]}")
     say(f"   sensors on: {', '.join(SENSORS)} (every 5 s)")
     return pid, ours
+
+
+def _topology_of(pid: int) -> Path | None:
+    """The topology process `pid` works on ($INFRA_TOPOLOGY in its environment, from its
+    working folder), or None when it names none."""
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
+    except OSError:
+        return None
+    for entry in environ:
+        if entry.startswith(b"INFRA_TOPOLOGY="):
+            return (cwd / entry.split(b"=", 1)[1].decode()).resolve()
+    return None
 
 
 @contextmanager
@@ -175,7 +210,9 @@ def live_version(
             raise LoopError(f"{url}: {problem}")
     try:
         headers = {"Host": host_header} if host_header else {}
-        response = requests.get(url.rstrip("/") + health, headers=headers, timeout=2)
+        with requests.Session() as session:
+            session.trust_env = False  # no $http_proxy: a lab address is reached directly
+            response = session.get(url.rstrip("/") + health, headers=headers, timeout=2)
         if response.status_code != 200:
             return None
         return str(response.json().get("version"))
@@ -276,9 +313,23 @@ def _run_error(inst, run) -> str:
     lines = []
     for entry in inst.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_FAILURE):
         data = entry.dagster_event.step_failure_data
-        if data and data.error:
-            lines.append(data.error.message.strip())
+        if data and (data.user_failure_data or data.error):
+            why = data.user_failure_data.description if data.user_failure_data else None
+            lines.append(why or step_error_text(data.error))
     return "\n".join(lines) or "(see the run's log in the UI)"
+
+
+def step_error_text(error) -> str:
+    """A failed step's error without Dagster's wrapper: the outermost error in the chain that is
+    not Dagster's own (the project's errors name the file, key or command), else the last."""
+    if error is None:
+        return "failed"
+    chain = []
+    while error is not None:
+        chain.append(error)
+        error = error.cause
+    ours = next((e for e in chain if not (e.cls_name or "").startswith("Dagster")), chain[-1])
+    return ours.message.strip()
 
 
 def _utc(timestamp: float):

@@ -23,6 +23,7 @@ from infra_assets.local_site.dagster import DagsterDaemonService
 from infra_assets.local_site.processes import Supervisor
 from infra_assets.model import Topology
 from infra_assets.sites import LabSite
+from resources.lab import LabNetwork
 
 
 class DaemonPlace:
@@ -50,7 +51,8 @@ def staging_reach(site: LabSite, topo: Topology, app: str) -> tuple[str, str, st
     """(URL of the first staging web host, the app's staging domain, the lab link's device)."""
     host = sorted(topo.hosts_with_role("web-staging"))[0]
     address = site.address(host, "web-staging")
-    return f"http://{address}/", topo.apps[app].domains["staging"], f"coop{site.number_of(host)}-m"
+    link = LabNetwork(site.number_of(host)).machine_link
+    return f"http://{address}/", topo.apps[app].domains["staging"], link
 
 
 def run_loop(topology_file: Path, site: LabSite, say, *, rounds: int = 2) -> int:
@@ -62,8 +64,12 @@ def run_loop(topology_file: Path, site: LabSite, say, *, rounds: int = 2) -> int
         start_daemon_and_sensors,
         wait_live,
     )
+    from infra_assets.local_site.processes import ProcessError
     from infra_assets.releases import staging_job_name
     from lab.site import start_git_daemon
+    from resources.cli_runner import CliError
+    from resources.lab import LabError
+    from resources.lab_git import LabGitError
 
     topo = site.topo
     if not topo.hosts_with_role("web-staging"):
@@ -100,7 +106,8 @@ def run_loop(topology_file: Path, site: LabSite, say, *, rounds: int = 2) -> int
                 route_device=device,
             )
             say(f"== {url} (Host: {domain}) answers {sha} ({took:.1f} s after the push)")
-    except LoopError as err:
+    except (LoopError, LabGitError, ProcessError, LabError, CliError, OSError) as err:
+        # the git daemon or dagster-daemon not ready in time, a repo folder that cannot be made
         say(f"== the push-to-live loop stopped: {err}", err=True)
         return 1
     return 0
@@ -143,13 +150,15 @@ def run_demo(topology_file: Path, say, *, rounds: int = 2) -> int:
     record = DaemonPlace(site).supervisor.get("dagster-daemon")
     if record:
         where.append(("the Dagster daemon (sensors on)", f"pid {record.pid}, {site.root}/run"))
+    # From the instance's folder: dagster.yaml names its storage relative to it.
     execute = (
-        f"DAGSTER_HOME={dagster_home()} INFRA_TOPOLOGY={Path(topology_file).absolute()}"
+        f"cd {dagster_home()} && DAGSTER_HOME=$PWD INFRA_TOPOLOGY={Path(topology_file).absolute()}"
         f" {Path(sys.executable).parent / 'dagster'} job execute -m infra_assets.definitions -j"
     )
     where += [
         ("send staging to production", f"{execute} promote"),
-        ("put back the previous release", f"{execute} rollback (or rollback_staging)"),
+        ("put back production's previous release", f"{execute} rollback"),
+        ("put back staging's previous release", f"{execute} rollback_staging"),
         ("stop the daemon and the lab", f"infra lab down --topology {topology_file}"),
     ]
     say("")

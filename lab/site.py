@@ -230,23 +230,15 @@ class _Follower:
         self._drain()
 
 
-def _error_text(error) -> str:
-    """A step's error without Dagster's wrapper: the innermost cause's message (the project's
-    own errors name the file, key or command), else Dagster's."""
-    if error is None:
-        return "failed"
-    while error.cause is not None:
-        error = error.cause
-    return error.message.strip()
-
-
 def _failure_text(result) -> str:
+    from infra_assets.demo_loop import step_error_text
+
     lines = []
     for event in result.all_events:
         if event.is_step_failure:
             data = event.step_failure_data
             why = data.user_failure_data.description if data.user_failure_data else None
-            lines.append(f"{event.step_key}: {why or _error_text(data.error)}")
+            lines.append(f"{event.step_key}: {why or step_error_text(data.error)}")
     return "\n".join(lines) or "the run failed (see the Dagster UI)"
 
 

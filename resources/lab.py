@@ -35,6 +35,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import fcntl
+import hashlib
 import io
 import ipaddress
 import json
@@ -244,6 +245,9 @@ class HostSpec:
             "sysctls": dict(sorted(self.sysctls.items())),
             "binds": sorted([str(src), str(dst)] for src, dst in self.binds),
             "labels": dict(sorted(self.labels.items())),
+            # What the lab writes into a privileged guest (GUEST_FILES): a guest made before it
+            # changed is replaced, not left without it.
+            **({"guest_files": _guest_files_sha()} if self.privileged else {}),
         }
 
     def config_label(self) -> str:
@@ -424,7 +428,8 @@ class Lab:
         self.podman_env = dict(podman_env)
         self.log = log or default_log()
         self.timeout_s = timeout_s
-        self.lock_dir = Path(lock_dir or self.podman_env.get("TMPDIR") or "/run/lock")
+        # Machine-wide (not per checkout): two clones must not change one lab number at once.
+        self.lock_dir = Path(lock_dir or OWNER_DIR)
         # Which checkout this is, for the owner file: its podman folder.
         self.owner = str(Path(self.podman_env["CONTAINERS_CONF"]).parent)
 
@@ -506,20 +511,28 @@ class Lab:
         return {**net.as_dict(), "made": made}
 
     def _claim(self, net: LabNetwork) -> None:
-        """Make this checkout the owner of lab N, unless another one holds it."""
+        """Make this checkout the owner of lab N, unless another one holds it (under the lock)."""
         self._refuse_if_held(net)
         path = owner_file(net.number)
         if not path.is_file() or path.read_text().strip() != self.owner:
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(self.owner + "\n")
+            tmp = path.with_name(f".{path.name}.{os.getpid()}")
+            tmp.write_text(self.owner + "\n")
+            os.replace(tmp, path)  # whole or not at all
 
     def _refuse_if_held(self, net: LabNetwork) -> None:
-        """LabError when another checkout holds lab N: a live namespace with processes in it
-        that this checkout's podman did not start."""
+        """LabError when another checkout holds lab N: its namespace is live and the owner file
+        names another checkout whose podman folder still exists; or, with no owner file (a lab
+        made before owners were recorded) or an owner whose folder is gone, when processes
+        this checkout's podman did not start run in the namespace."""
+        if not _is_netns(net.netns_path):
+            return
         path = owner_file(net.number)
         held_by = path.read_text().strip() if path.is_file() else ""
-        if held_by == self.owner or not _is_netns(net.netns_path):
+        if held_by == self.owner:
             return
+        if held_by and Path(held_by).is_dir():
+            self._refuse(net, held_by, "")
         # conmon runs in the namespace (podman is started there); each container's own
         # processes are in namespaces of their own, linked to the bridge
         ours = set()
@@ -528,13 +541,19 @@ class Lab:
             ours |= {int(pid) for pid in (state.get("ConmonPid"), state.get("Pid")) if pid}
         theirs = [pid for pid in _processes_in(net.netns_path) if pid not in ours]
         if theirs:
-            raise LabError(
-                f"lab {net.number} is held by another checkout"
-                f" ({held_by or 'unknown: made before owners were recorded'}): its namespace"
-                f" {net.namespace} runs pids {', '.join(map(str, theirs[:8]))}. Take that lab"
-                " down from its checkout (`infra lab down`), or give this topology's location"
-                " another lab number (`number:` in its topology)"
+            self._refuse(
+                net,
+                held_by or "unknown: made before owners were recorded",
+                f" (its namespace {net.namespace} runs pids {', '.join(map(str, theirs[:8]))})",
             )
+
+    @staticmethod
+    def _refuse(net: LabNetwork, held_by: str, detail: str) -> None:
+        raise LabError(
+            f"lab {net.number} is held by another checkout ({held_by}){detail}. Take that lab"
+            " down from its checkout (`infra lab down`), or give this topology's location"
+            " another lab number (`number:` in its topology; the tests: $INFRA_TEST_LAB_NUMBER)"
+        )
 
     def _ensure_unreachable(self, net: LabNetwork) -> bool:
         if self._unreachable_route(net):
@@ -896,6 +915,7 @@ class Lab:
         if not _is_netns(net.netns_path):
             raise LabError(f"lab {plan.number}'s network is not up (no {net.netns_path})")
         with self._locked(plan.number):
+            self._refuse_if_held(net)
             existing = self._containers(plan.number)
             now = {host: info["Id"] for host, info in existing.items()}
             if now != dict(plan.prior):
@@ -1207,6 +1227,11 @@ class LabResource(dg.ConfigurableResource):
 
 def _quiet(_line: str) -> None:
     pass
+
+
+def _guest_files_sha() -> str:
+    text = json.dumps({k: [v.decode(), m] for k, (v, m) in sorted(GUEST_FILES.items())})
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def owner_file(number: int) -> Path:

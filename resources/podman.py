@@ -274,6 +274,7 @@ class PodmanResource(dg.ConfigurableResource):
         except CliError as err:
             raise PodmanError(f"making {what} {ref} failed: {err}") from None
         finally:
+            _unmount_under(work)  # a debootstrap killed by the timeout leaves /proc mounted
             shutil.rmtree(work, ignore_errors=True)
         image_id = self.image_id(ref)
         if not image_id:
@@ -432,6 +433,8 @@ def _unmount_under(folder: Path) -> None:
     chroot's /proc and /sys mounted, and removing the folder would then fail)."""
     prefix = str(folder.absolute()) + "/"
     with open("/proc/self/mounts") as mounts:
-        points = [line.split()[1] for line in mounts if line.split()[1].startswith(prefix)]
+        # /proc/self/mounts writes a space in a path as \040
+        points = [line.split()[1].replace("\\040", " ") for line in mounts]
+    points = [point for point in points if point.startswith(prefix)]
     for point in sorted(points, reverse=True):
         run_cli(["umount", "--lazy", point], log=lambda _line: None, check=False)

@@ -149,3 +149,17 @@ def test_release_jobs(local_defs):
     assert not local_defs.resolve_job_def("promote").run_config
     # Releases are not part of `main` (they follow images and people).
     assert not {k for k in keys("main") if k.startswith("release/")}
+
+
+def test_nothing_to_roll_back_to_is_a_clear_error():
+    from infra_assets.releases import Record, ReleaseConfig, _choose
+
+    record = Record("web-production-1", {"digest": "sha256:" + "a" * 64}, None)
+    with pytest.raises(dg.Failure) as err:
+        _choose(
+            ReleaseConfig(rollback=True), None, None, None, None, "production", "hello", [record]
+        )
+    assert err.value.description == (
+        "release/production/hello: nothing to roll back to on web-production-1 (no previous"
+        " release recorded there)"
+    )

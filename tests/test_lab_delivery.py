@@ -13,9 +13,8 @@ import time
 
 import dagster as dg
 import pytest
-import requests
 from fixtures_delivery import HELLO, git, make_app_repo
-from lab_env import LAB_NUMBER, LabEnv
+from lab_env import LAB_NUMBER, LabEnv, direct_session
 
 from infra_assets.app_images import asset_key, build_job_name
 from infra_assets.releases import staging_job_name
@@ -62,9 +61,10 @@ def _answer(lab_env: LabEnv, release: dict) -> tuple[dict, dict]:
     """GET <url>/health with the app's domain as Host, after checking the route into the lab."""
     address = release["url"].split("//", 1)[1].split("/", 1)[0].split(":")[0]
     assert lab_env.lab().route_into_lab(address)["dev"] == f"coop{LAB_NUMBER}-m"
-    response = requests.get(
-        release["url"] + "health", headers={"Host": release["host_header"]}, timeout=5
-    )
+    with direct_session() as http:
+        response = http.get(
+            release["url"] + "health", headers={"Host": release["host_header"]}, timeout=5
+        )
     assert response.status_code == 200, response.text
     return response.json(), dict(response.headers)
 

@@ -16,8 +16,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-import requests
-from lab_env import LAB_NUMBER, LabEnv
+from lab_env import LAB_NUMBER, LabEnv, direct_session
 
 from infra_assets.local_site.dagster import running_daemons
 from infra_assets.local_site.processes import Supervisor, free_port
@@ -62,7 +61,8 @@ def test_make_demo_pushes_two_commits_to_live_on_the_lab_s_staging(lab_env: LabE
         # ... and staging answers with the second one now (sent after the route check).
         address = lab_env.address("web-staging-1", "web-staging")
         assert lab_env.lab().route_into_lab(address)["dev"] == f"coop{LAB_NUMBER}-m"
-        health = requests.get(url + "health", headers={"Host": domain}, timeout=5).json()
+        with direct_session() as http:
+            health = http.get(url + "health", headers={"Host": domain}, timeout=5).json()
         assert health == {"status": "ok", "app": "hello", "version": head}
 
         # `infra lab status --json`: the live release, the previous one, the daemon.
@@ -85,8 +85,11 @@ def test_make_demo_pushes_two_commits_to_live_on_the_lab_s_staging(lab_env: LabE
             releases = [
                 r for r in runs if r.job_name == "release_staging_hello" and RUN_KEY_TAG in r.tags
             ]
+            assert ("main", None, "SUCCESS") in done, done
             built = [r.tags["coop/sha"] for r in builds]
             assert len(built) == len(set(built)) and set(built) <= history, done
+            released = [r.tags["coop/digest"] for r in releases]
+            assert len(released) == len(set(released)), done  # never one digest twice
             digests = set()
             for sha in (first, head):
                 [build] = [r for r in builds if r.tags.get("coop/sha") == sha]
@@ -97,6 +100,11 @@ def test_make_demo_pushes_two_commits_to_live_on_the_lab_s_staging(lab_env: LabE
                 assert release.tags[RUN_KEY_TAG] == release.tags["coop/digest"]
                 digests.add(release.tags["coop/digest"])
             assert len(digests) == 2 and staging["digest"] in digests
+            release = instance.get_latest_materialization_event(
+                dg.AssetKey(["release", "staging", "hello"])
+            )
+            meta = release.asset_materialization.metadata
+            assert meta["sha"].value == head and meta["digest"].value == staging["digest"]
 
         # `make dev` now starts the webserver only: one instance, one daemon.
         _check_make_dev_starts_only_the_webserver(lab_env, env)

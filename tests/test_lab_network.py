@@ -38,6 +38,7 @@ from resources.lab import (
     StaleLabPlanError,
     lab_number_of,
     mac_for,
+    owner_file,
 )
 from resources.podman import PodmanResource
 
@@ -83,6 +84,16 @@ def test_a_spec_config_leaves_out_image_and_files() -> None:
                                              files={"/k": (MINION_PEM, 0o600)}))  # fmt: skip
     c = HostSpec(host="a", image=IMAGE, address="10.125.1.1", cap_add=("cap_sys_time",))
     assert c.config()["cap_add"] == ["SYS_TIME"] and c.config_label() != a.config_label()
+    # A privileged guest gets the lab's GUEST_FILES: a change of them replaces it.
+    d = HostSpec(host="a", image=IMAGE, address="10.125.1.1", privileged=True)
+    assert "guest_files" in d.config() and "guest_files" not in a.config()
+
+
+def test_the_demo_loop_sends_nothing_to_a_lab_address_off_the_lab_s_link() -> None:
+    from infra_assets.demo_loop import LoopError, live_version
+
+    with pytest.raises(LoopError, match="does not go through coop99-m"):
+        live_version("http://10.99.5.1/", "/health", route_device="coop99-m")
 
 
 def test_a_plan_without_changes_is_a_no_op() -> None:
@@ -510,18 +521,20 @@ def test_after_the_machine_restarted_up_and_apply_bring_the_lab_back(lab: Lab) -
 @pytest.mark.slow
 def test_another_checkout_is_refused_a_lab_number_that_is_held(lab: Lab, tmp_path) -> None:
     """A second clone (or a CI run on the same machine) with the same lab number gets a clear
-    refusal from `up` and from `down`, and the holder's lab is left as it was."""
-    _ensure(lab, [SPEC_A])
+    refusal from `up`, `down` and `apply`, whether or not the holder's containers run, and the
+    holder's lab and owner file are left as they were."""
+    assert owner_file(N).read_text().strip() == lab.owner
     other = Lab(PodmanResource(root=str(tmp_path / "other")).env(), log=_quiet)
-    before = (_routes(), _links(), lab.network_status(N))
-    for change in (other.up_network, other.down_network):
+    plan = other.plan([SPEC_A], N)  # planning reads only: allowed
+    before = (_routes(), _links(), lab.network_status(N), lab.status(N, systemd=False))
+    for change in (other.up_network, other.down_network, lambda _n: other.apply(plan)):
         with pytest.raises(LabError) as refused:
             change(N)
         text = str(refused.value)
         assert f"lab {N} is held by another checkout ({lab.owner})" in text
         assert "`infra lab down`" in text and "another lab number" in text
-    assert (_routes(), _links(), lab.network_status(N)) == before
-    assert {r.host for r in lab.status(N) if r.running} >= {"a"}
+    assert (_routes(), _links(), lab.network_status(N), lab.status(N, systemd=False)) == before
+    assert owner_file(N).read_text().strip() == lab.owner
 
 
 @pytest.mark.slow

@@ -6,8 +6,9 @@
     For app releases (salt/app): each app's site and upstream go in
     {root}/etc/nginx/conf.d/app-<app>.conf, and the `app` state reloads this nginx when it changes
     one (a state that is applied with this one can use `onchanges_in: [{cmd: web-nginx-reload}]`).
-    Containers: {root}/etc/containers/containers.conf (and on the local site storage.conf; point
-    CONTAINERS_CONF and CONTAINERS_STORAGE_CONF at them), pulls authenticate with
+    Containers: {root}/etc/containers/containers.conf, read by podman where it always looks, with
+    the drop-ins of containers.conf.d (the local site alone points CONTAINERS_CONF and
+    CONTAINERS_STORAGE_CONF at its files under the root), pulls authenticate with
     {root}/etc/containers/auth.json and trust {root}/etc/containers/certs.d/<registry>/ca.crt.
     catatonit: the containers run with --init. An image bake: the packages, nginx's folders and the
     container runtime's settings; nginx's own config names the host's address, so it waits for
