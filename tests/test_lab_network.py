@@ -525,7 +525,7 @@ def test_another_checkout_is_refused_a_lab_number_that_is_held(lab: Lab, tmp_pat
     holder's lab and owner file are left as they were."""
     assert owner_file(N).read_text().strip() == lab.owner
     other = Lab(PodmanResource(root=str(tmp_path / "other")).env(), log=_quiet)
-    plan = other.plan([SPEC_A], N)  # planning reads only: allowed
+    plan = lab.plan([SPEC_A, SPEC_B], N)  # what the holder would do; `other` must not apply it
     before = (_routes(), _links(), lab.network_status(N), lab.status(N, systemd=False))
     for change in (other.up_network, other.down_network, lambda _n: other.apply(plan)):
         with pytest.raises(LabError) as refused:
