@@ -19,7 +19,7 @@ import click
 
 from infra_assets.local_site.cli import local
 from infra_assets.model import AddressPlan, Topology, TopologyError, address_plan, load_topology
-from lab.cli import lab
+from lab.cli import lab, topology_option
 
 EXIT_BAD_INPUT = 2
 
@@ -81,15 +81,7 @@ def ips(file: Path, as_json: bool) -> None:
 
 
 @cli.command()
-@click.option(
-    "--topology",
-    "topology_file",
-    type=click.Path(path_type=Path),
-    envvar="INFRA_TOPOLOGY",
-    default="topology.lab.yaml",
-    show_default=True,
-    help="The topology to run the demo on ($INFRA_TOPOLOGY): the lab's, or a local site's.",
-)
+@topology_option("The topology to run the demo on ($INFRA_TOPOLOGY): the lab's, or a local site's.")
 def demo(topology_file: Path) -> None:
     """Run the main job on the lab (or the local site) and push to live twice (`make demo`)."""
     from infra_assets.demo import run_demo

@@ -364,13 +364,7 @@ def run_loop(topology_file: Path, topo: Topology, say: Say, *, rounds: int = 2) 
         say(f"   git repo {repo.bare} (branch {repo.branch}); working clone {repo.work}")
         start_daemon_and_sensors(topology_file, site, env, say)
         for n in range(1, rounds + 1):
-            sha = repo.commit(
-                f"demo: change {n}",
-                {"DEMO.md": f"Pushed by `make demo` at {time.strftime('%Y-%m-%d %H:%M:%S')}.\n"},
-            )
-            pushed = time.time()
-            repo.push()
-            say(f"-- git push: {app} {sha[:12]} ({'the first' if n == 1 else 'a new'} version)")
+            sha, pushed = push_change(repo, n, say)
             took = wait_live(
                 url, health, sha, since=pushed, say=say, release_job=staging_job_name(app)
             )
@@ -379,6 +373,18 @@ def run_loop(topology_file: Path, topo: Topology, say: Say, *, rounds: int = 2) 
         say(f"== the push-to-live loop stopped: {err}", err=True)
         return 1
     return 0
+
+
+def push_change(repo: AppRepo, n: int, say: Say) -> tuple[str, float]:
+    """The demo's `n`th change of the app, committed and pushed: (its sha, when it was pushed)."""
+    sha = repo.commit(
+        f"demo: change {n}",
+        {"DEMO.md": f"Pushed by `make demo` at {time.strftime('%Y-%m-%d %H:%M:%S')}.\n"},
+    )
+    pushed = time.time()
+    repo.push()
+    say(f"-- git push: {repo.app} {sha[:12]} ({'the first' if n == 1 else 'a new'} version)")
+    return sha, pushed
 
 
 def _git(*args: str, cwd: Path | None = None) -> str:

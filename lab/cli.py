@@ -10,15 +10,21 @@ import click
 
 from infra_assets.model import TopologyError
 
-TOPOLOGY_OPT = click.option(
-    "--topology",
-    "topology_file",
-    type=click.Path(path_type=Path),
-    envvar="INFRA_TOPOLOGY",
-    default="topology.lab.yaml",
-    show_default=True,
-    help="The lab's topology ($INFRA_TOPOLOGY).",
-)
+
+def topology_option(help: str = "The lab's topology ($INFRA_TOPOLOGY)."):
+    """`--topology FILE` ($INFRA_TOPOLOGY), topology.lab.yaml unless given."""
+    return click.option(
+        "--topology",
+        "topology_file",
+        type=click.Path(path_type=Path),
+        envvar="INFRA_TOPOLOGY",
+        default="topology.lab.yaml",
+        show_default=True,
+        help=help,
+    )
+
+
+TOPOLOGY_OPT = topology_option()
 
 
 @click.group()

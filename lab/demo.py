@@ -16,7 +16,6 @@ Everything stays up afterwards; `infra lab down` stops the daemon, the git daemo
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 from infra_assets.local_site.dagster import DagsterDaemonService
@@ -61,6 +60,7 @@ def run_loop(topology_file: Path, site: LabSite, say, *, rounds: int = 2) -> int
         LoopError,
         demo_app,
         ensure_repo,
+        push_change,
         start_daemon_and_sensors,
         wait_live,
     )
@@ -88,13 +88,7 @@ def run_loop(topology_file: Path, site: LabSite, say, *, rounds: int = 2) -> int
         env = {"INFRA_TOPOLOGY": str(Path(topology_file).absolute())}
         start_daemon_and_sensors(topology_file, DaemonPlace(site), env, say)
         for n in range(1, rounds + 1):
-            sha = repo.commit(
-                f"demo: change {n}",
-                {"DEMO.md": f"Pushed by `make demo` at {time.strftime('%Y-%m-%d %H:%M:%S')}.\n"},
-            )
-            pushed = time.time()
-            repo.push()
-            say(f"-- git push: {app} {sha[:12]} ({'the first' if n == 1 else 'a new'} version)")
+            sha, pushed = push_change(repo, n, say)
             took = wait_live(
                 url,
                 topo.apps[app].health,
