@@ -4,19 +4,19 @@
         release: {app: hello, digest: "sha256:...", sha: "<commit>", health_timeout_s: 30}
 
     1. pull <registry>/<app>@<digest> with the registry's pull account and CA (the `web` state put
-       them under {root}/etc/containers);
+       them under /etc/containers);
     2. start it in the slot the live release is not in (each app has two loopback ports on the
        host, `apps.<app>.slots`), with --init, on the host's network, its port in $PORT/$HOST;
     3. wait for its health path; if it does not answer 200 in time: print why (the last answer,
        the container's last lines), remove the new container and fail. nginx and the live
        release are not touched;
     4. render the app's nginx site with its upstream on the new container
-       ({root}/etc/nginx/conf.d/app-<app>.conf) and reload the host's nginx (the one the `web`
+       (/etc/nginx/conf.d/app-<app>.conf) and reload the host's nginx (the one the `web`
        state runs), then wait until nginx answers with the new release (header X-Coop-Release);
     5. let nginx's workers from before the reload finish their requests (they hold the old
        upstream), then stop the old container: it stays, stopped, with its image, as the release
        to roll back to;
-    6. record the live and the previous release ({root}/var/lib/coop/releases/<app>.json) and
+    6. record the live and the previous release (/var/lib/coop/releases/<app>.json) and
        remove this app's older images.
 
     Applying the live release again changes nothing. A rollback is a release of the previous
@@ -33,7 +33,6 @@
     filter: shlex.quote), and uses "$image", "$health_url"... The digest and the commit are
     checked here too (sha256:<64 hex digits>; 40 hex digits or empty), as the release asset
     checks them before it asks anything of the hosts. #}
-{%- from "lib/site.jinja" import root, local with context %}
 {%- set release = pillar.get('release', {}) %}
 {%- set apps = pillar.get('apps', {}) %}
 {%- set name = release.get('app', '') %}
@@ -63,7 +62,7 @@ app-release-known:
 {%- set client = pillar['registry_client'] %}
 {%- set timeout = release.get('health_timeout_s', 30) | int %}
 {%- set image = client['address'] ~ '/' ~ name ~ '@' ~ digest %}
-{%- set record_file = root ~ '/var/lib/coop/releases/' ~ name ~ '.json' %}
+{%- set record_file = '/var/lib/coop/releases/' ~ name ~ '.json' %}
 {%- if salt['file.file_exists'](record_file) %}
 {%- set record = salt['file.read'](record_file) | load_json %}
 {%- else %}
@@ -87,7 +86,7 @@ app-release-known:
 {%- set new_record = {'current': this, 'previous': current or None} %}
 {%- endif %}
 {%- set keep = (new_record['previous'] or {}).get('digest') or digest %}
-{%- set pidfile = web.get('pidfile') or '/run/nginx.pid' %}
+{%- set pidfile = '/run/nginx.pid' %}
 {#- The values the scripts use, as shell variables (see the top). #}
 {%- set sh = {
       'app': name,
@@ -102,21 +101,16 @@ app-release-known:
       'keep': keep,
       'timeout': timeout,
       'health_url': 'http://127.0.0.1:' ~ port ~ app['health'],
-      'served_url': 'http://' ~ web['listen'] ~ ':' ~ app['listen_port'] ~ app['health'],
+      'served_url': 'http://' ~ web['listen'] ~ ':' ~ web['port'] ~ app['health'],
       'host_header': app['domain'] or name,
       'pidfile': pidfile,
-      'root': root,
       'web_state': 'highstate/web-' ~ web['environment'],
-      'old_workers': root ~ '/run/coop-app-' ~ name ~ '.old-workers'} %}
+      'old_workers': '/run/coop-app-' ~ name ~ '.old-workers'} %}
 {%- macro vars() %}{% for key in varargs %}{{ key }}={{ sh[key] | string | quote }}{{ ' ' if not loop.last else '' }}{% endfor %}{% endmacro %}
-{%- set conf = root ~ '/etc/nginx/conf.d/app-' ~ name ~ '.conf' %}
-{#- A server's podman reads /etc/containers/containers.conf (salt/web) and the drop-ins of
+{%- set conf = '/etc/nginx/conf.d/app-' ~ name ~ '.conf' %}
+{#- podman reads /etc/containers/containers.conf (salt/web) and the drop-ins of
     containers.conf.d where it always does: CONTAINERS_CONF would make it read that file only. #}
-{%- set env = {'REGISTRY_AUTH_FILE': root ~ '/etc/containers/auth.json'} %}
-{%- if local %}
-{%- do env.update({'CONTAINERS_CONF': root ~ '/etc/containers/containers.conf',
-                   'CONTAINERS_STORAGE_CONF': root ~ '/etc/containers/storage.conf'}) %}
-{%- endif %}
+{%- set env = {'REGISTRY_AUTH_FILE': '/etc/containers/auth.json'} %}
 {#- Go templates for podman, kept out of Jinja's way. #}
 {%- set running_fmt = "'{{.State.Running}}'" %}
 {%- set live_fmt = "'{{.ImageDigest}} {{.State.Running}} {{index .Config.Labels \"coop.port\"}}'" %}
@@ -125,15 +119,15 @@ app-release-known:
 app-{{ name }}-web-ready:
   cmd.run:
     - name: |
-        {{ vars('pidfile', 'root', 'web_state') }}
+        {{ vars('pidfile', 'web_state') }}
         # The web state (highstate/web-<environment>) runs nginx and writes podman's config.
         if ! kill -0 "$(cat "$pidfile" 2>/dev/null)" 2>/dev/null; then
           echo "changed=no comment='nginx is not running on this host ($pidfile): apply the web state first ($web_state)'"; exit 1
         fi
-        for f in "$root/etc/containers/containers.conf" "$root/etc/containers/auth.json"; do
+        for f in /etc/containers/containers.conf /etc/containers/auth.json; do
           [ -f "$f" ] || { echo "changed=no comment='$f is missing: apply the web state first ($web_state)'"; exit 1; }
         done
-        mkdir -p "$root/etc/nginx/conf.d" "$root/var/lib/coop/releases"
+        mkdir -p /etc/nginx/conf.d /var/lib/coop/releases
         echo "changed=no comment='nginx runs; podman is configured'"
     - stateful: True
     - shell: /bin/bash
@@ -141,12 +135,12 @@ app-{{ name }}-web-ready:
 app-{{ name }}-pull:
   cmd.run:
     - name: |
-        {{ vars('image', 'registry', 'root') }}
+        {{ vars('image', 'registry') }}
         if podman image exists "$image"; then
           echo "changed=no comment='$image is here already'"; exit 0
         fi
         started=$SECONDS
-        podman pull -q --cert-dir "$root/etc/containers/certs.d/$registry" "$image" || exit 1
+        podman pull -q --cert-dir "/etc/containers/certs.d/$registry" "$image" || exit 1
         echo "changed=yes comment='pulled $image in $((SECONDS - started)) s'"
     - stateful: True
     - shell: /bin/bash
@@ -221,7 +215,6 @@ app-{{ name }}-nginx:
         port: {{ port | int }}
         listen: {{ web['listen'] | json }}
         web_port: {{ web['port'] | int }}
-        listen_port: {{ app['listen_port'] | int }}
         domain: {{ app['domain'] | json }}
     - require:
       - cmd: app-{{ name }}-healthy
@@ -233,11 +226,7 @@ app-{{ name }}-reload:
         # nginx's workers before the reload: they finish what they hold with the old upstream,
         # and the old container stops only once they are gone (stop-old).
         pgrep -P "$(cat "$pidfile")" > "$old_workers" || true
-{%- if local %}
-        start-stop-daemon --quiet --pidfile "$pidfile" --exec /usr/sbin/nginx --stop --signal HUP
-{%- else %}
         systemctl reload nginx
-{%- endif %}
     - shell: /bin/bash
     - onchanges:
       - file: app-{{ name }}-nginx
@@ -245,7 +234,7 @@ app-{{ name }}-reload:
 app-{{ name }}-switched:
   cmd.run:
     - name: |
-        {{ vars('digest', 'slot', 'port', 'served_url', 'host_header', 'root') }}
+        {{ vars('digest', 'slot', 'port', 'served_url', 'host_header') }}
         served() {
           curl -s -D - -o /dev/null --max-time 2 -H "Host: $host_header" "$served_url" \
             | grep -qi "^x-coop-release: $digest"
@@ -256,7 +245,7 @@ app-{{ name }}-switched:
           served && { echo "changed=yes comment='nginx serves $digest (slot $slot, port $port)'"; exit 0; }
         done
         echo "nginx does not serve $digest after 15 s; its error log ends:"
-        tail -n 20 "$root/var/log/nginx/error.log"
+        tail -n 20 /var/log/nginx/error.log
         echo "changed=no comment='nginx does not serve $digest after 15 s'"
         exit 1
     - stateful: True

@@ -5,20 +5,19 @@
     unit), and removes /32s of the private network that the plan no longer gives the host.
     net.ipv4.ip_nonlocal_bind lets a service bind its address even before the unit has run.
 
-    Nothing on the local site (its hosts listen on 127.0.0.1) and nothing in an image bake (no
-    host data there). Included by `common`. #}
-{%- from "lib/site.jinja" import root, local, bake with context %}
-{%- if not local and not bake %}
+    Nothing in an image bake (no host data there). Included by `common`. #}
+{%- from "lib/site.jinja" import bake with context %}
+{%- if not bake %}
 {%- set coop = pillar['coop'] %}
 {%- set primary = coop['address'] %}
 {%- set extra = coop['addresses'].values() | reject('equalto', primary) | unique | sort | list %}
 {%- set net_prefix = coop['network'].split('.')[:2] | join('.') ~ '.' %}
-{%- set script = root ~ '/usr/local/sbin/coop-service-addresses' %}
+{%- set script = '/usr/local/sbin/coop-service-addresses' %}
 {%- set unit = 'coop-service-addresses.service' %}
 
 common-addresses-nonlocal-bind:
   file.managed:
-    - name: {{ root }}/etc/sysctl.d/60-coop-nonlocal-bind.conf
+    - name: /etc/sysctl.d/60-coop-nonlocal-bind.conf
     - makedirs: True
     - mode: '0644'
     - contents: |
@@ -26,7 +25,7 @@ common-addresses-nonlocal-bind:
         # before coop-service-addresses has added it.
         net.ipv4.ip_nonlocal_bind = 1
   cmd.run:
-    - name: sysctl -q -p {{ root }}/etc/sysctl.d/60-coop-nonlocal-bind.conf
+    - name: sysctl -q -p /etc/sysctl.d/60-coop-nonlocal-bind.conf
     # Already in force (set at the instance's creation, or by an earlier run): nothing to do;
     # where /proc/sys is read-only to the guest, writing it again would fail.
     - unless: test "$(sysctl -n net.ipv4.ip_nonlocal_bind)" = 1
@@ -74,7 +73,7 @@ common-addresses-script:
 
 common-addresses-unit:
   file.managed:
-    - name: {{ root }}/etc/systemd/system/{{ unit }}
+    - name: /etc/systemd/system/{{ unit }}
     - makedirs: True
     - mode: '0644'
     - contents: |

@@ -1,8 +1,8 @@
 {#- Every host: its salt minion's config, the folders the other states write into, base packages,
-    a record of what the topology says this host is (/etc/coop/host.json) and, on a server, its
-    service addresses (common/addresses.sls). Every role's states include this. An image bake
+    a record of what the topology says this host is (/etc/coop/host.json) and its service
+    addresses (common/addresses.sls). Every role's states include this. An image bake
     (lib/site.jinja: bake) gets the packages and the folders only. #}
-{%- from "lib/site.jinja" import root, local, bake with context %}
+{%- from "lib/site.jinja" import bake with context %}
 
 include:
   - salt.minion
@@ -16,18 +16,15 @@ common-packages:
 {%- for dir in ['etc/coop', 'run', 'var/log', 'var/lib'] %}
 common-dir-{{ dir | replace('/', '-') }}:
   file.directory:
-    - name: {{ root }}/{{ dir }}
+    - name: /{{ dir }}
     - makedirs: True
-{%- if local %}
-    - mode: '0755'
-{%- endif %}
 {%- endfor %}
 
 {%- if not bake %}
 
 common-host-record:
   file.serialize:
-    - name: {{ root }}/etc/coop/host.json
+    - name: /etc/coop/host.json
     - serializer: json
     - dataset:
         host: {{ pillar['coop']['host'] | json }}
@@ -35,7 +32,6 @@ common-host-record:
         location: {{ pillar['coop']['location'] | json }}
         roles: {{ pillar['roles'] | json }}
         addresses: {{ pillar['coop']['addresses'] | json }}
-        site: {{ pillar['site']['kind'] | json }}
     - mode: '0644'
     - require:
       - file: common-dir-etc-coop

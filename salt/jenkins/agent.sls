@@ -1,22 +1,19 @@
 {#- A Jenkins agent: the build tools (podman with crun, buildah, git, Java for the agent itself;
-    podman inside a container, as in the lab, runs with crun and not runc; the local site keeps runc),
-    and the registry's push account (`ci`) and certificate, so builds push images. On a server the
-    agent runs as the `jenkins` user; the local site creates no users, it writes under the root.
-    An image bake: the tools, the user and the container runtime's settings. #}
-{%- from "lib/site.jinja" import root, local, bake with context %}
+    podman inside a container, as in the lab, runs with crun and not runc), and the registry's
+    push account (`ci`) and certificate, so builds push images. The agent runs as the `jenkins`
+    user. An image bake: the tools, the user and the container runtime's settings. #}
+{%- from "lib/site.jinja" import bake with context %}
 {%- set client = pillar.get('registry_client', {}) %}
-{%- set home = root ~ '/var/lib/jenkins' %}
-{%- set runtime = 'runc' if local else 'crun' %}
+{%- set home = '/var/lib/jenkins' %}
 
 include:
   - common
 
 jenkins-agent-packages:
   pkg.installed:
-    - pkgs: [openjdk-17-jre-headless, git, podman, {{ runtime }}, buildah, uidmap, slirp4netns]
+    - pkgs: [openjdk-17-jre-headless, git, podman, crun, buildah, uidmap, slirp4netns]
     - refresh: False
 
-{%- if not local %}
 jenkins-agent-user:
   user.present:
     - name: jenkins
@@ -25,25 +22,22 @@ jenkins-agent-user:
     - shell: /bin/bash
     - require_in:
       - file: jenkins-agent-home
-{%- endif %}
 
 jenkins-agent-home:
   file.directory:
     - name: {{ home }}
     - makedirs: True
-{%- if not local %}
     - user: jenkins
-{%- endif %}
 
 jenkins-agent-containers-conf:
   file.managed:
-    - name: {{ root }}/etc/containers/containers.conf
+    - name: /etc/containers/containers.conf
     - makedirs: True
     - mode: '0644'
     - contents: |
         # Managed by salt (salt/jenkins/agent.sls).
         [engine]
-        runtime = "{{ runtime }}"
+        runtime = "crun"
 {%- if not bake %}
 {%- set agent = pillar['jenkins_agent'] %}
 
@@ -61,7 +55,7 @@ jenkins-agent-registry-ca:
   file.managed:
     - names:
 {%- for name in client.get('trusted_as') or [client['address']] %}
-      - {{ root }}/etc/containers/certs.d/{{ name }}/ca.crt
+      - /etc/containers/certs.d/{{ name }}/ca.crt
 {%- endfor %}
     - makedirs: True
     - mode: '0644'
@@ -72,9 +66,7 @@ jenkins-agent-registry-auth:
     - name: {{ home }}/.config/containers/auth.json
     - makedirs: True
     - mode: '0600'
-{%- if not local %}
     - user: jenkins
-{%- endif %}
     - show_changes: False
     - serializer: json
     - dataset:

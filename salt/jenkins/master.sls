@@ -2,22 +2,20 @@
     (not in Debian), Java 17, the port and listen address from the topology, the setup wizard off
     and the admin account configured as code (JCasC, casc.yaml).
 
-    The configuration-as-code plugin that casc.yaml needs is not a package: on a server the state
-    downloads Jenkins' plugin manager (jenkins-plugin-cli's jar, pinned, checked against the
-    sha256 published beside it) and installs the plugins of plugins.txt, with their
-    dependencies, into JENKINS_HOME/plugins, then restarts Jenkins. That needs pkg.jenkins.io,
+    The configuration-as-code plugin that casc.yaml needs is not a package: the state downloads
+    Jenkins' plugin manager (jenkins-plugin-cli's jar, pinned, checked against the sha256
+    published beside it) and installs the plugins of plugins.txt, with their dependencies, into
+    JENKINS_HOME/plugins, then restarts Jenkins. That needs pkg.jenkins.io,
     github.com and updates.jenkins.io from the server.
 
     The admin password reaches Jenkins through an EnvironmentFile (root, mode 600), never an
     `Environment=` line of the unit, which any user can read with `systemctl show`.
 
-    The local site has no Jenkins: the repository, the plugin manager and the plugins are for
-    servers only, so a real apply on the local site fails at the `jenkins` package; dry runs
-    show what a server gets. An image bake: the repository and the packages (the bake keeps the
-    package from starting Jenkins), nothing of the host's. #}
-{%- from "lib/site.jinja" import root, local, bake with context %}
+    An image bake: the repository and the packages (the bake keeps the package from starting
+    Jenkins), nothing of the host's. #}
+{%- from "lib/site.jinja" import bake with context %}
 {%- from "lib/daemon.jinja" import daemon with context %}
-{%- set home = root ~ '/var/lib/jenkins' %}
+{%- set home = '/var/lib/jenkins' %}
 {%- set plugins = ['configuration-as-code'] %}
 {%- set plugin_cli = '2.13.2' %}
 {%- set plugin_cli_url = 'https://github.com/jenkinsci/plugin-installation-manager-tool/releases/download/' ~ plugin_cli ~ '/jenkins-plugin-manager-' ~ plugin_cli ~ '.jar' %}
@@ -25,7 +23,6 @@
 include:
   - common
 
-{%- if not local %}
 jenkins-repo:
   pkgrepo.managed:
     - name: deb [signed-by=/usr/share/keyrings/jenkins-keyring.asc] https://pkg.jenkins.io/debian-stable binary/
@@ -34,12 +31,11 @@ jenkins-repo:
     - aptkey: False
     - require_in:
       - pkg: jenkins-packages
-{%- endif %}
 
 jenkins-packages:
   pkg.installed:
     - pkgs: [openjdk-17-jre-headless, fontconfig, jenkins]
-    - refresh: {{ not local }}
+    - refresh: True
 {%- if not bake %}
 {%- set jenkins = pillar['jenkins'] %}
 {%- set password = jenkins['admin_password'] %}
@@ -53,7 +49,7 @@ jenkins-packages:
 
 jenkins-casc:
   file.managed:
-    - name: {{ root }}/etc/jenkins/casc.yaml
+    - name: /etc/jenkins/casc.yaml
     - makedirs: True
     - mode: '0640'
     - show_changes: False
@@ -75,13 +71,11 @@ jenkins-casc:
 
 jenkins-admin-env:
   file.managed:
-    - name: {{ root }}/etc/jenkins/admin.env
+    - name: /etc/jenkins/admin.env
     - makedirs: True
     - mode: '0600'
-{%- if not local %}
     - user: root
     - group: root
-{%- endif %}
     - show_changes: False
     - contents: |
         # Managed by salt (salt/jenkins). Read by systemd (root) for the jenkins unit only.
@@ -89,7 +83,7 @@ jenkins-admin-env:
 
 jenkins-environment:
   file.managed:
-    - name: {{ root }}/etc/systemd/system/jenkins.service.d/coop.conf
+    - name: /etc/systemd/system/jenkins.service.d/coop.conf
     - makedirs: True
     - mode: '0644'
     - contents: |
@@ -98,13 +92,13 @@ jenkins-environment:
         Environment="JENKINS_LISTEN_ADDRESS={{ jenkins['listen'] }}"
         Environment="JENKINS_PORT={{ jenkins['port'] }}"
         Environment="JENKINS_HOME={{ home }}"
-        Environment="CASC_JENKINS_CONFIG={{ root }}/etc/jenkins/casc.yaml"
+        Environment="CASC_JENKINS_CONFIG=/etc/jenkins/casc.yaml"
         Environment="JAVA_OPTS=-Djava.awt.headless=true -Djenkins.install.runSetupWizard=false"
-        EnvironmentFile={{ root }}/etc/jenkins/admin.env
+        EnvironmentFile=/etc/jenkins/admin.env
 
 jenkins-plugins-list:
   file.managed:
-    - name: {{ root }}/etc/jenkins/plugins.txt
+    - name: /etc/jenkins/plugins.txt
     - makedirs: True
     - mode: '0644'
     - contents: |
@@ -112,7 +106,6 @@ jenkins-plugins-list:
 {%- for plugin in plugins %}
         {{ plugin }}
 {%- endfor %}
-{%- if not local %}
 
 jenkins-plugin-manager:
   file.managed:
@@ -131,7 +124,7 @@ jenkins-plugins:
         java -jar /usr/local/lib/jenkins-plugin-manager-{{ plugin_cli }}.jar
         --war /usr/share/java/jenkins.war
         --plugin-download-directory {{ home }}/plugins
-        --plugin-file {{ root }}/etc/jenkins/plugins.txt
+        --plugin-file /etc/jenkins/plugins.txt
     - runas: jenkins
     - unless:  # every plugin of the list in place: nothing to do
 {%- for plugin in plugins %}
@@ -141,8 +134,6 @@ jenkins-plugins:
       - pkg: jenkins-packages
       - file: jenkins-plugin-manager
       - file: jenkins-plugins-list
-{%- endif %}
-{%- if not local %}
 
 jenkins-systemd-reload:
   cmd.run:
@@ -152,15 +143,10 @@ jenkins-systemd-reload:
       - file: jenkins-admin-env
     - require_in:
       - service: jenkins-running
-{%- endif %}
 
-{{ daemon('jenkins', 'jenkins', '/usr/bin/java',
-          '-Djenkins.install.runSetupWizard=false -jar /usr/share/java/jenkins.war'
-          ~ ' --httpListenAddress=' ~ jenkins['listen'] ~ ' --httpPort=' ~ jenkins['port'],
-          jenkins.get('pidfile', ''),
+{{ daemon('jenkins', 'jenkins',
           watch=[{'file': 'jenkins-casc'}, {'file': 'jenkins-environment'},
-                 {'file': 'jenkins-admin-env'}] + ([] if local else [{'cmd': 'jenkins-plugins'}]),
-          on_change='restart',
-          detach=True, log=root ~ '/var/log/jenkins.log', host=jenkins['listen'],
-          port=jenkins['port'], require=[{'pkg': 'jenkins-packages'}]) }}
+                 {'file': 'jenkins-admin-env'}, {'cmd': 'jenkins-plugins'}],
+          on_change='restart', host=jenkins['listen'], port=jenkins['port'],
+          require=[{'pkg': 'jenkins-packages'}]) }}
 {%- endif %}

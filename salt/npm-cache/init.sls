@@ -15,13 +15,13 @@
     To change a version: edit files/package.json, then regenerate the lock with Debian 12's npm
     (a container of localhost/coop-lab-base:bookworm with apt's nodejs and npm): `npm install
     --package-lock-only --ignore-scripts --no-audit` in a copy of files/, and commit both. #}
-{%- from "lib/site.jinja" import root, local, bake with context %}
+{%- from "lib/site.jinja" import bake with context %}
 {%- from "lib/daemon.jinja" import daemon with context %}
 {#- The bake's pillar has no npm_cache block: verdaccio comes from the public registry then. #}
 {%- set uplink = salt['pillar.get']('npm_cache:uplink', 'https://registry.npmjs.org/') %}
-{%- set app = root ~ '/opt/verdaccio' %}
-{%- set storage = root ~ '/var/lib/verdaccio' %}
-{%- set conf = root ~ '/etc/verdaccio/config.yaml' %}
+{%- set app = '/opt/verdaccio' %}
+{%- set storage = '/var/lib/verdaccio' %}
+{%- set conf = '/etc/verdaccio/config.yaml' %}
 
 include:
   - common
@@ -30,12 +30,9 @@ include:
     (623 packages instead of 363); verdaccio needs none of them (no install scripts, no builds). #}
 npm-cache-packages:
   pkg.installed:
-{#- The local site's Node comes with npm; Debian's npm package would conflict with it. #}
-    - pkgs: {{ ['nodejs'] if local else ['nodejs', 'npm'] }}
+    - pkgs: [nodejs, npm]
     - install_recommends: False
     - refresh: False
-
-{%- if not local %}
 
 npm-cache-user:
   user.present:
@@ -43,17 +40,14 @@ npm-cache-user:
     - home: {{ storage }}
     - system: True
     - shell: /usr/sbin/nologin
-{%- endif %}
 
 npm-cache-storage:
   file.directory:
     - name: {{ storage }}/storage
     - makedirs: True
-{%- if not local %}
     - user: verdaccio
     - require:
       - user: npm-cache-user
-{%- endif %}
 
 {#- verdaccio's own: npm ci (as verdaccio) replaces node_modules in it; the manifests stay root's. #}
 npm-cache-app:
@@ -61,11 +55,9 @@ npm-cache-app:
     - name: {{ app }}
     - makedirs: True
     - mode: '0755'
-{%- if not local %}
     - user: verdaccio
     - require:
       - user: npm-cache-user
-{%- endif %}
 
 npm-cache-package-json:
   file.managed:
@@ -94,19 +86,16 @@ npm-cache-install:
         test -x {{ app }}/node_modules/.bin/verdaccio
         -a {{ app }}/node_modules/.package-lock.json -nt {{ app }}/package.json
         -a {{ app }}/node_modules/.package-lock.json -nt {{ app }}/package-lock.json
-{%- if not local %}
     - runas: verdaccio
-{%- endif %}
     - require:
       - pkg: npm-cache-packages
       - file: npm-cache-package-json
       - file: npm-cache-package-lock
-{%- if not local %}
       - user: npm-cache-user
 
 npm-cache-unit:
   file.managed:
-    - name: {{ root }}/etc/systemd/system/verdaccio.service
+    - name: /etc/systemd/system/verdaccio.service
     - makedirs: True
     - mode: '0644'
     - contents: |
@@ -126,9 +115,6 @@ npm-cache-unit:
       - file: npm-cache-unit
     - require_in:
       - service: npm-cache-running
-{%- endif %}
-{%- endif %}
-{%- if not bake %}
 {%- set npm = pillar['npm_cache'] %}
 
 npm-cache-config:
@@ -160,10 +146,7 @@ npm-cache-config:
             proxy: npmjs
         log: {type: stdout, format: pretty, level: warn}
 
-{{ daemon('npm-cache', 'verdaccio', '/usr/bin/node',
-          app ~ '/node_modules/verdaccio/bin/verdaccio --config ' ~ conf,
-          npm.get('pidfile', ''),
+{{ daemon('npm-cache', 'verdaccio',
           watch=[{'file': 'npm-cache-config'}, {'cmd': 'npm-cache-install'}], on_change='restart',
-          detach=True, log=root ~ '/var/log/verdaccio.log', host=npm['listen'], port=npm['port'],
-          require=[{'file': 'npm-cache-storage'}]) }}
+          host=npm['listen'], port=npm['port'], require=[{'file': 'npm-cache-storage'}]) }}
 {%- endif %}

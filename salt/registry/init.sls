@@ -1,10 +1,10 @@
 {#- The private docker registry: Debian's docker-registry (Docker Distribution 2.8) with htpasswd
     auth (bcrypt hashes from the pillar; the passwords themselves never reach this host) and TLS
     (the certificate and key from the secrets pillar). An image bake: the package and folders. #}
-{%- from "lib/site.jinja" import root, local, bake with context %}
+{%- from "lib/site.jinja" import bake with context %}
 {%- from "lib/daemon.jinja" import daemon with context %}
-{%- set etc = root ~ '/etc/docker/registry' %}
-{%- set group = 'root' if local else 'docker-registry' %}
+{%- set etc = '/etc/docker/registry' %}
+{%- set group = 'docker-registry' %}
 
 include:
   - common
@@ -16,12 +16,10 @@ registry-packages:
 
 registry-storage:
   file.directory:
-    - name: {{ root }}/var/lib/docker-registry
+    - name: /var/lib/docker-registry
     - makedirs: True
-{%- if not local %}
     - user: docker-registry
     - group: docker-registry
-{%- endif %}
     - require:
       - pkg: registry-packages
 
@@ -71,15 +69,13 @@ registry-config:
     - group: {{ group }}
     - show_changes: False
     - context:
-        root: {{ root | json }}
         etc: {{ etc }}
     - require:
       - file: registry-etc
 
-{{ daemon('registry', 'docker-registry', '/usr/bin/docker-registry', 'serve ' ~ etc ~ '/config.yml',
-          reg.get('pidfile', ''),
+{{ daemon('registry', 'docker-registry',
           watch=[{'file': 'registry-config'}, {'file': 'registry-htpasswd'},
                  {'file': 'registry-tls-cert'}, {'file': 'registry-tls-key'}],
-          on_change='restart', detach=True, log=root ~ '/var/log/docker-registry.log',
-          host=reg['listen'], port=reg['port'], require=[{'file': 'registry-storage'}]) }}
+          on_change='restart', host=reg['listen'], port=reg['port'],
+          require=[{'file': 'registry-storage'}]) }}
 {%- endif %}

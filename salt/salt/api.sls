@@ -12,9 +12,9 @@
     salt-api's systemd unit comes with the salt install (images: salt.master, bake.sh). The master
     reads external_auth and sharedsecret and salt-api reads rest_cherrypy and
     netapi_enable_clients: a change restarts both.
-    An image bake writes nothing here (no address, no secret); the local site runs no salt-api. #}
-{%- from "lib/site.jinja" import local, bake with context %}
-{%- if not local and not bake %}
+    An image bake writes nothing here (no address, no secret). #}
+{%- from "lib/site.jinja" import bake with context %}
+{%- if not bake %}
 {%- set api = pillar['salt']['api'] %}
 {%- set listen = api.get('listen') or pillar['salt']['master']['interface'] %}
 {%- set user = api.get('user', 'dagster') %}

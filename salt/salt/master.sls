@@ -1,24 +1,22 @@
 {#- The salt master: binds to its private address only, accepts no key by itself (the `minions`
     asset accepts exactly the hosts of the topology), serves this repo's states and the pillar
-    generated from the topology. On the local site `infra local up` runs the master with the same
-    settings (on 127.0.0.1); the file is written for the record and not read by it. On a server
-    salt is the venv at /opt/salt that every image has (packer/scripts/bake.sh, pinned by
-    packer/salt-requirements.txt, CherryPy for salt-api included); this state ships the systemd
-    units of salt-master and salt-api (salt.api configures and starts salt-api). An image bake
-    writes the units and no more: nothing enabled or started. #}
-{%- from "lib/site.jinja" import root, local, bake with context %}
+    generated from the topology. Salt is the venv at /opt/salt that every image has
+    (packer/scripts/bake.sh, pinned by packer/salt-requirements.txt, CherryPy for salt-api
+    included); this state ships the systemd units of salt-master and salt-api (salt.api
+    configures and starts salt-api). An image bake writes the units and no more: nothing enabled
+    or started. #}
+{%- from "lib/site.jinja" import bake with context %}
 
 include:
   - common
   - salt.api
-{%- if not local %}
 {%- for unit, description, after, limit in [
       ('salt-master', 'The Salt Master Server', 'network.target', 100000),
       ('salt-api', 'The Salt API', 'network.target salt-master.service', 8192)] %}
 
 {{ unit }}-unit:
   file.managed:
-    - name: {{ root }}/etc/systemd/system/{{ unit }}.service
+    - name: /etc/systemd/system/{{ unit }}.service
     - makedirs: True
     - mode: '0644'
     - contents: |
@@ -56,9 +54,6 @@ salt-master-enabled:
     - name: salt-master
     - require:
       - cmd: salt-master-unit-reload
-{%- endif %}
-{%- endif %}
-{%- if not bake %}
 {%- set master = pillar['salt']['master'] %}
 
 salt-master-pillar-dir:
@@ -69,7 +64,7 @@ salt-master-pillar-dir:
 
 salt-master-config:
   file.serialize:
-    - name: {{ root }}/etc/salt/master.d/coop.conf
+    - name: /etc/salt/master.d/coop.conf
     - makedirs: True
     - mode: '0644'
     - serializer: yaml
@@ -85,7 +80,6 @@ salt-master-config:
         fileserver_backend: [roots]
         worker_threads: {{ master['worker_threads'] }}
         hash_type: sha256
-{%- if not local %}
 
 salt-master-restart:
   cmd.run:
@@ -95,5 +89,4 @@ salt-master-restart:
     - onchanges:
       - file: salt-master-config
       - file: salt-master-unit
-{%- endif %}
 {%- endif %}

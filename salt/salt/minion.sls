@@ -1,20 +1,17 @@
 {#- Every host is a salt minion whose id is its host name and whose master is the salt-master
-    host's address. On a server the minion restarts itself when this changes. On the local site
-    `infra local up` configures the minion processes: the file is written for the record under the
-    host's root, and the local minion does not read it (it could never cut itself off the master).
-    An image bake leaves it out: the image has no id and no master (cloud-init writes both on
-    the server's first boot: terraform/instances/cloud-init.yaml.tftpl).
+    host's address. The minion restarts itself when this changes. An image bake leaves it out:
+    the image has no id and no master (cloud-init writes both on the server's first boot:
+    terraform/instances/cloud-init.yaml.tftpl).
 
     Salt itself is a venv at /opt/salt (packer/scripts/bake.sh, from packer/salt-requirements.txt);
     its minion's systemd unit is this state's, on a server and in an image bake alike (a bake
     writes the unit and enables nothing: the first boot enables and starts the minion once its
     id and master are written). #}
-{%- from "lib/site.jinja" import root, local, bake with context %}
-{%- if not local %}
+{%- from "lib/site.jinja" import bake with context %}
 
 salt-minion-unit:
   file.managed:
-    - name: {{ root }}/etc/systemd/system/salt-minion.service
+    - name: /etc/systemd/system/salt-minion.service
     - makedirs: True
     - mode: '0644'
     - contents: |
@@ -33,7 +30,6 @@ salt-minion-unit:
 
         [Install]
         WantedBy=multi-user.target
-{%- endif %}
 {%- if bake %}
 
 salt-minion-bake:
@@ -44,7 +40,7 @@ salt-minion-bake:
 
 salt-minion-config:
   file.managed:
-    - name: {{ root }}/etc/salt/minion.d/coop.conf
+    - name: /etc/salt/minion.d/coop.conf
     - makedirs: True
     - mode: '0644'
     {#- The same lines the first boot writes (terraform/instances/cloud-init.yaml.tftpl), so
@@ -56,7 +52,6 @@ salt-minion-config:
 {%- if minion.get('master_finger') %}
         master_finger: '{{ minion['master_finger'] }}'
 {%- endif %}
-{%- if not local %}
 
 salt-minion-unit-reload:
   cmd.run:
@@ -79,5 +74,4 @@ salt-minion-restart:
     - onchanges:
       - file: salt-minion-config
       - file: salt-minion-unit
-{%- endif %}
 {%- endif %}
