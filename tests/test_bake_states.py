@@ -2,9 +2,11 @@
 `salt-call --local` with the bake's pillar and grains (`image_bake: true`, the group's roles, no
 host, site or secret), for every role group of packer/images.json. Each group's highstate runs
 in test mode (every state renders and is checked: packages looked up, templates rendered); the
-web group's is applied for real, under a root folder of the test's own (pillar site:root) on
-this machine, whose packages scripts/apt-packages.txt has installed already. The bake's own
-minion files live in a temporary folder of bake.sh's; nothing is written to this machine's /etc.
+web group's is applied for real on this machine, whose packages scripts/apt-packages.txt has
+installed already, in a private mount namespace of the test's own where the folders a state
+writes (/etc, /var, ...) are overlays whose upper layers are in the test's folder: what the
+states write lands there, and this machine's own /etc and /var are not changed. The bake's own
+minion files live in a temporary folder of bake.sh's.
 
 No Packer here: tests/test_packer.py runs bake.sh inside a real Packer build, with a tiny tree.
 """
@@ -75,20 +77,39 @@ NOT_BAKED = {
     "postgres-hba",
 }
 
+# The top folders a state may write (file states' names): on a real apply in the tests, each is
+# an overlay whose upper layer is the test's (see `bake`).
+OVERLAID = ("etc", "opt", "run", "srv", "usr", "var")
 
-def bake(group: str, root: Path, out: Path, salt_args: str) -> dict[str, dict]:
-    """Run the real bake.sh for `group` with `salt_args`; the state results by key."""
+
+def bake(group: str, out: Path, salt_args: str, layers: Path | None = None) -> dict[str, dict]:
+    """Run the real bake.sh for `group` with `salt_args`; the state results by key. With
+    `layers`: in a private mount namespace where each folder of OVERLAID is an overlay whose
+    upper layer is `layers/<folder>/upper` (kept: a second bake with the same `layers` sees
+    what the first wrote)."""
     env = {
         **os.environ,
         "SALT_TREE": str(REPO / "salt"),
         "IMAGE_ROLES": ",".join(GROUPS[group]["roles"]),
         "IMAGE_GROUP": group,
         "SALT_CALL": SALT_CALL,
-        "IMAGE_ROOT": str(root),
         "SALT_ARGS": f"--out=json --out-file={out} {salt_args}",
     }
+    argv = ["sh", str(REPO / "packer" / "scripts" / "bake.sh")]
+    if layers is not None:
+        mounts = ""
+        for top in OVERLAID:
+            upper, work = layers / top / "upper", layers / top / "work"
+            upper.mkdir(parents=True, exist_ok=True)
+            work.mkdir(parents=True, exist_ok=True)
+            mounts += (
+                f"mount -t overlay overlay -o lowerdir=/{top},upperdir={upper},workdir={work}"
+                f" /{top} && "
+            )
+        unshare = ["unshare", "--mount", "--propagation", "private", "--"]
+        argv = [*unshare, "sh", "-c", mounts + 'exec "$@"', "sh", *argv]
     run = subprocess.run(
-        ["sh", str(REPO / "packer" / "scripts" / "bake.sh")],
+        argv,
         env=env,
         capture_output=True,
         text=True,
@@ -109,8 +130,7 @@ def parse(key: str) -> tuple[str, str, str]:
 
 @pytest.mark.parametrize("group", sorted(GROUPS))
 def test_every_group_s_states_render_and_check_in_bake_mode(group, tmp_path):
-    root = tmp_path / "root"
-    results = bake(group, root, tmp_path / "out.json", "state.highstate test=True")
+    results = bake(group, tmp_path / "out.json", "state.highstate test=True")
 
     failed = {k: r["comment"] for k, r in results.items() if r["result"] is False}
     assert not failed, failed
@@ -126,17 +146,16 @@ def test_every_group_s_states_render_and_check_in_bake_mode(group, tmp_path):
         if function == "cmd.run":
             assert sid in BAKE_COMMANDS, f"{group}: {sid} runs `{name}` in a bake"
         if function.startswith("file."):
-            assert name.startswith(f"{root}/"), f"{group}: {sid} writes {name} outside the root"
+            top = Path(name).parts[1]
+            assert top in OVERLAID, f"{group}: {sid} writes {name}, outside the folders {OVERLAID}"
     ids = {parse(k)[1] for k in results}
     # every image: salt's minion unit (salt itself is bake.sh's venv), enabled at first boot
     assert BAKED[group] | {"common-packages", "salt-minion-unit"} <= ids
     assert not ids & NOT_BAKED, ids & NOT_BAKED
     assert not any(i.startswith("common-addresses") for i in ids)
-    # test mode: nothing written
-    assert not root.exists()
 
 
-def test_the_web_bake_applies_for_real_under_a_root_and_twice_changes_nothing(tmp_path):
+def test_the_web_bake_applies_for_real_in_overlays_and_twice_changes_nothing(tmp_path):
     packages = ["ca-certificates", "curl", "python3"]
     packages += ["nginx-light", "podman", "crun", "catatonit", "uidmap", "slirp4netns"]
     missing = [
@@ -149,24 +168,37 @@ def test_the_web_bake_applies_for_real_under_a_root_and_twice_changes_nothing(tm
     ]
     # a real apply would install them on this machine: scripts/setup installs them beforehand
     assert not missing, f"run `make setup` (scripts/apt-packages.txt) first: missing {missing}"
+    if os.geteuid() != 0:
+        pytest.skip("the real apply runs in a private mount namespace (overlays): that needs root")
 
-    root = tmp_path / "root"
-    results = bake("web", root, tmp_path / "out.json", "state.highstate")
+    layers = tmp_path / "layers"
+    results = bake("web", tmp_path / "out.json", "state.highstate", layers)
     assert all(r["result"] is True for r in results.values()), results
     changed = {parse(k)[1]: parse(k)[2] for k, r in results.items() if r["changes"]}
-    assert all(name.startswith(f"{root}/") for name in changed.values()), changed
+    # what changed is in the overlays: this machine's own folders are untouched
+    assert all(Path(name).parts[1] in OVERLAID for name in changed.values()), changed
     assert "web-packages" not in changed and "common-packages" not in changed
 
-    conf = (root / "etc" / "containers" / "containers.conf").read_text()
-    # a server's (crun: podman inside a container), not the local site's
-    assert 'runtime = "crun"' in conf and "cgroupfs" not in conf
+    def seen(path: str) -> Path:
+        """`/path` as the bake saw it: the overlay's upper layer if it has it, else this machine."""
+        top, rest = path.split("/", 1)
+        upper = layers / top / "upper" / rest
+        return upper if upper.exists() else Path("/", path)
+
+    conf = (layers / "etc/upper/containers/containers.conf").read_text()
+    assert 'runtime = "crun"' in conf  # podman inside a container runs with crun
     for folder in ("etc/nginx/conf.d", "var/log/nginx", "var/lib/nginx/body", "etc/coop"):
-        assert (root / folder).is_dir(), folder
-    written = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+        assert seen(folder).is_dir(), folder
+    written = sorted(
+        f"{top}/{p.relative_to(layers / top / 'upper')}"
+        for top in OVERLAID
+        for p in (layers / top / "upper").rglob("*")
+        if p.is_file()
+    )
     # no host record, minion id or nginx.conf; the minion's unit (enabled at first boot)
     assert written == ["etc/containers/containers.conf", "etc/systemd/system/salt-minion.service"]
-    unit = (root / "etc/systemd/system/salt-minion.service").read_text()
+    unit = (layers / "etc/upper/systemd/system/salt-minion.service").read_text()
     assert "ExecStart=/opt/salt/bin/salt-minion\n" in unit
 
-    again = bake("web", root, tmp_path / "again.json", "state.highstate")
+    again = bake("web", tmp_path / "again.json", "state.highstate", layers)
     assert not {parse(k)[1] for k, r in again.items() if r["changes"]}

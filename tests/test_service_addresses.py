@@ -1,10 +1,10 @@
 """A server's service addresses inside the guest (salt/common/addresses.sls): Terraform puts them
 on the server's port, DHCP gives the guest its primary only, and the `common` state adds the
 others. The REAL state tree is rendered by `salt-call --local` with the pillar the topology gives
-a server (CloudSite) and with the local site's; the script it writes is applied for real under a
-root folder of the test's own, then run inside a network namespace of the test's own (an
-interface holding the primary address, as DHCP would leave it): no traffic leaves it, and this
-machine's own addresses and sysctls are not touched."""
+a server (CloudSite); the script the state writes (its contents as rendered) is put in a folder of
+the test's own, never in this machine's /usr/local/sbin, then run inside a network namespace of
+the test's own (an interface holding the primary address, as DHCP would leave it): no traffic
+leaves it, and this machine's own addresses and sysctls are not touched."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import pytest
 
 from infra_assets.model import address_plan, load_topology
 from infra_assets.pillar import host_pillar
-from infra_assets.sites import CloudSite, ProcessSite
+from infra_assets.sites import CloudSite
 
 REPO = Path(__file__).parent.parent
 SALT_CALL = str(Path(sys.executable).parent / "salt-call")
@@ -60,9 +60,7 @@ def coop(repo_root):
 
 
 def test_a_server_s_common_state_adds_its_service_addresses(coop, tmp_path):
-    root = tmp_path / "root"
     pillar = host_pillar(CloudSite(coop), None, "support-1")
-    pillar["site"]["root"] = str(root)  # the files under the test's root; on a server: ""
     plan = address_plan(coop)
     primary = plan.primary("support-1").address
     service = sorted({a.address for a in plan.for_host("support-1")} - {primary})
@@ -77,18 +75,26 @@ def test_a_server_s_common_state_adds_its_service_addresses(coop, tmp_path):
         "common-addresses-up",
     }
     up = high["common-addresses-up"]["cmd"]
-    assert {"name": f"{root}/usr/local/sbin/coop-service-addresses"} in up
+    assert {"name": "/usr/local/sbin/coop-service-addresses"} in up
     unit = high["common-addresses-unit"]
     assert {"name": "coop-service-addresses.service"} in unit["service"]
     assert "enabled" in unit["service"]
+    # the unit runs the script the state writes
+    [unit_text] = [a["contents"] for a in unit["file"] if isinstance(a, dict) and "contents" in a]
+    assert "ExecStart=/usr/local/sbin/coop-service-addresses\n" in unit_text
 
-    # write the script for real (that state alone: the others act on this machine's systemd)
-    done = salt_call(
-        tmp_path, pillar, "state.sls_id", "common-addresses-script", "mods=common.addresses"
-    )
-    assert all(r["result"] for r in done.values()), done
-    script = root / "usr/local/sbin/coop-service-addresses"
-    assert os.access(script, os.X_OK)
+    # the script as the state writes it (file.managed: its contents, mode 0755), in the test's
+    # folder: applying the state would write this machine's /usr/local/sbin
+    args = {
+        k: v
+        for a in high["common-addresses-script"]["file"]
+        if isinstance(a, dict)
+        for k, v in a.items()
+    }
+    assert args["name"] == "/usr/local/sbin/coop-service-addresses" and args["mode"] == "0755"
+    script = tmp_path / "coop-service-addresses"
+    script.write_text(args["contents"])
+    script.chmod(0o755)
 
     if os.geteuid() != 0:
         pytest.skip("network namespaces need root")
@@ -124,17 +130,7 @@ def test_a_server_s_common_state_adds_its_service_addresses(coop, tmp_path):
 
 def test_a_host_without_service_addresses_gets_the_unit_and_no_address(coop, tmp_path):
     pillar = host_pillar(CloudSite(coop), None, "web-staging-1")
-    pillar["site"]["root"] = str(tmp_path / "root")
     assert len(address_plan(coop).for_host("web-staging-1")) == 1
     high = salt_call(tmp_path, pillar, "state.show_sls", "common.addresses")
     [contents] = [a["contents"] for a in high["common-addresses-script"]["file"] if "contents" in a]
     assert 'want="  "' in contents  # none to add, stale ones still removed
-
-
-def test_the_local_site_gets_no_address_state(repo_root, tmp_path):
-    site = ProcessSite(load_topology(repo_root / "topology.local.yaml"), root=tmp_path / "site")
-    site.allocate_ports()
-    pillar = host_pillar(site, None, "support-1")
-    high = salt_call(tmp_path, pillar, "state.show_sls", "common")
-    assert "common-host-record" in high  # the state renders, without the addresses
-    assert not [sid for sid in high if sid.startswith("common-addresses")]
