@@ -52,11 +52,11 @@ def make_repos(root: Path, count: int) -> dict[str, str]:
 
 def write_topology(root: Path, repos: dict[str, str]) -> Path:
     data = {
-        "locations": {"local": {"number": 127, "cloud": "local"}},
+        "locations": {"lab": {"number": 127, "cloud": "lab"}},
         "types": {"salt-master": 1, "web-staging": 5},
         "hosts": {
-            "support-1": {"location": "local", "instance": 1, "roles": ["salt-master"]},
-            "web-staging-1": {"location": "local", "instance": 1, "roles": ["web-staging"]},
+            "support-1": {"location": "lab", "instance": 1, "roles": ["salt-master"]},
+            "web-staging-1": {"location": "lab", "instance": 1, "roles": ["web-staging"]},
         },
         "apps": {
             name: {"repo": repo, "branch": "main", "port": 8000, "health": "/health"}

@@ -4,9 +4,7 @@ A materialisation builds the app's Dockerfile at that commit and pushes the imag
 tagged with the sha; when the commit is still the head of the app's branch, the branch tag (`main`)
 is moved to it too (that tag is what `registry_image_sensor` watches for staging releases).
 
-Three builders, one per kind of site:
-- `local` (a topology whose locations are all `cloud: local`): podman on this machine, with the
-  project's own containers config, FROM the base image the project makes (resources/podman.py);
+Two builders:
 - `salt` (the lab, `cloud: lab`, with no Jenkins configured: no INFRA_JENKINS_URL): the Jenkins
   job's own script (salt/jenkins/files/build-app-image.sh) run on a jenkins-agent host by the
   `jenkins.build` salt state, with the agent's podman (crun), the registry's CA and its push
@@ -27,7 +25,6 @@ Also here: the per-app build jobs (`build_<app>`) and git_push_sensor (`sensors/
 
 import os
 import re
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,16 +79,14 @@ def build_job_name(app: str) -> str:
 
 
 def builder_for(topo: Topology) -> str:
-    """`local` when every location of the topology is this machine; `salt` on the lab with no
-    Jenkins configured ($INFRA_JENKINS_URL unset); else `jenkins`."""
-    if all(loc.is_local for loc in topo.locations.values()):
-        return "local"
+    """`salt` on the lab with no Jenkins configured ($INFRA_JENKINS_URL unset); else
+    `jenkins`."""
     lab = all(loc.site_kind == "lab" for loc in topo.locations.values())
     return "salt" if lab and not os.environ.get(JENKINS_URL_ENV) else "jenkins"
 
 
-BUILDER_RESOURCES = {"local": "podman", "salt": "salt", "jenkins": "jenkins"}
-BUILDER_KINDS = {"local": "podman", "salt": "salt", "jenkins": "jenkins"}
+BUILDER_RESOURCES = {"salt": "salt", "jenkins": "jenkins"}
+BUILDER_KINDS = {"salt": "salt", "jenkins": "jenkins"}
 
 
 @dataclass(frozen=True)
@@ -199,8 +194,6 @@ def materialize(
         if existing is not None:
             log(f"{endpoint.image(app_name, sha)} is already in the registry ({existing.digest})")
             outcome = BuildOutcome(None, 0.0, ["already in the registry: not built again"], {})
-        elif builder == "local":
-            outcome = _build_local(res.git, res.podman, endpoint, app_name, app, repo, sha, log)
         elif builder == "salt":
             outcome = _build_salt(context, topology, endpoint, app_name, app, repo, sha, log)
         else:
@@ -262,53 +255,6 @@ def _already_built(registry: RegistryResource, app_name: str, sha: str) -> Manif
         return None
     labels = registry.labels(repository=app_name, manifest=manifest)
     return manifest if labels.get(REVISION_LABEL) == sha else None
-
-
-def _build_local(
-    git: GitResource,
-    podman: PodmanResource,
-    endpoint,
-    app_name: str,
-    app: App,
-    repo: str,
-    sha: str,
-    log: BuildLog,
-) -> BuildOutcome:
-    started = time.monotonic()
-    notes = []
-    base = podman.ensure_base_image(log=log)
-    notes.append(
-        f"base image {base.ref} made ({base.took_s:.0f} s)" if base.built
-        else f"base image {base.ref} found in the storage"
-    )  # fmt: skip
-    workdir = state_dir() / "builds" / app_name / sha
-    log(f"== checkout {repo} {sha}")
-    checkout = git.checkout(repo=repo, sha=sha, dest=workdir, branch=app.branch, log=log)
-    tag = endpoint.image(app_name, sha)
-    try:
-        log(f"== podman build {tag}")
-        built = podman.build(
-            context=checkout.path,
-            tag=tag,
-            build_args={"GIT_SHA": sha},
-            labels={
-                REVISION_LABEL: sha,
-                "org.opencontainers.image.source": repo,
-                "org.coop-infra.app": app_name,
-            },
-            log=log,
-        )
-        log(f"== podman push {tag}")
-        pushed = podman.push(image=tag, destination=tag, registry=endpoint, log=log)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    notes.append(f"built in {built.took_s:.1f} s, pushed in {pushed.took_s:.1f} s")
-    return BuildOutcome(
-        pushed.digest,
-        time.monotonic() - started,
-        notes,
-        {"image_id": built.image_id, "base_image_id": base.image_id},
-    )
 
 
 def build_agent(topology: Topology) -> str:
@@ -522,9 +468,8 @@ def definitions(topo: Topology) -> dg.Definitions:
     targets = {
         name: AppTarget(build_job_name(name), partitions_def_name(name)) for name in topo.apps
     }
-    # This machine's sites (the local site, the lab) are polled often (the demo's loop); a real
-    # git server less so.
-    here = all(loc.site_kind in ("local", "lab") for loc in topo.locations.values())
+    # The lab is polled often (the demo's loop); a real git server less so.
+    here = all(loc.site_kind == "lab" for loc in topo.locations.values())
     interval = 5 if here else 30
     sensors = [
         build_git_push_sensor(

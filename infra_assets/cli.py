@@ -2,9 +2,9 @@
 
     infra check [FILE] [--json]    validate a topology, print a one-line summary
     infra ips [FILE] [--json]      print the address plan: host, role, address, DNS name
-    infra demo                     run the main job on the local site (`make demo`)
+    infra demo                     the lab up, then push to live twice (`make demo`)
     infra dev [--port N]           the Dagster UI (`make dev`)
-    infra local up|down|status     the local site's services on this machine
+    infra lab up|down|status       the lab: this machine as a cloud (lab/)
 
 A bad topology prints every problem (file:line: key.path: what is wrong) and exits with 2.
 """
@@ -17,7 +17,6 @@ from pathlib import Path
 
 import click
 
-from infra_assets.local_site.cli import local
 from infra_assets.model import AddressPlan, Topology, TopologyError, address_plan, load_topology
 from lab.cli import lab, topology_option
 
@@ -81,21 +80,23 @@ def ips(file: Path, as_json: bool) -> None:
 
 
 @cli.command()
-@topology_option("The topology to run the demo on ($INFRA_TOPOLOGY): the lab's, or a local site's.")
+@topology_option("The lab topology to run the demo on ($INFRA_TOPOLOGY).")
 def demo(topology_file: Path) -> None:
-    """Run the main job on the lab (or the local site) and push to live twice (`make demo`)."""
-    from infra_assets.demo import run_demo
+    """Bring the lab up and push to live twice (`make demo`)."""
+    from lab.demo import run_demo
 
-    try:
-        on_lab = all(loc.cloud == "lab" for loc in load_topology(topology_file).locations.values())
-    except TopologyError as err:
-        click.echo(err.render(), err=True)
-        sys.exit(2)
-    if on_lab:
-        from lab.demo import run_demo as run_lab_demo
-
-        sys.exit(run_lab_demo(topology_file, click.echo))
-    sys.exit(run_demo(topology_file))
+    topo = _load(topology_file, as_json=False)
+    others = sorted(name for name, loc in topo.locations.items() if loc.cloud != "lab")
+    if others:
+        click.echo(
+            f"{topology_file}: location(s) {', '.join(others)} are not `cloud: lab`: `infra demo`"
+            " runs on the lab only (topology.lab.yaml). On a cloud, run the main job:"
+            " `dagster job execute -m infra_assets.definitions -j main` (README, 'Pointing it"
+            " at a real cloud')",
+            err=True,
+        )
+        sys.exit(EXIT_BAD_INPUT)
+    sys.exit(run_demo(topology_file, click.echo))
 
 
 @cli.command()
@@ -106,8 +107,8 @@ def dev(port: int) -> None:
     one instance never gets two daemons."""
     import os
 
-    from infra_assets.local_site.dagster import running_daemons
     from infra_assets.paths import REPO_ROOT, dagster_home
+    from lab.dagster_daemon import running_daemons
 
     home = dagster_home()
     bin_dir = Path(sys.executable).parent
@@ -143,7 +144,6 @@ def _n(count: int, one: str, many: str | None = None) -> str:
     return f"{count} {one if count == 1 else (many or one + 's')}"
 
 
-cli.add_command(local)
 cli.add_command(lab)
 
 

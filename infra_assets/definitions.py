@@ -69,14 +69,14 @@ def resources() -> dict[str, dg.ConfigurableResource]:
         "terraform": TerraformResource(),
         "openstack": OpenStackResource(),
         "infra_repo": InfraRepoResource(),
-        # App delivery (app_images.py): the local site's registry and podman unless configured
-        # from the environment (INFRA_REGISTRY_*, INFRA_JENKINS_*; see README).
+        # App delivery (app_images.py): the registry and Jenkins from the environment
+        # (INFRA_REGISTRY_*, INFRA_JENKINS_*; see README); the lab's: lab_resources below.
         "git": GitResource(),
         "podman": PodmanResource(),
         "registry": RegistryResource.from_env(),
         "jenkins": JenkinsResource.from_env(),
         # Configuration management (minions.py, highstate.py): salt-api when INFRA_SALT_API_URL
-        # (and _USER, _PASSWORD, _CA_FILE) are set, else the local site's salt master
+        # (and _USER, _PASSWORD, _CA_FILE) are set, else the master beside Dagster
         # (README, "Configuration management").
         "salt": SaltResource.from_env(),
     }

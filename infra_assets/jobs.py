@@ -11,7 +11,7 @@ topology_job = dg.define_asset_job(
     description="Validate topology.yaml and derive the address plan.",
 )
 
-# The whole pipeline, on the site that the topology names (`make demo`: the local site).
+# The whole pipeline, on the site that the topology names (`make demo`: the lab).
 # App images are built per commit (a partition each), by their own jobs (`build_<app>`) that
 # git_push_sensor launches: a job cannot span several partitionings, so they stay out of `main`.
 # Releases follow new images (registry_image_sensor) and people (`promote`, `rollback`): not `main`.

@@ -3,11 +3,13 @@
 - `salt_pillar`: every host's pillar (roles, addresses, the master, its services, the secrets its
   roles need and no others), written where the master reads it. Metadata names which secrets
   each host gets, never a value.
-- `minions`: accepts exactly the pending keys whose ids are hosts of the topology, leaves every
-  other key unaccepted and reports it, deletes the keys of hosts that left the topology, and
-  pings every declared minion. A denied or rejected key under a declared host's name (an
-  impostor, or a rebuilt server) is named with a warning. Metadata: a table of minions and
-  their state.
+- `minion_keys`: every host's key pair and the master's, made ahead of the hosts; the minions'
+  public keys accepted on the master before they boot.
+- `minions`: never accepts a key (a pending key stays pending, even under a declared host's
+  name), reports every key that is not a host of the topology, deletes the keys of hosts that
+  left the topology, and pings every declared minion. A denied or rejected key under a
+  declared host's name (an impostor, or a rebuilt server) is named with a warning. Metadata: a
+  table of minions and their state.
 - check `minion_keys_match_topology` (blocking): accepted keys == declared hosts, so no state is
   applied while a stranger is accepted or a host is missing.
 """
@@ -109,9 +111,6 @@ def minion_keys(
     context: dg.AssetExecutionContext, topology: Topology, salt: SaltResource
 ) -> dg.MaterializeResult:
     site = _site(topology)
-    if site.kind == "local":
-        # The process-based local site's minions make their own keys (`minions` accepts them).
-        return dg.MaterializeResult(metadata={"site": site.kind, "keys": "made by the minions"})
     try:
         store = KeyStore(site.keys_dir())
     except SiteError as err:
@@ -210,13 +209,9 @@ def _minions(
     salt: SaltResource,
 ) -> dg.MaterializeResult:
     declared = sorted(topology.hosts)
-    # Only the process-based local site accepts pending keys: everywhere else the keys were
-    # accepted ahead of the hosts (`minion_keys`), and a pending key is never accepted.
-    accept_pending = _site(topology).kind == "local"
+    # The keys were accepted ahead of the hosts (`minion_keys`): a pending key is never accepted.
     try:
         before = salt.list_keys()
-        pending = [m for m in declared if m in before.pending] if accept_pending else []
-        accepted = salt.accept_keys(minion_ids=pending)
         removed = salt.delete_keys(
             minion_ids=[m for m in before.accepted if m not in topology.hosts]
         )
@@ -225,8 +220,6 @@ def _minions(
         ping = salt.wait_for(minions=targets, timeout_s=config.ping_timeout_s, log=context.log.info)
     except SaltError as err:
         raise dg.Failure(description=str(err), allow_retries=False) from None
-    for m in accepted:
-        context.log.info(f"accepted the key of {m} (a host of the topology)")
     for m in removed:
         context.log.info(f"deleted the key of {m}: no such host in the topology any more")
     undeclared = sorted(after.all() - set(declared))
@@ -255,9 +248,8 @@ def _minions(
     rows = ["| minion | roles | key | answers | this run |", "|---|---|---|---|---|"]
     for m in declared:
         answers = "yes" if m in ping.answered else ("no" if m in targets else "-")
-        action = "accepted" if m in accepted else ""
         roles = ", ".join(topology.hosts[m].roles)
-        rows.append(f"| {m} | {roles} | {_key_states(after, m)} | {answers} | {action} |")
+        rows.append(f"| {m} | {roles} | {_key_states(after, m)} | {answers} | |")
     for m in removed:
         rows.append(f"| {m} | (not in the topology) | deleted | - | key deleted |")
     for m in undeclared:
@@ -266,7 +258,6 @@ def _minions(
         metadata={
             "declared": len(declared),
             "accepted_keys": list(after.accepted),
-            "accepted_this_run": accepted,
             "deleted_keys": removed,
             "undeclared_keys": undeclared,
             "missing_keys": missing,

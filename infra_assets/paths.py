@@ -12,7 +12,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def state_dir() -> Path:
-    """The local site's state (processes, configs, storage): `$INFRA_STATE_DIR` or `.state/`."""
+    """The project's state on this machine (the lab's keys, secrets and plans, podman storage,
+    builds' logs): `$INFRA_STATE_DIR` or `.state/`."""
     return Path(os.environ.get("INFRA_STATE_DIR") or REPO_ROOT / ".state").absolute()
 
 

@@ -3,15 +3,14 @@
 `render_pillars(site, secrets)` gives every host of the topology a pillar with:
 
 - `roles` (what `salt/top.sls` matches on) and `coop` (host, location, domain, addresses);
-- `site` (how states act where the host lives: `kind`, and `root`, the prefix of every path);
 - `salt` (the master to talk to; the master's own settings on the salt-master host);
 - one block per role it has (`dns`, `registry`, `web`, `postgres`, `jenkins`, `npm_cache`) with
-  the service's `listen` address and `port` as the site says;
+  the service's `listen` address and `port` (the planned address and the standard port);
 - the secrets its roles need, and no others: a web host gets the database passwords of its own
   environment and the registry's pull account; a postgres host those of its environments; the
   registry host only bcrypt hashes of the registry's passwords.
 
-Plain Python, no Dagster: the `salt_pillar` asset and `infra local up` both call it.
+Plain Python, no Dagster: the `salt_pillar` asset and the lab's commands both call it.
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ from typing import Any
 from infra_assets.model import ENVIRONMENTS
 from infra_assets.salt_keys import MASTER, KeyStore
 from infra_assets.secrets import REGISTRY_USERS, Secrets, postgres_environments
-from infra_assets.sites import STANDARD_PORTS, ProcessSite, Site, SiteError
+from infra_assets.sites import STANDARD_PORTS, Site, SiteError
 
 SALT_API_USER = "dagster"  # salt-api's eauth account for Dagster (salt/salt/api.sls)
 
@@ -54,7 +53,6 @@ def host_pillar(site: Site, secrets: Secrets | None, host: str) -> dict[str, Any
             "addresses": {a.role: a.address for a in plan.for_host(host)},
             "network": f"10.{location.number}.0.0/16",
         },
-        "site": site.settings(host),
         "salt": {
             "minion": {
                 "id": host,
@@ -71,20 +69,19 @@ def host_pillar(site: Site, secrets: Secrets | None, host: str) -> dict[str, Any
             "ret_port": ret_port,
             "file_roots": site.file_roots(),
             "pillar_roots": [str(site.pillar_root())],
-            "worker_threads": 2 if site.kind == "local" else 5,
+            "worker_threads": 5,
         }
-        if site.kind != "local":
-            # salt-api (salt/salt/api.sls): how Dagster reaches the master from outside its host.
-            pillar["salt"]["api"] = {
-                "listen": site.listen(host, "salt-master"),
-                "port": STANDARD_PORTS["salt-api"],
-                "user": SALT_API_USER,
-                "password": _secret(secrets, "salt", "api", "password"),
-                "tls": {
-                    "cert": _secret(secrets, "salt", "api", "tls", "cert"),
-                    "key": _secret(secrets, "salt", "api", "tls", "key"),
-                },
-            }
+        # salt-api (salt/salt/api.sls): how Dagster reaches the master from outside its host.
+        pillar["salt"]["api"] = {
+            "listen": site.listen(host, "salt-master"),
+            "port": STANDARD_PORTS["salt-api"],
+            "user": SALT_API_USER,
+            "password": _secret(secrets, "salt", "api", "password"),
+            "tls": {
+                "cert": _secret(secrets, "salt", "api", "tls", "cert"),
+                "key": _secret(secrets, "salt", "api", "tls", "key"),
+            },
+        }
     finger = _master_finger(site)
     if finger:
         # Minions pin the master's key (minion_keys made it): a stranger cannot pose as it.
@@ -94,8 +91,6 @@ def host_pillar(site: Site, secrets: Secrets | None, host: str) -> dict[str, Any
             **_service(site, host, "dns", "dns"),
             "domain": topo.domain,
             "hosts": plan.dnsmasq_hosts(),
-            # The local site answers from the plan only and forwards nothing off this machine.
-            "forward": site.kind != "local",
         }
     if "docker-registry" in roles:
         pillar["registry"] = _registry(site, secrets, host)
@@ -127,7 +122,7 @@ def host_pillar(site: Site, secrets: Secrets | None, host: str) -> dict[str, Any
     if pg_envs:
         pillar["postgres"] = {
             **_service(site, host, f"postgres-{pg_envs[0]}", "postgres"),
-            "network": "127.0.0.1/32" if site.kind == "local" else pillar["coop"]["network"],
+            "network": pillar["coop"]["network"],
             "databases": {
                 _db_name(app, env): {
                     "owner": _db_name(app, env),
@@ -172,8 +167,6 @@ def bcrypt_htpasswd_line(user: str, password: str) -> str:
 
 def _master_finger(site: Site) -> str | None:
     """The master key's fingerprint where `minion_keys` made the master's pair (lab, cloud)."""
-    if site.kind == "local":
-        return None
     try:
         pair = KeyStore(site.keys_dir()).get(MASTER)
     except SiteError:
@@ -182,10 +175,7 @@ def _master_finger(site: Site) -> str | None:
 
 
 def _service(site: Site, host: str, role: str, service: str) -> dict[str, Any]:
-    block: dict[str, Any] = {"listen": site.listen(host, role), "port": site.port(host, service)}
-    if isinstance(site, ProcessSite):
-        block["pidfile"] = str(site.pidfile(host, service))
-    return block
+    return {"listen": site.listen(host, role), "port": site.port(host, service)}
 
 
 def _secret(secrets: Secrets | None, *path: str) -> str:
@@ -233,8 +223,6 @@ def registry_tls_names(site: Site) -> list[str]:
     names: list[str] = []
     for host in site.topo.hosts_with_role("docker-registry"):
         names += _registry_names(site, host)
-    if site.kind == "local":
-        names.append("localhost")
     return list(dict.fromkeys(names))
 
 
@@ -276,9 +264,8 @@ def _app(site: Site, secrets: Secrets | None, host: str, name: str, env: str) ->
         "health": app.health,
         "domain": app.domains.get(env, ""),
         # Releases (the `app` state): the two ports a release's container can listen on
-        # (blue/green), the port nginx serves the app on, and where a person opens it.
+        # (blue/green), and where a person opens it.
         "slots": site.app_slots(host, name),
-        "listen_port": site.app_port(host, name),
         "url": site.app_url(host, name, env),
     }
     db_host = _first_with_role(site, f"postgres-{env}", site.topo.hosts[host].location)

@@ -91,15 +91,15 @@ class Record:
         return entry.get("digest") if entry else None
 
 
-def record_path(site: Site, host: str, app: str) -> str:
-    return f"{site.host_root(host)}/{RECORDS_DIR}/{app}.json"
+def record_path(app: str) -> str:
+    return f"{RECORDS_DIR}/{app}.json"
 
 
 def read_records(salt: SaltResource, site: Site, hosts: list[str], app: str) -> list[Record]:
     """Each host's release record, asked from the host itself (through salt)."""
     records = []
     for host in hosts:
-        path = shlex.quote(record_path(site, host, app))
+        path = shlex.quote(record_path(app))
         out = salt.call(
             minions=[host],
             fun="cmd.run",
@@ -112,7 +112,7 @@ def read_records(salt: SaltResource, site: Site, hosts: list[str], app: str) -> 
         try:
             data = json.loads(text) if text else {}
         except json.JSONDecodeError:
-            raise SaltError(f"{host}: {record_path(site, host, app)} is not JSON") from None
+            raise SaltError(f"{host}: {record_path(app)} is not JSON") from None
         records.append(Record(host, data.get("current"), data.get("previous")))
     return records
 
@@ -485,15 +485,14 @@ def definitions(topo: Topology) -> dg.Definitions:
         config = {"digest": image.digest, "sha": image.sha or ""}
         return {"ops": {release_op_name("staging", image.app): {"config": config}}}
 
-    local = all(loc.site_kind in ("local", "lab") for loc in topo.locations.values())
+    here = all(loc.site_kind == "lab" for loc in topo.locations.values())
     sensor = build_registry_image_sensor(
         apps=topo.apps,
         job_for_app={name: job.name for name, job in staging_jobs.items()},
         jobs=list(staging_jobs.values()),
         run_config_for=run_config,
-        # This machine's sites (the local site, the lab) are polled often (the demo's loop); a
-        # real registry less so.
-        minimum_interval_seconds=5 if local else 30,
+        # The lab is polled often (the demo's loop); a real registry less so.
+        minimum_interval_seconds=5 if here else 30,
     )
     return dg.Definitions(
         assets=assets,

@@ -1,22 +1,18 @@
-"""Sites: where the hosts of a topology live and how to reach them. THE seam for that question.
+"""Sites: where the hosts of a topology live and how Dagster reaches them. THE seam for that
+question.
 
-A location's `cloud` picks its site (DESIGN.md, "Sites"). Everything that differs between "a
-server in a cloud" and "a process on this machine" is answered here, and only here:
+A location's `cloud` picks its site (DESIGN.md, "Sites"). The hosts are servers either way (the
+same states, the same planned addresses and standard ports); what differs is answered here, and
+only here:
 
-- which salt master manages the hosts (`salt_master_config`),
-- where a host's files live (`host_root`: "" on a server, a folder under the state folder on the
-  local site, so that every path a state writes is `{root}/etc/...`),
+- how Dagster reaches the salt master (`salt_master_config`, or salt-api: `salt_api_url`),
 - where a host's service listens and how other hosts reach it (`listen`, `reach`, `port`),
-- where the secrets file is (`secrets_file`).
+- where the secrets file and the salt key pairs are (`secrets_file`, `keys_dir`).
 
-The salt states read these answers from the pillar (`site:` and each role's `listen`/`port`), the
-pillar is rendered from them (`infra_assets/pillar.py`), and `resources/salt.py` only ever sees a
-master config path: it does not know which site it talks to.
+The pillar is rendered from these answers (`infra_assets/pillar.py`: each role's `listen` and
+`port`); the states read only the pillar and never know which site they run on.
 
 Implementations:
-- `ProcessSite` (`cloud: local`): each host is a salt minion running as a process on this machine
-  (`infra local up`), its files under `<state>/local/hosts/<host>/`, its services on 127.0.0.1 on
-  ports of their own, allocated once and kept in `<state>/local/ports.json`.
 - `CloudSite` (an OpenStack cloud): hosts are servers on the location's private network; services
   listen on the host's planned addresses and standard ports; the master's config is
   `/etc/salt/master` on the primary support server, where Dagster runs.
@@ -29,16 +25,11 @@ Implementations:
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import socket
-import tempfile
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
-from infra_assets.local_site.processes import free_port
 from infra_assets.model import Topology, address_plan, load_topology
 from infra_assets.paths import REPO_ROOT, default_topology, state_dir
 
@@ -58,25 +49,10 @@ ROLE_SERVICES: dict[str, str] = {
     "postgres-staging": "postgres",
     "postgres-production": "postgres",
 }
-# Where a service started by the states keeps its pid on the local site, under the host's root
-# (the states get these paths from the pillar; `infra local down` stops what they name).
-LOCAL_PIDFILES: dict[str, str] = {
-    "http": "run/nginx.pid",
-    "dns": "run/dnsmasq/dnsmasq.pid",
-    "registry": "run/docker-registry.pid",
-    "postgres": "var/lib/postgresql/15/main/postmaster.pid",
-    "npm": "run/verdaccio.pid",
-    "jenkins": "run/jenkins.pid",
-}
 # A release runs in one of two slots (blue/green): the new one starts beside the live one.
 APP_SLOTS: tuple[str, ...] = ("blue", "green")
-# Where the `app` state records what is live on a web host (<app>.json), under the host's root.
-RECORDS_DIR = "var/lib/coop/releases"
-
-
-def app_port_key(app: str, slot: str | None = None) -> str:
-    """The key of an app's port in the local site's ports.json (under its web host)."""
-    return f"app:{app}" + (f":{slot}" if slot else "")
+# Where the `app` state records what is live on a web host (<app>.json).
+RECORDS_DIR = "/var/lib/coop/releases"
 
 
 STANDARD_PORTS: dict[str, int] = {
@@ -122,14 +98,10 @@ class Site(ABC):
         return [str(REPO_ROOT / "salt")]
 
     def pillar_root(self) -> Path:
-        """The generated pillar (outside git): `srv/pillar` under the master host's root."""
-        return Path(self.host_root(self.master_host()) or "/") / "srv" / "pillar"
+        """The generated pillar (outside git), on the master host."""
+        return Path("/srv/pillar")
 
     # --- hosts ----------------------------------------------------------------------------------
-    @abstractmethod
-    def host_root(self, host: str) -> str:
-        """The prefix of every path a state writes on `host`: "" on a real server."""
-
     @abstractmethod
     def listen(self, host: str, role: str) -> str:
         """The address `host`'s service for `role` binds to."""
@@ -149,16 +121,8 @@ class Site(ABC):
         `green`. A new release starts in the slot the live one is not in (blue/green)."""
 
     @abstractmethod
-    def app_port(self, host: str, app: str) -> int:
-        """The port `host`'s nginx serves `app` on (a server: the web port, by server name)."""
-
-    @abstractmethod
     def app_url(self, host: str, app: str, environment: str) -> str:
         """Where a person opens `app` served by `host` in `environment`."""
-
-    def settings(self, host: str) -> dict[str, Any]:
-        """The pillar's `site:` block for `host`: how its states act here."""
-        return {"kind": self.kind, "root": self.host_root(host)}
 
     # --- secrets --------------------------------------------------------------------------------
     @abstractmethod
@@ -173,155 +137,6 @@ class Site(ABC):
         return self.plan.primary(host).address
 
 
-class ProcessSite(Site):
-    """`cloud: local`: every host is a salt minion running as a process on this machine."""
-
-    kind = "local"
-    LOOPBACK = "127.0.0.1"
-
-    def __init__(self, topo: Topology, root: Path | None = None):
-        super().__init__(topo)
-        self.root = Path(root or state_dir() / "local").absolute()
-
-    @property
-    def ports_file(self) -> Path:
-        return self.root / "ports.json"
-
-    def host_root(self, host: str) -> str:
-        return str(self.hosts_dir() / host)
-
-    def hosts_dir(self) -> Path:
-        """`<root>/hosts`, or a short link to it in /tmp when that path is too long: salt puts
-        unix sockets under each host's root (`var/run/salt/minion/minion_event_<hash>_pull.ipc`,
-        52 characters more) and a socket path may not exceed 107 bytes."""
-        real = self.root / "hosts"
-        longest = max((len(h) for h in self.topo.hosts), default=0)
-        if len(str(real)) + 1 + longest + 52 <= 104:
-            return real
-        return self.link_dir(self.root)
-
-    @staticmethod
-    def link_dir(root: Path) -> Path:
-        """The short link to `<root>/hosts` (used when that path is too long for salt)."""
-        digest = hashlib.sha256(str(Path(root).absolute()).encode()).hexdigest()[:10]
-        return Path(tempfile.gettempdir()) / f"coop-infra-{digest}"
-
-    def ensure_layout(self) -> None:
-        """Create the hosts folder (and its short link, when one is used)."""
-        real = self.root / "hosts"
-        real.mkdir(parents=True, exist_ok=True)
-        link = self.hosts_dir()
-        if link != real:
-            if link.is_symlink() and Path(os.readlink(link)) == real:
-                return
-            if link.is_symlink():
-                link.unlink()
-            link.symlink_to(real, target_is_directory=True)
-
-    def salt_master_config(self) -> Path:
-        return Path(self.host_root(self.master_host())) / "etc" / "salt" / "master"
-
-    def minion_config(self, host: str) -> Path:
-        return Path(self.host_root(host)) / "etc" / "salt" / "minion"
-
-    def pidfile(self, host: str, service: str) -> Path:
-        return Path(self.host_root(host)) / LOCAL_PIDFILES[service]
-
-    def listen(self, host: str, role: str) -> str:
-        return self.LOOPBACK
-
-    def reach(self, host: str, role: str) -> str:
-        return self.LOOPBACK
-
-    def _ports(self) -> dict[str, Any]:
-        try:
-            return json.loads(self.ports_file.read_text())
-        except FileNotFoundError:
-            raise SiteError(
-                f"the local site has no ports yet ({self.ports_file} is missing):"
-                " run `infra local up` first"
-            ) from None
-
-    def salt_ports(self) -> tuple[int, int]:
-        salt = self._ports()["salt"]
-        return salt["publish_port"], salt["ret_port"]
-
-    def port(self, host: str, service: str) -> int:
-        try:
-            return self._ports()["hosts"][host][service]
-        except KeyError:
-            raise SiteError(
-                f"the local site has no {service} port for {host}: the topology changed since"
-                " `infra local up`; run it again"
-            ) from None
-
-    def app_slots(self, host: str, app: str) -> dict[str, int]:
-        return {slot: self.port(host, app_port_key(app, slot)) for slot in APP_SLOTS}
-
-    def app_port(self, host: str, app: str) -> int:
-        return self.port(host, app_port_key(app))
-
-    def app_url(self, host: str, app: str, environment: str) -> str:
-        # No DNS for the apps' domains here: each app has a port of its own on the host's nginx.
-        return f"http://{self.reach(host, f'web-{environment}')}:{self.app_port(host, app)}/"
-
-    def settings(self, host: str) -> dict[str, Any]:
-        # Services the site's supervisor runs (the salt master and minions) are not restarted by
-        # states; everything else is started by the states as daemons under the host's root.
-        return {**super().settings(host), "loopback": True}
-
-    def secrets_file(self) -> Path:
-        env = os.environ.get(SECRETS_ENV)
-        return Path(env).absolute() if env else self.root / "secrets.yaml"
-
-    def allocate_ports(self, running: set[str] | None = None) -> dict[str, Any]:
-        """Give the master and every host's services a free loopback port, once.
-
-        Ports already recorded are kept, unless something else holds one now and its own
-        service is not running (`running`: the names of services known to run); then it moves.
-        """
-        running = running or set()
-        try:
-            ports = json.loads(self.ports_file.read_text())
-        except FileNotFoundError:
-            ports = {}
-        taken: set[int] = set()
-
-        def keep_or_pick(current: int | None, owner: str) -> int:
-            if current and current not in taken and (owner in running or _port_free(current)):
-                taken.add(current)
-                return current
-            while True:
-                candidate = free_port()
-                if candidate not in taken and _port_free(candidate):
-                    taken.add(candidate)
-                    return candidate
-
-        salt = ports.get("salt", {})
-        new = {
-            "salt": {
-                "publish_port": keep_or_pick(salt.get("publish_port"), "salt-master"),
-                "ret_port": keep_or_pick(salt.get("ret_port"), "salt-master"),
-            },
-            "hosts": {},
-        }
-        for host, spec in self.topo.hosts.items():
-            old = ports.get("hosts", {}).get(host, {})
-            services = sorted({ROLE_SERVICES[r] for r in spec.roles if r in ROLE_SERVICES})
-            new["hosts"][host] = {s: keep_or_pick(old.get(s), f"{host}/{s}") for s in services}
-            if "http" in services:
-                # A web host: each app gets a port on its nginx and two for its releases'
-                # containers. They belong to the host's nginx (and the releases behind it): kept
-                # while it runs, even though something listens on them.
-                for app in sorted(self.topo.apps):
-                    for key in (app_port_key(app), *(app_port_key(app, s) for s in APP_SLOTS)):
-                        new["hosts"][host][key] = keep_or_pick(old.get(key), f"{host}/http")
-        if new != ports:
-            self.ports_file.parent.mkdir(parents=True, exist_ok=True)
-            self.ports_file.write_text(json.dumps(new, indent=2) + "\n")
-        return new
-
-
 class CloudSite(Site):
     """An OpenStack cloud: hosts are servers on the location's private network 10.{location}.0.0/16.
 
@@ -329,9 +144,6 @@ class CloudSite(Site):
     """
 
     kind = "cloud"
-
-    def host_root(self, host: str) -> str:
-        return ""
 
     def salt_master_config(self) -> Path:
         return Path("/etc/salt/master")
@@ -353,9 +165,6 @@ class CloudSite(Site):
         # apps.<app>.port), behind nginx: give apps ports at least two apart.
         port = self.topo.apps[app].port
         return {"blue": port, "green": port + 1}
-
-    def app_port(self, host: str, app: str) -> int:
-        return self.port(host, "http")
 
     def app_url(self, host: str, app: str, environment: str) -> str:
         domain = self.topo.apps[app].domains.get(environment)
@@ -468,8 +277,6 @@ def site_for(topo: Topology, *, root: Path | None = None) -> Site:
             f"the topology mixes this machine with clouds ({', '.join(clouds)}): keep"
             " `cloud: lab` locations in a topology of their own (topology.lab.yaml)"
         )
-    if kinds == {"local"}:
-        return ProcessSite(topo, root=root)
     if kinds == {"lab"}:
         return LabSite(topo, root=root)
     return CloudSite(topo)
@@ -482,14 +289,3 @@ def salt_master_config() -> Path:
     if env:
         return Path(env).absolute()
     return site_for(load_topology(default_topology())).salt_master_config()
-
-
-def _port_free(port: int) -> bool:
-    """Nothing holds `port` on 127.0.0.1, over TCP or UDP (the DNS service needs both)."""
-    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
-        with socket.socket(socket.AF_INET, kind) as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                return False
-    return True

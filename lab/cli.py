@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from infra_assets.model import TopologyError
+from infra_assets.secrets import SecretsError
 
 
 def topology_option(help: str = "The lab's topology ($INFRA_TOPOLOGY)."):
@@ -54,6 +55,9 @@ def up(topology_file: Path) -> None:
         data = site.up(topology_file, echo=click.echo)
     except TopologyError as err:
         click.echo(err.render(), err=True)
+        sys.exit(2)
+    except SecretsError as err:  # bad input, found before anything starts
+        click.echo(f"infra lab up: {err}", err=True)
         sys.exit(2)
     except known_errors() as err:
         click.echo(f"infra lab up: {err}", err=True)

@@ -18,32 +18,20 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from infra_assets.local_site.dagster import DagsterDaemonService
-from infra_assets.local_site.processes import Supervisor
 from infra_assets.model import Topology
 from infra_assets.sites import LabSite
+from lab.dagster_daemon import DagsterDaemon
 from resources.lab import LabNetwork
 
 
-class DaemonPlace:
-    """Where the demo's Dagster daemon is recorded for a lab: its pid record and log under the
-    lab's state folder (so `infra lab down` of that lab, and only that lab, stops it)."""
-
-    def __init__(self, site: LabSite):
-        self.root = site.root
-        self.supervisor = Supervisor(self.root / "run")
-
-    def path(self, *parts: str) -> Path:
-        return self.root.joinpath(*parts)
+def demo_daemon(site: LabSite) -> DagsterDaemon:
+    """The demo's Dagster daemon of this lab, recorded under the lab's state folder."""
+    return DagsterDaemon(site.root / "run")
 
 
 def stop_daemon(site: LabSite) -> list[str]:
-    place = DaemonPlace(site)
-    record = place.supervisor.get("dagster-daemon")
-    if record is None:
-        return []
-    DagsterDaemonService().down(place)
-    return [f"dagster-daemon (pid {record.pid})"]
+    pid = demo_daemon(site).stop()
+    return [f"dagster-daemon (pid {pid})"] if pid else []
 
 
 def staging_reach(site: LabSite, topo: Topology, app: str) -> tuple[str, str, str]:
@@ -56,7 +44,8 @@ def staging_reach(site: LabSite, topo: Topology, app: str) -> tuple[str, str, st
 
 def run_loop(topology_file: Path, site: LabSite, say, *, rounds: int = 2) -> int:
     """`rounds` commits pushed to the demo app, each followed until staging answers with it."""
-    from infra_assets.demo_loop import (
+    from infra_assets.releases import staging_job_name
+    from lab.demo_loop import (
         LoopError,
         demo_app,
         ensure_repo,
@@ -64,8 +53,7 @@ def run_loop(topology_file: Path, site: LabSite, say, *, rounds: int = 2) -> int
         start_daemon_and_sensors,
         wait_live,
     )
-    from infra_assets.local_site.processes import ProcessError
-    from infra_assets.releases import staging_job_name
+    from lab.processes import ProcessError
     from lab.site import start_git_daemon
     from resources.cli_runner import CliError
     from resources.lab import LabError
@@ -86,7 +74,7 @@ def run_loop(topology_file: Path, site: LabSite, say, *, rounds: int = 2) -> int
         if daemon:
             say(f"   the lab clones it from the git daemon on its link ({daemon.get('url', '')})")
         env = {"INFRA_TOPOLOGY": str(Path(topology_file).absolute())}
-        start_daemon_and_sensors(topology_file, DaemonPlace(site), env, say)
+        start_daemon_and_sensors(demo_daemon(site), env, say)
         for n in range(1, rounds + 1):
             sha, pushed = push_change(repo, n, say)
             took = wait_live(
@@ -111,6 +99,7 @@ def run_demo(topology_file: Path, say, *, rounds: int = 2) -> int:
     """`make demo` on a lab topology: `infra lab up`, the push-to-live loop, where to look."""
     from infra_assets.model import TopologyError
     from infra_assets.paths import dagster_home
+    from infra_assets.secrets import SecretsError
     from lab import site as lab
     from lab.cli import known_errors
 
@@ -120,6 +109,9 @@ def run_demo(topology_file: Path, say, *, rounds: int = 2) -> int:
         data = lab.up(topology_file, echo=say)
     except TopologyError as err:
         say(err.render(), err=True)
+        return 2
+    except SecretsError as err:  # bad input, found before anything starts
+        say(f"== the lab did not come up: {err}", err=True)
         return 2
     except known_errors() as err:
         say(f"== the lab did not come up: {err}", err=True)
@@ -141,9 +133,9 @@ def run_demo(topology_file: Path, say, *, rounds: int = 2) -> int:
         work = site.root / "git" / "work" / app
         if work.is_dir():
             where.append((f"push a change of {app} yourself", f"cd {work}; git commit; git push"))
-    record = DaemonPlace(site).supervisor.get("dagster-daemon")
-    if record:
-        where.append(("the Dagster daemon (sensors on)", f"pid {record.pid}, {site.root}/run"))
+    daemon = demo_daemon(site).status()
+    if daemon["daemon_running"]:
+        where.append(("the Dagster daemon (sensors on)", f"pid {daemon['pid']}, {daemon['log']}"))
     # From the instance's folder: dagster.yaml names its storage relative to it.
     execute = (
         f"cd {dagster_home()} && DAGSTER_HOME=$PWD INFRA_TOPOLOGY={Path(topology_file).absolute()}"

@@ -231,7 +231,7 @@ class _Follower:
 
 
 def _failure_text(result) -> str:
-    from infra_assets.demo_loop import step_error_text
+    from lab.demo_loop import step_error_text
 
     lines = []
     for event in result.all_events:
@@ -283,10 +283,9 @@ def status(topology_file: Path) -> dict[str, Any]:
 
 def _demo_daemon(site: LabSite) -> dict[str, Any]:
     """The Dagster daemon `make demo` started for this lab (its sensors drive the releases)."""
-    from infra_assets.local_site.dagster import DagsterDaemonService
-    from lab.demo import DaemonPlace
+    from lab.demo import demo_daemon
 
-    return DagsterDaemonService().status(DaemonPlace(site))
+    return demo_daemon(site).status()
 
 
 def _git_daemons(site: LabSite) -> dict[str, Any]:

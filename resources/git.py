@@ -1,7 +1,7 @@
 """GitResource: the apps' git repositories, read with the system's git (`ls-remote`, fetch).
 
 Local paths and URLs alike: a topology names an app's repo by URL (`https://...`, `ssh://...`,
-`git@host:path`) or, on the local site, by a path relative to the topology file. Every call goes
+`git@host:path`) or, on the lab, by a path relative to the topology file. Every call goes
 through the project's CLI runner; git never prompts (no terminal, no askpass), and ssh runs in
 batch mode with a connect timeout, so an unreachable repo fails fast instead of hanging a sensor.
 """

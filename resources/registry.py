@@ -4,11 +4,9 @@ Catalog, tags, manifests and their digests (OCI and Docker media types), an imag
 labels name the commit it was built from), and tagging a manifest that is already there. Basic
 auth (the registry's htpasswd), TLS verified against `ca_file` (the registry's own certificate or
 its CA; empty: the system's trust store). The production registry is configured with `url`,
-`username`, `password` (a `dg.EnvVar`) and `ca_file`; left empty, they are the local site's
-registry: the one the salt `registry` state runs on the site's docker-registry host, configured
-as production is (TLS, htpasswd). `infra local up` records its URL, its CA file and which account
-Dagster uses (`ci`, the push account) in `<state>/local/site.json`; the password is the local
-secrets file's `registry.users.ci`.
+`username`, `password` (a `dg.EnvVar`) and `ca_file`; the lab's (infra_assets/definitions.py,
+`lab_resources`) with `password_file` and `route_device`, the lab's link, so that nothing for a
+lab address leaves the machine.
 """
 
 from __future__ import annotations
@@ -24,7 +22,6 @@ from urllib.parse import urlsplit
 import dagster as dg
 from pydantic import Field
 
-from infra_assets.paths import state_dir
 from resources.lab_link import read_secret_file, route_problem
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -98,23 +95,21 @@ class Manifest:
 
 
 class RegistryResource(dg.ConfigurableResource):
-    """A Docker Distribution registry: the local site's (empty fields) or one given by URL."""
+    """A Docker Distribution registry, given by URL."""
 
     url: str = Field(
         default="",
-        description="The registry, e.g. https://registry.example.coop. Empty: the local site's"
-        " registry, as `infra local up` recorded it.",
+        description="The registry, e.g. https://registry.example.coop ($INFRA_REGISTRY_URL).",
     )
-    username: str = Field(default="", description="Empty with an empty url: the local site's.")
+    username: str = Field(default="", description="The account ($INFRA_REGISTRY_USER).")
     password: str = Field(
         default="",
-        description="Set it with dg.EnvVar. Empty with an empty url: the local site's generated"
-        " password (a file under the state folder).",
+        description="Set it with dg.EnvVar ($INFRA_REGISTRY_PASSWORD); or give password_file.",
     )
     ca_file: str = Field(
         default="",
         description="A PEM file to verify the registry's TLS certificate with (its own or its"
-        " CA's). Empty: the system's trust store (or, with an empty url, the local site's).",
+        " CA's). Empty: the system's trust store.",
     )
     password_file: str = Field(
         default="",
@@ -133,8 +128,7 @@ class RegistryResource(dg.ConfigurableResource):
     def from_env(cls) -> RegistryResource:
         """The resource with each field whose environment variable is set taken from it
         (`INFRA_REGISTRY_URL`, `INFRA_REGISTRY_USER`, `INFRA_REGISTRY_PASSWORD`,
-        `INFRA_REGISTRY_CA_FILE`), as dg.EnvVar so the password is never shown; none set: the
-        local site's registry."""
+        `INFRA_REGISTRY_CA_FILE`), as dg.EnvVar so the password is never shown."""
         names = {
             "url": "INFRA_REGISTRY_URL",
             "username": "INFRA_REGISTRY_USER",
@@ -147,24 +141,23 @@ class RegistryResource(dg.ConfigurableResource):
 
     def endpoint(self) -> Endpoint:
         """Where the registry is and how to reach it. Raises RegistryError when it cannot be
-        reached as configured (the local site is not up, the CA file is missing)."""
-        if self.url:
-            password = self.password or _read_password(self.password_file)
-            end = Endpoint(self.url.rstrip("/"), self.username, password, self.ca_file)
-            if self.route_device:
-                check_route(end.url, self.route_device)
-        else:
-            try:
-                end = local_site_endpoint()
-            except RegistryError as err:
-                raise RegistryError(_without_url_on_a_cloud_site() or str(err)) from None
+        reached as configured (no URL, the CA file is missing)."""
+        if not self.url:
+            raise RegistryError(
+                "no registry URL is set: set INFRA_REGISTRY_URL to the registry (`infra ips`"
+                " lists the docker-registry address), with INFRA_REGISTRY_USER,"
+                " INFRA_REGISTRY_PASSWORD and INFRA_REGISTRY_CA_FILE (README, 'App delivery');"
+                " on the lab, `infra lab up` configures it"
+            )
+        password = self.password
+        if not password and self.password_file:
+            password = _read_password(self.password_file)
+        end = Endpoint(self.url.rstrip("/"), self.username, password, self.ca_file)
+        if self.route_device:
+            check_route(end.url, self.route_device)
         if end.ca_file and not Path(end.ca_file).is_file():
             # requests would raise an OSError of its own on each request (a traceback).
-            where = (
-                "INFRA_REGISTRY_CA_FILE, the registry resource's ca_file"
-                if self.url
-                else "recorded by `infra local up`: run it again"
-            )
+            where = "INFRA_REGISTRY_CA_FILE, the registry resource's ca_file"
             raise RegistryError(
                 f"registry {end.url}: its CA file {end.ca_file} does not exist ({where});"
                 " give the PEM file the registry's TLS certificate is verified with, or"
@@ -303,9 +296,7 @@ class RegistryResource(dg.ConfigurableResource):
                 " registry's CA file (INFRA_REGISTRY_CA_FILE, the resource's ca_file)"
             ) from None
         except requests.RequestException as exc:
-            raise RegistryUnreachable(
-                f"registry {end.url} unreachable: {_short(exc)}{_local_hint(end)}"
-            ) from None
+            raise RegistryUnreachable(f"registry {end.url} unreachable: {_short(exc)}") from None
         if response.status_code in (401, 403):
             who = f"user {end.username!r}" if end.username else "no credentials"
             raise RegistryAuthError(
@@ -337,79 +328,6 @@ def check_route(url: str, device: str) -> None:
     problem = route_problem(url, device)
     if problem:
         raise RegistryUnreachable(f"registry {url}: refusing to send: {problem}")
-
-
-def _without_url_on_a_cloud_site() -> str | None:
-    """What to say when no registry URL is set and the topology is not the local site's: the
-    settings it needs, and the addresses the registry is reached by (None on the local site)."""
-    from infra_assets.model import TopologyError, load_topology
-    from infra_assets.paths import default_topology
-    from infra_assets.pillar import registry_tls_names
-    from infra_assets.sites import site_for
-
-    try:
-        topo = load_topology(default_topology())
-    except TopologyError:
-        return None
-    if all(loc.is_local for loc in topo.locations.values()) or not topo.hosts_with_role(
-        "docker-registry"
-    ):
-        return None
-    site = site_for(topo)
-    host = sorted(topo.hosts_with_role("docker-registry"))[0]
-    port = site.port(host, "registry")
-    urls = [f"https://{name}:{port}" for name in registry_tls_names(site)]
-    return (
-        f"no registry URL is set, and {default_topology()} is not the local site: set"
-        f" INFRA_REGISTRY_URL to the registry ({', '.join(urls)}), with INFRA_REGISTRY_USER,"
-        " INFRA_REGISTRY_PASSWORD and INFRA_REGISTRY_CA_FILE (README, 'App delivery')"
-    )
-
-
-def local_site_endpoint(root: Path | None = None) -> Endpoint:
-    """The local site's registry, from what `infra local up` recorded in `site.json`: its URL,
-    its CA file, the account Dagster uses, and the secrets file that holds its password."""
-    root = root or state_dir() / "local"
-    status_file = root / "site.json"
-    try:
-        status = json.loads(status_file.read_text())
-    except FileNotFoundError:
-        raise RegistryError(
-            f"the local site is not up ({status_file} is missing): run `infra local up`, or set"
-            " the registry resource's url"
-        ) from None
-    registry = status.get("registry") or {}
-    if not registry.get("url") or not registry.get("secrets_file"):
-        raise RegistryError(
-            f"{status_file} names no registry: does the topology have a docker-registry host?"
-            " Then run `infra local up` again"
-        )
-    secrets_file = Path(registry["secrets_file"])
-    user = registry.get("username") or "ci"
-    try:
-        import yaml
-
-        secrets = yaml.safe_load(secrets_file.read_text()) or {}
-        password = secrets["registry"]["users"][user]
-    except (OSError, KeyError, TypeError, ValueError) as exc:
-        raise RegistryError(
-            f"cannot read the local registry's password (registry.users.{user} in"
-            f" {secrets_file}): {type(exc).__name__}; run `infra local up` again"
-        ) from None
-    return Endpoint(
-        registry["url"].rstrip("/"), user, str(password), str(registry.get("ca_file") or "")
-    )
-
-
-LOCAL_HINT = (
-    "; on the local site the registry is a service of the salt `registry` state: it runs once"
-    " highstate/docker-registry is applied (`make demo`, or the `configure` job)"
-)
-
-
-def _local_hint(end: Endpoint) -> str:
-    host = urlsplit(end.url).hostname or ""
-    return LOCAL_HINT if host in ("127.0.0.1", "localhost") else ""
 
 
 def _next_link(link: str) -> str:

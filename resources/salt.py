@@ -8,13 +8,13 @@
   resource's own (`resources/salt_worker.py`, started on first use, stopped when the run ends):
   importing salt replaces the interpreter's logger class and excepthook, which breaks Dagster's
   loggers. The worker holds one `LocalClient` and one `WheelClient` and streams each minion's
-  return back as it arrives. The process-based local site uses it.
+  return back as it arrives. Dagster beside the master on the co-op's support server uses it.
 
 Which master a site has (this machine, a lab, a cloud) is `infra_assets/sites.py`'s business.
 
     salt = SaltResource(api_url="https://10.127.1.1:8000", api_user="dagster",
                         api_password=dg.EnvVar("INFRA_SALT_API_PASSWORD"), api_ca_file="ca.pem")
-    salt = SaltResource(master_config="/etc/salt/master")     # the local master
+    salt = SaltResource(master_config="/etc/salt/master")     # the master on this server
     salt.list_keys()                              # KeyList(accepted=..., pending=..., ...)
     salt.accept_keys(minion_ids=["web-staging-1"])
     salt.ping(minions=["web-staging-1"])          # PingResult(answered=..., silent=...)
@@ -409,8 +409,8 @@ class SaltResource(dg.ConfigurableResource):
         path = self.config_path()
         if not path.is_file():
             raise SaltError(
-                f"no salt master config at {path}: on the local site run `infra local up`;"
-                " elsewhere set $INFRA_SALT_MASTER_CONFIG or the resource's master_config"
+                f"no salt master config at {path}: set $INFRA_SALT_MASTER_CONFIG or the"
+                " resource's master_config (or salt-api: $INFRA_SALT_API_URL)"
             )
         worker = _Worker(path)
         opts = _value(worker.request({"op": "opts"}))
@@ -420,7 +420,7 @@ class SaltResource(dg.ConfigurableResource):
             worker.close()
             raise SaltError(
                 f"the salt master of {path} is not running (nothing answers on"
-                f" {host}:{opts.get('ret_port')}): on the local site run `infra local up`"
+                f" {host}:{opts.get('ret_port')}): start it (systemctl start salt-master)"
             )
         self._worker, self._opts = worker, opts
         return worker

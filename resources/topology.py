@@ -27,7 +27,7 @@ class TopologySource:
 class TopologyResource(dg.ConfigurableResource):
     """The topology file: `path`, else `$INFRA_TOPOLOGY`, else `topology.yaml` at the repo root.
 
-    `make demo` and `make dev` point it at the local site (`topology.local.yaml`).
+    `make demo` and `make dev` point it at the lab (`topology.lab.yaml`).
     """
 
     path: str = Field(

@@ -84,3 +84,13 @@ def _dagster_contexts_are_closed():
         "this test left a Dagster context open: use `with dg.build_sensor_context(...) as"
         " context:` (or build_schedule_context, instance_for_test) so it is closed"
     )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that needs the session's lab (the `lab_env` fixture, directly or through another
+    fixture such as `registry_site`) is marked `lab` and `slow`, so `-m "not lab"` leaves out
+    exactly the tests that would bring a lab up."""
+    for item in items:
+        if "lab_env" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.lab)
+            item.add_marker(pytest.mark.slow)

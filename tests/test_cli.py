@@ -26,10 +26,10 @@ def test_check_defaults_to_topology_yaml_in_the_current_folder(repo_root):
 
 
 def test_check_json(repo_root):
-    out = infra("check", "--json", str(repo_root / "topology.local.yaml"))
+    out = infra("check", "--json", str(repo_root / "topology.lab.yaml"))
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
-    assert data["ok"] is True and data["hosts"] == 3 and data["apps"] == 1
+    assert data["ok"] is True and data["hosts"] == 6 and data["apps"] == 1
 
 
 def test_ips_prints_host_role_address_and_dns_name(repo_root):
@@ -93,55 +93,60 @@ def test_a_missing_file_is_a_clear_error(tmp_path):
     assert out.stderr.strip().endswith("topology.yaml: no such file: pass the topology file's path")
 
 
-def test_a_topology_without_a_salt_master_fails_check_and_local_status_says_why(
-    repo_root, tmp_path
-):
+def test_a_topology_without_a_salt_master_fails_check_and_lab_status_says_why(repo_root, tmp_path):
     path = tmp_path / "topology.yaml"
-    text = (repo_root / "topology.local.yaml").read_text()
-    assert "roles: [salt-master, docker-registry, dns]" in text
+    text = (repo_root / "topology.lab.yaml").read_text()
+    old = "roles: [salt-master, docker-registry, dns, npm-cache]"
+    assert old in text
     # No host has the role, and no type names it (the check once ran only when a type did).
-    text = text.replace(
-        "roles: [salt-master, docker-registry, dns]", "roles: [docker-registry, dns]"
-    )
+    text = text.replace(old, "roles: [docker-registry, dns, npm-cache]")
     path.write_text(text.replace("  salt-master: 1\n", ""))
     out = infra("check", str(path))
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "hosts: no host has the role salt-master: every host is a minion of one" in out.stderr
-    # `infra local status` reports the broken topology per service instead of crashing.
     status = subprocess.run(
-        [INFRA, "local", "status", "--json", "--topology", str(path)],
+        [INFRA, "lab", "status", "--json", "--topology", str(path)],
         capture_output=True,
         text=True,
         timeout=60,
         env={**os.environ, "INFRA_STATE_DIR": str(tmp_path / "state")},
     )
-    assert status.returncode == 0 and "Traceback" not in status.stderr, status.stderr
-    assert json.loads(status.stdout)["salt"] == {"error": f"{path}: 1 problem in the topology"}
+    assert status.returncode == 2 and "Traceback" not in status.stderr, status.stderr
+    assert "no host has the role salt-master" in status.stderr
 
 
-@pytest.mark.parametrize("command", [("demo",), ("local", "up")])
-def test_a_missing_secrets_file_stops_the_demo_cleanly_with_nothing_started(
-    repo_root, tmp_path, command
-):
-    """`infra demo` brings the local site up as `infra local up` does: a bad secrets file is
-    a clear error (exit 2), no traceback, and nothing is started."""
+@pytest.mark.parametrize("command", [("demo",), ("lab", "up")])
+def test_a_missing_secrets_file_stops_the_demo_cleanly_with_nothing_started(tmp_path, command):
+    """`infra demo` brings the lab up as `infra lab up` does: a missing secrets file is a clear
+    error (exit 2), no traceback, and nothing is started (on a lab number nothing else uses)."""
+    from lab.site import write_lab_topology
+
+    number = 121
+    topology = write_lab_topology(tmp_path, number)
     out = subprocess.run(
-        [INFRA, *command, "--topology", str(repo_root / "topology.local.yaml")],
+        [INFRA, *command, "--topology", str(topology)],
         capture_output=True,
         text=True,
         cwd=tmp_path,
         env={**os.environ, "INFRA_STATE_DIR": str(tmp_path), "INFRA_SECRETS_FILE": "/nonexistent"},
         timeout=120,
     )
-    assert out.returncode == 2, out.stderr
+    assert out.returncode == 2, out.stdout + out.stderr
     assert "Traceback" not in out.stderr
     assert (
         "/nonexistent: 1 problem in the secrets\n"
         "  no such file: write it (README, 'Secrets') or set $INFRA_SECRETS_FILE"
     ) in out.stderr
-    # Nothing was started: no process the site's supervisor would know of, no job was run.
-    from infra_assets.local_site.site import LocalSite
+    # Nothing was started: no namespace, no owner of the lab number, no push-to-live loop.
+    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert f"coop-lab-{number}" not in netns.split()
+    assert not Path(f"/run/coop-infra/lab-{number}.owner").exists()
+    assert "push to live" not in out.stdout
 
-    site = LocalSite(repo_root / "topology.local.yaml", root=tmp_path / "local")
-    assert site.supervisor.running() == []
-    assert "running the `main` job" not in out.stdout
+
+def test_infra_demo_runs_on_a_lab_topology_only(repo_root):
+    out = infra("demo", "--topology", str(repo_root / "topology.yaml"))
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "location(s) nz-por-1 are not `cloud: lab`: `infra demo` runs on the lab only" in (
+        out.stderr
+    )

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from infra_assets.local_site.processes import Supervisor, free_port
+from lab.processes import Supervisor, free_port
 
 BIN = Path(sys.executable).parent
 

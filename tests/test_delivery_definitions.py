@@ -12,41 +12,42 @@ from infra_assets.definitions import build_definitions
 from infra_assets.model import load_topology
 
 
-@pytest.fixture(scope="module")
-def local_defs(repo_root):
-    return build_definitions(load_topology(repo_root / "topology.local.yaml"))
+@pytest.fixture
+def lab_defs(repo_root, monkeypatch):
+    monkeypatch.delenv("INFRA_JENKINS_URL", raising=False)
+    return build_definitions(load_topology(repo_root / "topology.lab.yaml"))
 
 
-def test_each_app_has_an_image_asset_partitioned_by_commit(local_defs):
-    graph = local_defs.resolve_asset_graph()
+def test_each_app_has_an_image_asset_partitioned_by_commit(lab_defs):
+    graph = lab_defs.resolve_asset_graph()
     node = graph.get(dg.AssetKey(["app_image", "hello"]))
     assert dg.AssetKey("topology") in node.parent_keys
     assert node.group_name == "app_images"
-    assert set(node.kinds) == {"podman", "docker"}
+    assert set(node.kinds) == {"salt", "docker"}
     assert isinstance(node.partitions_def, dg.DynamicPartitionsDefinition)
     assert node.partitions_def.name == "commits_hello"
 
 
-def test_the_build_job_includes_the_topology_and_the_app_image(local_defs):
-    job = local_defs.resolve_job_def("build_hello")
+def test_the_build_job_includes_the_topology_and_the_app_image(lab_defs):
+    job = lab_defs.resolve_job_def("build_hello")
     keys = {k.to_user_string() for k in job.asset_layer.selected_asset_keys}
     assert keys == {"topology", "app_image/hello"}
     assert job.partitions_def.name == "commits_hello"
 
 
-def test_main_stays_unpartitioned_without_the_per_commit_builds(local_defs):
-    job = local_defs.resolve_job_def("main")
+def test_main_stays_unpartitioned_without_the_per_commit_builds(lab_defs):
+    job = lab_defs.resolve_job_def("main")
     keys = {k.to_user_string() for k in job.asset_layer.selected_asset_keys}
     assert "app_image/hello" not in keys and {"topology", "ip_plan"} <= keys
     assert job.partitions_def is None
 
 
-def test_the_sensors_target_jobs_that_exist(local_defs):
-    git = local_defs.resolve_sensor_def("git_push_sensor")
-    registry = local_defs.resolve_sensor_def("registry_image_sensor")
+def test_the_sensors_target_jobs_that_exist(lab_defs):
+    git = lab_defs.resolve_sensor_def("git_push_sensor")
+    registry = lab_defs.resolve_sensor_def("registry_image_sensor")
     assert {j.name for j in git.jobs} == {"build_hello"}
     assert {j.name for j in registry.jobs} == {"release_staging_hello"}
-    assert git.minimum_interval_seconds == 5  # the local site
+    assert git.minimum_interval_seconds == 5  # the lab, on this machine
     assert registry.minimum_interval_seconds == 5
     for sensor in (git, registry):
         assert sensor.default_status == dg.DefaultSensorStatus.STOPPED
@@ -64,7 +65,7 @@ def test_the_lab_builds_through_salt_after_the_registry_and_the_agent(repo_root,
         dg.AssetKey(["highstate", "docker-registry"]),
         dg.AssetKey(["highstate", "jenkins-agent"]),
     }
-    # This machine: the sensors are polled as often as the local site's.
+    # This machine: the sensors are polled often (the demo's loop).
     for name in ("git_push_sensor", "registry_image_sensor"):
         assert defs.resolve_sensor_def(name).minimum_interval_seconds == 5
     # The lab's registry, reached through the lab's link, no password in config.
@@ -108,8 +109,8 @@ def test_secrets_come_from_the_environment_as_env_vars(monkeypatch, repo_root):
     assert "s3cret" not in repr(res) and "t0ken" not in repr(res)
 
 
-def test_releases_follow_the_image_and_staging_leads_to_production(local_defs):
-    graph = local_defs.resolve_asset_graph()
+def test_releases_follow_the_image_and_staging_leads_to_production(lab_defs):
+    graph = lab_defs.resolve_asset_graph()
     staging = graph.get(dg.AssetKey(["release", "staging", "hello"]))
     production = graph.get(dg.AssetKey(["release", "production", "hello"]))
     assert set(staging.parent_keys) == {
@@ -128,11 +129,11 @@ def test_releases_follow_the_image_and_staging_leads_to_production(local_defs):
         assert node.pools == {"salt"}  # one writer at a time to the minions, as the highstates
 
 
-def test_release_jobs(local_defs):
+def test_release_jobs(lab_defs):
     def keys(job: str) -> set[str]:
         return {
             k.to_user_string()
-            for k in local_defs.resolve_job_def(job).asset_layer.selected_asset_keys
+            for k in lab_defs.resolve_job_def(job).asset_layer.selected_asset_keys
         }
 
     assert keys("release_staging_hello") == {"topology", "release/staging/hello"}
@@ -140,13 +141,13 @@ def test_release_jobs(local_defs):
     assert keys("rollback") == {"topology", "release/production/hello"}
     assert keys("rollback_staging") == {"topology", "release/staging/hello"}
     # The rollback jobs ask for the previous release; promote for what is on staging (no config).
-    assert local_defs.resolve_job_def("rollback").run_config == {
+    assert lab_defs.resolve_job_def("rollback").run_config == {
         "ops": {"release__production__hello": {"config": {"rollback": True}}}
     }
-    assert local_defs.resolve_job_def("rollback_staging").run_config == {
+    assert lab_defs.resolve_job_def("rollback_staging").run_config == {
         "ops": {"release__staging__hello": {"config": {"rollback": True}}}
     }
-    assert not local_defs.resolve_job_def("promote").run_config
+    assert not lab_defs.resolve_job_def("promote").run_config
     # Releases are not part of `main` (they follow images and people).
     assert not {k for k in keys("main") if k.startswith("release/")}
 

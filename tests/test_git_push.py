@@ -9,11 +9,11 @@ import subprocess
 
 import dagster as dg
 import pytest
-from fixtures_delivery import delivery_defs, write_local_topology
+from fixtures_delivery import delivery_defs, write_app_topology
 
 from infra_assets.app_images import build_job_name, partitions_def_name
-from infra_assets.local_site.processes import free_port
 from infra_assets.model import load_topology
+from lab.processes import free_port
 from resources.git import GitError, GitResource, resolve_repo
 from sensors.git_push import SENSOR_NAME, summarise_commits
 
@@ -95,7 +95,7 @@ def two_apps(tmp_path, app_repos, monkeypatch):
     """Two apps with a commit each, in a topology that names their repos by relative path."""
     hello, world = app_repos("hello"), app_repos("hello-world")
     shas = {"hello": hello.commit(message="hello 1"), "hello-world": world.commit(message="w 1")}
-    topo_file = write_local_topology(
+    topo_file = write_app_topology(
         tmp_path / "topology.yaml",
         {"hello": "git/hello.git", "hello-world": "git/hello-world.git"},
     )
@@ -201,7 +201,7 @@ def test_an_unreachable_repo_is_skipped_with_its_reason_and_keeps_its_cursor(two
 
 def test_a_repo_with_no_commit_yet_is_skipped_not_failed(tmp_path, app_repos, monkeypatch):
     app_repos("hello")  # created, nothing pushed
-    topo_file = write_local_topology(tmp_path / "topology.yaml", {"hello": "git/hello.git"})
+    topo_file = write_app_topology(tmp_path / "topology.yaml", {"hello": "git/hello.git"})
     monkeypatch.setenv("INFRA_TOPOLOGY", str(topo_file))
     result = tick(delivery_defs(load_topology(topo_file)), None)
     assert result.run_requests in (None, [])

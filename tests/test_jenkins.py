@@ -14,7 +14,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 from fakes.jenkins import Console, FakeJenkins
-from fixtures_delivery import HELLO, delivery_defs, write_local_topology
+from fixtures_delivery import HELLO, delivery_defs, write_app_topology
 
 from infra_assets.app_images import builder_for
 from infra_assets.model import load_topology
@@ -201,7 +201,7 @@ def test_the_jenkins_builder_builds_through_the_job_and_checks_the_registry(
     repo = app_repos("hello-ci", source=HELLO)
     sha = repo.commit(message="ci 1")
     # A topology on a cloud (not `local`): its apps are built by Jenkins.
-    topo_file = write_local_topology(
+    topo_file = write_app_topology(
         tmp_path / "topology.yaml", {"hello-ci": "git/hello-ci.git"}, cloud="catalyst"
     )
     topo = load_topology(topo_file)
@@ -260,7 +260,7 @@ def test_a_failed_jenkins_build_fails_the_asset_with_the_console_tail(
 ):
     repo = app_repos("hello-ci", source=HELLO)
     sha = repo.commit(message="ci")
-    topo_file = write_local_topology(
+    topo_file = write_app_topology(
         tmp_path / "topology.yaml", {"hello-ci": "git/hello-ci.git"}, cloud="catalyst"
     )
     monkeypatch.setenv("INFRA_TOPOLOGY", str(topo_file))

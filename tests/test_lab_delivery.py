@@ -177,3 +177,105 @@ def test_the_image_comes_after_the_registry_and_the_agent(lab_env: LabEnv):
         dg.AssetKey(["highstate", "jenkins-agent"]),
         dg.AssetKey(["topology"]),
     } == parents
+
+
+# --- builds of an app of its own: idempotence, an old commit, a failing build -------------------
+
+BUILD_APP = "hello-build"  # named apart from the lab's `hello` (one registry for the session)
+BUILD_NODE = "app_image__hello_build"
+
+
+@pytest.fixture
+def hello_build(lab_env: LabEnv, tmp_path):
+    """The session's lab with an app of its own declared (its repo a bare repo under tmp_path,
+    served by the lab's git daemon): the same lab, registry and agent."""
+    import yaml
+
+    from infra_assets.model import load_topology
+
+    repo = make_app_repo(tmp_path, BUILD_APP, source=HELLO)
+    data = yaml.safe_load(lab_env.topology_file.read_text())
+    data["apps"][BUILD_APP] = {**data["apps"][APP], "repo": str(repo.bare)}
+    data["apps"][BUILD_APP].pop("domains", None)  # a build only: never released
+    path = tmp_path / "topology.lab.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    env = LabEnv(path, lab_env.dagster_home, load_topology(path))
+    with env.env():
+        yield repo, env.definitions(), dg.DagsterInstance.get()
+
+
+def _build_requested(defs, instance, tick, **kw) -> list[dg.ExecuteInProcessResult]:
+    """What the daemon does with the git sensor's tick: add the partitions, launch the runs."""
+    for request in tick.dynamic_partitions_requests:
+        instance.add_dynamic_partitions(request.partitions_def_name, request.partition_keys)
+    return [
+        defs.resolve_job_def(r.job_name).execute_in_process(
+            instance=instance, partition_key=r.partition_key, tags=r.tags, **kw
+        )
+        for r in tick.run_requests
+        if r.partition_key is not None and r.job_name == build_job_name(BUILD_APP)
+    ]
+
+
+def _cursor_at_heads(defs, instance) -> str:
+    """A git sensor cursor that has seen every app's head already (the lab's `hello` included):
+    the next tick asks only for what is pushed after."""
+    tick = _tick(defs, git_push.SENSOR_NAME, instance, None)
+    return tick.cursor
+
+
+def test_a_rebuild_is_skipped_and_an_old_commit_leaves_the_branch_tag_alone(hello_build):
+    repo, defs, instance = hello_build
+    cursor = _cursor_at_heads(defs, instance)
+    first = repo.commit(message="v1")
+    tick1 = _tick(defs, git_push.SENSOR_NAME, instance, cursor)
+    [run1] = _build_requested(defs, instance, tick1)
+    assert run1.success, _failures(run1)
+    digest1 = _metadata(run1, BUILD_NODE)["digest"]
+
+    second = repo.commit({"app.py": (HELLO / "app.py").read_text() + "# v2\n"}, "v2")
+    tick2 = _tick(defs, git_push.SENSOR_NAME, instance, tick1.cursor)
+    assert [r.partition_key for r in tick2.run_requests] == [second]
+    [run2] = _build_requested(defs, instance, tick2)
+    meta2 = _metadata(run2, BUILD_NODE)
+    assert meta2["digest"] != digest1
+    registry = defs.resources["registry"]
+    assert registry.digest(repository=BUILD_APP, reference="main") == meta2["digest"]
+
+    # The first commit again: already in the registry, not built; main stays on the second.
+    again = defs.resolve_job_def(build_job_name(BUILD_APP)).execute_in_process(
+        instance=instance, partition_key=first
+    )
+    meta = _metadata(again, BUILD_NODE)
+    assert meta["built"] is False and meta["digest"] == digest1
+    assert "already in the registry: not built again" in meta["what_happened"]
+    assert f"main has moved on to {second[:12]}" in meta["what_happened"]
+    assert meta["tags"] == f"{BUILD_APP}:{first}"
+    assert registry.digest(repository=BUILD_APP, reference="main") == meta2["digest"]
+    assert {first, second} <= set(instance.get_dynamic_partitions("commits_hello_build"))
+
+
+def test_a_failing_build_fails_the_run_with_its_log_and_pushes_nothing(hello_build):
+    repo, defs, instance = hello_build
+    cursor = _cursor_at_heads(defs, instance)
+    broken = (HELLO / "Dockerfile").read_text() + 'RUN echo "tests fail here" && exit 3\n'
+    sha = repo.commit({"Dockerfile": broken}, "broken")
+    tick = _tick(defs, git_push.SENSOR_NAME, instance, cursor)
+    [run] = _build_requested(defs, instance, tick, raise_on_error=False)
+    assert not run.success
+    failure = run.failure_data_for_node(BUILD_NODE)
+    text = _failures(run)
+    assert f"app_image/{BUILD_APP} at {sha[:12]}" in text, text
+    tail = failure.user_failure_data.metadata["log_tail"].value
+    assert "tests fail here" in tail
+    assert defs.resources["registry"].digest(repository=BUILD_APP, reference=sha) is None
+
+
+def test_a_partition_that_is_not_a_sha_is_refused(hello_build):
+    _, defs, instance = hello_build
+    instance.add_dynamic_partitions("commits_hello_build", ["latest"])
+    result = defs.resolve_job_def(build_job_name(BUILD_APP)).execute_in_process(
+        instance=instance, partition_key="latest", raise_on_error=False
+    )
+    assert not result.success
+    assert f"partition 'latest' of app_image/{BUILD_APP} is not a commit sha" in _failures(result)

@@ -18,8 +18,8 @@ import dagster as dg
 import pytest
 from lab_env import LAB_NUMBER, LabEnv, direct_session
 
-from infra_assets.local_site.dagster import running_daemons
-from infra_assets.local_site.processes import Supervisor, free_port
+from lab.dagster_daemon import running_daemons
+from lab.processes import Supervisor, free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.lab]
 

@@ -90,7 +90,7 @@ def test_a_spec_config_leaves_out_image_and_files() -> None:
 
 
 def test_the_demo_loop_sends_nothing_to_a_lab_address_off_the_lab_s_link() -> None:
-    from infra_assets.demo_loop import LoopError, live_version
+    from lab.demo_loop import LoopError, live_version
 
     with pytest.raises(LoopError, match="does not go through coop99-m"):
         live_version("http://10.99.5.1/", "/health", route_device="coop99-m")

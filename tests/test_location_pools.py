@@ -23,7 +23,7 @@ from cloud_env import STANDIN_PROTECTED, cli_config, standin_tree, terraform_bin
 from fakes.openstack import FakeOpenStack
 
 from infra_assets.cloud_jobs import ensure_location_pools
-from infra_assets.local_site.processes import Supervisor
+from lab.processes import Supervisor
 from resources.openstack import GROUP_PROPERTY
 
 BIN = Path(sys.executable).parent

@@ -1,4 +1,4 @@
-"""The local site's process supervisor, with real processes."""
+"""The process supervisor of the lab's command side (lab/processes.py), with real processes."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import urllib.request
 
 import pytest
 
-from infra_assets.local_site.processes import ProcessError, Supervisor, free_port, port_open
+from lab.processes import ProcessError, Supervisor, free_port, port_open
 
 
 def alive(pid: int) -> bool:

@@ -1,29 +1,25 @@
-"""The local site's registry: the real Docker Distribution registry (Debian `docker-registry`) on
-127.0.0.1 with htpasswd auth; RegistryResource and registry_image_sensor against it; podman
-pushes to it (with the project's own containers config)."""
+"""The lab's registry: the real Docker Distribution registry (Debian `docker-registry`) that the
+salt `registry` state runs on support-1, with TLS and htpasswd, reached through the lab's link;
+RegistryResource and registry_image_sensor against it; podman on this machine pushes to it (with
+the project's own containers config). The sensor's and the resource's errors without a
+registry need none."""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
-import os
-import shutil
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import dagster as dg
 import pytest
 import requests
-import yaml
-from fixtures_delivery import delivery_defs, write_local_topology
+from fixtures_delivery import delivery_defs, write_app_topology
+from lab_env import LAB_NUMBER
 
-from infra_assets.local_site.processes import command_lines, free_port
 from infra_assets.model import load_topology
+from lab.processes import free_port
 from resources.cli_runner import CliError
+from resources.lab import LabNetwork
 from resources.podman import PodmanError
 from resources.registry import (
     DOCKER_MANIFEST,
@@ -35,129 +31,28 @@ from resources.registry import (
 )
 from sensors.registry_images import SENSOR_NAME
 
-INFRA = str(Path(sys.executable).parent / "infra")
 
-
-def infra(*args: str, state: Path, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [INFRA, *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env={**os.environ, "INFRA_STATE_DIR": str(state)},
-        timeout=120,
-    )
-
-
-def test_one_registry_the_salt_configured_one_with_tls_and_htpasswd(delivery_site, repo_root):
-    """The local site has one registry: the one the salt `registry` state runs on support-1,
-    configured as production is (TLS with the certificate from the secrets, htpasswd with the
-    `ci` and `deploy` accounts). `infra local status --json` says where it is and which CA and
-    account to use, never a password; builds, the sensor and the web hosts all use it."""
-    status = infra("local", "status", "--json", state=delivery_site.state, cwd=repo_root)
-    assert status.returncode == 0, status.stderr
-    data = json.loads(status.stdout)
-    registry = data["registry"]
-    port = delivery_site.process_site().port("support-1", "registry")
-    assert registry["url"] == f"https://127.0.0.1:{port}" and registry["running"] is True
-    assert registry["host"] == "support-1" and registry["username"] == "ci"
-    secrets = yaml.safe_load(Path(registry["secrets_file"]).read_text())
-    users = secrets["registry"]["users"]
-    assert not any(pw in status.stdout for pw in users.values())
-    # The process is the state's daemon on support-1 (its pid file under the host's root) ...
-    root = Path(data["hosts"]["support-1"]["root"])
-    assert int((root / "run/docker-registry.pid").read_text().split()[0]) == registry["pid"]
-    cmdline = Path(f"/proc/{registry['pid']}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    assert cmdline.startswith("/usr/bin/docker-registry serve ")
-    # ... and the site runs no second one (the plain-HTTP registry of before is gone).
-    assert _registries_under(delivery_site.state) == [registry["pid"]]
-    assert "registry" not in {r.name for r in delivery_site.site.supervisor.running()}
-    # TLS: its certificate is the one in the secrets (and the CA file status names).
-    ca = Path(registry["ca_file"])
-    assert ca.read_text() == secrets["registry"]["tls"]["cert"]
-    with pytest.raises(requests.exceptions.SSLError):
-        requests.get(f"{registry['url']}/v2/", timeout=5)  # not trusted without its CA
-    url = f"{registry['url']}/v2/"
-    assert requests.get(url, verify=ca, timeout=5).status_code == 401
-    assert requests.get(url, auth=("ci", "wrong"), verify=ca, timeout=5).status_code == 401
-    for user, password in users.items():  # ci pushes (builds), deploy pulls (web hosts)
-        assert requests.get(url, auth=(user, password), verify=ca, timeout=5).status_code == 200
-    # site.json, which the Dagster resources read, says the same.
-    recorded = json.loads((delivery_site.site.root / "site.json").read_text())["registry"]
-    assert recorded["url"] == registry["url"] and recorded["ca_file"] == registry["ca_file"]
-
-
-def test_infra_local_up_starts_the_registry(delivery_site, repo_root, tmp_path, monkeypatch):
-    """`infra local up` brings the registry up as the co-op's servers get it: the registry host's
-    role applied through Dagster (highstate/docker-registry, its keys and pillar first), recorded
-    on the instance. Here the site's registry is stopped first; `up` starts it again."""
-    before = delivery_site.status()["registry"]
-    assert before["running"] is True
-    os.kill(before["pid"], signal.SIGTERM)
-    _wait_until(lambda: not delivery_site.status()["registry"]["running"], timeout_s=15)
-    home = tmp_path / "dagster"
-    home.mkdir()
-    shutil.copy(repo_root / "dagster.yaml", home / "dagster.yaml")
-    out = subprocess.run(
-        [INFRA, "local", "up", "--topology", str(delivery_site.topology)],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **delivery_site.env, "DAGSTER_HOME": str(home)},
-        timeout=300,
-    )
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
-    after = delivery_site.status()["registry"]
-    assert after["running"] is True and after["pid"] != before["pid"]
-    assert after["url"] == before["url"]
-    assert f"registry: {after['url']}" in out.stdout
-    url = f"{after['url']}/v2/"
-    assert requests.get(url, verify=after["ca_file"], timeout=5).status_code == 401
-    secrets = yaml.safe_load(Path(after["secrets_file"]).read_text())
-    ci = ("ci", secrets["registry"]["users"]["ci"])
-    assert requests.get(url, auth=ci, verify=after["ca_file"], timeout=5).status_code == 200
-    assert ci[1] not in out.stdout + out.stderr
-    # The role was applied by a Dagster run, on the instance `up` was given.
-    monkeypatch.chdir(home)  # dagster.yaml names its storage relative to the instance's folder
-    with dg.DagsterInstance.from_config(str(home)) as instance:
-        event = instance.get_latest_materialization_event(
-            dg.AssetKey(["highstate", "docker-registry"])
-        )
-    assert event is not None
-
-
-def _wait_until(predicate, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.2)
-
-
-def test_the_resource_finds_the_local_sites_registry(registry_site, monkeypatch):
-    monkeypatch.setenv("INFRA_STATE_DIR", str(registry_site.state_dir))
-    resource = RegistryResource()
-    assert resource.endpoint().url == registry_site.endpoint.url
+def test_the_lab_s_registry_is_reached_through_the_lab_s_link_only(registry_site, lab_env):
+    """The lab's definitions give the registry on support-1 at its service address, with the
+    push account and the registry's certificate; a resource told that the route must go through
+    another device refuses to send anything."""
+    resource = registry_site.resource()
+    assert resource.url == f"https://{lab_env.address('support-1', 'docker-registry')}:5000"
+    assert resource.route_device == LabNetwork(LAB_NUMBER).machine_link
     resource.ping()
     assert isinstance(resource.catalog(), list)
+    with pytest.raises(RegistryUnreachable, match="refusing to send"):
+        registry_site.resource(route_device="lo").ping()
 
 
-def test_the_resource_without_a_url_on_the_coops_topology_names_the_settings(
-    tmp_path, monkeypatch, repo_root
-):
-    monkeypatch.setenv("INFRA_STATE_DIR", str(tmp_path))
-    monkeypatch.setenv("INFRA_TOPOLOGY", str(repo_root / "topology.yaml"))
+def test_the_resource_without_a_url_names_the_settings(monkeypatch):
+    for name in ("INFRA_REGISTRY_URL", "INFRA_REGISTRY_USER", "INFRA_REGISTRY_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
     with pytest.raises(RegistryError) as err:
-        RegistryResource().endpoint()
+        RegistryResource.from_env().endpoint()
     message = str(err.value)
-    assert "is not the local site: set INFRA_REGISTRY_URL" in message
-    assert "https://10.100.9.1:5000" in message and "INFRA_REGISTRY_CA_FILE" in message
-    assert "infra local up" not in message
-
-
-def test_the_resource_without_a_local_site_says_what_to_do(tmp_path, monkeypatch, repo_root):
-    monkeypatch.setenv("INFRA_STATE_DIR", str(tmp_path))
-    monkeypatch.setenv("INFRA_TOPOLOGY", str(repo_root / "topology.local.yaml"))
-    with pytest.raises(Exception, match="the local site is not up .* run `infra local up`"):
-        RegistryResource().endpoint()
+    assert "no registry URL is set: set INFRA_REGISTRY_URL" in message
+    assert "INFRA_REGISTRY_CA_FILE" in message and "infra lab up" in message
 
 
 @pytest.fixture(scope="module")
@@ -222,7 +117,7 @@ def test_wrong_credentials_and_no_registry_are_clear_errors(registry_site):
     wrong = registry_site.resource(password="not-the-password")
     with pytest.raises(RegistryAuthError, match="refused GET /v2/ \\(401, user 'ci'\\)"):
         wrong.ping()
-    anonymous = registry_site.resource(username="", password="")
+    anonymous = registry_site.resource(username="", password="", password_file="")
     with pytest.raises(RegistryAuthError, match="no credentials"):
         anonymous.catalog()
     gone = RegistryResource(url=f"http://127.0.0.1:{free_port()}", username="u", password="p")
@@ -263,7 +158,7 @@ def test_the_push_log_never_shows_the_password(podman, registry_site, tiny_image
 
 
 def _sensor_defs(tmp_path, monkeypatch, registry: RegistryResource, app="tiny", branch="oci"):
-    topo_file = write_local_topology(tmp_path / "topology.yaml", {app: "git/x.git"}, branch=branch)
+    topo_file = write_app_topology(tmp_path / "topology.yaml", {app: "git/x.git"}, branch=branch)
     monkeypatch.setenv("INFRA_TOPOLOGY", str(topo_file))
     return delivery_defs(load_topology(topo_file), registry=registry)
 
@@ -376,14 +271,3 @@ def test_cli_errors_never_carry_the_password(podman, registry_site):
             log=lambda _l: None,
         )
     assert end.password not in str(err.value) and "***" in str(err.value)
-
-
-def _registries_under(state: Path) -> list[int]:
-    """The pids of every docker-registry process whose config is under `state`."""
-    found = []
-    for pid, words in command_lines():
-        if words and words[0].endswith("docker-registry"):
-            config = Path(words[-1]).resolve()
-            if str(config).startswith(str(state.resolve())):
-                found.append(pid)
-    return found

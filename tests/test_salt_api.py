@@ -178,7 +178,6 @@ def state_arg(rendered: dict, state_id: str, arg: str):
 
 def server_pillar(password: str, cert: str, key: str, interface: str = "10.127.1.1") -> dict:
     return {
-        "site": {"kind": "cloud", "root": ""},
         "roles": ["salt-master"],
         "salt": {
             "master": {"interface": interface},
@@ -441,9 +440,7 @@ def test_api_sls_renders_for_a_server_and_to_nothing_locally_or_in_a_bake(tmp_pa
     assert state_arg(rendered, "salt-api-master-restart", "onchanges") == [
         {"file": "salt-api-config"}
     ]
-    # The local site runs no salt-api; an image bake writes nothing host-specific.
-    local = {**pillar, "site": {"kind": "local", "root": str(tmp_path / "root")}}
-    assert render_api_sls(tmp_path / "local", local) == {}
+    # An image bake writes nothing host-specific.
     assert render_api_sls(tmp_path / "bake", {"image_bake": True, "roles": ["salt-master"]}) == {}
     # salt.master includes it.
     master = (REPO_ROOT / "salt" / "salt" / "master.sls").read_text()

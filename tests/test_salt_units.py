@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import bcrypt
@@ -18,7 +20,7 @@ from cryptography import x509
 from infra_assets.model import TopologyError, load_topology
 from infra_assets.pillar import render_pillars, secret_paths
 from infra_assets.secrets import SecretsError, ensure_secrets, load_secrets, required_keys
-from infra_assets.sites import CloudSite, ProcessSite, SiteError, site_for
+from infra_assets.sites import CloudSite, LabSite, SiteError, site_for
 from resources.salt import ApplyResult, MinionRun, parse_state_return, write_pillar_tree
 
 DATA = Path(__file__).parent / "data"
@@ -48,46 +50,30 @@ def test_the_topology_picks_the_site(coop, repo_root, tmp_path):
     assert cloud.listen("pg-staging-1", "postgres-staging") == "10.100.7.1"
     assert cloud.listen("support-1", "docker-registry") == "10.100.9.1"  # its service address
     assert cloud.port("web-staging-1", "http") == 80
-    assert cloud.host_root("web-staging-1") == ""
-    local = site_for(load_topology(repo_root / "topology.local.yaml"), root=tmp_path)
-    assert isinstance(local, ProcessSite)
-    assert local.listen("web-staging-1", "web-staging") == "127.0.0.1"
-    assert local.salt_master_config() == local.hosts_dir() / "support-1/etc/salt/master"
+    lab = site_for(load_topology(repo_root / "topology.lab.yaml"), root=tmp_path)
+    assert isinstance(lab, LabSite)
+    # The lab's hosts are servers: planned addresses, standard ports.
+    assert lab.listen("web-staging-1", "web-staging") == "10.127.5.1"
+    assert lab.port("web-staging-1", "http") == 80
+    with pytest.raises(SiteError, match="reaches it through salt-api at https://10.127.1.1:8000"):
+        lab.salt_master_config()
 
 
-def test_a_topology_mixing_local_and_cloud_is_refused(write_topology):
+def test_a_topology_mixing_the_lab_and_a_cloud_is_refused(write_topology):
     def edit(data):
-        data["locations"]["lab"] = {"number": 101, "cloud": "local"}
+        data["locations"]["lab"] = {"number": 101, "cloud": "lab"}
 
     # Refused when the topology is read, before any site is picked (tests/test_topology_model.py).
-    with pytest.raises(TopologyError, match=r"locations\.lab\.cloud: 'local' \(this machine\)"):
+    with pytest.raises(TopologyError, match=r"locations\.lab\.cloud: 'lab' \(this machine\)"):
         load_topology(write_topology(edit=edit))
 
 
-def test_the_local_site_needs_up_before_it_has_ports(repo_root, tmp_path):
-    site = ProcessSite(load_topology(repo_root / "topology.local.yaml"), root=tmp_path)
-    with pytest.raises(SiteError, match="run `infra local up` first"):
-        site.port("web-staging-1", "http")
-    ports = site.allocate_ports()
-    assert site.port("web-staging-1", "http") == ports["hosts"]["web-staging-1"]["http"]
-    assert site.allocate_ports() == ports  # kept once given
-    every = [ports["salt"]["publish_port"], ports["salt"]["ret_port"]]
-    every += [p for host in ports["hosts"].values() for p in host.values()]
-    assert len(set(every)) == len(every)
+def test_the_gone_local_site_is_a_clear_error(write_topology):
+    def edit(data):
+        data["locations"]["nz-por-1"]["cloud"] = "local"
 
-
-def test_a_long_state_folder_gets_a_short_link_for_salts_sockets(repo_root, tmp_path):
-    topo = load_topology(repo_root / "topology.local.yaml")
-    deep = tmp_path / ("d" * 60) / "local"
-    site = ProcessSite(topo, root=deep)
-    assert site.hosts_dir() != deep / "hosts"
-    site.ensure_layout()
-    try:
-        assert site.hosts_dir().resolve() == (deep / "hosts").resolve()
-        longest = Path(site.host_root("web-production-1"), "var/run/salt/minion")
-        assert len(str(longest / "minion_event_0123456789_pull.ipc")) <= 107
-    finally:
-        site.hosts_dir().unlink()
+    with pytest.raises(TopologyError, match=r"'local' \(the process-based local site\) is gone"):
+        load_topology(write_topology(edit=edit))
 
 
 def test_the_cloud_site_wants_the_secrets_file_from_the_environment(coop, monkeypatch):
@@ -115,8 +101,6 @@ def test_required_secrets_follow_the_topology(coop, repo_root):
         "salt.api.tls.cert",
         "salt.api.tls.key",
     }
-    local = load_topology(repo_root / "topology.local.yaml")  # no postgres, no jenkins
-    assert {k[0] for k in required_keys(local)} == {"registry"}
     lab = load_topology(repo_root / "topology.lab.yaml")  # no jenkins master
     assert {k[0] for k in required_keys(lab)} == {"registry", "postgres", "salt"}
 
@@ -155,31 +139,39 @@ def test_throwaway_secrets_are_made_once_and_kept(tmp_path, coop):
     assert key_lines[1] in first.values()
 
 
-def test_local_up_refuses_a_bad_secrets_file_before_starting_anything(tmp_path, repo_root):
-    import subprocess
-    import sys
+# A lab number no other test or developer uses: nothing may start on it.
+UNUSED_LAB = 121
 
+
+def _infra_lab_up(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    from lab.site import write_lab_topology
+
+    topology = write_lab_topology(tmp_path, UNUSED_LAB)
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "infra"), "lab", "up", "--topology", str(topology)],
+        capture_output=True,
+        text=True,
+        env={**env, "INFRA_STATE_DIR": str(tmp_path / "state")},
+        timeout=120,
+    )
+
+
+def _nothing_started() -> None:
+    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert f"coop-lab-{UNUSED_LAB}" not in netns.split()
+    assert not Path(f"/run/coop-infra/lab-{UNUSED_LAB}.owner").exists()
+
+
+def test_lab_up_refuses_a_bad_secrets_file_before_starting_anything(tmp_path):
     bad = tmp_path / "secrets.yaml"
     bad.write_text("registry: {users: {ci: x}}\n")
     bad.chmod(0o600)
-    out = subprocess.run(
-        [str(Path(sys.executable).parent / "infra"), "local", "up"],
-        capture_output=True,
-        text=True,
-        cwd=repo_root,
-        env={
-            **os.environ,
-            "INFRA_STATE_DIR": str(tmp_path / "state"),
-            "INFRA_SECRETS_FILE": str(bad),
-        },
-        timeout=120,
-    )
-    assert out.returncode == 2
+    out = _infra_lab_up(tmp_path, {**os.environ, "INFRA_SECRETS_FILE": str(bad)})
+    assert out.returncode == 2, out.stdout + out.stderr
     assert "Traceback" not in out.stderr
-    assert f"{bad}: 4 problems in the secrets" in out.stderr
+    assert f"{bad}: " in out.stderr and "problems in the secrets" in out.stderr
     assert "registry.users.deploy: missing: the topology needs it" in out.stderr
-    assert not (tmp_path / "state" / "local" / "hosts").exists()
-    assert not (tmp_path / "state" / "local" / "run").exists()
+    _nothing_started()
 
 
 @pytest.mark.parametrize(
@@ -200,36 +192,24 @@ def test_local_up_refuses_a_bad_secrets_file_before_starting_anything(tmp_path, 
     ],
     ids=["unclosed-quote", "colon-in-value", "group-not-a-mapping", "users-not-a-mapping"],
 )
-def test_local_up_refuses_a_broken_throwaway_secrets_file_without_showing_it(
-    tmp_path, repo_root, text, expected
+def test_lab_up_refuses_a_broken_throwaway_secrets_file_without_showing_it(
+    tmp_path, text, expected
 ):
-    """The local site's own secrets file (no $INFRA_SECRETS_FILE), edited by hand and broken: a
-    clear error that names the file, the line and the key, never the line's text."""
-    import subprocess
-    import sys
-
-    state = tmp_path / "state"
-    secrets = state / "local" / "secrets.yaml"
+    """The lab's own secrets file (no $INFRA_SECRETS_FILE), edited by hand and broken: a clear
+    error that names the file, the line and the key, never the line's text."""
+    secrets = tmp_path / "state" / "lab" / f"lab-{UNUSED_LAB}" / "secrets.yaml"
     secrets.parent.mkdir(parents=True)
     secrets.write_text(text)
     secrets.chmod(0o600)
     env = {k: v for k, v in os.environ.items() if k != "INFRA_SECRETS_FILE"}
-    out = subprocess.run(
-        [str(Path(sys.executable).parent / "infra"), "local", "up"],
-        capture_output=True,
-        text=True,
-        cwd=repo_root,
-        env={**env, "INFRA_STATE_DIR": str(state)},
-        timeout=120,
-    )
-    assert out.returncode == 2, out.stderr
+    out = _infra_lab_up(tmp_path, env)
+    assert out.returncode == 2, out.stdout + out.stderr
     assert "Traceback" not in out.stderr
     assert f"{secrets}: 1 problem in the secrets" in out.stderr
     assert expected in out.stderr
     assert "S3CRETVALUE" not in out.stdout + out.stderr
-    assert not (state / "local" / "hosts").exists()
-    assert not (state / "local" / "run").exists()
     assert secrets.read_text() == text  # not rewritten
+    _nothing_started()
 
 
 # --- the pillar ----------------------------------------------------------------------------------
@@ -277,11 +257,10 @@ def test_the_pillar_says_where_each_service_listens_on_a_server(coop, coop_secre
     master = pillars["support-1"]["salt"]["master"]
     assert master["interface"] == "10.100.1.1" and master["pillar_roots"] == ["/srv/pillar"]
     assert pillars["web-staging-1"]["salt"]["minion"]["master"] == "10.100.1.1"
-    assert pillars["support-1"]["site"] == {"kind": "cloud", "root": ""}
+    assert "site" not in pillars["support-1"]  # the states never ask where they run
     assert (
         "10.100.5.1\tweb-staging-1.nz-por-1.coop.internal" in pillars["support-1"]["dns"]["hosts"]
     )
-    assert pillars["support-1"]["dns"]["forward"] is True
     # Pulls and pushes reach the registry by its address or any of its DNS names: the CA is
     # trusted under each (podman looks it up by the name in the image reference).
     client = pillars["web-staging-1"]["registry_client"]

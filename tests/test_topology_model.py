@@ -74,9 +74,9 @@ def test_two_hosts_of_one_role_share_the_role_name_round_robin(write_topology):
     assert text.count(" web-staging.nz-por-1.coop.internal") == 2
 
 
-def test_the_local_site_topology_is_valid(repo_root):
-    topo = load_topology(repo_root / "topology.local.yaml")
-    assert all(loc.is_local for loc in topo.locations.values())
+def test_the_lab_topology_is_valid(repo_root):
+    topo = load_topology(repo_root / "topology.lab.yaml")
+    assert all(loc.is_lab for loc in topo.locations.values())
     assert topo.salt_master() == "support-1"
     assert "hello" in topo.apps
 
@@ -243,7 +243,7 @@ def test_bad_input_is_reported_with_file_line_and_key(write_topology, old, new, 
 
 def test_a_topology_with_hosts_needs_one_salt_master(write_topology):
     # Every host is a minion of the one master (DESIGN.md): without one, salt assets and
-    # `infra local status` would have nothing to talk to.
+    # `infra lab status` would have nothing to talk to.
     path = write_topology(
         GOOD.replace("instance: 1, roles: [salt-master, dns]", "instance: 2, roles: [web-staging]")
     )
@@ -273,11 +273,12 @@ def test_a_topology_mixing_this_machine_and_a_cloud_is_refused(write_topology):
         " in one topology: keep this machine's locations in a topology of their own"
         " (topology.lab.yaml)"
     ]
-    # The process-based local site cannot be mixed with a cloud or with the lab either.
-    assert (
-        "'local' (this machine) cannot be mixed with lab"
-        in problems_of(write_topology(text.replace("cloud: catalyst", "cloud: local")))[0]
-    )
+    # The process-based local site is gone: `cloud: local` says so and names the lab.
+    gone = problems_of(write_topology(GOOD.replace("cloud: catalyst", "cloud: local")))
+    assert gone == [
+        f"{path}:2: locations.nz-por-1.cloud: 'local' (the process-based local site) is gone:"
+        " this machine as a cloud is `cloud: lab` (topology.lab.yaml; `infra lab up`)"
+    ]
     # Two clouds are fine, and so is a topology of lab locations only.
     load_topology(write_topology(text.replace("cloud: lab", "cloud: other")))
     load_topology(write_topology(text.replace("cloud: catalyst", "cloud: lab")))

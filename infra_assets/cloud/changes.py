@@ -149,7 +149,7 @@ def changes_between(
         elif path == topology_path:
             old = _load(read_old_topology(), topology_path)
             for loc in locations:
-                if old is None or loc not in old.locations or old.locations[loc].is_local:
+                if old is None or loc not in old.locations:
                     out.add_stacks(loc, STACKS, "new in the topology")
                     continue
                 if _network_inputs(old, loc) != _network_inputs(new_topology, loc):

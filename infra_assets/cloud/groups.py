@@ -80,20 +80,18 @@ def group_of_host(topo: Topology, name: str, host: Host, path: Path = IMAGES_FIL
 
 
 def groups_in_use(topo: Topology, path: Path = IMAGES_FILE) -> dict[str, list[str]]:
-    """Image group -> the clouds that need it (hosts on OpenStack locations only), in file
-    order. Raises ImageGroupError naming every host whose primary role has no group."""
+    """Image group -> the clouds that need it (`lab` for the lab's hosts), in file order.
+    Raises ImageGroupError naming every host whose primary role has no group."""
     needed: dict[str, list[str]] = {}
     problems = []
     for name, host in topo.hosts.items():
-        location = topo.locations[host.location]
-        if location.is_local:
-            continue
         try:
             group = group_of_host(topo, name, host, path)
         except ImageGroupError as err:
             problems.append(str(err))
             continue
         clouds = needed.setdefault(group, [])
+        location = topo.locations[host.location]
         if location.cloud not in clouds:
             clouds.append(location.cloud)
     if problems:

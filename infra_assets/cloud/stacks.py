@@ -18,7 +18,7 @@ STACKS = ("network", "instances")
 
 
 def cloud_locations(topo: Topology) -> list[str]:
-    """Locations whose hosts live on an OpenStack cloud (not `local` or `lab`), in file order."""
+    """Locations whose hosts live on an OpenStack cloud (not the `lab`), in file order."""
     return [name for name, loc in topo.locations.items() if loc.site_kind == "cloud"]
 
 

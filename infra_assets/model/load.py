@@ -379,8 +379,15 @@ def _cross_check(report: _Report, data: dict, entries: dict[str, dict[str, Any]]
             f"a second salt master: {masters[0]!r} already has the role salt-master",
         )
 
-    # One site per topology (sites.site_for): the local site's processes and the lab's
-    # containers live on this machine, which a cloud's servers cannot reach, nor it theirs.
+    for name, location in locations.items():
+        if location.cloud == "local":
+            report.add(
+                ("locations", name, "cloud"),
+                "'local' (the process-based local site) is gone: this machine as a cloud is"
+                " `cloud: lab` (topology.lab.yaml; `infra lab up`)",
+            )
+    # One site per topology (sites.site_for): the lab's containers live on this machine, which
+    # a cloud's servers cannot reach, nor it theirs.
     kinds = {loc.site_kind for loc in locations.values()}
     if len(kinds) > 1:
         for name, location in locations.items():

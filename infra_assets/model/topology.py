@@ -37,7 +37,7 @@ class Location(_Strict):
     cloud: str = Field(
         min_length=1,
         description="An entry of clouds.yaml; `lab` for this machine as a cloud (containers as"
-        " servers); `local` for the process-based local site that the lab replaces.",
+        " servers).",
     )
     auto_apply: bool = Field(
         default=False,
@@ -45,17 +45,13 @@ class Location(_Strict):
     )
 
     @property
-    def is_local(self) -> bool:
-        return self.cloud == "local"
-
-    @property
     def is_lab(self) -> bool:
         return self.cloud == "lab"
 
     @property
     def site_kind(self) -> str:
-        """`local`, `lab` or `cloud`: one topology has one kind (sites.site_for)."""
-        return self.cloud if self.cloud in ("local", "lab") else "cloud"
+        """`lab` or `cloud`: one topology has one kind (sites.site_for)."""
+        return "lab" if self.is_lab else "cloud"
 
 
 class Host(_Strict):
@@ -101,7 +97,9 @@ _HEALTH_RE = re.compile(r"/[A-Za-z0-9/._~?=&%-]*")
 
 
 class App(_Strict):
-    repo: str = Field(min_length=1, description="A git URL, or a local path for the local site.")
+    repo: str = Field(
+        min_length=1, description="A git URL, or a path on this machine (the lab serves it)."
+    )
     branch: str = Field(default="main", min_length=1)
     port: int = Field(ge=1, le=65535, description="The port the app listens on in its container.")
     health: str = Field(default="/health", description="The path that answers 200 when healthy.")

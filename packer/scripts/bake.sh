@@ -2,7 +2,7 @@
 # Bake a role group's salt states into an image, masterless: `salt-call --local state.highstate`
 # with the group's roles as pillar and grains, so the tree's top.sls picks the states by role,
 # and `image_bake: true`, so the states install what is the same on every host and start nothing
-# (salt/lib/site.jinja). The pillar holds no host, site or secret: the server's first highstate
+# (salt/lib/site.jinja). The pillar holds no host, address or secret: the server's first highstate
 # brings those. Run by packer/coop.pkr.hcl on the build instance (as root) or in the lab's build
 # container (source docker.lab), and by the tests on this machine (tests/test_bake_states.py:
 # every group of images.json against the real salt/).
@@ -27,7 +27,6 @@
 #   IMAGE_CLEANUP      1: a real image build: package lists refreshed first, no package starts
 #                      its service during the bake (policy-rc.d), and no minion identity, pip
 #                      cache or package list is left (each server makes its own key)
-#   IMAGE_ROOT         the prefix of every path the states write (pillar site:root; default "": /)
 #   SALT_ARGS          what salt-call runs (default: state.highstate; the tests: state.show_highstate,
 #                      or state.highstate test=True)
 set -eu
@@ -38,7 +37,6 @@ IMAGE_GROUP=${IMAGE_GROUP:-image}
 SALT_CALL=${SALT_CALL:-salt-call}
 SALT_VERSION=${SALT_VERSION:-3008.4}
 SALT_VENV=/opt/salt
-IMAGE_ROOT=${IMAGE_ROOT:-}
 SALT_ARGS=${SALT_ARGS:-state.highstate}
 
 say() { printf 'bake: %s\n' "$*"; }
@@ -128,9 +126,6 @@ image_bake: true
 image_group: $IMAGE_GROUP
 roles:
 $roles_yaml
-site:
-  kind: image
-  root: "$IMAGE_ROOT"
 PILLAR
 
 say "applying the states of $IMAGE_ROLES from $SALT_TREE"

@@ -1,15 +1,12 @@
-"""The push-to-live loop of `make demo` on the local site, driven by the real Dagster daemon.
+"""The pieces of `make demo`'s push-to-live loop (lab/demo.py runs them on the lab):
 
-1. the sample app's git repo: the bare repo the topology names (`apps.<app>.repo`) and a working
-   clone under the state folder (`<state>/local/git/work/<app>`), made from `apps/<app>/`;
-2. the Dagster daemon on the repo's instance (local_site/dagster.py), and the two sensors on;
-3. a commit, pushed: git_push_sensor -> `build_<app>` (podman build, push to the registry) ->
-   registry_image_sensor -> `release_staging_<app>` (the `app` salt state on web-staging-1);
-   the loop follows the runs and waits until the staging URL answers with that commit;
-4. a second commit, the same way: the new version live.
-
-Everything stays up afterwards (`infra local down` stops it). Also used by the end-to-end test and
-benchmarks/bench_push_to_live.py: `push()` and `wait_live()` are the two halves of one round.
+- `ensure_repo`: the sample app's git repo, the bare repo the topology names (`apps.<app>.repo`)
+  and a working clone under the lab's state folder, made from `apps/<app>/`;
+- `start_daemon_and_sensors`: the Dagster daemon on the repo's instance (lab/dagster_daemon.py),
+  and the sensors on;
+- `push_change` and `wait_live`, the two halves of one round: a commit pushed, then followed
+  (git_push_sensor -> `build_<app>` -> registry_image_sensor -> `release_staging_<app>`) until
+  staging answers with it. Also used by the demo's test and benchmarks/bench_push_to_live.py.
 """
 
 from __future__ import annotations
@@ -116,16 +113,13 @@ def ensure_repo(topology_file: Path, topo: Topology, app: str, state: Path) -> A
     return repo
 
 
-def start_daemon_and_sensors(
-    topology_file: Path, site, env: dict[str, str], say: Say
-) -> tuple[int, bool]:
-    """The Dagster daemon on the repo's instance, and the delivery sensors on."""
-    from infra_assets.local_site.dagster import DagsterDaemonService
-
+def start_daemon_and_sensors(daemon, env: dict[str, str], say: Say) -> tuple[int, bool]:
+    """The Dagster daemon on the repo's instance (`daemon`: a lab/dagster_daemon.DagsterDaemon),
+    and the delivery sensors on."""
     home = dagster_home()
-    pid, ours = DagsterDaemonService().start(site, dagster_home=home, env=env)
+    pid, ours = daemon.start(dagster_home=home, env=env)
     if ours:
-        say(f"   dagster-daemon (pid {pid}) on the instance {home}; log {site.path('run')}")
+        say(f"   dagster-daemon (pid {pid}) on the instance {home}; log {daemon.log}")
     else:
         theirs = _topology_of(pid)
         wanted = env.get("INFRA_TOPOLOGY")
@@ -133,14 +127,14 @@ def start_daemon_and_sensors(
             raise LoopError(
                 f"a Dagster daemon already runs on this instance (pid {pid}) on another topology"
                 f" ({theirs or 'topology.yaml, the default'}): its sensors would act on that one."
-                " Stop it first (Ctrl-C in `make dev`; `infra lab down` or `infra local down` for"
-                " a demo's), then run the demo again"
+                " Stop it first (Ctrl-C in `make dev`; `infra lab down` for a demo's), then run"
+                " the demo again"
             )
         say(
             f"   a Dagster daemon already runs on this instance (pid {pid}: `make dev`?);"
             " the demo uses it"
         )
-    # Every sensor of the code location: on a local site, exactly these two. Through the
+    # Every sensor of the code location: on the lab, exactly these two. Through the
     # workspace, so that they are the sensors of the location the daemon runs ("coop-infra").
     out = subprocess.run(
         [
@@ -336,43 +330,6 @@ def _utc(timestamp: float):
     import datetime
 
     return datetime.datetime.fromtimestamp(timestamp, tz=datetime.UTC)
-
-
-def run_loop(topology_file: Path, topo: Topology, say: Say, *, rounds: int = 2) -> int:
-    """The demo's loop: `rounds` commits pushed, each followed until it is live on staging."""
-    from infra_assets.local_site.site import LocalSite
-    from infra_assets.releases import staging_job_name
-    from infra_assets.sites import ProcessSite
-
-    site = LocalSite(topology_file)
-    ps = ProcessSite(topo, root=site.root)
-    app = demo_app(topo)
-    staging = sorted(topo.hosts_with_role("web-staging"))
-    if not staging:
-        say("== no host has the role web-staging: nothing to release to", err=True)
-        return 1
-    url = ps.app_url(staging[0], app, "staging")
-    health = topo.apps[app].health
-    env = {
-        "INFRA_TOPOLOGY": str(topology_file.absolute()),
-        "INFRA_STATE_DIR": str(site.root.parent),
-    }
-    try:
-        say("")
-        say(f"== push to live: {app} on staging ({url})")
-        repo = ensure_repo(topology_file, topo, app, site.root)
-        say(f"   git repo {repo.bare} (branch {repo.branch}); working clone {repo.work}")
-        start_daemon_and_sensors(topology_file, site, env, say)
-        for n in range(1, rounds + 1):
-            sha, pushed = push_change(repo, n, say)
-            took = wait_live(
-                url, health, sha, since=pushed, say=say, release_job=staging_job_name(app)
-            )
-            say(f"== {url} answers {sha} ({took:.1f} s after the push)")
-    except LoopError as err:
-        say(f"== the push-to-live loop stopped: {err}", err=True)
-        return 1
-    return 0
 
 
 def push_change(repo: AppRepo, n: int, say: Say) -> tuple[str, float]:

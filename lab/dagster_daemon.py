@@ -1,9 +1,8 @@
-"""The Dagster daemon of the local site: `dagster-daemon run` on the repo's instance.
+"""The Dagster daemon of `make demo`: `dagster-daemon run` on the repo's instance.
 
-`make demo` starts it (`infra demo`), so that the sensors tick and the runs they ask for run,
-as they would on the co-op's support server: a push becomes a build, a new image a staging
-release. It stays up with the rest of the site until `infra local down`. `infra local up` alone
-does not start it.
+`make demo` starts it (`infra demo`), so that the sensors tick and the runs they ask for run, as
+they would on the co-op's support server: a push becomes a build, a new image a staging release.
+It stays up with the lab until `infra lab down`. `infra lab up` alone does not start it.
 
 One instance must never have two daemons: `make dev` (`infra dev`) starts only the webserver while
 this one runs, and `start` does not start a second one when another process already runs a daemon
@@ -18,9 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from infra_assets.local_site.processes import command_lines
-from infra_assets.local_site.site import LocalSite
 from infra_assets.paths import REPO_ROOT
+from lab.processes import Supervisor, command_lines
 
 PROCESS = "dagster-daemon"
 BIN = Path(sys.executable).parent
@@ -58,57 +56,58 @@ def running_daemons(dagster_home: Path) -> list[DaemonProcess]:
     return sorted(found, key=lambda d: d.pid)
 
 
-class DagsterDaemonService:
-    name = "dagster"
+class DagsterDaemon:
+    """The demo's daemon, recorded under `run_dir` (a lab's state folder: `infra lab down` of
+    that lab, and only that lab, stops it)."""
 
-    @staticmethod
-    def _home_file(site: LocalSite) -> Path:
-        return site.path("run", "dagster-home")
-
-    def up(self, site: LocalSite) -> None:
-        # Started by `infra demo` (start()), not by `infra local up`.
-        return None
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir)
+        self.supervisor = Supervisor(self.run_dir)
+        self.log = self.run_dir / "dagster-daemon.log"
+        self._home_file = self.run_dir / "dagster-home"
 
     def start(
-        self, site: LocalSite, *, dagster_home: Path, env: dict[str, str], timeout_s: float = 120
+        self, *, dagster_home: Path, env: dict[str, str], timeout_s: float = 120
     ) -> tuple[int, bool]:
         """Start the daemon on `dagster_home` unless one runs there: (pid, started by us)."""
-        ours = site.supervisor.get(PROCESS)
+        ours = self.supervisor.get(PROCESS)
         if ours is not None:
             return ours.pid, True
         others = running_daemons(dagster_home)
         if others:
             return others[0].pid, False
-        log = site.path("run", "dagster-daemon.log")
-        log.parent.mkdir(parents=True, exist_ok=True)
-        log.write_text("")  # `ready` reads this run's lines only
-        record = site.supervisor.start(
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.log.write_text("")  # `ready` reads this run's lines only
+        record = self.supervisor.start(
             PROCESS,
             [BIN / "dagster-daemon", "run", "-w", REPO_ROOT / "workspace.yaml"],
-            log=log,
+            log=self.log,
             cwd=dagster_home,
             env={**env, "DAGSTER_HOME": str(dagster_home)},
-            ready=lambda: "Instance is configured" in log.read_text(errors="replace"),
+            ready=lambda: "Instance is configured" in self.log.read_text(errors="replace"),
             ready_timeout_s=timeout_s,
         )
-        self._home_file(site).write_text(str(dagster_home) + "\n")
+        self._home_file.write_text(str(dagster_home) + "\n")
         return record.pid, True
 
-    def down(self, site: LocalSite) -> None:
-        # `dagster-daemon run` stops its own children on SIGTERM; SIGKILL after 30 s.
-        site.supervisor.stop(PROCESS, timeout_s=30)
-        self._home_file(site).unlink(missing_ok=True)
+    def stop(self) -> int | None:
+        """Stop it if this place started it: its pid, or None. `dagster-daemon run` stops its own
+        children on SIGTERM; SIGKILL after 30 s."""
+        record = self.supervisor.get(PROCESS)
+        self.supervisor.stop(PROCESS, timeout_s=30)
+        self._home_file.unlink(missing_ok=True)
+        return record.pid if record else None
 
-    def status(self, site: LocalSite) -> dict[str, Any]:
-        record = site.supervisor.get(PROCESS)
+    def status(self) -> dict[str, Any]:
+        record = self.supervisor.get(PROCESS)
         try:
-            home = self._home_file(site).read_text().strip()
+            home = self._home_file.read_text().strip()
         except FileNotFoundError:
             home = None
         return {
             "daemon_running": record is not None,
             "pid": record.pid if record else None,
             "dagster_home": home if record else None,
-            "log": str(site.path("run", "dagster-daemon.log")),
+            "log": str(self.log),
             "started_by": "infra demo (make demo)",
         }

@@ -1,4 +1,5 @@
-"""Start, find and stop the local site's long-running processes, by pid, safely twice.
+"""Start, find and stop the machine-side processes of the lab's commands (the Dagster daemon of
+`make demo`; the tests' webservers and daemons), by pid, safely twice.
 
 Each process is started in a session of its own (so its children go with it), its output goes to
 a log file, and a record `<state>/run/<name>.json` keeps its pid and its kernel start time, so a
