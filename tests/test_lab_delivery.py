@@ -192,6 +192,7 @@ def hello_build(lab_env: LabEnv, tmp_path):
     import yaml
 
     from infra_assets.model import load_topology
+    from lab.site import lab_secrets
 
     repo = make_app_repo(tmp_path, BUILD_APP, source=HELLO)
     data = yaml.safe_load(lab_env.topology_file.read_text())
@@ -201,6 +202,8 @@ def hello_build(lab_env: LabEnv, tmp_path):
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     env = LabEnv(path, lab_env.dagster_home, load_topology(path))
     with env.env():
+        # A new app needs its secrets (its databases' passwords), as `infra lab up` makes them.
+        lab_secrets(env.site)
         yield repo, env.definitions(), dg.DagsterInstance.get()
 
 
