@@ -21,6 +21,7 @@ accepted, and its own pillar for the masterless bootstrap of `salt.master`).
 """
 
 import json
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -35,6 +36,7 @@ from infra_assets.salt_keys import KeyStore
 from infra_assets.secrets import SecretsError, load_secrets
 from infra_assets.sites import LabSite, SiteError, site_for
 from resources.lab import HostSpec, LabError, LabPlan, LabResource
+from resources.lab_egress import LabEgressError
 from resources.terraform import TerraformError, TerraformResource
 
 GUEST = REPO_ROOT / "lab" / "guest"
@@ -44,6 +46,8 @@ USER_DATA_TEMPLATE = REPO_ROOT / "terraform" / "instances" / "cloud-init.yaml.tf
 # NET_ADMIN, for `common.addresses`, which adds the host's service addresses inside the guest.
 PRIVILEGED_ROLES = frozenset({"web-staging", "web-production", "jenkins-agent"})
 LAB_IMAGE = "localhost/coop-{group}:lab"
+# This machine's CA bundle (the one the lab's image builds trust too: resources/packer.py).
+MACHINE_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 
 
 class LabPlanConfig(dg.Config):
@@ -120,6 +124,17 @@ def host_files(
         # The master's key, pinned: the minion refuses a master that presents another one.
         "/etc/salt/pki/minion/minion_master.pub": (master.public_pem.encode(), 0o644),
     }
+    if site.egress_proxy(host) and MACHINE_CA_BUNDLE.is_file():
+        # A cache host reaches its registries through the lab's egress proxy, whose tunnels go
+        # out through this machine's network, where HTTPS may be re-signed by a CA that only the
+        # machine trusts: the cache (verdaccio, node) trusts the machine's bundle too. A server
+        # in a cloud needs none of this.
+        files["/etc/coop-lab/machine-ca.pem"] = (MACHINE_CA_BUNDLE.read_bytes(), 0o644)
+        files["/etc/systemd/system/verdaccio.service.d/50-coop-lab-egress.conf"] = (
+            b"# Written by the coop-infra lab (infra_assets/lab_instances.py)\n"
+            b"[Service]\nEnvironment=NODE_EXTRA_CA_CERTS=/etc/coop-lab/machine-ca.pem\n",
+            0o644,
+        )
     if master_pillar is not None:
         files["/etc/salt/pki/master/master.pem"] = (master.private_pem.encode(), 0o600)
         files["/etc/salt/pki/master/master.pub"] = (master.public_pem.encode(), 0o644)
@@ -217,18 +232,29 @@ def _location_definitions(topo: Topology, location: str) -> dg.Definitions:
         deps=["topology"],
         pool=f"location:{location}",
         description=f"The lab's network for {location}: a namespace of the project's own with a"
-        f" podman bridge for 10.{number}.0.0/16, the link into it, and the `unreachable` route"
-        " that keeps the lab's addresses off the machine's network.",
+        f" podman bridge for 10.{number}.0.0/16, the link into it, the `unreachable` route"
+        " that keeps the lab's addresses off the machine's network, and the lab's only way out:"
+        " the egress proxy on the link, for the cache hosts' registries alone.",
     )
     def network_asset(context: dg.AssetExecutionContext, lab: LabResource):
+        site = _lab_site(topo)
+        egress = site.egress(number)
         try:
             report = lab.up_network(number, log=context.log.info)
-        except LabError as err:
+            egress.allow(site.egress_allow(number))
+            egress.start()
+        except (LabError, LabEgressError) as err:
             raise dg.Failure(description=str(err), allow_retries=False) from None
         made = report.get("made") or []
         context.log.info(f"lab network {location}: {', '.join(made) or 'unchanged'}")
+        status = egress.status()
+        context.log.info(f"egress proxy {status['url']}: {status['allow'] or 'nobody allowed'}")
         return dg.MaterializeResult(
-            metadata={"number": number, "network": dg.MetadataValue.json(report)}
+            metadata={
+                "number": number,
+                "network": dg.MetadataValue.json(report),
+                "egress": dg.MetadataValue.json(status),
+            }
         )
 
     @dg.asset(

@@ -96,6 +96,9 @@ def host_pillar(site: Site, secrets: Secrets | None, host: str) -> dict[str, Any
         pillar["registry"] = _registry(site, secrets, host)
     if "npm-cache" in roles:
         pillar["npm_cache"] = {**_service(site, host, "npm-cache", "npm"), "uplink": NPM_UPLINK}
+        proxy = site.egress_proxy(host)
+        if proxy:  # the lab: its only way out (resources/lab_egress.py)
+            pillar["npm_cache"]["https_proxy"] = proxy
     if "jenkins-master" in roles:
         pillar["jenkins"] = {
             **_service(site, host, "jenkins-master", "jenkins"),

@@ -32,6 +32,7 @@ from typing import ClassVar
 
 from infra_assets.model import Topology, address_plan, load_topology
 from infra_assets.paths import REPO_ROOT, default_topology, state_dir
+from resources.lab_egress import LabEgressProxy
 
 SECRETS_ENV = "INFRA_SECRETS_FILE"
 MASTER_CONFIG_ENV = "INFRA_SALT_MASTER_CONFIG"
@@ -48,6 +49,11 @@ ROLE_SERVICES: dict[str, str] = {
     "web-production": "http",
     "postgres-staging": "postgres",
     "postgres-production": "postgres",
+}
+# The package registries each cache role fetches from (host:port), the only places a cache host
+# may reach off its network (on the lab through its egress proxy, resources/lab_egress.py).
+CACHE_UPLINKS: dict[str, tuple[str, ...]] = {
+    "npm-cache": ("registry.npmjs.org:443",),
 }
 # A release runs in one of two slots (blue/green): the new one starts beside the live one.
 APP_SLOTS: tuple[str, ...] = ("blue", "green")
@@ -128,6 +134,11 @@ class Site(ABC):
     @abstractmethod
     def secrets_file(self) -> Path:
         """The secrets pillar's source: a YAML file outside git (`$INFRA_SECRETS_FILE`)."""
+
+    def egress_proxy(self, host: str) -> str | None:
+        """The HTTPS proxy `host`'s caches reach their registries through; None: directly (a
+        cloud's servers go out through its router)."""
+        return None
 
     def address(self, host: str, role: str) -> str:
         """The planned address of `host` for `role` (its primary one for an untyped role)."""
@@ -250,6 +261,29 @@ class LabSite(CloudSite):
     def registry_password_file(self) -> Path:
         """The registry's push account's password for Dagster (mode 600; `infra lab up`)."""
         return self.root / "registry" / "password"
+
+    def egress(self, number: int) -> LabEgressProxy:
+        """Lab `number`'s egress proxy: its allow-list, pid and log under the lab's folder."""
+        return LabEgressProxy(number, self.root / "egress" / str(number))
+
+    def egress_allow(self, number: int) -> dict[str, list[str]]:
+        """Who on lab `number` may reach what through its egress proxy: every address of each
+        cache host there -> the registries its cache roles fetch from."""
+        allow: dict[str, list[str]] = {}
+        for host, spec in self.topo.hosts.items():
+            if self.number_of(host) != number:
+                continue
+            targets = sorted({t for role in spec.roles for t in CACHE_UPLINKS.get(role, ())})
+            if targets:
+                for address in self.plan.for_host(host):
+                    allow[address.address] = targets
+        return allow
+
+    def egress_proxy(self, host: str) -> str | None:
+        roles = set(self.topo.hosts[host].roles)
+        if not roles & set(CACHE_UPLINKS):
+            return None
+        return self.egress(self.number_of(host)).url
 
     def git_daemon_dir(self) -> Path:
         """The lab's git daemon: its export folder (links to the apps' repos), pid and log."""

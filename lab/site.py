@@ -251,6 +251,10 @@ def down(topology_file: Path) -> list[str]:
     lab = lab_resource()
     removed = stop_daemon(site) + stop_git_daemons(site)
     for number in site.numbers():
+        pid = site.egress(number).stop()
+        if pid is not None:
+            removed.append(f"egress proxy (pid {pid})")
+    for number in site.numbers():
         removed += lab.down_network(number)
     return removed
 
@@ -275,6 +279,7 @@ def status(topology_file: Path) -> dict[str, Any]:
         "salt": {"api_url": site.salt_api_url(), "master": site.master_host()},
         "hosts": hosts,
         "git_daemon": _git_daemons(site),
+        "egress": {str(n): site.egress(n).status() for n in site.numbers()},
         "registry": _registry(site),
         "releases": releases(site),
         "dagster": _demo_daemon(site),

@@ -353,6 +353,48 @@ def test_dnsmasq_on_support_1_answers_the_address_plan(lab_env: LabEnv):
     assert _dns_a(server, "nobody.lab.coop.internal")[0] == 3  # NXDOMAIN
 
 
+def test_the_npm_cache_goes_out_through_the_egress_proxy_and_nothing_else_goes_out(
+    lab_env: LabEnv,
+):
+    """The lab's only way out: verdaccio on support-1 (the npm cache) fetches from
+    registry.npmjs.org through the egress proxy on the lab's link; a web host is refused, the
+    cache host is refused anything but its registry, and without the proxy nothing leaves."""
+    from lab import site
+
+    lab = _lab(lab_env)
+    with lab_env.env():
+        egress = site.status(lab_env.topology_file)["egress"][str(LAB_NUMBER)]
+    support = {a.address for a in lab_env.site.plan.for_host("support-1")}
+    assert egress["running"] and egress["url"] == f"http://169.254.{LAB_NUMBER}.1:3128"
+    assert egress["allow"] == {a: ["registry.npmjs.org:443"] for a in support}
+    proxy = lab_env.site.egress(LAB_NUMBER)
+    before = len(proxy.log())
+
+    def curl(host: str, *args: str):
+        argv = ["curl", "-sS", "--max-time", "60", *args]
+        return lab.exec(LAB_NUMBER, host, argv, check=False)
+
+    npm = lab_env.address("support-1", "npm-cache")
+    out = curl("support-2", f"http://{npm}:4873/left-pad")  # a build agent asks the cache
+    assert out.returncode == 0, out.output
+    assert json.loads(out.output)["name"] == "left-pad"
+    fetched = [e for e in proxy.log()[before:] if e["result"] == "allowed"]
+    assert fetched and all(e["target"] == "registry.npmjs.org:443" for e in fetched), fetched
+    assert all(e["client"] in support and e["received"] > 0 for e in fetched), fetched
+
+    web = curl("web-staging-1", "-x", egress["url"], "https://registry.npmjs.org/")
+    assert web.returncode != 0 and "403" in web.output, web.output
+    other = curl("support-1", "-x", egress["url"], "https://example.com/")
+    assert other.returncode != 0 and "403" in other.output, other.output
+    direct = curl("support-1", "--max-time", "5", "https://registry.npmjs.org/")
+    assert direct.returncode != 0, direct.output  # no route off the lab but the proxy
+    refused = [e for e in proxy.log()[before:] if e["result"] == "refused"]
+    assert [e["target"] for e in refused] == ["registry.npmjs.org:443", "example.com:443"]
+    assert refused[0]["client"] == lab_env.address("web-staging-1")
+    assert refused[0]["why"] == f"{refused[0]['client']} is not a cache host of the lab"
+    assert refused[1]["client"] in support
+
+
 def test_the_registry_serves_tls_with_the_generated_certificate_and_asks_for_an_account(
     lab_env: LabEnv,
 ):

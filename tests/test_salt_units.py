@@ -59,6 +59,22 @@ def test_the_topology_picks_the_site(coop, repo_root, tmp_path):
         lab.salt_master_config()
 
 
+def test_only_the_lab_s_cache_hosts_go_out_and_only_through_its_egress_proxy(
+    coop, coop_secrets, repo_root, tmp_path
+):
+    lab = site_for(load_topology(repo_root / "topology.lab.yaml"), root=tmp_path)
+    support = {a.address for a in lab.plan.for_host("support-1")}  # the npm cache's host
+    assert lab.egress_allow(127) == {a: ["registry.npmjs.org:443"] for a in support}
+    assert lab.egress_proxy("support-1") == "http://169.254.127.1:3128"
+    assert lab.egress_proxy("web-staging-1") is None
+    ensure_secrets(tmp_path / "secrets.yaml", lab.topo, tls_names=["x"])
+    pillar = render_pillars(lab, load_secrets(tmp_path / "secrets.yaml", lab.topo))
+    assert pillar["support-1"]["npm_cache"]["https_proxy"] == "http://169.254.127.1:3128"
+    # A cloud's cache host goes out through its router: no proxy in its pillar.
+    cloud = render_pillars(site_for(coop), coop_secrets)
+    assert "https_proxy" not in cloud["support-1"]["npm_cache"]
+
+
 def test_a_topology_mixing_the_lab_and_a_cloud_is_refused(write_topology):
     def edit(data):
         data["locations"]["lab"] = {"number": 101, "cloud": "lab"}

@@ -135,6 +135,9 @@ npm-cache-config:
         uplinks:
           npmjs:
             url: {{ npm['uplink'] }}
+{%- if npm.get('https_proxy') %}
+            https_proxy: {{ npm['https_proxy'] }}
+{%- endif %}
         packages:
           '@*/*':
             access: $all

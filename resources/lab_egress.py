@@ -1,0 +1,310 @@
+"""The lab's only way out: an allow-list HTTPS proxy for its cache hosts, on the machine's side
+of the lab's link.
+
+The lab's hosts have no route off the machine (the lab's namespace forwards nothing out, and the
+machine keeps its own `ip_forward` as it is). The cache hosts (the npm cache's verdaccio, later a
+PyPI cache) need the package registries, as their servers reach them through the cloud's router.
+In the lab they reach them through this proxy: `CONNECT host:443` to 169.254.N.1:3128 (the
+machine's end of lab N's veth link, and nowhere else), allowed only when the client's address is
+a cache host's and the target is one of the registries its role needs (`allow.json` in the
+proxy's folder, read on every request: {client address: ["host:port", ...]}). Anything else is
+answered `403` and logged. The tunnel carries the client's own TLS end to end; nothing is
+decrypted here.
+
+Every request is one line of the log (`egress.log`): time, client, target, `allowed` or
+`refused` and why, bytes each way when the tunnel closes. So what the lab fetched from upstream
+is measured from the log.
+
+The proxy is started and stopped by its pid (a file in the folder, checked against the
+process's command line), never by name; `infra lab down` stops it before the link goes. Nothing
+from the project is imported here: the number, the folder and the allow-list are passed in.
+
+    python -m resources.lab_egress --listen 169.254.127.1 --port 3128 --folder DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+EGRESS_PORT = 3128
+MAX_HEADER = 16 * 1024
+
+
+class LabEgressError(RuntimeError):
+    """The egress proxy could not be started (or is not the one it should be)."""
+
+
+@dataclass(frozen=True)
+class LabEgressProxy:
+    """The egress proxy of lab `number`, its allow-list, pid and log under `folder`."""
+
+    number: int
+    folder: Path
+
+    @property
+    def address(self) -> str:
+        """The machine's end of the lab's link (resources/lab.py, LabNetwork.machine_address)."""
+        return f"169.254.{self.number}.1"
+
+    @property
+    def url(self) -> str:
+        """What a cache host sets as its HTTPS proxy."""
+        return f"http://{self.address}:{EGRESS_PORT}"
+
+    @property
+    def allow_file(self) -> Path:
+        return Path(self.folder) / "allow.json"
+
+    @property
+    def pid_file(self) -> Path:
+        return Path(self.folder) / "egress.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return Path(self.folder) / "egress.log"
+
+    def allow(self, clients: Mapping[str, Sequence[str]]) -> None:
+        """Make the allow-list exactly `clients` ({address: ["host:port", ...]}), written whole
+        (the proxy reads it on every request: no restart)."""
+        Path(self.folder).mkdir(parents=True, exist_ok=True)
+        data = {client: sorted(set(targets)) for client, targets in sorted(clients.items())}
+        tmp = self.allow_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        os.replace(tmp, self.allow_file)
+
+    def pid(self) -> int | None:
+        """The proxy's pid when it runs (its pid file names a live proxy of this lab)."""
+        try:
+            pid = int(self.pid_file.read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            return None
+        args = [a.decode(errors="replace") for a in cmdline if a]
+        mine = "resources.lab_egress" in args and f"--folder={self.folder}" in args
+        return pid if mine and f"--listen={self.address}" in args else None
+
+    def running(self) -> bool:
+        return self.pid() is not None
+
+    def start(self, *, timeout_s: float = 10.0) -> int:
+        """Start the proxy unless it runs; returns its pid. The lab's link must be up."""
+        pid = self.pid()
+        if pid is not None:
+            return pid
+        Path(self.folder).mkdir(parents=True, exist_ok=True)
+        if not self.allow_file.exists():
+            self.allow({})
+        argv = [
+            sys.executable,
+            "-m",
+            "resources.lab_egress",
+            f"--listen={self.address}",
+            f"--port={EGRESS_PORT}",
+            f"--folder={self.folder}",
+        ]
+        log = open(self.folder / "egress.out", "ab")  # noqa: SIM115 - handed to the proxy
+        try:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,  # it outlives the run that started it
+                cwd=Path(__file__).resolve().parent.parent,
+            )
+        finally:
+            log.close()
+        self.pid_file.write_text(f"{proc.pid}\n")
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                out = (self.folder / "egress.out").read_text(errors="replace").strip()
+                self.pid_file.unlink(missing_ok=True)
+                raise LabEgressError(
+                    f"egress proxy on {self.address}:{EGRESS_PORT} exited ({proc.returncode}):"
+                    f" {' / '.join(out.splitlines()[-3:]) or 'no output'}"
+                    f" (is lab {self.number}'s link up?)"
+                )
+            if _listening(self.address, EGRESS_PORT):
+                return proc.pid
+            time.sleep(0.1)
+        os.kill(proc.pid, signal.SIGTERM)
+        raise LabEgressError(
+            f"egress proxy on {self.address}:{EGRESS_PORT} did not listen within {timeout_s} s"
+        )
+
+    def stop(self, *, timeout_s: float = 10.0) -> int | None:
+        """Stop the proxy (by its pid); returns the pid stopped, None when it did not run."""
+        pid = self.pid()
+        if pid is None:
+            self.pid_file.unlink(missing_ok=True)
+            return None
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                if os.waitpid(pid, os.WNOHANG)[0]:  # our child: reap it
+                    break
+            except ChildProcessError:
+                if not Path(f"/proc/{pid}").exists():
+                    break
+            time.sleep(0.05)
+        else:
+            os.kill(pid, signal.SIGKILL)
+        self.pid_file.unlink(missing_ok=True)
+        return pid
+
+    def log(self) -> list[dict]:
+        """The log's entries (one JSON object per request), oldest first."""
+        try:
+            lines = self.log_file.read_text(errors="replace").splitlines()
+        except FileNotFoundError:
+            return []
+        return [json.loads(line) for line in lines if line.startswith("{")]
+
+    def status(self) -> dict:
+        pid = self.pid()
+        try:
+            allowed = json.loads(self.allow_file.read_text())
+        except (OSError, ValueError):
+            allowed = {}
+        return {
+            "url": self.url,
+            "running": pid is not None,
+            "pid": pid,
+            "allow": allowed,
+            "log": str(self.log_file),
+        }
+
+
+def _listening(address: str, port: int) -> bool:
+    try:
+        with socket.create_connection((address, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+# --- the proxy itself (run as `python -m resources.lab_egress`) --------------------------------
+
+
+class _Proxy:
+    def __init__(self, folder: Path):
+        self.allow_file = folder / "allow.json"
+        self.log_file = folder / "egress.log"
+
+    def record(self, **entry: object) -> None:
+        entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **entry}
+        with open(self.log_file, "a") as out:
+            out.write(json.dumps(entry) + "\n")
+
+    def allowed(self, client: str, target: str) -> str | None:
+        """None when `client` may reach `target`, else why not."""
+        try:
+            allow = json.loads(self.allow_file.read_text())
+        except (OSError, ValueError) as err:
+            return f"no allow-list ({err})"
+        if client not in allow:
+            return f"{client} is not a cache host of the lab"
+        if target not in allow[client]:
+            return f"{target} is not a registry {client}'s roles need"
+        return None
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        client = writer.get_extra_info("peername")[0]
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=10)
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
+            writer.close()
+            return
+        words = head.split(b"\r\n", 1)[0].decode("latin-1").split()
+        if len(words) != 3 or words[0] != "CONNECT":
+            self.record(client=client, request=" ".join(words[:2]), result="refused",
+                        why="only CONNECT is served")  # fmt: skip
+            await self._answer(writer, 405, "only CONNECT host:port")
+            return
+        target = words[1].lower()
+        why = self.allowed(client, target)
+        if why:
+            self.record(client=client, target=target, result="refused", why=why)
+            await self._answer(writer, 403, why)
+            return
+        host, _, port = target.rpartition(":")
+        try:
+            up_reader, up_writer = await asyncio.wait_for(
+                asyncio.open_connection(host, int(port)), timeout=15
+            )
+        except (OSError, ValueError, TimeoutError) as err:
+            self.record(client=client, target=target, result="failed", why=str(err))
+            await self._answer(writer, 502, f"cannot reach {target}")
+            return
+        writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        await writer.drain()
+        sent, received = await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+        self.record(client=client, target=target, result="allowed", sent=sent, received=received)
+
+    @staticmethod
+    async def _answer(writer: asyncio.StreamWriter, code: int, why: str) -> None:
+        reason = {403: "Forbidden", 405: "Method Not Allowed", 502: "Bad Gateway"}[code]
+        body = f"coop lab egress: {why}\n".encode()
+        writer.write(
+            f"HTTP/1.1 {code} {reason}\r\nContent-Length: {len(body)}\r\n"
+            "Connection: close\r\n\r\n".encode()
+            + body
+        )
+        try:
+            await writer.drain()
+        finally:
+            writer.close()
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> int:
+    total = 0
+    try:
+        while data := await reader.read(65536):
+            total += len(data)
+            writer.write(data)
+            await writer.drain()
+    except (ConnectionError, asyncio.IncompleteReadError):
+        pass
+    finally:
+        try:
+            writer.close()
+        except RuntimeError:
+            pass
+    return total
+
+
+async def _serve(listen: str, port: int, folder: Path) -> None:
+    proxy = _Proxy(folder)
+    server = await asyncio.start_server(proxy.handle, listen, port, limit=MAX_HEADER)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with server:
+        await stop.wait()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m resources.lab_egress")
+    parser.add_argument("--listen", required=True)
+    parser.add_argument("--port", type=int, default=EGRESS_PORT)
+    parser.add_argument("--folder", required=True, type=Path)
+    args = parser.parse_args(argv)
+    asyncio.run(_serve(args.listen, args.port, args.folder))
+
+
+if __name__ == "__main__":
+    main()

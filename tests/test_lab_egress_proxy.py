@@ -1,0 +1,119 @@
+"""The lab's egress proxy (resources/lab_egress.py), run for real on 127.0.0.1 with an upstream of
+the test's own: a CONNECT from an allowed client to an allowed target is tunnelled byte for byte;
+anything else is refused with a reason and logged. On the lab itself (169.254.N.1, the npm
+cache's verdaccio fetching through it): tests/test_lab_salt.py."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lab.processes import free_port
+from resources.lab_egress import LabEgressProxy
+
+
+@pytest.fixture
+def upstream() -> Iterator[int]:
+    """A TCP server on 127.0.0.1 that answers each line with the line upper-cased."""
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                for line in conn.makefile("rb"):
+                    conn.sendall(line.upper())
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield port
+    server.close()
+
+
+@pytest.fixture
+def proxy(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "resources.lab_egress", "--listen=127.0.0.1",
+         f"--port={port}", f"--folder={tmp_path}"],
+    )  # fmt: skip
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            assert time.monotonic() < deadline, "the proxy did not listen"
+            time.sleep(0.05)
+    yield port, tmp_path
+    proc.terminate()
+    assert proc.wait(timeout=10) == 0  # SIGTERM: a clean stop
+
+
+def _connect(proxy_port: int, target: str) -> tuple[str, socket.socket]:
+    sock = socket.create_connection(("127.0.0.1", proxy_port), timeout=5)
+    sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        head += chunk
+    return head.decode("latin-1"), sock
+
+
+def _allow(folder: Path, allow: dict) -> None:
+    proxy = LabEgressProxy(0, folder)  # only its allow-list and log: nothing started
+    proxy.allow(allow)
+
+
+def test_an_allowed_client_gets_a_tunnel_to_an_allowed_target(proxy, upstream):
+    port, folder = proxy
+    _allow(folder, {"127.0.0.1": [f"127.0.0.1:{upstream}"]})
+    head, sock = _connect(port, f"127.0.0.1:{upstream}")
+    assert head.startswith("HTTP/1.1 200 Connection established"), head
+    with sock:
+        sock.sendall(b"hello registry\n")
+        assert sock.recv(100) == b"HELLO REGISTRY\n"
+    deadline = time.monotonic() + 5
+    while not [e for e in LabEgressProxy(0, folder).log() if e["result"] == "allowed"]:
+        assert time.monotonic() < deadline, "no log line for the tunnel"
+        time.sleep(0.05)
+    [entry] = LabEgressProxy(0, folder).log()
+    assert entry["client"] == "127.0.0.1" and entry["target"] == f"127.0.0.1:{upstream}"
+    assert entry["sent"] == 15 and entry["received"] == 15
+
+
+def test_everything_else_is_refused_with_its_reason_and_logged(proxy, upstream):
+    port, folder = proxy
+    _allow(folder, {"127.0.0.1": ["registry.npmjs.org:443"]})
+    head, sock = _connect(port, f"127.0.0.1:{upstream}")
+    sock.close()
+    assert head.startswith("HTTP/1.1 403 Forbidden")
+    assert f"127.0.0.1:{upstream} is not a registry 127.0.0.1's roles need" in head
+    # Not a cache host (the allow-list is read on every request: no restart).
+    _allow(folder, {"10.127.1.1": ["registry.npmjs.org:443"]})
+    head, sock = _connect(port, "registry.npmjs.org:443")
+    sock.close()
+    assert head.startswith("HTTP/1.1 403") and "127.0.0.1 is not a cache host of the lab" in head
+    # Only CONNECT: no plain HTTP forwarding.
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as plain:
+        plain.sendall(b"GET http://example.com/ HTTP/1.1\r\nHost: example.com\r\n\r\n")
+        assert plain.recv(200).startswith(b"HTTP/1.1 405")
+    results = [(e["result"], e.get("target") or e.get("request")) for e in
+               LabEgressProxy(0, folder).log()]  # fmt: skip
+    assert results == [
+        ("refused", f"127.0.0.1:{upstream}"),
+        ("refused", "registry.npmjs.org:443"),
+        ("refused", "GET http://example.com/"),
+    ]
