@@ -1,8 +1,9 @@
 """`highstate/<role>`: each role's salt states, applied on the minions that have the role.
 
-One asset per role the topology uses; `salt/roles.yaml` says which states a role applies (the
-same map `salt/top.sls` reads). A run reports every state with its result, changes and comment
-(failures first); a failed state fails the asset and names the minion and the state.
+One asset per role the topology uses; the role catalogue (`salt/roles.yaml`) says which states a
+role applies (the same file `salt/top.sls` reads). A run reports every state with its result,
+changes and comment (failures first); a failed state fails the asset and names the minion and the
+state.
 
 Dry run: `dry_run: true` in the asset's run config (or the `configure_dry_run` job) applies with
 `test=True`; nothing changes, and the report (what would change) is recorded as an observation
@@ -13,17 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
-import yaml
 from pydantic import Field
 
 from infra_assets.minions import GROUP, POOL
 from infra_assets.model import Topology
-from infra_assets.paths import REPO_ROOT
+from infra_assets.roles import CATALOGUE_FILE, role_catalogue
 from infra_assets.secrets import SecretsError, load_secrets
 from infra_assets.sites import SiteError, site_for
 from resources.salt import ApplyResult, SaltError, SaltResource, StateResult
-
-ROLES_FILE = REPO_ROOT / "salt" / "roles.yaml"
 
 
 class HighstateConfig(dg.Config):
@@ -33,10 +31,9 @@ class HighstateConfig(dg.Config):
     )
 
 
-def role_states(path: Path = ROLES_FILE) -> dict[str, list[str]]:
-    """salt/roles.yaml: role -> the states it applies."""
-    data = yaml.safe_load(path.read_text()) or {}
-    return {str(role): [str(s) for s in states or []] for role, states in data.items()}
+def role_states(path: Path = CATALOGUE_FILE) -> dict[str, list[str]]:
+    """The role catalogue (salt/roles.yaml): role -> the states it applies."""
+    return role_catalogue(path).states()
 
 
 def highstate_key(role: str) -> dg.AssetKey:
@@ -64,7 +61,7 @@ def highstate_asset(role: str, states: list[str]) -> dg.AssetsDefinition:
         hosts = sorted(topology.hosts_with_role(role))
         if not states:
             raise dg.Failure(
-                description=f"the role {role!r} has no states: add it to {ROLES_FILE}"
+                description=f"the role {role!r} has no states: add it to {CATALOGUE_FILE}"
                 " with the states it applies",
                 allow_retries=False,
             )

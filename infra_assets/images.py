@@ -22,7 +22,7 @@ from pydantic import Field
 
 from infra_assets.cloud.changes import EVERY_IMAGE_STATES, states_of_salt_path
 from infra_assets.cloud.groups import (
-    IMAGES_FILE,
+    CATALOGUE_FILE,
     ImageGroupError,
     group_of_host,
     groups_in_use,
@@ -73,12 +73,11 @@ def states_sha256(tree: Path) -> str:
 
 
 def template_sha256(folder: Path, cloud_vars: Path) -> str:
-    """A hash of what shapes an image besides the states: the template, the role groups, the
-    bake script and the cloud's build settings."""
+    """A hash of what shapes an image besides the salt tree (whose role catalogue names the
+    groups' roles): the template, the bake script and the cloud's build settings."""
     digest = hashlib.sha256()
     for path in [
         folder / TEMPLATE,
-        folder / "images.json",
         *sorted(folder.glob("scripts/*")),
         cloud_vars,
     ]:
@@ -87,9 +86,9 @@ def template_sha256(folder: Path, cloud_vars: Path) -> str:
     return digest.hexdigest()
 
 
-def lab_roles(topo: Topology, group: str, path: Path = IMAGES_FILE) -> list[str]:
-    """The roles a lab image of `group` bakes: the group's (images.json order) that a host of a
-    lab location in this group has."""
+def lab_roles(topo: Topology, group: str, path: Path = CATALOGUE_FILE) -> list[str]:
+    """The roles a lab image of `group` bakes: the group's (the catalogue's order) that a host of
+    a lab location in this group has."""
     have: set[str] = set()
     for name, host in topo.hosts.items():
         if topo.locations[host.location].cloud == LAB_CLOUD:
@@ -102,8 +101,12 @@ def group_salt_files(tree: Path, roles: list[str]) -> list[Path]:
     """The salt files an image of `roles` depends on, as the infra_main sensor decides which
     images a salt change rebuilds: every file but those of states that only other roles apply."""
     from infra_assets.highstate import role_states
+    from infra_assets.roles import RoleCatalogueError
 
-    states = role_states(tree / "roles.yaml") if (tree / "roles.yaml").is_file() else {}
+    try:
+        states = role_states(tree / "roles.yaml")
+    except RoleCatalogueError:  # missing or broken: every file counts
+        states = {}
     if not states:
         return sorted(p for p in tree.rglob("*") if p.is_file())
     every = set().union(EVERY_IMAGE_STATES, *map(set, states.values()))
@@ -329,8 +332,8 @@ def _head() -> str:
 
 def definitions(topo: Topology) -> dg.Definitions:
     try:
-        needed = groups_in_use(topo, IMAGES_FILE)
-        groups = image_groups(IMAGES_FILE)
+        needed = groups_in_use(topo, CATALOGUE_FILE)
+        groups = image_groups(CATALOGUE_FILE)
     except ImageGroupError:
         return dg.Definitions()  # plan/instances says what is wrong when it runs
     return dg.Definitions(

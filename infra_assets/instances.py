@@ -9,7 +9,7 @@ reports them (an AssetObservation on `instances/<location>`: status and addresse
 
 import dagster as dg
 
-from infra_assets.cloud.groups import IMAGES_FILE, ImageGroupError, group_of_host, image_groups
+from infra_assets.cloud.groups import CATALOGUE_FILE, ImageGroupError, group_of_host, image_groups
 from infra_assets.cloud.stacks import cloud_locations, instances_vars
 from infra_assets.model import Topology, address_plan
 from infra_assets.stacks import NotReady, apply_key, stack_definitions, tool_env
@@ -166,7 +166,7 @@ def _servers_check(location: str):
 def definitions(topo: Topology) -> dg.Definitions:
     parts = []
     try:
-        groups = image_groups(IMAGES_FILE)
+        groups = image_groups(CATALOGUE_FILE)
     except ImageGroupError:
         groups = {}  # the plan names the problem when it runs
     for location in cloud_locations(topo):

@@ -27,11 +27,12 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
-from infra_assets.cloud.groups import IMAGES_FILE, ImageGroupError, group_of_host
+from infra_assets.cloud.groups import CATALOGUE_FILE, ImageGroupError, group_of_host
 from infra_assets.cloud.stacks import lab_locations
 from infra_assets.model import Topology
 from infra_assets.paths import REPO_ROOT
 from infra_assets.pillar import host_pillar
+from infra_assets.roles import role_catalogue
 from infra_assets.salt_keys import KeyStore
 from infra_assets.secrets import SecretsError, load_secrets
 from infra_assets.sites import LabSite, SiteError, site_for
@@ -41,10 +42,6 @@ from resources.terraform import TerraformError, TerraformResource
 
 GUEST = REPO_ROOT / "lab" / "guest"
 USER_DATA_TEMPLATE = REPO_ROOT / "terraform" / "instances" / "cloud-init.yaml.tftpl"
-# Roles whose hosts run containers themselves (app releases, image builds): podman inside needs
-# a privileged container (mounts, cgroups, its own network namespaces). The others get only
-# NET_ADMIN, for `common.addresses`, which adds the host's service addresses inside the guest.
-PRIVILEGED_ROLES = frozenset({"web-staging", "web-production", "jenkins-agent"})
 LAB_IMAGE = "localhost/coop-{group}:lab"
 # This machine's CA bundle (the one the lab's image builds trust too: resources/packer.py).
 MACHINE_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
@@ -182,12 +179,17 @@ def host_specs(
     for host, spec in topo.hosts.items():
         if spec.location != location:
             continue
-        group = group_of_host(topo, host, spec, IMAGES_FILE)
+        group = group_of_host(topo, host, spec, CATALOGUE_FILE)
         pillar = host_pillar(site, secrets, host) if host == master else None
         text = user_data(terraform, site, host, keys.master().finger)
         files = host_files(site, host, keys, text, pillar)
         enable = [u for u in ENABLE if f"/etc/systemd/system/{u}" in files]
-        privileged = bool(PRIVILEGED_ROLES & set(spec.roles))
+        # Roles whose hosts run containers themselves (the catalogue's `privileged`: app
+        # releases, image builds): podman inside needs a privileged container (mounts, cgroups,
+        # its own network namespaces). The others get only NET_ADMIN, for `common.addresses`,
+        # which adds the host's service addresses inside the guest.
+        catalogue = role_catalogue().roles
+        privileged = any(catalogue[r].privileged for r in spec.roles if r in catalogue)
         specs.append(
             HostSpec(
                 name=f"lab{topo.locations[location].number}-{host}",
@@ -220,7 +222,7 @@ def _location_definitions(topo: Topology, location: str) -> dg.Definitions:
     for host, spec in topo.hosts.items():
         if spec.location == location:
             try:
-                groups.add(group_of_host(topo, host, spec, IMAGES_FILE))
+                groups.add(group_of_host(topo, host, spec, CATALOGUE_FILE))
             except ImageGroupError:
                 pass
     image_keys = {g: dg.AssetKey(["images", g]) for g in sorted(groups)}

@@ -18,12 +18,15 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from infra_assets.model import ENVIRONMENTS
+from infra_assets.roles import RoleCatalogueError, role_catalogue
 from infra_assets.salt_keys import MASTER, KeyStore
 from infra_assets.secrets import REGISTRY_USERS, Secrets, postgres_environments
-from infra_assets.sites import STANDARD_PORTS, Site, SiteError
+from infra_assets.sites import Site, SiteError
 
 SALT_API_USER = "dagster"  # salt-api's eauth account for Dagster (salt/salt/api.sls)
 
@@ -36,14 +39,15 @@ def render_pillars(site: Site, secrets: Secrets | None) -> dict[str, dict[str, A
 
 
 def host_pillar(site: Site, secrets: Secrets | None, host: str) -> dict[str, Any]:
+    """One host's pillar: `roles`, `coop`, `salt`, and the blocks its roles ask for in the role
+    catalogue (salt/roles.yaml, each role's `pillar`), each built by its function below."""
     topo, plan = site.topo, site.plan
     spec = topo.hosts[host]
     location = topo.locations[spec.location]
-    roles = list(spec.roles)
     master = site.master_host()
     publish_port, ret_port = site.salt_ports()
     pillar: dict[str, Any] = {
-        "roles": roles,
+        "roles": list(spec.roles),
         "coop": {
             "host": host,
             "location": spec.location,
@@ -62,81 +66,158 @@ def host_pillar(site: Site, secrets: Secrets | None, host: str) -> dict[str, Any
             }
         },
     }
-    if "salt-master" in roles:
-        pillar["salt"]["master"] = {
-            "interface": site.listen(host, "salt-master"),
-            "publish_port": publish_port,
-            "ret_port": ret_port,
-            "file_roots": site.file_roots(),
-            "pillar_roots": [str(site.pillar_root())],
-            "worker_threads": 5,
-        }
-        # salt-api (salt/salt/api.sls): how Dagster reaches the master from outside its host.
-        pillar["salt"]["api"] = {
-            "listen": site.listen(host, "salt-master"),
-            "port": STANDARD_PORTS["salt-api"],
-            "user": SALT_API_USER,
-            "password": _secret(secrets, "salt", "api", "password"),
-            "tls": {
-                "cert": _secret(secrets, "salt", "api", "tls", "cert"),
-                "key": _secret(secrets, "salt", "api", "tls", "key"),
-            },
-        }
     finger = _master_finger(site)
     if finger:
         # Minions pin the master's key (minion_keys made it): a stranger cannot pose as it.
         pillar["salt"]["minion"]["master_finger"] = finger
-    if "dns" in roles:
-        pillar["dns"] = {
-            **_service(site, host, "dns", "dns"),
-            "domain": topo.domain,
-            "hosts": plan.dnsmasq_hosts(),
-        }
-    if "docker-registry" in roles:
-        pillar["registry"] = _registry(site, secrets, host)
-    if "npm-cache" in roles:
-        pillar["npm_cache"] = {**_service(site, host, "npm-cache", "npm"), "uplink": NPM_UPLINK}
-        proxy = site.egress_proxy(host)
-        if proxy:  # the lab: its only way out (resources/lab_egress.py)
-            pillar["npm_cache"]["https_proxy"] = proxy
-    if "jenkins-master" in roles:
-        pillar["jenkins"] = {
-            **_service(site, host, "jenkins-master", "jenkins"),
-            "admin_password": _secret(secrets, "jenkins", "admin_password"),
-        }
-    if "jenkins-agent" in roles:
-        pillar["jenkins_agent"] = {"master_url": _url(site, "jenkins-master", "jenkins", "http")}
-        client = _registry_client(site, secrets, host, user="ci")
-        if client:
-            pillar["registry_client"] = client
-    web_envs = [env for env in ENVIRONMENTS if f"web-{env}" in roles]
-    if web_envs:
-        env = web_envs[0]
-        pillar["web"] = {
-            **_service(site, host, f"web-{env}", "http"),
-            "environment": env,
-            "url": f"http://{site.reach(host, f'web-{env}')}:{site.port(host, 'http')}",
-        }
-        pillar["apps"] = {name: _app(site, secrets, host, name, env) for name in sorted(topo.apps)}
-        client = _registry_client(site, secrets, host, user="deploy")
-        if client:
-            pillar["registry_client"] = client
-    pg_envs = [env for env in postgres_environments(topo) if f"postgres-{env}" in roles]
-    if pg_envs:
-        pillar["postgres"] = {
-            **_service(site, host, f"postgres-{pg_envs[0]}", "postgres"),
-            "network": pillar["coop"]["network"],
-            "databases": {
-                _db_name(app, env): {
-                    "owner": _db_name(app, env),
-                    "password": _secret(secrets, "postgres", app, env),
-                    "environment": env,
-                }
-                for env in pg_envs
-                for app in sorted(topo.apps)
-            },
-        }
+    catalogue = role_catalogue()
+    blocks = {}  # each block once, in the order the host's roles ask for them
+    for role in spec.roles:
+        for block in catalogue.roles[role].pillar if role in catalogue.roles else ():
+            if block not in BLOCKS:
+                raise RoleCatalogueError(
+                    f"{catalogue.path}: roles.{role}.pillar: no pillar block {block!r}"
+                    f" (infra_assets/pillar.py builds {', '.join(sorted(BLOCKS))})"
+                )
+            blocks[block] = BLOCKS[block]
+    for build in blocks.values():
+        build(Block(site, secrets, host, pillar))
     return pillar
+
+
+@dataclass(frozen=True)
+class Block:
+    """What a pillar block is built from; `pillar` is the host's, which the block adds to."""
+
+    site: Site
+    secrets: Secrets | None
+    host: str
+    pillar: dict[str, Any]
+
+    def role(self, prefix: str, choices: Iterable[str]) -> str | None:
+        """The first of `choices` for which the host has the role `<prefix>-<choice>`."""
+        roles = self.site.topo.hosts[self.host].roles
+        return next((c for c in choices if f"{prefix}-{c}" in roles), None)
+
+
+def _salt_master(b: Block) -> None:
+    site = b.site
+    publish_port, ret_port = site.salt_ports()
+    b.pillar["salt"]["master"] = {
+        "interface": site.listen(b.host, "salt-master"),
+        "publish_port": publish_port,
+        "ret_port": ret_port,
+        "file_roots": site.file_roots(),
+        "pillar_roots": [str(site.pillar_root())],
+        "worker_threads": 5,
+    }
+    # salt-api (salt/salt/api.sls): how Dagster reaches the master from outside its host.
+    b.pillar["salt"]["api"] = {
+        "listen": site.listen(b.host, "salt-master"),
+        "port": role_catalogue().port("salt-api"),
+        "user": SALT_API_USER,
+        "password": _secret(b.secrets, "salt", "api", "password"),
+        "tls": {
+            "cert": _secret(b.secrets, "salt", "api", "tls", "cert"),
+            "key": _secret(b.secrets, "salt", "api", "tls", "key"),
+        },
+    }
+
+
+def _dns(b: Block) -> None:
+    b.pillar["dns"] = {
+        **_service(b.site, b.host, "dns", "dns"),
+        "domain": b.site.topo.domain,
+        "hosts": b.site.plan.dnsmasq_hosts(),
+    }
+
+
+def _registry_block(b: Block) -> None:
+    b.pillar["registry"] = _registry(b.site, b.secrets, b.host)
+
+
+def _npm_cache(b: Block) -> None:
+    block = {**_service(b.site, b.host, "npm-cache", "npm"), "uplink": NPM_UPLINK}
+    proxy = b.site.egress_proxy(b.host)
+    if proxy:  # the lab: its only way out (resources/lab_egress.py)
+        block["https_proxy"] = proxy
+    b.pillar["npm_cache"] = block
+
+
+def _jenkins(b: Block) -> None:
+    b.pillar["jenkins"] = {
+        **_service(b.site, b.host, "jenkins-master", "jenkins"),
+        "admin_password": _secret(b.secrets, "jenkins", "admin_password"),
+    }
+
+
+def _jenkins_agent(b: Block) -> None:
+    b.pillar["jenkins_agent"] = {"master_url": _url(b.site, "jenkins-master", "jenkins", "http")}
+
+
+def _registry_push(b: Block) -> None:
+    """The registry's push account (`ci`), for the hosts that build and push images."""
+    client = _registry_client(b.site, b.secrets, b.host, user="ci")
+    if client:
+        b.pillar["registry_client"] = client
+
+
+def _registry_pull(b: Block) -> None:
+    """The registry's pull account (`deploy`), for the hosts that run the images."""
+    client = _registry_client(b.site, b.secrets, b.host, user="deploy")
+    if client:
+        b.pillar["registry_client"] = client
+
+
+def _web(b: Block) -> None:
+    site, host = b.site, b.host
+    env = b.role("web", ENVIRONMENTS)
+    if env is None:
+        return
+    b.pillar["web"] = {
+        **_service(site, host, f"web-{env}", "http"),
+        "environment": env,
+        "url": f"http://{site.reach(host, f'web-{env}')}:{site.port(host, 'http')}",
+    }
+    b.pillar["apps"] = {
+        name: _app(site, b.secrets, host, name, env) for name in sorted(site.topo.apps)
+    }
+
+
+def _postgres(b: Block) -> None:
+    topo = b.site.topo
+    roles = topo.hosts[b.host].roles
+    envs = [env for env in postgres_environments(topo) if f"postgres-{env}" in roles]
+    if not envs:
+        return
+    b.pillar["postgres"] = {
+        **_service(b.site, b.host, f"postgres-{envs[0]}", "postgres"),
+        "network": b.pillar["coop"]["network"],
+        "databases": {
+            _db_name(app, env): {
+                "owner": _db_name(app, env),
+                "password": _secret(b.secrets, "postgres", app, env),
+                "environment": env,
+            }
+            for env in envs
+            for app in sorted(topo.apps)
+        },
+    }
+
+
+# The pillar blocks a role may ask for in the catalogue (salt/roles.yaml `pillar`), by name.
+BLOCKS: dict[str, Callable[[Block], None]] = {
+    "salt_master": _salt_master,
+    "dns": _dns,
+    "registry": _registry_block,
+    "npm_cache": _npm_cache,
+    "jenkins": _jenkins,
+    "jenkins_agent": _jenkins_agent,
+    "registry_push": _registry_push,
+    "registry_pull": _registry_pull,
+    "web": _web,
+    "postgres": _postgres,
+}
 
 
 def secret_paths(pillar: Any, secrets: Secrets, prefix: str = "") -> list[str]:

@@ -32,46 +32,17 @@ from typing import ClassVar
 
 from infra_assets.model import Topology, address_plan, load_topology
 from infra_assets.paths import REPO_ROOT, default_topology, state_dir
+from infra_assets.roles import role_catalogue
 from resources.lab_egress import LabEgressProxy
 
 SECRETS_ENV = "INFRA_SECRETS_FILE"
 MASTER_CONFIG_ENV = "INFRA_SALT_MASTER_CONFIG"
 KEYS_ENV = "INFRA_SALT_KEYS_DIR"
 
-# The service each role runs, and its standard port on a server. Roles not listed run no
-# listening service of their own (salt-minion, jenkins-agent).
-ROLE_SERVICES: dict[str, str] = {
-    "dns": "dns",
-    "docker-registry": "registry",
-    "npm-cache": "npm",
-    "jenkins-master": "jenkins",
-    "web-staging": "http",
-    "web-production": "http",
-    "postgres-staging": "postgres",
-    "postgres-production": "postgres",
-}
-# The package registries each cache role fetches from (host:port), the only places a cache host
-# may reach off its network (on the lab through its egress proxy, resources/lab_egress.py).
-CACHE_UPLINKS: dict[str, tuple[str, ...]] = {
-    "npm-cache": ("registry.npmjs.org:443",),
-}
 # A release runs in one of two slots (blue/green): the new one starts beside the live one.
 APP_SLOTS: tuple[str, ...] = ("blue", "green")
 # Where the `app` state records what is live on a web host (<app>.json).
 RECORDS_DIR = "/var/lib/coop/releases"
-
-
-STANDARD_PORTS: dict[str, int] = {
-    "salt-publish": 4505,
-    "salt-ret": 4506,
-    "salt-api": 8000,
-    "dns": 53,
-    "registry": 5000,
-    "npm": 4873,
-    "jenkins": 8080,
-    "http": 80,
-    "postgres": 5432,
-}
 
 
 class SiteError(RuntimeError):
@@ -118,7 +89,7 @@ class Site(ABC):
 
     @abstractmethod
     def port(self, host: str, service: str) -> int:
-        """The port of `service` (a value of ROLE_SERVICES) on `host`."""
+        """The port of `service` (a role's service in the role catalogue) on `host`."""
 
     # --- app releases (the `app` state on web hosts) ---------------------------------------------
     @abstractmethod
@@ -160,7 +131,7 @@ class CloudSite(Site):
         return Path("/etc/salt/master")
 
     def salt_ports(self) -> tuple[int, int]:
-        return STANDARD_PORTS["salt-publish"], STANDARD_PORTS["salt-ret"]
+        return _port("salt-publish"), _port("salt-ret")
 
     def listen(self, host: str, role: str) -> str:
         return self.address(host, role)
@@ -169,7 +140,7 @@ class CloudSite(Site):
         return self.address(host, role)
 
     def port(self, host: str, service: str) -> int:
-        return STANDARD_PORTS[service]
+        return _port(service)
 
     def app_slots(self, host: str, app: str) -> dict[str, int]:
         # On a server the app's containers listen on 127.0.0.1:<port> and <port>+1 (topology.yaml
@@ -186,7 +157,7 @@ class CloudSite(Site):
     def salt_api_url(self) -> str:
         """salt-api on the master host's primary address (rest_cherrypy, TLS)."""
         master = self.master_host()
-        return f"https://{self.reach(master, 'salt-master')}:{STANDARD_PORTS['salt-api']}"
+        return f"https://{self.reach(master, 'salt-master')}:{_port('salt-api')}"
 
     def keys_dir(self) -> Path:
         """The minions' and the master's key pairs (outside git): `$INFRA_SALT_KEYS_DIR`."""
@@ -273,15 +244,18 @@ class LabSite(CloudSite):
         for host, spec in self.topo.hosts.items():
             if self.number_of(host) != number:
                 continue
-            targets = sorted({t for role in spec.roles for t in CACHE_UPLINKS.get(role, ())})
+            catalogue = role_catalogue().roles
+            targets = sorted(
+                {t for r in spec.roles if r in catalogue for t in catalogue[r].uplinks}
+            )
             if targets:
                 for address in self.plan.for_host(host):
                     allow[address.address] = targets
         return allow
 
     def egress_proxy(self, host: str) -> str | None:
-        roles = set(self.topo.hosts[host].roles)
-        if not roles & set(CACHE_UPLINKS):
+        catalogue = role_catalogue().roles
+        if not any(catalogue[r].uplinks for r in self.topo.hosts[host].roles if r in catalogue):
             return None
         return self.egress(self.number_of(host)).url
 
@@ -323,3 +297,8 @@ def salt_master_config() -> Path:
     if env:
         return Path(env).absolute()
     return site_for(load_topology(default_topology())).salt_master_config()
+
+
+def _port(name: str) -> int:
+    """A service's (or the salt master's named ports') standard port, from the role catalogue."""
+    return role_catalogue().port(name)

@@ -373,11 +373,12 @@ def lab_app_reach(site: LabSite, host: str, app: str, environment: str) -> dict[
 
 def _services(site: LabSite, host: str) -> dict[str, Any]:
     """Each service of `host` and how the machine reaches it: through the lab's link."""
-    from infra_assets.sites import ROLE_SERVICES
+    from infra_assets.roles import role_catalogue
 
+    services = role_catalogue().services()
     out: dict[str, Any] = {}
     for role in site.topo.hosts[host].roles:
-        service = ROLE_SERVICES.get(role)
+        service = services.get(role)
         if service:
             out[service] = {
                 "address": site.reach(host, role),

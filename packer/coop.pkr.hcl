@@ -1,4 +1,5 @@
-# One role group's image (support, builder, web, postgres: images.json), with the group's salt
+# One role group's image (support, builder, web, postgres: the role catalogue, salt/roles.yaml,
+# each role's `image`), with the group's salt
 # states baked in by `salt-call --local` (scripts/bake.sh, salt from PyPI into /opt/salt pinned
 # by salt-requirements.txt). Two sources, the same provisioners:
 #
@@ -20,7 +21,7 @@ packer {
 
 variable "group" {
   type        = string
-  description = "The image's role group: a key of images.json."
+  description = "The image's role group: a key of the role catalogue's images (salt/roles.yaml)."
 }
 
 variable "image_name" {
@@ -104,13 +105,13 @@ variable "states_sha256" {
 variable "template_sha256" {
   type        = string
   default     = ""
-  description = "A hash of this template, images.json, the bake script and the cloud's settings (image metadata)."
+  description = "A hash of this template, the bake script and the cloud's settings (image metadata)."
 }
 
 variable "roles" {
   type        = list(string)
   default     = []
-  description = "The roles to bake (empty: the group's in images.json; a lab bakes only those its hosts have)."
+  description = "The roles to bake (empty: the group's in the role catalogue; a lab bakes only those its hosts have)."
 }
 
 variable "lab_ca_bundle" {
@@ -144,8 +145,10 @@ variable "manifest" {
 }
 
 locals {
-  groups    = jsondecode(file("${path.root}/images.json"))
-  roles     = length(var.roles) > 0 ? var.roles : local.groups[var.group].roles
+  catalogue = yamldecode(file("${path.root}/../salt/roles.yaml"))
+  roles = length(var.roles) > 0 ? var.roles : [
+    for role, spec in local.catalogue.roles : role if spec.image == var.group
+  ]
   salt_tree = var.salt_tree != "" ? var.salt_tree : "${path.root}/../salt"
   lab_tag   = "localhost/coop-${var.group}"
   # docker.lab's read-only mounts (host path, container path), those that are set

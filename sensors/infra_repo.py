@@ -126,8 +126,8 @@ def infra_main_sensor(
 
 
 def _salt_roles(infra_repo: InfraRepoResource, sha: str) -> dict[str, list[str]] | None:
-    """salt/roles.yaml at `sha` (role -> states); None if it is missing or broken, and then every
-    salt/ change rebuilds every image."""
+    """The role catalogue (salt/roles.yaml) at `sha`: role -> states; None if it is missing or
+    broken, and then every salt/ change rebuilds every image."""
     import yaml
 
     text = infra_repo.show(sha, "salt/roles.yaml")
@@ -137,6 +137,7 @@ def _salt_roles(infra_repo: InfraRepoResource, sha: str) -> dict[str, list[str]]
         data = yaml.safe_load(text)
     except yaml.YAMLError:
         return None
-    if not isinstance(data, dict):
+    roles = data.get("roles") if isinstance(data, dict) else None
+    if not isinstance(roles, dict) or not all(isinstance(r, dict) for r in roles.values()):
         return None
-    return {str(role): [str(s) for s in states or []] for role, states in data.items()}
+    return {str(role): [str(s) for s in spec.get("states") or []] for role, spec in roles.items()}

@@ -1,6 +1,6 @@
 """The image bake against the REAL salt/ tree: the real packer/scripts/bake.sh, whose salt step is
 `salt-call --local` with the bake's pillar and grains (`image_bake: true`, the group's roles, no
-host, site or secret), for every role group of packer/images.json. Each group's highstate runs
+host, site or secret), for every image group of the role catalogue (salt/roles.yaml). Each group's highstate runs
 in test mode (every state renders and is checked: packages looked up, templates rendered); the
 web group's is applied for real on this machine, whose packages scripts/apt-packages.txt has
 installed already, in a private mount namespace of the test's own where the folders a state
@@ -20,13 +20,15 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
+
+from infra_assets.roles import role_catalogue
 
 HERE = Path(__file__).parent
 REPO = HERE.parent
 SALT_CALL = str(Path(sys.executable).parent / "salt-call")
-GROUPS: dict[str, dict] = json.loads((REPO / "packer" / "images.json").read_text())
-ROLE_STATES: dict[str, list[str]] = yaml.safe_load((REPO / "salt" / "roles.yaml").read_text())
+CATALOGUE = role_catalogue(REPO / "salt" / "roles.yaml")
+GROUPS: dict[str, tuple[str, ...]] = {name: g.roles for name, g in CATALOGUE.images.items()}
+ROLE_STATES: dict[str, list[str]] = CATALOGUE.states()
 
 # What a bake may do: install packages (and the repositories and users they need), write files
 # and folders, and run one install command; never start, enable or restart a service.
@@ -90,7 +92,7 @@ def bake(group: str, out: Path, salt_args: str, layers: Path | None = None) -> d
     env = {
         **os.environ,
         "SALT_TREE": str(REPO / "salt"),
-        "IMAGE_ROLES": ",".join(GROUPS[group]["roles"]),
+        "IMAGE_ROLES": ",".join(GROUPS[group]),
         "IMAGE_GROUP": group,
         "SALT_CALL": SALT_CALL,
         "SALT_ARGS": f"--out=json --out-file={out} {salt_args}",
@@ -134,9 +136,9 @@ def test_every_group_s_states_render_and_check_in_bake_mode(group, tmp_path):
 
     failed = {k: r["comment"] for k, r in results.items() if r["result"] is False}
     assert not failed, failed
-    # the group's roles bring their states (roles.yaml), and every host's
+    # the group's roles bring their states (the catalogue), and every host's
     expected = {"common", "salt.minion"}
-    for role in GROUPS[group]["roles"]:
+    for role in GROUPS[group]:
         expected |= set(ROLE_STATES[role])
     assert {r["__sls__"] for r in results.values()} >= expected
 

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from lab_env import LAB_NUMBER, LabEnv
 
-from infra_assets.cloud.groups import IMAGES_FILE, group_of_host
+from infra_assets.cloud.groups import CATALOGUE_FILE, group_of_host
 from infra_assets.model import parse_topology
 from infra_assets.pillar import render_pillars
 from infra_assets.secrets import load_secrets
@@ -41,7 +41,7 @@ def test_every_host_runs_its_role_image_at_its_planned_address(lab_env: LabEnv):
         assert container.running and container.systemd in ("running", "degraded"), container
         assert container.address == lab_env.address(host)
         # booted from the image Packer's artifact recorded for the host's group
-        group = group_of_host(lab_env.topo, host, spec, IMAGES_FILE)
+        group = group_of_host(lab_env.topo, host, spec, CATALOGUE_FILE)
         assert container.image_id.removeprefix("sha256:") == built[group].removeprefix("sha256:")
 
 

@@ -26,6 +26,7 @@ import pytest
 
 from infra_assets.images import build_lab_image, group_salt_files, lab_roles
 from infra_assets.paths import state_dir
+from infra_assets.roles import role_catalogue
 from resources.cli_runner import run_cli
 from resources.lab_images import (
     LAB_BASE_IMAGE,
@@ -40,7 +41,9 @@ from resources.podman import PodmanResource
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parent.parent
-GROUPS: dict[str, dict] = json.loads((REPO / "packer" / "images.json").read_text())
+GROUPS: dict[str, tuple[str, ...]] = {
+    name: g.roles for name, g in role_catalogue(REPO / "salt" / "roles.yaml").images.items()
+}
 BUILT = ("builder", "web")
 
 
@@ -65,7 +68,7 @@ def lab(podman) -> dict:
     for group in BUILT:
         # as the images/<group> asset builds it: the group's salt files, the lab's roles
         images[group] = build_lab_image(
-            group, GROUPS[group]["roles"], packer=packer, podman=podman, log=_quiet
+            group, list(GROUPS[group]), packer=packer, podman=podman, log=_quiet
         )
     took = {
         "base": base.took_s,
@@ -144,7 +147,7 @@ def test_each_group_s_image_is_packer_s_artifact_with_salt_and_its_packages(lab,
     labels = podman.labels(tag)
     assert labels[INPUTS_LABEL] == image.inputs_sha256
     assert labels["org.coop-infra.group"] == group
-    assert labels["org.coop-infra.roles"] == ",".join(GROUPS[group]["roles"])
+    assert labels["org.coop-infra.roles"] == ",".join(list(GROUPS[group]))
     config = json.loads(
         podman.run(["image", "inspect", "--format", "{{json .Config}}", tag], log=_quiet).lines[-1]
     )
@@ -192,12 +195,12 @@ def test_a_second_build_with_the_same_inputs_is_skipped(lab, podman):
         started = time.monotonic()
         again = packer.build_lab(
             group=group,
-            roles=GROUPS[group]["roles"],
+            roles=list(GROUPS[group]),
             podman=podman,
             base_image=base.ref,
             base_image_id=base.image_id,
             wheelhouse=wheelhouse.folder,
-            salt_files=group_salt_files(packer.states_dir(), GROUPS[group]["roles"]),
+            salt_files=group_salt_files(packer.states_dir(), list(GROUPS[group])),
             log=_quiet,
         )
         took = time.monotonic() - started
@@ -325,7 +328,7 @@ def test_the_inputs_hash_follows_the_group_s_inputs(lab, tmp_path):
     def inputs(**change) -> str:
         args = {
             "group": "web",
-            "roles": GROUPS["web"]["roles"],
+            "roles": list(GROUPS["web"]),
             "packer_dir": packer_dir,
             "salt_tree": tree,
             "salt_files": [tree / "web" / "init.sls"],

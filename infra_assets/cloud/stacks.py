@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from infra_assets.cloud.groups import IMAGES_FILE, group_of_host
+from infra_assets.cloud.groups import CATALOGUE_FILE, group_of_host
 from infra_assets.model import Topology, address_plan
 
 STACKS = ("network", "instances")
@@ -27,7 +27,7 @@ def lab_locations(topo: Topology) -> list[str]:
     return [name for name, loc in topo.locations.items() if loc.is_lab]
 
 
-def stack_hosts(topo: Topology, location: str, *, images_file=IMAGES_FILE) -> dict[str, dict]:
+def stack_hosts(topo: Topology, location: str, *, images_file=CATALOGUE_FILE) -> dict[str, dict]:
     """The location's hosts as the stacks take them: every role (primary first), every address
     (primary first, then service addresses), flavor ("" for the default), image group."""
     plan = address_plan(topo)
@@ -44,7 +44,7 @@ def stack_hosts(topo: Topology, location: str, *, images_file=IMAGES_FILE) -> di
     return hosts
 
 
-def network_vars(topo: Topology, location: str, *, images_file=IMAGES_FILE) -> dict[str, Any]:
+def network_vars(topo: Topology, location: str, *, images_file=CATALOGUE_FILE) -> dict[str, Any]:
     loc = topo.locations[location]
     return {
         "location": location,
@@ -60,7 +60,7 @@ def instances_vars(
     *,
     network_outputs: Mapping[str, Any],
     images: Mapping[str, str],
-    images_file=IMAGES_FILE,
+    images_file=CATALOGUE_FILE,
 ) -> dict[str, Any]:
     """`network_outputs`: the network stack's `terraform output -json`; `images`: image group ->
     image id (the newest of each group, from openstacksdk)."""

@@ -1,0 +1,181 @@
+"""The role catalogue (`salt/roles.yaml`): every role's states, image group, service and port,
+other ports, whether its hosts run containers, the registries a cache role fetches from, and the
+pillar blocks its hosts get. The one place these facts live; salt/top.sls reads the same file.
+
+    catalogue = role_catalogue()
+    catalogue.roles["web-staging"].states      # ("web",)
+    catalogue.group_roles("support")           # ("salt-master", "jenkins-master", ...)
+    catalogue.port("registry")                 # 5000
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from infra_assets.paths import REPO_ROOT
+
+CATALOGUE_FILE = REPO_ROOT / "salt" / "roles.yaml"
+ROLE_KEYS = frozenset({"states", "image", "service", "ports", "privileged", "uplinks", "pillar"})
+
+
+class RoleCatalogueError(ValueError):
+    """salt/roles.yaml is missing or wrong: the message names the file, the key and what to do."""
+
+
+@dataclass(frozen=True)
+class Role:
+    name: str
+    states: tuple[str, ...]
+    image: str
+    service: str | None = None  # the service's name (the pillar's, the lab status')
+    port: int | None = None  # the service's standard port
+    ports: dict[str, int] = field(default_factory=dict)
+    privileged: bool = False
+    uplinks: tuple[str, ...] = ()
+    pillar: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ImageGroup:
+    name: str
+    roles: tuple[str, ...]  # in catalogue order
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class RoleCatalogue:
+    path: Path
+    roles: dict[str, Role]
+    images: dict[str, ImageGroup]
+
+    def states(self) -> dict[str, list[str]]:
+        """role -> the states it applies (what top.sls matches on)."""
+        return {name: list(role.states) for name, role in self.roles.items()}
+
+    def group_roles(self, group: str) -> tuple[str, ...]:
+        return self.images[group].roles
+
+    def group_of_role(self, role: str) -> str | None:
+        spec = self.roles.get(role)
+        return spec.image if spec else None
+
+    def services(self) -> dict[str, str]:
+        """role -> the service it runs (roles that run none are left out)."""
+        return {name: role.service for name, role in self.roles.items() if role.service}
+
+    def port(self, name: str) -> int:
+        """A service's or another named port's standard port (KeyError when none has it)."""
+        for role in self.roles.values():
+            if role.service == name and role.port is not None:
+                return role.port
+            if name in role.ports:
+                return role.ports[name]
+        raise KeyError(f"no role of {self.path} has a service or port named {name!r}")
+
+
+def role_catalogue(path: Path = CATALOGUE_FILE) -> RoleCatalogue:
+    """The catalogue at `path` (read again when the file changes)."""
+    path = Path(path)
+    try:
+        mtime = path.stat().st_mtime
+    except OSError:
+        raise RoleCatalogueError(
+            f"{path}: missing: it is the role catalogue (each role's states, image, service)"
+        ) from None
+    return _load(path, mtime)
+
+
+@cache
+def _load(path: Path, _mtime: float) -> RoleCatalogue:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise RoleCatalogueError(f"{path}: cannot read the role catalogue: {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("roles"), dict):
+        raise RoleCatalogueError(f"{path}: must have `images:` and `roles:` mappings")
+    images_data = data.get("images")
+    if not isinstance(images_data, dict) or not images_data:
+        raise RoleCatalogueError(f"{path}: `images` must map each image group to {{description}}")
+    problems: list[str] = []
+    roles = {}
+    for name, spec in data["roles"].items():
+        role = _role(str(name), spec, set(images_data), problems)
+        if role is not None:
+            roles[role.name] = role
+    if problems:
+        raise RoleCatalogueError(f"{path}: " + "; ".join(problems))
+    images = {}
+    for group, spec in images_data.items():
+        members = tuple(r.name for r in roles.values() if r.image == group)
+        if not members:
+            problems.append(f"images.{group}: no role has `image: {group}`")
+        description = spec.get("description", "") if isinstance(spec, dict) else ""
+        images[str(group)] = ImageGroup(str(group), members, str(description))
+    if problems:
+        raise RoleCatalogueError(f"{path}: " + "; ".join(problems))
+    return RoleCatalogue(path, roles, images)
+
+
+def _role(name: str, spec: Any, groups: set[str], problems: list[str]) -> Role | None:
+    where = f"roles.{name}"
+    if not isinstance(spec, dict):
+        problems.append(f"{where}: must be a mapping with at least `states` and `image`")
+        return None
+    unknown = sorted(set(spec) - ROLE_KEYS)
+    if unknown:
+        problems.append(
+            f"{where}: unknown key(s) {', '.join(unknown)} (known: {sorted(ROLE_KEYS)})"
+        )
+    states = spec.get("states")
+    if not isinstance(states, list) or not states or not all(isinstance(s, str) for s in states):
+        problems.append(f"{where}.states: must be a non-empty list of state names")
+        states = []
+    image = spec.get("image")
+    if image not in groups:
+        problems.append(
+            f"{where}.image: {image!r} is not an image group ({', '.join(sorted(groups))})"
+        )
+    service = spec.get("service")
+    service_name, port = None, None
+    if service is not None:
+        if not isinstance(service, dict) or not isinstance(service.get("name"), str):
+            problems.append(f"{where}.service: must be {{name: ..., port: ...}}")
+        else:
+            service_name, port = service["name"], service.get("port")
+            if not isinstance(port, int) or not 0 < port < 65536:
+                problems.append(f"{where}.service.port: must be a port number (1-65535)")
+    ports = spec.get("ports") or {}
+    if not isinstance(ports, dict) or not all(
+        isinstance(p, int) and 0 < p < 65536 for p in ports.values()
+    ):
+        problems.append(f"{where}.ports: must map names to port numbers (1-65535)")
+        ports = {}
+    pillar = spec.get("pillar") or []
+    if not isinstance(pillar, list) or not all(isinstance(b, str) for b in pillar):
+        problems.append(f"{where}.pillar: must be a list of pillar block names")
+        pillar = []
+    uplinks = spec.get("uplinks") or []
+    if not isinstance(uplinks, list) or not all(
+        isinstance(u, str) and u.rpartition(":")[2].isdigit() for u in uplinks
+    ):
+        problems.append(f"{where}.uplinks: must be a list of host:port")
+        uplinks = []
+    privileged = spec.get("privileged", False)
+    if not isinstance(privileged, bool):
+        problems.append(f"{where}.privileged: must be true or false")
+    return Role(
+        name=name,
+        states=tuple(states),
+        image=str(image),
+        service=service_name,
+        port=port,
+        ports={str(k): v for k, v in ports.items()},
+        privileged=privileged is True,
+        uplinks=tuple(uplinks),
+        pillar=tuple(pillar),
+    )

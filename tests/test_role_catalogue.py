@@ -1,0 +1,125 @@
+"""The role catalogue (salt/roles.yaml): the one place each role's states, image group, service
+and port, containers and pillar blocks live; every reader (top.sls, the highstate assets, the
+image groups, the pillar, the lab's containers) takes them from there, and a broken catalogue is
+a clear error naming the file and the key."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from infra_assets.model import load_topology
+from infra_assets.pillar import render_pillars
+from infra_assets.roles import CATALOGUE_FILE, RoleCatalogueError, role_catalogue
+from infra_assets.secrets import ensure_secrets
+from infra_assets.sites import site_for
+
+
+def test_every_role_of_both_topologies_is_in_the_catalogue(repo_root):
+    catalogue = role_catalogue()
+    for name in ("topology.yaml", "topology.lab.yaml"):
+        topo = load_topology(repo_root / name)
+        used = {role for host in topo.hosts.values() for role in host.roles}
+        assert used <= set(catalogue.roles), used - set(catalogue.roles)
+    assert catalogue.group_roles("support") == (
+        "salt-master", "jenkins-master", "docker-registry", "npm-cache", "dns",
+    )  # fmt: skip
+    assert catalogue.group_roles("web") == ("web-staging", "web-production")
+    assert catalogue.roles["web-staging"].states == ("web",)
+    assert catalogue.roles["jenkins-agent"].privileged and not catalogue.roles["dns"].privileged
+    assert catalogue.roles["npm-cache"].uplinks == ("registry.npmjs.org:443",)
+    assert catalogue.port("registry") == 5000 and catalogue.port("salt-api") == 8000
+    assert catalogue.services()["postgres-staging"] == "postgres"
+
+
+def test_the_pillar_blocks_come_from_the_catalogue(repo_root, tmp_path):
+    topo = load_topology(repo_root / "topology.yaml")
+    secrets = ensure_secrets(tmp_path / "secrets.yaml", topo, tls_names=["x"])
+    pillars = render_pillars(site_for(topo), secrets)
+    # The build agent gets the push account, a web host the pull account: never the other one.
+    agent = [h for h, s in topo.hosts.items() if "jenkins-agent" in s.roles][0]
+    assert pillars[agent]["registry_client"]["user"] == "ci"
+    assert pillars["web-staging-1"]["registry_client"]["user"] == "deploy"
+    catalogue = role_catalogue()
+    for host, spec in topo.hosts.items():
+        blocks = {b for r in spec.roles for b in catalogue.roles[r].pillar}
+        keys = set(pillars[host]) - {"roles", "coop", "salt"}
+        expected = {"registry_client" if b.startswith("registry_") else b for b in blocks}
+        expected = (expected - {"salt_master"}) | ({"apps"} if "web" in blocks else set())
+        assert keys == expected, (host, keys, expected)
+
+
+def _broken(tmp_path: Path, edit) -> Path:
+    data = yaml.safe_load(CATALOGUE_FILE.read_text())
+    edit(data)
+    path = tmp_path / "roles.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (lambda d: d["roles"]["dns"].pop("image"), "roles.dns.image: None is not an image group"),
+        (lambda d: d["roles"]["dns"].update(image="dnsbox"), "roles.dns.image: 'dnsbox' is not"),
+        (lambda d: d["roles"]["dns"].update(states=[]), "roles.dns.states: must be a non-empty"),
+        (lambda d: d["roles"]["dns"].update(servce={}), "roles.dns: unknown key(s) servce"),
+        (
+            lambda d: d["roles"]["dns"].update(service={"name": "dns", "port": 70000}),
+            "roles.dns.service.port: must be a port number",
+        ),
+        (lambda d: d["images"].update(spare={}), "images.spare: no role has `image: spare`"),
+        (lambda d: d.pop("images"), "`images` must map each image group"),
+    ],
+    ids=["no-image", "unknown-image", "no-states", "typo", "bad-port", "empty-group", "no-images"],
+)
+def test_a_broken_catalogue_names_the_file_and_the_key(tmp_path, edit, expected):
+    path = _broken(tmp_path, edit)
+    with pytest.raises(RoleCatalogueError) as err:
+        role_catalogue(path)
+    assert str(err.value).startswith(f"{path}: ") and expected in str(err.value)
+
+
+def test_a_pillar_block_nobody_builds_is_a_clear_error(repo_root, tmp_path, monkeypatch):
+    path = _broken(tmp_path, lambda d: d["roles"]["dns"].update(pillar=["dns", "dnssec"]))
+    monkeypatch.setattr("infra_assets.pillar.role_catalogue", lambda: role_catalogue(path))
+    topo = load_topology(repo_root / "topology.yaml")
+    with pytest.raises(RoleCatalogueError, match=r"roles\.dns\.pillar: no pillar block 'dnssec'"):
+        render_pillars(site_for(topo), None)
+
+
+def test_top_sls_reads_the_catalogue_through_salt(tmp_path, repo_root):
+    """salt's own renderer turns the catalogue into the top file: each role matched by its
+    pillar `roles`, with the catalogue's states."""
+    import json
+    import subprocess
+    import sys
+
+    tree = tmp_path / "salt"
+    shutil.copytree(repo_root / "salt", tree)
+    conf = tmp_path / "etc"
+    conf.mkdir()
+    (conf / "minion").write_text(
+        yaml.safe_dump(
+            {
+                "file_client": "local",
+                "file_roots": {"base": [str(tree)]},
+                "root_dir": str(tmp_path / "root"),
+                "id": "top-check",
+            }
+        )
+    )
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "salt-call"), "--local", "-c", str(conf),
+         "--out=json", "slsutil.renderer", str(tree / "top.sls")],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    top = json.loads(out.stdout)["local"]["base"]
+    assert top["*"] == ["common", "salt.minion"]
+    catalogue = role_catalogue()
+    for role, spec in catalogue.roles.items():
+        assert top[f"I@roles:{role}"] == [{"match": "compound"}, *spec.states]
