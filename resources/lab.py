@@ -55,6 +55,8 @@ import dagster as dg
 from pydantic import Field
 
 from resources.cli_runner import CliError, CliResult, LogSink, default_log, run_cli
+from resources.lab_egress import EGRESS_PORT
+from resources.lab_git import GIT_PORT
 
 LAB_LABEL = "org.coop-infra.lab"
 HOST_LABEL = "org.coop-infra.host"
@@ -501,6 +503,8 @@ class Lab:
                 made.append("podman network")
             if self._ensure_link(net):
                 made.append("link")
+            if self._ensure_link_rules(net):
+                made.append("link rules")
             if not self._via_route(net):
                 self._ip(
                     "route", "replace", net.subnet, "via", net.lab_address,
@@ -638,6 +642,43 @@ class Lab:
         )  # fmt: skip
         self._ip("-n", net.namespace, "link", "set", net.lab_link, "up")
         return made
+
+    def _link_rules(self, net: LabNetwork) -> list[list[str]]:
+        """The lab's rules for its link, in its namespace (netavark's own chains untouched; the
+        machine's iptables never changed), in order:
+        - its hosts keep their own addresses towards the machine's end of the link (netavark
+          masquerades everything leaving the /16): the egress proxy allows by address;
+        - of what the hosts start towards the machine, only the egress proxy (3128) and the git
+          daemon (9418) pass: nothing else the machine listens on is the lab's business."""
+        to_machine = ["-s", net.subnet, "-d", f"{net.machine_address}/32"]
+        new = ["-m", "conntrack", "--ctstate", "NEW"]
+        return [
+            ["-t", "nat", "POSTROUTING", *to_machine, "-j", "RETURN"],
+            ["-t", "filter", "FORWARD", *to_machine, "-p", "tcp", "-m", "multiport",
+             "--dports", f"{EGRESS_PORT},{GIT_PORT}", *new, "-j", "ACCEPT"],
+            ["-t", "filter", "FORWARD", *to_machine, *new, "-j", "DROP"],
+        ]  # fmt: skip
+
+    def _ensure_link_rules(self, net: LabNetwork) -> bool:
+        """Insert the link's rules at the top of their chains unless each is there already
+        (`iptables -C`); when one is missing, all are put back in their order."""
+
+        def iptables(op: str, rule: list[str], position: list[str] = ()) -> CliResult:
+            table, chain, *spec = rule[1], rule[2], *rule[3:]
+            argv = ["nsenter", f"--net={net.netns_path}", "iptables", "-w", "-t", table]
+            argv += [op, chain, *position, *spec]
+            return run_cli(argv, log=_quiet, check=op != "-C", timeout_s=60)
+
+        rules = self._link_rules(net)
+        if all(iptables("-C", rule).returncode == 0 for rule in rules):
+            return False
+        for rule in rules:
+            while iptables("-C", rule).returncode == 0:
+                iptables("-D", rule)
+        for index, rule in enumerate(rules):
+            first = sum(1 for r in rules[:index] if r[1:3] == rule[1:3]) + 1
+            iptables("-I", rule, [str(first)])
+        return True
 
     def down_network(self, number: int) -> list[str]:
         """Remove lab `number`'s containers, its podman network, the machine's route into it,

@@ -51,16 +51,18 @@ class LabEgressProxy:
 
     number: int
     folder: Path
+    listen: str = ""  # empty: the lab's link (tests give 127.0.0.1)
+    port: int = EGRESS_PORT
 
     @property
     def address(self) -> str:
         """The machine's end of the lab's link (resources/lab.py, LabNetwork.machine_address)."""
-        return f"169.254.{self.number}.1"
+        return self.listen or f"169.254.{self.number}.1"
 
     @property
     def url(self) -> str:
         """What a cache host sets as its HTTPS proxy."""
-        return f"http://{self.address}:{EGRESS_PORT}"
+        return f"http://{self.address}:{self.port}"
 
     @property
     def allow_file(self) -> Path:
@@ -84,15 +86,34 @@ class LabEgressProxy:
         os.replace(tmp, self.allow_file)
 
     def pid(self) -> int | None:
-        """The proxy's pid when it runs (its pid file names a live proxy of this lab)."""
+        """The pid of the proxy on this lab's link address, when one runs: the one its pid file
+        names, else any `resources.lab_egress` listening there (one whose folder was removed
+        from under it still holds the port: it is found, so it can be stopped)."""
         try:
-            pid = int(self.pid_file.read_text().strip())
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            recorded = int(self.pid_file.read_text().strip())
         except (OSError, ValueError):
+            recorded = None
+        candidates = [recorded] if recorded else []
+        candidates += [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
+        for pid in candidates:
+            try:
+                args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            argv = [a.decode(errors="replace") for a in args if a]
+            mine = f"--listen={self.address}" in argv and f"--port={self.port}" in argv
+            if "resources.lab_egress" in argv and mine:
+                return pid
+        return None
+
+    @staticmethod
+    def _folder_of(pid: int) -> Path | None:
+        try:
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
             return None
-        args = [a.decode(errors="replace") for a in cmdline if a]
-        mine = "resources.lab_egress" in args and f"--folder={self.folder}" in args
-        return pid if mine and f"--listen={self.address}" in args else None
+        folders = [a.decode()[len("--folder=") :] for a in args if a.startswith(b"--folder=")]
+        return Path(folders[0]) if folders else None
 
     def running(self) -> bool:
         return self.pid() is not None
@@ -100,8 +121,10 @@ class LabEgressProxy:
     def start(self, *, timeout_s: float = 10.0) -> int:
         """Start the proxy unless it runs; returns its pid. The lab's link must be up."""
         pid = self.pid()
-        if pid is not None:
+        if pid is not None and self._folder_of(pid) == Path(self.folder):
             return pid
+        if pid is not None:  # another folder's (removed from under it): this one's now
+            self.stop()
         Path(self.folder).mkdir(parents=True, exist_ok=True)
         if not self.allow_file.exists():
             self.allow({})
@@ -110,7 +133,7 @@ class LabEgressProxy:
             "-m",
             "resources.lab_egress",
             f"--listen={self.address}",
-            f"--port={EGRESS_PORT}",
+            f"--port={self.port}",
             f"--folder={self.folder}",
         ]
         log = open(self.folder / "egress.out", "ab")  # noqa: SIM115 - handed to the proxy
@@ -132,37 +155,41 @@ class LabEgressProxy:
                 out = (self.folder / "egress.out").read_text(errors="replace").strip()
                 self.pid_file.unlink(missing_ok=True)
                 raise LabEgressError(
-                    f"egress proxy on {self.address}:{EGRESS_PORT} exited ({proc.returncode}):"
+                    f"egress proxy on {self.address}:{self.port} exited ({proc.returncode}):"
                     f" {' / '.join(out.splitlines()[-3:]) or 'no output'}"
                     f" (is lab {self.number}'s link up?)"
                 )
-            if _listening(self.address, EGRESS_PORT):
+            if _listening(self.address, self.port):
                 return proc.pid
             time.sleep(0.1)
         os.kill(proc.pid, signal.SIGTERM)
         raise LabEgressError(
-            f"egress proxy on {self.address}:{EGRESS_PORT} did not listen within {timeout_s} s"
+            f"egress proxy on {self.address}:{self.port} did not listen within {timeout_s} s"
         )
 
     def stop(self, *, timeout_s: float = 10.0) -> int | None:
         """Stop the proxy (by its pid); returns the pid stopped, None when it did not run."""
         pid = self.pid()
+        self.pid_file.unlink(missing_ok=True)
         if pid is None:
-            self.pid_file.unlink(missing_ok=True)
             return None
-        os.kill(pid, signal.SIGTERM)
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return pid
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             try:
                 if os.waitpid(pid, os.WNOHANG)[0]:  # our child: reap it
-                    break
+                    return pid
             except ChildProcessError:
                 if not Path(f"/proc/{pid}").exists():
-                    break
+                    return pid
             time.sleep(0.05)
-        else:
+        try:
             os.kill(pid, signal.SIGKILL)
-        self.pid_file.unlink(missing_ok=True)
+        except ProcessLookupError:
+            pass
         return pid
 
     def log(self) -> list[dict]:
@@ -222,7 +249,15 @@ class _Proxy:
         return None
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        client = writer.get_extra_info("peername")[0]
+        try:
+            await self._handle(reader, writer)
+        except (ConnectionError, OSError) as err:  # the client went away mid-request
+            self.record(client=_peer(writer), result="failed", why=str(err))
+        finally:
+            writer.close()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        client = _peer(writer)
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=10)
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
@@ -267,6 +302,11 @@ class _Proxy:
             await writer.drain()
         finally:
             writer.close()
+
+
+def _peer(writer: asyncio.StreamWriter) -> str:
+    peer = writer.get_extra_info("peername")
+    return str(peer[0]) if peer else "?"
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> int:

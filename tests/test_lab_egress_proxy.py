@@ -5,6 +5,7 @@ cache's verdaccio fetching through it): tests/test_lab_salt.py."""
 
 from __future__ import annotations
 
+import shutil
 import socket
 import subprocess
 import sys
@@ -117,3 +118,33 @@ def test_everything_else_is_refused_with_its_reason_and_logged(proxy, upstream):
         ("refused", "registry.npmjs.org:443"),
         ("refused", "GET http://example.com/"),
     ]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def test_start_twice_stop_by_pid_and_an_orphan_is_found_and_replaced(tmp_path):
+    """The proxy's own life: started once (a second start finds it), stopped by its pid; one
+    whose folder was removed from under it still holds the port, so it is found by its command
+    line and replaced by the next start, never left behind."""
+    port = free_port()
+    first = LabEgressProxy(0, tmp_path / "one", listen="127.0.0.1", port=port)
+    pid = first.start()
+    try:
+        assert first.start() == pid and first.status()["running"]
+        # The folder goes (a state folder removed while the lab was up): the proxy is still
+        # found by its command line, and the next one's start replaces it.
+        shutil.rmtree(tmp_path / "one")
+        second = LabEgressProxy(0, tmp_path / "two", listen="127.0.0.1", port=port)
+        assert second.pid() == pid
+        new = second.start()
+        assert new != pid and not _alive(pid)
+        assert second.stop() == new and not _alive(new)
+        assert second.pid() is None and second.stop() is None
+    finally:
+        for proc in (first, LabEgressProxy(0, tmp_path / "two", listen="127.0.0.1", port=port)):
+            proc.stop()
