@@ -1,10 +1,10 @@
-"""`images/<group>`: one Packer image per role group (packer/images.json) that a host on an
-OpenStack location boots from, built by packer/coop.pkr.hcl on each cloud that needs it, with
-the group's salt states baked in. After a build, the group's old images are pruned through
+"""`images/<group>`: one Packer image per role group (the role catalogue, salt/roles.yaml) that a
+host on an OpenStack location boots from, built by packer/coop.pkr.hcl on each cloud that needs it,
+with the group's salt states baked in. After a build, the group's old images are pruned through
 openstacksdk: the newest `keep` stay, and so does any image a server still runs on.
 
 Rebuilt by the weekly schedule, and by the sensor on main when the template or the group's
-states change. Locations on the `local` cloud need no image and make none.
+states change.
 
 On a `lab` location (this machine as a cloud) the image is `localhost/coop-<group>:lab` in the
 project's podman storage, built by the same template's docker.lab source from the lab base image

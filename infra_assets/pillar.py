@@ -30,8 +30,6 @@ from infra_assets.sites import Site, SiteError
 
 SALT_API_USER = "dagster"  # salt-api's eauth account for Dagster (salt/salt/api.sls)
 
-NPM_UPLINK = "https://registry.npmjs.org/"
-
 
 def render_pillars(site: Site, secrets: Secrets | None) -> dict[str, dict[str, Any]]:
     """The pillar of every host in the site's topology, by minion id (the host's name)."""
@@ -137,7 +135,10 @@ def _registry_block(b: Block) -> None:
 
 
 def _npm_cache(b: Block) -> None:
-    block = {**_service(b.site, b.host, "npm-cache", "npm"), "uplink": NPM_UPLINK}
+    # The registry the catalogue lets the cache reach (its `uplinks`), as verdaccio's uplink URL.
+    host, _, port = role_catalogue().roles["npm-cache"].uplinks[0].rpartition(":")
+    uplink = f"https://{host}/" if port == "443" else f"https://{host}:{port}/"
+    block = {**_service(b.site, b.host, "npm-cache", "npm"), "uplink": uplink}
     proxy = b.site.egress_proxy(b.host)
     if proxy:  # the lab: its only way out (resources/lab_egress.py)
         block["https_proxy"] = proxy
@@ -158,14 +159,15 @@ def _jenkins_agent(b: Block) -> None:
 def _registry_push(b: Block) -> None:
     """The registry's push account (`ci`), for the hosts that build and push images."""
     client = _registry_client(b.site, b.secrets, b.host, user="ci")
-    if client:
+    if client:  # over a pull account a web role may have put there first
         b.pillar["registry_client"] = client
 
 
 def _registry_pull(b: Block) -> None:
-    """The registry's pull account (`deploy`), for the hosts that run the images."""
+    """The registry's pull account (`deploy`), for the hosts that run the images (a host that
+    also builds keeps the push account, which pulls too)."""
     client = _registry_client(b.site, b.secrets, b.host, user="deploy")
-    if client:
+    if client and "registry_client" not in b.pillar:
         b.pillar["registry_client"] = client
 
 

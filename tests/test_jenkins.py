@@ -200,7 +200,7 @@ def test_the_jenkins_builder_builds_through_the_job_and_checks_the_registry(
 ):
     repo = app_repos("hello-ci", source=HELLO)
     sha = repo.commit(message="ci 1")
-    # A topology on a cloud (not `local`): its apps are built by Jenkins.
+    # A topology on a cloud (not the lab): its apps are built by Jenkins.
     topo_file = write_app_topology(
         tmp_path / "topology.yaml", {"hello-ci": "git/hello-ci.git"}, cloud="catalyst"
     )

@@ -7,13 +7,13 @@ Terraform stacks of which locations to plan, which role images to rebuild.
 - `topology.yaml`: the locations whose stack inputs differ between the two commits (a location's
   number or cloud: its network; its hosts, addresses, roles, flavors, the salt master: its
   instances); a new location: both.
-- `packer/` (template, bake script, images.json): every image in use; `packer/clouds/<c>`: the
-  images built on cloud c. `salt/`: the tree is named by state (`salt/web/`, `salt/jenkins/
-  master.sls`), and `salt/roles.yaml` says which states each role applies: a changed path is the
-  state it belongs to (`salt/postgres/files/x` -> postgres; `salt/jenkins/x` -> every jenkins.*
-  state), whose roles' groups are rebuilt. `common` and `salt.minion` are in every image, and a
-  path of no role's state (top.sls, roles.yaml, lib/, a state no role applies) is treated as
-  shared: every image in use.
+- `packer/` (template, bake script): every image in use; `packer/clouds/<c>`: the images built on
+  cloud c. `salt/`: the tree is named by state (`salt/web/`, `salt/jenkins/master.sls`), and the
+  role catalogue `salt/roles.yaml` says which states each role applies: a changed path is the state
+  it belongs to (`salt/postgres/files/x` -> postgres; `salt/jenkins/x` -> every jenkins.* state),
+  whose roles' groups are rebuilt. `common` and `salt.minion` are in every image, and a path of no
+  role's state (top.sls, roles.yaml, lib/, a state no role applies) is treated as shared: every
+  image in use.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@
 # (salt/lib/site.jinja). The pillar holds no host, address or secret: the server's first highstate
 # brings those. Run by packer/coop.pkr.hcl on the build instance (as root) or in the lab's build
 # container (source docker.lab), and by the tests on this machine (tests/test_bake_states.py:
-# every group of images.json against the real salt/).
+# every image group of the role catalogue, salt/roles.yaml, against the real salt/).
 #
 # Salt comes from PyPI into a venv at /opt/salt, pinned with its whole dependency closure
 # (packer/salt-requirements.txt, generated from uv.lock), the same way on the cloud and in the
