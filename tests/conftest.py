@@ -86,11 +86,13 @@ def _dagster_contexts_are_closed():
     )
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """A test that needs the session's lab (the `lab_env` fixture, directly or through another
-    fixture such as `registry_site`) is marked `lab` and `slow`, so `-m "not lab"` leaves out
-    exactly the tests that would bring a lab up."""
+    """A test that needs a lab up (the session's: the `lab_env` fixture, directly or through
+    another fixture such as `registry_site`; or tests/test_lab_network.py's own: `lab`) is
+    marked `lab` and `slow`, so `-m "not lab"` leaves out exactly the tests that bring a lab up
+    (tests/test_lab_images.py's Packer builds are `slow` only)."""
     for item in items:
-        if "lab_env" in getattr(item, "fixturenames", ()):
+        if {"lab_env", "lab"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.lab)
             item.add_marker(pytest.mark.slow)
