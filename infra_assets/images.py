@@ -99,7 +99,10 @@ def lab_roles(topo: Topology, group: str, path: Path = CATALOGUE_FILE) -> list[s
 
 def group_salt_files(tree: Path, roles: list[str]) -> list[Path]:
     """The salt files an image of `roles` depends on, as the infra_main sensor decides which
-    images a salt change rebuilds: every file but those of states that only other roles apply."""
+    images a salt change rebuilds: every file but those of states that only other roles apply,
+    and but the role catalogue (roles.yaml), of which an image depends only on its roles'
+    states (hashed on their own: `group_role_states`), not on ports, pillar blocks or other
+    roles."""
     from infra_assets.highstate import role_states
     from infra_assets.roles import RoleCatalogueError
 
@@ -113,10 +116,20 @@ def group_salt_files(tree: Path, roles: list[str]) -> list[Path]:
     mine = set().union(EVERY_IMAGE_STATES, *(set(states.get(r, [])) for r in roles))
     files = []
     for path in sorted(p for p in tree.rglob("*") if p.is_file()):
+        if path == tree / "roles.yaml":
+            continue
         owners = states_of_salt_path("salt/" + str(path.relative_to(tree)), every)
         if not owners or owners & mine:
             files.append(path)
     return files
+
+
+def group_role_states(tree: Path, roles: list[str]) -> dict[str, list[str]]:
+    """The part of the role catalogue an image of `roles` bakes: each role's states."""
+    from infra_assets.highstate import role_states
+
+    states = role_states(tree / "roles.yaml")
+    return {role: states.get(role, []) for role in roles}
 
 
 def build_lab_image(
@@ -143,6 +156,7 @@ def build_lab_image(
         base_image_id=base.image_id,
         wheelhouse=wheelhouse.folder,
         salt_files=group_salt_files(packer.states_dir(), roles),
+        role_states=group_role_states(packer.states_dir(), roles),
         git_commit=git_commit,
         force=force,
         log=log,

@@ -88,12 +88,16 @@ def lab_inputs_sha256(
     salt_files: Sequence[Path],
     base_image_id: str,
     template: str = "coop.pkr.hcl",
+    role_states: Mapping[str, Sequence[str]] | None = None,
 ) -> str:
-    """A hash of what a group's lab image is made of: the group and its roles, the base image's
-    id, the template, bake.sh, salt-requirements.txt and the group's salt files (paths relative
-    to the tree, and contents)."""
+    """A hash of what a group's lab image is made of: the group and its roles (and the states
+    each applies, when given), the base image's id, the template, bake.sh,
+    salt-requirements.txt and the group's salt files (paths relative to the tree, and
+    contents)."""
     digest = hashlib.sha256()
-    head = {"group": group, "roles": list(roles), "base": base_image_id}
+    head: dict[str, object] = {"group": group, "roles": list(roles), "base": base_image_id}
+    if role_states is not None:
+        head["states"] = {role: list(states) for role, states in sorted(role_states.items())}
     digest.update(json.dumps(head, sort_keys=True).encode() + b"\0")
     for path in (
         packer_dir / template,
@@ -347,6 +351,7 @@ class PackerResource(dg.ConfigurableResource):
         base_image_id: str,
         wheelhouse: Path,
         salt_files: Sequence[Path] | None = None,
+        role_states: Mapping[str, Sequence[str]] | None = None,
         template: str = "coop.pkr.hcl",
         git_commit: str = "",
         force: bool = False,
@@ -355,7 +360,8 @@ class PackerResource(dg.ConfigurableResource):
         """The group's lab image `localhost/coop-<group>:lab`, built by `packer build
         -only=docker.lab` from `base_image` (in podman's storage, never pulled) unless the image
         there already has these inputs (`force`: build anyway). `salt_files`: the files of the
-        salt tree the group's image depends on (None: the whole tree)."""
+        salt tree the group's image depends on (None: the whole tree); `role_states`: the
+        states of the group's roles, from the role catalogue (hashed in its place)."""
         started = time.monotonic()
         tree = self.states_dir()
         if salt_files is None:
@@ -368,6 +374,7 @@ class PackerResource(dg.ConfigurableResource):
             salt_files=salt_files,
             base_image_id=base_image_id,
             template=template,
+            role_states=role_states,
         )
         tag = lab_tag(group)
         old = podman.image_id(tag)

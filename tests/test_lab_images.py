@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from infra_assets.images import build_lab_image, group_salt_files, lab_roles
+from infra_assets.images import build_lab_image, group_role_states, group_salt_files, lab_roles
 from infra_assets.paths import state_dir
 from infra_assets.roles import role_catalogue
 from resources.cli_runner import run_cli
@@ -201,6 +201,7 @@ def test_a_second_build_with_the_same_inputs_is_skipped(lab, podman):
             base_image_id=base.image_id,
             wheelhouse=wheelhouse.folder,
             salt_files=group_salt_files(packer.states_dir(), list(GROUPS[group])),
+            role_states=group_role_states(packer.states_dir(), list(GROUPS[group])),
             log=_quiet,
         )
         took = time.monotonic() - started
@@ -341,6 +342,11 @@ def test_the_inputs_hash_follows_the_group_s_inputs(lab, tmp_path):
     assert inputs() == first
     assert inputs(base_image_id="0" * 64) != first
     assert inputs(roles=["web-staging"]) != first
+    states = {"web-staging": ["web"], "web-production": ["web"]}
+    assert inputs(role_states=states) == inputs(role_states=dict(states))
+    assert inputs(role_states={**states, "web-staging": ["web", "extra"]}) != inputs(
+        role_states=states
+    )
     (tree / "web" / "init.sls").write_text("a: c\n")
     assert inputs() != first
 
@@ -378,6 +384,12 @@ def test_the_images_asset_on_a_lab_topology_is_the_lab_image_by_its_id(lab, podm
     files = images_module.group_salt_files(tree, ["web-staging", "web-production"])
     web_files = {str(p.relative_to(tree)) for p in files}
     assert {"web/init.sls", "common/init.sls", "top.sls", "lib/site.jinja"} <= web_files
+    # The catalogue counts by its roles' states only: a port or a pillar block rebuilds nothing.
+    assert "roles.yaml" not in web_files
+    assert images_module.group_role_states(tree, ["web-staging", "web-production"]) == {
+        "web-staging": ["web"],
+        "web-production": ["web"],
+    }
     assert not {f for f in web_files if f.startswith(("postgres/", "registry/", "dns/"))}
 
     defs = images_module.definitions(topo)
