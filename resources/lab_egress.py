@@ -17,7 +17,8 @@ is measured from the log.
 
 The proxy is started and stopped by its pid (a file in the folder, checked against the
 process's command line), never by name; `infra lab down` stops it before the link goes. Nothing
-from the project is imported here: the number, the folder and the allow-list are passed in.
+from the project but its link helpers (resources/lab_link.py) is imported here: the number, the
+folder and the allow-list are passed in.
 
     python -m resources.lab_egress --listen 169.254.127.1 --port 3128 --folder DIR
 """
@@ -29,13 +30,13 @@ import asyncio
 import json
 import os
 import signal
-import socket
-import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from resources.lab_link import LinkDaemonError, command_line, start_daemon, stop_process
 
 EGRESS_PORT = 3128
 MAX_HEADER = 16 * 1024
@@ -96,11 +97,7 @@ class LabEgressProxy:
         candidates = [recorded] if recorded else []
         candidates += [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
         for pid in candidates:
-            try:
-                args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            argv = [a.decode(errors="replace") for a in args if a]
+            argv = command_line(pid) or []
             mine = f"--listen={self.address}" in argv and f"--port={self.port}" in argv
             if "resources.lab_egress" in argv and mine:
                 return pid
@@ -108,11 +105,9 @@ class LabEgressProxy:
 
     @staticmethod
     def _folder_of(pid: int) -> Path | None:
-        try:
-            args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            return None
-        folders = [a.decode()[len("--folder=") :] for a in args if a.startswith(b"--folder=")]
+        folders = [
+            a[len("--folder=") :] for a in command_line(pid) or [] if a.startswith("--folder=")
+        ]
         return Path(folders[0]) if folders else None
 
     def running(self) -> bool:
@@ -136,60 +131,26 @@ class LabEgressProxy:
             f"--port={self.port}",
             f"--folder={self.folder}",
         ]
-        log = open(self.folder / "egress.out", "ab")  # noqa: SIM115 - handed to the proxy
         try:
-            proc = subprocess.Popen(
+            return start_daemon(
                 argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                start_new_session=True,  # it outlives the run that started it
+                what="egress proxy",
+                address=self.address,
+                port=self.port,
+                pid_file=self.pid_file,
+                log_file=Path(self.folder) / "egress.out",
                 cwd=Path(__file__).resolve().parent.parent,
+                timeout_s=timeout_s,
             )
-        finally:
-            log.close()
-        self.pid_file.write_text(f"{proc.pid}\n")
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                out = (self.folder / "egress.out").read_text(errors="replace").strip()
-                self.pid_file.unlink(missing_ok=True)
-                raise LabEgressError(
-                    f"egress proxy on {self.address}:{self.port} exited ({proc.returncode}):"
-                    f" {' / '.join(out.splitlines()[-3:]) or 'no output'}"
-                    f" (is lab {self.number}'s link up?)"
-                )
-            if _listening(self.address, self.port):
-                return proc.pid
-            time.sleep(0.1)
-        os.kill(proc.pid, signal.SIGTERM)
-        raise LabEgressError(
-            f"egress proxy on {self.address}:{self.port} did not listen within {timeout_s} s"
-        )
+        except LinkDaemonError as err:
+            raise LabEgressError(f"lab {self.number}: {err}") from None
 
     def stop(self, *, timeout_s: float = 10.0) -> int | None:
         """Stop the proxy (by its pid); returns the pid stopped, None when it did not run."""
         pid = self.pid()
         self.pid_file.unlink(missing_ok=True)
-        if pid is None:
-            return None
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return pid
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            try:
-                if os.waitpid(pid, os.WNOHANG)[0]:  # our child: reap it
-                    return pid
-            except ChildProcessError:
-                if not Path(f"/proc/{pid}").exists():
-                    return pid
-            time.sleep(0.05)
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        if pid is not None:
+            stop_process(pid, timeout_s=timeout_s)
         return pid
 
     def log(self) -> list[dict]:
@@ -213,14 +174,6 @@ class LabEgressProxy:
             "allow": allowed,
             "log": str(self.log_file),
         }
-
-
-def _listening(address: str, port: int) -> bool:
-    try:
-        with socket.create_connection((address, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 # --- the proxy itself (run as `python -m resources.lab_egress`) --------------------------------

@@ -12,20 +12,18 @@ The daemon is started and stopped by its pid (a file in the folder, checked agai
 process's command line before it is trusted or signalled), never by name. `infra lab down` stops
 it before the link goes.
 
-Nothing from the project is imported here: the lab's number, the folder and the repos are passed
-in.
+Nothing from the project but its link helpers (resources/lab_link.py) is imported here: the lab's
+number, the folder and the repos are passed in.
 """
 
 from __future__ import annotations
 
 import os
-import signal
-import socket
-import subprocess
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+from resources.lab_link import LinkDaemonError, command_line, start_daemon, stop_process
 
 GIT_PORT = 9418
 
@@ -89,11 +87,7 @@ class LabGitDaemon:
             pid = int(self.pid_file.read_text().strip())
         except (OSError, ValueError):
             return None
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            return None
-        args = [a.decode(errors="replace") for a in cmdline if a]
+        args = command_line(pid) or []
         mine = f"--listen={self.address}" in args and f"--base-path={self.export_dir}" in args
         daemon = any(a.endswith("git-daemon") or a == "daemon" for a in args)
         return pid if mine and daemon else None
@@ -124,68 +118,28 @@ class LabGitDaemon:
             "--log-destination=stderr",
             str(self.export_dir),
         ]
-        log = open(self.log_file, "ab")  # noqa: SIM115 - handed to the daemon
         try:
-            proc = subprocess.Popen(
+            return start_daemon(
                 argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                start_new_session=True,  # it outlives the run that started it
+                what="git daemon",
+                address=self.address,
+                port=GIT_PORT,
+                pid_file=self.pid_file,
+                log_file=self.log_file,
                 env={**os.environ, "GIT_CONFIG_NOSYSTEM": "1", "LC_ALL": "C"},
+                timeout_s=timeout_s,
             )
-        finally:
-            log.close()
-        self.pid_file.write_text(f"{proc.pid}\n")
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                tail = self.log_file.read_text(errors="replace").strip().splitlines()[-5:]
-                self.pid_file.unlink(missing_ok=True)
-                raise LabGitError(
-                    f"git daemon on {self.address}:{GIT_PORT} exited ({proc.returncode}):"
-                    f" {' / '.join(tail) or 'no output'} (is lab {self.number}'s link up?)"
-                )
-            if _listening(self.address, GIT_PORT):
-                return proc.pid
-            time.sleep(0.1)
-        self._kill(proc.pid)
-        raise LabGitError(
-            f"git daemon on {self.address}:{GIT_PORT} did not listen within {timeout_s} s"
-        )
+        except LinkDaemonError as err:
+            raise LabGitError(f"lab {self.number}: {err}") from None
 
     def stop(self, *, timeout_s: float = 10.0) -> int | None:
-        """Stop the daemon (by its pid); returns the pid stopped, None when it did not run."""
+        """Stop the daemon (by its pid; its children, one upload-pack per clone, are in its
+        process group); returns the pid stopped, None when it did not run."""
         pid = self.pid()
-        if pid is None:
-            self.pid_file.unlink(missing_ok=True)
-            return None
-        self._kill(pid, timeout_s=timeout_s)
         self.pid_file.unlink(missing_ok=True)
+        if pid is not None:
+            stop_process(pid, timeout_s=timeout_s)
         return pid
-
-    def _kill(self, pid: int, *, timeout_s: float = 10.0) -> None:
-        # git daemon's children (one upload-pack per clone) are in its process group.
-        try:
-            os.killpg(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        except PermissionError:
-            os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            try:
-                done, _ = os.waitpid(pid, os.WNOHANG)  # our child: reap it
-                if done:
-                    return
-            except ChildProcessError:
-                if not Path(f"/proc/{pid}").exists():
-                    return
-            time.sleep(0.1)
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
     def status(self) -> dict:
         pid = self.pid()
@@ -198,11 +152,3 @@ class LabGitDaemon:
             if self.export_dir.is_dir()
             else [],
         }
-
-
-def _listening(address: str, port: int) -> bool:
-    try:
-        with socket.create_connection((address, port), timeout=0.5):
-            return True
-    except OSError:
-        return False

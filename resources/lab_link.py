@@ -1,12 +1,23 @@
-"""What a resource that may talk to a lab address needs, shared by the salt and registry resources:
-the machine's route to an address (it must go through the lab's link, or nothing is sent), and a
-secret read from a file (mode 600, outside git) when the resource connects, so no value is in
-its config. Each resource raises its own error with these texts."""
+"""What the resources that work across a lab's link share:
+
+- for the salt and registry resources, which may talk to a lab address: the machine's route to
+  an address (it must go through the lab's link, or nothing is sent), and a secret read from a
+  file (mode 600, outside git) when the resource connects, so no value is in its config. Each
+  resource raises its own error with these texts;
+- for the daemons on the machine's end of the link (the git daemon, resources/lab_git.py; the
+  egress proxy, resources/lab_egress.py): starting one in a session of its own and waiting until
+  it listens, and stopping it by its pid.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
 import subprocess
+import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -34,3 +45,101 @@ def route_problem(url: str, device: str) -> str | None:
 def read_secret_file(path: str) -> str:
     """The secret in `path` ("" for no path); OSError when it cannot be read."""
     return Path(path).read_text().strip() if path else ""
+
+
+# --- the machine-side daemons on a lab's link (its git daemon, its egress proxy) --------------
+
+
+class LinkDaemonError(RuntimeError):
+    """A daemon on the lab's link did not start (it exited, or did not listen in time)."""
+
+
+def command_line(pid: int) -> list[str] | None:
+    """Process `pid`'s argv, None when it is gone (or not ours to read)."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    return [a.decode(errors="replace") for a in raw if a]
+
+
+def listening(address: str, port: int) -> bool:
+    try:
+        with socket.create_connection((address, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def start_daemon(
+    argv: Sequence[str],
+    *,
+    what: str,
+    address: str,
+    port: int,
+    pid_file: Path,
+    log_file: Path,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout_s: float = 10.0,
+) -> int:
+    """Start `argv` in a session of its own (it outlives the run that started it; its children
+    go with it), its output appended to `log_file`, its pid in `pid_file`; wait until it listens
+    on address:port. LinkDaemonError (with the log's last lines) when it exits or does not
+    listen in time."""
+    log = open(log_file, "ab")  # noqa: SIM115 - handed to the daemon
+    try:
+        proc = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+            env=dict(env) if env is not None else None,
+            cwd=cwd,
+        )
+    finally:
+        log.close()
+    pid_file.write_text(f"{proc.pid}\n")
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = log_file.read_text(errors="replace").strip().splitlines()[-5:]
+            pid_file.unlink(missing_ok=True)
+            raise LinkDaemonError(
+                f"{what} on {address}:{port} exited ({proc.returncode}):"
+                f" {' / '.join(tail) or 'no output'} (is the lab's link up?)"
+            )
+        if listening(address, port):
+            return proc.pid
+        time.sleep(0.1)
+    stop_process(proc.pid)
+    pid_file.unlink(missing_ok=True)
+    raise LinkDaemonError(f"{what} on {address}:{port} did not listen within {timeout_s} s")
+
+
+def stop_process(pid: int, *, timeout_s: float = 10.0) -> None:
+    """SIGTERM to `pid`'s process group (a daemon started by `start_daemon` leads one), SIGKILL
+    after `timeout_s`; reaped when it is our child. Gone already: nothing to do."""
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    except PermissionError:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0]:  # our child: reaped
+                return
+        except ChildProcessError:
+            if not Path(f"/proc/{pid}").exists():
+                return
+        time.sleep(0.05)
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
