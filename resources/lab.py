@@ -649,14 +649,16 @@ class Lab:
         - its hosts keep their own addresses towards the machine's end of the link (netavark
           masquerades everything leaving the /16): the egress proxy allows by address;
         - of what the hosts start towards the machine, only the egress proxy (3128) and the git
-          daemon (9418) pass: nothing else the machine listens on is the lab's business."""
+          daemon (9418) pass: nothing else the machine listens on is the lab's business. In the
+          mangle table, which netavark leaves alone: its filter FORWARD chain accepts everything
+          from the /16 before any rule of ours there could say no."""
         to_machine = ["-s", net.subnet, "-d", f"{net.machine_address}/32"]
         new = ["-m", "conntrack", "--ctstate", "NEW"]
         return [
             ["-t", "nat", "POSTROUTING", *to_machine, "-j", "RETURN"],
-            ["-t", "filter", "FORWARD", *to_machine, "-p", "tcp", "-m", "multiport",
+            ["-t", "mangle", "FORWARD", *to_machine, "-p", "tcp", "-m", "multiport",
              "--dports", f"{EGRESS_PORT},{GIT_PORT}", *new, "-j", "ACCEPT"],
-            ["-t", "filter", "FORWARD", *to_machine, *new, "-j", "DROP"],
+            ["-t", "mangle", "FORWARD", *to_machine, *new, "-j", "DROP"],
         ]  # fmt: skip
 
     def _ensure_link_rules(self, net: LabNetwork) -> bool:
@@ -670,7 +672,7 @@ class Lab:
             return run_cli(argv, log=_quiet, check=op != "-C", timeout_s=60)
 
         rules = self._link_rules(net)
-        if all(iptables("-C", rule).returncode == 0 for rule in rules):
+        if all(iptables("-C", rule).returncode == 0 for rule in rules) and self._return_first(net):
             return False
         for rule in rules:
             while iptables("-C", rule).returncode == 0:
@@ -679,6 +681,17 @@ class Lab:
             first = sum(1 for r in rules[:index] if r[1:3] == rule[1:3]) + 1
             iptables("-I", rule, [str(first)])
         return True
+
+    def _return_first(self, net: LabNetwork) -> bool:
+        """Whether the nat RETURN comes before netavark's masquerading jump (netavark appends
+        its jump when a container starts; a rule of its inserted above ours would undo it)."""
+        argv = ["nsenter", f"--net={net.netns_path}", "iptables", "-w", "-t", "nat", "-S"]
+        lines = run_cli([*argv, "POSTROUTING"], log=_quiet, timeout_s=60).lines
+        ours = [i for i, line in enumerate(lines) if f"-d {net.machine_address}/32" in line]
+        masq = [
+            i for i, line in enumerate(lines) if "-j NETAVARK-" in line and "HOSTPORT" not in line
+        ]
+        return bool(ours) and (not masq or ours[0] < masq[0])
 
     def down_network(self, number: int) -> list[str]:
         """Remove lab `number`'s containers, its podman network, the machine's route into it,

@@ -291,6 +291,20 @@ def test_up_network_twice_changes_nothing(lab: Lab) -> None:
     route = lab.route_into_lab("10.125.7.7")
     assert (route["dev"], route["gateway"]) == ("coop125-m", "169.254.125.2")
 
+    # The link's rules, in the lab's namespace (the machine's own iptables untouched): its
+    # hosts keep their addresses towards the link, and reach only ports 3128 and 9418 there.
+    def rules(table: str) -> list[str]:
+        argv = ["nsenter", f"--net={NET.netns_path}", "iptables", "-t", table, "-S"]
+        out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+        return [r for r in out.splitlines() if "-d 169.254.125.1/32" in r]
+
+    assert rules("nat") == ["-A POSTROUTING -s 10.125.0.0/16 -d 169.254.125.1/32 -j RETURN"]
+    assert rules("mangle") == [
+        "-A FORWARD -s 10.125.0.0/16 -d 169.254.125.1/32 -p tcp -m multiport --dports 3128,9418"
+        " -m conntrack --ctstate NEW -j ACCEPT",
+        "-A FORWARD -s 10.125.0.0/16 -d 169.254.125.1/32 -m conntrack --ctstate NEW -j DROP",
+    ]
+
 
 def _links() -> list[str]:
     return sorted(i["ifname"] for i in _ip_json("link", "show") if "coop125" in i["ifname"])
@@ -504,7 +518,7 @@ def test_after_the_machine_restarted_up_and_apply_bring_the_lab_back(lab: Lab) -
     with pytest.raises(NotInLabError, match="network is down: its /16 is unreachable"):
         lab.route_into_lab("10.125.2.1")
 
-    assert lab.up_network(N)["made"] == ["namespace", "link", "route"]
+    assert lab.up_network(N)["made"] == ["namespace", "link", "link rules", "route"]
     plan = lab.plan([spec], N)
     assert [e.host for e in plan.start] == ["p"] and not (plan.create or plan.delete)
     applied = lab.apply(plan)
