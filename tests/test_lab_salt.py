@@ -353,6 +353,32 @@ def test_dnsmasq_on_support_1_answers_the_address_plan(lab_env: LabEnv):
     assert _dns_a(server, "nobody.lab.coop.internal")[0] == 3  # NXDOMAIN
 
 
+@contextmanager
+def _answering_server(address: str) -> Iterator[tuple[int, list[str]]]:
+    """A TCP server on `address` that answers every connection with an HTTP 200; yields its
+    port and the list of peers that connected."""
+    import threading
+
+    server = socket.create_server((address, 0))
+    connected: list[str] = []
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, peer = server.accept()
+            except OSError:
+                return
+            connected.append(peer[0])
+            with conn:
+                conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nhi\n")
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield server.getsockname()[1], connected
+    finally:
+        server.close()
+
+
 def test_the_npm_cache_goes_out_through_the_egress_proxy_and_nothing_else_goes_out(
     lab_env: LabEnv,
 ):
@@ -392,11 +418,11 @@ def test_the_npm_cache_goes_out_through_the_egress_proxy_and_nothing_else_goes_o
     # cannot be connected to (7) or times out (28).
     direct = curl("support-1", "--max-time", "5", "https://1.1.1.1/")
     assert direct.returncode in (7, 28), direct.output
-    # Nothing else the machine listens on at the link's address is reachable from the lab.
-    with socket.create_server((f"169.254.{LAB_NUMBER}.1", 0)) as other:
-        port = other.getsockname()[1]
+    # Nothing else the machine listens on at the link's address is reachable from the lab: a
+    # server of the test's own there, which answers whoever connects, is never connected to.
+    with _answering_server(f"169.254.{LAB_NUMBER}.1") as (port, connected):
         probe = curl("support-2", "--max-time", "3", f"http://169.254.{LAB_NUMBER}.1:{port}/")
-    assert probe.returncode == 28, probe.output  # dropped by the lab's link rules
+    assert probe.returncode == 28 and not connected, probe.output  # dropped by the link rules
     refused = [e for e in proxy.log()[before:] if e["result"] == "refused"]
     assert [e["target"] for e in refused] == ["registry.npmjs.org:443", "example.com:443"]
     assert refused[0]["client"] == lab_env.address("web-staging-1")
