@@ -114,6 +114,14 @@ def status(topology_file: Path, as_json: bool) -> None:
     for daemon in (data.get("git_daemon") or {}).values():
         if daemon.get("running"):
             click.echo(f"git daemon: {daemon['url']} ({', '.join(daemon['repos']) or 'no repo'})")
+    for proxy in (data.get("egress") or {}).values():
+        if proxy.get("running"):
+            allowed = sorted({t for targets in proxy["allow"].values() for t in targets})
+            clients = len(proxy["allow"])
+            click.echo(
+                f"egress proxy: {proxy['url']} ({', '.join(allowed) or 'nothing'} for"
+                f" {clients} cache host address{'es' if clients != 1 else ''}; log {proxy['log']})"
+            )
     releases = data.get("releases") or {}
     for app, envs in sorted(releases.items()) if "error" not in releases else []:
         for env, release in envs.items():
