@@ -98,11 +98,11 @@ def lab_roles(topo: Topology, group: str, path: Path = CATALOGUE_FILE) -> list[s
 
 
 def group_salt_files(tree: Path, roles: list[str]) -> list[Path]:
-    """The salt files an image of `roles` depends on, as the infra_main sensor decides which
-    images a salt change rebuilds: every file but those of states that only other roles apply,
-    and but the role catalogue (roles.yaml), of which an image depends only on its roles'
-    states (hashed on their own: `group_role_states`), not on ports, pillar blocks or other
-    roles."""
+    """The salt files a lab image of `roles` depends on: every file but those of states that only
+    other roles apply (as the infra_main sensor decides which cloud images a salt change
+    rebuilds), and but the role catalogue (roles.yaml), of which an image bakes only its roles'
+    states (hashed on their own: `group_role_states`), not ports, pillar blocks or other roles.
+    The cloud is coarser: any change to roles.yaml rebuilds every cloud image in use."""
     from infra_assets.highstate import role_states
     from infra_assets.roles import RoleCatalogueError
 
@@ -125,10 +125,16 @@ def group_salt_files(tree: Path, roles: list[str]) -> list[Path]:
 
 
 def group_role_states(tree: Path, roles: list[str]) -> dict[str, list[str]]:
-    """The part of the role catalogue an image of `roles` bakes: each role's states."""
+    """The part of the role catalogue an image of `roles` bakes: each role's states ({} when the
+    catalogue is missing or broken: then `group_salt_files` counts the whole tree, itself
+    included)."""
     from infra_assets.highstate import role_states
+    from infra_assets.roles import RoleCatalogueError
 
-    states = role_states(tree / "roles.yaml")
+    try:
+        states = role_states(tree / "roles.yaml")
+    except RoleCatalogueError:
+        return {}
     return {role: states.get(role, []) for role in roles}
 
 

@@ -119,17 +119,18 @@ def start_daemon(
 
 
 def stop_process(pid: int, *, timeout_s: float = 10.0) -> None:
-    """SIGTERM to `pid`'s process group (a daemon started by `start_daemon` leads one), SIGKILL
-    after `timeout_s`; reaped when it is our child. Gone already: nothing to do."""
+    """SIGTERM to `pid`'s process group when it leads one (a daemon started by `start_daemon`
+    does), else to `pid` alone; SIGKILL after `timeout_s`; reaped when it is our child. Gone
+    already: nothing to do."""
     try:
-        os.killpg(pid, signal.SIGTERM)
+        leads = os.getpgid(pid) == pid
     except ProcessLookupError:
         return
-    except PermissionError:
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
+    kill = os.killpg if leads else os.kill
+    try:
+        kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
@@ -140,6 +141,10 @@ def stop_process(pid: int, *, timeout_s: float = 10.0) -> None:
                 return
         time.sleep(0.05)
     try:
-        os.killpg(pid, signal.SIGKILL)
+        kill(pid, signal.SIGKILL)
     except ProcessLookupError:
+        return
+    try:
+        os.waitpid(pid, 0)  # our child: reaped
+    except ChildProcessError:
         pass

@@ -123,3 +123,29 @@ def test_top_sls_reads_the_catalogue_through_salt(tmp_path, repo_root):
     catalogue = role_catalogue()
     for role, spec in catalogue.roles.items():
         assert top[f"I@roles:{role}"] == [{"match": "compound"}, *spec.states]
+
+
+def test_a_lab_image_depends_on_the_catalogue_only_through_its_roles_states(tmp_path, repo_root):
+    """A port, an uplink or a pillar block in the catalogue rebuilds no lab image; a state of
+    one of the image's roles does (what goes into the image's inputs hash)."""
+    from infra_assets.images import group_role_states, group_salt_files
+
+    tree = tmp_path / "salt"
+    shutil.copytree(repo_root / "salt", tree)
+    web = ["web-staging", "web-production"]
+
+    def inputs() -> tuple[list[str], dict]:
+        files = [str(p.relative_to(tree)) for p in group_salt_files(tree, web)]
+        return files, group_role_states(tree, web)
+
+    before = inputs()
+    assert "roles.yaml" not in before[0]
+    data = yaml.safe_load((tree / "roles.yaml").read_text())
+    data["roles"]["web-staging"]["service"]["port"] = 8080
+    data["roles"]["npm-cache"]["uplinks"] = ["registry.example.org:443"]
+    data["roles"]["web-production"]["pillar"] = ["web"]
+    (tree / "roles.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    assert inputs() == before
+    data["roles"]["web-staging"]["states"] = ["web", "dns"]
+    (tree / "roles.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    assert inputs()[1] != before[1]
