@@ -175,6 +175,7 @@ def host_specs(
     dns_hosts = list(topo.hosts_with_role("dns"))
     dns = plan.primary(dns_hosts[0]).address if dns_hosts else None
     master = site.master_host()
+    catalogue = role_catalogue().roles
     specs = []
     for host, spec in topo.hosts.items():
         if spec.location != location:
@@ -188,7 +189,6 @@ def host_specs(
         # releases, image builds): podman inside needs a privileged container (mounts, cgroups,
         # its own network namespaces). The others get only NET_ADMIN, for `common.addresses`,
         # which adds the host's service addresses inside the guest.
-        catalogue = role_catalogue().roles
         privileged = any(catalogue[r].privileged for r in spec.roles if r in catalogue)
         specs.append(
             HostSpec(

@@ -241,21 +241,22 @@ class LabSite(CloudSite):
         """Who on lab `number` may reach what through its egress proxy: every address of each
         cache host there -> the registries its cache roles fetch from."""
         allow: dict[str, list[str]] = {}
-        for host, spec in self.topo.hosts.items():
-            if self.number_of(host) != number:
-                continue
-            catalogue = role_catalogue().roles
-            targets = sorted(
-                {t for r in spec.roles if r in catalogue for t in catalogue[r].uplinks}
-            )
-            if targets:
+        for host in self.topo.hosts:
+            targets = self._uplinks(host)
+            if targets and self.number_of(host) == number:
                 for address in self.plan.for_host(host):
                     allow[address.address] = targets
         return allow
 
-    def egress_proxy(self, host: str) -> str | None:
+    def _uplinks(self, host: str) -> list[str]:
+        """The registries `host`'s roles fetch from (the catalogue's `uplinks`): [] for a host
+        that is no cache."""
         catalogue = role_catalogue().roles
-        if not any(catalogue[r].uplinks for r in self.topo.hosts[host].roles if r in catalogue):
+        roles = [catalogue[r] for r in self.topo.hosts[host].roles if r in catalogue]
+        return sorted({target for role in roles for target in role.uplinks})
+
+    def egress_proxy(self, host: str) -> str | None:
+        if not self._uplinks(host):
             return None
         return self.egress(self.number_of(host)).url
 

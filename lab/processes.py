@@ -19,6 +19,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from resources.lab_link import listening
+
 
 class ProcessError(RuntimeError):
     pass
@@ -233,8 +235,4 @@ def _bindable(port: int) -> bool:
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
+    return listening(host, port)

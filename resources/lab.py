@@ -643,7 +643,7 @@ class Lab:
         self._ip("-n", net.namespace, "link", "set", net.lab_link, "up")
         return made
 
-    def _link_rules(self, net: LabNetwork) -> list[list[str]]:
+    def _link_rules(self, net: LabNetwork) -> list[tuple[str, str, list[str]]]:
         """The lab's rules for its link, in its namespace (netavark's own chains untouched; the
         machine's iptables never changed), in order:
         - its hosts keep their own addresses towards the machine's end of the link (netavark
@@ -655,43 +655,44 @@ class Lab:
         to_machine = ["-s", net.subnet, "-d", f"{net.machine_address}/32"]
         new = ["-m", "conntrack", "--ctstate", "NEW"]
         return [
-            ["-t", "nat", "POSTROUTING", *to_machine, "-j", "RETURN"],
-            ["-t", "mangle", "FORWARD", *to_machine, "-p", "tcp", "-m", "multiport",
-             "--dports", f"{EGRESS_PORT},{GIT_PORT}", *new, "-j", "ACCEPT"],
-            ["-t", "mangle", "FORWARD", *to_machine, *new, "-j", "DROP"],
+            ("nat", "POSTROUTING", [*to_machine, "-j", "RETURN"]),
+            ("mangle", "FORWARD", [*to_machine, "-p", "tcp", "-m", "multiport",
+             "--dports", f"{EGRESS_PORT},{GIT_PORT}", *new, "-j", "ACCEPT"]),
+            ("mangle", "FORWARD", [*to_machine, *new, "-j", "DROP"]),
         ]  # fmt: skip
 
     def _ensure_link_rules(self, net: LabNetwork) -> bool:
         """Insert the link's rules at the top of their chains unless each is there already
         (`iptables -C`); when one is missing, all are put back in their order."""
-
-        def iptables(op: str, rule: list[str], position: list[str] = ()) -> CliResult:
-            table, chain, *spec = rule[1], rule[2], *rule[3:]
-            argv = ["nsenter", f"--net={net.netns_path}", "iptables", "-w", "-t", table]
-            argv += [op, chain, *position, *spec]
-            return run_cli(argv, log=_quiet, check=op != "-C", timeout_s=60)
-
         rules = self._link_rules(net)
-        if all(iptables("-C", rule).returncode == 0 for rule in rules) and self._return_first(net):
+
+        def present(table: str, chain: str, spec: list[str]) -> bool:
+            return self._iptables(net, table, "-C", chain, *spec, check=False).returncode == 0
+
+        if all(present(*rule) for rule in rules) and self._return_first(net):
             return False
         for rule in rules:
-            while iptables("-C", rule).returncode == 0:
-                iptables("-D", rule)
-        for index, rule in enumerate(rules):
-            first = sum(1 for r in rules[:index] if r[1:3] == rule[1:3]) + 1
-            iptables("-I", rule, [str(first)])
+            while present(*rule):
+                self._iptables(net, rule[0], "-D", rule[1], *rule[2])
+        for index, (table, chain, spec) in enumerate(rules):
+            position = sum(1 for r in rules[:index] if r[:2] == (table, chain)) + 1
+            self._iptables(net, table, "-I", chain, str(position), *spec)
         return True
 
     def _return_first(self, net: LabNetwork) -> bool:
         """Whether the nat RETURN comes before netavark's masquerading jump (netavark appends
         its jump when a container starts; a rule of its inserted above ours would undo it)."""
-        argv = ["nsenter", f"--net={net.netns_path}", "iptables", "-w", "-t", "nat", "-S"]
-        lines = run_cli([*argv, "POSTROUTING"], log=_quiet, timeout_s=60).lines
+        lines = self._iptables(net, "nat", "-S", "POSTROUTING").lines
         ours = [i for i, line in enumerate(lines) if f"-d {net.machine_address}/32" in line]
         masq = [
             i for i, line in enumerate(lines) if "-j NETAVARK-" in line and "HOSTPORT" not in line
         ]
         return bool(ours) and (not masq or ours[0] < masq[0])
+
+    def _iptables(self, net: LabNetwork, table: str, *args: str, check: bool = True) -> CliResult:
+        """`iptables -t TABLE ARGS` inside the lab's namespace (never the machine's)."""
+        argv = ["nsenter", f"--net={net.netns_path}", "iptables", "-w", "-t", table, *args]
+        return run_cli(argv, log=_quiet, check=check, timeout_s=60)
 
     def down_network(self, number: int) -> list[str]:
         """Remove lab `number`'s containers, its podman network, the machine's route into it,

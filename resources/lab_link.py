@@ -63,9 +63,10 @@ def command_line(pid: int) -> list[str] | None:
     return [a.decode(errors="replace") for a in raw if a]
 
 
-def listening(address: str, port: int) -> bool:
+def listening(address: str, port: int, *, timeout_s: float = 0.5) -> bool:
+    """Whether something accepts a TCP connection on address:port."""
     try:
-        with socket.create_connection((address, port), timeout=0.5):
+        with socket.create_connection((address, port), timeout=timeout_s):
             return True
     except OSError:
         return False

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -40,7 +39,7 @@ from typing import Any
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
-from resources.lab_link import read_secret_file, route_problem
+from resources.lab_link import listening, read_secret_file, route_problem
 from resources.salt_api import SaltApi, SaltError
 
 __all__ = ["SaltError", "SaltResource"]  # and the typed results below
@@ -416,7 +415,7 @@ class SaltResource(dg.ConfigurableResource):
         opts = _value(worker.request({"op": "opts"}))
         host = opts.get("interface") or "127.0.0.1"
         host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-        if not _port_open(host, int(opts.get("ret_port") or 4506)):
+        if not listening(host, int(opts.get("ret_port") or 4506), timeout_s=2):
             worker.close()
             raise SaltError(
                 f"the salt master of {path} is not running (nothing answers on"
@@ -882,14 +881,6 @@ def _check_route(url: str, device: str) -> None:
     problem = route_problem(url, device)
     if problem:
         raise SaltError(f"salt-api at {url}: {problem}")
-
-
-def _port_open(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=2):
-            return True
-    except OSError:
-        return False
 
 
 # --- parsing salt's answers ------------------------------------------------------------------
