@@ -16,7 +16,7 @@ import dagster as dg
 from infra_assets.cloud.stacks import cloud_locations
 from infra_assets.images import FORCE_TAG
 from infra_assets.model import Topology, TopologyError
-from infra_assets.stacks import pool_of
+from infra_assets.stacks import MODE_TAG, pool_of
 from resources.topology import TopologyResource
 
 _BASE = dg.AssetSelection.assets("topology", "ip_plan")
@@ -26,15 +26,17 @@ plan_job = dg.define_asset_job(
     selection=_BASE | dg.AssetSelection.key_prefixes(["plan"]),
     description="Plan the network and instances of every OpenStack location; apply nothing."
     " For pull requests, CI and the nightly drift check.",
-    tags={"coop/mode": "plan"},
+    tags={MODE_TAG: "plan"},
 )
 
 apply_job = dg.define_asset_job(
     "apply",
-    selection=_BASE | dg.AssetSelection.key_prefixes(["plan"], ["network"], ["instances"]),
+    selection=_BASE
+    | dg.AssetSelection.assets("minion_keys")
+    | dg.AssetSelection.key_prefixes(["plan"], ["network"], ["instances"]),
     description="Plan, gate and apply the network and instances of every OpenStack location"
     " (one location at a time: pool location/<name>).",
-    tags={"coop/mode": "apply"},
+    tags={MODE_TAG: "apply"},
 )
 
 images_job = dg.define_asset_job(

@@ -10,9 +10,11 @@ reports them (an AssetObservation on `instances/<location>`: status and addresse
 import dagster as dg
 
 from infra_assets.cloud.groups import CATALOGUE_FILE, ImageGroupError, group_of_host, image_groups
-from infra_assets.cloud.stacks import cloud_locations, instances_vars
+from infra_assets.cloud.stacks import cloud_locations, instances_vars, salt_key_vars
 from infra_assets.model import Topology, address_plan
-from infra_assets.stacks import NotReady, apply_key, stack_definitions, tool_env
+from infra_assets.salt_keys import KeyStore
+from infra_assets.sites import SiteError, site_for
+from infra_assets.stacks import MODE_TAG, NotReady, apply_key, stack_definitions, tool_env
 from resources.openstack import OpenStackError, OpenStackResource, Server
 from resources.terraform import TerraformError, TerraformResource
 
@@ -49,14 +51,36 @@ def _variables(location: str):
         for group, image in latest.items():
             context.log.info(f"{location}: image group {group}: {image.name} ({image.id})")
         observe(context, openstack, topology, location)
-        return instances_vars(
+        data = instances_vars(
             topology,
             location,
             network_outputs=network,
             images={group: image.id for group, image in latest.items()},
         )
+        return data | _salt_keys(context, topology, location)
 
     return variables
+
+
+def _salt_keys(context: dg.AssetExecutionContext, topology: Topology, location: str) -> dict:
+    """The key pairs for the servers' user-data, in a plan made to be applied only; a preview
+    (the plan job) carries the public keys alone."""
+    private = context.run.tags.get(MODE_TAG) != "plan"
+    try:
+        store = KeyStore(site_for(topology).keys_dir())
+    except SiteError as err:
+        if private:
+            raise dg.Failure(description=str(err), allow_retries=False) from None
+        store = None
+    try:
+        data = salt_key_vars(topology, location, store, private=private)
+    except ValueError as err:
+        raise dg.Failure(description=str(err), allow_retries=False) from None
+    if private:
+        context.log.info(
+            f"{location}: the servers' user-data carries their salt key pairs (from {store.folder})"
+        )
+    return data
 
 
 def _after_apply(location: str):
@@ -182,7 +206,7 @@ def definitions(topo: Topology) -> dg.Definitions:
             "instances",
             location,
             variables=_variables(location),
-            deps=[apply_key("network", location), *image_deps],
+            deps=[apply_key("network", location), dg.AssetKey("minion_keys"), *image_deps],
             description="a server per host, on ports with its planned addresses.",
             after_apply=_after_apply(location),
         )

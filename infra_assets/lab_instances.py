@@ -14,10 +14,11 @@ They do for containers what the Terraform stacks do for servers (infra_assets/st
 
 Each host is a container booted from its role group's image (`images/<group>`, Packer's
 artifact), at its primary planned address, with what a cloud server gets at creation: the
-user-data rendered from terraform/instances/cloud-init.yaml.tftpl (by `terraform console`,
-offline), run at first boot by the lab's stand-in for cloud-init (lab/guest/), and its salt key
-pair from `minion_keys` (the master also gets its own pair, the minions' public keys already
-accepted, and its own pillar for the masterless bootstrap of `salt.master`).
+user-data of terraform/instances (user_data.tf, evaluated by `terraform console`, offline, with
+the values the apply job's plan gives it), run at first boot by the lab's stand-in for
+cloud-init (lab/guest/). It carries the host's salt key pair from `minion_keys` (the master's
+host also the master's pair and the minions' public keys as accepted). The master's host also
+gets its own pillar for the masterless bootstrap of `salt.master`.
 """
 
 import json
@@ -28,7 +29,7 @@ import dagster as dg
 from pydantic import Field
 
 from infra_assets.cloud.groups import CATALOGUE_FILE, ImageGroupError, group_of_host
-from infra_assets.cloud.stacks import lab_locations
+from infra_assets.cloud.stacks import lab_locations, salt_key_vars
 from infra_assets.model import Topology
 from infra_assets.paths import REPO_ROOT
 from infra_assets.pillar import host_pillar
@@ -41,7 +42,6 @@ from resources.lab_egress import LabEgressError
 from resources.terraform import TerraformError, TerraformResource
 
 GUEST = REPO_ROOT / "lab" / "guest"
-USER_DATA_TEMPLATE = REPO_ROOT / "terraform" / "instances" / "cloud-init.yaml.tftpl"
 LAB_IMAGE = "localhost/coop-{group}:lab"
 # This machine's CA bundle (the one the lab's image builds trust too: resources/packer.py).
 MACHINE_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
@@ -87,28 +87,30 @@ def mac_of(address: str) -> str:
     return "02:00:" + ":".join(f"{int(o):02x}" for o in address.split("."))
 
 
-def user_data(terraform: TerraformResource, site: LabSite, host: str, master_finger: str) -> str:
-    """The first-boot user-data a cloud server of `host` gets, from the same template."""
-    spec = site.topo.hosts[host]
-    master = site.master_host()
-    return terraform.render_template(
-        template=USER_DATA_TEMPLATE,
-        variables={
-            "hostname": host,
-            "fqdn": f"{host}.{spec.location}.{site.topo.domain}",
-            "master": site.reach(master, "salt-master"),
-            "master_finger": master_finger,
-            "roles": list(spec.roles),
-        },
-    )
+def user_data(
+    terraform: TerraformResource, site: LabSite, location: str, keys: KeyStore
+) -> dict[str, str]:
+    """Each of the location's hosts' first-boot user-data, as terraform/instances renders it
+    for a cloud server (`user_data.tf`, with the variables the apply job's plan gives it): the
+    host's key pair, the master's public key pinned, and on the master's host the master's pair
+    and the minions' public keys as accepted."""
+    topo = site.topo
+    hosts = {h: {"roles": list(s.roles)} for h, s in topo.hosts.items() if s.location == location}
+    variables = {
+        "hosts": hosts,
+        "location": location,
+        "domain": topo.domain,
+        "salt_master_address": site.reach(site.master_host(), "salt-master"),
+        **salt_key_vars(topo, location, keys, private=True),
+    }
+    return terraform.user_data(stack="instances", variables=variables)
 
 
 def host_files(
-    site: LabSite, host: str, keys: KeyStore, user_data_text: str, master_pillar: dict | None
+    site: LabSite, host: str, user_data_text: str, master_pillar: dict | None
 ) -> dict[str, tuple[bytes, int]]:
-    """What is written into `host`'s container before its first boot: path -> (content, mode)."""
-    pair = keys.minion(host)
-    master = keys.master()
+    """What is written into `host`'s container before its first boot: path -> (content, mode).
+    The salt key pairs come in the user-data, as on a cloud."""
     files: dict[str, tuple[bytes, int]] = {
         "/var/lib/coop/user-data": (user_data_text.encode(), 0o600),
         "/usr/local/sbin/coop-first-boot": ((GUEST / "coop-first-boot").read_bytes(), 0o755),
@@ -116,10 +118,6 @@ def host_files(
             (GUEST / "coop-first-boot.service").read_bytes(),
             0o644,
         ),
-        "/etc/salt/pki/minion/minion.pem": (pair.private_pem.encode(), 0o600),
-        "/etc/salt/pki/minion/minion.pub": (pair.public_pem.encode(), 0o644),
-        # The master's key, pinned: the minion refuses a master that presents another one.
-        "/etc/salt/pki/minion/minion_master.pub": (master.public_pem.encode(), 0o644),
     }
     if site.egress_proxy(host) and MACHINE_CA_BUNDLE.is_file():
         # A cache host reaches its registries through the lab's egress proxy, whose tunnels go
@@ -133,13 +131,6 @@ def host_files(
             0o644,
         )
     if master_pillar is not None:
-        files["/etc/salt/pki/master/master.pem"] = (master.private_pem.encode(), 0o600)
-        files["/etc/salt/pki/master/master.pub"] = (master.public_pem.encode(), 0o644)
-        for minion in keys.minions():
-            files[f"/etc/salt/pki/master/minions/{minion}"] = (
-                keys.minion(minion).public_pem.encode(),
-                0o644,
-            )
         files["/etc/systemd/system/coop-master-bootstrap.service"] = (
             (GUEST / "coop-master-bootstrap.service").read_bytes(),
             0o644,
@@ -176,14 +167,14 @@ def host_specs(
     dns = plan.primary(dns_hosts[0]).address if dns_hosts else None
     master = site.master_host()
     catalogue = role_catalogue().roles
+    texts = user_data(terraform, site, location, keys)
     specs = []
     for host, spec in topo.hosts.items():
         if spec.location != location:
             continue
         group = group_of_host(topo, host, spec, CATALOGUE_FILE)
         pillar = host_pillar(site, secrets, host) if host == master else None
-        text = user_data(terraform, site, host, keys.master().finger)
-        files = host_files(site, host, keys, text, pillar)
+        files = host_files(site, host, texts[host], pillar)
         enable = [u for u in ENABLE if f"/etc/systemd/system/{u}" in files]
         # Roles whose hosts run containers themselves (the catalogue's `privileged`: app
         # releases, image builds): podman inside needs a privileged container (mounts, cgroups,

@@ -43,6 +43,9 @@ AfterApplyFn = Callable[[dg.AssetExecutionContext, Topology, dict[str, Any]], No
 
 
 GIT_SHA_TAG = "coop/git_sha"
+# "plan" on the plan job's runs (previews: pull requests, the nightly drift check), "apply" on
+# the apply job's. A plan in a run without it may be applied.
+MODE_TAG = "coop/mode"
 
 
 class NotReady(Exception):

@@ -376,19 +376,32 @@ class TerraformResource(dg.ConfigurableResource):
 
     # --- verbs -----------------------------------------------------------------------------
 
-    def render_template(self, *, template: Path, variables: Mapping[str, Any]) -> str:
-        """`templatefile(template, variables)` exactly as Terraform renders it, offline: `terraform
-        console` in an empty folder needs no `init`, no provider and no state (about 0.3 s). The
-        lab boots its hosts with the user-data a cloud server gets from the same template."""
+    def user_data(self, *, stack: str, variables: Mapping[str, Any]) -> dict[str, str]:
+        """Each host's user-data as `stack`'s `local.user_data` renders it (its `user_data.tf`
+        and `cloud-init.yaml.tftpl`, with `variables`: `hosts`, `location` and user_data.tf's
+        own), evaluated offline: `terraform console` in a private folder holding only those two
+        files needs no `init`, no provider and no state (about 0.3 s). The lab boots its hosts
+        with the user-data a cloud server of the same stack gets. The result holds the key pairs
+        given in `variables`: it is never logged."""
         binary = self.binary_path()
-        with tempfile.TemporaryDirectory(prefix="coop-tf-render-") as tmp:
+        source = self.stack_dir(stack)
+        with tempfile.TemporaryDirectory(prefix="coop-tf-user-data-") as tmp:
             folder = Path(tmp)
-            (folder / "vars.json").write_text(json.dumps(dict(variables)))
+            for name in ("user_data.tf", "cloud-init.yaml.tftpl"):
+                shutil.copy(source / name, folder / name)
+            (folder / "stack.tf").write_text(
+                'variable "hosts" {\n  type = any\n}\n\nvariable "location" {\n  type = string\n}\n'
+            )
+            vars_file = folder / "terraform.tfvars.json"
+            fd = os.open(vars_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as out:
+                json.dump(dict(variables), out)
             env = {k: v for k, v in self._env("render", "render").items() if k != "TF_DATA_DIR"}
             env["TF_DATA_DIR"] = str(folder / ".terraform")
+            # user_data is sensitive where it holds keys: console would print "(sensitive)"
             expression = (
-                f"base64encode(templatefile({json.dumps(str(Path(template).absolute()))},"
-                ' jsondecode(file("vars.json"))))\n'
+                "base64encode(jsonencode({for name, text in local.user_data :"
+                " name => try(nonsensitive(text), text)}))\n"
             )
             try:
                 result = run_cli(
@@ -402,12 +415,12 @@ class TerraformResource(dg.ConfigurableResource):
                     timeout_s=60,
                 )
             except CliError as err:
-                raise TerraformError(f"rendering {template} failed: {err}") from err
+                raise TerraformError(f"rendering {stack}'s user-data failed: {err}") from err
         for line in reversed(result.lines):
             line = line.strip()
             if line.startswith('"') and line.endswith('"'):
-                return base64.b64decode(line[1:-1]).decode()
-        raise TerraformError(f"rendering {template}: terraform console printed no string")
+                return json.loads(base64.b64decode(line[1:-1]))
+        raise TerraformError(f"rendering {stack}'s user-data: terraform console printed no string")
 
     def init(
         self, *, stack: str, location: str, log: LogSink | None = None, env: ToolEnv = None
@@ -470,11 +483,17 @@ class TerraformResource(dg.ConfigurableResource):
         if init:
             self.init(stack=stack, location=location, log=log, env=env)
         work = self.work_dir(stack, location)
+        # A saved plan holds its variables in plain text, secrets too (the servers' salt key
+        # pairs in an apply's plan): the folder is root's alone, the variables file goes once
+        # the plan is made, and the plan file once it is applied.
         plans = work / "plans"
         plans.mkdir(parents=True, exist_ok=True)
+        os.chmod(plans, 0o700)
         stamp = time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}-{time.monotonic_ns() % 10**6}"
         vars_file = plans / f"{stamp}.tfvars.json"
-        vars_file.write_text(json.dumps(variables, indent=2, sort_keys=True) + "\n")
+        fd = os.open(vars_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(json.dumps(variables, indent=2, sort_keys=True) + "\n")
         plan_file = plans / f"{stamp}.tfplan"
         argv = self._tf(stack).generate_cmd_string(
             "plan",
@@ -485,7 +504,11 @@ class TerraformResource(dg.ConfigurableResource):
             out=str(plan_file),
             var_file=[*(str(Path(p).absolute()) for p in var_files), str(vars_file)],
         )
-        self._run(stack, location, argv, log=_json_log(log), env=env, json_lines=True)
+        try:
+            self._run(stack, location, argv, log=_json_log(log), env=env, json_lines=True)
+        finally:
+            vars_file.unlink(missing_ok=True)
+        os.chmod(plan_file, 0o600)
         plan = self.show(stack=stack, location=location, plan_file=plan_file, env=env)
         _prune_old_plans(plans, keep=10)
         return plan
@@ -563,6 +586,7 @@ class TerraformResource(dg.ConfigurableResource):
         result = self._run(
             plan.stack, plan.location, argv, log=_json_log(log), env=env, json_lines=True
         )
+        path.unlink(missing_ok=True)  # spent (Terraform would refuse it again), and it holds secrets
         counts = {"add": 0, "change": 0, "remove": 0}
         for event in result.events:
             if event.get("type") == "change_summary":
@@ -664,7 +688,6 @@ def _prune_old_plans(folder: Path, *, keep: int) -> None:
     plans = sorted(folder.glob("*.tfplan"), key=lambda p: p.stat().st_mtime)
     for old in plans[:-keep]:
         old.unlink(missing_ok=True)
-        old.with_name(old.name.removesuffix(".tfplan") + ".tfvars.json").unlink(missing_ok=True)
 
 
 def _failure(stack: str, location: str, result: Any) -> str:

@@ -74,7 +74,8 @@ def standin_tree(folder: Path, *, backend: str = "local") -> Path:
             text = text.replace('backend "local" {}', f'backend "{backend}" {{}}')
         (root / stack / "standin.tf").write_text(text)
         shutil.copy(REPO_ROOT / "terraform" / stack / "location.tf", root / stack)
-    shutil.copy(REPO_ROOT / "terraform" / "instances" / "variables.tf", root / "instances")
+    for name in ("variables.tf", "user_data.tf", "cloud-init.yaml.tftpl"):
+        shutil.copy(REPO_ROOT / "terraform" / "instances" / name, root / "instances")
     (root / "locations").mkdir()
     return root
 

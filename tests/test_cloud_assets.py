@@ -9,9 +9,12 @@ in it by the tests, since no provider can create them here."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import shutil
 import subprocess
 import sys
+import zipfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -21,8 +24,10 @@ import yaml
 from cloud_env import terraform_resource, write_location
 from fakes.openstack import FakeOpenStack
 
+from infra_assets.cloud.stacks import salt_key_vars
 from infra_assets.definitions import build_definitions
 from infra_assets.model import load_topology
+from infra_assets.salt_keys import KeyStore
 from infra_assets.stacks import GIT_SHA_TAG as GIT_SHA
 from resources.infra_repo import InfraRepoResource
 from resources.openstack import GROUP_PROPERTY, OpenStackResource
@@ -56,6 +61,9 @@ class Site:
         self.topology_file.write_text(TOPOLOGY)
         monkeypatch.setenv("INFRA_TOPOLOGY", str(self.topology_file))
         monkeypatch.delenv("OS_PASSWORD", raising=False)
+        # where `minion_keys` keeps the salt key pairs that the servers' user-data carries
+        self.keys_dir = root / "salt-keys"
+        monkeypatch.setenv("INFRA_SALT_KEYS_DIR", str(self.keys_dir))
         clouds = root / "clouds.yaml"
         clouds.write_text(yaml.safe_dump(fake.clouds_yaml("fake")))
         self.terraform = terraform_resource(root / "tf")
@@ -160,6 +168,7 @@ def test_apply_plans_gates_and_applies_the_network_then_the_instances(site):
         [
             "topology",
             "ip_plan",
+            "minion_keys",
             f"plan/network/{L}",
             f"network/{L}",
             f"plan/instances/{L}",
@@ -198,6 +207,83 @@ def test_apply_plans_gates_and_applies_the_network_then_the_instances(site):
     assert metadata(again, INSTANCES)["why"] == "the plan has no changes"
     assert check(again, PLAN_NETWORK, "no_drift").passed
     assert check(again, PLAN_INSTANCES, "no_drift").passed
+
+
+def _plan_texts(folder: Path) -> dict[str, bytes]:
+    """Every saved plan under `folder`: its members' bytes, joined (a plan is a zip)."""
+    texts = {}
+    for plan in folder.rglob("*.tfplan"):
+        with zipfile.ZipFile(plan) as archive:
+            texts[str(plan)] = b"".join(archive.read(name) for name in archive.namelist())
+    return texts
+
+
+def test_servers_get_their_key_pairs_from_the_apply_s_plan_and_a_preview_holds_none(site):
+    """The apply job makes the salt key pairs (minion_keys) before it plans, and each server's
+    user-data carries its own pair (the master's server also the master's pair and the minions'
+    public keys as accepted). The spent plan, which held them, is gone after the apply; the plan
+    job's previews hold the public keys only; no run's event shows a private key."""
+    site.seed_servers(
+        {
+            "support-1": ["10.42.1.1", "10.42.9.1"],
+            "web-staging-1": ["10.42.5.1"],
+            "web-staging-2": ["10.42.5.2"],
+        }
+    )
+    applied = site.run("apply")
+    assert applied.success
+    assert "minion_keys" in materialised(applied)
+    store = KeyStore(site.keys_dir)
+    privates = [store.get(n).private_pem for n in ["master", *store.minions()]]
+    assert len(privates) == 4
+    # each server was created with the user-data that carries its pair: the state's SHA-1 of it
+    # (all the provider keeps) is that of the stack's rendering with the store's keys
+    topo = load_topology(site.topology_file)
+    expected = site.terraform.user_data(
+        stack="instances",
+        variables={
+            "hosts": {h: {"roles": list(s.roles)} for h, s in topo.hosts.items()},
+            "location": L,
+            "salt_master_address": "10.42.1.1",
+            **salt_key_vars(topo, L, store, private=True),
+        },
+    )
+    state = site.terraform.output(stack="instances", location=L)["user_data"]["value"]
+    assert state == {h: hashlib.sha1(text.encode()).hexdigest() for h, text in expected.items()}
+    support, web = (yaml.safe_load(expected[h]) for h in ("support-1", "web-staging-1"))
+
+    def files(data: dict) -> dict[str, str]:
+        return {
+            f["path"]: base64.b64decode(f["content"]).decode()
+            for f in data["write_files"]
+            if f.get("encoding") == "b64"
+        }
+
+    assert (
+        files(web)["/etc/salt/pki/minion/minion.pem"] == store.minion("web-staging-1").private_pem
+    )
+    assert "/etc/salt/pki/master/master.pem" not in files(web)
+    assert files(support)["/etc/salt/pki/master/master.pem"] == store.master().private_pem
+    assert files(support)["/etc/salt/pki/master/minions/web-staging-2"] == (
+        store.minion("web-staging-2").public_pem
+    )
+    plans = Path(site.terraform.data_dir) / L
+    assert not [p for p, text in _plan_texts(plans).items() if b"PRIVATE KEY" in text]
+    assert not list(plans.rglob("*.tfvars.json"))
+
+    preview = site.run("plan")
+    assert preview.success and f"plan/instances/{L}" in materialised(preview)
+    saved = _plan_texts(plans / "instances")
+    assert saved, "the preview's plan is kept"
+    for text in saved.values():
+        assert b"PRIVATE KEY" not in text
+        assert store.minion("web-staging-1").public_pem.encode() in text  # the accepted keys
+    for plan in (plans / "instances").rglob("*.tfplan"):
+        assert plan.stat().st_mode & 0o777 == 0o600
+        assert plan.parent.stat().st_mode & 0o777 == 0o700
+    for event in [*applied.all_events, *preview.all_events]:
+        for private in privates:
+            assert private.strip().splitlines()[1] not in str(event), event.event_type_value
 
 
 def test_the_gate_stops_a_destroy_unless_the_run_allows_it(site):
@@ -509,6 +595,7 @@ def test_the_coop_graph_has_the_designed_lineage(repo_root):
         "topology",
         "ip_plan",
         "network/nz-por-1",
+        "minion_keys",  # the servers' user-data carries their key pairs
         "images/support",
         "images/builder",
         "images/web",

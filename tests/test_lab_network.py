@@ -533,12 +533,19 @@ def test_after_the_machine_restarted_up_and_apply_bring_the_lab_back(lab: Lab) -
 
 
 @pytest.mark.slow
-def test_another_checkout_is_refused_a_lab_number_that_is_held(lab: Lab, tmp_path) -> None:
+def test_another_checkout_is_refused_a_lab_number_that_is_held(lab: Lab, tmp_path, request) -> None:
     """A second clone (or a CI run on the same machine) with the same lab number gets a clear
     refusal from `up`, `down` and `apply`, whether or not the holder's containers run, and the
     holder's lab and owner file are left as they were."""
     assert owner_file(N).read_text().strip() == lab.owner
-    other = Lab(PodmanResource(root=str(tmp_path / "other")).env(), log=_quiet)
+    other_root = tmp_path / "other"
+    # podman mounts its own storage's overlay folder on first use: unmounted after the test
+    request.addfinalizer(
+        lambda: subprocess.run(
+            ["umount", str(other_root / "storage" / "overlay")], capture_output=True, check=False
+        )
+    )
+    other = Lab(PodmanResource(root=str(other_root)).env(), log=_quiet)
     plan = lab.plan([SPEC_A, SPEC_B], N)  # what the holder would do; `other` must not apply it
     before = (_routes(), _links(), lab.network_status(N), lab.status(N, systemd=False))
     for change in (other.up_network, other.down_network, lambda _n: other.apply(plan)):

@@ -6,6 +6,7 @@ them), by rendering its cloud-init template with Terraform, and by tests on its 
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import json
 import re
@@ -18,8 +19,9 @@ import yaml
 from cloud_env import cli_config, terraform_binary
 
 from infra_assets.cloud.groups import image_groups
-from infra_assets.cloud.stacks import network_vars, stack_hosts
+from infra_assets.cloud.stacks import network_vars, salt_key_vars, stack_hosts
 from infra_assets.model import address_plan, load_topology
+from infra_assets.salt_keys import KeyStore
 from resources.terraform import TerraformResource
 
 BASTION = "203.0.113.10/32"
@@ -48,11 +50,6 @@ def layout(repo_root, coop, tmp_path_factory) -> dict:
         "  hosts           = var.hosts\n"
         "}\n"
         'output "layout" { value = module.layout }\n'
-        'output "cloud_init" {\n'
-        f'  value = templatefile("{repo_root}/terraform/instances/cloud-init.yaml.tftpl", {{\n'
-        '    hostname = "web-staging-1", fqdn = "web-staging-1.nz-por-1.coop.internal",\n'
-        '    master = "10.100.1.1", master_finger = "", roles = ["web-staging", "dns"] })\n'
-        "}\n"
     )
     tf = TerraformResource(
         binary=str(terraform_binary()),
@@ -71,7 +68,16 @@ def layout(repo_root, coop, tmp_path_factory) -> dict:
         log=lambda _l: None,
     )
     outputs = tf.apply(plan=plan, log=lambda _l: None).outputs
-    return {**outputs["layout"]["value"], "cloud_init": outputs["cloud_init"]["value"]}
+    # a preview plan's user-data (no key pairs), as terraform/instances renders it
+    preview = TerraformResource(binary=str(terraform_binary())).user_data(
+        stack="instances",
+        variables={
+            "hosts": {"web-staging-1": {"roles": ["web-staging", "dns"]}},
+            "location": "nz-por-1",
+            "salt_master_address": "10.100.1.1",
+        },
+    )
+    return {**outputs["layout"]["value"], "cloud_init": preview["web-staging-1"]}
 
 
 def test_the_configuration_is_formatted(repo_root, tmp_path):
@@ -197,6 +203,94 @@ def test_the_cloud_init_points_the_minion_at_the_master(layout):
     assert layout["cloud_init"].startswith("#cloud-config\n")
 
 
+# Nova refuses user-data over 65535 bytes once base64-encoded.
+NOVA_USER_DATA_LIMIT = 65535
+
+
+def _decoded_files(text: str) -> dict[str, tuple[str, str]]:
+    files = {}
+    for item in yaml.safe_load(text)["write_files"]:
+        content = item["content"]
+        if item.get("encoding") == "b64":
+            content = base64.b64decode(content).decode()
+        files[item["path"]] = (content, item["permissions"])
+    return files
+
+
+def test_each_server_s_user_data_carries_its_key_pair_and_the_master_s_the_accepted_keys(
+    coop, tmp_path
+):
+    """In a plan made to be applied, every server of the co-op's topology gets its own salt key
+    pair (root-only), the master's public key pinned (file and fingerprint); the master's server
+    also the master's pair and every declared host's public key as accepted; nobody else gets
+    a private key that is not theirs. The master's user-data stays under Nova's limit."""
+    store = KeyStore(tmp_path / "keys")
+    store.ensure(sorted(coop.hosts))
+    master = coop.salt_master()
+    variables = {
+        "hosts": {h: {"roles": list(s.roles)} for h, s in coop.hosts.items()},
+        "location": "nz-por-1",
+        "salt_master_address": "10.100.1.1",
+        **salt_key_vars(coop, "nz-por-1", store, private=True),
+    }
+    rendered = TerraformResource(binary=str(terraform_binary())).user_data(
+        stack="instances", variables=variables
+    )
+    assert sorted(rendered) == sorted(coop.hosts)
+    secrets = {name: store.get(name).private_pem for name in ["master", *coop.hosts]}
+    for host, text in rendered.items():
+        files = _decoded_files(text)
+        pair = store.minion(host)
+        assert files["/etc/salt/pki/minion/minion.pem"] == (pair.private_pem, "0600"), host
+        assert files["/etc/salt/pki/minion/minion.pub"] == (pair.public_pem, "0644"), host
+        pinned = store.master().public_pem
+        assert files["/etc/salt/pki/minion/minion_master.pub"] == (pinned, "0644"), host
+        conf = yaml.safe_load(files["/etc/salt/minion.d/coop.conf"][0])
+        assert conf["master_finger"] == store.master().finger
+        theirs = {host} | ({"master"} if host == master else set())
+        written = "".join(content for content, _mode in files.values())
+        for name, pem in secrets.items():
+            assert (pem in written) == (name in theirs), (host, name)
+        accepted = {p: c for p, c in files.items() if p.startswith("/etc/salt/pki/master/minions/")}
+        if host == master:
+            assert files["/etc/salt/pki/master/master.pem"] == (store.master().private_pem, "0600")
+            assert {p.rsplit("/", 1)[1]: c for p, (c, _m) in accepted.items()} == {
+                h: store.minion(h).public_pem for h in coop.hosts
+            }
+            assert len(base64.b64encode(text.encode())) < NOVA_USER_DATA_LIMIT
+        else:
+            assert accepted == {} and "/etc/salt/pki/master/master.pem" not in files
+
+
+def test_a_preview_plan_s_user_data_holds_no_private_key(coop, tmp_path):
+    """The plan job's plans (pull requests, the nightly drift check) get the public halves
+    only: the fingerprint to pin, and no key files at all."""
+    store = KeyStore(tmp_path / "keys")
+    store.ensure(sorted(coop.hosts))
+    data = salt_key_vars(coop, "nz-por-1", store, private=False)
+    assert "salt_minion_keys" not in data and "salt_master_key" not in data
+    assert "PRIVATE KEY" not in json.dumps(data)
+    rendered = TerraformResource(binary=str(terraform_binary())).user_data(
+        stack="instances",
+        variables={
+            "hosts": {h: {"roles": list(s.roles)} for h, s in coop.hosts.items()},
+            "location": "nz-por-1",
+            "salt_master_address": "10.100.1.1",
+            **data,
+        },
+    )
+    for text in rendered.values():
+        assert "PRIVATE KEY" not in "".join(c for c, _m in _decoded_files(text).values())
+        assert "/etc/salt/pki/minion/minion.pem" not in text
+    # and a plan to be applied refuses to go without the pairs
+    with pytest.raises(ValueError, match="materialise `minion_keys` first"):
+        salt_key_vars(coop, "nz-por-1", KeyStore(tmp_path / "none"), private=True)
+    with pytest.raises(ValueError, match="no salt key pair for web-staging-1"):
+        lacking = KeyStore(tmp_path / "lacking")
+        lacking.ensure([h for h in coop.hosts if h != "web-staging-1"])
+        salt_key_vars(coop, "nz-por-1", lacking, private=True)
+
+
 def test_the_cloud_init_installs_the_minion_into_a_venv_pinned_as_the_images_do(
     repo_root, layout, tmp_path
 ):
@@ -305,7 +399,7 @@ def test_openstack_resources_take_their_values_from_the_layout(repo_root):
     server = instances["openstack_compute_instance_v2.host"]
     assert server["network"][0]["port"] == "${openstack_networking_port_v2.host[each.key].id}"
     assert server["image_id"] == "${var.images[each.value.image_group]}"
-    assert "var.salt_master_address" in server["user_data"]
+    assert server["user_data"] == "${local.user_data[each.key]}"  # user_data.tf, tested above
     # the web hosts' floating IPs: from the location's external network, on the host's port
     floating = instances["openstack_networking_floatingip_v2.public"]
     assert floating["for_each"] == "${module.layout.public_hosts}"
@@ -343,7 +437,8 @@ def test_the_stand_in_has_the_real_stacks_outputs_and_resources(repo_root):
     for stack in ("network", "instances"):
         real = set().union(*(outputs(p) for p in (repo_root / "terraform" / stack).glob("*.tf")))
         standin_file = Path(__file__).parent / "terraform" / "standin" / stack / "standin.tf"
-        assert real == outputs(standin_file), stack
+        # the stand-in's one extra output shows the tests what user-data the servers would get
+        assert real == outputs(standin_file) - {"user_data"}, stack
     # every resource of the real instances stack has its stand-in, made as many times
     real = for_each(repo_root / "terraform" / "instances" / "main.tf")
     standin = for_each(Path(__file__).parent / "terraform" / "standin" / "instances" / "standin.tf")

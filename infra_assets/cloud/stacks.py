@@ -13,6 +13,7 @@ from typing import Any
 
 from infra_assets.cloud.groups import CATALOGUE_FILE, group_of_host
 from infra_assets.model import Topology, address_plan
+from infra_assets.salt_keys import KeyStore
 
 STACKS = ("network", "instances")
 
@@ -89,4 +90,43 @@ def instances_vars(
         salt_master_address=address_plan(topo).primary(master).address,
         domain=topo.domain,
     )
+    return data
+
+
+def salt_key_vars(
+    topo: Topology, location: str, store: KeyStore | None, *, private: bool
+) -> dict[str, Any]:
+    """The instances stack's salt key variables, from `minion_keys`' pairs: the master's
+    fingerprint (minions pin it) and every declared host's public key (the master's server
+    accepts them from its first boot); with `private`, the location's hosts' pairs and the
+    master's (a plan made to be applied: the servers it creates get them in their user-data).
+    A preview plan (`private=False`: pull requests, the nightly drift check) holds no secret."""
+    master = topo.salt_master()
+    if store is None or store.get("master") is None:
+        if private:
+            raise ValueError(
+                "no salt key pairs: materialise `minion_keys` first (the apply job does), with"
+                " $INFRA_SALT_KEYS_DIR set"
+            )
+        return {"salt_master_host": master}
+    pairs = {host: store.get(host) for host in sorted(topo.hosts)}
+    missing = [host for host, pair in pairs.items() if pair is None]
+    if missing and private:
+        raise ValueError(
+            f"no salt key pair for {', '.join(missing)} in {store.folder}: materialise"
+            " `minion_keys` first (the apply job does)"
+        )
+    master_pair = store.master()
+    data: dict[str, Any] = {
+        "salt_master_host": master,
+        "salt_master_finger": master_pair.finger,
+        "salt_accepted_keys": {h: p.public_pem for h, p in pairs.items() if p is not None},
+    }
+    if private:
+        data["salt_master_key"] = {"pem": master_pair.private_pem, "pub": master_pair.public_pem}
+        data["salt_minion_keys"] = {
+            host: {"pem": pair.private_pem, "pub": pair.public_pem}
+            for host, pair in pairs.items()
+            if topo.hosts[host].location == location
+        }
     return data

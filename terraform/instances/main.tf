@@ -31,13 +31,7 @@ resource "openstack_compute_instance_v2" "host" {
   image_id    = var.images[each.value.image_group]
   flavor_name = each.value.flavor != "" ? each.value.flavor : var.default_flavor
   key_pair    = var.key_pair != "" ? var.key_pair : null
-  user_data = templatefile("${path.module}/cloud-init.yaml.tftpl", {
-    hostname      = each.key
-    fqdn          = "${each.key}.${var.location}.${var.domain}"
-    master        = var.salt_master_address
-    master_finger = var.salt_master_finger
-    roles         = each.value.roles
-  })
+  user_data   = local.user_data[each.key]
   metadata = {
     coop_location = var.location
     coop_roles    = join(",", each.value.roles)

@@ -1,5 +1,5 @@
 # What the instances stack takes beside the location's settings (location.tf): the network
-# stack's outputs, the role images, and the salt master's address. The TerraformResource writes
+# stack's outputs and the role images (the user-data's own: user_data.tf). The TerraformResource writes
 # them for each plan, from `terraform output` of the network stack, the image lookups
 # (openstacksdk) and the address plan.
 
@@ -21,21 +21,4 @@ variable "security_group_ids" {
 variable "images" {
   description = "Image group (support, web, ...) -> the image id to boot new servers from."
   type        = map(string)
-}
-
-variable "salt_master_address" {
-  description = "The salt master's primary address: every minion's `master`."
-  type        = string
-}
-
-variable "salt_master_finger" {
-  description = "The salt master's key fingerprint (minion_keys): minions pin it (master_finger)."
-  type        = string
-  default     = ""
-}
-
-variable "domain" {
-  description = "The private DNS domain: hosts are <host>.<location>.<domain>."
-  type        = string
-  default     = "coop.internal"
 }

@@ -33,10 +33,13 @@ resource "null_resource" "server" {
     name    = each.key
     network = var.network_id
     image   = var.images[each.value.image_group]
+    # what the OpenStack provider keeps of a server's user-data in the state: its SHA-1
+    user_data = sha1(local.user_data[each.key])
   }
   lifecycle {
-    # as the real server: a newer image is for new servers only
-    ignore_changes = [triggers["image"]]
+    # as the real server: a newer image is for new servers only, and the user-data is the
+    # first boot's
+    ignore_changes = [triggers["image"], triggers["user_data"]]
   }
 }
 
@@ -69,4 +72,11 @@ output "floating_ips" {
   value = {
     for index, name in sort(keys(null_resource.floatingip)) : name => cidrhost("203.0.113.0/24", index + 10)
   }
+}
+
+output "user_data" {
+  # the SHA-1 of each server's user-data (user_data.tf, copied beside this file) as the state
+  # holds it, for the tests to compare; the real stack has no such output
+  value     = { for name, server in null_resource.server : name => server.triggers.user_data }
+  sensitive = true # a hash of sensitive values is sensitive to Terraform
 }
