@@ -586,7 +586,8 @@ class TerraformResource(dg.ConfigurableResource):
         result = self._run(
             plan.stack, plan.location, argv, log=_json_log(log), env=env, json_lines=True
         )
-        path.unlink(missing_ok=True)  # spent (Terraform would refuse it again), and it holds secrets
+        # spent (Terraform would refuse it again), and it may hold secrets
+        path.unlink(missing_ok=True)
         counts = {"add": 0, "change": 0, "remove": 0}
         for event in result.events:
             if event.get("type") == "change_summary":
