@@ -34,7 +34,7 @@ import dagster as dg
 from infra_assets.highstate import highstate_key
 from infra_assets.model import App, Topology
 from infra_assets.paths import state_dir
-from infra_assets.secrets import SecretsError, load_secrets
+from infra_assets.secrets import PUSH_ACCOUNT, SecretsError, load_secrets
 from infra_assets.sites import LabSite, SiteError, site_for
 from resources.cli_runner import CliError
 from resources.git import GitError, GitResource, resolve_repo
@@ -51,7 +51,7 @@ GROUP = "app_images"
 SHA_RE = re.compile(r"^[0-9a-f]{40}$")
 DIGEST_LINE = re.compile(r"PUSHED_DIGEST=(sha256:[0-9a-f]{64})")
 LOG_TAIL_LINES = 40
-REGISTRY_ACCOUNT = "ci"  # the registry's push account: the builds', the jenkins agents'
+REGISTRY_ACCOUNT = PUSH_ACCOUNT  # the registry's push account: the builds', the agents'
 BUILD_AGENT_ROLE = "jenkins-agent"
 BUILD_STATE = "jenkins.build"
 # The project's base image, as the salt builder's agents pull it from the registry.

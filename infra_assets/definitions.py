@@ -100,7 +100,8 @@ def lab_resources(site: LabSite) -> dict[str, dg.ConfigurableResource]:
     if registries:
         host = registries[0]
         lab["registry"] = RegistryResource(
-            url=f"https://{site.reach(host, 'docker-registry')}:{site.port(host, 'registry')}",
+            # the push door: Dagster pushes the project's base image for the agents
+            url=f"https://{site.reach(host, 'docker-registry')}:{site.port(host, 'registry-push')}",
             username=REGISTRY_ACCOUNT,
             password_file=str(site.registry_password_file()),
             ca_file=str(site.registry_ca_file()),

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from infra_assets.model import ENVIRONMENTS
-from infra_assets.roles import RoleCatalogueError, role_catalogue
+from infra_assets.roles import DAGSTER_SOURCE, RoleCatalogueError, role_catalogue
 from infra_assets.salt_keys import MASTER, KeyStore
-from infra_assets.secrets import REGISTRY_USERS, Secrets, postgres_environments
+from infra_assets.secrets import PULL_ACCOUNTS, PUSH_ACCOUNT, Secrets, postgres_environments
 from infra_assets.sites import Site, SiteError
 
 SALT_API_USER = "dagster"  # salt-api's eauth account for Dagster (salt/salt/api.sls)
@@ -37,8 +37,9 @@ def render_pillars(site: Site, secrets: Secrets | None) -> dict[str, dict[str, A
 
 
 def host_pillar(site: Site, secrets: Secrets | None, host: str) -> dict[str, Any]:
-    """One host's pillar: `roles`, `coop`, `salt`, and the blocks its roles ask for in the role
-    catalogue (salt/roles.yaml, each role's `pillar`), each built by its function below."""
+    """One host's pillar: `roles`, `coop`, `salt`, `firewall`, and the blocks its roles ask for
+    in the role catalogue (salt/roles.yaml, each role's `pillar`), each built by its function
+    below."""
     topo, plan = site.topo, site.plan
     spec = topo.hosts[host]
     location = topo.locations[spec.location]
@@ -78,7 +79,7 @@ def host_pillar(site: Site, secrets: Secrets | None, host: str) -> dict[str, Any
                     f" (infra_assets/pillar.py builds {', '.join(sorted(BLOCKS))})"
                 )
             blocks[block] = BLOCKS[block]
-    for build in blocks.values():
+    for build in [_firewall, *blocks.values()]:  # every host's firewall (common.firewall)
         build(Block(site, secrets, host, pillar))
     return pillar
 
@@ -157,16 +158,17 @@ def _jenkins_agent(b: Block) -> None:
 
 
 def _registry_push(b: Block) -> None:
-    """The registry's push account (`ci`), for the hosts that build and push images."""
-    client = _registry_client(b.site, b.secrets, b.host, user="ci")
+    """The registry's push account (`ci`) at its push door, for the hosts that build and push
+    images."""
+    client = _registry_client(b.site, b.secrets, b.host, user=PUSH_ACCOUNT)
     if client:  # over a pull account a web role may have put there first
         b.pillar["registry_client"] = client
 
 
 def _registry_pull(b: Block) -> None:
-    """The registry's pull account (`deploy`), for the hosts that run the images (a host that
-    also builds keeps the push account, which pulls too)."""
-    client = _registry_client(b.site, b.secrets, b.host, user="deploy")
+    """The registry's pull account (`deploy`) at its read-only door, for the hosts that run the
+    images (a host that also builds keeps the push account, which pulls too)."""
+    client = _registry_client(b.site, b.secrets, b.host, user=PULL_ACCOUNTS[0])
     if client and "registry_client" not in b.pillar:
         b.pillar["registry_client"] = client
 
@@ -205,6 +207,38 @@ def _postgres(b: Block) -> None:
             for app in sorted(topo.apps)
         },
     }
+
+
+def _firewall(b: Block) -> None:
+    """The host's guarded ports (the catalogue's `only_from`): each port, and the addresses
+    alone allowed to connect to it (the primary addresses of the hosts with the listed roles,
+    and where Dagster runs); salt/firewall drops every other new connection to it."""
+    site, catalogue = b.site, role_catalogue()
+    rules = []
+    for role in site.topo.hosts[b.host].roles:
+        spec = catalogue.roles.get(role)
+        for name, sources in (spec.only_from if spec else {}).items():
+            allowed: list[str] = []
+            for source in sources:
+                if source == DAGSTER_SOURCE:
+                    allowed += site.dagster_sources()
+                else:
+                    allowed += [
+                        site.plan.primary(h).address for h in site.topo.hosts_with_role(source)
+                    ]
+            rules.append(
+                {
+                    "name": name,
+                    "port": site.port(b.host, name),
+                    "from": sorted(set(allowed), key=_address_key),
+                    "sources": list(sources),
+                }
+            )
+    b.pillar["firewall"] = {"rules": rules}
+
+
+def _address_key(address: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in address.split("."))
 
 
 # The pillar blocks a role may ask for in the catalogue (salt/roles.yaml `pillar`), by name.
@@ -284,24 +318,29 @@ def _url(site: Site, role: str, service: str, scheme: str) -> str | None:
 
 
 def _registry(site: Site, secrets: Secrets | None, host: str) -> dict[str, Any]:
+    """The registry's two doors on one storage: `port` read-only, whose htpasswd holds the pull
+    accounts only; `push_port` read-write, whose htpasswd holds the push account only."""
     block = _service(site, host, "docker-registry", "registry")
+    block["push_port"] = site.port(host, "registry-push")
     reach = site.reach(host, "docker-registry")
     block["address"] = f"{reach}:{block['port']}"
     block["url"] = f"https://{block['address']}"
     block["http_secret"] = _secret(secrets, "registry", "http_secret")
-    block["htpasswd"] = (
-        "".join(
-            bcrypt_htpasswd_line(user, secrets.get("registry", "users", user)) + "\n"
-            for user in REGISTRY_USERS
-        )
-        if secrets
-        else ""
-    )
+    block["htpasswd"] = _htpasswd(secrets, PULL_ACCOUNTS)
+    block["htpasswd_push"] = _htpasswd(secrets, [PUSH_ACCOUNT])
     block["tls"] = {
         "cert": _secret(secrets, "registry", "tls", "cert"),
         "key": _secret(secrets, "registry", "tls", "key"),
     }
     return block
+
+
+def _htpasswd(secrets: Secrets | None, users: Iterable[str]) -> str:
+    if secrets is None:
+        return ""
+    return "".join(
+        bcrypt_htpasswd_line(user, secrets.get("registry", "users", user)) + "\n" for user in users
+    )
 
 
 def registry_tls_names(site: Site) -> list[str]:
@@ -329,7 +368,7 @@ def _registry_client(
     registry = _first_with_role(site, "docker-registry", site.topo.hosts[host].location)
     if registry is None:
         return None
-    port = site.port(registry, "registry")
+    port = site.port(registry, "registry-push" if user == PUSH_ACCOUNT else "registry")
     address = f"{site.reach(registry, 'docker-registry')}:{port}"
     return {
         "address": address,

@@ -20,7 +20,12 @@ import yaml
 from infra_assets.paths import REPO_ROOT
 
 CATALOGUE_FILE = REPO_ROOT / "salt" / "roles.yaml"
-ROLE_KEYS = frozenset({"states", "image", "service", "ports", "privileged", "uplinks", "pillar"})
+ROLE_KEYS = frozenset(
+    {"states", "image", "service", "ports", "only_from", "privileged", "uplinks", "pillar"}
+)
+# Who may reach a port that `only_from` guards, besides hosts of the listed roles: where Dagster
+# runs (the site says where that is: infra_assets/sites.py).
+DAGSTER_SOURCE = "dagster"
 
 
 class RoleCatalogueError(ValueError):
@@ -35,6 +40,8 @@ class Role:
     service: str | None = None  # the service's name (the pillar's, the lab status')
     port: int | None = None  # the service's standard port
     ports: dict[str, int] = field(default_factory=dict)
+    # port name -> the roles whose hosts (and `dagster`) alone may connect to it
+    only_from: dict[str, tuple[str, ...]] = field(default_factory=dict)
     privileged: bool = False
     uplinks: tuple[str, ...] = ()
     pillar: tuple[str, ...] = ()
@@ -107,6 +114,7 @@ def _load(path: Path, _mtime: float) -> RoleCatalogue:
         role = _role(str(name), spec, set(images_data), problems)
         if role is not None:
             roles[role.name] = role
+    _check_sources(roles, problems)
     if problems:
         raise RoleCatalogueError(f"{path}: " + "; ".join(problems))
     images = {}
@@ -168,6 +176,7 @@ def _role(name: str, spec: Any, groups: set[str], problems: list[str]) -> Role |
     privileged = spec.get("privileged", False)
     if not isinstance(privileged, bool):
         problems.append(f"{where}.privileged: must be true or false")
+    only_from = _only_from(where, spec.get("only_from") or {}, service_name, ports, problems)
     return Role(
         name=name,
         states=tuple(states),
@@ -175,7 +184,39 @@ def _role(name: str, spec: Any, groups: set[str], problems: list[str]) -> Role |
         service=service_name,
         port=port,
         ports={str(k): v for k, v in ports.items()},
+        only_from=only_from,
         privileged=privileged is True,
         uplinks=tuple(uplinks),
         pillar=tuple(pillar),
     )
+
+
+def _only_from(
+    where: str, spec: Any, service: str | None, ports: dict, problems: list[str]
+) -> dict[str, tuple[str, ...]]:
+    """`only_from`: {port name: [role, ...]}, each name the role's service or one of its ports.
+    The roles are checked against the whole catalogue by `_check_sources`."""
+    named = {*ports, *([service] if service else [])}
+    if not isinstance(spec, dict) or not all(
+        isinstance(v, list) and v and all(isinstance(r, str) for r in v) for v in spec.values()
+    ):
+        problems.append(f"{where}.only_from: must map a port name to a list of roles")
+        return {}
+    for name in spec:
+        if name not in named:
+            problems.append(
+                f"{where}.only_from.{name}: not this role's service or one of its ports"
+                f" ({', '.join(sorted(named)) or 'none'})"
+            )
+    return {str(k): tuple(v) for k, v in spec.items()}
+
+
+def _check_sources(roles: dict[str, Role], problems: list[str]) -> None:
+    for role in roles.values():
+        for port, sources in role.only_from.items():
+            for source in sources:
+                if source != DAGSTER_SOURCE and source not in roles:
+                    problems.append(
+                        f"roles.{role.name}.only_from.{port}: {source!r} is no role of the"
+                        f" catalogue (nor {DAGSTER_SOURCE!r}, where Dagster runs)"
+                    )

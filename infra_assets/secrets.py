@@ -37,7 +37,11 @@ import yaml
 
 from infra_assets.model import ENVIRONMENTS, Topology, address_plan
 
-REGISTRY_USERS = ("ci", "deploy")
+# The registry's accounts: the push account (builds; the push door only) and the pull accounts
+# (web hosts; the read-only door only).
+PUSH_ACCOUNT = "ci"
+PULL_ACCOUNTS = ("deploy",)
+REGISTRY_USERS = (PUSH_ACCOUNT, *PULL_ACCOUNTS)
 
 
 class SecretsError(Exception):

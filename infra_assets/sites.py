@@ -33,6 +33,7 @@ from typing import ClassVar
 from infra_assets.model import Topology, address_plan, load_topology
 from infra_assets.paths import REPO_ROOT, default_topology, state_dir
 from infra_assets.roles import role_catalogue
+from resources.lab import LabNetwork
 from resources.lab_egress import LabEgressProxy
 
 SECRETS_ENV = "INFRA_SECRETS_FILE"
@@ -110,6 +111,12 @@ class Site(ABC):
         """The HTTPS proxy `host`'s caches reach their registries through; None: directly (a
         cloud's servers go out through its router)."""
         return None
+
+    def dagster_sources(self) -> list[str]:
+        """The addresses Dagster's connections come from, as the hosts see them (a firewall's
+        `only_from: [dagster]`): on a cloud, the primary support server it runs on (the salt
+        master's host)."""
+        return [self.plan.primary(self.master_host()).address]
 
     def address(self, host: str, role: str) -> str:
         """The planned address of `host` for `role` (its primary one for an untyped role)."""
@@ -259,6 +266,11 @@ class LabSite(CloudSite):
         if not self._uplinks(host):
             return None
         return self.egress(self.number_of(host)).url
+
+    def dagster_sources(self) -> list[str]:
+        """Dagster runs on this machine and reaches each lab through its link: from the link's
+        machine side (routed into the lab, not masqueraded)."""
+        return [LabNetwork(n).machine_address for n in self.numbers()]
 
     def git_daemon_dir(self) -> Path:
         """The lab's git daemon: its export folder (links to the apps' repos), pid and log."""

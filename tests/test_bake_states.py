@@ -50,6 +50,7 @@ BAKED = {
         "jenkins-repo",
         "jenkins-packages",
         "registry-packages",
+        "registry-push-unit",
         "npm-cache-packages",
         "npm-cache-install",
         "npm-cache-unit",
@@ -67,8 +68,11 @@ NOT_BAKED = {
     "jenkins-casc",
     "jenkins-environment",
     "jenkins-agent-master",
-    "registry-config",
-    "registry-htpasswd",
+    "registry-pull-config",
+    "registry-push-config",
+    "registry-pull-htpasswd",
+    "registry-push-htpasswd",
+    "firewall-rules",
     "registry-tls-key",
     "npm-cache-config",
     "dns-config",
@@ -152,13 +156,13 @@ def test_every_group_s_states_render_and_check_in_bake_mode(group, tmp_path):
             assert top in OVERLAID, f"{group}: {sid} writes {name}, outside the folders {OVERLAID}"
     ids = {parse(k)[1] for k in results}
     # every image: salt's minion unit (salt itself is bake.sh's venv), enabled at first boot
-    assert BAKED[group] | {"common-packages", "salt-minion-unit"} <= ids
+    assert BAKED[group] | {"common-packages", "salt-minion-unit", "firewall-packages"} <= ids
     assert not ids & NOT_BAKED, ids & NOT_BAKED
     assert not any(i.startswith("common-addresses") for i in ids)
 
 
 def test_the_web_bake_applies_for_real_in_overlays_and_twice_changes_nothing(tmp_path):
-    packages = ["ca-certificates", "curl", "python3"]
+    packages = ["ca-certificates", "curl", "python3", "nftables"]
     packages += ["nginx-light", "podman", "crun", "catatonit", "uidmap", "slirp4netns"]
     missing = [
         p
@@ -198,7 +202,11 @@ def test_the_web_bake_applies_for_real_in_overlays_and_twice_changes_nothing(tmp
         if p.is_file()
     )
     # no host record, minion id or nginx.conf; the minion's unit (enabled at first boot)
-    assert written == ["etc/containers/containers.conf", "etc/systemd/system/salt-minion.service"]
+    assert written == [
+        "etc/containers/containers.conf",
+        "etc/systemd/system/coop-firewall.service",
+        "etc/systemd/system/salt-minion.service",
+    ]
     unit = (layers / "etc/upper/systemd/system/salt-minion.service").read_text()
     assert "ExecStart=/opt/salt/bin/salt-minion\n" in unit
 

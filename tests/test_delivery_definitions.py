@@ -70,7 +70,7 @@ def test_the_lab_builds_through_salt_after_the_registry_and_the_agent(repo_root,
         assert defs.resolve_sensor_def(name).minimum_interval_seconds == 5
     # The lab's registry, reached through the lab's link, no password in config.
     registry = defs.resources["registry"]
-    assert registry.url == "https://10.127.9.1:5000" and registry.username == "ci"
+    assert registry.url == "https://10.127.9.1:5001" and registry.username == "ci"  # push door
     assert registry.route_device == "coop127-m" and registry.password == ""
     assert registry.password_file.endswith("/lab/lab-127/registry/password")
     # With Jenkins configured, the lab builds through it.

@@ -103,8 +103,8 @@ def test_a_push_is_built_on_the_agent_released_on_staging_and_promoted(lab_env: 
         digest = meta["digest"]
         assert registry.digest(repository=APP, reference=sha) == digest
         assert registry.digest(repository=APP, reference="main") == digest
-        assert meta["image"] == f"10.{LAB_NUMBER}.9.1:5000/{APP}@{digest}"
-        assert meta["base_image"].startswith(f"10.{LAB_NUMBER}.9.1:5000/coop-base@sha256:")
+        assert meta["image"] == f"10.{LAB_NUMBER}.9.1:5001/{APP}@{digest}"  # the push door
+        assert meta["base_image"].startswith(f"10.{LAB_NUMBER}.9.1:5001/coop-base@sha256:")
         # No secret reaches the log: the push account is the agent's own auth file.
         from infra_assets.secrets import load_secrets
 

@@ -289,7 +289,8 @@ def test_each_real_minion_holds_only_its_own_secrets(lab_env: LabEnv):
     assert registry["deploy"] not in dumps["support-2"]
     # The registry host: bcrypt hashes of the accounts, never a password; no database password.
     assert not [u for u, pw in registry.items() if pw in dumps["support-1"]]
-    assert pillars["support-1"]["registry"]["htpasswd"].count("$2b$") == len(registry)
+    doors = pillars["support-1"]["registry"]
+    assert (doors["htpasswd"] + doors["htpasswd_push"]).count("$2b$") == len(registry)
     assert holds("support-1", production + staging) == []
     # salt-api's password and the registry's TLS key: the master's host and the registry's only.
     for host in dumps:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from urllib.parse import urlsplit
 
 import dagster as dg
 import pytest
@@ -17,6 +18,7 @@ from fixtures_delivery import delivery_defs, write_app_topology
 from lab_env import LAB_NUMBER
 
 from infra_assets.model import load_topology
+from infra_assets.secrets import load_secrets
 from lab.processes import free_port
 from resources.cli_runner import CliError
 from resources.lab import LabNetwork
@@ -24,6 +26,7 @@ from resources.podman import PodmanError
 from resources.registry import (
     DOCKER_MANIFEST,
     OCI_MANIFEST,
+    Endpoint,
     RegistryAuthError,
     RegistryError,
     RegistryResource,
@@ -37,7 +40,8 @@ def test_the_lab_s_registry_is_reached_through_the_lab_s_link_only(registry_site
     push account and the registry's certificate; a resource told that the route must go through
     another device refuses to send anything."""
     resource = registry_site.resource()
-    assert resource.url == f"https://{lab_env.address('support-1', 'docker-registry')}:5000"
+    # the push door: Dagster pushes the project's base image for the agents
+    assert resource.url == f"https://{lab_env.address('support-1', 'docker-registry')}:5001"
     assert resource.route_device == LabNetwork(LAB_NUMBER).machine_link
     resource.ping()
     assert isinstance(resource.catalog(), list)
@@ -140,6 +144,110 @@ def test_the_registry_refuses_an_anonymous_push(podman, registry_site, tiny_imag
         )
     assert "wrong-password" not in str(err.value)
     assert "anon" not in registry_site.resource().tags(repository="tiny")
+
+
+# --- two doors: the pull accounts read, the push account writes, nobody deletes ---------------
+
+
+def _pull_door(registry_site, lab_env) -> Endpoint:
+    """The read-only door (5000) with the pull account `deploy`, as the web hosts use it."""
+    secrets = load_secrets(lab_env.site.secrets_file())
+    push = registry_site.endpoint
+    return Endpoint(
+        url=push.url.rsplit(":", 1)[0] + ":5000",
+        username="deploy",
+        password=secrets.get("registry", "users", "deploy"),
+        ca_file=push.ca_file,
+    )
+
+
+def _v2(
+    lab_env, endpoint: Endpoint, method: str, path: str, *, auth=True, **kwargs
+) -> requests.Response:
+    lab_env.lab().route_into_lab(urlsplit(endpoint.url).hostname)  # never off the machine
+    return requests.request(
+        method,
+        f"{endpoint.url}/v2/{path}",
+        auth=(endpoint.username, endpoint.password) if auth else None,
+        verify=endpoint.verify,
+        timeout=10,
+        **kwargs,
+    )
+
+
+def _codes(response: requests.Response) -> list[str]:
+    return [e.get("code") for e in response.json().get("errors", [])]
+
+
+def test_a_pull_account_reads_and_can_neither_push_nor_delete(
+    podman, registry_site, lab_env, tiny_images
+):
+    """The pull account reads at its door; a push there is refused (the door is read-only), a
+    push at the push door with it is refused with the registry's auth error (it is not an
+    account there), and a delete is refused everywhere, even for the push account."""
+    oci_digest, _ = tiny_images
+    pull, push = _pull_door(registry_site, lab_env), registry_site.endpoint
+    read = _v2(
+        lab_env, pull, "GET", f"tiny/manifests/{oci_digest}", headers={"Accept": OCI_MANIFEST}
+    )
+    assert read.status_code == 200 and hashlib.sha256(read.content).hexdigest() == oci_digest[7:]
+
+    with pytest.raises(PodmanError) as at_pull:
+        podman.push(
+            image="localhost/tiny:latest",
+            destination=pull.image("tiny", "by-deploy"),
+            registry=pull,
+        )
+    assert "read-only" in str(at_pull.value) or "unsupported" in str(at_pull.value).lower()
+    as_pusher = dataclasses.replace(push, username=pull.username, password=pull.password)
+    with pytest.raises(PodmanError, match="authentication required") as at_push:
+        podman.push(
+            image="localhost/tiny:latest",
+            destination=push.image("tiny", "by-deploy"),
+            registry=as_pusher,
+        )
+    assert pull.password not in str(at_push.value) + str(at_pull.value)
+    assert "by-deploy" not in registry_site.resource().tags(repository="tiny")
+
+    # a delete: refused for the pull account at both doors, and for the push account too
+    for endpoint in (pull, as_pusher, push):
+        deleted = _v2(lab_env, endpoint, "DELETE", f"tiny/manifests/{oci_digest}")
+        assert deleted.status_code in (401, 405), (endpoint.url, endpoint.username, deleted.text)
+        if endpoint.username == "deploy" and endpoint.url == push.url:
+            assert deleted.status_code == 401 and _codes(deleted) == ["UNAUTHORIZED"]
+        else:
+            assert deleted.status_code == 405 and _codes(deleted) == ["UNSUPPORTED"]
+    assert registry_site.resource().digest(repository="tiny", reference="oci") == oci_digest
+    # an upload is refused at the read-only door before it starts
+    started = _v2(lab_env, pull, "POST", "tiny/blobs/uploads/")
+    assert started.status_code == 405 and _codes(started) == ["UNSUPPORTED"], started.text
+
+
+def test_both_doors_refuse_anonymous_access(registry_site, lab_env):
+    for endpoint in (_pull_door(registry_site, lab_env), registry_site.endpoint):
+        for path in ("", "_catalog"):
+            answer = _v2(lab_env, endpoint, "GET", path, auth=False)
+            assert answer.status_code == 401 and _codes(answer) == ["UNAUTHORIZED"], endpoint.url
+
+
+def test_the_push_door_takes_connections_from_the_build_agents_and_dagster_only(
+    registry_site, lab_env
+):
+    """The registry host's firewall (common.firewall, the catalogue's `only_from`): a web host's
+    connection to the push door is refused (a reset), the build agent's is taken, and the read-only
+    door takes both; Dagster (this machine, through the link) reaches the push door."""
+    registry = lab_env.address("support-1", "docker-registry")
+    lab = lab_env.lab().lab()
+
+    def connects(host: str, port: int) -> bool:
+        probe = f"exec 3<>/dev/tcp/{registry}/{port} && echo open"
+        done = lab.exec(LAB_NUMBER, host, ["timeout", "5", "bash", "-c", probe], check=False)
+        return done.returncode == 0 and "open" in done.stdout
+
+    assert connects("support-2", 5001)
+    assert not connects("web-staging-1", 5001)
+    assert connects("web-staging-1", 5000) and connects("support-2", 5000)
+    registry_site.resource().ping()  # from this machine: Dagster's own door
 
 
 def test_the_push_log_never_shows_the_password(podman, registry_site, tiny_images):

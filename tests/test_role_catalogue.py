@@ -46,7 +46,7 @@ def test_the_pillar_blocks_come_from_the_catalogue(repo_root, tmp_path):
     catalogue = role_catalogue()
     for host, spec in topo.hosts.items():
         blocks = {b for r in spec.roles for b in catalogue.roles[r].pillar}
-        keys = set(pillars[host]) - {"roles", "coop", "salt"}
+        keys = set(pillars[host]) - {"roles", "coop", "salt", "firewall"}  # every host's
         expected = {"registry_client" if b.startswith("registry_") else b for b in blocks}
         expected = (expected - {"salt_master"}) | ({"apps"} if "web" in blocks else set())
         assert keys == expected, (host, keys, expected)
@@ -149,3 +149,28 @@ def test_a_lab_image_depends_on_the_catalogue_only_through_its_roles_states(tmp_
     data["roles"]["web-staging"]["states"] = ["web", "dns"]
     (tree / "roles.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     assert inputs()[1] != before[1]
+
+
+def test_only_from_names_a_port_of_the_role_and_roles_of_the_catalogue(tmp_path):
+    """A guarded port must be the role's own, its sources roles of the catalogue (or `dagster`):
+    a typo would otherwise leave a door closed to everyone or open to no one intended."""
+    catalogue = role_catalogue()
+    assert catalogue.roles["docker-registry"].only_from == {
+        "registry-push": ("jenkins-agent", "dagster")
+    }
+    text = (catalogue.path).read_text()
+    broken = tmp_path / "roles.yaml"
+    broken.write_text(
+        text.replace(
+            "only_from: {registry-push: [jenkins-agent, dagster]}",
+            "only_from: {registry-pushh: [jenkins-agnet, dagster]}",
+        )
+    )
+    with pytest.raises(RoleCatalogueError) as err:
+        role_catalogue(broken)
+    message = str(err.value)
+    assert f"{broken}: " in message
+    assert "roles.docker-registry.only_from.registry-pushh: not this role's service or one of" in (
+        message
+    )
+    assert "roles.docker-registry.only_from.registry-pushh: 'jenkins-agnet' is no role" in message

@@ -252,12 +252,15 @@ def test_each_host_gets_only_the_secrets_its_roles_need(coop, coop_secrets):
     assert "jenkins.admin_password" in granted["support-1"]
     # The registry host: bcrypt hashes that verify, never the passwords.
     assert "registry.htpasswd" not in granted["support-1"]
-    lines = dict(
-        line.split(":", 1) for line in pillars["support-1"]["registry"]["htpasswd"].split()
-    )
-    for user in ("ci", "deploy"):
-        password = coop_secrets.get("registry", "users", user).encode()
-        assert bcrypt.checkpw(password, lines[user].encode())
+    # The read-only door's htpasswd holds the pull account alone, the push door's the push
+    # account alone: a pull account's password opens nothing that writes.
+    registry = pillars["support-1"]["registry"]
+    for key, users in (("htpasswd", ["deploy"]), ("htpasswd_push", ["ci"])):
+        lines = dict(line.split(":", 1) for line in registry[key].split())
+        assert sorted(lines) == users, key
+        for user in users:
+            password = coop_secrets.get("registry", "users", user).encode()
+            assert bcrypt.checkpw(password, lines[user].encode())
 
 
 def test_the_pillar_says_where_each_service_listens_on_a_server(coop, coop_secrets):
@@ -286,6 +289,24 @@ def test_the_pillar_says_where_each_service_listens_on_a_server(coop, coop_secre
         "docker-registry.nz-por-1.coop.internal:5000",
         "docker-registry-1.nz-por-1.coop.internal:5000",
     } <= set(client["trusted_as"])
+    # The web hosts pull at the read-only door (5000), the build agent pushes at the push door
+    assert (client["user"], pillars["support-2"]["registry_client"]["address"]) == (
+        "deploy",
+        "10.100.9.1:5001",
+    )
+    # ... which the registry host's firewall opens to the build agent and Dagster (on the
+    # master's host, support-1) alone; no other host guards a port
+    assert pillars["support-1"]["firewall"] == {
+        "rules": [
+            {
+                "name": "registry-push",
+                "port": 5001,
+                "from": ["10.100.1.1", "10.100.2.1"],
+                "sources": ["jenkins-agent", "dagster"],
+            }
+        ]
+    }
+    assert {h for h, p in pillars.items() if p["firewall"]["rules"]} == {"support-1"}
     # The same input gives the same pillar (the registry's hashes too): applies change nothing.
     assert render_pillars(site_for(coop), coop_secrets) == pillars
 
@@ -395,8 +416,45 @@ def test_a_web_server_trusts_the_registry_under_each_name_it_is_reached_by(
     assert "/etc/containers/certs.d/10.100.9.1:5000/ca.crt" in names
 
 
+def test_the_registry_host_s_firewall_guards_the_push_door_and_nothing_else(
+    coop, coop_secrets, tmp_path, repo_root
+):
+    """The firewall rules as salt renders them for support-1 (a server's pillar), checked by
+    this machine's nft (`nft -c`: parsed and validated by the kernel's nf_tables, not loaded):
+    the push door takes new connections from the build agent and Dagster's host only, and is
+    refused (a reset) to everyone else; a host that guards nothing gets an empty table."""
+    import subprocess
+
+    pillars = render_pillars(site_for(coop), coop_secrets)
+    rendered = {}
+    for host in ("support-1", "web-staging-1"):
+        (tmp_path / host).mkdir()
+        out = tmp_path / host / "firewall.nft"
+        _salt_call_as_a_server(
+            host,
+            pillars[host],
+            ["cp.get_template", "salt://common/files/firewall.nft.jinja", str(out)],
+            tmp_path / host,
+            repo_root,
+        )
+        text = out.read_text()
+        check = subprocess.run(["nft", "-c", "-f", str(out)], capture_output=True, text=True)
+        assert check.returncode == 0, check.stderr
+        rendered[host] = [line.strip() for line in text.splitlines() if "dport" in line]
+    assert rendered["support-1"] == [
+        "tcp dport 5001 ct state new ip saddr { 10.100.1.1, 10.100.2.1 } accept",
+        "tcp dport 5001 ct state new reject with tcp reset",
+    ]
+    assert rendered["web-staging-1"] == []
+
+
 def _show_sls_as_a_server(host: str, pillar: dict, sls: str, tmp_path, repo_root) -> dict:
     """`state.show_sls` of `sls` by real masterless salt, with `pillar` (a server's: root "")."""
+    return _salt_call_as_a_server(host, pillar, ["state.show_sls", sls], tmp_path, repo_root)
+
+
+def _salt_call_as_a_server(host: str, pillar: dict, args: list[str], tmp_path, repo_root):
+    """`salt-call --local <args>` on the repo's salt/ with `pillar`: its `local` return."""
     import subprocess
     import sys
 
@@ -416,7 +474,7 @@ def _show_sls_as_a_server(host: str, pillar: dict, sls: str, tmp_path, repo_root
     (tmp_path / "etc" / "minion").write_text(yaml.safe_dump(config))
     out = subprocess.run(
         [str(Path(sys.executable).parent / "salt-call"), "--local", "-c", str(tmp_path / "etc")]
-        + ["--out=json", "--log-level=quiet", "state.show_sls", sls],
+        + ["--out=json", "--log-level=quiet", *args],
         capture_output=True,
         text=True,
         timeout=120,

@@ -143,6 +143,15 @@ def test_only_web_hosts_are_open_to_the_world_and_only_on_80_and_443(coop, layou
     assert set(layout["public_hosts"]) == web_hosts
 
 
+def test_the_registry_s_push_door_is_open_to_the_build_agents_only(layout):
+    """Written by hand from topology.yaml: its one build agent is support-2 (primary address
+    10.100.2.1); the push door (5001) takes no other remote address."""
+    push = [r for r in _rules(layout) if r["port_min"] <= 5001 <= r["port_max"]]
+    assert sorted((r["group"], r["protocol"], r["remote"]) for r in push) == [
+        ("docker-registry", "tcp", "10.100.2.1/32"),
+    ]
+
+
 def test_salt_registry_and_npm_cache_only_from_the_private_network(coop, layout):
     private = ipaddress.IPv4Network("10.100.0.0/16")
     by_port = {}
@@ -170,7 +179,7 @@ def test_salt_registry_and_npm_cache_only_from_the_private_network(coop, layout)
         }
         assert {h for h in layout["ports"] if group in _groups_of(layout, h)} == holders, group
     # nothing but these rules exists
-    assert len(_rules(layout)) == 11
+    assert len(_rules(layout)) == 12  # 11 + the push door from the one build agent
 
 
 def test_jenkins_agents_reach_the_master_on_8080_from_the_private_network_only(coop, layout):

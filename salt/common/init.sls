@@ -1,12 +1,13 @@
 {#- Every host: its salt minion's config, the folders the other states write into, base packages,
-    a record of what the topology says this host is (/etc/coop/host.json) and its service
-    addresses (common/addresses.sls). Every role's states include this. An image bake
+    a record of what the topology says this host is (/etc/coop/host.json), its service
+    addresses (common/addresses.sls) and its firewall (common/firewall.sls). Every role's states include this. An image bake
     (lib/site.jinja: bake) gets the packages and the folders only. #}
 {%- from "lib/site.jinja" import bake with context %}
 
 include:
   - salt.minion
   - common.addresses
+  - common.firewall
 
 common-packages:
   pkg.installed:

@@ -1,6 +1,12 @@
 {#- The private docker registry: Debian's docker-registry (Docker Distribution 2.8) with htpasswd
     auth (bcrypt hashes from the pillar; the passwords themselves never reach this host) and TLS
-    (the certificate and key from the secrets pillar). An image bake: the package and folders. #}
+    (the certificate and key from the secrets pillar), as two doors on one storage:
+    - the pull door (`registry.port`, 5000; docker-registry.service): read-only, its htpasswd
+      holds the pull accounts only;
+    - the push door (`registry.push_port`, 5001; docker-registry-push.service): read-write, its
+      htpasswd holds the push account only; the firewall (common.firewall, the catalogue's
+      `only_from`) lets only the build agents and Dagster reach it.
+    Deletion is off on both. An image bake: the package, the folders and the push door's unit. #}
 {%- from "lib/site.jinja" import bake with context %}
 {%- from "lib/daemon.jinja" import daemon with context %}
 {%- set etc = '/etc/docker/registry' %}
@@ -29,18 +35,43 @@ registry-etc:
     - makedirs: True
     - mode: '0750'
     - group: {{ group }}
+
+registry-push-unit:
+  file.managed:
+    - name: /etc/systemd/system/docker-registry-push.service
+    - mode: '0644'
+    - contents: |
+        # Managed by salt (salt/registry): the registry's push door, on the pull door's storage.
+        [Unit]
+        Description=Docker registry, push door (read-write; the push account only)
+        After=network.target
+
+        [Service]
+        User=docker-registry
+        ExecStart=/usr/bin/docker-registry serve {{ etc }}/config-push.yml
+
+        [Install]
+        WantedBy=multi-user.target
 {%- if not bake %}
 {%- set reg = pillar['registry'] %}
 
-registry-htpasswd:
+registry-push-unit-reload:
+  cmd.run:
+    - name: systemctl daemon-reload
+    - onchanges:
+      - file: registry-push-unit
+{%- for door, file in [('pull', 'htpasswd'), ('push', 'htpasswd-push')] %}
+
+registry-{{ door }}-htpasswd:
   file.managed:
-    - name: {{ etc }}/htpasswd
-    - contents_pillar: registry:htpasswd
+    - name: {{ etc }}/{{ file }}
+    - contents_pillar: registry:{{ file | replace('-', '_') }}
     - mode: '0640'
     - group: {{ group }}
     - show_changes: False
     - require:
       - file: registry-etc
+{%- endfor %}
 
 registry-tls-cert:
   file.managed:
@@ -60,9 +91,11 @@ registry-tls-key:
     - require:
       - file: registry-etc
 
-registry-config:
+{%- for door, config in [('pull', 'config.yml'), ('push', 'config-push.yml')] %}
+
+registry-{{ door }}-config:
   file.managed:
-    - name: {{ etc }}/config.yml
+    - name: {{ etc }}/{{ config }}
     - source: salt://registry/files/config.yml.jinja
     - template: jinja
     - mode: '0640'
@@ -70,12 +103,20 @@ registry-config:
     - show_changes: False
     - context:
         etc: {{ etc }}
+        door: {{ door }}
     - require:
       - file: registry-etc
+{%- endfor %}
 
 {{ daemon('registry', 'docker-registry',
-          watch=[{'file': 'registry-config'}, {'file': 'registry-htpasswd'},
+          watch=[{'file': 'registry-pull-config'}, {'file': 'registry-pull-htpasswd'},
                  {'file': 'registry-tls-cert'}, {'file': 'registry-tls-key'}],
           on_change='restart', host=reg['listen'], port=reg['port'],
           require=[{'file': 'registry-storage'}]) }}
+
+{{ daemon('registry-push', 'docker-registry-push',
+          watch=[{'file': 'registry-push-config'}, {'file': 'registry-push-htpasswd'},
+                 {'file': 'registry-tls-cert'}, {'file': 'registry-tls-key'}],
+          on_change='restart', host=reg['listen'], port=reg['push_port'],
+          require=[{'file': 'registry-storage'}, {'cmd': 'registry-push-unit-reload'}]) }}
 {%- endif %}

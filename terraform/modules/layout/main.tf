@@ -25,10 +25,11 @@ locals {
       ]
     }
     docker-registry = {
-      description = "The private docker registry, from the private network"
-      rules = [
-        { protocol = "tcp", port_min = var.registry_port, port_max = var.registry_port, remote = local.private },
-      ]
+      description = "The private docker registry: its read-only door from the private network, its push door from the build agents only"
+      rules = concat(
+        [{ protocol = "tcp", port_min = var.registry_port, port_max = var.registry_port, remote = local.private }],
+        [for address in local.build_agents : { protocol = "tcp", port_min = var.registry_push_port, port_max = var.registry_push_port, remote = "${address}/32" }],
+      )
     }
     npm-cache = {
       description = "The npm cache, from the private network"
@@ -63,6 +64,10 @@ locals {
       ]
     }
   }
+
+  # The build agents' primary addresses: the only remote addresses of the registry's push door
+  # (Dagster, beside the salt master on the registry's host, reaches it from that host itself).
+  build_agents = sort([for name, host in var.hosts : host.addresses[0] if contains(host.roles, "jenkins-agent")])
 
   # The security groups each role brings (every host also has `base`).
   role_security_groups = {

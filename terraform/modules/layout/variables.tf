@@ -34,6 +34,12 @@ variable "registry_port" {
   default     = 5000
 }
 
+variable "registry_push_port" {
+  description = "The docker registry's push door (the build agents' only)."
+  type        = number
+  default     = 5001
+}
+
 variable "npm_cache_port" {
   description = "The npm cache's port (verdaccio)."
   type        = number
