@@ -34,6 +34,7 @@ import dagster as dg
 from infra_assets.highstate import highstate_key
 from infra_assets.model import App, Topology
 from infra_assets.paths import state_dir
+from infra_assets.provenance import our_build
 from infra_assets.secrets import PUSH_ACCOUNT, SecretsError, load_secrets
 from infra_assets.sites import LabSite, SiteError, site_for
 from resources.cli_runner import CliError
@@ -190,10 +191,14 @@ def materialize(
         raise dg.Failure(f"no registry to push to: {err}", allow_retries=False) from None
     log = BuildLog(state_dir() / "builds" / app_name / f"{sha}.log", context)
     try:
-        existing = _already_built(registry, app_name, sha)
+        existing, foreign = _already_built(context.instance, registry, app_name, app.branch, sha)
+        if foreign:
+            log(foreign)
         if existing is not None:
             log(f"{endpoint.image(app_name, sha)} is already in the registry ({existing.digest})")
-            outcome = BuildOutcome(None, 0.0, ["already in the registry: not built again"], {})
+            outcome = BuildOutcome(
+                None, 0.0, ["already in the registry, built by app_image: not built again"], {}
+            )
         elif builder == "salt":
             outcome = _build_salt(context, topology, endpoint, app_name, app, repo, sha, log)
         else:
@@ -249,12 +254,26 @@ def materialize(
     return dg.Output(image, metadata=metadata, data_version=dg.DataVersion(manifest.digest))
 
 
-def _already_built(registry: RegistryResource, app_name: str, sha: str) -> Manifest | None:
+def _already_built(
+    instance: dg.DagsterInstance, registry: RegistryResource, app_name: str, branch: str, sha: str
+) -> tuple[Manifest | None, str]:
+    """The image at `<app>:<sha>` when it is one app_image built and recorded (it is adopted,
+    not built again), and what to say when an image is there that is not ours (it is built
+    again, and the tag moves to ours)."""
     manifest = registry.manifest(repository=app_name, reference=sha)
-    if manifest is None or manifest.is_index:
-        return None
+    if manifest is None:
+        return None, ""
+    if our_build(instance, app_name, branch, manifest.digest) is None:
+        return None, (
+            f"{app_name}:{sha} is in the registry as {manifest.digest}, which app_image never"
+            " built (pushed by someone else?): not adopted, built again"
+        )
+    if manifest.is_index:
+        return None, f"{app_name}:{sha} is an index: not adopted, built again"
     labels = registry.labels(repository=app_name, manifest=manifest)
-    return manifest if labels.get(REVISION_LABEL) == sha else None
+    if labels.get(REVISION_LABEL) != sha:
+        return None, f"{app_name}:{sha} is labelled {labels.get(REVISION_LABEL)!r}: built again"
+    return manifest, ""
 
 
 def build_agent(topology: Topology) -> str:

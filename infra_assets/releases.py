@@ -10,10 +10,15 @@ serving, removes the new container and fails the asset with the health log.
 Which digest:
 - `release/staging/<app>`: the run config's `digest` (what registry_image_sensor asks for, one run
   per new digest at the app's branch tag), else the digest at that tag now;
-- `release/production/<app>`: the digest live on staging (the `promote` job): never a new build;
-  a config `digest` is refused unless it is that one (release it on staging first);
+- `release/production/<app>`: the digest of the last successful `release/staging/<app>`
+  (Dagster's record; the `promote` job), refused unless every staging host runs it: never a new
+  build; a config `digest` is refused unless it is that one (release it on staging first);
 - with `rollback: true` (the `rollback` and `rollback_staging` jobs): the previous release recorded
   on the environment's hosts.
+Whichever it is, it is released only when `app_image/<app>` built and recorded it for a commit of
+the app's branch (infra_assets/provenance.py): a digest someone else pushed, under any tag, or a
+host's record names, is refused; so are indexes and images whose revision label is not the
+recorded commit.
 
 Hosts are released one after another; the first failure stops the run (the hosts after it keep
 what they had). Metadata: digest, commit, the URL, the health check's answer, the previous digest,
@@ -34,6 +39,7 @@ from infra_assets.app_images import asset_key as app_image_key
 from infra_assets.highstate import highstate_key, report
 from infra_assets.minions import POOL
 from infra_assets.model import ENVIRONMENTS, Topology
+from infra_assets.provenance import our_build, staging_record
 from infra_assets.secrets import SecretsError, load_secrets
 from infra_assets.sites import RECORDS_DIR, Site, SiteError, site_for
 from resources.registry import RegistryError, RegistryResource
@@ -184,8 +190,8 @@ def materialize(
         site = site_for(topology)
         secrets = load_secrets(site.secrets_file(), topology).values()
         before = read_records(salt, site, hosts, app_name)
-        digest, sha, why = _choose(config, registry, salt, site, topology, environment, app_name,
-                                   before)  # fmt: skip
+        digest, sha, why = _choose(context.instance, config, registry, salt, site, topology,
+                                   environment, app_name, before)  # fmt: skip
     except (SaltError, SiteError, SecretsError, RegistryError) as err:
         raise _fail(f"{what}: {err}") from None
     if not DIGEST_RE.match(digest or "") or (sha and not SHA_RE.match(sha)):
@@ -270,6 +276,7 @@ def materialize(
 
 
 def _choose(
+    instance: dg.DagsterInstance,
     config: ReleaseConfig,
     registry: RegistryResource,
     salt: SaltResource,
@@ -279,82 +286,99 @@ def _choose(
     app_name: str,
     before: list[Record],
 ) -> tuple[str, str, str]:
-    """(digest, sha, why) of what to release."""
+    """(digest, sha, why) of what to release: only ever a digest that `app_image/<app>` built
+    and recorded for a commit of the app's branch (infra_assets/provenance.py); production only
+    the digest of the last successful staging release, which every staging host must run."""
+    what = f"release/{environment}/{app_name}"
+    app = topology.apps[app_name]
     if config.rollback:
-        previous = {r.digest("previous") for r in before}
-        if None in previous:
-            missing = [r.host for r in before if r.previous is None]
-            raise _fail(
-                f"release/{environment}/{app_name}: nothing to roll back to on"
-                f" {', '.join(missing)} (no previous release recorded there)"
-            )
-        if len(previous) > 1:
-            raise _fail(
-                f"release/{environment}/{app_name}: the hosts disagree on the previous release"
-                f" ({_by_host(before, 'previous')}); release a digest by hand (config: digest)"
-            )
-        digest = previous.pop()
-        sha = next((r.previous or {}).get("sha", "") for r in before)
-        return digest, sha, f"rollback to the previous release (was {before[0].digest()})"
-    if environment == "production":
-        live_digest, live_sha = _live_on_staging(salt, site, app_name)
-        if not config.digest:
-            return live_digest, live_sha, "promoted: the release on staging"
-        if config.digest != live_digest:
-            raise _fail(
-                f"release/production/{app_name}: config digest {config.digest} is not the release"
-                f" live on staging ({live_digest}): production only takes what staging runs."
-                f" Release it on staging first ({staging_job_name(app_name)} with that digest),"
-                " then run `promote`"
-            )
-        digest, why = config.digest, "asked for (run config); it is the release on staging"
+        digest, why = _rollback_target(what, before)
+    elif environment == "production":
+        digest, why = _promoted(instance, salt, site, app_name, config.digest)
     elif config.digest:
         digest, why = config.digest, "asked for (run config)"
     else:
-        app = topology.apps[app_name]
         found = registry.digest(repository=app_name, reference=app.branch)
         if found is None:
             raise _fail(
-                f"release/staging/{app_name}: {app_name}:{app.branch} is not in the registry yet:"
-                " push a commit (git_push_sensor builds it)"
+                f"{what}: {app_name}:{app.branch} is not in the registry yet: push a commit"
+                " (git_push_sensor builds it)"
             )
         digest, why = found, f"the image at {app_name}:{app.branch}"
+    record = our_build(instance, app_name, app.branch, digest)
+    if record is None:
+        raise _fail(
+            f"{what}: {app_name}@{digest} ({why}) is not an image app_image/{app_name} built for a"
+            f" commit of {app.branch}: nothing was released. Only what the pipeline built is"
+            " released: push the commit and let app_image build it"
+        )
+    if config.sha and config.sha != record.sha:
+        raise _fail(
+            f"{what}: config sha {config.sha} is not the commit {app_name}@{digest} was built"
+            f" from ({record.sha}, app_image's record): nothing was released"
+        )
     manifest = registry.manifest(repository=app_name, reference=digest)
     if manifest is None:
-        raise _fail(f"release/{environment}/{app_name}: {app_name}@{digest} is not in the registry")
-    sha = config.sha
-    if not sha and not manifest.is_index:
-        sha = registry.labels(repository=app_name, manifest=manifest).get(REVISION_LABEL, "")
-        if sha and not SHA_RE.match(sha):
-            raise _fail(
-                f"release/{environment}/{app_name}: {app_name}@{digest} says it was built from"
-                f" {sha!r} (its label {REVISION_LABEL}), which is not a commit (40 lowercase hex"
-                " digits): nothing was released. Build the image from git (app_image), or give"
-                " the commit in the run config (sha)"
-            )
-    return digest, sha, why
+        raise _fail(f"{what}: {app_name}@{digest} is not in the registry")
+    if manifest.is_index:
+        raise _fail(f"{what}: {app_name}@{digest} is an index, not an image: nothing was released")
+    label = registry.labels(repository=app_name, manifest=manifest).get(REVISION_LABEL, "")
+    if label != record.sha:
+        raise _fail(
+            f"{what}: {app_name}@{digest} carries {REVISION_LABEL}={label!r}, not the commit it"
+            f" was recorded for ({record.sha}): nothing was released"
+        )
+    return digest, record.sha, why
 
 
-def _live_on_staging(salt: SaltResource, site: Site, app_name: str) -> tuple[str, str]:
-    """(digest, sha) of the release every staging host runs; fails when there is none or the
-    hosts disagree."""
+def _rollback_target(what: str, before: list[Record]) -> tuple[str, str]:
+    """The previous release every host recorded (checked against app_image's record after)."""
+    previous = {r.digest("previous") for r in before}
+    if None in previous:
+        missing = [r.host for r in before if r.previous is None]
+        raise _fail(
+            f"{what}: nothing to roll back to on {', '.join(missing)} (no previous release"
+            " recorded there)"
+        )
+    if len(previous) > 1:
+        raise _fail(
+            f"{what}: the hosts disagree on the previous release ({_by_host(before, 'previous')});"
+            " release a digest by hand (config: digest)"
+        )
+    return previous.pop(), f"rollback to the previous release (was {before[0].digest()})"
+
+
+def _promoted(
+    instance: dg.DagsterInstance, salt: SaltResource, site: Site, app_name: str, asked: str
+) -> tuple[str, str]:
+    """Production's digest: the last successful `release/staging/<app>`'s (Dagster's record,
+    not what a staging host says), refused unless every staging host runs it."""
+    record = staging_record(instance, app_name)
+    if record is None or not record.digest:
+        raise _fail(
+            f"release/production/{app_name}: staging never released {app_name} (no successful"
+            f" release/staging/{app_name}): release it there first"
+        )
+    if asked and asked != record.digest:
+        raise _fail(
+            f"release/production/{app_name}: config digest {asked} is not the last release on"
+            f" staging ({record.digest}): production only takes what staging released. Release"
+            f" it on staging first ({staging_job_name(app_name)} with that digest), then run"
+            " `promote`"
+        )
     staging = sorted(site.topo.hosts_with_role("web-staging"))
     if not staging:
         raise _fail(f"release/production/{app_name}: no staging host to promote from")
     live = read_records(salt, site, staging, app_name)
-    digests = {r.digest() for r in live}
-    if None in digests:
+    disagree = [r for r in live if r.digest() != record.digest]
+    if disagree:
         raise _fail(
-            f"release/production/{app_name}: nothing is released on staging yet"
-            f" ({', '.join(r.host for r in live if r.current is None)}): release it there"
-            " first"
+            f"release/production/{app_name}: the last staging release is {record.digest}"
+            f" (run {record.run_id[:8]}), but {_by_host(disagree, 'current')}: nothing was"
+            " promoted. Release staging again (or find out who changed that host)"
         )
-    if len(digests) > 1:
-        raise _fail(
-            f"release/production/{app_name}: the staging hosts run different releases"
-            f" ({_by_host(live, 'current')}): finish the staging release first"
-        )
-    return digests.pop(), (live[0].current or {}).get("sha", "")
+    why = "promoted: the last release on staging"
+    return record.digest, why + (" (asked for: run config)" if asked else "")
 
 
 def _previous_digest(before: list[Record], digest: str) -> str | None:

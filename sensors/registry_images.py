@@ -4,8 +4,11 @@ It watches each app's repository in the registry (named like the app) at the tag
 branch (`hello:main`), the tag the image build moves to each new head of the branch. The cursor
 is the digest per app and tag, as JSON (`{"hello": {"main": "sha256:..."}}`). Each new digest asks
 for one run with run_key = the digest, its tags naming the app, the digest, the image and the
-commit (the image's `org.opencontainers.image.revision` label). An image whose label is not a
-commit (40 hex digits) is refused: no run, the reason in the tick, the cursor past it. A registry
+commit (the image's `org.opencontainers.image.revision` label). Only a digest that
+`app_image/<app>` built and recorded (Dagster's event log: infra_assets/provenance.py) is
+released: any other at the tag (an image someone else pushed) is named in the tick, with no run,
+and the cursor stays before it. An image whose label is not a commit (40 hex digits) is refused:
+no run, the reason in the tick, the cursor past it. A registry
 that cannot be reached
 (or refuses the credentials) skips the tick with the reason, and the cursor stays where it was.
 
@@ -23,6 +26,7 @@ from dataclasses import dataclass, field
 import dagster as dg
 
 from infra_assets.model import App
+from infra_assets.provenance import our_build
 from resources.git import SHA_RE
 from resources.registry import RegistryError, RegistryResource
 from sensors.cursors import CursorError, read_json_cursor
@@ -45,6 +49,9 @@ class RegistryPoll:
     new: list[NewImage] = field(default_factory=list)
     absent: dict[str, str] = field(default_factory=dict)  # app -> tag not in the registry yet
     refused: list[str] = field(default_factory=list)  # new images not released, and why
+    # new digests that app_image never built: named at every tick while the tag points at them
+    # (the cursor stays before them: our own build's record may land after its tag moved)
+    foreign: list[str] = field(default_factory=list)
     cursor: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
@@ -64,10 +71,15 @@ def watched_tags(app: App) -> list[str]:
 
 
 def poll(
-    *, apps: Mapping[str, App], cursor: Mapping[str, Mapping[str, str]], registry: RegistryResource
+    *,
+    apps: Mapping[str, App],
+    cursor: Mapping[str, Mapping[str, str]],
+    registry: RegistryResource,
+    ours: Callable[[str, str, str], bool],
 ) -> RegistryPoll:
-    """Every app's watched tags against the cursor. Raises RegistryError when the registry
-    cannot be asked (then nothing of this poll counts)."""
+    """Every app's watched tags against the cursor; `ours(app, branch, digest)` says whether
+    app_image built that digest (its record in Dagster's event log). Raises RegistryError when
+    the registry cannot be asked (then nothing of this poll counts)."""
     endpoint = registry.endpoint()
     result = RegistryPoll(cursor={app: dict(tags) for app, tags in cursor.items()})
     for name, app in apps.items():
@@ -77,6 +89,12 @@ def poll(
                 result.absent[name] = f"{name}:{tag} is not in the registry yet"
                 continue
             if cursor.get(name, {}).get(tag) == digest:
+                continue
+            if not ours(name, app.branch, digest):
+                result.foreign.append(
+                    f"{name}:{tag} = {digest} not released: app_image/{name} never built it (an"
+                    " image pushed by someone else, or a build not recorded yet)"
+                )
                 continue
             manifest = registry.manifest(repository=name, reference=digest)
             sha = None
@@ -118,15 +136,19 @@ def build_registry_image_sensor(
             cursor = read_cursor(context.cursor)
         except CursorError as err:
             return dg.SkipReason(str(err))
+
+        def ours(app: str, branch: str, digest: str) -> bool:
+            return our_build(context.instance, app, branch, digest) is not None
+
         try:
-            result = poll(apps=apps, cursor=cursor, registry=registry)
+            result = poll(apps=apps, cursor=cursor, registry=registry, ours=ours)
         except RegistryError as err:
             return dg.SkipReason(f"registry unreachable, cursor unchanged: {err}")
-        for refused in result.refused:
+        for refused in [*result.refused, *result.foreign]:
             context.log.warning(refused)
         if not result.new:
             absent = [result.absent[a] for a in sorted(result.absent)]
-            why = "; ".join(["no new image", *result.refused, *absent])
+            why = "; ".join(["no new image", *result.refused, *result.foreign, *absent])
             if result.refused:  # the cursor moves past the refused images
                 return dg.SensorResult(
                     cursor=json.dumps(result.cursor, sort_keys=True), skip_reason=why

@@ -153,13 +153,11 @@ def test_release_jobs(lab_defs):
 
 
 def test_nothing_to_roll_back_to_is_a_clear_error():
-    from infra_assets.releases import Record, ReleaseConfig, _choose
+    from infra_assets.releases import Record, _rollback_target
 
     record = Record("web-production-1", {"digest": "sha256:" + "a" * 64}, None)
     with pytest.raises(dg.Failure) as err:
-        _choose(
-            ReleaseConfig(rollback=True), None, None, None, None, "production", "hello", [record]
-        )
+        _rollback_target("release/production/hello", [record])
     assert err.value.description == (
         "release/production/hello: nothing to roll back to on web-production-1 (no previous"
         " release recorded there)"

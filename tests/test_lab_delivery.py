@@ -69,7 +69,9 @@ def _answer(lab_env: LabEnv, release: dict) -> tuple[dict, dict]:
     return response.json(), dict(response.headers)
 
 
-def test_a_push_is_built_on_the_agent_released_on_staging_and_promoted(lab_env: LabEnv, hello):
+def test_a_push_is_built_on_the_agent_released_on_staging_and_promoted(
+    lab_env: LabEnv, hello, podman, tmp_path
+):
     from lab import site
 
     times: dict[str, float] = {}
@@ -77,6 +79,18 @@ def test_a_push_is_built_on_the_agent_released_on_staging_and_promoted(lab_env: 
     with lab_env.env():
         instance = dg.DagsterInstance.get()
         defs = lab_env.definitions()
+        # Someone with the push account got there first: an image of theirs as hello:<sha>,
+        # labelled with that very commit. app_image never built it: it must not be adopted.
+        endpoint = defs.resources["registry"].endpoint()
+        (tmp_path / "Dockerfile").write_text("FROM scratch\nCOPY Dockerfile /not-hello\n")
+        podman.build(
+            context=tmp_path,
+            tag="localhost/foreign:1",
+            labels={registry_images.REVISION_LABEL: sha},
+        )
+        foreign = podman.push(
+            image="localhost/foreign:1", destination=endpoint.image(APP, sha), registry=endpoint
+        ).digest
 
         # The git sensor reads the path repo on this machine: one build, one partition.
         tick = _tick(defs, git_push.SENSOR_NAME, instance, None)
@@ -94,6 +108,11 @@ def test_a_push_is_built_on_the_agent_released_on_staging_and_promoted(lab_env: 
 
         # Built on the agent through salt, from the lab's git daemon, pushed to the registry.
         assert meta["builder"] == "salt" and meta["built"] is True
+        assert meta["digest"] != foreign  # built again, over the foreign image's tag
+        assert (
+            f"{APP}:{sha} is in the registry as {foreign}, which app_image never built (pushed"
+            " by someone else?): not adopted, built again"
+        ) in open(meta["build_log"]).read()
         assert meta["build_host"] == "support-2"
         assert meta["repo_url"] == f"git://169.254.{LAB_NUMBER}.1/{APP}.git"
         log = open(meta["build_log"]).read()

@@ -6,13 +6,18 @@ with the app's domain as Host, through the lab's link.
 The images are the sample app built with podman on this machine (FROM the project's base image)
 and pushed to the lab's registry under tags of their own (`hello:t-<sha>`), not the branch tag the
 registry sensor watches; the release jobs are run in process with the digest in their config, as
-the sensor asks.
+the sensor asks, all on one Dagster instance (the module's). A release takes only what
+`app_image/hello` recorded: each image these tests push is recorded as app_image records a build
+(`record_build`: a materialisation of `app_image/hello` in a run, with its digest, commit and
+branch), except the foreign ones, which must be refused. tests/test_lab_delivery.py runs the
+real chain (a push, app_image's build on the agent, its record, the releases).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import shlex
 import shutil
 import threading
 import time
@@ -23,6 +28,7 @@ import requests
 from fixtures_delivery import HELLO
 from lab_env import LAB_NUMBER, LabEnv, direct_session
 
+from infra_assets.provenance import our_build
 from sensors.registry_images import REVISION_LABEL, poll
 
 pytestmark = [pytest.mark.slow, pytest.mark.lab]
@@ -41,6 +47,7 @@ class LabReleases:
         self.defs = lab_env.definitions()
         self.registry = self.defs.resources["registry"]
         self.driver = lab_env.lab().lab()
+        self.instance = dg.DagsterInstance.ephemeral()
 
     def host(self, env: str) -> str:
         return sorted(self.env.topo.hosts_with_role(f"web-{env}"))[0]
@@ -67,10 +74,17 @@ class LabReleases:
         return self.guest(env, "cat", RECORD)
 
     def image(
-        self, version: str, *, healthy: bool = True, label: str | None = None, to: str = ""
+        self,
+        version: str,
+        *,
+        healthy: bool = True,
+        label: str | None = None,
+        to: str = "",
+        recorded: str | None = APP,
     ) -> str:
         """The sample app saying `version`, pushed as hello:t-<version> (or `to`) to the lab's
-        registry: its digest. `label`: its revision label, if not `version`."""
+        registry: its digest. `label`: its revision label, if not `version`. `recorded`: the app
+        whose app_image records it as built from `version` (None: a foreign image)."""
         context = self.tmp / f"app-{version}"
         shutil.copytree(HELLO, context)
         if not healthy:
@@ -92,7 +106,22 @@ class LabReleases:
             labels={REVISION_LABEL: version if label is None else label},
             log=_quiet,
         )
-        return self.podman.push(image=tag, destination=tag, registry=end, log=_quiet).digest
+        digest = self.podman.push(image=tag, destination=tag, registry=end, log=_quiet).digest
+        if recorded:
+            self.record_build(recorded, digest, version)
+        return digest
+
+    def record_build(self, app: str, digest: str, sha: str) -> None:
+        """What app_image/<app> records when it has built `digest` from commit `sha` of the app's
+        branch, materialised in a run of this module's instance (the image itself was built
+        here by podman, not by app_image)."""
+        branch = self.env.topo.apps[APP].branch
+
+        @dg.asset(key=["app_image", app])
+        def built() -> dg.MaterializeResult:
+            return dg.MaterializeResult(metadata={"digest": digest, "sha": sha, "branch": branch})
+
+        assert dg.materialize([built], instance=self.instance).success
 
     def run(self, job: str, **config) -> dg.ExecuteInProcessResult:
         job_def = self.defs.resolve_job_def(job)
@@ -102,7 +131,7 @@ class LabReleases:
             run_config = {"ops": {op: {"config": config} for op in ops}}
         with self.env.env():
             return job_def.execute_in_process(
-                instance=dg.DagsterInstance.ephemeral(),
+                instance=self.instance,
                 run_config=run_config,
                 raise_on_error=False,
             )
@@ -286,15 +315,15 @@ def test_promote_sends_the_staging_digest_to_production(site: LabReleases):
     bypass = site.run("promote", digest=d1)
     assert not bypass.success
     assert (
-        f"release/production/{APP}: config digest {d1} is not the release live on staging"
-        f" ({d2}): production only takes what staging runs"
+        f"release/production/{APP}: config digest {d1} is not the last release on staging"
+        f" ({d2}): production only takes what staging released"
     ) in _failure(bypass, "production").error.message
     tags = site.registry.tags(repository=APP)
     promoted = site.run("promote")
     assert promoted.success, _failure(promoted, "production")
     meta = _meta(promoted, "production")
     assert meta["digest"] == d2 and meta["sha"] == v2 and meta["previous_digest"] == d1
-    assert meta["why"] == "promoted: the release on staging"
+    assert meta["why"] == "promoted: the last release on staging"
     assert site.version("production") == v2
     assert site.get("production").headers["X-Coop-Release"] == d2  # the very image staging runs
     assert site.registry.tags(repository=APP) == tags  # nothing was built or pushed
@@ -322,21 +351,29 @@ def test_a_digest_or_sha_that_is_not_one_is_refused_before_anything_changes(site
             _failure(result).error.message
         )
 
-    # An image whose revision label is not a commit: the release refuses it, with nothing asked
-    # in the run config...
+    # An image whose revision label is not the commit it was recorded for (here: not a commit at
+    # all): the release refuses it, with nothing asked in the run config...
     bad_label = "v1\nadd_header X-Pwned 1;"
-    d_bad = site.image(_version(11), label=bad_label)
+    v_bad = _version(11)
+    d_bad = site.image(v_bad, label=bad_label)
     result = site.run(f"release_staging_{APP}", digest=d_bad)
     assert not result.success
     message = _failure(result).error.message
-    assert f"{REVISION_LABEL}), which is not a commit" in message and repr(bad_label) in message
-    assert "nothing was released" in message
+    assert f"{APP}@{d_bad} carries {REVISION_LABEL}={bad_label!r}, not the commit it was" in message
+    assert f"recorded for ({v_bad}): nothing was released" in message
     assert site.record() == record
 
     # ...and the registry sensor asks for no release of it (the cursor moves past it).
     end = site.registry.endpoint()
-    d_sensor = site.image(_version(12), label=bad_label, to=end.image("badlabel", "main"))
-    polled = poll(apps={"badlabel": site.env.topo.apps[APP]}, cursor={}, registry=site.registry)
+    d_sensor = site.image(
+        _version(12), label=bad_label, to=end.image("badlabel", "main"), recorded="badlabel"
+    )
+    polled = poll(
+        apps={"badlabel": site.env.topo.apps[APP]},
+        cursor={},
+        registry=site.registry,
+        ours=lambda app, branch, digest: our_build(site.instance, app, branch, digest) is not None,
+    )
     assert polled.new == []
     assert polled.refused == [
         f"badlabel:main = {d_sensor} not released: its label {REVISION_LABEL}={bad_label!r} is"
@@ -352,3 +389,78 @@ def test_a_digest_or_sha_that_is_not_one_is_refused_before_anything_changes(site
     assert [s.state_id for s in applied.states()] == ["app-release-in-pillar"]
     assert site.version("staging") == v
     assert json.loads(site.record()) == json.loads(record)
+
+
+def test_an_image_the_pipeline_did_not_build_is_never_released(site: LabReleases):
+    """An image someone pushed with the push account, labelled with a real-looking commit, under
+    a tag of its own or the branch tag the sensor watches: no release takes it (by digest, or a
+    rollback the hosts' records point at), and the sensor names it in its tick, asking for no
+    run and keeping its cursor before it (our own build's record may land after its tag)."""
+    v = _version(13)
+    ours = site.image(v)
+    assert site.release(ours, v).success
+    record = site.record()
+
+    v_foreign = _version(14)
+    foreign = site.image(v_foreign, recorded=None)
+    for config in ({"digest": foreign}, {"digest": foreign, "sha": v_foreign}):
+        result = site.run(f"release_staging_{APP}", **config)
+        assert not result.success
+        message = _failure(result).error.message
+        assert (
+            f"release/staging/{APP}: {APP}@{foreign} (asked for (run config)) is not an image"
+            f" app_image/{APP} built for a commit of main: nothing was released"
+        ) in message
+    assert site.record() == record and site.version("staging") == v
+
+    # at the branch tag the sensor watches (a repository of its own, not to disturb the others)
+    end = site.registry.endpoint()
+    at_branch = site.image(_version(15), to=end.image("intruder", "main"), recorded=None)
+
+    def ours_in_this_instance(app: str, branch: str, digest: str) -> bool:
+        return our_build(site.instance, app, branch, digest) is not None
+
+    apps = {"intruder": site.env.topo.apps[APP]}
+    polled = poll(apps=apps, cursor={}, registry=site.registry, ours=ours_in_this_instance)
+    assert polled.new == [] and polled.cursor == {}
+    assert polled.foreign == [
+        f"intruder:main = {at_branch} not released: app_image/intruder never built it (an image"
+        " pushed by someone else, or a build not recorded yet)"
+    ]
+    # once app_image has recorded it (say the record landed after the tag moved), it is released
+    site.record_build("intruder", at_branch, _version(15))
+    polled = poll(apps=apps, cursor={}, registry=site.registry, ours=ours_in_this_instance)
+    assert [i.digest for i in polled.new] == [at_branch] and polled.foreign == []
+
+
+def test_promote_takes_staging_s_record_and_refuses_a_staging_host_that_disagrees(
+    site: LabReleases,
+):
+    """Production takes the digest of the last successful staging release (Dagster's record),
+    not what a staging host's record file says: root on a staging host who rewrites it to name
+    another image stops the promote instead of choosing what production runs."""
+    v1, v2 = _version(16), _version(17)
+    d1, d2 = site.image(v1), site.image(v2)
+    assert site.release(d1, v1).success
+    assert site.release(d2, v2).success
+    before = site.record()
+    forged = json.loads(before)
+    forged["current"], forged["previous"] = forged["previous"], forged["current"]
+    host = site.host("staging")
+    try:
+        write = f"printf %s {shlex.quote(json.dumps(forged))} > {RECORD}"
+        site.guest("staging", "sh", "-c", write)  # as root on the staging host would
+        refused = site.run("promote")
+        assert not refused.success
+        assert (f"release/production/{APP}: the last staging release is {d2}") in _failure(
+            refused, "production"
+        ).error.message
+        assert (
+            f"{host}: {d1}: nothing was promoted" in _failure(refused, "production").error.message
+        )
+    finally:
+        site.guest("staging", "sh", "-c", f"printf %s {shlex.quote(before)} > {RECORD}")
+    promoted = site.run("promote")
+    assert promoted.success, _failure(promoted, "production")
+    assert _meta(promoted, "production")["digest"] == d2
+    assert site.version("production") == v2
