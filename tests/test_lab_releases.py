@@ -170,7 +170,6 @@ def _quiet(_line: str) -> None:
 
 
 def test_a_staging_release_serves_the_new_version_with_no_failed_request(site: LabReleases):
-    links_before = site.guest("staging", "ip", "-o", "link", "show")
     v1, v2 = _version(1), _version(2)
     d1, d2 = site.image(v1), site.image(v2)
 
@@ -242,8 +241,56 @@ def test_a_staging_release_serves_the_new_version_with_no_failed_request(site: L
     mine = [line.split("|") for line in names.splitlines() if line.startswith(f"app-{APP}-")]
     assert len(mine) == 2, names
     assert sorted(status.split()[0] for _, status in mine) == ["Exited", "Up"], names
-    # The release's containers run on the host's network: no bridge appeared in the guest.
-    assert site.guest("staging", "ip", "-o", "link", "show") == links_before
+
+
+def test_app_containers_are_hardened_and_cannot_reach_the_metadata_service(site: LabReleases):
+    """The live release's container: a network namespace of its own, published on the host's
+    loopback only, no capability, no-new-privileges, a read-only root, not root; its traffic
+    to the cloud's metadata service (169.254.169.254: a server's user-data, its salt keys) is
+    refused by the host's firewall, which lets root on the host through."""
+    v = _version(18)
+    digest = site.image(v)
+    assert site.release(digest, v).success
+    live = json.loads(site.record())["current"]
+    container = live["container"]
+    fmt = (
+        "{{.HostConfig.NetworkMode}}|{{.HostConfig.CapDrop}}|{{.HostConfig.CapAdd}}|"
+        "{{.EffectiveCaps}}|{{.HostConfig.SecurityOpt}}|{{.HostConfig.ReadonlyRootfs}}|"
+        "{{.Config.User}}|{{json .HostConfig.PortBindings}}"
+    )
+    inspected = site.guest("staging", "podman", "container", "inspect", "-f", fmt, container)
+    network, drop, add, caps, opts, readonly, user, ports = inspected.strip().split("|")
+    assert network == "bridge"
+    assert "CAP_" in drop and add == "[]" and caps == "[]", (drop, add, caps)
+    assert "no-new-privileges" in opts and readonly == "true" and user == "65534:65534"
+    assert json.loads(ports) == {
+        f"{live['port']}/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(live["port"])}]
+    }
+    # the process inside: uid 65534, no capability at all
+    status = site.guest("staging", "podman", "exec", container, "cat", "/proc/1/status")
+    fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+    assert fields["CapEff"].strip() == "0" * 16 and fields["CapPrm"].strip() == "0" * 16
+    probe = (
+        "import socket,sys\ns=socket.socket();s.settimeout(3)\n"
+        "try:\n s.connect(('169.254.169.254',80))\nexcept OSError as e:\n print(e.errno)\n"
+    )
+
+    def refused_counts() -> list[int]:
+        listed = site.guest("staging", "nft", "list", "table", "inet", "coop_firewall")
+        return [
+            int(line.split("packets", 1)[1].split()[0])
+            for line in listed.splitlines()
+            if "169.254.169.254" in line
+        ]
+
+    before = refused_counts()
+    from_app = site.guest("staging", "podman", "exec", container, "python3", "-c", probe)
+    after_app = refused_counts()
+    assert from_app.strip() == "113"  # EHOSTUNREACH: the firewall's admin-prohibited answer
+    assert after_app[1] > before[1]  # ...from the forward rule: the container's traffic
+    from_root = site.guest("staging", "python3", "-c", probe)
+    assert refused_counts() == after_app  # root on the host is let through (no answer here)
+    assert from_root.strip() != "113"
 
 
 def test_releasing_the_live_digest_again_changes_nothing(site: LabReleases):

@@ -441,6 +441,13 @@ def test_the_registry_host_s_firewall_guards_the_push_door_and_nothing_else(
         check = subprocess.run(["nft", "-c", "-f", str(out)], capture_output=True, text=True)
         assert check.returncode == 0, check.stderr
         rendered[host] = [line.strip() for line in text.splitlines() if "dport" in line]
+        # every host: the metadata service (the user-data, the salt keys) for root alone
+        metadata = [line.strip() for line in text.splitlines() if "169.254.169.254" in line]
+        assert metadata == [
+            "ip daddr 169.254.169.254 meta skuid != 0 counter reject with icmp type"
+            " admin-prohibited",
+            "ip daddr 169.254.169.254 counter reject with icmp type admin-prohibited",
+        ], host
     assert rendered["support-1"] == [
         "tcp dport 5001 ct state new ip saddr { 10.100.1.1, 10.100.2.1 } accept",
         "tcp dport 5001 ct state new reject with tcp reset",

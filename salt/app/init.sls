@@ -6,7 +6,9 @@
     1. pull <registry>/<app>@<digest> with the registry's pull account and CA (the `web` state put
        them under /etc/containers);
     2. start it in the slot the live release is not in (each app has two loopback ports on the
-       host, `apps.<app>.slots`), with --init, on the host's network, its port in $PORT/$HOST;
+       host, `apps.<app>.slots`), with --init, hardened: a network namespace of its own,
+       published on the host's loopback only, no capability, no-new-privileges, a read-only
+       root with a tmpfs at /tmp, user 65534; its port in $PORT;
     3. wait for its health path; if it does not answer 200 in time: print why (the last answer,
        the container's last lines), remove the new container and fail. nginx and the live
        release are not touched;
@@ -156,10 +158,18 @@ app-{{ name }}-start:
           echo "changed=no comment='$container runs $digest on port $port'"; exit 0
         fi
         podman rm -f -i -t 5 "$container" >/dev/null
-        podman run -d --init --pull=never --name "$container" --network host \
+        # Hardened: a network namespace of its own (podman's bridge), published on the host's
+        # loopback only (nginx proxies to it); no capability, no privilege gained by exec, a
+        # read-only root with a tmpfs for scratch, a user that is not root. The host's firewall
+        # (common.firewall) drops what it forwards to the cloud's metadata service.
+        podman run -d --init --pull=never --name "$container" \
+          --network bridge --publish "127.0.0.1:$port:$port" \
+          --cap-drop=all --security-opt=no-new-privileges \
+          --read-only --read-only-tmpfs=false --tmpfs /tmp:rw,nosuid,nodev,size=64m \
+          --user 65534:65534 \
           --label "coop.app=$app" --label "coop.digest=$digest" --label "coop.sha=$sha" \
           --label "coop.slot=$slot" --label "coop.port=$port" \
-          -e "PORT=$port" -e HOST=127.0.0.1 "$image" || exit 1
+          -e "PORT=$port" -e HOST=0.0.0.0 "$image" || exit 1
         echo "changed=yes comment='started $container on 127.0.0.1:$port'"
     - stateful: True
     - shell: /bin/bash

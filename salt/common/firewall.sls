@@ -1,8 +1,11 @@
 {#- Every host's firewall: the ports the role catalogue guards (`only_from`, the pillar's
     `firewall.rules`) take new connections only from the addresses listed there; every other
-    new connection to them is refused (a TCP reset). Nothing else is filtered here: the table
-    is the project's own (`inet coop_firewall`), loaded by coop-firewall.service, and leaves
-    every other table (podman's, for one) alone. An image bake: the package and the unit. #}
+    new connection to them is refused (a TCP reset). The cloud's metadata service
+    (169.254.169.254, which serves the server's user-data and so its salt keys) answers root
+    alone: other local users and forwarded traffic (app containers) are refused. Nothing else is
+    filtered here: the table is the project's own (`inet coop_firewall`), loaded by
+    coop-firewall.service, and leaves every other table (podman's, for one) alone. An image
+    bake: the package and the unit. #}
 {%- from "lib/site.jinja" import bake with context %}
 {%- from "lib/daemon.jinja" import daemon with context %}
 
