@@ -52,7 +52,12 @@ def fake():
 def daemon(dagster_home, repo_root, tmp_path):
     topology = tmp_path / "topology.yaml"
     topology.write_text(TOPOLOGY)
-    env = {"DAGSTER_HOME": str(dagster_home), "INFRA_TOPOLOGY": str(topology)}
+    env = {
+        "DAGSTER_HOME": str(dagster_home),
+        "INFRA_TOPOLOGY": str(topology),
+        # the apply job makes the servers' salt key pairs first (minion_keys)
+        "INFRA_SALT_KEYS_DIR": str(tmp_path / "salt-keys"),
+    }
     sup = Supervisor(tmp_path / "run")
     log = tmp_path / "daemon.log"
     sup.start(
