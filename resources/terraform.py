@@ -49,7 +49,7 @@ DEFAULT_PROTECTED = (
     "openstack_networking_subnet_v2.*",
     "openstack_networking_router_v2.*",
 )
-STACK_RE = re.compile(r"^[a-z][a-z0-9_-]*$")
+STACK_RE = re.compile(r"\A[a-z][a-z0-9_-]*\Z")  # \Z: `$` also matches before a final newline
 # Environment variables whose values never reach a log line or an error (OS_PASSWORD, PGPASSWORD,
 # OS_APPLICATION_CREDENTIAL_SECRET, OS_TOKEN, ...).
 SECRET_ENV_RE = re.compile(r"PASSWORD|SECRET|TOKEN|PRIVATE_KEY", re.I)

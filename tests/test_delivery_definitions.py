@@ -164,3 +164,18 @@ def test_nothing_to_roll_back_to_is_a_clear_error():
         "release/production/hello: nothing to roll back to on web-production-1 (no previous"
         " release recorded there)"
     )
+
+
+def test_a_partition_that_is_a_sha_with_a_newline_is_refused(repo_root):
+    # `$` matches before a final newline: the sha would reach the build's command line and tags.
+    from infra_assets.app_images import materialize
+
+    topo = load_topology(repo_root / "topology.lab.yaml")
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    with dg.build_asset_context(partition_key=sha + "\n") as context:
+        with pytest.raises(dg.Failure) as err:
+            materialize(context, topo, "hello", builder_for(topo))
+    assert err.value.description.startswith(
+        "partition '0123456789abcdef0123456789abcdef01234567\\n' of app_image/hello is not a"
+        " commit sha"
+    )

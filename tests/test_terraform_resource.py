@@ -244,6 +244,8 @@ def test_missing_pieces_are_named(tmp_path, tf):
         )
     with pytest.raises(TerraformError, match="no Terraform configuration for stack 'dns'"):
         tf.stack_dir("dns")
+    with pytest.raises(TerraformError, match=r"^'network\\n' is not a stack name"):
+        tf.stack_dir("network\n")  # `$` would let the newline through
     missing = TerraformResource(binary="no-such-terraform", config_dir=tf.config_dir)
     with pytest.raises(TerraformError, match="'no-such-terraform' was not found on PATH"):
         missing.init(stack="network", location="test-1")
