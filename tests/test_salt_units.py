@@ -395,6 +395,21 @@ def test_a_web_server_trusts_the_registry_under_each_name_it_is_reached_by(
     assert "/etc/containers/certs.d/10.100.9.1:5000/ca.crt" in names
 
 
+def test_the_npm_cache_allows_no_self_registration(coop, coop_secrets, tmp_path, repo_root):
+    """verdaccio's config as the npm-cache state writes it on support-1 (real masterless salt):
+    its htpasswd takes no new account (`npm adduser`), so nobody can publish; it only proxies."""
+    pillar = render_pillars(site_for(coop), coop_secrets)["support-1"]
+    states = _show_sls_as_a_server("support-1", pillar, "npm-cache", tmp_path, repo_root)
+    config = _state_args(states, "npm-cache-config")
+    assert config["name"] == "/etc/verdaccio/config.yaml"
+    verdaccio = yaml.safe_load(config["contents"])
+    assert verdaccio["auth"] == {
+        "htpasswd": {"file": "/var/lib/verdaccio/htpasswd", "max_users": -1}
+    }
+    for package in verdaccio["packages"].values():
+        assert (package["access"], package["publish"]) == ("$all", "$authenticated")
+
+
 def _show_sls_as_a_server(host: str, pillar: dict, sls: str, tmp_path, repo_root) -> dict:
     """`state.show_sls` of `sls` by real masterless salt, with `pillar` (a server's: root "")."""
     import subprocess
