@@ -56,6 +56,30 @@ SECRET_ENV_RE = re.compile(r"PASSWORD|SECRET|TOKEN|PRIVATE_KEY", re.I)
 # What a caller adds to Terraform's environment: the cloud's credentials for the provider
 # (`OpenStackResource.tool_env(cloud=...)`: OS_CLOUD, OS_CLIENT_CONFIG_FILE, OS_PASSWORD).
 ToolEnv = Mapping[str, str] | None
+# What Terraform and its providers get of Dagster's own environment: an allow-list, so that what
+# else the process holds (the secrets file's path, another tool's or another cloud's keys) stays
+# out of every provider and provisioner. The cloud's credentials come in the caller's `env`.
+PASSED_ENV = frozenset(
+    {
+        "PATH",
+        "HOME",  # ~/.terraformrc, ~/.config/openstack/clouds.yaml
+        "USER",
+        "LOGNAME",
+        "LANG",
+        "LC_ALL",
+        "TZ",
+        "TMPDIR",
+        # the way out and the CAs to trust on it
+        *("HTTPS_PROXY", "HTTP_PROXY", "NO_PROXY", "https_proxy", "http_proxy", "no_proxy"),
+        *("SSL_CERT_FILE", "SSL_CERT_DIR"),
+        # where openstacksdk, and so the OpenStack provider, finds clouds.yaml (a path)
+        "OS_CLIENT_CONFIG_FILE",
+        # the pg backend's libpq settings (PGPASSWORD when the resource has no pg_password)
+        *("PGPASSWORD", "PGPASSFILE", "PGSSLROOTCERT", "PGSSLCERT", "PGSSLKEY", "PGSSLCRL"),
+        "PGCONNECT_TIMEOUT",
+    }
+)
+PASSED_ENV_PREFIX = "TF_"  # Terraform's own settings (TF_LOG, TF_PLUGIN_CACHE_DIR, TF_VAR_...)
 
 
 class TerraformError(RuntimeError):
@@ -311,7 +335,13 @@ class TerraformResource(dg.ConfigurableResource):
         return Path(self.config_dir).absolute() if self.config_dir else REPO_ROOT / "terraform"
 
     def _env(self, stack: str, location: str, extra: ToolEnv = None) -> dict[str, str]:
-        env = dict(os.environ)
+        """Terraform's whole environment: the allowed part of this process's (PASSED_ENV),
+        `extra` (the cloud's credentials) and Terraform's own settings."""
+        env = {
+            name: value
+            for name, value in os.environ.items()
+            if name in PASSED_ENV or name.startswith(PASSED_ENV_PREFIX)
+        }
         env.update(extra or {})
         env.update(
             TF_IN_AUTOMATION="1",

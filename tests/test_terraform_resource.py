@@ -6,6 +6,7 @@ throwaway PostgreSQL."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import zipfile
@@ -461,6 +462,53 @@ def test_the_cloud_credentials_reach_terraform_and_never_its_log_or_errors(
     plan = tf.plan(stack="probe", location="test-1", variables={}, log=lines.append)
     tf.apply(plan=plan, log=lines.append)
     assert [line for line in lines if line.endswith("cloud= file= password=")]
+
+
+ENV_PROBE = """
+terraform {
+  required_providers {
+    null = { source = "hashicorp/null" }
+  }
+  backend "local" {}
+}
+
+# Terraform's whole environment, as a provider or provisioner gets it (local-exec inherits it).
+resource "null_resource" "env" {
+  provisioner "local-exec" {
+    command = "env > %s"
+  }
+}
+"""
+
+
+def test_terraform_gets_an_allow_list_of_dagster_s_environment(tf, tmp_path, monkeypatch):
+    """What else Dagster's process holds (another tool's keys, the secrets file's path) never
+    reaches Terraform or its providers; the cloud's credentials come in `env`, and PATH, HOME,
+    the proxies and Terraform's own settings pass."""
+    leaks = {
+        "AWS_SECRET_ACCESS_KEY": "aws-" + "k" * 16,
+        "INFRA_SECRETS_FILE": str(tmp_path / "secrets-file.yaml"),
+        "OS_APPLICATION_CREDENTIAL_SECRET": "other-cloud-" + "s" * 8,
+        "DAGSTER_HOME": str(tmp_path / "dagster-home"),
+    }
+    passed = {"HTTPS_PROXY": "http://proxy.invalid:3128", "no_proxy": "127.0.0.1,localhost"}
+    for name, value in {**leaks, **passed, "TF_LOG_PATH": str(tmp_path / "tf.log")}.items():
+        monkeypatch.setenv(name, value)
+    trace = tmp_path / "env.trace"
+    stack = Path(tf.config_dir) / "envprobe"
+    stack.mkdir()
+    (stack / "main.tf").write_text(ENV_PROBE % trace)
+    plan = tf.plan(stack="envprobe", location="test-1", variables={}, env={"OS_CLOUD": "fake"})
+    tf.apply(plan=plan, env={"OS_CLOUD": "fake"})
+
+    seen = dict(line.split("=", 1) for line in trace.read_text().splitlines() if "=" in line)
+    for name, value in leaks.items():
+        assert name not in seen, name
+        assert value not in trace.read_text(), name
+    assert {name: seen.get(name) for name in passed} == passed
+    assert seen["OS_CLOUD"] == "fake"
+    assert seen["PATH"] == os.environ["PATH"] and seen["HOME"] == os.environ["HOME"]
+    assert seen["TF_LOG_PATH"] == str(tmp_path / "tf.log") and seen["TF_IN_AUTOMATION"] == "1"
 
 
 def test_odd_output_from_the_binary_is_an_error_not_a_traceback(tf, tmp_path):
