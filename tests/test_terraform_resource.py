@@ -263,6 +263,54 @@ def test_missing_pieces_are_named(tmp_path, tf):
         leaky.init(stack="network", location="test-1")
 
 
+@pytest.mark.parametrize(
+    ("conn_str", "said"),
+    [
+        ("postgres://terraform@db.internal/state?sslmode=require", "sslmode=require"),
+        ("postgresql://terraform@10.100.7.1:5432/state?sslmode=verify-ca", "sslmode=verify-ca"),
+        ("postgres://terraform@db.internal/state?sslmode=disable", "sslmode=disable"),
+        ("postgres://terraform@db.internal/state", "no sslmode (Terraform's lib/pq then takes"),
+        ("host=db.internal dbname=state user=terraform sslmode=prefer", "sslmode=prefer"),
+        # a host given in the query wins over the URL's (libpq's rule)
+        (
+            "postgres://terraform@localhost/state?host=db.internal&sslmode=require",
+            "sslmode=require",
+        ),
+    ],
+)
+def test_the_pg_backend_insists_on_verify_full_off_this_machine(tf, conn_str, said):
+    pg = TerraformResource(
+        binary=tf.binary, config_dir=tf.config_dir, backend="pg", pg_conn_str=conn_str
+    )
+    with pytest.raises(TerraformError) as err:
+        pg.init(stack="network", location="test-1", log=lambda _line: None)
+    text = str(err.value)
+    host = "10.100.7.1" if "10.100.7.1" in conn_str else "db.internal"
+    assert text.startswith(f"the terraform resource's pg_conn_str has {said}")
+    assert f"for the state database on {host}: Terraform would not check the server's" in text
+    assert "Add sslmode=verify-full to the connection string" in text
+
+
+def test_the_tls_refusal_names_tf_pg_conn_str_when_that_is_the_setting(tf, monkeypatch):
+    monkeypatch.setenv("TF_PG_CONN_STR", "postgres://terraform@db.internal/state?sslmode=require")
+    pg = TerraformResource(binary=tf.binary, config_dir=tf.config_dir, backend="pg")
+    with pytest.raises(TerraformError, match="^TF_PG_CONN_STR has sslmode=require for the state"):
+        pg.init(stack="network", location="test-1", log=lambda _line: None)
+
+
+def test_verify_full_off_this_machine_goes_on_to_terraform(tmp_path):
+    """Accepted: Terraform itself then tries the connection (to an address of the
+    documentation's, which nobody answers, within a second)."""
+    config = standin_tree(tmp_path, backend="pg")
+    write_location(config, "test-1")
+    conn_str = "postgres://terraform@192.0.2.1:5432/state?sslmode=verify-full&connect_timeout=1"
+    pg = terraform_resource(tmp_path, config_dir=config, backend="pg", pg_conn_str=conn_str)
+    with pytest.raises(TerraformError) as err:
+        pg.init(stack="network", location="test-1", log=lambda _line: None)
+    # Terraform's own error: the connection, not this resource's refusal
+    assert "Error: dial tcp 192.0.2.1:5432" in str(err.value), str(err.value)
+
+
 def test_parse_plan_json_reads_every_kind_of_action():
     data = {
         "terraform_version": "1.0.3",
