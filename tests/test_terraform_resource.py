@@ -7,6 +7,7 @@ throwaway PostgreSQL."""
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 import zipfile
@@ -24,6 +25,7 @@ from cloud_env import (
 from infra_assets.cloud.stacks import instances_vars, network_vars
 from infra_assets.model import parse_topology
 from resources.terraform import (
+    DEFAULT_PROTECTED,
     StalePlanError,
     TerraformError,
     TerraformPlan,
@@ -391,6 +393,80 @@ def test_parse_plan_json_reads_every_kind_of_action():
     assert plan.output_changes == {"o": ("update",)}
     assert [c.address for c in plan.destructive(["a.*"])] == ["a.z", "a.r", "a.s"]
     assert plan.destructive(["b.*"]) == []
+
+
+def _real_change(address: str, actions: list[str]) -> dict:
+    """One entry of `terraform show -json`'s resource_changes, for the real stacks' types."""
+    rtype, rest = address.split(".", 1)
+    name, _, index = rest.partition("[")
+    entry = {
+        "address": address,
+        "mode": "managed",
+        "type": rtype,
+        "name": name,
+        "provider_name": "registry.terraform.io/terraform-provider-openstack/openstack",
+        "change": {"actions": actions, "before": {}, "after": {}, "after_unknown": {}},
+    }
+    if index:
+        entry["index"] = index.rstrip("]").strip('"')
+    return entry
+
+
+def _real_plan(changes: dict[str, list[str]]) -> TerraformPlan:
+    data = {
+        "format_version": "0.2",
+        "terraform_version": "1.0.3",
+        "resource_changes": [_real_change(a, acts) for a, acts in changes.items()],
+    }
+    return TerraformPlan(
+        stack="instances",
+        location="nz-por-1",
+        path="",
+        sha256="",
+        prior_lineage="",
+        prior_serial=0,
+        **parse_plan_json(data),
+    )
+
+
+def test_the_real_destroy_gate_catches_servers_networks_and_public_addresses(repo_root):
+    """DEFAULT_PROTECTED (the resource's default list), on plans of the real OpenStack types:
+    deleting or replacing a server, the network, its subnet or router, or a web host's floating
+    IP is caught; changing them in place, or a security rule or a port, is not."""
+    assert TerraformResource().protected == list(DEFAULT_PROTECTED)
+    destructive = {
+        'openstack_compute_instance_v2.host["web-staging-1"]': ["delete"],
+        'openstack_compute_instance_v2.host["support-1"]': ["delete", "create"],
+        "openstack_networking_network_v2.private": ["delete", "create"],
+        "openstack_networking_subnet_v2.private": ["delete"],
+        "openstack_networking_router_v2.router": ["create", "delete"],
+        'openstack_networking_floatingip_v2.public["web-production-1"]': ["delete", "create"],
+    }
+    harmless = {
+        'openstack_compute_instance_v2.host["web-staging-2"]': ["update"],
+        "openstack_networking_network_v2.private": ["update"],
+        "openstack_networking_subnet_v2.private": ["no-op"],
+        'openstack_networking_floatingip_v2.public["web-production-1"]': ["update"],
+        'openstack_networking_secgroup_rule_v2.ingress["web-staging/0"]': ["delete", "create"],
+        'openstack_networking_port_v2.host["web-staging-3"]': ["create"],
+        'openstack_compute_instance_v2.host["web-staging-3"]': ["create"],
+    }
+    for address, actions in destructive.items():
+        caught = _real_plan(
+            {address: actions, **{k: v for k, v in harmless.items() if k != address}}
+        )
+        assert [c.address for c in caught.destructive(DEFAULT_PROTECTED)] == [address], address
+    assert _real_plan(harmless).destructive(DEFAULT_PROTECTED) == []
+    # every pattern names a resource type the real stacks declare (a renamed type would leave
+    # its resources unguarded)
+    declared = {
+        m
+        for stack in ("network", "instances")
+        for m in re.findall(
+            r'^resource "([^"]+)"', (repo_root / "terraform" / stack / "main.tf").read_text(), re.M
+        )
+    }
+    assert {p.split(".")[0] for p in DEFAULT_PROTECTED} <= declared
 
 
 @pytest.fixture
