@@ -400,3 +400,44 @@ def test_a_name_with_a_trailing_newline_is_refused(write_topology, old, new, exp
     path = write_topology(GOOD.replace(old, new, 1))
     problems = problems_of(path)
     assert any(p.startswith(str(path)) and expected in p for p in problems), problems
+
+
+NO_DAGSTER = """
+import importlib.abc, json, sys
+
+class NoDagster(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0].startswith("dagster"):
+            raise ImportError(f"{name} imported by the model")
+
+sys.meta_path.insert(0, NoDagster())
+from infra_assets.model import address_plan, load_topology
+
+topo = load_topology(sys.argv[1])
+plan = address_plan(topo)
+support = [a.address for a in plan.for_host("support-1")]
+print(json.dumps({"master": topo.salt_master(), "support-1": support}))
+"""
+
+
+def test_the_model_imports_and_works_without_dagster(repo_root):
+    """DESIGN: the topology model is plain Python. In a fresh interpreter where importing
+    anything named dagster* fails, it loads the co-op's topology and plans its addresses."""
+    import json
+    import subprocess
+    import sys
+
+    run = subprocess.run(
+        [sys.executable, "-c", NO_DAGSTER, str(repo_root / "topology.yaml")],
+        cwd=repo_root,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(repo_root)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    plan = address_plan(load_topology(repo_root / "topology.yaml"))
+    assert json.loads(run.stdout) == {
+        "master": "support-1",
+        "support-1": [a.address for a in plan.for_host("support-1")],
+    }
