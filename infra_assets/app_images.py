@@ -49,7 +49,7 @@ from sensors.git_push import AppTarget, build_git_push_sensor
 from sensors.registry_images import REVISION_LABEL
 
 GROUP = "app_images"
-SHA_RE = re.compile(r"^[0-9a-f]{40}$")
+SHA_RE = re.compile(r"\A[0-9a-f]{40}\Z")  # \Z: `$` also matches before a final newline
 DIGEST_LINE = re.compile(r"PUSHED_DIGEST=(sha256:[0-9a-f]{64})")
 LOG_TAIL_LINES = 40
 REGISTRY_ACCOUNT = PUSH_ACCOUNT  # the registry's push account: the builds', the agents'

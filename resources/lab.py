@@ -81,7 +81,7 @@ UNREACHABLE_METRIC = 4000
 VIA_METRIC = 10
 NETNS_DIR = Path("/run/netns")
 BOOTED_STATES = ("running", "degraded")
-HOST_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+HOST_RE = re.compile(r"\A[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z")  # \Z: not before a newline
 
 # What every container that is not --privileged gets, on top of podman's default capabilities
 # (CHOWN, DAC_OVERRIDE, FOWNER, FSETID, KILL, NET_BIND_SERVICE, NET_RAW, MKNOD, AUDIT_WRITE,

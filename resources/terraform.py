@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import fnmatch
 import hashlib
+import ipaddress
 import json
 import os
 import re
@@ -27,6 +28,7 @@ import shutil
 import sys
 import tempfile
 import time
+import urllib.parse
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -49,13 +51,37 @@ DEFAULT_PROTECTED = (
     "openstack_networking_subnet_v2.*",
     "openstack_networking_router_v2.*",
 )
-STACK_RE = re.compile(r"^[a-z][a-z0-9_-]*$")
+STACK_RE = re.compile(r"\A[a-z][a-z0-9_-]*\Z")  # \Z: `$` also matches before a final newline
 # Environment variables whose values never reach a log line or an error (OS_PASSWORD, PGPASSWORD,
 # OS_APPLICATION_CREDENTIAL_SECRET, OS_TOKEN, ...).
 SECRET_ENV_RE = re.compile(r"PASSWORD|SECRET|TOKEN|PRIVATE_KEY", re.I)
 # What a caller adds to Terraform's environment: the cloud's credentials for the provider
 # (`OpenStackResource.tool_env(cloud=...)`: OS_CLOUD, OS_CLIENT_CONFIG_FILE, OS_PASSWORD).
 ToolEnv = Mapping[str, str] | None
+# What Terraform and its providers get of Dagster's own environment: an allow-list, so that what
+# else the process holds (the secrets file's path, another tool's or another cloud's keys) stays
+# out of every provider and provisioner. The cloud's credentials come in the caller's `env`.
+PASSED_ENV = frozenset(
+    {
+        "PATH",
+        "HOME",  # ~/.terraformrc, ~/.config/openstack/clouds.yaml
+        "USER",
+        "LOGNAME",
+        "LANG",
+        "LC_ALL",
+        "TZ",
+        "TMPDIR",
+        # the way out and the CAs to trust on it
+        *("HTTPS_PROXY", "HTTP_PROXY", "NO_PROXY", "https_proxy", "http_proxy", "no_proxy"),
+        *("SSL_CERT_FILE", "SSL_CERT_DIR"),
+        # where openstacksdk, and so the OpenStack provider, finds clouds.yaml (a path)
+        "OS_CLIENT_CONFIG_FILE",
+        # the pg backend's libpq settings (PGPASSWORD when the resource has no pg_password)
+        *("PGPASSWORD", "PGPASSFILE", "PGSSLROOTCERT", "PGSSLCERT", "PGSSLKEY", "PGSSLCRL"),
+        "PGCONNECT_TIMEOUT",
+    }
+)
+PASSED_ENV_PREFIX = "TF_"  # Terraform's own settings (TF_LOG, TF_PLUGIN_CACHE_DIR, TF_VAR_...)
 
 
 class TerraformError(RuntimeError):
@@ -248,7 +274,8 @@ class TerraformResource(dg.ConfigurableResource):
     pg_conn_str: str = Field(
         default="",
         description="The pg backend's connection string WITHOUT the password, e.g."
-        " postgres://terraform@db.internal/terraform_state?sslmode=require. Empty:"
+        " postgres://terraform@db.internal/terraform_state?sslmode=verify-full (required for"
+        " any host but loopback). Empty:"
         " $TF_PG_CONN_STR.",
     )
     pg_password: str | None = Field(
@@ -311,7 +338,13 @@ class TerraformResource(dg.ConfigurableResource):
         return Path(self.config_dir).absolute() if self.config_dir else REPO_ROOT / "terraform"
 
     def _env(self, stack: str, location: str, extra: ToolEnv = None) -> dict[str, str]:
-        env = dict(os.environ)
+        """Terraform's whole environment: the allowed part of this process's (PASSED_ENV),
+        `extra` (the cloud's credentials) and Terraform's own settings."""
+        env = {
+            name: value
+            for name, value in os.environ.items()
+            if name in PASSED_ENV or name.startswith(PASSED_ENV_PREFIX)
+        }
         env.update(extra or {})
         env.update(
             TF_IN_AUTOMATION="1",
@@ -445,6 +478,10 @@ class TerraformResource(dg.ConfigurableResource):
                     "pg_conn_str must not hold the password (Terraform keeps the connection"
                     " string in its data folder): remove it and set pg_password instead"
                 )
+            setting = (
+                "the terraform resource's pg_conn_str" if self.pg_conn_str else "TF_PG_CONN_STR"
+            )
+            _check_pg_tls(conn_str, setting)
             backend_config = {
                 "conn_str": conn_str,
                 "schema_name": _schema_name(location, stack),
@@ -645,6 +682,53 @@ def public_outputs(outputs: Mapping[str, Any]) -> dict[str, Any]:
 
 def _schema_name(location: str, stack: str) -> str:
     return re.sub(r"[^a-z0-9_]", "_", f"coop_{location}_{stack}".lower())
+
+
+def _pg_params(conn_str: str) -> tuple[str, dict[str, str]]:
+    """The host and the parameters of a libpq connection string, either form: a URL
+    (`postgres://user@host:5432/db?sslmode=verify-full`) or `key=value` words."""
+    if re.match(r"postgres(ql)?://", conn_str):
+        url = urllib.parse.urlsplit(conn_str)
+        params = dict(urllib.parse.parse_qsl(url.query, keep_blank_values=True))
+        host = params.get("host") or urllib.parse.unquote(url.hostname or "")
+        return host, params
+    words = re.findall(r"(\w+)\s*=\s*('(?:[^'\\]|\\.)*'|\S*)", conn_str)
+    params = {key: value.strip("'") for key, value in words}
+    return params.get("host", ""), params
+
+
+def _is_loopback(host: str) -> bool:
+    """No host (libpq then takes localhost; Terraform gets no PGHOST), localhost, a loopback
+    address or a Unix socket's folder: the connection never leaves this machine."""
+    if host in ("", "localhost") or host.startswith("/"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_pg_tls(conn_str: str, setting: str) -> None:
+    """The state holds every resource's attributes (sensitive ones too) and its lock decides
+    who applies: a connection to another machine must check the server's certificate and name
+    (`sslmode=verify-full`). `require` encrypts but trusts any certificate."""
+    host, params = _pg_params(conn_str)
+    if _is_loopback(host):
+        return
+    sslmode = params.get("sslmode")
+    if sslmode != "verify-full":
+        said = (
+            f"sslmode={sslmode}"
+            if sslmode
+            else "no sslmode (Terraform's lib/pq then takes require)"
+        )
+        raise TerraformError(
+            f"{setting} has {said} for the state database on {host}: Terraform would not check"
+            " the server's certificate, so whoever sits between could read the state and take"
+            " its lock. Add sslmode=verify-full to the connection string, with the CA that"
+            " signed the server's certificate in sslrootcert=... (or PGSSLROOTCERT) unless the"
+            " system's CAs sign it"
+        )
 
 
 def _redact(text: str, secrets: Sequence[str]) -> str:

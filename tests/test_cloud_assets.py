@@ -617,5 +617,9 @@ def test_the_coop_graph_has_the_designed_lineage(repo_root):
         "plan/instances/nz-por-1:no_drift",
         "instances/nz-por-1:servers_match_the_plan",
     } <= checks
-    assert defs.resolve_sensor_def("infra_main")
+    # the sensor on the infra repo's main branch plans, applies and rebuilds images; off until
+    # a person turns it on
+    sensor = defs.resolve_sensor_def("infra_main")
+    assert sorted(job.name for job in sensor.jobs) == ["apply", "images", "plan"]
+    assert sensor.default_status == dg.DefaultSensorStatus.STOPPED
     assert {s.name for s in defs.schedules} == {"drift_nightly", "images_weekly"}

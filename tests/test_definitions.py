@@ -70,17 +70,52 @@ def test_a_broken_topology_still_loads_the_code_location(write_topology, monkeyp
 
     monkeypatch.setenv("INFRA_TOPOLOGY", str(write_topology("hosts: [\n")))
     loaded = defs()
-    assert loaded.resolve_job_def("topology")
+    # the job CI runs on a pull request is there, to say what is wrong with the file
+    assert job_assets(loaded, "topology") == {"topology", "ip_plan"}
     assert dg.AssetKey("topology") in loaded.resolve_asset_graph().get_all_asset_keys()
 
 
+def job_assets(defs: dg.Definitions, job: str) -> set[str]:
+    return {k.to_user_string() for k in defs.resolve_job_def(job).asset_layer.selected_asset_keys}
+
+
 def test_jobs_for_ci(defs):
-    assert defs.resolve_job_def("topology")
-    assert defs.resolve_job_def("main")
+    # `topology`: what a pull request to topology.yaml runs: the file and its address plan only
+    assert job_assets(defs, "topology") == {"topology", "ip_plan"}
+    # `main`: every part of the site, without the per-commit builds and the releases
+    everything = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
+    main = job_assets(defs, "main")
+    assert main == {k for k in everything if not k.startswith(("app_image/", "release/"))}
+    assert {
+        "topology",
+        "ip_plan",
+        "images/web",
+        "plan/network/nz-por-1",
+        "network/nz-por-1",
+        "plan/instances/nz-por-1",
+        "instances/nz-por-1",
+        "minion_keys",
+        "minions",
+        "salt_pillar",
+        "highstate/web-staging",
+    } <= main
 
 
-def test_topology_job_materialises_the_coop_topology(defs, repo_root, monkeypatch):
-    monkeypatch.setenv("INFRA_TOPOLOGY", str(repo_root / "topology.yaml"))
+def test_topology_job_materialises_the_coop_topology(defs, repo_root, monkeypatch, tmp_path):
+    # the co-op's file, committed in a repo of the test's own: the commit it records is known
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@x.coop", *args],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+
+    (tmp_path / "topology.yaml").write_bytes((repo_root / "topology.yaml").read_bytes())
+    git("init", "-q", "-b", "main")
+    git("add", "topology.yaml")
+    git("commit", "-q", "-m", "the topology")
+    monkeypatch.setenv("INFRA_TOPOLOGY", str(tmp_path / "topology.yaml"))
     result = defs.resolve_job_def("topology").execute_in_process(
         instance=dg.DagsterInstance.ephemeral()
     )
@@ -88,7 +123,8 @@ def test_topology_job_materialises_the_coop_topology(defs, repo_root, monkeypatc
     topo_md = result.asset_materializations_for_node("read_topology")[0].metadata
     assert topo_md["hosts"].value == 6 and topo_md["locations"].value == 1
     assert "| web-staging-1 | nz-por-1 | web-staging | 10.100.5.1 |" in topo_md["hosts_table"].value
-    assert len(topo_md["git_commit"].value) in (40, len("(not in git)"))
+    assert topo_md["git_commit"].value == git("rev-parse", "HEAD")
+    assert topo_md["uncommitted_changes"].value is False
     plan_md = result.asset_materializations_for_node("ip_plan")[0].metadata
     assert plan_md["addresses"].value == 10
     assert "| support-1 | docker-registry | 10.100.9.1 |" in plan_md["plan"].value

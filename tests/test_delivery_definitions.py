@@ -91,8 +91,9 @@ def test_a_topology_without_apps_has_no_delivery_part(write_topology):
     topo = load_topology(write_topology(edit=lambda d: d.pop("apps")))
     defs = build_definitions(topo)
     keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
-    assert not [k for k in keys if k.startswith("app_image")]
-    assert defs.resolve_job_def("main")
+    assert not [k for k in keys if k.startswith(("app_image", "release/"))]
+    main = defs.resolve_job_def("main").asset_layer.selected_asset_keys
+    assert {k.to_user_string() for k in main} == keys  # everything, there being no app
 
 
 def test_secrets_come_from_the_environment_as_env_vars(monkeypatch, repo_root):
@@ -161,4 +162,19 @@ def test_nothing_to_roll_back_to_is_a_clear_error():
     assert err.value.description == (
         "release/production/hello: nothing to roll back to on web-production-1 (no previous"
         " release recorded there)"
+    )
+
+
+def test_a_partition_that_is_a_sha_with_a_newline_is_refused(repo_root):
+    # `$` matches before a final newline: the sha would reach the build's command line and tags.
+    from infra_assets.app_images import materialize
+
+    topo = load_topology(repo_root / "topology.lab.yaml")
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    with dg.build_asset_context(partition_key=sha + "\n") as context:
+        with pytest.raises(dg.Failure) as err:
+            materialize(context, topo, "hello", builder_for(topo))
+    assert err.value.description.startswith(
+        "partition '0123456789abcdef0123456789abcdef01234567\\n' of app_image/hello is not a"
+        " commit sha"
     )

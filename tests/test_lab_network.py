@@ -113,6 +113,7 @@ def test_a_wrong_plan_names_every_problem() -> None:
         HostSpec(host="C_1", image=IMAGE, address="10.126.1.1"),
         HostSpec(host="d", image=IMAGE, address="10.125.255.254", files={"etc/x": (b"", 0o644)}),
         HostSpec(host="e", image=IMAGE, address="10.125.1.5", binds=[("/nowhere", "/srv")]),
+        HostSpec(host="f\n", image=IMAGE, address="10.125.1.6"),
     ]
     with pytest.raises(LabError) as err:
         Lab._check_specs(NET, specs)
@@ -125,6 +126,7 @@ def test_a_wrong_plan_names_every_problem() -> None:
         "d: 10.125.255.254 is not a host address",
         "d: 'etc/x' is not an absolute path in the guest",
         "e: the bind's source /nowhere is not there",
+        "'f\\n' is not a host name",
     ):
         assert problem in text, text
 

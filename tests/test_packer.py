@@ -7,6 +7,7 @@ prepares); formatting; parsing of recorded machine-readable output."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -178,9 +179,17 @@ def test_the_cloud_settings_let_packer_reach_the_build_instance(repo_root):
     [source] = [s["openstack"]["role"] for s in template["source"] if "openstack" in s]
     for key in ("security_groups", "networks", "network_discovery_cidrs", "floating_ip_network"):
         assert source[key] == f"${{var.{key}}}", key
-    # and the README tells a person what to create on the cloud
+    # and the README tells a person what to create on the cloud: each group the builds join,
+    # with a rule that lets Packer's ssh in (port 22) from one address
     readme = (repo_root / "README.md").read_text()
-    assert "coop-packer-build" in readme
+    for group in settings["security_groups"]:
+        assert f"`openstack security group create {group}`" in readme, group
+        rule = re.search(
+            r"`openstack security group rule create --protocol tcp --dst-port 22"
+            rf" --remote-ip <[^>]+>/32 {re.escape(group)}`",
+            readme,
+        )
+        assert rule, f"the README gives no ssh rule for {group}"
 
 
 def test_templates_are_formatted(repo_root):

@@ -455,6 +455,21 @@ def test_the_registry_host_s_firewall_guards_the_push_door_and_nothing_else(
     assert rendered["web-staging-1"] == []
 
 
+def test_the_npm_cache_allows_no_self_registration(coop, coop_secrets, tmp_path, repo_root):
+    """verdaccio's config as the npm-cache state writes it on support-1 (real masterless salt):
+    its htpasswd takes no new account (`npm adduser`), so nobody can publish; it only proxies."""
+    pillar = render_pillars(site_for(coop), coop_secrets)["support-1"]
+    states = _show_sls_as_a_server("support-1", pillar, "npm-cache", tmp_path, repo_root)
+    config = _state_args(states, "npm-cache-config")
+    assert config["name"] == "/etc/verdaccio/config.yaml"
+    verdaccio = yaml.safe_load(config["contents"])
+    assert verdaccio["auth"] == {
+        "htpasswd": {"file": "/var/lib/verdaccio/htpasswd", "max_users": -1}
+    }
+    for package in verdaccio["packages"].values():
+        assert (package["access"], package["publish"]) == ("$all", "$authenticated")
+
+
 def _show_sls_as_a_server(host: str, pillar: dict, sls: str, tmp_path, repo_root) -> dict:
     """`state.show_sls` of `sls` by real masterless salt, with `pillar` (a server's: root "")."""
     return _salt_call_as_a_server(host, pillar, ["state.show_sls", sls], tmp_path, repo_root)

@@ -409,6 +409,11 @@ def test_openstack_resources_take_their_values_from_the_layout(repo_root):
     assert server["network"][0]["port"] == "${openstack_networking_port_v2.host[each.key].id}"
     assert server["image_id"] == "${var.images[each.value.image_group]}"
     assert server["user_data"] == "${local.user_data[each.key]}"  # user_data.tf, tested above
+    # A newer image, or new user-data, leaves an existing server alone (the stand-in's test of
+    # it, in test_terraform_resource.py, stands for this block)
+    assert server["lifecycle"] == [
+        {"ignore_changes": ["image_id", "user_data"], "__is_block__": True}
+    ]
     # the web hosts' floating IPs: from the location's external network, on the host's port
     floating = instances["openstack_networking_floatingip_v2.public"]
     assert floating["for_each"] == "${module.layout.public_hosts}"
@@ -427,9 +432,16 @@ def test_both_stacks_keep_remote_state_in_pg_and_share_the_location_settings(rep
         backend = versions["terraform"][0]["backend"][0]
         assert list(backend) == ["pg"], stack
         assert backend["pg"] in ({}, {"__is_block__": True}), "no backend setting in git"
-    assert (repo_root / "terraform/network/location.tf").read_text() == (
-        repo_root / "terraform/instances/location.tf"
-    ).read_text()
+    # One file, not two copies that agree today: each stack's location.tf is a link to it.
+    shared = repo_root / "terraform" / "shared" / "location.tf"
+    assert shared.is_file() and not shared.is_symlink()
+    for stack in ("network", "instances"):
+        link = repo_root / "terraform" / stack / "location.tf"
+        assert link.is_symlink(), f"{link} is a copy, not a link to terraform/shared/location.tf"
+        assert link.resolve(strict=True) == shared.resolve(), stack
+    # ... and it declares the settings both stacks read from terraform/locations/<location>.tfvars
+    variables = {name for block in _hcl(shared).get("variable", []) for name in block}
+    assert {"bastion_cidr", "external_network"} <= variables, variables
 
 
 def test_the_stand_in_has_the_real_stacks_outputs_and_resources(repo_root):

@@ -6,6 +6,8 @@ throwaway PostgreSQL."""
 
 from __future__ import annotations
 
+import os
+import re
 import threading
 import time
 import zipfile
@@ -23,6 +25,7 @@ from cloud_env import (
 from infra_assets.cloud.stacks import instances_vars, network_vars
 from infra_assets.model import parse_topology
 from resources.terraform import (
+    DEFAULT_PROTECTED,
     StalePlanError,
     TerraformError,
     TerraformPlan,
@@ -244,6 +247,8 @@ def test_missing_pieces_are_named(tmp_path, tf):
         )
     with pytest.raises(TerraformError, match="no Terraform configuration for stack 'dns'"):
         tf.stack_dir("dns")
+    with pytest.raises(TerraformError, match=r"^'network\\n' is not a stack name"):
+        tf.stack_dir("network\n")  # `$` would let the newline through
     missing = TerraformResource(binary="no-such-terraform", config_dir=tf.config_dir)
     with pytest.raises(TerraformError, match="'no-such-terraform' was not found on PATH"):
         missing.init(stack="network", location="test-1")
@@ -258,6 +263,54 @@ def test_missing_pieces_are_named(tmp_path, tf):
     )
     with pytest.raises(TerraformError, match="must not hold the password"):
         leaky.init(stack="network", location="test-1")
+
+
+@pytest.mark.parametrize(
+    ("conn_str", "said"),
+    [
+        ("postgres://terraform@db.internal/state?sslmode=require", "sslmode=require"),
+        ("postgresql://terraform@10.100.7.1:5432/state?sslmode=verify-ca", "sslmode=verify-ca"),
+        ("postgres://terraform@db.internal/state?sslmode=disable", "sslmode=disable"),
+        ("postgres://terraform@db.internal/state", "no sslmode (Terraform's lib/pq then takes"),
+        ("host=db.internal dbname=state user=terraform sslmode=prefer", "sslmode=prefer"),
+        # a host given in the query wins over the URL's (libpq's rule)
+        (
+            "postgres://terraform@localhost/state?host=db.internal&sslmode=require",
+            "sslmode=require",
+        ),
+    ],
+)
+def test_the_pg_backend_insists_on_verify_full_off_this_machine(tf, conn_str, said):
+    pg = TerraformResource(
+        binary=tf.binary, config_dir=tf.config_dir, backend="pg", pg_conn_str=conn_str
+    )
+    with pytest.raises(TerraformError) as err:
+        pg.init(stack="network", location="test-1", log=lambda _line: None)
+    text = str(err.value)
+    host = "10.100.7.1" if "10.100.7.1" in conn_str else "db.internal"
+    assert text.startswith(f"the terraform resource's pg_conn_str has {said}")
+    assert f"for the state database on {host}: Terraform would not check the server's" in text
+    assert "Add sslmode=verify-full to the connection string" in text
+
+
+def test_the_tls_refusal_names_tf_pg_conn_str_when_that_is_the_setting(tf, monkeypatch):
+    monkeypatch.setenv("TF_PG_CONN_STR", "postgres://terraform@db.internal/state?sslmode=require")
+    pg = TerraformResource(binary=tf.binary, config_dir=tf.config_dir, backend="pg")
+    with pytest.raises(TerraformError, match="^TF_PG_CONN_STR has sslmode=require for the state"):
+        pg.init(stack="network", location="test-1", log=lambda _line: None)
+
+
+def test_verify_full_off_this_machine_goes_on_to_terraform(tmp_path):
+    """Accepted: Terraform itself then tries the connection (to an address of the
+    documentation's, which nobody answers, within a second)."""
+    config = standin_tree(tmp_path, backend="pg")
+    write_location(config, "test-1")
+    conn_str = "postgres://terraform@192.0.2.1:5432/state?sslmode=verify-full&connect_timeout=1"
+    pg = terraform_resource(tmp_path, config_dir=config, backend="pg", pg_conn_str=conn_str)
+    with pytest.raises(TerraformError) as err:
+        pg.init(stack="network", location="test-1", log=lambda _line: None)
+    # Terraform's own error: the connection, not this resource's refusal
+    assert "Error: dial tcp 192.0.2.1:5432" in str(err.value), str(err.value)
 
 
 def test_parse_plan_json_reads_every_kind_of_action():
@@ -340,6 +393,80 @@ def test_parse_plan_json_reads_every_kind_of_action():
     assert plan.output_changes == {"o": ("update",)}
     assert [c.address for c in plan.destructive(["a.*"])] == ["a.z", "a.r", "a.s"]
     assert plan.destructive(["b.*"]) == []
+
+
+def _real_change(address: str, actions: list[str]) -> dict:
+    """One entry of `terraform show -json`'s resource_changes, for the real stacks' types."""
+    rtype, rest = address.split(".", 1)
+    name, _, index = rest.partition("[")
+    entry = {
+        "address": address,
+        "mode": "managed",
+        "type": rtype,
+        "name": name,
+        "provider_name": "registry.terraform.io/terraform-provider-openstack/openstack",
+        "change": {"actions": actions, "before": {}, "after": {}, "after_unknown": {}},
+    }
+    if index:
+        entry["index"] = index.rstrip("]").strip('"')
+    return entry
+
+
+def _real_plan(changes: dict[str, list[str]]) -> TerraformPlan:
+    data = {
+        "format_version": "0.2",
+        "terraform_version": "1.0.3",
+        "resource_changes": [_real_change(a, acts) for a, acts in changes.items()],
+    }
+    return TerraformPlan(
+        stack="instances",
+        location="nz-por-1",
+        path="",
+        sha256="",
+        prior_lineage="",
+        prior_serial=0,
+        **parse_plan_json(data),
+    )
+
+
+def test_the_real_destroy_gate_catches_servers_networks_and_public_addresses(repo_root):
+    """DEFAULT_PROTECTED (the resource's default list), on plans of the real OpenStack types:
+    deleting or replacing a server, the network, its subnet or router, or a web host's floating
+    IP is caught; changing them in place, or a security rule or a port, is not."""
+    assert TerraformResource().protected == list(DEFAULT_PROTECTED)
+    destructive = {
+        'openstack_compute_instance_v2.host["web-staging-1"]': ["delete"],
+        'openstack_compute_instance_v2.host["support-1"]': ["delete", "create"],
+        "openstack_networking_network_v2.private": ["delete", "create"],
+        "openstack_networking_subnet_v2.private": ["delete"],
+        "openstack_networking_router_v2.router": ["create", "delete"],
+        'openstack_networking_floatingip_v2.public["web-production-1"]': ["delete", "create"],
+    }
+    harmless = {
+        'openstack_compute_instance_v2.host["web-staging-2"]': ["update"],
+        "openstack_networking_network_v2.private": ["update"],
+        "openstack_networking_subnet_v2.private": ["no-op"],
+        'openstack_networking_floatingip_v2.public["web-production-1"]': ["update"],
+        'openstack_networking_secgroup_rule_v2.ingress["web-staging/0"]': ["delete", "create"],
+        'openstack_networking_port_v2.host["web-staging-3"]': ["create"],
+        'openstack_compute_instance_v2.host["web-staging-3"]': ["create"],
+    }
+    for address, actions in destructive.items():
+        caught = _real_plan(
+            {address: actions, **{k: v for k, v in harmless.items() if k != address}}
+        )
+        assert [c.address for c in caught.destructive(DEFAULT_PROTECTED)] == [address], address
+    assert _real_plan(harmless).destructive(DEFAULT_PROTECTED) == []
+    # every pattern names a resource type the real stacks declare (a renamed type would leave
+    # its resources unguarded)
+    declared = {
+        m
+        for stack in ("network", "instances")
+        for m in re.findall(
+            r'^resource "([^"]+)"', (repo_root / "terraform" / stack / "main.tf").read_text(), re.M
+        )
+    }
+    assert {p.split(".")[0] for p in DEFAULT_PROTECTED} <= declared
 
 
 @pytest.fixture
@@ -459,6 +586,53 @@ def test_the_cloud_credentials_reach_terraform_and_never_its_log_or_errors(
     plan = tf.plan(stack="probe", location="test-1", variables={}, log=lines.append)
     tf.apply(plan=plan, log=lines.append)
     assert [line for line in lines if line.endswith("cloud= file= password=")]
+
+
+ENV_PROBE = """
+terraform {
+  required_providers {
+    null = { source = "hashicorp/null" }
+  }
+  backend "local" {}
+}
+
+# Terraform's whole environment, as a provider or provisioner gets it (local-exec inherits it).
+resource "null_resource" "env" {
+  provisioner "local-exec" {
+    command = "env > %s"
+  }
+}
+"""
+
+
+def test_terraform_gets_an_allow_list_of_dagster_s_environment(tf, tmp_path, monkeypatch):
+    """What else Dagster's process holds (another tool's keys, the secrets file's path) never
+    reaches Terraform or its providers; the cloud's credentials come in `env`, and PATH, HOME,
+    the proxies and Terraform's own settings pass."""
+    leaks = {
+        "AWS_SECRET_ACCESS_KEY": "aws-" + "k" * 16,
+        "INFRA_SECRETS_FILE": str(tmp_path / "secrets-file.yaml"),
+        "OS_APPLICATION_CREDENTIAL_SECRET": "other-cloud-" + "s" * 8,
+        "DAGSTER_HOME": str(tmp_path / "dagster-home"),
+    }
+    passed = {"HTTPS_PROXY": "http://proxy.invalid:3128", "no_proxy": "127.0.0.1,localhost"}
+    for name, value in {**leaks, **passed, "TF_LOG_PATH": str(tmp_path / "tf.log")}.items():
+        monkeypatch.setenv(name, value)
+    trace = tmp_path / "env.trace"
+    stack = Path(tf.config_dir) / "envprobe"
+    stack.mkdir()
+    (stack / "main.tf").write_text(ENV_PROBE % trace)
+    plan = tf.plan(stack="envprobe", location="test-1", variables={}, env={"OS_CLOUD": "fake"})
+    tf.apply(plan=plan, env={"OS_CLOUD": "fake"})
+
+    seen = dict(line.split("=", 1) for line in trace.read_text().splitlines() if "=" in line)
+    for name, value in leaks.items():
+        assert name not in seen, name
+        assert value not in trace.read_text(), name
+    assert {name: seen.get(name) for name in passed} == passed
+    assert seen["OS_CLOUD"] == "fake"
+    assert seen["PATH"] == os.environ["PATH"] and seen["HOME"] == os.environ["HOME"]
+    assert seen["TF_LOG_PATH"] == str(tmp_path / "tf.log") and seen["TF_IN_AUTOMATION"] == "1"
 
 
 def test_odd_output_from_the_binary_is_an_error_not_a_traceback(tf, tmp_path):

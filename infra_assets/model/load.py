@@ -146,6 +146,8 @@ class _Lines:
 def _dotted(path: Path_) -> str:
     out = ""
     for part in path:
+        if isinstance(part, str) and not part.isprintable():
+            part = repr(part)  # a key with a newline in it: shown as `hosts.'web-1\n'`, on one line
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out
 

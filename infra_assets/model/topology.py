@@ -12,11 +12,12 @@ from typing import Annotated
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 # A DNS label: host, location, type, app and role names all end up in DNS names, salt minion ids
-# and container names.
-NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+# and container names. \A and \Z, not ^ and $: `$` also matches before a final newline, and a
+# name with one would reach top.sls, cloud-init and nginx.
+NAME_PATTERN = r"\A[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z"
 NAME_RE = re.compile(NAME_PATTERN)
 _LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
-DOMAIN_RE = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*$")
+DOMAIN_RE = re.compile(rf"\A(?=.{{1,253}}\Z){_LABEL}(\.{_LABEL})*\Z")
 
 # Roles that run a service but take no address of their own (DESIGN.md: `dns` gets no address).
 UNTYPED_ROLES: frozenset[str] = frozenset({"dns"})
