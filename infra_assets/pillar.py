@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from infra_assets.model import ENVIRONMENTS
-from infra_assets.roles import DAGSTER_SOURCE, RoleCatalogueError, role_catalogue
+from infra_assets.roles import DAGSTER_SOURCE, HOSTS_SOURCE, RoleCatalogueError, role_catalogue
 from infra_assets.salt_keys import MASTER, KeyStore
 from infra_assets.secrets import PULL_ACCOUNTS, PUSH_ACCOUNT, Secrets, postgres_environments
 from infra_assets.sites import Site, SiteError
@@ -194,6 +194,7 @@ def _postgres(b: Block) -> None:
     envs = [env for env in postgres_environments(topo) if f"postgres-{env}" in roles]
     if not envs:
         return
+    own = [a.address for a in b.site.plan.for_host(b.host)]
     b.pillar["postgres"] = {
         **_service(b.site, b.host, f"postgres-{envs[0]}", "postgres"),
         "network": b.pillar["coop"]["network"],
@@ -202,6 +203,10 @@ def _postgres(b: Block) -> None:
                 "owner": _db_name(app, env),
                 "password": _secret(b.secrets, "postgres", app, env),
                 "environment": env,
+                # pg_hba: the environment's web hosts alone (where its apps run), and this
+                # host itself (its own tools, over its planned address)
+                "clients": own
+                + [a for a in guarded_sources(b.site, [f"web-{env}"]) if a not in own],
             }
             for env in envs
             for app in sorted(topo.apps)
@@ -210,31 +215,40 @@ def _postgres(b: Block) -> None:
 
 
 def _firewall(b: Block) -> None:
-    """The host's guarded ports (the catalogue's `only_from`): each port, and the addresses
-    alone allowed to connect to it (the primary addresses of the hosts with the listed roles,
-    and where Dagster runs); salt/firewall drops every other new connection to it."""
+    """The host's guarded ports (the catalogue's `only_from`), each once: its port, and the
+    addresses alone allowed to connect to it (the union over the host's roles that guard it:
+    the primary addresses of the hosts with the listed roles, every host's for `hosts`, where
+    Dagster runs for `dagster`); salt/common/firewall.sls refuses every other new connection."""
     site, catalogue = b.site, role_catalogue()
-    rules = []
+    by_port: dict[int, dict[str, Any]] = {}
     for role in site.topo.hosts[b.host].roles:
         spec = catalogue.roles.get(role)
         for name, sources in (spec.only_from if spec else {}).items():
-            allowed: list[str] = []
-            for source in sources:
-                if source == DAGSTER_SOURCE:
-                    allowed += site.dagster_sources()
-                else:
-                    allowed += [
-                        site.plan.primary(h).address for h in site.topo.hosts_with_role(source)
-                    ]
-            rules.append(
-                {
-                    "name": name,
-                    "port": site.port(b.host, name),
-                    "from": sorted(set(allowed), key=_address_key),
-                    "sources": list(sources),
-                }
+            port = site.port(b.host, name)
+            rule = by_port.setdefault(
+                port, {"name": name, "port": port, "from": set(), "sources": []}
             )
-    b.pillar["firewall"] = {"rules": rules}
+            rule["from"] |= set(guarded_sources(site, sources))
+            rule["sources"] += [s for s in sources if s not in rule["sources"]]
+    b.pillar["firewall"] = {
+        "rules": [
+            {**rule, "from": sorted(rule["from"], key=_address_key)}
+            for _port, rule in sorted(by_port.items())
+        ]
+    }
+
+
+def guarded_sources(site: Site, sources: Iterable[str]) -> list[str]:
+    """The addresses `only_from`'s sources stand for on `site`."""
+    addresses: list[str] = []
+    for source in sources:
+        if source == DAGSTER_SOURCE:
+            addresses += site.dagster_sources()
+        elif source == HOSTS_SOURCE:
+            addresses += [site.plan.primary(h).address for h in site.topo.hosts]
+        else:
+            addresses += [site.plan.primary(h).address for h in site.topo.hosts_with_role(source)]
+    return sorted(set(addresses), key=_address_key)
 
 
 def _address_key(address: str) -> tuple[int, ...]:

@@ -26,6 +26,8 @@ ROLE_KEYS = frozenset(
 # Who may reach a port that `only_from` guards, besides hosts of the listed roles: where Dagster
 # runs (the site says where that is: infra_assets/sites.py).
 DAGSTER_SOURCE = "dagster"
+# ... and every host of the topology (the salt master's ports: every minion).
+HOSTS_SOURCE = "hosts"
 
 
 class RoleCatalogueError(ValueError):
@@ -215,8 +217,9 @@ def _check_sources(roles: dict[str, Role], problems: list[str]) -> None:
     for role in roles.values():
         for port, sources in role.only_from.items():
             for source in sources:
-                if source != DAGSTER_SOURCE and source not in roles:
+                if source not in (DAGSTER_SOURCE, HOSTS_SOURCE) and source not in roles:
                     problems.append(
                         f"roles.{role.name}.only_from.{port}: {source!r} is no role of the"
-                        f" catalogue (nor {DAGSTER_SOURCE!r}, where Dagster runs)"
+                        f" catalogue (nor {DAGSTER_SOURCE!r}, where Dagster runs, nor"
+                        f" {HOSTS_SOURCE!r}, every host)"
                     )

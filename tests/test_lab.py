@@ -74,20 +74,28 @@ def test_every_minion_answers_through_salt_api_with_keys_made_ahead(lab_env: Lab
 
 def test_services_answer_at_their_planned_addresses(lab_env: LabEnv):
     lab = lab_env.lab().lab()  # the driver: it checks the route into the lab before it sends
+    # from this machine (where Dagster runs), or from the host the firewall lets in
     checks = {
-        ("support-1", "docker-registry"): 5000,
-        ("support-1", "npm-cache"): 4873,
-        ("support-1", "salt-master"): 8000,  # salt-api
-        ("web-staging-1", "web-staging"): 80,
-        ("web-production-1", "web-production"): 80,
-        ("pg-staging-1", "postgres-staging"): 5432,
-        ("pg-production-1", "postgres-production"): 5432,
+        ("support-1", "docker-registry", 5000): None,
+        ("support-1", "docker-registry", 5001): None,  # the push door: Dagster's
+        ("support-1", "npm-cache", 4873): None,
+        ("support-1", "salt-master", 8000): None,  # salt-api: Dagster's
+        ("support-1", "salt-master", 4506): "support-2",  # every minion's
+        ("web-staging-1", "web-staging", 80): None,
+        ("web-production-1", "web-production", 80): None,
+        ("pg-staging-1", "postgres-staging", 5432): "web-staging-1",
+        ("pg-production-1", "postgres-production", 5432): "web-production-1",
     }
-    closed = [
-        f"{host} {role} {lab_env.address(host, role)}:{port}"
-        for (host, role), port in checks.items()
-        if not lab.probe_tcp(lab_env.address(host, role), port, timeout_s=5)
-    ]
+    closed = []
+    for (host, role, port), source in checks.items():
+        address = lab_env.address(host, role)
+        if source is None:
+            answered = lab.probe_tcp(address, port, timeout_s=5)
+        else:
+            probe = ["timeout", "5", "bash", "-c", f": <>/dev/tcp/{address}/{port}"]
+            answered = lab.exec(LAB_NUMBER, source, probe, check=False).returncode == 0
+        if not answered:
+            closed.append(f"{host} {role} {address}:{port} from {source or 'this machine'}")
     assert not closed, closed
 
 

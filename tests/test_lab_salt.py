@@ -455,16 +455,23 @@ def test_the_registry_serves_tls_with_the_generated_certificate_and_asks_for_an_
         _http(url, context=ssl.create_default_context())
 
 
+def _connects(lab, host: str, address: str, port: int) -> bool:
+    """Whether `host` (a lab guest) opens a TCP connection to address:port within 5 s."""
+    reach = ["timeout", "5", "bash", "-c", f": <>/dev/tcp/{address}/{port}"]
+    return lab.exec(LAB_NUMBER, host, reach, check=False).returncode == 0
+
+
 def test_postgres_gives_each_app_a_role_and_a_database(lab_env: LabEnv):
     secrets = _secrets(lab_env)
     lab = _lab(lab_env)
     for host, env in (("pg-staging-1", "staging"), ("pg-production-1", "production")):
         address = lab_env.address(host, f"postgres-{env}")
-        assert lab.probe_tcp(address, 5432, timeout_s=5), (host, address)
-        # The environment's web host reaches it across the lab's network, as its apps do.
-        web = f"web-{env}-1"
-        reach = ["bash", "-c", f"timeout 5 bash -c ': <>/dev/tcp/{address}/5432'"]
-        assert lab.exec(LAB_NUMBER, web, reach, check=False).returncode == 0, (web, address)
+        # The environment's web host reaches it across the lab's network, as its apps do; the
+        # other environment's web host and this machine are refused (the host's firewall).
+        web, other = f"web-{env}-1", f"web-{'production' if env == 'staging' else 'staging'}-1"
+        assert _connects(lab, web, address, 5432), (web, address)
+        assert not _connects(lab, other, address, 5432), (other, address)
+        assert not lab.probe_tcp(address, 5432, timeout_s=5), address
         for app in sorted(lab_env.topo.apps):
             db = f"{app.replace('-', '_')}_{env}"
 
@@ -498,7 +505,9 @@ def test_the_salt_master_binds_to_its_planned_address(lab_env: LabEnv):
     assert written["file_roots"] == {"base": ["/srv/coop/salt"]}
     assert written["pillar_roots"] == {"base": ["/srv/pillar"]}
     for port in (4505, 4506):
-        assert lab.probe_tcp(address, port, timeout_s=5), port
+        # every host of the topology reaches it; anything else (this machine) is refused
+        assert _connects(lab, "web-staging-1", address, port), port
+        assert not lab.probe_tcp(address, port, timeout_s=5), port
     # It listens there and nowhere else (not on the host's primary address, nor on all).
     listening = lab.exec(LAB_NUMBER, master, ["ss", "-Hltn", "sport = :4506"]).output.split()
     assert f"{address}:4506" in listening and "0.0.0.0:4506" not in listening, listening

@@ -294,19 +294,43 @@ def test_the_pillar_says_where_each_service_listens_on_a_server(coop, coop_secre
         "deploy",
         "10.100.9.1:5001",
     )
-    # ... which the registry host's firewall opens to the build agent and Dagster (on the
-    # master's host, support-1) alone; no other host guards a port
-    assert pillars["support-1"]["firewall"] == {
-        "rules": [
-            {
-                "name": "registry-push",
-                "port": 5001,
-                "from": ["10.100.1.1", "10.100.2.1"],
-                "sources": ["jenkins-agent", "dagster"],
-            }
-        ]
+    # The guarded ports and who may connect, written by hand from topology.yaml (primary
+    # addresses: support-1 10.100.1.1, where Dagster runs too; support-2, the build agent,
+    # 10.100.2.1; web-staging-1 .5.1; web-production-1 .6.1; pg-staging-1 .7.1; pg-production-1
+    # .8.1), not derived from the code that writes the rules
+    every_host = [
+        "10.100.1.1",
+        "10.100.2.1",
+        "10.100.5.1",
+        "10.100.6.1",
+        "10.100.7.1",
+        "10.100.8.1",
+    ]
+    matrix = {
+        ("support-1", 4505): every_host,  # salt publish: every minion
+        ("support-1", 4506): every_host,  # salt return
+        ("support-1", 5001): ["10.100.1.1", "10.100.2.1"],  # registry push: agent, Dagster
+        ("support-1", 8000): ["10.100.1.1"],  # salt-api: Dagster
+        ("support-1", 8080): ["10.100.1.1", "10.100.2.1"],  # Jenkins: agent, Dagster
+        ("pg-staging-1", 5432): ["10.100.5.1"],  # the staging web host
+        ("pg-production-1", 5432): ["10.100.6.1"],  # the production web host
     }
-    assert {h for h, p in pillars.items() if p["firewall"]["rules"]} == {"support-1"}
+    guarded = {
+        (host, rule["port"]): rule["from"]
+        for host, pillar in pillars.items()
+        for rule in pillar["firewall"]["rules"]
+    }
+    assert guarded == matrix
+    # pg_hba: each database from its environment's web hosts and the database host itself
+    hba = {
+        name: db["clients"]
+        for host in ("pg-staging-1", "pg-production-1")
+        for name, db in pillars[host]["postgres"]["databases"].items()
+    }
+    assert hba == {
+        "hello_staging": ["10.100.7.1", "10.100.5.1"],
+        "hello_production": ["10.100.8.1", "10.100.6.1"],
+    }
     # The same input gives the same pillar (the registry's hashes too): applies change nothing.
     assert render_pillars(site_for(coop), coop_secrets) == pillars
 
@@ -416,7 +440,7 @@ def test_a_web_server_trusts_the_registry_under_each_name_it_is_reached_by(
     assert "/etc/containers/certs.d/10.100.9.1:5000/ca.crt" in names
 
 
-def test_the_registry_host_s_firewall_guards_the_push_door_and_nothing_else(
+def test_the_registry_host_s_firewall_guards_its_ports_and_a_web_host_s_none(
     coop, coop_secrets, tmp_path, repo_root
 ):
     """The firewall rules as salt renders them for support-1 (a server's pillar), checked by
@@ -448,9 +472,12 @@ def test_the_registry_host_s_firewall_guards_the_push_door_and_nothing_else(
             " admin-prohibited",
             "ip daddr 169.254.169.254 counter reject with icmp type admin-prohibited",
         ], host
-    assert rendered["support-1"] == [
+    assert rendered["support-1"][4:6] == [
         "tcp dport 5001 ct state new ip saddr { 10.100.1.1, 10.100.2.1 } accept",
         "tcp dport 5001 ct state new reject with tcp reset",
+    ]
+    assert [line.split()[2] for line in rendered["support-1"]] == [
+        p for p in ("4505", "4506", "5001", "8000", "8080") for _ in "ar"
     ]
     assert rendered["web-staging-1"] == []
 

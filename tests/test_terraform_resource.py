@@ -72,16 +72,17 @@ def plan_network(tf: TerraformResource, text: str = TOPOLOGY, log=None) -> Terra
 def test_plan_summarises_the_changes_per_resource(tf):
     lines: list[str] = []
     plan = plan_network(tf, log=lines.append)
-    # network, subnet, router, router interface, 8 security groups, 11 ingress rules, 1 egress
-    assert plan.summary() == {"add": 24, "change": 0, "destroy": 0, "replace": 0, "unchanged": 0}
+    # network, subnet, router, router interface, 9 security groups, 13 ingress rules (salt from
+    # each of the 3 hosts, each staging PostgreSQL from the 2 staging web hosts), 1 egress
+    assert plan.summary() == {"add": 27, "change": 0, "destroy": 0, "replace": 0, "unchanged": 0}
     assert plan.has_changes and plan.terraform_version == "1.0.3"
     assert 'null_resource.ingress["salt-master/0"]' in plan.adds
     md = plan.markdown()
-    assert md.startswith("**network/test-1**: 24 to add, 0 to change, 0 to destroy, 0 to replace")
+    assert md.startswith("**network/test-1**: 27 to add, 0 to change, 0 to destroy, 0 to replace")
     assert "| create | `null_resource.network` |" in md
     # Terraform's -json lines reach the log as the messages they carry, as they arrive
     assert "null_resource.network: Plan to create" in lines
-    assert "Plan: 24 to add, 0 to change, 0 to destroy." in lines
+    assert "Plan: 27 to add, 0 to change, 0 to destroy." in lines
     assert not any(line.startswith("{") for line in lines)
     # the saved plan is where the plan says, and it is the file that was shown
     assert zipfile.is_zipfile(plan.path)
@@ -90,7 +91,7 @@ def test_plan_summarises_the_changes_per_resource(tf):
 def test_apply_applies_the_saved_plan_and_returns_the_outputs(tf):
     plan = plan_network(tf)
     result = tf.apply(plan=plan)
-    assert (result.added, result.changed, result.destroyed) == (24, 0, 0)
+    assert (result.added, result.changed, result.destroyed) == (27, 0, 0)
     outputs = result.outputs
     assert outputs["cidr"]["value"] == "10.42.0.0/16"
     assert set(outputs["security_group_ids"]["value"]) == {
@@ -101,12 +102,13 @@ def test_apply_applies_the_saved_plan_and_returns_the_outputs(tf):
         "dns",
         "jenkins-master",
         "web",
-        "postgres",
+        "postgres-staging",
+        "postgres-production",
     }
     assert tf.output(stack="network", location="test-1") == outputs
     again = plan_network(tf)
     assert not again.has_changes
-    assert again.summary()["unchanged"] == 24
+    assert again.summary()["unchanged"] == 27
     assert "No changes" in again.markdown()
 
 
@@ -491,7 +493,7 @@ def test_pg_backend_keeps_the_state_remotely_and_locks_it(tmp_path, postgres):
     )
     lines: list[str] = []
     plan = plan_network(tf, log=lines.append)
-    assert plan.summary()["add"] == 25  # with the slow stand-in resource
+    assert plan.summary()["add"] == 28  # with the slow stand-in resource
 
     # the state is in PostgreSQL, in the location's own schema
     applying = threading.Thread(target=tf.apply, kwargs={"plan": plan})

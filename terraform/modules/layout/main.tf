@@ -8,8 +8,10 @@ locals {
   private = local.cidr
 
   # Every security group and its ingress rules. `remote` is a CIDR. Nothing is open to the
-  # world but 80/443 on web hosts; ssh only from the bastion; the rest only from the private
-  # network.
+  # world but 80/443 on web hosts; ssh only from the bastion; the ports the role catalogue
+  # guards (salt/roles.yaml `only_from`) only from the hosts it names (their primary
+  # addresses, /32; Dagster runs on the salt master's host, whose own traffic no group sees);
+  # the rest only from the private network.
   security_groups = {
     base = {
       description = "Every host: ssh from the bastion only, ICMP from the private network"
@@ -19,16 +21,16 @@ locals {
       ]
     }
     salt-master = {
-      description = "The salt master: publish and return ports, from the private network"
+      description = "The salt master: publish and return ports, from every host of the location"
       rules = [
-        { protocol = "tcp", port_min = 4505, port_max = 4506, remote = local.private },
+        for remote in local.every_host : { protocol = "tcp", port_min = 4505, port_max = 4506, remote = remote }
       ]
     }
     docker-registry = {
       description = "The private docker registry: its read-only door from the private network, its push door from the build agents only"
       rules = concat(
         [{ protocol = "tcp", port_min = var.registry_port, port_max = var.registry_port, remote = local.private }],
-        [for address in local.build_agents : { protocol = "tcp", port_min = var.registry_push_port, port_max = var.registry_push_port, remote = "${address}/32" }],
+        [for remote in local.with_role["jenkins-agent"] : { protocol = "tcp", port_min = var.registry_push_port, port_max = var.registry_push_port, remote = remote }],
       )
     }
     npm-cache = {
@@ -45,9 +47,9 @@ locals {
       ]
     }
     jenkins-master = {
-      description = "The Jenkins master's web UI and agent connections, from the private network"
+      description = "The Jenkins master's web UI and agent connections, from the build agents"
       rules = [
-        { protocol = "tcp", port_min = var.jenkins_port, port_max = var.jenkins_port, remote = local.private },
+        for remote in local.with_role["jenkins-agent"] : { protocol = "tcp", port_min = var.jenkins_port, port_max = var.jenkins_port, remote = remote }
       ]
     }
     web = {
@@ -57,17 +59,29 @@ locals {
         { protocol = "tcp", port_min = 443, port_max = 443, remote = "0.0.0.0/0" },
       ]
     }
-    postgres = {
-      description = "PostgreSQL, from the private network"
+    postgres-staging = {
+      description = "PostgreSQL of staging, from the staging web hosts"
       rules = [
-        { protocol = "tcp", port_min = 5432, port_max = 5432, remote = local.private },
+        for remote in local.with_role["web-staging"] : { protocol = "tcp", port_min = 5432, port_max = 5432, remote = remote }
+      ]
+    }
+    postgres-production = {
+      description = "PostgreSQL of production, from the production web hosts"
+      rules = [
+        for remote in local.with_role["web-production"] : { protocol = "tcp", port_min = 5432, port_max = 5432, remote = remote }
       ]
     }
   }
 
-  # The build agents' primary addresses: the only remote addresses of the registry's push door
-  # (Dagster, beside the salt master on the registry's host, reaches it from that host itself).
-  build_agents = sort([for name, host in var.hosts : host.addresses[0] if contains(host.roles, "jenkins-agent")])
+  # Each host's primary address as a /32, and those of the hosts of each role a guarded port
+  # is opened to (the catalogue's `only_from`).
+  primary    = { for name, host in var.hosts : name => "${host.addresses[0]}/32" }
+  every_host = sort(values(local.primary))
+  with_role = {
+    for role in ["jenkins-agent", "web-staging", "web-production"] : role => sort([
+      for name, host in var.hosts : local.primary[name] if contains(host.roles, role)
+    ])
+  }
 
   # The security groups each role brings (every host also has `base`).
   role_security_groups = {
@@ -78,8 +92,8 @@ locals {
     jenkins-master      = ["jenkins-master"]
     web-staging         = ["web"]
     web-production      = ["web"]
-    postgres-staging    = ["postgres"]
-    postgres-production = ["postgres"]
+    postgres-staging    = ["postgres-staging"]
+    postgres-production = ["postgres-production"]
   }
 
   # One entry per rule, keyed "<group>/<n>", for for_each.
