@@ -1,5 +1,5 @@
 """Salt on the lab's real servers (the session's lab, tests/lab_env.py), with the states every
-server runs: keys made ahead and never accepted by name (an impostor minion in the lab's network), each minion's
+server runs: keys made ahead and never accepted by name (an impostor minion on a lab host), each minion's
 pillar holding only its own secrets, the services the states start answering at their planned
 addresses (checked from the machine through the lab's link, or from inside another lab host),
 a dry run that changes nothing, and a failing state that names its minion and state.
@@ -29,12 +29,15 @@ from lab_env import LAB_NUMBER, LabEnv
 from infra_assets.model import load_topology
 from infra_assets.salt_keys import KeyStore
 from infra_assets.secrets import Secrets, load_secrets
+from resources.lab import container_name
 
 pytestmark = [pytest.mark.slow, pytest.mark.lab]
 
-# A free address of the lab's /16 for the impostor's container (no type 200 in the topology).
-IMPOSTOR_ADDRESS = f"10.{LAB_NUMBER}.200.1"
-IMPOSTOR = f"lab{LAB_NUMBER}-impostor-test"  # not labelled as the lab's: its plans ignore it
+# A free address of the lab's /16 for a stranger's container (no type 200 in the topology).
+STRANGER_ADDRESS = f"10.{LAB_NUMBER}.200.1"
+STRANGER = f"lab{LAB_NUMBER}-stranger-test"  # not labelled as the lab's: its plans ignore it
+# Where an impostor minion runs: a declared host, as if it were compromised.
+IMPOSTOR_HOST = "web-staging-1"
 NEW_HOST = "web-staging-2"  # declared in a copy of the topology only, and never created here
 
 
@@ -96,31 +99,56 @@ def _with_new_host(lab_env: LabEnv, tmp_path) -> LabEnv:
 
 @contextmanager
 def _impostor(lab_env: LabEnv, minion_id: str) -> Iterator[None]:
-    """A machine of its own in the lab's network, from the web image, at a free address, running
-    a salt-minion that says it is `minion_id`, with a key it makes itself, pointed at the master.
-    Removed (container, and every key under that name but the accepted one) when done."""
+    """A second salt-minion on web-staging-1 (as if that host were compromised) that says it is
+    `minion_id`, with a key it makes itself (a folder of its own), pointed at the master: from a
+    planned address, so the master's firewall lets it in and its key is what the master judges.
+    Stopped (its process group, its folder, every key under that name but the accepted one) when
+    done. A machine at an address the plan does not give is refused before it can say anything
+    (`test_a_machine_at_an_unplanned_address_cannot_reach_the_master`)."""
     lab = _lab(lab_env)
     master = lab_env.address(lab_env.site.master_host(), "salt-master")
-    config = f"master: {master}\nid: {minion_id}\nlog_level: info\n"
-    lab.podman(LAB_NUMBER, ["rm", "--force", "--ignore", IMPOSTOR], quiet=True)
+    root = "/tmp/coop-impostor"
+    config = f"root_dir: {root}\nmaster: {master}\nid: {minion_id}\nlog_level: info\n"
+    stop = f"kill -TERM -- -$(cat {root}/var/run/salt-minion.pid) 2>/dev/null; rm -rf {root}"
+    lab.exec(LAB_NUMBER, IMPOSTOR_HOST, ["sh", "-c", stop], check=False)
+    start = (
+        f"mkdir -p {root}/etc && printf '{config}' > {root}/etc/minion"
+        f" && exec setsid /opt/salt/bin/salt-minion -c {root}/etc"
+    )
     lab.podman(
         LAB_NUMBER,
-        [
-            "run", "--detach", "--name", IMPOSTOR, "--hostname", minion_id,
-            "--network", f"coop-lab-{LAB_NUMBER}", "--ip", IMPOSTOR_ADDRESS, "--dns", "none",
-            "--pull", "never", "localhost/coop-web:lab",
-            "sh", "-c",
-            f"mkdir -p /etc/salt && printf '{config}' > /etc/salt/minion"
-            " && exec /opt/salt/bin/salt-minion",
-        ],
-        quiet=True,
-    )  # fmt: skip
+        ["exec", "--detach", container_name(LAB_NUMBER, IMPOSTOR_HOST), "sh", "-c", start],
+    )
     try:
         yield
     finally:
-        lab.podman(LAB_NUMBER, ["rm", "--force", "--time", "0", IMPOSTOR], check=False)
+        lab.exec(LAB_NUMBER, IMPOSTOR_HOST, ["sh", "-c", stop], check=False)
         with lab_env.salt() as salt:
             salt.delete_keys(minion_ids=[minion_id], states=["pending", "denied", "rejected"])
+
+
+def test_a_machine_at_an_unplanned_address_cannot_reach_the_master(lab_env: LabEnv):
+    """A container of its own in the lab's network, at an address the plan gives no host: the
+    salt master's firewall resets its connections to 4505/4506, while a planned host's go
+    through (the catalogue's `only_from: [hosts]`)."""
+    lab = _lab(lab_env)
+    master = lab_env.address(lab_env.site.master_host(), "salt-master")
+    lab.podman(LAB_NUMBER, ["rm", "--force", "--ignore", STRANGER], quiet=True)
+    probe = f"for p in 4505 4506; do (: <>/dev/tcp/{master}/$p) 2>/dev/null && echo open $p; done"
+    try:
+        done = lab.podman(
+            LAB_NUMBER,
+            [
+                "run", "--rm", "--name", STRANGER, "--network", f"coop-lab-{LAB_NUMBER}",
+                "--ip", STRANGER_ADDRESS, "--dns", "none", "--pull", "never",
+                "--entrypoint", "timeout", "localhost/coop-web:lab", "20", "bash", "-c", probe,
+            ],
+            check=False,
+        )  # fmt: skip
+    finally:
+        lab.podman(LAB_NUMBER, ["rm", "--force", "--ignore", STRANGER], check=False, quiet=True)
+    assert "open" not in done.output, done.output
+    assert _connects(lab, "web-staging-1", master, 4506)
 
 
 def _http(url: str, *, context: ssl.SSLContext | None = None, headers: dict | None = None):
@@ -161,8 +189,9 @@ def _dns_a(server: str, name: str) -> tuple[int, list[str]]:
 def test_an_impostor_under_a_declared_name_is_never_accepted_and_fails_the_keys_check(
     lab_env: LabEnv,
 ):
-    """A machine in the lab's network presents itself as web-production-1 with a key of its own:
-    the master denies that key (it holds web-production-1's, made ahead); `minions` names it and
+    """A second minion on web-staging-1 (a compromised host, at a planned address the master's
+    firewall lets in) presents itself as web-production-1 with a key of its own: the master
+    denies that key (it holds web-production-1's, made ahead); `minions` names it and
     warns, and the blocking keys check fails. Gone again, the check passes."""
     host = "web-production-1"
     salt = lab_env.salt()
@@ -201,7 +230,8 @@ def test_an_impostor_under_a_declared_name_is_never_accepted_and_fails_the_keys_
 
 
 def test_a_pending_key_is_never_accepted_not_even_a_declared_host_s(lab_env: LabEnv, tmp_path):
-    """A minion says it is web-staging-2 before that host exists. Undeclared, its key is listed
+    """A minion (a second one on web-staging-1) says it is web-staging-2 before that host
+    exists. Undeclared, its key is listed
     and left pending; declared in the topology (but not created: `minion_keys` has not handed
     the master its key), `minions` still never accepts a pending key, and the keys check fails
     on the missing host."""
