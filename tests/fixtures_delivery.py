@@ -163,3 +163,18 @@ class SessionRegistry:
 def registry_site(lab_env) -> SessionRegistry:
     base = lab_env.definitions().resources["registry"]
     return SessionRegistry(base, base.endpoint())
+
+
+# --- app_image's record ------------------------------------------------------------------------
+
+
+def record_build(instance: dg.DagsterInstance, app: str, digest: str, sha: str, branch: str):
+    """What `app_image/<app>` records when it has built `digest` from commit `sha` of `branch`
+    (infra_assets/provenance.py), materialised in a run of `instance`: for tests whose images
+    podman built here, not app_image (tests/test_lab_delivery.py runs the real chain)."""
+
+    @dg.asset(key=["app_image", app])
+    def built() -> dg.MaterializeResult:
+        return dg.MaterializeResult(metadata={"digest": digest, "sha": sha, "branch": branch})
+
+    assert dg.materialize([built], instance=instance).success

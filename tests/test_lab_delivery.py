@@ -270,7 +270,7 @@ def test_a_rebuild_is_skipped_and_an_old_commit_leaves_the_branch_tag_alone(hell
     )
     meta = _metadata(again, BUILD_NODE)
     assert meta["built"] is False and meta["digest"] == digest1
-    assert "already in the registry: not built again" in meta["what_happened"]
+    assert "already in the registry, built by app_image: not built again" in meta["what_happened"]
     assert f"main has moved on to {second[:12]}" in meta["what_happened"]
     assert meta["tags"] == f"{BUILD_APP}:{first}"
     assert registry.digest(repository=BUILD_APP, reference="main") == meta2["digest"]

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 import dagster as dg
 import pytest
 import requests
-from fixtures_delivery import delivery_defs, write_app_topology
+from fixtures_delivery import delivery_defs, record_build, write_app_topology
 from lab_env import LAB_NUMBER
 
 from infra_assets.model import load_topology
@@ -151,7 +151,7 @@ def test_the_registry_refuses_an_anonymous_push(podman, registry_site, tiny_imag
 
 def _pull_door(registry_site, lab_env) -> Endpoint:
     """The read-only door (5000) with the pull account `deploy`, as the web hosts use it."""
-    secrets = load_secrets(lab_env.site.secrets_file())
+    secrets = load_secrets(lab_env.site.secrets_file(), lab_env.topo)
     push = registry_site.endpoint
     return Endpoint(
         url=push.url.rsplit(":", 1)[0] + ":5000",
@@ -242,7 +242,7 @@ def test_the_push_door_takes_connections_from_the_build_agents_and_dagster_only(
     def connects(host: str, port: int) -> bool:
         probe = f"exec 3<>/dev/tcp/{registry}/{port} && echo open"
         done = lab.exec(LAB_NUMBER, host, ["timeout", "5", "bash", "-c", probe], check=False)
-        return done.returncode == 0 and "open" in done.stdout
+        return done.returncode == 0 and "open" in done.output
 
     assert connects("support-2", 5001)
     assert not connects("web-staging-1", 5001)
@@ -271,10 +271,10 @@ def _sensor_defs(tmp_path, monkeypatch, registry: RegistryResource, app="tiny", 
     return delivery_defs(load_topology(topo_file), registry=registry)
 
 
-def _tick(defs: dg.Definitions, cursor: str | None):
+def _tick(defs: dg.Definitions, cursor: str | None, instance: dg.DagsterInstance | None = None):
     sensor = defs.resolve_sensor_def(SENSOR_NAME)
     with dg.build_sensor_context(
-        instance=dg.DagsterInstance.ephemeral(),
+        instance=instance or dg.DagsterInstance.ephemeral(),
         cursor=cursor,
         definitions=defs,
         resources=defs.resources,
@@ -285,9 +285,18 @@ def _tick(defs: dg.Definitions, cursor: str | None):
 def test_registry_sensor_asks_once_per_new_digest(
     tmp_path, monkeypatch, registry_site, tiny_images
 ):
-    oci_digest, _ = tiny_images
+    oci_digest, docker_digest = tiny_images
     defs = _sensor_defs(tmp_path, monkeypatch, registry_site.resource())
-    first = _tick(defs, None)
+    instance = dg.DagsterInstance.ephemeral()
+    # Not built by app_image (podman pushed it here): named, no run, the cursor stays
+    foreign = _tick(defs, None, instance)
+    assert isinstance(foreign, dg.SkipReason)
+    assert f"tiny:oci = {oci_digest} not released: app_image/tiny never built it" in (
+        foreign.skip_message
+    )
+    for digest in (oci_digest, docker_digest):
+        record_build(instance, "tiny", digest, "", "oci")  # app_image's record of it
+    first = _tick(defs, None, instance)
     [request] = first.run_requests
     assert request.run_key == oci_digest
     # A staging release of exactly that digest (infra_assets/releases.py).
@@ -299,9 +308,9 @@ def test_registry_sensor_asks_once_per_new_digest(
     assert request.tags["coop/image"] == registry_site.endpoint.image("tiny", oci_digest)
     assert json.loads(first.cursor) == {"tiny": {"oci": oci_digest}}
     # The run it asks for is a run of a job of the code location.
-    assert defs.resolve_job_def(request.job_name)
+    assert defs.resolve_job_def(request.job_name).name == "release_staging_tiny"
 
-    replay = _tick(defs, first.cursor)
+    replay = _tick(defs, first.cursor, instance)
     assert isinstance(replay, dg.SkipReason)  # no run request
     assert replay.skip_message == "no new image"
 
@@ -310,7 +319,7 @@ def test_registry_sensor_asks_once_per_new_digest(
     docker = registry.manifest(repository="tiny", reference="docker")
     registry.tag(repository="tiny", manifest=docker, tag="oci")
     try:
-        moved = _tick(defs, first.cursor)
+        moved = _tick(defs, first.cursor, instance)
         assert [r.run_key for r in moved.run_requests] == [docker.digest]
     finally:
         oci = registry.manifest(repository="tiny", reference=oci_digest)
