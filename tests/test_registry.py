@@ -176,7 +176,13 @@ def _v2(
 
 
 def _codes(response: requests.Response) -> list[str]:
-    return [e.get("code") for e in response.json().get("errors", [])]
+    """The registry's error codes in an answer (none when it has no JSON body: the read-only
+    door answers 405 with an empty one)."""
+    try:
+        body = response.json()
+    except ValueError:
+        return []
+    return [e.get("code") for e in body.get("errors", [])]
 
 
 def test_a_pull_account_reads_and_can_neither_push_nor_delete(
@@ -214,15 +220,15 @@ def test_a_pull_account_reads_and_can_neither_push_nor_delete(
     # a delete: refused for the pull account at both doors, and for the push account too
     for endpoint in (pull, as_pusher, push):
         deleted = _v2(lab_env, endpoint, "DELETE", f"tiny/manifests/{oci_digest}")
-        assert deleted.status_code in (401, 405), (endpoint.url, endpoint.username, deleted.text)
+        said = (endpoint.url, endpoint.username, deleted.status_code, deleted.text)
         if endpoint.username == "deploy" and endpoint.url == push.url:
-            assert deleted.status_code == 401 and _codes(deleted) == ["UNAUTHORIZED"]
-        else:
-            assert deleted.status_code == 405 and _codes(deleted) == ["UNSUPPORTED"]
+            assert deleted.status_code == 401 and _codes(deleted) == ["UNAUTHORIZED"], said
+        else:  # read-only, or deletion off: "method not allowed"
+            assert deleted.status_code == 405 and _codes(deleted) in ([], ["UNSUPPORTED"]), said
     assert registry_site.resource().digest(repository="tiny", reference="oci") == oci_digest
     # an upload is refused at the read-only door before it starts
     started = _v2(lab_env, pull, "POST", "tiny/blobs/uploads/")
-    assert started.status_code == 405 and _codes(started) == ["UNSUPPORTED"], started.text
+    assert started.status_code == 405, started.text
 
 
 def test_both_doors_refuse_anonymous_access(registry_site, lab_env):
