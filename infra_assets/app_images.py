@@ -206,6 +206,11 @@ def materialize(
         manifest = registry.manifest(repository=app_name, reference=sha)
         if manifest is None:
             raise dg.Failure(f"{endpoint.image(app_name, sha)} is not in the registry after push")
+        if existing is not None and manifest.digest != existing.digest:
+            raise dg.Failure(
+                f"{endpoint.image(app_name, sha)} changed while it was being adopted (it was"
+                f" {existing.digest}, it is {manifest.digest}): nothing recorded; run it again"
+            )
         if outcome.digest is not None and manifest.digest != outcome.digest:
             raise dg.Failure(
                 f"the build pushed {outcome.digest}, but the registry serves"

@@ -69,13 +69,21 @@ class StagingRecord:
 
 def staging_record(instance: dg.DagsterInstance, app: str) -> StagingRecord | None:
     """The last successful `release/staging/<app>` (None: staging never released it)."""
-    event = instance.get_latest_materialization_event(dg.AssetKey(["release", "staging", app]))
-    if event is None or event.asset_materialization is None:
-        return None
-    meta = event.asset_materialization.metadata
-    digest = _text(meta, "digest")
-    sha = _text(meta, "sha")
-    return StagingRecord(digest, "" if sha == "(unknown)" else sha, event.run_id)
+    key = dg.AssetKey(["release", "staging", app])
+    cursor = None
+    while True:  # newest first; a runless report (by hand, in the UI) is no release
+        page = instance.fetch_materializations(key, limit=PAGE, cursor=cursor)
+        for record in page.records:
+            materialization = record.asset_materialization
+            if materialization is None or not record.run_id:
+                continue
+            meta = materialization.metadata
+            sha = _text(meta, "sha")
+            sha = "" if sha == "(unknown)" else sha
+            return StagingRecord(_text(meta, "digest"), sha, record.run_id)
+        if not page.has_more:
+            return None
+        cursor = page.cursor
 
 
 def _text(meta: dict, key: str) -> str:

@@ -216,7 +216,10 @@ def stack_definitions(
         " that the run's config (allow_destroy on the plan) does not allow.",
     )
     def safe_to_apply(plan: StackPlan, terraform: TerraformResource) -> dg.AssetCheckResult:
-        return gate_result(plan, terraform.protected)
+        result = gate_result(plan, terraform.protected)
+        if not result.passed:  # the apply will not run: the saved plan (its secrets) goes now
+            Path(plan.plan.path).unlink(missing_ok=True)
+        return result
 
     @dg.asset_check(
         asset=pkey,
@@ -241,7 +244,6 @@ def stack_definitions(
     def apply_asset(
         context: dg.AssetExecutionContext, stack_plan: StackPlan, topology: Topology
     ) -> dg.Output[dict[str, Any]]:
-        terraform: TerraformResource = context.resources.terraform
         plan = stack_plan.plan
         if stack_plan.run_id != context.run_id:
             raise dg.Failure(
@@ -250,6 +252,18 @@ def stack_definitions(
                 f" {pkey.to_user_string()} with it.",
                 allow_retries=False,
             )
+        try:
+            return _apply(context, stack_plan, topology)
+        finally:
+            # the saved plan holds its variables (an apply's: the servers' key pairs): it goes
+            # once this run is done with it, applied or not (refused, nothing to do, failed)
+            Path(plan.path).unlink(missing_ok=True)
+
+    def _apply(
+        context: dg.AssetExecutionContext, stack_plan: StackPlan, topology: Topology
+    ) -> dg.Output[dict[str, Any]]:
+        terraform: TerraformResource = context.resources.terraform
+        plan = stack_plan.plan
         blocked = stack_plan.blocked(terraform.protected)
         if blocked:  # the gate's own test, so that leaving the check out cannot bypass it
             raise dg.Failure(description=_blocked_text(blocked), allow_retries=False)

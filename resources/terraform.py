@@ -81,7 +81,10 @@ PASSED_ENV = frozenset(
         "PGCONNECT_TIMEOUT",
     }
 )
-PASSED_ENV_PREFIX = "TF_"  # Terraform's own settings (TF_LOG, TF_PLUGIN_CACHE_DIR, TF_VAR_...)
+PASSED_ENV_PREFIX = "TF_"  # Terraform's own settings (TF_PLUGIN_CACHE_DIR, TF_VAR_...)
+# ...but never its debug logs: at DEBUG the OpenStack provider logs Nova's request bodies, and a
+# server's user-data holds its salt key pair (Terraform's lines reach Dagster's log).
+WITHHELD_ENV = frozenset({"TF_LOG", "TF_LOG_CORE", "TF_LOG_PROVIDER", "TF_LOG_PATH"})
 
 
 class TerraformError(RuntimeError):
@@ -343,7 +346,8 @@ class TerraformResource(dg.ConfigurableResource):
         env = {
             name: value
             for name, value in os.environ.items()
-            if name in PASSED_ENV or name.startswith(PASSED_ENV_PREFIX)
+            if (name in PASSED_ENV or name.startswith(PASSED_ENV_PREFIX))
+            and name not in WITHHELD_ENV
         }
         env.update(extra or {})
         env.update(

@@ -176,10 +176,10 @@ def test_apply_plans_gates_and_applies_the_network_then_the_instances(site):
         ]
     )
     plan_md = metadata(result, PLAN_NETWORK)
-    assert plan_md["add"] == 27 and plan_md["destroy"] == 0
-    assert plan_md["plan"].startswith(f"**network/{L}**: 27 to add")
+    assert plan_md["add"] == 29 and plan_md["destroy"] == 0
+    assert plan_md["plan"].startswith(f"**network/{L}**: 29 to add")
     net = metadata(result, NETWORK)
-    assert net["applied"] is True and net["added"] == 27
+    assert net["applied"] is True and net["added"] == 29
     assert net["outputs_json"]["cidr"] == "10.42.0.0/16"
     inst = metadata(result, INSTANCES)
     assert inst["added"] == 10  # 3 ports, 3 servers, 2 web hosts' floating IPs and associations
@@ -270,6 +270,10 @@ def test_servers_get_their_key_pairs_from_the_apply_s_plan_and_a_preview_holds_n
     plans = Path(site.terraform.data_dir) / L
     assert not [p for p, text in _plan_texts(plans).items() if b"PRIVATE KEY" in text]
     assert not list(plans.rglob("*.tfvars.json"))
+    # an apply with nothing to do goes too: its plan held the pairs as well
+    again = site.run("apply")
+    assert again.success and metadata(again, INSTANCES)["applied"] is False
+    assert not list(plans.rglob("*.tfplan")) and not list(plans.rglob("*.tfvars.json"))
 
     preview = site.run("plan")
     assert preview.success and f"plan/instances/{L}" in materialised(preview)

@@ -434,9 +434,9 @@ def test_a_digest_or_sha_that_is_not_one_is_refused_before_anything_changes(site
 
 def test_an_image_the_pipeline_did_not_build_is_never_released(site: LabReleases):
     """An image someone pushed with the push account, labelled with a real-looking commit, under
-    a tag of its own or the branch tag the sensor watches: no release takes it (by digest, or a
-    rollback the hosts' records point at), and the sensor names it in its tick, asking for no
-    run and keeping its cursor before it (our own build's record may land after its tag)."""
+    a tag of its own or the branch tag the sensor watches: no release takes it by digest (with
+    or without its commit), and the sensor names it in its tick, asking for no run and keeping
+    its cursor before it (our own build's record may land after its tag)."""
     v = _version(13)
     ours = site.image(v)
     assert site.release(ours, v).success

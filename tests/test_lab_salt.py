@@ -134,7 +134,10 @@ def test_a_machine_at_an_unplanned_address_cannot_reach_the_master(lab_env: LabE
     lab = _lab(lab_env)
     master = lab_env.address(lab_env.site.master_host(), "salt-master")
     lab.podman(LAB_NUMBER, ["rm", "--force", "--ignore", STRANGER], quiet=True)
-    probe = f"for p in 4505 4506; do (: <>/dev/tcp/{master}/$p) 2>/dev/null && echo open $p; done"
+    probe = (
+        f"for p in 4505 4506; do (: <>/dev/tcp/{master}/$p) 2>/dev/null && echo open $p"
+        " || echo refused $p; done"
+    )
     try:
         done = lab.podman(
             LAB_NUMBER,
@@ -147,7 +150,8 @@ def test_a_machine_at_an_unplanned_address_cannot_reach_the_master(lab_env: LabE
         )  # fmt: skip
     finally:
         lab.podman(LAB_NUMBER, ["rm", "--force", "--ignore", STRANGER], check=False, quiet=True)
-    assert "open" not in done.output, done.output
+    assert done.returncode == 0, done.output  # the stranger ran and asked
+    assert done.lines[-2:] == ["refused 4505", "refused 4506"], done.output
     assert _connects(lab, "web-staging-1", master, 4506)
 
 

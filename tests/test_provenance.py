@@ -51,5 +51,9 @@ def test_production_takes_the_last_successful_staging_release():
         raise dg.Failure("the health check failed")
 
     assert not dg.materialize([failed], instance=instance, raise_on_error=False).success
+    # a staging release reported by hand (no run) is no release
+    instance.report_runless_asset_event(
+        dg.AssetMaterialization(asset_key=["release", "staging", "hello"], metadata={"digest": D3})
+    )
     record = staging_record(instance, "hello")
-    assert (record.digest, record.sha) == (D2, "")
+    assert (record.digest, record.sha) == (D2, "") and record.run_id

@@ -466,11 +466,18 @@ def test_the_registry_host_s_firewall_guards_its_ports_and_a_web_host_s_none(
         assert check.returncode == 0, check.stderr
         rendered[host] = [line.strip() for line in text.splitlines() if "dport" in line]
         # every host: the metadata service (the user-data, the salt keys) for root alone
-        metadata = [line.strip() for line in text.splitlines() if "169.254.169.254" in line]
+        metadata = [
+            line.strip()
+            for line in text.splitlines()
+            if "169.254.169.254" in line or "fe80::a9fe:a9fe" in line
+        ]
         assert metadata == [
             "ip daddr 169.254.169.254 meta skuid != 0 counter reject with icmp type"
             " admin-prohibited",
+            "ip6 daddr fe80::a9fe:a9fe meta skuid != 0 counter reject with icmpv6 type"
+            " admin-prohibited",
             "ip daddr 169.254.169.254 counter reject with icmp type admin-prohibited",
+            "ip6 daddr fe80::a9fe:a9fe counter reject with icmpv6 type admin-prohibited",
         ], host
     assert rendered["support-1"][4:6] == [
         "tcp dport 5001 ct state new ip saddr { 10.100.1.1, 10.100.2.1 } accept",

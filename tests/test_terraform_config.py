@@ -153,11 +153,12 @@ MATRIX = {
     ("base", "icmp", 0, 0): [PRIVATE],
     ("salt-master", "tcp", 4505, 4506): EVERY_HOST,  # every minion
     ("docker-registry", "tcp", 5000, 5000): [PRIVATE],  # the read-only door
-    ("docker-registry", "tcp", 5001, 5001): ["10.100.2.1/32"],  # the push door: the agent
+    # the push door: the agent, and Dagster (on support-1)
+    ("docker-registry", "tcp", 5001, 5001): ["10.100.1.1/32", "10.100.2.1/32"],
     ("npm-cache", "tcp", 4873, 4873): [PRIVATE],
     ("dns", "udp", 53, 53): [PRIVATE],
     ("dns", "tcp", 53, 53): [PRIVATE],
-    ("jenkins-master", "tcp", 8080, 8080): ["10.100.2.1/32"],  # the agent
+    ("jenkins-master", "tcp", 8080, 8080): ["10.100.1.1/32", "10.100.2.1/32"],  # agent, Dagster
     ("web", "tcp", 80, 80): ["0.0.0.0/0"],
     ("web", "tcp", 443, 443): ["0.0.0.0/0"],
     ("postgres-staging", "tcp", 5432, 5432): ["10.100.5.1/32"],  # the staging web host
@@ -169,8 +170,7 @@ def test_the_security_groups_are_the_hand_written_matrix(coop, layout):
     """Each guarded port is open to the hosts the role catalogue names and nothing else (salt to
     every host, Jenkins and the registry's push door to the build agent, each PostgreSQL to its
     environment's web host); the rest to the private network, the web to the world, ssh to the
-    bastion. Dagster, on support-1 beside the salt master, needs no rule: its traffic to its own
-    host never crosses a security group."""
+    bastion. `dagster` is the salt master's host (support-1), where Dagster runs."""
     seen: dict[tuple, list[str]] = {}
     for rule in _rules(layout):
         key = (rule["group"], rule["protocol"], rule["port_min"], rule["port_max"])

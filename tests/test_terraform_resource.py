@@ -72,17 +72,19 @@ def plan_network(tf: TerraformResource, text: str = TOPOLOGY, log=None) -> Terra
 def test_plan_summarises_the_changes_per_resource(tf):
     lines: list[str] = []
     plan = plan_network(tf, log=lines.append)
-    # network, subnet, router, router interface, 9 security groups, 13 ingress rules (salt from
-    # each of the 3 hosts, each staging PostgreSQL from the 2 staging web hosts), 1 egress
-    assert plan.summary() == {"add": 27, "change": 0, "destroy": 0, "replace": 0, "unchanged": 0}
+    # network, subnet, router, router interface, 9 security groups, 15 ingress rules (salt from
+    # each of the 3 hosts, each staging PostgreSQL from the 2 staging web hosts, Jenkins and the
+    # registry's push door from the master's host, where Dagster runs), 1 egress
+    assert plan.summary() == {"add": 29, "change": 0, "destroy": 0, "replace": 0, "unchanged": 0}
     assert plan.has_changes and plan.terraform_version == "1.0.3"
-    assert 'null_resource.ingress["salt-master/0"]' in plan.adds
+    # rules are keyed by what they let in: salt's ports from each host's primary address
+    assert 'null_resource.ingress["salt-master/tcp/4505-4506/10.42.1.1/32"]' in plan.adds
     md = plan.markdown()
-    assert md.startswith("**network/test-1**: 27 to add, 0 to change, 0 to destroy, 0 to replace")
+    assert md.startswith("**network/test-1**: 29 to add, 0 to change, 0 to destroy, 0 to replace")
     assert "| create | `null_resource.network` |" in md
     # Terraform's -json lines reach the log as the messages they carry, as they arrive
     assert "null_resource.network: Plan to create" in lines
-    assert "Plan: 27 to add, 0 to change, 0 to destroy." in lines
+    assert "Plan: 29 to add, 0 to change, 0 to destroy." in lines
     assert not any(line.startswith("{") for line in lines)
     # the saved plan is where the plan says, and it is the file that was shown
     assert zipfile.is_zipfile(plan.path)
@@ -91,7 +93,7 @@ def test_plan_summarises_the_changes_per_resource(tf):
 def test_apply_applies_the_saved_plan_and_returns_the_outputs(tf):
     plan = plan_network(tf)
     result = tf.apply(plan=plan)
-    assert (result.added, result.changed, result.destroyed) == (27, 0, 0)
+    assert (result.added, result.changed, result.destroyed) == (29, 0, 0)
     outputs = result.outputs
     assert outputs["cidr"]["value"] == "10.42.0.0/16"
     assert set(outputs["security_group_ids"]["value"]) == {
@@ -108,7 +110,7 @@ def test_apply_applies_the_saved_plan_and_returns_the_outputs(tf):
     assert tf.output(stack="network", location="test-1") == outputs
     again = plan_network(tf)
     assert not again.has_changes
-    assert again.summary()["unchanged"] == 27
+    assert again.summary()["unchanged"] == 29
     assert "No changes" in again.markdown()
 
 
@@ -236,7 +238,7 @@ def test_the_bastion_must_be_an_ipv4_cidr_of_at_least_slash_8(tf):
     for bastion in ("10.0.0.0/8", "198.51.100.7/32"):
         settings.write_text(f'bastion_cidr = "{bastion}"\nexternal_network = "public-net"\n')
         rules = plan_network(tf).adds
-        assert 'null_resource.ingress["base/0"]' in rules, bastion
+        assert f'null_resource.ingress["base/tcp/22-22/{bastion}"]' in rules, bastion
 
 
 def test_missing_pieces_are_named(tmp_path, tf):
@@ -493,7 +495,7 @@ def test_pg_backend_keeps_the_state_remotely_and_locks_it(tmp_path, postgres):
     )
     lines: list[str] = []
     plan = plan_network(tf, log=lines.append)
-    assert plan.summary()["add"] == 28  # with the slow stand-in resource
+    assert plan.summary()["add"] == 30  # with the slow stand-in resource
 
     # the state is in PostgreSQL, in the location's own schema
     applying = threading.Thread(target=tf.apply, kwargs={"plan": plan})
@@ -618,7 +620,10 @@ def test_terraform_gets_an_allow_list_of_dagster_s_environment(tf, tmp_path, mon
         "DAGSTER_HOME": str(tmp_path / "dagster-home"),
     }
     passed = {"HTTPS_PROXY": "http://proxy.invalid:3128", "no_proxy": "127.0.0.1,localhost"}
-    for name, value in {**leaks, **passed, "TF_LOG_PATH": str(tmp_path / "tf.log")}.items():
+    # Terraform's debug log would carry Nova's request bodies (the user-data's keys): withheld
+    leaks["TF_LOG"] = "DEBUG"
+    leaks["TF_LOG_PATH"] = str(tmp_path / "tf.log")
+    for name, value in {**leaks, **passed, "TF_PLUGIN_CACHE_DIR": str(tmp_path)}.items():
         monkeypatch.setenv(name, value)
     trace = tmp_path / "env.trace"
     stack = Path(tf.config_dir) / "envprobe"
@@ -634,7 +639,8 @@ def test_terraform_gets_an_allow_list_of_dagster_s_environment(tf, tmp_path, mon
     assert {name: seen.get(name) for name in passed} == passed
     assert seen["OS_CLOUD"] == "fake"
     assert seen["PATH"] == os.environ["PATH"] and seen["HOME"] == os.environ["HOME"]
-    assert seen["TF_LOG_PATH"] == str(tmp_path / "tf.log") and seen["TF_IN_AUTOMATION"] == "1"
+    assert seen["TF_PLUGIN_CACHE_DIR"] == str(tmp_path) and seen["TF_IN_AUTOMATION"] == "1"
+    assert not (tmp_path / "tf.log").exists()
 
 
 def test_odd_output_from_the_binary_is_an_error_not_a_traceback(tf, tmp_path):

@@ -123,7 +123,12 @@ def salt_key_vars(
         "salt_accepted_keys": {h: p.public_pem for h, p in pairs.items() if p is not None},
     }
     if private:
-        data["salt_master_key"] = {"pem": master_pair.private_pem, "pub": master_pair.public_pem}
+        # the master's private key only in the plan of the location its server is in
+        here = topo.hosts[master].location == location
+        data["salt_master_key"] = {
+            "pem": master_pair.private_pem if here else "",
+            "pub": master_pair.public_pem,
+        }
         data["salt_minion_keys"] = {
             host: {"pem": pair.private_pem, "pub": pair.public_pem}
             for host, pair in pairs.items()

@@ -20,16 +20,22 @@ firewall-unit:
     - mode: '0644'
     - contents: |
         # Managed by salt (salt/common/firewall.sls): the host's guarded ports.
+        # Early, as Debian's nftables.service: no default dependencies (which would order it
+        # after sysinit.target, and so in a cycle with cloud-init and networking).
         [Unit]
         Description=coop-infra firewall (the role catalogue's only_from)
-        Before=network-pre.target
+        DefaultDependencies=no
         Wants=network-pre.target
+        Before=network-pre.target shutdown.target
+        Conflicts=shutdown.target
         ConditionPathExists=/etc/coop/firewall.nft
 
         [Service]
         Type=oneshot
         RemainAfterExit=yes
         ExecStart=/usr/sbin/nft -f /etc/coop/firewall.nft
+        # the file replaces the table in one transaction: a change never leaves the ports open
+        ExecReload=/usr/sbin/nft -f /etc/coop/firewall.nft
         ExecStop=/usr/sbin/nft delete table inet coop_firewall
 
         [Install]
@@ -53,6 +59,6 @@ firewall-rules:
     - require:
       - pkg: firewall-packages
 
-{{ daemon('firewall', 'coop-firewall', watch=[{'file': 'firewall-rules'}],
+{{ daemon('firewall', 'coop-firewall', watch=[{'file': 'firewall-rules'}], on_change='reload',
           require=[{'cmd': 'firewall-unit-reload'}]) }}
 {%- endif %}

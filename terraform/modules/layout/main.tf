@@ -30,7 +30,7 @@ locals {
       description = "The private docker registry: its read-only door from the private network, its push door from the build agents only"
       rules = concat(
         [{ protocol = "tcp", port_min = var.registry_port, port_max = var.registry_port, remote = local.private }],
-        [for remote in local.with_role["jenkins-agent"] : { protocol = "tcp", port_min = var.registry_push_port, port_max = var.registry_push_port, remote = remote }],
+        [for remote in local.agents_and_dagster : { protocol = "tcp", port_min = var.registry_push_port, port_max = var.registry_push_port, remote = remote }],
       )
     }
     npm-cache = {
@@ -49,7 +49,7 @@ locals {
     jenkins-master = {
       description = "The Jenkins master's web UI and agent connections, from the build agents"
       rules = [
-        for remote in local.with_role["jenkins-agent"] : { protocol = "tcp", port_min = var.jenkins_port, port_max = var.jenkins_port, remote = remote }
+        for remote in local.agents_and_dagster : { protocol = "tcp", port_min = var.jenkins_port, port_max = var.jenkins_port, remote = remote }
       ]
     }
     web = {
@@ -78,10 +78,13 @@ locals {
   primary    = { for name, host in var.hosts : name => "${host.addresses[0]}/32" }
   every_host = sort(values(local.primary))
   with_role = {
-    for role in ["jenkins-agent", "web-staging", "web-production"] : role => sort([
+    for role in ["jenkins-agent", "web-staging", "web-production", "salt-master"] : role => sort([
       for name, host in var.hosts : local.primary[name] if contains(host.roles, role)
     ])
   }
+  # `dagster` in the catalogue: Dagster runs on the salt master's host (README, "Pointing it at
+  # a real cloud"); its traffic to a service on that same host crosses no security group
+  agents_and_dagster = sort(distinct(concat(local.with_role["jenkins-agent"], local.with_role["salt-master"])))
 
   # The security groups each role brings (every host also has `base`).
   role_security_groups = {
@@ -96,10 +99,11 @@ locals {
     postgres-production = ["postgres-production"]
   }
 
-  # One entry per rule, keyed "<group>/<n>", for for_each.
+  # One entry per rule, keyed by what it lets in ("<group>/<protocol>/<ports>/<remote>"), for
+  # for_each: a host added or removed adds or removes its own rules and leaves the others.
   security_rules = merge([
     for group, spec in local.security_groups : {
-      for index, rule in spec.rules : "${group}/${index}" => merge(rule, { group = group })
+      for rule in spec.rules : "${group}/${rule.protocol}/${rule.port_min}-${rule.port_max}/${rule.remote}" => merge(rule, { group = group })
     }
   ]...)
 
