@@ -22,7 +22,7 @@ from pydantic import Field
 from infra_assets import lab_instances
 from infra_assets.cloud.stacks import cloud_locations
 from infra_assets.model import Topology
-from infra_assets.pillar import render_pillars, secret_paths
+from infra_assets.pillar import host_pillar, render_pillars, secret_paths
 from infra_assets.salt_keys import KeyStore
 from infra_assets.secrets import SecretsError, load_secrets
 from infra_assets.sites import SiteError, site_for
@@ -202,6 +202,25 @@ def _minions_asset(deps: list[dg.AssetKey]) -> dg.AssetsDefinition:
     return minions
 
 
+def _open_the_master_to(
+    context: dg.AssetExecutionContext, salt: SaltResource, topology: Topology
+) -> None:
+    """The master's firewall takes salt's ports from planned hosts only (common.firewall): a
+    host just added could not reach it until the master's own highstate. So its firewall is
+    brought up to this topology first (the `firewall` block alone, which holds no secret)."""
+    site = _site(topology)
+    master = site.master_host()
+    rules = host_pillar(site, None, master)["firewall"]
+    done = salt.apply(
+        minions=[master], sls=["common.firewall"], pillar={"firewall": rules}, log=context.log.info
+    )
+    if not done.ok:
+        raise SaltError(
+            f"the master's firewall ({master}) could not be brought up to the topology: "
+            + "; ".join(done.problems() or ["no return"])
+        )
+
+
 def _minions(
     context: dg.AssetExecutionContext,
     config: MinionsConfig,
@@ -217,6 +236,7 @@ def _minions(
         )
         after = salt.list_keys()
         targets = [m for m in declared if m in after.accepted]
+        _open_the_master_to(context, salt, topology)
         ping = salt.wait_for(minions=targets, timeout_s=config.ping_timeout_s, log=context.log.info)
     except SaltError as err:
         raise dg.Failure(description=str(err), allow_retries=False) from None

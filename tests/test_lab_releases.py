@@ -196,11 +196,12 @@ def test_a_staging_release_serves_the_new_version_with_no_failed_request(site: L
                     try:
                         r = site.get("staging", session=session)
                     except requests.ConnectionError as exc:
-                        if "RemoteDisconnected" not in str(exc):
+                        if not any(s in str(exc) for s in ("RemoteDisconnected", "reset by peer")):
                             raise
-                        # An idle keep-alive connection that an old nginx worker closed as it
-                        # exited after the reload: nothing was answered, so a browser asks again
-                        # on a new connection. So do we, once; a second failure counts.
+                        # An idle keep-alive connection that an old nginx worker closed (or
+                        # reset) as it exited after the reload: nothing was answered, so a
+                        # browser asks again on a new connection. So do we, once; a second
+                        # failure counts.
                         r = site.get("staging", session=session)
                 except requests.RequestException as exc:
                     answers.append((0, f"{type(exc).__name__}: {exc}"))
