@@ -22,7 +22,7 @@ from pydantic import Field
 from infra_assets import lab_instances
 from infra_assets.cloud.stacks import cloud_locations
 from infra_assets.model import Topology
-from infra_assets.pillar import host_pillar, render_pillars, secret_paths
+from infra_assets.pillar import firewall_rules, render_pillars, secret_paths
 from infra_assets.salt_keys import KeyStore
 from infra_assets.secrets import SecretsError, load_secrets
 from infra_assets.sites import SiteError, site_for
@@ -210,7 +210,7 @@ def _open_the_master_to(
     brought up to this topology first (the `firewall` block alone, which holds no secret)."""
     site = _site(topology)
     master = site.master_host()
-    rules = host_pillar(site, None, master)["firewall"]
+    rules = firewall_rules(site, master)
     done = salt.apply(
         minions=[master], sls=["common.firewall"], pillar={"firewall": rules}, log=context.log.info
     )

@@ -215,22 +215,26 @@ def _postgres(b: Block) -> None:
 
 
 def _firewall(b: Block) -> None:
-    """The host's guarded ports (the catalogue's `only_from`), each once: its port, and the
+    b.pillar["firewall"] = firewall_rules(b.site, b.host)
+
+
+def firewall_rules(site: Site, host: str) -> dict[str, Any]:
+    """`host`'s guarded ports (the catalogue's `only_from`), each once: its port, and the
     addresses alone allowed to connect to it (the union over the host's roles that guard it:
     the primary addresses of the hosts with the listed roles, every host's for `hosts`, where
     Dagster runs for `dagster`); salt/common/firewall.sls refuses every other new connection."""
-    site, catalogue = b.site, role_catalogue()
+    catalogue = role_catalogue()
     by_port: dict[int, dict[str, Any]] = {}
-    for role in site.topo.hosts[b.host].roles:
+    for role in site.topo.hosts[host].roles:
         spec = catalogue.roles.get(role)
         for name, sources in (spec.only_from if spec else {}).items():
-            port = site.port(b.host, name)
+            port = site.port(host, name)
             rule = by_port.setdefault(
                 port, {"name": name, "port": port, "from": set(), "sources": []}
             )
             rule["from"] |= set(guarded_sources(site, sources))
             rule["sources"] += [s for s in sources if s not in rule["sources"]]
-    b.pillar["firewall"] = {
+    return {
         "rules": [
             {**rule, "from": sorted(rule["from"], key=_address_key)}
             for _port, rule in sorted(by_port.items())

@@ -15,6 +15,7 @@ only materialisations made in a run count).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import dagster as dg
@@ -32,24 +33,12 @@ class BuildRecord:
 
 def build_records(instance: dg.DagsterInstance, app: str) -> dict[str, BuildRecord]:
     """Every digest `app_image/<app>` has recorded, newest record first wins."""
-    key = dg.AssetKey(["app_image", app])
     found: dict[str, BuildRecord] = {}
-    cursor = None
-    while True:
-        page = instance.fetch_materializations(key, limit=PAGE, cursor=cursor)
-        for record in page.records:
-            materialization = record.asset_materialization
-            if materialization is None or not record.run_id:
-                # a runless event (the UI's "Report materialization", the API's
-                # report_runless_asset_event) is something a person said, not a build
-                continue
-            meta = materialization.metadata
-            digest, sha, branch = (_text(meta, k) for k in ("digest", "sha", "branch"))
-            if digest and digest not in found:
-                found[digest] = BuildRecord(digest, sha, branch, record.run_id)
-        if not page.has_more:
-            return found
-        cursor = page.cursor
+    for run_id, meta in _made_in_runs(instance, dg.AssetKey(["app_image", app])):
+        digest, sha, branch = (_text(meta, k) for k in ("digest", "sha", "branch"))
+        if digest and digest not in found:
+            found[digest] = BuildRecord(digest, sha, branch, run_id)
+    return found
 
 
 def our_build(
@@ -70,19 +59,24 @@ class StagingRecord:
 def staging_record(instance: dg.DagsterInstance, app: str) -> StagingRecord | None:
     """The last successful `release/staging/<app>` (None: staging never released it)."""
     key = dg.AssetKey(["release", "staging", app])
+    for run_id, meta in _made_in_runs(instance, key):
+        sha = _text(meta, "sha")
+        return StagingRecord(_text(meta, "digest"), "" if sha == "(unknown)" else sha, run_id)
+    return None
+
+
+def _made_in_runs(instance: dg.DagsterInstance, key: dg.AssetKey) -> Iterator[tuple[str, dict]]:
+    """(run id, metadata) of `key`'s materialisations made in a run, newest first: a runless
+    event (the UI's "Report materialization", the API's report_runless_asset_event) is something
+    a person said, not a build or a release."""
     cursor = None
-    while True:  # newest first; a runless report (by hand, in the UI) is no release
+    while True:
         page = instance.fetch_materializations(key, limit=PAGE, cursor=cursor)
         for record in page.records:
-            materialization = record.asset_materialization
-            if materialization is None or not record.run_id:
-                continue
-            meta = materialization.metadata
-            sha = _text(meta, "sha")
-            sha = "" if sha == "(unknown)" else sha
-            return StagingRecord(_text(meta, "digest"), sha, record.run_id)
+            if record.asset_materialization is not None and record.run_id:
+                yield record.run_id, record.asset_materialization.metadata
         if not page.has_more:
-            return None
+            return
         cursor = page.cursor
 
 

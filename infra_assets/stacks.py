@@ -218,7 +218,7 @@ def stack_definitions(
     def safe_to_apply(plan: StackPlan, terraform: TerraformResource) -> dg.AssetCheckResult:
         result = gate_result(plan, terraform.protected)
         if not result.passed:  # the apply will not run: the saved plan (its secrets) goes now
-            Path(plan.plan.path).unlink(missing_ok=True)
+            terraform.discard(plan.plan)
         return result
 
     @dg.asset_check(
@@ -255,9 +255,8 @@ def stack_definitions(
         try:
             return _apply(context, stack_plan, topology)
         finally:
-            # the saved plan holds its variables (an apply's: the servers' key pairs): it goes
             # once this run is done with it, applied or not (refused, nothing to do, failed)
-            Path(plan.path).unlink(missing_ok=True)
+            context.resources.terraform.discard(plan)
 
     def _apply(
         context: dg.AssetExecutionContext, stack_plan: StackPlan, topology: Topology

@@ -783,6 +783,14 @@ class Lab:
         except OSError:
             return False
 
+    def probe_tcp_from(
+        self, number: int, host: str, address: str, port: int, *, timeout_s: int = 5
+    ) -> bool:
+        """Whether lab `number`'s `host` (a guest) can open a TCP connection to address:port:
+        a firewall's view from inside the lab, where `probe_tcp` has the machine's."""
+        probe = ["timeout", str(timeout_s), "bash", "-c", f": <>/dev/tcp/{address}/{port}"]
+        return self.exec(number, host, probe, check=False).returncode == 0
+
     # --- containers ----------------------------------------------------------------------------
 
     def _containers(self, number: int) -> dict[str, dict[str, Any]]:

@@ -627,8 +627,7 @@ class TerraformResource(dg.ConfigurableResource):
         result = self._run(
             plan.stack, plan.location, argv, log=_json_log(log), env=env, json_lines=True
         )
-        # spent (Terraform would refuse it again), and it may hold secrets
-        path.unlink(missing_ok=True)
+        self.discard(plan)  # spent (Terraform would refuse it again), and it may hold secrets
         counts = {"add": 0, "change": 0, "remove": 0}
         for event in result.events:
             if event.get("type") == "change_summary":
@@ -642,6 +641,11 @@ class TerraformResource(dg.ConfigurableResource):
             outputs=self.output(stack=plan.stack, location=plan.location, env=env),
             duration_s=time.monotonic() - started,
         )
+
+    def discard(self, plan: TerraformPlan) -> None:
+        """Delete a saved plan: it holds its variables in plain text (an apply's: the servers'
+        salt key pairs), so it goes as soon as it will not be applied."""
+        Path(plan.path).unlink(missing_ok=True)
 
     def output(self, *, stack: str, location: str, env: ToolEnv = None) -> dict[str, Any]:
         """`terraform output -json`: name -> {value, sensitive, type}. Empty before any apply."""

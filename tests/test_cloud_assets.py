@@ -49,6 +49,12 @@ PLAN_NETWORK = dg.AssetKey(["plan", "network", L])
 PLAN_INSTANCES = dg.AssetKey(["plan", "instances", L])
 NETWORK = dg.AssetKey(["network", L])
 INSTANCES = dg.AssetKey(["instances", L])
+# What the OpenStack provider would have made for TOPOLOGY: each server with its addresses.
+SERVERS = {
+    "support-1": ["10.42.1.1", "10.42.9.1"],
+    "web-staging-1": ["10.42.5.1"],
+    "web-staging-2": ["10.42.5.2"],
+}
 
 
 class Site:
@@ -155,13 +161,7 @@ def observations(result, key: dg.AssetKey) -> list[dict]:
 
 
 def test_apply_plans_gates_and_applies_the_network_then_the_instances(site):
-    site.seed_servers(
-        {
-            "support-1": ["10.42.1.1", "10.42.9.1"],
-            "web-staging-1": ["10.42.5.1"],
-            "web-staging-2": ["10.42.5.2"],
-        }
-    )
+    site.seed_servers(SERVERS)
     result = site.run("apply")
     assert result.success
     assert materialised(result) == sorted(
@@ -223,13 +223,7 @@ def test_servers_get_their_key_pairs_from_the_apply_s_plan_and_a_preview_holds_n
     user-data carries its own pair (the master's server also the master's pair and the minions'
     public keys as accepted). The spent plan, which held them, is gone after the apply; the plan
     job's previews hold the public keys only; no run's event shows a private key."""
-    site.seed_servers(
-        {
-            "support-1": ["10.42.1.1", "10.42.9.1"],
-            "web-staging-1": ["10.42.5.1"],
-            "web-staging-2": ["10.42.5.2"],
-        }
-    )
+    site.seed_servers(SERVERS)
     applied = site.run("apply")
     assert applied.success
     assert "minion_keys" in materialised(applied)
@@ -291,13 +285,7 @@ def test_servers_get_their_key_pairs_from_the_apply_s_plan_and_a_preview_holds_n
 
 
 def test_the_gate_stops_a_destroy_unless_the_run_allows_it(site):
-    site.seed_servers(
-        {
-            "support-1": ["10.42.1.1", "10.42.9.1"],
-            "web-staging-1": ["10.42.5.1"],
-            "web-staging-2": ["10.42.5.2"],
-        }
-    )
+    site.seed_servers(SERVERS)
     assert site.run("apply").success
     site.write(
         TOPOLOGY.replace(
@@ -461,13 +449,7 @@ def test_an_apply_takes_only_a_plan_made_in_its_own_run(site, tmp_path):
 
 
 def test_drift_is_reported_by_the_nightly_plan(site):
-    site.seed_servers(
-        {
-            "support-1": ["10.42.1.1", "10.42.9.1"],
-            "web-staging-1": ["10.42.5.1"],
-            "web-staging-2": ["10.42.5.2"],
-        }
-    )
+    site.seed_servers(SERVERS)
     assert site.run("apply").success
     # someone removes the router behind Terraform's back (here: from its state)
     tf = site.terraform

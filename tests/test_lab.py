@@ -92,8 +92,7 @@ def test_services_answer_at_their_planned_addresses(lab_env: LabEnv):
         if source is None:
             answered = lab.probe_tcp(address, port, timeout_s=5)
         else:
-            probe = ["timeout", "5", "bash", "-c", f": <>/dev/tcp/{address}/{port}"]
-            answered = lab.exec(LAB_NUMBER, source, probe, check=False).returncode == 0
+            answered = lab.probe_tcp_from(LAB_NUMBER, source, address, port)
         if not answered:
             closed.append(f"{host} {role} {address}:{port} from {source or 'this machine'}")
     assert not closed, closed

@@ -491,8 +491,7 @@ def test_the_registry_serves_tls_with_the_generated_certificate_and_asks_for_an_
 
 def _connects(lab, host: str, address: str, port: int) -> bool:
     """Whether `host` (a lab guest) opens a TCP connection to address:port within 5 s."""
-    reach = ["timeout", "5", "bash", "-c", f": <>/dev/tcp/{address}/{port}"]
-    return lab.exec(LAB_NUMBER, host, reach, check=False).returncode == 0
+    return lab.probe_tcp_from(LAB_NUMBER, host, address, port)
 
 
 def test_postgres_gives_each_app_a_role_and_a_database(lab_env: LabEnv):

@@ -248,9 +248,7 @@ def test_the_push_door_takes_connections_from_the_build_agents_and_dagster_only(
     lab = lab_env.lab().lab()
 
     def connects(host: str, port: int) -> bool:
-        probe = f"exec 3<>/dev/tcp/{registry}/{port} && echo open"
-        done = lab.exec(LAB_NUMBER, host, ["timeout", "5", "bash", "-c", probe], check=False)
-        return done.returncode == 0 and "open" in done.output
+        return lab.probe_tcp_from(LAB_NUMBER, host, registry, port)
 
     assert connects("support-2", 5001)
     assert not connects("web-staging-1", 5001)

@@ -382,15 +382,7 @@ def test_parse_plan_json_reads_every_kind_of_action():
             }
         ],
     }
-    plan = TerraformPlan(
-        stack="s",
-        location="l",
-        path="",
-        sha256="",
-        prior_lineage="",
-        prior_serial=0,
-        **parse_plan_json(data),
-    )
+    plan = _typed(data, "s", "l")
     assert plan.adds == ["a.x"] and plan.updates == ["a.y"] and plan.destroys == ["a.z"]
     assert plan.replaces == ["a.r", "a.s"]
     assert [c.address for c in plan.drift] == ["a.n"]
@@ -422,9 +414,14 @@ def _real_plan(changes: dict[str, list[str]]) -> TerraformPlan:
         "terraform_version": "1.0.3",
         "resource_changes": [_real_change(a, acts) for a, acts in changes.items()],
     }
+    return _typed(data, "instances", "nz-por-1")
+
+
+def _typed(data: dict, stack: str, location: str) -> TerraformPlan:
+    """A TerraformPlan from `terraform show -json`'s data, with no saved plan behind it."""
     return TerraformPlan(
-        stack="instances",
-        location="nz-por-1",
+        stack=stack,
+        location=location,
         path="",
         sha256="",
         prior_lineage="",
