@@ -203,13 +203,23 @@ def _minions_asset(deps: list[dg.AssetKey]) -> dg.AssetsDefinition:
 
 
 def _open_the_master_to(
-    context: dg.AssetExecutionContext, salt: SaltResource, topology: Topology
+    context: dg.AssetExecutionContext, salt: SaltResource, topology: Topology, wait_s: float
 ) -> None:
     """The master's firewall takes salt's ports from planned hosts only (common.firewall): a
     host just added could not reach it until the master's own highstate. So its firewall is
-    brought up to this topology first (the `firewall` block alone, which holds no secret)."""
+    brought up to this topology first (the `firewall` block alone, which holds no secret).
+    The master's own minion may still be connecting (a server just booted): a job published
+    before it listens is never seen, so it must answer a ping first."""
     site = _site(topology)
     master = site.master_host()
+    if (
+        master
+        not in salt.wait_for(minions=[master], timeout_s=wait_s, log=context.log.info).answered
+    ):
+        raise SaltError(
+            f"the master's own minion ({master}) did not answer within {wait_s:g} s: is it"
+            " running, and is its key accepted?"
+        )
     rules = firewall_rules(site, master)
     done = salt.apply(
         minions=[master], sls=["common.firewall"], pillar={"firewall": rules}, log=context.log.info
@@ -236,7 +246,7 @@ def _minions(
         )
         after = salt.list_keys()
         targets = [m for m in declared if m in after.accepted]
-        _open_the_master_to(context, salt, topology)
+        _open_the_master_to(context, salt, topology, config.ping_timeout_s)
         ping = salt.wait_for(minions=targets, timeout_s=config.ping_timeout_s, log=context.log.info)
     except SaltError as err:
         raise dg.Failure(description=str(err), allow_retries=False) from None
