@@ -194,7 +194,8 @@ def ensure_wheelhouse(
 ) -> Wheelhouse:
     """`<state>/lab/wheelhouse`: a wheel for every line of `requirements` (`pip wheel --no-deps`:
     the file is the whole closure, and an install from the wheelhouse with `--no-index` proves
-    it), built with Debian's Python, once per content of the requirements file."""
+    it), built with Debian's Python, once per content of the requirements file, from files pip
+    checked against the file's sha256 pins."""
     started = time.monotonic()
     text = Path(requirements).read_text()
     wanted = hashlib.sha256(text.encode()).hexdigest()
@@ -226,9 +227,9 @@ def _build_wheelhouse(
     try:
         if not (venv / "bin" / "pip").exists():
             run_cli([python, "-m", "venv", str(venv)], log=log, timeout_s=300)
+        # No other wheels: every file comes from the index and is checked against the file's
+        # hashes (hash-checking mode); a wheel built here earlier would not match them.
         env = {"PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_FIND_LINKS": ""}
-        if folder.is_dir():  # the wheels of an older wheelhouse are reused where they match
-            env["PIP_FIND_LINKS"] = str(folder)
         run_cli(
             [venv / "bin" / "pip", "wheel", "--no-deps", "-r", str(requirements), "-w", str(new)],
             env=env,

@@ -38,6 +38,7 @@ LogSink = Callable[[str], object]
 PODMAN_ROOT_ENV = "INFRA_PODMAN_ROOT"
 BASE_LABEL = "org.coop-infra.base"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+DEBIAN_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"  # debootstrap checks with it
 
 
 class PodmanError(RuntimeError):
@@ -230,6 +231,11 @@ class PodmanResource(dg.ConfigurableResource):
         """A minimal Debian made with debootstrap in `work` (with `packages`, `setup_script` run
         in it by chroot, no package caches or lists left), `podman import`ed as `ref` with
         `changes`: the image id. The app base and the lab base are both made here."""
+        if not Path(DEBIAN_KEYRING).is_file():
+            raise PodmanError(
+                f"{DEBIAN_KEYRING} is missing: install the debian-archive-keyring package"
+                " (scripts/apt-packages.txt)"
+            )
         if shutil.which("debootstrap") is None:
             raise PodmanError(
                 "debootstrap is not installed: `apt-get install debootstrap` (listed in"
@@ -247,6 +253,9 @@ class PodmanResource(dg.ConfigurableResource):
                 [
                     "debootstrap",
                     "--variant=minbase",
+                    # Every Release file checked against Debian's keys, never skipped: without
+                    # this file debootstrap fails instead of going on unverified.
+                    f"--keyring={DEBIAN_KEYRING}",
                     f"--include={','.join(packages)}",
                     *cache,
                     suite,

@@ -1,8 +1,10 @@
 """packer/salt-requirements.txt from uv.lock: salt (the version the project locks) and CherryPy
 (salt-api's rest_cherrypy), with their whole dependency closure for Debian 12 (CPython 3.11 on
-x86_64 Linux), each at the exact version uv.lock holds. Images (packer/scripts/bake.sh) and
-first boots (terraform/instances/cloud-init.yaml.tftpl, which carries a copy) install salt from it
-into a venv at /opt/salt.
+x86_64 Linux), each at the exact version uv.lock holds, with the sha256 of every file of it that
+pip may take there (the wheels whose tags Debian 12's pip accepts, else the sdist), as uv.lock
+records them from PyPI: pip checks each download against them (hash-checking mode). Images
+(packer/scripts/bake.sh) and first boots (terraform/instances/cloud-init.yaml.tftpl, which
+carries a copy) install salt from it into a venv at /opt/salt.
 
     uv run --locked --no-sync python scripts/salt_requirements.py          # write both files
     uv run --locked --no-sync python scripts/salt_requirements.py --check  # exit 1 if stale
@@ -18,6 +20,8 @@ import tomllib
 from pathlib import Path
 
 from packaging.markers import Marker
+from packaging.tags import Tag, compatible_tags, cpython_tags
+from packaging.utils import parse_wheel_filename
 
 REPO = Path(__file__).resolve().parent.parent
 LOCK = REPO / "uv.lock"
@@ -41,9 +45,21 @@ TARGET = {
     "sys_platform": "linux",
 }
 
+# The wheel tags Debian 12's pip takes on x86_64 (glibc 2.36): a wheel of any other tag is never
+# downloaded there, so its hash is left out (each server's user-data carries this file).
+_PLATFORMS = [f"manylinux_2_{minor}_x86_64" for minor in range(36, 4, -1)] + [
+    "manylinux2014_x86_64",
+    "manylinux2010_x86_64",
+    "manylinux1_x86_64",
+    "linux_x86_64",
+]
+TARGET_TAGS: frozenset[Tag] = frozenset(cpython_tags((3, 11), platforms=_PLATFORMS)) | frozenset(
+    compatible_tags((3, 11), "cp311", _PLATFORMS)
+)
+
 HEADER = """\
 # Salt for the images and first boots: `python3 -m venv /opt/salt &&
-# /opt/salt/bin/pip install -r salt-requirements.txt` (packer/scripts/bake.sh).
+# /opt/salt/bin/pip install --require-hashes -r salt-requirements.txt` (packer/scripts/bake.sh).
 # Generated from uv.lock by scripts/salt_requirements.py: do not edit.
 """
 
@@ -78,9 +94,29 @@ def closure(lock: dict, roots: tuple[str, ...] = ROOTS) -> dict[str, str]:
     return dict(sorted(found.items()))
 
 
+def hashes(package: dict) -> list[str]:
+    """The sha256 of each file of a locked package that pip may take on the target: its wheels
+    for the target's tags, else (no such wheel) its sdist."""
+    found = []
+    for wheel in package.get("wheels", []):
+        *_, tags = parse_wheel_filename(wheel["url"].rsplit("/", 1)[1])
+        if tags & TARGET_TAGS:
+            found.append(wheel["hash"])
+    if not found and "sdist" in package:
+        found.append(package["sdist"]["hash"])
+    if not found:
+        raise KeyError(f"uv.lock has no file of {package['name']} for Debian 12 on x86_64")
+    return sorted(found)
+
+
 def render(lock_text: str) -> str:
-    pins = closure(tomllib.loads(lock_text))
-    return HEADER + "".join(f"{name}=={version}\n" for name, version in pins.items())
+    lock = tomllib.loads(lock_text)
+    packages = {_name(p["name"]): p for p in lock["package"]}
+    lines = []
+    for name, version in closure(lock).items():
+        pinned = " ".join(f"--hash={h}" for h in hashes(packages[name]))
+        lines.append(f"{name}=={version} {pinned}\n")
+    return HEADER + "".join(lines)
 
 
 def cloud_init_copy(template: str) -> str:

@@ -41,12 +41,16 @@ BAKE_FUNCTIONS = {
     "test.nop",
     "cmd.run",
 }
-BAKE_COMMANDS = {"npm-cache-install"}  # fetches verdaccio: the same on every host
+BAKE_COMMANDS = {
+    "npm-cache-install",  # fetches verdaccio: the same on every host
+    "jenkins-key",  # fetches the Jenkins repository key, checked against its pinned fingerprint
+}
 # What each group's image gets: its services' packages (and what installs them)...
 BAKED = {
     "support": {
         "salt-master-unit",
         "salt-api-unit",
+        "jenkins-key",
         "jenkins-repo",
         "jenkins-packages",
         "registry-packages",
@@ -65,7 +69,8 @@ NOT_BAKED = {
     "common-host-record",
     "salt-minion-config",
     "salt-master-config",
-    "jenkins-casc",
+    "jenkins-init",
+    "jenkins-admin-env",
     "jenkins-environment",
     "jenkins-agent-master",
     "registry-pull-config",

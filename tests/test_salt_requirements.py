@@ -1,10 +1,13 @@
 """packer/salt-requirements.txt (what images and first boots install salt from) against uv.lock:
 the same salt, CherryPy and every dependency, at the locked versions; the cloud-init template
-carries the same file. Fast: no network, no install."""
+carries the same file, and pip enforces the files' sha256 pins (one test downloads from PyPI)."""
 
 from __future__ import annotations
 
 import importlib.util
+import os
+import shutil
+import subprocess
 import tomllib
 from pathlib import Path
 
@@ -40,7 +43,7 @@ def test_every_pin_is_the_locked_version_and_nothing_is_missing(generator):
         for line in (REPO / "packer" / "salt-requirements.txt").read_text().splitlines()
         if line and not line.startswith("#")
     ]
-    pins = dict(line.split("==") for line in lines)
+    pins = dict(line.split(" ", 1)[0].split("==") for line in lines)
     assert len(pins) == len(lines)  # one exact pin a line
     assert pins["salt"] == "3008.4" == locked["salt"]
     assert pins["cherrypy"] == locked["cherrypy"]  # salt-api's rest_cherrypy
@@ -59,10 +62,81 @@ def test_every_pin_is_the_locked_version_and_nothing_is_missing(generator):
     assert "croniter" in pins  # sys_platform != 'win32'
 
 
+def _requirement_lines() -> list[str]:
+    text = (REPO / "packer" / "salt-requirements.txt").read_text()
+    return [line for line in text.splitlines() if line and not line.startswith("#")]
+
+
+def test_every_pin_carries_the_sha256_of_the_files_pip_takes_on_debian_12(generator):
+    """Hash-checking mode: each line carries the sha256 that uv.lock recorded from PyPI of each
+    file of that version that Debian 12's pip may take on x86_64 (its wheel for cp311, an
+    abi3 or pure-Python wheel, else the sdist), and no hash of anything else."""
+    lock = tomllib.loads((REPO / "uv.lock").read_text())
+    packages = {generator._name(p["name"]): p for p in lock["package"]}
+    for line in _requirement_lines():
+        pin, *options = line.split(" ")
+        name, _version = pin.split("==")
+        pinned = {option.removeprefix("--hash=") for option in options}
+        assert options and all(o.startswith("--hash=sha256:") for o in options), line
+        package = packages[name]
+        files = {w["url"].rsplit("/", 1)[1]: w["hash"] for w in package.get("wheels", [])}
+        if "sdist" in package:
+            files[package["sdist"]["url"].rsplit("/", 1)[1]] = package["sdist"]["hash"]
+        assert pinned <= set(files.values()), name  # each a file of that locked version
+        taken = {f for f, h in files.items() if h in pinned}
+        for file in taken:
+            if file.endswith(".whl"):
+                tags = set(generator.parse_wheel_filename(file)[3])
+                assert tags & generator.TARGET_TAGS, f"{name}: {file} is not for Debian 12"
+        ours = [f for f in files if f.endswith(".whl") and "-cp311-" in f and "manylinux" in f]
+        if any("x86_64" in f for f in ours):
+            assert any("x86_64" in f and "-cp311-" in f for f in taken), name
+    salt = next(line for line in _requirement_lines() if line.startswith("salt=="))
+    assert salt.count("--hash=") == 1  # an sdist only: its one file
+
+
+def test_pip_refuses_a_download_whose_hash_is_not_the_pinned_one(tmp_path):
+    """The pins are enforced by pip itself: one line as committed downloads; the same line with
+    one hash digit changed is refused with pip's hash error (real pip, from PyPI)."""
+    line = next(line for line in _requirement_lines() if line.startswith("zipp=="))
+    venv = tmp_path / "venv"
+    subprocess.run(["/usr/bin/python3", "-m", "venv", str(venv)], check=True)
+    env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_FIND_LINKS": ""}
+
+    def download(text: str) -> subprocess.CompletedProcess:
+        (tmp_path / "req.txt").write_text(text + "\n")
+        folder = tmp_path / "dl"
+        shutil.rmtree(folder, ignore_errors=True)
+        return subprocess.run(
+            [
+                venv / "bin" / "pip",
+                "download",
+                "--no-deps",
+                "-d",
+                folder,
+                "-r",
+                tmp_path / "req.txt",
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
+
+    good = download(line)
+    assert good.returncode == 0, good.stderr
+    digest = line.rsplit("sha256:", 1)[1]
+    flipped = digest[:-1] + ("0" if digest[-1] != "0" else "1")
+    bad = download(line.replace(digest, flipped))
+    assert bad.returncode != 0
+    assert "THESE PACKAGES DO NOT MATCH THE HASHES" in bad.stderr
+
+
 def test_the_bake_installs_from_it_into_the_venv():
     bake = (REPO / "packer" / "scripts" / "bake.sh").read_text()
     assert '"$SALT_VENV/bin/pip" install' in bake
     assert '--no-index --find-links "$SALT_WHEELHOUSE"' in bake
+    assert '--require-hashes -r "$SALT_REQUIREMENTS"' in bake  # from PyPI: every file checked
     assert "packages.broadcom.com" not in bake and "salt.sources" not in bake
     template = (REPO / "packer" / "coop.pkr.hcl").read_text()
     assert '"${path.root}/salt-requirements.txt"' in template

@@ -353,7 +353,7 @@ def test_the_pillar_tree_gives_each_minion_its_own_file(tmp_path):
     assert write_pillar_tree(root, {"web-1": {"a": 2}}).unchanged == ("web-1",)
 
 
-def test_the_jenkins_master_gets_its_password_from_a_root_only_file_and_its_casc_plugin(
+def test_the_jenkins_master_gets_its_password_from_a_root_only_file_and_no_plugin(
     coop, coop_secrets, tmp_path, repo_root
 ):
     """jenkins.master as a server gets it (no Jenkins here, so the server branch is rendered by
@@ -385,20 +385,80 @@ def test_the_jenkins_master_gets_its_password_from_a_root_only_file_and_its_casc
     assert unit["name"] == "/etc/systemd/system/jenkins.service.d/coop.conf"
     assert "EnvironmentFile=/etc/jenkins/admin.env" in unit["contents"].splitlines()
     assert "JENKINS_ADMIN_PASSWORD" not in unit["contents"] and "$HOME" not in unit["contents"]
-    assert 'password: "${JENKINS_ADMIN_PASSWORD}"' in args("jenkins-casc")["contents"]
-    # The plugin casc.yaml needs, with its dependencies, by Jenkins' plugin manager (pinned, and
-    # checked against the checksum published beside it); Jenkins restarts when it ran.
-    assert "configuration-as-code" in args("jenkins-plugins-list")["contents"].splitlines()
-    manager = args("jenkins-plugin-manager")
-    assert manager["source_hash"] == manager["source"] + ".sha256"
-    # Neither the download nor the install runs while every plugin is in place.
-    assert manager["unless"] == ["test -e /var/lib/jenkins/plugins/configuration-as-code.jpi"]
-    plugins = args("jenkins-plugins")
-    assert "--plugin-file /etc/jenkins/plugins.txt" in plugins["name"]
-    assert plugins["runas"] == "jenkins"
-    assert plugins["unless"] == ["test -e /var/lib/jenkins/plugins/configuration-as-code.jpi"]
-    assert {"cmd": "jenkins-plugins"} in args("jenkins-restart")["onchanges"]
+    # The account by core's init hook, reading the password from the environment: not in it.
+    init = args("jenkins-init")
+    assert init["name"] == "/var/lib/jenkins/init.groovy.d/coop.groovy"
+    assert "System.getenv('JENKINS_ADMIN_PASSWORD')" in init["contents"]
+    assert "new HudsonPrivateSecurityRealm(false)" in init["contents"]  # no sign-up
+    assert password not in init["contents"]
+    assert {"file": "jenkins-init"} in args("jenkins-restart")["onchanges"]
     assert {"file": "jenkins-admin-env"} in args("jenkins-restart")["onchanges"]
+    # No plugin, so nothing is downloaded but the pinned repository's key and packages.
+    assert not [state_id for state_id in states if "plugin" in state_id]
+    pins = yaml.safe_load((repo_root / "salt" / "lib" / "pins.yaml").read_text())
+    packages = args("jenkins-packages")
+    assert {"jenkins": pins["jenkins_apt_repository"]["version"]} in packages["pkgs"]
+    assert packages["hold"] is True
+    key = args("jenkins-key")
+    assert pins["jenkins_apt_key"]["url"] in key["name"]
+    assert pins["jenkins_apt_key"]["fingerprint"] in key["name"]
+    assert {"cmd": "jenkins-key"} in args("jenkins-repo")["require"]
+
+
+def _gpg_key(home: Path, name: str) -> tuple[str, str]:
+    """A new public key (armoured) and its fingerprint, made by real gpg in `home`."""
+    env = {**os.environ, "GNUPGHOME": str(home)}
+    home.mkdir(mode=0o700, exist_ok=True)
+    subprocess.run(
+        ["gpg", "--batch", "--passphrase", "", "--quick-gen-key", name, "ed25519", "sign", "1d"],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    listing = subprocess.run(
+        ["gpg", "--batch", "--with-colons", "--list-keys", name],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    fingerprint = next(x.split(":")[9] for x in listing.splitlines() if x.startswith("fpr:"))
+    armoured = subprocess.run(
+        ["gpg", "--batch", "--armor", "--export", name],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return armoured, fingerprint
+
+
+def test_the_jenkins_key_check_takes_only_the_pinned_fingerprint(
+    coop, coop_secrets, tmp_path, repo_root
+):
+    """The check the state runs before apt gets the key (its `unless`, rendered by real salt),
+    run with real gpg on keys made here: the pinned key passes; another key, or a file with the
+    pinned key and another, does not."""
+    pillar = render_pillars(site_for(coop), load_secrets(coop_secrets.file, coop))["support-1"]
+    states = _show_sls_as_a_server("support-1", pillar, "jenkins.master", tmp_path, repo_root)
+    check = _state_args(states, "jenkins-key")["unless"]
+    keyring = "/usr/share/keyrings/jenkins-keyring.asc"
+    pinned = yaml.safe_load((repo_root / "salt" / "lib" / "pins.yaml").read_text())
+    assert f"= '{pinned['jenkins_apt_key']['fingerprint']}'" in check and keyring in check
+    ours, ours_fpr = _gpg_key(tmp_path / "gpg", "coop-test-ours")
+    theirs, _ = _gpg_key(tmp_path / "gpg", "coop-test-theirs")
+    check = check.replace(pinned["jenkins_apt_key"]["fingerprint"], ours_fpr)
+
+    def passes(key_text: str) -> bool:
+        key_file = tmp_path / "key.asc"
+        key_file.write_text(key_text)
+        command = check.replace(keyring, str(key_file))
+        return subprocess.run(["sh", "-c", command], capture_output=True).returncode == 0
+
+    assert passes(ours)
+    assert not passes(theirs)
+    assert not passes(ours + theirs)  # two primary keys: refused, whichever comes first
+    assert not passes("not a key\n")
 
 
 # --- salt's answers, recorded from a real master -------------------------------------------------

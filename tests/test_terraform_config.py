@@ -314,14 +314,14 @@ def test_the_cloud_init_installs_the_minion_into_a_venv_pinned_as_the_images_do(
     # the images' pinned requirements, as Terraform rendered them
     requirements = (repo_root / "packer" / "salt-requirements.txt").read_text()
     assert files["/etc/salt/requirements.txt"]["content"] == requirements
-    assert "salt==3008.4\n" in requirements
+    assert "\nsalt==3008.4 --hash=sha256:" in requirements
 
     lines = [" ".join(line.split()) for line in script.splitlines() if line.strip()]
     venv, pip = (
         next(i for i, line in enumerate(lines) if line.startswith(marker))
         for marker in ("python3 -m venv /opt/salt", "/opt/salt/bin/pip install")
     )
-    assert venv < pip and lines[pip].endswith("-r /etc/salt/requirements.txt")
+    assert venv < pip and lines[pip].endswith("--require-hashes -r /etc/salt/requirements.txt")
     assert "apt-get install -y -q python3-venv ca-certificates gcc python3-dev" in lines
     for old in ("salt.sources", "keyrings", "preferences.d", "apt-get install -y -q salt-minion"):
         assert old not in script, old

@@ -61,10 +61,15 @@ install_salt() {
   apt-get install -y -q python3-venv ca-certificates $build_deps
   python3 -m venv "$SALT_VENV"
   if [ -n "${SALT_WHEELHOUSE:-}" ]; then
+    # The wheelhouse was built from PyPI's files checked against these same hashes (pip wheel
+    # in hash-checking mode); salt and timelib are sdists, so their wheels were built there and
+    # hash differently: installed from it by name and version only.
+    sed -E 's/ --hash=[^ ]+//g' "$SALT_REQUIREMENTS" > /tmp/salt-requirements.wheelhouse.txt
     "$SALT_VENV/bin/pip" install -q --no-cache-dir --no-index --find-links "$SALT_WHEELHOUSE" \
-      -r "$SALT_REQUIREMENTS"
+      -r /tmp/salt-requirements.wheelhouse.txt
+    rm -f /tmp/salt-requirements.wheelhouse.txt
   else
-    "$SALT_VENV/bin/pip" install -q --no-cache-dir -r "$SALT_REQUIREMENTS"
+    "$SALT_VENV/bin/pip" install -q --no-cache-dir --require-hashes -r "$SALT_REQUIREMENTS"
   fi
   if [ -n "$build_deps" ]; then
     # shellcheck disable=SC2086

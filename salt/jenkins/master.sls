@@ -1,12 +1,11 @@
 {#- The Jenkins master, as far as the packages allow: Jenkins LTS from the Jenkins apt repository
-    (not in Debian), Java 17, the port and listen address from the topology, the setup wizard off
-    and the admin account configured as code (JCasC, casc.yaml).
+    (not in Debian), at the version lib/pins.yaml holds (the newest line that runs on Debian 12's
+    Java 17), held there; the port and listen address from the topology; the setup wizard off and
+    the admin account set at every start by a Groovy hook of Jenkins' core (init.groovy.d), so no
+    plugin is downloaded at all.
 
-    The configuration-as-code plugin that casc.yaml needs is not a package: the state downloads
-    Jenkins' plugin manager (jenkins-plugin-cli's jar, pinned, checked against the sha256
-    published beside it) and installs the plugins of plugins.txt, with their dependencies, into
-    JENKINS_HOME/plugins, then restarts Jenkins. That needs pkg.jenkins.io,
-    github.com and updates.jenkins.io from the server.
+    The repository's key is downloaded and checked against the full fingerprint pinned in
+    lib/pins.yaml before apt is given it; apt then checks every index and package against it.
 
     The admin password reaches Jenkins through an EnvironmentFile (root, mode 600), never an
     `Environment=` line of the unit, which any user can read with `systemctl show`.
@@ -15,26 +14,62 @@
     Jenkins), nothing of the host's. #}
 {%- from "lib/site.jinja" import bake with context %}
 {%- from "lib/daemon.jinja" import daemon with context %}
+{%- import_yaml "lib/pins.yaml" as pins %}
 {%- set home = '/var/lib/jenkins' %}
-{%- set plugins = ['configuration-as-code'] %}
-{%- set plugin_cli = '2.13.2' %}
-{%- set plugin_cli_url = 'https://github.com/jenkinsci/plugin-installation-manager-tool/releases/download/' ~ plugin_cli ~ '/jenkins-plugin-manager-' ~ plugin_cli ~ '.jar' %}
+{%- set key = pins['jenkins_apt_key'] %}
+{%- set repository = pins['jenkins_apt_repository'] %}
+{%- set keyring = '/usr/share/keyrings/jenkins-keyring.asc' %}
+{#- The primary key's fingerprint of a key file, from gpg's machine-readable listing; nothing
+    unless the file holds exactly one primary key. #}
+{%- set fingerprint_of = "gpg --batch --show-keys --with-colons %s 2>/dev/null | awk -F':' "
+                         "'$1 == \"pub\" { pubs++ } $1 == \"fpr\" && fpr == \"\" { fpr = $10 }"
+                         " END { if (pubs == 1) print fpr }'" %}
 
 include:
   - common
 
+jenkins-key-tools:
+  pkg.installed:
+    - pkgs: [gpg]
+    - refresh: False
+
+{#- Downloaded to a temporary file, checked, and only then put where apt looks: a key with
+    another fingerprint is never installed, and the state fails naming both. #}
+jenkins-key:
+  cmd.run:
+    - name: |
+        set -eu
+        tmp=$(mktemp)
+        trap 'rm -f "$tmp"' EXIT
+        curl -fsSL --proto '=https' --tlsv1.2 -o "$tmp" '{{ key['url'] }}'
+        got=$({{ fingerprint_of | format('"$tmp"') }})
+        [ -n "$got" ] || got="(none: not exactly one key)"
+        if [ "$got" != '{{ key['fingerprint'] }}' ]; then
+          echo "{{ key['url'] }}: fingerprint $got, pinned {{ key['fingerprint'] }} (salt/lib/pins.yaml): not installed" >&2
+          exit 1
+        fi
+        install -m 0644 "$tmp" {{ keyring }}
+    - unless: test "$({{ fingerprint_of | format(keyring) }})" = '{{ key['fingerprint'] }}'
+    - require:
+      - pkg: jenkins-key-tools
+
 jenkins-repo:
   pkgrepo.managed:
-    - name: deb [signed-by=/usr/share/keyrings/jenkins-keyring.asc] https://pkg.jenkins.io/debian-stable binary/
+    - name: deb [signed-by={{ keyring }}] {{ repository['url'] }} binary/
     - file: /etc/apt/sources.list.d/jenkins.list
-    - key_url: https://pkg.jenkins.io/debian-stable/jenkins.io-2023.key
     - aptkey: False
+    - require:
+      - cmd: jenkins-key
     - require_in:
       - pkg: jenkins-packages
 
 jenkins-packages:
   pkg.installed:
-    - pkgs: [openjdk-17-jre-headless, fontconfig, jenkins]
+    - pkgs:
+      - openjdk-17-jre-headless
+      - fontconfig
+      - jenkins: '{{ repository['version'] }}'
+    - hold: True
     - refresh: True
 {%- if not bake %}
 {%- set jenkins = pillar['jenkins'] %}
@@ -47,27 +82,38 @@ jenkins-packages:
 {%- set quoted = '"' ~ password | replace('\\', '\\\\') | replace('"', '\\"') ~ '"' %}
 {%- endif %}
 
-jenkins-casc:
+{#- Jenkins' core runs every init.groovy.d script at each start: the admin account (its password
+    from the environment, set from admin.env), no sign-up, nothing for anonymous users, no builds
+    on the master, the URL it is reached at. No plugin. #}
+jenkins-init:
   file.managed:
-    - name: /etc/jenkins/casc.yaml
+    - name: {{ home }}/init.groovy.d/coop.groovy
     - makedirs: True
-    - mode: '0640'
-    - show_changes: False
+    - mode: '0644'
     - contents: |
-        # Managed by salt (salt/jenkins) from the topology.
-        jenkins:
-          systemMessage: "coop-infra Jenkins on {{ pillar['coop']['fqdn'] }}"
-          numExecutors: 0
-          securityRealm:
-            local:
-              allowsSignup: false
-              users:
-                - id: admin
-                  password: "${JENKINS_ADMIN_PASSWORD}"
-          authorizationStrategy: loggedInUsersCanDoAnything
-        unclassified:
-          location:
-            url: "http://{{ jenkins['listen'] }}:{{ jenkins['port'] }}/"
+        // Managed by salt (salt/jenkins/master.sls) from the topology. Runs at every start.
+        import hudson.security.FullControlOnceLoggedInAuthorizationStrategy
+        import hudson.security.HudsonPrivateSecurityRealm
+        import jenkins.model.Jenkins
+        import jenkins.model.JenkinsLocationConfiguration
+
+        def password = System.getenv('JENKINS_ADMIN_PASSWORD')
+        if (!password) {
+            throw new IllegalStateException('JENKINS_ADMIN_PASSWORD is not set: /etc/jenkins/admin.env')
+        }
+        def jenkins = Jenkins.get()
+        def realm = new HudsonPrivateSecurityRealm(false)  // false: no sign-up
+        realm.createAccount('admin', password)  // creates the account, or sets its password
+        jenkins.setSecurityRealm(realm)
+        def strategy = new FullControlOnceLoggedInAuthorizationStrategy()
+        strategy.setAllowAnonymousRead(false)
+        jenkins.setAuthorizationStrategy(strategy)
+        jenkins.setNumExecutors(0)
+        jenkins.setSystemMessage('coop-infra Jenkins on {{ pillar['coop']['fqdn'] }}')
+        def location = JenkinsLocationConfiguration.get()
+        location.setUrl('http://{{ jenkins['listen'] }}:{{ jenkins['port'] }}/')
+        location.save()
+        jenkins.save()
 
 jenkins-admin-env:
   file.managed:
@@ -92,48 +138,8 @@ jenkins-environment:
         Environment="JENKINS_LISTEN_ADDRESS={{ jenkins['listen'] }}"
         Environment="JENKINS_PORT={{ jenkins['port'] }}"
         Environment="JENKINS_HOME={{ home }}"
-        Environment="CASC_JENKINS_CONFIG=/etc/jenkins/casc.yaml"
         Environment="JAVA_OPTS=-Djava.awt.headless=true -Djenkins.install.runSetupWizard=false"
         EnvironmentFile=/etc/jenkins/admin.env
-
-jenkins-plugins-list:
-  file.managed:
-    - name: /etc/jenkins/plugins.txt
-    - makedirs: True
-    - mode: '0644'
-    - contents: |
-        # Managed by salt (salt/jenkins): the plugins Jenkins needs, installed by jenkins-plugin-cli.
-{%- for plugin in plugins %}
-        {{ plugin }}
-{%- endfor %}
-
-jenkins-plugin-manager:
-  file.managed:
-    - name: /usr/local/lib/jenkins-plugin-manager-{{ plugin_cli }}.jar
-    - source: {{ plugin_cli_url }}
-    - source_hash: {{ plugin_cli_url }}.sha256
-    - mode: '0644'
-    - unless:  # every plugin of the list in place (an operator may have installed them)
-{%- for plugin in plugins %}
-      - test -e {{ home }}/plugins/{{ plugin }}.jpi
-{%- endfor %}
-
-jenkins-plugins:
-  cmd.run:
-    - name: >-
-        java -jar /usr/local/lib/jenkins-plugin-manager-{{ plugin_cli }}.jar
-        --war /usr/share/java/jenkins.war
-        --plugin-download-directory {{ home }}/plugins
-        --plugin-file /etc/jenkins/plugins.txt
-    - runas: jenkins
-    - unless:  # every plugin of the list in place: nothing to do
-{%- for plugin in plugins %}
-      - test -e {{ home }}/plugins/{{ plugin }}.jpi
-{%- endfor %}
-    - require:
-      - pkg: jenkins-packages
-      - file: jenkins-plugin-manager
-      - file: jenkins-plugins-list
 
 jenkins-systemd-reload:
   cmd.run:
@@ -145,8 +151,8 @@ jenkins-systemd-reload:
       - service: jenkins-running
 
 {{ daemon('jenkins', 'jenkins',
-          watch=[{'file': 'jenkins-casc'}, {'file': 'jenkins-environment'},
-                 {'file': 'jenkins-admin-env'}, {'cmd': 'jenkins-plugins'}],
+          watch=[{'file': 'jenkins-init'}, {'file': 'jenkins-environment'},
+                 {'file': 'jenkins-admin-env'}],
           on_change='restart', host=jenkins['listen'], port=jenkins['port'],
           require=[{'pkg': 'jenkins-packages'}]) }}
 {%- endif %}
