@@ -407,30 +407,21 @@ def test_the_jenkins_master_gets_its_password_from_a_root_only_file_and_no_plugi
 
 def _gpg_key(home: Path, name: str) -> tuple[str, str]:
     """A new public key (armoured) and its fingerprint, made by real gpg in `home`."""
-    env = {**os.environ, "GNUPGHOME": str(home)}
     home.mkdir(mode=0o700, exist_ok=True)
-    subprocess.run(
-        ["gpg", "--batch", "--passphrase", "", "--quick-gen-key", name, "ed25519", "sign", "1d"],
-        env=env,
-        check=True,
-        capture_output=True,
-    )
-    listing = subprocess.run(
-        ["gpg", "--batch", "--with-colons", "--list-keys", name],
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
+
+    def gpg(*args: str) -> str:
+        return subprocess.run(
+            ["gpg", "--batch", *args],
+            env={**os.environ, "GNUPGHOME": str(home)},
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+
+    gpg("--passphrase", "", "--quick-gen-key", name, "ed25519", "sign", "1d")
+    listing = gpg("--with-colons", "--list-keys", name)
     fingerprint = next(x.split(":")[9] for x in listing.splitlines() if x.startswith("fpr:"))
-    armoured = subprocess.run(
-        ["gpg", "--batch", "--armor", "--export", name],
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    return armoured, fingerprint
+    return gpg("--armor", "--export", name), fingerprint
 
 
 def test_the_jenkins_key_check_takes_only_the_pinned_fingerprint(
