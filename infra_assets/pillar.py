@@ -222,7 +222,8 @@ def firewall_rules(site: Site, host: str) -> dict[str, Any]:
     """`host`'s guarded ports (the catalogue's `only_from`), each once: its port, and the
     addresses alone allowed to connect to it (the union over the host's roles that guard it:
     the primary addresses of the hosts with the listed roles, every host's for `hosts`, where
-    Dagster runs for `dagster`); salt/common/firewall.sls refuses every other new connection."""
+    Dagster runs for `dagster`); salt/common/firewall.sls refuses every other new connection.
+    And the location's private network, which the host's containers may not connect into."""
     catalogue = role_catalogue()
     by_port: dict[int, dict[str, Any]] = {}
     for role in site.topo.hosts[host].roles:
@@ -234,11 +235,14 @@ def firewall_rules(site: Site, host: str) -> dict[str, Any]:
             )
             rule["from"] |= set(guarded_sources(site, sources))
             rule["sources"] += [s for s in sources if s not in rule["sources"]]
+    location = site.topo.locations[site.topo.hosts[host].location]
     return {
         "rules": [
             {**rule, "from": sorted(rule["from"], key=_address_key)}
             for _port, rule in sorted(by_port.items())
-        ]
+        ],
+        # What the host's containers may not open connections into (their forwarded traffic).
+        "private_network": f"10.{location.number}.0.0/16",
     }
 
 

@@ -237,7 +237,9 @@ def test_a_staging_release_serves_the_new_version_with_no_failed_request(site: L
     assert sorted(status.split()[0] for _, status in mine) == ["Exited", "Up"], names
 
 
-def test_app_containers_are_hardened_and_cannot_reach_the_metadata_service(site: LabReleases):
+def test_app_containers_are_hardened_and_reach_neither_metadata_nor_private_network(
+    site: LabReleases,
+):
     """The live release's container: a network namespace of its own, published on the host's
     loopback only, no capability, no-new-privileges, a read-only root, not root; its traffic
     to the cloud's metadata service (169.254.169.254: a server's user-data, its salt keys) is
@@ -286,6 +288,28 @@ def test_app_containers_are_hardened_and_cannot_reach_the_metadata_service(site:
     from_root = site.guest("staging", "python3", "-c", probe)
     assert refused_counts() == after_app  # root on the host is let through (no answer here)
     assert from_root.strip() != "113"
+
+    # Nor into the private network: the salt master's publish port takes the web host (a
+    # planned host), but not the app in it, whose traffic would reach it as the host's.
+    master = site.env.topo.salt_master()
+    port = site.env.site.port(master, "salt-publish")
+    address = site.env.address(master, "salt-master")
+    to_master = (
+        "import socket\ns=socket.socket();s.settimeout(5)\n"
+        f"try:\n s.connect(({address!r},{port}))\n print('open')\n"
+        "except OSError as e:\n print(e.errno)\n"
+    )
+
+    def private_refusals() -> int:
+        listed = site.guest("staging", "nft", "list", "chain", "inet", "coop_firewall", "forward")
+        line = next(x for x in listed.splitlines() if "/16 tcp dport != 53" in x)
+        return int(line.split("packets", 1)[1].split()[0])
+
+    before = private_refusals()
+    from_app = site.guest("staging", "podman", "exec", container, "python3", "-c", to_master)
+    assert from_app.strip() == "111"  # ECONNREFUSED: the forward rule's reset
+    assert private_refusals() > before
+    assert site.guest("staging", "python3", "-c", to_master).strip() == "open"
 
 
 def test_releasing_the_live_digest_again_changes_nothing(site: LabReleases):

@@ -515,7 +515,8 @@ def test_the_registry_host_s_firewall_guards_its_ports_and_a_web_host_s_none(
         text = out.read_text()
         check = subprocess.run(["nft", "-c", "-f", str(out)], capture_output=True, text=True)
         assert check.returncode == 0, check.stderr
-        rendered[host] = [line.strip() for line in text.splitlines() if "dport" in line]
+        inbound = text.split("chain output", 1)[0]  # the input chain: the guarded ports
+        rendered[host] = [line.strip() for line in inbound.splitlines() if "dport" in line]
         # every host: the metadata service (the user-data, the salt keys) for root alone
         metadata = [
             line.strip()
@@ -530,6 +531,9 @@ def test_the_registry_host_s_firewall_guards_its_ports_and_a_web_host_s_none(
             "ip daddr 169.254.169.254 counter reject with icmp type admin-prohibited",
             "ip6 daddr fe80::a9fe:a9fe counter reject with icmpv6 type admin-prohibited",
         ], host
+        # every host: its containers open no connection into the location's network (but DNS)
+        forward = text.split("chain forward", 1)[1]
+        assert "ip daddr 10.100.0.0/16 tcp dport != 53 ct state new counter reject" in forward
     assert rendered["support-1"][4:6] == [
         "tcp dport 5001 ct state new ip saddr { 10.100.1.1, 10.100.2.1 } accept",
         "tcp dport 5001 ct state new reject with tcp reset",
