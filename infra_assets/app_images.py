@@ -38,7 +38,8 @@ from infra_assets.provenance import our_build
 from infra_assets.secrets import PUSH_ACCOUNT, SecretsError, load_secrets
 from infra_assets.sites import LabSite, SiteError, site_for
 from resources.cli_runner import CliError
-from resources.git import GitError, GitResource, resolve_repo
+from resources.git import GitError, GitResource
+from resources.git_url import redact_repo, resolve_repo
 from resources.jenkins import JenkinsError, JenkinsResource
 from resources.lab_git import LabGitDaemon, LabGitError
 from resources.podman import PodmanError, PodmanResource
@@ -184,7 +185,11 @@ def materialize(
     res = context.resources
     registry: RegistryResource = res.registry
     topology_file: TopologyResource = res.topology_file
-    repo = resolve_repo(app.repo, topology_file.file().parent)
+    repo = resolve_repo(app.repo, topology_file.file().parent)  # what git here reads
+    # What leaves this process (the log, the metadata, the build's parameters and so the image's
+    # source label): never a password, should one reach the repo URL by any way. A build host
+    # authenticates with its own deploy key or credential helper.
+    shown = redact_repo(repo)
     try:
         endpoint = registry.endpoint()
     except RegistryError as err:
@@ -200,9 +205,9 @@ def materialize(
                 None, 0.0, ["already in the registry, built by app_image: not built again"], {}
             )
         elif builder == "salt":
-            outcome = _build_salt(context, topology, endpoint, app_name, app, repo, sha, log)
+            outcome = _build_salt(context, topology, endpoint, app_name, app, shown, sha, log)
         else:
-            outcome = _build_jenkins(res.jenkins, endpoint, app_name, app, repo, sha, log)
+            outcome = _build_jenkins(res.jenkins, endpoint, app_name, app, shown, sha, log)
         manifest = registry.manifest(repository=app_name, reference=sha)
         if manifest is None:
             raise dg.Failure(f"{endpoint.image(app_name, sha)} is not in the registry after push")
@@ -244,7 +249,7 @@ def materialize(
         "tags": ", ".join(f"{app_name}:{t}" for t in tags),
         "sha": sha,
         "branch": app.branch,
-        "repo": repo,
+        "repo": shown,
         "size_bytes": dg.MetadataValue.int(manifest.size),
         "size": _human(manifest.size),
         "media_type": manifest.media_type,

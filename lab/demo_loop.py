@@ -74,12 +74,14 @@ def demo_app(topo: Topology) -> str:
 
 def ensure_repo(topology_file: Path, topo: Topology, app: str, state: Path) -> AppRepo:
     """The app's bare repo where the topology says (made once, from apps/<app>/) and a clone."""
-    from resources.git import resolve_repo
+    from resources.git_url import redact_repo, resolve_repo
 
     spec = topo.apps[app]
     bare = Path(resolve_repo(spec.repo, topology_file.parent))
     if "://" in str(spec.repo) or "@" in str(spec.repo).split("/")[0]:
-        raise LoopError(f"apps.{app}.repo is a URL ({spec.repo}): the demo needs a local path")
+        raise LoopError(
+            f"apps.{app}.repo is a URL ({redact_repo(spec.repo)}): the demo needs a local path"
+        )
     work = state / "git" / "work" / app
     if not (bare / "HEAD").exists():
         bare.parent.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,8 @@ Local paths and URLs alike: a topology names an app's repo by URL (`https://...`
 `git@host:path`) or, on the lab, by a path relative to the topology file. Every call goes
 through the project's CLI runner; git never prompts (no terminal, no askpass), and ssh runs in
 batch mode with a connect timeout, so an unreachable repo fails fast instead of hanging a sensor.
+A password in a repo URL (the topology refuses one; resources/git_url.py) is never in what these
+calls log or raise: git's own output is redacted, and the errors name the repo without it.
 """
 
 from __future__ import annotations
@@ -19,12 +21,11 @@ import dagster as dg
 from pydantic import Field
 
 from resources.cli_runner import CliError, run_cli
+from resources.git_url import redact_repo, repo_secrets
+from resources.git_url import resolve_repo as resolve_repo  # where the callers have found it
 
 # \Z, not $: `$` also matches before a final newline.
 SHA_RE = re.compile(r"\A[0-9a-f]{40}\Z")
-# scheme://..., or scp-like [user@]host:path: git's own rule (connect.c, url_is_local_not_ssh):
-# a colon before the first slash (or with no slash at all) is ssh; `./a:b`, `/srv/a:b` are paths.
-_URL_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://|^[^/]*:")
 
 # Git must never wait for a person: no prompts, ssh in batch mode, and no system/global config
 # that a developer's machine might carry (insteadOf rewrites, credential helpers).
@@ -40,15 +41,6 @@ GIT_ENV = {
 
 class GitError(RuntimeError):
     """A repo could not be read: unreachable, not a repo, no such branch or commit."""
-
-
-def resolve_repo(repo: str, base_dir: Path) -> str:
-    """A repo as the topology names it, ready for git: URLs unchanged, a relative local path
-    made absolute against `base_dir` (the topology file's folder)."""
-    if _URL_RE.match(repo):
-        return repo
-    path = Path(repo).expanduser()
-    return str(path if path.is_absolute() else (base_dir / path).absolute())
 
 
 @dataclass(frozen=True)
@@ -91,6 +83,7 @@ class GitResource(dg.ConfigurableResource):
                 ["git", "ls-remote", "--", repo, ref],
                 env=GIT_ENV,
                 log=_quiet,
+                redact=repo_secrets(repo),
                 timeout_s=self.timeout_s,
             )
         except CliError as err:
@@ -99,7 +92,7 @@ class GitResource(dg.ConfigurableResource):
             sha, _, name = line.partition("\t")
             if name == ref and SHA_RE.match(sha):
                 return sha
-        raise GitError(f"no branch {branch!r} in {repo}")
+        raise GitError(f"no branch {branch!r} in {redact_repo(repo)}")
 
     def heads(self, *, targets: Sequence[tuple[str, str]]) -> list[Head]:
         """`head` of many (repo, branch) pairs at once; each failure is a Head with its error."""
@@ -143,6 +136,7 @@ class GitResource(dg.ConfigurableResource):
                 ["git", "-C", str(dest), *args],
                 env=GIT_ENV,
                 log=log or _quiet,
+                redact=repo_secrets(repo),
                 timeout_s=max(self.timeout_s, 300),
             )
 
@@ -156,7 +150,9 @@ class GitResource(dg.ConfigurableResource):
                 git("fetch", "-q", "--no-tags", "--", repo, f"refs/heads/{branch}")
             git("-c", "advice.detachedHead=false", "checkout", "-q", sha)
         except CliError as err:
-            raise GitError(f"cannot check out {sha[:12]} of {repo}: {_git_reason(err)}") from None
+            raise GitError(
+                f"cannot check out {sha[:12]} of {redact_repo(repo)}: {_git_reason(err)}"
+            ) from None
         shutil.rmtree(dest / ".git")  # the build context is the tree, not the repo
         return Checkout(dest, sha)
 

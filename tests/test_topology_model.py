@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-import pytest
+import json
 
-from infra_assets.model import TopologyError, address_plan, load_topology
+import pytest
+from pydantic import ValidationError
+
+from infra_assets.model import App, TopologyError, address_plan, load_topology
 
 
 def problems_of(path) -> list[str]:
@@ -400,6 +403,82 @@ def test_a_name_with_a_trailing_newline_is_refused(write_topology, old, new, exp
     path = write_topology(GOOD.replace(old, new, 1))
     problems = problems_of(path)
     assert any(p.startswith(str(path)) and expected in p for p in problems), problems
+
+
+@pytest.mark.parametrize(
+    ("repo", "shown", "secrets"),
+    [
+        (
+            "https://bob:s3cr3t-token@git.example.org/a.git",
+            "https://bob:***@git.example.org/a.git",
+            ["s3cr3t-token"],
+        ),
+        # URL-quoted: neither the text as written nor what git decodes it to is shown
+        (
+            "https://bob:s3cr%40t%3Atoken@git.example.org:8443/a.git",
+            "https://bob:***@git.example.org:8443/a.git",
+            ["s3cr%40t%3Atoken", "s3cr@t:token"],
+        ),
+        (
+            "https://:ghp_t0ken@github.com/coop/a.git",
+            "https://:***@github.com/coop/a.git",
+            ["ghp_t0ken"],
+        ),
+        (
+            "ssh://git:hunter22@git.example.org/a.git",
+            "ssh://git:***@git.example.org/a.git",
+            ["hunter22"],
+        ),
+        (
+            "bob:hunter22@git.example.org:coop/a.git",
+            "bob:***@git.example.org:coop/a.git",
+            ["hunter22"],
+        ),
+    ],
+)
+def test_a_repo_url_with_a_password_is_refused_without_showing_it(
+    write_topology, repo, shown, secrets
+):
+    # A token in topology.yaml is in git, and would reach logs, metadata and the image's
+    # source label. The problem names the key and what to do, with the password as ***.
+    path = write_topology(GOOD.replace("repo: /srv/git/hello.git", f'repo: "{repo}"'))
+    with pytest.raises(TopologyError) as err:
+        load_topology(path)
+    [problem] = [p.render(str(path)) for p in err.value.problems]
+    assert problem.startswith(f"{path}:10: apps.hello.repo: {shown!r} holds a password or token")
+    assert "credentials never belong in the topology, which is kept in git" in problem
+    assert "ssh://git@host/org/app.git" in problem and "credential helper" in problem
+    everything = [str(err.value), repr(err.value), json.dumps(err.value.as_json())]
+    for secret in secrets:
+        assert not [text for text in everything if secret in text], secret
+
+
+def test_the_model_s_own_errors_do_not_show_a_repo_password():
+    # An App made in code (not through load_topology): pydantic's message leaves the value out.
+    with pytest.raises(ValidationError) as err:
+        App(repo="https://bob:s3cr3t-token@git.example.org/a.git", port=8000)
+    assert "holds a password or token" in str(err.value)
+    assert "s3cr3t-token" not in str(err.value) and "s3cr3t-token" not in repr(err.value)
+
+
+@pytest.mark.parametrize(
+    "repo",
+    [
+        "ssh://git@git.example.org/coop/a.git",
+        "ssh://git@git.example.org:2222/coop/a.git",
+        "git@git.example.org:coop/app.git",
+        "https://git.example.org/coop/a.git",
+        "https://bob@git.example.org/coop/a.git",  # a user alone: the credential helper's key
+        "https://bob:@git.example.org/coop/a.git",  # an empty password holds nothing
+        "https://git.example.org:8443/coop/a.git?ref=a:b@c",  # an @ after the host is no user
+        "/srv/git/hello.git",
+        "git/hello.git",
+        "/srv/git/a:b@c/hello.git",  # a path is never a URL, whatever it holds
+    ],
+)
+def test_a_repo_url_without_a_password_is_accepted(write_topology, repo):
+    path = write_topology(GOOD.replace("repo: /srv/git/hello.git", f'repo: "{repo}"'))
+    assert load_topology(path).apps["hello"].repo == repo
 
 
 NO_DAGSTER = """

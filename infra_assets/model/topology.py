@@ -11,6 +11,8 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
+from resources.git_url import redact_repo, repo_password
+
 # A DNS label: host, location, type, app and role names all end up in DNS names, salt minion ids
 # and container names. \A and \Z, not ^ and $: `$` also matches before a final newline, and a
 # name with one would reach top.sls, cloud-init and nginx.
@@ -29,8 +31,10 @@ Octet = Annotated[int, Field(ge=1, le=254)]
 
 
 class _Strict(BaseModel):
-    # strict: `instance: "1"` or `instance: true` is a mistake, not a number.
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    # strict: `instance: "1"` or `instance: true` is a mistake, not a number. Pydantic's own
+    # error text leaves the value out (an app's repo URL may hold a token): load.py says what is
+    # wrong in its own words, and a ValidationError printed elsewhere shows no secret.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, hide_input_in_errors=True)
 
 
 class Location(_Strict):
@@ -107,6 +111,21 @@ class App(_Strict):
     domains: dict[Environment, Domain] = Field(
         default_factory=dict, description="Environment -> domain."
     )
+
+    @field_validator("repo")
+    @classmethod
+    def _repo_holds_no_password(cls, repo: str) -> str:
+        # A token in the URL would reach git's config, the logs, the metadata and the image's
+        # source label, and it would be in git with this file. The password is shown as ***.
+        if repo_password(repo):
+            raise ValueError(
+                f"{redact_repo(repo, mask='***')!r} holds a password or token: credentials never"
+                " belong in the topology, which is kept in git. Name the repo without one: an"
+                " SSH URL with a deploy key on the build hosts (ssh://git@host/org/app.git or"
+                " git@host:org/app.git), or https://host/org/app.git with git's credential helper"
+                " there; and revoke that token if this file was ever committed or shared"
+            )
+        return repo
 
     @field_validator("branch")
     @classmethod

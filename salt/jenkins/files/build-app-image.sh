@@ -6,7 +6,11 @@
 #
 # Environment (the job's parameters and its registry credential):
 #   APP, REPO, SHA, BRANCH, IMAGE       the app, its git repo, the commit, its branch, and
-#                                       registry-host/repository (no tag)
+#                                       registry-host/repository (no tag). REPO carries no
+#                                       password: this host's deploy key or git credential
+#                                       helper authenticates. Should one be in its userinfo
+#                                       (scheme://user:token@host/...), it is never printed nor
+#                                       put in the image's source label.
 #   REGISTRY_USER, REGISTRY_PASSWORD    the registry's credentials (never printed); or
 #   REGISTRY_AUTH_FILE                  instead: an auth file that holds them already (the agent's
 #                                       own, written by the jenkins.agent salt state)
@@ -43,6 +47,23 @@ if ! [[ "$SHA" =~ ^[0-9a-f]{40}$ ]]; then
   echo "build-app-image: SHA must be a full commit sha (40 hex digits), not '$SHA'" >&2
   exit 2
 fi
+# The password of REPO's userinfo, as written and URL-decoded, and REPO without it, as the build
+# shows it (this log, the image's source label): resources/git_url.py's rule, the userinfo
+# ending at the last @ before the first / ? # (an scp-like URL's: before the first /).
+password="$(printf '%s' "$REPO" | sed -nE \
+  -e 's|^[a-zA-Z][a-zA-Z0-9+.-]*://[^/?#:]*:([^/?#]*)@.*|\1|p;t' \
+  -e 's|^[^/:]*:([^/]*)@.*|\1|p')"
+decoded="$(printf '%b' "${password//%/\\x}")"
+shown_repo="$REPO"
+if [ -n "$password" ]; then shown_repo="${REPO/":$password@"/@}"; fi
+hide() {  # git's own messages, without the password (for git://user:pw@host, git echoes it)
+  local line
+  while IFS= read -r line; do
+    if [ -n "$password" ]; then line="${line//"$password"/***}"; fi
+    if [ -n "$decoded" ]; then line="${line//"$decoded"/***}"; fi
+    printf '%s\n' "$line"
+  done
+}
 tls="${REGISTRY_TLS_VERIFY:-true}"
 certs=()
 if [ -n "${REGISTRY_CERT_DIR:-}" ]; then certs=(--cert-dir "$REGISTRY_CERT_DIR"); fi
@@ -52,11 +73,12 @@ work="$top/build-$APP"
 rm -rf "$work" "$top/image-digest.txt"
 mkdir -p "$work/src"
 
-echo "== checkout $REPO $SHA"
+echo "== checkout $shown_repo $SHA"
 git -C "$work/src" init -q
-if ! git -C "$work/src" fetch -q --depth 1 --no-tags -- "$REPO" "$SHA"; then
+fetch() { git -C "$work/src" fetch -q --no-tags "$@" 2>&1 | hide; }
+if ! fetch --depth 1 -- "$REPO" "$SHA"; then
   # Some servers serve a commit only through a branch: fetch the branch, then find the commit.
-  git -C "$work/src" fetch -q --no-tags -- "$REPO" "refs/heads/$BRANCH"
+  fetch -- "$REPO" "refs/heads/$BRANCH"
 fi
 git -C "$work/src" -c advice.detachedHead=false checkout -q "$SHA"
 rm -rf "$work/src/.git"
@@ -86,7 +108,7 @@ network=()
 if [ -n "${BUILD_NETWORK:-}" ]; then network=(--network "$BUILD_NETWORK"); fi
 podman build --pull=never --layers --force-rm "${network[@]}" "${build_args[@]}" \
   --label "org.opencontainers.image.revision=$SHA" \
-  --label "org.opencontainers.image.source=$REPO" \
+  --label "org.opencontainers.image.source=$shown_repo" \
   --label "org.coop-infra.app=$APP" \
   -t "$IMAGE:$SHA" "$work/src"
 
