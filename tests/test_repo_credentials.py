@@ -333,6 +333,50 @@ def image_labels(registry: RegistryResource, app: str, sha: str) -> dict[str, st
     return registry.labels(repository=app, manifest=manifest)
 
 
+@pytest.mark.parametrize(
+    "userinfo_host",
+    [
+        "https://bob:s3cr3t-token@127.0.0.1:{port}/a.git",
+        "https://bob:s3cr%40t%3Atoken@127.0.0.1:{port}/a.git",
+        "https://:s3cr3t-token@127.0.0.1:{port}/a.git",
+        "https://bob:s3cr3t@token@127.0.0.1:{port}/a.git",
+        "git://bob:s3cr3t-token@127.0.0.1:{port}/a.git",  # git prints it whole
+        "git://bob:s3cr%40t-token@127.0.0.1:{port}/a.git",  # ... URL-decoded
+        "ssh://git:s3cr3t-token@127.0.0.1:{port}/a.git",
+        "bob:s3cr3t-token@127.0.0.1:coop/a.git",
+        ":s3cr3t-token@127.0.0.1:coop/a.git",
+    ],
+)
+def test_the_build_script_shows_the_repo_as_redact_repo_does(tmp_path, userinfo_host):
+    """The script's own reading of REPO (shell, not Python) agrees with redact_repo, and what
+    git says when the repo cannot be read holds the password in neither form."""
+    repo = userinfo_host.format(port=free_port())
+    sha = "a" * 40
+    auth = tmp_path / "auth.json"
+    auth.write_text('{"auths": {}}')
+    code, lines = run_script(
+        {
+            "PATH": "/usr/bin:/bin",
+            "HOME": str(tmp_path),
+            "GIT_TERMINAL_PROMPT": "0",
+            "GIT_SSH_COMMAND": "ssh -o BatchMode=yes -o ConnectTimeout=5",
+            "APP": "a",
+            "REPO": repo,
+            "SHA": sha,
+            "BRANCH": "main",
+            "IMAGE": "127.0.0.1:1/a",
+            "REGISTRY_AUTH_FILE": str(auth),
+        },
+        tmp_path / "workspace",
+    )
+    assert code != 0 and lines[0] == f"== checkout {redact_repo(repo)} {sha}", lines
+    assert len(lines) > 1  # git's own words came too
+    secrets = repo_secrets(repo)
+    assert secrets and not [line for line in lines for s in secrets if s in line], lines
+    if repo.startswith("git://"):
+        assert any(f"{USER}:***@127.0.0.1" in line for line in lines), lines
+
+
 @pytest.mark.slow
 def test_the_build_script_labels_the_image_without_the_password(
     tmp_path, app_repos, git_over_http, podman, local_registry

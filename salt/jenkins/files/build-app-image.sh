@@ -55,7 +55,11 @@ password="$(printf '%s' "$REPO" | sed -nE \
   -e 's|^[^/:]*:([^/]*)@.*|\1|p')"
 decoded="$(printf '%b' "${password//%/\\x}")"
 shown_repo="$REPO"
-if [ -n "$password" ]; then shown_repo="${REPO/":$password@"/@}"; fi
+if [ -n "$password" ]; then
+  shown_repo="${REPO/":$password@"/@}"
+  shown_repo="${shown_repo/"://@"/://}"  # no user either: no userinfo left
+  shown_repo="${shown_repo#@}"
+fi
 hide() {  # git's own messages, without the password (for git://user:pw@host, git echoes it)
   local line
   while IFS= read -r line; do
