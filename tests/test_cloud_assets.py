@@ -319,6 +319,43 @@ def test_the_gate_stops_a_destroy_unless_the_run_allows_it(site):
     )
 
 
+def test_the_apply_refuses_a_destroy_itself_when_the_gate_check_is_left_out(site):
+    """The apply asset tests the gate again, so a job that selects the assets without their
+    checks (safe_to_apply never runs) still cannot destroy a protected server."""
+    site.seed_servers(SERVERS)
+    assert site.run("apply").success
+    site.write(
+        TOPOLOGY.replace(
+            "  web-staging-2: {location: test-1, instance: 2, roles: [web-staging]}\n", ""
+        )
+    )
+    unguarded = dg.define_asset_job(
+        "apply_without_checks",
+        selection=dg.AssetSelection.assets(
+            "topology", "ip_plan", "minion_keys", PLAN_INSTANCES, INSTANCES
+        ).without_checks(),
+    )
+    defs = dg.Definitions.merge(
+        build_definitions(load_topology(site.topology_file), site.resources()),
+        dg.Definitions(jobs=[unguarded]),
+    )
+    result = defs.resolve_job_def("apply_without_checks").execute_in_process(
+        instance=dg.DagsterInstance.ephemeral(), raise_on_error=False
+    )
+
+    assert not result.success
+    assert result.get_asset_check_evaluations() == []  # the blocking check did not stop it
+    assert f"plan/instances/{L}" in materialised(result)
+    assert f"instances/{L}" not in materialised(result)
+    message = result.failure_data_for_node("instances__test_1").error.message
+    assert 'the plan would delete null_resource.server["web-staging-2"]' in message
+    assert "allow_destroy" in message
+    state = site.terraform.output(stack="instances", location=L)["servers"]["value"]
+    assert "web-staging-2" in state  # nothing was destroyed
+    # the refused plan is discarded like a spent one
+    assert not list((Path(site.terraform.data_dir) / L).rglob("*.tfplan"))
+
+
 def test_a_new_network_number_replaces_the_network_only_with_leave(site):
     assert site.run(
         "apply", selection=[dg.AssetKey("topology"), dg.AssetKey("ip_plan"), PLAN_NETWORK, NETWORK]
