@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import dagster as dg
 import pytest
-from fixtures_delivery import delivery_defs, write_app_topology
+from dagster._core.remote_origin import InProcessCodeLocationOrigin
+from dagster._core.scheduler.instigation import TickStatus
+from dagster._core.test_utils import create_test_daemon_workspace_context, freeze_time
+from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
+from dagster._core.workspace.load_target import InProcessWorkspaceLoadTarget
+from dagster._daemon.sensor import execute_sensor_iteration
+from fixtures_delivery import REPO_ROOT, delivery_defs, git, write_app_topology
 
 from infra_assets.app_images import build_job_name, partitions_def_name
 from infra_assets.model import load_topology
@@ -142,39 +153,95 @@ def test_a_push_asks_for_one_build_per_new_commit_and_a_replay_for_nothing(two_a
     assert replay.run_requests in (None, [])
     assert "no new commit" in replay.skip_reason.skip_message
 
-    # A tick from the OLD cursor (a cursor lost, an evaluation replayed) asks again, with the
-    # same run keys: the runs asked for the first time are in the instance (created as the
-    # daemon creates them, tagged with the run key and the sensor), so the daemon skips them.
-    # What the daemon checks: runs tagged dagster/run_key=<key> and dagster/sensor_name=<sensor>.
-    instance = dg.DagsterInstance.ephemeral()
-    for p in first.dynamic_partitions_requests:
-        instance.add_dynamic_partitions(p.partitions_def_name, p.partition_keys)
-    for r in first.run_requests:
-        instance.create_run_for_job(
-            defs.resolve_job_def(r.job_name),
-            run_config=r.run_config,
-            tags={
-                **r.tags,
-                "dagster/partition": r.partition_key,
-                "dagster/run_key": r.run_key,
-                "dagster/sensor_name": SENSOR_NAME,
-            },
-        )
-    again = tick(defs, None, instance=instance)
-    keys = sorted(r.run_key for r in again.run_requests)
-    assert keys == sorted(r.run_key for r in first.run_requests)
-    for key in keys:
-        existing = instance.get_runs(
-            filters=dg.RunsFilter(tags={"dagster/run_key": key, "dagster/sensor_name": SENSOR_NAME})
-        )
-        assert len(existing) == 1, key  # one run per key: this request would be skipped
-
     # A push to one app: one build, of that commit only.
     new = repos["hello"].commit(message="hello 2")
     after_push = tick(defs, first.cursor)
     assert [r.run_key for r in after_push.run_requests] == [f"hello:{new}"]
     assert [r.partition_key for r in after_push.run_requests] == [new]
     assert json.loads(after_push.cursor) == {**shas, "hello": new}
+
+
+class SensorDaemon:
+    """git_push_sensor ticked by the sensor daemon's own code (`execute_sensor_iteration`, what
+    `dagster-daemon run` calls in its loop; a private API of the pinned Dagster 1.13), on the
+    code location loaded in this process from infra_assets.definitions, with an instance whose
+    run coordinator queues runs as dagster.yaml's does. So the run-key check that skips a
+    repeated request is Dagster's own, not the test's. Each tick is a minute after the last
+    (the sensor's minimum interval has passed)."""
+
+    def __init__(self, instance: dg.DagsterInstance, workspace):
+        self.instance = instance
+        self.workspace = workspace
+        location = next(iter(workspace.create_request_context().get_code_location_entries()))
+        repos = workspace.create_request_context().get_code_location(location).get_repositories()
+        [repo] = repos.values()
+        self.sensor = repo.get_sensor(SENSOR_NAME)
+        instance.start_sensor(self.sensor)
+        self.clock = time.time()
+
+    def tick(self):
+        """One evaluation of the sensor, as the daemon makes it: its newest tick."""
+        self.clock += 60
+        with freeze_time(self.clock):
+            list(execute_sensor_iteration(self.workspace, logging.getLogger("test"), None, None))
+        return self.ticks()[0]
+
+    def ticks(self):
+        return self.instance.get_ticks(self.sensor.get_remote_origin_id(), self.sensor.selector_id)
+
+    def runs(self) -> list[dg.DagsterRun]:
+        return list(reversed(self.instance.get_runs()))  # oldest first
+
+
+@contextmanager
+def sensor_daemon() -> Iterator[SensorDaemon]:
+    queued = {"module": "dagster._core.run_coordinator", "class": "QueuedRunCoordinator"}
+    origin = LoadableTargetOrigin(
+        executable_path=sys.executable,
+        module_name="infra_assets.definitions",
+        working_directory=str(REPO_ROOT),
+    )
+    target = InProcessWorkspaceLoadTarget(InProcessCodeLocationOrigin(origin))
+    with dg.instance_for_test(overrides={"run_coordinator": queued}) as instance:
+        with create_test_daemon_workspace_context(target, instance) as workspace:
+            yield SensorDaemon(instance, workspace)
+
+
+def test_the_daemon_makes_one_run_per_commit_and_skips_a_run_key_it_has_seen(two_apps):
+    """A branch pushed back to a commit already built: the sensor asks for that commit's run
+    again (its cursor was elsewhere), with the same run key, and the daemon skips the request;
+    no second run is made. The sensor's own cursor cannot be what stops it here."""
+    _, repos, shas = two_apps
+    hello = repos["hello"]
+    with sensor_daemon() as daemon:
+        first = daemon.tick()
+        assert first.status == TickStatus.SUCCESS
+        assert set(first.run_keys) == {f"{app}:{sha}" for app, sha in shas.items()}
+        assert len(daemon.runs()) == 2
+
+        quiet = daemon.tick()  # nothing pushed: the cursor stops it, no request at all
+        assert quiet.status == TickStatus.SKIPPED and quiet.run_keys == []
+        assert quiet.skip_reason == "no new commit"
+
+        new = hello.commit(message="hello 2")
+        pushed = daemon.tick()
+        assert pushed.status == TickStatus.SUCCESS and pushed.run_keys == [f"hello:{new}"]
+        assert len(daemon.runs()) == 3
+
+        git("push", "-q", "--force", "origin", f"{shas['hello']}:refs/heads/main", cwd=hello.work)
+        back = daemon.tick()
+        # asked again (the cursor was at `new`), skipped by the daemon: the key has its run
+        assert back.run_keys == [f"hello:{shas['hello']}"]
+        assert back.status == TickStatus.SKIPPED and back.run_ids == []
+        runs = daemon.runs()
+        assert sorted(r.tags["dagster/run_key"] for r in runs) == sorted(
+            [*(f"{app}:{sha}" for app, sha in shas.items()), f"hello:{new}"]
+        )
+        assert {r.status for r in runs} == {dg.DagsterRunStatus.QUEUED}
+        assert [r.tags["dagster/partition"] for r in runs if r.tags["coop/app"] == "hello"] == [
+            shas["hello"],
+            new,
+        ]
 
 
 def test_an_unreachable_repo_is_skipped_with_its_reason_and_keeps_its_cursor(two_apps):
