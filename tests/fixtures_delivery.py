@@ -7,22 +7,32 @@
 - `registry_site` (session): the lab's registry (support-1, configured by the salt `registry`
   state with TLS and htpasswd), as Dagster reaches it: the push account `ci`, the registry's
   certificate, through the lab's link. Needs the session's lab (tests/lab_env.py).
+- `loopback_registry`: a registry of the test's own on 127.0.0.1 (the same Docker Distribution,
+  plain HTTP, no accounts), for tests that need a real registry but not the lab's doors;
+  `push_image` puts a small image in it by the registry's HTTP API.
 - `delivery_defs(topo, **resources)`: the code location for `topo`, with resources replaced.
 """
 
 from __future__ import annotations
 
+import gzip
+import hashlib
+import io
+import json
 import os
 import shutil
 import subprocess
+import tarfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
 import pytest
+import requests
 import yaml
 
+from lab.processes import Supervisor, free_port
 from resources.podman import BaseImage, PodmanResource
 from resources.registry import Endpoint, RegistryResource
 
@@ -163,6 +173,107 @@ class SessionRegistry:
 def registry_site(lab_env) -> SessionRegistry:
     base = lab_env.definitions().resources["registry"]
     return SessionRegistry(base, base.endpoint())
+
+
+# --- a registry on loopback ------------------------------------------------------------------
+
+
+@pytest.fixture
+def loopback_registry(tmp_path: Path) -> Iterator[RegistryResource]:
+    """Debian's docker-registry (what the lab's registry hosts run) on 127.0.0.1, plain HTTP, no
+    accounts, its storage under tmp_path; stopped by pid."""
+    port = free_port()
+    config = tmp_path / "registry" / "config.yml"
+    config.parent.mkdir(parents=True)
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "version": 0.1,
+                "log": {"level": "warn"},
+                "storage": {"filesystem": {"rootdirectory": str(config.parent / "data")}},
+                "http": {"addr": f"127.0.0.1:{port}"},
+            }
+        )
+    )
+    url = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        try:
+            return requests.get(f"{url}/v2/", timeout=1).status_code == 200
+        except requests.RequestException:
+            return False
+
+    sup = Supervisor(tmp_path / "run")
+    sup.start(
+        "docker-registry",
+        ["/usr/bin/docker-registry", "serve", config],
+        log=config.parent / "registry.log",
+        ready=ready,
+        ready_timeout_s=30,
+    )
+    yield RegistryResource(url=url)
+    sup.stop("docker-registry")
+
+
+def push_image(url: str, repository: str, tag: str, labels: dict[str, str]) -> str:
+    """A one-layer image with these labels, pushed to `repository:tag` by the registry's HTTP
+    API (blob uploads, then the manifest); returns its manifest's digest."""
+
+    def blob(data: bytes) -> str:
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        start = requests.post(f"{url}/v2/{repository}/blobs/uploads/", timeout=10)
+        assert start.status_code == 202, start.text
+        location = start.headers["Location"]
+        location = location if location.startswith("http") else url + location
+        sep = "&" if "?" in location else "?"
+        done = requests.put(f"{location}{sep}digest={digest}", data=data, timeout=10)
+        assert done.status_code == 201, done.text
+        return digest
+
+    raw_tar = io.BytesIO()
+    with tarfile.open(fileobj=raw_tar, mode="w") as tar:
+        text = json.dumps(labels).encode()
+        info = tarfile.TarInfo("labels.json")
+        info.size = len(text)
+        tar.addfile(info, io.BytesIO(text))
+    layer = gzip.compress(raw_tar.getvalue(), mtime=0)
+    config = json.dumps(
+        {
+            "architecture": "amd64",
+            "os": "linux",
+            "config": {"Labels": labels},
+            "rootfs": {
+                "type": "layers",
+                "diff_ids": ["sha256:" + hashlib.sha256(raw_tar.getvalue()).hexdigest()],
+            },
+        }
+    ).encode()
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": blob(config),
+                "size": len(config),
+            },
+            "layers": [
+                {
+                    "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                    "digest": blob(layer),
+                    "size": len(layer),
+                }
+            ],
+        }
+    ).encode()
+    put = requests.put(
+        f"{url}/v2/{repository}/manifests/{tag}",
+        data=manifest,
+        headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"},
+        timeout=10,
+    )
+    assert put.status_code == 201, put.text
+    return put.headers["Docker-Content-Digest"]
 
 
 # --- app_image's record ------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """The `jenkins` builder: JenkinsResource (python-jenkins) against a FAKE Jenkins REST API
 (tests/fakes/jenkins.py; no Jenkins server can run here), and the job's own script
 (jenkins/build-app-image.sh) run for real, as the fake's executor, with real git, podman and
-the real registry."""
+the real registry. What app_image checks in a build's report (a digest named; the registry
+serving that digest) against a registry of the test's own on loopback."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 from fakes.jenkins import Console, FakeJenkins
-from fixtures_delivery import HELLO, delivery_defs, write_app_topology
+from fixtures_delivery import HELLO, delivery_defs, push_image, write_app_topology
 
 from infra_assets.app_images import builder_for
 from infra_assets.model import load_topology
@@ -286,3 +287,75 @@ def test_a_failed_jenkins_build_fails_the_asset_with_the_console_tail(
     )
     tail = failure.user_failure_data.metadata["console_tail"].value
     assert "exit status 2" in tail
+
+
+def _build_hello_ci(tmp_path, app_repos, monkeypatch, registry, job):
+    """app_image/hello-ci at a new commit, built by the fake Jenkins running `job`, against
+    `registry`: (the run's result, the sha, the fake)."""
+    repo = app_repos("hello-ci", source=HELLO)
+    sha = repo.commit(message="ci")
+    topo_file = write_app_topology(
+        tmp_path / "topology.yaml", {"hello-ci": "git/hello-ci.git"}, cloud="catalyst"
+    )
+    monkeypatch.setenv("INFRA_TOPOLOGY", str(topo_file))
+    monkeypatch.setenv("INFRA_STATE_DIR", str(tmp_path / "state"))
+    with FakeJenkins(jobs={"app-image": job}) as fake:
+        defs = delivery_defs(load_topology(topo_file), registry=registry, jenkins=resource(fake))
+        instance = dg.DagsterInstance.ephemeral()
+        instance.add_dynamic_partitions("commits_hello_ci", [sha])
+        result = defs.resolve_job_def("build_hello_ci").execute_in_process(
+            instance=instance, partition_key=sha, raise_on_error=False
+        )
+    return result, sha, fake
+
+
+def test_a_jenkins_build_that_names_no_digest_fails_the_asset(
+    tmp_path, app_repos, monkeypatch, loopback_registry
+):
+    """A job that is not jenkins/Jenkinsfile (its build succeeds, its console and description
+    name no digest): nothing to check against the registry, so nothing is recorded."""
+
+    def names_no_digest(params, console):
+        console.line(f"built {params['IMAGE']}:{params['SHA']}")
+        return "SUCCESS", None
+
+    result, _, fake = _build_hello_ci(
+        tmp_path, app_repos, monkeypatch, loopback_registry, names_no_digest
+    )
+    assert not result.success
+    message = result.failure_data_for_node("app_image__hello_ci").user_failure_data.description
+    assert message == (
+        "Jenkins app-image #1 succeeded but printed no PUSHED_DIGEST=sha256:... line (is the"
+        f" job running jenkins/Jenkinsfile?): {fake.url}job/app-image/1/console"
+    )
+    assert result.asset_materializations_for_node("app_image__hello_ci") == []
+
+
+def test_an_image_that_is_not_the_one_the_build_pushed_fails_the_asset(
+    tmp_path, app_repos, monkeypatch, loopback_registry
+):
+    """The build pushes its image and names its digest; before Dagster reads the tag back,
+    another push puts a different image under it. The digest the registry serves is not the
+    build's: the asset fails, naming both, and records nothing."""
+    url = loopback_registry.url
+    pushed = {}
+
+    def raced(params, console):
+        repository, sha = params["APP"], params["SHA"]
+        revision = {"org.opencontainers.image.revision": sha}
+        pushed["ours"] = push_image(url, repository, sha, revision)
+        console.line(f"PUSHED_DIGEST={pushed['ours']}")
+        pushed["theirs"] = push_image(url, repository, sha, {**revision, "who": "someone else"})
+        return "SUCCESS", f"digest={pushed['ours']}"
+
+    result, sha, _ = _build_hello_ci(tmp_path, app_repos, monkeypatch, loopback_registry, raced)
+    assert pushed["ours"] != pushed["theirs"]
+    assert not result.success
+    message = result.failure_data_for_node("app_image__hello_ci").user_failure_data.description
+    host = url.removeprefix("http://")
+    assert message == (
+        f"the build pushed {pushed['ours']}, but the registry serves"
+        f" {host}/hello-ci:{sha} as {pushed['theirs']}"
+    )
+    assert result.asset_materializations_for_node("app_image__hello_ci") == []
+    assert loopback_registry.tags(repository="hello-ci") == [sha]  # the branch tag not moved
