@@ -138,10 +138,103 @@ def test_the_jenkinsfile_declares_what_the_builder_sends():
     assert "usernameVariable: 'REGISTRY_USER'" in text
     assert "passwordVariable: 'REGISTRY_PASSWORD'" in text
     assert "readFile('image-digest.txt')" in text
-    script = SCRIPT.read_text()
-    for name in declared | {"REGISTRY_USER", "REGISTRY_PASSWORD"}:
-        assert f"{name}" in script
-    assert 'echo "PUSHED_DIGEST=$digest"' in script
+
+
+# Stand-ins for git and podman on the script's PATH: each writes its arguments (one per line,
+# then a blank line) to $CALLS, podman login also what it read on stdin. A fetch of the commit
+# itself fails, as on servers that serve a commit only through its branch, so both fetches run.
+FAKE_GIT = """#!/bin/bash
+printf '%s\\n' git "$@" >> "$CALLS"; echo >> "$CALLS"
+if [[ " $* " == *" fetch "* && " $* " == *" --depth "* ]]; then exit 128; fi
+"""
+FAKE_PODMAN = """#!/bin/bash
+printf '%s\\n' podman "$@" >> "$CALLS"
+if [ "$1" = login ]; then printf 'stdin=%s\\n' "$(cat)" >> "$CALLS"; fi
+echo >> "$CALLS"
+if [ "$1" = image ] && [ "$2" = exists ]; then exit 1; fi
+if [ "$1" = push ]; then
+  while [ $# -gt 0 ]; do
+    if [ "$1" = --digestfile ]; then printf 'sha256:%064d' 7 > "$2"; fi
+    shift
+  done
+fi
+"""
+
+
+def test_the_script_uses_each_parameter_of_the_job_where_it_belongs(tmp_path):
+    """Every parameter the Jenkinsfile declares, and the credential's two variables, given a
+    value of its own, reaches the command that needs it (git and podman are stand-ins here
+    that record their arguments; test_the_jenkins_builder_builds_... runs the real ones, on
+    the lab)."""
+    text = JENKINSFILE.read_text()
+    declared = re.findall(r"string\(name: '([A-Z_]+)'", text)
+    credential = re.findall(r"(?:username|password)Variable: '([A-Z_]+)'", text)
+    assert credential == ["REGISTRY_USER", "REGISTRY_PASSWORD"]
+    values = {
+        "APP": "app-q1",
+        "REPO": "https://git.example.coop/repo-q2.git",
+        "SHA": "5" * 40,
+        "BRANCH": "branch-q3",
+        "IMAGE": "registry-q4.example.coop:5001/image-q5",
+        "REGISTRY_USER": "user-q6",
+        "REGISTRY_PASSWORD": "password-q7",
+    }
+    assert sorted(values) == sorted(declared + credential)  # a new parameter needs a value here
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, body in (("git", FAKE_GIT), ("podman", FAKE_PODMAN)):
+        (bin_dir / name).write_text(body)
+        (bin_dir / name).chmod(0o755)
+    calls = tmp_path / "calls"
+    workspace = tmp_path / "workspace"
+    workspace.mkdir()
+    out = subprocess.run(
+        ["bash", str(SCRIPT)],
+        cwd=workspace,
+        capture_output=True,
+        text=True,
+        env={
+            "PATH": f"{bin_dir}:/usr/bin:/bin",
+            "CALLS": str(calls),
+            "BASE_IMAGE": "base-q8",
+            **values,
+        },
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    commands = [c.splitlines() for c in calls.read_text().split("\n\n") if c.strip()]
+    v = values
+    host = "registry-q4.example.coop:5001"
+    src = str(workspace / "build-app-q1" / "src")
+    image = f"{v['IMAGE']}:{v['SHA']}"
+
+    def called(*words: str) -> list[str]:
+        [command] = [c for c in commands if c[: len(words)] == list(words)]
+        return command
+
+    fetch_commit = called("git", "-C", src, "fetch", "-q", "--depth", "1")
+    assert fetch_commit[-2:] == [v["REPO"], v["SHA"]]
+    fetch_branch = [c for c in commands if c[:4] == ["git", "-C", src, "fetch"]][-1]
+    assert fetch_branch[-2:] == [v["REPO"], f"refs/heads/{v['BRANCH']}"]
+    assert called("git", "-C", src, "-c", "advice.detachedHead=false", "checkout")[-1] == v["SHA"]
+    login = called("podman", "login")
+    assert login[login.index("--username") + 1] == v["REGISTRY_USER"]
+    assert login[-2:] == [host, f"stdin={v['REGISTRY_PASSWORD']}"]
+    build = called("podman", "build")
+    assert build[build.index("-t") + 1] == image and build[-1] == src
+    assert f"GIT_SHA={v['SHA']}" in build and "BASE_IMAGE=base-q8" in build
+    pairs = list(zip(build, build[1:], strict=False))
+    for label in (
+        f"org.opencontainers.image.revision={v['SHA']}",
+        f"org.opencontainers.image.source={v['REPO']}",
+        f"org.coop-infra.app={v['APP']}",
+    ):
+        assert ("--label", label) in pairs
+    assert called("podman", "push")[-2:] == [image, f"docker://{image}"]
+    digest = "sha256:" + "0" * 63 + "7"
+    assert out.stdout.splitlines()[-1] == f"PUSHED_DIGEST={digest}"
+    assert (workspace / "image-digest.txt").read_text() == digest + "\n"
+    assert v["REGISTRY_PASSWORD"] not in out.stdout + out.stderr
 
 
 def test_the_script_refuses_missing_parameters(tmp_path):
