@@ -606,8 +606,11 @@ def _state_args(states: dict, state_id: str) -> dict:
 def test_secrets_and_their_encoded_forms_never_reach_the_log_the_table_or_the_error(tmp_path):
     """A state return recorded from real (masterless) salt, tests/data/salt/leaky/record.sh: the
     registry's pull account as base64 in an auth.json diff, a password JSON-escaped in a file
-    diff, and a failing command that prints a password in clear."""
+    diff, a failing command that prints a password in clear, the pull password URL-quoted in a
+    URL (salt's `urlencode`) and the database password as plain base64 (`base64_encode`), each
+    in a file diff."""
     import base64
+    import urllib.parse
 
     from infra_assets.highstate import report
     from infra_assets.secrets import Secrets
@@ -626,6 +629,9 @@ def test_secrets_and_their_encoded_forms_never_reach_the_log_the_table_or_the_er
         json.dumps(database)[1:-1],  # as the JSON file's diff shows it
         "S3cret",  # any part of a value
     }
+    url_quoted = urllib.parse.quote(pull, safe="")
+    plain_b64 = base64.b64encode(database.encode()).decode()
+    leaked |= {url_quoted, plain_b64}
     raw = {"ret": json.loads((DATA / "salt" / "leaky.json").read_text())["local"], "retcode": 2}
 
     def seen(redact):
@@ -636,8 +642,11 @@ def test_secrets_and_their_encoded_forms_never_reach_the_log_the_table_or_the_er
         return {"log": "\n".join(log), "table": table, "error": "\n".join(result.problems())}
 
     # Unscrubbed, each place shows a secret in some form: the test can fail.
-    for place, text in seen(()).items():
+    unscrubbed = seen(())
+    for place, text in unscrubbed.items():
         assert any(form in text for form in leaked), place
+    assert f"https://deploy:{url_quoted}@registry.example/" in unscrubbed["table"]
+    assert f"password_b64: {plain_b64}" in unscrubbed["table"]
     scrubbed = seen(secrets.values())
     for place, text in scrubbed.items():
         assert "***" in text, place
@@ -645,6 +654,8 @@ def test_secrets_and_their_encoded_forms_never_reach_the_log_the_table_or_the_er
     assert '"auth": "***"' in scrubbed["table"]  # the auth.json diff
     assert '{"password": "***"}' in scrubbed["table"]  # the JSON-escaped password, in its diff
     assert "login deploy:*** refused" in scrubbed["error"]
+    assert "https://deploy:***@registry.example/" in scrubbed["table"]  # the URL-quoted form
+    assert "password_b64: ***" in scrubbed["table"]  # the plain base64 form
     assert "FAILED: leaky: leaky-login (cmd.run)" in scrubbed["log"]
 
 

@@ -24,5 +24,7 @@ database: {password: 'db S3cret/with spaces & "quotes"'}
 SLS
 echo '{}' > "$tmp/out/auth.json"
 echo '{}' > "$tmp/out/db.json"
+echo > "$tmp/out/registry.url"
+echo > "$tmp/out/db.b64"
 "$venv/bin/salt-call" --local -c "$tmp/etc" --out=json state.apply leaky \
   | sed "s#$tmp#/tmp/leaky#g" > "$here/../leaky.json"
