@@ -19,6 +19,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import dagster as dg
@@ -549,13 +550,106 @@ def test_the_salt_master_binds_to_its_planned_address(lab_env: LabEnv):
 # --- dry runs and failures -----------------------------------------------------------------------
 
 
+# Places in a running guest that change whatever salt does, each for its reason. Everything else
+# on the guest's root filesystem is compared before and after a dry run.
+VOLATILE = {
+    "/proc": "the kernel's",
+    "/sys": "the kernel's",
+    "/dev": "devices",
+    "/run": "runtime state on tmpfs (and the snapshot itself)",
+    "/tmp": "scratch",
+    "/var/tmp": "scratch",
+    "/var/log": "logs: the journal, salt's own log, the services'",
+    "/var/cache": "caches: the minion's job and file cache (every salt call writes it, a dry"
+    " run too), apt's, man-db's",
+    "/var/lib/systemd": "timer stamps, the random seed",
+    "/var/lib/apt/lists": "apt's package lists (apt-daily)",
+    "/var/lib/dhcp": "DHCP leases",
+    "/var/lib/postgresql": "the databases' own writes",
+    "/var/lib/containers": "podman's records of the running app containers (health checks)",
+}
+
+# Run in a guest by its own python (salt's, /opt/salt): `save FILE ROOT SKIP_JSON` records every
+# file, link and folder under ROOT outside SKIP (a file: mode, owner, size, mtime, ctime and the
+# sha256 of its content; a link: its target; a folder: mode and owner); `diff FILE ROOT
+# SKIP_JSON` prints what differs from the record, as JSON. A folder's mtime is left out: some
+# services make and remove files of their own in folders they own.
+GUEST_SNAPSHOT = r"""
+import hashlib, json, os, stat, sys
+
+mode, record, root, skip = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+
+def skipped(path):
+    return any(path == s or path.startswith(s.rstrip("/") + "/") for s in skip)
+
+def entry(path):
+    st = os.lstat(path)
+    found = [oct(st.st_mode), st.st_uid, st.st_gid]
+    if stat.S_ISREG(st.st_mode):
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        found += [st.st_size, st.st_mtime_ns, st.st_ctime_ns, digest.hexdigest()]
+    elif stat.S_ISLNK(st.st_mode):
+        found.append(os.readlink(path))
+    return found
+
+def snapshot():
+    tree = {}
+    for top, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if not skipped(os.path.join(top, d))]
+        for name in dirs + files:
+            path = os.path.join(top, name)
+            if skipped(path):
+                continue
+            try:
+                tree[path] = entry(path)
+            except FileNotFoundError:
+                pass
+    return tree
+
+if mode == "save":
+    with open(record, "w") as f:
+        json.dump(snapshot(), f)
+    print(json.dumps({"saved": len(json.load(open(record)))}))
+else:
+    before, after = json.load(open(record)), snapshot()
+    changed = sorted(p for p in before.keys() & after.keys() if before[p] != after[p])
+    print(json.dumps({
+        "compared": len(after),
+        "added": sorted(after.keys() - before.keys()),
+        "removed": sorted(before.keys() - after.keys()),
+        "changed": {p: [before[p], after[p]] for p in changed},
+    }))
+"""
+SNAPSHOT_FILE = "/run/coop-test-dry-run-snapshot.json"
+
+
+def _guest_snapshots(lab, hosts: list[str], mode: str) -> dict[str, dict]:
+    """Save (`save`) or compare with (`diff`) the record of each host's whole tree
+    (GUEST_SNAPSHOT), the hosts at once."""
+    argv = ["/opt/salt/bin/python3", "-c", GUEST_SNAPSHOT, mode, SNAPSHOT_FILE, "/"]
+
+    def one(host: str) -> dict:
+        out = lab.exec(LAB_NUMBER, host, [*argv, json.dumps(sorted(VOLATILE))])
+        return json.loads(out.lines[-1])
+
+    with ThreadPoolExecutor(len(hosts)) as pool:
+        return dict(zip(hosts, pool.map(one, hosts), strict=True))
+
+
 def test_a_dry_run_of_every_role_changes_nothing_and_is_an_observation(lab_env: LabEnv):
     """Every role's highstate with test=True, after a managed file went missing on a web host:
-    the dry run says it would write it, and does not; a real apply writes it."""
+    the dry run says it would write it, and does not; a real apply writes it. On every host,
+    the whole tree (every file's content, mtime and ctime; outside VOLATILE) is as it was."""
     lab = _lab(lab_env)
     path = "/etc/containers/containers.conf"
     lab.exec(LAB_NUMBER, "web-staging-1", ["rm", "-f", path])
+    hosts = sorted(lab_env.topo.hosts)
     try:
+        saved = _guest_snapshots(lab, hosts, "save")
+        assert all(s["saved"] > 1000 for s in saved.values()), saved  # a whole tree, not a folder
         roles = _roles(lab_env)
         run_config = {"ops": {_highstate_op(r): {"config": {"dry_run": True}} for r in roles}}
         started = time.monotonic()
@@ -589,7 +683,16 @@ def test_a_dry_run_of_every_role_changes_nothing_and_is_an_observation(lab_env: 
                 assert md["changed"].value == 0, (key, md["results"].value)
         gone = lab.exec(LAB_NUMBER, "web-staging-1", ["test", "-e", path], check=False)
         assert gone.returncode != 0, "the dry run wrote the file"
+        diffs = _guest_snapshots(lab, hosts, "diff")
+        for host, diff in diffs.items():
+            assert diff["compared"] > 1000, (host, diff["compared"])
+            written = {k: len(diff[k]) for k in ("added", "removed", "changed") if diff[k]}
+            shown = {k: list(diff[k])[:20] for k in written}  # the first few of each
+            before_after = dict(list(diff["changed"].items())[:5])
+            assert not written, (host, written, shown, before_after)
     finally:
+        for host in hosts:
+            lab.exec(LAB_NUMBER, host, ["rm", "-f", SNAPSHOT_FILE], check=False)
         # The real thing puts it back (also when an assertion above failed).
         result = lab_env.run("highstate/web-staging", instance=dg.DagsterInstance.ephemeral())
     assert result.success, _failure(result)
