@@ -14,6 +14,9 @@ import pytest
 
 from lab.processes import Supervisor, free_port
 
+# `dagster job execute` and the webserver: Dagster processes of their own.
+pytestmark = pytest.mark.slow
+
 BIN = Path(sys.executable).parent
 
 

@@ -402,6 +402,7 @@ def _build_hello_ci(tmp_path, app_repos, monkeypatch, registry, job):
     return result, sha, fake
 
 
+@pytest.mark.slow  # a registry on loopback
 def test_a_jenkins_build_that_names_no_digest_fails_the_asset(
     tmp_path, app_repos, monkeypatch, loopback_registry
 ):
@@ -424,6 +425,7 @@ def test_a_jenkins_build_that_names_no_digest_fails_the_asset(
     assert result.asset_materializations_for_node("app_image__hello_ci") == []
 
 
+@pytest.mark.slow  # a registry on loopback
 def test_an_image_that_is_not_the_one_the_build_pushed_fails_the_asset(
     tmp_path, app_repos, monkeypatch, loopback_registry
 ):

@@ -19,6 +19,8 @@ import pytest
 from lab.processes import free_port
 from resources.lab_egress import LabEgressProxy
 
+pytestmark = pytest.mark.slow  # the proxy, a process of its own
+
 
 @pytest.fixture
 def upstream() -> Iterator[int]:

@@ -26,6 +26,8 @@ from infra_assets.cloud_jobs import ensure_location_pools
 from lab.processes import Supervisor
 from resources.openstack import GROUP_PROPERTY
 
+pytestmark = pytest.mark.slow  # the real dagster-daemon
+
 BIN = Path(sys.executable).parent
 TOPOLOGY = """
 locations:

@@ -7,10 +7,13 @@ from __future__ import annotations
 import subprocess
 import time
 
+import pytest
 import requests
 from fixtures_delivery import HELLO
 
 from lab.processes import free_port
+
+pytestmark = pytest.mark.slow  # the app's server, a process of its own
 
 
 def _get_json(url: str, timeout_s: float = 15.0) -> dict:

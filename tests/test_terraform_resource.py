@@ -478,6 +478,7 @@ def postgres():
     pg.stop()
 
 
+@pytest.mark.slow  # a throwaway PostgreSQL
 def test_pg_backend_keeps_the_state_remotely_and_locks_it(tmp_path, postgres):
     config = standin_tree(tmp_path, backend="pg")
     trace = tmp_path / "trace.log"
