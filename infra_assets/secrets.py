@@ -70,8 +70,9 @@ class Secrets:
         what logs and metadata must never show.
 
         Besides the values: each value JSON-escaped (`| json` in the states, auth.json) and
-        URL-quoted, its base64, and the base64 of each registry account's `user:password` (the
-        `auth` of an auth.json, written by the web and jenkins-agent states).
+        URL-quoted (all escaped, "/" kept, or as a form), its base64, and the base64 of each
+        registry account's `user:password` (the `auth` of an auth.json, written by the web and
+        jenkins-agent states).
         """
         found: list[str] = []
 
@@ -91,6 +92,8 @@ class Secrets:
             found.append(json.dumps(value)[1:-1])
             found.append(json.dumps(value, ensure_ascii=False)[1:-1])
             found.append(urllib.parse.quote(value, safe=""))
+            found.append(urllib.parse.quote(value))  # "/" kept: Jinja's urlencode, a URL's path
+            found.append(urllib.parse.quote_plus(value))  # a form's or a query's encoding
             found.append(_b64(value))
         registry = self.data.get("registry")
         users = registry.get("users") if isinstance(registry, dict) else None

@@ -603,6 +603,24 @@ def _state_args(states: dict, state_id: str) -> dict:
     }
 
 
+def test_a_secret_with_a_slash_and_a_space_is_known_in_each_url_encoding(tmp_path):
+    """A secret URL-quoted three ways: everything escaped, "/" kept (Jinja's urlencode, a URL's
+    path) and a form's (spaces as "+"): each is one of the values never shown."""
+    import urllib.parse
+
+    from infra_assets.secrets import Secrets
+
+    secret = "pa/ss wo:rd@x"
+    values = Secrets(file=tmp_path / "secrets.yaml", data={"db": {"password": secret}}).values()
+    for form in (
+        urllib.parse.quote(secret, safe=""),
+        urllib.parse.quote(secret),
+        urllib.parse.quote_plus(secret),
+    ):
+        assert form in values, form
+    assert "pa/ss%20wo%3Ard%40x" in values and "pa%2Fss+wo%3Ard%40x" in values
+
+
 def test_secrets_and_their_encoded_forms_never_reach_the_log_the_table_or_the_error(tmp_path):
     """A state return recorded from real (masterless) salt, tests/data/salt/leaky/record.sh: the
     registry's pull account as base64 in an auth.json diff, a password JSON-escaped in a file
