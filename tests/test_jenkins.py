@@ -212,7 +212,7 @@ def test_the_script_uses_each_parameter_of_the_job_where_it_belongs(tmp_path):
         [command] = [c for c in commands if c[: len(words)] == list(words)]
         return command
 
-    fetch_commit = called("git", "-C", src, "fetch", "-q", "--depth", "1")
+    fetch_commit = called("git", "-C", src, "fetch", "-q", "--no-tags", "--depth", "1")
     assert fetch_commit[-2:] == [v["REPO"], v["SHA"]]
     fetch_branch = [c for c in commands if c[:4] == ["git", "-C", src, "fetch"]][-1]
     assert fetch_branch[-2:] == [v["REPO"], f"refs/heads/{v['BRANCH']}"]
