@@ -194,6 +194,7 @@ def materialize(
         endpoint = registry.endpoint()
     except RegistryError as err:
         raise dg.Failure(f"no registry to push to: {err}", allow_retries=False) from None
+    _refuse_a_commit_off_the_branch(res.git, app_name, app, repo, sha)
     log = BuildLog(state_dir() / "builds" / app_name / f"{sha}.log", context)
     try:
         existing, foreign = _already_built(context.instance, registry, app_name, app.branch, sha)
@@ -262,6 +263,27 @@ def materialize(
         **outcome.extra,
     }
     return dg.Output(image, metadata=metadata, data_version=dg.DataVersion(manifest.digest))
+
+
+def _refuse_a_commit_off_the_branch(
+    git: GitResource, app_name: str, app: App, repo: str, sha: str
+) -> None:
+    """The record says the image is of a commit of the app's branch (what a release trusts):
+    a partition added by hand for a commit that only another branch holds is not built."""
+    try:
+        on_branch = git.on_branch(repo=repo, branch=app.branch, sha=sha)
+    except GitError as err:
+        raise dg.Failure(
+            f"app_image/{app_name} at {sha[:12]}: cannot tell whether it is a commit of"
+            f" {app.branch!r}: {err}"
+        ) from None
+    if not on_branch:
+        raise dg.Failure(
+            f"app_image/{app_name}: {sha[:12]} is not a commit of branch {app.branch!r} of"
+            f" {redact_repo(repo)}: only the branch's commits are built (a release takes only"
+            " what app_image recorded for the branch)",
+            allow_retries=False,
+        )
 
 
 def _already_built(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import tempfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -109,6 +110,37 @@ class GitResource(dg.ConfigurableResource):
         workers = min(self.max_workers, len(targets))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="git-ls-remote") as pool:
             return list(pool.map(one, targets))
+
+    def on_branch(self, *, repo: str, branch: str, sha: str) -> bool:
+        """Whether commit `sha` is `branch`'s tip in `repo` or in its history: the tip as
+        `head` reads it, else the branch fetched into a throwaway repository and asked
+        (`git merge-base --is-ancestor`). A commit the branch does not hold is False; a repo
+        or branch that cannot be read raises GitError."""
+        if not SHA_RE.match(sha):
+            raise GitError(f"{sha!r} is not a full commit sha (40 hex digits)")
+        if self.head(repo=repo, branch=branch) == sha:
+            return True
+        with tempfile.TemporaryDirectory(prefix="coop-git-") as scratch:
+
+            def git(*args: str, check: bool = True) -> int:
+                return run_cli(
+                    ["git", "-C", scratch, *args],
+                    env=GIT_ENV,
+                    log=_quiet,
+                    redact=repo_secrets(repo),
+                    timeout_s=max(self.timeout_s, 300),
+                    check=check,
+                ).returncode
+
+            try:
+                git("init", "-q", "--bare")
+                git("fetch", "-q", "--no-tags", "--", repo, f"refs/heads/{branch}:refs/heads/b")
+            except CliError as err:
+                raise GitError(
+                    f"cannot read branch {branch!r} of {redact_repo(repo)}: {_git_reason(err)}"
+                ) from None
+            # 0: an ancestor; 1: not one; 128: no such commit in the branch's history
+            return git("merge-base", "--is-ancestor", sha, "refs/heads/b", check=False) == 0
 
     def checkout(
         self,

@@ -62,6 +62,30 @@ def test_checkout_gives_the_tree_of_one_commit_without_history(tmp_path, app_rep
         GitResource().checkout(repo=str(repo.bare), sha="0" * 40, dest=tmp_path / "b3")
 
 
+def test_on_branch_knows_the_branch_s_commits_from_another_branch_s(app_repos):
+    """Real git: the tip and an older commit of main are on main; a commit pushed to another
+    branch only, and a sha nobody has, are not; an unknown branch is an error."""
+    repo = app_repos("hello")
+    old = repo.commit(message="one")
+    tip = repo.commit(message="two")
+    git("checkout", "-q", "-b", "feature", cwd=repo.work)
+    feature = repo.commit(message="not reviewed")  # AppRepo pushes to its own branch...
+    git("push", "-q", "origin", "HEAD:refs/heads/feature", cwd=repo.work)
+    git("push", "-q", "-f", "origin", f"{tip}:refs/heads/main", cwd=repo.work)  # ...main back
+    resource = GitResource()
+    bare = str(repo.bare)
+    assert resource.head(repo=bare, branch="main") == tip
+    assert resource.on_branch(repo=bare, branch="main", sha=tip)
+    assert resource.on_branch(repo=bare, branch="main", sha=old)
+    assert not resource.on_branch(repo=bare, branch="main", sha=feature)
+    assert resource.on_branch(repo=bare, branch="feature", sha=feature)
+    assert not resource.on_branch(repo=bare, branch="main", sha="0" * 40)
+    with pytest.raises(GitError, match="no branch 'release' in"):
+        resource.on_branch(repo=bare, branch="release", sha=old)
+    with pytest.raises(GitError, match="not a full commit sha"):
+        resource.on_branch(repo=bare, branch="main", sha="abc")
+
+
 def test_resolve_repo_keeps_urls_and_anchors_relative_paths(tmp_path):
     for url in (
         "https://git.example.coop/hello.git",

@@ -15,7 +15,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 from fakes.jenkins import Console, FakeJenkins
-from fixtures_delivery import HELLO, delivery_defs, push_image, write_app_topology
+from fixtures_delivery import HELLO, delivery_defs, git, push_image, write_app_topology
 
 from infra_assets.app_images import builder_for
 from infra_assets.model import load_topology
@@ -382,11 +382,12 @@ def test_a_failed_jenkins_build_fails_the_asset_with_the_console_tail(
     assert "exit status 2" in tail
 
 
-def _build_hello_ci(tmp_path, app_repos, monkeypatch, registry, job):
-    """app_image/hello-ci at a new commit, built by the fake Jenkins running `job`, against
-    `registry`: (the run's result, the sha, the fake)."""
+def _build_hello_ci(tmp_path, app_repos, monkeypatch, registry, job, *, commit=None):
+    """app_image/hello-ci at a new commit (`commit(repo)` makes it; by default one on main),
+    built by the fake Jenkins running `job`, against `registry`: (the run's result, the sha,
+    the fake)."""
     repo = app_repos("hello-ci", source=HELLO)
-    sha = repo.commit(message="ci")
+    sha = commit(repo) if commit else repo.commit(message="ci")
     topo_file = write_app_topology(
         tmp_path / "topology.yaml", {"hello-ci": "git/hello-ci.git"}, cloud="catalyst"
     )
@@ -454,3 +455,33 @@ def test_an_image_that_is_not_the_one_the_build_pushed_fails_the_asset(
     )
     assert result.asset_materializations_for_node("app_image__hello_ci") == []
     assert loopback_registry.tags(repository="hello-ci") == [sha]  # the branch tag not moved
+
+
+@pytest.mark.slow  # a registry on loopback
+def test_a_commit_that_only_another_branch_holds_is_not_built(
+    tmp_path, app_repos, monkeypatch, loopback_registry
+):
+    """A partition added by hand for a commit pushed to a feature branch only: app_image
+    refuses it before any build starts (its record would say it is a commit of main, which a
+    release trusts), and records nothing."""
+
+    def on_a_feature_branch(repo) -> str:
+        tip = repo.commit(message="on main")
+        sha = repo.commit(message="not reviewed")
+        git("push", "-q", "origin", f"{sha}:refs/heads/feature", cwd=repo.work)
+        git("push", "-q", "-f", "origin", f"{tip}:refs/heads/main", cwd=repo.work)
+        return sha
+
+    def builds(params, console):
+        raise AssertionError(f"a build started for {params['SHA']}")
+
+    result, sha, fake = _build_hello_ci(
+        tmp_path, app_repos, monkeypatch, loopback_registry, builds, commit=on_a_feature_branch
+    )
+    assert not result.success
+    message = result.failure_data_for_node("app_image__hello_ci").user_failure_data.description
+    assert message.startswith(f"app_image/hello-ci: {sha[:12]} is not a commit of branch 'main' of")
+    assert message.endswith("(a release takes only what app_image recorded for the branch)")
+    assert fake.builds == {}
+    assert result.asset_materializations_for_node("app_image__hello_ci") == []
+    assert loopback_registry.tags(repository="hello-ci") == []
