@@ -567,6 +567,8 @@ VOLATILE = {
     "/var/lib/dhcp": "DHCP leases",
     "/var/lib/postgresql": "the databases' own writes",
     "/var/lib/containers": "podman's records of the running app containers (health checks)",
+    "/root/.npm/_logs": "npm's debug log of each of its runs: salt's npm module runs `npm"
+    " --version` as salt loads it, at every salt call (npm keeps the last 10)",
 }
 
 # Run in a guest by its own python (salt's, /opt/salt): `save FILE ROOT SKIP_JSON` records every
