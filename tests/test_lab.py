@@ -78,7 +78,7 @@ def test_services_answer_at_their_planned_addresses(lab_env: LabEnv):
     checks = {
         ("support-1", "docker-registry", 5000): None,
         ("support-1", "docker-registry", 5001): None,  # the push door: Dagster's
-        ("support-1", "npm-cache", 4873): None,
+        ("support-1", "npm-cache", 4873): "support-2",  # the build agent's
         ("support-1", "salt-master", 8000): None,  # salt-api: Dagster's
         ("support-1", "salt-master", 4506): "support-2",  # every minion's
         ("web-staging-1", "web-staging", 80): None,
@@ -96,6 +96,17 @@ def test_services_answer_at_their_planned_addresses(lab_env: LabEnv):
         if not answered:
             closed.append(f"{host} {role} {address}:{port} from {source or 'this machine'}")
     assert not closed, closed
+    # ...and refused to a host the catalogue does not name (the firewall resets it)
+    refused = {
+        ("support-1", "npm-cache", 4873): "web-staging-1",
+        ("support-1", "docker-registry", 5000): "pg-staging-1",
+    }
+    opened = []
+    for (host, role, port), source in refused.items():
+        address = lab_env.address(host, role)
+        if lab.probe_tcp_from(LAB_NUMBER, source, address, port):
+            opened.append(f"{host} {role} {address}:{port} from {source}")
+    assert not opened, opened
 
 
 def test_up_again_changes_nothing(lab_env: LabEnv):

@@ -156,16 +156,14 @@ def test_only_from_names_a_port_of_the_role_and_roles_of_the_catalogue(tmp_path)
     a typo would otherwise leave a door closed to everyone or open to no one intended."""
     catalogue = role_catalogue()
     assert catalogue.roles["docker-registry"].only_from == {
-        "registry-push": ("jenkins-agent", "dagster")
+        "registry": ("web-staging", "web-production", "jenkins-agent", "dagster"),
+        "registry-push": ("jenkins-agent", "dagster"),
     }
     text = (catalogue.path).read_text()
     broken = tmp_path / "roles.yaml"
-    broken.write_text(
-        text.replace(
-            "only_from: {registry-push: [jenkins-agent, dagster]}",
-            "only_from: {registry-pushh: [jenkins-agnet, dagster]}",
-        )
-    )
+    original = "      registry-push: [jenkins-agent, dagster]"
+    assert original in text
+    broken.write_text(text.replace(original, "      registry-pushh: [jenkins-agnet, dagster]"))
     with pytest.raises(RoleCatalogueError) as err:
         role_catalogue(broken)
     message = str(err.value)

@@ -309,6 +309,9 @@ def test_the_pillar_says_where_each_service_listens_on_a_server(coop, coop_secre
     matrix = {
         ("support-1", 4505): every_host,  # salt publish: every minion
         ("support-1", 4506): every_host,  # salt return
+        ("support-1", 4873): ["10.100.2.1"],  # the npm cache: the build agent
+        # the registry's read-only door: Dagster, the agent, the two web hosts
+        ("support-1", 5000): ["10.100.1.1", "10.100.2.1", "10.100.5.1", "10.100.6.1"],
         ("support-1", 5001): ["10.100.1.1", "10.100.2.1"],  # registry push: agent, Dagster
         ("support-1", 8000): ["10.100.1.1"],  # salt-api: Dagster
         ("support-1", 8080): ["10.100.1.1", "10.100.2.1"],  # Jenkins: agent, Dagster
@@ -534,12 +537,17 @@ def test_the_registry_host_s_firewall_guards_its_ports_and_a_web_host_s_none(
         # every host: its containers open no connection into the location's network (but DNS)
         forward = text.split("chain forward", 1)[1]
         assert "ip daddr 10.100.0.0/16 tcp dport != 53 ct state new counter reject" in forward
-    assert rendered["support-1"][4:6] == [
+    assert rendered["support-1"][4:10] == [
+        "tcp dport 4873 ct state new ip saddr { 10.100.2.1 } accept",
+        "tcp dport 4873 ct state new reject with tcp reset",
+        "tcp dport 5000 ct state new ip saddr { 10.100.1.1, 10.100.2.1, 10.100.5.1, 10.100.6.1 }"
+        " accept",
+        "tcp dport 5000 ct state new reject with tcp reset",
         "tcp dport 5001 ct state new ip saddr { 10.100.1.1, 10.100.2.1 } accept",
         "tcp dport 5001 ct state new reject with tcp reset",
     ]
     assert [line.split()[2] for line in rendered["support-1"]] == [
-        p for p in ("4505", "4506", "5001", "8000", "8080") for _ in "ar"
+        p for p in ("4505", "4506", "4873", "5000", "5001", "8000", "8080") for _ in "ar"
     ]
     assert rendered["web-staging-1"] == []
 

@@ -152,10 +152,16 @@ MATRIX = {
     ("base", "tcp", 22, 22): [BASTION],
     ("base", "icmp", 0, 0): [PRIVATE],
     ("salt-master", "tcp", 4505, 4506): EVERY_HOST,  # every minion
-    ("docker-registry", "tcp", 5000, 5000): [PRIVATE],  # the read-only door
+    # the read-only door: the web hosts (pull releases), the agent, Dagster
+    ("docker-registry", "tcp", 5000, 5000): [
+        "10.100.1.1/32",
+        "10.100.2.1/32",
+        "10.100.5.1/32",
+        "10.100.6.1/32",
+    ],
     # the push door: the agent, and Dagster (on support-1)
     ("docker-registry", "tcp", 5001, 5001): ["10.100.1.1/32", "10.100.2.1/32"],
-    ("npm-cache", "tcp", 4873, 4873): [PRIVATE],
+    ("npm-cache", "tcp", 4873, 4873): ["10.100.2.1/32"],  # the build agent
     ("dns", "udp", 53, 53): [PRIVATE],
     ("dns", "tcp", 53, 53): [PRIVATE],
     ("jenkins-master", "tcp", 8080, 8080): ["10.100.1.1/32", "10.100.2.1/32"],  # agent, Dagster
@@ -168,8 +174,9 @@ MATRIX = {
 
 def test_the_security_groups_are_the_hand_written_matrix(coop, layout):
     """Each guarded port is open to the hosts the role catalogue names and nothing else (salt to
-    every host, Jenkins and the registry's push door to the build agent, each PostgreSQL to its
-    environment's web host); the rest to the private network, the web to the world, ssh to the
+    every host, Jenkins and the registry's push door to the build agent, the read-only door to
+    the web hosts and the agent, the npm cache to the agent, each PostgreSQL to its
+    environment's web host); DNS to the private network, the web to the world, ssh to the
     bastion. `dagster` is the salt master's host (support-1), where Dagster runs."""
     seen: dict[tuple, list[str]] = {}
     for rule in _rules(layout):

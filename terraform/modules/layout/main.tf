@@ -27,16 +27,16 @@ locals {
       ]
     }
     docker-registry = {
-      description = "The private docker registry: its read-only door from the private network, its push door from the build agents only"
+      description = "The private docker registry: its read-only door from the web hosts and build agents, its push door from the build agents only"
       rules = concat(
-        [{ protocol = "tcp", port_min = var.registry_port, port_max = var.registry_port, remote = local.private }],
+        [for remote in local.pullers : { protocol = "tcp", port_min = var.registry_port, port_max = var.registry_port, remote = remote }],
         [for remote in local.agents_and_dagster : { protocol = "tcp", port_min = var.registry_push_port, port_max = var.registry_push_port, remote = remote }],
       )
     }
     npm-cache = {
-      description = "The npm cache, from the private network"
+      description = "The npm cache, from the build agents"
       rules = [
-        { protocol = "tcp", port_min = var.npm_cache_port, port_max = var.npm_cache_port, remote = local.private },
+        for remote in local.with_role["jenkins-agent"] : { protocol = "tcp", port_min = var.npm_cache_port, port_max = var.npm_cache_port, remote = remote }
       ]
     }
     dns = {
@@ -85,6 +85,8 @@ locals {
   # `dagster` in the catalogue: Dagster runs on the salt master's host (README, "Pointing it at
   # a real cloud"); its traffic to a service on that same host crosses no security group
   agents_and_dagster = sort(distinct(concat(local.with_role["jenkins-agent"], local.with_role["salt-master"])))
+  # The registry's read-only door: the web hosts pull releases; the agents and Dagster read.
+  pullers = sort(distinct(concat(local.with_role["web-staging"], local.with_role["web-production"], local.agents_and_dagster)))
 
   # The security groups each role brings (every host also has `base`).
   role_security_groups = {
