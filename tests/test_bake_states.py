@@ -53,6 +53,7 @@ BAKED = {
         "jenkins-key",
         "jenkins-repo",
         "jenkins-packages",
+        "jenkins-package",
         "registry-packages",
         "registry-push-unit",
         "npm-cache-packages",

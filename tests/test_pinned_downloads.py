@@ -33,7 +33,7 @@ _URL = re.compile(r"""https?://[^\s"'`<>()\\]+""")
 _JINJA_COMMENT = re.compile(r"\{#.*?#\}", re.S)
 _HCL_COMMENT = re.compile(r"/\*.*?\*/", re.S)
 _DOCSTRING = re.compile(r'"""(.*?)"""', re.S)
-_NOT_OURS = ("{", "~", "%s", "ADDRESS")  # a placeholder (Jinja, HCL, f-string): an address of ours
+_PLACEHOLDER = ("{", "~", "%s", "ADDRESS")  # Jinja, HCL, an f-string, a docstring's example
 
 
 def _code(path: Path) -> str:
@@ -56,10 +56,13 @@ def _code(path: Path) -> str:
 
 
 def _is_ours(url: str) -> bool:
-    host = url.split("://", 1)[1].split("/", 1)[0].split(":", 1)[0]
+    """An address of the co-op's own: a host made of a placeholder (an address the states or
+    the code fill in from the topology), loopback, the private network, an example domain. A
+    placeholder in the path of an outside host's URL does not make it ours."""
+    host = url.split("://", 1)[1].split("/", 1)[0].rsplit("@", 1)[-1].split(":", 1)[0]
     return (
-        any(mark in url for mark in _NOT_OURS)
-        or host in ("localhost", "127.0.0.1", "ADDRESS")
+        any(mark in host for mark in _PLACEHOLDER)
+        or host in ("localhost", "127.0.0.1")
         or host.startswith(("10.", "app-"))
         or host.endswith((".example.coop", ".example.org", ".internal"))
         or not host
@@ -139,6 +142,8 @@ def test_the_scan_fails_on_a_new_unpinned_download(tmp_path, monkeypatch):
     (salt / "tool.sls").write_text(
         "# https://docs.example.net/ in a comment is documentation\n"
         "tool:\n  file.managed:\n    - source: https://downloads.example.net/tool.tar.gz\n"
+        "jar:\n  file.managed:\n    - source: https://github.com/x/releases/{{ v }}/x.jar\n"
+        "ours:\n  file.managed:\n    - source: http://{{ registry }}:5000/v2/\n"
     )
     (salt / "lib" / "pins.yaml").write_text(
         "tool:\n  url: https://downloads.example.net/tool.tar.gz\n  sha256: "
@@ -147,8 +152,12 @@ def test_the_scan_fails_on_a_new_unpinned_download(tmp_path, monkeypatch):
     )
     monkeypatch.setattr(sys.modules[__name__], "REPO", tmp_path)
     monkeypatch.setattr(sys.modules[__name__], "PINS", salt / "lib" / "pins.yaml")
-    urls = [u for p in _files() for u in _URL.findall(_code(p))]
-    assert urls == ["https://downloads.example.net/tool.tar.gz"]  # the comment's is not one
+    urls = [u for p in _files() for u in _URL.findall(_code(p)) if not _is_ours(u)]
+    # the comment's is not a download; a placeholder in an outside host's path hides nothing
+    assert urls == [
+        "https://downloads.example.net/tool.tar.gz",
+        "https://github.com/x/releases/{{",
+    ]
     entry = _pinned()["https://downloads.example.net/tool.tar.gz"]
     assert _pin_problem(entry, _pinned()) == "no source (where the value was taken from)"
     entry["source"] = "https://downloads.example.net/SHA256SUMS"

@@ -399,9 +399,13 @@ def test_the_jenkins_master_gets_its_password_from_a_root_only_file_and_no_plugi
     # No plugin, so nothing is downloaded but the pinned repository's key and packages.
     assert not [state_id for state_id in states if "plugin" in state_id]
     pins = yaml.safe_load((repo_root / "salt" / "lib" / "pins.yaml").read_text())
-    packages = args("jenkins-packages")
-    assert {"jenkins": pins["jenkins_apt_repository"]["version"]} in packages["pkgs"]
-    assert packages["hold"] is True
+    package = args("jenkins-package")
+    assert (package["name"], package["version"], package["hold"]) == (
+        "jenkins",
+        pins["jenkins_apt_repository"]["version"],
+        True,
+    )
+    assert "hold" not in args("jenkins-packages")  # Java keeps its security updates
     key = args("jenkins-key")
     assert pins["jenkins_apt_key"]["url"] in key["name"]
     assert pins["jenkins_apt_key"]["fingerprint"] in key["name"]
@@ -421,7 +425,7 @@ def _gpg_key(home: Path, name: str) -> tuple[str, str]:
             text=True,
         ).stdout
 
-    gpg("--passphrase", "", "--quick-gen-key", name, "ed25519", "sign", "1d")
+    gpg("--passphrase", "", "--quick-gen-key", name, "default", "default", "1d")  # with a subkey
     listing = gpg("--with-colons", "--list-keys", name)
     fingerprint = next(x.split(":")[9] for x in listing.splitlines() if x.startswith("fpr:"))
     return gpg("--armor", "--export", name), fingerprint
@@ -453,6 +457,39 @@ def test_the_jenkins_key_check_takes_only_the_pinned_fingerprint(
     assert not passes(theirs)
     assert not passes(ours + theirs)  # two primary keys: refused, whichever comes first
     assert not passes("not a key\n")
+
+    # The install itself (the state's script), with a stand-in curl that "downloads" a file of
+    # ours: the pinned key is installed as gpg exports it, anything else never reaches apt.
+    script = _state_args(states, "jenkins-key")["name"]
+    script = script.replace(pinned["jenkins_apt_key"]["fingerprint"], ours_fpr)
+    script = script.replace(keyring, str(tmp_path / "keyring.asc"))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "curl").write_text(
+        '#!/bin/sh\nwhile [ "$1" != -o ]; do shift; done\ncp "$SERVED" "$2"\n'
+    )
+    (bin_dir / "curl").chmod(0o755)
+
+    def install(served: str) -> subprocess.CompletedProcess:
+        (tmp_path / "keyring.asc").unlink(missing_ok=True)
+        (tmp_path / "served.asc").write_text(served)
+        env = {
+            **os.environ,
+            "PATH": f"{bin_dir}:{os.environ['PATH']}",
+            "SERVED": str(tmp_path / "served.asc"),
+        }
+        return subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True)
+
+    done = install(ours + "\ntrailing text that is not a key\n")
+    assert done.returncode == 0, done.stderr
+    installed = (tmp_path / "keyring.asc").read_text()
+    assert "trailing text" not in installed and installed.startswith("-----BEGIN PGP PUBLIC")
+    assert passes(installed)  # exactly the pinned key, which the state's check then finds
+    for served in (theirs, ours + theirs, "not a key\n"):
+        refused = install(served)
+        assert refused.returncode == 1, refused.stderr
+        assert f"pinned {ours_fpr} (salt/lib/pins.yaml): not installed" in refused.stderr
+        assert not (tmp_path / "keyring.asc").exists()
 
 
 # --- salt's answers, recorded from a real master -------------------------------------------------
@@ -534,17 +571,22 @@ def test_the_registry_host_s_firewall_guards_its_ports_and_a_web_host_s_none(
             "ip daddr 169.254.169.254 counter reject with icmp type admin-prohibited",
             "ip6 daddr fe80::a9fe:a9fe counter reject with icmpv6 type admin-prohibited",
         ], host
-        # every host: its containers open no connection into the location's network (but DNS)
-        forward = text.split("chain forward", 1)[1]
-        assert "ip daddr 10.100.0.0/16 tcp dport != 53 ct state new counter reject" in forward
+        # every host: its containers open nothing into the location's network but the DNS
+        # server's port 53 (support-1 has the dns role in topology.yaml)
+        forward = [x.strip() for x in text.split("chain forward", 1)[1].splitlines()][2:]
+        assert forward[2:5] == [
+            "ip daddr { 10.100.1.1 } meta l4proto { tcp, udp } th dport 53 accept",
+            "ip daddr 10.100.0.0/16 ct state new meta l4proto tcp counter reject with tcp reset",
+            "ip daddr 10.100.0.0/16 ct state new counter reject with icmp type admin-prohibited",
+        ], forward
     assert rendered["support-1"][4:10] == [
         "tcp dport 4873 ct state new ip saddr { 10.100.2.1 } accept",
-        "tcp dport 4873 ct state new reject with tcp reset",
+        "tcp dport 4873 ct state new counter reject with tcp reset",
         "tcp dport 5000 ct state new ip saddr { 10.100.1.1, 10.100.2.1, 10.100.5.1, 10.100.6.1 }"
         " accept",
-        "tcp dport 5000 ct state new reject with tcp reset",
+        "tcp dport 5000 ct state new counter reject with tcp reset",
         "tcp dport 5001 ct state new ip saddr { 10.100.1.1, 10.100.2.1 } accept",
-        "tcp dport 5001 ct state new reject with tcp reset",
+        "tcp dport 5001 ct state new counter reject with tcp reset",
     ]
     assert [line.split()[2] for line in rendered["support-1"]] == [
         p for p in ("4505", "4506", "4873", "5000", "5001", "8000", "8080") for _ in "ar"

@@ -33,22 +33,29 @@ jenkins-key-tools:
     - pkgs: [gpg]
     - refresh: False
 
-{#- Downloaded to a temporary file, checked, and only then put where apt looks: a key with
-    another fingerprint is never installed, and the state fails naming both. #}
+{#- Downloaded to a temporary folder and checked: exactly one key, with the pinned fingerprint.
+    What apt gets is not the file as downloaded but that key as gpg exports it from a throwaway
+    keyring (export-minimal: the key, its subkeys and its own signatures), so nothing else in the
+    file can reach apt. Another key is never installed, and the state fails naming both. #}
 jenkins-key:
   cmd.run:
     - name: |
         set -eu
-        tmp=$(mktemp)
-        trap 'rm -f "$tmp"' EXIT
-        curl -fsSL --proto '=https' --tlsv1.2 -o "$tmp" '{{ key['url'] }}'
-        got=$({{ fingerprint_of | format('"$tmp"') }})
+        tmp=$(mktemp -d)
+        trap 'rm -rf "$tmp"' EXIT
+        export GNUPGHOME="$tmp/gnupg"
+        mkdir -m 0700 "$GNUPGHOME"
+        curl -fsSL --proto '=https' --tlsv1.2 -o "$tmp/key" '{{ key['url'] }}'
+        got=$({{ fingerprint_of | format('"$tmp/key"') }})
         [ -n "$got" ] || got="(none: not exactly one key)"
         if [ "$got" != '{{ key['fingerprint'] }}' ]; then
           echo "{{ key['url'] }}: fingerprint $got, pinned {{ key['fingerprint'] }} (salt/lib/pins.yaml): not installed" >&2
           exit 1
         fi
-        install -m 0644 "$tmp" {{ keyring }}
+        gpg --batch --quiet --import "$tmp/key"
+        gpg --batch --armor --export --export-options export-minimal '{{ key['fingerprint'] }}' > "$tmp/minimal.asc"
+        test -s "$tmp/minimal.asc"
+        install -m 0644 "$tmp/minimal.asc" {{ keyring }}
     - unless: test "$({{ fingerprint_of | format(keyring) }})" = '{{ key['fingerprint'] }}'
     - require:
       - pkg: jenkins-key-tools
@@ -61,16 +68,22 @@ jenkins-repo:
     - require:
       - cmd: jenkins-key
     - require_in:
-      - pkg: jenkins-packages
+      - pkg: jenkins-package
 
 jenkins-packages:
   pkg.installed:
-    - pkgs:
-      - openjdk-17-jre-headless
-      - fontconfig
-      - jenkins: '{{ repository['version'] }}'
+    - pkgs: [openjdk-17-jre-headless, fontconfig]
+    - refresh: True
+
+{#- Held at the pinned version (apt upgrades leave it), and only it: Java keeps its updates. #}
+jenkins-package:
+  pkg.installed:
+    - name: jenkins
+    - version: '{{ repository['version'] }}'
     - hold: True
     - refresh: True
+    - require:
+      - pkg: jenkins-packages
 {%- if not bake %}
 {%- set jenkins = pillar['jenkins'] %}
 {%- set password = jenkins['admin_password'] %}
@@ -154,5 +167,5 @@ jenkins-systemd-reload:
           watch=[{'file': 'jenkins-init'}, {'file': 'jenkins-environment'},
                  {'file': 'jenkins-admin-env'}],
           on_change='restart', host=jenkins['listen'], port=jenkins['port'],
-          require=[{'pkg': 'jenkins-packages'}]) }}
+          require=[{'pkg': 'jenkins-package'}]) }}
 {%- endif %}
