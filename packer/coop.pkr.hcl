@@ -214,6 +214,11 @@ build {
     destination = "/tmp/coop-salt-requirements.txt"
   }
 
+  provisioner "file" {
+    source      = "${path.root}/salt-build-requirements.txt"
+    destination = "/tmp/coop-salt-build-requirements.txt"
+  }
+
   provisioner "shell" {
     script = "${path.root}/scripts/bake.sh"
     environment_vars = [
@@ -222,6 +227,7 @@ build {
       "IMAGE_GROUP=${var.group}",
       "SALT_VERSION=${var.salt_version}",
       "SALT_REQUIREMENTS=/tmp/coop-salt-requirements.txt",
+      "SALT_BUILD_REQUIREMENTS=/tmp/coop-salt-build-requirements.txt",
       "SALT_WHEELHOUSE=${var.salt_wheelhouse != "" ? "/run/coop-wheelhouse" : ""}",
       "BAKE_CA_BUNDLE=${var.lab_ca_bundle != "" ? "/run/coop-host-ca.crt" : ""}",
       "IMAGE_CLEANUP=1",

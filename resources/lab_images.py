@@ -36,6 +36,8 @@ LAB_BASE_IMAGE = "localhost/coop-lab-base:bookworm"
 RECIPE_LABEL = "org.coop-infra.recipe"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEBIAN_PYTHON = "/usr/bin/python3"  # Debian 12's 3.11: the images' Python
+# Beside salt-requirements.txt: what its sdists are built with (scripts/salt_requirements.py).
+BUILD_REQUIREMENTS = "salt-build-requirements.txt"
 
 # Run in the debootstrap'd tree (chroot) before it is imported; part of the recipe's hash.
 SETUP_SCRIPT = """\
@@ -197,7 +199,8 @@ def ensure_wheelhouse(
     it), built with Debian's Python, once per content of the requirements file, from files pip
     checked against the file's sha256 pins."""
     started = time.monotonic()
-    text = Path(requirements).read_text()
+    build = Path(requirements).with_name(BUILD_REQUIREMENTS)
+    text = Path(requirements).read_text() + "\0" + build.read_text()
     wanted = hashlib.sha256(text.encode()).hexdigest()
     lab = lab_dir(state)
     folder = lab / "wheelhouse"
@@ -228,10 +231,15 @@ def _build_wheelhouse(
         if not (venv / "bin" / "pip").exists():
             run_cli([python, "-m", "venv", str(venv)], log=log, timeout_s=300)
         # No other wheels: every file comes from the index and is checked against the file's
-        # hashes (hash-checking mode); a wheel built here earlier would not match them.
+        # hashes (hash-checking mode); a wheel built here earlier would not match them. The
+        # sdists are built with the build requirements installed first, hashes checked, and no
+        # build isolation (which would download them unchecked).
         env = {"PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_FIND_LINKS": ""}
+        pip = venv / "bin" / "pip"
+        build = Path(requirements).with_name(BUILD_REQUIREMENTS)
+        run_cli([pip, "install", "-q", "--require-hashes", "-r", build], env=env, log=log)
         run_cli(
-            [venv / "bin" / "pip", "wheel", "--no-deps", "-r", str(requirements), "-w", str(new)],
+            [pip, "wheel", "--no-deps", "--no-build-isolation", "-r", requirements, "-w", new],
             env=env,
             log=log,
             timeout_s=timeout_s,

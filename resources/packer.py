@@ -92,8 +92,8 @@ def lab_inputs_sha256(
 ) -> str:
     """A hash of what a group's lab image is made of: the group and its roles (and the states
     each applies, when given), the base image's id, the template, bake.sh,
-    salt-requirements.txt and the group's salt files (paths relative to the tree, and
-    contents)."""
+    salt-requirements.txt and salt-build-requirements.txt, and the group's salt files (paths
+    relative to the tree, and contents)."""
     digest = hashlib.sha256()
     head: dict[str, object] = {"group": group, "roles": list(roles), "base": base_image_id}
     if role_states is not None:
@@ -103,6 +103,7 @@ def lab_inputs_sha256(
         packer_dir / template,
         packer_dir / "scripts" / "bake.sh",
         packer_dir / "salt-requirements.txt",
+        packer_dir / "salt-build-requirements.txt",
     ):
         digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
     for path in sorted(Path(p) for p in salt_files):

@@ -6,7 +6,7 @@ records them from PyPI: pip checks each download against them (hash-checking mod
 (packer/scripts/bake.sh) and first boots (terraform/instances/cloud-init.yaml.tftpl, which
 carries a copy) install salt from it into a venv at /opt/salt.
 
-    uv run --locked --no-sync python scripts/salt_requirements.py          # write both files
+    uv run --locked --no-sync python scripts/salt_requirements.py          # write them
     uv run --locked --no-sync python scripts/salt_requirements.py --check  # exit 1 if stale
 
 tests/test_salt_requirements.py checks that both match uv.lock.
@@ -26,9 +26,16 @@ from packaging.utils import parse_wheel_filename
 REPO = Path(__file__).resolve().parent.parent
 LOCK = REPO / "uv.lock"
 REQUIREMENTS = REPO / "packer" / "salt-requirements.txt"
+BUILD_REQUIREMENTS = REPO / "packer" / "salt-build-requirements.txt"
 CLOUD_INIT = REPO / "terraform" / "instances" / "cloud-init.yaml.tftpl"
 CLOUD_INIT_PATH = "/etc/salt/requirements.txt"  # where cloud-init writes its copy
+CLOUD_INIT_BUILD_PATH = "/etc/salt/build-requirements.txt"
 ROOTS = ("salt", "cherrypy")
+# What pip needs to build the two sdists of ROOTS' closure (salt's and timelib's build-system
+# requirements), installed first so that they are built with `--no-build-isolation`: pip would
+# otherwise download them unchecked, hash-checking mode or not (pyproject.toml's `salt-build`
+# group locks them).
+BUILD_ROOTS = ("setuptools", "wheel", "cython", "looseversion", "packaging", "importlib-metadata")
 
 # Debian 12's Python on the images' architecture: what the markers are evaluated for.
 TARGET = {
@@ -58,8 +65,13 @@ TARGET_TAGS: frozenset[Tag] = frozenset(cpython_tags((3, 11), platforms=_PLATFOR
 )
 
 HEADER = """\
-# Salt for the images and first boots: `python3 -m venv /opt/salt &&
-# /opt/salt/bin/pip install --require-hashes -r salt-requirements.txt` (packer/scripts/bake.sh).
+# Salt for the images and first boots: `python3 -m venv /opt/salt`, salt-build-requirements.txt,
+# then `pip install --require-hashes --no-build-isolation -r salt-requirements.txt` (bake.sh).
+# Generated from uv.lock by scripts/salt_requirements.py: do not edit.
+"""
+BUILD_HEADER = """\
+# What pip builds salt's and timelib's sdists with, installed into /opt/salt before them
+# (`pip install --require-hashes -r salt-build-requirements.txt`, packer/scripts/bake.sh).
 # Generated from uv.lock by scripts/salt_requirements.py: do not edit.
 """
 
@@ -109,55 +121,65 @@ def hashes(package: dict) -> list[str]:
     return sorted(found)
 
 
-def render(lock_text: str) -> str:
+def render(lock_text: str, roots: tuple[str, ...] = ROOTS, header: str = HEADER) -> str:
     lock = tomllib.loads(lock_text)
     packages = {_name(p["name"]): p for p in lock["package"]}
     lines = []
-    for name, version in closure(lock).items():
+    for name, version in closure(lock, roots).items():
         pinned = " ".join(f"--hash={h}" for h in hashes(packages[name]))
         lines.append(f"{name}=={version} {pinned}\n")
-    return HEADER + "".join(lines)
+    return header + "".join(lines)
 
 
-def cloud_init_copy(template: str) -> str:
-    """The requirements file as the cloud-init template carries it (its write_files entry's
+def cloud_init_copy(template: str, path: str = CLOUD_INIT_PATH) -> str:
+    """A requirements file as the cloud-init template carries it (its write_files entry's
     content, unindented)."""
     match = re.search(
-        rf"- path: {re.escape(CLOUD_INIT_PATH)}\n(?:\s+\w+: .*\n)*?\s+content: \|\n"
+        rf"- path: {re.escape(path)}\n(?:\s+\w+: .*\n)*?\s+content: \|\n"
         r"((?:      .*\n|\n)+)",
         template,
     )
     if match is None:
-        raise ValueError(f"{CLOUD_INIT} writes no {CLOUD_INIT_PATH}")
+        raise ValueError(f"{CLOUD_INIT} writes no {path}")
     return "".join(line[6:] + "\n" for line in match.group(1).splitlines())
 
 
-def with_cloud_init_copy(template: str, requirements: str) -> str:
-    old = cloud_init_copy(template)
+def with_cloud_init_copy(template: str, requirements: str, path: str = CLOUD_INIT_PATH) -> str:
+    old = cloud_init_copy(template, path)
     indented = "".join(f"      {line}\n" for line in old.splitlines())
     new = "".join(f"      {line}\n" for line in requirements.splitlines())
-    return template.replace(indented, new, 1)
+    marker = f"- path: {path}\n"
+    at = template.index(marker)  # the entry's own content, not an equal block elsewhere
+    return template[:at] + template[at:].replace(indented, new, 1)
+
+
+# Each file: where it is committed, where cloud-init writes its copy, what it pins.
+FILES = (
+    (REQUIREMENTS, CLOUD_INIT_PATH, ROOTS, HEADER),
+    (BUILD_REQUIREMENTS, CLOUD_INIT_BUILD_PATH, BUILD_ROOTS, BUILD_HEADER),
+)
 
 
 def main(argv: list[str]) -> int:
-    wanted = render(LOCK.read_text())
+    lock_text = LOCK.read_text()
     template = CLOUD_INIT.read_text()
-    stale = [
-        str(path.relative_to(REPO))
-        for path, current in (
-            (REQUIREMENTS, REQUIREMENTS.read_text() if REQUIREMENTS.exists() else ""),
-            (CLOUD_INIT, cloud_init_copy(template)),
-        )
-        if current != wanted
-    ]
+    stale = set()
+    for file, path, roots, header in FILES:
+        wanted = render(lock_text, roots, header)
+        if (file.read_text() if file.exists() else "") != wanted:
+            stale.add(str(file.relative_to(REPO)))
+        if cloud_init_copy(template, path) != wanted:
+            stale.add(str(CLOUD_INIT.relative_to(REPO)))
+        if "--check" not in argv:
+            file.write_text(wanted)
+            template = with_cloud_init_copy(template, wanted, path)
     if "--check" in argv:
-        for path in stale:
-            sys.stdout.write(f"{path} does not match uv.lock: run scripts/salt_requirements.py\n")
+        for name in sorted(stale):
+            sys.stdout.write(f"{name} does not match uv.lock: run scripts/salt_requirements.py\n")
         return 1 if stale else 0
-    REQUIREMENTS.write_text(wanted)
-    CLOUD_INIT.write_text(with_cloud_init_copy(template, wanted))
-    for path in stale:
-        sys.stdout.write(f"wrote {path}\n")
+    CLOUD_INIT.write_text(template)
+    for name in sorted(stale):
+        sys.stdout.write(f"wrote {name}\n")
     return 0
 
 

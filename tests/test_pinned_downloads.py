@@ -180,7 +180,11 @@ def test_every_npm_package_in_the_lockfile_carries_its_sha512():
 
 
 def test_every_python_requirement_that_pip_downloads_carries_a_sha256():
-    for name in ("packer/salt-requirements.txt", "scripts/uv-requirements.txt"):
+    for name in (
+        "packer/salt-requirements.txt",
+        "packer/salt-build-requirements.txt",
+        "scripts/uv-requirements.txt",
+    ):
         lines = [
             line
             for line in (REPO / name).read_text().splitlines()

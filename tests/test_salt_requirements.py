@@ -67,6 +67,25 @@ def _requirement_lines() -> list[str]:
     return [line for line in text.splitlines() if line and not line.startswith("#")]
 
 
+def test_the_build_requirements_are_what_the_two_sdists_declare(generator, tmp_path):
+    """salt and timelib are the closure's only sdists; what their pyproject.toml's build-system
+    asks for (as PyPI's sdists say: setuptools, wheel, Cython, looseversion, packaging,
+    importlib-metadata) is pinned, with hashes, in salt-build-requirements.txt."""
+    lock = tomllib.loads((REPO / "uv.lock").read_text())
+    packages = {generator._name(p["name"]): p for p in lock["package"]}
+    sdists = [
+        name
+        for name in generator.closure(lock)
+        if generator.hashes(packages[name]) == [packages[name].get("sdist", {}).get("hash")]
+    ]
+    assert sorted(sdists) == ["salt", "timelib"]
+    text = (REPO / "packer" / "salt-build-requirements.txt").read_text()
+    pinned = {line.split("==")[0] for line in text.splitlines() if line and line[0] != "#"}
+    assert {"setuptools", "wheel", "cython", "looseversion", "packaging"} <= pinned
+    assert "importlib-metadata" in pinned
+    assert all("--hash=sha256:" in line for line in text.splitlines() if line[:1] not in "#")
+
+
 def test_every_pin_carries_the_sha256_of_the_files_pip_takes_on_debian_12(generator):
     """Hash-checking mode: each line carries the sha256 that uv.lock recorded from PyPI of each
     file of that version that Debian 12's pip may take on x86_64 (its wheel for cp311, an
@@ -136,7 +155,17 @@ def test_the_bake_installs_from_it_into_the_venv():
     bake = (REPO / "packer" / "scripts" / "bake.sh").read_text()
     assert '"$SALT_VENV/bin/pip" install' in bake
     assert '--no-index --find-links "$SALT_WHEELHOUSE"' in bake
-    assert '--require-hashes -r "$SALT_REQUIREMENTS"' in bake  # from PyPI: every file checked
+    # from PyPI: every file checked, the sdists built with hashed build requirements
+    build, install = (
+        bake.index(f'-r "${var}"') for var in ("SALT_BUILD_REQUIREMENTS", "SALT_REQUIREMENTS")
+    )
+    assert build < install
+    assert '--require-hashes -r "$SALT_BUILD_REQUIREMENTS"' in bake
+    assert '--require-hashes --no-build-isolation \\\n      -r "$SALT_REQUIREMENTS"' in bake
+    assert (
+        '"SALT_BUILD_REQUIREMENTS=/tmp/coop-salt-build-requirements.txt"'
+        in (REPO / "packer" / "coop.pkr.hcl").read_text()
+    )
     assert "packages.broadcom.com" not in bake and "salt.sources" not in bake
     template = (REPO / "packer" / "coop.pkr.hcl").read_text()
     assert '"${path.root}/salt-requirements.txt"' in template

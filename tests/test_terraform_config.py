@@ -324,11 +324,19 @@ def test_the_cloud_init_installs_the_minion_into_a_venv_pinned_as_the_images_do(
     assert "\nsalt==3008.4 --hash=sha256:" in requirements
 
     lines = [" ".join(line.split()) for line in script.splitlines() if line.strip()]
-    venv, pip = (
+    venv, build, pip = (
         next(i for i, line in enumerate(lines) if line.startswith(marker))
-        for marker in ("python3 -m venv /opt/salt", "/opt/salt/bin/pip install")
+        for marker in (
+            "python3 -m venv /opt/salt",
+            "/opt/salt/bin/pip install -q --no-cache-dir --require-hashes -r",
+            "/opt/salt/bin/pip install -q --no-cache-dir --require-hashes --no-build-isolation",
+        )
     )
-    assert venv < pip and lines[pip].endswith("--require-hashes -r /etc/salt/requirements.txt")
+    assert venv < build < pip
+    assert lines[build].endswith("-r /etc/salt/build-requirements.txt")
+    assert lines[pip + 1] == "-r /etc/salt/requirements.txt"
+    build_requirements = (repo_root / "packer" / "salt-build-requirements.txt").read_text()
+    assert files["/etc/salt/build-requirements.txt"]["content"] == build_requirements
     assert "apt-get install -y -q python3-venv ca-certificates gcc python3-dev" in lines
     for old in ("salt.sources", "keyrings", "preferences.d", "apt-get install -y -q salt-minion"):
         assert old not in script, old

@@ -18,6 +18,7 @@
 #   SALT_CALL          the salt-call to use (default: salt-call, installed when missing)
 #   SALT_VERSION       the salt version the installed salt-call must report
 #   SALT_REQUIREMENTS  the pinned requirements salt is installed from when salt-call is missing
+#   SALT_BUILD_REQUIREMENTS  what its sdists are built with (from PyPI: installed first)
 #   SALT_WHEELHOUSE    a folder with a wheel for each of them: install offline from it
 #                      (`--no-index --find-links`; a lab build, whose HTTPS is intercepted);
 #                      empty: from PyPI (salt and timelib are sdists: gcc and python3-dev are
@@ -69,7 +70,12 @@ install_salt() {
       -r /tmp/salt-requirements.wheelhouse.txt
     rm -f /tmp/salt-requirements.wheelhouse.txt
   else
-    "$SALT_VENV/bin/pip" install -q --no-cache-dir --require-hashes -r "$SALT_REQUIREMENTS"
+    # salt and timelib are sdists: built with their build requirements installed first (hashes
+    # checked) and no build isolation, which would download those unchecked.
+    : "${SALT_BUILD_REQUIREMENTS:?SALT_BUILD_REQUIREMENTS must name salt-build-requirements.txt}"
+    "$SALT_VENV/bin/pip" install -q --no-cache-dir --require-hashes -r "$SALT_BUILD_REQUIREMENTS"
+    "$SALT_VENV/bin/pip" install -q --no-cache-dir --require-hashes --no-build-isolation \
+      -r "$SALT_REQUIREMENTS"
   fi
   if [ -n "$build_deps" ]; then
     # shellcheck disable=SC2086
@@ -142,6 +148,7 @@ if [ "${IMAGE_CLEANUP:-0}" = 1 ]; then
   rm -f /etc/salt/minion_id /etc/salt/pki/minion/minion.pem /etc/salt/pki/minion/minion.pub
   rm -rf /var/cache/salt/minion "$SALT_TREE" /root/.cache/pip
   if [ -n "${SALT_REQUIREMENTS:-}" ]; then rm -f "$SALT_REQUIREMENTS"; fi
+  if [ -n "${SALT_BUILD_REQUIREMENTS:-}" ]; then rm -f "$SALT_BUILD_REQUIREMENTS"; fi
   apt-get clean
   rm -rf /var/lib/apt/lists/*
   cloud-init clean --logs 2>/dev/null || true
