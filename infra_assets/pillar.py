@@ -241,12 +241,8 @@ def firewall_rules(site: Site, host: str) -> dict[str, Any]:
             {**rule, "from": sorted(rule["from"], key=_address_key)}
             for _port, rule in sorted(by_port.items())
         ],
-        # What the host's containers may not open connections into (their forwarded traffic),
-        # but the DNS servers' port 53.
+        # What the host's containers may not open TCP connections into (forwarded traffic).
         "private_network": f"10.{location.number}.0.0/16",
-        "dns_servers": sorted(
-            {site.listen(h, "dns") for h in site.topo.hosts_with_role("dns")}, key=_address_key
-        ),
     }
 
 
