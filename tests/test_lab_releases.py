@@ -281,13 +281,15 @@ def test_app_containers_are_hardened_and_reach_neither_metadata_nor_private_netw
         ]
 
     before = refused_counts()
-    # The kernel rate-limits the ICMP answers it sends one address (about one a second): a
-    # connect that got none of them times out (errno None), and is asked again.
-    for _attempt in range(3):
+    # Right after a release, in a full run of the suite (never alone), the firewall's ICMP answer
+    # has been seen not to reach the new container for a while: the connect times out (errno
+    # None). Not explained yet (issue 10's note); asked again for up to a minute meanwhile.
+    deadline = time.monotonic() + 60
+    while True:
         from_app = site.guest("staging", "podman", "exec", container, "python3", "-c", probe)
-        if from_app.strip() != "None":
+        if from_app.strip() != "None" or time.monotonic() > deadline:
             break
-        time.sleep(1.5)
+        time.sleep(2)
     after_app = refused_counts()
     assert from_app.strip() == "113"  # EHOSTUNREACH: the firewall's admin-prohibited answer
     assert after_app[1] > before[1]  # ...from the forward rule: the container's traffic
