@@ -445,6 +445,8 @@ def test_the_jenkins_key_check_takes_only_the_pinned_fingerprint(
     assert f"= '{pinned['jenkins_apt_key']['fingerprint']}'" in check and keyring in check
     ours, ours_fpr = _gpg_key(tmp_path / "gpg", "coop-test-ours")
     theirs, _ = _gpg_key(tmp_path / "gpg", "coop-test-theirs")
+    # the agent gpg started for the keys: stopped now, not left running after the test
+    subprocess.run(["gpgconf", "--homedir", str(tmp_path / "gpg"), "--kill", "gpg-agent"])
     check = check.replace(pinned["jenkins_apt_key"]["fingerprint"], ours_fpr)
 
     def passes(key_text: str) -> bool:
