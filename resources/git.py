@@ -21,9 +21,8 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from resources.cli_runner import CliError, run_cli
+from resources.cli_runner import CliError, CliResult, run_cli
 from resources.git_url import redact_repo, repo_secrets
-from resources.git_url import resolve_repo as resolve_repo  # where the callers have found it
 
 # \Z, not $: `$` also matches before a final newline.
 SHA_RE = re.compile(r"\A[0-9a-f]{40}\Z")
@@ -116,31 +115,25 @@ class GitResource(dg.ConfigurableResource):
         `head` reads it, else the branch fetched into a throwaway repository and asked
         (`git merge-base --is-ancestor`). A commit the branch does not hold is False; a repo
         or branch that cannot be read raises GitError."""
-        if not SHA_RE.match(sha):
-            raise GitError(f"{sha!r} is not a full commit sha (40 hex digits)")
+        _full_sha(sha)
         if self.head(repo=repo, branch=branch) == sha:
             return True
         with tempfile.TemporaryDirectory(prefix="coop-git-") as scratch:
-
-            def git(*args: str, check: bool = True) -> int:
-                return run_cli(
-                    ["git", "-C", scratch, *args],
-                    env=GIT_ENV,
-                    log=_quiet,
-                    redact=repo_secrets(repo),
-                    timeout_s=max(self.timeout_s, 300),
-                    check=check,
-                ).returncode
-
             try:
-                git("init", "-q", "--bare")
-                git("fetch", "-q", "--no-tags", "--", repo, f"refs/heads/{branch}:refs/heads/b")
+                self._git(scratch, repo, "init", "-q", "--bare")
+                self._git(
+                    scratch, repo, "fetch", "-q", "--no-tags", "--", repo,
+                    f"refs/heads/{branch}:refs/heads/b",
+                )  # fmt: skip
             except CliError as err:
                 raise GitError(
                     f"cannot read branch {branch!r} of {redact_repo(repo)}: {_git_reason(err)}"
                 ) from None
             # 0: an ancestor; 1: not one; 128: no such commit in the branch's history
-            return git("merge-base", "--is-ancestor", sha, "refs/heads/b", check=False) == 0
+            answer = self._git(
+                scratch, repo, "merge-base", "--is-ancestor", sha, "refs/heads/b", check=False
+            )
+            return answer.returncode == 0
 
     def checkout(
         self,
@@ -156,21 +149,14 @@ class GitResource(dg.ConfigurableResource):
         Fetches the one commit (`--depth 1`); a server that refuses to serve a commit by its id
         (GitHub does, some do not) is asked for `branch` instead, deep enough to hold it.
         """
-        if not SHA_RE.match(sha):
-            raise GitError(f"{sha!r} is not a full commit sha (40 hex digits)")
+        _full_sha(sha)
         dest = Path(dest)
         if dest.exists():
             shutil.rmtree(dest)
         dest.mkdir(parents=True)
 
         def git(*args: str) -> None:
-            run_cli(
-                ["git", "-C", str(dest), *args],
-                env=GIT_ENV,
-                log=log or _quiet,
-                redact=repo_secrets(repo),
-                timeout_s=max(self.timeout_s, 300),
-            )
+            self._git(dest, repo, *args, log=log)
 
         try:
             git("init", "-q")
@@ -187,6 +173,30 @@ class GitResource(dg.ConfigurableResource):
             ) from None
         shutil.rmtree(dest / ".git")  # the build context is the tree, not the repo
         return Checkout(dest, sha)
+
+    def _git(
+        self,
+        where: str | Path,
+        repo: str,
+        *args: str,
+        log: Callable[[str], object] | None = None,
+        check: bool = True,
+    ) -> CliResult:
+        """git in the folder `where`, on `repo` (its password never printed), given time for a
+        fetch."""
+        return run_cli(
+            ["git", "-C", str(where), *args],
+            env=GIT_ENV,
+            log=log or _quiet,
+            redact=repo_secrets(repo),
+            timeout_s=max(self.timeout_s, 300),
+            check=check,
+        )
+
+
+def _full_sha(sha: str) -> None:
+    if not SHA_RE.match(sha):
+        raise GitError(f"{sha!r} is not a full commit sha (40 hex digits)")
 
 
 def _git_reason(err: CliError) -> str:

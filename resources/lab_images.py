@@ -211,12 +211,13 @@ def ensure_wheelhouse(
     with _locked(lab / "wheelhouse.lock"):  # image builds of several groups at once
         if stamp.is_file() and stamp.read_text().strip() == wanted:
             return Wheelhouse(folder, wanted, _wheels(folder), False, time.monotonic() - started)
-        _build_wheelhouse(requirements, lab, folder, wanted, python, log, timeout_s)
+        _build_wheelhouse(requirements, build, lab, folder, wanted, python, log, timeout_s)
     return Wheelhouse(folder, wanted, _wheels(folder), True, time.monotonic() - started)
 
 
 def _build_wheelhouse(
     requirements: Path,
+    build: Path,
     lab: Path,
     folder: Path,
     wanted: str,
@@ -236,7 +237,6 @@ def _build_wheelhouse(
         # build isolation (which would download them unchecked).
         env = {"PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_FIND_LINKS": ""}
         pip = venv / "bin" / "pip"
-        build = Path(requirements).with_name(BUILD_REQUIREMENTS)
         run_cli([pip, "install", "-q", "--require-hashes", "-r", build], env=env, log=log)
         run_cli(
             [pip, "wheel", "--no-deps", "--no-build-isolation", "-r", requirements, "-w", new],

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 import dagster as dg
 
 from infra_assets.model import App
-from resources.git import GitResource, resolve_repo
+from resources.git import GitResource
+from resources.git_url import resolve_repo
 from resources.topology import TopologyResource
 from sensors.cursors import CursorError, read_json_cursor
 

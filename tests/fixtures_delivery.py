@@ -35,6 +35,7 @@ import yaml
 from lab.processes import Supervisor, free_port
 from resources.podman import BaseImage, PodmanResource
 from resources.registry import Endpoint, RegistryResource
+from sensors import git_push
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 HELLO = REPO_ROOT / "apps" / "hello"
@@ -274,6 +275,23 @@ def push_image(url: str, repository: str, tag: str, labels: dict[str, str]) -> s
     )
     assert put.status_code == 201, put.text
     return put.headers["Docker-Content-Digest"]
+
+
+def push_sensor_build(
+    defs: dg.Definitions, instance: dg.DagsterInstance
+) -> dg.ExecuteInProcessResult:
+    """One tick of git_push_sensor in `defs`, then the one build run it asks for (its commit's
+    partition added first, as the daemon would): the run's result."""
+    with dg.build_sensor_context(
+        instance=instance, definitions=defs, resources=defs.resources
+    ) as context:
+        tick = defs.resolve_sensor_def(git_push.SENSOR_NAME)(context)
+    [request] = tick.run_requests
+    for p in tick.dynamic_partitions_requests:
+        instance.add_dynamic_partitions(p.partitions_def_name, p.partition_keys)
+    return defs.resolve_job_def(request.job_name).execute_in_process(
+        instance=instance, partition_key=request.partition_key
+    )
 
 
 # --- app_image's record ------------------------------------------------------------------------

@@ -25,7 +25,8 @@ from fixtures_delivery import REPO_ROOT, delivery_defs, git, write_app_topology
 from infra_assets.app_images import build_job_name, partitions_def_name
 from infra_assets.model import load_topology
 from lab.processes import free_port
-from resources.git import GitError, GitResource, resolve_repo
+from resources.git import GitError, GitResource
+from resources.git_url import resolve_repo
 from sensors.git_push import SENSOR_NAME, summarise_commits
 
 

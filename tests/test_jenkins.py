@@ -15,12 +15,18 @@ from pathlib import Path
 import dagster as dg
 import pytest
 from fakes.jenkins import Console, FakeJenkins
-from fixtures_delivery import HELLO, delivery_defs, git, push_image, write_app_topology
+from fixtures_delivery import (
+    HELLO,
+    delivery_defs,
+    git,
+    push_image,
+    push_sensor_build,
+    write_app_topology,
+)
 
 from infra_assets.app_images import builder_for
 from infra_assets.model import load_topology
 from resources.jenkins import JenkinsError, JenkinsResource
-from sensors import git_push
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 JENKINSFILE = REPO_ROOT / "jenkins" / "Jenkinsfile"
@@ -307,18 +313,7 @@ def test_the_jenkins_builder_builds_through_the_job_and_checks_the_registry(
         defs = delivery_defs(
             topo, registry=registry_site.resource(), jenkins=resource(fake, poll_interval_s=0.2)
         )
-        instance = dg.DagsterInstance.ephemeral()
-        sensor = defs.resolve_sensor_def(git_push.SENSOR_NAME)
-        with dg.build_sensor_context(
-            instance=instance, definitions=defs, resources=defs.resources
-        ) as context:
-            tick = sensor(context)
-        [request] = tick.run_requests
-        for p in tick.dynamic_partitions_requests:
-            instance.add_dynamic_partitions(p.partitions_def_name, p.partition_keys)
-        result = defs.resolve_job_def(request.job_name).execute_in_process(
-            instance=instance, partition_key=request.partition_key
-        )
+        result = push_sensor_build(defs, dg.DagsterInstance.ephemeral())
     assert result.success
     [mat] = result.asset_materializations_for_node("app_image__hello_ci")
     meta = {k: v.value for k, v in mat.metadata.items()}

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from pathlib import Path
 
 import yaml
@@ -69,11 +68,12 @@ def _is_ours(url: str) -> bool:
     )
 
 
-def _files() -> list[Path]:
+def _files(root: Path) -> list[Path]:
+    """Every file the scan reads under `root` (a checkout: the repo's, or a test's own tree)."""
     files = []
     for top in SCANNED:
-        for path in sorted((REPO / top).rglob("*")):
-            parts = set(path.relative_to(REPO).parts)
+        for path in sorted((root / top).rglob("*")):
+            parts = set(path.relative_to(root).parts)
             if not path.is_file() or parts & {".terraform", "__pycache__"}:
                 continue
             if path.name in ("package-lock.json", "pins.yaml") or path.suffix in (".pyc",):
@@ -82,19 +82,23 @@ def _files() -> list[Path]:
     return files
 
 
-def _pinned() -> dict[str, dict]:
-    pins = yaml.safe_load(PINS.read_text())
+def _pins(path: Path) -> dict[str, dict]:
+    """A pins.yaml's entries by name."""
+    return yaml.safe_load(path.read_text())
+
+
+def _by_url(pins: dict[str, dict]) -> dict[str, dict]:
     return {entry["url"]: entry for entry in pins.values()}
 
 
 def _pin_problem(entry: dict, pins: dict[str, dict]) -> str | None:
-    """What is missing from a pins.yaml entry, or None."""
+    """What is missing from a pins.yaml entry (`pins`: all of them, by name), or None."""
     if not entry.get("source"):
         return "no source (where the value was taken from)"
     if "checked_here" not in entry:
         return "no checked_here (was the value verified on a machine of ours?)"
     if "signed_by" in entry:
-        by = yaml.safe_load(PINS.read_text()).get(entry["signed_by"])
+        by = pins.get(entry["signed_by"])
         if not by or not re.fullmatch(r"[0-9A-F]{40}", by.get("fingerprint", "")):
             return f"signed_by {entry['signed_by']!r} is not an entry with a full fingerprint"
         return None
@@ -106,9 +110,10 @@ def _pin_problem(entry: dict, pins: dict[str, dict]) -> str | None:
 
 
 def test_every_download_url_is_pinned_or_checked_by_its_own_tool():
-    pins = _pinned()
+    pins = _pins(PINS)
+    by_url = _by_url(pins)
     found: dict[str, list[str]] = {}
-    for path in _files():
+    for path in _files(REPO):
         for url in _URL.findall(_code(path)):
             url = url.rstrip(".,;")
             if not _is_ours(url):
@@ -117,7 +122,7 @@ def test_every_download_url_is_pinned_or_checked_by_its_own_tool():
     for url, where in sorted(found.items()):
         if url in CHECKED_ELSEWHERE:
             continue
-        entry = next((pins[p] for p in pins if url == p or url.startswith(p + "/")), None)
+        entry = next((e for p, e in by_url.items() if url == p or url.startswith(p + "/")), None)
         if entry is None:
             unpinned[url] = f"not in salt/lib/pins.yaml ({', '.join(sorted(set(where)))})"
         elif problem := _pin_problem(entry, pins):
@@ -129,12 +134,12 @@ def test_every_download_url_is_pinned_or_checked_by_its_own_tool():
     # a state takes its URL and value from pins.yaml, so none is written twice.
     assert "https://registry.npmjs.org/" in found
     states = "".join(p.read_text() for p in (REPO / "salt").rglob("*.sls"))
-    for name in yaml.safe_load(PINS.read_text()):
+    for name in pins:
         assert f"pins['{name}']" in states, f"pins.yaml's {name} is used by no state"
     assert "http://deb.debian.org/debian" in found
 
 
-def test_the_scan_fails_on_a_new_unpinned_download(tmp_path, monkeypatch):
+def test_the_scan_fails_on_a_new_unpinned_download(tmp_path):
     """A state that downloads from a URL nobody pinned is named by the scan (the test above
     would fail), and a pins.yaml entry without its source is refused too."""
     salt = tmp_path / "salt"
@@ -150,20 +155,19 @@ def test_the_scan_fails_on_a_new_unpinned_download(tmp_path, monkeypatch):
         + "a" * 64
         + "\n  checked_here: true\n"
     )
-    monkeypatch.setattr(sys.modules[__name__], "REPO", tmp_path)
-    monkeypatch.setattr(sys.modules[__name__], "PINS", salt / "lib" / "pins.yaml")
-    urls = [u for p in _files() for u in _URL.findall(_code(p)) if not _is_ours(u)]
+    urls = [u for p in _files(tmp_path) for u in _URL.findall(_code(p)) if not _is_ours(u)]
     # the comment's is not a download; a placeholder in an outside host's path hides nothing
     assert urls == [
         "https://downloads.example.net/tool.tar.gz",
         "https://github.com/x/releases/{{",
     ]
-    entry = _pinned()["https://downloads.example.net/tool.tar.gz"]
-    assert _pin_problem(entry, _pinned()) == "no source (where the value was taken from)"
+    pins = _pins(salt / "lib" / "pins.yaml")
+    entry = _by_url(pins)["https://downloads.example.net/tool.tar.gz"]
+    assert _pin_problem(entry, pins) == "no source (where the value was taken from)"
     entry["source"] = "https://downloads.example.net/SHA256SUMS"
-    assert _pin_problem(entry, _pinned()) is None
+    assert _pin_problem(entry, pins) is None
     entry["sha256"] = "not-a-sha"
-    assert _pin_problem(entry, _pinned()) == "neither a full 40-digit fingerprint nor a sha256"
+    assert _pin_problem(entry, pins) == "neither a full 40-digit fingerprint nor a sha256"
 
 
 def test_every_npm_package_in_the_lockfile_carries_its_sha512():

@@ -10,7 +10,6 @@ import functools
 import json
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -19,9 +18,8 @@ from urllib.parse import unquote
 
 import dagster as dg
 import pytest
-import requests
 from fakes.jenkins import Console, FakeJenkins
-from fixtures_delivery import AppRepo, git, write_app_topology
+from fixtures_delivery import AppRepo, delivery_defs, git, push_sensor_build, write_app_topology
 
 from lab.processes import free_port
 from resources.git import GitError, GitResource
@@ -260,38 +258,6 @@ def test_the_push_sensor_s_reasons_name_no_password(tmp_path, app_repos, git_ove
 # --- the build: the job's script, podman, the registry ------------------------------------------
 
 
-@pytest.fixture
-def local_registry(tmp_path: Path) -> Iterator[RegistryResource]:
-    """Docker Distribution's registry (Debian `docker-registry`) on 127.0.0.1, plain HTTP, no
-    accounts: what the build pushes to here (the lab's, with TLS and htpasswd, needs the lab)."""
-    port = free_port()
-    config = tmp_path / "registry.yml"
-    config.write_text(
-        "version: 0.1\nlog: {level: warn}\n"
-        f"storage: {{filesystem: {{rootdirectory: {tmp_path / 'registry-data'}}}}}\n"
-        f"http: {{addr: 127.0.0.1:{port}}}\n"
-    )
-    log = (tmp_path / "registry.log").open("w")
-    proc = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=log, stderr=log)
-    resource = RegistryResource(url=f"http://127.0.0.1:{port}")
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if requests.get(f"{resource.url}/v2/", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert proc.poll() is None, (tmp_path / "registry.log").read_text()
-            assert time.monotonic() < deadline, "the registry did not answer in 30 s"
-            time.sleep(0.1)
-        yield resource
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
-
-
 def build_host_env(tmp_path: Path, podman, git_over_http: GitOverHttp) -> dict[str, str]:
     """A build host as the topology's error asks for: podman, an auth file for the registry,
     and git's credential helper holding the repo's password (not the repo URL)."""
@@ -379,7 +345,7 @@ def test_the_build_script_shows_the_repo_as_redact_repo_does(tmp_path, userinfo_
 
 @pytest.mark.slow
 def test_the_build_script_labels_the_image_without_the_password(
-    tmp_path, app_repos, git_over_http, podman, local_registry
+    tmp_path, app_repos, git_over_http, podman, loopback_registry
 ):
     """The job run by hand with the password in REPO: git fetches with it, and neither the
     console nor the image's source label shows it."""
@@ -388,7 +354,7 @@ def test_the_build_script_labels_the_image_without_the_password(
     git_over_http.publish(repo)
     env = build_host_env(tmp_path, podman, git_over_http)
     (Path(env["HOME"]) / ".gitconfig").unlink()  # no helper: the URL's password is the one used
-    registry = local_registry.endpoint()
+    registry = loopback_registry.endpoint()
     code, lines = run_script(
         {
             **env,
@@ -405,7 +371,7 @@ def test_the_build_script_labels_the_image_without_the_password(
     assert f"== checkout {shown} {sha}" in lines
     assert any(line.startswith("PUSHED_DIGEST=sha256:") for line in lines)
     assert ("/git/hello-ci.git/info/refs?service=git-upload-pack", 200, USER) in git_over_http.seen
-    labels = image_labels(local_registry, "hello-ci", sha)
+    labels = image_labels(loopback_registry, "hello-ci", sha)
     assert labels[SOURCE_LABEL] == shown
     assert labels["org.opencontainers.image.revision"] == sha
     assert SECRET not in json.dumps(labels) and not [line for line in lines if SECRET in line]
@@ -425,17 +391,13 @@ class RepoFromElsewhere(TopologyResource):
 
 @pytest.mark.slow
 def test_a_build_run_shows_no_password_that_reached_the_repo_url(
-    tmp_path, app_repos, monkeypatch, git_over_http, podman, local_registry
+    tmp_path, app_repos, monkeypatch, git_over_http, podman, loopback_registry
 ):
     """git_push_sensor and a build of app_image through the `jenkins` builder (the fake Jenkins
     runs the job's real script), with a password in the repo URL: Dagster's own git reads the
     repo with it; the build gets the URL without it (its credential helper authenticates); the
     password is in no event of the run, no metadata, no Jenkins parameter, no console line,
     no build log line and no label of the image."""
-    from fixtures_delivery import delivery_defs
-
-    from sensors import git_push
-
     repo = app_repos("hello-ci")
     sha = repo.commit(TINY_APP, "tiny")
     git_over_http.publish(repo)
@@ -465,19 +427,10 @@ def test_a_build_run_shows_no_password_that_reached_the_repo_url(
             url=fake.url, username=fake.username, api_token=fake.api_token, poll_interval_s=0.1
         )
         defs = delivery_defs(
-            topo, topology_file=topology_file, registry=local_registry, jenkins=jenkins
+            topo, topology_file=topology_file, registry=loopback_registry, jenkins=jenkins
         )
         instance = dg.DagsterInstance.ephemeral()
-        with dg.build_sensor_context(
-            instance=instance, definitions=defs, resources=defs.resources
-        ) as context:
-            tick = defs.resolve_sensor_def(git_push.SENSOR_NAME)(context)
-        [request] = tick.run_requests
-        for p in tick.dynamic_partitions_requests:
-            instance.add_dynamic_partitions(p.partitions_def_name, p.partition_keys)
-        result = defs.resolve_job_def(request.job_name).execute_in_process(
-            instance=instance, partition_key=request.partition_key
-        )
+        result = push_sensor_build(defs, instance)
     assert result.success
     [mat] = result.asset_materializations_for_node("app_image__hello_ci")
     meta = {k: v.value for k, v in mat.metadata.items()}
@@ -487,8 +440,8 @@ def test_a_build_run_shows_no_password_that_reached_the_repo_url(
     # The build host's credential helper answered for `bob`; Dagster's git used the URL's
     # password and moved the branch tag (the commit is still the branch's head).
     assert meta["tags"] == f"hello-ci:{sha}, hello-ci:main"
-    assert local_registry.digest(repository="hello-ci", reference="main") == meta["digest"]
-    labels = image_labels(local_registry, "hello-ci", sha)
+    assert loopback_registry.digest(repository="hello-ci", reference="main") == meta["digest"]
+    labels = image_labels(loopback_registry, "hello-ci", sha)
     assert labels[SOURCE_LABEL] == shown
 
     events = [
