@@ -127,7 +127,7 @@ def _rounds(topology: Path, env: dict[str, str]) -> tuple[list, list, list]:
 
     from infra_assets.releases import staging_job_name
     from lab import demo_loop
-    from lab.demo import staging_reach
+    from lab.demo import staging_site
     from lab.site import environment, lab_site
 
     totals, builds, starts = [], [], []
@@ -136,22 +136,20 @@ def _rounds(topology: Path, env: dict[str, str]) -> tuple[list, list, list]:
         site = lab_site(topology)
         topo = site.topo
         repo = demo_loop.ensure_repo(topology, topo, "hello", site.root)
-        url, domain, device = staging_reach(site, topo, "hello")
+        where = staging_site(site, topo, "hello")
         health = topo.apps["hello"].health
         for n in range(ROUNDS):
             sha = repo.commit(f"bench: round {n + 1}", {"BENCH.md": f"round {n + 1}\n"})
             pushed = time.time()
             repo.push()
             total = demo_loop.wait_live(
-                url,
+                where,
                 health,
                 sha,
                 since=pushed,
                 say=lambda *_a, **_k: None,
                 release_job=staging_job_name("hello"),
                 timeout_s=300,
-                host_header=domain,
-                route_device=device,
             )
             with demo_loop.instance() as inst:
                 build = _metadata(inst, dg.AssetKey(["app_image", "hello"]), sha, "build_time_s")

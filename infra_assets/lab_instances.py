@@ -35,9 +35,10 @@ from infra_assets.paths import REPO_ROOT
 from infra_assets.pillar import host_pillar
 from infra_assets.roles import role_catalogue
 from infra_assets.salt_keys import KeyStore
-from infra_assets.secrets import SecretsError, load_secrets
+from infra_assets.secrets import SecretsError, load_secrets, self_signed_certificate
 from infra_assets.sites import LabSite, SiteError, site_for
 from resources.lab import HostSpec, LabError, LabPlan, LabResource
+from resources.lab_acme import LabAcmeError
 from resources.lab_egress import LabEgressError
 from resources.terraform import TerraformError, TerraformResource
 
@@ -207,6 +208,27 @@ def plan_table(plan: LabPlan) -> str:
     return "\n".join(rows)
 
 
+def _start_acme(site: LabSite, lab: LabResource, number: int) -> dict[str, Any] | None:
+    """Start lab `number`'s ACME server (pebble on its link) when the lab has web hosts there,
+    asking the lab's DNS (dnsmasq, which serves the apps' domains) where a domain is. None when
+    there is no web host on this network."""
+    hosts = [h for h in site.topo.hosts if site.number_of(h) == number]
+    if not any(r.startswith("web-") for h in hosts for r in site.topo.hosts[h].roles):
+        return None
+    dns_hosts = sorted(site.topo.hosts_with_role("dns"), key=lambda h: site.number_of(h) != number)
+    if not dns_hosts:
+        raise LabAcmeError(
+            f"lab {number}: the topology has no `dns` host, and the ACME server asks the lab's"
+            " DNS where the apps' domains are: give a support host the `dns` role"
+        )
+    server = site.acme_server(number)
+    server.write_key_pair(*self_signed_certificate([server.address]))
+    dns_address = site.reach(dns_hosts[0], "dns")
+    lab.route_into_lab(dns_address)  # pebble sends to a lab address: only through the link
+    server.start(dns_server=f"{dns_address}:{site.port(dns_hosts[0], 'dns')}")
+    return server.status()
+
+
 def _location_definitions(topo: Topology, location: str) -> dg.Definitions:
     number = topo.locations[location].number
     groups = set()
@@ -227,7 +249,8 @@ def _location_definitions(topo: Topology, location: str) -> dg.Definitions:
         description=f"The lab's network for {location}: a namespace of the project's own with a"
         f" podman bridge for 10.{number}.0.0/16, the link into it, the `unreachable` route"
         " that keeps the lab's addresses off the machine's network, and the lab's only way out:"
-        " the egress proxy on the link, for the cache hosts' registries alone.",
+        " the egress proxy on the link, for the cache hosts' registries alone. On the link too:"
+        " the lab's ACME server (pebble), Let's Encrypt's stand-in for the web hosts.",
     )
     def network_asset(context: dg.AssetExecutionContext, lab: LabResource):
         site = _lab_site(topo)
@@ -236,17 +259,22 @@ def _location_definitions(topo: Topology, location: str) -> dg.Definitions:
             report = lab.up_network(number, log=context.log.info)
             egress.allow(site.egress_allow(number))
             egress.start()
-        except (LabError, LabEgressError) as err:
+            acme = _start_acme(site, lab, number)
+        except (LabError, LabEgressError, LabAcmeError) as err:
             raise dg.Failure(description=str(err), allow_retries=False) from None
         made = report.get("made") or []
         context.log.info(f"lab network {location}: {', '.join(made) or 'unchanged'}")
         status = egress.status()
         context.log.info(f"egress proxy {status['url']}: {status['allow'] or 'nobody allowed'}")
+        context.log.info(
+            f"ACME server {acme['directory']}" if acme else "no ACME server: no web host here"
+        )
         return dg.MaterializeResult(
             metadata={
                 "number": number,
                 "network": dg.MetadataValue.json(report),
                 "egress": dg.MetadataValue.json(status),
+                "acme": dg.MetadataValue.json(acme or {}),
             }
         )
 

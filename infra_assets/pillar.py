@@ -127,8 +127,21 @@ def _dns(b: Block) -> None:
     b.pillar["dns"] = {
         **_service(b.site, b.host, "dns", "dns"),
         "domain": b.site.topo.domain,
-        "hosts": b.site.plan.dnsmasq_hosts(),
+        "hosts": b.site.plan.dnsmasq_hosts() + app_domain_hosts(b.site),
     }
+
+
+def app_domain_hosts(site: Site) -> str:
+    """The apps' domains as dnsmasq `addn-hosts` lines: each domain answers with the addresses
+    its environment's web hosts serve it on (round robin for several). On a cloud the public DNS
+    says the same with the floating addresses; the co-op's own DNS answers its hosts (and, in
+    the lab, the ACME server that validates the domain) with the private ones."""
+    lines = ["# the apps' domains -> their environment's web hosts"]
+    for _, app in sorted(site.topo.apps.items()):
+        for env, domain in sorted(app.domains.items()):
+            for host in sorted(site.topo.hosts_with_role(f"web-{env}")):
+                lines.append(f"{site.reach(host, f'web-{env}')}\t{domain}")
+    return "\n".join(lines) + "\n"
 
 
 def _registry_block(b: Block) -> None:
@@ -182,6 +195,9 @@ def _web(b: Block) -> None:
         **_service(site, host, f"web-{env}", "http"),
         "environment": env,
         "url": f"http://{site.reach(host, f'web-{env}')}:{site.port(host, 'http')}",
+        "https_port": site.port(host, "https"),
+        # certbot (salt/web, salt/app): where the sites' certificates come from
+        "acme": site.acme(host),
     }
     b.pillar["apps"] = {
         name: _app(site, b.secrets, host, name, env) for name in sorted(site.topo.apps)

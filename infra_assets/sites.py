@@ -34,6 +34,7 @@ from infra_assets.model import Topology, address_plan, load_topology
 from infra_assets.paths import REPO_ROOT, default_topology, state_dir
 from infra_assets.roles import role_catalogue
 from resources.lab import LabNetwork
+from resources.lab_acme import LabAcme
 from resources.lab_egress import LabEgressProxy
 
 SECRETS_ENV = "INFRA_SECRETS_FILE"
@@ -112,6 +113,16 @@ class Site(ABC):
         cloud's servers go out through its router)."""
         return None
 
+    def acme(self, host: str) -> dict[str, str]:
+        """Where web host `host` gets its sites' certificates: the ACME `directory`, the
+        account's `email` ("" for none) and `ca_cert`, the CA its certbot checks the directory
+        against ("": the host's own trust store, as for Let's Encrypt)."""
+        return {
+            "directory": self.topo.acme.directory,
+            "email": self.topo.acme.email or "",
+            "ca_cert": "",
+        }
+
     def dagster_sources(self) -> list[str]:
         """The addresses Dagster's connections come from, as the hosts see them (a firewall's
         `only_from: [dagster]`): on a cloud, the primary support server it runs on (the salt
@@ -158,7 +169,7 @@ class CloudSite(Site):
     def app_url(self, host: str, app: str, environment: str) -> str:
         domain = self.topo.apps[app].domains.get(environment)
         return (
-            f"http://{domain}/" if domain else f"http://{self.reach(host, f'web-{environment}')}/"
+            f"https://{domain}/" if domain else f"http://{self.reach(host, f'web-{environment}')}/"
         )
 
     def salt_api_url(self) -> str:
@@ -266,6 +277,19 @@ class LabSite(CloudSite):
         if not self._uplinks(host):
             return None
         return self.egress(self.number_of(host)).url
+
+    def acme_server(self, number: int) -> LabAcme:
+        """Lab `number`'s ACME server (pebble on its link): config, key pair, pid and log."""
+        return LabAcme(number, self.root / "acme" / str(number))
+
+    def acme(self, host: str) -> dict[str, str]:
+        """The lab's own ACME server, whose API certificate the host trusts for it alone."""
+        server = self.acme_server(self.number_of(host))
+        return {
+            "directory": server.directory,
+            "email": self.topo.acme.email or "",
+            "ca_cert": server.ca_cert(),
+        }
 
     def dagster_sources(self) -> list[str]:
         """Dagster runs on this machine and reaches each lab through its link: from the link's

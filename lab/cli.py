@@ -122,6 +122,9 @@ def status(topology_file: Path, as_json: bool) -> None:
                 f"egress proxy: {proxy['url']} ({', '.join(allowed) or 'nothing'} for"
                 f" {clients} cache host address{'es' if clients != 1 else ''}; log {proxy['log']})"
             )
+    for acme in (data.get("acme") or {}).values():
+        if acme.get("running"):
+            click.echo(f"ACME server (pebble): {acme['directory']} (its root: {acme['root']})")
     releases = data.get("releases") or {}
     for app, envs in sorted(releases.items()) if "error" not in releases else []:
         for env, release in envs.items():

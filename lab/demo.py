@@ -7,7 +7,8 @@ job), then the push-to-live loop on it, driven by the real Dagster daemon:
 3. a commit, pushed: git_push_sensor -> `build_<app>` (built on the jenkins agent through salt,
    pushed to the lab's registry) -> registry_image_sensor -> `release_staging_<app>` (the `app`
    state on web-staging-1); the loop follows the runs and waits until staging answers with the
-   commit, at its planned address with the app's domain as Host, through the lab's link;
+   commit: HTTPS to the app's domain at its planned address, through the lab's link, the
+   certificate (from the lab's ACME server) checked;
 4. a second commit, the same way.
 
 Everything stays up afterwards; `infra lab down` stops the daemon, the git daemon and the lab.
@@ -21,7 +22,8 @@ from pathlib import Path
 from infra_assets.model import Topology
 from infra_assets.sites import LabSite
 from lab.dagster_daemon import DagsterDaemon
-from resources.lab import LabNetwork
+from lab.reach import Site
+from lab.site import app_site
 
 
 def demo_daemon(site: LabSite) -> DagsterDaemon:
@@ -34,12 +36,11 @@ def stop_daemon(site: LabSite) -> list[str]:
     return [f"dagster-daemon (pid {pid})"] if pid else []
 
 
-def staging_reach(site: LabSite, topo: Topology, app: str) -> tuple[str, str, str]:
-    """(URL of the first staging web host, the app's staging domain, the lab link's device)."""
+def staging_site(site: LabSite, topo: Topology, app: str) -> Site:
+    """`app` on the first staging web host, as the machine opens it (lab/site.py, app_site:
+    HTTPS to its domain, checked against the lab's ACME root)."""
     host = sorted(topo.hosts_with_role("web-staging"))[0]
-    address = site.address(host, "web-staging")
-    link = LabNetwork(site.number_of(host)).machine_link
-    return f"http://{address}/", topo.apps[app].domains["staging"], link
+    return app_site(site, host, app, "staging")
 
 
 def run_loop(topology_file: Path, site: LabSite, say, *, rounds: int = 2) -> int:
@@ -65,9 +66,9 @@ def run_loop(topology_file: Path, site: LabSite, say, *, rounds: int = 2) -> int
         return 1
     try:
         app = demo_app(topo)
-        url, domain, device = staging_reach(site, topo, app)
+        where = staging_site(site, topo, app)
         say("")
-        say(f"== push to live: {app} on staging ({url}, Host: {domain})")
+        say(f"== push to live: {app} on staging ({where.url} at {where.address})")
         repo = ensure_repo(topology_file, topo, app, site.root)
         say(f"   git repo {repo.bare} (branch {repo.branch}); working clone {repo.work}")
         daemon = start_git_daemon(site, Path(topology_file).absolute().parent)
@@ -78,16 +79,14 @@ def run_loop(topology_file: Path, site: LabSite, say, *, rounds: int = 2) -> int
         for n in range(1, rounds + 1):
             sha, pushed = push_change(repo, n, say)
             took = wait_live(
-                url,
+                where,
                 topo.apps[app].health,
                 sha,
                 since=pushed,
                 say=say,
                 release_job=staging_job_name(app),
-                host_header=domain,
-                route_device=device,
             )
-            say(f"== {url} (Host: {domain}) answers {sha} ({took:.1f} s after the push)")
+            say(f"== {where.url} answers {sha} ({took:.1f} s after the push)")
     except (LoopError, LabGitError, ProcessError, LabError, CliError, OSError) as err:
         # the git daemon or dagster-daemon not ready in time, a repo folder that cannot be made
         say(f"== the push-to-live loop stopped: {err}", err=True)
@@ -128,8 +127,8 @@ def run_demo(topology_file: Path, say, *, rounds: int = 2) -> int:
         ("Dagster's history of runs", str(dagster_home() / ".dagster")),
     ]
     for app in sorted(site.topo.apps):
-        url, domain, _ = staging_reach(site, site.topo, app)
-        where.append((f"{app} on staging", f"curl -H 'Host: {domain}' {url}"))
+        staging = staging_site(site, site.topo, app)
+        where.append((f"{app} on staging", staging.curl(site.topo.apps[app].health)))
         work = site.root / "git" / "work" / app
         if work.is_dir():
             where.append((f"push a change of {app} yourself", f"cd {work}; git commit; git push"))

@@ -21,8 +21,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import requests
+
 from infra_assets.model import Topology
 from infra_assets.paths import REPO_ROOT, dagster_home
+from lab.reach import ReachError, Site
 
 Say = Callable[..., None]
 BIN = Path(sys.executable).parent
@@ -190,34 +193,26 @@ def instance():
         os.chdir(before)
 
 
-def live_version(
-    url: str, health: str, *, host_header: str | None = None, route_device: str | None = None
-) -> str | None:
-    """The version the app at `url` says it runs (its health path), or None. `host_header`:
-    the app's domain, for a web host that serves several; `route_device`: send only when the
-    machine's route to `url` goes through it (a lab's link)."""
-    import requests
-
-    if route_device:
-        from resources.lab_link import route_problem
-
-        problem = route_problem(url, route_device)
-        if problem:
-            raise LoopError(f"{url}: {problem}")
+def live_version(site: Site, health: str) -> str | None:
+    """The version the app's `site` says it runs (its health path), or None (lab/reach.py:
+    HTTPS to its domain at the web host's address, the certificate checked; the route into the
+    lab checked first: LoopError when it does not go there)."""
     try:
-        headers = {"Host": host_header} if host_header else {}
-        with requests.Session() as session:
-            session.trust_env = False  # no $http_proxy: a lab address is reached directly
-            response = session.get(url.rstrip("/") + health, headers=headers, timeout=2)
-        if response.status_code != 200:
-            return None
-        return str(response.json().get("version"))
-    except (requests.RequestException, ValueError):
+        answer = site.get(health, timeout_s=2)
+    except ReachError as err:
+        raise LoopError(str(err)) from None
+    except requests.RequestException:
+        return None
+    if answer.status_code != 200:
+        return None
+    try:
+        return str(answer.json().get("version"))
+    except (ValueError, AttributeError):
         return None
 
 
 def wait_live(
-    url: str,
+    site: Site,
     health: str,
     sha: str,
     *,
@@ -226,32 +221,24 @@ def wait_live(
     release_job: str | None = None,
     timeout_s: float = 300,
     poll_s: float = 0.2,
-    host_header: str | None = None,
-    route_device: str | None = None,
 ) -> float:
-    """Wait until `url` answers with `sha`; follow the runs started since `since` (a
+    """Wait until the app's `site` answers with `sha`; follow the runs started since `since` (a
     timestamp) and stop at the first that fails. Returns the seconds from `since` until the URL
     answered. With `release_job`, return only once that job's run for `sha` has finished too
-    (the release records what is live after nginx serves it). `host_header`, `route_device`:
-    as `live_version`."""
+    (the release records what is live after nginx serves it)."""
+    url = site.url
     seen: dict[str, str] = {}
     last_runs_check = 0.0
     live_after: float | None = None
     with instance() as inst:
         while True:
-            if (
-                live_after is None
-                and live_version(url, health, host_header=host_header, route_device=route_device)
-                == sha
-            ):
+            if live_after is None and live_version(site, health) == sha:
                 live_after = time.time() - since
             if live_after is not None and (
                 release_job is None or _finished(inst, release_job, sha, since)
             ):
                 # Still live once the release is over (its last step stops the old container).
-                answer = live_version(
-                    url, health, host_header=host_header, route_device=route_device
-                )
+                answer = live_version(site, health)
                 if answer != sha:
                     raise LoopError(
                         f"{url} answered with {sha[:12]}, then with {answer or 'nothing'} once"

@@ -16,7 +16,9 @@ from infra_assets.model import Topology, load_topology
 from infra_assets.pillar import registry_tls_names
 from infra_assets.secrets import Secrets, ensure_secrets, load_secrets
 from infra_assets.sites import SECRETS_ENV, LabSite, SiteError, site_for
-from resources.lab import LabResource
+from lab.reach import Site
+from resources.lab import LabNetwork, LabResource
+from resources.lab_acme import LabAcmeError
 from resources.podman import PodmanResource
 
 
@@ -254,6 +256,9 @@ def down(topology_file: Path) -> list[str]:
         pid = site.egress(number).stop()
         if pid is not None:
             removed.append(f"egress proxy (pid {pid})")
+        pid = site.acme_server(number).stop()
+        if pid is not None:
+            removed.append(f"ACME server (pebble, pid {pid})")
     for number in site.numbers():
         removed += lab.down_network(number)
     return removed
@@ -280,6 +285,7 @@ def status(topology_file: Path) -> dict[str, Any]:
         "hosts": hosts,
         "git_daemon": _git_daemons(site),
         "egress": {str(n): site.egress(n).status() for n in site.numbers()},
+        "acme": {str(n): site.acme_server(n).status() for n in site.numbers()},
         "registry": _registry(site),
         "releases": releases(site),
         "dagster": _demo_daemon(site),
@@ -318,7 +324,7 @@ def _registry(site: LabSite) -> dict[str, Any]:
 def releases(site: LabSite) -> dict[str, Any]:
     """`releases.<app>.<environment>`: what the web hosts record as live (read through salt)
     and where the machine reaches it: `url` (the web host's planned address, through the lab's
-    link) with `host_header` (the app's domain, which its nginx site answers to)."""
+    link) over HTTPS to the app's domain (`app_site`)."""
     from infra_assets.definitions import lab_resources
     from infra_assets.model import ENVIRONMENTS
     from infra_assets.releases import read_records
@@ -355,19 +361,37 @@ def releases(site: LabSite) -> dict[str, Any]:
     return out
 
 
-def lab_app_reach(site: LabSite, host: str, app: str, environment: str) -> dict[str, Any]:
-    """How the machine opens `app` on web host `host`: its planned address (through the lab's
-    link), with the app's domain as the Host header (no DNS for the lab's names here)."""
+def app_site(site: LabSite, host: str, app: str, environment: str) -> Site:
+    """`app` in `environment` as the machine opens it on web host `host` (lab/reach.py): its
+    domain over HTTPS, checked against the lab's ACME root (fetched now: it changes at every
+    start of the ACME server), at the host's planned address through the lab's link; an app
+    without a domain there over HTTP, by the host's address."""
     role = f"web-{environment}"
+    number = site.number_of(host)
+    device = LabNetwork(number).machine_link
     address = site.reach(host, role)
-    port = site.port(host, "http")
-    url = f"http://{address}/" if port == 80 else f"http://{address}:{port}/"
-    domain = site.topo.apps[app].domains.get(environment) or app
+    domain = site.topo.apps[app].domains.get(environment)
+    if not domain:
+        port = site.port(host, "http")
+        return Site(f"http://{app}:{port}/", address, device)
+    acme = site.acme_server(number)
+    try:
+        cafile = acme.save_root()
+    except LabAcmeError:
+        cafile = acme.root_file  # the last one fetched: the ACME server is not running
+    port = site.port(host, "https")
+    url = f"https://{domain}/" if port == 443 else f"https://{domain}:{port}/"
+    return Site(url, address, device, cafile)
+
+
+def lab_app_reach(site: LabSite, host: str, app: str, environment: str) -> dict[str, Any]:
+    """How the machine opens `app` on web host `host` (`app_site`), for `infra lab status`."""
+    reach = app_site(site, host, app, environment)
     return {
-        "url": url,
-        "host_header": domain,
-        "domain_url": f"http://{domain}/",
-        "curl": f"curl -H 'Host: {domain}' {url}",
+        "url": reach.url,
+        "address": reach.address,
+        "cafile": str(reach.cafile) if reach.cafile else None,
+        "curl": reach.curl(),
     }
 
 

@@ -55,6 +55,7 @@ import dagster as dg
 from pydantic import Field
 
 from resources.cli_runner import CliError, CliResult, LogSink, default_log, run_cli
+from resources.lab_acme import ACME_PORT
 from resources.lab_egress import EGRESS_PORT
 from resources.lab_git import GIT_PORT
 
@@ -648,8 +649,9 @@ class Lab:
         machine's iptables never changed), in order:
         - its hosts keep their own addresses towards the machine's end of the link (netavark
           masquerades everything leaving the /16): the egress proxy allows by address;
-        - of what the hosts start towards the machine, only the egress proxy (3128) and the git
-          daemon (9418) pass: nothing else the machine listens on is the lab's business. In the
+        - of what the hosts start towards the machine, only the egress proxy (3128), the git
+          daemon (9418) and the ACME server's directory (14000) pass: nothing else the machine
+          listens on is the lab's business (pebble's management port stays the machine's). In the
           mangle table, which netavark leaves alone: its filter FORWARD chain accepts everything
           from the /16 before any rule of ours there could say no."""
         to_machine = ["-s", net.subnet, "-d", f"{net.machine_address}/32"]
@@ -657,7 +659,7 @@ class Lab:
         return [
             ("nat", "POSTROUTING", [*to_machine, "-j", "RETURN"]),
             ("mangle", "FORWARD", [*to_machine, "-p", "tcp", "-m", "multiport",
-             "--dports", f"{EGRESS_PORT},{GIT_PORT}", *new, "-j", "ACCEPT"]),
+             "--dports", f"{EGRESS_PORT},{GIT_PORT},{ACME_PORT}", *new, "-j", "ACCEPT"]),
             ("mangle", "FORWARD", [*to_machine, *new, "-j", "DROP"]),
         ]  # fmt: skip
 

@@ -92,16 +92,6 @@ class LabEnv:
             )
 
 
-def direct_session():
-    """An HTTP session that never goes through $http_proxy/$https_proxy: a request for a lab
-    address (sent only after the route check) must go into the lab, not to a proxy."""
-    import requests
-
-    session = requests.Session()
-    session.trust_env = False
-    return session
-
-
 def write_lab_topology(folder: Path, number: int = LAB_NUMBER) -> Path:
     from lab.site import write_lab_topology as write
 

@@ -14,7 +14,7 @@ import time
 import dagster as dg
 import pytest
 from fixtures_delivery import HELLO, git, make_app_repo
-from lab_env import LAB_NUMBER, LabEnv, direct_session
+from lab_env import LAB_NUMBER, LabEnv
 
 from infra_assets.app_images import asset_key, build_job_name
 from infra_assets.releases import staging_job_name
@@ -57,14 +57,14 @@ def _failures(result) -> str:
     return "\n".join(out)
 
 
-def _answer(lab_env: LabEnv, release: dict) -> tuple[dict, dict]:
-    """GET <url>/health with the app's domain as Host, after checking the route into the lab."""
-    address = release["url"].split("//", 1)[1].split("/", 1)[0].split(":")[0]
-    assert lab_env.lab().route_into_lab(address)["dev"] == f"coop{LAB_NUMBER}-m"
-    with direct_session() as http:
-        response = http.get(
-            release["url"] + "health", headers={"Host": release["host_header"]}, timeout=5
-        )
+def _answer(lab_env: LabEnv, host: str, environment: str) -> tuple[dict, dict]:
+    """GET the app's health path on `environment` as a browser would: HTTPS to its domain, the
+    certificate checked against the lab's ACME root, after checking the route into the lab."""
+    from lab.site import app_site
+
+    where = app_site(lab_env.site, host, APP, environment)
+    assert lab_env.lab().route_into_lab(where.address)["dev"] == f"coop{LAB_NUMBER}-m"
+    response = where.get(lab_env.topo.apps[APP].health, timeout_s=5)
     assert response.status_code == 200, response.text
     return response.json(), dict(response.headers)
 
@@ -155,8 +155,10 @@ def test_a_push_is_built_on_the_agent_released_on_staging_and_promoted(
     for environment, host in (("staging", "web-staging-1"), ("production", "web-production-1")):
         release = releases[environment]
         assert release["digest"] == digest and release["sha"] == sha, release
-        assert release["url"] == f"http://{lab_env.address(host, f'web-{environment}')}/"
-        body, headers = _answer(lab_env, release)
+        domain = lab_env.topo.apps[APP].domains[environment]
+        assert release["url"] == f"https://{domain}/"
+        assert release["address"] == lab_env.address(host, f"web-{environment}")
+        body, headers = _answer(lab_env, host, environment)
         assert body == {"status": "ok", "app": APP, "version": sha}
         assert headers["X-Coop-Release"] == digest
 

@@ -16,10 +16,11 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from lab_env import LAB_NUMBER, LabEnv, direct_session
+from lab_env import LAB_NUMBER, LabEnv
 
 from lab.dagster_daemon import running_daemons
 from lab.processes import Supervisor, free_port
+from lab.site import app_site
 
 pytestmark = [pytest.mark.slow, pytest.mark.lab]
 
@@ -54,15 +55,14 @@ def test_make_demo_pushes_two_commits_to_live_on_the_lab_s_staging(lab_env: LabE
         head, first = _git(work, "rev-parse", "HEAD"), _git(work, "rev-parse", "HEAD~1")
         bare = Path(lab_env.topo.apps["hello"].repo)
         assert _git(bare, "rev-parse", "main") == head
-        url = f"http://{lab_env.address('web-staging-1', 'web-staging')}/"
-        domain = lab_env.topo.apps["hello"].domains["staging"]
-        assert f"== {url} (Host: {domain}) answers {first} (" in log
-        assert f"== {url} (Host: {domain}) answers {head} (" in log
-        # ... and staging answers with the second one now (sent after the route check).
+        url = f"https://{lab_env.topo.apps['hello'].domains['staging']}/"
+        assert f"== {url} answers {first} (" in log
+        assert f"== {url} answers {head} (" in log
+        # ... and staging answers with the second one now, over HTTPS with the certificate
+        # checked against the lab's ACME root (sent after the route check).
         address = lab_env.address("web-staging-1", "web-staging")
         assert lab_env.lab().route_into_lab(address)["dev"] == f"coop{LAB_NUMBER}-m"
-        with direct_session() as http:
-            health = http.get(url + "health", headers={"Host": domain}, timeout=5).json()
+        health = app_site(lab_env.site, "web-staging-1", "hello", "staging").get("/health").json()
         assert health == {"status": "ok", "app": "hello", "version": head}
 
         # `infra lab status --json`: the live release, the previous one, the daemon.

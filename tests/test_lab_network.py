@@ -91,9 +91,11 @@ def test_a_spec_config_leaves_out_image_and_files() -> None:
 
 def test_the_demo_loop_sends_nothing_to_a_lab_address_off_the_lab_s_link() -> None:
     from lab.demo_loop import LoopError, live_version
+    from lab.reach import Site
 
+    site = Site("https://hello.example.org/", "10.99.5.1", "coop99-m")
     with pytest.raises(LoopError, match="does not go through coop99-m"):
-        live_version("http://10.99.5.1/", "/health", route_device="coop99-m")
+        live_version(site, "/health")
 
 
 def test_a_plan_without_changes_is_a_no_op() -> None:
@@ -294,7 +296,8 @@ def test_up_network_twice_changes_nothing(lab: Lab) -> None:
     assert (route["dev"], route["gateway"]) == ("coop125-m", "169.254.125.2")
 
     # The link's rules, in the lab's namespace (the machine's own iptables untouched): its
-    # hosts keep their addresses towards the link, and reach only ports 3128 and 9418 there.
+    # hosts keep their addresses towards the link, and reach only ports 3128, 9418 and 14000
+    # there (the egress proxy, the git daemon, the ACME directory).
     def rules(table: str) -> list[str]:
         argv = ["nsenter", f"--net={NET.netns_path}", "iptables", "-t", table, "-S"]
         out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
@@ -302,7 +305,7 @@ def test_up_network_twice_changes_nothing(lab: Lab) -> None:
 
     assert rules("nat") == ["-A POSTROUTING -s 10.125.0.0/16 -d 169.254.125.1/32 -j RETURN"]
     assert rules("mangle") == [
-        "-A FORWARD -s 10.125.0.0/16 -d 169.254.125.1/32 -p tcp -m multiport --dports 3128,9418"
+        "-A FORWARD -s 10.125.0.0/16 -d 169.254.125.1/32 -p tcp -m multiport --dports 3128,9418,14000"
         " -m conntrack --ctstate NEW -j ACCEPT",
         "-A FORWARD -s 10.125.0.0/16 -d 169.254.125.1/32 -m conntrack --ctstate NEW -j DROP",
     ]

@@ -19,16 +19,20 @@ import contextlib
 import json
 import shlex
 import shutil
+import socket
+import ssl
 import threading
 import time
 
 import dagster as dg
 import pytest
 import requests
+from cryptography import x509
 from fixtures_delivery import HELLO, record_build
-from lab_env import LAB_NUMBER, LabEnv, direct_session
+from lab_env import LAB_NUMBER, LabEnv
 
 from infra_assets.provenance import our_build
+from lab.reach import Site, SiteSession
 from sensors.registry_images import REVISION_LABEL, poll
 
 pytestmark = [pytest.mark.slow, pytest.mark.lab]
@@ -52,16 +56,19 @@ class LabReleases:
     def host(self, env: str) -> str:
         return sorted(self.env.topo.hosts_with_role(f"web-{env}"))[0]
 
-    def url(self, env: str) -> str:
-        return f"http://{self.env.address(self.host(env), f'web-{env}')}/"
+    def app_site(self, env: str) -> Site:
+        """The app on `env` as the machine opens it: HTTPS to its domain at the web host's
+        address, checked against the lab's ACME root (lab/site.py, app_site)."""
+        from lab.site import app_site
 
-    def get(self, env: str, path: str = "", session=None) -> requests.Response:
-        """GET the app on `env` with its domain as Host, after checking the route into the lab."""
+        return app_site(self.env.site, self.host(env), APP, env)
+
+    def get(self, env: str, path: str = "", session: SiteSession | None = None):
+        """GET the app on `env` (the route into the lab checked first)."""
         address = self.env.address(self.host(env), f"web-{env}")
         assert self.driver.route_into_lab(address)["dev"] == f"coop{LAB_NUMBER}-m"
-        domain = self.env.topo.apps[APP].domains[env]
-        with direct_session() if session is None else _borrowed(session) as http:
-            return http.get(self.url(env) + path.lstrip("/"), headers={"Host": domain}, timeout=5)
+        with self.app_site(env).session() if session is None else _borrowed(session) as http:
+            return http.get("/" + path.lstrip("/"))
 
     def version(self, env: str) -> str | None:
         response = self.get(env, "health")
@@ -190,7 +197,7 @@ def test_a_staging_release_serves_the_new_version_with_no_failed_request(site: L
             errors.append(exc)
 
     def ask():
-        with direct_session() as session:  # keep-alive, as a browser
+        with site.app_site("staging").session() as session:  # keep-alive, as a browser
             while not stop.is_set():
                 try:
                     try:
@@ -405,6 +412,76 @@ def test_promote_sends_the_staging_digest_to_production(site: LabReleases):
     back = site.run("rollback")
     assert back.success, _failure(back, "production")
     assert site.version("production") == v1 and site.version("staging") == v2
+
+
+def test_every_public_site_answers_https_with_a_certificate_from_the_acme_server(
+    site: LabReleases,
+):
+    """Both environments' sites, once released: HTTPS with a certificate for the domain that
+    chains to the root of the lab's ACME server (pebble's, new at its start, so it cannot be
+    in any trust store beforehand), HSTS, and HTTP sent to HTTPS. The HTTP-01 challenge was
+    answered for real: the ACME server fetched its token from the web host's port 80."""
+    v = _version(10)
+    d = site.image(v)
+    assert site.release(d, v).success
+    promoted = site.run("promote")
+    assert promoted.success, _failure(promoted, "production")
+    number = site.env.site.number_of(site.host("staging"))
+    acme = site.env.site.acme_server(number)
+    assert acme.running() and acme.directory == f"https://169.254.{number}.1:14000/dir"
+    root = x509.load_pem_x509_certificate(acme.root().encode())
+
+    for env in ("staging", "production"):
+        where = site.app_site(env)
+        domain = site.env.topo.apps[APP].domains[env]
+        assert where.url == f"https://{domain}/" and where.cafile is not None
+        answer = site.get(env, "health")  # the certificate checked against pebble's root
+        assert answer.status_code == 200 and answer.json()["version"] == v
+        assert answer.headers["Strict-Transport-Security"] == "max-age=31536000"
+        assert answer.headers["X-Coop-Release"] == d
+
+        # The certificate nginx serves: for the domain, issued by pebble's intermediate, whose
+        # issuer is the root pebble serves now.
+        context = ssl.create_default_context(cafile=str(where.cafile))
+        with socket.create_connection((where.address, 443), timeout=5) as raw:
+            with context.wrap_socket(raw, server_hostname=domain) as tls:
+                leaf = x509.load_der_x509_certificate(tls.getpeercert(binary_form=True))
+        names = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert names.get_values_for_type(x509.DNSName) == [domain]
+        assert leaf.issuer.rfc4514_string().startswith("CN=Pebble Intermediate CA")
+        assert "Pebble Root CA" in root.subject.rfc4514_string()
+
+        # Without pebble's root, a client refuses the site: no certificate of some other origin.
+        with pytest.raises(requests.exceptions.SSLError):
+            Site(where.url, where.address, where.route_device).get("/health")
+
+        # HTTP: the ACME challenges' path, and a redirect to HTTPS for everything else.
+        plain = Site(f"http://{domain}/", where.address, where.route_device)
+        redirect = plain.get("/health?x=1")
+        assert redirect.status_code == 301
+        assert redirect.headers["Location"] == f"https://{domain}/health?x=1"
+
+        # The challenge was fetched from this host's port 80 by the ACME server (from the
+        # machine's end of the link), and answered 200.
+        log = site.guest(env, "cat", "/var/log/nginx/access.log").splitlines()
+        fetched = [
+            line for line in log
+            if line.startswith(f"169.254.{number}.1 ") and "/.well-known/acme-challenge/" in line
+        ]  # fmt: skip
+        assert fetched and all('" 200 ' in line for line in fetched), log[-5:]
+        # Renewals: Debian's certbot.timer runs on the host.
+        enabled = site.guest(env, "systemctl", "is-enabled", "certbot.timer").strip()
+        assert enabled == "enabled"
+
+    # The ACME server's management port (its root, and what it has issued) is the machine's:
+    # the lab's hosts do not reach it.
+    probe = site.driver.exec(
+        number,
+        site.host("staging"),
+        ["curl", "-sk", "--max-time", "3", f"https://169.254.{number}.1:15000/roots/0"],
+        check=False,
+    )
+    assert probe.returncode == 28, probe.output
 
 
 def test_a_digest_or_sha_that_is_not_one_is_refused_before_anything_changes(site: LabReleases):

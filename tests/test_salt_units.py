@@ -270,16 +270,26 @@ def test_the_pillar_says_where_each_service_listens_on_a_server(coop, coop_secre
         "port": 80,
         "environment": "staging",
         "url": "http://10.100.5.1:80",
+        "https_port": 443,
+        # a cloud's web hosts get certificates from Let's Encrypt, trusted by the host already
+        "acme": {
+            "directory": "https://acme-v02.api.letsencrypt.org/directory",
+            "email": "",
+            "ca_cert": "",
+        },
     }
+    assert pillars["web-staging-1"]["apps"]["hello"]["url"] == "https://hello.staging.example.coop/"
     assert pillars["web-staging-1"]["apps"]["hello"]["database"]["host"] == "10.100.7.1"
     assert pillars["pg-production-1"]["postgres"]["network"] == "10.100.0.0/16"
     master = pillars["support-1"]["salt"]["master"]
     assert master["interface"] == "10.100.1.1" and master["pillar_roots"] == ["/srv/pillar"]
     assert pillars["web-staging-1"]["salt"]["minion"]["master"] == "10.100.1.1"
     assert "site" not in pillars["support-1"]  # the states never ask where they run
-    assert (
-        "10.100.5.1\tweb-staging-1.nz-por-1.coop.internal" in pillars["support-1"]["dns"]["hosts"]
-    )
+    hosts = pillars["support-1"]["dns"]["hosts"].splitlines()
+    assert any(h.startswith("10.100.5.1\tweb-staging-1.nz-por-1.coop.internal") for h in hosts)
+    # The apps' domains: at their environment's web hosts (the lab's ACME server asks here).
+    assert "10.100.5.1\thello.staging.example.coop" in hosts
+    assert "10.100.6.1\thello.example.coop" in hosts
     # Pulls and pushes reach the registry by its address or any of its DNS names: the CA is
     # trusted under each (podman looks it up by the name in the image reference).
     client = pillars["web-staging-1"]["registry_client"]

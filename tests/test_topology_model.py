@@ -301,6 +301,27 @@ def test_every_bad_domain_is_reported_with_its_own_key_path(write_topology):
     ]
 
 
+def test_the_acme_block_defaults_to_let_s_encrypt_and_refuses_what_is_not_one(write_topology):
+    assert load_topology(write_topology(GOOD)).acme.directory == (
+        "https://acme-v02.api.letsencrypt.org/directory"
+    )
+    own = GOOD + "acme: {directory: 'https://acme.example.org:14000/dir', email: ops@coop.nz}\n"
+    acme = load_topology(write_topology(own)).acme
+    assert (acme.directory, acme.email) == ("https://acme.example.org:14000/dir", "ops@coop.nz")
+    lines = len(GOOD.splitlines()) + 1
+    path = write_topology(GOOD + "acme: {directory: 'http://acme.example.org/dir', email: 'ops'}\n")
+    assert sorted(problems_of(path)) == [
+        f"{path}:{lines}: acme.directory: 'http://acme.example.org/dir' is not an ACME directory"
+        " URL: https://<host>[:port]/<path>, such as Let's Encrypt's"
+        " https://acme-v02.api.letsencrypt.org/directory",
+        f"{path}:{lines}: acme.email: 'ops' is not an email address",
+    ]
+    path = write_topology(GOOD + "acme: letsencrypt\n")
+    assert problems_of(path) == [
+        f"{path}:{lines}: acme: must be a mapping (directory, email), not 'letsencrypt' (a string)"
+    ]
+
+
 def test_a_host_named_like_a_role_is_refused(write_topology):
     # `web-staging.<location>.<domain>` is the round-robin name of the role's hosts: a host of
     # that name would silently lose its own DNS name.

@@ -11,6 +11,7 @@ from infra_assets.model.load import load_topology, parse_topology
 from infra_assets.model.topology import (
     ENVIRONMENTS,
     UNTYPED_ROLES,
+    Acme,
     App,
     Host,
     Location,
@@ -22,6 +23,7 @@ __all__ = [
     "UNTYPED_ROLES",
     "Address",
     "AddressPlan",
+    "Acme",
     "App",
     "Host",
     "Location",

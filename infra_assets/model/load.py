@@ -21,6 +21,7 @@ from infra_assets.model.topology import (
     DOMAIN_RE,
     NAME_RE,
     UNTYPED_ROLES,
+    Acme,
     App,
     Host,
     Location,
@@ -40,7 +41,7 @@ SECTIONS: dict[str, type[BaseModel] | None] = {
     "apps": App,
 }
 REQUIRED_SECTIONS = ("locations", "types", "hosts")
-TOP_LEVEL = ("domain", *SECTIONS)
+TOP_LEVEL = ("domain", *SECTIONS, "acme")
 
 
 def load_topology(path: str | Path) -> Topology:
@@ -188,6 +189,7 @@ def _validate(data: Any, lines: _Lines) -> tuple[Topology | None, list[Problem]]
     if not isinstance(domain, str) or not DOMAIN_RE.match(domain):
         report.add(("domain",), f"{domain!r} is not a domain name (like coop.internal)")
 
+    acme = _validate_acme(report, data.get("acme"))
     _cross_check(report, data, entries)
     # Addresses are planned for the hosts that are valid and whose references resolve, so that
     # a collision is reported beside the other problems rather than after they are fixed.
@@ -203,9 +205,24 @@ def _validate(data: Any, lines: _Lines) -> tuple[Topology | None, list[Problem]]
         types=entries["types"],
         hosts=plannable,
         apps=entries["apps"],
+        acme=acme,
     )
     _check_addresses(report, topology)
     return (None if report.problems else topology), report.problems
+
+
+def _validate_acme(report: _Report, value: Any) -> Acme:
+    """The `acme` block (where web hosts get certificates); its defaults when absent."""
+    if value is None:
+        return Acme()
+    if not isinstance(value, dict):
+        report.add(("acme",), f"must be a mapping (directory, email), not {_kind(value)}")
+        return Acme()
+    try:
+        return Acme.model_validate(value)
+    except ValidationError as exc:
+        _translate(report, ("acme",), exc, Acme)
+        return Acme()
 
 
 def _validate_section(

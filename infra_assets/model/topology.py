@@ -152,6 +152,39 @@ class App(_Strict):
         return health
 
 
+LETS_ENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
+_EMAIL_RE = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
+
+
+class Acme(_Strict):
+    """Where the web hosts get their sites' certificates (ACME, HTTP-01 on port 80). A lab's
+    web hosts use the lab's own ACME server instead (resources/lab_acme.py)."""
+
+    directory: str = Field(default=LETS_ENCRYPT, description="The ACME server's directory URL.")
+    email: str | None = Field(
+        default=None, description="Where the ACME server writes about expiring certificates."
+    )
+
+    @field_validator("directory")
+    @classmethod
+    def _directory_is_https(cls, directory: str) -> str:
+        if not re.fullmatch(
+            r"https://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9/._~-]*)?", directory
+        ):
+            raise ValueError(
+                f"{directory!r} is not an ACME directory URL: https://<host>[:port]/<path>,"
+                f" such as Let's Encrypt's {LETS_ENCRYPT}"
+            )
+        return directory
+
+    @field_validator("email")
+    @classmethod
+    def _email_is_an_address(cls, email: str | None) -> str | None:
+        if email is not None and not _EMAIL_RE.fullmatch(email):
+            raise ValueError(f"{email!r} is not an email address")
+        return email
+
+
 class Topology(_Strict):
     """A validated topology. Build it with `load_topology` or `parse_topology`."""
 
@@ -162,6 +195,7 @@ class Topology(_Strict):
     types: dict[str, Octet]
     hosts: dict[str, Host]
     apps: dict[str, App] = Field(default_factory=dict)
+    acme: Acme = Field(default_factory=Acme)
 
     def roles(self) -> set[str]:
         """Every role a host may have: the typed roles and the untyped ones."""

@@ -3,6 +3,8 @@
 
         release: {app: hello, digest: "sha256:...", sha: "<commit>", health_timeout_s: 30}
 
+    0. for an app with a domain in this environment: its certificate, unless one valid for
+       30 days more is there (certbot over ACME's HTTP-01; web:acme says from where);
     1. pull <registry>/<app>@<digest> with the registry's pull account and CA (the `web` state put
        them under /etc/containers);
     2. start it in the slot the live release is not in (each app has two loopback ports on the
@@ -63,6 +65,7 @@ app-release-known:
 {%- set web = pillar['web'] %}
 {%- set client = pillar['registry_client'] %}
 {%- set timeout = release.get('health_timeout_s', 30) | int %}
+{%- set acme = web.get('acme') or {} %}
 {%- set image = client['address'] ~ '/' ~ name ~ '@' ~ digest %}
 {%- set record_file = '/var/lib/coop/releases/' ~ name ~ '.json' %}
 {%- if salt['file.file_exists'](record_file) %}
@@ -103,8 +106,14 @@ app-release-known:
       'keep': keep,
       'timeout': timeout,
       'health_url': 'http://127.0.0.1:' ~ port ~ app['health'],
-      'served_url': 'http://' ~ web['listen'] ~ ':' ~ web['port'] ~ app['health'],
+      'served_url': ('https://' ~ app['domain'] ~ ':' ~ web['https_port'] if app['domain']
+                     else 'http://' ~ web['listen'] ~ ':' ~ web['port']) ~ app['health'],
+      'resolve': (app['domain'] ~ ':' ~ web['https_port'] ~ ':' ~ web['listen']) if app['domain'] else '',
       'host_header': app['domain'] or name,
+      'domain': app['domain'],
+      'acme_directory': acme.get('directory', ''),
+      'acme_email': acme.get('email', ''),
+      'acme_ca': '/etc/coop/acme/ca.pem' if acme.get('ca_cert') else '',
       'pidfile': pidfile,
       'web_state': 'highstate/web-' ~ web['environment'],
       'old_workers': '/run/coop-app-' ~ name ~ '.old-workers'} %}
@@ -133,6 +142,38 @@ app-{{ name }}-web-ready:
         echo "changed=no comment='nginx runs; podman is configured'"
     - stateful: True
     - shell: /bin/bash
+
+{%- if app['domain'] %}
+
+app-{{ name }}-certificate:
+  cmd.run:
+    - name: |
+        {{ vars('domain', 'acme_directory', 'acme_email', 'acme_ca') }}
+        cert="/etc/letsencrypt/live/$domain/fullchain.pem"
+        if [ -f "$cert" ] && openssl x509 -in "$cert" -noout -checkend 2592000 >/dev/null \
+           && openssl x509 -in "$cert" -noout -checkhost "$domain" | grep -q 'does match'; then
+          echo "changed=no comment='the certificate for $domain is valid for 30 days more'"; exit 0
+        fi
+        [ -n "$acme_ca" ] && export REQUESTS_CA_BUNDLE="$acme_ca"
+        if [ -n "$acme_email" ]; then account=(--email "$acme_email"); else account=(--register-unsafely-without-email); fi
+        started=$SECONDS; out=$(mktemp)
+        # HTTP-01: the token goes to the webroot, which nginx serves on port 80 for any name.
+        if ! certbot certonly --non-interactive --agree-tos "${account[@]}" \
+             --server "$acme_directory" --webroot --webroot-path /var/lib/coop/acme \
+             --cert-name "$domain" --domains "$domain" --key-type ecdsa \
+             --deploy-hook 'systemctl reload nginx' >"$out" 2>&1; then
+          echo "certbot could not get a certificate for $domain from $acme_directory:"
+          tail -n 15 "$out" | tr -d "'"; rm -f "$out"
+          echo "changed=no comment='no certificate for $domain from $acme_directory (is $domain served by this host on port 80?)'"
+          exit 1
+        fi
+        rm -f "$out"
+        echo "changed=yes comment='certificate for $domain from $acme_directory in $((SECONDS - started)) s'"
+    - stateful: True
+    - shell: /bin/bash
+    - require:
+      - cmd: app-{{ name }}-web-ready
+{%- endif %}
 
 app-{{ name }}-pull:
   cmd.run:
@@ -225,9 +266,13 @@ app-{{ name }}-nginx:
         port: {{ port | int }}
         listen: {{ web['listen'] | json }}
         web_port: {{ web['port'] | int }}
+        https_port: {{ web['https_port'] | int }}
         domain: {{ app['domain'] | json }}
     - require:
       - cmd: app-{{ name }}-healthy
+{%- if app['domain'] %}
+      - cmd: app-{{ name }}-certificate
+{%- endif %}
 
 app-{{ name }}-reload:
   cmd.run:
@@ -244,10 +289,16 @@ app-{{ name }}-reload:
 app-{{ name }}-switched:
   cmd.run:
     - name: |
-        {{ vars('digest', 'slot', 'port', 'served_url', 'host_header') }}
+        {{ vars('digest', 'slot', 'port', 'served_url', 'host_header', 'resolve') }}
+        # Which release nginx serves, asked of this host's nginx itself (--resolve: the domain
+        # at the host's address). -k: the question is the release, not the certificate, whose
+        # root the host need not trust (the lab's ACME server); the tests check that from outside.
         served() {
-          curl -s -D - -o /dev/null --max-time 2 -H "Host: $host_header" "$served_url" \
-            | grep -qi "^x-coop-release: $digest"
+          if [ -n "$resolve" ]; then
+            curl -sk -D - -o /dev/null --max-time 2 --resolve "$resolve" "$served_url"
+          else
+            curl -s -D - -o /dev/null --max-time 2 -H "Host: $host_header" "$served_url"
+          fi | grep -qi "^x-coop-release: $digest"
         }
         if served; then echo "changed=no comment='nginx serves $digest'"; exit 0; fi
         for i in $(seq 75); do

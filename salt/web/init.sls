@@ -7,9 +7,16 @@
     Containers: /etc/containers/containers.conf, read by podman where it always looks, with the
     drop-ins of containers.conf.d; pulls authenticate with /etc/containers/auth.json and trust
     /etc/containers/certs.d/<registry>/ca.crt.
-    catatonit: the containers run with --init. An image bake: the packages, nginx's folders and the
-    container runtime's settings; nginx's own config names the host's address, so it waits for
-    the server's first highstate. #}
+    catatonit: the containers run with --init.
+    TLS: certbot (Debian's) gets each app domain's certificate over ACME's HTTP-01 challenge,
+    when the `app` state releases the app (salt/app); its tokens are served from
+    /var/lib/coop/acme on port 80 for any name, and Debian's certbot.timer renews them, with
+    nginx reloaded by the deploy hook each certificate records. `web:acme` says where from: the
+    directory (Let's Encrypt on a cloud, the lab's pebble in the lab), the account's email, and a
+    CA for the directory's own certificate when the trust store lacks it (the lab), which only
+    certbot is given (REQUESTS_CA_BUNDLE, also for the timer's renewals).
+    An image bake: the packages, nginx's folders and the container runtime's settings; nginx's
+    own config names the host's address, so it waits for the server's first highstate. #}
 {%- from "lib/site.jinja" import bake with context %}
 {%- from "lib/daemon.jinja" import daemon with context %}
 {%- set prefix = '/etc/nginx/' %}
@@ -20,10 +27,10 @@ include:
 
 web-packages:
   pkg.installed:
-    - pkgs: [nginx-light, podman, crun, catatonit, uidmap, slirp4netns]
+    - pkgs: [nginx-light, podman, crun, catatonit, uidmap, slirp4netns, certbot]
     - refresh: False
 
-{%- for dir in ['etc/nginx/conf.d', 'var/log/nginx', 'var/lib/nginx/body', 'var/lib/nginx/proxy',
+{%- for dir in ['etc/nginx/conf.d', 'var/lib/coop/acme/.well-known/acme-challenge', 'var/log/nginx', 'var/lib/nginx/body', 'var/lib/nginx/proxy',
                 'var/lib/nginx/fastcgi', 'var/lib/nginx/uwsgi', 'var/lib/nginx/scgi'] %}
 web-dir-{{ dir | replace('/', '-') }}:
   file.directory:
@@ -51,6 +58,7 @@ web-nginx-config:
       - file: web-dir-var-lib-nginx-fastcgi
       - file: web-dir-var-lib-nginx-uwsgi
       - file: web-dir-var-lib-nginx-scgi
+      - file: web-dir-var-lib-coop-acme-.well-known-acme-challenge
 
 {#- nginx runs from its package before the first highstate, Debian's default site on *:80; a
     reload cannot bind the host's own address while that socket is held (EADDRINUSE in its error
@@ -58,6 +66,51 @@ web-nginx-config:
     The apps' sites (conf.d) are reloaded by the `app` state. #}
 {{ daemon('web-nginx', 'nginx', watch=[{'file': 'web-nginx-config'}], on_change='restart',
           host=web['listen'], port=web['port']) }}
+{%- set acme_ca = (web.get('acme') or {}).get('ca_cert') or '' %}
+
+{#- The ACME directory's CA, for certbot alone (the lab's ACME server signs its API itself). #}
+web-acme-ca:
+{%- if acme_ca %}
+  file.managed:
+    - name: /etc/coop/acme/ca.pem
+    - makedirs: True
+    - mode: '0644'
+    - contents_pillar: web:acme:ca_cert
+{%- else %}
+  file.absent:
+    - name: /etc/coop/acme/ca.pem
+{%- endif %}
+
+web-certbot-timer-env:
+{%- if acme_ca %}
+  file.managed:
+    - name: /etc/systemd/system/certbot.service.d/coop.conf
+    - makedirs: True
+    - mode: '0644'
+    - contents: |
+        # Managed by salt (salt/web): renewals check the ACME directory against its CA.
+        [Service]
+        Environment=REQUESTS_CA_BUNDLE=/etc/coop/acme/ca.pem
+{%- else %}
+  file.absent:
+    - name: /etc/systemd/system/certbot.service.d/coop.conf
+{%- endif %}
+
+web-certbot-daemon-reload:
+  cmd.run:
+    - name: systemctl daemon-reload
+    - onchanges:
+      - file: web-certbot-timer-env
+
+{#- Debian's certbot.timer: twice a day, `certbot renew` (each certificate 30 days before it
+    expires, with the deploy hook it was issued with: nginx reloads). #}
+web-certbot-timer:
+  service.running:
+    - name: certbot.timer
+    - enable: True
+    - require:
+      - pkg: web-packages
+      - cmd: web-certbot-daemon-reload
 {%- endif %}
 
 web-containers-conf:

@@ -1,0 +1,212 @@
+"""The lab's ACME server: Let's Encrypt's stand-in, `pebble` (Debian's, 2.4.0), on the machine's
+side of the lab's link.
+
+On a cloud, the web hosts get their sites' certificates from Let's Encrypt over the internet.
+In the lab they get them from pebble, a real ACME (RFC 8555) server, on the machine's end of lab
+N's veth link: its directory is `https://169.254.N.1:14000/dir`, and nowhere else. Its
+validation authority really answers the challenges: it asks the lab's dnsmasq (`-dnsserver`,
+which serves the apps' domains) where a domain is and fetches the HTTP-01 token from that web
+host's port 80, through the link, as Let's Encrypt would from the internet.
+
+Pebble ships no TLS key pair for its own API: the caller passes one (a self-signed certificate
+for the link's address, which the web hosts trust for the ACME API alone). Its root, which signs
+the sites' certificates, is new at every start and is served on the management port
+(`https://169.254.N.1:15000/roots/0`), which only the machine reaches: the tests and the demo
+check the sites against it. A restarted pebble has forgotten its accounts and certificates.
+
+`PEBBLE_VA_NOSLEEP=1` (no random wait before a validation) and `PEBBLE_WFE_NONCEREJECT=0` (no
+nonce refused at random) keep it quick; `PEBBLE_VA_ALWAYS_VALID` is never set: every challenge
+is really answered.
+
+The daemon is started and stopped by its pid (a file in the folder, checked against the
+process's command line), never by name; `infra lab down` stops it before the link goes. Nothing
+from the project but its link helpers (resources/lab_link.py) is imported here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import ssl
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from resources.lab_link import LinkDaemonError, command_line, start_daemon, stop_process
+
+ACME_PORT = 14000
+MANAGEMENT_PORT = 15000
+PEBBLE = "/usr/bin/pebble"
+
+
+class LabAcmeError(RuntimeError):
+    """Pebble could not be started, or its root could not be read."""
+
+
+@dataclass(frozen=True)
+class LabAcme:
+    """The ACME server of lab `number`: its config, API key pair, pid and log under `folder`.
+    `listen`: empty for the lab's link (tests give 127.0.0.1)."""
+
+    number: int
+    folder: Path
+    listen: str = ""
+    port: int = ACME_PORT
+    management_port: int = MANAGEMENT_PORT
+
+    @property
+    def address(self) -> str:
+        """The machine's end of the lab's link (resources/lab.py, LabNetwork.machine_address)."""
+        return self.listen or f"169.254.{self.number}.1"
+
+    @property
+    def directory(self) -> str:
+        """The ACME directory the web hosts' certbot is given (`--server`)."""
+        return f"https://{self.address}:{self.port}/dir"
+
+    @property
+    def roots_url(self) -> str:
+        return f"https://{self.address}:{self.management_port}/roots/0"
+
+    @property
+    def cert_file(self) -> Path:
+        """The API's certificate: the CA the web hosts check the directory against."""
+        return Path(self.folder) / "api.crt"
+
+    @property
+    def key_file(self) -> Path:
+        return Path(self.folder) / "api.key"
+
+    @property
+    def config_file(self) -> Path:
+        return Path(self.folder) / "pebble.json"
+
+    @property
+    def pid_file(self) -> Path:
+        return Path(self.folder) / "pebble.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return Path(self.folder) / "pebble.log"
+
+    def write_key_pair(self, cert_pem: str, key_pem: str) -> None:
+        """Keep the API's key pair (made by the caller for `address`); an existing pair stays,
+        so the hosts' trust in it does too."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if self.cert_file.exists() and self.key_file.exists():
+            return
+        fd = os.open(self.key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(key_pem)
+        self.cert_file.write_text(cert_pem)
+
+    def ca_cert(self) -> str:
+        """The API's certificate (PEM), for the hosts' trust; "" before `write_key_pair`."""
+        try:
+            return self.cert_file.read_text()
+        except OSError:
+            return ""
+
+    # --- the process -------------------------------------------------------------------------
+
+    def pid(self) -> int | None:
+        """Pebble's pid when it runs (its pid file names a live pebble with this folder's
+        config)."""
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        args = command_line(pid) or []
+        mine = bool(args) and args[0].endswith("pebble") and str(self.config_file) in args
+        return pid if mine else None
+
+    def running(self) -> bool:
+        return self.pid() is not None
+
+    def start(self, *, dns_server: str, timeout_s: float = 10.0) -> int:
+        """Start pebble unless it runs; returns its pid. `dns_server`: the lab's dnsmasq
+        (address:port), which answers the apps' domains. The address must be on the machine
+        (the lab's link is up) and the key pair written."""
+        pid = self.pid()
+        if pid is not None:
+            return pid
+        if not (self.cert_file.exists() and self.key_file.exists()):
+            raise LabAcmeError(f"lab {self.number}: no key pair for pebble's API in {self.folder}")
+        if not Path(PEBBLE).exists():
+            raise LabAcmeError(
+                f"{PEBBLE} is missing: install Debian's pebble (scripts/setup does:"
+                " scripts/apt-packages.txt)"
+            )
+        config = {
+            "pebble": {
+                "listenAddress": f"{self.address}:{self.port}",
+                "managementListenAddress": f"{self.address}:{self.management_port}",
+                "certificate": str(self.cert_file),
+                "privateKey": str(self.key_file),
+                "httpPort": 80,
+                "tlsPort": 443,
+                "ocspResponderURL": "",
+                "externalAccountBindingRequired": False,
+            }
+        }
+        self.config_file.write_text(json.dumps(config, indent=2) + "\n")
+        env = {
+            "PATH": "/usr/bin:/bin",
+            "PEBBLE_VA_NOSLEEP": "1",
+            "PEBBLE_WFE_NONCEREJECT": "0",
+        }
+        argv = [PEBBLE, "-config", str(self.config_file), "-dnsserver", dns_server]
+        try:
+            return start_daemon(
+                argv,
+                what="pebble (the lab's ACME server)",
+                address=self.address,
+                port=self.port,
+                pid_file=self.pid_file,
+                log_file=self.log_file,
+                env=env,
+                cwd=self.folder,
+                timeout_s=timeout_s,
+            )
+        except LinkDaemonError as err:
+            raise LabAcmeError(f"lab {self.number}: {err}") from None
+
+    def stop(self, *, timeout_s: float = 10.0) -> int | None:
+        """Stop pebble by its pid; returns the pid stopped, None when it did not run."""
+        pid = self.pid()
+        self.pid_file.unlink(missing_ok=True)
+        if pid is not None:
+            stop_process(pid, timeout_s=timeout_s)
+        return pid
+
+    def root(self, *, timeout_s: float = 10.0) -> str:
+        """The root (PEM) that signs the certificates pebble issues: new at every start. The
+        management port is checked against the API's own certificate."""
+        context = ssl.create_default_context(cafile=str(self.cert_file))
+        try:
+            with urllib.request.urlopen(self.roots_url, context=context, timeout=timeout_s) as r:
+                return r.read().decode()
+        except (OSError, ValueError) as err:
+            raise LabAcmeError(
+                f"lab {self.number}: pebble's root ({self.roots_url}): {err}"
+            ) from None
+
+    @property
+    def root_file(self) -> Path:
+        """Where `save_root` keeps pebble's root: what a client of the lab's sites trusts."""
+        return Path(self.folder) / "root.pem"
+
+    def save_root(self) -> Path:
+        """Fetch pebble's current root into `root_file` (it changes at every start)."""
+        self.root_file.write_text(self.root())
+        return self.root_file
+
+    def status(self) -> dict:
+        pid = self.pid()
+        return {
+            "directory": self.directory,
+            "root": self.roots_url,
+            "running": pid is not None,
+            "pid": pid,
+            "log": str(self.log_file),
+        }
