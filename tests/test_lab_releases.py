@@ -336,16 +336,50 @@ def test_app_containers_are_hardened_and_reach_neither_metadata_nor_private_netw
         "except OSError as e:\n print(e.errno)\n"
     )
 
-    def private_refusals() -> int:
+    def private_refusals(rule: str) -> int:
         listed = site.guest("staging", "nft", "list", "chain", "inet", "coop_firewall", "forward")
-        line = next(x for x in listed.splitlines() if "/16 tcp dport != 53" in x)
+        line = next(x for x in listed.splitlines() if f"/16 {rule}" in x)
         return int(line.split("packets", 1)[1].split()[0])
 
-    before = private_refusals()
+    tcp_rule = "meta l4proto tcp ct state new counter"
+    before = private_refusals(tcp_rule)
     from_app = site.guest("staging", "podman", "exec", container, "python3", "-c", to_master)
     assert from_app.strip() == "111"  # ECONNREFUSED: the forward rule's reset
-    assert private_refusals() > before
+    assert private_refusals(tcp_rule) > before
     assert site.guest("staging", "python3", "-c", to_master).strip() == "open"
+
+    # Nor UDP: a listener on the master's host hears the web host, never the app in it (the
+    # forward rule drops the datagram, its counter moves).
+    seen = "/tmp/coop-udp-probe.seen"
+    listener = (
+        "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
+        f"s.bind(({address!r},5599));s.settimeout(15)\n"
+        "try:\n while True:\n  d,a=s.recvfrom(64)\n"
+        f"  open({seen!r},'a').write(d.decode()+'\\n')\nexcept OSError:\n pass\n"
+    )
+    number = site.env.site.number_of(master)
+    site.driver.exec(number, master, ["rm", "-f", seen])
+    site.driver.exec(
+        number,
+        master,
+        ["sh", "-c", f"python3 -c {shlex.quote(listener)} >/dev/null 2>&1 &"],
+    )
+    send = (
+        "import socket,sys,time\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
+        f"time.sleep(1)\nfor i in range(3): s.sendto(sys.argv[1].encode(),({address!r},5599))\n"
+    )
+    drop_rule = "ct state new counter"
+    before = private_refusals(drop_rule)
+    site.guest("staging", "podman", "exec", container, "python3", "-c", send, "from-app")
+    site.guest("staging", "python3", "-c", send, "from-host")
+    heard: list[str] = []
+    for _ in range(25):
+        heard = site.driver.exec(number, master, ["cat", seen], check=False).output.split()
+        if "from-host" in heard:
+            break
+        time.sleep(0.2)
+    assert "from-host" in heard and "from-app" not in heard, heard
+    assert private_refusals(drop_rule) > before
 
 
 def test_releasing_the_live_digest_again_changes_nothing(site: LabReleases):

@@ -583,10 +583,17 @@ def test_the_registry_host_s_firewall_guards_its_ports_and_a_web_host_s_none(
             "ip daddr 169.254.169.254 counter reject with icmp type admin-prohibited",
             "ip6 daddr fe80::a9fe:a9fe counter reject with icmpv6 type admin-prohibited",
         ], host
-        # every host: its containers open no TCP connection into the location's network (but
-        # DNS)
-        forward = text.split("chain forward", 1)[1]
-        assert "ip daddr 10.100.0.0/16 tcp dport != 53 ct state new counter reject" in forward
+        # every host: its containers start nothing into the location's network but DNS
+        forward = [
+            line.strip()
+            for line in text.split("chain forward", 1)[1].splitlines()
+            if "10.100.0.0/16" in line
+        ]
+        assert forward == [
+            "ip daddr 10.100.0.0/16 meta l4proto { tcp, udp } th dport 53 accept",
+            "ip daddr 10.100.0.0/16 meta l4proto tcp ct state new counter reject with tcp reset",
+            "ip daddr 10.100.0.0/16 ct state new counter drop",
+        ], host
     assert rendered["support-1"][4:10] == [
         "tcp dport 4873 ct state new ip saddr { 10.100.2.1 } accept",
         "tcp dport 4873 ct state new counter reject with tcp reset",
