@@ -6,8 +6,9 @@ once in .state/podman), brought up by `infra demo` itself, whose two pushes are 
 Then ROUNDS more commits are pushed, one at a time; each is followed by the real
 `dagster-daemon` (git_push_sensor every 5 s -> build_hello on the jenkins agent through salt ->
 registry_image_sensor every 5 s -> release_staging_hello on web-staging-1) until
-`GET http://<web-staging-1>/health` with the app's staging domain as Host answers with its sha
-(through the lab's link, after the route check).
+`GET https://<the app's staging domain>/health` at web-staging-1's address answers with its sha
+(the certificate checked against the lab's ACME root; through the lab's link, after the route
+check).
 
 Reported: the median total (target: no slower than the process-based local site's 24.6 s, which
 the lab replaced), and on its own the part that is ours: the total minus the build (app_image's

@@ -37,7 +37,7 @@ from infra_assets.roles import role_catalogue
 from infra_assets.salt_keys import KeyStore
 from infra_assets.secrets import SecretsError, load_secrets, self_signed_certificate
 from infra_assets.sites import LabSite, SiteError, site_for
-from resources.lab import HostSpec, LabError, LabPlan, LabResource
+from resources.lab import HostSpec, LabError, LabNetwork, LabPlan, LabResource
 from resources.lab_acme import LabAcmeError
 from resources.lab_egress import LabEgressError
 from resources.terraform import TerraformError, TerraformResource
@@ -208,24 +208,25 @@ def plan_table(plan: LabPlan) -> str:
     return "\n".join(rows)
 
 
-def _start_acme(site: LabSite, lab: LabResource, number: int) -> dict[str, Any] | None:
+def _start_acme(site: LabSite, number: int) -> dict[str, Any] | None:
     """Start lab `number`'s ACME server (pebble on its link) when the lab has web hosts there,
     asking the lab's DNS (dnsmasq, which serves the apps' domains) where a domain is. None when
     there is no web host on this network."""
     hosts = [h for h in site.topo.hosts if site.number_of(h) == number]
     if not any(r.startswith("web-") for h in hosts for r in site.topo.hosts[h].roles):
         return None
-    dns_hosts = sorted(site.topo.hosts_with_role("dns"), key=lambda h: site.number_of(h) != number)
+    dns_hosts = sorted(h for h in site.topo.hosts_with_role("dns") if site.number_of(h) == number)
     if not dns_hosts:
         raise LabAcmeError(
-            f"lab {number}: the topology has no `dns` host, and the ACME server asks the lab's"
-            " DNS where the apps' domains are: give a support host the `dns` role"
+            f"lab {number}: no host of this location has the `dns` role, and the lab's ACME"
+            " server asks the location's DNS where the apps' domains are: give one of its"
+            " support hosts the `dns` role"
         )
     server = site.acme_server(number)
     server.write_key_pair(*self_signed_certificate([server.address]))
-    dns_address = site.reach(dns_hosts[0], "dns")
-    lab.route_into_lab(dns_address)  # pebble sends to a lab address: only through the link
-    server.start(dns_server=f"{dns_address}:{site.port(dns_hosts[0], 'dns')}")
+    dns = f"{site.reach(dns_hosts[0], 'dns')}:{site.port(dns_hosts[0], 'dns')}"
+    # In the lab's namespace, whose only routes lead into the lab (resources/lab_acme.py).
+    server.start(dns_server=dns, netns=LabNetwork(number).netns_path)
     return server.status()
 
 
@@ -259,7 +260,7 @@ def _location_definitions(topo: Topology, location: str) -> dg.Definitions:
             report = lab.up_network(number, log=context.log.info)
             egress.allow(site.egress_allow(number))
             egress.start()
-            acme = _start_acme(site, lab, number)
+            acme = _start_acme(site, number)
         except (LabError, LabEgressError, LabAcmeError) as err:
             raise dg.Failure(description=str(err), allow_retries=False) from None
         made = report.get("made") or []

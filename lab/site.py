@@ -323,8 +323,8 @@ def _registry(site: LabSite) -> dict[str, Any]:
 
 def releases(site: LabSite) -> dict[str, Any]:
     """`releases.<app>.<environment>`: what the web hosts record as live (read through salt)
-    and where the machine reaches it: `url` (the web host's planned address, through the lab's
-    link) over HTTPS to the app's domain (`app_site`)."""
+    and where the machine reaches it (`lab_app_reach`: the app's URL, the web host's planned
+    address it is reached at through the lab's link, the root its certificate chains to)."""
     from infra_assets.definitions import lab_resources
     from infra_assets.model import ENVIRONMENTS
     from infra_assets.releases import read_records

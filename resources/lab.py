@@ -649,18 +649,26 @@ class Lab:
         machine's iptables never changed), in order:
         - its hosts keep their own addresses towards the machine's end of the link (netavark
           masquerades everything leaving the /16): the egress proxy allows by address;
-        - of what the hosts start towards the machine, only the egress proxy (3128), the git
-          daemon (9418) and the ACME server's directory (14000) pass: nothing else the machine
-          listens on is the lab's business (pebble's management port stays the machine's). In the
-          mangle table, which netavark leaves alone: its filter FORWARD chain accepts everything
-          from the /16 before any rule of ours there could say no."""
+        - of what the hosts start towards the machine, only the egress proxy (3128) and the git
+          daemon (9418) pass: nothing else the machine listens on is the lab's business;
+        - of what the hosts start towards the namespace itself, only the ACME server's directory
+          (14000, pebble, which runs in the namespace: resources/lab_acme.py) passes, not its
+          management port;
+        - the namespace starts nothing towards the machine: pebble's validations (which follow
+          redirects to any address it can reach) reach the lab's hosts and nothing else.
+        In the mangle table, which netavark leaves alone: its filter FORWARD chain accepts
+        everything from the /16 before any rule of ours there could say no."""
         to_machine = ["-s", net.subnet, "-d", f"{net.machine_address}/32"]
         new = ["-m", "conntrack", "--ctstate", "NEW"]
         return [
             ("nat", "POSTROUTING", [*to_machine, "-j", "RETURN"]),
             ("mangle", "FORWARD", [*to_machine, "-p", "tcp", "-m", "multiport",
-             "--dports", f"{EGRESS_PORT},{GIT_PORT},{ACME_PORT}", *new, "-j", "ACCEPT"]),
+             "--dports", f"{EGRESS_PORT},{GIT_PORT}", *new, "-j", "ACCEPT"]),
             ("mangle", "FORWARD", [*to_machine, *new, "-j", "DROP"]),
+            ("mangle", "INPUT", ["-s", net.subnet, "-p", "tcp", "--dport", str(ACME_PORT),
+             *new, "-j", "ACCEPT"]),
+            ("mangle", "INPUT", ["-s", net.subnet, *new, "-j", "DROP"]),
+            ("mangle", "OUTPUT", ["-d", f"{net.machine_address}/32", *new, "-j", "DROP"]),
         ]  # fmt: skip
 
     def _ensure_link_rules(self, net: LabNetwork) -> bool:

@@ -2,16 +2,19 @@
 side of the lab's link.
 
 On a cloud, the web hosts get their sites' certificates from Let's Encrypt over the internet.
-In the lab they get them from pebble, a real ACME (RFC 8555) server, on the machine's end of lab
-N's veth link: its directory is `https://169.254.N.1:14000/dir`, and nowhere else. Its
-validation authority really answers the challenges: it asks the lab's dnsmasq (`-dnsserver`,
-which serves the apps' domains) where a domain is and fetches the HTTP-01 token from that web
-host's port 80, through the link, as Let's Encrypt would from the internet.
+In the lab they get them from pebble, a real ACME (RFC 8555) server, run in the lab's own network
+namespace (`nsenter --net`) on the namespace's end of lab N's veth link: its directory is
+`https://169.254.N.2:14000/dir`. Its validation authority really answers the challenges: it asks
+the lab's dnsmasq (`-dnsserver`, which serves the apps' domains) where a domain is and fetches
+the HTTP-01 token from that web host's port 80, as Let's Encrypt would from the internet. In the
+namespace, its only routes lead into the lab, and the lab's link rules (resources/lab.py) drop
+anything the namespace starts towards the machine: a validation, which follows redirects to any
+address, reaches the lab's hosts and nothing of the machine's.
 
 Pebble ships no TLS key pair for its own API: the caller passes one (a self-signed certificate
 for the link's address, which the web hosts trust for the ACME API alone). Its root, which signs
 the sites' certificates, is new at every start and is served on the management port
-(`https://169.254.N.1:15000/roots/0`), which only the machine reaches: the tests and the demo
+(`https://169.254.N.2:15000/roots/0`), which only the machine reaches: the tests and the demo
 check the sites against it. A restarted pebble has forgotten its accounts and certificates.
 
 `PEBBLE_VA_NOSLEEP=1` (no random wait before a validation) and `PEBBLE_WFE_NONCEREJECT=0` (no
@@ -28,6 +31,7 @@ from __future__ import annotations
 import json
 import os
 import ssl
+import threading
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +50,7 @@ class LabAcmeError(RuntimeError):
 @dataclass(frozen=True)
 class LabAcme:
     """The ACME server of lab `number`: its config, API key pair, pid and log under `folder`.
-    `listen`: empty for the lab's link (tests give 127.0.0.1)."""
+    `listen`: empty for the namespace's end of the lab's link (tests give 127.0.0.1)."""
 
     number: int
     folder: Path
@@ -56,8 +60,8 @@ class LabAcme:
 
     @property
     def address(self) -> str:
-        """The machine's end of the lab's link (resources/lab.py, LabNetwork.machine_address)."""
-        return self.listen or f"169.254.{self.number}.1"
+        """The namespace's end of the lab's link (resources/lab.py, LabNetwork.lab_address)."""
+        return self.listen or f"169.254.{self.number}.2"
 
     @property
     def directory(self) -> str:
@@ -123,10 +127,11 @@ class LabAcme:
     def running(self) -> bool:
         return self.pid() is not None
 
-    def start(self, *, dns_server: str, timeout_s: float = 10.0) -> int:
+    def start(self, *, dns_server: str, netns: str | None = None, timeout_s: float = 10.0) -> int:
         """Start pebble unless it runs; returns its pid. `dns_server`: the lab's dnsmasq
-        (address:port), which answers the apps' domains. The address must be on the machine
-        (the lab's link is up) and the key pair written."""
+        (address:port), which answers the apps' domains; `netns`: the lab's network namespace
+        (its path), where pebble runs (None: here, for tests on loopback). The address must be
+        there (the lab's link is up) and the key pair written."""
         pid = self.pid()
         if pid is not None:
             return pid
@@ -151,11 +156,13 @@ class LabAcme:
         }
         self.config_file.write_text(json.dumps(config, indent=2) + "\n")
         env = {
-            "PATH": "/usr/bin:/bin",
+            "PATH": "/usr/bin:/bin:/usr/sbin:/sbin",
             "PEBBLE_VA_NOSLEEP": "1",
             "PEBBLE_WFE_NONCEREJECT": "0",
         }
         argv = [PEBBLE, "-config", str(self.config_file), "-dnsserver", dns_server]
+        if netns:  # nsenter execs pebble: the pid is pebble's
+            argv = ["nsenter", f"--net={netns}", *argv]
         try:
             return start_daemon(
                 argv,
@@ -183,8 +190,12 @@ class LabAcme:
         """The root (PEM) that signs the certificates pebble issues: new at every start. The
         management port is checked against the API's own certificate."""
         context = ssl.create_default_context(cafile=str(self.cert_file))
+        # no $https_proxy: the link's address is reached directly
+        opener = urllib.request.build_opener(
+            urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context)
+        )
         try:
-            with urllib.request.urlopen(self.roots_url, context=context, timeout=timeout_s) as r:
+            with opener.open(self.roots_url, timeout=timeout_s) as r:
                 return r.read().decode()
         except (OSError, ValueError) as err:
             raise LabAcmeError(
@@ -197,8 +208,11 @@ class LabAcme:
         return Path(self.folder) / "root.pem"
 
     def save_root(self) -> Path:
-        """Fetch pebble's current root into `root_file` (it changes at every start)."""
-        self.root_file.write_text(self.root())
+        """Fetch pebble's current root into `root_file` (it changes at every start); replaced
+        whole, so that a reader never sees half a file."""
+        partial = self.root_file.with_name(f".root.pem.{os.getpid()}.{threading.get_ident()}")
+        partial.write_text(self.root())
+        os.replace(partial, self.root_file)
         return self.root_file
 
     def status(self) -> dict:

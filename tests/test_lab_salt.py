@@ -15,6 +15,7 @@ import logging
 import socket
 import ssl
 import struct
+import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -30,7 +31,7 @@ from lab_env import LAB_NUMBER, LabEnv
 from infra_assets.model import load_topology
 from infra_assets.salt_keys import KeyStore
 from infra_assets.secrets import Secrets, load_secrets
-from resources.lab import container_name
+from resources.lab import LabNetwork, container_name
 
 pytestmark = [pytest.mark.slow, pytest.mark.lab]
 
@@ -459,6 +460,15 @@ def test_the_npm_cache_goes_out_through_the_egress_proxy_and_nothing_else_goes_o
     with _answering_server(f"169.254.{LAB_NUMBER}.1") as (port, connected):
         probe = curl("support-2", "--max-time", "3", f"http://169.254.{LAB_NUMBER}.1:{port}/")
     assert probe.returncode == 28 and not connected, probe.output  # dropped by the link rules
+    # Nor does the lab's namespace itself start anything towards the machine (the ACME server
+    # runs there, and its validations follow redirects).
+    netns = f"--net={LabNetwork(LAB_NUMBER).netns_path}"
+    with _answering_server(f"169.254.{LAB_NUMBER}.1") as (port, connected):
+        argv = ["nsenter", netns, "curl", "-s", "--max-time", "3"]
+        from_ns = subprocess.run(
+            [*argv, f"http://169.254.{LAB_NUMBER}.1:{port}/"], capture_output=True, text=True
+        )
+    assert from_ns.returncode == 28 and not connected, from_ns.stderr
     refused = [e for e in proxy.log()[before:] if e["result"] == "refused"]
     assert [e["target"] for e in refused] == ["registry.npmjs.org:443", "example.com:443"]
     assert refused[0]["client"] == lab_env.address("web-staging-1")

@@ -114,11 +114,12 @@ app-release-known:
       'acme_directory': acme.get('directory', ''),
       'acme_email': acme.get('email', ''),
       'acme_ca': '/etc/coop/acme/ca.pem' if acme.get('ca_cert') else '',
+      'conf': '/etc/nginx/conf.d/app-' ~ name ~ '.conf',
       'pidfile': pidfile,
       'web_state': 'highstate/web-' ~ web['environment'],
       'old_workers': '/run/coop-app-' ~ name ~ '.old-workers'} %}
 {%- macro vars() %}{% for key in varargs %}{{ key }}={{ sh[key] | string | quote }}{{ ' ' if not loop.last else '' }}{% endfor %}{% endmacro %}
-{%- set conf = '/etc/nginx/conf.d/app-' ~ name ~ '.conf' %}
+{%- set conf = sh['conf'] %}
 {#- podman reads /etc/containers/containers.conf (salt/web) and the drop-ins of
     containers.conf.d where it always does: CONTAINERS_CONF would make it read that file only. #}
 {%- set env = {'REGISTRY_AUTH_FILE': '/etc/containers/auth.json'} %}
@@ -148,27 +149,52 @@ app-{{ name }}-web-ready:
 app-{{ name }}-certificate:
   cmd.run:
     - name: |
-        {{ vars('domain', 'acme_directory', 'acme_email', 'acme_ca') }}
+        {{ vars('domain', 'acme_directory', 'acme_email', 'acme_ca', 'conf') }}
         cert="/etc/letsencrypt/live/$domain/fullchain.pem"
-        if [ -f "$cert" ] && openssl x509 -in "$cert" -noout -checkend 2592000 >/dev/null \
-           && openssl x509 -in "$cert" -noout -checkhost "$domain" | grep -q 'does match'; then
+        renewal="/etc/letsencrypt/renewal/$domain.conf"
+        valid_for() {  # the certificate is there, for the domain, valid for $1 s more
+          [ -f "$cert" ] && openssl x509 -in "$cert" -noout -checkend "$1" >/dev/null \
+            && openssl x509 -in "$cert" -noout -checkhost "$domain" | grep -q 'does match'
+        }
+        # From the directory the topology names now (a certificate from another is replaced).
+        same_server=yes
+        if [ -f "$renewal" ] && ! grep -qxF "server = $acme_directory" "$renewal"; then same_server=""; fi
+        if [ -n "$same_server" ] && valid_for 2592000; then
           echo "changed=no comment='the certificate for $domain is valid for 30 days more'"; exit 0
+        fi
+        # A site written before its domain had TLS sends the ACME server's challenge to the
+        # app: let it answer them from the webroot first (this release rewrites the site).
+        if [ -f "$conf" ] && ! grep -q acme-challenge "$conf"; then
+          sed -i 's|^\( *server_name .*;\)$|\1\n    location /.well-known/acme-challenge/ { root /var/lib/coop/acme; default_type text/plain; }|' "$conf"
+          nginx -t -q && systemctl reload nginx && sleep 0.5
         fi
         [ -n "$acme_ca" ] && export REQUESTS_CA_BUNDLE="$acme_ca"
         if [ -n "$acme_email" ]; then account=(--email "$acme_email"); else account=(--register-unsafely-without-email); fi
+        force=(); [ -z "$same_server" ] && force=(--force-renewal)
         started=$SECONDS; out=$(mktemp)
         # HTTP-01: the token goes to the webroot, which nginx serves on port 80 for any name.
-        if ! certbot certonly --non-interactive --agree-tos "${account[@]}" \
-             --server "$acme_directory" --webroot --webroot-path /var/lib/coop/acme \
-             --cert-name "$domain" --domains "$domain" --key-type ecdsa \
-             --deploy-hook 'systemctl reload nginx' >"$out" 2>&1; then
-          echo "certbot could not get a certificate for $domain from $acme_directory:"
-          tail -n 15 "$out" | tr -d "'"; rm -f "$out"
-          echo "changed=no comment='no certificate for $domain from $acme_directory (is $domain served by this host on port 80?)'"
-          exit 1
+        # (certbot's lock: another certbot at work, the timer's say, is waited for.)
+        for attempt in 1 2 3 4 5 6; do
+          certbot certonly --non-interactive --agree-tos "${account[@]}" "${force[@]}" \
+            --server "$acme_directory" --webroot --webroot-path /var/lib/coop/acme \
+            --cert-name "$domain" --domains "$domain" --key-type ecdsa \
+            --deploy-hook 'systemctl reload nginx' >"$out" 2>&1 && got=yes || got=""
+          [ -n "$got" ] || ! grep -q 'Another instance of Certbot is already running' "$out" && break
+          sleep 5
+        done
+        if [ -n "$got" ]; then
+          rm -f "$out"
+          echo "changed=yes comment='certificate for $domain from $acme_directory in $((SECONDS - started)) s'"; exit 0
         fi
-        rm -f "$out"
-        echo "changed=yes comment='certificate for $domain from $acme_directory in $((SECONDS - started)) s'"
+        echo "certbot could not get a certificate for $domain from $acme_directory:"
+        tail -n 15 "$out" | tr -d "'"; rm -f "$out"
+        if valid_for 0; then
+          # Valid still (due for renewal, or from a directory named before): the release goes
+          # on with it, and the timer or the next release tries again.
+          echo "changed=no comment='no new certificate; the one for $domain is still valid, kept'"; exit 0
+        fi
+        echo "changed=no comment='no certificate for $domain from $acme_directory (is $domain served by this host on port 80?)'"
+        exit 1
     - stateful: True
     - shell: /bin/bash
     - require:
@@ -190,6 +216,9 @@ app-{{ name }}-pull:
     - env: {{ env | json }}
     - require:
       - cmd: app-{{ name }}-web-ready
+{%- if app['domain'] %}
+      - cmd: app-{{ name }}-certificate
+{%- endif %}
 
 app-{{ name }}-start:
   cmd.run:
@@ -291,11 +320,12 @@ app-{{ name }}-switched:
     - name: |
         {{ vars('digest', 'slot', 'port', 'served_url', 'host_header', 'resolve') }}
         # Which release nginx serves, asked of this host's nginx itself (--resolve: the domain
-        # at the host's address). -k: the question is the release, not the certificate, whose
-        # root the host need not trust (the lab's ACME server); the tests check that from outside.
+        # at the host's address), its certificate checked for the domain and against the
+        # issuer certbot got with it (chain.pem: the host need not trust the ACME server's root).
         served() {
           if [ -n "$resolve" ]; then
-            curl -sk -D - -o /dev/null --max-time 2 --resolve "$resolve" "$served_url"
+            curl -s -D - -o /dev/null --max-time 2 --resolve "$resolve" \
+              --cacert "/etc/letsencrypt/live/$host_header/chain.pem" "$served_url"
           else
             curl -s -D - -o /dev/null --max-time 2 -H "Host: $host_header" "$served_url"
           fi | grep -qi "^x-coop-release: $digest"
