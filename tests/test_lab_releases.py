@@ -481,6 +481,23 @@ def test_every_public_site_answers_https_with_a_certificate_from_the_acme_server
     assert site.release(d, v).success
     promoted = site.run("promote")
     assert promoted.success, _failure(promoted, "production")
+    # A web host that served the domain before it had TLS (its site sends everything on port 80
+    # to the app, the ACME challenges too) and has no certificate: the next release gets one.
+    domain = site.env.topo.apps[APP].domains["production"]
+    live = json.loads(site.record("production"))["current"]
+    address = site.env.address(site.host("production"), "web-production")
+    old_site = (
+        f"upstream app-{APP} {{ server 127.0.0.1:{live['port']}; }}\n"
+        f"server {{ listen {address}:80; server_name {domain};\n"
+        f"  location / {{ proxy_pass http://app-{APP}; proxy_set_header Host $host; }} }}\n"
+    )
+    conf = f"/etc/nginx/conf.d/app-{APP}.conf"
+    site.guest("production", "certbot", "delete", "--non-interactive", "--cert-name", domain)
+    site.guest("production", "sh", "-c", f"printf %s {shlex.quote(old_site)} > {conf}")
+    site.guest("production", "sh", "-c", "nginx -t -q && systemctl reload nginx")
+    again = site.run("promote")
+    assert again.success, _failure(again, "production")
+    assert "acme-challenge" in site.guest("production", "cat", conf)
     number = site.env.site.number_of(site.host("staging"))
     acme = site.env.site.acme_server(number)
     assert acme.running() and acme.directory == f"https://169.254.{number}.2:14000/dir"
@@ -505,6 +522,11 @@ def test_every_public_site_answers_https_with_a_certificate_from_the_acme_server
         assert names.get_values_for_type(x509.DNSName) == [domain]
         assert leaf.issuer.rfc4514_string().startswith("CN=Pebble Intermediate CA")
         assert "Pebble Root CA" in root.subject.rfc4514_string()
+
+        # A name no site here has: the handshake is refused (no other app's certificate).
+        with socket.create_connection((where.address, 443), timeout=5) as raw:
+            with pytest.raises(ssl.SSLError, match="UNRECOGNIZED_NAME|unrecognized name"):
+                context.wrap_socket(raw, server_hostname="unknown.example.org")
 
         # Without pebble's root, a client refuses the site: no certificate of some other origin.
         with pytest.raises(requests.exceptions.SSLError):
