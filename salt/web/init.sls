@@ -68,32 +68,27 @@ web-nginx-config:
           host=web['listen'], port=web['port']) }}
 {%- set acme_ca = (web.get('acme') or {}).get('ca_cert') or '' %}
 
-{#- The ACME directory's CA, for certbot alone (the lab's ACME server signs its API itself). #}
+{#- The ACME directory's CA, for certbot alone (the lab's ACME server signs its API itself); an
+    empty file where the host's trust store is enough (Let's Encrypt). The same states either
+    way: only the data differs. #}
 web-acme-ca:
-{%- if acme_ca %}
   file.managed:
     - name: /etc/coop/acme/ca.pem
     - makedirs: True
     - mode: '0644'
-    - contents_pillar: web:acme:ca_cert
-{%- else %}
-  file.absent:
-    - name: /etc/coop/acme/ca.pem
-{%- endif %}
+    - contents: {{ acme_ca | json }}
 
 web-certbot-timer-env:
-{%- if acme_ca %}
   file.managed:
     - name: /etc/systemd/system/certbot.service.d/coop.conf
     - makedirs: True
     - mode: '0644'
     - contents: |
-        # Managed by salt (salt/web): renewals check the ACME directory against its CA.
+        # Managed by salt (salt/web): renewals check the ACME directory against its CA
+        # (none here when the host's trust store is used).
         [Service]
+{%- if acme_ca %}
         Environment=REQUESTS_CA_BUNDLE=/etc/coop/acme/ca.pem
-{%- else %}
-  file.absent:
-    - name: /etc/systemd/system/certbot.service.d/coop.conf
 {%- endif %}
 
 web-certbot-daemon-reload:
