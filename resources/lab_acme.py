@@ -36,6 +36,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography import x509
+
 from resources.lab_link import LinkDaemonError, command_line, start_daemon, stop_process
 
 ACME_PORT = 14000
@@ -94,15 +96,25 @@ class LabAcme:
         return Path(self.folder) / "pebble.log"
 
     def write_key_pair(self, cert_pem: str, key_pem: str) -> None:
-        """Keep the API's key pair (made by the caller for `address`); an existing pair stays,
-        so the hosts' trust in it does too."""
+        """Keep the API's key pair (made by the caller for `address`). An existing pair for
+        this address stays, so the hosts' trust in it does too; one for another address (the
+        server moved) is replaced."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        if self.cert_file.exists() and self.key_file.exists():
+        if self.key_file.exists() and self.address in self._cert_addresses():
             return
         fd = os.open(self.key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as out:
             out.write(key_pem)
         self.cert_file.write_text(cert_pem)
+
+    def _cert_addresses(self) -> list[str]:
+        """The IP addresses the API's certificate is for ([] without one)."""
+        try:
+            cert = x509.load_pem_x509_certificate(self.cert_file.read_bytes())
+            names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        except (OSError, ValueError, x509.ExtensionNotFound):
+            return []
+        return [str(ip) for ip in names.get_values_for_type(x509.IPAddress)]
 
     def ca_cert(self) -> str:
         """The API's certificate (PEM), for the hosts' trust; "" before `write_key_pair`."""

@@ -34,6 +34,13 @@ def test_pebble_serves_its_directory_with_the_key_pair_it_was_given_and_stops_by
     assert (acme.key_file.stat().st_mode & 0o777) == 0o600
     acme.write_key_pair(*self_signed_certificate(["127.0.0.1"]))  # an existing pair stays
     assert acme.ca_cert() == cert
+    # ... unless it is for another address (the server moved): then it is replaced.
+    moved = LabAcme(7, acme.folder, listen="127.0.0.2", port=acme.port)
+    other, _ = self_signed_certificate(["127.0.0.2"])
+    moved.write_key_pair(other, key)
+    assert moved.ca_cert() == other
+    acme.write_key_pair(cert, key)
+    assert acme.ca_cert() == cert
 
     pid = acme.start(dns_server="127.0.0.1:53")
     assert acme.start(dns_server="127.0.0.1:53") == pid  # running: not started twice

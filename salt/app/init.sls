@@ -187,13 +187,16 @@ app-{{ name }}-certificate:
           echo "changed=yes comment='certificate for $domain from $acme_directory in $((SECONDS - started)) s'"; exit 0
         fi
         echo "certbot could not get a certificate for $domain from $acme_directory:"
-        tail -n 15 "$out" | tr -d "'"; rm -f "$out"
+        tail -n 15 "$out" | tr -d "'"
+        # certbot's own reason, in the comment (salt splits it at every = and ')
+        why=$(grep -E '^(Detail|An unexpected error occurred|Error)|Error:' "$out" | tail -n 1 | tr -d "'=" | cut -c1-300)
+        rm -f "$out"
         if valid_for 0; then
           # Valid still (due for renewal, or from a directory named before): the release goes
           # on with it, and the timer or the next release tries again.
           echo "changed=no comment='no new certificate; the one for $domain is still valid, kept'"; exit 0
         fi
-        echo "changed=no comment='no certificate for $domain from $acme_directory (is $domain served by this host on port 80?)'"
+        echo "changed=no comment='no certificate for $domain from $acme_directory: ${why:-see the output above} (is $domain served by this host on port 80?)'"
         exit 1
     - stateful: True
     - shell: /bin/bash
