@@ -38,7 +38,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from resources.lab_link import LinkDaemonError, command_line, start_daemon, stop_process
+from resources.lab_link import LinkDaemonError, PidFileDaemon, command_line, start_daemon
 
 ACME_PORT = 14000
 MANAGEMENT_PORT = 15000
@@ -50,7 +50,7 @@ class LabAcmeError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class LabAcme:
+class LabAcme(PidFileDaemon):
     """The ACME server of lab `number`: its config, API key pair, pid and log under `folder`.
     `listen`: empty for the namespace's end of the lab's link (tests give 127.0.0.1)."""
 
@@ -128,16 +128,12 @@ class LabAcme:
     def pid(self) -> int | None:
         """Pebble's pid when it runs (its pid file names a live pebble with this folder's
         config)."""
-        try:
-            pid = int(self.pid_file.read_text().strip())
-        except (OSError, ValueError):
+        pid = self.recorded_pid()
+        if pid is None:
             return None
         args = command_line(pid) or []
         mine = bool(args) and args[0].endswith("pebble") and str(self.config_file) in args
         return pid if mine else None
-
-    def running(self) -> bool:
-        return self.pid() is not None
 
     def start(self, *, dns_server: str, netns: str | None = None, timeout_s: float = 10.0) -> int:
         """Start pebble unless it runs; returns its pid. `dns_server`: the lab's dnsmasq
@@ -189,14 +185,6 @@ class LabAcme:
             )
         except LinkDaemonError as err:
             raise LabAcmeError(f"lab {self.number}: {err}") from None
-
-    def stop(self, *, timeout_s: float = 10.0) -> int | None:
-        """Stop pebble by its pid; returns the pid stopped, None when it did not run."""
-        pid = self.pid()
-        self.pid_file.unlink(missing_ok=True)
-        if pid is not None:
-            stop_process(pid, timeout_s=timeout_s)
-        return pid
 
     def root(self, *, timeout_s: float = 10.0) -> str:
         """The root (PEM) that signs the certificates pebble issues: new at every start. The

@@ -36,7 +36,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from resources.lab_link import LinkDaemonError, command_line, start_daemon, stop_process
+from resources.lab_link import LinkDaemonError, PidFileDaemon, command_line, start_daemon
 
 EGRESS_PORT = 3128
 MAX_HEADER = 16 * 1024
@@ -47,7 +47,7 @@ class LabEgressError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class LabEgressProxy:
+class LabEgressProxy(PidFileDaemon):
     """The egress proxy of lab `number`, its allow-list, pid and log under `folder`."""
 
     number: int
@@ -90,10 +90,7 @@ class LabEgressProxy:
         """The pid of the proxy on this lab's link address, when one runs: the one its pid file
         names, else any `resources.lab_egress` listening there (one whose folder was removed
         from under it still holds the port: it is found, so it can be stopped)."""
-        try:
-            recorded = int(self.pid_file.read_text().strip())
-        except (OSError, ValueError):
-            recorded = None
+        recorded = self.recorded_pid()
         candidates = [recorded] if recorded else []
         candidates += [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
         for pid in candidates:
@@ -109,9 +106,6 @@ class LabEgressProxy:
             a[len("--folder=") :] for a in command_line(pid) or [] if a.startswith("--folder=")
         ]
         return Path(folders[0]) if folders else None
-
-    def running(self) -> bool:
-        return self.pid() is not None
 
     def start(self, *, timeout_s: float = 10.0) -> int:
         """Start the proxy unless it runs; returns its pid. The lab's link must be up."""
@@ -144,14 +138,6 @@ class LabEgressProxy:
             )
         except LinkDaemonError as err:
             raise LabEgressError(f"lab {self.number}: {err}") from None
-
-    def stop(self, *, timeout_s: float = 10.0) -> int | None:
-        """Stop the proxy (by its pid); returns the pid stopped, None when it did not run."""
-        pid = self.pid()
-        self.pid_file.unlink(missing_ok=True)
-        if pid is not None:
-            stop_process(pid, timeout_s=timeout_s)
-        return pid
 
     def log(self) -> list[dict]:
         """The log's entries (one JSON object per request), oldest first."""

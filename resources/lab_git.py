@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from resources.lab_link import LinkDaemonError, command_line, start_daemon, stop_process
+from resources.lab_link import LinkDaemonError, PidFileDaemon, command_line, start_daemon
 
 GIT_PORT = 9418
 
@@ -33,7 +33,7 @@ class LabGitError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class LabGitDaemon:
+class LabGitDaemon(PidFileDaemon):
     """The git daemon of lab `number`, its export folder and pid file under `folder`."""
 
     number: int
@@ -83,17 +83,13 @@ class LabGitDaemon:
 
     def pid(self) -> int | None:
         """The daemon's pid when it runs (its pid file names a live `git daemon` of this lab)."""
-        try:
-            pid = int(self.pid_file.read_text().strip())
-        except (OSError, ValueError):
+        pid = self.recorded_pid()
+        if pid is None:
             return None
         args = command_line(pid) or []
         mine = f"--listen={self.address}" in args and f"--base-path={self.export_dir}" in args
         daemon = any(a.endswith("git-daemon") or a == "daemon" for a in args)
         return pid if mine and daemon else None
-
-    def running(self) -> bool:
-        return self.pid() is not None
 
     def start(self, *, timeout_s: float = 10.0) -> int:
         """Start the daemon unless it runs; returns its pid. The address must be on the
@@ -131,15 +127,6 @@ class LabGitDaemon:
             )
         except LinkDaemonError as err:
             raise LabGitError(f"lab {self.number}: {err}") from None
-
-    def stop(self, *, timeout_s: float = 10.0) -> int | None:
-        """Stop the daemon (by its pid; its children, one upload-pack per clone, are in its
-        process group); returns the pid stopped, None when it did not run."""
-        pid = self.pid()
-        self.pid_file.unlink(missing_ok=True)
-        if pid is not None:
-            stop_process(pid, timeout_s=timeout_s)
-        return pid
 
     def status(self) -> dict:
         pid = self.pid()

@@ -72,6 +72,37 @@ def listening(address: str, port: int, *, timeout_s: float = 0.5) -> bool:
         return False
 
 
+class PidFileDaemon:
+    """What the daemons on the link share: their pid file, `running` and `stop`. Each says in
+    `pid` how it knows its own process (its command line checked, never its name alone)."""
+
+    @property
+    def pid_file(self) -> Path:
+        raise NotImplementedError
+
+    def pid(self) -> int | None:
+        raise NotImplementedError
+
+    def recorded_pid(self) -> int | None:
+        """The pid in the pid file (not checked: `pid` does that), None without one."""
+        try:
+            return int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def running(self) -> bool:
+        return self.pid() is not None
+
+    def stop(self, *, timeout_s: float = 10.0) -> int | None:
+        """Stop the daemon by its pid (with its process group: start_daemon's children go
+        too); returns the pid stopped, None when it did not run."""
+        pid = self.pid()
+        self.pid_file.unlink(missing_ok=True)
+        if pid is not None:
+            stop_process(pid, timeout_s=timeout_s)
+        return pid
+
+
 def start_daemon(
     argv: Sequence[str],
     *,
