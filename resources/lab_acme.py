@@ -18,8 +18,9 @@ the sites' certificates, is new at every start and is served on the management p
 check the sites against it. A restarted pebble has forgotten its accounts and certificates.
 
 `PEBBLE_VA_NOSLEEP=1` (no random wait before a validation) and `PEBBLE_WFE_NONCEREJECT=0` (no
-nonce refused at random) keep it quick; `PEBBLE_VA_ALWAYS_VALID` is never set: every challenge
-is really answered.
+nonce refused at random) keep it quick; `PEBBLE_AUTHZREUSE=0` (pebble's default reuses a valid
+authorization half the time, so a test of a challenge would pass by chance) and
+`PEBBLE_VA_ALWAYS_VALID` never set: every order's challenge is really answered.
 
 The daemon is started and stopped by its pid (a file in the folder, checked against the
 process's command line), never by name; `infra lab down` stops it before the link goes. Nothing
@@ -167,6 +168,7 @@ class LabAcme(PidFileDaemon):
             "PATH": "/usr/bin:/bin:/usr/sbin:/sbin",
             "PEBBLE_VA_NOSLEEP": "1",
             "PEBBLE_WFE_NONCEREJECT": "0",
+            "PEBBLE_AUTHZREUSE": "0",
         }
         argv = [PEBBLE, "-config", str(self.config_file), "-dnsserver", dns_server]
         if netns:  # nsenter execs pebble: the pid is pebble's

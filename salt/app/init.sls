@@ -165,7 +165,7 @@ app-{{ name }}-certificate:
         # A site written before its domain had TLS sends the ACME server's challenge to the
         # app: let it answer them from the webroot first (this release rewrites the site).
         if [ -f "$conf" ] && ! grep -q acme-challenge "$conf"; then
-          sed -i 's|^\( *server_name .*;\)$|\1\n    location /.well-known/acme-challenge/ { root /var/lib/coop/acme; default_type text/plain; }|' "$conf"
+          sed -i '0,/server_name [^;]*;/s||&\n    location /.well-known/acme-challenge/ { root /var/lib/coop/acme; default_type text/plain; }|' "$conf"
           nginx -t -q && systemctl reload nginx && sleep 0.5
         fi
         [ -n "$acme_ca" ] && export REQUESTS_CA_BUNDLE="$acme_ca"
@@ -189,7 +189,7 @@ app-{{ name }}-certificate:
         echo "certbot could not get a certificate for $domain from $acme_directory:"
         tail -n 15 "$out" | tr -d "'"
         # certbot's own reason, in the comment (salt splits it at every = and ')
-        why=$(grep -E '^(Detail|An unexpected error occurred|Error)|Error:' "$out" | tail -n 1 | tr -d "'=" | cut -c1-300)
+        why=$(grep -E '^ *(Detail|An unexpected error occurred|Error)|Error:' "$out" | tail -n 1 | tr -d "'=" | cut -c1-300)
         rm -f "$out"
         if valid_for 0; then
           # Valid still (due for renewal, or from a directory named before): the release goes
