@@ -23,17 +23,22 @@ revision label) is not built again; the materialisation says so.
 Also here: the per-app build jobs (`build_<app>`) and git_push_sensor (`sensors/git_push.py`).
 """
 
+import functools
+import importlib.util
 import os
 import re
+import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import dagster as dg
 
 from infra_assets.highstate import highstate_key
 from infra_assets.model import App, Topology
-from infra_assets.paths import state_dir
+from infra_assets.paths import REPO_ROOT, state_dir
 from infra_assets.provenance import our_build
 from infra_assets.secrets import PUSH_ACCOUNT, SecretsError, load_secrets
 from infra_assets.sites import LabSite, SiteError, site_for
@@ -59,6 +64,8 @@ BUILD_STATE = "jenkins.build"
 # The project's base image, as the salt builder's agents pull it from the registry.
 BASE_REPOSITORY = "coop-base"
 JENKINS_URL_ENV = "INFRA_JENKINS_URL"
+# The standard build's rules (a repository without a Dockerfile), run on the agents.
+STANDARD_BUILD = REPO_ROOT / "salt" / "jenkins" / "files" / "standard_build.py"
 # Whose applied states a build needs: the registry's (it pushes there) and the agent's.
 UPSTREAM_ROLES = ("docker-registry", BUILD_AGENT_ROLE)
 
@@ -363,6 +370,48 @@ def publish_base_image(
     )
 
 
+@functools.cache
+def standard_build_module() -> ModuleType:
+    """salt/jenkins/files/standard_build.py, the standard build's rules, which the agents run:
+    read here too, so that the runtime an app needs is told by the same rule."""
+    spec = importlib.util.spec_from_file_location("coop_standard_build", STANDARD_BUILD)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def standard_runtime(git: GitResource, repo: str, branch: str, sha: str) -> str | None:
+    """The runtime whose base image the standard build of `repo` at `sha` needs (None: it has
+    a Dockerfile, or is no Node or Python app, which the build itself then says)."""
+    with tempfile.TemporaryDirectory(prefix="coop-standard-") as scratch:
+        tree = git.checkout(repo=repo, sha=sha, dest=Path(scratch) / "src", branch=branch).path
+        names = {p.name for p in tree.iterdir() if p.is_file()}
+    return standard_build_module().runtime_of(names)
+
+
+def publish_runtime_image(
+    podman: PodmanResource, registry: RegistryResource, endpoint: Endpoint, runtime: str,
+    log: BuildLog,
+) -> tuple[str, str]:  # fmt: skip
+    """The standard build's base image for `runtime` in the registry (`coop-<runtime>:<suite>`),
+    made and pushed when needed: (`<runtime>=<version>=<image by digest>`, what happened)."""
+    image = podman.ensure_runtime_image(runtime, log=log)
+    repository = f"coop-{runtime}"
+    tag = podman.debian_suite
+    there = registry.manifest(repository=repository, reference=tag)
+    if there is not None and there.config_digest == f"sha256:{image.image_id}":
+        digest, note = there.digest, f"{runtime} {image.version} base image is in the registry"
+    else:
+        log(f"== podman push {image.ref} {endpoint.image(repository, tag)}")
+        pushed = podman.push(image=image.ref, destination=endpoint.image(repository, tag),
+                             registry=endpoint, log=log)  # fmt: skip
+        digest = pushed.digest
+        note = f"{runtime} {image.version} base image pushed in {pushed.took_s:.1f} s"
+    return f"{runtime}={image.version}={endpoint.image(repository, digest)}", note
+
+
 def _build_salt(
     context: dg.AssetExecutionContext,
     topology: Topology,
@@ -383,7 +432,15 @@ def _build_salt(
     agent = build_agent(topology)
     secrets = load_secrets(site.secrets_file(), topology).values()
     base, base_note = publish_base_image(res.podman, res.registry, endpoint, log)
+    notes = [base_note]
+    runtime_images = ""
     base_dir = res.topology_file.file().parent
+    runtime = standard_runtime(res.git, resolve_repo(app.repo, base_dir), app.branch, sha)
+    if runtime:
+        runtime_images, runtime_note = publish_runtime_image(
+            res.podman, res.registry, endpoint, runtime, log
+        )
+        notes.append(f"standard build (no Dockerfile): {runtime_note}")
     source = lab_repo_url(site, base_dir, agent, app_name, repo)
     build = {
         "app": app_name,
@@ -392,6 +449,7 @@ def _build_salt(
         "branch": app.branch,
         "image": endpoint.image(app_name),
         "base_image": base,
+        "runtime_images": runtime_images,
     }
     log(f"== build on {agent} through salt ({BUILD_STATE}): {source} {sha}")
     result = salt.apply(
@@ -420,7 +478,7 @@ def _build_salt(
     return BuildOutcome(
         found[-1],
         time.monotonic() - started,
-        [base_note, f"built on {agent} through salt ({BUILD_STATE}, job {result.jid})"],
+        [*notes, f"built on {agent} through salt ({BUILD_STATE}, job {result.jid})"],
         {"build_host": agent, "salt_jid": result.jid, "base_image": base, "repo_url": source},
     )
 

@@ -167,7 +167,11 @@ def _jenkins(b: Block) -> None:
 
 
 def _jenkins_agent(b: Block) -> None:
-    b.pillar["jenkins_agent"] = {"master_url": _url(b.site, "jenkins-master", "jenkins", "http")}
+    b.pillar["jenkins_agent"] = {
+        "master_url": _url(b.site, "jenkins-master", "jenkins", "http"),
+        # The standard build's package registries: the co-op's caches (the builds' only network).
+        "npm_registry": _url(b.site, "npm-cache", "npm", "http"),
+    }
 
 
 def _registry_push(b: Block) -> None:
@@ -259,7 +263,24 @@ def firewall_rules(site: Site, host: str) -> dict[str, Any]:
         ],
         # What the host's containers may not open TCP connections into (forwarded traffic).
         "private_network": f"10.{location.number}.0.0/16",
+        # ... but for these services; and with them, nothing else (`containers_reach`).
+        "containers_reach": containers_reach(site, host),
     }
+
+
+def containers_reach(site: Site, host: str) -> list[dict[str, Any]]:
+    """The services `host`'s containers alone may connect to (its roles' `containers_reach`):
+    [{role, address, port}], each service of each host with a listed role."""
+    catalogue = role_catalogue()
+    reach: dict[tuple[str, int], dict[str, Any]] = {}
+    for role in site.topo.hosts[host].roles:
+        spec = catalogue.roles.get(role)
+        for target in spec.containers_reach if spec else ():
+            service = catalogue.roles[target].service
+            for other in sorted(site.topo.hosts_with_role(target)):
+                address, port = site.reach(other, target), site.port(other, service)
+                reach[(address, port)] = {"role": target, "address": address, "port": port}
+    return [reach[k] for k in sorted(reach, key=lambda k: (_address_key(k[0]), k[1]))]
 
 
 def guarded_sources(site: Site, sources: Iterable[str]) -> list[str]:

@@ -21,8 +21,11 @@ from infra_assets.paths import REPO_ROOT
 
 CATALOGUE_FILE = REPO_ROOT / "salt" / "roles.yaml"
 ROLE_KEYS = frozenset(
-    {"states", "image", "service", "ports", "only_from", "privileged", "uplinks", "pillar"}
-)
+    {
+        "states", "image", "service", "ports", "only_from", "privileged", "uplinks",
+        "containers_reach", "pillar",
+    }
+)  # fmt: skip
 # Who may reach a port that `only_from` guards, besides hosts of the listed roles: where Dagster
 # runs (the site says where that is: infra_assets/sites.py).
 DAGSTER_SOURCE = "dagster"
@@ -46,6 +49,9 @@ class Role:
     only_from: dict[str, tuple[str, ...]] = field(default_factory=dict)
     privileged: bool = False
     uplinks: tuple[str, ...] = ()
+    # the roles whose service its hosts' containers may connect to, and nothing else but DNS
+    # (empty: the containers start nothing into the private network, and reach out freely)
+    containers_reach: tuple[str, ...] = ()
     pillar: tuple[str, ...] = ()
 
 
@@ -175,6 +181,10 @@ def _role(name: str, spec: Any, groups: set[str], problems: list[str]) -> Role |
     ):
         problems.append(f"{where}.uplinks: must be a list of host:port")
         uplinks = []
+    reach = spec.get("containers_reach") or []
+    if not isinstance(reach, list) or not all(isinstance(r, str) for r in reach):
+        problems.append(f"{where}.containers_reach: must be a list of roles")
+        reach = []
     privileged = spec.get("privileged", False)
     if not isinstance(privileged, bool):
         problems.append(f"{where}.privileged: must be true or false")
@@ -189,6 +199,7 @@ def _role(name: str, spec: Any, groups: set[str], problems: list[str]) -> Role |
         only_from=only_from,
         privileged=privileged is True,
         uplinks=tuple(uplinks),
+        containers_reach=tuple(reach),
         pillar=tuple(pillar),
     )
 
@@ -215,6 +226,12 @@ def _only_from(
 
 def _check_sources(roles: dict[str, Role], problems: list[str]) -> None:
     for role in roles.values():
+        for target in role.containers_reach:
+            if target not in roles or roles[target].service is None:
+                problems.append(
+                    f"roles.{role.name}.containers_reach: {target!r} is no role of the catalogue"
+                    " with a service (its containers reach a role's service port)"
+                )
         for port, sources in role.only_from.items():
             for source in sources:
                 if source not in (DAGSTER_SOURCE, HOSTS_SOURCE) and source not in roles:

@@ -19,6 +19,7 @@ import base64
 import fcntl
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -65,6 +66,33 @@ class Pushed:
     destination: str
     digest: str
     took_s: float
+
+
+@dataclass(frozen=True)
+class Runtime:
+    # Installed with apt-get in the new system (debootstrap's --include does not resolve a
+    # package as deep as npm's: "Failure while configuring base packages", measured).
+    packages: tuple[str, ...]
+    version_command: str  # prints the runtime's version, x.y.z
+
+
+# The standard build's runtimes, Debian's own (bookworm: Node 18, Python 3.11).
+RUNTIMES = {
+    "node": Runtime(("nodejs", "npm"), "node --version | sed 's/^v//'"),
+    "python": Runtime(
+        ("python3", "python3-venv", "python3-pip"),
+        "python3 -c 'import platform; print(platform.python_version())'",
+    ),
+}
+RUNTIME_LABEL = "org.coop-infra.runtime-version"
+
+
+@dataclass(frozen=True)
+class RuntimeImage:
+    runtime: str
+    ref: str
+    image_id: str
+    version: str
 
 
 class PodmanResource(dg.ConfigurableResource):
@@ -195,6 +223,49 @@ class PodmanResource(dg.ConfigurableResource):
             image_id = self._make_base_image(log)
         return BaseImage(self.base_image, image_id, True, time.monotonic() - started)
 
+    def runtime_image_ref(self, runtime: str) -> str:
+        return f"localhost/coop-{runtime}:{self.debian_suite}"
+
+    def ensure_runtime_image(self, runtime: str, *, log: LogSink | None = None) -> RuntimeImage:
+        """The standard build's base image for `runtime` (`node`, `python`): Debian's own
+        runtime, debootstrapped once like the base image, labelled with the runtime's version."""
+        spec = RUNTIMES.get(runtime)
+        if spec is None:
+            raise PodmanError(
+                f"no runtime {runtime!r}: the standard build knows {', '.join(sorted(RUNTIMES))}"
+            )
+        ref = self.runtime_image_ref(runtime)
+        with self._lock(f"runtime-{runtime}"):
+            image_id = self.image_id(ref)
+            if not image_id:
+                image_id = self.debootstrap_image(
+                    ref=ref,
+                    work=self.folder() / f"runtime-{runtime}",
+                    suite=self.debian_suite,
+                    mirror=self.debian_mirror,
+                    packages=["ca-certificates"],
+                    setup_script="apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get"
+                    f" install -q -y --no-install-recommends {' '.join(spec.packages)}",
+                    changes=[
+                        f"ENV PATH={DEFAULT_PATH}",
+                        "ENV LANG=C.UTF-8",
+                        f"LABEL {BASE_LABEL}={self.debian_suite}",
+                        'CMD ["/bin/bash"]',
+                    ],
+                    message=f"coop-infra {runtime} base: debootstrap {self.debian_suite} minbase"
+                    f" + {' '.join(spec.packages)}",
+                    what=f"the {runtime} base image",
+                    label_probes={RUNTIME_LABEL: spec.version_command},
+                    log=log,
+                )
+        version = self.labels(ref).get(RUNTIME_LABEL, "")
+        if not re.fullmatch(r"\d+\.\d+\.\d+", version):
+            raise PodmanError(
+                f"{ref} has no {runtime} version in its {RUNTIME_LABEL} label"
+                f" ({version!r}): remove it (podman rmi) to have it made again"
+            )
+        return RuntimeImage(runtime, ref, image_id, version)
+
     def _make_base_image(self, log: LogSink | None) -> str:
         return self.debootstrap_image(
             ref=self.base_image,
@@ -226,11 +297,13 @@ class PodmanResource(dg.ConfigurableResource):
         what: str,
         setup_script: str | None = None,
         cache_dir: Path | None = None,
+        label_probes: Mapping[str, str] | None = None,
         log: LogSink | None = None,
     ) -> str:
         """A minimal Debian made with debootstrap in `work` (with `packages`, `setup_script` run
         in it by chroot, no package caches or lists left), `podman import`ed as `ref` with
-        `changes`: the image id. The app base and the lab base are both made here."""
+        `changes` (and a label per `label_probes`, each a command's output in the new system):
+        the image id. The app bases and the lab base are all made here."""
         if not Path(DEBIAN_KEYRING).is_file():
             raise PodmanError(
                 f"{DEBIAN_KEYRING} is missing: install the debian-archive-keyring package"
@@ -267,6 +340,10 @@ class PodmanResource(dg.ConfigurableResource):
             )
             if setup_script:
                 run_cli(["chroot", str(rootfs), "/bin/sh", "-c", setup_script], log=log)
+            changes = list(changes)
+            for label, command in (label_probes or {}).items():  # a label from what was installed
+                probed = run_cli(["chroot", str(rootfs), "/bin/sh", "-c", command], log=_quiet)
+                changes.append(f"LABEL {label}={probed.output.strip()}")
             # What an image does not need: downloaded packages and package lists (~90 MB).
             for leftover in ("var/cache/apt/archives", "var/lib/apt/lists"):
                 for entry in (rootfs / leftover).glob("*"):

@@ -307,3 +307,28 @@ def record_build(instance: dg.DagsterInstance, app: str, digest: str, sha: str, 
         return dg.MaterializeResult(metadata={"digest": digest, "sha": sha, "branch": branch})
 
     assert dg.materialize([built], instance=instance).success
+
+
+def sensor_tick(defs: dg.Definitions, name: str, instance, cursor: str | None):
+    """One evaluation of sensor `name`, as the daemon would run it, from `cursor`."""
+    with dg.build_sensor_context(
+        instance=instance, cursor=cursor, definitions=defs, resources=defs.resources
+    ) as context:
+        return defs.resolve_sensor_def(name)(context)
+
+
+def materialization_metadata(result, node: str) -> dict:
+    """The metadata of the one materialisation of step `node` in a run, as plain values."""
+    [mat] = result.asset_materializations_for_node(node)
+    return {k: v.value for k, v in mat.metadata.items()}
+
+
+def step_failures(result) -> str:
+    """What each failed step of a run said: its Failure's description and its error."""
+    out = []
+    for event in result.all_events:
+        if event.is_step_failure:
+            data = event.step_failure_data
+            out.append(data.user_failure_data.description if data.user_failure_data else "")
+            out.append(data.error.message if data.error else "")
+    return "\n".join(out)

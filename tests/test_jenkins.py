@@ -152,6 +152,8 @@ def test_the_jenkinsfile_declares_what_the_builder_sends():
 FAKE_GIT = """#!/bin/bash
 printf '%s\\n' git "$@" >> "$CALLS"; echo >> "$CALLS"
 if [[ " $* " == *" fetch "* && " $* " == *" --depth "* ]]; then exit 128; fi
+# The checked-out tree: an app with a Dockerfile (git -C <src> ... checkout).
+if [[ " $* " == *" checkout "* ]]; then touch "$2/Dockerfile"; fi
 """
 FAKE_PODMAN = """#!/bin/bash
 printf '%s\\n' podman "$@" >> "$CALLS"

@@ -13,7 +13,14 @@ import time
 
 import dagster as dg
 import pytest
-from fixtures_delivery import HELLO, git, make_app_repo
+from fixtures_delivery import (
+    HELLO,
+    git,
+    make_app_repo,
+    materialization_metadata,
+    sensor_tick,
+    step_failures,
+)
 from lab_env import LAB_NUMBER, LabEnv
 
 from infra_assets.app_images import asset_key, build_job_name
@@ -33,28 +40,6 @@ def hello(lab_env: LabEnv):
 
     bare = Path(lab_env.topo.apps[APP].repo)
     return make_app_repo(bare.parent.parent, APP, source=HELLO)
-
-
-def _tick(defs, name: str, instance, cursor: str | None):
-    with dg.build_sensor_context(
-        instance=instance, cursor=cursor, definitions=defs, resources=defs.resources
-    ) as context:
-        return defs.resolve_sensor_def(name)(context)
-
-
-def _metadata(result, node: str) -> dict:
-    [mat] = result.asset_materializations_for_node(node)
-    return {k: v.value for k, v in mat.metadata.items()}
-
-
-def _failures(result) -> str:
-    out = []
-    for event in result.all_events:
-        if event.is_step_failure:
-            data = event.step_failure_data
-            out.append(data.user_failure_data.description if data.user_failure_data else "")
-            out.append(data.error.message if data.error else "")
-    return "\n".join(out)
 
 
 def _answer(lab_env: LabEnv, host: str, environment: str) -> tuple[dict, dict]:
@@ -93,7 +78,7 @@ def test_a_push_is_built_on_the_agent_released_on_staging_and_promoted(
         ).digest
 
         # The git sensor reads the path repo on this machine: one build, one partition.
-        tick = _tick(defs, git_push.SENSOR_NAME, instance, None)
+        tick = sensor_tick(defs, git_push.SENSOR_NAME, instance, None)
         assert [r.run_key for r in tick.run_requests] == [f"{APP}:{sha}"]
         for request in tick.dynamic_partitions_requests:
             instance.add_dynamic_partitions(request.partitions_def_name, request.partition_keys)
@@ -103,8 +88,8 @@ def test_a_push_is_built_on_the_agent_released_on_staging_and_promoted(
             instance=instance, partition_key=sha, raise_on_error=False
         )
         times["build"] = time.monotonic() - started
-        assert build.success, _failures(build)
-        meta = _metadata(build, NODE)
+        assert build.success, step_failures(build)
+        meta = materialization_metadata(build, NODE)
 
         # Built on the agent through salt, from the lab's git daemon, pushed to the registry.
         assert meta["builder"] == "salt" and meta["built"] is True
@@ -131,7 +116,7 @@ def test_a_push_is_built_on_the_agent_released_on_staging_and_promoted(
         assert secrets.get("registry", "users", "ci") not in log
 
         # The registry sensor sees the image at the branch tag: one staging release.
-        seen = _tick(defs, registry_images.SENSOR_NAME, instance, None)
+        seen = sensor_tick(defs, registry_images.SENSOR_NAME, instance, None)
         [request] = seen.run_requests
         assert request.run_key == digest and request.tags["coop/sha"] == sha
         started = time.monotonic()
@@ -139,14 +124,14 @@ def test_a_push_is_built_on_the_agent_released_on_staging_and_promoted(
             instance=instance, run_config=request.run_config, raise_on_error=False
         )
         times["staging"] = time.monotonic() - started
-        assert staging.success, _failures(staging)
+        assert staging.success, step_failures(staging)
 
         started = time.monotonic()
         promote = defs.resolve_job_def("promote").execute_in_process(
             instance=instance, raise_on_error=False
         )
         times["production"] = time.monotonic() - started
-        assert promote.success, _failures(promote)
+        assert promote.success, step_failures(promote)
 
         status = site.status(lab_env.topology_file)
     print(f"\nlab delivery: {', '.join(f'{k} {v:.1f} s' for k, v in times.items())}")
@@ -244,7 +229,7 @@ def _build_requested(defs, instance, tick, **kw) -> list[dg.ExecuteInProcessResu
 def _cursor_at_heads(defs, instance) -> str:
     """A git sensor cursor that has seen every app's head already (the lab's `hello` included):
     the next tick asks only for what is pushed after."""
-    tick = _tick(defs, git_push.SENSOR_NAME, instance, None)
+    tick = sensor_tick(defs, git_push.SENSOR_NAME, instance, None)
     return tick.cursor
 
 
@@ -252,16 +237,16 @@ def test_a_rebuild_is_skipped_and_an_old_commit_leaves_the_branch_tag_alone(hell
     repo, defs, instance = hello_build
     cursor = _cursor_at_heads(defs, instance)
     first = repo.commit(message="v1")
-    tick1 = _tick(defs, git_push.SENSOR_NAME, instance, cursor)
+    tick1 = sensor_tick(defs, git_push.SENSOR_NAME, instance, cursor)
     [run1] = _build_requested(defs, instance, tick1)
-    assert run1.success, _failures(run1)
-    digest1 = _metadata(run1, BUILD_NODE)["digest"]
+    assert run1.success, step_failures(run1)
+    digest1 = materialization_metadata(run1, BUILD_NODE)["digest"]
 
     second = repo.commit({"app.py": (HELLO / "app.py").read_text() + "# v2\n"}, "v2")
-    tick2 = _tick(defs, git_push.SENSOR_NAME, instance, tick1.cursor)
+    tick2 = sensor_tick(defs, git_push.SENSOR_NAME, instance, tick1.cursor)
     assert [r.partition_key for r in tick2.run_requests] == [second]
     [run2] = _build_requested(defs, instance, tick2)
-    meta2 = _metadata(run2, BUILD_NODE)
+    meta2 = materialization_metadata(run2, BUILD_NODE)
     assert meta2["digest"] != digest1
     registry = defs.resources["registry"]
     assert registry.digest(repository=BUILD_APP, reference="main") == meta2["digest"]
@@ -270,7 +255,7 @@ def test_a_rebuild_is_skipped_and_an_old_commit_leaves_the_branch_tag_alone(hell
     again = defs.resolve_job_def(build_job_name(BUILD_APP)).execute_in_process(
         instance=instance, partition_key=first
     )
-    meta = _metadata(again, BUILD_NODE)
+    meta = materialization_metadata(again, BUILD_NODE)
     assert meta["built"] is False and meta["digest"] == digest1
     assert "already in the registry, built by app_image: not built again" in meta["what_happened"]
     assert f"main has moved on to {second[:12]}" in meta["what_happened"]
@@ -284,11 +269,11 @@ def test_a_failing_build_fails_the_run_with_its_log_and_pushes_nothing(hello_bui
     cursor = _cursor_at_heads(defs, instance)
     broken = (HELLO / "Dockerfile").read_text() + 'RUN echo "tests fail here" && exit 3\n'
     sha = repo.commit({"Dockerfile": broken}, "broken")
-    tick = _tick(defs, git_push.SENSOR_NAME, instance, cursor)
+    tick = sensor_tick(defs, git_push.SENSOR_NAME, instance, cursor)
     [run] = _build_requested(defs, instance, tick, raise_on_error=False)
     assert not run.success
     failure = run.failure_data_for_node(BUILD_NODE)
-    text = _failures(run)
+    text = step_failures(run)
     assert f"app_image/{BUILD_APP} at {sha[:12]}" in text, text
     tail = failure.user_failure_data.metadata["log_tail"].value
     assert "tests fail here" in tail
@@ -302,4 +287,6 @@ def test_a_partition_that_is_not_a_sha_is_refused(hello_build):
         instance=instance, partition_key="latest", raise_on_error=False
     )
     assert not result.success
-    assert f"partition 'latest' of app_image/{BUILD_APP} is not a commit sha" in _failures(result)
+    assert f"partition 'latest' of app_image/{BUILD_APP} is not a commit sha" in step_failures(
+        result
+    )

@@ -48,6 +48,14 @@ jenkins-build-{{ app }}-workdir:
     - makedirs: True
     - mode: '0700'
 
+jenkins-build-{{ app }}-standard:
+  file.managed:
+    - name: {{ (workdir ~ '/standard_build.py') | json }}
+    - source: salt://jenkins/files/standard_build.py
+    - mode: '0644'
+    - require:
+      - file: jenkins-build-{{ app }}-workdir
+
 jenkins-build-{{ app }}:
   cmd.script:
     - source: salt://jenkins/files/build-app-image.sh
@@ -60,11 +68,16 @@ jenkins-build-{{ app }}:
         BRANCH: {{ branch | json }}
         IMAGE: {{ image | string | json }}
         BASE_IMAGE: {{ build.get('base_image', '') | string | json }}
+        # The standard build (no Dockerfile): the runtimes' base images, and the caches it
+        # installs from (the builds' only network: salt/common/firewall.sls).
+        RUNTIME_IMAGES: {{ build.get('runtime_images', '') | string | json }}
+        STANDARD_BUILD: {{ (workdir ~ '/standard_build.py') | json }}
+        NPM_REGISTRY: {{ (pillar.get('jenkins_agent', {}).get('npm_registry') or '') | json }}
         REGISTRY_AUTH_FILE: {{ auth | json }}
         # Podman reads the agent's settings (jenkins.agent: crun) from its default place, with
         # the drop-ins of containers.conf.d (CONTAINERS_CONF would make it read that file only).
     - require:
-      - file: jenkins-build-{{ app }}-workdir
+      - file: jenkins-build-{{ app }}-standard
 
 jenkins-build-{{ app }}-cleanup:
   file.absent:

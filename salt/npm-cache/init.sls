@@ -135,6 +135,9 @@ npm-cache-config:
         uplinks:
           npmjs:
             url: {{ npm['uplink'] }}
+            # A package's metadata is asked of the uplink again after 30 minutes (verdaccio's
+            # default, 2 minutes, would have every build of an unchanged lockfile ask again).
+            maxage: 30m
 {%- if npm.get('https_proxy') %}
             https_proxy: {{ npm['https_proxy'] }}
 {%- endif %}

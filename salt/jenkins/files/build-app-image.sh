@@ -21,6 +21,11 @@
 #                                       podman's own, /etc/containers/certs.d/<registry>/ (the
 #                                       jenkins.agent salt state puts it there)
 #   BUILD_NETWORK                       optional: podman build --network (default: podman's own)
+#   RUNTIME_IMAGES                      for a repository without a Dockerfile (the standard
+#                                       build, standard_build.py beside this script, or at
+#                                       STANDARD_BUILD): the runtimes' base images, space-separated
+#                                       `<runtime>=<version>=<image>` (node=18.19.0=reg/coop-node@...)
+#   NPM_REGISTRY, PIP_INDEX_URL         the co-op's caches, which the standard build installs from
 # Writes the pushed digest to image-digest.txt and prints `PUSHED_DIGEST=sha256:...`.
 set -euo pipefail
 
@@ -98,6 +103,38 @@ else
 fi
 umask 022
 
+# No Dockerfile: the standard build writes one (outside the build context), by convention.
+dockerfile=()
+mismatch=""
+if [ ! -f "$work/src/Dockerfile" ]; then
+  standard="${STANDARD_BUILD:-$(dirname "$0")/standard_build.py}"
+  runtimes=""
+  for item in ${RUNTIME_IMAGES:-}; do
+    name="${item%%=*}"; rest="${item#*=}"; runtimes+="$name=${rest%%=*},"
+  done
+  if [ -z "$runtimes" ] || [ ! -f "$standard" ]; then
+    echo "build-app-image: the repository has no Dockerfile, and this build has no standard" \
+      "build (RUNTIME_IMAGES: '${RUNTIME_IMAGES:-}', $standard)" >&2
+    exit 2
+  fi
+  echo "== standard build (no Dockerfile)"
+  set +e
+  python3 "$standard" "$work/src" --runtimes "$runtimes" --dockerfile "$work/Dockerfile" \
+    --npm-registry "${NPM_REGISTRY:-}" --pip-index "${PIP_INDEX_URL:-}" >"$work/standard.txt"
+  status=$?
+  set -e
+  cat "$work/standard.txt"
+  if [ "$status" != 0 ]; then exit "$status"; fi
+  runtime="$(sed -n 's/^RUNTIME=//p' "$work/standard.txt")"
+  available="$(sed -n 's/^AVAILABLE=//p' "$work/standard.txt")"
+  mismatch="$(sed -n 's/^WARNING: //p' "$work/standard.txt")"
+  BASE_IMAGE=""
+  for item in $RUNTIME_IMAGES; do
+    if [ "${item%%=*}" = "$runtime" ]; then rest="${item#*=}"; BASE_IMAGE="${rest#*=}"; fi
+  done
+  dockerfile=(-f "$work/Dockerfile")
+fi
+
 build_args=(--build-arg "GIT_SHA=$SHA")
 if [ -n "${BASE_IMAGE:-}" ]; then
   build_args+=(--build-arg "BASE_IMAGE=$BASE_IMAGE")
@@ -110,11 +147,22 @@ fi
 echo "== build $IMAGE:$SHA"
 network=()
 if [ -n "${BUILD_NETWORK:-}" ]; then network=(--network "$BUILD_NETWORK"); fi
+set +e
 podman build --pull=never --layers --force-rm "${network[@]}" "${build_args[@]}" \
   --label "org.opencontainers.image.revision=$SHA" \
   --label "org.opencontainers.image.source=$shown_repo" \
   --label "org.coop-infra.app=$APP" \
-  -t "$IMAGE:$SHA" "$work/src"
+  "${dockerfile[@]}" -t "$IMAGE:$SHA" "$work/src"
+status=$?
+set -e
+if [ "$status" != 0 ]; then
+  if [ -n "$mismatch" ]; then
+    # The version the app asks for may be why: say what there is.
+    echo "build-app-image: the build failed, and the app asks for another runtime than the" \
+      "base image has: ${mismatch//$'\n'/; }. Available: $available" >&2
+  fi
+  exit "$status"
+fi
 
 echo "== push $IMAGE:$SHA"
 podman push --authfile "$auth" --tls-verify="$tls" "${certs[@]}" --digestfile "$work/digest" \

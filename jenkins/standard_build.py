@@ -1,0 +1,1 @@
+../salt/jenkins/files/standard_build.py

@@ -1,0 +1,13 @@
+// Express's own "Hello world" (expressjs.com/en/starter/hello-world.html), answering in JSON
+// with the commit it was built from (the standard build puts it in APP_VERSION).
+const express = require('express')
+const app = express()
+const port = process.env.PORT || 3000
+
+app.get('/', (req, res) => {
+  res.json({ app: 'express-sample', version: process.env.APP_VERSION || 'unknown' })
+})
+
+app.listen(port, () => {
+  console.log(`Example app listening on port ${port}`)
+})

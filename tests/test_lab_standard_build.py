@@ -1,0 +1,159 @@
+"""The standard build on the lab, for real: an Express app as the co-op's Node apps come (a
+package.json without a lockfile, no Dockerfile, a Procfile: tests/apps/express) is built on the
+jenkins agent by convention (salt/jenkins/files/standard_build.py), FROM the project's Node base
+image (Debian's nodejs and npm, debootstrapped here, pushed to the lab's registry), with Express
+installed through the lab's npm cache (verdaccio on support-1, the build's only network), and
+released on web-staging-1, where it answers with its commit."""
+
+from __future__ import annotations
+
+import dagster as dg
+import pytest
+import yaml
+from fixtures_delivery import (
+    REPO_ROOT,
+    make_app_repo,
+    materialization_metadata,
+    sensor_tick,
+    step_failures,
+)
+from lab_env import LAB_NUMBER, LabEnv
+
+from infra_assets.app_images import build_job_name
+from infra_assets.releases import staging_job_name
+from sensors import git_push, registry_images
+
+pytestmark = [pytest.mark.slow, pytest.mark.lab]
+
+EXPRESS = REPO_ROOT / "tests" / "apps" / "express"
+APP = "express-sample"
+NODE = "app_image__express_sample"
+NPM_STORAGE = "/var/lib/verdaccio/storage"
+
+
+@pytest.fixture
+def express(lab_env: LabEnv, tmp_path):
+    """The session's lab with the Express app declared: one topology entry (no domain: it is
+    served over HTTP by its name), its repo a bare repo under tmp_path."""
+    from infra_assets.model import load_topology
+    from lab.site import lab_secrets
+
+    repo = make_app_repo(tmp_path, APP, source=EXPRESS)
+    data = yaml.safe_load(lab_env.topology_file.read_text())
+    data["apps"][APP] = {"repo": str(repo.bare), "branch": "main", "port": 8000, "health": "/"}
+    path = tmp_path / "topology.lab.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    env = LabEnv(path, lab_env.dagster_home, load_topology(path))
+    with env.env():
+        lab_secrets(env.site)
+        # The web hosts release only the apps of their pillar: the lab's pillar with this app.
+        assert env.run("salt_pillar").success
+    try:
+        with env.env():
+            yield repo, env
+    finally:
+        assert lab_env.run("salt_pillar").success  # the lab's own again, for the tests after
+
+
+def test_an_express_app_without_a_dockerfile_builds_through_the_npm_cache_and_goes_live(
+    lab_env: LabEnv, express
+):
+    from lab.site import app_site
+
+    repo, env = express
+    instance = dg.DagsterInstance.get()
+    defs = env.definitions()
+    cursor = sensor_tick(defs, git_push.SENSOR_NAME, instance, None).cursor
+    sha = repo.commit(message="express, as its starter makes it")
+    tick = sensor_tick(defs, git_push.SENSOR_NAME, instance, cursor)
+    [request] = [r for r in tick.run_requests if r.job_name == build_job_name(APP)]
+    for partitions in tick.dynamic_partitions_requests:
+        instance.add_dynamic_partitions(partitions.partitions_def_name, partitions.partition_keys)
+    build = defs.resolve_job_def(build_job_name(APP)).execute_in_process(
+        instance=instance, partition_key=sha, tags=request.tags, raise_on_error=False
+    )
+    assert build.success, step_failures(build)
+    meta = materialization_metadata(build, NODE)
+    log = open(meta["build_log"]).read()
+
+    # By convention: Node (package.json), npm install (no lockfile), the Procfile's command,
+    # FROM the project's Node base image, which Debian's nodejs 18 makes.
+    assert "[support-2] == standard build (no Dockerfile)" in log
+    assert "[support-2] RUNTIME=node" in log
+    assert "[support-2] AVAILABLE=node 18." in log
+    assert "standard build (no Dockerfile): node 18." in meta["what_happened"]
+    registry = env.definitions().resources["registry"]
+    manifest = registry.manifest(repository=APP, reference=sha)
+    labels = registry.labels(repository=APP, manifest=manifest)
+    assert labels["org.coop-infra.build"].startswith("standard node 18.")
+    assert labels["org.opencontainers.image.revision"] == sha
+
+    # Express came through the lab's npm cache: verdaccio on support-1 has it stored now.
+    lab = env.lab().lab()  # the container driver
+    stored = lab.exec(LAB_NUMBER, "support-1", ["ls", NPM_STORAGE], check=False).output.split()
+    assert "express" in stored, stored
+
+    # Live on staging: the registry sensor's release of the branch tag.
+    seen = sensor_tick(defs, registry_images.SENSOR_NAME, instance, None)
+    [release] = [r for r in seen.run_requests if r.job_name == staging_job_name(APP)]
+    staging = defs.resolve_job_def(staging_job_name(APP)).execute_in_process(
+        instance=instance, run_config=release.run_config, raise_on_error=False
+    )
+    assert staging.success, step_failures(staging)
+    where = app_site(env.site, "web-staging-1", APP, "staging")
+    assert lab.route_into_lab(where.address)["dev"] == f"coop{LAB_NUMBER}-m"
+    response = where.get("/", timeout_s=5)
+    assert response.status_code == 200, response.text
+    assert response.json() == {"app": "express-sample", "version": sha}
+
+
+def test_a_build_reaches_the_caches_and_nothing_else(lab_env: LabEnv, express):
+    """The build agent's containers (the builds' steps) reach the npm cache, and neither the
+    registry, the salt master nor the internet: a build script that tries each says so."""
+    repo, env = express
+    registry_address = env.address("support-1", "docker-registry")
+    npm_address = env.address("support-1", "npm-cache")
+    probe = f"""
+const net = require('net')
+const targets = [
+  ['npm-cache', '{npm_address}', 4873], ['registry', '{registry_address}', 5001],
+  ['salt', '{env.address("support-1", "salt-master")}', 4506],
+  ['internet', '104.16.0.35', 443],
+]
+let left = targets.length
+for (const [name, host, port] of targets) {{
+  const s = net.connect({{host, port, timeout: 3000}})
+  const done = (what) => {{ console.log(`PROBE ${{name}} ${{what}}`); s.destroy(); if (!--left) process.exit(0) }}
+  s.on('connect', () => done('open'))
+  s.on('timeout', () => done('silent'))
+  s.on('error', (e) => done(e.code))
+}}
+"""
+    package = {
+        "name": "probe",
+        "version": "1.0.0",
+        "scripts": {"build": "node probe.js", "start": "node -e 0"},
+    }
+    import json
+
+    instance = dg.DagsterInstance.get()
+    defs = env.definitions()
+    cursor = sensor_tick(defs, git_push.SENSOR_NAME, instance, None).cursor
+    sha = repo.commit(
+        {"package.json": json.dumps(package), "probe.js": probe, "Procfile": "web: node -e 0\n"},
+        "probe the build's network",
+    )
+    tick = sensor_tick(defs, git_push.SENSOR_NAME, instance, cursor)
+    for partitions in tick.dynamic_partitions_requests:
+        instance.add_dynamic_partitions(partitions.partitions_def_name, partitions.partition_keys)
+    build = defs.resolve_job_def(build_job_name(APP)).execute_in_process(
+        instance=instance, partition_key=sha, raise_on_error=False
+    )
+    assert build.success, step_failures(build)
+    log = open(materialization_metadata(build, NODE)["build_log"]).read()
+    probes = dict(
+        line.split("PROBE ", 1)[1].split(" ", 1) for line in log.splitlines() if "PROBE " in line
+    )
+    assert probes["npm-cache"] == "open", probes
+    for refused in ("registry", "salt", "internet"):
+        assert probes[refused] != "open", probes

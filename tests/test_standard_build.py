@@ -1,0 +1,258 @@
+"""The standard build's rules (salt/jenkins/files/standard_build.py, which the build agents run
+for a repository without a Dockerfile): which runtime, which commands, which warnings and which
+errors, read from repositories laid out as the co-op's apps are. The images it makes are built
+on the lab: tests/test_lab_standard_build.py."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from infra_assets.app_images import STANDARD_BUILD as SCRIPT
+from infra_assets.app_images import standard_build_module
+
+standard = standard_build_module()
+
+RUNTIMES = {"node": "18.19.0", "python": "3.11.2"}
+NPM = "http://10.1.10.1:4873"
+PIP = "http://10.1.11.1:3141/root/pypi/+simple/"
+
+
+def _repo(tmp_path: Path, files: dict[str, str | dict]) -> Path:
+    for name, content in files.items():
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(content) if isinstance(content, dict) else content)
+    return tmp_path
+
+
+def _plan(src: Path):
+    return standard.plan(src, RUNTIMES, NPM, PIP)
+
+
+def _lines(dockerfile: str) -> list[str]:
+    return dockerfile.splitlines()
+
+
+def test_a_node_app_without_a_lockfile_is_installed_from_the_cache_and_runs_its_procfile(
+    tmp_path,
+):
+    src = _repo(
+        tmp_path,
+        {
+            "package.json": {"name": "x", "dependencies": {"express": "^4.19.2"}},
+            "Procfile": "web: node index.js\n",
+            "index.js": "",
+        },
+    )
+    plan = _plan(src)
+    assert plan.runtime == "node" and plan.warnings == []
+    lines = _lines(plan.dockerfile)
+    assert "FROM ${BASE_IMAGE}" in lines
+    assert any(f"npm_config_registry={NPM}" in line for line in lines)
+    assert "RUN npm install --no-progress" in lines
+    assert "RUN npm run build" not in lines
+    assert "USER 65534:65534" in lines
+    assert lines[-1] == 'CMD ["/bin/sh", "-c", "exec node index.js"]'
+
+
+def test_a_lockfile_means_npm_ci_and_a_build_script_is_run(tmp_path):
+    src = _repo(
+        tmp_path,
+        {
+            "package.json": {"name": "x", "scripts": {"build": "tsc", "start": "node dist/a.js"}},
+            "package-lock.json": {"lockfileVersion": 3},
+        },
+    )
+    lines = _lines(_plan(src).dockerfile)
+    assert "RUN npm ci --no-progress" in lines
+    assert "RUN npm run build" in lines
+    # No Procfile: the package's start script.
+    assert lines[-1] == 'CMD ["/bin/sh", "-c", "exec npm start"]'
+
+
+def test_a_python_app_gets_a_venv_from_the_pypi_cache_and_keeps_its_release_command(tmp_path):
+    src = _repo(
+        tmp_path,
+        {
+            "requirements.txt": "Django>=4.2,<5\npsycopg[binary]\n",
+            "Procfile": "release: ./manage.py migrate --no-input\n"
+            "web: gunicorn site.wsgi --bind 0.0.0.0:$PORT\n",
+        },
+    )
+    plan = _plan(src)
+    assert plan.runtime == "python"
+    lines = _lines(plan.dockerfile)
+    assert any(line.startswith(f"ENV PIP_INDEX_URL={PIP} ") for line in lines)
+    assert (
+        "RUN python3 -m venv /app/.venv && /app/.venv/bin/pip install -r requirements.txt" in lines
+    )
+    assert 'LABEL org.coop-infra.release="./manage.py migrate --no-input"' in lines
+    assert lines[-1] == ('CMD ["/bin/sh", "-c", "exec gunicorn site.wsgi --bind 0.0.0.0:$PORT"]')
+
+
+def test_a_pyproject_is_installed_as_a_package(tmp_path):
+    src = _repo(
+        tmp_path, {"pyproject.toml": '[project]\nname = "x"\n', "Procfile": "web: x-serve\n"}
+    )
+    assert "/app/.venv/bin/pip install ." in _plan(src).dockerfile
+
+
+@pytest.mark.parametrize(
+    ("files", "warned"),
+    [
+        ({".nvmrc": "18\n"}, False),
+        ({".nvmrc": "v18.19.1\n"}, False),
+        ({".nvmrc": "lts/hydrogen\n"}, False),
+        ({".nvmrc": "20\n"}, True),
+        ({".nvmrc": "lts/iron\n"}, True),
+        ({"engines": ">=16"}, False),
+        ({"engines": "^18.0.0 || ^20.0.0"}, False),
+        ({"engines": "18.x"}, False),
+        ({"engines": ">=20.9.0"}, True),
+        ({"engines": "^20"}, True),
+        ({"engines": "<18"}, True),
+        ({"engines": "16 - 18"}, False),
+    ],
+)
+def test_node_versions_are_checked_by_major(tmp_path, files, warned):
+    package = {"name": "x", "scripts": {"start": "node a.js"}}
+    if "engines" in files:
+        package["engines"] = {"node": files.pop("engines")}
+    src = _repo(tmp_path, {"package.json": package, **files})
+    warnings = _plan(src).warnings
+    assert bool(warnings) is warned, warnings
+    if warned:
+        assert "the base image has node 18.19.0" in warnings[0]
+
+
+@pytest.mark.parametrize(
+    ("files", "warned"),
+    [
+        ({"runtime.txt": "python-3.11.4\n"}, False),
+        ({".python-version": "3.11\n"}, False),
+        ({"runtime.txt": "python-3.12.1\n"}, True),
+        ({".python-version": "3.10.13\n"}, True),
+        ({".python-version": "3\n"}, False),
+    ],
+)
+def test_python_versions_are_checked_by_major_and_minor(tmp_path, files, warned):
+    src = _repo(tmp_path, {"requirements.txt": "", "Procfile": "web: python app.py\n", **files})
+    warnings = _plan(src).warnings
+    assert bool(warnings) is warned, warnings
+    if warned:
+        assert "the base image has python 3.11.2" in warnings[0]
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        ({"index.html": ""}, "no Dockerfile, package.json, requirements.txt or pyproject.toml"),
+        ({"package.json": {}, "requirements.txt": ""}, "cannot tell Node from Python"),
+        ({"package.json": {"name": "x"}}, "add a Procfile with a `web:` line"),
+        ({"requirements.txt": ""}, "add a Procfile with a `web:` line"),
+        ({"package.json": "{not json"}, "package.json cannot be read"),
+        (
+            {"requirements.txt": "", "Procfile": "web node app.js\n"},
+            "Procfile line 1: 'web node app.js' is not `<process>: <command>`",
+        ),
+    ],
+)
+def test_what_cannot_be_built_by_convention_says_what_to_do(tmp_path, files, message):
+    src = _repo(tmp_path, files)
+    with pytest.raises(standard.BuildError, match=None) as err:
+        _plan(src)
+    assert message in str(err.value)
+
+
+def test_no_cache_given_is_an_error_not_a_build_from_the_internet(tmp_path):
+    src = _repo(tmp_path, {"package.json": {"scripts": {"start": "node a.js"}}})
+    with pytest.raises(standard.BuildError, match="npm cache"):
+        standard.plan(src, RUNTIMES, npm_registry="", pip_index="")
+
+
+def test_the_runtime_is_told_from_the_top_level_names_and_a_dockerfile_wins():
+    assert standard.runtime_of({"package.json", "Procfile"}) == "node"
+    assert standard.runtime_of({"pyproject.toml"}) == "python"
+    assert standard.runtime_of({"Dockerfile", "package.json"}) is None
+    assert standard.runtime_of({"README.md"}) is None
+
+
+def test_the_command_prints_its_answer_and_writes_the_dockerfile(tmp_path):
+    src = _repo(
+        tmp_path / "src",
+        {"package.json": {"engines": {"node": ">=22"}}, "Procfile": "web: node index.js\n"},
+    )
+    out = tmp_path / "Dockerfile"
+    run = subprocess.run(
+        [sys.executable, str(SCRIPT), str(src), "--runtimes", "node=18.19.0,python=3.11.2",
+         "--dockerfile", str(out), "--npm-registry", NPM],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.stdout.splitlines() == [
+        "RUNTIME=node",
+        "AVAILABLE=node 18.19.0",
+        "WARNING: package.json engines.node is '>=22'; the base image has node 18.19.0",
+    ]
+    assert out.read_text().startswith("ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\n")
+    broken = subprocess.run(
+        [sys.executable, str(SCRIPT), str(tmp_path / "missing-src"), "--runtimes", "node=18.19.0",
+         "--dockerfile", str(out)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert broken.returncode == 3 and broken.stdout.startswith("ERROR: ")
+
+
+# git and podman stand-ins for the build script (test_jenkins.py runs the script the same way;
+# the lab runs it with the real ones: tests/test_lab_standard_build.py). The checkout writes an
+# app that asks for Node 22; the image build fails.
+FAKE_GIT = """#!/bin/bash
+if [[ " $* " == *" checkout "* ]]; then
+  printf '{"engines": {"node": ">=22"}}' > "$2/package.json"
+  printf 'web: node index.js\\n' > "$2/Procfile"
+fi
+"""
+FAKE_PODMAN = """#!/bin/bash
+if [ "$1" = build ]; then echo "SyntaxError: Unexpected token '??='"; exit 1; fi
+if [ "$1" = image ] && [ "$2" = exists ]; then exit 0; fi
+"""
+
+
+def test_a_failed_build_that_asked_for_another_runtime_says_what_is_available(tmp_path):
+    build_script = SCRIPT.parent / "build-app-image.sh"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, body in (("git", FAKE_GIT), ("podman", FAKE_PODMAN)):
+        (bin_dir / name).write_text(body)
+        (bin_dir / name).chmod(0o755)
+    auth = tmp_path / "auth.json"
+    auth.write_text("{}")
+    run = subprocess.run(
+        ["bash", str(build_script)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={
+            "PATH": f"{bin_dir}:/usr/bin:/bin",
+            "APP": "app", "REPO": "https://git.example.coop/app.git", "SHA": "5" * 40,
+            "BRANCH": "main", "IMAGE": "registry.example.coop:5001/app",
+            "REGISTRY_AUTH_FILE": str(auth),
+            "RUNTIME_IMAGES": "node=18.19.0=registry.example.coop:5001/coop-node@sha256:" + "a" * 64,
+            "NPM_REGISTRY": NPM,
+        },
+        timeout=60,
+    )  # fmt: skip
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "WARNING: package.json engines.node is '>=22'; the base image has node 18.19.0" in (
+        run.stdout
+    )
+    assert run.stderr.strip().splitlines()[-1] == (
+        "build-app-image: the build failed, and the app asks for another runtime than the base"
+        " image has: package.json engines.node is '>=22'; the base image has node 18.19.0."
+        " Available: node 18.19.0"
+    )
