@@ -57,6 +57,14 @@ from sensors.registry_images import REVISION_LABEL
 GROUP = "app_images"
 SHA_RE = re.compile(r"\A[0-9a-f]{40}\Z")  # \Z: `$` also matches before a final newline
 DIGEST_LINE = re.compile(r"PUSHED_DIGEST=(sha256:[0-9a-f]{64})")
+# The build script's last line when the app itself cannot be built (build-app-image.sh).
+BUILD_ERROR_LINE = re.compile(r"^BUILD_ERROR=(.*)$", re.MULTILINE)
+# A build that fails for a passing reason (the registry, a minion, the git daemon or the network
+# briefly down) is run again: after 5, 10, 20, 40, 80 and 160 s (about 5 minutes in all, with
+# jitter); the app's own failure (BuildRefused) and a wrong configuration are not.
+BUILD_RETRY_POLICY = dg.RetryPolicy(
+    max_retries=6, delay=5, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
+)
 LOG_TAIL_LINES = 40
 REGISTRY_ACCOUNT = PUSH_ACCOUNT  # the registry's push account: the builds', the agents'
 BUILD_AGENT_ROLE = "jenkins-agent"
@@ -96,6 +104,11 @@ def builder_for(topo: Topology) -> str:
 
 BUILDER_RESOURCES = {"salt": "salt", "jenkins": "jenkins"}
 BUILDER_KINDS = {"salt": "salt", "jenkins": "jenkins"}
+
+
+class BuildRefused(RuntimeError):
+    """The app itself cannot be built (its tests fail, its Dockerfile, the standard build
+    refuses it): building it again would fail again."""
 
 
 @dataclass(frozen=True)
@@ -161,6 +174,7 @@ def app_image_asset(
         group_name=GROUP,
         kinds={BUILDER_KINDS[builder], "docker"},
         required_resource_keys=needs,
+        retry_policy=BUILD_RETRY_POLICY,
         tags={"coop/app": app_name},
         description=f"The image of app {app_name!r} at one commit (partition = the sha), built"
         f" by the {builder} builder and pushed to the registry as {app_name}:<sha>; the branch"
@@ -220,24 +234,30 @@ def materialize(
         if manifest is None:
             raise dg.Failure(f"{endpoint.image(app_name, sha)} is not in the registry after push")
         if existing is not None and manifest.digest != existing.digest:
-            raise dg.Failure(
+            raise dg.Failure(  # someone else pushes to our tags: said, not tried again
                 f"{endpoint.image(app_name, sha)} changed while it was being adopted (it was"
-                f" {existing.digest}, it is {manifest.digest}): nothing recorded; run it again"
+                f" {existing.digest}, it is {manifest.digest}): nothing recorded; run it again",
+                allow_retries=False,
             )
         if outcome.digest is not None and manifest.digest != outcome.digest:
             raise dg.Failure(
                 f"the build pushed {outcome.digest}, but the registry serves"
-                f" {endpoint.image(app_name, sha)} as {manifest.digest}"
+                f" {endpoint.image(app_name, sha)} as {manifest.digest}",
+                allow_retries=False,
             )
         tags, branch_note = _follow_branch(res, registry, app_name, app, repo, sha, manifest)
         outcome.notes.append(branch_note)
     except (
         GitError, PodmanError, JenkinsError, RegistryError, CliError, SaltError, LabGitError,
-        SiteError, SecretsError,
+        SiteError, SecretsError, BuildRefused,
     ) as err:  # fmt: skip
+        # Retried (BUILD_RETRY_POLICY) unless nothing but a change can mend it.
+        permanent = isinstance(err, (BuildRefused, SiteError, SecretsError))
         raise dg.Failure(
-            description=f"app_image/{app_name} at {sha[:12]}: {err}",
+            description=f"app_image/{app_name} at {sha[:12]}: {err}"
+            + ("" if permanent else " (a passing failure: tried again with backoff)"),
             metadata={"build_log": dg.MetadataValue.path(str(log.path)), "log_tail": log.tail_md()},
+            allow_retries=not permanent,
         ) from None
     finally:
         log.close()
@@ -466,6 +486,9 @@ def _build_salt(
             if secret:
                 line = line.replace(secret, "***")
         log(f"[{agent}] {line}")
+    refused = BUILD_ERROR_LINE.findall(output)
+    if not result.ok and refused:
+        raise BuildRefused(f"the build on {agent} failed: {refused[-1]}")
     if not result.ok:
         problems = [f"{s.label}: {s.comment}" for s in result.failed_states()]
         raise SaltError(
@@ -506,10 +529,12 @@ def _build_jenkins(
         "jenkins_console": dg.MetadataValue.url(build.console_url),
         "jenkins_result": build.result,
     }
+    refused = BUILD_ERROR_LINE.findall(build.console)
     if not build.ok:
         raise dg.Failure(
+            allow_retries=not refused,  # the app's own failure is not tried again
             description=f"Jenkins {build.job} #{build.number} ended {build.result}:"
-            f" {build.console_url}",
+            f" {build.console_url}" + (f" ({refused[-1]})" if refused else ""),
             metadata={**extra, "console_tail": dg.MetadataValue.md(
                 "```\n" + "\n".join(build.tail()) + "\n```"
             )},
@@ -523,6 +548,7 @@ def _build_jenkins(
             f" PUSHED_DIGEST=sha256:... line (is the job running jenkins/Jenkinsfile?):"
             f" {build.console_url}",
             metadata=extra,
+            allow_retries=False,  # the job's configuration: the same again next time
         )
     return BuildOutcome(
         found[-1],

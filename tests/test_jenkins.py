@@ -357,8 +357,9 @@ def test_a_failed_jenkins_build_fails_the_asset_with_the_console_tail(
     monkeypatch.setenv("INFRA_TOPOLOGY", str(topo_file))
     monkeypatch.setenv("INFRA_STATE_DIR", str(tmp_path / "state"))
 
-    def fails(params, console):
+    def fails(params, console):  # as build-app-image.sh ends when the app's build fails
         console.line('Error: building at STEP "RUN make": exit status 2')
+        console.line("BUILD_ERROR=the image's build failed (podman build exited 2)")
         return "FAILURE", None
 
     with FakeJenkins(jobs={"app-image": fails}) as fake:
@@ -372,11 +373,15 @@ def test_a_failed_jenkins_build_fails_the_asset_with_the_console_tail(
         )
     assert not result.success
     failure = result.failure_data_for_node("app_image__hello_ci")
-    assert f"Jenkins app-image #1 ended FAILURE: {fake.url}job/app-image/1/console" in (
-        failure.error.message
-    )
+    assert (
+        f"Jenkins app-image #1 ended FAILURE: {fake.url}job/app-image/1/console (the image's"
+        " build failed (podman build exited 2))"
+    ) in failure.error.message
     tail = failure.user_failure_data.metadata["console_tail"].value
     assert "exit status 2" in tail
+    # The app's own failure: built once, not tried again.
+    assert len(fake.builds) == 1
+    assert not [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
 
 
 def _build_hello_ci(tmp_path, app_repos, monkeypatch, registry, job, *, commit=None):
@@ -398,6 +403,35 @@ def _build_hello_ci(tmp_path, app_repos, monkeypatch, registry, job, *, commit=N
             instance=instance, partition_key=sha, raise_on_error=False
         )
     return result, sha, fake
+
+
+@pytest.mark.slow  # a registry on loopback, and the retry's 5 s (with jitter)
+def test_a_build_that_fails_for_a_passing_reason_is_tried_again_and_delivered(
+    tmp_path, app_repos, monkeypatch, loopback_registry
+):
+    """The registry refuses the first build's push (down for a moment): the build is tried
+    again with backoff (BUILD_RETRY_POLICY), in the same run, and the commit is delivered
+    without another push to the app's repo."""
+    url = loopback_registry.url
+
+    def flaky(params, console):
+        if len(fake_builds) == 0:
+            fake_builds.append("refused")
+            console.line("Error: writing blob: dial tcp 10.1.9.1:5001: connect: connection refused")
+            return "FAILURE", None
+        digest = push_image(url, params["APP"], params["SHA"],
+                            {"org.opencontainers.image.revision": params["SHA"]})  # fmt: skip
+        console.line(f"PUSHED_DIGEST={digest}")
+        return "SUCCESS", f"digest={digest}"
+
+    fake_builds: list[str] = []
+    result, sha, fake = _build_hello_ci(tmp_path, app_repos, monkeypatch, loopback_registry, flaky)
+    assert result.success
+    assert len(fake.builds) == 2  # the job ran twice: once refused, once delivered
+    retries = [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
+    assert len(retries) == 1
+    [mat] = result.asset_materializations_for_node("app_image__hello_ci")
+    assert mat.metadata["sha"].value == sha
 
 
 @pytest.mark.slow  # a registry on loopback

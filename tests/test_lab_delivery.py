@@ -148,6 +148,51 @@ def test_a_push_is_built_on_the_agent_released_on_staging_and_promoted(
         assert headers["X-Coop-Release"] == digest
 
 
+def test_a_commit_pushed_while_the_registry_is_down_is_live_once_it_is_back(lab_env: LabEnv, hello):
+    """The registry is down (both doors stopped on support-1) when a commit is pushed: the
+    build fails for a passing reason and is tried again with backoff; the registry comes back
+    some 20 s later, the build goes through in the same run, and the commit is live on staging,
+    with no further push."""
+    import threading
+
+    lab = lab_env.lab().lab()
+    doors = ["docker-registry", "docker-registry-push"]
+    lab.exec(LAB_NUMBER, "support-1", ["systemctl", "stop", *doors])
+    back = threading.Timer(
+        20, lambda: lab.exec(LAB_NUMBER, "support-1", ["systemctl", "start", *doors])
+    )
+    try:
+        with lab_env.env():
+            instance = dg.DagsterInstance.get()
+            defs = lab_env.definitions()
+            cursor = sensor_tick(defs, git_push.SENSOR_NAME, instance, None).cursor
+            sha = hello.commit(message="pushed while the registry is down")
+            tick = sensor_tick(defs, git_push.SENSOR_NAME, instance, cursor)
+            [request] = [r for r in tick.run_requests if r.job_name == build_job_name(APP)]
+            for partitions in tick.dynamic_partitions_requests:
+                instance.add_dynamic_partitions(
+                    partitions.partitions_def_name, partitions.partition_keys
+                )
+            back.start()
+            build = defs.resolve_job_def(build_job_name(APP)).execute_in_process(
+                instance=instance, partition_key=sha, tags=request.tags, raise_on_error=False
+            )
+            assert build.success, step_failures(build)
+            retried = [e for e in build.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
+            assert retried, "the registry was down: the first attempt cannot have passed"
+            seen = sensor_tick(defs, registry_images.SENSOR_NAME, instance, None)
+            [release] = [r for r in seen.run_requests if r.job_name == staging_job_name(APP)]
+            staging = defs.resolve_job_def(staging_job_name(APP)).execute_in_process(
+                instance=instance, run_config=release.run_config, raise_on_error=False
+            )
+            assert staging.success, step_failures(staging)
+    finally:
+        back.cancel()
+        lab.exec(LAB_NUMBER, "support-1", ["systemctl", "start", *doors])
+    body, _ = _answer(lab_env, "web-staging-1", "staging")
+    assert body["version"] == sha
+
+
 def test_the_git_daemon_serves_the_lab_read_only(lab_env: LabEnv, hello):
     from lab import site
 

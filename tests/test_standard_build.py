@@ -247,7 +247,11 @@ def test_a_failed_build_that_asked_for_another_runtime_says_what_is_available(tm
         },
         timeout=60,
     )  # fmt: skip
-    assert run.returncode == 1, run.stdout + run.stderr
+    assert run.returncode == 4, run.stdout + run.stderr
+    # The app's own failure: not to be retried.
+    assert run.stdout.splitlines()[-1] == (
+        "BUILD_ERROR=the image's build failed (podman build exited 1)"
+    )
     assert "WARNING: package.json engines.node is '>=22'; the base image has node 18.19.0" in (
         run.stdout
     )

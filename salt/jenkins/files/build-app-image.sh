@@ -26,7 +26,10 @@
 #                                       STANDARD_BUILD): the runtimes' base images, space-separated
 #                                       `<runtime>=<version>=<image>` (node=18.19.0=reg/coop-node@...)
 #   NPM_REGISTRY, PIP_INDEX_URL         the co-op's caches, which the standard build installs from
-# Writes the pushed digest to image-digest.txt and prints `PUSHED_DIGEST=sha256:...`.
+# Writes the pushed digest to image-digest.txt and prints `PUSHED_DIGEST=sha256:...`. When the
+# app itself cannot be built (the standard build refuses it, or the image's build fails: its
+# tests, its Dockerfile), the last line is `BUILD_ERROR=<why>`: building it again would fail
+# again, and the caller does not retry. Every other failure (a fetch, a pull, a push) may pass.
 set -euo pipefail
 
 required=(APP REPO SHA BRANCH IMAGE)
@@ -124,6 +127,9 @@ if [ ! -f "$work/src/Dockerfile" ]; then
   status=$?
   set -e
   cat "$work/standard.txt"
+  if [ "$status" = 3 ]; then
+    echo "BUILD_ERROR=the standard build cannot build this repository (see ERROR above)"
+  fi
   if [ "$status" != 0 ]; then exit "$status"; fi
   runtime="$(sed -n 's/^RUNTIME=//p' "$work/standard.txt")"
   available="$(sed -n 's/^AVAILABLE=//p' "$work/standard.txt")"
@@ -161,7 +167,8 @@ if [ "$status" != 0 ]; then
     echo "build-app-image: the build failed, and the app asks for another runtime than the" \
       "base image has: ${mismatch//$'\n'/; }. Available: $available" >&2
   fi
-  exit "$status"
+  echo "BUILD_ERROR=the image's build failed (podman build exited $status)"
+  exit 4
 fi
 
 echo "== push $IMAGE:$SHA"
