@@ -57,8 +57,9 @@ from sensors.registry_images import REVISION_LABEL
 GROUP = "app_images"
 SHA_RE = re.compile(r"\A[0-9a-f]{40}\Z")  # \Z: `$` also matches before a final newline
 DIGEST_LINE = re.compile(r"PUSHED_DIGEST=(sha256:[0-9a-f]{64})")
-# The build script's last line when the app itself cannot be built (build-app-image.sh).
-BUILD_ERROR_LINE = re.compile(r"^BUILD_ERROR=(.*)$", re.MULTILINE)
+# The build script's last line of output when the app itself cannot be built
+# (build-app-image.sh); in a Jenkins console, after the timestamp the console may put first.
+BUILD_ERROR_LINE = re.compile(r"BUILD_ERROR=(.*)$")
 # A build that fails for a passing reason (the registry, a minion, the git daemon or the network
 # briefly down) is run again: after 5, 10, 20, 40, 80 and 160 s (about 5 minutes in all, with
 # jitter); the app's own failure (BuildRefused) and a wrong configuration are not.
@@ -74,6 +75,9 @@ BASE_REPOSITORY = "coop-base"
 JENKINS_URL_ENV = "INFRA_JENKINS_URL"
 # The standard build's rules (a repository without a Dockerfile), run on the agents.
 STANDARD_BUILD = REPO_ROOT / "salt" / "jenkins" / "files" / "standard_build.py"
+# The cache role each runtime's packages come through (no PyPI cache role yet: Python apps of
+# the standard build are refused, with that reason, until it comes).
+RUNTIME_CACHES = {"node": "npm-cache", "python": "pypi-cache"}
 # Whose applied states a build needs: the registry's (it pushes there) and the agent's.
 UPSTREAM_ROLES = ("docker-registry", BUILD_AGENT_ROLE)
 
@@ -456,7 +460,8 @@ def _build_salt(
     runtime_images = ""
     base_dir = res.topology_file.file().parent
     runtime = standard_runtime(res.git, resolve_repo(app.repo, base_dir), app.branch, sha)
-    if runtime:
+    # Made and pushed only where a build can use it: with the cache its packages come from.
+    if runtime and topology.hosts_with_role(RUNTIME_CACHES[runtime]):
         runtime_images, runtime_note = publish_runtime_image(
             res.podman, res.registry, endpoint, runtime, log
         )
@@ -486,9 +491,12 @@ def _build_salt(
             if secret:
                 line = line.replace(secret, "***")
         log(f"[{agent}] {line}")
-    refused = BUILD_ERROR_LINE.findall(output)
+    stdout = (
+        str(step.changes.get("stdout") or "") if step and isinstance(step.changes, dict) else ""
+    )
+    refused = BUILD_ERROR_LINE.search((stdout.strip().splitlines() or [""])[-1])
     if not result.ok and refused:
-        raise BuildRefused(f"the build on {agent} failed: {refused[-1]}")
+        raise BuildRefused(f"the build on {agent} failed: {refused[1]}")
     if not result.ok:
         problems = [f"{s.label}: {s.comment}" for s in result.failed_states()]
         raise SaltError(
@@ -529,7 +537,8 @@ def _build_jenkins(
         "jenkins_console": dg.MetadataValue.url(build.console_url),
         "jenkins_result": build.result,
     }
-    refused = BUILD_ERROR_LINE.findall(build.console)
+    # The script's last line, among the pipeline's own lines that follow it.
+    refused = [m[1] for m in map(BUILD_ERROR_LINE.search, build.console.splitlines()[-40:]) if m]
     if not build.ok:
         raise dg.Failure(
             allow_retries=not refused,  # the app's own failure is not tried again

@@ -109,7 +109,8 @@ def test_an_express_app_without_a_dockerfile_builds_through_the_npm_cache_and_go
 
 def test_a_build_reaches_the_caches_and_nothing_else(lab_env: LabEnv, express):
     """The build agent's containers (the builds' steps) reach the npm cache, and neither the
-    registry, the salt master nor the internet: a build script that tries each says so."""
+    registry, the salt master, the internet nor the lab's git daemon (which the agent itself
+    reaches): a build script that tries each says so."""
     repo, env = express
     registry_address = env.address("support-1", "docker-registry")
     npm_address = env.address("support-1", "npm-cache")
@@ -118,7 +119,7 @@ const net = require('net')
 const targets = [
   ['npm-cache', '{npm_address}', 4873], ['registry', '{registry_address}', 5001],
   ['salt', '{env.address("support-1", "salt-master")}', 4506],
-  ['internet', '104.16.0.35', 443],
+  ['internet', '104.16.0.35', 443], ['git-daemon', '169.254.{LAB_NUMBER}.1', 9418],
 ]
 let left = targets.length
 for (const [name, host, port] of targets) {{
@@ -155,5 +156,7 @@ for (const [name, host, port] of targets) {{
         line.split("PROBE ", 1)[1].split(" ", 1) for line in log.splitlines() if "PROBE " in line
     )
     assert probes["npm-cache"] == "open", probes
-    for refused in ("registry", "salt", "internet"):
+    # The git daemon on the lab's link is one the agent itself reaches (it clones from it),
+    # outside the private network: only the agent's rule for its containers refuses it.
+    for refused in ("registry", "salt", "internet", "git-daemon"):
         assert probes[refused] != "open", probes

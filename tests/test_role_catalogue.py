@@ -73,8 +73,27 @@ def _broken(tmp_path: Path, edit) -> Path:
         ),
         (lambda d: d["images"].update(spare={}), "images.spare: no role has `image: spare`"),
         (lambda d: d.pop("images"), "`images` must map each image group"),
+        (
+            lambda d: d["roles"]["jenkins-agent"].update(containers_reach=["npm-cach"]),
+            "roles.jenkins-agent.containers_reach: 'npm-cach' is no role of the catalogue with a"
+            " service",
+        ),
+        (
+            lambda d: d["roles"]["jenkins-agent"].update(containers_reach="npm-cache"),
+            "roles.jenkins-agent.containers_reach: must be a list of roles",
+        ),
     ],
-    ids=["no-image", "unknown-image", "no-states", "typo", "bad-port", "empty-group", "no-images"],
+    ids=[
+        "no-image",
+        "unknown-image",
+        "no-states",
+        "typo",
+        "bad-port",
+        "empty-group",
+        "no-images",
+        "reach-unknown",
+        "reach-not-a-list",
+    ],  # fmt: skip
 )
 def test_a_broken_catalogue_names_the_file_and_the_key(tmp_path, edit, expected):
     path = _broken(tmp_path, edit)

@@ -609,6 +609,43 @@ def test_the_registry_host_s_firewall_guards_its_ports_and_a_web_host_s_none(
     assert rendered["web-staging-1"] == []
 
 
+def test_a_build_agent_s_containers_reach_the_npm_cache_and_nothing_else(
+    coop, coop_secrets, tmp_path, repo_root
+):
+    """The jenkins agent's forward chain as salt renders it on a server (`nft -c` checks it):
+    its containers (the builds' steps, on podman's bridges) reach DNS and the npm cache
+    (`containers_reach`), and every other connection they start is refused, private or not;
+    the pillar says the same."""
+    import subprocess
+
+    pillars = render_pillars(site_for(coop), coop_secrets)
+    [agent] = sorted(coop.hosts_with_role("jenkins-agent"))
+    assert pillars[agent]["firewall"]["containers_reach"] == [
+        {"role": "npm-cache", "address": "10.100.10.1", "port": 4873}
+    ]
+    assert pillars[agent]["jenkins_agent"]["npm_registry"] == "http://10.100.10.1:4873"
+    out = tmp_path / "firewall.nft"
+    _salt_call_as_a_server(
+        agent,
+        pillars[agent],
+        ["cp.get_template", "salt://common/files/firewall.nft.jinja", str(out)],
+        tmp_path,
+        repo_root,
+    )
+    check = subprocess.run(["nft", "-c", "-f", str(out)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+    forward = out.read_text().split("chain forward", 1)[1]
+    rules = [
+        line.strip() for line in forward.splitlines() if "10.100." in line or "iifname" in line
+    ]
+    assert rules == [
+        "ip daddr 10.100.0.0/16 meta l4proto { tcp, udp } th dport 53 accept",
+        "ip daddr 10.100.10.1 tcp dport 4873 accept",
+        'iifname "podman*" meta l4proto tcp ct state new counter reject with tcp reset',
+        'iifname "podman*" ct state new counter drop',
+    ]
+
+
 def test_the_npm_cache_allows_no_self_registration(coop, coop_secrets, tmp_path, repo_root):
     """verdaccio's config as the npm-cache state writes it on support-1 (real masterless salt):
     its htpasswd takes no new account (`npm adduser`), so nobody can publish; it only proxies."""

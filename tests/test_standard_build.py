@@ -57,7 +57,7 @@ def test_a_node_app_without_a_lockfile_is_installed_from_the_cache_and_runs_its_
     assert "RUN npm install --no-progress" in lines
     assert "RUN npm run build" not in lines
     assert "USER 65534:65534" in lines
-    assert lines[-1] == 'CMD ["/bin/sh", "-c", "exec node index.js"]'
+    assert lines[-1] == 'CMD ["/bin/bash", "-c", "node index.js"]'
 
 
 def test_a_lockfile_means_npm_ci_and_a_build_script_is_run(tmp_path):
@@ -72,7 +72,7 @@ def test_a_lockfile_means_npm_ci_and_a_build_script_is_run(tmp_path):
     assert "RUN npm ci --no-progress" in lines
     assert "RUN npm run build" in lines
     # No Procfile: the package's start script.
-    assert lines[-1] == 'CMD ["/bin/sh", "-c", "exec npm start"]'
+    assert lines[-1] == 'CMD ["/bin/bash", "-c", "npm start"]'
 
 
 def test_a_python_app_gets_a_venv_from_the_pypi_cache_and_keeps_its_release_command(tmp_path):
@@ -92,7 +92,7 @@ def test_a_python_app_gets_a_venv_from_the_pypi_cache_and_keeps_its_release_comm
         "RUN python3 -m venv /app/.venv && /app/.venv/bin/pip install -r requirements.txt" in lines
     )
     assert 'LABEL org.coop-infra.release="./manage.py migrate --no-input"' in lines
-    assert lines[-1] == ('CMD ["/bin/sh", "-c", "exec gunicorn site.wsgi --bind 0.0.0.0:$PORT"]')
+    assert lines[-1] == 'CMD ["/bin/bash", "-c", "gunicorn site.wsgi --bind 0.0.0.0:$PORT"]'
 
 
 def test_a_pyproject_is_installed_as_a_package(tmp_path):
@@ -117,6 +117,12 @@ def test_a_pyproject_is_installed_as_a_package(tmp_path):
         ({"engines": "^20"}, True),
         ({"engines": "<18"}, True),
         ({"engines": "16 - 18"}, False),
+        ({"engines": ">18.0.0"}, False),  # 18.19 is later than 18.0.0
+        ({"engines": ">18"}, True),
+        ({"engines": "<18.x"}, True),
+        ({"engines": "<18.2"}, False),
+        ({"engines": ">=18.0.0-rc.1"}, False),  # the prerelease's digits are no version
+        ({"engines": "^20.0.0-0"}, True),
     ],
 )
 def test_node_versions_are_checked_by_major(tmp_path, files, warned):
@@ -155,7 +161,7 @@ def test_python_versions_are_checked_by_major_and_minor(tmp_path, files, warned)
         ({"package.json": {}, "requirements.txt": ""}, "cannot tell Node from Python"),
         ({"package.json": {"name": "x"}}, "add a Procfile with a `web:` line"),
         ({"requirements.txt": ""}, "add a Procfile with a `web:` line"),
-        ({"package.json": "{not json"}, "package.json cannot be read"),
+        ({"package.json": "{not json"}, "package.json is not JSON"),
         (
             {"requirements.txt": "", "Procfile": "web node app.js\n"},
             "Procfile line 1: 'web node app.js' is not `<process>: <command>`",
@@ -167,6 +173,42 @@ def test_what_cannot_be_built_by_convention_says_what_to_do(tmp_path, files, mes
     with pytest.raises(standard.BuildError, match=None) as err:
         _plan(src)
     assert message in str(err.value)
+
+
+def test_a_symbolic_link_or_a_file_that_is_not_text_is_refused_and_never_printed(tmp_path):
+    """A file of the repository that links outside it (a key of the build host, say) is not
+    read, and nothing of it reaches the log; a file that is not UTF-8 is a clear error."""
+    secret = tmp_path / "host-secret"
+    secret.write_text("the build host's key\n")
+    src = _repo(tmp_path / "src", {"package.json": {"scripts": {"start": "node a.js"}}})
+    (src / ".nvmrc").symlink_to(secret)
+    with pytest.raises(standard.BuildError) as err:
+        _plan(src)
+    assert ".nvmrc is a symbolic link" in str(err.value)
+    assert "key" not in str(err.value)
+    (src / ".nvmrc").unlink()
+    (src / "Procfile").write_bytes(b"web: node \xff.js\n")
+    with pytest.raises(standard.BuildError, match="Procfile is not UTF-8 text"):
+        _plan(src)
+
+
+def test_what_the_repository_says_is_shown_escaped_and_short(tmp_path):
+    """A value of the repository in a warning cannot make a line of its own (the build script's
+    BUILD_ERROR= line, a fake PUSHED_DIGEST=): it is quoted, its newlines escaped."""
+    src = _repo(
+        tmp_path,
+        {"package.json": {"scripts": {"start": "node a.js"}}, ".nvmrc": "x\nBUILD_ERROR=no\n"},
+    )
+    [warning] = _plan(src).warnings
+    assert "\n" not in warning and "'x\\nBUILD_ERROR=no'" in warning
+
+
+def test_a_release_command_is_labelled_as_written(tmp_path):
+    src = _repo(
+        tmp_path,
+        {"requirements.txt": "", "Procfile": "web: app\nrelease: migrate --to $TARGET\n"},
+    )
+    assert 'LABEL org.coop-infra.release="migrate --to \\$TARGET"' in _plan(src).dockerfile
 
 
 def test_no_cache_given_is_an_error_not_a_build_from_the_internet(tmp_path):
@@ -223,8 +265,7 @@ if [ "$1" = image ] && [ "$2" = exists ]; then exit 0; fi
 """
 
 
-def test_a_failed_build_that_asked_for_another_runtime_says_what_is_available(tmp_path):
-    build_script = SCRIPT.parent / "build-app-image.sh"
+def _run_build_script(tmp_path: Path, runtime_images: str) -> subprocess.CompletedProcess:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for name, body in (("git", FAKE_GIT), ("podman", FAKE_PODMAN)):
@@ -232,8 +273,8 @@ def test_a_failed_build_that_asked_for_another_runtime_says_what_is_available(tm
         (bin_dir / name).chmod(0o755)
     auth = tmp_path / "auth.json"
     auth.write_text("{}")
-    run = subprocess.run(
-        ["bash", str(build_script)],
+    return subprocess.run(
+        ["bash", str(SCRIPT.parent / "build-app-image.sh")],
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -241,12 +282,28 @@ def test_a_failed_build_that_asked_for_another_runtime_says_what_is_available(tm
             "PATH": f"{bin_dir}:/usr/bin:/bin",
             "APP": "app", "REPO": "https://git.example.coop/app.git", "SHA": "5" * 40,
             "BRANCH": "main", "IMAGE": "registry.example.coop:5001/app",
-            "REGISTRY_AUTH_FILE": str(auth),
-            "RUNTIME_IMAGES": "node=18.19.0=registry.example.coop:5001/coop-node@sha256:" + "a" * 64,
+            "REGISTRY_AUTH_FILE": str(auth), "RUNTIME_IMAGES": runtime_images,
             "NPM_REGISTRY": NPM,
         },
         timeout=60,
     )  # fmt: skip
+
+
+def test_a_build_given_no_base_image_is_refused_once_with_the_reason(tmp_path):
+    """A builder that passes no runtime images (Jenkins, today): the app cannot be built by
+    convention there, said as the app's own failure (not retried)."""
+    run = _run_build_script(tmp_path, "")
+    assert run.returncode == 3, run.stdout + run.stderr
+    lines = run.stdout.splitlines()
+    assert (
+        lines[-2] == "ERROR: no node base image was given to this build (RUNTIME_IMAGES has none)"
+    )
+    assert lines[-1].startswith("BUILD_ERROR=the standard build cannot build this repository")
+
+
+def test_a_failed_build_that_asked_for_another_runtime_says_what_is_available(tmp_path):
+    node = "node=18.19.0=registry.example.coop:5001/coop-node@sha256:" + "a" * 64
+    run = _run_build_script(tmp_path, node)
     assert run.returncode == 4, run.stdout + run.stderr
     # The app's own failure: not to be retried.
     assert run.stdout.splitlines()[-1] == (

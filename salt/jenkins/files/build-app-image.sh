@@ -115,9 +115,9 @@ if [ ! -f "$work/src/Dockerfile" ]; then
   for item in ${RUNTIME_IMAGES:-}; do
     name="${item%%=*}"; rest="${item#*=}"; runtimes+="$name=${rest%%=*},"
   done
-  if [ -z "$runtimes" ] || [ ! -f "$standard" ]; then
-    echo "build-app-image: the repository has no Dockerfile, and this build has no standard" \
-      "build (RUNTIME_IMAGES: '${RUNTIME_IMAGES:-}', $standard)" >&2
+  if [ ! -f "$standard" ]; then
+    echo "build-app-image: the repository has no Dockerfile, and $standard is missing" >&2
+    echo "BUILD_ERROR=no Dockerfile, and no standard build on this build host"
     exit 2
   fi
   echo "== standard build (no Dockerfile)"

@@ -53,18 +53,41 @@ def parse_version(text: str) -> tuple[int, ...]:
     return tuple(int(p) for p in re.findall(r"\d+", text)[:3])
 
 
-def read_procfile(src: Path) -> dict[str, str]:
-    path = src / "Procfile"
+def read(src: Path, name: str) -> str | None:
+    """The text of the repository's file `name` (None: there is none). A symbolic link is
+    refused (it could name a file of the build host, which would then reach the log), and so is
+    a file that is not UTF-8."""
+    path = src / name
+    if path.is_symlink():
+        raise BuildError(f"{name} is a symbolic link: the standard build reads only the"
+                         " repository's own files; commit the file itself")  # fmt: skip
     if not path.is_file():
+        return None
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise BuildError(f"{name} is not UTF-8 text") from None
+    except OSError as err:
+        raise BuildError(f"{name} cannot be read: {err.strerror}") from None
+
+
+def shown(text: str, limit: int = 60) -> str:
+    """A value from the repository as the log shows it: quoted, escaped, cut short."""
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+def read_procfile(src: Path) -> dict[str, str]:
+    text = read(src, "Procfile")
+    if text is None:
         return {}
     processes: dict[str, str] = {}
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         name, sep, command = line.partition(":")
         if not sep or not re.fullmatch(r"[A-Za-z0-9_-]+", name.strip()) or not command.strip():
             raise BuildError(
-                f"Procfile line {number}: {line!r} is not `<process>: <command>`"
+                f"Procfile line {number}: {shown(line)} is not `<process>: <command>`"
                 " (e.g. `web: node index.js`)"
             )
         processes[name.strip()] = command.strip()
@@ -73,49 +96,51 @@ def read_procfile(src: Path) -> dict[str, str]:
 
 def _major_satisfies(range_text: str, major: int) -> bool | None:
     """Whether a Node version of major `major` can satisfy npm's semver range `range_text`,
-    judged by major versions alone; None when the range is not understood."""
-    alternatives = [a.strip() for a in range_text.split("||")]
+    judged by major versions alone (a prerelease or build suffix is set aside); None when the
+    range is not understood."""
     understood = False
-    for alternative in alternatives:
-        if alternative in ("", "*", "x", "latest"):
+    for alternative in (a.strip() for a in range_text.split("||")):
+        if alternative in ("", "*", "x", "X", "latest"):
             return True
-        ok = True
-        parts = re.findall(r"(>=|<=|>|<|\^|~|=)?\s*v?(\d+|x|\*)(?:\.(\d+|x|\*))?(?:\.(\d+|x|\*))?",
-                           alternative)  # fmt: skip
-        if not parts:
-            continue
-        understood = True
         hyphen = re.fullmatch(r"v?(\d+)\S*\s+-\s+v?(\d+)\S*", alternative)
         if hyphen:
+            understood = True
             if int(hyphen[1]) <= major <= int(hyphen[2]):
                 return True
             continue
-        for op, first, second, third in parts:
-            if first in ("x", "*"):
-                continue
-            want = int(first)
-            rest_zero = all(p in ("", "0") for p in (second, third))
-            if op == ">=":
-                ok &= major >= want
-            elif op == ">":
-                ok &= major > want or (major == want and not rest_zero)
-            elif op == "<=":
-                ok &= major <= want
-            elif op == "<":
-                ok &= major < want or (major == want and not rest_zero)
-            else:  # ^ ~ = or none: the same major
-                ok &= major == want
-        if ok:
+        tokens = re.findall(r"(>=|<=|>|<|\^|~|=)?\s*v?([0-9xX*][^\s]*)", alternative)
+        if not tokens:
+            continue
+        understood = True
+        if all(_comparator(op, version, major) for op, version in tokens):
             return True
     return False if understood else None
+
+
+def _comparator(op: str, version: str, major: int) -> bool:
+    """One comparator of a range (`>=18.2.0`, `^20`, `18.x`), for a version of major `major`."""
+    parts = re.split(r"[-+]", version, maxsplit=1)[0].split(".")  # no prerelease, no build
+    if not parts[0].isdigit():
+        return True  # x, *: any
+    want = int(parts[0])
+    rest = [p for p in parts[1:3] if p.isdigit()]  # the minor and patch given, x left out
+    if op == ">=":
+        return major >= want
+    if op == ">":  # >18 wants 19 or more; >18.2.0 is met by a later 18 too
+        return major > want if not rest else major >= want
+    if op == "<=":
+        return major <= want
+    if op == "<":  # <18 and <18.0.0 want 17 or less; <18.2 is met by an early 18
+        return major < want if not any(int(p) for p in rest) else major <= want
+    return major == want  # ^ ~ = or none: the same major
 
 
 def check_node(src: Path, package: dict, available: str) -> list[str]:
     major = parse_version(available)[0]
     warnings = []
-    nvmrc = src / ".nvmrc"
-    if nvmrc.is_file():
-        wanted = nvmrc.read_text(encoding="utf-8").strip()
+    nvmrc = read(src, ".nvmrc")
+    if nvmrc is not None:
+        wanted = nvmrc.strip()
         name = wanted.lower().removeprefix("lts/")
         if name in NODE_LTS:
             wanted_major = NODE_LTS[name]
@@ -124,22 +149,24 @@ def check_node(src: Path, package: dict, available: str) -> list[str]:
         else:
             wanted_major = None
         if wanted_major is None:
-            warnings.append(f".nvmrc asks for {wanted!r}, which is not a version: node {available}"
-                            " is what the base image has")  # fmt: skip
+            warnings.append(f".nvmrc asks for {shown(wanted)}, which is not a version: node"
+                            f" {available} is what the base image has")  # fmt: skip
         elif wanted_major != major:
-            warnings.append(f".nvmrc asks for node {wanted}; the base image has node {available}")
+            warnings.append(
+                f".nvmrc asks for node {shown(wanted)}; the base image has node {available}"
+            )
     engines = package.get("engines") if isinstance(package.get("engines"), dict) else {}
     wanted_range = engines.get("node")
     if isinstance(wanted_range, str) and wanted_range.strip():
         fits = _major_satisfies(wanted_range, major)
         if fits is False:
             warnings.append(
-                f"package.json engines.node is {wanted_range!r}; the base image has node"
+                f"package.json engines.node is {shown(wanted_range)}; the base image has node"
                 f" {available}"
             )
         elif fits is None:
             warnings.append(
-                f"package.json engines.node {wanted_range!r} is not a range this build reads:"
+                f"package.json engines.node {shown(wanted_range)} is not a range this build reads:"
                 f" node {available} is what the base image has"
             )
     return warnings
@@ -149,10 +176,10 @@ def check_python(src: Path, available: str) -> list[str]:
     have = parse_version(available)[:2]
     warnings = []
     for name, strip in (("runtime.txt", "python-"), (".python-version", "")):
-        path = src / name
-        if not path.is_file():
+        text = read(src, name)
+        if text is None:
             continue
-        lines = path.read_text(encoding="utf-8").split()
+        lines = text.split()
         wanted = lines[0] if lines else ""
         wanted = wanted.removeprefix(strip) if strip else wanted
         numbers = parse_version(wanted)
@@ -161,29 +188,31 @@ def check_python(src: Path, available: str) -> list[str]:
         else:
             mismatch = numbers[:2] != have
         if not numbers or mismatch:
-            warnings.append(f"{name} asks for python {wanted or '(nothing)'}; the base image has"
+            warnings.append(f"{name} asks for python {shown(wanted)}; the base image has"
                             f" python {available}")  # fmt: skip
     return warnings
 
 
 def _cmd(command: str) -> str:
-    # A shell runs it (Procfiles are shell lines), as the process itself: exec, so signals reach
-    # it and `podman stop` stops it at once.
-    return "CMD " + json.dumps(["/bin/sh", "-c", f"exec {command}"])
+    # bash runs it (Procfile lines are shell lines: `cd srv && node i.js`, `FOO=1 node x`); a
+    # lone command replaces bash (it execs the last simple command), so `podman stop` reaches it.
+    return "CMD " + json.dumps(["/bin/bash", "-c", command])
 
 
 def _labels(processes: dict[str, str], runtime: str, available: str) -> list[str]:
     labels = [f"LABEL org.coop-infra.build={json.dumps(f'standard {runtime} {available}')}"]
     if "release" in processes:
-        labels.append(f"LABEL org.coop-infra.release={json.dumps(processes['release'])}")
+        # As written: LABEL would expand $NAME, so each $ is escaped.
+        value = json.dumps(processes["release"]).replace("$", "\\$")
+        labels.append(f"LABEL org.coop-infra.release={value}")
     return labels
 
 
 def node_plan(src: Path, available: str, npm_registry: str) -> Plan:
     try:
-        package = json.loads((src / "package.json").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise BuildError(f"package.json cannot be read: {err}") from None
+        package = json.loads(read(src, "package.json") or "")
+    except json.JSONDecodeError as err:
+        raise BuildError(f"package.json is not JSON: {err}") from None
     if not isinstance(package, dict):
         raise BuildError("package.json is not a JSON object")
     scripts = package.get("scripts") if isinstance(package.get("scripts"), dict) else {}
@@ -193,11 +222,6 @@ def node_plan(src: Path, available: str, npm_registry: str) -> Plan:
         raise BuildError(
             "no command to run: add a Procfile with a `web:` line (e.g. `web: node index.js`)"
             " or a `start` script to package.json"
-        )
-    if not npm_registry:
-        raise BuildError(
-            "a Node app builds through the co-op's npm cache, and this build was given none"
-            " (no host with the npm-cache role in the topology?)"
         )
     locked = any((src / f).is_file() for f in ("package-lock.json", "npm-shrinkwrap.json"))
     install = "npm ci" if locked else "npm install"
@@ -236,15 +260,10 @@ def python_plan(src: Path, available: str, pip_index: str) -> Plan:
         target = "-r requirements.txt"
     else:
         try:
-            tomllib.loads((src / "pyproject.toml").read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
-            raise BuildError(f"pyproject.toml cannot be read: {err}") from None
+            tomllib.loads(read(src, "pyproject.toml") or "")
+        except tomllib.TOMLDecodeError as err:
+            raise BuildError(f"pyproject.toml is not TOML: {err}") from None
         target = "."
-    if not pip_index:
-        raise BuildError(
-            "a Python app builds through the co-op's PyPI cache, and this build was given none"
-            " (no host with the pypi-cache role in the topology?)"
-        )
     lines = [
         "ARG BASE_IMAGE",
         "FROM ${BASE_IMAGE}",
@@ -294,8 +313,23 @@ def plan(src: Path, runtimes: dict[str, str], npm_registry: str = "", pip_index:
             " anything else"
         )
     runtime = "node" if node else "python"
+    # Packages come from the co-op's caches alone (the build has no other network).
+    if node and not npm_registry:
+        raise BuildError(
+            "a Node app builds through the co-op's npm cache, and this build was given none"
+            " (no host with the npm-cache role in the topology, or a builder that does not"
+            " pass NPM_REGISTRY)"
+        )
+    if python and not pip_index:
+        raise BuildError(
+            "a Python app builds through the co-op's PyPI cache, and this build was given none"
+            " (the topology has no PyPI cache yet: until it has, give the app a Dockerfile)"
+        )
     if runtime not in runtimes:
-        raise BuildError(f"no {runtime} base image on this build host ({', '.join(runtimes)})")
+        raise BuildError(
+            f"no {runtime} base image was given to this build (RUNTIME_IMAGES has"
+            f" {', '.join(runtimes) or 'none'})"
+        )
     if node:
         return node_plan(src, runtimes["node"], npm_registry)
     return python_plan(src, runtimes["python"], pip_index)
