@@ -373,6 +373,21 @@ def lab_path_repos(site: LabSite, base_dir: Path) -> dict[str, str]:
     return {name: path for name, path in repos.items() if Path(path).is_absolute()}
 
 
+def _publish_image(
+    podman: PodmanResource, registry: RegistryResource, endpoint: Endpoint, log: BuildLog, *,
+    ref: str, image_id: str, repository: str, tag: str,
+) -> tuple[str, float | None]:  # fmt: skip
+    """Image `ref` of this machine's storage in the registry as `repository:tag`, pushed when the
+    one there is another: (its digest there, the push's seconds or None when none was made)."""
+    there = registry.manifest(repository=repository, reference=tag)
+    if there is not None and there.config_digest == f"sha256:{image_id}":
+        return there.digest, None
+    destination = endpoint.image(repository, tag)
+    log(f"== podman push {ref} {destination} (the agents build FROM it)")
+    pushed = podman.push(image=ref, destination=destination, registry=endpoint, log=log)
+    return pushed.digest, pushed.took_s
+
+
 def publish_base_image(
     podman: PodmanResource, registry: RegistryResource, endpoint: Endpoint, log: BuildLog
 ) -> tuple[str, str]:
@@ -380,18 +395,15 @@ def publish_base_image(
     is not the image in this machine's storage; returns (image by digest, what happened)."""
     base = podman.ensure_base_image(log=log)
     tag = podman.base_image.rsplit(":", 1)[-1] if ":" in podman.base_image else "latest"
-    there = registry.manifest(repository=BASE_REPOSITORY, reference=tag)
-    if there is not None and there.config_digest == f"sha256:{base.image_id}":
-        return endpoint.image(BASE_REPOSITORY, there.digest), (
-            f"base image {podman.base_image} is in the registry ({BASE_REPOSITORY}:{tag})"
-        )
-    destination = endpoint.image(BASE_REPOSITORY, tag)
-    log(f"== podman push {podman.base_image} {destination} (the agents build FROM it)")
-    pushed = podman.push(image=podman.base_image, destination=destination, registry=endpoint,
-                         log=log)  # fmt: skip
-    return endpoint.image(BASE_REPOSITORY, pushed.digest), (
-        f"base image {podman.base_image} pushed to the registry in {pushed.took_s:.1f} s"
-    )
+    digest, took = _publish_image(
+        podman, registry, endpoint, log,
+        ref=podman.base_image, image_id=base.image_id, repository=BASE_REPOSITORY, tag=tag,
+    )  # fmt: skip
+    if took is None:
+        note = f"base image {podman.base_image} is in the registry ({BASE_REPOSITORY}:{tag})"
+    else:
+        note = f"base image {podman.base_image} pushed to the registry in {took:.1f} s"
+    return endpoint.image(BASE_REPOSITORY, digest), note
 
 
 @functools.cache
@@ -423,16 +435,11 @@ def publish_runtime_image(
     made and pushed when needed: (`<runtime>=<version>=<image by digest>`, what happened)."""
     image = podman.ensure_runtime_image(runtime, log=log)
     repository = f"coop-{runtime}"
-    tag = podman.debian_suite
-    there = registry.manifest(repository=repository, reference=tag)
-    if there is not None and there.config_digest == f"sha256:{image.image_id}":
-        digest, note = there.digest, f"{runtime} {image.version} base image is in the registry"
-    else:
-        log(f"== podman push {image.ref} {endpoint.image(repository, tag)}")
-        pushed = podman.push(image=image.ref, destination=endpoint.image(repository, tag),
-                             registry=endpoint, log=log)  # fmt: skip
-        digest = pushed.digest
-        note = f"{runtime} {image.version} base image pushed in {pushed.took_s:.1f} s"
+    digest, took = _publish_image(podman, registry, endpoint, log, ref=image.ref,
+                                  image_id=image.image_id, repository=repository,
+                                  tag=podman.debian_suite)  # fmt: skip
+    where = "is in the registry" if took is None else f"pushed in {took:.1f} s"
+    note = f"{runtime} {image.version} base image {where}"
     return f"{runtime}={image.version}={endpoint.image(repository, digest)}", note
 
 

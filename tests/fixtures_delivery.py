@@ -278,19 +278,25 @@ def push_image(url: str, repository: str, tag: str, labels: dict[str, str]) -> s
 
 
 def push_sensor_build(
-    defs: dg.Definitions, instance: dg.DagsterInstance
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    *,
+    cursor: str | None = None,
+    job: str | None = None,
+    raise_on_error: bool = True,
 ) -> dg.ExecuteInProcessResult:
-    """One tick of git_push_sensor in `defs`, then the one build run it asks for (its commit's
-    partition added first, as the daemon would): the run's result."""
-    with dg.build_sensor_context(
-        instance=instance, definitions=defs, resources=defs.resources
-    ) as context:
-        tick = defs.resolve_sensor_def(git_push.SENSOR_NAME)(context)
-    [request] = tick.run_requests
+    """One tick of git_push_sensor in `defs` from `cursor`, then the one build run it asks for
+    (of `job`, where other apps have new commits too; its commit's partition added first, as
+    the daemon would): the run's result."""
+    tick = sensor_tick(defs, git_push.SENSOR_NAME, instance, cursor)
+    [request] = [r for r in tick.run_requests if job is None or r.job_name == job]
     for p in tick.dynamic_partitions_requests:
         instance.add_dynamic_partitions(p.partitions_def_name, p.partition_keys)
     return defs.resolve_job_def(request.job_name).execute_in_process(
-        instance=instance, partition_key=request.partition_key
+        instance=instance,
+        partition_key=request.partition_key,
+        tags=request.tags,
+        raise_on_error=raise_on_error,
     )
 
 

@@ -18,6 +18,7 @@ from fixtures_delivery import (
     git,
     make_app_repo,
     materialization_metadata,
+    push_sensor_build,
     sensor_tick,
     step_failures,
 )
@@ -167,15 +168,9 @@ def test_a_commit_pushed_while_the_registry_is_down_is_live_once_it_is_back(lab_
             defs = lab_env.definitions()
             cursor = sensor_tick(defs, git_push.SENSOR_NAME, instance, None).cursor
             sha = hello.commit(message="pushed while the registry is down")
-            tick = sensor_tick(defs, git_push.SENSOR_NAME, instance, cursor)
-            [request] = [r for r in tick.run_requests if r.job_name == build_job_name(APP)]
-            for partitions in tick.dynamic_partitions_requests:
-                instance.add_dynamic_partitions(
-                    partitions.partitions_def_name, partitions.partition_keys
-                )
             back.start()
-            build = defs.resolve_job_def(build_job_name(APP)).execute_in_process(
-                instance=instance, partition_key=sha, tags=request.tags, raise_on_error=False
+            build = push_sensor_build(
+                defs, instance, cursor=cursor, job=build_job_name(APP), raise_on_error=False
             )
             assert build.success, step_failures(build)
             retried = [e for e in build.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]

@@ -14,6 +14,7 @@ from fixtures_delivery import (
     REPO_ROOT,
     make_app_repo,
     materialization_metadata,
+    push_sensor_build,
     sensor_tick,
     step_failures,
 )
@@ -65,12 +66,8 @@ def test_an_express_app_without_a_dockerfile_builds_through_the_npm_cache_and_go
     defs = env.definitions()
     cursor = sensor_tick(defs, git_push.SENSOR_NAME, instance, None).cursor
     sha = repo.commit(message="express, as its starter makes it")
-    tick = sensor_tick(defs, git_push.SENSOR_NAME, instance, cursor)
-    [request] = [r for r in tick.run_requests if r.job_name == build_job_name(APP)]
-    for partitions in tick.dynamic_partitions_requests:
-        instance.add_dynamic_partitions(partitions.partitions_def_name, partitions.partition_keys)
-    build = defs.resolve_job_def(build_job_name(APP)).execute_in_process(
-        instance=instance, partition_key=sha, tags=request.tags, raise_on_error=False
+    build = push_sensor_build(
+        defs, instance, cursor=cursor, job=build_job_name(APP), raise_on_error=False
     )
     assert build.success, step_failures(build)
     meta = materialization_metadata(build, NODE)
@@ -140,15 +137,12 @@ for (const [name, host, port] of targets) {{
     instance = dg.DagsterInstance.get()
     defs = env.definitions()
     cursor = sensor_tick(defs, git_push.SENSOR_NAME, instance, None).cursor
-    sha = repo.commit(
+    repo.commit(
         {"package.json": json.dumps(package), "probe.js": probe, "Procfile": "web: node -e 0\n"},
         "probe the build's network",
     )
-    tick = sensor_tick(defs, git_push.SENSOR_NAME, instance, cursor)
-    for partitions in tick.dynamic_partitions_requests:
-        instance.add_dynamic_partitions(partitions.partitions_def_name, partitions.partition_keys)
-    build = defs.resolve_job_def(build_job_name(APP)).execute_in_process(
-        instance=instance, partition_key=sha, raise_on_error=False
+    build = push_sensor_build(
+        defs, instance, cursor=cursor, job=build_job_name(APP), raise_on_error=False
     )
     assert build.success, step_failures(build)
     log = open(materialization_metadata(build, NODE)["build_log"]).read()
