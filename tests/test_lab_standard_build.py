@@ -79,6 +79,8 @@ def test_an_express_app_without_a_dockerfile_builds_through_the_npm_cache_and_go
     assert "[support-2] RUNTIME=node" in log
     assert "[support-2] AVAILABLE=node 18." in log
     assert "standard build (no Dockerfile): node 18." in meta["what_happened"]
+    # Its own test ran in the build (npm test: Node's runner, test/app.test.js), and passed.
+    assert "[support-2] # pass 1" in log and "[support-2] # fail 0" in log
     registry = env.definitions().resources["registry"]
     manifest = registry.manifest(repository=APP, reference=sha)
     labels = registry.labels(repository=APP, manifest=manifest)
@@ -102,6 +104,31 @@ def test_an_express_app_without_a_dockerfile_builds_through_the_npm_cache_and_go
     response = where.get("/", timeout_s=5)
     assert response.status_code == 200, response.text
     assert response.json() == {"app": "express-sample", "version": sha}
+
+
+def test_a_failing_test_fails_the_build_before_anything_is_pushed(lab_env: LabEnv, express):
+    repo, env = express
+    instance = dg.DagsterInstance.get()
+    defs = env.definitions()
+    cursor = sensor_tick(defs, git_push.SENSOR_NAME, instance, None).cursor
+    index = (EXPRESS / "index.js").read_text()
+    broken = index.replace("app: 'express-sample'", "app: 'express-broken'")
+    assert broken != index
+    sha = repo.commit({"index.js": broken}, message="a change its test catches")
+    build = push_sensor_build(
+        defs, instance, cursor=cursor, job=build_job_name(APP), raise_on_error=False
+    )
+    assert not build.success
+    failures = step_failures(build)
+    assert "the app's tests failed (npm test exited 1): nothing was pushed" in failures
+    # The test's own output is in the build's log: what it expected and what it got.
+    [failed] = [e.step_failure_data for e in build.all_events if e.is_step_failure]
+    log = open(failed.user_failure_data.metadata["build_log"].value).read()
+    assert "express-broken" in log and "[support-2] # fail 1" in log
+    registry = env.definitions().resources["registry"]
+    assert registry.manifest(repository=APP, reference=sha) is None  # nothing was pushed
+    # Built once, not retried: the app's own failure.
+    assert not [e for e in build.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
 
 
 def test_a_build_reaches_the_caches_and_nothing_else(lab_env: LabEnv, express):

@@ -317,3 +317,93 @@ def test_a_failed_build_that_asked_for_another_runtime_says_what_is_available(tm
         " image has: package.json engines.node is '>=22'; the base image has node 18.19.0."
         " Available: node 18.19.0"
     )
+
+
+# --- CI by default: the app's own tests run in the build -------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("scripts", "tested"),
+    [
+        ({"test": "node --test"}, True),
+        ({"test": "jest --ci"}, True),
+        ({"test": 'echo "Error: no test specified" && exit 1'}, False),  # npm init's placeholder
+        ({"test": "  "}, False),
+        ({}, False),
+    ],
+)
+def test_npm_test_runs_in_the_build_when_the_package_has_tests(tmp_path, scripts, tested):
+    package = {"name": "x", "scripts": {"start": "node i.js", **scripts}}
+    lines = _lines(_plan(_repo(tmp_path, {"package.json": package})).dockerfile)
+    steps = [line for line in lines if "npm test" in line]
+    assert len(steps) == int(tested), lines
+    if tested:
+        [step] = steps
+        assert step.startswith("RUN CI=true npm test >/tmp/tests.log 2>&1; code=$?;")
+        assert f'echo "{standard.TESTS_FAILED}: npm test exited $code"; exit $code' in step
+        # After the install and the build, before the dev dependencies go.
+        assert lines.index(step) < lines.index(
+            "RUN npm prune --omit=dev --no-progress && rm -rf /root/.npm"
+        )
+
+
+@pytest.mark.parametrize(
+    ("files", "installs"),
+    [
+        ({"tests/test_app.py": ""}, "pytest"),
+        ({"test_app.py": ""}, "pytest"),
+        ({"app_test.py": ""}, "pytest"),
+        ({"pytest.ini": "[pytest]\n", "app.py": ""}, "pytest"),
+        ({"tests/test_app.py": "", "requirements-dev.txt": "pytest-django\n"},
+         "-r requirements-dev.txt pytest"),
+        ({"test/test_x.py": "", "requirements-test.txt": "hypothesis\n"},
+         "-r requirements-test.txt pytest"),
+    ],
+)  # fmt: skip
+def test_pytest_runs_in_a_stage_of_its_own_when_the_repository_has_tests(tmp_path, files, installs):
+    src = _repo(tmp_path, {"requirements.txt": "flask\n", "Procfile": "web: flask run\n", **files})
+    lines = _lines(_plan(src).dockerfile)
+    assert lines[1] == "FROM ${BASE_IMAGE} AS app"
+    tests = lines.index("FROM app AS tests")
+    assert lines[tests + 1] == f"RUN pip install {installs}"
+    assert lines[tests + 2].startswith("RUN CI=true python -m pytest -p no:cacheprovider")
+    assert "[ $code -ne 0 ] && [ $code -ne 5 ]" in lines[tests + 2]  # 5: no test collected
+    # The image is the app's stage, which copies the summary (so the tests' stage always runs).
+    assert lines[tests + 3 : tests + 5] == [
+        "FROM app",
+        "COPY --from=tests /tmp/tests.log /app/.coop-tests.log",
+    ]
+    assert lines[-1] == 'CMD ["/bin/bash", "-c", "flask run"]'
+
+
+def test_a_pyproject_test_extra_is_installed_for_the_tests(tmp_path):
+    pyproject = (
+        '[project]\nname = "x"\nversion = "1"\n'
+        '[project.optional-dependencies]\ntest = ["pytest-cov"]\n'
+        "[tool.pytest.ini_options]\naddopts = '-q'\n"
+    )
+    src = _repo(tmp_path, {"pyproject.toml": pyproject, "Procfile": "web: x\n"})
+    assert 'RUN pip install ".[test]" pytest' in _lines(_plan(src).dockerfile)
+
+
+def test_a_python_app_without_tests_is_one_stage(tmp_path):
+    src = _repo(tmp_path, {"requirements.txt": "flask\n", "Procfile": "web: flask run\n"})
+    dockerfile = _plan(src).dockerfile
+    assert "pytest" not in dockerfile and "AS tests" not in dockerfile
+
+
+def test_a_failing_test_step_fails_with_its_output_and_says_so_on_its_last_line(tmp_path):
+    """The step itself, run by the shell a build runs it with: the output, then the line
+    build-app-image.sh reads."""
+    step = standard._tests_step("sh -c 'echo 1 failed; exit 1'")
+    command = step.removeprefix("RUN ").replace("/tmp/tests.log", str(tmp_path / "t.log"))
+    ran = subprocess.run(["/bin/sh", "-c", command], capture_output=True, text=True)
+    assert ran.returncode == 1
+    assert ran.stdout.splitlines() == [
+        "1 failed",
+        f"{standard.TESTS_FAILED}: sh -c 'echo 1 failed; exit 1' exited 1",
+    ]
+    passing = step.replace("exit 1'", "exit 0'")
+    command = passing.removeprefix("RUN ").replace("/tmp/tests.log", str(tmp_path / "t.log"))
+    ran = subprocess.run(["/bin/sh", "-c", command], capture_output=True, text=True)
+    assert ran.returncode == 0 and ran.stdout == "1 failed\n"

@@ -158,10 +158,16 @@ podman build --pull=never --layers --force-rm "${network[@]}" "${build_args[@]}"
   --label "org.opencontainers.image.revision=$SHA" \
   --label "org.opencontainers.image.source=$shown_repo" \
   --label "org.coop-infra.app=$APP" \
-  "${dockerfile[@]}" -t "$IMAGE:$SHA" "$work/src"
-status=$?
+  "${dockerfile[@]}" -t "$IMAGE:$SHA" "$work/src" 2>&1 | tee "$work/build.log"
+status=${PIPESTATUS[0]}
 set -e
 if [ "$status" != 0 ]; then
+  # The standard build's test step ends a failed run of the app's tests with this line.
+  failed_tests="$(grep -a "^coop-infra: the app's tests failed: " "$work/build.log" | tail -n 1 || true)"
+  if [ -n "$failed_tests" ]; then
+    echo "BUILD_ERROR=the app's tests failed (${failed_tests##*tests failed: }): nothing was pushed"
+    exit 4
+  fi
   if [ -n "$mismatch" ]; then
     # The version the app asks for may be why: say what there is.
     echo "build-app-image: the build failed, and the app asks for another runtime than the" \

@@ -8,6 +8,12 @@ The co-op's one practice across projects (README, "The standard build"):
   co-op's PyPI cache.
 - `Procfile`'s `web:` line is the command (for Node without one: `npm start`, when the package
   has that script); `release:`, when there is one, is kept in the image's labels.
+- The app's own tests run in the build, before anything is pushed (CI by default): `npm test`
+  when package.json has a `test` script that is not npm's placeholder; `pytest` when the
+  repository has tests (a `tests/` or `test/` folder, `test_*.py` or `*_test.py` at its top, or
+  pytest's configuration), with requirements-dev.txt, requirements-test.txt or the `test`/`dev`
+  extra of pyproject.toml, and pytest, installed for the run only. A failing test fails the
+  build with its output; the tests have no network but the caches (no database).
 - Version files are read and checked against the runtime the base image has: `.nvmrc` and
   `engines.node` (the major version), `runtime.txt` and `.python-version` (major and minor). A
   mismatch is a warning; should the build then fail, the failure names what is available.
@@ -35,6 +41,15 @@ from pathlib import Path
 # nvm's names for the Node LTS lines.
 NODE_LTS = {"argon": 4, "boron": 6, "carbon": 8, "dubnium": 10, "erbium": 12, "fermium": 14,
             "gallium": 16, "hydrogen": 18, "iron": 20, "jod": 22, "krypton": 24}  # fmt: skip
+
+
+# `npm init`'s test script: no tests.
+NPM_PLACEHOLDER = 'echo "Error: no test specified" && exit 1'
+# The line a failed test run ends with (build-app-image.sh reads it: the app's own failure).
+TESTS_FAILED = "coop-infra: the app's tests failed"
+PYTEST_CONFIG = {"pytest.ini": None, "pyproject.toml": "[tool.pytest.ini_options]",
+                 "setup.cfg": "[tool:pytest]", "tox.ini": "[pytest]"}  # fmt: skip
+TEST_REQUIREMENTS = ("requirements-dev.txt", "requirements-test.txt", "requirements-tests.txt")
 
 
 class BuildError(Exception):
@@ -208,6 +223,45 @@ def _labels(processes: dict[str, str], runtime: str, available: str) -> list[str
     return labels
 
 
+def _tests_step(command: str, passing: str = "0") -> str:
+    """The app's tests as a build step (CI=true, as test runners expect in CI): their output in
+    the build's log, and a failure stops the build, saying so on its last line. `passing`: the
+    exit codes that pass. (Dockerfile substitution does not touch RUN: $code is the shell's.)"""
+    ok = " && ".join(f"[ $code -ne {c} ]" for c in passing.split())
+    return (
+        f"RUN CI=true {command} >/tmp/tests.log 2>&1; code=$?; cat /tmp/tests.log;"
+        f' if {ok}; then echo "{TESTS_FAILED}: {command} exited $code"; exit $code; fi'
+    )
+
+
+def node_tests(scripts: dict) -> str | None:
+    """`npm test` when package.json has a test script that is not npm's placeholder."""
+    test = scripts.get("test")
+    if not isinstance(test, str) or not test.strip() or test.strip() == NPM_PLACEHOLDER:
+        return None
+    return "npm test"
+
+
+def python_tests(src: Path) -> list[str] | None:
+    """What pip installs for the tests when the repository has tests for pytest (None: it has
+    none): its test requirements, or its `test`/`dev` extra, and pytest."""
+    found = any((src / d).is_dir() for d in ("tests", "test")) or any(
+        p.is_file() and (p.name.startswith("test_") or p.name.endswith("_test.py"))
+        for p in src.glob("*.py")
+    )
+    for name, section in PYTEST_CONFIG.items():
+        if (src / name).is_file() and (section is None or section in (read(src, name) or "")):
+            found = True
+    if not found:
+        return None
+    wanted = [f"-r {name}" for name in TEST_REQUIREMENTS if (src / name).is_file()]
+    if not wanted and (src / "pyproject.toml").is_file():
+        project = tomllib.loads(read(src, "pyproject.toml") or "").get("project") or {}
+        extras = project.get("optional-dependencies") or {}
+        wanted += [f'".[{extra}]"' for extra in ("test", "dev") if extra in extras][:1]
+    return [*wanted, "pytest"]
+
+
 def node_plan(src: Path, available: str, npm_registry: str) -> Plan:
     try:
         package = json.loads(read(src, "package.json") or "")
@@ -238,8 +292,12 @@ def node_plan(src: Path, available: str, npm_registry: str) -> Plan:
     ]
     if scripts.get("build"):
         lines.append("RUN npm run build")
+    tests = node_tests(scripts)
+    if tests:
+        lines.append(_tests_step(tests))
     lines += [
-        "RUN rm -rf /root/.npm",
+        # What the app runs on: its dependencies, not the ones to build and test it.
+        "RUN npm prune --omit=dev --no-progress && rm -rf /root/.npm",
         "ARG GIT_SHA=unknown",
         "ENV NODE_ENV=production APP_VERSION=${GIT_SHA} npm_config_cache=/tmp/.npm",
         *_labels(processes, "node", available),
@@ -266,14 +324,28 @@ def python_plan(src: Path, available: str, pip_index: str) -> Plan:
         target = "."
     lines = [
         "ARG BASE_IMAGE",
-        "FROM ${BASE_IMAGE}",
+        "FROM ${BASE_IMAGE} AS app",
         "WORKDIR /app",
         "COPY . /app",
         f"ENV PIP_INDEX_URL={pip_index} PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1",
         f"RUN python3 -m venv /app/.venv && /app/.venv/bin/pip install {target}",
+        "ENV PATH=/app/.venv/bin:$PATH VIRTUAL_ENV=/app/.venv PYTHONUNBUFFERED=1",
+    ]
+    tests = python_tests(src)
+    if tests:
+        # The tests in a stage of their own, whose tools the image does not keep; the image
+        # copies the run's summary from it, so the stage is always built (and must pass).
+        lines += [
+            "FROM app AS tests",
+            f"RUN pip install {' '.join(tests)}",
+            # (pytest's 5: it collected no test)
+            _tests_step("python -m pytest -p no:cacheprovider", passing="0 5"),
+            "FROM app",
+            "COPY --from=tests /tmp/tests.log /app/.coop-tests.log",
+        ]
+    lines += [
         "ARG GIT_SHA=unknown",
-        "ENV PATH=/app/.venv/bin:$PATH VIRTUAL_ENV=/app/.venv PYTHONUNBUFFERED=1"
-        " APP_VERSION=${GIT_SHA}",
+        "ENV APP_VERSION=${GIT_SHA}",
         *_labels(processes, "python", available),
         "USER 65534:65534",
         _cmd(web),
