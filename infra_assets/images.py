@@ -20,7 +20,7 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from infra_assets.cloud.changes import EVERY_IMAGE_STATES, states_of_salt_path
+from infra_assets.cloud.changes import EVERY_IMAGE_STATES, baked, states_of_salt_path
 from infra_assets.cloud.groups import (
     CATALOGUE_FILE,
     ImageGroupError,
@@ -116,9 +116,10 @@ def group_salt_files(tree: Path, roles: list[str]) -> list[Path]:
     mine = set().union(EVERY_IMAGE_STATES, *(set(states.get(r, [])) for r in roles))
     files = []
     for path in sorted(p for p in tree.rglob("*") if p.is_file()):
-        if path == tree / "roles.yaml":
+        salt_path = "salt/" + str(path.relative_to(tree))
+        if path == tree / "roles.yaml" or not baked(salt_path):
             continue
-        owners = states_of_salt_path("salt/" + str(path.relative_to(tree)), every)
+        owners = states_of_salt_path(salt_path, every)
         if not owners or owners & mine:
             files.append(path)
     return files

@@ -201,21 +201,26 @@ def materialize(
             " (sha256:<64 hex digits>; 40 hex digits): nothing was released"
         )
     context.log.info(f"{what}: {digest} ({why}) on {', '.join(hosts)}")
-    pillar = {
-        "release": {
-            "app": app_name,
-            "digest": digest,
-            "sha": sha,
-            "health_timeout_s": config.health_timeout_s,
-        }
-    }
     results: list[ApplyResult] = []
     started = time.monotonic()
     for host in hosts:  # one host after another: the first failure stops the release
+        pillar = {
+            "release": {
+                "app": app_name,
+                "digest": digest,
+                "sha": sha,
+                "health_timeout_s": config.health_timeout_s,
+                # The image's release command runs once per release: on the first host (where
+                # the digest is new), never for a rollback (the database keeps what the newer
+                # release made of it: a release phase must leave a schema the previous release
+                # still runs on).
+                "release_phase": host == hosts[0] and not config.rollback,
+                "web_state": f"highstate/web-{environment}",
+            }
+        }
         try:
-            result = salt.apply(
-                minions=[host], sls=["app"], pillar=pillar, log=context.log.info, redact=secrets
-            )
+            result = salt.apply(minions=[host], sls=["app"], pillar=pillar, log=context.log.info,
+                                redact=secrets, sync_states=True)  # fmt: skip
         except SaltError as err:
             raise _fail(f"{what}: {host}: {err}") from None
         results.append(result)
@@ -235,7 +240,7 @@ def materialize(
     if wrong:
         raise _fail(f"{what}: released, but {', '.join(wrong)} records another release live")
     rows = [
-        "| host | live | slot | port | container | previous | states changed |",
+        "| host | live | slot | port | container | previous | steps changed |",
         "|---|---|---|---|---|---|---|",
     ]
     for record, result in zip(after, results, strict=True):
@@ -244,9 +249,9 @@ def materialize(
             f"| {record.host} | {live.get('sha', '')[:12] or digest[:19]} | {live.get('slot')} |"
             f" {live.get('port')} | {live.get('container')} |"
             f" {(prev.get('sha') or prev.get('digest') or 'none')[:19]} |"
-            f" {sum(s.changed for s in result.states())} |"
+            f" {sum(step.changed for step in steps_of(result))} |"
         )
-    health = _state(results[0], "healthy")
+    first = steps_of(results[0])
     metadata: dict[str, Any] = {
         "digest": digest,
         "sha": sha or "(unknown)",
@@ -255,8 +260,13 @@ def materialize(
         "environment": environment,
         "hosts": hosts,
         "why": why,
-        "health": _health_text(health),
+        "health": next((s.comment for s in first if s.step == "healthy"), "(not checked)"),
         "health_path": app.health,
+        "release_phase": next(
+            (s.comment for s in first if s.step == "release-phase"),
+            "(not run: this release was live already, or a rollback)",
+        ),
+        **_release_phase_output(first),
         "previous_digest": previous or "(none)",
         "changed": changed,
         "what_happened": dg.MetadataValue.md(
@@ -390,16 +400,71 @@ def _previous_digest(before: list[Record], digest: str) -> str | None:
     return next((r.digest("previous") for r in before if r.digest("previous")), None)
 
 
+@dataclass(frozen=True)
+class Step:
+    """One step of a release on a host, as the `coop_app.released` state reports it."""
+
+    step: str
+    changed: bool
+    comment: str
+    seconds: float
+    output: str = ""
+
+
+def steps_of(result: ApplyResult) -> list[Step]:
+    """The steps of the release state (salt/_states/coop_app.py): from its changes when it
+    changed something, else from its comment (a line per step: `<step>: <what>`)."""
+    state = _release_state(result)
+    if state is None:
+        return []
+    changes = state.changes if isinstance(state.changes, dict) else {}
+    if isinstance(changes.get("steps"), list):
+        return [
+            Step(
+                str(d.get("step")),
+                bool(d.get("changed")),
+                str(d.get("comment")),
+                float(d.get("seconds") or 0),
+                str(d.get("output") or ""),
+            )  # fmt: skip
+            for d in changes["steps"]
+            if isinstance(d, dict)
+        ]
+    if state.failed:
+        return []
+    lines = [line.partition(": ") for line in state.comment.splitlines()]
+    return [Step(step, False, comment, 0.0) for step, _, comment in lines if comment]
+
+
+def _release_phase_output(steps: list[Step]) -> dict[str, Any]:
+    phase = next((s for s in steps if s.step == "release-phase" and s.output), None)
+    if phase is None:
+        return {}
+    return {"release_phase_output": dg.MetadataValue.md(f"```\n{phase.output}\n```")}
+
+
+def _release_state(result: ApplyResult) -> StateResult | None:
+    return next((s for s in result.states() if s.function == "coop_app.released"), None)
+
+
 def _failure(
     what: str, digest: str, host: str, result: ApplyResult, results: list[ApplyResult]
 ) -> dg.Failure:
-    failed = [s for s in result.failed_states() if "requisite failed" not in s.comment]
-    health = next((s for s in failed if s.state_id.endswith("-healthy")), None)
-    problems = [f"{s.label}: {s.comment}" for s in failed] or result.problems()
-    lines = [f"{what}: {digest} failed on {host}: " + "; ".join(problems)]
-    if health is not None:
-        lines.append("The live release keeps serving; the new container was removed.")
-        lines.append("Health log:\n" + _output(health))
+    state = _release_state(result)
+    failed = (state.changes or {}).get("failed") if state is not None and state.failed else None
+    if not isinstance(failed, dict):
+        problems = [f"{s.label}: {s.comment}" for s in result.failed_states()]
+        lines = [f"{what}: {digest} failed on {host}: " + "; ".join(problems or result.problems())]
+        output = ""
+    else:
+        lines = [
+            f"{what}: {digest} failed on {host}: {failed.get('step')}: {failed.get('comment')}"
+        ]
+        output = str(failed.get("output") or "")
+        if failed.get("step") in ("release-phase", "start", "healthy"):
+            lines.append("The live release keeps serving; the new container was removed.")
+        if output:
+            lines.append(f"Its output:\n{output}")
     done = [r for r in results if r is not result]
     metadata: dict[str, Any] = {
         "digest": digest,
@@ -407,41 +472,26 @@ def _failure(
         "released_before_the_failure": [m for r in done for m in r.minions],
         **{k: v for k, v in report(result).items() if k in ("results", "failed")},
     }
-    if health is not None:
-        metadata["health_log"] = dg.MetadataValue.md(f"```\n{_output(health)}\n```")
+    if output:
+        metadata["output"] = dg.MetadataValue.md(f"```\n{output}\n```")
     return dg.Failure(description="\n".join(lines), metadata=metadata, allow_retries=False)
-
-
-def _state(result: ApplyResult, step: str) -> StateResult | None:
-    return next((s for s in result.states() if s.state_id.endswith(f"-{step}")), None)
-
-
-def _output(state: StateResult | None) -> str:
-    if state is None:
-        return ""
-    changes = state.changes if isinstance(state.changes, dict) else {}
-    text = str(changes.get("stdout") or "").strip()
-    return "\n".join([text, state.comment] if text else [state.comment])
-
-
-def _health_text(state: StateResult | None) -> str:
-    return state.comment if state is not None else "(not checked)"
 
 
 def _container_start_s(result: ApplyResult) -> float:
     """Seconds from starting the new container to its first healthy answer (0 when the
     container was running already)."""
-    start, healthy = _state(result, "start"), _state(result, "healthy")
+    steps = {s.step: s for s in steps_of(result)}
+    start, healthy = steps.get("start"), steps.get("healthy")
     if start is None or not start.changed:
         return 0.0
-    return (start.duration_ms + (healthy.duration_ms if healthy else 0)) / 1000
+    return start.seconds + (healthy.seconds if healthy else 0.0)
 
 
 def _summary(result: ApplyResult) -> str:
-    changed = [s for s in result.states() if s.changed and not s.failed]
+    changed = [s for s in steps_of(result) if s.changed]
     if not changed:
         return "nothing to do: this release was live already"
-    return "; ".join(s.comment for s in changed if s.state_id.startswith("app-"))
+    return "; ".join(s.comment for s in changed)
 
 
 def _merge(results: list[ApplyResult]) -> ApplyResult:

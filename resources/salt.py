@@ -581,15 +581,19 @@ class SaltResource(dg.ConfigurableResource):
         pillar: Mapping[str, Any] | None = None,
         log: LogSink | None = None,
         redact: Sequence[str] = (),
+        sync_states: bool = False,
     ) -> ApplyResult:
         """`state.apply` of `sls` (all of them in one run; empty: the highstate) on `minions`.
 
         Each minion's result is logged as it arrives. `redact` values never reach the log or
-        the result (a secret in a state's comment or diff shows as ***).
+        the result (a secret in a state's comment or diff shows as ***). `sync_states`: the
+        custom state modules (`_states/`) are synced to the minions first, as a highstate does.
         """
         kwargs: dict[str, Any] = {"test": bool(test), "queue": True}
         if pillar:
             kwargs["pillar"] = dict(pillar)
+        if sync_states:
+            kwargs["sync_mods"] = "states"
         args = [",".join(sls)] if sls else []
         return self._run_states(minions, "state.apply", args, kwargs, sls, test, log, redact)
 

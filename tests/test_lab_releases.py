@@ -36,6 +36,8 @@ from infra_assets.provenance import our_build
 from lab.reach import Site, SiteSession
 from sensors.registry_images import REVISION_LABEL, poll
 
+RELEASE_LABEL = "org.coop-infra.release"  # what the standard build labels Procfile's release: with
+
 pytestmark = [pytest.mark.slow, pytest.mark.lab]
 
 APP = "hello"
@@ -86,13 +88,17 @@ class LabReleases:
         version: str,
         *,
         healthy: bool = True,
+        crashes: bool = False,
+        release_command: str = "",
         label: str | None = None,
         to: str = "",
         recorded: str | None = APP,
     ) -> str:
         """The sample app saying `version`, pushed as hello:t-<version> (or `to`) to the lab's
         registry: its digest. `label`: its revision label, if not `version`. `recorded`: the app
-        whose app_image records it as built from `version` (None: a foreign image)."""
+        whose app_image records it as built from `version` (None: a foreign image). `crashes`:
+        the app exits as it starts; `release_command`: its release phase (the label the
+        standard build writes from Procfile's `release:`)."""
         context = self.tmp / f"app-{version}"
         shutil.copytree(HELLO, context)
         if not healthy:
@@ -105,13 +111,23 @@ class LabReleases:
                     '            return self._send(503, "text/plain", "unhealthy on purpose\\n")\n',
                 )
             )
+        if crashes:
+            app = context / "app.py"
+            app.write_text(
+                "import sys\n"
+                'print("starting hello: DATABASE_URL is not set, giving up", flush=True)\n'
+                "sys.exit(3)\n" + app.read_text()
+            )
+        labels = {REVISION_LABEL: version if label is None else label}
+        if release_command:
+            labels[RELEASE_LABEL] = release_command
         end = self.registry.endpoint()  # checks the route into the lab
         tag = to or end.image(APP, f"t-{version[:12]}")
         self.podman.build(
             context=context,
             tag=tag,
             build_args={"GIT_SHA": version},
-            labels={REVISION_LABEL: version if label is None else label},
+            labels=labels,
             log=_quiet,
         )
         digest = self.podman.push(image=tag, destination=tag, registry=end, log=_quiet).digest
@@ -407,7 +423,7 @@ def test_a_failing_health_check_leaves_the_old_version_serving(site: LabReleases
     assert f"release/staging/{APP}: {d_bad} failed on {site.host('staging')}" in message
     assert "health check failed: http://127.0.0.1:" in message and "-> 503 within 3 s" in message
     assert "The live release keeps serving; the new container was removed." in message
-    log = failure.user_failure_data.metadata["health_log"].value
+    log = failure.user_failure_data.metadata["output"].value
     assert "unhealthy on purpose" in log and '"GET /health HTTP/1.1" 503' in log
     assert not result.asset_materializations_for_node(f"release__staging__{APP}")
 
@@ -417,6 +433,64 @@ def test_a_failing_health_check_leaves_the_old_version_serving(site: LabReleases
     labels = site.guest("staging", "podman", "ps", "-a", "--format", "{{.Labels}}")
     assert bad not in labels and good in labels
     assert site.record() == record_before
+
+
+def test_a_container_that_exits_fails_the_release_at_once_with_its_last_lines(site: LabReleases):
+    good, bad = _version(15), _version(16)
+    d_good, d_bad = site.image(good), site.image(bad, crashes=True)
+    assert site.release(d_good, good).success
+    record_before = site.record()
+
+    started = time.monotonic()
+    result = site.release(d_bad, bad, health_timeout_s=120)
+    took = time.monotonic() - started
+    assert not result.success
+    assert took < 60, took  # not the health check's 120 s
+    message = _failure(result).error.message
+    assert f"healthy: app-{APP}-" in message and "exited with code 3" in message
+    assert "before its health path answered" in message
+    assert "starting hello: DATABASE_URL is not set, giving up" in message  # its own last line
+    assert "The live release keeps serving; the new container was removed." in message
+    assert site.version("staging") == good
+    assert bad not in site.guest("staging", "podman", "ps", "-a", "--format", "{{.Labels}}")
+    assert site.record() == record_before
+
+
+def test_the_release_phase_runs_once_before_the_switch_and_its_failure_keeps_the_old_release(
+    site: LabReleases,
+):
+    """Procfile's `release:` (the image's label) runs in a one-off container of the new image,
+    with the app's environment, before the new release starts; a failing one changes nothing."""
+    v1, v2, v3 = _version(17), _version(18), _version(19)
+    phase = 'echo "migrating for $APP_VERSION on port $PORT as $(id -u)"'
+    d1 = site.image(v1, release_command=phase)
+    first = site.release(d1, v1)
+    assert first.success, _failure(first)
+    meta = _meta(first)
+    assert meta["release_phase"].startswith(f"ran the release command {phase!r} in ")
+    assert f"migrating for {v1} on port " in meta["release_phase_output"]
+    assert " as 65534" in meta["release_phase_output"]  # as the app runs: not root
+    assert site.version("staging") == v1
+    # The live release again: no second release phase.
+    assert _meta(site.release(d1, v1))["release_phase"].startswith("(not run")
+    # No one-off container is left behind.
+    names = site.guest("staging", "podman", "ps", "-a", "--format", "{{.Names}}").split()
+    assert f"app-{APP}-release" not in names
+
+    d2 = site.image(v2, release_command="echo 'relation \"users\" does not exist' >&2; exit 4")
+    failed = site.release(d2, v2)
+    assert not failed.success
+    message = _failure(failed).error.message
+    assert "release-phase: release command" in message and "failed (exit 4)" in message
+    assert 'relation "users" does not exist' in message
+    assert "The live release keeps serving" in message
+    assert site.version("staging") == v1  # the new release never started
+    assert v2 not in site.guest("staging", "podman", "ps", "-a", "--format", "{{.Labels}}")
+
+    d3 = site.image(v3)  # no release command: nothing runs
+    third = site.release(d3, v3)
+    assert third.success, _failure(third)
+    assert _meta(third)["release_phase"].startswith("no release command")
 
 
 def test_rollback_puts_back_the_previous_release(site: LabReleases):
@@ -614,7 +688,8 @@ def test_a_digest_or_sha_that_is_not_one_is_refused_before_anything_changes(site
     with site.env.env(), site.env.salt() as salt:
         applied = salt.apply(minions=[site.host("staging")], sls=["app"], pillar=pillar, log=_quiet)
     assert not applied.ok
-    assert [s.state_id for s in applied.states()] == ["app-release-in-pillar"]
+    [state] = applied.states()
+    assert state.failed and "sha 'x; touch /tmp/pwned' is not a commit" in state.comment
     assert site.version("staging") == v
     assert json.loads(site.record()) == json.loads(record)
 

@@ -170,6 +170,20 @@ def test_a_lab_image_depends_on_the_catalogue_only_through_its_roles_states(tmp_
     assert inputs()[1] != before[1]
 
 
+def test_what_only_releases_apply_is_in_no_image_s_inputs(repo_root):
+    """The `app` state and its module (salt/app/, salt/_states/coop_app.py) are applied by
+    releases on running hosts: a change to them rebuilds no lab image (nor a cloud one:
+    tests/test_cloud_sensor.py)."""
+    from infra_assets.images import group_salt_files
+
+    tree = repo_root / "salt"
+    assert (tree / "app" / "init.sls").is_file() and (tree / "_states" / "coop_app.py").is_file()
+    for roles in (["web-staging", "web-production"], ["salt-master", "docker-registry"]):
+        files = {str(p.relative_to(tree)) for p in group_salt_files(tree, roles)}
+        assert "web/init.sls" in files or "salt/master.sls" in files
+        assert not {f for f in files if f.startswith(("app/", "_states/"))}, files
+
+
 def test_only_from_names_a_port_of_the_role_and_roles_of_the_catalogue(tmp_path):
     """A guarded port must be the role's own, its sources roles of the catalogue (or `dagster`):
     a typo would otherwise leave a door closed to everyone or open to no one intended."""

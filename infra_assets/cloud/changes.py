@@ -12,8 +12,8 @@ Terraform stacks of which locations to plan, which role images to rebuild.
   role catalogue `salt/roles.yaml` says which states each role applies: a changed path is the state
   it belongs to (`salt/postgres/files/x` -> postgres; `salt/jenkins/x` -> every jenkins.* state),
   whose roles' groups are rebuilt. `common` and `salt.minion` are in every image, and a path of no
-  role's state (top.sls, roles.yaml, lib/, a state no role applies) is treated as shared: every
-  image in use.
+  role's state (top.sls, roles.yaml, lib/) is treated as shared: every image in use. What only
+  releases apply (`salt/app/`, `salt/_states/coop_app.py`) rebuilds nothing.
 """
 
 from __future__ import annotations
@@ -71,6 +71,14 @@ def _instances_inputs(topo: Topology, location: str) -> tuple:
 
 # States every role's states include (salt/roles.yaml's note): a change to them is in every image.
 EVERY_IMAGE_STATES = {"common", "salt.minion"}
+# What releases apply and no image bakes: the `app` state and its state module (a highstate syncs
+# `_states/` to the minions, but no role's state uses coop_app). A change rebuilds no image.
+RELEASE_ONLY = ("salt/app/", "salt/_states/coop_app.py")
+
+
+def baked(path: str) -> bool:
+    """Whether the salt file `salt/<...>` can change what an image bakes."""
+    return not path.startswith(RELEASE_ONLY)
 
 
 def states_of_salt_path(path: str, states: set[str]) -> set[str]:
@@ -134,6 +142,8 @@ def changes_between(
                 out.add_images({g for g, c in in_use.items() if cloud in c}, f"{path} changed")
             else:
                 out.add_images(set(in_use), f"{path} changed")
+        elif top == "salt" and not baked(path):
+            continue
         elif top == "salt":
             states = states_of_salt_path(path, all_states)
             if not states or states & EVERY_IMAGE_STATES:

@@ -1,0 +1,744 @@
+"""The release of one app on a web host, blue/green: the `coop_app.released` state.
+
+salt/app/init.sls declares it with the release from the pillar; the `release/<environment>/<app>`
+assets apply that state (state.apply app pillar={"release": {...}}). Salt syncs this module to
+the minions (`saltutil.sync_states`; a highstate does it too). In order, each step checking
+before it acts:
+
+ 1. ready: the host's nginx runs and podman is configured (the `web` state did both);
+ 2. certificate, for an app with a domain in this environment: certbot over ACME's HTTP-01,
+    unless a certificate from the same directory is valid for 30 days more;
+ 3. pull <registry>/<app>@<digest> with the registry's pull account and CA (from `web`);
+ 4. release phase: the image's release command (label org.coop-infra.release, from Procfile's
+    `release:`) in a one-off container of the new image, with the app's environment, once per
+    release (the asset asks it of the environment's first host, and never for a rollback). If it
+    fails, nothing else happens: the live release keeps serving and the run fails with its output;
+ 5. start the new container in the slot the live release is not in (each app has two loopback
+    ports, `apps.<app>.slots`), hardened (see `_run_argv`);
+ 6. healthy: its health path answers 200 within the timeout. A container that exits fails the
+    release at once, with its exit code and last lines; either way the new container goes and
+    nothing else is touched;
+ 7. the app's nginx site with the upstream on the new container (/etc/nginx/conf.d/app-<app>.conf,
+    checked by `nginx -t` before it replaces the old one), reload, and wait until nginx serves
+    the new release (its X-Coop-Release header);
+ 8. nginx's workers from before the reload finish their requests, then the old container stops:
+    it stays, stopped, with its image, as the release to roll back to;
+ 9. record the live and the previous release (/var/lib/coop/releases/<app>.json), and remove
+    this app's older images.
+
+Applying the live release again changes nothing. A rollback is a release of the previous digest,
+whose image is still on the host. The state's `changes` list each step that changed something,
+with its seconds (the release asset's metadata reads them); a failure's comment names the step
+and carries its output. Values from the pillar never pass through a shell: each command is an
+argument vector.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+DIGEST_RE = re.compile(r"\Asha256:[0-9a-f]{64}\Z")
+SHA_RE = re.compile(r"\A([0-9a-f]{40})?\Z")
+RECORDS = "/var/lib/coop/releases"
+NGINX_PID = "/run/nginx.pid"
+CONF_DIR = "/etc/nginx/conf.d"
+ACME_WEBROOT = "/var/lib/coop/acme"
+ACME_CA = "/etc/coop/acme/ca.pem"
+AUTH_FILE = "/etc/containers/auth.json"
+RELEASE_LABEL = "org.coop-infra.release"
+# podman reads /etc/containers/containers.conf (salt/web) where it always does; pulls
+# authenticate with the registry's pull account.
+PODMAN_ENV = {"REGISTRY_AUTH_FILE": AUTH_FILE}
+LOG_LINES = 30
+RELEASE_PHASE_TIMEOUT_S = 600
+CERT_MIN_VALID_S = 30 * 86400
+
+# Salt's loader offers only these as states (`coop_app.released`); the rest is this module's own.
+__load__ = ["released"]
+
+
+class Failed(Exception):
+    """A step that could not do its work: what went wrong (one line) and the output behind it."""
+
+    def __init__(self, comment: str, output: str = "") -> None:
+        super().__init__(comment)
+        self.comment = comment
+        self.output = output
+
+
+@dataclass
+class Done:
+    """What a step did: whether it changed something, in a line."""
+
+    changed: bool
+    comment: str
+    output: str = ""
+
+
+@dataclass(frozen=True)
+class Release:
+    """One release on this host, worked out from the pillar and the host's record (pure data)."""
+
+    app: str
+    digest: str
+    sha: str
+    image: str
+    registry: str
+    slot: str
+    port: int
+    health_url: str
+    served_url: str
+    host_header: str
+    resolve: str
+    domain: str
+    acme: dict
+    environment: str
+    record: dict
+    new_record: dict
+    env: dict = field(default_factory=dict)
+
+    @property
+    def container(self) -> str:
+        return f"app-{self.app}-{self.slot}"
+
+    @property
+    def old(self) -> str:
+        return f"app-{self.app}-{_other(self.slot)}"
+
+    @property
+    def conf(self) -> str:
+        return f"{CONF_DIR}/app-{self.app}.conf"
+
+    @property
+    def record_file(self) -> str:
+        return f"{RECORDS}/{self.app}.json"
+
+    @property
+    def live_already(self) -> bool:
+        return (self.record.get("current") or {}).get("digest") == self.digest
+
+    @property
+    def keep(self) -> str:
+        """The digest kept beside the live one: the previous release's."""
+        return (self.new_record.get("previous") or {}).get("digest") or self.digest
+
+
+def _other(slot: str) -> str:
+    return "green" if slot == "blue" else "blue"
+
+
+def plan(pillar: dict, app: str, digest: str, sha: str, record: dict) -> Release:
+    """The release of `app` at `digest` on this host: its slot, port, URLs and the record it
+    leaves. Raises Failed for a release the pillar cannot carry."""
+    if not isinstance(digest, str) or not DIGEST_RE.match(digest):
+        raise Failed(f"digest {digest!r} is not sha256:<64 hex digits>")
+    if not isinstance(sha, str) or not SHA_RE.match(sha):
+        raise Failed(f"sha {sha!r} is not a commit (40 hex digits, or empty)")
+    apps = pillar.get("apps") or {}
+    web, client = pillar.get("web"), pillar.get("registry_client")
+    if app not in apps or not web or not client:
+        raise Failed(
+            f"{app!r} is not an app of this host's pillar (apps: {', '.join(apps) or 'none'}),"
+            " or the host has no registry to pull from: is it a web host of the topology?"
+        )
+    spec = apps[app]
+    current = record.get("current") or {}
+    if current.get("digest") == digest:
+        slot = current.get("slot", "blue")
+    else:
+        slot = "green" if current.get("slot") == "blue" else "blue"
+    port = int(spec["slots"][slot])
+    domain = spec.get("domain") or ""
+    image = f"{client['address']}/{app}@{digest}"
+    this = {
+        "digest": digest,
+        "sha": sha,
+        "image": image,
+        "slot": slot,
+        "port": port,
+        "container": f"app-{app}-{slot}",
+    }
+    if current.get("digest") == digest:
+        new_record = {"current": this, "previous": record.get("previous")}
+    else:
+        new_record = {"current": this, "previous": current or None}
+    if domain:
+        served = f"https://{domain}:{web['https_port']}{spec['health']}"
+    else:
+        served = f"http://{web['listen']}:{web['port']}{spec['health']}"
+    return Release(
+        app=app,
+        digest=digest,
+        sha=sha,
+        image=image,
+        registry=client["address"],
+        slot=slot,
+        port=port,
+        health_url=f"http://127.0.0.1:{port}{spec['health']}",
+        served_url=served,
+        host_header=domain or app,
+        resolve=f"{domain}:{web['https_port']}:{web['listen']}" if domain else "",
+        domain=domain,
+        acme=web.get("acme") or {},
+        environment=web.get("environment", ""),
+        record=record,
+        new_record=new_record,
+        env=dict(spec.get("env") or {}),
+    )
+
+
+# --- the state -------------------------------------------------------------------------------
+
+
+def released(name, digest, sha="", health_timeout_s=30, release_phase=True, web_state=""):
+    """`name` (the app) live on this host at `digest`, built from commit `sha`.
+
+    health_timeout_s: how long the new container has to answer 200 on its health path.
+    release_phase: run the image's release command when this digest is new here (the release
+    asset asks it of one host per environment, and not for a rollback).
+    web_state: what to apply when the host is not ready (named in the error)."""
+    ret: dict[str, Any] = {"name": name, "result": False, "changes": {}, "comment": ""}
+    try:
+        release = plan(__pillar__, name, digest, sha or "", _read_record(name))  # noqa: F821
+    except Failed as err:
+        ret["comment"] = err.comment
+        return ret
+    if __opts__.get("test"):  # noqa: F821
+        ret["result"] = None if not release.live_already else True
+        ret["comment"] = (
+            f"{name}: {digest} is live already"
+            if release.live_already
+            else f"{name}: would release {digest} in slot {release.slot}"
+        )
+        return ret
+    steps = _steps(release, int(health_timeout_s), bool(release_phase), web_state)
+    done: list[dict] = []
+    for step, action in steps:
+        started = time.monotonic()
+        try:
+            result = action()
+        except Failed as err:
+            ret["comment"] = f"{step}: {err.comment}" + (f"\n{err.output}" if err.output else "")
+            ret["changes"] = {
+                "steps": done,
+                "failed": {"step": step, "comment": err.comment, "output": err.output},
+            }
+            return ret
+        done.append(
+            {
+                "step": step,
+                "changed": result.changed,
+                "comment": result.comment,
+                "seconds": round(time.monotonic() - started, 3),
+                **({"output": result.output} if result.output else {}),
+            }
+        )
+    ret["result"] = True
+    ret["comment"] = "\n".join(f"{d['step']}: {d['comment']}" for d in done)
+    if any(d["changed"] for d in done):
+        ret["changes"] = {"steps": done}
+    return ret
+
+
+def _steps(release: Release, timeout: int, release_phase: bool, web_state: str) -> list:
+    steps = [("ready", lambda: ready(web_state))]
+    if release.domain:
+        steps.append(("certificate", lambda: certificate(release)))
+    steps.append(("pull", lambda: pull(release)))
+    if release_phase and not release.live_already:
+        steps.append(("release-phase", lambda: run_release_phase(release)))
+    workers: list[str] = []
+    steps += [
+        ("start", lambda: start(release)),
+        ("healthy", lambda: healthy(release, timeout)),
+        ("nginx", lambda: switch(release, workers)),
+        ("stop-old", lambda: stop_old(release, workers)),
+        ("record", lambda: write_record(release)),
+        ("prune", lambda: prune(release)),
+    ]
+    return steps
+
+
+# --- the steps -------------------------------------------------------------------------------
+
+
+def ready(web_state: str) -> Done:
+    then = f": apply the web state first ({web_state or 'highstate'})"
+    if not _nginx_master():
+        raise Failed(f"nginx is not running on this host ({NGINX_PID}){then}")
+    for path in ("/etc/containers/containers.conf", AUTH_FILE):
+        if not os.path.isfile(path):
+            raise Failed(f"{path} is missing{then}")
+    os.makedirs(CONF_DIR, exist_ok=True)
+    os.makedirs(RECORDS, exist_ok=True)
+    return Done(False, "nginx runs; podman is configured")
+
+
+def pull(release: Release) -> Done:
+    if _ok(["podman", "image", "exists", release.image]):
+        return Done(False, f"{release.image} is here already")
+    started = time.monotonic()
+    certs = f"/etc/containers/certs.d/{release.registry}"
+    _check(["podman", "pull", "-q", "--cert-dir", certs, release.image], f"pull {release.image}")
+    return Done(True, f"pulled {release.image} in {time.monotonic() - started:.1f} s")
+
+
+def run_release_phase(release: Release) -> Done:
+    command = _image_labels(release.image).get(RELEASE_LABEL, "").strip()
+    if not command:
+        return Done(False, f"no release command (no Procfile release:, no {RELEASE_LABEL} label)")
+    name = f"app-{release.app}-release"
+    _run(["podman", "rm", "-f", "-i", "-t", "2", name])
+    argv = _run_argv(release, name, port=release.port, detach=False)
+    argv[argv.index(release.image) :] = ["--entrypoint", "/bin/sh", release.image, "-c", command]
+    started = time.monotonic()
+    try:
+        proc = _run(argv, timeout=RELEASE_PHASE_TIMEOUT_S)
+    except subprocess.TimeoutExpired as err:
+        _run(["podman", "rm", "-f", "-i", "-t", "2", name])
+        raise Failed(
+            f"release command {command!r} did not finish in {RELEASE_PHASE_TIMEOUT_S} s;"
+            " the live release keeps serving",
+            _tail(_text(err.output)),
+        ) from None
+    took = time.monotonic() - started
+    if proc.returncode != 0:
+        raise Failed(
+            f"release command {command!r} failed (exit {proc.returncode}) in {took:.1f} s;"
+            " the live release keeps serving",
+            _tail(proc.stdout),
+        )
+    return Done(True, f"ran the release command {command!r} in {took:.1f} s", _tail(proc.stdout))
+
+
+def start(release: Release) -> Done:
+    fmt = '{{.ImageDigest}} {{.State.Running}} {{index .Config.Labels "coop.port"}}'
+    live = _inspect(release.container, fmt)
+    if live == f"{release.digest} true {release.port}":
+        return Done(False, f"{release.container} runs {release.digest} on port {release.port}")
+    _run(["podman", "rm", "-f", "-i", "-t", "5", release.container])
+    _check(
+        _run_argv(release, release.container, port=release.port, detach=True),
+        f"start {release.container}",
+    )
+    return Done(True, f"started {release.container} on 127.0.0.1:{release.port}")
+
+
+def healthy(release: Release, timeout: int) -> Done:
+    """200 on the health path within `timeout`; a container that stops fails at once."""
+    started = time.monotonic()
+    code, body = "", ""
+    while True:
+        code, body = _get(release.health_url)
+        waited = time.monotonic() - started
+        if code == "200":
+            return Done(False, f"healthy: {release.health_url} answers 200")
+        state = _inspect(release.container, "{{.State.Status}} {{.State.ExitCode}}")
+        if not state.startswith("running"):
+            status, _, exit_code = state.partition(" ")
+            why = (
+                f"{release.container} {status or 'is gone'}"
+                + (f" with exit code {exit_code}" if status == "exited" else "")
+                + f" {waited:.1f} s after it started, before its health path answered"
+            )
+            break
+        if waited >= timeout:
+            why = (
+                f"health check failed: {release.health_url} -> {code or 'no answer'}"
+                f" within {timeout} s" + (f": {body[:300]}" if body else "")
+            )
+            break
+        time.sleep(0.2)
+    logs = _run(["podman", "logs", "--tail", str(LOG_LINES), release.container]).stdout
+    _run(["podman", "rm", "-f", "-t", "2", release.container])
+    raise Failed(
+        why,
+        f"--- {release.container} ({release.image}), its last lines:\n{logs.rstrip()}\n"
+        f"--- removed {release.container}; the live release is untouched",
+    )
+
+
+def switch(release: Release, workers: list[str]) -> Done:
+    """The site on the new container, reloaded, and nginx serving it. `workers` gets the pids of
+    nginx's workers from before the reload (they still hold the old upstream)."""
+    text = site_conf(release)
+    try:
+        with open(release.conf, encoding="utf-8") as f:
+            before: str | None = f.read()
+    except FileNotFoundError:
+        before = None
+    changed = before != text
+    if changed:
+        _write(release.conf, text)
+        test = _run(["nginx", "-t", "-q"])
+        if test.returncode != 0:
+            if before is None:
+                os.unlink(release.conf)
+            else:
+                _write(release.conf, before)
+            raise Failed("nginx -t refuses the new site; the old one is back", _tail(test.stdout))
+        master = _nginx_master()
+        workers += _run(["pgrep", "-P", master]).stdout.split() if master else []
+        _check(["systemctl", "reload", "nginx"], "reload nginx")
+    if _serves(release):
+        return Done(changed, f"nginx serves {release.digest}")
+    for _ in range(75):
+        time.sleep(0.2)
+        if _serves(release):
+            return Done(
+                True, f"nginx serves {release.digest} (slot {release.slot}, port {release.port})"
+            )
+    raise Failed(
+        f"nginx does not serve {release.digest} after 15 s",
+        "nginx's error log ends:\n" + _tail(_read("/var/log/nginx/error.log"), 20),
+    )
+
+
+def stop_old(release: Release, workers: list[str]) -> Done:
+    if _inspect(release.old, "{{.State.Running}}") != "true":
+        return Done(False, f"{release.old} is not running")
+    # nginx's workers from before the reload finish the requests they hold with the old
+    # upstream (at most 10 s), then the old release stops. It stays, stopped, for a rollback.
+    master = _nginx_master()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_parent(pid) == master for pid in workers):
+        time.sleep(0.1)
+    _check(["podman", "stop", "-t", "10", release.old], f"stop {release.old}")
+    return Done(True, f"stopped {release.old} (kept for a rollback)")
+
+
+def write_record(release: Release) -> Done:
+    if release.record == release.new_record:
+        return Done(False, f"{release.record_file} records {release.digest} live")
+    _write(release.record_file, json.dumps(release.new_record, indent=2, sort_keys=True) + "\n")
+    return Done(True, f"{release.record_file} records {release.digest} live")
+
+
+def prune(release: Release) -> Done:
+    """The live and the previous release stay; this app's older images go."""
+    listed = _run(
+        [
+            "podman",
+            "images",
+            "--noheading",
+            "--format",
+            "{{.Repository}}@{{.Digest}}",
+            "--filter",
+            f"reference={release.registry}/{release.app}",
+        ]
+    ).stdout
+    keep = {f"@{release.digest}", f"@{release.keep}"}
+    older = sorted({ref for ref in listed.split() if not ref.endswith(tuple(keep))})
+    if not older:
+        return Done(False, "no older image")
+    removed = [ref for ref in older if _ok(["podman", "rmi", ref])]
+    return Done(
+        bool(removed),
+        f"older images of {release.app}: {len(removed)} removed,"
+        f" {len(older) - len(removed)} kept (in use)",
+    )
+
+
+def certificate(release: Release) -> Done:
+    """A certificate for the app's domain from the ACME directory the pillar names."""
+    domain, directory = release.domain, release.acme.get("directory", "")
+    renewal = f"/etc/letsencrypt/renewal/{domain}.conf"
+    # From the directory the topology names now (a certificate from another is replaced).
+    recorded = _read(renewal)
+    same_server = not recorded or f"server = {directory}" in recorded.splitlines()
+    if same_server and _cert_valid(domain, CERT_MIN_VALID_S):
+        return Done(False, f"the certificate for {domain} is valid for 30 days more")
+    _serve_challenges(release)
+    argv = ["certbot", "certonly", "--non-interactive", "--agree-tos"]
+    email = release.acme.get("email") or ""
+    argv += ["--email", email] if email else ["--register-unsafely-without-email"]
+    argv += [] if same_server else ["--force-renewal"]
+    argv += [
+        "--server",
+        directory,
+        "--webroot",
+        "--webroot-path",
+        ACME_WEBROOT,
+        "--cert-name",
+        domain,
+        "--domains",
+        domain,
+        "--key-type",
+        "ecdsa",
+        "--deploy-hook",
+        "systemctl reload nginx",
+    ]
+    env = {"REQUESTS_CA_BUNDLE": ACME_CA} if release.acme.get("ca_cert") else {}
+    started = time.monotonic()
+    for _ in range(6):  # certbot's lock: another certbot at work (the timer's) is waited for
+        got = _run(argv, env=env)
+        if got.returncode == 0 or "Another instance of Certbot" not in got.stdout:
+            break
+        time.sleep(5)
+    if got.returncode == 0:
+        took = time.monotonic() - started
+        return Done(True, f"certificate for {domain} from {directory} in {took:.0f} s")
+    why = [
+        line.strip()
+        for line in got.stdout.splitlines()
+        if re.match(r"^ *(Detail|An unexpected error occurred|Error)|.*Error:", line)
+    ]
+    if _cert_valid(domain, 0):
+        # Valid still (due for renewal, or from a directory named before): the release goes on
+        # with it, and the timer or the next release tries again.
+        return Done(False, f"no new certificate; the one for {domain} is still valid, kept")
+    raise Failed(
+        f"no certificate for {domain} from {directory}: "
+        f"{why[-1][:300] if why else 'see the output'} (is {domain} served by this host on port"
+        " 80?)",
+        _tail(got.stdout, 15),
+    )
+
+
+def _serve_challenges(release: Release) -> None:
+    """A site written before its domain had TLS sends the ACME server's challenges to the app:
+    let nginx answer them from the webroot first (this release rewrites the site)."""
+    text = _read(release.conf)
+    if not text or "acme-challenge" in text:
+        return
+    location = (
+        "\n    location /.well-known/acme-challenge/ "
+        f"{{ root {ACME_WEBROOT}; default_type text/plain; }}"
+    )
+    patched = re.sub(r"server_name [^;]*;", lambda m: m.group(0) + location, text, count=1)
+    _write(release.conf, patched)
+    if _ok(["nginx", "-t", "-q"]):
+        _run(["systemctl", "reload", "nginx"])
+        time.sleep(0.5)
+    else:
+        _write(release.conf, text)
+
+
+def _cert_valid(domain: str, seconds: int) -> bool:
+    cert = f"/etc/letsencrypt/live/{domain}/fullchain.pem"
+    if not os.path.isfile(cert):
+        return False
+    if not _ok(["openssl", "x509", "-in", cert, "-noout", "-checkend", str(seconds)]):
+        return False
+    out = _run(["openssl", "x509", "-in", cert, "-noout", "-checkhost", domain]).stdout
+    return "does match" in out and "NOT" not in out
+
+
+# --- the container and the site --------------------------------------------------------------
+
+
+def _run_argv(release: Release, name: str, *, port: int, detach: bool) -> list[str]:
+    """`podman run` of the app's image, hardened: a network namespace of its own (podman's
+    bridge), published on the host's loopback only (nginx proxies to it); no capability, no
+    privilege gained by exec, a read-only root with a tmpfs for scratch, a user that is not
+    root. The host's firewall (common.firewall) drops what it forwards to the cloud's metadata
+    service and the private network."""
+    argv = ["podman", "run", "--init", "--pull=never", "--name", name, "--network", "bridge"]
+    argv += ["-d", "--publish", f"127.0.0.1:{port}:{port}"] if detach else ["--rm"]
+    argv += [
+        "--cap-drop=all",
+        "--security-opt=no-new-privileges",
+        "--read-only",
+        "--read-only-tmpfs=false",
+        "--tmpfs",
+        "/tmp:rw,nosuid,nodev,size=64m",
+        "--user",
+        "65534:65534",
+        "--label",
+        f"coop.app={release.app}",
+        "--label",
+        f"coop.digest={release.digest}",
+        "--label",
+        f"coop.sha={release.sha}",
+        "--label",
+        f"coop.slot={release.slot}",
+        "--label",
+        f"coop.port={port}",
+        "-e",
+        f"PORT={port}",
+        "-e",
+        "HOST=0.0.0.0",
+    ]
+    for key, value in sorted(release.env.items()):
+        argv += ["-e", f"{key}={value}"]
+    return [*argv, release.image]
+
+
+def site_conf(release: Release) -> str:
+    """The app's nginx site: its upstream on the release's container, HTTPS for a domain."""
+    head = (
+        f"# Managed by salt (salt/_states/coop_app.py): the live release of {release.app} on"
+        f" this host ({release.environment}).\n"
+        f"# {release.digest}{f' (commit {release.sha})' if release.sha else ''},"
+        f" slot {release.slot}\n"
+        f"upstream app-{release.app} {{\n"
+        f"    server 127.0.0.1:{release.port};\n"
+        "    keepalive 8;\n"
+        "}\n"
+    )
+    web = __pillar__["web"]  # noqa: F821
+    listen, port, https_port = web["listen"], web["port"], web["https_port"]
+    domain = release.domain
+    if not domain:
+        return head + (
+            f"\n# No domain for {release.environment}: the host's own address, HTTP (not a"
+            " public site).\n"
+            f"server {{\n    listen {listen}:{port};\n    server_name {release.app};\n"
+            f"{_proxy(release, hsts=False)}}}\n"
+        )
+    to = f"https://{domain}" + (f":{https_port}" if https_port != 443 else "")
+    return head + (
+        f"\n# {domain}: HTTPS, with the certificate certbot got over ACME; HTTP answers the ACME\n"
+        "# server's challenges and sends everything else to HTTPS.\n"
+        f"server {{\n    listen {listen}:{port};\n    server_name {domain};\n\n"
+        "    location /.well-known/acme-challenge/ {\n"
+        f"        root {ACME_WEBROOT};\n        default_type text/plain;\n    }}\n"
+        f"    location / {{\n        return 301 {to}$request_uri;\n    }}\n}}\n\n"
+        f"server {{\n    listen {listen}:{https_port} ssl http2;\n    server_name {domain};\n"
+        f"    ssl_certificate /etc/letsencrypt/live/{domain}/fullchain.pem;\n"
+        f"    ssl_certificate_key /etc/letsencrypt/live/{domain}/privkey.pem;\n"
+        f"{_proxy(release, hsts=True)}}}\n"
+    )
+
+
+def _proxy(release: Release, *, hsts: bool) -> str:
+    lines = [
+        "    location / {",
+        f"        proxy_pass http://app-{release.app};",
+        "        proxy_http_version 1.1;",
+        '        proxy_set_header Connection "";',
+        "        proxy_set_header Host $host;",
+        "        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;",
+        "        proxy_set_header X-Forwarded-Proto $scheme;",
+        f"        add_header X-Coop-Release {release.digest} always;",
+    ]
+    if hsts:
+        lines += [
+            "        # (a location's add_header replaces the server's: both are here)",
+            '        add_header Strict-Transport-Security "max-age=31536000" always;',
+        ]
+    return "\n".join([*lines, "    }", ""])
+
+
+def _serves(release: Release) -> bool:
+    """Whether this host's nginx serves the release (asked of nginx itself; for a domain, its
+    certificate checked against the issuer certbot got with it)."""
+    argv = ["curl", "-s", "-D", "-", "-o", "/dev/null", "--max-time", "2"]
+    if release.resolve:
+        chain = f"/etc/letsencrypt/live/{release.domain}/chain.pem"
+        argv += ["--resolve", release.resolve, "--cacert", chain]
+    else:
+        argv += ["-H", f"Host: {release.host_header}"]
+    headers = _run([*argv, release.served_url]).stdout.lower()
+    return f"x-coop-release: {release.digest}" in headers
+
+
+# --- small helpers ---------------------------------------------------------------------------
+
+
+def _run(argv: list[str], *, timeout: float | None = 120, env: dict | None = None):
+    """The command, stderr folded into stdout, never through a shell."""
+    return subprocess.run(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        errors="replace",
+        timeout=timeout,
+        env={**os.environ, **PODMAN_ENV, **(env or {})},
+        check=False,
+    )
+
+
+def _ok(argv: list[str]) -> bool:
+    return _run(argv).returncode == 0
+
+
+def _check(argv: list[str], what: str) -> str:
+    proc = _run(argv)
+    if proc.returncode != 0:
+        raise Failed(
+            f"{what}: `{shlex.join(argv[:3])} ...` exited {proc.returncode}", _tail(proc.stdout)
+        )
+    return proc.stdout
+
+
+def _inspect(container: str, fmt: str) -> str:
+    proc = _run(["podman", "container", "inspect", "-f", fmt, container])
+    return proc.stdout.strip() if proc.returncode == 0 else ""
+
+
+def _image_labels(image: str) -> dict[str, str]:
+    proc = _run(["podman", "image", "inspect", image])
+    if proc.returncode != 0:
+        raise Failed(f"podman image inspect {image} failed", _tail(proc.stdout))
+    [data] = json.loads(proc.stdout)
+    return data.get("Labels") or (data.get("Config") or {}).get("Labels") or {}
+
+
+def _get(url: str) -> tuple[str, str]:
+    """(status, the body's start) of a GET, ("", "") when nothing answers."""
+    with tempfile.NamedTemporaryFile() as body:
+        argv = ["curl", "-s", "-o", body.name, "-w", "%{http_code}", "--max-time", "2", url]
+        code = _run(argv).stdout.strip()
+        text = open(body.name, encoding="utf-8", errors="replace").read(300)  # noqa: SIM115
+    return ("" if code in ("", "000") else code), text.strip()
+
+
+def _nginx_master() -> str:
+    pid = _read(NGINX_PID).strip()
+    return pid if pid.isdigit() and os.path.exists(f"/proc/{pid}") else ""
+
+
+def _parent(pid: str) -> str:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
+            return f.read().rsplit(")", 1)[1].split()[1]
+    except (OSError, IndexError):
+        return ""
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def _read_record(app: str) -> dict:
+    text = _read(f"{RECORDS}/{app}.json")
+    try:
+        record = json.loads(text) if text.strip() else {}
+    except json.JSONDecodeError:
+        raise Failed(f"{RECORDS}/{app}.json is not JSON: move it away to start afresh") from None
+    return record if isinstance(record, dict) else {}
+
+
+def _write(path: str, text: str) -> None:
+    """Whole or not at all: a temporary file beside it, then renamed over it."""
+    folder = os.path.dirname(path)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".coop-")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+def _text(data: Any) -> str:
+    if isinstance(data, bytes):
+        return data.decode("utf-8", "replace")
+    return data or ""
+
+
+def _tail(text: str, lines: int = 40) -> str:
+    return "\n".join(text.rstrip().splitlines()[-lines:])

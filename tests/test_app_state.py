@@ -1,0 +1,187 @@
+"""The release state's own logic (salt/_states/coop_app.py, which salt syncs to the web hosts):
+which slot a release takes, what it records, the container it starts and the nginx site it
+writes, checked by the real nginx. The release itself, on real web hosts, is tested on the lab:
+tests/test_lab_releases.py."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+STATE = Path(__file__).resolve().parents[1] / "salt" / "_states" / "coop_app.py"
+D1, D2, D3 = (f"sha256:{c * 64}" for c in "abc")
+SHA = "f" * 40
+PILLAR = {
+    "web": {"listen": "10.1.3.1", "port": 80, "https_port": 443, "environment": "staging"},
+    "registry_client": {"address": "10.1.10.1:5000"},
+    "apps": {
+        "hello": {
+            "port": 8000,
+            "health": "/health",
+            "domain": "",
+            "slots": {"blue": 9100, "green": 9101},
+            "env": {"GREETING": "hi $(whoami); `id`", "MODE": "x y"},
+        },
+        "shop": {
+            "port": 3000,
+            "health": "/",
+            "domain": "shop.example.coop",
+            "slots": {"blue": 9102, "green": 9103},
+        },
+    },
+}
+
+
+def _load():
+    """The module as salt's loader gives it to a minion: with its pillar and options."""
+    spec = importlib.util.spec_from_file_location("coop_app_under_test", STATE)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    module.__pillar__ = PILLAR
+    module.__opts__ = {"test": False}
+    return module
+
+
+app_state = _load()
+
+
+def test_salt_offers_only_the_release_as_a_state():
+    assert app_state.__load__ == ["released"]
+
+
+def test_the_first_release_takes_blue_and_records_no_previous():
+    release = app_state.plan(PILLAR, "hello", D1, SHA, {})
+    assert (release.slot, release.port, release.container) == ("blue", 9100, "app-hello-blue")
+    assert release.image == f"10.1.10.1:5000/hello@{D1}"
+    assert release.health_url == "http://127.0.0.1:9100/health"
+    assert release.served_url == "http://10.1.3.1:80/health"
+    assert release.new_record == {
+        "current": {
+            "digest": D1,
+            "sha": SHA,
+            "image": release.image,
+            "slot": "blue",
+            "port": 9100,
+            "container": "app-hello-blue",
+        },
+        "previous": None,
+    }
+    assert not release.live_already and release.old == "app-hello-green"
+
+
+def test_a_new_release_takes_the_other_slot_and_the_live_one_becomes_previous():
+    first = app_state.plan(PILLAR, "hello", D1, SHA, {}).new_record
+    second = app_state.plan(PILLAR, "hello", D2, "", first)
+    assert (second.slot, second.port, second.old) == ("green", 9101, "app-hello-blue")
+    assert second.new_record["previous"] == first["current"]
+    assert second.keep == D1  # the previous release's image stays on the host
+    third = app_state.plan(PILLAR, "hello", D3, "", second.new_record)
+    assert third.slot == "blue" and third.new_record["previous"]["digest"] == D2
+
+
+def test_the_live_release_again_keeps_its_slot_and_its_previous():
+    first = app_state.plan(PILLAR, "hello", D1, SHA, {}).new_record
+    second = app_state.plan(PILLAR, "hello", D2, SHA, first).new_record
+    again = app_state.plan(PILLAR, "hello", D2, SHA, second)
+    assert again.live_already and again.slot == "green"
+    assert again.new_record == second  # nothing to record: the state changes nothing
+
+
+@pytest.mark.parametrize(
+    ("app", "digest", "sha", "error"),
+    [
+        ("hello", "latest", "", "digest 'latest' is not sha256:<64 hex digits>"),
+        ("hello", D1 + "\n", "", "is not sha256:<64 hex digits>"),
+        ("hello", D1, "x; touch /tmp/pwned", "sha 'x; touch /tmp/pwned' is not a commit"),
+        ("hello", D1, SHA.upper(), "is not a commit"),
+        ("nope", D1, "", "'nope' is not an app of this host's pillar (apps: hello, shop)"),
+    ],
+)
+def test_a_release_the_pillar_cannot_carry_is_refused(app, digest, sha, error):
+    with pytest.raises(app_state.Failed) as failed:
+        app_state.plan(PILLAR, app, digest, sha, {})
+    assert error in failed.value.comment
+
+
+def test_a_bad_release_fails_the_state_before_anything_runs(monkeypatch):
+    ran = []
+    monkeypatch.setattr(app_state, "_run", lambda argv, **kw: ran.append(argv))
+    ret = app_state.released("hello", "sha256:nope", sha="")
+    assert ret["result"] is False and ret["changes"] == {}
+    assert ret["comment"] == "digest 'sha256:nope' is not sha256:<64 hex digits>"
+    assert ran == []  # not even the record was read through a command
+
+
+def test_the_container_is_hardened_and_its_environment_passed_as_arguments():
+    release = app_state.plan(PILLAR, "hello", D1, SHA, {})
+    argv = app_state._run_argv(release, release.container, port=9100, detach=True)
+    assert argv[:3] == ["podman", "run", "--init"] and argv[-1] == release.image
+    for flag in ("--cap-drop=all", "--security-opt=no-new-privileges", "--read-only"):
+        assert flag in argv
+    assert argv[argv.index("--user") + 1] == "65534:65534"
+    assert argv[argv.index("--publish") + 1] == "127.0.0.1:9100:9100"
+    # Each value is one argument, as written: no shell ever sees it.
+    assert "GREETING=hi $(whoami); `id`" in argv and "MODE=x y" in argv
+    assert "PORT=9100" in argv
+    one_off = app_state._run_argv(release, "app-hello-release", port=9100, detach=False)
+    assert "--rm" in one_off and "--publish" not in one_off and "-d" not in one_off
+
+
+def _nginx_accepts(tmp_path: Path, site: str, domain: str = "") -> subprocess.CompletedProcess:
+    """`nginx -t` of a config that includes the site, as the web hosts' nginx.conf does; the
+    listen addresses made loopback ones (nginx -t binds nothing, but resolves them)."""
+    site = site.replace("10.1.3.1:", "127.0.0.1:")
+    if domain:
+        live = tmp_path / "live"
+        live.mkdir()
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+             "-nodes", "-subj", f"/CN={domain}", "-days", "1",
+             "-keyout", str(live / "privkey.pem"), "-out", str(live / "fullchain.pem")],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        site = site.replace(f"/etc/letsencrypt/live/{domain}", str(live))
+    (tmp_path / "site.conf").write_text(site)
+    (tmp_path / "nginx.conf").write_text(
+        f"pid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/error.log;\n"
+        "events {}\n"
+        f"http {{\n  access_log off;\n  client_body_temp_path {tmp_path};\n"
+        f"  include {tmp_path}/site.conf;\n}}\n"
+    )
+    return subprocess.run(
+        ["nginx", "-t", "-q", "-p", str(tmp_path), "-e", f"{tmp_path}/error.log",
+         "-c", str(tmp_path / "nginx.conf")],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+
+
+def test_the_site_of_an_app_without_a_domain_is_valid_nginx(tmp_path):
+    release = app_state.plan(PILLAR, "hello", D1, SHA, {})
+    site = app_state.site_conf(release)
+    assert "server 127.0.0.1:9100;" in site and f"add_header X-Coop-Release {D1} always;" in site
+    assert "listen 10.1.3.1:80;" in site and "ssl" not in site
+    checked = _nginx_accepts(tmp_path, site)
+    assert checked.returncode == 0, checked.stderr
+
+
+def test_the_site_of_an_app_with_a_domain_is_https_with_hsts_and_valid_nginx(tmp_path):
+    release = app_state.plan(PILLAR, "shop", D1, SHA, {})
+    site = app_state.site_conf(release)
+    assert "listen 10.1.3.1:443 ssl http2;" in site
+    assert "return 301 https://shop.example.coop$request_uri;" in site
+    assert 'add_header Strict-Transport-Security "max-age=31536000" always;' in site
+    assert "location /.well-known/acme-challenge/" in site
+    assert release.resolve == "shop.example.coop:443:10.1.3.1"
+    checked = _nginx_accepts(tmp_path, site, "shop.example.coop")
+    assert checked.returncode == 0, checked.stderr
+
+
+def test_nginx_refuses_a_broken_site_which_shows_the_check_can_fail(tmp_path):
+    release = app_state.plan(PILLAR, "hello", D1, SHA, {})
+    broken = app_state.site_conf(release).replace("keepalive 8;", "keepalive;")
+    assert _nginx_accepts(tmp_path, broken).returncode != 0
