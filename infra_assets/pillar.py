@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import urllib.parse
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -230,6 +231,7 @@ def _postgres(b: Block) -> None:
             }
             for env in envs
             for app in sorted(topo.apps)
+            if topo.apps[app].database
         },
     }
 
@@ -263,8 +265,14 @@ def firewall_rules(site: Site, host: str) -> dict[str, Any]:
         ],
         # What the host's containers may not open TCP connections into (forwarded traffic).
         "private_network": f"10.{location.number}.0.0/16",
-        # ... but for these services; and with them, nothing else (`containers_reach`).
+        # ... but for these services (`containers_reach`).
         "containers_reach": containers_reach(site, host),
+        # Whether they may open connections beyond it (false: nothing but the above and DNS).
+        "containers_internet": all(
+            spec.containers_internet
+            for role in site.topo.hosts[host].roles
+            if (spec := role_catalogue().roles.get(role)) is not None
+        ),
     }
 
 
@@ -451,17 +459,33 @@ def _app(site: Site, secrets: Secrets | None, host: str, name: str, env: str) ->
         # (blue/green), and where a person opens it.
         "slots": site.app_slots(host, name),
         "url": site.app_url(host, name, env),
+        # The app's environment: plain settings, and the secret ones (the release hands these
+        # to the container as files it reads into its environment, never on a command line).
+        "env": app.env_for(env),
+        "secrets": {key: _secret(secrets, "apps", name, env, key) for key in app.secrets},
     }
     db_host = _first_with_role(site, f"postgres-{env}", site.topo.hosts[host].location)
-    if db_host is not None:
-        block["database"] = {
+    if app.database and db_host is not None:
+        database = {
             "host": site.reach(db_host, f"postgres-{env}"),
             "port": site.port(db_host, "postgres"),
             "name": _db_name(name, env),
             "user": _db_name(name, env),
             "password": _secret(secrets, "postgres", name, env),
         }
+        block["database"] = database
+        block["secrets"]["DATABASE_URL"] = database_url(database)
     return block
+
+
+def database_url(db: dict[str, Any]) -> str:
+    """The app's DATABASE_URL: its role, password and database on the environment's postgres
+    host, TLS required (the server's own certificate: salt/postgres)."""
+    password = urllib.parse.quote(db["password"], safe="")
+    return (
+        f"postgresql://{db['user']}:{password}@{db['host']}:{db['port']}/{db['name']}"
+        "?sslmode=require"
+    )
 
 
 def _db_name(app: str, env: str) -> str:

@@ -23,7 +23,7 @@ CATALOGUE_FILE = REPO_ROOT / "salt" / "roles.yaml"
 ROLE_KEYS = frozenset(
     {
         "states", "image", "service", "ports", "only_from", "privileged", "uplinks",
-        "containers_reach", "pillar",
+        "containers_reach", "containers_internet", "pillar",
     }
 )  # fmt: skip
 # Who may reach a port that `only_from` guards, besides hosts of the listed roles: where Dagster
@@ -49,9 +49,12 @@ class Role:
     only_from: dict[str, tuple[str, ...]] = field(default_factory=dict)
     privileged: bool = False
     uplinks: tuple[str, ...] = ()
-    # the roles whose service its hosts' containers may connect to, and nothing else but DNS
-    # (empty: the containers start nothing into the private network, and reach out freely)
+    # the roles whose service its hosts' containers may connect to in the private network, where
+    # they start nothing else but DNS
     containers_reach: tuple[str, ...] = ()
+    # whether its hosts' containers may open connections beyond the private network (false:
+    # nothing but `containers_reach` and DNS at all: the build agents)
+    containers_internet: bool = True
     pillar: tuple[str, ...] = ()
 
 
@@ -188,6 +191,9 @@ def _role(name: str, spec: Any, groups: set[str], problems: list[str]) -> Role |
     privileged = spec.get("privileged", False)
     if not isinstance(privileged, bool):
         problems.append(f"{where}.privileged: must be true or false")
+    internet = spec.get("containers_internet", True)
+    if not isinstance(internet, bool):
+        problems.append(f"{where}.containers_internet: must be true or false")
     only_from = _only_from(where, spec.get("only_from") or {}, service_name, ports, problems)
     return Role(
         name=name,
@@ -200,6 +206,7 @@ def _role(name: str, spec: Any, groups: set[str], problems: list[str]) -> Role |
         privileged=privileged is True,
         uplinks=tuple(uplinks),
         containers_reach=tuple(reach),
+        containers_internet=internet is not False,
         pillar=tuple(pillar),
     )
 

@@ -4,8 +4,12 @@
       http_secret: ...             # the registry's upload-state HMAC key
       users: {ci: ..., deploy: ...}  # htpasswd: ci pushes (jenkins agents), deploy pulls (web)
       tls: {cert: PEM, key: PEM}   # the registry's certificate (self-signed or from the co-op's CA)
-    postgres:                      # per app and environment that has a postgres-<env> host
-      hello: {staging: ..., production: ...}
+    postgres:                      # per app with `database: true` and environment that has a
+      hello: {staging: ..., production: ...}  # postgres-<env> host: its role's password
+    apps:                          # per app, environment (with web hosts) and name of its
+      hello:                       # `secrets:` in the topology: the values the app gets as
+        staging: {SESSION_KEY: ...}  # environment variables
+        production: {SESSION_KEY: ...}
     jenkins:                       # when a host has the role jenkins-master
       admin_password: ...
     salt:                          # the lab and the cloud: how Dagster reaches the master
@@ -112,14 +116,22 @@ def postgres_environments(topo: Topology) -> list[str]:
     return [env for env in ENVIRONMENTS if topo.hosts_with_role(f"postgres-{env}")]
 
 
+def web_environments(topo: Topology) -> list[str]:
+    """The environments that have a web host somewhere in the topology (where apps run)."""
+    return [env for env in ENVIRONMENTS if topo.hosts_with_role(f"web-{env}")]
+
+
 def required_keys(topo: Topology) -> list[tuple[str, ...]]:
     keys: list[tuple[str, ...]] = []
     if topo.hosts_with_role("docker-registry"):
         keys.append(("registry", "http_secret"))
         keys += [("registry", "users", user) for user in REGISTRY_USERS]
         keys += [("registry", "tls", "cert"), ("registry", "tls", "key")]
-    for app in topo.apps:
-        keys += [("postgres", app, env) for env in postgres_environments(topo)]
+    for name, app in topo.apps.items():
+        if app.database:
+            keys += [("postgres", name, env) for env in postgres_environments(topo)]
+        for env in web_environments(topo):
+            keys += [("apps", name, env, secret) for secret in app.secrets]
     if topo.hosts_with_role("jenkins-master"):
         keys.append(("jenkins", "admin_password"))
     if topo.hosts_with_role("salt-master"):
@@ -288,7 +300,9 @@ def _why(key: tuple[str, ...]) -> str:
     if key[0] == "registry":
         return "a host has the role docker-registry"
     if key[0] == "postgres":
-        return f"app {key[1]!r} and a host with the role postgres-{key[2]}"
+        return f"app {key[1]!r} (database: true) and a host with the role postgres-{key[2]}"
+    if key[0] == "apps":
+        return f"app {key[1]!r} names {key[3]} among its secrets, and {key[2]} has web hosts"
     if key[0] == "salt":
         return "a host has the role salt-master (salt-api, how Dagster reaches it)"
     return "a host has the role jenkins-master"

@@ -68,6 +68,7 @@ def test_the_first_release_takes_blue_and_records_no_previous():
             "slot": "blue",
             "port": 9100,
             "container": "app-hello-blue",
+            "config": release.config,  # its settings' fingerprint: hello has env
         },
         "previous": None,
     }
@@ -119,7 +120,7 @@ def test_a_bad_release_fails_the_state_before_anything_runs(monkeypatch):
 
 def test_the_container_is_hardened_and_its_environment_passed_as_arguments():
     release = app_state.plan(PILLAR, "hello", D1, SHA, {})
-    argv = app_state._run_argv(release, release.container, port=9100, detach=True)
+    argv = app_state._run_argv(release, release.container, detach=True)
     assert argv[:3] == ["podman", "run", "--init"] and argv[-1] == release.image
     for flag in ("--cap-drop=all", "--security-opt=no-new-privileges", "--read-only"):
         assert flag in argv
@@ -128,8 +129,42 @@ def test_the_container_is_hardened_and_its_environment_passed_as_arguments():
     # Each value is one argument, as written: no shell ever sees it.
     assert "GREETING=hi $(whoami); `id`" in argv and "MODE=x y" in argv
     assert "PORT=9100" in argv
-    one_off = app_state._run_argv(release, "app-hello-release", port=9100, detach=False)
+    one_off = app_state._run_argv(
+        release, "app-hello-release", detach=False, command=["/bin/sh", "-c", "migrate"]
+    )
     assert "--rm" in one_off and "--publish" not in one_off and "-d" not in one_off
+    assert one_off[-5:] == ["--entrypoint", "/bin/sh", release.image, "-c", "migrate"]
+
+
+def test_a_changed_setting_is_a_new_release_and_its_fingerprint_says_nothing_of_it():
+    key = b"k" * 32
+    first = app_state.plan(PILLAR, "hello", D1, SHA, {}, key)
+    assert first.config and first.new_record["current"]["config"] == first.config
+    again = app_state.plan(PILLAR, "hello", D1, SHA, first.new_record, key)
+    assert again.live_already and again.slot == first.slot
+    changed = {**PILLAR, "apps": {**PILLAR["apps"]}}
+    changed["apps"]["hello"] = {**PILLAR["apps"]["hello"], "secrets": {"SESSION_KEY": "new"}}
+    moved = app_state.plan(changed, "hello", D1, SHA, first.new_record, key)
+    assert not moved.live_already and moved.slot != first.slot  # blue/green, as a new image
+    assert moved.new_record["previous"] == first.new_record["current"]
+    assert "new" not in moved.config and len(moved.config) == 24
+    # Another host's key, another fingerprint: nothing to compare a guess with across hosts.
+    assert app_state.plan(changed, "hello", D1, SHA, {}, b"o" * 32).config != moved.config
+    # An app with no settings has none (and its record is as before).
+    assert app_state.plan(PILLAR, "shop", D1, SHA, {}, key).config == ""
+
+
+def test_the_secrets_are_read_into_the_environment_by_the_shell_before_the_command(tmp_path):
+    """READ_SECRETS as the container runs it (/bin/sh, each file of the folder a variable),
+    with a folder of this test's own for /run/secrets."""
+    (tmp_path / "SESSION_KEY").write_text("s3cr3t with spaces $(id)")
+    (tmp_path / "DATABASE_URL").write_text("postgresql://u:p%40@h:5432/d?sslmode=require\n")
+    script = app_state.READ_SECRETS.replace("/run/secrets", str(tmp_path))
+    ran = subprocess.run(
+        ["/bin/sh", "-c", script, "sh", "sh", "-c", 'printf "%s|%s" "$SESSION_KEY" "$DATABASE_URL"'],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert ran.stdout == "s3cr3t with spaces $(id)|postgresql://u:p%40@h:5432/d?sslmode=require"
 
 
 def _nginx_accepts(tmp_path: Path, site: str, domain: str = "") -> subprocess.CompletedProcess:

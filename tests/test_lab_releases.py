@@ -24,6 +24,7 @@ import ssl
 import threading
 import time
 import warnings
+from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -33,9 +34,11 @@ from fixtures_delivery import HELLO, record_build
 from lab_env import LAB_NUMBER, LabEnv
 
 from infra_assets.provenance import our_build
+from infra_assets.secrets import load_secrets
 from lab.reach import Site, SiteSession
 from sensors.registry_images import REVISION_LABEL, poll
 
+DBCHECK = Path(__file__).parent / "apps" / "dbcheck" / "dbcheck.py"
 RELEASE_LABEL = "org.coop-infra.release"  # what the standard build labels Procfile's release: with
 
 pytestmark = [pytest.mark.slow, pytest.mark.lab]
@@ -90,6 +93,7 @@ class LabReleases:
         healthy: bool = True,
         crashes: bool = False,
         release_command: str = "",
+        dbcheck: bool = False,
         label: str | None = None,
         to: str = "",
         recorded: str | None = APP,
@@ -98,7 +102,8 @@ class LabReleases:
         registry: its digest. `label`: its revision label, if not `version`. `recorded`: the app
         whose app_image records it as built from `version` (None: a foreign image). `crashes`:
         the app exits as it starts; `release_command`: its release phase (the label the
-        standard build writes from Procfile's `release:`)."""
+        standard build writes from Procfile's `release:`); `dbcheck`: the image has
+        /app/dbcheck.py (tests/apps/dbcheck: logs in to DATABASE_URL)."""
         context = self.tmp / f"app-{version}"
         shutil.copytree(HELLO, context)
         if not healthy:
@@ -117,6 +122,15 @@ class LabReleases:
                 "import sys\n"
                 'print("starting hello: DATABASE_URL is not set, giving up", flush=True)\n'
                 "sys.exit(3)\n" + app.read_text()
+            )
+        if dbcheck:
+            shutil.copy(DBCHECK, context / "dbcheck.py")
+            dockerfile = context / "Dockerfile"
+            dockerfile.write_text(
+                dockerfile.read_text().replace(
+                    "COPY app.py /app/app.py\n",
+                    "COPY app.py /app/app.py\nCOPY dbcheck.py /app/dbcheck.py\n",
+                )
             )
         labels = {REVISION_LABEL: version if label is None else label}
         if release_command:
@@ -491,6 +505,46 @@ def test_the_release_phase_runs_once_before_the_switch_and_its_failure_keeps_the
     third = site.release(d3, v3)
     assert third.success, _failure(third)
     assert _meta(third)["release_phase"].startswith("no release command")
+
+
+def test_the_app_gets_its_settings_secrets_and_database_over_tls_and_no_secret_shows(
+    site: LabReleases,
+):
+    """topology.lab.yaml gives hello plain settings (LOG_LEVEL; GREETING on staging only), a
+    secret (SESSION_KEY, from the lab's secrets file) and a database (DATABASE_URL). The release
+    phase logs in to the database from the release's container, over TLS; the app's process has
+    every setting; `podman inspect`, the run's log and its metadata show no secret."""
+    v = _version(20)
+    d = site.image(v, release_command="python3 /app/dbcheck.py", dbcheck=True)
+    result = site.release(d, v)
+    assert result.success, _failure(result)
+    meta = _meta(result)
+    login = "dbcheck: logged in as hello_staging to hello_staging over TLSv1.3"
+    assert login in meta["release_phase_output"]
+
+    secrets = load_secrets(site.env.site.secrets_file(), site.env.topo)
+    hidden = [
+        secrets.get("apps", APP, "staging", "SESSION_KEY"),
+        secrets.get("postgres", APP, "staging"),
+    ]
+    live = json.loads(site.record())["current"]["container"]
+    inspected = site.guest("staging", "podman", "inspect", live)
+    assert '"LOG_LEVEL=info"' in inspected and '"GREETING=hello from staging"' in inspected
+    assert not [h for h in hidden if h in inspected]
+    environ = site.guest(
+        "staging", "podman", "exec", live, "sh", "-c",
+        'for p in /proc/[0-9]*; do tr "\\0" "\\n" < "$p/environ"; done 2>/dev/null',
+    )  # fmt: skip
+    assert f"SESSION_KEY={hidden[0]}" in environ
+    assert "DATABASE_URL=postgresql://hello_staging:" in environ and "sslmode=require" in environ
+    assert "LOG_LEVEL=info" in environ
+    recorded = "\n".join(str(e) for e in site.instance.all_logs(result.run_id))
+    assert not [h for h in hidden if h in recorded]
+    assert not [h for h in hidden if h in json.dumps(meta, default=str)]
+    # Production has no GREETING (set for staging only): its pillar says so.
+    with site.env.env(), site.env.salt() as salt:
+        pillar = salt.pillar(minion=site.host("production"), unmask=True)
+    assert pillar["apps"][APP]["env"] == {"LOG_LEVEL": "info"}
 
 
 def test_rollback_puts_back_the_previous_release(site: LabReleases):

@@ -519,22 +519,31 @@ def test_postgres_gives_each_app_a_role_and_a_database(lab_env: LabEnv):
         for app in sorted(lab_env.topo.apps):
             db = f"{app.replace('-', '_')}_{env}"
 
-            def psql(password: str, host=host, address=address, db=db):
-                # Over TCP to the planned address, as an app connects (pg_hba: password).
+            def psql(password: str, sslmode="require", host=host, address=address, db=db):
+                # Over TCP to the planned address, as an app connects (pg_hba: password, TLS).
+                query = (
+                    "select current_user, current_database(), ssl, version"
+                    " from pg_stat_ssl where pid = pg_backend_pid()"
+                )
                 return lab.exec(
                     LAB_NUMBER,
                     host,
-                    ["env", f"PGPASSWORD={password}", "PGCONNECT_TIMEOUT=5", "psql", "-h",
-                     address, "-U", db, db, "-Atc", "select current_user, current_database()"],
+                    ["env", f"PGPASSWORD={password}", "PGCONNECT_TIMEOUT=5",
+                     f"PGSSLMODE={sslmode}", "psql", "-h", address, "-U", db, db, "-Atc", query],
                     check=False,
                 )  # fmt: skip
 
+            if not lab_env.topo.apps[app].database:
+                continue
             ok = psql(secrets.get("postgres", app, env))
             assert ok.returncode == 0, (host, db, ok.output)
-            assert ok.output.strip().splitlines()[-1] == f"{db}|{db}"
+            assert ok.output.strip().splitlines()[-1].startswith(f"{db}|{db}|t|TLSv1.")
             refused = psql("wrong")
             assert refused.returncode != 0
             assert "password authentication failed" in refused.output, refused.output
+            # Without TLS, not even the right password gets in (pg_hba: hostssl only).
+            plain = psql(secrets.get("postgres", app, env), sslmode="disable")
+            assert plain.returncode != 0 and "no encryption" in plain.output, plain.output
 
 
 def test_the_salt_master_binds_to_its_planned_address(lab_env: LabEnv):

@@ -7,9 +7,17 @@ numbers and addresses) is checked in `load.py`, so that every problem is reporte
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from resources.git_url import redact_repo, repo_password
 
@@ -101,15 +109,79 @@ _BAD_BRANCH = re.compile(r"(\.\.|[\x00-\x20\x7f~^:?*\[\\]|@\{|//)")
 _HEALTH_RE = re.compile(r"/[A-Za-z0-9/._~?=&%-]*")
 
 
+# An environment variable's name, as POSIX shells take it (and podman, and the app's runtime).
+ENV_NAME_RE = re.compile(r"\A[A-Za-z_][A-Za-z0-9_]{0,127}\Z")
+# Set by each release (PORT, HOST: where to listen) or by `database: true` (DATABASE_URL).
+RELEASE_ENV = ("PORT", "HOST")
+EnvValue = str | int | float | bool
+
+
+def _env_name(name: str) -> str:
+    if not ENV_NAME_RE.match(name):
+        raise ValueError(
+            f"{name!r} is not an environment variable's name (letters, digits and _, not"
+            " starting with a digit)"
+        )
+    if name in RELEASE_ENV:
+        raise ValueError(f"{name} is set by each release (the port and address to listen on)")
+    return name
+
+
+def _env_text(value: EnvValue) -> str:
+    text = ("true" if value else "false") if isinstance(value, bool) else str(value)
+    if "\x00" in text:
+        raise ValueError("holds a NUL character, which no environment variable can")
+    return text
+
+
+def _env_setting(value: Any) -> str | dict[str, str]:
+    """A setting: one value for both environments, or {environment: value}; as text."""
+    if isinstance(value, dict):
+        out = {}
+        for env, one in value.items():
+            if env not in ENVIRONMENTS:
+                raise ValueError(f"unknown environment {env!r}: use staging or production")
+            if isinstance(one, dict):
+                raise ValueError(f"{env}: must be a value, not a mapping")
+            out[env] = _env_setting(one)
+        return out
+    if isinstance(value, (str, int, float, bool)):
+        return _env_text(value)
+    raise ValueError(
+        "must be a value (text, a number, true or false), or one per environment"
+        " ({staging: ..., production: ...})"
+    )
+
+
+EnvName = Annotated[str, AfterValidator(_env_name)]
+EnvSetting = Annotated[Any, BeforeValidator(_env_setting)]
+
+
 class App(_Strict):
     repo: str = Field(
         min_length=1, description="A git URL, or a path on this machine (the lab serves it)."
     )
     branch: str = Field(default="main", min_length=1)
     port: int = Field(ge=1, le=65535, description="The port the app listens on in its container.")
-    health: str = Field(default="/health", description="The path that answers 200 when healthy.")
+    health: str = Field(default="/", description="The path that answers 200 when healthy.")
     domains: dict[Environment, Domain] = Field(
         default_factory=dict, description="Environment -> domain."
+    )
+    database: bool = Field(
+        default=False,
+        description="A PostgreSQL database and role named after the app on each environment's"
+        " postgres host (its password: the secrets' postgres.<app>.<environment>), given to the"
+        " app as DATABASE_URL (TLS required).",
+    )
+    env: dict[EnvName, EnvSetting] = Field(
+        default_factory=dict,
+        description="Plain settings: NAME: value for both environments, or NAME: {staging:"
+        " value, production: value}. Never a secret: this file is in git.",
+    )
+    secrets: list[EnvName] = Field(
+        default_factory=list,
+        description="Names of settings kept in the secrets file (apps.<app>.<environment>.<NAME>),"
+        " given to the app as environment variables and never shown.",
     )
 
     @field_validator("repo")
@@ -140,6 +212,39 @@ class App(_Strict):
                 f"{branch!r} is not a valid git branch name (see `git check-ref-format --branch`)"
             )
         return branch
+
+    @field_validator("secrets")
+    @classmethod
+    def _secrets_once(cls, names: list[str]) -> list[str]:
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"{', '.join(twice)} named more than once")
+        return names
+
+    @model_validator(mode="after")
+    def _settings_named_once(self) -> App:
+        both = sorted(set(self.env) & set(self.secrets))
+        if both:
+            raise ValueError(
+                f"{', '.join(both)}: in both env and secrets; a setting is one or the other"
+            )
+        if self.database and "DATABASE_URL" in (*self.env, *self.secrets):
+            raise ValueError(
+                "DATABASE_URL is set by `database: true` (the app's own database): leave it out"
+                " of env and secrets, or set database: false to give your own"
+            )
+        return self
+
+    def env_for(self, environment: str) -> dict[str, str]:
+        """The plain settings in `environment`: NAME -> text."""
+        out = {}
+        for name, value in self.env.items():
+            if isinstance(value, dict):
+                if environment not in value:
+                    continue
+                value = value[environment]
+            out[name] = value
+        return out
 
     @field_validator("health")
     @classmethod

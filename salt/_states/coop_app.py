@@ -35,6 +35,8 @@ argument vector.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
 import re
@@ -104,6 +106,10 @@ class Release:
     record: dict
     new_record: dict
     env: dict = field(default_factory=dict)
+    # NAME -> value: given to the container as files it reads into its environment (never on a
+    # command line, in a label or in `podman inspect`); never in a comment or an output.
+    secrets: dict = field(default_factory=dict, repr=False)
+    config: str = ""  # the fingerprint of env and secrets (an HMAC with this host's own key)
 
     @property
     def container(self) -> str:
@@ -123,7 +129,8 @@ class Release:
 
     @property
     def live_already(self) -> bool:
-        return (self.record.get("current") or {}).get("digest") == self.digest
+        """This digest with these settings is the live release."""
+        return _same(self.record.get("current") or {}, self.digest, self.config)
 
     @property
     def keep(self) -> str:
@@ -135,7 +142,23 @@ def _other(slot: str) -> str:
     return "green" if slot == "blue" else "blue"
 
 
-def plan(pillar: dict, app: str, digest: str, sha: str, record: dict) -> Release:
+def _same(entry: dict, digest: str, config: str) -> bool:
+    return entry.get("digest") == digest and entry.get("config", "") == config
+
+
+def config_fingerprint(key: bytes, env: dict, secrets: dict) -> str:
+    """Which settings a release runs with, without saying them: an HMAC of env and secrets
+    with a key of this host's own (a changed setting is a new release; the label and record
+    it goes in give nothing to guess a secret from)."""
+    if not env and not secrets:
+        return ""
+    text = json.dumps({"env": env, "secrets": secrets}, sort_keys=True)
+    return hmac.new(key, text.encode(), hashlib.sha256).hexdigest()[:24]
+
+
+def plan(
+    pillar: dict, app: str, digest: str, sha: str, record: dict, config_key: bytes = b""
+) -> Release:
     """The release of `app` at `digest` on this host: its slot, port, URLs and the record it
     leaves. Raises Failed for a release the pillar cannot carry."""
     if not isinstance(digest, str) or not DIGEST_RE.match(digest):
@@ -150,8 +173,12 @@ def plan(pillar: dict, app: str, digest: str, sha: str, record: dict) -> Release
             " or the host has no registry to pull from: is it a web host of the topology?"
         )
     spec = apps[app]
+    env = {str(k): str(v) for k, v in (spec.get("env") or {}).items()}
+    secrets = {str(k): str(v) for k, v in (spec.get("secrets") or {}).items()}
+    config = config_fingerprint(config_key, env, secrets)
     current = record.get("current") or {}
-    if current.get("digest") == digest:
+    live = _same(current, digest, config)
+    if live:
         slot = current.get("slot", "blue")
     else:
         slot = "green" if current.get("slot") == "blue" else "blue"
@@ -165,8 +192,9 @@ def plan(pillar: dict, app: str, digest: str, sha: str, record: dict) -> Release
         "slot": slot,
         "port": port,
         "container": f"app-{app}-{slot}",
+        **({"config": config} if config else {}),
     }
-    if current.get("digest") == digest:
+    if live:
         new_record = {"current": this, "previous": record.get("previous")}
     else:
         new_record = {"current": this, "previous": current or None}
@@ -191,7 +219,9 @@ def plan(pillar: dict, app: str, digest: str, sha: str, record: dict) -> Release
         environment=web.get("environment", ""),
         record=record,
         new_record=new_record,
-        env=dict(spec.get("env") or {}),
+        env=env,
+        secrets=secrets,
+        config=config,
     )
 
 
@@ -207,7 +237,8 @@ def released(name, digest, sha="", health_timeout_s=30, release_phase=True, web_
     web_state: what to apply when the host is not ready (named in the error)."""
     ret: dict[str, Any] = {"name": name, "result": False, "changes": {}, "comment": ""}
     try:
-        release = plan(__pillar__, name, digest, sha or "", _read_record(name))  # noqa: F821
+        record = _read_record(name)
+        release = plan(__pillar__, name, digest, sha or "", record, _config_key())  # noqa: F821
     except Failed as err:
         ret["comment"] = err.comment
         return ret
@@ -297,8 +328,7 @@ def run_release_phase(release: Release) -> Done:
         return Done(False, f"no release command (no Procfile release:, no {RELEASE_LABEL} label)")
     name = f"app-{release.app}-release"
     _run(["podman", "rm", "-f", "-i", "-t", "2", name])
-    argv = _run_argv(release, name, port=release.port, detach=False)
-    argv[argv.index(release.image) :] = ["--entrypoint", "/bin/sh", release.image, "-c", command]
+    argv = _run_argv(release, name, detach=False, command=["/bin/sh", "-c", command])
     started = time.monotonic()
     try:
         proc = _run(argv, timeout=RELEASE_PHASE_TIMEOUT_S)
@@ -320,15 +350,16 @@ def run_release_phase(release: Release) -> Done:
 
 
 def start(release: Release) -> Done:
-    fmt = '{{.ImageDigest}} {{.State.Running}} {{index .Config.Labels "coop.port"}}'
+    fmt = (
+        '{{.ImageDigest}} {{.State.Running}} {{index .Config.Labels "coop.port"}}'
+        ' {{index .Config.Labels "coop.config"}}'
+    )
     live = _inspect(release.container, fmt)
-    if live == f"{release.digest} true {release.port}":
+    if live == f"{release.digest} true {release.port} {release.config}":
         return Done(False, f"{release.container} runs {release.digest} on port {release.port}")
     _run(["podman", "rm", "-f", "-i", "-t", "5", release.container])
-    _check(
-        _run_argv(release, release.container, port=release.port, detach=True),
-        f"start {release.container}",
-    )
+    argv = _run_argv(release, release.container, detach=True)
+    _check(argv, f"start {release.container}")
     return Done(True, f"started {release.container} on 127.0.0.1:{release.port}")
 
 
@@ -535,41 +566,71 @@ def _cert_valid(domain: str, seconds: int) -> bool:
 # --- the container and the site --------------------------------------------------------------
 
 
-def _run_argv(release: Release, name: str, *, port: int, detach: bool) -> list[str]:
+def _run_argv(
+    release: Release, name: str, *, detach: bool, command: list[str] | None = None
+) -> list[str]:
     """`podman run` of the app's image, hardened: a network namespace of its own (podman's
     bridge), published on the host's loopback only (nginx proxies to it); no capability, no
     privilege gained by exec, a read-only root with a tmpfs for scratch, a user that is not
     root. The host's firewall (common.firewall) drops what it forwards to the cloud's metadata
-    service and the private network."""
+    service and the private network but the services its role lists (`containers_reach`).
+    `command`: instead of the image's own. The plain settings are `-e`; the secret ones are
+    files in /run/secrets (a tmpfs), read into the environment by /bin/sh before the command
+    (so the image needs /bin/sh when the app has secrets)."""
+    port = release.port
     argv = ["podman", "run", "--init", "--pull=never", "--name", name, "--network", "bridge"]
     argv += ["-d", "--publish", f"127.0.0.1:{port}:{port}"] if detach else ["--rm"]
     argv += [
-        "--cap-drop=all",
-        "--security-opt=no-new-privileges",
-        "--read-only",
-        "--read-only-tmpfs=false",
-        "--tmpfs",
-        "/tmp:rw,nosuid,nodev,size=64m",
-        "--user",
-        "65534:65534",
-        "--label",
-        f"coop.app={release.app}",
-        "--label",
-        f"coop.digest={release.digest}",
-        "--label",
-        f"coop.sha={release.sha}",
-        "--label",
-        f"coop.slot={release.slot}",
-        "--label",
-        f"coop.port={port}",
-        "-e",
-        f"PORT={port}",
-        "-e",
-        "HOST=0.0.0.0",
-    ]
+        "--cap-drop=all", "--security-opt=no-new-privileges",
+        "--read-only", "--read-only-tmpfs=false", "--tmpfs", "/tmp:rw,nosuid,nodev,size=64m",
+        "--user", "65534:65534",
+        "--label", f"coop.app={release.app}", "--label", f"coop.digest={release.digest}",
+        "--label", f"coop.sha={release.sha}", "--label", f"coop.slot={release.slot}",
+        "--label", f"coop.port={port}", "--label", f"coop.config={release.config}",
+        "-e", f"PORT={port}", "-e", "HOST=0.0.0.0",
+    ]  # fmt: skip
     for key, value in sorted(release.env.items()):
         argv += ["-e", f"{key}={value}"]
-    return [*argv, release.image]
+    if not release.secrets:
+        if command is None:
+            return [*argv, release.image]
+        return [*argv, "--entrypoint", command[0], release.image, *command[1:]]
+    argv += _secret_args(release)
+    if command is None:
+        command = _image_command(release.image)
+    return [*argv, "--entrypoint", "/bin/sh", release.image, "-c", READ_SECRETS, "sh", *command]
+
+
+# Each file of /run/secrets into the environment, then the command.
+READ_SECRETS = (
+    'for f in /run/secrets/*; do [ -f "$f" ] && export "${f##*/}=$(cat "$f")"; done; exec "$@"'
+)
+
+
+def _secret_args(release: Release) -> list[str]:
+    """The app's secrets as podman secrets of this release's slot (made again each time: a
+    changed value is the one the container gets), mounted read-only for the app's user."""
+    args = ["--tmpfs", "/run/secrets:rw,nosuid,nodev,noexec,size=256k,mode=0755"]
+    for key, value in sorted(release.secrets.items()):
+        secret = f"coop-{release.app}-{release.slot}-{key}"
+        _run(["podman", "secret", "rm", secret])
+        made = _run(["podman", "secret", "create", secret, "-"], stdin=value)
+        if made.returncode != 0:
+            # (podman's message names the secret, never its value)
+            raise Failed(f"podman secret create {secret} failed", _tail(made.stdout))
+        args += ["--secret", f"{secret},type=mount,target=/run/secrets/{key},uid=65534,"
+                             "gid=65534,mode=0400"]  # fmt: skip
+    return args
+
+
+def _image_command(image: str) -> list[str]:
+    """What the image runs: its entrypoint and command."""
+    data = _image_inspect(image)
+    config = data.get("Config") or {}
+    command = [*(config.get("Entrypoint") or []), *(config.get("Cmd") or [])]
+    if not command:
+        raise Failed(f"{image} names no command to run (no ENTRYPOINT, no CMD)")
+    return command
 
 
 def site_conf(release: Release) -> str:
@@ -644,13 +705,20 @@ def _serves(release: Release) -> bool:
 # --- small helpers ---------------------------------------------------------------------------
 
 
-def _run(argv: list[str], *, timeout: float | None = 120, env: dict | None = None):
+def _run(
+    argv: list[str],
+    *,
+    timeout: float | None = 120,
+    env: dict | None = None,
+    stdin: str | None = None,
+):
     """The command, stderr folded into stdout, never through a shell."""
     return subprocess.run(
         argv,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
+        input=stdin,
+        stdin=None if stdin is not None else subprocess.DEVNULL,
         text=True,
         errors="replace",
         timeout=timeout,
@@ -677,12 +745,36 @@ def _inspect(container: str, fmt: str) -> str:
     return proc.stdout.strip() if proc.returncode == 0 else ""
 
 
-def _image_labels(image: str) -> dict[str, str]:
+def _image_inspect(image: str) -> dict:
     proc = _run(["podman", "image", "inspect", image])
     if proc.returncode != 0:
         raise Failed(f"podman image inspect {image} failed", _tail(proc.stdout))
     [data] = json.loads(proc.stdout)
+    return data
+
+
+def _image_labels(image: str) -> dict[str, str]:
+    data = _image_inspect(image)
     return data.get("Labels") or (data.get("Config") or {}).get("Labels") or {}
+
+
+def _config_key() -> bytes:
+    """This host's key for the settings' fingerprints, made once (0600, root's)."""
+    path = f"{RECORDS}/.config-key"
+    try:
+        with open(path, "rb") as f:
+            key = f.read()
+        if len(key) >= 32:
+            return key
+    except FileNotFoundError:
+        pass
+    os.makedirs(RECORDS, exist_ok=True)
+    key = os.urandom(32)
+    fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key)
+    os.replace(path + ".tmp", path)
+    return key
 
 
 def _get(url: str) -> tuple[str, str]:

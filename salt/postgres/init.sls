@@ -1,6 +1,9 @@
-{#- PostgreSQL 15 listening on its private address, a role and a database per app and environment
-    (passwords from the secrets pillar, stored as SCRAM verifiers): Debian's cluster (main), with
-    our settings in its conf.d and our pg_hba.conf.
+{#- PostgreSQL 15 listening on its private address, a role and a database per app with
+    `database: true` and environment (passwords from the secrets pillar, stored as SCRAM
+    verifiers): Debian's cluster (main), with our settings in its conf.d and our pg_hba.conf.
+    TLS on, with a certificate of the host's own (made here once, never in an image: Debian's
+    snakeoil would be the same on every host baked from one image), and required of the apps
+    (pg_hba's hostssl; their DATABASE_URL says sslmode=require).
     An image bake: the package (the bake keeps Debian's cluster from starting). #}
 {%- from "lib/site.jinja" import bake with context %}
 {%- from "lib/daemon.jinja" import daemon with context %}
@@ -11,10 +14,22 @@ include:
 
 postgres-packages:
   pkg.installed:
-    - pkgs: [postgresql-15]
+    - pkgs: [postgresql-15, openssl]
     - refresh: False
 {%- if not bake %}
 {%- set pg = pillar['postgres'] %}
+
+postgres-tls:
+  cmd.run:
+    - name: >-
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650
+        -subj /CN={{ pg['listen'] }} -addext subjectAltName=IP:{{ pg['listen'] }}
+        -keyout {{ etc }}/server.key -out {{ etc }}/server.crt 2>&1
+        && chown postgres:postgres {{ etc }}/server.key {{ etc }}/server.crt
+        && chmod 0600 {{ etc }}/server.key
+    - creates: {{ etc }}/server.crt
+    - require:
+      - pkg: postgres-packages
 
 postgres-config:
   file.managed:
@@ -25,6 +40,7 @@ postgres-config:
     - template: jinja
     - require:
       - pkg: postgres-packages
+      - cmd: postgres-tls
 
 postgres-hba:
   file.managed:
