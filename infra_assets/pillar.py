@@ -160,6 +160,19 @@ def _npm_cache(b: Block) -> None:
     b.pillar["npm_cache"] = block
 
 
+def _pypi_cache(b: Block) -> None:
+    # The index the catalogue lets the cache reach (its first `uplinks`), as proxpi's index URL.
+    host, _, port = role_catalogue().roles["pypi-cache"].uplinks[0].rpartition(":")
+    block = {
+        **_service(b.site, b.host, "pypi-cache", "pypi"),
+        "uplink": f"https://{host}{'' if port == '443' else ':' + port}/simple/",
+    }
+    proxy = b.site.egress_proxy(b.host)
+    if proxy:
+        block["https_proxy"] = proxy
+    b.pillar["pypi_cache"] = block
+
+
 def _jenkins(b: Block) -> None:
     b.pillar["jenkins"] = {
         **_service(b.site, b.host, "jenkins-master", "jenkins"),
@@ -172,7 +185,14 @@ def _jenkins_agent(b: Block) -> None:
         "master_url": _url(b.site, "jenkins-master", "jenkins", "http"),
         # The standard build's package registries: the co-op's caches (the builds' only network).
         "npm_registry": _url(b.site, "npm-cache", "npm", "http"),
+        "pip_index": _pip_index(b.site),
     }
+
+
+def _pip_index(site: Site) -> str | None:
+    """The PyPI cache's simple index (proxpi serves it under /index/)."""
+    url = _url(site, "pypi-cache", "pypi", "http")
+    return f"{url}/index/" if url else None
 
 
 def _registry_push(b: Block) -> None:
@@ -314,6 +334,7 @@ BLOCKS: dict[str, Callable[[Block], None]] = {
     "dns": _dns,
     "registry": _registry_block,
     "npm_cache": _npm_cache,
+    "pypi_cache": _pypi_cache,
     "jenkins": _jenkins,
     "jenkins_agent": _jenkins_agent,
     "registry_push": _registry_push,

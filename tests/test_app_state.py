@@ -6,6 +6,7 @@ tests/test_lab_releases.py."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -220,3 +221,35 @@ def test_nginx_refuses_a_broken_site_which_shows_the_check_can_fail(tmp_path):
     release = app_state.plan(PILLAR, "hello", D1, SHA, {})
     broken = app_state.site_conf(release).replace("keepalive 8;", "keepalive;")
     assert _nginx_accepts(tmp_path, broken).returncode != 0
+
+
+def test_salt_s_own_loader_loads_the_module_and_the_state_refuses_a_bad_release(tmp_path):
+    """The `app` state applied by real masterless salt (salt-call --local) on the repo's salt/
+    tree, the module synced as a release syncs it (sync_mods=states): salt's loader, which
+    does not register the module in sys.modules as an import does, loads it, and the state
+    refuses a digest that is not one before anything runs."""
+    config = {
+        "id": "web-staging-1",
+        "file_client": "local",
+        "root_dir": str(tmp_path / "root"),
+        "file_roots": {"base": [str(STATE.parents[1])]},
+        "pillar_roots": {"base": [str(tmp_path / "pillar")]},
+        "enable_fqdns_grains": False,
+        "enable_gpu_grains": False,
+    }
+    (tmp_path / "pillar").mkdir()
+    (tmp_path / "pillar" / "top.sls").write_text("base: {'*': [web]}\n")
+    (tmp_path / "pillar" / "web.sls").write_text("#!json\n" + json.dumps(PILLAR))
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "minion").write_text(json.dumps(config))
+    release = {"release": {"app": "hello", "digest": "sha256:nope", "sha": ""}}
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "salt-call"), "--local", "-c", str(tmp_path / "etc"),
+         "--out=json", "--log-level=quiet", "state.apply", "app", "sync_mods=states",
+         f"pillar={json.dumps(release)}"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    [state] = json.loads(out.stdout)["local"].values()
+    assert state["result"] is False and state["changes"] == {}, state
+    assert state["comment"] == "digest 'sha256:nope' is not sha256:<64 hex digits>", state
+    assert (tmp_path / "root" / "var/cache/salt/minion/extmods/states/coop_app.py").is_file()

@@ -429,7 +429,8 @@ def test_the_npm_cache_goes_out_through_the_egress_proxy_and_nothing_else_goes_o
         egress = site.status(lab_env.topology_file)["egress"][str(LAB_NUMBER)]
     support = {a.address for a in lab_env.site.plan.for_host("support-1")}
     assert egress["running"] and egress["url"] == f"http://169.254.{LAB_NUMBER}.1:3128"
-    assert egress["allow"] == {a: ["registry.npmjs.org:443"] for a in support}
+    uplinks = ["files.pythonhosted.org:443", "pypi.org:443", "registry.npmjs.org:443"]
+    assert egress["allow"] == {a: uplinks for a in support}
     proxy = lab_env.site.egress(LAB_NUMBER)
     before = len(proxy.log())
 
@@ -446,6 +447,16 @@ def test_the_npm_cache_goes_out_through_the_egress_proxy_and_nothing_else_goes_o
     fetched = [e for e in proxy.log()[before:] if e["result"] == "allowed"]
     assert fetched and all(e["target"] == "registry.npmjs.org:443" for e in fetched), fetched
     assert all(e["client"] in support and e["received"] > 0 for e in fetched), fetched
+
+    # The PyPI cache (proxpi) the same way: a project's index, from pypi.org through the proxy.
+    pypi = lab_env.address("support-1", "pypi-cache")
+    before = len(proxy.log())
+    index = curl("support-2", f"http://{pypi}:3141/index/six/")
+    assert index.returncode == 0 and "six-1." in index.output, index.output
+    fetched = [e for e in proxy.log()[before:] if e["result"] == "allowed"]
+    assert fetched and {e["target"] for e in fetched} <= {"pypi.org:443"}, fetched
+    # Only the build agents may ask it (only_from: jenkins-agent).
+    assert curl("web-staging-1", "--max-time", "5", f"http://{pypi}:3141/index/").returncode != 0
 
     web = curl("web-staging-1", "-x", egress["url"], "https://registry.npmjs.org/")
     assert web.returncode != 0 and "403" in web.output, web.output

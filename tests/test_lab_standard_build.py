@@ -26,6 +26,9 @@ from sensors import git_push, registry_images
 
 pytestmark = [pytest.mark.slow, pytest.mark.lab]
 
+DJANGO = REPO_ROOT / "tests" / "apps" / "django"
+DJANGO_APP = "django-sample"
+UPSTREAM = {"registry.npmjs.org:443", "pypi.org:443", "files.pythonhosted.org:443"}
 EXPRESS = REPO_ROOT / "tests" / "apps" / "express"
 APP = "express-sample"
 NODE = "app_image__express_sample"
@@ -181,3 +184,104 @@ for (const [name, host, port] of targets) {{
     # outside the private network: only the agent's rule for its containers refuses it.
     for refused in ("registry", "salt", "internet", "git-daemon"):
         assert probes[refused] != "open", probes
+
+
+@pytest.fixture
+def django_app(lab_env: LabEnv, tmp_path):
+    """The session's lab with the Django app declared as the co-op would: a database, its
+    settings and a secret; its database made by the postgres state (highstate/postgres-staging
+    with the new pillar)."""
+    from infra_assets.model import load_topology
+    from lab.site import lab_secrets
+
+    repo = make_app_repo(tmp_path, DJANGO_APP, source=DJANGO)
+    data = yaml.safe_load(lab_env.topology_file.read_text())
+    data["apps"][DJANGO_APP] = {
+        "repo": str(repo.bare),
+        "branch": "main",
+        "port": 8000,
+        "health": "/health",
+        "database": True,
+        "env": {"DJANGO_ALLOWED_HOSTS": "*"},
+        "secrets": ["DJANGO_SECRET_KEY"],
+    }
+    path = tmp_path / "topology.lab.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    env = LabEnv(path, lab_env.dagster_home, load_topology(path))
+    with env.env():
+        lab_secrets(env.site)  # the lab's throwaway secrets, with the app's
+        configured = env.run("salt_pillar", "highstate/postgres-staging")
+        assert configured.success, step_failures(configured)
+    try:
+        with env.env():
+            yield repo, env
+    finally:
+        assert lab_env.run("salt_pillar").success  # the lab's own again, for the tests after
+
+
+def _upstream(lab_env: LabEnv, since: int) -> list[dict]:
+    """What the lab fetched from the package registries since the egress log's entry `since`."""
+    log = lab_env.site.egress(LAB_NUMBER).log()[since:]
+    return [e for e in log if e["result"] == "allowed" and e["target"] in UPSTREAM]
+
+
+def test_a_django_app_builds_through_the_pypi_cache_runs_its_tests_migrates_and_goes_live(
+    lab_env: LabEnv, django_app
+):
+    """requirements.txt, a Procfile with `release: python manage.py migrate`, tests for pytest,
+    no Dockerfile: built by convention through the PyPI cache (proxpi on support-1), its tests
+    run in the build, its release phase migrates its database on pg-staging-1 over TLS, and it
+    answers from that database. A second build of the same requirements fetches nothing
+    upstream: every package comes from the cache."""
+    from lab.site import app_site
+
+    repo, env = django_app
+    instance = dg.DagsterInstance.get()
+    defs = env.definitions()
+    cursor = sensor_tick(defs, git_push.SENSOR_NAME, instance, None).cursor
+    sha = repo.commit(message="a Django app, as the co-op's Python apps come")
+    build = push_sensor_build(
+        defs, instance, cursor=cursor, job=build_job_name(DJANGO_APP), raise_on_error=False
+    )
+    assert build.success, step_failures(build)
+    meta = materialization_metadata(build, "app_image__django_sample")
+    log = open(meta["build_log"]).read()
+    assert "[support-2] RUNTIME=python" in log and "[support-2] AVAILABLE=python 3.11." in log
+    pypi = env.address("support-1", "pypi-cache")
+    assert f"PIP_INDEX_URL=http://{pypi}:3141/index/" in log  # the build's only index
+    assert "Successfully installed" in log and "Django-5.2." in log
+    assert "1 passed" in log  # its own test (tests/test_notes.py), in the build
+
+    seen = sensor_tick(defs, registry_images.SENSOR_NAME, instance, None)
+    [release] = [r for r in seen.run_requests if r.job_name == staging_job_name(DJANGO_APP)]
+    staging = defs.resolve_job_def(staging_job_name(DJANGO_APP)).execute_in_process(
+        instance=instance, run_config=release.run_config, raise_on_error=False
+    )
+    assert staging.success, step_failures(staging)
+    released = materialization_metadata(staging, "release__staging__django_sample")
+    assert released["release_phase"].startswith(
+        "ran the release command 'python manage.py migrate --no-input'"
+    )
+    assert "Applying notes.0001_initial... OK" in released["release_phase_output"]
+    lab = env.lab().lab()
+    where = app_site(env.site, "web-staging-1", DJANGO_APP, "staging")
+    assert lab.route_into_lab(where.address)["dev"] == f"coop{LAB_NUMBER}-m"
+    response = where.get("/health", timeout_s=5)
+    assert response.status_code == 200, response.text
+    assert response.json() == {
+        "app": "django-sample",
+        "version": sha,
+        "database": "postgresql",
+        "tls": True,
+        "notes": 0,
+    }
+
+    # The same requirements again (a change elsewhere): everything from the cache.
+    before = len(lab_env.site.egress(LAB_NUMBER).log())
+    cursor = sensor_tick(defs, git_push.SENSOR_NAME, instance, None).cursor
+    repo.commit({"README.md": "A change that is not a dependency.\n"}, message="docs")
+    again = push_sensor_build(
+        defs, instance, cursor=cursor, job=build_job_name(DJANGO_APP), raise_on_error=False
+    )
+    assert again.success, step_failures(again)
+    assert _upstream(lab_env, before) == []

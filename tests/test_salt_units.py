@@ -9,6 +9,7 @@ import os
 import stat
 import subprocess
 import sys
+import urllib.parse
 from pathlib import Path
 
 import bcrypt
@@ -64,7 +65,8 @@ def test_only_the_lab_s_cache_hosts_go_out_and_only_through_its_egress_proxy(
 ):
     lab = site_for(load_topology(repo_root / "topology.lab.yaml"), root=tmp_path)
     support = {a.address for a in lab.plan.for_host("support-1")}  # the npm cache's host
-    assert lab.egress_allow(127) == {a: ["registry.npmjs.org:443"] for a in support}
+    uplinks = ["files.pythonhosted.org:443", "pypi.org:443", "registry.npmjs.org:443"]
+    assert lab.egress_allow(127) == {a: uplinks for a in support}
     assert lab.egress_proxy("support-1") == "http://169.254.127.1:3128"
     assert lab.egress_proxy("web-staging-1") is None
     ensure_secrets(tmp_path / "secrets.yaml", lab.topo, tls_names=["x"])
@@ -118,7 +120,12 @@ def test_required_secrets_follow_the_topology(coop, repo_root):
         "salt.api.tls.key",
     }
     lab = load_topology(repo_root / "topology.lab.yaml")  # no jenkins master
-    assert {k[0] for k in required_keys(lab)} == {"registry", "postgres", "salt"}
+    # no jenkins master; hello's secret (SESSION_KEY) for each environment with web hosts
+    assert {k[0] for k in required_keys(lab)} == {"registry", "postgres", "salt", "apps"}
+    assert {k for k in required_keys(lab) if k[0] == "apps"} == {
+        ("apps", "hello", "staging", "SESSION_KEY"),
+        ("apps", "hello", "production", "SESSION_KEY"),
+    }
 
 
 def test_a_bad_secrets_file_lists_every_problem_and_no_value(tmp_path, coop):
@@ -131,8 +138,9 @@ def test_a_bad_secrets_file_lists_every_problem_and_no_value(tmp_path, coop):
     assert text.startswith(f"{path}: 11 problems in the secrets")
     assert "registry.users.ci: must be a non-empty string" in text
     assert "registry.users.deploy: missing: the topology needs it" in text
-    assert "postgres.hello.production: missing: the topology needs it (app 'hello' and a host" in (
-        text
+    assert (
+        "postgres.hello.production: missing: the topology needs it (app 'hello' (database: true)"
+        " and a host" in text
     )
     assert f"readable by others (mode 0o644): chmod 600 {path}" in text
     assert "s3cret-value" not in text
@@ -236,9 +244,15 @@ def test_each_host_gets_only_the_secrets_its_roles_need(coop, coop_secrets):
     granted = {host: set(secret_paths(p, coop_secrets)) for host, p in pillars.items()}
     assert granted["web-staging-1"] == {
         "apps.hello.database.password",
+        "apps.hello.secrets.DATABASE_URL",  # the password inside it
         "registry_client.password",
         "registry_client.ca_cert",
     }
+    password = coop_secrets.get("postgres", "hello", "staging")
+    assert pillars["web-staging-1"]["apps"]["hello"]["secrets"]["DATABASE_URL"] == (
+        f"postgresql://hello_staging:{urllib.parse.quote(password, safe='')}@10.100.7.1:5432"
+        "/hello_staging?sslmode=require"
+    )
     assert pillars["web-staging-1"]["apps"]["hello"]["database"]["password"] == coop_secrets.get(
         "postgres", "hello", "staging"
     )
@@ -320,6 +334,7 @@ def test_the_pillar_says_where_each_service_listens_on_a_server(coop, coop_secre
         ("support-1", 4505): every_host,  # salt publish: every minion
         ("support-1", 4506): every_host,  # salt return
         ("support-1", 4873): ["10.100.2.1"],  # the npm cache: the build agent
+        ("support-1", 3141): ["10.100.2.1"],  # the PyPI cache: the build agent
         # the registry's read-only door: Dagster, the agent, the two web hosts
         ("support-1", 5000): ["10.100.1.1", "10.100.2.1", "10.100.5.1", "10.100.6.1"],
         ("support-1", 5001): ["10.100.1.1", "10.100.2.1"],  # registry push: agent, Dagster
@@ -583,18 +598,25 @@ def test_the_registry_host_s_firewall_guards_its_ports_and_a_web_host_s_none(
             "ip daddr 169.254.169.254 counter reject with icmp type admin-prohibited",
             "ip6 daddr fe80::a9fe:a9fe counter reject with icmpv6 type admin-prohibited",
         ], host
-        # every host: its containers start nothing into the location's network but DNS
+        # every host: its containers start nothing into the location's network but DNS, and
+        # a web host's its environment's database (containers_reach)
         forward = [
             line.strip()
             for line in text.split("chain forward", 1)[1].splitlines()
-            if "10.100.0.0/16" in line
+            if "ip daddr 10.100." in line
         ]
+        reach = ["ip daddr 10.100.7.1 tcp dport 5432 accept"] if host.startswith("web") else []
         assert forward == [
             "ip daddr 10.100.0.0/16 meta l4proto { tcp, udp } th dport 53 accept",
+            *reach,
             "ip daddr 10.100.0.0/16 meta l4proto tcp ct state new counter reject with tcp reset",
             "ip daddr 10.100.0.0/16 ct state new counter drop",
         ], host
-    assert rendered["support-1"][4:10] == [
+    assert rendered["support-1"][:2] == [
+        "tcp dport 3141 ct state new ip saddr { 10.100.2.1 } accept",
+        "tcp dport 3141 ct state new counter reject with tcp reset",
+    ]
+    assert rendered["support-1"][6:12] == [
         "tcp dport 4873 ct state new ip saddr { 10.100.2.1 } accept",
         "tcp dport 4873 ct state new counter reject with tcp reset",
         "tcp dport 5000 ct state new ip saddr { 10.100.1.1, 10.100.2.1, 10.100.5.1, 10.100.6.1 }"
@@ -604,7 +626,7 @@ def test_the_registry_host_s_firewall_guards_its_ports_and_a_web_host_s_none(
         "tcp dport 5001 ct state new counter reject with tcp reset",
     ]
     assert [line.split()[2] for line in rendered["support-1"]] == [
-        p for p in ("4505", "4506", "4873", "5000", "5001", "8000", "8080") for _ in "ar"
+        p for p in ("3141", "4505", "4506", "4873", "5000", "5001", "8000", "8080") for _ in "ar"
     ]
     assert rendered["web-staging-1"] == []
 
@@ -621,9 +643,12 @@ def test_a_build_agent_s_containers_reach_the_npm_cache_and_nothing_else(
     pillars = render_pillars(site_for(coop), coop_secrets)
     [agent] = sorted(coop.hosts_with_role("jenkins-agent"))
     assert pillars[agent]["firewall"]["containers_reach"] == [
-        {"role": "npm-cache", "address": "10.100.10.1", "port": 4873}
+        {"role": "npm-cache", "address": "10.100.10.1", "port": 4873},
+        {"role": "pypi-cache", "address": "10.100.11.1", "port": 3141},
     ]
+    assert pillars[agent]["firewall"]["containers_internet"] is False
     assert pillars[agent]["jenkins_agent"]["npm_registry"] == "http://10.100.10.1:4873"
+    assert pillars[agent]["jenkins_agent"]["pip_index"] == "http://10.100.11.1:3141/index/"
     out = tmp_path / "firewall.nft"
     _salt_call_as_a_server(
         agent,
@@ -641,6 +666,7 @@ def test_a_build_agent_s_containers_reach_the_npm_cache_and_nothing_else(
     assert rules == [
         "ip daddr 10.100.0.0/16 meta l4proto { tcp, udp } th dport 53 accept",
         "ip daddr 10.100.10.1 tcp dport 4873 accept",
+        "ip daddr 10.100.11.1 tcp dport 3141 accept",
         'iifname "podman*" meta l4proto tcp ct state new counter reject with tcp reset',
         'iifname "podman*" ct state new counter drop',
     ]

@@ -33,8 +33,6 @@ and carries its output. Values from the pillar never pass through a shell: each 
 argument vector.
 """
 
-from __future__ import annotations
-
 import hashlib
 import hmac
 import json

@@ -73,6 +73,7 @@ jenkins-build-{{ app }}:
         RUNTIME_IMAGES: {{ build.get('runtime_images', '') | string | json }}
         STANDARD_BUILD: {{ (workdir ~ '/standard_build.py') | json }}
         NPM_REGISTRY: {{ (pillar.get('jenkins_agent', {}).get('npm_registry') or '') | json }}
+        PIP_INDEX_URL: {{ (pillar.get('jenkins_agent', {}).get('pip_index') or '') | json }}
         REGISTRY_AUTH_FILE: {{ auth | json }}
         # Podman reads the agent's settings (jenkins.agent: crun) from its default place, with
         # the drop-ins of containers.conf.d (CONTAINERS_CONF would make it read that file only).

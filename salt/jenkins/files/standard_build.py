@@ -35,6 +35,7 @@ import json
 import re
 import sys
 import tomllib
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -322,12 +323,15 @@ def python_plan(src: Path, available: str, pip_index: str) -> Plan:
         except tomllib.TOMLDecodeError as err:
             raise BuildError(f"pyproject.toml is not TOML: {err}") from None
         target = "."
+    trusted = urllib.parse.urlsplit(pip_index).hostname
     lines = [
         "ARG BASE_IMAGE",
         "FROM ${BASE_IMAGE} AS app",
         "WORKDIR /app",
         "COPY . /app",
-        f"ENV PIP_INDEX_URL={pip_index} PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1",
+        # (plain HTTP inside the co-op's network: pip takes it from a host it is told to trust)
+        f"ENV PIP_INDEX_URL={pip_index} PIP_TRUSTED_HOST={trusted}"
+        " PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1",
         f"RUN python3 -m venv /app/.venv && /app/.venv/bin/pip install {target}",
         "ENV PATH=/app/.venv/bin:$PATH VIRTUAL_ENV=/app/.venv PYTHONUNBUFFERED=1",
     ]
@@ -395,7 +399,8 @@ def plan(src: Path, runtimes: dict[str, str], npm_registry: str = "", pip_index:
     if python and not pip_index:
         raise BuildError(
             "a Python app builds through the co-op's PyPI cache, and this build was given none"
-            " (the topology has no PyPI cache yet: until it has, give the app a Dockerfile)"
+            " (no host with the pypi-cache role in the topology, or a builder that does not"
+            " pass PIP_INDEX_URL)"
         )
     if runtime not in runtimes:
         raise BuildError(
