@@ -43,6 +43,7 @@ BAKE_FUNCTIONS = {
 }
 BAKE_COMMANDS = {
     "npm-cache-install",  # fetches verdaccio: the same on every host
+    "pypi-cache-install",  # fetches proxpi (pinned with hashes): the same on every host
     "jenkins-key",  # fetches the Jenkins repository key, checked against its pinned fingerprint
 }
 # What each group's image gets: its services' packages (and what installs them)...
@@ -59,6 +60,11 @@ BAKED = {
         "npm-cache-packages",
         "npm-cache-install",
         "npm-cache-unit",
+        "pypi-cache-packages",
+        "pypi-cache-user",
+        "pypi-cache-requirements",
+        "pypi-cache-install",
+        "pypi-cache-unit",
         "dns-packages",
     },
     "builder": {"jenkins-agent-packages", "jenkins-agent-user", "jenkins-agent-containers-conf"},

@@ -388,8 +388,10 @@ def healthy(release: Release, timeout: int) -> Done:
         time.sleep(0.2)
     logs = _run(["podman", "logs", "--tail", str(LOG_LINES), release.container]).stdout
     _run(["podman", "rm", "-f", "-t", "2", release.container])
+    answer = f"GET {release.health_url} -> {code or 'no answer'}" + (f": {body}" if body else "")
     raise Failed(
         why,
+        f"--- the last answer: {answer}\n"
         f"--- {release.container} ({release.image}), its last lines:\n{logs.rstrip()}\n"
         f"--- removed {release.container}; the live release is untouched",
     )
