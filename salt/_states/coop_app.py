@@ -375,7 +375,7 @@ def healthy(release: Release, timeout: int) -> Done:
             status, _, exit_code = state.partition(" ")
             why = (
                 f"{release.container} {status or 'is gone'}"
-                + (f" with exit code {exit_code}" if status == "exited" else "")
+                + (f" with code {exit_code}" if status == "exited" else "")
                 + f" {waited:.1f} s after it started, before its health path answered"
             )
             break
