@@ -123,14 +123,16 @@ def host_files(
     if site.egress_proxy(host) and MACHINE_CA_BUNDLE.is_file():
         # A cache host reaches its registries through the lab's egress proxy, whose tunnels go
         # out through this machine's network, where HTTPS may be re-signed by a CA that only the
-        # machine trusts: the cache (verdaccio, node) trusts the machine's bundle too. A server
-        # in a cloud needs none of this.
+        # machine trusts: the caches (verdaccio's node, proxpi's requests) trust the machine's
+        # bundle too. A server in a cloud needs none of this.
         files["/etc/coop-lab/machine-ca.pem"] = (MACHINE_CA_BUNDLE.read_bytes(), 0o644)
-        files["/etc/systemd/system/verdaccio.service.d/50-coop-lab-egress.conf"] = (
-            b"# Written by the coop-infra lab (infra_assets/lab_instances.py)\n"
-            b"[Service]\nEnvironment=NODE_EXTRA_CA_CERTS=/etc/coop-lab/machine-ca.pem\n",
-            0o644,
-        )
+        for unit, variable in (("verdaccio", "NODE_EXTRA_CA_CERTS"),
+                               ("proxpi", "REQUESTS_CA_BUNDLE")):  # fmt: skip
+            files[f"/etc/systemd/system/{unit}.service.d/50-coop-lab-egress.conf"] = (
+                b"# Written by the coop-infra lab (infra_assets/lab_instances.py)\n"
+                + f"[Service]\nEnvironment={variable}=/etc/coop-lab/machine-ca.pem\n".encode(),
+                0o644,
+            )
     if master_pillar is not None:
         files["/etc/systemd/system/coop-master-bootstrap.service"] = (
             (GUEST / "coop-master-bootstrap.service").read_bytes(),
