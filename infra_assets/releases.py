@@ -461,8 +461,17 @@ def _failure(
             f"{what}: {digest} failed on {host}: {failed.get('step')}: {failed.get('comment')}"
         ]
         output = str(failed.get("output") or "")
-        if failed.get("step") in ("release-phase", "start", "healthy"):
-            lines.append("The live release keeps serving; the new container was removed.")
+        after = {
+            "release-phase": "The live release keeps serving; nothing new was started.",
+            "start": "The live release keeps serving; the new container was removed.",
+            "healthy": "The live release keeps serving; the new container was removed.",
+            "nginx": "The live release keeps serving: the old site is back, the new container"
+            " removed.",
+            "stop-old": "nginx serves the new release (recorded); the old container may still"
+            " run: release again to finish.",
+        }.get(str(failed.get("step")))
+        if after and "(the live release itself)" not in str(failed.get("comment")):
+            lines.append(after)
         if output:
             lines.append(f"Its output:\n{output}")
     done = [r for r in results if r is not result]

@@ -12,8 +12,11 @@ answered `403` and logged. The tunnel carries the client's own TLS end to end; n
 decrypted here.
 
 Every request is one line of the log (`egress.log`): time, client, target, `allowed` or
-`refused` and why, bytes each way when the tunnel closes. So what the lab fetched from upstream
-is measured from the log.
+`refused` and why, and for a tunnel, when it was opened and the bytes each way, written when it
+closes. A tunnel idle for IDLE_S (nothing either way) is closed: the caches' HTTP clients keep
+connections open to reuse them, and a tunnel kept open could carry a later fetch that no new
+line would show. So what the lab fetched from upstream in a window is measured from the log:
+the tunnels opened in it, read once IDLE_S has passed after it.
 
 The proxy is started and stopped by its pid (a file in the folder, checked against the
 process's command line), never by name; `infra lab down` stops it before the link goes. Nothing
@@ -40,6 +43,7 @@ from resources.lab_link import LinkDaemonError, PidFileDaemon, command_line, sta
 
 EGRESS_PORT = 3128
 MAX_HEADER = 16 * 1024
+IDLE_S = 5.0  # a tunnel with nothing either way for this long is closed (see the top)
 
 
 class LabEgressError(RuntimeError):
@@ -166,9 +170,10 @@ class LabEgressProxy(PidFileDaemon):
 
 
 class _Proxy:
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, idle_s: float = IDLE_S):
         self.allow_file = folder / "allow.json"
         self.log_file = folder / "egress.log"
+        self.idle_s = idle_s
 
     def record(self, **entry: object) -> None:
         entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **entry}
@@ -223,10 +228,19 @@ class _Proxy:
             self.record(client=client, target=target, result="failed", why=str(err))
             await self._answer(writer, 502, f"cannot reach {target}")
             return
+        opened = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
         await writer.drain()
-        sent, received = await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
-        self.record(client=client, target=target, result="allowed", sent=sent, received=received)
+        tunnel = _Tunnel(self.idle_s)
+        watch = asyncio.ensure_future(tunnel.close_when_idle([writer, up_writer]))
+        try:
+            sent, received = await asyncio.gather(
+                tunnel.pipe(reader, up_writer), tunnel.pipe(up_reader, writer)
+            )
+        finally:
+            watch.cancel()
+        self.record(client=client, target=target, result="allowed", opened=opened,
+                    opened_at=tunnel.opened_at, sent=sent, received=received)  # fmt: skip
 
     @staticmethod
     async def _answer(writer: asyncio.StreamWriter, code: int, why: str) -> None:
@@ -248,25 +262,44 @@ def _peer(writer: asyncio.StreamWriter) -> str:
     return str(peer[0]) if peer else "?"
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> int:
-    total = 0
-    try:
-        while data := await reader.read(65536):
-            total += len(data)
-            writer.write(data)
-            await writer.drain()
-    except (ConnectionError, asyncio.IncompleteReadError):
-        pass
-    finally:
+class _Tunnel:
+    """One CONNECT tunnel's two pipes, and when anything last went through either."""
+
+    def __init__(self, idle_s: float) -> None:
+        self.idle_s = idle_s
+        self.opened_at = time.time()  # epoch seconds: what a measurement's window compares
+        self.last = time.monotonic()
+
+    async def pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> int:
+        total = 0
         try:
-            writer.close()
-        except RuntimeError:
+            while data := await reader.read(65536):
+                self.last = time.monotonic()
+                total += len(data)
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
             pass
-    return total
+        finally:
+            _close(writer)
+        return total
+
+    async def close_when_idle(self, writers: list[asyncio.StreamWriter]) -> None:
+        while time.monotonic() - self.last < self.idle_s:
+            await asyncio.sleep(min(1.0, self.idle_s / 5))
+        for writer in writers:
+            _close(writer)
 
 
-async def _serve(listen: str, port: int, folder: Path) -> None:
-    proxy = _Proxy(folder)
+def _close(writer: asyncio.StreamWriter) -> None:
+    try:
+        writer.close()
+    except RuntimeError:
+        pass
+
+
+async def _serve(listen: str, port: int, folder: Path, idle_s: float = IDLE_S) -> None:
+    proxy = _Proxy(folder, idle_s)
     server = await asyncio.start_server(proxy.handle, listen, port, limit=MAX_HEADER)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -281,8 +314,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--listen", required=True)
     parser.add_argument("--port", type=int, default=EGRESS_PORT)
     parser.add_argument("--folder", required=True, type=Path)
+    parser.add_argument("--idle-s", type=float, default=IDLE_S)
     args = parser.parse_args(argv)
-    asyncio.run(_serve(args.listen, args.port, args.folder))
+    asyncio.run(_serve(args.listen, args.port, args.folder, args.idle_s))
 
 
 if __name__ == "__main__":

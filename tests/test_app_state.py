@@ -69,7 +69,10 @@ def test_the_first_release_takes_blue_and_records_no_previous():
             "slot": "blue",
             "port": 9100,
             "container": "app-hello-blue",
-            "config": release.config,  # its settings' fingerprint: hello has env
+            # its settings' fingerprint (hello has env; no host key given here)
+            "config": app_state.config_fingerprint(
+                b"", {"GREETING": "hi $(whoami); `id`", "MODE": "x y"}, {}
+            ),
         },
         "previous": None,
     }
@@ -110,13 +113,19 @@ def test_a_release_the_pillar_cannot_carry_is_refused(app, digest, sha, error):
     assert error in failed.value.comment
 
 
-def test_a_bad_release_fails_the_state_before_anything_runs(monkeypatch):
+def test_a_bad_release_fails_the_state_before_anything_runs(monkeypatch, tmp_path):
     ran = []
     monkeypatch.setattr(app_state, "_run", lambda argv, **kw: ran.append(argv))
-    ret = app_state.released("hello", "sha256:nope", sha="")
-    assert ret["result"] is False and ret["changes"] == {}
-    assert ret["comment"] == "digest 'sha256:nope' is not sha256:<64 hex digits>"
-    assert ran == []  # not even the record was read through a command
+    monkeypatch.setattr(app_state, "RECORDS", str(tmp_path / "releases"))
+    for digest, sha, said in (
+        ("sha256:nope", "", "digest 'sha256:nope' is not sha256:<64 hex digits>"),
+        (D1, "HEAD", "sha 'HEAD' is not a commit (40 hex digits, or empty)"),
+    ):
+        ret = app_state.released("hello", digest, sha=sha)
+        assert ret["result"] is False and ret["changes"] == {}
+        assert ret["comment"] == said
+    assert ran == []  # no command ran,
+    assert not (tmp_path / "releases").exists()  # and nothing was read or written (no key)
 
 
 def test_the_container_is_hardened_and_its_environment_passed_as_arguments():
@@ -147,12 +156,28 @@ def test_a_changed_setting_is_a_new_release_and_its_fingerprint_says_nothing_of_
     changed["apps"]["hello"] = {**PILLAR["apps"]["hello"], "secrets": {"SESSION_KEY": "new"}}
     moved = app_state.plan(changed, "hello", D1, SHA, first.new_record, key)
     assert not moved.live_already and moved.slot != first.slot  # blue/green, as a new image
-    assert moved.new_record["previous"] == first.new_record["current"]
-    assert "new" not in moved.config and len(moved.config) == 24
+    assert len(moved.config) == 24 and moved.config != first.config
+    # What to roll back to stays the release of another image (here: none yet).
+    assert moved.new_record["previous"] is None and moved.keep == D1
+    second = app_state.plan(PILLAR, "hello", D2, SHA, first.new_record, key)
+    resettled = app_state.plan(changed, "hello", D2, SHA, second.new_record, key)
+    assert resettled.new_record["previous"]["digest"] == D1 and resettled.keep == D1
     # Another host's key, another fingerprint: nothing to compare a guess with across hosts.
     assert app_state.plan(changed, "hello", D1, SHA, {}, b"o" * 32).config != moved.config
     # An app with no settings has none (and its record is as before).
     assert app_state.plan(PILLAR, "shop", D1, SHA, {}, key).config == ""
+
+
+def test_a_running_container_is_left_alone_only_when_it_is_this_release():
+    with_settings = app_state.plan(PILLAR, "hello", D1, SHA, {}, b"k" * 32)
+    plain = app_state.plan(PILLAR, "shop", D1, SHA, {}, b"k" * 32)  # no settings: config ""
+    assert plain.config == ""
+    assert app_state._runs_as(plain, f"{D1}|true|9102|")
+    assert app_state._runs_as(with_settings, f"{D1}|true|9100|{with_settings.config}")
+    assert not app_state._runs_as(with_settings, f"{D1}|true|9100|")  # other settings
+    assert not app_state._runs_as(plain, f"{D1}|false|9102|")  # stopped
+    assert not app_state._runs_as(plain, f"{D2}|true|9102|")  # another image
+    assert not app_state._runs_as(plain, "")  # no such container
 
 
 def test_the_secrets_are_read_into_the_environment_by_the_shell_before_the_command(tmp_path):

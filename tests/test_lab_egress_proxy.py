@@ -48,7 +48,7 @@ def proxy(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "resources.lab_egress", "--listen=127.0.0.1",
-         f"--port={port}", f"--folder={tmp_path}"],
+         f"--port={port}", f"--folder={tmp_path}", "--idle-s=1"],
     )  # fmt: skip
     deadline = time.monotonic() + 10
     while True:
@@ -95,6 +95,33 @@ def test_an_allowed_client_gets_a_tunnel_to_an_allowed_target(proxy, upstream):
     [entry] = LabEgressProxy(0, folder).log()
     assert entry["client"] == "127.0.0.1" and entry["target"] == f"127.0.0.1:{upstream}"
     assert entry["sent"] == 15 and entry["received"] == 15
+
+
+def test_an_idle_tunnel_is_closed_and_logged_with_when_it_opened(proxy, upstream):
+    """A client that keeps its tunnel open (an HTTP client's pool) is cut after the idle time
+    (1 s here), so each fetch in a window shows as a tunnel opened in it."""
+    port, folder = proxy
+    _allow(folder, {"127.0.0.1": [f"127.0.0.1:{upstream}"]})
+    before = time.time()
+    head, sock = _connect(port, f"127.0.0.1:{upstream}")
+    assert head.startswith("HTTP/1.1 200 Connection established"), head
+    with sock:
+        sock.sendall(b"one\n")
+        assert sock.recv(100) == b"ONE\n"
+        time.sleep(0.5)
+        sock.sendall(b"two\n")  # still open after 0.5 s of quiet
+        assert sock.recv(100) == b"TWO\n"
+        sock.settimeout(5)
+        started = time.monotonic()
+        assert sock.recv(100) == b""  # then closed by the proxy, 1 s after the last byte
+        assert 0.8 < time.monotonic() - started < 3
+    deadline = time.monotonic() + 5
+    while not LabEgressProxy(0, folder).log():
+        assert time.monotonic() < deadline, "no log line for the tunnel"
+        time.sleep(0.05)
+    [entry] = LabEgressProxy(0, folder).log()
+    assert entry["result"] == "allowed" and entry["sent"] == 8 and entry["received"] == 8
+    assert before <= entry["opened_at"] <= time.time()
 
 
 def test_everything_else_is_refused_with_its_reason_and_logged(proxy, upstream):

@@ -32,6 +32,7 @@ from infra_assets.model import load_topology
 from infra_assets.salt_keys import KeyStore
 from infra_assets.secrets import Secrets, load_secrets
 from resources.lab import LabNetwork, container_name
+from resources.lab_egress import IDLE_S
 
 pytestmark = [pytest.mark.slow, pytest.mark.lab]
 
@@ -432,7 +433,7 @@ def test_the_npm_cache_goes_out_through_the_egress_proxy_and_nothing_else_goes_o
     uplinks = ["files.pythonhosted.org:443", "pypi.org:443", "registry.npmjs.org:443"]
     assert egress["allow"] == {a: uplinks for a in support}
     proxy = lab_env.site.egress(LAB_NUMBER)
-    before = len(proxy.log())
+    before, first = time.time(), len(proxy.log())
 
     def curl(host: str, *args: str):
         argv = ["curl", "-sS", "--max-time", "60", *args]
@@ -444,17 +445,24 @@ def test_the_npm_cache_goes_out_through_the_egress_proxy_and_nothing_else_goes_o
     out = curl("support-2", f"http://{npm}:4873/left-pad")  # a build agent asks the cache
     assert out.returncode == 0, out.output
     assert json.loads(out.output)["name"] == "left-pad"
-    fetched = [e for e in proxy.log()[before:] if e["result"] == "allowed"]
+    time.sleep(IDLE_S + 1)  # a tunnel is logged when it closes (the proxy closes idle ones)
+    fetched = [
+        e for e in proxy.log() if e["result"] == "allowed" and e.get("opened_at", 0) >= before
+    ]
     assert fetched and all(e["target"] == "registry.npmjs.org:443" for e in fetched), fetched
     assert all(e["client"] in support and e["received"] > 0 for e in fetched), fetched
 
     # The PyPI cache (proxpi) the same way: a project's index, from pypi.org through the proxy.
     pypi = lab_env.address("support-1", "pypi-cache")
-    before = len(proxy.log())
+    since = time.time()
     index = curl("support-2", f"http://{pypi}:3141/index/six/")
     assert index.returncode == 0 and "six-1." in index.output, index.output
-    fetched = [e for e in proxy.log()[before:] if e["result"] == "allowed"]
+    time.sleep(IDLE_S + 1)  # proxpi keeps its connection: the proxy closes it when idle, and logs
+    fetched = [
+        e for e in proxy.log() if e["result"] == "allowed" and e.get("opened_at", 0) >= since
+    ]
     assert fetched and {e["target"] for e in fetched} <= {"pypi.org:443"}, fetched
+    assert all(e["client"] in support and e["received"] > 0 for e in fetched), fetched
     # Only the build agents may ask it (only_from: jenkins-agent).
     assert curl("web-staging-1", "--max-time", "5", f"http://{pypi}:3141/index/").returncode != 0
 
@@ -480,7 +488,7 @@ def test_the_npm_cache_goes_out_through_the_egress_proxy_and_nothing_else_goes_o
             [*argv, f"http://169.254.{LAB_NUMBER}.1:{port}/"], capture_output=True, text=True
         )
     assert from_ns.returncode == 28 and not connected, from_ns.stderr
-    refused = [e for e in proxy.log()[before:] if e["result"] == "refused"]
+    refused = [e for e in proxy.log()[first:] if e["result"] == "refused"]
     assert [e["target"] for e in refused] == ["registry.npmjs.org:443", "example.com:443"]
     assert refused[0]["client"] == lab_env.address("web-staging-1")
     assert refused[0]["why"] == f"{refused[0]['client']} is not a cache host of the lab"

@@ -7,6 +7,8 @@ released on web-staging-1, where it answers with its commit."""
 
 from __future__ import annotations
 
+import time
+
 import dagster as dg
 import pytest
 import yaml
@@ -22,6 +24,7 @@ from lab_env import LAB_NUMBER, LabEnv
 
 from infra_assets.app_images import build_job_name
 from infra_assets.releases import staging_job_name
+from resources.lab_egress import IDLE_S
 from sensors import git_push, registry_images
 
 pytestmark = [pytest.mark.slow, pytest.mark.lab]
@@ -44,7 +47,7 @@ def express(lab_env: LabEnv, tmp_path):
 
     repo = make_app_repo(tmp_path, APP, source=EXPRESS)
     data = yaml.safe_load(lab_env.topology_file.read_text())
-    data["apps"][APP] = {"repo": str(repo.bare), "branch": "main", "port": 8000, "health": "/"}
+    data["apps"][APP] = {"repo": str(repo.bare), "branch": "main", "port": 8010, "health": "/"}
     path = tmp_path / "topology.lab.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     env = LabEnv(path, lab_env.dagster_home, load_topology(path))
@@ -199,7 +202,7 @@ def django_app(lab_env: LabEnv, tmp_path):
     data["apps"][DJANGO_APP] = {
         "repo": str(repo.bare),
         "branch": "main",
-        "port": 8000,
+        "port": 8020,
         "health": "/health",
         "database": True,
         "env": {"DJANGO_ALLOWED_HOSTS": "*"},
@@ -219,10 +222,18 @@ def django_app(lab_env: LabEnv, tmp_path):
         assert lab_env.run("salt_pillar").success  # the lab's own again, for the tests after
 
 
-def _upstream(lab_env: LabEnv, since: int) -> list[dict]:
-    """What the lab fetched from the package registries since the egress log's entry `since`."""
-    log = lab_env.site.egress(LAB_NUMBER).log()[since:]
-    return [e for e in log if e["result"] == "allowed" and e["target"] in UPSTREAM]
+def _upstream(lab_env: LabEnv, since: float) -> list[dict]:
+    """The tunnels the lab opened to the package registries since `since` (epoch seconds).
+    A tunnel is logged when it closes, at the latest IDLE_S after its last byte: so they are
+    read once that has passed, and none from before `since` was still open (the caller waited
+    as long before it)."""
+    time.sleep(IDLE_S + 1)
+    log = lab_env.site.egress(LAB_NUMBER).log()
+    return [
+        e
+        for e in log
+        if e["result"] == "allowed" and e["target"] in UPSTREAM and e["opened_at"] >= since
+    ]
 
 
 def test_a_django_app_builds_through_the_pypi_cache_runs_its_tests_migrates_and_goes_live(
@@ -276,8 +287,10 @@ def test_a_django_app_builds_through_the_pypi_cache_runs_its_tests_migrates_and_
         "notes": 0,
     }
 
-    # The same requirements again (a change elsewhere): everything from the cache.
-    before = len(lab_env.site.egress(LAB_NUMBER).log())
+    # The same requirements again (a change elsewhere): everything from the cache. (No tunnel
+    # of the first build's is open any more: each closes IDLE_S after its last byte.)
+    time.sleep(IDLE_S + 1)
+    before = time.time()
     cursor = sensor_tick(defs, git_push.SENSOR_NAME, instance, None).cursor
     repo.commit({"README.md": "A change that is not a dependency.\n"}, message="docs")
     again = push_sensor_build(

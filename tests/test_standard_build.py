@@ -340,6 +340,7 @@ def test_npm_test_runs_in_the_build_when_the_package_has_tests(tmp_path, scripts
     if tested:
         [step] = steps
         assert step.startswith("RUN CI=true npm test >/tmp/tests.log 2>&1; code=$?;")
+        assert "cat /tmp/tests.log; rm -f /tmp/tests.log;" in step  # nothing of it in the image
         assert f'echo "{standard.TESTS_FAILED}: npm test exited $code"; exit $code' in step
         # After the install and the build, before the dev dependencies go.
         assert lines.index(step) < lines.index(

@@ -230,6 +230,39 @@ def test_a_health_path_may_have_a_query_and_percent_escapes(write_topology, path
             "roles: [dns]",
             ":7: hosts.support-1.roles: no role with an address type",
         ),
+        # two apps whose releases would share a loopback port (blue and green: port, port + 1)
+        (
+            "health: /health}\n",
+            "health: /health}\n  shop: {repo: /srv/git/shop.git, port: 8001}\n",
+            ":11: apps.shop.port: 8001: its releases listen on 8001 and 8002 (blue and green),"
+            " and 8001 is app 'hello''s: give apps ports at least two apart",
+        ),
+        # settings: names, the release's own, both env and secret, one per environment
+        (
+            "health: /health}",
+            "health: /health, env: {PORT: 1}}",
+            ":10: apps.hello.env.PORT: PORT is set by each release",
+        ),
+        (
+            "health: /health}",
+            "health: /health, env: {1X: a}}",
+            ":10: apps.hello.env.1X: '1X' is not an environment variable's name",
+        ),
+        (
+            "health: /health}",
+            "health: /health, env: {A: {prod: 1}}}",
+            ":10: apps.hello.env.A: unknown environment 'prod': use staging or production",
+        ),
+        (
+            "health: /health}",
+            "health: /health, env: {A: x}, secrets: [A]}",
+            ":10: apps.hello: A: in both env and secrets; a setting is one or the other",
+        ),
+        (
+            "health: /health}",
+            "health: /health, database: true, secrets: [DATABASE_URL]}",
+            ":10: apps.hello: DATABASE_URL is set by `database: true`",
+        ),
         # a key given twice, which YAML alone would silently drop
         (
             "apps:",

@@ -423,6 +423,20 @@ def _cross_check(report: _Report, data: dict, entries: dict[str, dict[str, Any]]
     for name, app in entries["apps"].items():
         if "{" in app.repo or app.repo.strip() != app.repo:
             report.add(("apps", name, "repo"), f"{app.repo!r} is not a git URL or path")
+    # Each app's releases listen on its port and the next (blue and green) on every web host.
+    taken: dict[int, str] = {}
+    for name, app in entries["apps"].items():
+        for port in (app.port, app.port + 1):
+            if port in taken:
+                report.add(
+                    ("apps", name, "port"),
+                    f"{app.port}: its releases listen on {app.port} and {app.port + 1} (blue"
+                    f" and green), and {port} is app {taken[port]!r}'s: give apps ports at least"
+                    " two apart",
+                )
+                break
+        else:
+            taken.update({app.port: name, app.port + 1: name})
 
 
 def _check_addresses(report: _Report, topology: Topology) -> None:

@@ -58,7 +58,8 @@ RELEASE_LABEL = "org.coop-infra.release"
 # authenticate with the registry's pull account.
 PODMAN_ENV = {"REGISTRY_AUTH_FILE": AUTH_FILE}
 LOG_LINES = 30
-RELEASE_PHASE_TIMEOUT_S = 600
+# Well inside the salt job's own timeout (resources/salt.py: 600 s for the whole release).
+RELEASE_PHASE_TIMEOUT_S = 300
 CERT_MIN_VALID_S = 30 * 86400
 
 # Salt's loader offers only these as states (`coop_app.released`); the rest is this module's own.
@@ -154,15 +155,19 @@ def config_fingerprint(key: bytes, env: dict, secrets: dict) -> str:
     return hmac.new(key, text.encode(), hashlib.sha256).hexdigest()[:24]
 
 
+def _check_release(digest: Any, sha: Any) -> None:
+    if not isinstance(digest, str) or not DIGEST_RE.match(digest):
+        raise Failed(f"digest {digest!r} is not sha256:<64 hex digits>")
+    if not isinstance(sha, str) or not SHA_RE.match(sha):
+        raise Failed(f"sha {sha!r} is not a commit (40 hex digits, or empty)")
+
+
 def plan(
     pillar: dict, app: str, digest: str, sha: str, record: dict, config_key: bytes = b""
 ) -> Release:
     """The release of `app` at `digest` on this host: its slot, port, URLs and the record it
     leaves. Raises Failed for a release the pillar cannot carry."""
-    if not isinstance(digest, str) or not DIGEST_RE.match(digest):
-        raise Failed(f"digest {digest!r} is not sha256:<64 hex digits>")
-    if not isinstance(sha, str) or not SHA_RE.match(sha):
-        raise Failed(f"sha {sha!r} is not a commit (40 hex digits, or empty)")
+    _check_release(digest, sha)
     apps = pillar.get("apps") or {}
     web, client = pillar.get("web"), pillar.get("registry_client")
     if app not in apps or not web or not client:
@@ -192,7 +197,9 @@ def plan(
         "container": f"app-{app}-{slot}",
         **({"config": config} if config else {}),
     }
-    if live:
+    if current.get("digest") == digest:
+        # Live already, or the same image with other settings: what to roll back to stays
+        # the release of another image (whose image is kept).
         new_record = {"current": this, "previous": record.get("previous")}
     else:
         new_record = {"current": this, "previous": current or None}
@@ -235,6 +242,7 @@ def released(name, digest, sha="", health_timeout_s=30, release_phase=True, web_
     web_state: what to apply when the host is not ready (named in the error)."""
     ret: dict[str, Any] = {"name": name, "result": False, "changes": {}, "comment": ""}
     try:
+        _check_release(digest, sha or "")  # before anything is read or written
         record = _read_record(name)
         release = plan(__pillar__, name, digest, sha or "", record, _config_key())  # noqa: F821
     except Failed as err:
@@ -254,7 +262,9 @@ def released(name, digest, sha="", health_timeout_s=30, release_phase=True, web_
         started = time.monotonic()
         try:
             result = action()
-        except Failed as err:
+        except Exception as err:  # noqa: BLE001 - every failure is the step's, with its reason
+            if not isinstance(err, Failed):
+                err = Failed(f"{type(err).__name__}: {err}")
             ret["comment"] = f"{step}: {err.comment}" + (f"\n{err.output}" if err.output else "")
             ret["changes"] = {
                 "steps": done,
@@ -289,8 +299,9 @@ def _steps(release: Release, timeout: int, release_phase: bool, web_state: str) 
         ("start", lambda: start(release)),
         ("healthy", lambda: healthy(release, timeout)),
         ("nginx", lambda: switch(release, workers)),
-        ("stop-old", lambda: stop_old(release, workers)),
+        # Recorded as soon as nginx serves it: the next release's slot is the other one.
         ("record", lambda: write_record(release)),
+        ("stop-old", lambda: stop_old(release, workers)),
         ("prune", lambda: prune(release)),
     ]
     return steps
@@ -316,7 +327,8 @@ def pull(release: Release) -> Done:
         return Done(False, f"{release.image} is here already")
     started = time.monotonic()
     certs = f"/etc/containers/certs.d/{release.registry}"
-    _check(["podman", "pull", "-q", "--cert-dir", certs, release.image], f"pull {release.image}")
+    _check(["podman", "pull", "-q", "--cert-dir", certs, release.image], f"pull {release.image}",
+           timeout=300)  # fmt: skip
     return Done(True, f"pulled {release.image} in {time.monotonic() - started:.1f} s")
 
 
@@ -349,16 +361,21 @@ def run_release_phase(release: Release) -> Done:
 
 def start(release: Release) -> Done:
     fmt = (
-        '{{.ImageDigest}} {{.State.Running}} {{index .Config.Labels "coop.port"}}'
-        ' {{index .Config.Labels "coop.config"}}'
+        '{{.ImageDigest}}|{{.State.Running}}|{{index .Config.Labels "coop.port"}}'
+        '|{{index .Config.Labels "coop.config"}}'
     )
-    live = _inspect(release.container, fmt)
-    if live == f"{release.digest} true {release.port} {release.config}":
+    if _runs_as(release, _inspect(release.container, fmt)):
         return Done(False, f"{release.container} runs {release.digest} on port {release.port}")
     _run(["podman", "rm", "-f", "-i", "-t", "5", release.container])
     argv = _run_argv(release, release.container, detach=True)
     _check(argv, f"start {release.container}")
     return Done(True, f"started {release.container} on 127.0.0.1:{release.port}")
+
+
+def _runs_as(release: Release, inspected: str) -> bool:
+    """Whether `podman container inspect` says the slot's container runs this release (digest,
+    port and settings): then it is not started again."""
+    return inspected == f"{release.digest}|true|{release.port}|{release.config}"
 
 
 def healthy(release: Release, timeout: int) -> Done:
@@ -387,19 +404,25 @@ def healthy(release: Release, timeout: int) -> Done:
             break
         time.sleep(0.2)
     logs = _run(["podman", "logs", "--tail", str(LOG_LINES), release.container]).stdout
-    _run(["podman", "rm", "-f", "-t", "2", release.container])
     answer = f"GET {release.health_url} -> {code or 'no answer'}" + (f": {body}" if body else "")
+    if release.live_already:  # the live release itself: reported, never removed
+        outcome = f"--- {release.container} is the live release: left as it is"
+        why += " (the live release itself)"
+    else:
+        _run(["podman", "rm", "-f", "-t", "2", release.container])
+        outcome = f"--- removed {release.container}; the live release is untouched"
     raise Failed(
         why,
         f"--- the last answer: {answer}\n"
-        f"--- {release.container} ({release.image}), its last lines:\n{logs.rstrip()}\n"
-        f"--- removed {release.container}; the live release is untouched",
+        f"--- {release.container} ({release.image}), its last lines:\n{logs.rstrip()}\n" + outcome,
     )
 
 
 def switch(release: Release, workers: list[str]) -> Done:
     """The site on the new container, reloaded, and nginx serving it. `workers` gets the pids of
-    nginx's workers from before the reload (they still hold the old upstream)."""
+    nginx's workers from before the reload (they still hold the old upstream). Whatever fails
+    puts the old site back (reloaded) and removes the new container: the live release keeps
+    serving."""
     text = site_conf(release)
     try:
         with open(release.conf, encoding="utf-8") as f:
@@ -407,30 +430,36 @@ def switch(release: Release, workers: list[str]) -> Done:
     except FileNotFoundError:
         before = None
     changed = before != text
-    if changed:
-        _write(release.conf, text)
-        test = _run(["nginx", "-t", "-q"])
-        if test.returncode != 0:
+    try:
+        if changed:
+            _write(release.conf, text)
+            test = _run(["nginx", "-t", "-q"])
+            if test.returncode != 0:
+                raise Failed("nginx -t refuses the new site", _tail(test.stdout))
+            master = _nginx_master()
+            workers += _run(["pgrep", "-P", master]).stdout.split() if master else []
+            _check(["systemctl", "reload", "nginx"], "reload nginx")
+        for _ in range(76):
+            if _serves(release):
+                return Done(changed, f"nginx serves {release.digest} (slot {release.slot}, port"
+                                     f" {release.port})")  # fmt: skip
+            time.sleep(0.2)
+        raise Failed(
+            f"nginx does not serve {release.digest} after 15 s",
+            "nginx's error log ends:\n" + _tail(_read("/var/log/nginx/error.log"), 20),
+        )
+    except Exception as err:
+        if changed:  # the old site back, as nginx served it
             if before is None:
                 os.unlink(release.conf)
             else:
                 _write(release.conf, before)
-            raise Failed("nginx -t refuses the new site; the old one is back", _tail(test.stdout))
-        master = _nginx_master()
-        workers += _run(["pgrep", "-P", master]).stdout.split() if master else []
-        _check(["systemctl", "reload", "nginx"], "reload nginx")
-    if _serves(release):
-        return Done(changed, f"nginx serves {release.digest}")
-    for _ in range(75):
-        time.sleep(0.2)
-        if _serves(release):
-            return Done(
-                True, f"nginx serves {release.digest} (slot {release.slot}, port {release.port})"
-            )
-    raise Failed(
-        f"nginx does not serve {release.digest} after 15 s",
-        "nginx's error log ends:\n" + _tail(_read("/var/log/nginx/error.log"), 20),
-    )
+            _run(["systemctl", "reload", "nginx"])
+        if not release.live_already:
+            _run(["podman", "rm", "-f", "-t", "2", release.container])
+        if isinstance(err, Failed):
+            err.comment += "; the old site is back, the new container removed"
+        raise
 
 
 def stop_old(release: Release, workers: list[str]) -> Done:
@@ -510,7 +539,7 @@ def certificate(release: Release) -> Done:
     env = {"REQUESTS_CA_BUNDLE": ACME_CA} if release.acme.get("ca_cert") else {}
     started = time.monotonic()
     for _ in range(6):  # certbot's lock: another certbot at work (the timer's) is waited for
-        got = _run(argv, env=env)
+        got = _run(argv, env=env, timeout=300)
         if got.returncode == 0 or "Another instance of Certbot" not in got.stdout:
             break
         time.sleep(5)
@@ -603,7 +632,8 @@ def _run_argv(
 
 # Each file of /run/secrets into the environment, then the command.
 READ_SECRETS = (
-    'for f in /run/secrets/*; do [ -f "$f" ] && export "${f##*/}=$(cat "$f")"; done; exec "$@"'
+    'for f in /run/secrets/*; do [ -f "$f" ] || continue; v=$(/bin/cat "$f") || exit 70;'
+    ' export "${f##*/}=$v"; done; exec "$@"'
 )
 
 
@@ -611,6 +641,11 @@ def _secret_args(release: Release) -> list[str]:
     """The app's secrets as podman secrets of this release's slot (made again each time: a
     changed value is the one the container gets), mounted read-only for the app's user."""
     args = ["--tmpfs", "/run/secrets:rw,nosuid,nodev,noexec,size=256k,mode=0755"]
+    prefix = f"coop-{release.app}-{release.slot}-"
+    listed = _run(["podman", "secret", "ls", "--noheading", "--format", "{{.Name}}"]).stdout
+    for stale in sorted(set(listed.split()) - {prefix + key for key in release.secrets}):
+        if stale.startswith(prefix):  # a secret the app no longer has
+            _run(["podman", "secret", "rm", stale])
     for key, value in sorted(release.secrets.items()):
         secret = f"coop-{release.app}-{release.slot}-{key}"
         _run(["podman", "secret", "rm", secret])
@@ -731,8 +766,8 @@ def _ok(argv: list[str]) -> bool:
     return _run(argv).returncode == 0
 
 
-def _check(argv: list[str], what: str) -> str:
-    proc = _run(argv)
+def _check(argv: list[str], what: str, timeout: float = 120) -> str:
+    proc = _run(argv, timeout=timeout)
     if proc.returncode != 0:
         raise Failed(
             f"{what}: `{shlex.join(argv[:3])} ...` exited {proc.returncode}", _tail(proc.stdout)

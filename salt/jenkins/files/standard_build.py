@@ -224,13 +224,15 @@ def _labels(processes: dict[str, str], runtime: str, available: str) -> list[str
     return labels
 
 
-def _tests_step(command: str, passing: str = "0") -> str:
+def _tests_step(command: str, passing: str = "0", keep_log: bool = False) -> str:
     """The app's tests as a build step (CI=true, as test runners expect in CI): their output in
     the build's log, and a failure stops the build, saying so on its last line. `passing`: the
-    exit codes that pass. (Dockerfile substitution does not touch RUN: $code is the shell's.)"""
+    exit codes that pass; `keep_log`: /tmp/tests.log stays (the Python image copies it from its
+    tests' stage). (Dockerfile substitution does not touch RUN: $code is the shell's.)"""
     ok = " && ".join(f"[ $code -ne {c} ]" for c in passing.split())
+    drop = "" if keep_log else " rm -f /tmp/tests.log;"
     return (
-        f"RUN CI=true {command} >/tmp/tests.log 2>&1; code=$?; cat /tmp/tests.log;"
+        f"RUN CI=true {command} >/tmp/tests.log 2>&1; code=$?; cat /tmp/tests.log;{drop}"
         f' if {ok}; then echo "{TESTS_FAILED}: {command} exited $code"; exit $code; fi'
     )
 
@@ -343,7 +345,7 @@ def python_plan(src: Path, available: str, pip_index: str) -> Plan:
             "FROM app AS tests",
             f"RUN pip install {' '.join(tests)}",
             # (pytest's 5: it collected no test)
-            _tests_step("python -m pytest -p no:cacheprovider", passing="0 5"),
+            _tests_step("python -m pytest -p no:cacheprovider", passing="0 5", keep_log=True),
             "FROM app",
             "COPY --from=tests /tmp/tests.log /app/.coop-tests.log",
         ]
