@@ -59,8 +59,8 @@ def write_topology(root: Path, repos: dict[str, str]) -> Path:
             "web-staging-1": {"location": "lab", "instance": 1, "roles": ["web-staging"]},
         },
         "apps": {
-            name: {"repo": repo, "branch": "main", "port": 8000, "health": "/health"}
-            for name, repo in repos.items()
+            name: {"repo": repo, "branch": "main", "port": 8000 + 2 * i, "health": "/health"}
+            for i, (name, repo) in enumerate(repos.items())
         },
     }
     path = root / "topology.yaml"

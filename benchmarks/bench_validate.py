@@ -54,7 +54,7 @@ def generate(hosts: int = 2000, apps: int = 200) -> dict:
         f"app-{n}": {
             "repo": f"https://git.example.coop/app-{n}.git",
             "branch": "main",
-            "port": 8000,
+            "port": 8000 + 2 * n,  # two loopback ports each: apps' ports at least two apart
             "health": "/health",
             "domains": {
                 "staging": f"app-{n}.staging.example.coop",

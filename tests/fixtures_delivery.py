@@ -113,8 +113,9 @@ def write_app_topology(
     for location in data["locations"].values():
         location["cloud"] = cloud
     data["apps"] = {}
-    for name, repo in apps.items():
-        entry = {"repo": repo, "branch": branch, "port": 8000, "health": "/health"}
+    for i, (name, repo) in enumerate(apps.items()):
+        # two loopback ports each (blue and green): apps' ports at least two apart
+        entry = {"repo": repo, "branch": branch, "port": 8000 + 2 * i, "health": "/health"}
         if isinstance(repo, dict):
             entry = {**entry, **repo}
         data["apps"][name] = entry

@@ -243,6 +243,7 @@ def hello_build(lab_env: LabEnv, tmp_path):
     repo = make_app_repo(tmp_path, BUILD_APP, source=HELLO)
     data = yaml.safe_load(lab_env.topology_file.read_text())
     data["apps"][BUILD_APP] = {**data["apps"][APP], "repo": str(repo.bare)}
+    data["apps"][BUILD_APP]["port"] = data["apps"][APP]["port"] + 2  # its own release ports
     data["apps"][BUILD_APP].pop("domains", None)  # a build only: never released
     path = tmp_path / "topology.lab.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
