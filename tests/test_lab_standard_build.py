@@ -232,7 +232,7 @@ def _upstream(lab_env: LabEnv, since: float) -> list[dict]:
     return [
         e
         for e in log
-        if e["result"] == "allowed" and e["target"] in UPSTREAM and e["opened_at"] >= since
+        if e["result"] == "allowed" and e["target"] in UPSTREAM and e.get("opened_at", 0) >= since
     ]
 
 
