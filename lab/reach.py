@@ -84,12 +84,26 @@ class SiteSession:
         """GET `path`: ReachError when the machine's route to the address does not go into
         the lab (nothing sent); requests' errors (an SSLError for a certificate that does not
         check) as they come."""
+        return self.request("GET", path, timeout_s=timeout_s)
+
+    def post(self, path: str, body: str, *, timeout_s: float = 5.0) -> requests.Response:
+        """POST `body` (text) to `path`, as `get` does a GET."""
+        return self.request("POST", path, body=body, timeout_s=timeout_s)
+
+    def request(
+        self, method: str, path: str, *, body: str | None = None, timeout_s: float = 5.0
+    ) -> requests.Response:
         problem = route_problem(self.base + "/", self.site.route_device)
         if problem:
             raise ReachError(f"{self.site.url}: {problem}")
-        return self.http.get(
+        headers = {"Host": self.site.host}
+        if body is not None:
+            headers["Content-Type"] = "text/plain; charset=utf-8"
+        return self.http.request(
+            method,
             self.base + path,
-            headers={"Host": self.site.host},
+            headers=headers,
+            data=body.encode() if body is not None else None,
             timeout=timeout_s,
             allow_redirects=False,
         )

@@ -239,7 +239,7 @@ def _upstream(lab_env: LabEnv, since: float) -> list[dict]:
 def test_a_django_app_builds_through_the_pypi_cache_runs_its_tests_migrates_and_goes_live(
     lab_env: LabEnv, django_app
 ):
-    """requirements.txt, a Procfile with `release: python manage.py migrate`, tests for pytest,
+    """requirements.txt, a Procfile with `release: ./manage.py migrate`, tests for pytest,
     no Dockerfile: built by convention through the PyPI cache (proxpi on support-1), its tests
     run in the build, its release phase migrates its database on pg-staging-1 over TLS, and it
     answers from that database. A second build of the same requirements fetches nothing
@@ -271,7 +271,7 @@ def test_a_django_app_builds_through_the_pypi_cache_runs_its_tests_migrates_and_
     assert staging.success, step_failures(staging)
     released = materialization_metadata(staging, "release__staging__django_sample")
     assert released["release_phase"].startswith(
-        "ran the release command 'python manage.py migrate --no-input'"
+        "ran the release command './manage.py migrate --no-input'"
     )
     assert "Applying notes.0001_initial... OK" in released["release_phase_output"]
     lab = env.lab().lab()
@@ -286,6 +286,12 @@ def test_a_django_app_builds_through_the_pypi_cache_runs_its_tests_migrates_and_
         "tls": True,
         "notes": 0,
     }
+    # A page that writes and reads its database: a note posted, then listed.
+    with where.session() as http:
+        posted = http.post("/", "written on staging")
+        assert posted.status_code == 200, posted.text
+        assert http.get("/").json() == {"notes": ["written on staging"]}
+        assert http.get("/health").json()["notes"] == 1
 
     # The same requirements again (a change elsewhere): everything from the cache. (No tunnel
     # of the first build's is open any more: each closes IDLE_S after its last byte.)

@@ -1,7 +1,7 @@
 import os
 
 from django.db import connection
-from django.http import JsonResponse
+from django.http import HttpResponseNotAllowed, JsonResponse
 
 from notes.models import Note
 
@@ -26,4 +26,10 @@ def health(request):
 
 
 def index(request):
+    """The notes, newest last (GET); a new one from the request's body (POST)."""
+    if request.method == "POST":
+        text = request.body.decode("utf-8", "replace").strip()[:200]
+        Note.objects.create(text=text)
+    elif request.method != "GET":
+        return HttpResponseNotAllowed(["GET", "POST"])
     return JsonResponse({"notes": [n.text for n in Note.objects.order_by("id")[:20]]})
