@@ -261,7 +261,7 @@ def test_a_django_app_builds_through_the_pypi_cache_runs_its_tests_migrates_and_
     pypi = env.address("support-1", "pypi-cache")
     assert f"PIP_INDEX_URL=http://{pypi}:3141/index/" in log  # the build's only index
     assert "Successfully installed" in log and "Django-5.2." in log
-    assert "1 passed" in log  # its own test (tests/test_notes.py), in the build
+    assert "2 passed" in log  # its own tests (tests/test_notes.py), in the build
 
     seen = sensor_tick(defs, registry_images.SENSOR_NAME, instance, None)
     [release] = [r for r in seen.run_requests if r.job_name == staging_job_name(DJANGO_APP)]
