@@ -389,6 +389,12 @@ def healthy(release: Release, timeout: int) -> Done:
             return Done(False, f"healthy: {release.health_url} answers 200")
         state = _inspect(release.container, "{{.State.Status}} {{.State.ExitCode}}")
         if not state.startswith("running"):
+            # podman says `stopped` until it has recorded the exit: wait for `exited` (2 s)
+            for _ in range(20):
+                if not state.startswith("stopped"):
+                    break
+                time.sleep(0.1)
+                state = _inspect(release.container, "{{.State.Status}} {{.State.ExitCode}}")
             status, _, exit_code = state.partition(" ")
             why = (
                 f"{release.container} {status or 'is gone'}"
