@@ -149,28 +149,27 @@ def _registry_block(b: Block) -> None:
     b.pillar["registry"] = _registry(b.site, b.secrets, b.host)
 
 
-def _npm_cache(b: Block) -> None:
-    # The registry the catalogue lets the cache reach (its `uplinks`), as verdaccio's uplink URL.
-    host, _, port = role_catalogue().roles["npm-cache"].uplinks[0].rpartition(":")
-    uplink = f"https://{host}/" if port == "443" else f"https://{host}:{port}/"
-    block = {**_service(b.site, b.host, "npm-cache", "npm"), "uplink": uplink}
-    proxy = b.site.egress_proxy(b.host)
-    if proxy:  # the lab: its only way out (resources/lab_egress.py)
-        block["https_proxy"] = proxy
-    b.pillar["npm_cache"] = block
-
-
-def _pypi_cache(b: Block) -> None:
-    # The index the catalogue lets the cache reach (its first `uplinks`), as proxpi's index URL.
-    host, _, port = role_catalogue().roles["pypi-cache"].uplinks[0].rpartition(":")
+def _cache(b: Block, role: str, service: str, path: str) -> dict[str, Any]:
+    """A package cache's block: where it listens, the registry the catalogue lets it reach
+    (its first `uplinks`) as an HTTPS URL ending in `path`, and on the lab the egress proxy it
+    reaches it through (its only way out: resources/lab_egress.py)."""
+    host, _, port = role_catalogue().roles[role].uplinks[0].rpartition(":")
     block = {
-        **_service(b.site, b.host, "pypi-cache", "pypi"),
-        "uplink": f"https://{host}{'' if port == '443' else ':' + port}/simple/",
+        **_service(b.site, b.host, role, service),
+        "uplink": f"https://{host}{'' if port == '443' else ':' + port}{path}",
     }
     proxy = b.site.egress_proxy(b.host)
     if proxy:
         block["https_proxy"] = proxy
-    b.pillar["pypi_cache"] = block
+    return block
+
+
+def _npm_cache(b: Block) -> None:
+    b.pillar["npm_cache"] = _cache(b, "npm-cache", "npm", "/")  # verdaccio's uplink
+
+
+def _pypi_cache(b: Block) -> None:
+    b.pillar["pypi_cache"] = _cache(b, "pypi-cache", "pypi", "/simple/")  # proxpi's index
 
 
 def _jenkins(b: Block) -> None:
@@ -291,7 +290,7 @@ def firewall_rules(site: Site, host: str) -> dict[str, Any]:
         "containers_internet": all(
             spec.containers_internet
             for role in site.topo.hosts[host].roles
-            if (spec := role_catalogue().roles.get(role)) is not None
+            if (spec := catalogue.roles.get(role)) is not None
         ),
     }
 

@@ -151,6 +151,13 @@ class LabEgressProxy(PidFileDaemon):
             return []
         return [json.loads(line) for line in lines if line.startswith("{")]
 
+    def tunnels_since(self, since: float) -> list[dict]:
+        """The tunnels opened since `since` (epoch seconds) that have closed (a tunnel is
+        logged when it closes, at the latest IDLE_S after its last byte)."""
+        return [
+            e for e in self.log() if e.get("result") == "allowed" and e.get("opened_at", 0) >= since
+        ]
+
     def status(self) -> dict:
         pid = self.pid()
         try:

@@ -7,6 +7,7 @@ released on web-staging-1, where it answers with its commit."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import dagster as dg
@@ -38,28 +39,61 @@ NODE = "app_image__express_sample"
 NPM_STORAGE = "/var/lib/verdaccio/storage"
 
 
-@pytest.fixture
-def express(lab_env: LabEnv, tmp_path):
-    """The session's lab with the Express app declared: one topology entry (no domain: it is
-    served over HTTP by its name), its repo a bare repo under tmp_path."""
+@contextlib.contextmanager
+def _declared(lab_env: LabEnv, tmp_path, name: str, source, entry: dict, *configure: str):
+    """The session's lab with app `name` declared (one topology entry; its repo a bare repo
+    under tmp_path, from `source`): the lab's secrets with the app's, and the pillar (the web
+    hosts release only the apps of theirs) with `configure`'s assets; the lab's own again after
+    (for the tests after)."""
     from infra_assets.model import load_topology
     from lab.site import lab_secrets
 
-    repo = make_app_repo(tmp_path, APP, source=EXPRESS)
+    repo = make_app_repo(tmp_path, name, source=source)
     data = yaml.safe_load(lab_env.topology_file.read_text())
-    data["apps"][APP] = {"repo": str(repo.bare), "branch": "main", "port": 8010, "health": "/"}
+    data["apps"][name] = {"repo": str(repo.bare), "branch": "main", **entry}
     path = tmp_path / "topology.lab.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     env = LabEnv(path, lab_env.dagster_home, load_topology(path))
     with env.env():
         lab_secrets(env.site)
-        # The web hosts release only the apps of their pillar: the lab's pillar with this app.
-        assert env.run("salt_pillar").success
+        configured = env.run("salt_pillar", *configure)
+        assert configured.success, step_failures(configured)
     try:
         with env.env():
             yield repo, env
     finally:
-        assert lab_env.run("salt_pillar").success  # the lab's own again, for the tests after
+        assert lab_env.run("salt_pillar").success
+
+
+@pytest.fixture
+def express(lab_env: LabEnv, tmp_path):
+    """The Express app declared (no domain: it is served over HTTP by its name)."""
+    with _declared(lab_env, tmp_path, APP, EXPRESS, {"port": 8010, "health": "/"}) as declared:
+        yield declared
+
+
+def _push(env: LabEnv, repo, app: str, files: dict | None = None, message: str = "change"):
+    """A commit pushed to `app`'s repo and built as the daemon would: the git sensor's tick
+    before and after, then the build run it asks for."""
+    instance = dg.DagsterInstance.get()
+    defs = env.definitions()
+    cursor = sensor_tick(defs, git_push.SENSOR_NAME, instance, None).cursor
+    sha = repo.commit(files, message=message)
+    build = push_sensor_build(
+        defs, instance, cursor=cursor, job=build_job_name(app), raise_on_error=False
+    )
+    return sha, build
+
+
+def _release_staging(env: LabEnv, app: str) -> dg.ExecuteInProcessResult:
+    """The registry sensor's release of `app`'s branch tag on staging, run as it asks."""
+    instance = dg.DagsterInstance.get()
+    defs = env.definitions()
+    seen = sensor_tick(defs, registry_images.SENSOR_NAME, instance, None)
+    [release] = [r for r in seen.run_requests if r.job_name == staging_job_name(app)]
+    return defs.resolve_job_def(staging_job_name(app)).execute_in_process(
+        instance=instance, run_config=release.run_config, raise_on_error=False
+    )
 
 
 def test_an_express_app_without_a_dockerfile_builds_through_the_npm_cache_and_goes_live(
@@ -68,13 +102,7 @@ def test_an_express_app_without_a_dockerfile_builds_through_the_npm_cache_and_go
     from lab.site import app_site
 
     repo, env = express
-    instance = dg.DagsterInstance.get()
-    defs = env.definitions()
-    cursor = sensor_tick(defs, git_push.SENSOR_NAME, instance, None).cursor
-    sha = repo.commit(message="express, as its starter makes it")
-    build = push_sensor_build(
-        defs, instance, cursor=cursor, job=build_job_name(APP), raise_on_error=False
-    )
+    sha, build = _push(env, repo, APP, message="express, as its starter makes it")
     assert build.success, step_failures(build)
     meta = materialization_metadata(build, NODE)
     log = open(meta["build_log"]).read()
@@ -99,11 +127,7 @@ def test_an_express_app_without_a_dockerfile_builds_through_the_npm_cache_and_go
     assert "express" in stored, stored
 
     # Live on staging: the registry sensor's release of the branch tag.
-    seen = sensor_tick(defs, registry_images.SENSOR_NAME, instance, None)
-    [release] = [r for r in seen.run_requests if r.job_name == staging_job_name(APP)]
-    staging = defs.resolve_job_def(staging_job_name(APP)).execute_in_process(
-        instance=instance, run_config=release.run_config, raise_on_error=False
-    )
+    staging = _release_staging(env, APP)
     assert staging.success, step_failures(staging)
     where = app_site(env.site, "web-staging-1", APP, "staging")
     assert lab.route_into_lab(where.address)["dev"] == f"coop{LAB_NUMBER}-m"
@@ -114,16 +138,10 @@ def test_an_express_app_without_a_dockerfile_builds_through_the_npm_cache_and_go
 
 def test_a_failing_test_fails_the_build_before_anything_is_pushed(lab_env: LabEnv, express):
     repo, env = express
-    instance = dg.DagsterInstance.get()
-    defs = env.definitions()
-    cursor = sensor_tick(defs, git_push.SENSOR_NAME, instance, None).cursor
     index = (EXPRESS / "index.js").read_text()
     broken = index.replace("app: 'express-sample'", "app: 'express-broken'")
     assert broken != index
-    sha = repo.commit({"index.js": broken}, message="a change its test catches")
-    build = push_sensor_build(
-        defs, instance, cursor=cursor, job=build_job_name(APP), raise_on_error=False
-    )
+    sha, build = _push(env, repo, APP, {"index.js": broken}, message="a change its test catches")
     assert not build.success
     failures = step_failures(build)
     assert "the app's tests failed (npm test exited 1): nothing was pushed" in failures
@@ -191,35 +209,19 @@ for (const [name, host, port] of targets) {{
 
 @pytest.fixture
 def django_app(lab_env: LabEnv, tmp_path):
-    """The session's lab with the Django app declared as the co-op would: a database, its
-    settings and a secret; its database made by the postgres state (highstate/postgres-staging
-    with the new pillar)."""
-    from infra_assets.model import load_topology
-    from lab.site import lab_secrets
-
-    repo = make_app_repo(tmp_path, DJANGO_APP, source=DJANGO)
-    data = yaml.safe_load(lab_env.topology_file.read_text())
-    data["apps"][DJANGO_APP] = {
-        "repo": str(repo.bare),
-        "branch": "main",
+    """The Django app declared as the co-op would: a database, its settings and a secret; its
+    database made by the postgres state (highstate/postgres-staging with the new pillar)."""
+    entry = {
         "port": 8020,
         "health": "/health",
         "database": True,
         "env": {"DJANGO_ALLOWED_HOSTS": "*"},
         "secrets": ["DJANGO_SECRET_KEY"],
     }
-    path = tmp_path / "topology.lab.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    env = LabEnv(path, lab_env.dagster_home, load_topology(path))
-    with env.env():
-        lab_secrets(env.site)  # the lab's throwaway secrets, with the app's
-        configured = env.run("salt_pillar", "highstate/postgres-staging")
-        assert configured.success, step_failures(configured)
-    try:
-        with env.env():
-            yield repo, env
-    finally:
-        assert lab_env.run("salt_pillar").success  # the lab's own again, for the tests after
+    with _declared(
+        lab_env, tmp_path, DJANGO_APP, DJANGO, entry, "highstate/postgres-staging"
+    ) as declared:
+        yield declared
 
 
 def _upstream(lab_env: LabEnv, since: float) -> list[dict]:
@@ -228,12 +230,8 @@ def _upstream(lab_env: LabEnv, since: float) -> list[dict]:
     read once that has passed, and none from before `since` was still open (the caller waited
     as long before it)."""
     time.sleep(IDLE_S + 1)
-    log = lab_env.site.egress(LAB_NUMBER).log()
-    return [
-        e
-        for e in log
-        if e["result"] == "allowed" and e["target"] in UPSTREAM and e.get("opened_at", 0) >= since
-    ]
+    tunnels = lab_env.site.egress(LAB_NUMBER).tunnels_since(since)
+    return [e for e in tunnels if e["target"] in UPSTREAM]
 
 
 def test_a_django_app_builds_through_the_pypi_cache_runs_its_tests_migrates_and_goes_live(
@@ -247,13 +245,7 @@ def test_a_django_app_builds_through_the_pypi_cache_runs_its_tests_migrates_and_
     from lab.site import app_site
 
     repo, env = django_app
-    instance = dg.DagsterInstance.get()
-    defs = env.definitions()
-    cursor = sensor_tick(defs, git_push.SENSOR_NAME, instance, None).cursor
-    sha = repo.commit(message="a Django app, as the co-op's Python apps come")
-    build = push_sensor_build(
-        defs, instance, cursor=cursor, job=build_job_name(DJANGO_APP), raise_on_error=False
-    )
+    sha, build = _push(env, repo, DJANGO_APP, message="a Django app, as the co-op's come")
     assert build.success, step_failures(build)
     meta = materialization_metadata(build, "app_image__django_sample")
     log = open(meta["build_log"]).read()
@@ -263,11 +255,7 @@ def test_a_django_app_builds_through_the_pypi_cache_runs_its_tests_migrates_and_
     assert "Successfully installed" in log and "Django-5.2." in log
     assert "2 passed" in log  # its own tests (tests/test_notes.py), in the build
 
-    seen = sensor_tick(defs, registry_images.SENSOR_NAME, instance, None)
-    [release] = [r for r in seen.run_requests if r.job_name == staging_job_name(DJANGO_APP)]
-    staging = defs.resolve_job_def(staging_job_name(DJANGO_APP)).execute_in_process(
-        instance=instance, run_config=release.run_config, raise_on_error=False
-    )
+    staging = _release_staging(env, DJANGO_APP)
     assert staging.success, step_failures(staging)
     released = materialization_metadata(staging, "release__staging__django_sample")
     assert released["release_phase"].startswith(
@@ -297,10 +285,6 @@ def test_a_django_app_builds_through_the_pypi_cache_runs_its_tests_migrates_and_
     # of the first build's is open any more: each closes IDLE_S after its last byte.)
     time.sleep(IDLE_S + 1)
     before = time.time()
-    cursor = sensor_tick(defs, git_push.SENSOR_NAME, instance, None).cursor
-    repo.commit({"README.md": "A change that is not a dependency.\n"}, message="docs")
-    again = push_sensor_build(
-        defs, instance, cursor=cursor, job=build_job_name(DJANGO_APP), raise_on_error=False
-    )
+    _, again = _push(env, repo, DJANGO_APP, {"README.md": "Not a dependency.\n"}, "docs")
     assert again.success, step_failures(again)
     assert _upstream(lab_env, before) == []

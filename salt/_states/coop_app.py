@@ -58,6 +58,7 @@ RELEASE_LABEL = "org.coop-infra.release"
 # authenticate with the registry's pull account.
 PODMAN_ENV = {"REGISTRY_AUTH_FILE": AUTH_FILE}
 LOG_LINES = 30
+STATE_FMT = "{{.State.Status}} {{.State.ExitCode}}"  # podman inspect: `exited 3`
 # Well inside the salt job's own timeout (resources/salt.py: 600 s for the whole release).
 RELEASE_PHASE_TIMEOUT_S = 300
 CERT_MIN_VALID_S = 30 * 86400
@@ -387,14 +388,14 @@ def healthy(release: Release, timeout: int) -> Done:
         waited = time.monotonic() - started
         if code == "200":
             return Done(False, f"healthy: {release.health_url} answers 200")
-        state = _inspect(release.container, "{{.State.Status}} {{.State.ExitCode}}")
+        state = _inspect(release.container, STATE_FMT)
         if not state.startswith("running"):
             # podman says `stopped` until it has recorded the exit: wait for `exited` (2 s)
             for _ in range(20):
                 if not state.startswith("stopped"):
                     break
                 time.sleep(0.1)
-                state = _inspect(release.container, "{{.State.Status}} {{.State.ExitCode}}")
+                state = _inspect(release.container, STATE_FMT)
             status, _, exit_code = state.partition(" ")
             why = (
                 f"{release.container} {status or 'is gone'}"
