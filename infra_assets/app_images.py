@@ -20,7 +20,8 @@ the metadata is the same: digest, size, build time, the build log.
 Idempotent: a commit whose image is already in the registry (its sha tag, with that commit as its
 revision label) is not built again; the materialisation says so.
 
-Also here: the per-app build jobs (`build_<app>`) and git_push_sensor (`sensors/git_push.py`).
+A push runs `deliver_<app>` (infra_assets/delivery.py): this build and the staging release in one
+run; `build_<app>` is the build alone.
 """
 
 import functools
@@ -51,7 +52,6 @@ from resources.podman import PodmanError, PodmanResource
 from resources.registry import Endpoint, Manifest, RegistryError, RegistryResource
 from resources.salt import SaltError, SaltResource
 from resources.topology import TopologyResource
-from sensors.git_push import AppTarget, build_git_push_sensor
 from sensors.registry_images import REVISION_LABEL
 
 GROUP = "app_images"
@@ -97,6 +97,11 @@ def partitions_def_name(app: str) -> str:
 
 def build_job_name(app: str) -> str:
     return f"build_{_ident(app)}"
+
+
+def deliver_job_name(app: str) -> str:
+    """The push path's job: the build and the staging release (infra_assets/delivery.py)."""
+    return f"deliver_{_ident(app)}"
 
 
 def builder_for(topo: Topology) -> str:
@@ -601,32 +606,10 @@ def _human(size: int) -> str:
 
 
 def definitions(topo: Topology) -> dg.Definitions:
-    """`app_image/<app>` for each app of `topo`, its build job, and the delivery sensors."""
+    """`app_image/<app>` for each app of `topo` (the jobs that build them and git_push_sensor:
+    infra_assets/delivery.py)."""
     if not topo.apps:
         return dg.Definitions()
     builder = builder_for(topo)
     assets = [app_image_asset(name, builder, topo) for name in topo.apps]
-    jobs = [
-        dg.define_asset_job(
-            build_job_name(name),
-            selection=dg.AssetSelection.assets("topology", asset_key(name)),
-            description=f"Build app {name!r} at one commit (the partition) and push its image;"
-            " launched by git_push_sensor.",
-            tags={"coop/app": name},
-        )
-        for name in topo.apps
-    ]
-    targets = {
-        name: AppTarget(build_job_name(name), partitions_def_name(name)) for name in topo.apps
-    }
-    # The lab is polled often (the demo's loop); a real git server less so.
-    here = all(loc.site_kind == "lab" for loc in topo.locations.values())
-    interval = 5 if here else 30
-    sensors = [
-        build_git_push_sensor(
-            apps=topo.apps, targets=targets, jobs=jobs, minimum_interval_seconds=interval
-        ),
-        # registry_image_sensor, which turns the pushed images into staging releases, is built
-        # with the releases (infra_assets/releases.py).
-    ]
-    return dg.Definitions(assets=assets, jobs=jobs, sensors=sensors)
+    return dg.Definitions(assets=assets)

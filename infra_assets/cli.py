@@ -5,6 +5,7 @@
     infra demo                     the lab up, then push to live twice (`make demo`)
     infra dev [--port N]           the Dagster UI (`make dev`)
     infra lab up|down|status       the lab: this machine as a cloud (lab/)
+    infra webhooks serve           the endpoint a push calls (webhooks/)
 
 A bad topology prints every problem (file:line: key.path: what is wrong) and exits with 2.
 """
@@ -19,6 +20,7 @@ import click
 
 from infra_assets.model import AddressPlan, Topology, TopologyError, address_plan, load_topology
 from lab.cli import lab, topology_option
+from webhooks.cli import webhooks
 
 EXIT_BAD_INPUT = 2
 
@@ -145,6 +147,7 @@ def _n(count: int, one: str, many: str | None = None) -> str:
 
 
 cli.add_command(lab)
+cli.add_command(webhooks)
 
 
 def main() -> None:

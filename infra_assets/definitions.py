@@ -15,6 +15,7 @@ import dagster as dg
 from infra_assets import (
     app_images,
     cloud_jobs,
+    delivery,
     highstate,
     images,
     instances,
@@ -57,6 +58,7 @@ TOPOLOGY_PARTS: list = [
     highstate,
     app_images,
     releases,
+    delivery,
 ]
 
 

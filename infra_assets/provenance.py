@@ -9,6 +9,8 @@ materialisation reported by hand (the UI's "Report materialization" writes one w
 only materialisations made in a run count).
 
 - `build_records(instance, app)`: digest -> the newest record of it.
+- `build_of_commit(instance, app, branch, sha)`: the newest record of a build of one commit
+  (what a `deliver_<app>` run releases after its own build step).
 - `staging_record(instance, app)`: the digest and commit of the last successful
   `release/staging/<app>`, what production takes.
 """
@@ -47,6 +49,17 @@ def our_build(
     """The record of `digest` as a build of a commit on `branch`, or None: not ours."""
     record = build_records(instance, app).get(digest)
     return record if record is not None and record.branch == branch else None
+
+
+def build_of_commit(
+    instance: dg.DagsterInstance, app: str, branch: str, sha: str
+) -> BuildRecord | None:
+    """The newest record of a build of commit `sha` on `branch` (None: never built)."""
+    for run_id, meta in _made_in_runs(instance, dg.AssetKey(["app_image", app])):
+        digest, built, on = (_text(meta, k) for k in ("digest", "sha", "branch"))
+        if digest and built == sha and on == branch:
+            return BuildRecord(digest, sha, branch, run_id)
+    return None
 
 
 @dataclass(frozen=True)

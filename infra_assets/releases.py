@@ -36,10 +36,11 @@ import dagster as dg
 from pydantic import Field
 
 from infra_assets.app_images import asset_key as app_image_key
+from infra_assets.app_images import deliver_job_name
 from infra_assets.highstate import highstate_key, report
 from infra_assets.minions import POOL
 from infra_assets.model import ENVIRONMENTS, Topology
-from infra_assets.provenance import our_build, staging_record
+from infra_assets.provenance import build_of_commit, our_build, staging_record
 from infra_assets.secrets import SecretsError, load_secrets
 from infra_assets.sites import RECORDS_DIR, Site, SiteError, site_for
 from resources.registry import RegistryError, RegistryResource
@@ -50,6 +51,20 @@ GROUP = "releases"
 # \Z, not $: `$` also matches before a final newline (a newline would add nginx directives).
 DIGEST_RE = re.compile(r"\Asha256:[0-9a-f]{64}\Z")
 SHA_RE = re.compile(r"\A[0-9a-f]{40}\Z")
+# A release that fails for a passing reason (a minion, salt-api, the registry or the network
+# briefly down; a pull or a certificate that could not be fetched) is run again after 5, 10, 20,
+# 40 and 80 s (about 2.5 minutes in all, with jitter). The app's own failures (its release phase,
+# a container that exits or never answers, a site nginx refuses) and a wrong request are not
+# (`_fail`, `allow_retries=False`): a release is idempotent, so a retry finishes what the failed
+# attempt began and changes nothing where it had finished.
+RELEASE_RETRY_POLICY = dg.RetryPolicy(
+    max_retries=5, delay=5, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
+)
+# The release state's steps whose failure says nothing about the app: tried again.
+PASSING_STEPS = frozenset({"ready", "certificate", "pull", "record", "stop-old", "prune"})
+# Run tags of a `deliver_<app>` run (the push path): its commit, and when it was pushed.
+PARTITION_TAG = "dagster/partition"
+PUSHED_AT_TAG = "coop/pushed_at"
 
 
 def release_key(environment: str, app: str) -> dg.AssetKey:
@@ -140,6 +155,10 @@ def release_asset(environment: str, app_name: str, topo: Topology) -> dg.AssetsD
         deps=deps,
         ins={"topology": dg.AssetIn("topology")},
         pool=POOL,
+        retry_policy=RELEASE_RETRY_POLICY,
+        # A `deliver_<app>` run whose commit is no longer its branch's head releases nothing:
+        # the run of the newer head does.
+        output_required=False,
         tags={"coop/app": app_name, "coop/environment": environment},
         description=f"App {app_name!r} live on the {environment} web hosts (role {role}): an"
         " image by digest, released by the `app` salt state (blue/green behind nginx, health"
@@ -152,8 +171,10 @@ def release_asset(environment: str, app_name: str, topo: Topology) -> dg.AssetsD
         topology: Topology,
         salt: SaltResource,
         registry: RegistryResource,
-    ) -> dg.MaterializeResult:
-        return materialize(context, config, topology, salt, registry, environment, app_name)
+    ):
+        result = materialize(context, config, topology, salt, registry, environment, app_name)
+        if result is not None:
+            yield result
 
     return _release
 
@@ -166,8 +187,11 @@ def materialize(
     registry: RegistryResource,
     environment: str,
     app_name: str,
-) -> dg.MaterializeResult:
+) -> dg.MaterializeResult | None:
+    """The release, or None when a `deliver_<app>` run's commit is no longer its branch's head
+    (the newer head's run releases that)."""
     what = f"release/{environment}/{app_name}"
+    step_started = time.time()
     if config.digest and not DIGEST_RE.match(config.digest):
         raise _fail(
             f"{what}: config digest {config.digest!r} is not sha256:<64 hex digits> (a release is"
@@ -190,10 +214,20 @@ def materialize(
         site = site_for(topology)
         secrets = load_secrets(site.secrets_file(), topology).values()
         before = read_records(salt, site, hosts, app_name)
-        digest, sha, why = _choose(context.instance, config, registry, salt, site, topology,
-                                   environment, app_name, before)  # fmt: skip
-    except (SaltError, SiteError, SecretsError, RegistryError) as err:
+        chosen = _choose(context.instance, config, registry, salt, site, topology, environment,
+                         app_name, before, delivered_commit(context, environment))  # fmt: skip
+    except (SiteError, SecretsError) as err:
         raise _fail(f"{what}: {err}") from None
+    except (SaltError, RegistryError) as err:
+        raise _passing(f"{what}: {err}") from None
+    if chosen is None:
+        commit = delivered_commit(context, environment)
+        context.log.info(
+            f"{what}: {commit} is no longer the head of {app.branch} (its image is not at"
+            f" {app_name}:{app.branch}): not released; the run of the newer head releases that"
+        )
+        return None
+    digest, sha, why = chosen
     if not DIGEST_RE.match(digest or "") or (sha and not SHA_RE.match(sha)):
         # What the hosts' records or the registry said: refused before the hosts are asked to act.
         raise _fail(
@@ -203,6 +237,7 @@ def materialize(
     context.log.info(f"{what}: {digest} ({why}) on {', '.join(hosts)}")
     results: list[ApplyResult] = []
     started = time.monotonic()
+    live_at: float | None = None  # when nginx served it on the first host (wall clock)
     for host in hosts:  # one host after another: the first failure stops the release
         pillar = {
             "release": {
@@ -222,10 +257,12 @@ def materialize(
             result = salt.apply(minions=[host], sls=["app"], pillar=pillar, log=context.log.info,
                                 redact=secrets, sync_states=True)  # fmt: skip
         except SaltError as err:
-            raise _fail(f"{what}: {host}: {err}") from None
+            raise _passing(f"{what}: {host}: {err}") from None
         results.append(result)
         if not result.ok:
             raise _failure(what, digest, host, result, results)
+        if live_at is None:
+            live_at = time.time() - _seconds_after_switch(result)
     took = time.monotonic() - started
 
     url = site.app_url(hosts[0], app_name, environment)
@@ -235,7 +272,7 @@ def materialize(
     try:
         after = read_records(salt, site, hosts, app_name)
     except SaltError as err:
-        raise _fail(f"{what}: released, but the hosts' records cannot be read: {err}") from None
+        raise _passing(f"{what}: released, but the hosts' records cannot be read: {err}") from None
     wrong = [r.host for r in after if r.digest() != digest]
     if wrong:
         raise _fail(f"{what}: released, but {', '.join(wrong)} records another release live")
@@ -279,6 +316,7 @@ def materialize(
             round(max(_container_start_s(r) for r in results), 2)
         ),
         **{k: v for k, v in report(_merge(results)).items() if k in ("results", "states")},
+        **push_stages(context, app_name, step_started, live_at or time.time()),
     }
     if not changed:
         context.log.info(f"{what}: {digest} was live already; nothing changed")
@@ -295,10 +333,13 @@ def _choose(
     environment: str,
     app_name: str,
     before: list[Record],
-) -> tuple[str, str, str]:
+    delivered: str | None,
+) -> tuple[str, str, str] | None:
     """(digest, sha, why) of what to release: only ever a digest that `app_image/<app>` built
     and recorded for a commit of the app's branch (infra_assets/provenance.py); production only
-    the digest of the last successful staging release, which every staging host must run."""
+    the digest of the last successful staging release, which every staging host must run. In a
+    `deliver_<app>` run (`delivered`: its commit), the image its build step recorded, or None
+    when the branch tag has moved on from it."""
     what = f"release/{environment}/{app_name}"
     app = topology.apps[app_name]
     if config.rollback:
@@ -307,6 +348,16 @@ def _choose(
         digest, why = _promoted(instance, salt, site, app_name, config.digest)
     elif config.digest:
         digest, why = config.digest, "asked for (run config)"
+    elif delivered:
+        built = build_of_commit(instance, app_name, app.branch, delivered)
+        if built is None:
+            raise _fail(
+                f"{what}: app_image/{app_name} recorded no build of {delivered} (this run's build"
+                " step): nothing to release"
+            )
+        if registry.digest(repository=app_name, reference=app.branch) != built.digest:
+            return None
+        digest, why = built.digest, f"built from {delivered[:12]}, the head of {app.branch}"
     else:
         found = registry.digest(repository=app_name, reference=app.branch)
         if found is None:
@@ -483,7 +534,13 @@ def _failure(
     }
     if output:
         metadata["output"] = dg.MetadataValue.md(f"```\n{output}\n```")
-    return dg.Failure(description="\n".join(lines), metadata=metadata, allow_retries=False)
+    if isinstance(failed, dict):
+        passing = str(failed.get("step")) in PASSING_STEPS
+    else:  # a minion that did not answer is passing; a state that does not render is not
+        passing = any(not run.returned for run in result.minions.values())
+    if passing:
+        lines[0] += PASSING
+    return dg.Failure(description="\n".join(lines), metadata=metadata, allow_retries=passing)
 
 
 def _container_start_s(result: ApplyResult) -> float:
@@ -515,7 +572,100 @@ def _by_host(records: list[Record], which: str) -> str:
 
 
 def _fail(description: str) -> dg.Failure:
+    """A failure that only a change mends (the request, the app, the topology): not retried."""
     return dg.Failure(description=description, allow_retries=False)
+
+
+PASSING = " (a passing failure: tried again with backoff)"
+
+
+def _passing(description: str) -> dg.Failure:
+    """A failure that may mend itself (RELEASE_RETRY_POLICY tries again)."""
+    return dg.Failure(description=description + PASSING, allow_retries=True)
+
+
+# --- the push path's stages --------------------------------------------------------------------
+
+
+def delivered_commit(context: dg.AssetExecutionContext, environment: str) -> str | None:
+    """The commit a `deliver_<app>` run builds and releases on staging (its partition), or
+    None: another kind of run."""
+    if environment != "staging":
+        return None
+    sha = context.run.tags.get(PARTITION_TAG, "")
+    return sha if SHA_RE.match(sha) else None
+
+
+def _seconds_after_switch(result: ApplyResult) -> float:
+    """How long the release state went on after nginx served the new release (record, stop
+    the old container, prune)."""
+    steps = steps_of(result)
+    names = [s.step for s in steps]
+    if "nginx" not in names:
+        return 0.0
+    return sum(s.seconds for s in steps[names.index("nginx") + 1 :])
+
+
+def push_stages(
+    context: dg.AssetExecutionContext, app_name: str, release_started: float, live_at: float
+) -> dict[str, Any]:
+    """The seconds of each stage of a `deliver_<app>` run, from the push (the `coop/pushed_at`
+    tag the webhook endpoint sets) or, for a run the sensor started, from the run's creation:
+    to the run (hook and launch request), queue and launch (to the run's first step), the build
+    step, then the release until nginx served the new release. {} for other runs."""
+    run = context.run
+    if delivered_commit(context, "staging") is None or not run.job_name.startswith("deliver_"):
+        return {}
+    record = context.instance.get_run_record_by_id(run.run_id)
+    if record is None:
+        return {}
+    created = record.create_timestamp.timestamp()
+    starts, ends = {}, {}
+    for entry in context.instance.all_logs(
+        run.run_id, of_type={dg.DagsterEventType.STEP_START, dg.DagsterEventType.STEP_SUCCESS}
+    ):
+        event = entry.dagster_event
+        if event is None or not entry.step_key:
+            continue
+        if event.event_type == dg.DagsterEventType.STEP_START:
+            starts.setdefault(entry.step_key, entry.timestamp)
+        else:
+            ends[entry.step_key] = entry.timestamp
+    build_step = app_image_key(app_name).to_python_identifier()
+    first_step = min(starts.values(), default=release_started)
+    build_s = ends.get(build_step, release_started) - starts.get(build_step, release_started)
+    pushed = _pushed_at(run.tags.get(PUSHED_AT_TAG), created)
+    origin = pushed if pushed is not None else created
+    rows: list[tuple[str, float]] = []
+    if pushed is not None:
+        rows.append(("push to run (the hook, the launch request)", created - pushed))
+    rows += [
+        ("queue and launch (to the run's first step)", first_step - created),
+        ("build (app_image step)", build_s),
+        ("release until nginx serves it", live_at - release_started),
+    ]
+    table = ["| stage | seconds |", "|---|---|"] + [f"| {name} | {sec:.2f} |" for name, sec in rows]
+    total = live_at - origin
+    table.append(f"| **{'push' if pushed is not None else 'run created'} to live** | {total:.2f} |")
+    return {
+        "stages": dg.MetadataValue.md("\n".join(table)),
+        "push_to_live_s" if pushed is not None else "run_to_live_s": dg.MetadataValue.float(
+            round(total, 2)
+        ),
+        "stage_build_s": dg.MetadataValue.float(round(build_s, 2)),
+        "stage_launch_s": dg.MetadataValue.float(round(first_step - created, 2)),
+        "stage_release_s": dg.MetadataValue.float(round(live_at - release_started, 2)),
+    }
+
+
+def _pushed_at(tag: str | None, created: float) -> float | None:
+    """The push's time from the run's tag: a number of seconds since the epoch, at most an hour
+    before the run was created and not after it (else None: not a time to measure from)."""
+    try:
+        pushed = float(tag or "")
+    except ValueError:
+        return None
+    return pushed if created - 3600 <= pushed <= created + 1 else None
 
 
 # --- jobs and the registry sensor --------------------------------------------------------------
@@ -574,6 +724,7 @@ def definitions(topo: Topology) -> dg.Definitions:
         job_for_app={name: job.name for name, job in staging_jobs.items()},
         jobs=list(staging_jobs.values()),
         run_config_for=run_config,
+        deliver_job_for_app={name: deliver_job_name(name) for name in topo.apps},
         # The lab is polled often (the demo's loop); a real registry less so.
         minimum_interval_seconds=5 if here else 30,
     )

@@ -12,12 +12,15 @@
         production: {SESSION_KEY: ...}
     jenkins:                       # when a host has the role jenkins-master
       admin_password: ...
+    webhooks:                      # the webhook endpoint (webhooks/): read by it alone
+      secret: ...                  # the HMAC key git hooks and forges sign pushes with
     salt:                          # the lab and the cloud: how Dagster reaches the master
       api:                         # salt-api (rest_cherrypy) on the salt-master host
         password: ...              # the eauth account's shared secret (the account: `dagster`)
         tls: {cert: PEM, key: PEM} # salt-api's certificate (its CA file is the cert itself)
 
-Which keys are required follows from the topology (`required_keys`). The pillar hands each minion
+Which keys are required follows from the topology (`required_keys`); `webhooks.secret` is
+required by the webhook endpoint when it starts (`webhook_secret`). The pillar hands each minion
 only the values its roles need (`infra_assets/pillar.py`). The lab generates throwaway
 values (`ensure_secrets`) under the gitignored state folder; a real site's file is written by a
 person and never generated.
@@ -253,6 +256,31 @@ def load_secrets(path: Path, topo: Topology) -> Secrets:
     return Secrets(path, data)
 
 
+WEBHOOK_SECRET = ("webhooks", "secret")
+
+
+def webhook_secret(path: Path) -> bytes:
+    """The key pushes are signed with (HMAC-SHA256): `webhooks.secret` of the secrets file at
+    `path`, at least 16 characters. Raises `SecretsError` (never shows a value)."""
+    path = Path(path)
+    value = _lookup(_read(path, [WEBHOOK_SECRET]), WEBHOOK_SECRET)
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        raise SecretsError(path, [f"readable by others (mode {oct(mode)}): chmod 600 {path}"])
+    if value is _MISSING:
+        raise SecretsError(
+            path,
+            [
+                "webhooks.secret: missing: the webhook endpoint checks each push's signature with"
+                " it (a random string of 16 characters or more; the same in the git hook's"
+                " secret file and the forge's webhook)"
+            ],
+        )
+    if not isinstance(value, str) or len(value.strip()) < 16:
+        raise SecretsError(path, ["webhooks.secret: must be a string of 16 characters or more"])
+    return value.strip().encode()
+
+
 def ensure_secrets(path: Path, topo: Topology, *, tls_names: Iterable[str] = ()) -> Secrets:
     """The lab's throwaway secrets: create the file, or add what the topology now needs.
 
@@ -261,7 +289,8 @@ def ensure_secrets(path: Path, topo: Topology, *, tls_names: Iterable[str] = ())
     path = Path(path)
     data = _read(path, required_keys(topo), missing_ok=True)
     changed = False
-    for key in required_keys(topo):
+    wanted = required_keys(topo) + ([WEBHOOK_SECRET] if topo.apps else [])
+    for key in wanted:
         if _lookup(data, key) is _MISSING:
             _store(data, key, _generate(key, data, tls_names, topo))
             changed = True

@@ -22,6 +22,7 @@ from pathlib import Path
 from infra_assets.model import Topology
 from infra_assets.sites import LabSite
 from lab.dagster_daemon import DagsterDaemon
+from lab.demo_services import DemoServices
 from lab.reach import Site
 from lab.site import app_site
 
@@ -31,9 +32,16 @@ def demo_daemon(site: LabSite) -> DagsterDaemon:
     return DagsterDaemon(site.root / "run")
 
 
+def demo_services(site: LabSite) -> DemoServices:
+    """The demo's webserver and webhook endpoint of this lab (lab/demo_services.py)."""
+    return DemoServices(site.root / "run")
+
+
 def stop_daemon(site: LabSite) -> list[str]:
+    """Stop the demo's webhook endpoint, webserver and daemon."""
+    stopped = demo_services(site).stop()
     pid = demo_daemon(site).stop()
-    return [f"dagster-daemon (pid {pid})"] if pid else []
+    return stopped + ([f"dagster-daemon (pid {pid})"] if pid else [])
 
 
 def staging_site(site: LabSite, topo: Topology, app: str) -> Site:
@@ -45,13 +53,14 @@ def staging_site(site: LabSite, topo: Topology, app: str) -> Site:
 
 def run_loop(topology_file: Path, site: LabSite, say, *, rounds: int = 2) -> int:
     """`rounds` commits pushed to the demo app, each followed until staging answers with it."""
-    from infra_assets.releases import staging_job_name
+    from infra_assets.app_images import deliver_job_name
     from lab.demo_loop import (
         LoopError,
         demo_app,
         ensure_repo,
         push_change,
         start_daemon_and_sensors,
+        start_webhooks,
         wait_live,
     )
     from lab.processes import ProcessError
@@ -76,6 +85,7 @@ def run_loop(topology_file: Path, site: LabSite, say, *, rounds: int = 2) -> int
             say(f"   the lab clones it from the git daemon on its link ({daemon.get('url', '')})")
         env = {"INFRA_TOPOLOGY": str(Path(topology_file).absolute())}
         start_daemon_and_sensors(demo_daemon(site), env, say)
+        start_webhooks(site, topology_file, repo, env, say)
         for n in range(1, rounds + 1):
             sha, pushed = push_change(repo, n, say)
             took = wait_live(
@@ -84,7 +94,7 @@ def run_loop(topology_file: Path, site: LabSite, say, *, rounds: int = 2) -> int
                 sha,
                 since=pushed,
                 say=say,
-                release_job=staging_job_name(app),
+                release_job=deliver_job_name(app),
             )
             say(f"== {where.url} answers {sha} ({took:.1f} s after the push)")
     except (LoopError, LabGitError, ProcessError, LabError, CliError, OSError) as err:

@@ -4,9 +4,11 @@
   and a working clone under the lab's state folder, made from `apps/<app>/`;
 - `start_daemon_and_sensors`: the Dagster daemon on the repo's instance (lab/dagster_daemon.py),
   and the sensors on;
-- `push_change` and `wait_live`, the two halves of one round: a commit pushed, then followed
-  (git_push_sensor -> `build_<app>` -> registry_image_sensor -> `release_staging_<app>`) until
-  staging answers with it. Also used by the demo's test and benchmarks/bench_push_to_live.py.
+- `start_webhooks`: the Dagster webserver, the webhook endpoint, and the app's post-receive hook
+  that calls it;
+- `push_change` and `wait_live`, the two halves of one round: a commit pushed (the hook starts
+  `deliver_<app>`: the build, then the staging release, in one run), then followed until staging
+  answers with it. Also used by the demo's test and benchmarks/bench_push_to_live.py.
 """
 
 from __future__ import annotations
@@ -60,8 +62,14 @@ class AppRepo:
         _git("commit", "-q", "--allow-empty", "-m", message, cwd=self.work)
         return _git("rev-parse", "HEAD", cwd=self.work)
 
-    def push(self) -> None:
-        _git("push", "-q", "origin", f"HEAD:refs/heads/{self.branch}", cwd=self.work)
+    def push(self) -> list[str]:
+        """Push the branch; what the repository's hooks said (`remote: ...` lines)."""
+        out = _run_git("push", "-q", "origin", f"HEAD:refs/heads/{self.branch}", cwd=self.work)
+        return [
+            line.removeprefix("remote: ").strip()
+            for line in out.stderr.splitlines()
+            if line.startswith("remote: ") and line.removeprefix("remote: ").strip()
+        ]
 
 
 def demo_app(topo: Topology) -> str:
@@ -162,6 +170,32 @@ def start_daemon_and_sensors(daemon, env: dict[str, str], say: Say) -> tuple[int
         raise LoopError(f"`dagster sensor start --start-all` failed:\n{text[-2000:]}")
     say(f"   sensors on: {', '.join(SENSORS)} (every 5 s)")
     return pid, ours
+
+
+def start_webhooks(site, topology_file: Path, repo: AppRepo, env: dict[str, str], say: Say) -> str:
+    """The demo's Dagster webserver and webhook endpoint (lab/demo_services.py), and the app's
+    post-receive hook calling it: a push starts its run at once. The webserver's URL."""
+    from infra_assets.secrets import webhook_secret
+    from lab.demo import demo_services
+    from lab.demo_services import install_hook
+    from lab.site import lab_secrets
+
+    lab_secrets(site)  # the lab's throwaway secrets, with webhooks.secret
+    services = demo_services(site)
+    home = dagster_home()
+    ui = services.start_webserver(dagster_home=home, env=env)
+    say(f"   the Dagster UI and its GraphQL API: {ui}")
+    endpoint = services.start_webhooks(
+        topology_file=Path(topology_file).absolute(), dagster_url=ui, env=env
+    )
+    install_hook(
+        repo.bare,
+        url=f"{endpoint}/push/{repo.app}",
+        secret=webhook_secret(site.secrets_file()),
+        secret_file=site.root / "webhooks" / "secret",
+    )
+    say(f"   webhook endpoint {endpoint}; {repo.bare}/hooks/post-receive calls it on a push")
+    return ui
 
 
 def _topology_of(pid: int) -> Path | None:
@@ -328,12 +362,14 @@ def push_change(repo: AppRepo, n: int, say: Say) -> tuple[str, float]:
         {"DEMO.md": f"Pushed by `make demo` at {time.strftime('%Y-%m-%d %H:%M:%S')}.\n"},
     )
     pushed = time.time()
-    repo.push()
+    said = repo.push()
     say(f"-- git push: {repo.app} {sha[:12]} ({'the first' if n == 1 else 'a new'} version)")
+    for line in said:
+        say(f"   remote: {line}")
     return sha, pushed
 
 
-def _git(*args: str, cwd: Path | None = None) -> str:
+def _run_git(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     out = subprocess.run(
         ["git", *args],
         cwd=cwd,
@@ -345,4 +381,8 @@ def _git(*args: str, cwd: Path | None = None) -> str:
     )
     if out.returncode != 0:
         raise LoopError(f"git {' '.join(args)}: {out.stderr.strip() or out.stdout.strip()}")
-    return out.stdout.strip()
+    return out
+
+
+def _git(*args: str, cwd: Path | None = None) -> str:
+    return _run_git(*args, cwd=cwd).stdout.strip()

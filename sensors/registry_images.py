@@ -52,6 +52,8 @@ class RegistryPoll:
     # new digests that app_image never built: named at every tick while the tag points at them
     # (the cursor stays before them: our own build's record may land after its tag moved)
     foreign: list[str] = field(default_factory=list)
+    # new digests a `deliver_<app>` run of their commit releases (or did): no run of ours
+    delivered: list[str] = field(default_factory=list)
     cursor: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
@@ -76,10 +78,13 @@ def poll(
     cursor: Mapping[str, Mapping[str, str]],
     registry: RegistryResource,
     ours: Callable[[str, str, str], bool],
+    delivered_by: Callable[[str, str], str | None] = lambda app, sha: None,
 ) -> RegistryPoll:
     """Every app's watched tags against the cursor; `ours(app, branch, digest)` says whether
-    app_image built that digest (its record in Dagster's event log). Raises RegistryError when
-    the registry cannot be asked (then nothing of this poll counts)."""
+    app_image built that digest (its record in Dagster's event log); `delivered_by(app, sha)`
+    names the `deliver_<app>` run of that commit, which releases its image itself (None: there is
+    none). Raises RegistryError when the registry cannot be asked (then nothing of this poll
+    counts)."""
     endpoint = registry.endpoint()
     result = RegistryPoll(cursor={app: dict(tags) for app, tags in cursor.items()})
     for name, app in apps.items():
@@ -108,6 +113,10 @@ def poll(
                     " is not a commit (40 lowercase hex digits); build it from git (app_image)"
                 )
                 continue
+            run = delivered_by(name, sha) if sha else None
+            if run is not None:
+                result.delivered.append(f"{name}:{tag} = {digest}: released by {run}")
+                continue
             result.new.append(NewImage(name, tag, digest, endpoint.image(name, digest), sha))
     return result
 
@@ -118,10 +127,12 @@ def build_registry_image_sensor(
     job_for_app: Mapping[str, str],
     jobs: list,
     run_config_for: Callable[[NewImage], dict] | None = None,
+    deliver_job_for_app: Mapping[str, str] | None = None,
     minimum_interval_seconds: int = 30,
 ) -> dg.SensorDefinition:
     """The sensor for these apps; a new image of `app` asks for a run of `job_for_app[app]`,
-    configured by `run_config_for(image)`."""
+    configured by `run_config_for(image)`, unless a run of `deliver_job_for_app[app]` for its
+    commit exists (that run releases it)."""
 
     @dg.sensor(
         name=SENSOR_NAME,
@@ -140,16 +151,31 @@ def build_registry_image_sensor(
         def ours(app: str, branch: str, digest: str) -> bool:
             return our_build(context.instance, app, branch, digest) is not None
 
+        def delivered_by(app: str, sha: str) -> str | None:
+            job = (deliver_job_for_app or {}).get(app)
+            if job is None:
+                return None
+            records = context.instance.get_run_records(
+                dg.RunsFilter(job_name=job, tags={"coop/sha": sha}), limit=1
+            )
+            return f"run {records[0].dagster_run.run_id} ({job})" if records else None
+
         try:
-            result = poll(apps=apps, cursor=cursor, registry=registry, ours=ours)
+            result = poll(
+                apps=apps, cursor=cursor, registry=registry, ours=ours, delivered_by=delivered_by
+            )
         except RegistryError as err:
             return dg.SkipReason(f"registry unreachable, cursor unchanged: {err}")
         for refused in [*result.refused, *result.foreign]:
             context.log.warning(refused)
+        for line in result.delivered:
+            context.log.info(line)
         if not result.new:
             absent = [result.absent[a] for a in sorted(result.absent)]
-            why = "; ".join(["no new image", *result.refused, *result.foreign, *absent])
-            if result.refused:  # the cursor moves past the refused images
+            why = "; ".join(
+                ["no new image", *result.delivered, *result.refused, *result.foreign, *absent]
+            )
+            if result.refused or result.delivered:  # the cursor moves past them
                 return dg.SensorResult(
                     cursor=json.dumps(result.cursor, sort_keys=True), skip_reason=why
                 )

@@ -283,20 +283,28 @@ def push_sensor_build(
     instance: dg.DagsterInstance,
     *,
     cursor: str | None = None,
-    job: str | None = None,
+    app: str | None = None,
+    build_only: bool = False,
     raise_on_error: bool = True,
 ) -> dg.ExecuteInProcessResult:
-    """One tick of git_push_sensor in `defs` from `cursor`, then the one build run it asks for
-    (of `job`, where other apps have new commits too; its commit's partition added first, as
-    the daemon would): the run's result."""
+    """One tick of git_push_sensor in `defs` from `cursor`, then the one run it asks for (of
+    `app`, where other apps have new commits too; its commit's partition added first, as the
+    daemon would): the run's result. The run is what a push runs (`deliver_<app>`: the build
+    and the staging release; `build_<app>` without a staging host); `build_only` runs its build
+    step alone."""
     tick = sensor_tick(defs, git_push.SENSOR_NAME, instance, cursor)
-    [request] = [r for r in tick.run_requests if job is None or r.job_name == job]
+    [request] = [r for r in tick.run_requests if app is None or r.tags["coop/app"] == app]
     for p in tick.dynamic_partitions_requests:
         instance.add_dynamic_partitions(p.partitions_def_name, p.partition_keys)
-    return defs.resolve_job_def(request.job_name).execute_in_process(
+    job = defs.resolve_job_def(request.job_name)
+    selection = None
+    if build_only:
+        selection = [dg.AssetKey("topology"), dg.AssetKey(["app_image", request.tags["coop/app"]])]
+    return job.execute_in_process(
         instance=instance,
         partition_key=request.partition_key,
         tags=request.tags,
+        asset_selection=selection,
         raise_on_error=raise_on_error,
     )
 

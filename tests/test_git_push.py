@@ -157,9 +157,9 @@ def test_a_push_asks_for_one_build_per_new_commit_and_a_replay_for_nothing(two_a
     assert isinstance(first, dg.SensorResult)
     got = {r.run_key: (r.job_name, r.partition_key, r.tags["coop/app"]) for r in first.run_requests}
     assert got == {
-        f"hello:{shas['hello']}": ("build_hello", shas["hello"], "hello"),
+        f"hello:{shas['hello']}": ("deliver_hello", shas["hello"], "hello"),
         f"hello-world:{shas['hello-world']}": (
-            "build_hello_world",
+            "deliver_hello_world",
             shas["hello-world"],
             "hello-world",
         ),

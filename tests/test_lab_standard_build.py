@@ -23,10 +23,9 @@ from fixtures_delivery import (
 )
 from lab_env import LAB_NUMBER, LabEnv
 
-from infra_assets.app_images import build_job_name
-from infra_assets.releases import staging_job_name
+from infra_assets.app_images import build_job_name, deliver_job_name
 from resources.lab_egress import IDLE_S
-from sensors import git_push, registry_images
+from sensors import git_push
 
 pytestmark = [pytest.mark.slow, pytest.mark.lab]
 
@@ -72,28 +71,27 @@ def express(lab_env: LabEnv, tmp_path):
         yield declared
 
 
-def _push(env: LabEnv, repo, app: str, files: dict | None = None, message: str = "change"):
-    """A commit pushed to `app`'s repo and built as the daemon would: the git sensor's tick
-    before and after, then the build run it asks for."""
+def _push(
+    env: LabEnv,
+    repo,
+    app: str,
+    files: dict | None = None,
+    message: str = "change",
+    *,
+    build_only: bool = False,
+):
+    """A commit pushed to `app`'s repo and run as the daemon would: the git sensor's tick
+    before and after, then the run it asks for (`deliver_<app>`: the build, then the staging
+    release; with `build_only`, its build step alone)."""
     instance = dg.DagsterInstance.get()
     defs = env.definitions()
     cursor = sensor_tick(defs, git_push.SENSOR_NAME, instance, None).cursor
     sha = repo.commit(files, message=message)
-    build = push_sensor_build(
-        defs, instance, cursor=cursor, job=build_job_name(app), raise_on_error=False
+    run = push_sensor_build(
+        defs, instance, cursor=cursor, app=app, build_only=build_only, raise_on_error=False
     )
-    return sha, build
-
-
-def _release_staging(env: LabEnv, app: str) -> dg.ExecuteInProcessResult:
-    """The registry sensor's release of `app`'s branch tag on staging, run as it asks."""
-    instance = dg.DagsterInstance.get()
-    defs = env.definitions()
-    seen = sensor_tick(defs, registry_images.SENSOR_NAME, instance, None)
-    [release] = [r for r in seen.run_requests if r.job_name == staging_job_name(app)]
-    return defs.resolve_job_def(staging_job_name(app)).execute_in_process(
-        instance=instance, run_config=release.run_config, raise_on_error=False
-    )
+    assert run.dagster_run.job_name == (build_job_name if build_only else deliver_job_name)(app)
+    return sha, run
 
 
 def test_an_express_app_without_a_dockerfile_builds_through_the_npm_cache_and_goes_live(
@@ -126,9 +124,8 @@ def test_an_express_app_without_a_dockerfile_builds_through_the_npm_cache_and_go
     stored = lab.exec(LAB_NUMBER, "support-1", ["ls", NPM_STORAGE], check=False).output.split()
     assert "express" in stored, stored
 
-    # Live on staging: the registry sensor's release of the branch tag.
-    staging = _release_staging(env, APP)
-    assert staging.success, step_failures(staging)
+    # Live on staging, released in the same run.
+    assert materialization_metadata(build, "release__staging__express_sample")["sha"] == sha
     where = app_site(env.site, "web-staging-1", APP, "staging")
     assert lab.route_into_lab(where.address)["dev"] == f"coop{LAB_NUMBER}-m"
     response = where.get("/", timeout_s=5)
@@ -192,8 +189,8 @@ for (const [name, host, port] of targets) {{
         {"package.json": json.dumps(package), "probe.js": probe, "Procfile": "web: node -e 0\n"},
         "probe the build's network",
     )
-    build = push_sensor_build(
-        defs, instance, cursor=cursor, job=build_job_name(APP), raise_on_error=False
+    build = push_sensor_build(  # the probe app does not serve: its build alone
+        defs, instance, cursor=cursor, app=APP, build_only=True, raise_on_error=False
     )
     assert build.success, step_failures(build)
     log = open(materialization_metadata(build, NODE)["build_log"]).read()
@@ -255,9 +252,7 @@ def test_a_django_app_builds_through_the_pypi_cache_runs_its_tests_migrates_and_
     assert "Successfully installed" in log and "Django-5.2." in log
     assert "2 passed" in log  # its own tests (tests/test_notes.py), in the build
 
-    staging = _release_staging(env, DJANGO_APP)
-    assert staging.success, step_failures(staging)
-    released = materialization_metadata(staging, "release__staging__django_sample")
+    released = materialization_metadata(build, "release__staging__django_sample")
     assert released["release_phase"].startswith(
         "ran the release command './manage.py migrate --no-input'"
     )
@@ -285,6 +280,8 @@ def test_a_django_app_builds_through_the_pypi_cache_runs_its_tests_migrates_and_
     # of the first build's is open any more: each closes IDLE_S after its last byte.)
     time.sleep(IDLE_S + 1)
     before = time.time()
-    _, again = _push(env, repo, DJANGO_APP, {"README.md": "Not a dependency.\n"}, "docs")
+    _, again = _push(
+        env, repo, DJANGO_APP, {"README.md": "Not a dependency.\n"}, "docs", build_only=True
+    )
     assert again.success, step_failures(again)
     assert _upstream(lab_env, before) == []

@@ -430,7 +430,7 @@ def test_a_build_run_shows_no_password_that_reached_the_repo_url(
             topo, topology_file=topology_file, registry=loopback_registry, jenkins=jenkins
         )
         instance = dg.DagsterInstance.ephemeral()
-        result = push_sensor_build(defs, instance)
+        result = push_sensor_build(defs, instance, build_only=True)  # no site to release on
     assert result.success
     [mat] = result.asset_materializations_for_node("app_image__hello_ci")
     meta = {k: v.value for k, v in mat.metadata.items()}

@@ -1,0 +1,142 @@
+"""The calls the webhook endpoint makes to Dagster, through its GraphQL API (the webserver's
+/graphql): find runs by tag, add a commit's partition, launch a run. Nothing in process: the
+endpoint can run beside any Dagster webserver it can reach."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+
+# workspace.yaml's code location, and the repository a `Definitions` object makes
+LOCATION = "coop-infra"
+REPOSITORY = "__repository__"
+TIMEOUT_S = 10
+
+RUNS = """
+query Runs($filter: RunsFilter!) {
+  runsOrError(filter: $filter, limit: 5) {
+    __typename
+    ... on Runs { results { runId status jobName } }
+    ... on Error { message }
+  }
+}"""
+
+ADD_PARTITION = """
+mutation Add($name: String!, $key: String!, $repo: RepositorySelector!) {
+  addDynamicPartition(partitionsDefName: $name, partitionKey: $key, repositorySelector: $repo) {
+    __typename
+    ... on Error { message }
+  }
+}"""
+
+LAUNCH = """
+mutation Launch($params: ExecutionParams!) {
+  launchRun(executionParams: $params) {
+    __typename
+    ... on LaunchRunSuccess { run { runId } }
+    ... on RunConfigValidationInvalid { errors { message } }
+    ... on Error { message }
+  }
+}"""
+
+
+class DagsterApiError(RuntimeError):
+    """Dagster could not be asked, or refused; the message says which call and why."""
+
+
+@dataclass(frozen=True)
+class RunRef:
+    run_id: str
+    status: str
+    job: str
+
+
+class DagsterApi:
+    def __init__(self, url: str, *, session: requests.Session | None = None):
+        self.url = url.rstrip("/")
+        self.session = session or requests.Session()
+
+    def run_url(self, run_id: str) -> str:
+        return f"{self.url}/runs/{run_id}"
+
+    def _call(self, what: str, query: str, variables: dict[str, Any]) -> dict[str, Any]:
+        try:
+            answer = self.session.post(
+                f"{self.url}/graphql",
+                json={"query": query, "variables": variables},
+                timeout=TIMEOUT_S,
+            )
+        except requests.RequestException as err:
+            raise DagsterApiError(
+                f"{what}: Dagster at {self.url} cannot be reached: {err}"
+            ) from None
+        if answer.status_code != 200:
+            raise DagsterApiError(
+                f"{what}: Dagster at {self.url} answered HTTP {answer.status_code}:"
+                f" {answer.text[:300]}"
+            )
+        try:
+            body = answer.json()
+        except ValueError:
+            raise DagsterApiError(f"{what}: Dagster at {self.url} answered no JSON") from None
+        if body.get("errors"):
+            messages = "; ".join(str(e.get("message")) for e in body["errors"])
+            raise DagsterApiError(f"{what}: {messages}")
+        return body.get("data") or {}
+
+    @staticmethod
+    def _refused(what: str, result: dict[str, Any]) -> DagsterApiError:
+        errors = [e.get("message") for e in result.get("errors") or []]
+        why = result.get("message") or "; ".join(map(str, errors)) or result.get("__typename")
+        return DagsterApiError(f"{what}: {result.get('__typename')}: {why}")
+
+    def runs(self, tags: dict[str, str]) -> list[RunRef]:
+        """The runs that carry every one of `tags` (at most 5, newest first)."""
+        what = "find runs"
+        data = self._call(
+            what, RUNS, {"filter": {"tags": [{"key": k, "value": v} for k, v in tags.items()]}}
+        )
+        result = data.get("runsOrError") or {}
+        if result.get("__typename") != "Runs":
+            raise self._refused(what, result)
+        return [RunRef(r["runId"], r["status"], r["jobName"]) for r in result["results"]]
+
+    def add_partition(self, partitions_def: str, key: str) -> None:
+        """Add `key` to dynamic partitions `partitions_def` (there already: nothing to do)."""
+        what = f"add partition {key} to {partitions_def}"
+        data = self._call(
+            what,
+            ADD_PARTITION,
+            {"name": partitions_def, "key": key, "repo": _repository()},
+        )
+        result = data.get("addDynamicPartition") or {}
+        if result.get("__typename") not in (
+            "AddDynamicPartitionSuccess",
+            "DuplicateDynamicPartitionError",
+        ):
+            raise self._refused(what, result)
+
+    def launch(self, job: str, *, tags: dict[str, str]) -> str:
+        """Launch a run of `job` with `tags` (its partition: the `dagster/partition` tag); the
+        run id. The run waits in Dagster's queue until the daemon starts it."""
+        what = f"launch {job}"
+        params = {
+            "selector": {
+                "repositoryLocationName": LOCATION,
+                "repositoryName": REPOSITORY,
+                "jobName": job,
+            },
+            "runConfigData": {},
+            "executionMetadata": {"tags": [{"key": k, "value": v} for k, v in tags.items()]},
+        }
+        data = self._call(what, LAUNCH, {"params": params})
+        result = data.get("launchRun") or {}
+        if result.get("__typename") != "LaunchRunSuccess":
+            raise self._refused(what, result)
+        return result["run"]["runId"]
+
+
+def _repository() -> dict[str, str]:
+    return {"repositoryLocationName": LOCATION, "repositoryName": REPOSITORY}
