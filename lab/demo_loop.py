@@ -168,7 +168,10 @@ def start_daemon_and_sensors(daemon, env: dict[str, str], say: Say) -> tuple[int
     if out.returncode != 0:
         text = (out.stdout + out.stderr).strip()
         raise LoopError(f"`dagster sensor start --start-all` failed:\n{text[-2000:]}")
-    say(f"   sensors on: {', '.join(SENSORS)} (every 5 s)")
+    say(
+        f"   sensors on: {', '.join(SENSORS)} (the fallbacks: a push calls the webhook endpoint,"
+        " which starts its run at once)"
+    )
     return pid, ours
 
 

@@ -293,10 +293,11 @@ def status(topology_file: Path) -> dict[str, Any]:
 
 
 def _demo_daemon(site: LabSite) -> dict[str, Any]:
-    """The Dagster daemon `make demo` started for this lab (its sensors drive the releases)."""
-    from lab.demo import demo_daemon
+    """The Dagster daemon `make demo` started for this lab (it runs what pushes start), its
+    webserver (the UI) and the webhook endpoint the app repos' hooks call."""
+    from lab.demo import demo_daemon, demo_services
 
-    return demo_daemon(site).status()
+    return {**demo_daemon(site).status(), **demo_services(site).status()}
 
 
 def _git_daemons(site: LabSite) -> dict[str, Any]:
