@@ -23,7 +23,7 @@ from fixtures_delivery import (
 )
 from lab_env import LAB_NUMBER, LabEnv
 
-from infra_assets.app_images import build_job_name, deliver_job_name
+from infra_assets.app_images import deliver_job_name
 from resources.lab_egress import IDLE_S
 from sensors import git_push
 
@@ -90,7 +90,7 @@ def _push(
     run = push_sensor_build(
         defs, instance, cursor=cursor, app=app, build_only=build_only, raise_on_error=False
     )
-    assert run.dagster_run.job_name == (build_job_name if build_only else deliver_job_name)(app)
+    assert run.dagster_run.job_name == deliver_job_name(app)
     return sha, run
 
 
