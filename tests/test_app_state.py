@@ -146,6 +146,14 @@ def test_the_container_is_hardened_and_its_environment_passed_as_arguments():
     assert one_off[-5:] == ["--entrypoint", "/bin/sh", release.image, "-c", "migrate"]
 
 
+def test_podman_never_gets_the_minion_s_notify_socket(monkeypatch):
+    """Under systemd the minion has NOTIFY_SOCKET; a podman given it makes the container's
+    conmon the minion's main pid (and a restart of the minion then kills the app)."""
+    monkeypatch.setenv("NOTIFY_SOCKET", "/run/systemd/notify")
+    shown = app_state._run(["sh", "-c", 'echo "${NOTIFY_SOCKET-unset} $REGISTRY_AUTH_FILE"'])
+    assert shown.stdout.split() == ["unset", app_state.AUTH_FILE]
+
+
 def test_a_changed_setting_is_a_new_release_and_its_fingerprint_says_nothing_of_it():
     key = b"k" * 32
     first = app_state.plan(PILLAR, "hello", D1, SHA, {}, key)

@@ -440,6 +440,8 @@ def test_a_failing_health_check_leaves_the_old_version_serving(site: LabReleases
     log = failure.user_failure_data.metadata["output"].value
     assert "unhealthy on purpose" in log and '"GET /health HTTP/1.1" 503' in log
     assert not result.asset_materializations_for_node(f"release__staging__{APP}")
+    # The app's own failure: reported once, not tried again.
+    assert not [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
 
     # The old version keeps serving; the new container is gone; nothing was recorded.
     assert site.version("staging") == good
@@ -447,6 +449,56 @@ def test_a_failing_health_check_leaves_the_old_version_serving(site: LabReleases
     labels = site.guest("staging", "podman", "ps", "-a", "--format", "{{.Labels}}")
     assert bad not in labels and good in labels
     assert site.record() == record_before
+
+
+def test_a_release_whose_pull_fails_while_the_registry_is_down_is_tried_again_and_goes_through(
+    site: LabReleases,
+):
+    """The registry's read door (what web hosts pull from) is down when a release starts: its
+    pull fails, a passing failure; Dagster runs the step again with backoff
+    (RELEASE_RETRY_POLICY), and once the door is back, some 12 s later, the release goes through
+    in the same run, with no one asking again."""
+    v = _version(30)
+    digest = site.image(v)
+    lab = site.driver
+    lab.exec(LAB_NUMBER, "support-1", ["systemctl", "stop", "docker-registry"])
+    back = threading.Timer(
+        12, lambda: lab.exec(LAB_NUMBER, "support-1", ["systemctl", "start", "docker-registry"])
+    )
+    back.start()
+    try:
+        result = site.release(digest, v)
+    finally:
+        back.cancel()
+        lab.exec(LAB_NUMBER, "support-1", ["systemctl", "start", "docker-registry"])
+    assert result.success, [e.message for e in result.all_events if e.is_step_failure]
+    retried = [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
+    assert retried, "the registry's read door was down: the first attempt cannot have passed"
+    error = retried[0].event_specific_data.error  # RetryRequestedFromPolicy, from the Failure
+    why = (error.cause or error).message
+    assert f"failed on {site.host('staging')}: pull:" in why, why
+    assert "tried again with backoff" in why
+    assert site.version("staging") == v
+    assert _meta(result)["digest"] == digest
+
+
+def test_restarting_the_salt_minion_leaves_the_app_serving(site: LabReleases):
+    """The minion started the app's container, and stays its service's main process: a restart
+    of the minion (a salt upgrade, a changed config) restarts the minion alone, and the app goes
+    on serving (before the fix, conmon had taken the main pid: the restart killed the app and
+    left the old minion running beside the new one)."""
+    v = _version(31)
+    digest = site.image(v)
+    assert site.release(digest, v).success
+    minion = "/opt/salt/bin/python3 /opt/salt/bin/salt-minion"
+    main = site.guest("staging", "systemctl", "show", "-p", "MainPID", "--value", "salt-minion")
+    assert site.guest("staging", "pgrep", "-fx", minion).split() == [main.strip()]
+    site.guest("staging", "systemctl", "restart", "salt-minion")
+    assert site.version("staging") == v
+    after = site.guest("staging", "pgrep", "-fx", minion).split()
+    assert len(after) == 1 and after != [main.strip()]  # the new minion alone
+    again = site.release(digest, v)  # and it answers
+    assert again.success and _meta(again)["changed"] is False
 
 
 def test_a_container_that_exits_fails_the_release_at_once_with_its_last_lines(site: LabReleases):

@@ -754,7 +754,8 @@ def _run(
     env: dict | None = None,
     stdin: str | None = None,
 ):
-    """The command, stderr folded into stdout, never through a shell."""
+    """The command, stderr folded into stdout, never through a shell, without the minion's
+    NOTIFY_SOCKET (`_environ`)."""
     return subprocess.run(
         argv,
         stdout=subprocess.PIPE,
@@ -764,9 +765,19 @@ def _run(
         text=True,
         errors="replace",
         timeout=timeout,
-        env={**os.environ, **PODMAN_ENV, **(env or {})},
+        env=_environ(env),
         check=False,
     )
+
+
+def _environ(env: dict | None = None) -> dict:
+    """The environment of a command: the minion's, with podman's settings and `env`, and never
+    NOTIFY_SOCKET. The minion is a systemd `Type=notify` service with `NotifyAccess=all`; given
+    that socket, podman has conmon tell systemd its own pid as the service's main pid, and a
+    `systemctl restart salt-minion` then kills the app's container and leaves the old minion
+    running beside the new one (seen on the lab: MainPID was the container's conmon)."""
+    base = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
+    return {**base, **PODMAN_ENV, **(env or {})}
 
 
 def _ok(argv: list[str]) -> bool:
