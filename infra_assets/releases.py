@@ -647,7 +647,11 @@ def push_stages(
     table = ["| stage | seconds |", "|---|---|"] + [f"| {name} | {sec:.2f} |" for name, sec in rows]
     total = live_at - origin
     table.append(f"| **{'push' if pushed is not None else 'run created'} to live** | {total:.2f} |")
+    extra = {}
+    if pushed is not None:
+        extra["stage_push_to_run_s"] = dg.MetadataValue.float(round(created - pushed, 2))
     return {
+        **extra,
         "stages": dg.MetadataValue.md("\n".join(table)),
         "push_to_live_s" if pushed is not None else "run_to_live_s": dg.MetadataValue.float(
             round(total, 2)
