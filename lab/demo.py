@@ -3,15 +3,18 @@ job), then the push-to-live loop on it, driven by the real Dagster daemon:
 
 1. the sample app's bare repo where the topology names it (a path on this machine, served to
    the lab by the read-only git daemon on the lab's link) and a working clone beside it;
-2. `dagster-daemon run` on the repo's instance, and the delivery sensors on;
-3. a commit, pushed: git_push_sensor -> `build_<app>` (built on the jenkins agent through salt,
-   pushed to the lab's registry) -> registry_image_sensor -> `release_staging_<app>` (the `app`
-   state on web-staging-1); the loop follows the runs and waits until staging answers with the
+2. `dagster-daemon run` on the repo's instance, the delivery sensors on (the fallbacks), a
+   `dagster-webserver` and the webhook endpoint (lab/demo_services.py), and the repo's
+   post-receive hook calling the endpoint;
+3. a commit, pushed: the hook -> the endpoint -> `deliver_<app>` (built on the jenkins agent
+   through salt, pushed to the lab's registry, then released by the `app` state on
+   web-staging-1, in one run); the loop follows the run and waits until staging answers with the
    commit: HTTPS to the app's domain at its planned address, through the lab's link, the
    certificate (from the lab's ACME server) checked;
 4. a second commit, the same way.
 
-Everything stays up afterwards; `infra lab down` stops the daemon, the git daemon and the lab.
+Everything stays up afterwards; `infra lab down` stops the endpoint, the webserver, the daemon,
+the git daemon and the lab.
 """
 
 from __future__ import annotations
@@ -131,8 +134,12 @@ def run_demo(topology_file: Path, say, *, rounds: int = 2) -> int:
         code = run_loop(topology_file, site, say, rounds=rounds)
         if code:
             return code
+    ui = demo_services(site).url("dagster-webserver")
     where = [
-        ("the Dagster UI: the runs, the lineage", "make dev, then http://127.0.0.1:3000/assets"),
+        (
+            "the Dagster UI: the runs, the lineage",
+            f"{ui}/assets (the demo's)" if ui else "make dev, then http://127.0.0.1:3000/assets",
+        ),
         ("the lab: hosts, releases, registry", f"infra lab status --topology {topology_file}"),
         ("Dagster's history of runs", str(dagster_home() / ".dagster")),
     ]
@@ -145,6 +152,9 @@ def run_demo(topology_file: Path, say, *, rounds: int = 2) -> int:
     daemon = demo_daemon(site).status()
     if daemon["daemon_running"]:
         where.append(("the Dagster daemon (sensors on)", f"pid {daemon['pid']}, {daemon['log']}"))
+    hooks = demo_services(site).url("webhooks")
+    if hooks:
+        where.append(("the webhook endpoint (the repos' hooks call it)", hooks))
     # From the instance's folder: dagster.yaml names its storage relative to it.
     execute = (
         f"cd {dagster_home()} && DAGSTER_HOME=$PWD INFRA_TOPOLOGY={Path(topology_file).absolute()}"
