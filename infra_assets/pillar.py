@@ -26,7 +26,13 @@ from typing import Any
 from infra_assets.model import ENVIRONMENTS
 from infra_assets.roles import DAGSTER_SOURCE, HOSTS_SOURCE, RoleCatalogueError, role_catalogue
 from infra_assets.salt_keys import MASTER, KeyStore
-from infra_assets.secrets import PULL_ACCOUNTS, PUSH_ACCOUNT, Secrets, postgres_environments
+from infra_assets.secrets import (
+    PULL_ACCOUNTS,
+    PUSH_ACCOUNT,
+    Secrets,
+    postgres_environments,
+    registry_notify_token,
+)
 from infra_assets.sites import Site, SiteError
 
 SALT_API_USER = "dagster"  # salt-api's eauth account for Dagster (salt/salt/api.sls)
@@ -419,6 +425,12 @@ def _registry(site: Site, secrets: Secrets | None, host: str) -> dict[str, Any]:
         "cert": _secret(secrets, "registry", "tls", "cert"),
         "key": _secret(secrets, "registry", "tls", "key"),
     }
+    # Its pushes wake registry_image_sensor through the webhook endpoint (webhooks/server.py).
+    url = site.webhooks_url(host)
+    hooks = secrets.data.get("webhooks") if secrets is not None else None
+    if url and isinstance(hooks, dict) and isinstance(hooks.get("secret"), str):
+        token = registry_notify_token(hooks["secret"].strip().encode())
+        block["notify"] = {"url": f"{url}/registry", "token": token}
     return block
 
 

@@ -722,15 +722,14 @@ def definitions(topo: Topology) -> dg.Definitions:
         config = {"digest": image.digest, "sha": image.sha or ""}
         return {"ops": {release_op_name("staging", image.app): {"config": config}}}
 
-    here = all(loc.site_kind == "lab" for loc in topo.locations.values())
     sensor = build_registry_image_sensor(
         apps=topo.apps,
         job_for_app={name: job.name for name, job in staging_jobs.items()},
         jobs=list(staging_jobs.values()),
         run_config_for=run_config,
         deliver_job_for_app={name: deliver_job_name(name) for name in topo.apps},
-        # The lab is polled often (the demo's loop); a real registry less so.
-        minimum_interval_seconds=5 if here else 30,
+        # The fallback: the registry's notifications wake it (webhooks/registry.py).
+        minimum_interval_seconds=30,
     )
     return dg.Definitions(
         assets=assets,

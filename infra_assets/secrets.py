@@ -102,6 +102,9 @@ class Secrets:
             found.append(urllib.parse.quote(value))  # "/" kept: Jinja's urlencode, a URL's path
             found.append(urllib.parse.quote_plus(value))  # a form's or a query's encoding
             found.append(_b64(value))
+        hooks = self.data.get("webhooks")
+        if isinstance(hooks, dict) and isinstance(hooks.get("secret"), str) and hooks["secret"]:
+            found.append(registry_notify_token(hooks["secret"].strip().encode()))
         registry = self.data.get("registry")
         users = registry.get("users") if isinstance(registry, dict) else None
         for user, password in users.items() if isinstance(users, dict) else ():
@@ -257,6 +260,15 @@ def load_secrets(path: Path, topo: Topology) -> Secrets:
 
 
 WEBHOOK_SECRET = ("webhooks", "secret")
+
+
+def registry_notify_token(secret: bytes) -> str:
+    """The bearer token the registry's notifications carry to the webhook endpoint: derived
+    from `webhooks.secret` (a key of its own, not the secret itself, in the registry's config)."""
+    import hashlib
+    import hmac
+
+    return hmac.new(secret, b"coop-infra registry notifications", hashlib.sha256).hexdigest()
 
 
 def webhook_secret(path: Path) -> bytes:

@@ -37,6 +37,11 @@ from resources.lab import LabNetwork
 from resources.lab_acme import LabAcme
 from resources.lab_egress import LabEgressProxy
 
+# Where a site's registry sends its notifications (the webhook endpoint); the lab's endpoint
+# listens on the machine's side of the lab's link, at this port (`make demo` starts it).
+WEBHOOKS_URL_ENV = "INFRA_WEBHOOKS_URL"
+LAB_WEBHOOKS_PORT = 8700
+
 SECRETS_ENV = "INFRA_SECRETS_FILE"
 MASTER_CONFIG_ENV = "INFRA_SALT_MASTER_CONFIG"
 KEYS_ENV = "INFRA_SALT_KEYS_DIR"
@@ -122,6 +127,11 @@ class Site(ABC):
             "email": self.topo.acme.email or "",
             "ca_cert": "",
         }
+
+    def webhooks_url(self, host: str) -> str | None:
+        """Where `host` (the registry) reaches the webhook endpoint (webhooks/), or None: it is
+        not told (a cloud without `$INFRA_WEBHOOKS_URL`)."""
+        return os.environ.get(WEBHOOKS_URL_ENV) or None
 
     def dagster_sources(self) -> list[str]:
         """The addresses Dagster's connections come from, as the hosts see them (a firewall's
@@ -295,6 +305,10 @@ class LabSite(CloudSite):
         """Dagster runs on this machine and reaches each lab through its link: from the link's
         machine side (routed into the lab, not masqueraded)."""
         return [LabNetwork(n).machine_address for n in self.numbers()]
+
+    def webhooks_url(self, host: str) -> str:
+        """The demo's webhook endpoint, on the machine's side of `host`'s lab link."""
+        return f"http://{LabNetwork(self.number_of(host)).machine_address}:{LAB_WEBHOOKS_PORT}"
 
     def git_daemon_dir(self) -> Path:
         """The lab's git daemon: its export folder (links to the apps' repos), pid and log."""

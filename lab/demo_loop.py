@@ -188,8 +188,13 @@ def start_webhooks(site, topology_file: Path, repo: AppRepo, env: dict[str, str]
     home = dagster_home()
     ui = services.start_webserver(dagster_home=home, env=env)
     say(f"   the Dagster UI and its GraphQL API: {ui}")
+    registry = sorted(site.topo.hosts_with_role("docker-registry")) or sorted(site.topo.hosts)
+    where = site.webhooks_url(registry[0])  # where the lab's registry sends its notifications
     endpoint = services.start_webhooks(
-        topology_file=Path(topology_file).absolute(), dagster_url=ui, env=env
+        topology_file=Path(topology_file).absolute(),
+        dagster_url=ui,
+        env=env,
+        listen=where.removeprefix("http://"),
     )
     install_hook(
         repo.bare,
@@ -197,7 +202,10 @@ def start_webhooks(site, topology_file: Path, repo: AppRepo, env: dict[str, str]
         secret=webhook_secret(site.secrets_file()),
         secret_file=site.root / "webhooks" / "secret",
     )
-    say(f"   webhook endpoint {endpoint}; {repo.bare}/hooks/post-receive calls it on a push")
+    say(
+        f"   webhook endpoint {endpoint}: {repo.bare}/hooks/post-receive calls it on a push, the"
+        " lab's registry on an image pushed"
+    )
     return ui
 
 

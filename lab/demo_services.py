@@ -1,8 +1,11 @@
-"""The demo's services beside its Dagster daemon (lab/dagster_daemon.py), on loopback ports:
+"""The demo's services beside its Dagster daemon (lab/dagster_daemon.py):
 
-- `dagster-webserver`: the UI, and the GraphQL API the webhook endpoint starts runs through;
+- `dagster-webserver` (on a loopback port): the UI, and the GraphQL API the webhook endpoint
+  starts runs through;
 - `webhooks`: the webhook endpoint (`infra webhooks serve`), which the sample app's bare repo
-  calls from its post-receive hook (`install_hook`), so that a push starts its run at once.
+  calls from its post-receive hook (`install_hook`), so that a push starts its run at once, and
+  the lab's registry with its notifications (so it listens on the machine's side of the lab's
+  link, at the address the registry's config names: LabSite.webhooks_url).
 
 Recorded under the lab's state folder like the daemon: `infra lab down` stops them.
 """
@@ -68,14 +71,22 @@ class DemoServices:
         self._url_file(WEBSERVER).write_text(url + "\n")
         return url
 
-    def start_webhooks(self, *, topology_file: Path, dagster_url: str, env: dict[str, str]) -> str:
-        """The webhook endpoint, starting runs through `dagster_url`; its URL."""
+    def start_webhooks(
+        self,
+        *,
+        topology_file: Path,
+        dagster_url: str,
+        env: dict[str, str],
+        listen: str | None = None,
+    ) -> str:
+        """The webhook endpoint, starting runs through `dagster_url`, on `listen` (HOST:PORT;
+        a free loopback port when None); its URL."""
         running = self.url(WEBHOOKS)
         if running:
             return running
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        argv = [BIN / "infra", "webhooks", "serve", "--listen", f"127.0.0.1:{port}"]
+        listen = listen or f"127.0.0.1:{free_port()}"
+        url = f"http://{listen}"
+        argv = [BIN / "infra", "webhooks", "serve", "--listen", listen]
         argv += ["--topology", topology_file, "--dagster-url", dagster_url]
         self.supervisor.start(
             WEBHOOKS,

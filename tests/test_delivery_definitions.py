@@ -47,9 +47,10 @@ def test_the_sensors_target_jobs_that_exist(lab_defs):
     registry = lab_defs.resolve_sensor_def("registry_image_sensor")
     assert {j.name for j in git.jobs} == {"build_hello", "deliver_hello"}
     assert {j.name for j in registry.jobs} == {"release_staging_hello"}
-    # A push calls the webhook endpoint, which starts the run: the git sensor is the fallback.
+    # A push calls the webhook endpoint, which starts the run, and the registry's notifications
+    # wake the registry sensor: both sensors are the fallbacks.
     assert git.minimum_interval_seconds == 30
-    assert registry.minimum_interval_seconds == 5
+    assert registry.minimum_interval_seconds == 30
     for sensor in (git, registry):
         assert sensor.default_status == dg.DefaultSensorStatus.STOPPED
 
@@ -66,8 +67,8 @@ def test_the_lab_builds_through_salt_after_the_registry_and_the_agent(repo_root,
         dg.AssetKey(["highstate", "docker-registry"]),
         dg.AssetKey(["highstate", "jenkins-agent"]),
     }
-    # This machine: the registry is polled often; pushes come through the webhook endpoint.
-    assert defs.resolve_sensor_def("registry_image_sensor").minimum_interval_seconds == 5
+    # Pushes and the registry's notifications come through the webhook endpoint.
+    assert defs.resolve_sensor_def("registry_image_sensor").minimum_interval_seconds == 30
     assert defs.resolve_sensor_def("git_push_sensor").minimum_interval_seconds == 30
     # The lab's registry, reached through the lab's link, no password in config.
     registry = defs.resources["registry"]

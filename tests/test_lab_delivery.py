@@ -9,12 +9,15 @@ its planned address with the commit, and `infra lab status` says so."""
 from __future__ import annotations
 
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import dagster as dg
 import pytest
 from fixtures_delivery import (
     HELLO,
+    REPO_ROOT,
     git,
     make_app_repo,
     materialization_metadata,
@@ -183,6 +186,78 @@ def test_a_commit_pushed_while_the_registry_is_down_is_live_once_it_is_back(lab_
         lab.exec(LAB_NUMBER, "support-1", ["systemctl", "start", *doors])
     body, _ = _answer(lab_env, "web-staging-1", "staging")
     assert body["version"] == sha
+
+
+def test_the_registry_s_notification_wakes_the_registry_sensor(lab_env: LabEnv, hello, tmp_path):
+    """A build alone (build_hello: no release in its run) pushes an image and moves the branch
+    tag; the lab's registry notifies the webhook endpoint (its config names it: the pillar's
+    `registry.notify`), which has Dagster evaluate registry_image_sensor now: the staging release
+    of that digest is launched within seconds, under the sensor's name and run key, with no
+    daemon running (nothing polls) and long before the sensor's 30 s."""
+    import os
+
+    from lab.demo_services import DemoServices
+
+    services = DemoServices(tmp_path / "run")
+    env = {"INFRA_TOPOLOGY": str(lab_env.topology_file), "DAGSTER_HOME": str(lab_env.dagster_home)}
+    dagster = [str(Path(sys.executable).parent / "dagster"), "sensor"]
+    workspace = ["-w", str(REPO_ROOT / "workspace.yaml")]
+    launched = None
+    try:
+        ui = services.start_webserver(dagster_home=lab_env.dagster_home, env=env)
+        where = lab_env.site.webhooks_url("support-1")
+        assert where == f"http://169.254.{LAB_NUMBER}.1:8700"
+        services.start_webhooks(
+            topology_file=lab_env.topology_file,
+            dagster_url=ui,
+            env=env,
+            listen=where.removeprefix("http://"),
+        )
+        started = subprocess.run(
+            [*dagster, "start", registry_images.SENSOR_NAME, *workspace],
+            env={**os.environ, **env},
+            cwd=lab_env.dagster_home,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        assert started.returncode == 0, started.stdout + started.stderr
+        sha = hello.commit(message="a build alone, released on the registry's word")
+        with lab_env.env():
+            instance = dg.DagsterInstance.get()
+            defs = lab_env.definitions()
+            instance.add_dynamic_partitions("commits_hello", [sha])
+            build = defs.resolve_job_def(build_job_name(APP)).execute_in_process(
+                instance=instance, partition_key=sha, raise_on_error=False
+            )
+            assert build.success, step_failures(build)
+            digest = materialization_metadata(build, NODE)["digest"]
+            built = time.monotonic()
+            while launched is None and time.monotonic() - built < 25:
+                runs = instance.get_runs(dg.RunsFilter(tags={"dagster/run_key": digest}))
+                launched = runs[0] if runs else None
+                time.sleep(0.5)
+            assert launched is not None, (tmp_path / "run" / "webhooks.log").read_text()
+            took = time.monotonic() - built
+            assert launched.job_name == staging_job_name(APP)
+            assert launched.tags["dagster/sensor_name"] == registry_images.SENSOR_NAME
+            assert launched.tags["coop/started_by"] == "registry-notification"
+            assert launched.tags["coop/sha"] == sha and launched.tags["coop/digest"] == digest
+            print(
+                f"\nthe registry's notification launched the release {took:.1f} s after the build"
+            )
+    finally:
+        subprocess.run(
+            [*dagster, "stop", registry_images.SENSOR_NAME, *workspace],
+            env={**os.environ, **env},
+            cwd=lab_env.dagster_home,
+            capture_output=True,
+            timeout=180,
+        )
+        services.stop()
+        if launched is not None:  # queued (no daemon): not for a later test's daemon to run
+            with lab_env.env():
+                dg.DagsterInstance.get().delete_run(launched.run_id)
 
 
 def test_the_git_daemon_serves_the_lab_read_only(lab_env: LabEnv, hello):

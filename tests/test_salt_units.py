@@ -77,6 +77,27 @@ def test_only_the_lab_s_cache_hosts_go_out_and_only_through_its_egress_proxy(
     assert "https_proxy" not in cloud["support-1"]["npm_cache"]
 
 
+def test_the_registry_notifies_the_webhook_endpoint_with_a_token_of_its_own(
+    coop, coop_secrets, repo_root, tmp_path, monkeypatch
+):
+    """The lab's registry tells the demo's webhook endpoint (on the lab's link) of each push,
+    with a bearer token derived from webhooks.secret (never the secret itself; hidden from logs
+    like a secret); a cloud's only when $INFRA_WEBHOOKS_URL says where the endpoint is."""
+    from infra_assets.secrets import registry_notify_token
+
+    lab = site_for(load_topology(repo_root / "topology.lab.yaml"), root=tmp_path)
+    secrets = ensure_secrets(tmp_path / "secrets.yaml", lab.topo, tls_names=["x"])
+    notify = render_pillars(lab, secrets)["support-1"]["registry"]["notify"]
+    secret = secrets.get("webhooks", "secret")
+    assert notify == {
+        "url": "http://169.254.127.1:8700/registry",
+        "token": registry_notify_token(secret.encode()),
+    }
+    assert notify["token"] != secret and notify["token"] in secrets.values()
+    monkeypatch.delenv("INFRA_WEBHOOKS_URL", raising=False)
+    assert "notify" not in render_pillars(site_for(coop), coop_secrets)["support-1"]["registry"]
+
+
 def test_a_topology_mixing_the_lab_and_a_cloud_is_refused(write_topology):
     def edit(data):
         data["locations"]["lab"] = {"number": 101, "cloud": "lab"}

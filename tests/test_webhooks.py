@@ -270,3 +270,41 @@ def test_with_dagster_unreachable_the_push_is_answered_and_the_hook_says_so(
     finally:
         down.stop()
         shutil.rmtree(tmp_path / "run", ignore_errors=True)
+
+
+def test_a_registry_notification_needs_its_token_and_wakes_only_for_an_app_s_branch_tag(
+    endpoint: Endpoint,
+):
+    """The registry's notifications carry a bearer token derived from the secret; only a push
+    of an app's branch tag wakes registry_image_sensor, and a sensor that is off stays off."""
+    from infra_assets.secrets import registry_notify_token
+
+    def notify(events: list, token: str):
+        return requests.post(
+            f"{endpoint.url}/registry",
+            data=json.dumps({"events": events}).encode(),
+            headers={
+                "Content-Type": "application/vnd.docker.distribution.events.v1+json",
+                "Authorization": f"Bearer {token}",
+            },
+            timeout=30,
+        )
+
+    pushed = {"action": "push", "target": {"repository": "hello", "tag": "main"}}
+    refused = notify([pushed], "not-the-token")
+    assert refused.status_code == 401
+    assert registry_notify_token(SECRET) != SECRET.decode()  # the secret itself is never sent
+    others = [
+        {"action": "push", "target": {"repository": "hello", "tag": "f" * 40}},  # a sha tag
+        {"action": "pull", "target": {"repository": "hello", "tag": "main"}},
+        {"action": "push", "target": {"repository": "coop-base", "tag": "main"}},  # no app
+    ]
+    quiet = notify(others, registry_notify_token(SECRET))
+    assert quiet.status_code == 200 and quiet.json() == {"apps": [], "woken": False}
+    woken = notify([*others, pushed], registry_notify_token(SECRET))
+    assert woken.status_code == 202 and woken.json() == {"apps": ["hello"], "woken": True}
+    log = endpoint.root / "run" / "webhooks.log"
+    deadline = time.monotonic() + 20
+    while "registry_image_sensor is stopped: not woken" not in log.read_text():
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.2)

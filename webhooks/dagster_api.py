@@ -42,8 +42,41 @@ mutation Launch($params: ExecutionParams!) {
 }"""
 
 
+SENSOR = """
+query Sensor($selector: SensorSelector!) {
+  sensorOrError(sensorSelector: $selector) {
+    __typename
+    ... on Sensor { sensorState { status typeSpecificData { ... on SensorData { lastCursor } } } }
+    ... on Error { message }
+  }
+}"""
+
+DRY_RUN = """
+mutation DryRun($selector: SensorSelector!, $cursor: String) {
+  sensorDryRun(selectorData: $selector, cursor: $cursor) {
+    __typename
+    ... on DryRunInstigationTick {
+      evaluationResult {
+        runRequests { runKey jobName runConfigYaml tags { key value } }
+        skipReason
+        error { message }
+      }
+    }
+    ... on Error { message }
+  }
+}"""
+
+
 class DagsterApiError(RuntimeError):
     """Dagster could not be asked, or refused; the message says which call and why."""
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What one evaluation of a sensor asked for (its own code, run by Dagster)."""
+
+    requests: list[dict[str, Any]]  # {runKey, jobName, runConfigYaml, tags: [{key, value}]}
+    skip_reason: str
 
 
 @dataclass(frozen=True)
@@ -118,7 +151,32 @@ class DagsterApi:
         ):
             raise self._refused(what, result)
 
-    def launch(self, job: str, *, tags: dict[str, str]) -> str:
+    def sensor(self, name: str) -> tuple[str, str | None]:
+        """Sensor `name`'s status (RUNNING, STOPPED) and its cursor."""
+        what = f"read sensor {name}"
+        data = self._call(what, SENSOR, {"selector": _sensor(name)})
+        result = data.get("sensorOrError") or {}
+        if result.get("__typename") != "Sensor":
+            raise self._refused(what, result)
+        state = result["sensorState"]
+        return state["status"], (state.get("typeSpecificData") or {}).get("lastCursor")
+
+    def evaluate(self, name: str, cursor: str | None) -> Evaluation:
+        """Sensor `name` evaluated now from `cursor`, by Dagster in the code location (a dry
+        run: nothing is launched, the cursor is not moved)."""
+        what = f"evaluate sensor {name}"
+        data = self._call(what, DRY_RUN, {"selector": _sensor(name), "cursor": cursor})
+        result = data.get("sensorDryRun") or {}
+        if result.get("__typename") != "DryRunInstigationTick":
+            raise self._refused(what, result)
+        evaluation = result.get("evaluationResult") or {}
+        if evaluation.get("error"):
+            raise DagsterApiError(f"{what}: {evaluation['error'].get('message')}")
+        return Evaluation(evaluation.get("runRequests") or [], evaluation.get("skipReason") or "")
+
+    def launch(
+        self, job: str, *, tags: dict[str, str], run_config: dict[str, Any] | None = None
+    ) -> str:
         """Launch a run of `job` with `tags` (its partition: the `dagster/partition` tag); the
         run id. The run waits in Dagster's queue until the daemon starts it."""
         what = f"launch {job}"
@@ -128,7 +186,7 @@ class DagsterApi:
                 "repositoryName": REPOSITORY,
                 "jobName": job,
             },
-            "runConfigData": {},
+            "runConfigData": run_config or {},
             "executionMetadata": {"tags": [{"key": k, "value": v} for k, v in tags.items()]},
         }
         data = self._call(what, LAUNCH, {"params": params})
@@ -140,3 +198,7 @@ class DagsterApi:
 
 def _repository() -> dict[str, str]:
     return {"repositoryLocationName": LOCATION, "repositoryName": REPOSITORY}
+
+
+def _sensor(name: str) -> dict[str, str]:
+    return {**_repository(), "sensorName": name}

@@ -1,6 +1,9 @@
 """The webhook endpoint's HTTP server (`infra webhooks serve`).
 
     POST /push/<app>   a branch of the app's repository moved: start its run (webhooks/push.py)
+    POST /registry     the registry's notifications: wake registry_image_sensor
+                       (webhooks/registry.py); `Authorization: Bearer <token>`, the token
+                       derived from the same secret (infra_assets/secrets.registry_notify_token)
     GET  /health       200 while it runs
 
 Every POST is signed: `X-Hub-Signature-256: sha256=<hex HMAC-SHA256 of the body>` with the
@@ -21,12 +24,15 @@ import hmac
 import json
 import re
 import sys
+import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from infra_assets.secrets import registry_notify_token
 from webhooks.dagster_api import DagsterApiError
 from webhooks.push import PushError, PushHandler
+from webhooks.registry import RegistryWake, pushed_apps
 
 MAX_BODY = 5 * 1024 * 1024  # a forge's push event lists its commits
 SIGNATURE_HEADER = "X-Hub-Signature-256"
@@ -60,6 +66,8 @@ class WebhookServer(ThreadingHTTPServer):
         super().__init__(address, _Handler)
         self.secret = secret
         self.pushes = pushes
+        self.registry_token = "Bearer " + registry_notify_token(secret)
+        self.registry = RegistryWake(pushes.api)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -83,19 +91,27 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._answer(404, {"error": f"no such path {self.path!r}: POST /push/<app>"})
 
-    def do_POST(self) -> None:
-        match = PUSH_PATH.match(self.path)
-        if match is None:
-            self._answer(404, {"error": f"no such path {self.path!r}: POST /push/<app>"})
-            return
+    def _body(self) -> bytes | None:
         try:
             length = int(self.headers.get("Content-Length") or 0)
         except ValueError:
             length = -1
         if not 0 <= length <= MAX_BODY:
             self._answer(413, {"error": f"the body must have a Content-Length of 0 to {MAX_BODY}"})
+            return None
+        return self.rfile.read(length)
+
+    def do_POST(self) -> None:
+        if self.path == "/registry":
+            self._registry()
             return
-        body = self.rfile.read(length)
+        match = PUSH_PATH.match(self.path)
+        if match is None:
+            self._answer(404, {"error": f"no such path {self.path!r}: POST /push/<app>"})
+            return
+        body = self._body()
+        if body is None:
+            return
         given = self.headers.get(SIGNATURE_HEADER) or ""
         if not hmac.compare_digest(given, signature(self.server.secret, body)):
             self._answer(
@@ -122,3 +138,28 @@ class _Handler(BaseHTTPRequestHandler):
             return
         sys.stderr.write(f"{time.strftime('%H:%M:%S')} push {app}: {outcome.why}\n")
         self._answer(202 if outcome.started else 200, outcome.as_json())
+
+    def _registry(self) -> None:
+        """Answered at once (the registry waits 2 s at most); the sensor is woken after."""
+        given = self.headers.get("Authorization") or ""
+        if not hmac.compare_digest(given, self.server.registry_token):
+            self._answer(401, {"error": "missing or wrong Authorization: Bearer <token>"})
+            return
+        body = self._body()
+        if body is None:
+            return
+        try:
+            envelope = json.loads(body.decode("utf-8") or "{}")
+        except (ValueError, UnicodeDecodeError) as err:
+            self._answer(400, {"error": f"the body is not a registry notification: {err}"})
+            return
+        apps = pushed_apps(envelope, self.server.pushes.topology_file)
+        self._answer(202 if apps else 200, {"apps": apps, "woken": bool(apps)})
+        if apps:
+            threading.Thread(target=self._wake, args=(apps,), daemon=True).start()
+
+    def _wake(self, apps: list[str]) -> None:
+        try:
+            self.server.registry.wake()
+        except DagsterApiError as err:
+            sys.stderr.write(f"{time.strftime('%H:%M:%S')} registry ({', '.join(apps)}): {err}\n")
