@@ -36,11 +36,12 @@ from infra_assets.roles import role_catalogue
 from resources.lab import LabNetwork
 from resources.lab_acme import LabAcme
 from resources.lab_egress import LabEgressProxy
+from resources.lab_link import WEBHOOKS_PORT
 
 # Where a site's registry sends its notifications (the webhook endpoint); the lab's endpoint
 # listens on the machine's side of the lab's link, at this port (`make demo` starts it).
 WEBHOOKS_URL_ENV = "INFRA_WEBHOOKS_URL"
-LAB_WEBHOOKS_PORT = 8700
+LAB_WEBHOOKS_PORT = WEBHOOKS_PORT
 
 SECRETS_ENV = "INFRA_SECRETS_FILE"
 MASTER_CONFIG_ENV = "INFRA_SALT_MASTER_CONFIG"

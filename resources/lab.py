@@ -58,6 +58,7 @@ from resources.cli_runner import CliError, CliResult, LogSink, default_log, run_
 from resources.lab_acme import ACME_PORT
 from resources.lab_egress import EGRESS_PORT
 from resources.lab_git import GIT_PORT
+from resources.lab_link import WEBHOOKS_PORT
 
 LAB_LABEL = "org.coop-infra.lab"
 HOST_LABEL = "org.coop-infra.host"
@@ -649,8 +650,9 @@ class Lab:
         machine's iptables never changed), in order:
         - its hosts keep their own addresses towards the machine's end of the link (netavark
           masquerades everything leaving the /16): the egress proxy allows by address;
-        - of what the hosts start towards the machine, only the egress proxy (3128) and the git
-          daemon (9418) pass: nothing else the machine listens on is the lab's business;
+        - of what the hosts start towards the machine, only the egress proxy (3128), the git
+          daemon (9418) and the webhook endpoint (8700: the registry's notifications) pass:
+          nothing else the machine listens on is the lab's business;
         - of what the hosts start towards the namespace itself, only the ACME server's directory
           (14000, pebble, which runs in the namespace: resources/lab_acme.py) passes, not its
           management port;
@@ -663,7 +665,7 @@ class Lab:
         return [
             ("nat", "POSTROUTING", [*to_machine, "-j", "RETURN"]),
             ("mangle", "FORWARD", [*to_machine, "-p", "tcp", "-m", "multiport",
-             "--dports", f"{EGRESS_PORT},{GIT_PORT}", *new, "-j", "ACCEPT"]),
+             "--dports", f"{EGRESS_PORT},{GIT_PORT},{WEBHOOKS_PORT}", *new, "-j", "ACCEPT"]),
             ("mangle", "FORWARD", [*to_machine, *new, "-j", "DROP"]),
             ("mangle", "INPUT", ["-s", net.subnet, "-p", "tcp", "--dport", str(ACME_PORT),
              *new, "-j", "ACCEPT"]),

@@ -21,6 +21,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
+# The webhook endpoint's port on the machine's side of a lab's link (webhooks/, started by
+# `make demo`): the lab's registry posts its notifications there.
+WEBHOOKS_PORT = 8700
+
 
 def route_problem(url: str, device: str) -> str | None:
     """None when the machine's route to `url`'s address goes through `device` (the lab's link);

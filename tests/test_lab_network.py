@@ -296,8 +296,9 @@ def test_up_network_twice_changes_nothing(lab: Lab) -> None:
     assert (route["dev"], route["gateway"]) == ("coop125-m", "169.254.125.2")
 
     # The link's rules, in the lab's namespace (the machine's own iptables untouched): its
-    # hosts keep their addresses towards the link, and reach only ports 3128 and 9418 there
-    # (the egress proxy, the git daemon); in the namespace itself only 14000 (the ACME
+    # hosts keep their addresses towards the link, and reach only ports 3128, 9418 and 8700
+    # there (the egress proxy, the git daemon, the webhook endpoint); in the namespace itself
+    # only 14000 (the ACME
     # server's directory); the namespace starts nothing towards the machine.
     def rules(table: str) -> list[str]:
         argv = ["nsenter", f"--net={NET.netns_path}", "iptables", "-t", table, "-S"]
@@ -309,7 +310,7 @@ def test_up_network_twice_changes_nothing(lab: Lab) -> None:
         "-A INPUT -s 10.125.0.0/16 -p tcp -m tcp --dport 14000 -m conntrack --ctstate NEW"
         " -j ACCEPT",
         "-A INPUT -s 10.125.0.0/16 -m conntrack --ctstate NEW -j DROP",
-        "-A FORWARD -s 10.125.0.0/16 -d 169.254.125.1/32 -p tcp -m multiport --dports 3128,9418"
+        "-A FORWARD -s 10.125.0.0/16 -d 169.254.125.1/32 -p tcp -m multiport --dports 3128,9418,8700"
         " -m conntrack --ctstate NEW -j ACCEPT",
         "-A FORWARD -s 10.125.0.0/16 -d 169.254.125.1/32 -m conntrack --ctstate NEW -j DROP",
         "-A OUTPUT -d 169.254.125.1/32 -m conntrack --ctstate NEW -j DROP",

@@ -35,7 +35,8 @@ NOT_RECORDED_YET = "never built it"  # registry_image_sensor's words for an imag
 
 
 def pushed_apps(envelope: Any, topology_file: Path) -> list[str]:
-    """The apps whose branch tag an envelope's push events name (a push without a tag counts)."""
+    """The apps whose branch tag an envelope's push events name (a blob, or a manifest pushed
+    by digest or under another tag, names none: the branch tag moves by a push of its own)."""
     try:
         apps = load_topology(topology_file).apps
     except TopologyError:
@@ -48,7 +49,7 @@ def pushed_apps(envelope: Any, topology_file: Path) -> list[str]:
             continue
         app = apps.get(str(target.get("repository")))
         tag = target.get("tag")
-        if app is not None and (tag is None or tag == app.branch):
+        if app is not None and tag == app.branch:
             found.add(str(target["repository"]))
     return sorted(found)
 

@@ -62,6 +62,15 @@ def parse_push(body: bytes) -> tuple[list[str] | None, float | None]:
 class WebhookServer(ThreadingHTTPServer):
     daemon_threads = True
 
+    def handle_error(self, request, client_address) -> None:
+        """One line, not a traceback, for a client that closed its kept-alive connection (the
+        registry's HTTP client does); anything else as the standard library says it."""
+        error = sys.exc_info()[1]
+        if isinstance(error, (ConnectionResetError, BrokenPipeError)):
+            sys.stderr.write(f"{time.strftime('%H:%M:%S')} {client_address[0]}: {error}\n")
+            return
+        super().handle_error(request, client_address)
+
     def __init__(self, address: tuple[str, int], *, secret: bytes, pushes: PushHandler):
         super().__init__(address, _Handler)
         self.secret = secret
