@@ -202,18 +202,13 @@ def test_a_deliver_run_of_a_commit_no_longer_the_head_builds_it_and_releases_not
         instance = dg.DagsterInstance.get()
         before, _ = _answer(lab_env, "web-staging-1", "staging")
         instance.add_dynamic_partitions("commits_hello", [older])
-        run = (
-            lab_env.definitions()
-            .resolve_job_def(deliver_job_name(APP))
-            .execute_in_process(instance=instance, partition_key=older, raise_on_error=False)
-        )
-    assert run.success, step_failures(run)
-    assert materialization_metadata(run, NODE)["sha"] == older  # built
-    assert not run.asset_materializations_for_node("release__staging__hello")  # not released
-    said = [e.message for e in run.all_events if e.event_type_value == "ASSET_MATERIALIZATION"]
-    assert not [m for m in said if "release staging" in m]
-    logs = [e.message for e in instance.all_logs(run.run_id) if e.step_key]
-    assert any(f"{older} is no longer the head of main" in m for m in logs), logs
+        job = lab_env.definitions().resolve_job_def(deliver_job_name(APP))
+        run = job.execute_in_process(instance=instance, partition_key=older, raise_on_error=False)
+        assert run.success, step_failures(run)
+        assert materialization_metadata(run, NODE)["sha"] == older  # built
+        assert not run.asset_materializations_for_node("release__staging__hello")  # not released
+        logs = [e.message for e in instance.all_logs(run.run_id) if e.step_key]
+        assert any(f"{older} is no longer the head of main" in m for m in logs), logs
     after, _ = _answer(lab_env, "web-staging-1", "staging")
     assert after["version"] == before["version"]
 
