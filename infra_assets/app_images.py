@@ -61,8 +61,9 @@ DIGEST_LINE = re.compile(r"PUSHED_DIGEST=(sha256:[0-9a-f]{64})")
 # (build-app-image.sh); in a Jenkins console, after the timestamp the console may put first.
 BUILD_ERROR_LINE = re.compile(r"BUILD_ERROR=(.*)$")
 # A build that fails for a passing reason (the registry, a minion, the git daemon or the network
-# briefly down) is run again: after 5, 10, 20, 40, 80 and 160 s (about 5 minutes in all, with
-# jitter); the app's own failure (BuildRefused) and a wrong configuration are not.
+# briefly down) is run again: after about 5, 15, 35, 75, 155 and 315 s (Dagster's exponential
+# backoff: delay * (2^n - 1), with jitter; about 10 minutes in all); the app's own failure
+# (BuildRefused) and a wrong configuration are not.
 BUILD_RETRY_POLICY = dg.RetryPolicy(
     max_retries=6, delay=5, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
 )

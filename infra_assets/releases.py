@@ -43,25 +43,30 @@ from infra_assets.model import ENVIRONMENTS, Topology
 from infra_assets.provenance import build_of_commit, our_build, staging_record
 from infra_assets.secrets import SecretsError, load_secrets
 from infra_assets.sites import RECORDS_DIR, Site, SiteError, site_for
+from resources.git import GitError, GitResource
+from resources.git_url import resolve_repo
 from resources.registry import RegistryError, RegistryResource
 from resources.salt import ApplyResult, SaltError, SaltResource, StateResult
+from resources.topology import TopologyResource
 from sensors.registry_images import REVISION_LABEL, NewImage, build_registry_image_sensor
 
 GROUP = "releases"
 # \Z, not $: `$` also matches before a final newline (a newline would add nginx directives).
 DIGEST_RE = re.compile(r"\Asha256:[0-9a-f]{64}\Z")
 SHA_RE = re.compile(r"\A[0-9a-f]{40}\Z")
-# A release that fails for a passing reason (a minion, salt-api, the registry or the network
-# briefly down; a pull or a certificate that could not be fetched) is run again after 5, 10, 20,
-# 40 and 80 s (about 2.5 minutes in all, with jitter). The app's own failures (its release phase,
-# a container that exits or never answers, a site nginx refuses) and a wrong request are not
-# (`_fail`, `allow_retries=False`): a release is idempotent, so a retry finishes what the failed
-# attempt began and changes nothing where it had finished.
+# A release that fails for a passing reason (a minion, salt-api, the registry, the app's git
+# server or the network briefly down; an image pull that failed) is run again after about 5, 15,
+# 35, 75 and 155 s (Dagster's exponential backoff: delay * (2^n - 1), with jitter; nearly 5
+# minutes in all). The app's own failures (its release phase, a container that exits or never
+# answers, a site nginx refuses), a host not ready for releases (nginx down: a highstate mends
+# it), a certificate refused (an ACME server counts failed validations) and a wrong request are
+# not (`_fail`, `allow_retries=False`): a release is idempotent, so a retry finishes what the
+# failed attempt began and changes nothing where it had finished.
 RELEASE_RETRY_POLICY = dg.RetryPolicy(
     max_retries=5, delay=5, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
 )
 # The release state's steps whose failure says nothing about the app: tried again.
-PASSING_STEPS = frozenset({"ready", "certificate", "pull", "record", "stop-old", "prune"})
+PASSING_STEPS = frozenset({"pull", "record", "stop-old", "prune"})
 # Run tags of a `deliver_<app>` run (the push path): its commit, and when it was pushed.
 PARTITION_TAG = "dagster/partition"
 PUSHED_AT_TAG = "coop/pushed_at"
@@ -171,8 +176,18 @@ def release_asset(environment: str, app_name: str, topo: Topology) -> dg.AssetsD
         topology: Topology,
         salt: SaltResource,
         registry: RegistryResource,
+        git: GitResource,
+        topology_file: TopologyResource,
     ):
-        result = materialize(context, config, topology, salt, registry, environment, app_name)
+        def branch_head() -> str:
+            """The app's branch head now, read from its repository (a deliver run's check)."""
+            app = topology.apps[app_name]
+            repo = resolve_repo(app.repo, topology_file.file().parent)
+            return git.head(repo=repo, branch=app.branch)
+
+        result = materialize(
+            context, config, topology, salt, registry, environment, app_name, branch_head
+        )
         if result is not None:
             yield result
 
@@ -187,6 +202,7 @@ def materialize(
     registry: RegistryResource,
     environment: str,
     app_name: str,
+    branch_head=None,
 ) -> dg.MaterializeResult | None:
     """The release, or None when a `deliver_<app>` run's commit is no longer its branch's head
     (the newer head's run releases that)."""
@@ -214,19 +230,19 @@ def materialize(
         site = site_for(topology)
         secrets = load_secrets(site.secrets_file(), topology).values()
         before = read_records(salt, site, hosts, app_name)
+        commit = delivered_commit(context, environment)
+        if commit and branch_head is not None and (head := branch_head()) != commit:
+            context.log.info(
+                f"{what}: {commit} is no longer the head of {app.branch} ({head} is): not"
+                " released; the run of the newer head releases that"
+            )
+            return None
         chosen = _choose(context.instance, config, registry, salt, site, topology, environment,
-                         app_name, before, delivered_commit(context, environment))  # fmt: skip
+                         app_name, before, commit)  # fmt: skip
     except (SiteError, SecretsError) as err:
         raise _fail(f"{what}: {err}") from None
-    except (SaltError, RegistryError) as err:
+    except (SaltError, RegistryError, GitError) as err:
         raise _passing(f"{what}: {err}") from None
-    if chosen is None:
-        commit = delivered_commit(context, environment)
-        context.log.info(
-            f"{what}: {commit} is no longer the head of {app.branch} (its image is not at"
-            f" {app_name}:{app.branch}): not released; the run of the newer head releases that"
-        )
-        return None
     digest, sha, why = chosen
     if not DIGEST_RE.match(digest or "") or (sha and not SHA_RE.match(sha)):
         # What the hosts' records or the registry said: refused before the hosts are asked to act.
@@ -334,12 +350,12 @@ def _choose(
     app_name: str,
     before: list[Record],
     delivered: str | None,
-) -> tuple[str, str, str] | None:
+) -> tuple[str, str, str]:
     """(digest, sha, why) of what to release: only ever a digest that `app_image/<app>` built
     and recorded for a commit of the app's branch (infra_assets/provenance.py); production only
     the digest of the last successful staging release, which every staging host must run. In a
-    `deliver_<app>` run (`delivered`: its commit), the image its build step recorded, or None
-    when the branch tag has moved on from it."""
+    `deliver_<app>` run (`delivered`: its commit, still its branch's head), the image its build
+    step recorded."""
     what = f"release/{environment}/{app_name}"
     app = topology.apps[app_name]
     if config.rollback:
@@ -355,8 +371,6 @@ def _choose(
                 f"{what}: app_image/{app_name} recorded no build of {delivered} (this run's build"
                 " step): nothing to release"
             )
-        if registry.digest(repository=app_name, reference=app.branch) != built.digest:
-            return None
         digest, why = built.digest, f"built from {delivered[:12]}, the head of {app.branch}"
     else:
         found = registry.digest(repository=app_name, reference=app.branch)

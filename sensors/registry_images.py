@@ -32,6 +32,8 @@ from resources.registry import RegistryError, RegistryResource
 from sensors.cursors import CursorError, read_json_cursor
 
 SENSOR_NAME = "registry_image_sensor"
+# Run statuses of a `deliver_<app>` run that will still release its image.
+IN_PROGRESS = frozenset({"QUEUED", "NOT_STARTED", "STARTING", "STARTED"})
 REVISION_LABEL = "org.opencontainers.image.revision"
 
 
@@ -52,7 +54,8 @@ class RegistryPoll:
     # new digests that app_image never built: named at every tick while the tag points at them
     # (the cursor stays before them: our own build's record may land after its tag moved)
     foreign: list[str] = field(default_factory=list)
-    # new digests a `deliver_<app>` run of their commit releases (or did): no run of ours
+    # new digests a `deliver_<app>` run of their commit released or is releasing: no run of
+    # ours (the cursor stays before those still in progress)
     delivered: list[str] = field(default_factory=list)
     cursor: dict[str, dict[str, str]] = field(default_factory=dict)
 
@@ -78,13 +81,14 @@ def poll(
     cursor: Mapping[str, Mapping[str, str]],
     registry: RegistryResource,
     ours: Callable[[str, str, str], bool],
-    delivered_by: Callable[[str, str], str | None] = lambda app, sha: None,
+    delivered_by: Callable[[str, str], tuple[str, str] | None] = lambda app, sha: None,
 ) -> RegistryPoll:
     """Every app's watched tags against the cursor; `ours(app, branch, digest)` says whether
     app_image built that digest (its record in Dagster's event log); `delivered_by(app, sha)`
-    names the `deliver_<app>` run of that commit, which releases its image itself (None: there is
-    none). Raises RegistryError when the registry cannot be asked (then nothing of this poll
-    counts)."""
+    names the newest `deliver_<app>` run of that commit and its status (None: there is none): a
+    run that succeeded released the image itself, one queued or running will; one that failed
+    or was cancelled leaves it to this sensor. Raises RegistryError when the registry cannot be
+    asked (then nothing of this poll counts)."""
     endpoint = registry.endpoint()
     result = RegistryPoll(cursor={app: dict(tags) for app, tags in cursor.items()})
     for name, app in apps.items():
@@ -113,9 +117,16 @@ def poll(
                     " is not a commit (40 lowercase hex digits); build it from git (app_image)"
                 )
                 continue
-            run = delivered_by(name, sha) if sha else None
-            if run is not None:
-                result.delivered.append(f"{name}:{tag} = {digest}: released by {run}")
+            found = delivered_by(name, sha) if sha else None
+            if found is not None and found[1] in IN_PROGRESS:
+                result.delivered.append(f"{name}:{tag} = {digest}: being released by {found[0]}")
+                if cursor.get(name, {}).get(tag) is None:
+                    del result.cursor[name][tag]
+                else:
+                    result.cursor[name][tag] = cursor[name][tag]  # looked at again next tick
+                continue
+            if found is not None and found[1] == "SUCCESS":
+                result.delivered.append(f"{name}:{tag} = {digest}: released by {found[0]}")
                 continue
             result.new.append(NewImage(name, tag, digest, endpoint.image(name, digest), sha))
     return result
@@ -151,14 +162,17 @@ def build_registry_image_sensor(
         def ours(app: str, branch: str, digest: str) -> bool:
             return our_build(context.instance, app, branch, digest) is not None
 
-        def delivered_by(app: str, sha: str) -> str | None:
+        def delivered_by(app: str, sha: str) -> tuple[str, str] | None:
             job = (deliver_job_for_app or {}).get(app)
             if job is None:
                 return None
             records = context.instance.get_run_records(
                 dg.RunsFilter(job_name=job, tags={"coop/sha": sha}), limit=1
             )
-            return f"run {records[0].dagster_run.run_id} ({job})" if records else None
+            if not records:
+                return None
+            run = records[0].dagster_run
+            return f"run {run.run_id} ({job})", run.status.value
 
         try:
             result = poll(

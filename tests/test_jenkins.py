@@ -315,7 +315,8 @@ def test_the_jenkins_builder_builds_through_the_job_and_checks_the_registry(
         defs = delivery_defs(
             topo, registry=registry_site.resource(), jenkins=resource(fake, poll_interval_s=0.2)
         )
-        result = push_sensor_build(defs, dg.DagsterInstance.ephemeral())
+        # the build step of the push's run (no cloud here to release on)
+        result = push_sensor_build(defs, dg.DagsterInstance.ephemeral(), build_only=True)
     assert result.success
     [mat] = result.asset_materializations_for_node("app_image__hello_ci")
     meta = {k: v.value for k, v in mat.metadata.items()}

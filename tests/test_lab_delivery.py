@@ -188,6 +188,31 @@ def test_a_commit_pushed_while_the_registry_is_down_is_live_once_it_is_back(lab_
     assert body["version"] == sha
 
 
+def test_a_deliver_run_of_a_commit_no_longer_the_head_builds_it_and_releases_nothing(
+    lab_env: LabEnv, hello
+):
+    """Two pushes in a row, their runs in the other order: the older commit's run builds it, then
+    reads the branch head from the repository, finds the newer commit there and releases nothing
+    (its step succeeds): staging is not sent back to an older commit."""
+    from infra_assets.app_images import deliver_job_name
+
+    older = hello.commit(message="pushed first")
+    hello.commit(message="pushed second")
+    with lab_env.env():
+        instance = dg.DagsterInstance.get()
+        before, _ = _answer(lab_env, "web-staging-1", "staging")
+        instance.add_dynamic_partitions("commits_hello", [older])
+        job = lab_env.definitions().resolve_job_def(deliver_job_name(APP))
+        run = job.execute_in_process(instance=instance, partition_key=older, raise_on_error=False)
+        assert run.success, step_failures(run)
+        assert materialization_metadata(run, NODE)["sha"] == older  # built
+        assert not run.asset_materializations_for_node("release__staging__hello")  # not released
+        logs = [e.message for e in instance.all_logs(run.run_id) if e.step_key]
+        assert any(f"{older} is no longer the head of main" in m for m in logs), logs
+    after, _ = _answer(lab_env, "web-staging-1", "staging")
+    assert after["version"] == before["version"]
+
+
 def test_the_registry_s_notification_wakes_the_registry_sensor(lab_env: LabEnv, hello, tmp_path):
     """A build alone (build_hello: no release in its run) pushes an image and moves the branch
     tag; the lab's registry notifies the webhook endpoint (its config names it: the pillar's

@@ -112,7 +112,22 @@ def test_a_push_that_is_not_signed_with_the_secret_is_refused(endpoint: Endpoint
         timeout=30,
     )
     assert forged.status_code == 401
+    # A header that is not ASCII is a wrong signature too, not a crash.
+    odd = requests.post(
+        f"{endpoint.url}/push/hello",
+        data=body,
+        headers={"X-Hub-Signature-256": "sha256=\xe9t\xe9"},
+        timeout=30,
+    )
+    assert odd.status_code == 401, odd.text
     assert endpoint.runs(**{"coop/sha": sha}) == []
+
+
+def test_a_signed_body_that_is_no_push_is_a_clear_400(endpoint: Endpoint):
+    for body in (b"[1, 2]", b'{"pushed_at": 1' + b"0" * 400 + b"}", b"{not json", b"[" * 100000):
+        answer = endpoint.post(body)
+        assert answer.status_code == 400, (body[:20], answer.text)
+        assert answer.json()["error"].startswith("the body is not a push: ")
 
 
 def test_an_unknown_app_or_another_branch_starts_nothing(endpoint: Endpoint):

@@ -43,10 +43,16 @@ def signature(secret: bytes, body: bytes) -> str:
     return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
 
 
+def same(given: str, expected: str) -> bool:
+    """`given` (a header, any characters) equals `expected`, compared in constant time: as
+    bytes, since `hmac.compare_digest` refuses a str that is not ASCII."""
+    return hmac.compare_digest(given.encode("latin-1", "replace"), expected.encode())
+
+
 def parse_push(body: bytes) -> tuple[list[str] | None, float | None]:
     """(the refs the payload says moved, or None when it names none; the push's time, if
     given). Raises ValueError for a body that is not a JSON object."""
-    data = json.loads(body.decode("utf-8") or "{}")
+    data = json.loads(body.decode("utf-8") or "{}")  # RecursionError: a body nested too deep
     if not isinstance(data, dict):
         raise ValueError("the body is not a JSON object")
     refs: list[str] | None = None
@@ -82,12 +88,15 @@ class WebhookServer(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     server: WebhookServer
     protocol_version = "HTTP/1.1"
+    timeout = 10  # seconds a client may take to send a request (its body too)
 
     def log_message(self, format: str, *args: Any) -> None:  # one line per call, to the log
         sys.stderr.write(f"{time.strftime('%H:%M:%S')} {self.address_string()} {format % args}\n")
 
     def _answer(self, status: int, body: dict) -> None:
         data = json.dumps(body).encode() + b"\n"
+        if status >= 400:  # a body left unread must not be taken for the next request
+            self.close_connection = True
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
@@ -122,7 +131,7 @@ class _Handler(BaseHTTPRequestHandler):
         if body is None:
             return
         given = self.headers.get(SIGNATURE_HEADER) or ""
-        if not hmac.compare_digest(given, signature(self.server.secret, body)):
+        if not same(given, signature(self.server.secret, body)):
             self._answer(
                 401,
                 {
@@ -133,7 +142,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         try:
             refs, pushed_at = parse_push(body)
-        except (ValueError, UnicodeDecodeError) as err:
+        except (ValueError, UnicodeDecodeError, OverflowError, RecursionError) as err:
             self._answer(400, {"error": f"the body is not a push: {err}"})
             return
         app = match[1]
@@ -151,7 +160,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _registry(self) -> None:
         """Answered at once (the registry waits 2 s at most); the sensor is woken after."""
         given = self.headers.get("Authorization") or ""
-        if not hmac.compare_digest(given, self.server.registry_token):
+        if not same(given, self.server.registry_token):
             self._answer(401, {"error": "missing or wrong Authorization: Bearer <token>"})
             return
         body = self._body()
@@ -159,7 +168,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         try:
             envelope = json.loads(body.decode("utf-8") or "{}")
-        except (ValueError, UnicodeDecodeError) as err:
+        except (ValueError, UnicodeDecodeError, RecursionError) as err:
             self._answer(400, {"error": f"the body is not a registry notification: {err}"})
             return
         apps = pushed_apps(envelope, self.server.pushes.topology_file)
