@@ -73,7 +73,10 @@ def serve(listen: str, topology_file: Path, dagster_url: str) -> None:
     except OSError as err:
         click.echo(f"infra webhooks serve: cannot listen on {listen}: {err.strerror}", err=True)
         sys.exit(1)
-    click.echo(f"webhooks: listening on http://{listen} (POST /push/<app>); Dagster {dagster_url}")
+    click.echo(
+        f"webhooks: listening on http://{listen} (POST /push/<app>, POST /registry);"
+        f" Dagster {dagster_url}"
+    )
     try:
         server.serve_forever()
     except KeyboardInterrupt:
