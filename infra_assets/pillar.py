@@ -427,10 +427,9 @@ def _registry(site: Site, secrets: Secrets | None, host: str) -> dict[str, Any]:
     }
     # Its pushes wake registry_image_sensor through the webhook endpoint (webhooks/server.py).
     url = site.webhooks_url(host)
-    hooks = secrets.data.get("webhooks") if secrets is not None else None
-    if url and isinstance(hooks, dict) and isinstance(hooks.get("secret"), str):
-        token = registry_notify_token(hooks["secret"].strip().encode())
-        block["notify"] = {"url": f"{url}/registry", "token": token}
+    key = secrets.webhook_key() if secrets is not None else None
+    if url and key:
+        block["notify"] = {"url": f"{url}/registry", "token": registry_notify_token(key)}
     return block
 
 

@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import base64
 import datetime
+import hashlib
+import hmac
 import ipaddress
 import json
 import os
@@ -72,6 +74,11 @@ class Secrets:
             node = node[key]
         return node
 
+    def webhook_key(self) -> bytes | None:
+        """`webhooks.secret` as the HMAC key (None: not there, or not a string)."""
+        value = _lookup(self.data, WEBHOOK_SECRET)
+        return value.strip().encode() if isinstance(value, str) and value.strip() else None
+
     def values(self) -> list[str]:
         """Every secret value and every encoded form of it that a state writes, longest first:
         what logs and metadata must never show.
@@ -102,9 +109,9 @@ class Secrets:
             found.append(urllib.parse.quote(value))  # "/" kept: Jinja's urlencode, a URL's path
             found.append(urllib.parse.quote_plus(value))  # a form's or a query's encoding
             found.append(_b64(value))
-        hooks = self.data.get("webhooks")
-        if isinstance(hooks, dict) and isinstance(hooks.get("secret"), str) and hooks["secret"]:
-            found.append(registry_notify_token(hooks["secret"].strip().encode()))
+        key = self.webhook_key()
+        if key:
+            found.append(registry_notify_token(key))
         registry = self.data.get("registry")
         users = registry.get("users") if isinstance(registry, dict) else None
         for user, password in users.items() if isinstance(users, dict) else ():
@@ -265,9 +272,6 @@ WEBHOOK_SECRET = ("webhooks", "secret")
 def registry_notify_token(secret: bytes) -> str:
     """The bearer token the registry's notifications carry to the webhook endpoint: derived
     from `webhooks.secret` (a key of its own, not the secret itself, in the registry's config)."""
-    import hashlib
-    import hmac
-
     return hmac.new(secret, b"coop-infra registry notifications", hashlib.sha256).hexdigest()
 
 
@@ -275,11 +279,11 @@ def webhook_secret(path: Path) -> bytes:
     """The key pushes are signed with (HMAC-SHA256): `webhooks.secret` of the secrets file at
     `path`, at least 16 characters. Raises `SecretsError` (never shows a value)."""
     path = Path(path)
-    value = _lookup(_read(path, [WEBHOOK_SECRET]), WEBHOOK_SECRET)
+    secrets = Secrets(path, _read(path, [WEBHOOK_SECRET]))
     mode = path.stat().st_mode & 0o777
     if mode & 0o077:
         raise SecretsError(path, [f"readable by others (mode {oct(mode)}): chmod 600 {path}"])
-    if value is _MISSING:
+    if _lookup(secrets.data, WEBHOOK_SECRET) is _MISSING:
         raise SecretsError(
             path,
             [
@@ -288,9 +292,10 @@ def webhook_secret(path: Path) -> bytes:
                 " secret file and the forge's webhook)"
             ],
         )
-    if not isinstance(value, str) or len(value.strip()) < 16:
+    key = secrets.webhook_key()
+    if key is None or len(key.decode()) < 16:
         raise SecretsError(path, ["webhooks.secret: must be a string of 16 characters or more"])
-    return value.strip().encode()
+    return key
 
 
 def ensure_secrets(path: Path, topo: Topology, *, tls_names: Iterable[str] = ()) -> Secrets:

@@ -109,6 +109,11 @@ def poll(
             sha = None
             if manifest is not None and not manifest.is_index:
                 sha = registry.labels(repository=name, manifest=manifest).get(REVISION_LABEL)
+            found = delivered_by(name, sha) if sha and SHA_RE.match(sha) else None
+            if found is not None and found[1] in IN_PROGRESS:
+                # the cursor stays before it: looked at again next tick
+                result.delivered.append(f"{name}:{tag} = {digest}: being released by {found[0]}")
+                continue
             result.cursor.setdefault(name, {})[tag] = digest
             if sha is not None and not SHA_RE.match(sha):
                 # The label becomes the release's commit (a salt pillar value): only a sha passes.
@@ -116,14 +121,6 @@ def poll(
                     f"{name}:{tag} = {digest} not released: its label {REVISION_LABEL}={sha!r}"
                     " is not a commit (40 lowercase hex digits); build it from git (app_image)"
                 )
-                continue
-            found = delivered_by(name, sha) if sha else None
-            if found is not None and found[1] in IN_PROGRESS:
-                result.delivered.append(f"{name}:{tag} = {digest}: being released by {found[0]}")
-                if cursor.get(name, {}).get(tag) is None:
-                    del result.cursor[name][tag]
-                else:
-                    result.cursor[name][tag] = cursor[name][tag]  # looked at again next tick
                 continue
             if found is not None and found[1] == "SUCCESS":
                 result.delivered.append(f"{name}:{tag} = {digest}: released by {found[0]}")

@@ -63,10 +63,21 @@ class Endpoint:
             topology_file=self.topology, dagster_url=self.ui, env=self.env
         )
 
-    def post(self, body: bytes, *, app: str = "hello", sign: bytes | None = SECRET):
+    def post(
+        self,
+        body: bytes,
+        *,
+        app: str = "hello",
+        sign: bytes | None = SECRET,
+        signed_as: str | None = None,
+    ):
+        """POST /push/<app>: `body` signed with `sign` (None: unsigned), or with the header
+        `signed_as` as given."""
         headers = {"Content-Type": "application/json"}
         if sign is not None:
             headers["X-Hub-Signature-256"] = signature(sign, body)
+        if signed_as is not None:
+            headers["X-Hub-Signature-256"] = signed_as
         return requests.post(f"{self.url}/push/{app}", data=body, headers=headers, timeout=30)
 
     def instance(self) -> dg.DagsterInstance:
@@ -105,20 +116,10 @@ def test_a_push_that_is_not_signed_with_the_secret_is_refused(endpoint: Endpoint
         assert answer.status_code == 401, answer.text
         assert "X-Hub-Signature-256" in answer.json()["error"]
     # A signature of another body does not pass either.
-    forged = requests.post(
-        f"{endpoint.url}/push/hello",
-        data=body,
-        headers={"X-Hub-Signature-256": signature(SECRET, b"{}")},
-        timeout=30,
-    )
+    forged = endpoint.post(body, signed_as=signature(SECRET, b"{}"))
     assert forged.status_code == 401
     # A header that is not ASCII is a wrong signature too, not a crash.
-    odd = requests.post(
-        f"{endpoint.url}/push/hello",
-        data=body,
-        headers={"X-Hub-Signature-256": "sha256=\xe9t\xe9"},
-        timeout=30,
-    )
+    odd = endpoint.post(body, signed_as="sha256=\xe9t\xe9")
     assert odd.status_code == 401, odd.text
     assert endpoint.runs(**{"coop/sha": sha}) == []
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from infra_assets.app_images import partitions_def_name
 from infra_assets.delivery import push_job_name
 from infra_assets.model import Topology, TopologyError, load_topology
-from infra_assets.releases import PUSHED_AT_TAG
+from infra_assets.releases import PARTITION_TAG, PUSHED_AT_TAG
 from resources.git import GitError, GitResource
 from resources.git_url import redact_repo, resolve_repo
 from sensors import git_push
@@ -26,7 +26,6 @@ from webhooks.dagster_api import DagsterApi
 
 SENSOR_NAME_TAG = "dagster/sensor_name"
 RUN_KEY_TAG = "dagster/run_key"
-PARTITION_TAG = "dagster/partition"
 STARTED_BY_TAG = "coop/started_by"
 
 

@@ -37,21 +37,20 @@ NOT_RECORDED_YET = "never built it"  # registry_image_sensor's words for an imag
 def pushed_apps(envelope: Any, topology_file: Path) -> list[str]:
     """The apps whose branch tag an envelope's push events name (a blob, or a manifest pushed
     by digest or under another tag, names none: the branch tag moves by a push of its own)."""
+    events = envelope.get("events") if isinstance(envelope, dict) else None
+    targets = [
+        e["target"]
+        for e in (events if isinstance(events, list) else [])
+        if isinstance(e, dict) and e.get("action") == "push" and isinstance(e.get("target"), dict)
+    ]
+    tagged = [(str(t.get("repository")), t["tag"]) for t in targets if t.get("tag") is not None]
+    if not tagged:  # a push's blobs, each told of apart: no topology to read for them
+        return []
     try:
         apps = load_topology(topology_file).apps
     except TopologyError:
         return []
-    events = envelope.get("events") if isinstance(envelope, dict) else None
-    found = set()
-    for event in events if isinstance(events, list) else []:
-        target = event.get("target") if isinstance(event, dict) else None
-        if not isinstance(target, dict) or event.get("action") != "push":
-            continue
-        app = apps.get(str(target.get("repository")))
-        tag = target.get("tag")
-        if app is not None and tag == app.branch:
-            found.add(str(target["repository"]))
-    return sorted(found)
+    return sorted({repo for repo, tag in tagged if repo in apps and tag == apps[repo].branch})
 
 
 class RegistryWake:
