@@ -40,6 +40,7 @@ import dagster as dg
 from infra_assets.highstate import highstate_key
 from infra_assets.model import App, Topology
 from infra_assets.paths import REPO_ROOT, state_dir
+from infra_assets.pillar import build_caches
 from infra_assets.provenance import our_build
 from infra_assets.secrets import PUSH_ACCOUNT, SecretsError, load_secrets
 from infra_assets.sites import LabSite, SiteError, site_for
@@ -170,9 +171,8 @@ def app_image_asset(
     app_name: str, builder: str, topo: Topology | None = None
 ) -> dg.AssetsDefinition:
     partitions = dg.DynamicPartitionsDefinition(name=partitions_def_name(app_name))
-    needs = {"git", "registry", "topology_file", BUILDER_RESOURCES[builder]}
-    if builder == "salt":
-        needs.add("podman")  # the base image, pushed to the registry for the agents
+    # podman: the base images, made here and pushed to the registry for the build hosts.
+    needs = {"git", "registry", "topology_file", "podman", BUILDER_RESOURCES[builder]}
     # One lineage: the image comes after the registry's and the build agent's states.
     deps = [highstate_key(role) for role in UPSTREAM_ROLES if topo and topo.hosts_with_role(role)]
 
@@ -239,7 +239,7 @@ def materialize(
         elif builder == "salt":
             outcome = _build_salt(context, topology, endpoint, app_name, app, shown, sha, log)
         else:
-            outcome = _build_jenkins(res.jenkins, endpoint, app_name, app, shown, sha, log)
+            outcome = _build_jenkins(context, topology, endpoint, app_name, app, shown, sha, log)
         manifest = registry.manifest(repository=app_name, reference=sha)
         if manifest is None:
             raise dg.Failure(f"{endpoint.image(app_name, sha)} is not in the registry after push")
@@ -449,6 +449,36 @@ def publish_runtime_image(
     return f"{runtime}={image.version}={endpoint.image(repository, digest)}", note
 
 
+@dataclass(frozen=True)
+class BuildStart:
+    """What a build starts FROM, in the registry for the build host to pull (either builder)."""
+
+    base_image: str  # the project's base image, by digest
+    runtime_images: str  # `<runtime>=<version>=<image>` for the standard build, or ""
+    caches: dict[str, str]  # NPM_REGISTRY, PIP_INDEX_URL: the caches it installs from
+    notes: list[str]
+
+
+def build_start(
+    res, topology: Topology, endpoint: Endpoint, app: App, sha: str, log: BuildLog
+) -> BuildStart:
+    """The base image, pushed to the registry when it is not there; for a repository the
+    standard build builds (no Dockerfile), its runtime's base image too, made and pushed only
+    where a build can use it: with the cache its packages come from; and the caches' URLs."""
+    base, base_note = publish_base_image(res.podman, res.registry, endpoint, log)
+    notes = [base_note]
+    runtime_images = ""
+    repo = resolve_repo(app.repo, res.topology_file.file().parent)
+    runtime = standard_runtime(res.git, repo, app.branch, sha)
+    if runtime and topology.hosts_with_role(RUNTIME_CACHES[runtime]):
+        runtime_images, runtime_note = publish_runtime_image(
+            res.podman, res.registry, endpoint, runtime, log
+        )
+        notes.append(f"standard build (no Dockerfile): {runtime_note}")
+    caches = build_caches(site_for(topology))
+    return BuildStart(base, runtime_images, {k: v or "" for k, v in caches.items()}, notes)
+
+
 def _build_salt(
     context: dg.AssetExecutionContext,
     topology: Topology,
@@ -468,17 +498,8 @@ def _build_salt(
         raise SiteError("the salt builder runs on the lab (cloud: lab) only")
     agent = build_agent(topology)
     secrets = load_secrets(site.secrets_file(), topology).values()
-    base, base_note = publish_base_image(res.podman, res.registry, endpoint, log)
-    notes = [base_note]
-    runtime_images = ""
+    start = build_start(res, topology, endpoint, app, sha, log)
     base_dir = res.topology_file.file().parent
-    runtime = standard_runtime(res.git, resolve_repo(app.repo, base_dir), app.branch, sha)
-    # Made and pushed only where a build can use it: with the cache its packages come from.
-    if runtime and topology.hosts_with_role(RUNTIME_CACHES[runtime]):
-        runtime_images, runtime_note = publish_runtime_image(
-            res.podman, res.registry, endpoint, runtime, log
-        )
-        notes.append(f"standard build (no Dockerfile): {runtime_note}")
     source = lab_repo_url(site, base_dir, agent, app_name, repo)
     build = {
         "app": app_name,
@@ -486,8 +507,8 @@ def _build_salt(
         "sha": sha,
         "branch": app.branch,
         "image": endpoint.image(app_name),
-        "base_image": base,
-        "runtime_images": runtime_images,
+        "base_image": start.base_image,
+        "runtime_images": start.runtime_images,
     }
     log(f"== build on {agent} through salt ({BUILD_STATE}): {source} {sha}")
     result = salt.apply(
@@ -522,27 +543,41 @@ def _build_salt(
     return BuildOutcome(
         found[-1],
         time.monotonic() - started,
-        [*notes, f"built on {agent} through salt ({BUILD_STATE}, job {result.jid})"],
-        {"build_host": agent, "salt_jid": result.jid, "base_image": base, "repo_url": source},
+        [*start.notes, f"built on {agent} through salt ({BUILD_STATE}, job {result.jid})"],
+        {
+            "build_host": agent,
+            "salt_jid": result.jid,
+            "base_image": start.base_image,
+            "repo_url": source,
+        },
     )
 
 
 def _build_jenkins(
-    jenkins: JenkinsResource,
-    endpoint,
+    context: dg.AssetExecutionContext,
+    topology: Topology,
+    endpoint: Endpoint,
     app_name: str,
     app: App,
     repo: str,
     sha: str,
     log: BuildLog,
 ) -> BuildOutcome:
+    """The `app-image` Jenkins job (jenkins/Jenkinsfile): its parameters are the build's."""
     started = time.monotonic()
+    res = context.resources
+    jenkins: JenkinsResource = res.jenkins
+    start = build_start(res, topology, endpoint, app, sha, log)
     parameters = {
         "APP": app_name,
         "REPO": repo,
         "SHA": sha,
         "BRANCH": app.branch,
         "IMAGE": endpoint.image(app_name),
+        "BASE_IMAGE": start.base_image,
+        "RUNTIME_IMAGES": start.runtime_images,
+        "NPM_REGISTRY": start.caches["npm_registry"],
+        "PIP_INDEX_URL": start.caches["pip_index"],
     }
     build = jenkins.build(parameters=parameters, log=log)
     extra = {
@@ -575,8 +610,11 @@ def _build_jenkins(
     return BuildOutcome(
         found[-1],
         time.monotonic() - started,
-        [f"Jenkins {build.job} #{build.number}: {build.result} in {build.duration_s:.1f} s"],
-        extra,
+        [
+            *start.notes,
+            f"Jenkins {build.job} #{build.number}: {build.result} in {build.duration_s:.1f} s",
+        ],
+        {**extra, "base_image": start.base_image},
     )
 
 

@@ -188,10 +188,14 @@ def _jenkins(b: Block) -> None:
 def _jenkins_agent(b: Block) -> None:
     b.pillar["jenkins_agent"] = {
         "master_url": _url(b.site, "jenkins-master", "jenkins", "http"),
-        # The standard build's package registries: the co-op's caches (the builds' only network).
-        "npm_registry": _url(b.site, "npm-cache", "npm", "http"),
-        "pip_index": _pip_index(b.site),
+        **build_caches(b.site),
     }
+
+
+def build_caches(site: Site) -> dict[str, str | None]:
+    """The standard build's package registries: the co-op's caches (the builds' only network),
+    as the agents' pillar (the salt builder) and the Jenkins job's parameters give them."""
+    return {"npm_registry": _url(site, "npm-cache", "npm", "http"), "pip_index": _pip_index(site)}
 
 
 def _pip_index(site: Site) -> str | None:

@@ -26,6 +26,8 @@ from fixtures_delivery import (
 
 from infra_assets.app_images import builder_for
 from infra_assets.model import load_topology
+from infra_assets.pillar import build_caches
+from infra_assets.sites import site_for
 from resources.jenkins import JenkinsError, JenkinsResource
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -139,7 +141,10 @@ def test_a_build_that_runs_too_long_is_stopped():
 def test_the_jenkinsfile_declares_what_the_builder_sends():
     text = JENKINSFILE.read_text()
     declared = set(re.findall(r"string\(name: '([A-Z_]+)'", text))
-    assert declared == {"APP", "REPO", "SHA", "BRANCH", "IMAGE"}
+    assert declared == {
+        "APP", "REPO", "SHA", "BRANCH", "IMAGE",
+        "BASE_IMAGE", "RUNTIME_IMAGES", "NPM_REGISTRY", "PIP_INDEX_URL",
+    }  # fmt: skip
     assert "sh 'jenkins/build-app-image.sh'" in text
     assert "usernameVariable: 'REGISTRY_USER'" in text
     assert "passwordVariable: 'REGISTRY_PASSWORD'" in text
@@ -152,8 +157,15 @@ def test_the_jenkinsfile_declares_what_the_builder_sends():
 FAKE_GIT = """#!/bin/bash
 printf '%s\\n' git "$@" >> "$CALLS"; echo >> "$CALLS"
 if [[ " $* " == *" fetch "* && " $* " == *" --depth "* ]]; then exit 128; fi
-# The checked-out tree: an app with a Dockerfile (git -C <src> ... checkout).
-if [[ " $* " == *" checkout "* ]]; then touch "$2/Dockerfile"; fi
+# The checked-out tree (git -C <src> ... checkout): an app with a Dockerfile, or one the
+# standard build builds ($TREE: python, node).
+if [[ " $* " == *" checkout "* ]]; then
+  case "${TREE:-dockerfile}" in
+    dockerfile) touch "$2/Dockerfile" ;;
+    python) echo "web: python3 app.py" > "$2/Procfile"; touch "$2/requirements.txt" ;;
+    node) echo "web: node index.js" > "$2/Procfile"; echo "{}" > "$2/package.json" ;;
+  esac
+fi
 """
 FAKE_PODMAN = """#!/bin/bash
 printf '%s\\n' podman "$@" >> "$CALLS"
@@ -169,11 +181,12 @@ fi
 """
 
 
-def test_the_script_uses_each_parameter_of_the_job_where_it_belongs(tmp_path):
+@pytest.mark.parametrize("tree", ["dockerfile", "python", "node"])
+def test_the_script_uses_each_parameter_of_the_job_where_it_belongs(tmp_path, tree):
     """Every parameter the Jenkinsfile declares, and the credential's two variables, given a
-    value of its own, reaches the command that needs it (git and podman are stand-ins here
-    that record their arguments; test_the_jenkins_builder_builds_... runs the real ones, on
-    the lab)."""
+    value of its own, reaches the command that needs it, for an app with a Dockerfile and for
+    the standard build's two runtimes (git and podman are stand-ins here that record their
+    arguments; test_the_jenkins_builder_builds_... runs the real ones, on the lab)."""
     text = JENKINSFILE.read_text()
     declared = re.findall(r"string\(name: '([A-Z_]+)'", text)
     credential = re.findall(r"(?:username|password)Variable: '([A-Z_]+)'", text)
@@ -186,6 +199,11 @@ def test_the_script_uses_each_parameter_of_the_job_where_it_belongs(tmp_path):
         "IMAGE": "registry-q4.example.coop:5001/image-q5",
         "REGISTRY_USER": "user-q6",
         "REGISTRY_PASSWORD": "password-q7",
+        "BASE_IMAGE": "base-q8",
+        "RUNTIME_IMAGES": "node=18.19.0=registry-q4.example.coop:5001/node-q9"
+        " python=3.11.2=registry-q4.example.coop:5001/python-q10",
+        "NPM_REGISTRY": "http://npm-q11.example.coop:4873",
+        "PIP_INDEX_URL": "http://pypi-q12.example.coop:3141/index/",
     }
     assert sorted(values) == sorted(declared + credential)  # a new parameter needs a value here
     bin_dir = tmp_path / "bin"
@@ -204,7 +222,7 @@ def test_the_script_uses_each_parameter_of_the_job_where_it_belongs(tmp_path):
         env={
             "PATH": f"{bin_dir}:/usr/bin:/bin",
             "CALLS": str(calls),
-            "BASE_IMAGE": "base-q8",
+            "TREE": tree,
             **values,
         },
         timeout=60,
@@ -230,7 +248,21 @@ def test_the_script_uses_each_parameter_of_the_job_where_it_belongs(tmp_path):
     assert login[-2:] == [host, f"stdin={v['REGISTRY_PASSWORD']}"]
     build = called("podman", "build")
     assert build[build.index("-t") + 1] == image and build[-1] == src
-    assert f"GIT_SHA={v['SHA']}" in build and "BASE_IMAGE=base-q8" in build
+    assert f"GIT_SHA={v['SHA']}" in build
+    written = workspace / "build-app-q1" / "Dockerfile"  # the standard build's
+    if tree == "dockerfile":
+        assert "BASE_IMAGE=base-q8" in build and "-f" not in build
+    else:
+        # FROM the runtime's image, with the Dockerfile the standard build wrote, which
+        # installs from the runtime's cache.
+        runtime_image = {"node": "node-q9", "python": "python-q10"}[tree]
+        assert f"BASE_IMAGE=registry-q4.example.coop:5001/{runtime_image}" in build
+        assert build[build.index("-f") + 1] == str(written)
+        dockerfile = written.read_text()
+        if tree == "python":
+            assert f"PIP_INDEX_URL={v['PIP_INDEX_URL']}" in dockerfile
+        else:
+            assert f"npm_config_registry={v['NPM_REGISTRY']}" in dockerfile
     pairs = list(zip(build, build[1:], strict=False))
     for label in (
         f"org.opencontainers.image.revision={v['SHA']}",
@@ -272,8 +304,7 @@ def script_runner(podman, registry_site, workspace: Path):
             # The site's registry: TLS, verified against its certificate.
             "REGISTRY_TLS_VERIFY": "true",
             "REGISTRY_CERT_DIR": str(Path(end.ca_file).parent),
-            "BUILD_NETWORK": "none",
-            "BASE_IMAGE": podman.base_image,
+            "BUILD_NETWORK": "none",  # (the agents' firewall lets builds reach the caches only)
             "WORKSPACE": str(workspace),
         }
         workspace.mkdir(parents=True, exist_ok=True)
@@ -313,7 +344,10 @@ def test_the_jenkins_builder_builds_through_the_job_and_checks_the_registry(
     runner = script_runner(podman, registry_site, tmp_path / "workspace")
     with FakeJenkins(jobs={"app-image": runner}) as fake:
         defs = delivery_defs(
-            topo, registry=registry_site.resource(), jenkins=resource(fake, poll_interval_s=0.2)
+            topo,
+            registry=registry_site.resource(),
+            podman=podman,
+            jenkins=resource(fake, poll_interval_s=0.2),
         )
         # the build step of the push's run (no cloud here to release on)
         result = push_sensor_build(defs, dg.DagsterInstance.ephemeral(), build_only=True)
@@ -327,13 +361,24 @@ def test_the_jenkins_builder_builds_through_the_job_and_checks_the_registry(
     assert meta["jenkins_build"] == f"{fake.url}job/app-image/1/"
     assert meta["jenkins_result"] == "SUCCESS"
     build = fake.builds[("app-image", 1)]
+    caches = build_caches(site_for(topo))
     assert build.params == {
         "APP": "hello-ci",
         "REPO": str(repo.bare),
         "SHA": sha,
         "BRANCH": "main",
         "IMAGE": registry_site.endpoint.image("hello-ci"),
+        # the base image, pushed to the registry first, by digest; no runtime image (the app
+        # has a Dockerfile); the caches are the topology's support-1 (10.127.1.x)
+        "BASE_IMAGE": meta["base_image"],
+        "RUNTIME_IMAGES": "",
+        "NPM_REGISTRY": caches["npm_registry"],
+        "PIP_INDEX_URL": caches["pip_index"],
     }
+    assert meta["base_image"].startswith(registry_site.endpoint.image("coop-base") + "@sha256:")
+    assert caches["npm_registry"].startswith("http://10.") and caches["pip_index"].endswith(
+        ":3141/index/"
+    )
     # The console went to the Dagster log and into the build log. The console is unmasked here
     # (see script_runner): the script printed the registry password nowhere.
     log = Path(meta["build_log"]).read_text()
@@ -347,8 +392,57 @@ def test_the_jenkins_builder_builds_through_the_job_and_checks_the_registry(
     assert labels["org.opencontainers.image.revision"] == sha
 
 
+# A Python app with no Dockerfile and no dependencies: the standard build builds it with no
+# network at all (its dependencies would come from the PyPI cache, which is the lab's).
+PLAIN_PYTHON = {
+    "app.py": "import http.server\n"
+    "http.server.HTTPServer(('', 8000), http.server.SimpleHTTPRequestHandler).serve_forever()\n",
+    "Procfile": "web: python3 app.py\n",
+    "requirements.txt": "# no dependencies\n",
+}
+
+
+def test_a_repository_without_a_dockerfile_gets_the_standard_build_under_jenkins(
+    tmp_path, app_repos, monkeypatch, podman, base_image, registry_site
+):
+    """The standard build is the same under Jenkins as under salt: the builder makes the
+    runtime's base image, pushes it to the registry and names it to the job, with the caches
+    the build installs from; the job's script builds the app by convention FROM it."""
+    repo = app_repos("plain-py")
+    for name, text in PLAIN_PYTHON.items():
+        (repo.work / name).write_text(text)
+    sha = repo.commit(message="no Dockerfile")
+    topo_file = write_app_topology(
+        tmp_path / "topology.yaml", {"plain-py": "git/plain-py.git"}, cloud="catalyst"
+    )
+    topo = load_topology(topo_file)
+    monkeypatch.setenv("INFRA_TOPOLOGY", str(topo_file))
+    monkeypatch.setenv("INFRA_STATE_DIR", str(tmp_path / "state"))
+    runner = script_runner(podman, registry_site, tmp_path / "workspace")
+    with FakeJenkins(jobs={"app-image": runner}) as fake:
+        defs = delivery_defs(
+            topo, registry=registry_site.resource(), podman=podman, jenkins=resource(fake)
+        )
+        result = push_sensor_build(defs, dg.DagsterInstance.ephemeral(), app="plain-py",
+                                   build_only=True)  # fmt: skip
+    assert result.success
+    params = fake.builds[("app-image", 1)].params
+    runtime, version, image = params["RUNTIME_IMAGES"].split("=")
+    assert runtime == "python" and version.startswith("3.11.")
+    assert image.startswith(registry_site.endpoint.image("coop-python") + "@sha256:")
+    assert params["PIP_INDEX_URL"] == build_caches(site_for(topo))["pip_index"]
+    console = fake.builds[("app-image", 1)].console.text()
+    assert "== standard build (no Dockerfile)" in console
+    registry = registry_site.resource()
+    labels = registry.labels(
+        repository="plain-py", manifest=registry.manifest(repository="plain-py", reference=sha)
+    )
+    assert labels["org.coop-infra.build"] == f"standard python {version}"
+    assert labels["org.opencontainers.image.revision"] == sha
+
+
 def test_a_failed_jenkins_build_fails_the_asset_with_the_console_tail(
-    tmp_path, app_repos, monkeypatch, registry_site
+    tmp_path, app_repos, monkeypatch, registry_site, podman, base_image
 ):
     repo = app_repos("hello-ci", source=HELLO)
     sha = repo.commit(message="ci")
@@ -365,7 +459,10 @@ def test_a_failed_jenkins_build_fails_the_asset_with_the_console_tail(
 
     with FakeJenkins(jobs={"app-image": fails}) as fake:
         defs = delivery_defs(
-            load_topology(topo_file), registry=registry_site.resource(), jenkins=resource(fake)
+            load_topology(topo_file),
+            registry=registry_site.resource(),
+            podman=podman,
+            jenkins=resource(fake),
         )
         instance = dg.DagsterInstance.ephemeral()
         instance.add_dynamic_partitions("commits_hello_ci", [sha])
@@ -385,10 +482,21 @@ def test_a_failed_jenkins_build_fails_the_asset_with_the_console_tail(
     assert not [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
 
 
-def _build_hello_ci(tmp_path, app_repos, monkeypatch, registry, job, *, commit=None):
+@pytest.fixture
+def build_hello_ci(tmp_path, app_repos, monkeypatch, loopback_registry, podman, base_image):
     """app_image/hello-ci at a new commit (`commit(repo)` makes it; by default one on main),
-    built by the fake Jenkins running `job`, against `registry`: (the run's result, the sha,
-    the fake)."""
+    built by the fake Jenkins running `job`, against a registry on loopback (the base image
+    pushed there first): (the run's result, the sha, the fake)."""
+
+    def build(job, *, commit=None):
+        return _build_hello_ci(
+            tmp_path, app_repos, monkeypatch, loopback_registry, podman, job, commit=commit
+        )
+
+    return build
+
+
+def _build_hello_ci(tmp_path, app_repos, monkeypatch, registry, podman, job, *, commit=None):
     repo = app_repos("hello-ci", source=HELLO)
     sha = commit(repo) if commit else repo.commit(message="ci")
     topo_file = write_app_topology(
@@ -397,7 +505,9 @@ def _build_hello_ci(tmp_path, app_repos, monkeypatch, registry, job, *, commit=N
     monkeypatch.setenv("INFRA_TOPOLOGY", str(topo_file))
     monkeypatch.setenv("INFRA_STATE_DIR", str(tmp_path / "state"))
     with FakeJenkins(jobs={"app-image": job}) as fake:
-        defs = delivery_defs(load_topology(topo_file), registry=registry, jenkins=resource(fake))
+        defs = delivery_defs(
+            load_topology(topo_file), registry=registry, podman=podman, jenkins=resource(fake)
+        )
         instance = dg.DagsterInstance.ephemeral()
         instance.add_dynamic_partitions("commits_hello_ci", [sha])
         result = defs.resolve_job_def("build_hello_ci").execute_in_process(
@@ -408,7 +518,7 @@ def _build_hello_ci(tmp_path, app_repos, monkeypatch, registry, job, *, commit=N
 
 @pytest.mark.slow  # a registry on loopback, and the retry's 5 s (with jitter)
 def test_a_build_that_fails_for_a_passing_reason_is_tried_again_and_delivered(
-    tmp_path, app_repos, monkeypatch, loopback_registry
+    build_hello_ci, loopback_registry
 ):
     """The registry refuses the first build's push (down for a moment): the build is tried
     again with backoff (BUILD_RETRY_POLICY), in the same run, and the commit is delivered
@@ -426,7 +536,7 @@ def test_a_build_that_fails_for_a_passing_reason_is_tried_again_and_delivered(
         return "SUCCESS", f"digest={digest}"
 
     fake_builds: list[str] = []
-    result, sha, fake = _build_hello_ci(tmp_path, app_repos, monkeypatch, loopback_registry, flaky)
+    result, sha, fake = build_hello_ci(flaky)
     assert result.success
     assert len(fake.builds) == 2  # the job ran twice: once refused, once delivered
     retries = [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
@@ -436,9 +546,7 @@ def test_a_build_that_fails_for_a_passing_reason_is_tried_again_and_delivered(
 
 
 @pytest.mark.slow  # a registry on loopback
-def test_a_jenkins_build_that_names_no_digest_fails_the_asset(
-    tmp_path, app_repos, monkeypatch, loopback_registry
-):
+def test_a_jenkins_build_that_names_no_digest_fails_the_asset(build_hello_ci):
     """A job that is not jenkins/Jenkinsfile (its build succeeds, its console and description
     name no digest): nothing to check against the registry, so nothing is recorded."""
 
@@ -446,9 +554,7 @@ def test_a_jenkins_build_that_names_no_digest_fails_the_asset(
         console.line(f"built {params['IMAGE']}:{params['SHA']}")
         return "SUCCESS", None
 
-    result, _, fake = _build_hello_ci(
-        tmp_path, app_repos, monkeypatch, loopback_registry, names_no_digest
-    )
+    result, _, fake = build_hello_ci(names_no_digest)
     assert not result.success
     message = result.failure_data_for_node("app_image__hello_ci").user_failure_data.description
     assert message == (
@@ -460,7 +566,7 @@ def test_a_jenkins_build_that_names_no_digest_fails_the_asset(
 
 @pytest.mark.slow  # a registry on loopback
 def test_an_image_that_is_not_the_one_the_build_pushed_fails_the_asset(
-    tmp_path, app_repos, monkeypatch, loopback_registry
+    build_hello_ci, loopback_registry
 ):
     """The build pushes its image and names its digest; before Dagster reads the tag back,
     another push puts a different image under it. The digest the registry serves is not the
@@ -476,7 +582,7 @@ def test_an_image_that_is_not_the_one_the_build_pushed_fails_the_asset(
         pushed["theirs"] = push_image(url, repository, sha, {**revision, "who": "someone else"})
         return "SUCCESS", f"digest={pushed['ours']}"
 
-    result, sha, _ = _build_hello_ci(tmp_path, app_repos, monkeypatch, loopback_registry, raced)
+    result, sha, _ = build_hello_ci(raced)
     assert pushed["ours"] != pushed["theirs"]
     assert not result.success
     message = result.failure_data_for_node("app_image__hello_ci").user_failure_data.description
@@ -490,9 +596,7 @@ def test_an_image_that_is_not_the_one_the_build_pushed_fails_the_asset(
 
 
 @pytest.mark.slow  # a registry on loopback
-def test_a_commit_that_only_another_branch_holds_is_not_built(
-    tmp_path, app_repos, monkeypatch, loopback_registry
-):
+def test_a_commit_that_only_another_branch_holds_is_not_built(build_hello_ci, loopback_registry):
     """A partition added by hand for a commit pushed to a feature branch only: app_image
     refuses it before any build starts (its record would say it is a commit of main, which a
     release trusts), and records nothing."""
@@ -507,9 +611,7 @@ def test_a_commit_that_only_another_branch_holds_is_not_built(
     def builds(params, console):
         raise AssertionError(f"a build started for {params['SHA']}")
 
-    result, sha, fake = _build_hello_ci(
-        tmp_path, app_repos, monkeypatch, loopback_registry, builds, commit=on_a_feature_branch
-    )
+    result, sha, fake = build_hello_ci(builds, commit=on_a_feature_branch)
     assert not result.success
     message = result.failure_data_for_node("app_image__hello_ci").user_failure_data.description
     assert message.startswith(f"app_image/hello-ci: {sha[:12]} is not a commit of branch 'main' of")

@@ -290,8 +290,8 @@ def _run_build_script(tmp_path: Path, runtime_images: str) -> subprocess.Complet
 
 
 def test_a_build_given_no_base_image_is_refused_once_with_the_reason(tmp_path):
-    """A builder that passes no runtime images (Jenkins, today): the app cannot be built by
-    convention there, said as the app's own failure (not retried)."""
+    """A build given no runtime image (a site whose topology has no cache for the runtime): the
+    app cannot be built by convention there, said as the app's own failure (not retried)."""
     run = _run_build_script(tmp_path, "")
     assert run.returncode == 3, run.stdout + run.stderr
     lines = run.stdout.splitlines()

@@ -287,7 +287,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(403, "No valid crumb was included in the request", ctype="text/plain")
         split = urlsplit(self.path)
         parts = [unquote(p) for p in split.path.strip("/").split("/") if p]
-        query = dict(parse_qsl(split.query))
+        # (an empty parameter is given as empty, as Jenkins takes it: not left out)
+        query = dict(parse_qsl(split.query, keep_blank_values=True))
         if len(parts) == 3 and parts[0] == "job" and parts[2] == "buildWithParameters":
             if parts[1] not in j.jobs:
                 return self._send(404, "Not Found", ctype="text/plain")
