@@ -43,6 +43,7 @@ from resources.registry import RegistryResource
 from resources.salt import SaltResource
 from resources.terraform import TerraformResource
 from resources.topology import TopologyResource
+from sensors import notifications
 
 # Data versions on outputs (`topology` hashes its file) are beta in Dagster 1.13; we rely on them.
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
@@ -124,6 +125,8 @@ def build_definitions(
         assets=dg.load_assets_from_modules([topology]),
         asset_checks=dg.load_asset_checks_from_modules([topology]),
         jobs=JOBS,
+        # Notices to the co-op's chat: failed runs, releases, checks (sensors/notifications.py).
+        sensors=notifications.SENSORS,
         resources={**site_resources, **(resource_overrides or {})},
         # Steps run one after another in the run's process: a step in a subprocess of its own
         # costs 2-3 s of imports, and most of ours wait on a tool (salt, terraform), not the CPU.

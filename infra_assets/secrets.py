@@ -14,6 +14,8 @@
       admin_password: ...
     webhooks:                      # the webhook endpoint (webhooks/): read by it alone
       secret: ...                  # the HMAC key git hooks and forges sign pushes with
+    chat:                          # optional: the notices (sensors/notifications.py)
+      webhook_url: https://...     # the chat's incoming webhook (Slack, Mattermost, Rocket.Chat)
     salt:                          # the lab and the cloud: how Dagster reaches the master
       api:                         # salt-api (rest_cherrypy) on the salt-master host
         password: ...              # the eauth account's shared secret (the account: `dagster`)
@@ -273,6 +275,33 @@ def registry_notify_token(secret: bytes) -> str:
     """The bearer token the registry's notifications carry to the webhook endpoint: derived
     from `webhooks.secret` (a key of its own, not the secret itself, in the registry's config)."""
     return hmac.new(secret, b"coop-infra registry notifications", hashlib.sha256).hexdigest()
+
+
+CHAT_WEBHOOK = ("chat", "webhook_url")
+
+
+def chat_webhook_url(path: Path) -> str | None:
+    """`chat.webhook_url` of the secrets file at `path`: where the notices go (None: no chat, or
+    no secrets file). Raises `SecretsError` for a value that is no http(s) URL or a file others
+    can read (never shows a value)."""
+    path = Path(path)
+    data = _read(path, [CHAT_WEBHOOK], missing_ok=True)
+    value = _lookup(data, CHAT_WEBHOOK)
+    if value is _MISSING:
+        return None
+    if not isinstance(value, str) or not value.strip().startswith(("https://", "http://")):
+        raise SecretsError(path, ["chat.webhook_url: must be the chat's incoming webhook, an"
+                                  " https:// URL (Slack, Mattermost, Rocket.Chat)"])  # fmt: skip
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        raise SecretsError(path, [f"readable by others (mode {oct(mode)}): chmod 600 {path}"])
+    return value.strip()
+
+
+def secret_values(path: Path) -> list[str]:
+    """What must never be shown, from the secrets file at `path` whatever the topology needs of
+    it (`Secrets.values`; none without a file)."""
+    return Secrets(Path(path), _read(Path(path), [], missing_ok=True)).values()
 
 
 def webhook_secret(path: Path) -> bytes:

@@ -147,8 +147,9 @@ def start_daemon_and_sensors(daemon, env: dict[str, str], say: Say) -> tuple[int
             f"   a Dagster daemon already runs on this instance (pid {pid}: `make dev`?);"
             " the demo uses it"
         )
-    # Every sensor of the code location: on the lab, exactly these two. Through the
-    # workspace, so that they are the sensors of the location the daemon runs ("coop-infra").
+    # Every sensor of the code location: on the lab, these two and the notices (on by
+    # default). Through the workspace, so that they are the sensors of the location the daemon
+    # runs ("coop-infra").
     out = subprocess.run(
         [
             str(BIN / "dagster"),
@@ -170,7 +171,8 @@ def start_daemon_and_sensors(daemon, env: dict[str, str], say: Say) -> tuple[int
         raise LoopError(f"`dagster sensor start --start-all` failed:\n{text[-2000:]}")
     say(
         f"   sensors on: {', '.join(SENSORS)} (the fallbacks: a push calls the webhook endpoint,"
-        " which starts its run at once)"
+        " which starts its run at once), and the chat's notices (sensors/notifications.py:"
+        " chat.webhook_url in the lab's secrets)"
     )
     return pid, ours
 

@@ -65,7 +65,7 @@ def env_with(**extra: str) -> dict[str, str]:
 
 
 # App delivery (issue 4): git repos, podman, the registry (tests/fixtures_delivery.py).
-pytest_plugins = ["fixtures_delivery", "lab_env"]
+pytest_plugins = ["fixtures_delivery", "lab_env", "chat_receiver"]
 
 
 @pytest.fixture(autouse=True)

@@ -29,6 +29,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 import requests
+import yaml
 from cryptography import x509
 from fixtures_delivery import HELLO, record_build
 from lab_env import LAB_NUMBER, LabEnv
@@ -36,6 +37,8 @@ from lab_env import LAB_NUMBER, LabEnv
 from infra_assets.provenance import our_build
 from infra_assets.secrets import load_secrets
 from lab.reach import Site, SiteSession
+from resources.topology import TopologyResource
+from sensors import notifications
 from sensors.registry_images import REVISION_LABEL, poll
 
 DBCHECK = Path(__file__).parent / "apps" / "dbcheck" / "dbcheck.py"
@@ -650,6 +653,59 @@ def test_promote_sends_the_staging_digest_to_production(site: LabReleases):
     back = site.run("rollback")
     assert back.success, _failure(back, "production")
     assert site.version("production") == v1 and site.version("staging") == v2
+
+
+def test_the_chat_hears_of_each_release_promotion_rollback_and_failure(
+    site: LabReleases, chat_receiver, tmp_path, monkeypatch
+):
+    """The notices of real runs on the lab, read by the real sensors from the module's
+    instance and posted to a receiver of the test's own: a release on staging, a promotion, a
+    rollback, a failed release (its health check), and nothing for a run that changed
+    nothing."""
+    lab_secrets = yaml.safe_load(site.env.site.secrets_file().read_text())
+    secrets = tmp_path / "secrets.yaml"
+    secrets.touch(mode=0o600)
+    secrets.write_text(yaml.safe_dump({**lab_secrets, "chat": {"webhook_url": chat_receiver.url}}))
+    monkeypatch.setenv("INFRA_SECRETS_FILE", str(secrets))
+    monkeypatch.delenv(notifications.UI_URL_ENV, raising=False)
+    topology_file = TopologyResource(path=str(site.env.topology_file))
+
+    def notices(result: dg.ExecuteInProcessResult) -> list[str]:
+        before = len(chat_receiver.texts())
+        run = site.instance.get_run_by_id(result.run_id)
+        kind = (
+            dg.DagsterEventType.RUN_SUCCESS if result.success else dg.DagsterEventType.RUN_FAILURE
+        )
+        [entry] = site.instance.all_logs(result.run_id, of_type=kind)
+        context = dg.build_run_status_sensor_context(
+            sensor_name="notice",
+            dagster_instance=site.instance,
+            dagster_run=run,
+            dagster_event=entry.dagster_event,
+            resources={"topology_file": topology_file},
+        )
+        if result.success:
+            notifications.release_notice(context)
+        else:
+            notifications.run_failure_notice(context.for_run_failure())
+        return chat_receiver.texts()[before:]
+
+    v1, v2 = _version(20), _version(21)
+    d1, d2 = site.image(v1), site.image(v2, healthy=False)
+    staging_url = site.env.site.app_url(site.host("staging"), APP, "staging")
+    first = site.release(d1, v1)
+    assert notices(first) == [
+        f":rocket: *{APP}* is live on *staging*: commit {v1[:12]}\n{staging_url}\n"
+        f"run {first.run_id}"
+    ]
+    assert notices(site.release(d1, v1)) == []  # live already: nothing changed, nothing said
+    [promoted] = notices(site.run("promote"))
+    assert promoted.startswith(f":rocket: *{APP}* promoted to *production*: commit {v1[:12]}\n")
+    [failed] = notices(site.release(d2, v2, health_timeout_s=3))
+    assert failed.startswith(f":x: *release_staging_{APP} failed* ({APP})\n")
+    assert f"- release__staging__{APP}: release/staging/{APP}: {d2} failed on" in failed
+    [back] = notices(site.run("rollback"))
+    assert back.startswith(f":leftwards_arrow_with_hook: *{APP}* rolled back on *production*")
 
 
 def test_every_public_site_answers_https_with_a_certificate_from_the_acme_server(

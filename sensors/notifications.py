@@ -1,0 +1,308 @@
+"""Notices to the co-op's chat: what went wrong, what went live, and what mended itself.
+
+Three sensors post to the chat's incoming webhook (resources/chat.py; its URL is the secret
+`chat.webhook_url`, infra_assets/secrets.py; without it they skip, saying so):
+
+- `run_failure_notice`: every run that fails (a build, a release, a plan...), with the failed
+  steps' own messages and the run's page;
+- `release_notice`: every run that changed what an environment runs (`release/<env>/<app>`
+  materialised with `changed`): a release on staging, a promotion, a rollback, with the commit,
+  the URL and, for a push, the seconds since the push;
+- `check_notice`: an asset check whose latest evaluation failed where it had passed (or had
+  never run), and one that passes again: drift found (`no_drift`), a health check, a backup's
+  restore. A failed non-blocking check does not fail its run, so the run sensors never see it:
+  this one reads each check's latest evaluation.
+
+Dagster polls run-status sensors every 30 s by default; these run every NOTICE_INTERVAL_S, so a
+notice reaches the chat within about that of the run's end. A post that fails fails the tick
+(the run-status sensors then post that run at their next tick, as their cursor stays before it);
+the chat's URL never appears in an error. `check_notice` posts the changes a tick finds as one
+message (a host that goes down fails several checks at once). Every secret value is cut from a
+notice's text. They run by default: a co-op that configures a chat hears of everything from
+then on (a run-status sensor starts from the present; `check_notice`'s first tick posts only
+the checks failing then).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import dagster as dg
+
+from infra_assets.model import TopologyError
+from infra_assets.secrets import SecretsError, chat_webhook_url, secret_values
+from infra_assets.sites import SiteError, site_for
+from resources.chat import ChatError, ChatResource
+from resources.topology import TopologyResource
+from sensors.cursors import CursorError, read_json_cursor
+
+NOTICE_INTERVAL_S = 5
+CHECK_INTERVAL_S = 10
+# The Dagster UI's address as people reach it, for links to runs (optional).
+UI_URL_ENV = "INFRA_DAGSTER_URL"
+RELEASE_PREFIX = "release"
+
+
+@dataclass(frozen=True)
+class Chat:
+    """Where notices go, and what they must never show."""
+
+    resource: ChatResource
+    secrets: list[str]
+
+    def post(self, text: str) -> None:
+        for value in self.secrets:
+            if len(value) >= 6:
+                text = text.replace(value, "***")
+        self.resource.post(text)
+
+
+def chat_for(topology_file: TopologyResource) -> Chat | dg.SkipReason:
+    """The chat, from the secrets file of the topology's site; a SkipReason when there is none."""
+    try:
+        topo = topology_file.load()
+        path = site_for(topo).secrets_file()
+        url = chat_webhook_url(path)
+    except (TopologyError, SiteError, SecretsError) as err:
+        return dg.SkipReason(f"no notices: {err}")
+    if url is None:
+        return dg.SkipReason(
+            f"no notices: no chat configured (chat.webhook_url in {path}: README, 'Notices')"
+        )
+    return Chat(ChatResource(webhook_url=url), secret_values(path))
+
+
+def run_link(run_id: str) -> str:
+    ui = os.environ.get(UI_URL_ENV, "").rstrip("/")
+    return f"{ui}/runs/{run_id}" if ui else f"run {run_id}"
+
+
+def _what(run: dg.DagsterRun) -> str:
+    """The run's subject from its tags: the app and the commit, when it has them."""
+    app = run.tags.get("coop/app")
+    sha = run.tags.get("coop/sha") or run.tags.get("dagster/partition", "")
+    parts = [app] if app else []
+    if len(sha) == 40:
+        parts.append(f"commit {sha[:12]}")
+    return f" ({', '.join(parts)})" if parts else ""
+
+
+def failure_text(context: dg.RunFailureSensorContext) -> str:
+    run = context.dagster_run
+    lines = [f":x: *{run.job_name} failed*{_what(run)}"]
+    steps = context.get_step_failure_events()
+    for event in steps[:3]:
+        data = event.step_failure_data
+        user = data.user_failure_data
+        said = (user.description if user and user.description else None) or (
+            data.error.message if data.error else "(no message)"
+        )
+        lines.append(f"- {event.step_key}: {said.strip().splitlines()[0][:500]}")
+    if len(steps) > 3:
+        lines.append(f"- and {len(steps) - 3} more failed steps")
+    if not steps:
+        lines.append((context.failure_event.message or "the run failed").strip()[:500])
+    lines.append(run_link(run.run_id))
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Release:
+    environment: str
+    app: str
+    sha: str
+    digest: str
+    why: str
+    url: str
+    push_to_live_s: float | None
+
+
+def releases_of(instance: dg.DagsterInstance, run_id: str) -> list[Release]:
+    """What the run changed: each `release/<env>/<app>` it materialised with `changed`."""
+    found = []
+    for entry in instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION):
+        mat = entry.asset_materialization
+        if mat is None or len(mat.asset_key.path) != 3:
+            continue
+        prefix, environment, app = mat.asset_key.path
+        meta = {k: v.value for k, v in mat.metadata.items()}
+        if prefix != RELEASE_PREFIX or not meta.get("changed"):
+            continue
+        push = meta.get("push_to_live_s")
+        found.append(
+            Release(
+                environment,
+                app,
+                str(meta.get("sha", "")),
+                str(meta.get("digest", "")),
+                str(meta.get("why", "")),
+                str(meta.get("url", "")),
+                float(push) if isinstance(push, int | float) else None,
+            )  # fmt: skip
+        )
+    return found
+
+
+def release_text(release: Release, run_id: str) -> str:
+    commit = release.sha[:12] if len(release.sha) == 40 else release.digest[:19]
+    if release.why.startswith("rollback"):
+        head = f":leftwards_arrow_with_hook: *{release.app}* rolled back on *{release.environment}*"
+    elif release.why.startswith("promoted"):
+        head = f":rocket: *{release.app}* promoted to *{release.environment}*"
+    else:
+        head = f":rocket: *{release.app}* is live on *{release.environment}*"
+    line = f"{head}: commit {commit}"
+    if release.push_to_live_s is not None:
+        line += f", {release.push_to_live_s:.1f} s after the push"
+    return "\n".join([line, release.url, run_link(run_id)])
+
+
+@dg.run_failure_sensor(
+    name="run_failure_notice",
+    minimum_interval_seconds=NOTICE_INTERVAL_S,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Posts every failed run to the co-op's chat (chat.webhook_url in the secrets).",
+)
+def run_failure_notice(context: dg.RunFailureSensorContext, topology_file: TopologyResource):
+    chat = chat_for(topology_file)
+    if isinstance(chat, dg.SkipReason):
+        return chat
+    _post(chat, failure_text(context))
+    return None
+
+
+@dg.run_status_sensor(
+    name="release_notice",
+    run_status=dg.DagsterRunStatus.SUCCESS,
+    minimum_interval_seconds=NOTICE_INTERVAL_S,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Posts each release, promotion and rollback that changed an environment to the"
+    " co-op's chat.",
+)
+def release_notice(context: dg.RunStatusSensorContext, topology_file: TopologyResource):
+    releases = releases_of(context.instance, context.dagster_run.run_id)
+    if not releases:
+        return dg.SkipReason(f"{context.dagster_run.job_name}: no release changed")
+    chat = chat_for(topology_file)
+    if isinstance(chat, dg.SkipReason):
+        return chat
+    for release in releases:
+        _post(chat, release_text(release, context.dagster_run.run_id))
+    return None
+
+
+def _post(chat: Chat, text: str) -> None:
+    try:
+        chat.post(text)
+    except ChatError as err:
+        raise ChatError(f"the notice was not posted: {err}") from None
+
+
+# --- asset checks ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CheckState:
+    key: dg.AssetCheckKey
+    record_id: int
+    passed: bool
+    description: str
+    severity: str
+    run_id: str
+
+
+def check_states(
+    instance: dg.DagsterInstance, keys: Sequence[dg.AssetCheckKey]
+) -> list[CheckState]:
+    """Each check's latest evaluation (checks that never ran, or are running, are left out)."""
+    latest = instance.event_log_storage.get_latest_asset_check_execution_by_key(list(keys))
+    states = []
+    for key, record in latest.items():
+        evaluation = record.evaluation
+        if evaluation is None:
+            continue
+        states.append(
+            CheckState(
+                key,
+                record.id,
+                evaluation.passed,
+                evaluation.description or "",
+                evaluation.severity.value,
+                record.run_id,
+            )  # fmt: skip
+        )
+    return states
+
+
+def _name(key: dg.AssetCheckKey) -> str:
+    return f"*{key.name}* on {key.asset_key.to_user_string()}"
+
+
+def check_changes(
+    known: dict[str, dict], states: Iterable[CheckState]
+) -> tuple[list[str], dict[str, dict]]:
+    """The notices for checks whose state changed since `known` (the cursor), and the new
+    cursor. A failure is posted once, when it starts (at the first tick: each failing check);
+    a recovery when a failed check passes again."""
+    texts = []
+    cursor = dict(known)
+    for state in sorted(states, key=lambda s: s.key.to_user_string()):
+        name = state.key.to_user_string()
+        before = known.get(name)
+        cursor[name] = {"id": state.record_id, "passed": state.passed}
+        if before is not None and before["id"] == state.record_id:
+            continue
+        was_failing = before is not None and not before["passed"]
+        if not state.passed and not was_failing:
+            lines = [f":warning: *check failed* ({state.severity.lower()}): {_name(state.key)}"]
+            if state.description:
+                lines.append(state.description.strip()[:500])
+            lines.append(run_link(state.run_id))
+            texts.append("\n".join(lines))
+        elif state.passed and was_failing:
+            texts.append(f":white_check_mark: *check passes again*: {_name(state.key)}")
+    return texts, cursor
+
+
+def _valid_entry(value) -> bool:
+    return (
+        isinstance(value, dict)
+        and isinstance(value.get("id"), int)
+        and isinstance(value.get("passed"), bool)
+    )
+
+
+@dg.sensor(
+    name="check_notice",
+    minimum_interval_seconds=CHECK_INTERVAL_S,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Posts an asset check that starts failing (drift, health, backups), and one that"
+    " passes again, to the co-op's chat.",
+)
+def check_notice(context: dg.SensorEvaluationContext, topology_file: TopologyResource):
+    try:
+        known = read_json_cursor(
+            context.cursor, valid=_valid_entry, shape='{"<check>": {"id": n, "passed": bool}}'
+        )
+    except CursorError as err:
+        return dg.SkipReason(str(err))
+    keys = list(context.repository_def.asset_graph.asset_check_keys)
+    states = check_states(context.instance, keys)
+    texts, cursor = check_changes(known, states)
+    if texts:
+        chat = chat_for(topology_file)
+        if isinstance(chat, dg.SkipReason):
+            context.update_cursor(json.dumps(cursor, sort_keys=True))
+            return chat
+        # One message per tick: a host that goes down fails several checks at once.
+        _post(chat, "\n\n".join(texts))
+    context.update_cursor(json.dumps(cursor, sort_keys=True))
+    if not texts:
+        return dg.SkipReason(f"{len(states)} checks evaluated; none changed")
+    return None
+
+
+SENSORS = [run_failure_notice, release_notice, check_notice]
