@@ -16,6 +16,7 @@ from infra_assets import (
     app_images,
     cloud_jobs,
     delivery,
+    health,
     highstate,
     images,
     instances,
@@ -60,6 +61,7 @@ TOPOLOGY_PARTS: list = [
     app_images,
     releases,
     delivery,
+    health,
 ]
 
 

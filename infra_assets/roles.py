@@ -10,6 +10,7 @@ pillar blocks its hosts get. The one place these facts live; salt/top.sls reads 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -23,9 +24,12 @@ CATALOGUE_FILE = REPO_ROOT / "salt" / "roles.yaml"
 ROLE_KEYS = frozenset(
     {
         "states", "image", "service", "ports", "only_from", "privileged", "uplinks",
-        "containers_reach", "containers_internet", "pillar",
+        "containers_reach", "containers_internet", "pillar", "health",
     }
 )  # fmt: skip
+# How a health check asks a service (salt/_modules/coop_health.py runs them on the host).
+PROBES = frozenset({"http", "https", "tcp", "dns", "postgres"})
+CHECK_NAME = re.compile(r"\A[a-z][a-z0-9_]{0,40}\Z")
 # Who may reach a port that `only_from` guards, besides hosts of the listed roles: where Dagster
 # runs (the site says where that is: infra_assets/sites.py).
 DAGSTER_SOURCE = "dagster"
@@ -35,6 +39,18 @@ HOSTS_SOURCE = "hosts"
 
 class RoleCatalogueError(ValueError):
     """salt/roles.yaml is missing or wrong: the message names the file, the key and what to do."""
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    """One check of a role's hosts (`health/<host>`): its unit active, then its answer."""
+
+    name: str
+    unit: str | None = None
+    probe: str | None = None  # PROBES
+    port: str | None = None  # the role's service or one of its ports
+    path: str = "/"
+    expect: tuple[int, ...] = ()  # the HTTP statuses that pass (empty: any)
 
 
 @dataclass(frozen=True)
@@ -56,6 +72,7 @@ class Role:
     # nothing but `containers_reach` and DNS at all: the build agents)
     containers_internet: bool = True
     pillar: tuple[str, ...] = ()
+    health: tuple[HealthCheck, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -195,6 +212,7 @@ def _role(name: str, spec: Any, groups: set[str], problems: list[str]) -> Role |
     if not isinstance(internet, bool):
         problems.append(f"{where}.containers_internet: must be true or false")
     only_from = _only_from(where, spec.get("only_from") or {}, service_name, ports, problems)
+    health = _health(where, spec.get("health") or {}, service_name, ports, problems)
     return Role(
         name=name,
         states=tuple(states),
@@ -208,7 +226,51 @@ def _role(name: str, spec: Any, groups: set[str], problems: list[str]) -> Role |
         containers_reach=tuple(reach),
         containers_internet=internet is not False,
         pillar=tuple(pillar),
+        health=health,
     )
+
+
+HEALTH_KEYS = frozenset({"unit", "probe", "port", "path", "expect"})
+
+
+def _health(
+    where: str, spec: Any, service: str | None, ports: dict, problems: list[str]
+) -> tuple[HealthCheck, ...]:
+    """`health`: {check name: {unit, probe, port, path, expect}}."""
+    if not isinstance(spec, dict):
+        problems.append(f"{where}.health: must map a check name to {{unit, probe, port, ...}}")
+        return ()
+    named = {*ports, *([service] if service else [])}
+    checks = []
+    for name, check in spec.items():
+        at = f"{where}.health.{name}"
+        if not isinstance(name, str) or not CHECK_NAME.match(name):
+            problems.append(f"{at}: a check's name is lowercase letters, digits and _")
+            continue
+        if (
+            not isinstance(check, dict)
+            or not set(check) <= HEALTH_KEYS
+            or not (check.get("unit") or check.get("probe"))
+        ):
+            problems.append(f"{at}: must be {{unit: <systemd unit>, probe: ..., port: ...}}"
+                            f" with `unit` or `probe` (keys: {sorted(HEALTH_KEYS)})")  # fmt: skip
+            continue
+        probe, port = check.get("probe"), check.get("port")
+        if probe is not None and probe not in PROBES:
+            problems.append(f"{at}.probe: {probe!r} is not one of {sorted(PROBES)}")
+        if probe is not None and port not in named:
+            problems.append(f"{at}.port: {port!r} is not this role's service or one of its"
+                            f" ports ({', '.join(sorted(named)) or 'none'})")  # fmt: skip
+        expect = check.get("expect") or []
+        path = check.get("path", "/")
+        if not isinstance(expect, list) or not all(isinstance(e, int) for e in expect):
+            problems.append(f"{at}.expect: must be a list of HTTP statuses")
+            expect = []
+        if not isinstance(path, str) or not path.startswith("/"):
+            problems.append(f"{at}.path: must start with /")
+            path = "/"
+        checks.append(HealthCheck(name, check.get("unit"), probe, port, path, tuple(expect)))
+    return tuple(checks)
 
 
 def _only_from(

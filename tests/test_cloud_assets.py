@@ -645,4 +645,9 @@ def test_the_coop_graph_has_the_designed_lineage(repo_root):
     sensor = defs.resolve_sensor_def("infra_main")
     assert sorted(job.name for job in sensor.jobs) == ["apply", "images", "plan"]
     assert sensor.default_status == dg.DefaultSensorStatus.STOPPED
-    assert {s.name for s in defs.schedules} == {"drift_nightly", "images_weekly"}
+    assert {s.name for s in defs.schedules} == {
+        "drift_nightly", "images_weekly", "health_every_5_minutes"
+    }  # fmt: skip
+    # health runs by default; the others change the cloud: a person turns them on
+    running = {s.name for s in defs.schedules if s.default_status.value == "RUNNING"}
+    assert running == {"health_every_5_minutes"}

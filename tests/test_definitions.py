@@ -82,10 +82,14 @@ def job_assets(defs: dg.Definitions, job: str) -> set[str]:
 def test_jobs_for_ci(defs):
     # `topology`: what a pull request to topology.yaml runs: the file and its address plan only
     assert job_assets(defs, "topology") == {"topology", "ip_plan"}
-    # `main`: every part of the site, without the per-commit builds and the releases
+    # `main`: every part of the site, without the per-commit builds, the releases and the
+    # health checks (their own job and schedule)
     everything = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
     main = job_assets(defs, "main")
-    assert main == {k for k in everything if not k.startswith(("app_image/", "release/"))}
+    assert main == {
+        k for k in everything if not k.startswith(("app_image/", "release/", "health/"))
+    }
+    assert job_assets(defs, "health") == {k for k in everything if k.startswith("health/")}
     assert {
         "topology",
         "ip_plan",
