@@ -704,8 +704,14 @@ def test_the_chat_hears_of_each_release_promotion_rollback_and_failure(
     [failed] = notices(site.release(d2, v2, health_timeout_s=3))
     assert failed.startswith(f":x: *release_staging_{APP} failed* ({APP})\n")
     assert f"- release__staging__{APP}: release/staging/{APP}: {d2} failed on" in failed
-    [back] = notices(site.run("rollback"))
-    assert back.startswith(f":leftwards_arrow_with_hook: *{APP}* rolled back on *production*")
+    v3 = _version(22)
+    d3 = site.image(v3)
+    [live] = notices(site.release(d3, v3))
+    assert live.startswith(f":rocket: *{APP}* is live on *staging*: commit {v3[:12]}\n")
+    [back] = notices(site.run("rollback_staging"))
+    assert back.startswith(
+        f":leftwards_arrow_with_hook: *{APP}* rolled back on *staging*: commit {v1[:12]}\n"
+    )
 
 
 def test_every_public_site_answers_https_with_a_certificate_from_the_acme_server(
