@@ -14,6 +14,7 @@ import dagster as dg
 
 from infra_assets import (
     app_images,
+    backups,
     cloud_jobs,
     delivery,
     health,
@@ -62,6 +63,7 @@ TOPOLOGY_PARTS: list = [
     releases,
     delivery,
     health,
+    backups,
 ]
 
 

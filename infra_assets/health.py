@@ -21,6 +21,7 @@ from typing import Any
 
 import dagster as dg
 
+from infra_assets import backups
 from infra_assets.highstate import highstate_key
 from infra_assets.model import Topology
 from infra_assets.releases import record_path
@@ -217,8 +218,11 @@ def definitions(topo: Topology) -> dg.Definitions:
 
     job = dg.define_asset_job(
         JOB,
-        selection=dg.AssetSelection.groups(GROUP),
-        description="Every host's services checked (health/<host> and its checks).",
+        # with each backup's `recent` check: a stale backup is found within minutes
+        selection=dg.AssetSelection.groups(GROUP)
+        | dg.AssetSelection.checks(*backups.recent_check_keys(topo)),
+        description="Every host's services checked (health/<host> and its checks), and whether"
+        " each postgres host's last backup is recent.",
     )
     schedule = dg.ScheduleDefinition(
         name=SCHEDULE,

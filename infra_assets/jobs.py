@@ -15,11 +15,12 @@ topology_job = dg.define_asset_job(
 # App images are built per commit (a partition each), by their own jobs (`build_<app>`) that
 # git_push_sensor launches: a job cannot span several partitionings, so they stay out of `main`.
 # Releases follow new images (registry_image_sensor) and people (`promote`, `rollback`): not `main`.
-# Health has its schedule and job (`health`, infra_assets/health.py): not `main` either.
+# Health and backups have their schedules and jobs (infra_assets/health.py, backups.py): not
+# `main` either.
 main_job = dg.define_asset_job(
     "main",
     selection=dg.AssetSelection.all()
-    - dg.AssetSelection.groups("app_images", "releases", "health"),
+    - dg.AssetSelection.groups("app_images", "releases", "health", "backups"),
     description="Everything: the topology, then every part of the site it describes.",
 )
 

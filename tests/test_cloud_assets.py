@@ -646,8 +646,8 @@ def test_the_coop_graph_has_the_designed_lineage(repo_root):
     assert sorted(job.name for job in sensor.jobs) == ["apply", "images", "plan"]
     assert sensor.default_status == dg.DefaultSensorStatus.STOPPED
     assert {s.name for s in defs.schedules} == {
-        "drift_nightly", "images_weekly", "health_every_5_minutes"
+        "drift_nightly", "images_weekly", "health_every_5_minutes", "backups_nightly"
     }  # fmt: skip
-    # health runs by default; the others change the cloud: a person turns them on
+    # health and backups run by default; the others change the cloud: a person turns them on
     running = {s.name for s in defs.schedules if s.default_status.value == "RUNNING"}
-    assert running == {"health_every_5_minutes"}
+    assert running == {"health_every_5_minutes", "backups_nightly"}

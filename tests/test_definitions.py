@@ -82,13 +82,14 @@ def job_assets(defs: dg.Definitions, job: str) -> set[str]:
 def test_jobs_for_ci(defs):
     # `topology`: what a pull request to topology.yaml runs: the file and its address plan only
     assert job_assets(defs, "topology") == {"topology", "ip_plan"}
-    # `main`: every part of the site, without the per-commit builds, the releases and the
-    # health checks (their own job and schedule)
+    # `main`: every part of the site, without the per-commit builds, the releases, the
+    # health checks and the backups (their own jobs and schedules)
     everything = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
     main = job_assets(defs, "main")
     assert main == {
-        k for k in everything if not k.startswith(("app_image/", "release/", "health/"))
+        k for k in everything if not k.startswith(("app_image/", "release/", "health/", "backup/"))
     }
+    assert job_assets(defs, "backups") == {k for k in everything if k.startswith("backup/")}
     assert job_assets(defs, "health") == {k for k in everything if k.startswith("health/")}
     assert {
         "topology",

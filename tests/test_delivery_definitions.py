@@ -95,8 +95,10 @@ def test_a_topology_without_apps_has_no_delivery_part(write_topology):
     keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
     assert not [k for k in keys if k.startswith(("app_image", "release/"))]
     main = defs.resolve_job_def("main").asset_layer.selected_asset_keys
-    # everything, there being no app (but the health checks, which have their own job)
-    assert {k.to_user_string() for k in main} == {k for k in keys if not k.startswith("health/")}
+    # everything, there being no app (but the health checks and backups: their own jobs)
+    assert {k.to_user_string() for k in main} == {
+        k for k in keys if not k.startswith(("health/", "backup/"))
+    }
 
 
 def test_secrets_come_from_the_environment_as_env_vars(monkeypatch, repo_root):

@@ -13,8 +13,8 @@ Terraform stacks of which locations to plan, which role images to rebuild.
   it belongs to (`salt/postgres/files/x` -> postgres; `salt/jenkins/x` -> every jenkins.* state),
   whose roles' groups are rebuilt. `common` and `salt.minion` are in every image, and a path of no
   role's state (top.sls, roles.yaml, lib/) is treated as shared: every image in use. What only
-  releases apply (`salt/app/`, `salt/_states/coop_app.py`) or the health checks call
-  (`salt/_modules/coop_health.py`) rebuilds nothing.
+  releases apply (`salt/app/`, `salt/_states/coop_app.py`) or the health checks and backups
+  call (`salt/_modules/`) rebuilds nothing.
 """
 
 from __future__ import annotations
@@ -74,9 +74,14 @@ def _instances_inputs(topo: Topology, location: str) -> tuple:
 EVERY_IMAGE_STATES = {"common", "salt.minion"}
 # What releases apply and no image bakes: the `app` state and its state module (a highstate syncs
 # `_states/` to the minions, but no role's state uses coop_app); and what the health checks call
-# (`_modules/coop_health.py`, synced by a highstate or by the health job). A change rebuilds no
-# image.
-RELEASE_ONLY = ("salt/app/", "salt/_states/coop_app.py", "salt/_modules/coop_health.py")
+# and the backups call (`_modules/`, synced by a highstate or by their jobs). A change rebuilds
+# no image.
+RELEASE_ONLY = (
+    "salt/app/",
+    "salt/_states/coop_app.py",
+    "salt/_modules/coop_health.py",
+    "salt/_modules/coop_backup.py",
+)
 
 
 def baked(path: str) -> bool:

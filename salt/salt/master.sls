@@ -79,6 +79,10 @@ salt-master-config:
           base: {{ master['pillar_roots'] | json }}
         fileserver_backend: [roots]
         worker_threads: {{ master['worker_threads'] }}
+        # The postgres hosts push their backups here (cp.push, salt/_modules/coop_backup.py):
+        # the copies off their hosts, under /var/cache/salt/master/minions/<host>/files/.
+        file_recv: True
+        file_recv_max_size: 4096
         hash_type: sha256
 
 salt-master-restart:

@@ -1,0 +1,251 @@
+"""coop_backup: a postgres host's backups, for Dagster's `backup/<host>` assets
+(infra_assets/backups.py), which call these functions through salt.
+
+    dump(keep_days)            every database, `pg_dump -Fc`, with the row count of every
+                               table taken in the dump's own snapshot; each dump and its counts
+                               pushed to the salt master (the support server keeps the copies
+                               off this host); dumps older than `keep_days` removed here
+    latest()                   each database's latest dump here
+    restore_check(dump)        the dump restored into a scratch database on this host, and each
+                               non-empty table's row count compared with the counts taken in the
+                               dump's snapshot; the scratch database dropped
+    prune(root, keep_days)     on the master's host: its copies older than `keep_days` removed
+
+The snapshot: one psql session opens a REPEATABLE READ transaction and exports its snapshot
+(`pg_export_snapshot()`); the counts are read in that transaction, and `pg_dump --snapshot`
+dumps exactly what it sees, so counts and dump are of one moment.
+
+Files: /var/backups/coop/postgres/<database>/<UTC time>.dump and .counts.json (postgres's,
+mode 0600, in folders of mode 0700). Everything runs as the `postgres` user (peer login).
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+ROOT = Path("/var/backups/coop/postgres")
+END = "__coop_end__"
+STAMP = "%Y%m%dT%H%M%SZ"
+SCRATCH_PREFIX = "coop_restore_check_"
+
+__virtualname__ = "coop_backup"
+
+
+def __virtual__():
+    return __virtualname__
+
+
+class BackupError(RuntimeError):
+    pass
+
+
+def _as_postgres(argv: list[str], **kw) -> subprocess.CompletedProcess:
+    out = subprocess.run(
+        ["runuser", "-u", "postgres", "--", *argv], capture_output=True, text=True, **kw
+    )
+    if out.returncode != 0:
+        said = (out.stderr or out.stdout).strip().splitlines()[-3:]
+        raise BackupError(f"{argv[0]} exited {out.returncode}: {' / '.join(said)}")
+    return out
+
+
+class Session:
+    """One psql session, asked one statement at a time (its answer: the rows' lines)."""
+
+    def __init__(self, database: str):
+        self.proc = subprocess.Popen(
+            ["runuser", "-u", "postgres", "--", "psql", "-X", "-q", "-A", "-t",
+             "-v", "ON_ERROR_STOP=1", "-d", database],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+
+    def ask(self, sql: str) -> list[str]:
+        assert self.proc.stdin and self.proc.stdout
+        self.proc.stdin.write(f"{sql}\n\\echo {END}\n")
+        self.proc.stdin.flush()
+        lines = []
+        for line in self.proc.stdout:
+            line = line.rstrip("\n")
+            if line == END:
+                return lines
+            lines.append(line)
+        error = self.proc.stderr.read().strip() if self.proc.stderr else ""
+        raise BackupError(f"psql ended: {error or 'no answer'} (asked: {sql[:80]})")
+
+    def close(self) -> None:
+        if self.proc.stdin:
+            self.proc.stdin.close()
+        self.proc.wait(timeout=30)
+
+
+def databases() -> list[str]:
+    query = (
+        "SELECT datname FROM pg_database WHERE NOT datistemplate AND datname <> 'postgres'"
+        r" AND datname NOT LIKE 'coop\_restore\_check\_%' ORDER BY 1"  # not the scratch ones
+    )
+    out = _as_postgres(["psql", "-X", "-A", "-t", "-c", query])
+    return [line for line in out.stdout.splitlines() if line]
+
+
+TABLES = (
+    "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables"
+    " WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1;"
+)
+
+
+def _counts(session: Session) -> dict[str, int]:
+    return {t: int(session.ask(f"SELECT count(*) FROM {t};")[0]) for t in session.ask(TABLES)}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _folder(database: str) -> Path:
+    folder = ROOT / database
+    for path in (ROOT.parent, ROOT, folder):
+        path.mkdir(mode=0o700, exist_ok=True)
+        os.chown(path, *_postgres_ids())
+        path.chmod(0o700)
+    return folder
+
+
+def _postgres_ids() -> tuple[int, int]:
+    import pwd
+
+    entry = pwd.getpwnam("postgres")
+    return entry.pw_uid, entry.pw_gid
+
+
+def dump_one(database: str, stamp: str) -> dict:
+    started = time.monotonic()
+    folder = _folder(database)
+    path = folder / f"{stamp}.dump"
+    session = Session(database)
+    try:
+        session.ask("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;")
+        [snapshot] = session.ask("SELECT pg_export_snapshot();")
+        counts = _counts(session)
+        _as_postgres(["pg_dump", "-Fc", f"--snapshot={snapshot}", "-d", database,
+                      "-f", str(path)], timeout=3600)  # fmt: skip
+        session.ask("COMMIT;")
+    finally:
+        session.close()
+    counts_path = folder / f"{stamp}.counts.json"
+    counts_path.write_text(json.dumps({"database": database, "counts": counts}, indent=1))
+    os.chown(counts_path, *_postgres_ids())
+    counts_path.chmod(0o600)
+    path.chmod(0o600)
+    return {
+        "dump": str(path),
+        "counts_file": str(counts_path),
+        "size": path.stat().st_size,
+        "sha256": _sha256(path),
+        "tables": len(counts),
+        "rows": sum(counts.values()),
+        "counts": counts,
+        "took_s": round(time.monotonic() - started, 2),
+    }
+
+
+def _prune(keep_days: int, now: datetime.datetime, root: Path = ROOT) -> list[str]:
+    removed = []
+    for path in sorted(root.glob("*/*")):
+        stamp = path.name.split(".", 1)[0]
+        try:
+            when = datetime.datetime.strptime(stamp, STAMP).replace(tzinfo=datetime.UTC)
+        except ValueError:
+            continue
+        if now - when > datetime.timedelta(days=keep_days):
+            path.unlink()
+            removed.append(str(path))
+    return removed
+
+
+def prune(root: str, keep_days: int) -> list[str]:
+    """Files under `root`/<database>/ older than `keep_days` (by the time in their names)
+    removed: the master's copies (/var/cache/salt/master/minions/<host>/files/...)."""
+    return _prune(int(keep_days), datetime.datetime.now(datetime.UTC), Path(root))
+
+
+def dump(keep_days: int = 14, push: bool = True) -> dict:
+    """Every database dumped, its counts beside it, pushed to the master; old dumps removed
+    ({"error": why} when a step fails)."""
+    try:
+        return _dump(keep_days, push)
+    except (BackupError, OSError, subprocess.SubprocessError) as err:
+        return {"error": str(err)}
+
+
+def _dump(keep_days: int, push: bool) -> dict:
+    now = datetime.datetime.now(datetime.UTC)
+    stamp = now.strftime(STAMP)
+    done: dict[str, dict] = {}
+    for database in databases():
+        one = dump_one(database, stamp)
+        if push:
+            pushed = all(__salt__["cp.push"](p) for p in (one["dump"], one["counts_file"]))  # noqa: F821
+            one["pushed"] = bool(pushed)
+        done[database] = one
+    return {"stamp": stamp, "databases": done, "pruned": _prune(int(keep_days), now)}
+
+
+def restore_check(dump: str) -> dict:
+    """`dump` restored into a scratch database; every non-empty table's count compared with
+    the counts taken in the dump's snapshot (the .counts.json beside it). {"error": why} when
+    it cannot be restored."""
+    try:
+        return _restore_check(Path(dump))
+    except (BackupError, OSError, ValueError, KeyError, subprocess.SubprocessError) as err:
+        return {"error": str(err)}
+
+
+def _restore_check(path: Path) -> dict:
+    expected = json.loads(path.with_name(path.name.replace(".dump", ".counts.json")).read_text())
+    database = expected["database"]
+    scratch = (SCRATCH_PREFIX + database)[:63]
+    started = time.monotonic()
+    _as_postgres(["dropdb", "--if-exists", scratch])
+    _as_postgres(["createdb", scratch])
+    try:
+        _as_postgres(["pg_restore", "--no-owner", "--no-privileges", "--exit-on-error",
+                      "-d", scratch, str(path)], timeout=3600)  # fmt: skip
+        session = Session(scratch)
+        try:
+            restored = _counts(session)
+        finally:
+            session.close()
+    finally:
+        _as_postgres(["dropdb", "--if-exists", scratch])
+    compared = {t: n for t, n in expected["counts"].items() if n > 0}
+    wrong = {t: {"dump": n, "restored": restored.get(t)} for t, n in compared.items()
+             if restored.get(t) != n}  # fmt: skip
+    return {
+        "database": database,
+        "dump": str(path),
+        "tables": len(expected["counts"]),
+        "compared": len(compared),
+        "rows": sum(compared.values()),
+        "mismatches": wrong,
+        "took_s": round(time.monotonic() - started, 2),
+    }
+
+
+def latest() -> dict:
+    """Each database's latest dump here: {database: path}."""
+    found = {}
+    for folder in sorted(p for p in ROOT.glob("*") if p.is_dir()):
+        dumps = sorted(folder.glob("*.dump"))
+        if dumps:
+            found[folder.name] = str(dumps[-1])
+    return found
