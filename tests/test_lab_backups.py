@@ -61,11 +61,15 @@ def test_a_nightly_backup_is_copied_off_the_host_and_restores_with_equal_row_cou
     # A dump that no longer restores (cut short on the host) fails the check, with the reason.
     dump = copy.removeprefix(MASTER_COPIES.format(host=HOST))
     driver.exec(LAB_NUMBER, HOST, ["truncate", "--size=100", dump])
+    only = dg.define_asset_job(
+        "restores_only",
+        selection=dg.AssetSelection.checks(dg.AssetCheckKey(backup_key(HOST), "restores")),
+    )
     with lab_env.env():
-        again = defs.resolve_job_def(JOB).execute_in_process(
-            instance=instance,
-            asset_selection=[],
-            asset_check_selection=[dg.AssetCheckKey(backup_key(HOST), "restores")],
+        again = (
+            dg.Definitions.merge(defs, dg.Definitions(jobs=[only]))
+            .resolve_job_def("restores_only")
+            .execute_in_process(instance=instance)
         )
     [failed] = [e for e in again.get_asset_check_evaluations() if e.check_name == "restores"]
     assert not failed.passed
