@@ -86,13 +86,12 @@ def host_checks(site: Site, topo: Topology, host: str) -> list[Check]:
             checks.append(Check(check.name, f"{role}: " + ", ".join(what), spec))
     web_envs = [r.removeprefix("web-") for r in roles if r.startswith("web-")]
     for name, app in sorted(topo.apps.items()) if web_envs else ():
-        checks.append(
-            Check(
-                app_check(name),
-                f"app {name}: its live container answers 200 at {app.health}",
-                {"app": {"record": record_path(name), "path": app.health}},
-            )
-        )
+        if app.kind == "worker":
+            what, spec = f"worker {name}: its live container runs", {"worker": record_path(name)}
+        else:
+            what = f"app {name}: its live container answers 200 at {app.health}"
+            spec = {"app": {"record": record_path(name), "path": app.health}}
+        checks.append(Check(app_check(name), what, spec))
     return checks
 
 

@@ -487,18 +487,26 @@ def _registry_client(
 def _app(site: Site, secrets: Secrets | None, host: str, name: str, env: str) -> dict[str, Any]:
     app = site.topo.apps[name]
     block: dict[str, Any] = {
-        "port": app.port,
-        "health": app.health,
-        "domain": app.domains.get(env, ""),
-        # Releases (the `app` state): the two ports a release's container can listen on
-        # (blue/green), and where a person opens it.
-        "slots": site.app_slots(host, name),
-        "url": site.app_url(host, name, env),
+        "kind": app.kind,
         # The app's environment: plain settings, and the secret ones (the release hands these
         # to the container as files it reads into its environment, never on a command line).
         "env": app.env_for(env),
         "secrets": {key: _secret(secrets, "apps", name, env, key) for key in app.secrets},
     }
+    if app.kind == "worker":
+        block["up_s"] = app.up_s  # a worker: no port, no site; it must stay up this long
+    else:
+        block.update(
+            {
+                "port": app.port,
+                "health": app.health,
+                "domain": app.domains.get(env, ""),
+                # Releases (the `app` state): the two ports a release's container can listen on
+                # (blue/green), and where a person opens it.
+                "slots": site.app_slots(host, name),
+                "url": site.app_url(host, name, env),
+            }
+        )
     db_host = _first_with_role(site, f"postgres-{env}", site.topo.hosts[host].location)
     if app.database and db_host is not None:
         database = {

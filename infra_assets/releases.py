@@ -281,7 +281,8 @@ def materialize(
             live_at = time.time() - _seconds_after_switch(result)
     took = time.monotonic() - started
 
-    url = site.app_url(hosts[0], app_name, environment)
+    worker = app.kind == "worker"
+    url = None if worker else site.app_url(hosts[0], app_name, environment)
     states = [s for r in results for s in r.states()]
     changed = any(s.changed for s in states)
     previous = _previous_digest(before, digest)
@@ -309,12 +310,12 @@ def materialize(
         "digest": digest,
         "sha": sha or "(unknown)",
         "image": f"{app_name}@{digest}",
-        "url": dg.MetadataValue.url(url),
+        "url": dg.MetadataValue.url(url) if url else "(a worker: no URL)",
         "environment": environment,
         "hosts": hosts,
         "why": why,
-        "health": next((s.comment for s in first if s.step == "healthy"), "(not checked)"),
-        "health_path": app.health,
+        "health": next((s.comment for s in first if s.step in ("healthy", "up")), "(not checked)"),
+        "health_path": f"(a worker: up {app.up_s} s)" if worker else app.health,
         "release_phase": next(
             (s.comment for s in first if s.step == "release-phase"),
             "(not run: this release was live already, or a rollback)",
@@ -611,13 +612,14 @@ def delivered_commit(context: dg.AssetExecutionContext, environment: str) -> str
 
 
 def _seconds_after_switch(result: ApplyResult) -> float:
-    """How long the release state went on after nginx served the new release (record, stop
-    the old container, prune)."""
+    """How long the release state went on after nginx served the new release (a worker: after
+    it was up) (record, stop the old container, prune)."""
     steps = steps_of(result)
     names = [s.step for s in steps]
-    if "nginx" not in names:
+    last = "nginx" if "nginx" in names else "up" if "up" in names else None
+    if last is None:
         return 0.0
-    return sum(s.seconds for s in steps[names.index("nginx") + 1 :])
+    return sum(s.seconds for s in steps[names.index(last) + 1 :])
 
 
 def push_stages(

@@ -157,7 +157,8 @@ def release_text(release: Release, run_id: str) -> str:
     line = f"{head}: commit {commit}"
     if release.push_to_live_s is not None:
         line += f", {release.push_to_live_s:.1f} s after the push"
-    return "\n".join([line, release.url, run_link(run_id)])
+    url = release.url if release.url.startswith(("http://", "https://")) else ""
+    return "\n".join(part for part in (line, url, run_link(run_id)) if part)
 
 
 @dg.run_failure_sensor(

@@ -33,6 +33,7 @@ PILLAR = {
             "domain": "shop.example.coop",
             "slots": {"blue": 9102, "green": 9103},
         },
+        "ticker": {"kind": "worker", "up_s": 7, "env": {"EVERY": "60"}},
     },
 }
 
@@ -104,7 +105,7 @@ def test_the_live_release_again_keeps_its_slot_and_its_previous():
         ("hello", D1 + "\n", "", "is not sha256:<64 hex digits>"),
         ("hello", D1, "x; touch /tmp/pwned", "sha 'x; touch /tmp/pwned' is not a commit"),
         ("hello", D1, SHA.upper(), "is not a commit"),
-        ("nope", D1, "", "'nope' is not an app of this host's pillar (apps: hello, shop)"),
+        ("nope", D1, "", "'nope' is not an app of this host's pillar (apps: hello, shop, ticker)"),
     ],
 )
 def test_a_release_the_pillar_cannot_carry_is_refused(app, digest, sha, error):
@@ -144,6 +145,22 @@ def test_the_container_is_hardened_and_its_environment_passed_as_arguments():
     )
     assert "--rm" in one_off and "--publish" not in one_off and "-d" not in one_off
     assert one_off[-5:] == ["--entrypoint", "/bin/sh", release.image, "-c", "migrate"]
+
+
+def test_a_worker_publishes_nothing_stays_up_instead_of_a_health_check_and_has_no_site():
+    release = app_state.plan(PILLAR, "ticker", D1, SHA, {})
+    assert release.worker and release.up_s == 7
+    assert (release.slot, release.port, release.container) == ("blue", 0, "app-ticker-blue")
+    assert release.health_url == "" and release.served_url == "" and release.domain == ""
+    argv = app_state._run_argv(release, release.container, detach=True)
+    assert "--publish" not in argv and "-d" in argv
+    assert not [a for a in argv if a.startswith(("PORT=", "HOST="))]
+    assert "EVERY=60" in argv and "--cap-drop=all" in argv
+    steps = [name for name, _ in app_state._steps(release, 30, True, "highstate/web-staging")]
+    assert steps == ["ready", "pull", "release-phase", "start", "up", "record", "stop-old", "prune"]
+    web = app_state.plan(PILLAR, "hello", D1, SHA, {})
+    steps = [name for name, _ in app_state._steps(web, 30, True, "highstate/web-staging")]
+    assert "healthy" in steps and "nginx" in steps and "up" not in steps
 
 
 def test_podman_never_gets_the_minion_s_notify_socket(monkeypatch):

@@ -34,6 +34,7 @@ from cryptography import x509
 from fixtures_delivery import HELLO, record_build
 from lab_env import LAB_NUMBER, LabEnv
 
+from infra_assets.model import load_topology
 from infra_assets.provenance import our_build
 from infra_assets.secrets import load_secrets
 from lab.reach import Site, SiteSession
@@ -48,6 +49,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.lab]
 
 APP = "hello"
 RECORD = f"/var/lib/coop/releases/{APP}.json"
+WORKER = "ticker"
 
 
 class LabReleases:
@@ -712,6 +714,82 @@ def test_the_chat_hears_of_each_release_promotion_rollback_and_failure(
     assert back.startswith(
         f":leftwards_arrow_with_hook: *{APP}* rolled back on *staging*: commit {v1[:12]}\n"
     )
+
+
+@pytest.fixture
+def with_worker(site: LabReleases, tmp_path):
+    """The session's lab topology with a worker app besides hello (`ticker`: no port, no
+    site), its pillar written for the web hosts; the session's pillar put back after."""
+    from infra_assets.definitions import build_definitions
+    from lab.site import environment
+
+    data = yaml.safe_load(site.env.topology_file.read_text())
+    data["apps"][WORKER] = {"repo": data["apps"][APP]["repo"], "kind": "worker", "up_s": 5}
+    topology_file = tmp_path / "topology.yaml"
+    topology_file.write_text(yaml.safe_dump(data, sort_keys=False))
+    defs = build_definitions(load_topology(topology_file))
+
+    def run(*keys: str, job: str | None = None, **config) -> dg.ExecuteInProcessResult:
+        with environment(site.env.dagster_home, INFRA_TOPOLOGY=str(topology_file)):
+            if job:
+                ops = {f"release__staging__{WORKER}": {"config": config}} if config else {}
+                return defs.resolve_job_def(job).execute_in_process(
+                    instance=site.instance, run_config={"ops": ops}, raise_on_error=False
+                )
+            return defs.resolve_implicit_global_asset_job_def().execute_in_process(
+                instance=site.instance,
+                asset_selection=[dg.AssetKey.from_user_string(k) for k in ("topology", *keys)],
+                raise_on_error=False,
+            )
+
+    assert run("salt_pillar").success
+    yield run
+    with site.env.env():
+        assert site.env.run("salt_pillar", instance=site.instance).success
+
+
+def test_a_worker_is_released_without_a_site_and_one_that_exits_fails_at_once(
+    site: LabReleases, with_worker
+):
+    """A bot (kind: worker) gets the same release as a web app, but no port, no site and no
+    health path: its container must stay up `up_s` seconds. One that exits fails the release
+    as soon as it exits, with its last lines, and the live one keeps running."""
+    end = site.registry.endpoint()
+    v1, v2 = _version(30), _version(31)
+    d1 = site.image(v1, to=end.image(WORKER, f"t-{v1[:12]}"), recorded=WORKER)
+    d2 = site.image(v2, crashes=True, to=end.image(WORKER, f"t-{v2[:12]}"), recorded=WORKER)
+    job = f"release_staging_{WORKER}"
+    first = with_worker(job=job, digest=d1, sha=v1)
+    assert first.success, first.failure_data_for_node(f"release__staging__{WORKER}")
+    [mat] = first.asset_materializations_for_node(f"release__staging__{WORKER}")
+    meta = {k: v.value for k, v in mat.metadata.items()}
+    assert meta["url"] == "(a worker: no URL)" and meta["health_path"] == "(a worker: up 5 s)"
+    assert meta["health"].startswith(f"up: app-{WORKER}-blue runs")
+    running = site.guest("staging", "podman", "ps", "--format", "{{.Names}} {{.Ports}}")
+    assert f"app-{WORKER}-blue" in running
+    line = [row for row in running.splitlines() if row.startswith(f"app-{WORKER}-blue")][0]
+    assert line.strip() == f"app-{WORKER}-blue"  # nothing published
+    sites = site.guest("staging", "ls", "/etc/nginx/conf.d")
+    assert f"app-{WORKER}.conf" not in sites
+
+    started = time.monotonic()
+    crashed = with_worker(job=job, digest=d2, sha=v2)
+    took = time.monotonic() - started
+    assert not crashed.success
+    message = crashed.failure_data_for_node(f"release__staging__{WORKER}").error.message
+    assert f"app-{WORKER}-green exited with code 3" in message
+    assert "(a worker must stay up 5 s)" in message
+    assert "DATABASE_URL is not set, giving up" in message  # its last lines
+    assert took < 30
+    still = site.guest("staging", "podman", "ps", "--format", "{{.Names}}")
+    assert f"app-{WORKER}-blue" in still and f"app-{WORKER}-green" not in still
+
+    # The health check of a worker: its live container runs.
+    health = with_worker(job="health")
+    assert health.success
+    [check] = [e for e in health.get_asset_check_evaluations()
+               if e.asset_key.path[1] == site.host("staging") and e.check_name == "app_ticker"]  # fmt: skip
+    assert check.passed and check.metadata["detail"].value == f"app-{WORKER}-blue runs"
 
 
 def test_every_public_site_answers_https_with_a_certificate_from_the_acme_server(

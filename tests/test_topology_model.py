@@ -263,6 +263,27 @@ def test_a_health_path_may_have_a_query_and_percent_escapes(write_topology, path
             "health: /health, database: true, secrets: [DATABASE_URL]}",
             ":10: apps.hello: DATABASE_URL is set by `database: true`",
         ),
+        # kinds: a web app listens on a port; a worker has no HTTP at all
+        (
+            "health: /health}\n",
+            "health: /health}\n  bot: {repo: /srv/git/bot.git}\n",
+            ":11: apps.bot: a web app needs `port`",
+        ),
+        (
+            "health: /health}\n",
+            "health: /health}\n  bot: {repo: /srv/git/bot.git, kind: worker, port: 9000}\n",
+            ":11: apps.bot: a worker has no HTTP: leave out port",
+        ),
+        (
+            "health: /health}\n",
+            "health: /health}\n  bot: {repo: /srv/git/bot.git, kind: cron}\n",
+            ":11: apps.bot.kind: Input should be 'web' or 'worker'",
+        ),
+        (
+            "health: /health}",
+            "health: /health, up_s: 5}",
+            ":10: apps.hello: up_s is for workers",
+        ),
         # a key given twice, which YAML alone would silently drop
         (
             "apps:",
@@ -276,6 +297,14 @@ def test_bad_input_is_reported_with_file_line_and_key(write_topology, old, new, 
     path = write_topology(GOOD.replace(old, new, 1))
     problems = problems_of(path)
     assert any(p.startswith(str(path)) and expected in p for p in problems), problems
+
+
+def test_a_worker_needs_no_port_and_takes_the_ports_of_no_one(write_topology):
+    path = write_topology(GOOD.replace(
+        "health: /health}\n",
+        "health: /health}\n  bot: {repo: /srv/git/bot.git, kind: worker, up_s: 20}\n", 1))  # fmt: skip
+    bot = load_topology(path).apps["bot"]
+    assert (bot.kind, bot.port, bot.up_s) == ("worker", None, 20)
 
 
 def test_a_topology_with_hosts_needs_one_salt_master(write_topology):

@@ -426,6 +426,8 @@ def _cross_check(report: _Report, data: dict, entries: dict[str, dict[str, Any]]
     # Each app's releases listen on its port and the next (blue and green) on every web host.
     taken: dict[int, str] = {}
     for name, app in entries["apps"].items():
+        if app.port is None:  # a worker: no port
+            continue
         for port in (app.port, app.port + 1):
             if port in taken:
                 report.add(

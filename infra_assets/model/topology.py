@@ -7,7 +7,7 @@ numbers and addresses) is checked in `load.py`, so that every problem is reporte
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -162,8 +162,22 @@ class App(_Strict):
         min_length=1, description="A git URL, or a path on this machine (the lab serves it)."
     )
     branch: str = Field(default="main", min_length=1)
-    port: int = Field(ge=1, le=65535, description="The port the app listens on in its container.")
+    kind: Literal["web", "worker"] = Field(
+        default="web",
+        description="web: serves HTTP behind nginx at `port`, released once its `health` path"
+        " answers; worker: a process with no HTTP and no site (a bot, a scheduled job), released"
+        " once it has stayed up `up_s` seconds.",
+    )
+    port: int | None = Field(
+        default=None, ge=1, le=65535, description="The port a web app listens on in its container."
+    )
     health: str = Field(default="/", description="The path that answers 200 when healthy.")
+    up_s: int = Field(
+        default=10,
+        ge=1,
+        le=300,
+        description="A worker's new process must stay up this long before the old one stops.",
+    )
     domains: dict[Environment, Domain] = Field(
         default_factory=dict, description="Environment -> domain."
     )
@@ -220,6 +234,25 @@ class App(_Strict):
         if twice:
             raise ValueError(f"{', '.join(twice)} named more than once")
         return names
+
+    @model_validator(mode="after")
+    def _kind_fits(self) -> App:
+        if self.kind == "web":
+            if self.port is None:
+                raise ValueError(
+                    "a web app needs `port` (where it listens in its container); an app with no"
+                    " HTTP is `kind: worker`"
+                )
+            if "up_s" in self.model_fields_set:
+                raise ValueError("up_s is for workers (a web app's release waits on `health`)")
+            return self
+        extra = sorted(self.model_fields_set & {"port", "health", "domains"})
+        if extra:
+            raise ValueError(
+                f"a worker has no HTTP: leave out {', '.join(extra)} (it is released once its"
+                " process has stayed up `up_s` seconds)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _settings_named_once(self) -> App:

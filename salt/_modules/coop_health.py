@@ -22,6 +22,7 @@ minion; each takes its own), each check a dict of:
     app       {"record": path, "path": "/health"}: the app's release record names the live
               container's port; its health path there must answer 200 (no record: nothing
               released on this host yet, which passes and says so)
+    worker    the release record's path: its live container must be running
 """
 
 from __future__ import annotations
@@ -150,14 +151,36 @@ def _postgres(address: str, port: int) -> str:
     return said
 
 
-def _app(record: str, path: str) -> str:
+def _live(record: str) -> dict | None:
+    """The live release a web host's record names (None: nothing released here yet)."""
     try:
         with open(record, encoding="utf-8") as handle:
-            live = json.load(handle).get("current") or {}
+            return json.load(handle).get("current") or None
     except FileNotFoundError:
-        return "nothing released on this host yet"
+        return None
     except (OSError, ValueError) as err:
         raise Unhealthy(f"{record} cannot be read: {err}") from None
+
+
+def _worker(record: str) -> str:
+    live = _live(record)
+    if live is None:
+        return "nothing released on this host yet"
+    name = str(live.get("container") or "")
+    out = subprocess.run(
+        ["podman", "container", "inspect", "--format", "{{.State.Status}}", name],
+        capture_output=True, text=True, timeout=TIMEOUT_S * 2,
+    )  # fmt: skip
+    status = out.stdout.strip() or "gone"
+    if status != "running":
+        raise Unhealthy(f"{name} is {status}")
+    return f"{name} runs"
+
+
+def _app(record: str, path: str) -> str:
+    live = _live(record)
+    if live is None:
+        return "nothing released on this host yet"
     port = live.get("port")
     if not isinstance(port, int):
         raise Unhealthy(f"{record} names no live port")
@@ -182,6 +205,8 @@ def check(spec: dict) -> dict:
             said.append(_postgres(*spec["postgres"]))
         if spec.get("app"):
             said.append(_app(spec["app"]["record"], spec["app"]["path"]))
+        if spec.get("worker"):
+            said.append(_worker(spec["worker"]))
         ok = True
     except Unhealthy as err:
         said.append(str(err))

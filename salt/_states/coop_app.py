@@ -17,7 +17,8 @@ before it acts:
     ports, `apps.<app>.slots`), hardened (see `_run_argv`);
  6. healthy: its health path answers 200 within the timeout. A container that exits fails the
     release at once, with its exit code and last lines; either way the new container goes and
-    nothing else is touched;
+    nothing else is touched. A worker (`kind: worker`: no port, no site) instead stays up
+    `up_s` seconds, and steps 7 and the wait of 8 are not there;
  7. the app's nginx site with the upstream on the new container (/etc/nginx/conf.d/app-<app>.conf,
     checked by `nginx -t` before it replaces the old one), reload, and wait until nginx serves
     the new release (its X-Coop-Release header);
@@ -110,6 +111,12 @@ class Release:
     # command line, in a label or in `podman inspect`); never in a comment or an output.
     secrets: dict = field(default_factory=dict, repr=False)
     config: str = ""  # the fingerprint of env and secrets (an HMAC with this host's own key)
+    kind: str = "web"  # or "worker": no port, no site; it must stay up `up_s` seconds
+    up_s: int = 10
+
+    @property
+    def worker(self) -> bool:
+        return self.kind == "worker"
 
     @property
     def container(self) -> str:
@@ -186,8 +193,9 @@ def plan(
         slot = current.get("slot", "blue")
     else:
         slot = "green" if current.get("slot") == "blue" else "blue"
-    port = int(spec["slots"][slot])
-    domain = spec.get("domain") or ""
+    worker = spec.get("kind") == "worker"
+    port = 0 if worker else int(spec["slots"][slot])
+    domain = "" if worker else spec.get("domain") or ""
     image = f"{client['address']}/{app}@{digest}"
     this = {
         "digest": digest,
@@ -204,7 +212,9 @@ def plan(
         new_record = {"current": this, "previous": record.get("previous")}
     else:
         new_record = {"current": this, "previous": current or None}
-    if domain:
+    if worker:
+        served = ""
+    elif domain:
         served = f"https://{domain}:{web['https_port']}{spec['health']}"
     else:
         served = f"http://{web['listen']}:{web['port']}{spec['health']}"
@@ -216,7 +226,7 @@ def plan(
         registry=client["address"],
         slot=slot,
         port=port,
-        health_url=f"http://127.0.0.1:{port}{spec['health']}",
+        health_url="" if worker else f"http://127.0.0.1:{port}{spec['health']}",
         served_url=served,
         host_header=domain or app,
         resolve=f"{domain}:{web['https_port']}:{web['listen']}" if domain else "",
@@ -228,6 +238,8 @@ def plan(
         env=env,
         secrets=secrets,
         config=config,
+        kind="worker" if worker else "web",
+        up_s=int(spec.get("up_s") or 10),
     )
 
 
@@ -296,11 +308,16 @@ def _steps(release: Release, timeout: int, release_phase: bool, web_state: str) 
     if release_phase and not release.live_already:
         steps.append(("release-phase", lambda: run_release_phase(release)))
     workers: list[str] = []
+    steps.append(("start", lambda: start(release)))
+    if release.worker:  # no HTTP, no site: up for `up_s` seconds, then the old one goes
+        steps.append(("up", lambda: stays_up(release)))
+    else:
+        steps += [
+            ("healthy", lambda: healthy(release, timeout)),
+            ("nginx", lambda: switch(release, workers)),
+        ]
     steps += [
-        ("start", lambda: start(release)),
-        ("healthy", lambda: healthy(release, timeout)),
-        ("nginx", lambda: switch(release, workers)),
-        # Recorded as soon as nginx serves it: the next release's slot is the other one.
+        # Recorded as soon as it serves: the next release's slot is the other one.
         ("record", lambda: write_record(release)),
         ("stop-old", lambda: stop_old(release, workers)),
         ("prune", lambda: prune(release)),
@@ -423,6 +440,39 @@ def healthy(release: Release, timeout: int) -> Done:
         f"--- the last answer: {answer}\n"
         f"--- {release.container} ({release.image}), its last lines:\n{logs.rstrip()}\n" + outcome,
     )
+
+
+def stays_up(release: Release) -> Done:
+    """A worker's container still running `up_s` seconds after it started; one that exits
+    fails at once, with its exit code and last lines, and goes (the live one is untouched)."""
+    started = time.monotonic()
+    while True:
+        state = _inspect(release.container, STATE_FMT)
+        waited = time.monotonic() - started
+        if not state.startswith("running"):
+            for _ in range(20):  # podman says `stopped` until it has recorded the exit
+                if not state.startswith("stopped"):
+                    break
+                time.sleep(0.1)
+                state = _inspect(release.container, STATE_FMT)
+            break
+        if waited >= release.up_s or release.live_already:
+            return Done(False, f"up: {release.container} runs ({waited:.0f} s after its start)")
+        time.sleep(0.2)
+    status, _, exit_code = state.partition(" ")
+    why = (
+        f"{release.container} {status or 'is gone'}"
+        + (f" with code {exit_code}" if status == "exited" else "")
+        + f" {waited:.1f} s after it started (a worker must stay up {release.up_s} s)"
+    )
+    logs = _run(["podman", "logs", "--tail", str(LOG_LINES), release.container]).stdout
+    if release.live_already:
+        outcome = f"--- {release.container} is the live release: left as it is"
+    else:
+        _run(["podman", "rm", "-f", "-t", "2", release.container])
+        outcome = f"--- removed {release.container}; the live release is untouched"
+    raise Failed(why, f"--- {release.container} ({release.image}), its last lines:\n"
+                      f"{logs.rstrip()}\n{outcome}")  # fmt: skip
 
 
 def switch(release: Release, workers: list[str]) -> Done:
@@ -615,7 +665,12 @@ def _run_argv(
     (so the image needs /bin/sh when the app has secrets)."""
     port = release.port
     argv = ["podman", "run", "--init", "--pull=never", "--name", name, "--network", "bridge"]
-    argv += ["-d", "--publish", f"127.0.0.1:{port}:{port}"] if detach else ["--rm"]
+    if not detach:
+        argv += ["--rm"]
+    elif release.worker:
+        argv += ["-d"]  # a worker publishes nothing
+    else:
+        argv += ["-d", "--publish", f"127.0.0.1:{port}:{port}"]
     argv += [
         "--cap-drop=all", "--security-opt=no-new-privileges",
         "--read-only", "--read-only-tmpfs=false", "--tmpfs", "/tmp:rw,nosuid,nodev,size=64m",
@@ -623,8 +678,9 @@ def _run_argv(
         "--label", f"coop.app={release.app}", "--label", f"coop.digest={release.digest}",
         "--label", f"coop.sha={release.sha}", "--label", f"coop.slot={release.slot}",
         "--label", f"coop.port={port}", "--label", f"coop.config={release.config}",
-        "-e", f"PORT={port}", "-e", "HOST=0.0.0.0",
     ]  # fmt: skip
+    if not release.worker:
+        argv += ["-e", f"PORT={port}", "-e", "HOST=0.0.0.0"]
     for key, value in sorted(release.env.items()):
         argv += ["-e", f"{key}={value}"]
     if not release.secrets:
