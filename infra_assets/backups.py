@@ -23,6 +23,7 @@ import dagster as dg
 
 from infra_assets.highstate import highstate_key
 from infra_assets.model import Topology
+from infra_assets.salt_modules import call_synced
 from infra_assets.sites import SiteError, site_for
 from resources.salt import SaltError, SaltResource
 
@@ -47,13 +48,9 @@ def postgres_hosts(topo: Topology) -> list[str]:
 
 
 def call(salt: SaltResource, host: str, fun: str, log, **kwargs):
-    """`fun` of the project's salt modules on `host`, its custom modules synced first when the
-    host does not have them yet (a highstate syncs them too)."""
-    ret = salt.call(minions=[host], fun=fun, kwargs=kwargs, timeout_s=DUMP_TIMEOUT_S).get(host)
-    if isinstance(ret, str) and "is not available" in ret:
-        log(f"syncing salt's custom modules to {host}")
-        salt.call(minions=[host], fun="saltutil.sync_modules", timeout_s=60)
-        ret = salt.call(minions=[host], fun=fun, kwargs=kwargs, timeout_s=DUMP_TIMEOUT_S).get(host)
+    """`fun` of the project's salt modules on `host` (its copy of them synced when it is not
+    this one); its answer, or SaltError with the reason."""
+    ret = call_synced(salt, [host], fun, kwargs, log, timeout_s=DUMP_TIMEOUT_S).get(host)
     if ret is None:
         raise SaltError(f"the minion did not answer {fun}")
     if isinstance(ret, dict) and "error" in ret:

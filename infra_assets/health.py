@@ -26,6 +26,7 @@ from infra_assets.highstate import highstate_key
 from infra_assets.model import Topology
 from infra_assets.releases import record_path
 from infra_assets.roles import role_catalogue
+from infra_assets.salt_modules import call_synced
 from infra_assets.sites import Site, SiteError, site_for
 from resources.salt import SaltError, SaltResource
 
@@ -116,14 +117,7 @@ def probe_all(
     if not answering:
         return out
     args = {h: {c.name: c.spec for c in plan[h] if c.name != MINION_CHECK} for h in answering}
-    returns = salt.call(minions=answering, fun=PROBE_FUN, kwargs={"plan": args}, timeout_s=60)
-    missing = [h for h in answering if not isinstance(returns.get(h), dict)]
-    if missing:  # a minion that has not synced the module yet (a highstate syncs it)
-        log(f"syncing salt's custom modules to {', '.join(missing)}")
-        salt.call(minions=missing, fun="saltutil.sync_modules", timeout_s=60)
-        returns.update(
-            salt.call(minions=missing, fun=PROBE_FUN, kwargs={"plan": args}, timeout_s=60)
-        )
+    returns = call_synced(salt, answering, PROBE_FUN, {"plan": args}, log)
     for host in answering:
         ret = returns.get(host)
         out[host] = ret if isinstance(ret, dict) else f"the probe returned no results: {ret!r}"

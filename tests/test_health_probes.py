@@ -134,3 +134,18 @@ def test_the_dns_probe_asks_each_name_and_compares_with_the_plan():
         )
     finally:
         server.close()
+
+
+def test_a_minion_with_another_copy_of_the_module_says_so_instead_of_probing(web):
+    """infra_assets/salt_modules.py syncs the modules to a minion that answers so."""
+    from infra_assets.salt_modules import STALE, module_sha256
+
+    mine = module_sha256("coop_health")
+    assert health.probe({}, module_sha256="0" * 64) == {STALE: mine}
+    health.__opts__ = {"id": "web-1"}
+    try:
+        plan = {"web-1": {"nginx": {"http": f"http://127.0.0.1:{web}/health"}}}
+        got = health.probe(plan, module_sha256=mine)
+    finally:
+        del health.__opts__
+    assert got["nginx"]["ok"] and got["nginx"]["detail"].endswith("-> 200")

@@ -41,6 +41,15 @@ def __virtual__():
     return __virtualname__
 
 
+def _stale(module_sha256: str) -> dict | None:
+    """{"stale_module": <this copy's sha256>} when the caller's module is another one."""
+    if not module_sha256:
+        return None
+    with open(__file__, "rb") as handle:
+        mine = hashlib.sha256(handle.read()).hexdigest()
+    return None if mine == module_sha256 else {"stale_module": mine}
+
+
 class BackupError(RuntimeError):
     pass
 
@@ -172,15 +181,21 @@ def _prune(keep_days: int, now: datetime.datetime, root: Path = ROOT) -> list[st
     return removed
 
 
-def prune(root: str, keep_days: int) -> list[str]:
+def prune(root: str, keep_days: int, module_sha256: str = "") -> list[str] | dict:
     """Files under `root`/<database>/ older than `keep_days` (by the time in their names)
     removed: the master's copies (/var/cache/salt/master/minions/<host>/files/...)."""
+    stale = _stale(module_sha256)
+    if stale:
+        return stale
     return _prune(int(keep_days), datetime.datetime.now(datetime.UTC), Path(root))
 
 
-def dump(keep_days: int = 14, push: bool = True) -> dict:
+def dump(keep_days: int = 14, push: bool = True, module_sha256: str = "") -> dict:
     """Every database dumped, its counts beside it, pushed to the master; old dumps removed
     ({"error": why} when a step fails)."""
+    stale = _stale(module_sha256)
+    if stale:
+        return stale
     try:
         return _dump(keep_days, push)
     except (BackupError, OSError, subprocess.SubprocessError) as err:
@@ -200,10 +215,13 @@ def _dump(keep_days: int, push: bool) -> dict:
     return {"stamp": stamp, "databases": done, "pruned": _prune(int(keep_days), now)}
 
 
-def restore_check(dump: str) -> dict:
+def restore_check(dump: str, module_sha256: str = "") -> dict:
     """`dump` restored into a scratch database; every non-empty table's count compared with
     the counts taken in the dump's snapshot (the .counts.json beside it). {"error": why} when
     it cannot be restored."""
+    stale = _stale(module_sha256)
+    if stale:
+        return stale
     try:
         return _restore_check(Path(dump))
     except (BackupError, OSError, ValueError, KeyError, subprocess.SubprocessError) as err:
@@ -241,8 +259,11 @@ def _restore_check(path: Path) -> dict:
     }
 
 
-def latest() -> dict:
+def latest(module_sha256: str = "") -> dict:
     """Each database's latest dump here: {database: path}."""
+    stale = _stale(module_sha256)
+    if stale:
+        return stale
     found = {}
     for folder in sorted(p for p in ROOT.glob("*") if p.is_dir()):
         dumps = sorted(folder.glob("*.dump"))
