@@ -35,7 +35,8 @@ TIMEZONE = "Pacific/Auckland"
 KEEP_DAYS = 14
 STALE_AFTER = datetime.timedelta(hours=26)
 MASTER_COPIES = "/var/cache/salt/master/minions/{host}/files"
-DUMP_TIMEOUT_S = 3600
+# One salt job dumps every database of a host (each pg_dump may take an hour).
+DUMP_TIMEOUT_S = 4 * 3600
 
 
 def backup_key(host: str) -> dg.AssetKey:

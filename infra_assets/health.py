@@ -11,8 +11,9 @@ once when it starts and once when it mends. A minion that does not answer fails 
 checks with that reason (nothing could be asked).
 
 A health run that finds services down still succeeds: the checks carry the news. Each asset has
-a freshness policy: health that was not checked for 15 minutes (the schedule stopped, the
-daemon down) shows as stale.
+a freshness policy: health that was not checked for 15 minutes (the schedule stopped, its runs
+failing) shows as stale in the UI. The daemon evaluates freshness too: with the daemon down,
+nothing says so (watching the watcher is left to the co-op's own uptime check).
 """
 
 import datetime
@@ -65,6 +66,8 @@ def host_checks(site: Site, topo: Topology, host: str) -> list[Check]:
     roles = topo.hosts[host].roles
     for role in roles:
         for check in catalogue.roles[role].health if role in catalogue.roles else ():
+            if any(c.name == check.name for c in checks):
+                continue  # one service of two roles (web-staging and web-production): once
             spec: dict[str, Any] = {"unit": check.unit} if check.unit else {}
             what = [f"unit {check.unit} active"] if check.unit else []
             if check.probe:
@@ -196,15 +199,20 @@ def definitions(topo: Topology) -> dg.Definitions:
         description="Every host checks its own services (one salt job).",
     )
     def health(context: dg.AssetExecutionContext, salt: SaltResource):
-        hosts = sorted(key.path[1] for key in context.selected_asset_keys)
+        selected = context.selected_asset_check_keys
+        # the hosts whose asset or one of whose checks is asked for (a check alone from the UI)
+        hosts = sorted(
+            {key.path[1] for key in context.selected_asset_keys}
+            | {key.asset_key.path[1] for key in selected}
+        )
         try:
             got = probe_all(salt, {h: plan[h] for h in hosts}, context.log.info)
         except SaltError as err:
             got = {h: f"salt cannot be asked: {err}" for h in hosts}
-        selected = context.selected_asset_check_keys
         for host in hosts:
             results, metadata = _results(host, plan[host], got[host])
-            yield dg.MaterializeResult(asset_key=health_key(host), metadata=metadata)
+            if health_key(host) in context.selected_asset_keys:
+                yield dg.MaterializeResult(asset_key=health_key(host), metadata=metadata)
             yield from (
                 r for r in results if dg.AssetCheckKey(health_key(host), r.check_name) in selected
             )

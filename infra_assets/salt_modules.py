@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from infra_assets.paths import REPO_ROOT
-from resources.salt import SaltResource
+from resources.salt import SaltError, SaltResource
 
 MODULES = REPO_ROOT / "salt" / "_modules"
 STALE = "stale_module"  # the key of a minion's answer when its copy is not this one
@@ -21,9 +21,13 @@ def module_sha256(module: str) -> str:
 
 
 def _current(ret: Any) -> bool:
+    """Whether a minion's answer comes from this copy of the module: an answer saying it does
+    not, or salt's report that the function is not there (an older copy, or none), is not."""
     if isinstance(ret, dict):
         return STALE not in ret
-    return isinstance(ret, list)  # a string is salt's report: not available, or an error
+    if isinstance(ret, str):
+        return "is not available" not in ret and "unexpected keyword argument" not in ret
+    return True
 
 
 def call_synced(
@@ -43,4 +47,10 @@ def call_synced(
         log(f"syncing salt's custom modules to {', '.join(stale)} (theirs are not this one)")
         salt.call(minions=stale, fun="saltutil.sync_modules", timeout_s=60)
         returns.update(salt.call(minions=stale, fun=fun, kwargs=kwargs, timeout_s=timeout_s))
+        still = [m for m in stale if isinstance(returns.get(m), dict) and STALE in returns[m]]
+        if still:
+            raise SaltError(
+                f"{', '.join(still)} still hold another {fun.split('.')[0]} after a sync: the"
+                " salt master's state tree (salt/_modules/) is not this checkout's; update it"
+            )
     return returns

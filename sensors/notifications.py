@@ -14,9 +14,12 @@ Three sensors post to the chat's incoming webhook (resources/chat.py; its URL is
   this one reads each check's latest evaluation.
 
 Dagster polls run-status sensors every 30 s by default; these run every NOTICE_INTERVAL_S, so a
-notice reaches the chat within about that of the run's end. A post that fails fails the tick
-(the run-status sensors then post that run at their next tick, as their cursor stays before it);
-the chat's URL never appears in an error. `check_notice` posts the changes a tick finds as one
+notice reaches the chat within about that of the run's end. A notice the chat does not take (or
+that cannot be sent: a broken secrets file) is kept in a spool under the state folder
+(`notices/undelivered.jsonl`, mode 0600, its secrets already cut) and posted, in order, before
+the next notice of any of them; the run sensors' tick fails saying so (Dagster moves a run
+sensor's cursor on even then: the spool is what keeps the notice). The chat's URL never
+appears in an error. `check_notice` posts the changes a tick finds as one
 message (a host that goes down fails several checks at once). Every secret value is cut from a
 notice's text. They run by default: a co-op that configures a chat hears of everything from
 then on (a run-status sensor starts from the present; `check_notice`'s first tick posts only
@@ -25,14 +28,18 @@ the checks failing then).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import dagster as dg
 
 from infra_assets.model import TopologyError
+from infra_assets.paths import state_dir
 from infra_assets.secrets import SecretsError, chat_webhook_url, secret_values
 from infra_assets.sites import SiteError, site_for
 from resources.chat import ChatError, ChatResource
@@ -48,31 +55,106 @@ RELEASE_PREFIX = "release"
 
 @dataclass(frozen=True)
 class Chat:
-    """Where notices go, and what they must never show."""
+    """Where notices go (None: no chat configured), why it cannot be used now (`problem`), and
+    what a notice must never show."""
 
-    resource: ChatResource
-    secrets: list[str]
+    resource: ChatResource | None
+    secrets: list[str] = field(repr=False)
+    problem: str | None = None
 
-    def post(self, text: str) -> None:
+    def redact(self, text: str) -> str:
         for value in self.secrets:
             if len(value) >= 6:
                 text = text.replace(value, "***")
-        self.resource.post(text)
+        return text
 
 
-def chat_for(topology_file: TopologyResource) -> Chat | dg.SkipReason:
-    """The chat, from the secrets file of the topology's site; a SkipReason when there is none."""
+def chat_for(topology_file: TopologyResource) -> Chat:
+    """The chat, from the secrets file of the topology's site."""
     try:
         topo = topology_file.load()
         path = site_for(topo).secrets_file()
+    except (TopologyError, SiteError) as err:
+        return Chat(None, [], f"the topology names no secrets file: {err}")
+    try:
+        secrets = secret_values(path)
+    except SecretsError as err:
+        return Chat(None, [], str(err))
+    try:
         url = chat_webhook_url(path)
-    except (TopologyError, SiteError, SecretsError) as err:
-        return dg.SkipReason(f"no notices: {err}")
-    if url is None:
+    except SecretsError as err:  # the notices are kept, their secrets cut all the same
+        return Chat(None, secrets, str(err))
+    return Chat(ChatResource(webhook_url=url) if url else None, secrets)
+
+
+class NoticeError(RuntimeError):
+    """Notices the chat did not take: kept, and posted at a later tick."""
+
+
+class Spool:
+    """The notices not posted yet (a JSON line each), under the state folder, mode 0600; one
+    sensor at a time reads and writes it (a lock: the daemon runs sensors in threads)."""
+
+    def __init__(self, folder: Path | None = None):
+        self.folder = folder or state_dir() / "notices"
+        self.path = self.folder / "undelivered.jsonl"
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with open(self.folder / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
+    def read(self) -> list[str]:
+        try:
+            lines = self.path.read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        return [json.loads(line) for line in lines if line.strip()]
+
+    def write(self, texts: list[str]) -> None:
+        if not texts:
+            self.path.unlink(missing_ok=True)
+            return
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.writelines(json.dumps(t) + "\n" for t in texts)
+
+
+def deliver(topology_file: TopologyResource, texts: list[str]) -> str | None:
+    """The notices kept from before, then `texts`, posted in order: None when all were, else
+    why not (what was not posted is kept for the next tick). No chat configured: nothing is
+    posted, nothing kept."""
+    chat = chat_for(topology_file)
+    if chat.resource is None and chat.problem is None:
+        return None
+    spool = Spool()
+    with spool.held():
+        pending = spool.read() + [chat.redact(t) for t in texts]
+        if chat.resource is None:
+            spool.write(pending)
+            return f"{len(pending)} notices kept for later: {chat.problem}"
+        for i, text in enumerate(pending):
+            try:
+                chat.resource.post(text)
+            except ChatError as err:
+                spool.write(pending[i:])
+                said = chat.redact(str(err))
+                return f"the chat did not take a notice ({said}): {len(pending) - i} kept for later"
+        spool.write([])
+    return None
+
+
+def no_chat(topology_file: TopologyResource) -> dg.SkipReason | None:
+    """A SkipReason when no chat is configured (nothing to post, nothing kept)."""
+    chat = chat_for(topology_file)
+    if chat.resource is None and chat.problem is None:
         return dg.SkipReason(
-            f"no notices: no chat configured (chat.webhook_url in {path}: README, 'Notices')"
+            "no notices: no chat configured (chat.webhook_url in the secrets file: README,"
+            " 'Notices')"
         )
-    return Chat(ChatResource(webhook_url=url), secret_values(path))
+    return None
 
 
 def run_link(run_id: str) -> str:
@@ -168,10 +250,12 @@ def release_text(release: Release, run_id: str) -> str:
     description="Posts every failed run to the co-op's chat (chat.webhook_url in the secrets).",
 )
 def run_failure_notice(context: dg.RunFailureSensorContext, topology_file: TopologyResource):
-    chat = chat_for(topology_file)
-    if isinstance(chat, dg.SkipReason):
-        return chat
-    _post(chat, failure_text(context))
+    skip = no_chat(topology_file)
+    if skip:
+        return skip
+    problem = deliver(topology_file, [failure_text(context)])
+    if problem:  # the tick fails, saying so; the notice is kept (the sensor moves on)
+        raise NoticeError(problem)
     return None
 
 
@@ -187,19 +271,14 @@ def release_notice(context: dg.RunStatusSensorContext, topology_file: TopologyRe
     releases = releases_of(context.instance, context.dagster_run.run_id)
     if not releases:
         return dg.SkipReason(f"{context.dagster_run.job_name}: no release changed")
-    chat = chat_for(topology_file)
-    if isinstance(chat, dg.SkipReason):
-        return chat
-    for release in releases:
-        _post(chat, release_text(release, context.dagster_run.run_id))
+    skip = no_chat(topology_file)
+    if skip:
+        return skip
+    texts = [release_text(r, context.dagster_run.run_id) for r in releases]
+    problem = deliver(topology_file, texts)
+    if problem:
+        raise NoticeError(problem)
     return None
-
-
-def _post(chat: Chat, text: str) -> None:
-    try:
-        chat.post(text)
-    except ChatError as err:
-        raise ChatError(f"the notice was not posted: {err}") from None
 
 
 # --- asset checks ---------------------------------------------------------------------------
@@ -293,14 +372,12 @@ def check_notice(context: dg.SensorEvaluationContext, topology_file: TopologyRes
     keys = list(context.repository_def.asset_graph.asset_check_keys)
     states = check_states(context.instance, keys)
     texts, cursor = check_changes(known, states)
-    if texts:
-        chat = chat_for(topology_file)
-        if isinstance(chat, dg.SkipReason):
-            context.update_cursor(json.dumps(cursor, sort_keys=True))
-            return chat
-        # One message per tick: a host that goes down fails several checks at once.
-        _post(chat, "\n\n".join(texts))
     context.update_cursor(json.dumps(cursor, sort_keys=True))
+    # One message per tick (a host that goes down fails several checks at once); and the
+    # notices kept from before, when there are.
+    problem = deliver(topology_file, ["\n\n".join(texts)] if texts else [])
+    if problem:  # kept: the cursor moves on, the notice is posted at a later tick
+        return dg.SkipReason(problem)
     if not texts:
         return dg.SkipReason(f"{len(states)} checks evaluated; none changed")
     return None

@@ -57,6 +57,12 @@ def test_a_nightly_backup_is_copied_off_the_host_and_restores_with_equal_row_cou
         MASTER_COPIES.format(host=HOST))]).output.split()[0]  # fmt: skip
     there = driver.exec(LAB_NUMBER, master, ["sha256sum", copy]).output.split()[0]
     assert here == there
+    # Both root's or postgres's alone: the dump 0600, the master's minion files 0700.
+    mode = driver.exec(LAB_NUMBER, HOST, ["stat", "-c", "%a %U", copy.removeprefix(
+        MASTER_COPIES.format(host=HOST))]).output.split()  # fmt: skip
+    assert mode == ["600", "postgres"]
+    cache = driver.exec(LAB_NUMBER, master, ["stat", "-c", "%a", "/var/cache/salt/master/minions"])
+    assert cache.output.strip() == "700"
 
     # A dump that no longer restores (cut short on the host) fails the check, with the reason.
     dump = copy.removeprefix(MASTER_COPIES.format(host=HOST))

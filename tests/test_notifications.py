@@ -142,12 +142,39 @@ def test_with_no_chat_configured_the_notices_say_so_and_post_nothing(
     hello_site, chat_receiver: ChatReceiver, tmp_path, monkeypatch
 ):
     monkeypatch.setenv("INFRA_SECRETS_FILE", str(_secrets(tmp_path / "nochat.yaml", None)))
-    chat = notifications.chat_for(TopologyResource())
-    assert isinstance(chat, dg.SkipReason)
-    assert chat.skip_message == (
-        f"no notices: no chat configured (chat.webhook_url in {tmp_path / 'nochat.yaml'}:"
-        " README, 'Notices')"
+    skip = notifications.no_chat(TopologyResource())
+    assert skip is not None and skip.skip_message.startswith("no notices: no chat configured")
+    assert notifications.deliver(TopologyResource(), ["nobody hears this"]) is None
+    assert chat_receiver.texts() == [] and notifications.Spool().read() == []
+
+
+def test_a_notice_the_chat_does_not_take_is_kept_and_posted_first_next_time(
+    hello_site, chat_receiver: ChatReceiver, tmp_path
+):
+    """The chat answers 503: the notice is kept (the tick says so), and posted before the next
+    one once the chat takes posts again. A broken secrets file keeps notices too."""
+    chat_receiver.status, chat_receiver.reply = 503, b"maintenance"
+    problem = notifications.deliver(TopologyResource(), [f"first {SECRET_VALUE}"])
+    assert problem == (
+        "the chat did not take a notice (the chat's webhook answered 503 Service Unavailable:"
+        " maintenance): 1 kept for later"
     )
+    assert notifications.Spool().read() == ["first ***"]  # kept with its secrets cut
+    spool = Path(os.environ["INFRA_STATE_DIR"]) / "notices" / "undelivered.jsonl"
+    assert spool.stat().st_mode & 0o777 == 0o600
+    chat_receiver.status = 200
+    assert notifications.deliver(TopologyResource(), ["second"]) is None
+    assert chat_receiver.texts()[-2:] == ["first ***", "second"]
+    assert notifications.Spool().read() == [] and not spool.exists()
+    # a secrets file others can read: nothing is posted, the notice is kept, the tick says why
+    secrets = Path(os.environ["INFRA_SECRETS_FILE"])
+    secrets.chmod(0o644)
+    problem = notifications.deliver(TopologyResource(), ["third"])
+    assert problem is not None and "1 notices kept for later" in problem
+    assert "readable by others" in problem
+    secrets.chmod(0o600)
+    assert notifications.deliver(TopologyResource(), []) is None
+    assert chat_receiver.texts()[-1] == "third"
 
 
 # --- asset checks -----------------------------------------------------------------------------
@@ -161,6 +188,7 @@ def test_a_check_that_starts_failing_is_posted_once_and_its_recovery_too(
     at every evaluation, and the recovery once."""
     topo_file = write_app_topology(tmp_path / "topology.yaml", {})
     monkeypatch.setenv("INFRA_TOPOLOGY", str(topo_file))
+    monkeypatch.setenv("INFRA_STATE_DIR", str(tmp_path / "state"))
     monkeypatch.setenv("INFRA_SECRETS_FILE", str(_secrets(tmp_path / "s.yaml", chat_receiver.url)))
     outcome = {"passed": True}
 

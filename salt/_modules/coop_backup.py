@@ -26,6 +26,7 @@ import hashlib
 import json
 import os
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -33,6 +34,7 @@ ROOT = Path("/var/backups/coop/postgres")
 END = "__coop_end__"
 STAMP = "%Y%m%dT%H%M%SZ"
 SCRATCH_PREFIX = "coop_restore_check_"
+DUMP_TIMEOUT_S = 3600  # one database's pg_dump, or its restore
 
 __virtualname__ = "coop_backup"
 
@@ -59,20 +61,38 @@ def _as_postgres(argv: list[str], **kw) -> subprocess.CompletedProcess:
         ["runuser", "-u", "postgres", "--", *argv], capture_output=True, text=True, **kw
     )
     if out.returncode != 0:
-        said = (out.stderr or out.stdout).strip().splitlines()[-3:]
-        raise BackupError(f"{argv[0]} exited {out.returncode}: {' / '.join(said)}")
+        raise BackupError(f"{argv[0]} exited {out.returncode}: {_said(out.stderr or out.stdout)}")
     return out
 
 
-class Session:
-    """One psql session, asked one statement at a time (its answer: the rows' lines)."""
+def _said(text: str) -> str:
+    """PostgreSQL's last error lines, without the ones that quote data (CONTEXT: a COPY's row,
+    DETAIL: a key's value): what reaches Dagster and the chat is never a row of a table."""
+    lines = [
+        line for line in text.strip().splitlines()
+        if not line.lstrip().startswith(("CONTEXT:", "DETAIL:", "HINT:", "LINE ", "QUERY:"))
+    ]  # fmt: skip
+    return " / ".join(lines[-3:])
 
-    def __init__(self, database: str):
+
+class Session:
+    """One psql session, asked one statement at a time (its answer: the rows' lines).
+
+    It runs as `postgres`, in a database an app owns: so its search_path is pg_catalog alone
+    (an app's own `format` or `count` in `public` is never called), every function it calls is
+    named with its schema, and `role` (no superuser) is what it reads as. Statements and locks
+    time out instead of holding the job (and the snapshot) forever."""
+
+    def __init__(self, database: str, role: str):
+        self.errors = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen(
             ["runuser", "-u", "postgres", "--", "psql", "-X", "-q", "-A", "-t",
              "-v", "ON_ERROR_STOP=1", "-d", database],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.errors, text=True,
+            env={**os.environ, "PGOPTIONS": "-c search_path=pg_catalog -c lock_timeout=60s"
+                                            " -c statement_timeout=1h"},
         )  # fmt: skip
+        self.ask(f"SET ROLE {role};")
 
     def ask(self, sql: str) -> list[str]:
         assert self.proc.stdin and self.proc.stdout
@@ -84,13 +104,15 @@ class Session:
             if line == END:
                 return lines
             lines.append(line)
-        error = self.proc.stderr.read().strip() if self.proc.stderr else ""
-        raise BackupError(f"psql ended: {error or 'no answer'} (asked: {sql[:80]})")
+        self.errors.seek(0)
+        raise BackupError(f"psql ended: {_said(self.errors.read()) or 'no answer'}"
+                          f" (asked: {sql[:80]})")  # fmt: skip
 
     def close(self) -> None:
         if self.proc.stdin:
             self.proc.stdin.close()
         self.proc.wait(timeout=30)
+        self.errors.close()
 
 
 def databases() -> list[str]:
@@ -103,13 +125,28 @@ def databases() -> list[str]:
 
 
 TABLES = (
-    "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables"
+    "SELECT pg_catalog.format('%I.%I', schemaname, tablename) FROM pg_catalog.pg_tables"
     " WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1;"
+)
+# Who counts: the dump's rows, read as a role that reads everything (pg_read_all_data, past
+# row security) and is no superuser; the restore's, as the scratch database's owner.
+READER = "coop_backup_reader"
+RESTORER = "coop_restore_check"
+ROLES = (
+    f"DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = '{READER}')"
+    f" THEN CREATE ROLE {READER} NOLOGIN BYPASSRLS IN ROLE pg_read_all_data; END IF;"
+    f" IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = '{RESTORER}')"
+    f" THEN CREATE ROLE {RESTORER} NOLOGIN; END IF; END $$;"
 )
 
 
+def _roles() -> None:
+    _as_postgres(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-c", ROLES])
+
+
 def _counts(session: Session) -> dict[str, int]:
-    return {t: int(session.ask(f"SELECT count(*) FROM {t};")[0]) for t in session.ask(TABLES)}
+    tables = session.ask(TABLES)
+    return {t: int(session.ask(f"SELECT pg_catalog.count(*) FROM {t};")[0]) for t in tables}
 
 
 def _sha256(path: Path) -> str:
@@ -140,16 +177,22 @@ def dump_one(database: str, stamp: str) -> dict:
     started = time.monotonic()
     folder = _folder(database)
     path = folder / f"{stamp}.dump"
-    session = Session(database)
+    partial = folder / f"{stamp}.dump.partial"  # renamed once pg_dump has finished
+    session = Session(database, READER)
     try:
         session.ask("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;")
-        [snapshot] = session.ask("SELECT pg_export_snapshot();")
+        [snapshot] = session.ask("SELECT pg_catalog.pg_export_snapshot();")
         counts = _counts(session)
-        _as_postgres(["pg_dump", "-Fc", f"--snapshot={snapshot}", "-d", database,
-                      "-f", str(path)], timeout=3600)  # fmt: skip
+        try:
+            _as_postgres(["pg_dump", "-Fc", f"--snapshot={snapshot}", "-d", database,
+                          "-f", str(partial)], timeout=DUMP_TIMEOUT_S)  # fmt: skip
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
         session.ask("COMMIT;")
     finally:
         session.close()
+    partial.rename(path)
     counts_path = folder / f"{stamp}.counts.json"
     counts_path.write_text(json.dumps({"database": database, "counts": counts}, indent=1))
     os.chown(counts_path, *_postgres_ids())
@@ -168,9 +211,15 @@ def dump_one(database: str, stamp: str) -> dict:
 
 
 def _prune(keep_days: int, now: datetime.datetime, root: Path = ROOT) -> list[str]:
+    """Files older than `keep_days`, but never a database's newest dump (a database that is
+    gone keeps its last one)."""
     removed = []
+    newest = {folder: max((p.name.split(".", 1)[0] for p in folder.glob("*.dump")), default="")
+              for folder in root.glob("*") if folder.is_dir()}  # fmt: skip
     for path in sorted(root.glob("*/*")):
         stamp = path.name.split(".", 1)[0]
+        if stamp == newest.get(path.parent):
+            continue
         try:
             when = datetime.datetime.strptime(stamp, STAMP).replace(tzinfo=datetime.UTC)
         except ValueError:
@@ -203,6 +252,7 @@ def dump(keep_days: int = 14, push: bool = True, module_sha256: str = "") -> dic
 
 
 def _dump(keep_days: int, push: bool) -> dict:
+    _roles()
     now = datetime.datetime.now(datetime.UTC)
     stamp = now.strftime(STAMP)
     done: dict[str, dict] = {}
@@ -233,12 +283,16 @@ def _restore_check(path: Path) -> dict:
     database = expected["database"]
     scratch = (SCRATCH_PREFIX + database)[:63]
     started = time.monotonic()
+    _roles()
     _as_postgres(["dropdb", "--if-exists", scratch])
-    _as_postgres(["createdb", scratch])
+    # Owned by a role that is no superuser, which the restore runs as: the app's own code in
+    # the dump (an index's expression, a default) runs as that role, never as postgres.
+    _as_postgres(["createdb", "--owner", RESTORER, scratch])
     try:
         _as_postgres(["pg_restore", "--no-owner", "--no-privileges", "--exit-on-error",
-                      "-d", scratch, str(path)], timeout=3600)  # fmt: skip
-        session = Session(scratch)
+                      f"--role={RESTORER}", "-d", scratch, str(path)],
+                     timeout=DUMP_TIMEOUT_S)  # fmt: skip
+        session = Session(scratch, RESTORER)
         try:
             restored = _counts(session)
         finally:
@@ -266,7 +320,8 @@ def latest(module_sha256: str = "") -> dict:
         return stale
     found = {}
     for folder in sorted(p for p in ROOT.glob("*") if p.is_dir()):
-        dumps = sorted(folder.glob("*.dump"))
+        # a dump with its counts (a dump is renamed into place, then its counts written)
+        dumps = sorted(d for d in folder.glob("*.dump") if d.with_suffix(".counts.json").exists())
         if dumps:
             found[folder.name] = str(dumps[-1])
     return found

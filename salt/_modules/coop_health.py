@@ -110,25 +110,33 @@ def _dns_query(server: str, name: str, port: int = 53) -> list[str]:
         raise Unhealthy(f"{server} answered another question")
     if flags & 0xF:
         raise Unhealthy("no such name" if flags & 0xF == 3 else f"rcode {flags & 0xF}")
+    if not flags & 0x8000:
+        raise Unhealthy(f"{server} sent a question, not an answer")
+    if flags & 0x0200:
+        raise Unhealthy(f"{server}'s answer was cut short (truncated)")
     at = 12
     for _ in range(qd):  # skip the question
-        while data[at]:
-            at += data[at] + 1
-        at += 5
+        at = _skip_name(data, at) + 4
     found = []
     for _ in range(an):
-        if data[at] & 0xC0 == 0xC0:
-            at += 2
-        else:
-            while data[at]:
-                at += data[at] + 1
-            at += 1
+        at = _skip_name(data, at)
         kind, _cls, _ttl, length = struct.unpack(">HHIH", data[at : at + 10])
         at += 10
         if kind == 1 and length == 4:
             found.append(socket.inet_ntoa(data[at : at + 4]))
         at += length
     return found
+
+
+def _skip_name(data: bytes, at: int) -> int:
+    """Where the name at `at` ends: labels, then a zero byte or a compression pointer."""
+    while True:
+        length = data[at]
+        if length == 0:
+            return at + 1
+        if length & 0xC0 == 0xC0:
+            return at + 2
+        at += length + 1
 
 
 def _dns(server: str, names: dict[str, str], port: int = 53) -> str:

@@ -62,6 +62,14 @@ salt-master-pillar-dir:
     - makedirs: True
     - mode: '0700'
 
+# What minions push (the postgres hosts' backups: cp.push) lands under minions/<id>/files:
+# root's alone (the support server runs other services, whose users must not read dumps).
+salt-master-minion-files:
+  file.directory:
+    - name: /var/cache/salt/master/minions
+    - makedirs: True
+    - mode: '0700'
+
 salt-master-config:
   file.serialize:
     - name: /etc/salt/master.d/coop.conf
