@@ -74,8 +74,10 @@ def chat_for(topology_file: TopologyResource) -> Chat:
     try:
         topo = topology_file.load()
         path = site_for(topo).secrets_file()
-    except (TopologyError, SiteError) as err:
-        return Chat(None, [], f"the topology names no secrets file: {err}")
+    except (TopologyError, SiteError):
+        # No secrets file named (a cloud without $INFRA_SECRETS_FILE, a broken topology): no
+        # chat configured, as with a file that names none; nothing is kept for later.
+        return Chat(None, [])
     try:
         secrets = secret_values(path)
     except SecretsError as err:
@@ -91,12 +93,16 @@ class NoticeError(RuntimeError):
     """Notices the chat did not take: kept, and posted at a later tick."""
 
 
+def spool_dir() -> Path:
+    return state_dir() / "notices"
+
+
 class Spool:
     """The notices not posted yet (a JSON line each), under the state folder, mode 0600; one
     sensor at a time reads and writes it (a lock: the daemon runs sensors in threads)."""
 
     def __init__(self, folder: Path | None = None):
-        self.folder = folder or state_dir() / "notices"
+        self.folder = folder or spool_dir()
         self.path = self.folder / "undelivered.jsonl"
 
     @contextlib.contextmanager

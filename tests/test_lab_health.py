@@ -35,6 +35,7 @@ def chat(lab_env: LabEnv, chat_receiver: ChatReceiver, tmp_path, monkeypatch):
     with os.fdopen(fd, "w") as out:
         yaml.safe_dump({**data, "chat": {"webhook_url": chat_receiver.url}}, out)
     monkeypatch.setenv("INFRA_SECRETS_FILE", str(path))
+    monkeypatch.setattr(notifications, "spool_dir", lambda: tmp_path / "notices")  # its own
     return chat_receiver
 
 

@@ -670,6 +670,7 @@ def test_the_chat_hears_of_each_release_promotion_rollback_and_failure(
     secrets.touch(mode=0o600)
     secrets.write_text(yaml.safe_dump({**lab_secrets, "chat": {"webhook_url": chat_receiver.url}}))
     monkeypatch.setenv("INFRA_SECRETS_FILE", str(secrets))
+    monkeypatch.setattr(notifications, "spool_dir", lambda: tmp_path / "notices")  # its own
     monkeypatch.delenv(notifications.UI_URL_ENV, raising=False)
     topology_file = TopologyResource(path=str(site.env.topology_file))
 

@@ -293,3 +293,15 @@ def test_the_notices_are_in_the_code_location_and_on_by_default(hello_site):
     for name in ("run_failure_notice", "release_notice", "check_notice"):
         assert sensors[name].default_status == dg.DefaultSensorStatus.RUNNING
     assert sensors["run_failure_notice"].minimum_interval_seconds == 5
+
+
+def test_a_site_that_names_no_secrets_file_has_no_chat_and_keeps_nothing(tmp_path, monkeypatch):
+    """A cloud's topology with no $INFRA_SECRETS_FILE (CI's runs, a developer's plan): no chat
+    configured; nothing is kept to be posted some day."""
+    topo_file = write_app_topology(tmp_path / "topology.yaml", {}, cloud="catalyst")
+    monkeypatch.setenv("INFRA_TOPOLOGY", str(topo_file))
+    monkeypatch.delenv("INFRA_SECRETS_FILE", raising=False)
+    monkeypatch.setenv("INFRA_STATE_DIR", str(tmp_path / "state"))
+    assert notifications.no_chat(TopologyResource()) is not None
+    assert notifications.deliver(TopologyResource(), ["drift found"]) is None
+    assert notifications.Spool().read() == []
