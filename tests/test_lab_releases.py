@@ -784,6 +784,24 @@ def test_a_worker_is_released_without_a_site_and_one_that_exits_fails_at_once(
     still = site.guest("staging", "podman", "ps", "--format", "{{.Names}}")
     assert live in still.split() and other not in still.split()
 
+    # A new version that stays up replaces the live one: the old one stops, kept for a rollback.
+    v3 = _version(32)
+    d3 = site.image(v3, to=end.image(WORKER, f"t-{v3[:12]}"), recorded=WORKER)
+    second = with_worker(job=job, digest=d3, sha=v3)
+    assert second.success, second.failure_data_for_node(f"release__staging__{WORKER}")
+    [mat] = second.asset_materializations_for_node(f"release__staging__{WORKER}")
+    assert mat.metadata["previous_digest"].value == d1
+    now = site.guest("staging", "podman", "ps", "-a", "--format", "{{.Names}}|{{.State}}")
+    states = {
+        name: state.split()[0].lower()
+        for name, _, state in (line.partition("|") for line in now.splitlines())
+        if name.startswith(f"app-{WORKER}-")
+    }
+    assert states == {other: "up", live: "exited"}, now  # ("Up 6 seconds", "Exited (0) ...")
+    record = json.loads(site.guest("staging", "cat", f"/var/lib/coop/releases/{WORKER}.json"))
+    assert record["current"]["digest"] == d3 and record["previous"]["digest"] == d1
+    live = other
+
     # The health check of a worker: its live container runs.
     health = with_worker(job="health")
     assert health.success
