@@ -30,10 +30,6 @@ class ChatResource(dg.ConfigurableResource):
     username: str = "coop-infra"
     timeout_s: float = 5.0
 
-    @property
-    def configured(self) -> bool:
-        return bool(self.webhook_url)
-
     def post(self, text: str) -> None:
         if not self.webhook_url:
             raise ChatError("no chat webhook is configured")

@@ -132,10 +132,12 @@ def deliver(topology_file: TopologyResource, texts: list[str]) -> str | None:
     """The notices kept from before, then `texts`, posted in order: None when all were, else
     why not (what was not posted is kept for the next tick). No chat configured: nothing is
     posted, nothing kept."""
+    spool = Spool()
+    if not texts and not spool.path.exists():
+        return None  # check_notice's usual tick: nothing to post, no file to read
     chat = chat_for(topology_file)
     if chat.resource is None and chat.problem is None:
         return None
-    spool = Spool()
     with spool.held():
         pending = spool.read() + [chat.redact(t) for t in texts]
         if chat.resource is None:

@@ -407,18 +407,7 @@ def healthy(release: Release, timeout: int) -> Done:
             return Done(False, f"healthy: {release.health_url} answers 200")
         state = _inspect(release.container, STATE_FMT)
         if not state.startswith("running"):
-            # podman says `stopped` until it has recorded the exit: wait for `exited` (2 s)
-            for _ in range(20):
-                if not state.startswith("stopped"):
-                    break
-                time.sleep(0.1)
-                state = _inspect(release.container, STATE_FMT)
-            status, _, exit_code = state.partition(" ")
-            why = (
-                f"{release.container} {status or 'is gone'}"
-                + (f" with code {exit_code}" if status == "exited" else "")
-                + f" {waited:.1f} s after it started, before its health path answered"
-            )
+            why = _stopped(release, state, waited) + ", before its health path answered"
             break
         if waited >= timeout:
             why = (
@@ -427,19 +416,10 @@ def healthy(release: Release, timeout: int) -> Done:
             )
             break
         time.sleep(0.2)
-    logs = _run(["podman", "logs", "--tail", str(LOG_LINES), release.container]).stdout
     answer = f"GET {release.health_url} -> {code or 'no answer'}" + (f": {body}" if body else "")
     if release.live_already:  # the live release itself: reported, never removed
-        outcome = f"--- {release.container} is the live release: left as it is"
         why += " (the live release itself)"
-    else:
-        _run(["podman", "rm", "-f", "-t", "2", release.container])
-        outcome = f"--- removed {release.container}; the live release is untouched"
-    raise Failed(
-        why,
-        f"--- the last answer: {answer}\n"
-        f"--- {release.container} ({release.image}), its last lines:\n{logs.rstrip()}\n" + outcome,
-    )
+    raise _start_failed(release, why, f"--- the last answer: {answer}\n")
 
 
 def stays_up(release: Release) -> Done:
@@ -450,29 +430,44 @@ def stays_up(release: Release) -> Done:
         state = _inspect(release.container, STATE_FMT)
         waited = time.monotonic() - started
         if not state.startswith("running"):
-            for _ in range(20):  # podman says `stopped` until it has recorded the exit
-                if not state.startswith("stopped"):
-                    break
-                time.sleep(0.1)
-                state = _inspect(release.container, STATE_FMT)
-            break
+            why = _stopped(release, state, waited)
+            raise _start_failed(release, f"{why} (a worker must stay up {release.up_s} s)")
         if waited >= release.up_s or release.live_already:
             return Done(False, f"up: {release.container} runs ({waited:.0f} s after its start)")
         time.sleep(0.2)
+
+
+def _stopped(release: Release, state: str, waited: float) -> str:
+    """What became of a new container that no longer runs: `app-x-blue exited with code 3
+    0.4 s after it started`."""
+    # podman says `stopped` until it has recorded the exit: wait for `exited` (2 s)
+    for _ in range(20):
+        if not state.startswith("stopped"):
+            break
+        time.sleep(0.1)
+        state = _inspect(release.container, STATE_FMT)
     status, _, exit_code = state.partition(" ")
-    why = (
+    return (
         f"{release.container} {status or 'is gone'}"
         + (f" with code {exit_code}" if status == "exited" else "")
-        + f" {waited:.1f} s after it started (a worker must stay up {release.up_s} s)"
+        + f" {waited:.1f} s after it started"
     )
+
+
+def _start_failed(release: Release, why: str, before: str = "") -> Failed:
+    """The failure of a new container: its last lines, and the container removed (the live
+    release itself is left as it is)."""
     logs = _run(["podman", "logs", "--tail", str(LOG_LINES), release.container]).stdout
     if release.live_already:
         outcome = f"--- {release.container} is the live release: left as it is"
     else:
         _run(["podman", "rm", "-f", "-t", "2", release.container])
         outcome = f"--- removed {release.container}; the live release is untouched"
-    raise Failed(why, f"--- {release.container} ({release.image}), its last lines:\n"
-                      f"{logs.rstrip()}\n{outcome}")  # fmt: skip
+    return Failed(
+        why,
+        f"{before}--- {release.container} ({release.image}), its last lines:\n"
+        f"{logs.rstrip()}\n{outcome}",
+    )
 
 
 def switch(release: Release, workers: list[str]) -> Done:
