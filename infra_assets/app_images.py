@@ -48,7 +48,7 @@ from resources.cli_runner import CliError
 from resources.git import GitError, GitResource
 from resources.git_url import redact_repo, resolve_repo
 from resources.jenkins import JenkinsError, JenkinsResource
-from resources.lab_git import LabGitDaemon, LabGitError
+from resources.lab_git import LabGitError
 from resources.podman import PodmanError, PodmanResource
 from resources.registry import Endpoint, Manifest, RegistryError, RegistryResource
 from resources.salt import SaltError, SaltResource
@@ -362,21 +362,10 @@ def lab_repo_url(site: LabSite, base_dir: Path, agent: str, app_name: str, repo:
     lab's git daemon (started when it is not running), git://169.254.N.1/<app>.git."""
     if not Path(repo).is_absolute():
         return repo
-    daemon = lab_git_daemon(site, site.number_of(agent))
-    daemon.export(lab_path_repos(site, base_dir))
+    daemon = site.git_daemon(site.number_of(agent))
+    daemon.export(site.git_exports(base_dir))
     daemon.start()
     return daemon.url(app_name)
-
-
-def lab_git_daemon(site: LabSite, number: int) -> LabGitDaemon:
-    return LabGitDaemon(number, site.git_daemon_dir() / str(number))
-
-
-def lab_path_repos(site: LabSite, base_dir: Path) -> dict[str, str]:
-    """The topology's apps whose repo is a path on this machine: {app: absolute path}
-    (`base_dir`: the topology file's folder, which relative paths start from)."""
-    repos = {name: resolve_repo(app.repo, base_dir) for name, app in site.topo.apps.items()}
-    return {name: path for name, path in repos.items() if Path(path).is_absolute()}
 
 
 def _publish_image(

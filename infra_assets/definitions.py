@@ -8,6 +8,7 @@ module's `definitions(topo)`. A broken topology still loads the `topology` asset
 run then fails with the file's problems listed; the other parts appear once it is fixed.
 """
 
+import os
 import warnings
 
 import dagster as dg
@@ -33,7 +34,7 @@ from infra_assets.jobs import JOBS
 from infra_assets.model import Topology, TopologyError, load_topology
 from infra_assets.paths import default_topology
 from infra_assets.pillar import SALT_API_USER
-from infra_assets.sites import LabSite
+from infra_assets.sites import RUNS_ON_ENV, LabSite
 from resources.git import GitResource
 from resources.infra_repo import InfraRepoResource
 from resources.jenkins import JenkinsResource
@@ -123,7 +124,10 @@ def build_definitions(
     """The whole code location for `topo` (None: the topology is broken; its asset says why).
     `resource_overrides` replace resources by key (tests: a stand-in or a fake's client)."""
     site_resources = resources()
-    if topo is not None and lab_locations(topo):
+    # A lab is reached through its link, from this machine; a Dagster that runs on a host of the
+    # topology (the dagster role sets $INFRA_RUNS_ON) is inside it and takes its settings from
+    # the environment, as on a cloud.
+    if topo is not None and lab_locations(topo) and not os.environ.get(RUNS_ON_ENV):
         site_resources.update(lab_resources(LabSite(topo)))
     base = dg.Definitions(
         assets=dg.load_assets_from_modules([topology]),

@@ -31,7 +31,7 @@ from pydantic import Field
 from infra_assets.cloud.groups import CATALOGUE_FILE, ImageGroupError, group_of_host
 from infra_assets.cloud.stacks import lab_locations, salt_key_vars
 from infra_assets.model import Topology
-from infra_assets.paths import REPO_ROOT
+from infra_assets.paths import REPO_ROOT, default_topology
 from infra_assets.pillar import host_pillar
 from infra_assets.roles import role_catalogue
 from infra_assets.salt_keys import KeyStore
@@ -40,6 +40,7 @@ from infra_assets.sites import LabSite, SiteError, site_for
 from resources.lab import HostSpec, LabError, LabNetwork, LabPlan, LabResource
 from resources.lab_acme import LabAcmeError
 from resources.lab_egress import LabEgressError
+from resources.lab_git import LabGitError
 from resources.terraform import TerraformError, TerraformResource
 
 GUEST = REPO_ROOT / "lab" / "guest"
@@ -232,6 +233,18 @@ def _start_acme(site: LabSite, number: int) -> dict[str, Any] | None:
     return server.status()
 
 
+def _start_git_daemon(site: LabSite, number: int) -> dict | None:
+    """The read-only git daemon on the link, when the lab clones from this machine: the apps'
+    repos that are paths here, and this repository for the dagster role's checkout."""
+    repos = site.git_exports(default_topology().absolute().parent)
+    if not repos:
+        return None
+    daemon = site.git_daemon(number)
+    daemon.export(repos)
+    daemon.start()
+    return daemon.status()
+
+
 def _location_definitions(topo: Topology, location: str) -> dg.Definitions:
     number = topo.locations[location].number
     groups = set()
@@ -253,7 +266,8 @@ def _location_definitions(topo: Topology, location: str) -> dg.Definitions:
         f" podman bridge for 10.{number}.0.0/16, the link into it, the `unreachable` route"
         " that keeps the lab's addresses off the machine's network, and the lab's only way out:"
         " the egress proxy on the link, for the cache hosts' registries alone. On the link too:"
-        " the lab's ACME server (pebble), Let's Encrypt's stand-in for the web hosts.",
+        " the lab's ACME server (pebble), Let's Encrypt's stand-in for the web hosts, and the"
+        " read-only git daemon (the apps' repos that are paths here, this repository).",
     )
     def network_asset(context: dg.AssetExecutionContext, lab: LabResource):
         site = _lab_site(topo)
@@ -263,7 +277,8 @@ def _location_definitions(topo: Topology, location: str) -> dg.Definitions:
             egress.allow(site.egress_allow(number))
             egress.start()
             acme = _start_acme(site, number)
-        except (LabError, LabEgressError, LabAcmeError) as err:
+            git = _start_git_daemon(site, number)
+        except (LabError, LabEgressError, LabAcmeError, LabGitError) as err:
             raise dg.Failure(description=str(err), allow_retries=False) from None
         made = report.get("made") or []
         context.log.info(f"lab network {location}: {', '.join(made) or 'unchanged'}")
@@ -272,12 +287,16 @@ def _location_definitions(topo: Topology, location: str) -> dg.Definitions:
         context.log.info(
             f"ACME server {acme['directory']}" if acme else "no ACME server: no web host here"
         )
+        context.log.info(
+            f"git daemon {git['url']}: {', '.join(git['repos'])}" if git else "no git daemon"
+        )
         return dg.MaterializeResult(
             metadata={
                 "number": number,
                 "network": dg.MetadataValue.json(report),
                 "egress": dg.MetadataValue.json(status),
                 "acme": dg.MetadataValue.json(acme or {}),
+                "git_daemon": dg.MetadataValue.json(git or {}),
             }
         )
 

@@ -263,6 +263,96 @@ def _postgres(b: Block) -> None:
             if topo.apps[app].database
         },
     }
+    for dagster in dagster_hosts_using(b.site, b.host):
+        # Dagster's instance (salt/dagster): from the Dagster host alone (its primary address,
+        # where its connections come from, as the firewall's `only_from` has it).
+        clients = [b.site.plan.primary(dagster).address]
+        b.pillar["postgres"]["databases"][DAGSTER_DB] = {
+            "owner": DAGSTER_DB,
+            "password": _secret(b.secrets, "dagster", "postgres_password"),
+            "environment": "production",
+            "clients": own + [a for a in clients if a not in own],
+        }
+
+
+# Dagster's instance: a database of its own, on the production postgres host of the Dagster
+# host's location (else the first anywhere). That host is the one the co-op keeps best (the
+# nightly backups, restored and checked, cover every database on it), and no host is added for
+# it; what it costs is that Dagster's writes share that host with the production apps.
+DAGSTER_DB = "dagster"
+
+
+def dagster_database_host(site: Site, host: str) -> str:
+    """The postgres host of the Dagster on `host`; `SiteError` when the topology has none."""
+    db = _first_with_role(site, "postgres-production", site.topo.hosts[host].location)
+    if db is None:
+        raise SiteError(
+            f"{host} has the role dagster, whose instance is a database on a postgres-production"
+            " host, and no host has that role: add one to the topology"
+        )
+    return db
+
+
+def dagster_hosts_using(site: Site, db_host: str) -> list[str]:
+    """The Dagster hosts whose instance's database is on `db_host`."""
+    return [
+        host
+        for host in sorted(site.topo.hosts_with_role("dagster"))
+        if dagster_database_host(site, host) == db_host
+    ]
+
+
+def _dagster(b: Block) -> None:
+    """Dagster on this host (salt/dagster): the checkout it runs, its instance's database, the
+    UI's address, certificate and accounts (bcrypt hashes), and the code location's settings:
+    salt-api and the registry's push door, reached directly from this host."""
+    site, host, secrets = b.site, b.host, b.secrets
+    db_host = dagster_database_host(site, host)
+    password = urllib.parse.quote(_secret(secrets, "dagster", "postgres_password"), safe="")
+    address = f"{site.reach(db_host, 'postgres-production')}:{site.port(db_host, 'postgres')}"
+    # psycopg2, the driver dagster-postgres brings (dagster.postgres.yaml)
+    database_url = (
+        f"postgresql+psycopg2://{DAGSTER_DB}:{password}@{address}/{DAGSTER_DB}?sslmode=require"
+    )
+    master = site.master_host()
+    topology_path, topology_text = site.dagster_topology()
+    env = {
+        "DAGSTER_PG_URL": database_url,
+        "INFRA_TOPOLOGY": topology_path,
+        "INFRA_RUNS_ON": host,
+        "INFRA_SALT_API_URL": (
+            f"https://{site.reach(master, 'salt-master')}:{site.port(master, 'salt-api')}"
+        ),
+        "INFRA_SALT_API_USER": SALT_API_USER,
+        "INFRA_SALT_API_PASSWORD": _secret(secrets, "salt", "api", "password"),
+        "INFRA_SALT_API_CA_FILE": "/etc/dagster/salt-api-ca.pem",
+    }
+    accounts = secrets.get("dagster", "accounts") if secrets is not None else {}
+    repo, rev = site.infra_repo(host)
+    b.pillar["dagster"] = {
+        **_service(site, host, "dagster", "dagster"),
+        "names": [*_dagster_ui_names(site, host)],
+        "repo": repo,
+        "rev": rev,
+        "topology": topology_text,
+        "env": env,
+        "salt_api_ca": _secret(secrets, "salt", "api", "tls", "cert"),
+        "htpasswd": "".join(
+            bcrypt_htpasswd_line(user, accounts[user], purpose="dagster") + "\n"
+            for user in sorted(accounts)
+        ),
+        "tls": {
+            "cert": _secret(secrets, "dagster", "tls", "cert"),
+            "key": _secret(secrets, "dagster", "tls", "key"),
+        },
+    }
+
+
+def _dagster_ui_names(site: Site, host: str) -> list[str]:
+    """The names nginx serves the UI under: the host's dagster address and DNS name."""
+    spec = site.topo.hosts[host]
+    names = [a.address for a in site.plan.for_host(host) if a.role == "dagster"]
+    return names + [f"{host}.{spec.location}.{site.topo.domain}"]
 
 
 def _firewall(b: Block) -> None:
@@ -350,6 +440,7 @@ BLOCKS: dict[str, Callable[[Block], None]] = {
     "registry_pull": _registry_pull,
     "web": _web,
     "postgres": _postgres,
+    "dagster": _dagster,
 }
 
 
@@ -365,15 +456,15 @@ def secret_paths(pillar: Any, secrets: Secrets, prefix: str = "") -> list[str]:
     return found
 
 
-def bcrypt_htpasswd_line(user: str, password: str) -> str:
-    """`user:$2b$...` for Docker Distribution's htpasswd auth (bcrypt only).
+def bcrypt_htpasswd_line(user: str, password: str, *, purpose: str = "registry") -> str:
+    """`user:$2b$...` for Docker Distribution's htpasswd auth (bcrypt only), or nginx's.
 
     The salt is derived from the user and password, so the line is the same on every run (the
     state changes nothing until a password does) and the pillar never holds the password itself.
     """
     import bcrypt
 
-    raw = hmac.new(password.encode(), f"coop-infra registry {user}".encode(), hashlib.sha256)
+    raw = hmac.new(password.encode(), f"coop-infra {purpose} {user}".encode(), hashlib.sha256)
     salt = _bcrypt_b64(raw.digest()[:16])
     hashed = bcrypt.hashpw(password.encode(), b"$2b$10$" + salt)
     return f"{user}:{hashed.decode()}"

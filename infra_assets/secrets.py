@@ -16,6 +16,10 @@
       secret: ...                  # the HMAC key git hooks and forges sign pushes with
     chat:                          # optional: the notices (sensors/notifications.py)
       webhook_url: https://...     # the chat's incoming webhook (Slack, Mattermost, Rocket.Chat)
+    dagster:                       # when a host has the role dagster (salt/dagster)
+      postgres_password: ...       # its instance's database role (on the production postgres)
+      accounts: {alice: ...}       # who may open the UI: name -> password (basic auth, TLS)
+      tls: {cert: PEM, key: PEM}   # the UI's certificate (self-signed or from the co-op's CA)
     salt:                          # the lab and the cloud: how Dagster reaches the master
       api:                         # salt-api (rest_cherrypy) on the salt-master host
         password: ...              # the eauth account's shared secret (the account: `dagster`)
@@ -37,6 +41,7 @@ import hmac
 import ipaddress
 import json
 import os
+import re
 import secrets as random
 import urllib.parse
 from collections.abc import Iterable
@@ -152,7 +157,50 @@ def required_keys(topo: Topology) -> list[tuple[str, ...]]:
     if topo.hosts_with_role("salt-master"):
         keys += [("salt", "api", "password"), ("salt", "api", "tls", "cert")]
         keys.append(("salt", "api", "tls", "key"))
+    if topo.hosts_with_role("dagster"):
+        keys += [("dagster", "postgres_password"), ("dagster", "tls", "cert")]
+        keys.append(("dagster", "tls", "key"))
     return keys
+
+
+DAGSTER_ACCOUNTS = ("dagster", "accounts")
+ACCOUNT_NAME = re.compile(r"\A[a-z][a-z0-9._-]{0,31}\Z")
+
+
+def _accounts_problems(data: dict, topo: Topology) -> list[str]:
+    """`dagster.accounts` (when a host has the role dagster): a mapping of at least one account
+    name to its password, a non-empty string. Values are never shown."""
+    if not topo.hosts_with_role("dagster"):
+        return []
+    accounts = _lookup(data, DAGSTER_ACCOUNTS)
+    if accounts is _MISSING:
+        return [
+            "dagster.accounts: missing: the topology needs it (a host has the role dagster: who"
+            " may open its UI, name -> password)"
+        ]
+    if not isinstance(accounts, dict) or not accounts:
+        return ["dagster.accounts: must be a mapping of account name -> password, at least one"]
+    problems = []
+    for name, password in accounts.items():
+        if not isinstance(name, str) or not ACCOUNT_NAME.match(name):
+            problems.append(
+                f"dagster.accounts: {str(name)[:32]!r} is not an account name (a-z, 0-9, . _ -;"
+                " a letter first; at most 32)"
+            )
+        elif not isinstance(password, str) or not password.strip():
+            problems.append(f"dagster.accounts.{name}: must be a non-empty string")
+    return problems
+
+
+def dagster_names(topo: Topology) -> list[str]:
+    """What the Dagster UI's certificate covers: its hosts' addresses and DNS names."""
+    plan = address_plan(topo)
+    names: list[str] = []
+    for host in sorted(topo.hosts_with_role("dagster")):
+        spec = topo.hosts[host]
+        names += [a.address for a in plan.for_host(host) if a.role == "dagster"]
+        names.append(f"{host}.{spec.location}.{topo.domain}")
+    return names
 
 
 def salt_api_names(topo: Topology) -> list[str]:
@@ -260,6 +308,7 @@ def load_secrets(path: Path, topo: Topology) -> Secrets:
             problems.append(f"{dotted}: missing: the topology needs it ({_why(key)})")
         elif not isinstance(value, str) or not value.strip():
             problems.append(f"{dotted}: must be a non-empty string")
+    problems += _accounts_problems(data, topo)
     mode = path.stat().st_mode & 0o777
     if mode & 0o077:
         problems.append(f"readable by others (mode {oct(mode)}): chmod 600 {path}")
@@ -340,6 +389,9 @@ def ensure_secrets(path: Path, topo: Topology, *, tls_names: Iterable[str] = ())
         if _lookup(data, key) is _MISSING:
             _store(data, key, _generate(key, data, tls_names, topo))
             changed = True
+    if topo.hosts_with_role("dagster") and _lookup(data, DAGSTER_ACCOUNTS) is _MISSING:
+        data.setdefault("dagster", {})["accounts"] = {"coop": random.token_urlsafe(24)}
+        changed = True
     if changed or not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
@@ -380,6 +432,8 @@ def _why(key: tuple[str, ...]) -> str:
         return f"app {key[1]!r} names {key[3]} among its secrets, and {key[2]} has web hosts"
     if key[0] == "salt":
         return "a host has the role salt-master (salt-api, how Dagster reaches it)"
+    if key[0] == "dagster":
+        return "a host has the role dagster (its instance's database, its UI's certificate)"
     return "a host has the role jenkins-master"
 
 
@@ -395,6 +449,10 @@ def _generate(key: tuple[str, ...], data: dict, tls_names: Iterable[str], topo: 
             cert=cert, key=pem_key
         )
         return cert if key[3] == "cert" else pem_key
+    if key[:2] == ("dagster", "tls"):
+        cert, pem_key = self_signed_certificate(dagster_names(topo))
+        data.setdefault("dagster", {}).setdefault("tls", {}).update(cert=cert, key=pem_key)
+        return cert if key[2] == "cert" else pem_key
     return random.token_urlsafe(24)
 
 

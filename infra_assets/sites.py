@@ -33,9 +33,12 @@ from typing import ClassVar
 from infra_assets.model import Topology, address_plan, load_topology
 from infra_assets.paths import REPO_ROOT, default_topology, state_dir
 from infra_assets.roles import role_catalogue
+from resources.cli_runner import CliError, run_cli
+from resources.git_url import resolve_repo
 from resources.lab import LabNetwork
 from resources.lab_acme import LabAcme
 from resources.lab_egress import LabEgressProxy
+from resources.lab_git import LabGitDaemon
 from resources.lab_link import WEBHOOKS_PORT
 
 # Where a site's registry sends its notifications (the webhook endpoint); the lab's endpoint
@@ -44,6 +47,12 @@ WEBHOOKS_URL_ENV = "INFRA_WEBHOOKS_URL"
 LAB_WEBHOOKS_PORT = WEBHOOKS_PORT
 
 SECRETS_ENV = "INFRA_SECRETS_FILE"
+# The dagster role's checkout of this repository: the name the lab's git daemon exports it under.
+INFRA_REPO_EXPORT = "coop-infra"
+DAGSTER_CHECKOUT = "/srv/coop-infra"  # where the dagster role checks it out (salt/dagster)
+# Set by the dagster role (salt/dagster) for the Dagster it runs: the host it runs on. Such a
+# Dagster is inside the site and reaches its services directly, as on a server (no lab link).
+RUNS_ON_ENV = "INFRA_RUNS_ON"
 MASTER_CONFIG_ENV = "INFRA_SALT_MASTER_CONFIG"
 KEYS_ENV = "INFRA_SALT_KEYS_DIR"
 
@@ -136,9 +145,31 @@ class Site(ABC):
 
     def dagster_sources(self) -> list[str]:
         """The addresses Dagster's connections come from, as the hosts see them (a firewall's
-        `only_from: [dagster]`): on a cloud, the primary support server it runs on (the salt
-        master's host)."""
-        return [self.plan.primary(self.master_host()).address]
+        `only_from: [dagster]`): on a cloud, the hosts with the role dagster, else the primary
+        support server (the salt master's host), where the operators' Dagster runs."""
+        hosts = sorted(self.topo.hosts_with_role("dagster")) or [self.master_host()]
+        return [self.plan.primary(h).address for h in hosts]
+
+    def dagster_topology(self) -> tuple[str, str]:
+        """The topology the dagster role's Dagster runs on, as (its path on the host, the text
+        the host must write there or ""): the same file as this Dagster's. A file of this
+        repository is read from the host's checkout; another (a lab's at another number, the
+        tests') travels in the pillar to /etc/dagster/topology.yaml."""
+        path = default_topology().resolve()
+        try:
+            return f"{DAGSTER_CHECKOUT}/{path.relative_to(REPO_ROOT.resolve())}", ""
+        except ValueError:
+            return "/etc/dagster/topology.yaml", path.read_text(encoding="utf-8")
+
+    def infra_repo(self, host: str) -> tuple[str, str]:
+        """Where the dagster role's `host` clones this repository from, and the revision it
+        checks out: the topology's `infra_repo`, at `main`."""
+        if not self.topo.infra_repo:
+            raise SiteError(
+                f"{host} has the role dagster, which runs from a checkout of this repository:"
+                " set `infra_repo` in the topology to the git URL it clones"
+            )
+        return self.topo.infra_repo, "main"
 
     def address(self, host: str, role: str) -> str:
         """The planned address of `host` for `role` (its primary one for an untyped role)."""
@@ -258,6 +289,10 @@ class LabSite(CloudSite):
         """The registry's certificate (from the lab's secrets), what Dagster checks it against."""
         return self.root / "registry" / "ca.crt"  # podman --cert-dir reads *.crt
 
+    def dagster_ui_ca_file(self) -> Path:
+        """The lab's Dagster UI's certificate (from the lab's secrets), to check it against."""
+        return self.root / "dagster" / "ca.pem"
+
     def registry_password_file(self) -> Path:
         """The registry's push account's password for Dagster (mode 600; `infra lab up`)."""
         return self.root / "registry" / "password"
@@ -304,8 +339,21 @@ class LabSite(CloudSite):
 
     def dagster_sources(self) -> list[str]:
         """Dagster runs on this machine and reaches each lab through its link: from the link's
-        machine side (routed into the lab, not masqueraded)."""
-        return [LabNetwork(n).machine_address for n in self.numbers()]
+        machine side (routed into the lab, not masqueraded); and on the hosts with the role
+        dagster, once they run it."""
+        hosts = sorted(self.topo.hosts_with_role("dagster"))
+        return [LabNetwork(n).machine_address for n in self.numbers()] + [
+            self.plan.primary(h).address for h in hosts
+        ]
+
+    def infra_repo(self, host: str) -> tuple[str, str]:
+        """The lab's git daemon on `host`'s link serves this repository; the dagster host
+        checks out the commit this checkout has checked out (HEAD: what you are trying)."""
+        head = _git_head()
+        if not head:
+            raise SiteError(f"{REPO_ROOT}: no commit checked out, for the dagster role to run")
+        address = LabNetwork(self.number_of(host)).machine_address
+        return f"git://{address}/{INFRA_REPO_EXPORT}.git", head
 
     def webhooks_url(self, host: str) -> str:
         """The demo's webhook endpoint, on the machine's side of `host`'s lab link."""
@@ -314,6 +362,21 @@ class LabSite(CloudSite):
     def git_daemon_dir(self) -> Path:
         """The lab's git daemon: its export folder (links to the apps' repos), pid and log."""
         return self.root / "git-daemon"
+
+    def git_daemon(self, number: int) -> LabGitDaemon:
+        """The read-only git daemon on lab `number`'s link (resources/lab_git.py)."""
+        return LabGitDaemon(number, self.git_daemon_dir() / str(number))
+
+    def git_exports(self, base_dir: Path) -> dict[str, str]:
+        """What the lab's git daemon exports: the topology's apps whose repo is a path on this
+        machine, {app: absolute path} (`base_dir`: the topology file's folder, which relative
+        paths start from), and this repository when a host has the role dagster (its checkout:
+        `infra_repo`)."""
+        repos = {name: resolve_repo(app.repo, base_dir) for name, app in self.topo.apps.items()}
+        exports = {name: path for name, path in repos.items() if Path(path).is_absolute()}
+        if self.topo.hosts_with_role("dagster"):
+            exports[INFRA_REPO_EXPORT] = str(REPO_ROOT)
+        return exports
 
     def number_of(self, host: str) -> int:
         """The number of `host`'s location: the lab network it is on."""
@@ -354,3 +417,19 @@ def salt_master_config() -> Path:
 def _port(name: str) -> int:
     """A service's (or the salt master's named ports') standard port, from the role catalogue."""
     return role_catalogue().port(name)
+
+
+def _git_head() -> str | None:
+    return _git("rev-parse", "--verify", "HEAD^{commit}")
+
+
+def _git(*args: str) -> str | None:
+    """What git prints about this checkout (stdout, one line), or None (not a repo, no such
+    thing, no git)."""
+    try:
+        out = run_cli(
+            ["git", "-C", str(REPO_ROOT), *args], log=lambda _line: None, check=False, timeout_s=10
+        )
+    except (CliError, OSError):
+        return None
+    return (out.output.strip() or None) if out.returncode == 0 else None

@@ -130,6 +130,9 @@ def status(topology_file: Path, as_json: bool) -> None:
         for env, release in envs.items():
             live = (release.get("sha") or "")[:12] or "nothing released"
             click.echo(f"{app} {env}: {live}  {release.get('curl', release.get('url'))}")
+    for ui in data.get("dagster_ui") or []:
+        click.echo(f"Dagster in the lab ({ui['host']}): {ui['url']} ({ui['login']}; its CA"
+                   f" {ui['ca_file']})")  # fmt: skip
     daemon = data.get("dagster") or {}
     if daemon.get("daemon_running"):
         click.echo(f"dagster-daemon (make demo's): pid {daemon['pid']}, log {daemon['log']}")

@@ -67,7 +67,16 @@ def lab_secrets(site: LabSite) -> Secrets:
         secrets = ensure_secrets(site.secrets_file(), site.topo, tls_names=registry_tls_names(site))
     write_salt_api_client(site, secrets)
     write_registry_client(site, secrets)
+    write_dagster_ui_ca(site, secrets)
     return secrets
+
+
+def write_dagster_ui_ca(site: LabSite, secrets: Secrets) -> None:
+    """The certificate of the lab's Dagster UI (the dagster role), for a client on this machine
+    to check it against (`infra lab status` names the file)."""
+    if site.topo.hosts_with_role("dagster"):
+        site.dagster_ui_ca_file().parent.mkdir(parents=True, exist_ok=True)
+        site.dagster_ui_ca_file().write_text(secrets.get("dagster", "tls", "cert"))
 
 
 def write_salt_api_client(site: LabSite, secrets: Secrets) -> None:
@@ -164,13 +173,13 @@ def up(topology_file: Path, *, job: str = "main", echo=None) -> dict[str, Any]:
 def start_git_daemon(site: LabSite, base_dir: Path) -> dict[str, Any] | None:
     """The read-only git daemon on the build agent's lab link, serving the apps whose repo is a
     path on this machine (the salt builder starts it too when it is not running)."""
-    from infra_assets.app_images import BUILD_AGENT_ROLE, lab_git_daemon, lab_path_repos
+    from infra_assets.app_images import BUILD_AGENT_ROLE
 
-    repos = lab_path_repos(site, base_dir)
+    repos = site.git_exports(base_dir)
     agents = sorted(site.topo.hosts_with_role(BUILD_AGENT_ROLE))
     if not repos or not agents:
         return None
-    daemon = lab_git_daemon(site, site.number_of(agents[0]))
+    daemon = site.git_daemon(site.number_of(agents[0]))
     daemon.export(repos)
     daemon.start()
     return daemon.status()
@@ -178,11 +187,9 @@ def start_git_daemon(site: LabSite, base_dir: Path) -> dict[str, Any] | None:
 
 def stop_git_daemons(site: LabSite) -> list[str]:
     """Stop the lab's git daemons, by their pids."""
-    from infra_assets.app_images import lab_git_daemon
-
     stopped = []
     for number in site.numbers():
-        pid = lab_git_daemon(site, number).stop()
+        pid = site.git_daemon(number).stop()
         if pid is not None:
             stopped.append(f"git daemon (pid {pid})")
     return stopped
@@ -289,7 +296,25 @@ def status(topology_file: Path) -> dict[str, Any]:
         "registry": _registry(site),
         "releases": releases(site),
         "dagster": _demo_daemon(site),
+        "dagster_ui": _dagster_ui(site),
     }
+
+
+def _dagster_ui(site: LabSite) -> list[dict[str, Any]]:
+    """Where the lab's own Dagster (the dagster role) serves its UI, and how to log in."""
+    return [
+        {
+            "host": host,
+            "url": f"https://{site.reach(host, 'dagster')}/",
+            "login": f"an account of dagster.accounts in {site.secrets_file()}",
+            "ca_file": str(site.dagster_ui_ca_file()),
+            "curl": (
+                f"curl --cacert {site.dagster_ui_ca_file()} -u <account>"
+                f" https://{site.reach(host, 'dagster')}/server_info"
+            ),
+        }
+        for host in sorted(site.topo.hosts_with_role("dagster"))
+    ]
 
 
 def _demo_daemon(site: LabSite) -> dict[str, Any]:
@@ -301,9 +326,7 @@ def _demo_daemon(site: LabSite) -> dict[str, Any]:
 
 
 def _git_daemons(site: LabSite) -> dict[str, Any]:
-    from infra_assets.app_images import lab_git_daemon
-
-    return {str(n): lab_git_daemon(site, n).status() for n in site.numbers()}
+    return {str(n): site.git_daemon(n).status() for n in site.numbers()}
 
 
 def _registry(site: LabSite) -> dict[str, Any]:

@@ -9,7 +9,12 @@ carries a copy) install salt from it into a venv at /opt/salt.
     uv run --locked --no-sync python scripts/salt_requirements.py          # write them
     uv run --locked --no-sync python scripts/salt_requirements.py --check  # exit 1 if stale
 
-tests/test_salt_requirements.py checks that both match uv.lock.
+The same goes for the `dagster` role's venv (salt/dagster): salt/dagster/files/requirements.txt
+pins the project's own dependencies but salt (Dagster reaches salt through salt-api), and
+build-requirements.txt beside it what pip builds their two sdists with (python-terraform,
+multi-key-dict); no first boot carries those.
+
+tests/test_salt_requirements.py checks that all of them match uv.lock.
 """
 
 from __future__ import annotations
@@ -36,6 +41,9 @@ ROOTS = ("salt", "cherrypy")
 # otherwise download them unchecked, hash-checking mode or not (pyproject.toml's `salt-build`
 # group locks them).
 BUILD_ROOTS = ("setuptools", "wheel", "cython", "looseversion", "packaging", "importlib-metadata")
+DAGSTER_REQUIREMENTS = REPO / "salt" / "dagster" / "files" / "requirements.txt"
+DAGSTER_BUILD_REQUIREMENTS = REPO / "salt" / "dagster" / "files" / "build-requirements.txt"
+DAGSTER_BUILD_ROOTS = ("setuptools", "wheel")
 
 # Debian 12's Python on the images' architecture: what the markers are evaluated for.
 TARGET = {
@@ -72,6 +80,18 @@ HEADER = """\
 BUILD_HEADER = """\
 # What pip builds salt's and timelib's sdists with, installed into /opt/salt before them
 # (`pip install --require-hashes -r salt-build-requirements.txt`, packer/scripts/bake.sh).
+# Generated from uv.lock by scripts/salt_requirements.py: do not edit.
+"""
+
+
+DAGSTER_HEADER = """\
+# The `dagster` role's venv (/opt/dagster/venv, salt/dagster): the project's dependencies but
+# salt, installed with `pip install --require-hashes --no-build-isolation` after
+# build-requirements.txt. Generated from uv.lock by scripts/salt_requirements.py: do not edit.
+"""
+DAGSTER_BUILD_HEADER = """\
+# What pip builds the two sdists of requirements.txt with (python-terraform, multi-key-dict),
+# installed into /opt/dagster/venv first (salt/dagster).
 # Generated from uv.lock by scripts/salt_requirements.py: do not edit.
 """
 
@@ -153,10 +173,20 @@ def with_cloud_init_copy(template: str, requirements: str, path: str = CLOUD_INI
     return template[:at] + template[at:].replace(indented, new, 1)
 
 
-# Each file: where it is committed, where cloud-init writes its copy, what it pins.
+def project_roots(lock_text: str) -> tuple[str, ...]:
+    """The project's own dependencies (pyproject.toml's, as uv.lock holds them) but salt."""
+    lock = tomllib.loads(lock_text)
+    project = next(p for p in lock["package"] if p["name"] == "coop-infra")
+    return tuple(d["name"] for d in project["dependencies"] if _name(d["name"]) != "salt")
+
+
+# Each file: where it is committed, where cloud-init writes its copy (None: no first boot
+# carries it), what it pins (None: the project's own dependencies but salt).
 FILES = (
     (REQUIREMENTS, CLOUD_INIT_PATH, ROOTS, HEADER),
     (BUILD_REQUIREMENTS, CLOUD_INIT_BUILD_PATH, BUILD_ROOTS, BUILD_HEADER),
+    (DAGSTER_REQUIREMENTS, None, None, DAGSTER_HEADER),
+    (DAGSTER_BUILD_REQUIREMENTS, None, DAGSTER_BUILD_ROOTS, DAGSTER_BUILD_HEADER),
 )
 
 
@@ -165,14 +195,16 @@ def main(argv: list[str]) -> int:
     template = CLOUD_INIT.read_text()
     stale = set()
     for file, path, roots, header in FILES:
-        wanted = render(lock_text, roots, header)
+        wanted = render(lock_text, roots or project_roots(lock_text), header)
         if (file.read_text() if file.exists() else "") != wanted:
             stale.add(str(file.relative_to(REPO)))
-        if cloud_init_copy(template, path) != wanted:
+        if path is not None and cloud_init_copy(template, path) != wanted:
             stale.add(str(CLOUD_INIT.relative_to(REPO)))
         if "--check" not in argv:
+            file.parent.mkdir(parents=True, exist_ok=True)
             file.write_text(wanted)
-            template = with_cloud_init_copy(template, wanted, path)
+            if path is not None:
+                template = with_cloud_init_copy(template, wanted, path)
     if "--check" in argv:
         for name in sorted(stale):
             sys.stdout.write(f"{name} does not match uv.lock: run scripts/salt_requirements.py\n")

@@ -45,6 +45,7 @@ BAKE_COMMANDS = {
     "npm-cache-install",  # fetches verdaccio: the same on every host
     "pypi-cache-install",  # fetches proxpi (pinned with hashes): the same on every host
     "jenkins-key",  # fetches the Jenkins repository key, checked against its pinned fingerprint
+    "dagster-install",  # fetches Dagster and the project's dependencies (pinned with hashes)
 }
 # What each group's image gets: its services' packages (and what installs them)...
 BAKED = {
@@ -66,6 +67,13 @@ BAKED = {
         "pypi-cache-install",
         "pypi-cache-unit",
         "dns-packages",
+        "dagster-packages",
+        "dagster-user",
+        "dagster-requirements",
+        "dagster-build-requirements",
+        "dagster-install",
+        "dagster-webserver-unit",
+        "dagster-daemon-unit",
     },
     "builder": {"jenkins-agent-packages", "jenkins-agent-user", "jenkins-agent-containers-conf"},
     "web": {"web-packages", "web-containers-conf"},

@@ -22,7 +22,7 @@ def infra(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
 def test_check_defaults_to_topology_yaml_in_the_current_folder(repo_root):
     out = infra("check", cwd=repo_root)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "topology.yaml: ok: 1 location, 6 hosts with 11 addresses, 1 app"
+    assert out.stdout.strip() == "topology.yaml: ok: 1 location, 6 hosts with 12 addresses, 1 app"
 
 
 def test_check_json(repo_root):
@@ -62,6 +62,7 @@ def test_ips_json(repo_root):
         "10.100.9.1",
         "10.100.10.1",
         "10.100.11.1",
+        "10.100.12.1",
     ]
     assert support[0]["primary"] and support[0]["dns_name"] == "support-1.nz-por-1.coop.internal"
 
@@ -97,10 +98,10 @@ def test_a_missing_file_is_a_clear_error(tmp_path):
 def test_a_topology_without_a_salt_master_fails_check_and_lab_status_says_why(repo_root, tmp_path):
     path = tmp_path / "topology.yaml"
     text = (repo_root / "topology.lab.yaml").read_text()
-    old = "roles: [salt-master, docker-registry, dns, npm-cache, pypi-cache]"
+    old = "roles: [salt-master, docker-registry, dns, npm-cache, pypi-cache, dagster]"
     assert old in text
     # No host has the role, and no type names it (the check once ran only when a type did).
-    text = text.replace(old, "roles: [docker-registry, dns, npm-cache, pypi-cache]")
+    text = text.replace(old, "roles: [docker-registry, dns, npm-cache, pypi-cache, dagster]")
     path.write_text(text.replace("  salt-master: 1\n", ""))
     out = infra("check", str(path))
     assert out.returncode == 2 and "Traceback" not in out.stderr

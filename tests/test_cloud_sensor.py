@@ -266,6 +266,7 @@ def test_every_file_of_the_salt_tree_rebuilds_the_images_of_the_roles_that_apply
         "salt/dns/": {"support"},
         "salt/registry/": {"support"},
         "salt/npm-cache/": {"support"},
+        "salt/dagster/": {"support"},
         "salt/pypi-cache/": {"support"},
         "salt/salt/minion.sls": every,  # in every image (common includes it)
         "salt/common/": every,

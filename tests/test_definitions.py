@@ -131,7 +131,7 @@ def test_topology_job_materialises_the_coop_topology(defs, repo_root, monkeypatc
     assert topo_md["git_commit"].value == git("rev-parse", "HEAD")
     assert topo_md["uncommitted_changes"].value is False
     plan_md = result.asset_materializations_for_node("ip_plan")[0].metadata
-    assert plan_md["addresses"].value == 11
+    assert plan_md["addresses"].value == 12
     assert "| support-1 | docker-registry | 10.100.9.1 |" in plan_md["plan"].value
     assert "10.100.9.1\tdocker-registry-1.nz-por-1.coop.internal" in plan_md["dnsmasq_hosts"].value
     checks = result.get_asset_check_evaluations()

@@ -25,7 +25,8 @@ def test_every_role_of_both_topologies_is_in_the_catalogue(repo_root):
         used = {role for host in topo.hosts.values() for role in host.roles}
         assert used <= set(catalogue.roles), used - set(catalogue.roles)
     assert catalogue.group_roles("support") == (
-        "salt-master", "jenkins-master", "docker-registry", "npm-cache", "pypi-cache", "dns",
+        "salt-master", "jenkins-master", "docker-registry", "npm-cache", "pypi-cache", "dagster",
+        "dns",
     )  # fmt: skip
     assert catalogue.group_roles("web") == ("web-staging", "web-production")
     assert catalogue.roles["web-staging"].states == ("web",)

@@ -139,10 +139,16 @@ def test_required_secrets_follow_the_topology(coop, repo_root):
         "salt.api.password",
         "salt.api.tls.cert",
         "salt.api.tls.key",
+        # the dagster role (salt/dagster); and dagster.accounts, a mapping, checked apart
+        "dagster.postgres_password",
+        "dagster.tls.cert",
+        "dagster.tls.key",
     }
     lab = load_topology(repo_root / "topology.lab.yaml")  # no jenkins master
     # no jenkins master; hello's secret (SESSION_KEY) for each environment with web hosts
-    assert {k[0] for k in required_keys(lab)} == {"registry", "postgres", "salt", "apps"}
+    assert {k[0] for k in required_keys(lab)} == {
+        "registry", "postgres", "salt", "apps", "dagster"
+    }  # fmt: skip
     assert {k for k in required_keys(lab) if k[0] == "apps"} == {
         ("apps", "hello", "staging", "SESSION_KEY"),
         ("apps", "hello", "production", "SESSION_KEY"),
@@ -156,7 +162,8 @@ def test_a_bad_secrets_file_lists_every_problem_and_no_value(tmp_path, coop):
     with pytest.raises(SecretsError) as err:
         load_secrets(path, coop)
     text = str(err.value)
-    assert text.startswith(f"{path}: 11 problems in the secrets")
+    assert text.startswith(f"{path}: 15 problems in the secrets")
+    assert "dagster.accounts: missing: the topology needs it (a host has the role dagster" in text
     assert "registry.users.ci: must be a non-empty string" in text
     assert "registry.users.deploy: missing: the topology needs it" in text
     assert (
@@ -281,7 +288,10 @@ def test_each_host_gets_only_the_secrets_its_roles_need(coop, coop_secrets):
         coop_secrets.get("postgres", "hello", "production")
     )
     assert granted["pg-staging-1"] == {"postgres.databases.hello_staging.password"}
-    assert granted["pg-production-1"] == {"postgres.databases.hello_production.password"}
+    assert granted["pg-production-1"] == {
+        "postgres.databases.hello_production.password",
+        "postgres.databases.dagster.password",  # the instance of the Dagster on support-1
+    }
     assert granted["support-2"] == {"registry_client.password", "registry_client.ca_cert"}
     assert pillars["support-2"]["registry_client"]["user"] == "ci"
     assert "jenkins.admin_password" in granted["support-1"]
@@ -362,7 +372,8 @@ def test_the_pillar_says_where_each_service_listens_on_a_server(coop, coop_secre
         ("support-1", 8000): ["10.100.1.1"],  # salt-api: Dagster
         ("support-1", 8080): ["10.100.1.1", "10.100.2.1"],  # Jenkins: agent, Dagster
         ("pg-staging-1", 5432): ["10.100.5.1"],  # the staging web host
-        ("pg-production-1", 5432): ["10.100.6.1"],  # the production web host
+        # the production web host, and Dagster's (its instance's database)
+        ("pg-production-1", 5432): ["10.100.1.1", "10.100.6.1"],
     }
     guarded = {
         (host, rule["port"]): rule["from"]
@@ -370,7 +381,8 @@ def test_the_pillar_says_where_each_service_listens_on_a_server(coop, coop_secre
         for rule in pillar["firewall"]["rules"]
     }
     assert guarded == matrix
-    # pg_hba: each database from its environment's web hosts and the database host itself
+    # pg_hba: each database from its environment's web hosts and the database host itself;
+    # Dagster's from its host
     hba = {
         name: db["clients"]
         for host in ("pg-staging-1", "pg-production-1")
@@ -379,6 +391,7 @@ def test_the_pillar_says_where_each_service_listens_on_a_server(coop, coop_secre
     assert hba == {
         "hello_staging": ["10.100.7.1", "10.100.5.1"],
         "hello_production": ["10.100.8.1", "10.100.6.1"],
+        "dagster": ["10.100.8.1", "10.100.1.1"],  # the Dagster host (support-1)
     }
     # The same input gives the same pillar (the registry's hashes too): applies change nothing.
     assert render_pillars(site_for(coop), coop_secrets) == pillars

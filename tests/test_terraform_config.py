@@ -103,6 +103,7 @@ def test_every_host_has_its_addresses_on_its_port(coop, layout):
         "10.100.9.1",
         "10.100.10.1",
         "10.100.11.1",
+        "10.100.12.1",
     ]
     # DHCP never hands out a planned address (they are all 10.N.T.I with T >= 1)
     pool = layout["allocation_pool"]

@@ -30,6 +30,7 @@ def test_the_coop_address_plan_matches_its_table(repo_root):
         "10.100.9.1",
         "10.100.10.1",
         "10.100.11.1",
+        "10.100.12.1",
     }
     # The table of types, one host of each, instance 1 in nz-por-1 (100).
     assert by_role[("support-2", "salt-minion")] == "10.100.2.1"

@@ -27,6 +27,7 @@ from infra_assets.model.topology import (
     Location,
     Topology,
 )
+from resources.git_url import redact_repo, repo_password
 
 try:  # libyaml: about ten times faster on a large topology
     _Loader: Any = yaml.CSafeLoader
@@ -41,7 +42,7 @@ SECTIONS: dict[str, type[BaseModel] | None] = {
     "apps": App,
 }
 REQUIRED_SECTIONS = ("locations", "types", "hosts")
-TOP_LEVEL = ("domain", *SECTIONS, "acme")
+TOP_LEVEL = ("domain", *SECTIONS, "acme", "infra_repo")
 
 
 def load_topology(path: str | Path) -> Topology:
@@ -190,6 +191,7 @@ def _validate(data: Any, lines: _Lines) -> tuple[Topology | None, list[Problem]]
         report.add(("domain",), f"{domain!r} is not a domain name (like coop.internal)")
 
     acme = _validate_acme(report, data.get("acme"))
+    infra_repo = _validate_infra_repo(report, data.get("infra_repo"))
     _cross_check(report, data, entries)
     # Addresses are planned for the hosts that are valid and whose references resolve, so that
     # a collision is reported beside the other problems rather than after they are fixed.
@@ -206,9 +208,28 @@ def _validate(data: Any, lines: _Lines) -> tuple[Topology | None, list[Problem]]
         hosts=plannable,
         apps=entries["apps"],
         acme=acme,
+        infra_repo=infra_repo,
     )
     _check_addresses(report, topology)
     return (None if report.problems else topology), report.problems
+
+
+def _validate_infra_repo(report: _Report, value: Any) -> str | None:
+    """`infra_repo`: where the dagster role checks this repository out from (a git URL)."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        report.add(("infra_repo",), f"must be a git URL (this repository's), not {_kind(value)}")
+        return None
+    if repo_password(value):
+        report.add(
+            ("infra_repo",),
+            f"{redact_repo(value, mask='***')!r} holds a password or token: credentials never"
+            " belong in the topology, which is kept in git (an SSH URL with a deploy key on the"
+            " dagster host, or https with git's credential helper there)",
+        )
+        return None
+    return value.strip()
 
 
 def _validate_acme(report: _Report, value: Any) -> Acme:

@@ -334,6 +334,10 @@ class Topology(_Strict):
     hosts: dict[str, Host]
     apps: dict[str, App] = Field(default_factory=dict)
     acme: Acme = Field(default_factory=Acme)
+    infra_repo: str | None = Field(
+        default=None,
+        description="This repository's git URL, where the dagster role's host checks it out.",
+    )
 
     def roles(self) -> set[str]:
         """Every role a host may have: the typed roles and the untyped ones."""
