@@ -102,8 +102,14 @@ def _name(name: str) -> str:
 
 def closure(lock: dict, roots: tuple[str, ...] = ROOTS) -> dict[str, str]:
     """{package: version} of `roots` and everything they need on the target."""
+    return {name: version for name, (version, _extras) in _closure(lock, roots).items()}
+
+
+def _closure(lock: dict, roots: tuple[str, ...]) -> dict[str, tuple[str, tuple[str, ...]]]:
+    """{package: (version, the extras something asks of it)} of `roots` and what they need."""
     packages = {_name(p["name"]): p for p in lock["package"]}
     found: dict[str, str] = {}
+    extras_of: dict[str, set[str]] = {}
     todo: list[tuple[str, tuple[str, ...]]] = [(_name(r), ()) for r in roots]
     seen: set[tuple[str, tuple[str, ...]]] = set()
     while todo:
@@ -115,6 +121,7 @@ def closure(lock: dict, roots: tuple[str, ...] = ROOTS) -> dict[str, str]:
         if package is None:
             raise KeyError(f"uv.lock has no package {name!r}")
         found[name] = package["version"]
+        extras_of.setdefault(name, set()).update(extras)
         deps = list(package.get("dependencies", []))
         for extra in extras:
             deps += package.get("optional-dependencies", {}).get(extra, [])
@@ -123,7 +130,7 @@ def closure(lock: dict, roots: tuple[str, ...] = ROOTS) -> dict[str, str]:
             if marker and not Marker(marker).evaluate(TARGET):
                 continue
             todo.append((_name(dep["name"]), tuple(sorted(dep.get("extra", [])))))
-    return dict(sorted(found.items()))
+    return {n: (found[n], tuple(sorted(extras_of[n]))) for n in sorted(found)}
 
 
 def hashes(package: dict) -> list[str]:
@@ -145,9 +152,11 @@ def render(lock_text: str, roots: tuple[str, ...] = ROOTS, header: str = HEADER)
     lock = tomllib.loads(lock_text)
     packages = {_name(p["name"]): p for p in lock["package"]}
     lines = []
-    for name, version in closure(lock, roots).items():
+    for name, (version, extras) in _closure(lock, roots).items():
         pinned = " ".join(f"--hash={h}" for h in hashes(packages[name]))
-        lines.append(f"{name}=={version} {pinned}\n")
+        # pip's hash-checking mode wants the extras a dependency asks for on the pinned line
+        wanted = f"[{','.join(extras)}]" if extras else ""
+        lines.append(f"{name}{wanted}=={version} {pinned}\n")
     return header + "".join(lines)
 
 
