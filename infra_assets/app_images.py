@@ -49,7 +49,7 @@ from resources.git import GitError, GitResource
 from resources.git_url import redact_repo, resolve_repo
 from resources.jenkins import JenkinsError, JenkinsResource
 from resources.lab_git import LabGitError
-from resources.podman import PodmanError, PodmanResource
+from resources.podman import RUNTIME_LABEL, PodmanError, PodmanResource
 from resources.registry import Endpoint, Manifest, RegistryError, RegistryResource
 from resources.salt import SaltError, SaltResource
 from resources.topology import TopologyResource
@@ -387,9 +387,15 @@ def publish_base_image(
     podman: PodmanResource, registry: RegistryResource, endpoint: Endpoint, log: BuildLog
 ) -> tuple[str, str]:
     """The project's base image in the registry (`coop-base:<suite>`), pushed when the one there
-    is not the image in this machine's storage; returns (image by digest, what happened)."""
-    base = podman.ensure_base_image(log=log)
+    is not the image in this machine's storage; returns (image by digest, what happened). A
+    host without podman (the dagster role's) takes the registry's as it is."""
     tag = podman.base_image.rsplit(":", 1)[-1] if ":" in podman.base_image else "latest"
+    if not podman.available():
+        manifest = _made_elsewhere(registry, BASE_REPOSITORY, tag)
+        return endpoint.image(BASE_REPOSITORY, manifest.digest), (
+            f"base image {BASE_REPOSITORY}:{tag} as the registry has it (made where podman runs)"
+        )
+    base = podman.ensure_base_image(log=log)
     digest, took = _publish_image(
         podman, registry, endpoint, log,
         ref=podman.base_image, image_id=base.image_id, repository=BASE_REPOSITORY, tag=tag,
@@ -399,6 +405,20 @@ def publish_base_image(
     else:
         note = f"base image {podman.base_image} pushed to the registry in {took:.1f} s"
     return endpoint.image(BASE_REPOSITORY, digest), note
+
+
+def _made_elsewhere(registry: RegistryResource, repository: str, tag: str) -> Manifest:
+    """`repository:tag` as the registry has it, for a Dagster host without podman, which cannot
+    make it (debootstrap and podman do: `infra lab up` pushes the lab's; on a cloud, the
+    operators' machine's first `app_image` run). `SiteError` when it is not there."""
+    manifest = registry.manifest(repository=repository, reference=tag)
+    if manifest is None:
+        raise SiteError(
+            f"{repository}:{tag} is not in the registry, and this host has no podman to make it:"
+            " it is made and pushed where podman and debootstrap run (the lab: `infra lab up`;"
+            " a cloud: an `app_image` run on the operators' machine)"
+        )
+    return manifest
 
 
 @functools.cache
@@ -427,9 +447,17 @@ def publish_runtime_image(
     log: BuildLog,
 ) -> tuple[str, str]:  # fmt: skip
     """The standard build's base image for `runtime` in the registry (`coop-<runtime>:<suite>`),
-    made and pushed when needed: (`<runtime>=<version>=<image by digest>`, what happened)."""
-    image = podman.ensure_runtime_image(runtime, log=log)
+    made and pushed when needed: (`<runtime>=<version>=<image by digest>`, what happened). A
+    host without podman takes the registry's as it is, its version from its label."""
     repository = f"coop-{runtime}"
+    if not podman.available():
+        manifest = _made_elsewhere(registry, repository, podman.debian_suite)
+        version = registry.labels(repository=repository, manifest=manifest).get(RUNTIME_LABEL)
+        if not version:
+            raise SiteError(f"{repository}:{podman.debian_suite} has no {RUNTIME_LABEL} label")
+        where = f"{runtime} {version} base image as the registry has it (made where podman runs)"
+        return f"{runtime}={version}={endpoint.image(repository, manifest.digest)}", where
+    image = podman.ensure_runtime_image(runtime, log=log)
     digest, took = _publish_image(podman, registry, endpoint, log, ref=image.ref,
                                   image_id=image.image_id, repository=repository,
                                   tag=podman.debian_suite)  # fmt: skip

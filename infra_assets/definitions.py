@@ -127,8 +127,12 @@ def build_definitions(
     # A lab is reached through its link, from this machine; a Dagster that runs on a host of the
     # topology (the dagster role sets $INFRA_RUNS_ON) is inside it and takes its settings from
     # the environment, as on a cloud.
-    if topo is not None and lab_locations(topo) and not os.environ.get(RUNS_ON_ENV):
-        site_resources.update(lab_resources(LabSite(topo)))
+    if topo is not None and lab_locations(topo):
+        if os.environ.get(RUNS_ON_ENV):
+            # The lab's containers are this machine's to make: no podman there.
+            site_resources["lab"] = LabResource(podman_env={})
+        else:
+            site_resources.update(lab_resources(LabSite(topo)))
     base = dg.Definitions(
         assets=dg.load_assets_from_modules([topology]),
         asset_checks=dg.load_asset_checks_from_modules([topology]),

@@ -23,6 +23,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import yaml
+
 from infra_assets.model import ENVIRONMENTS
 from infra_assets.roles import DAGSTER_SOURCE, HOSTS_SOURCE, RoleCatalogueError, role_catalogue
 from infra_assets.salt_keys import MASTER, KeyStore
@@ -326,7 +328,18 @@ def _dagster(b: Block) -> None:
         "INFRA_SALT_API_USER": SALT_API_USER,
         "INFRA_SALT_API_PASSWORD": _secret(secrets, "salt", "api", "password"),
         "INFRA_SALT_API_CA_FILE": "/etc/dagster/salt-api-ca.pem",
+        # The whole secrets file: this Dagster renders every host's pillar, as the operators'
+        # does (salt/dagster writes it, 0600, for the dagster user alone).
+        "INFRA_SECRETS_FILE": "/etc/dagster/secrets.yaml",
     }
+    client = _registry_client(site, secrets, host, user=PUSH_ACCOUNT)
+    if client:  # the push door: the builds' base images, the releases' digests
+        env.update(
+            INFRA_REGISTRY_URL=client["url"],
+            INFRA_REGISTRY_USER=client["user"],
+            INFRA_REGISTRY_PASSWORD=client["password"],
+            INFRA_REGISTRY_CA_FILE="/etc/dagster/registry-ca.pem",
+        )
     accounts = secrets.get("dagster", "accounts") if secrets is not None else {}
     repo, rev = site.infra_repo(host)
     b.pillar["dagster"] = {
@@ -337,6 +350,8 @@ def _dagster(b: Block) -> None:
         "topology": topology_text,
         "env": env,
         "salt_api_ca": _secret(secrets, "salt", "api", "tls", "cert"),
+        "registry_ca": client["ca_cert"] if client else "",
+        "secrets": yaml.safe_dump(secrets.data, sort_keys=True) if secrets is not None else "",
         "htpasswd": "".join(
             bcrypt_htpasswd_line(user, accounts[user], purpose="dagster") + "\n"
             for user in sorted(accounts)

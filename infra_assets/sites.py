@@ -30,6 +30,8 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import ClassVar
 
+import yaml
+
 from infra_assets.model import Topology, address_plan, load_topology
 from infra_assets.paths import REPO_ROOT, default_topology, state_dir
 from infra_assets.roles import role_catalogue
@@ -345,6 +347,21 @@ class LabSite(CloudSite):
         return [LabNetwork(n).machine_address for n in self.numbers()] + [
             self.plan.primary(h).address for h in hosts
         ]
+
+    def dagster_topology(self) -> tuple[str, str]:
+        """The lab's Dagster runs on this topology as the pillar writes it: the apps' repos
+        that are paths on this machine named as the lab's hosts clone them, from the git daemon
+        on the link (`git://169.254.N.1/<app>.git`)."""
+        path = default_topology().resolve()
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        hosts = sorted(self.topo.hosts_with_role("dagster"))
+        number = self.number_of(hosts[0]) if hosts else self.numbers()[0]
+        exports = self.git_exports(path.parent)
+        for name, app in (data.get("apps") or {}).items():
+            if name in exports:
+                app["repo"] = self.git_daemon(number).url(name)
+        text = "# The lab's topology as its Dagster reads it (written by salt/dagster).\n"
+        return "/etc/dagster/topology.yaml", text + yaml.safe_dump(data, sort_keys=False)
 
     def infra_repo(self, host: str) -> tuple[str, str]:
         """The lab's git daemon on `host`'s link serves this repository; the dagster host

@@ -19,7 +19,8 @@ from infra_assets.sites import SECRETS_ENV, LabSite, SiteError, site_for
 from lab.reach import Site
 from resources.lab import LabNetwork, LabResource
 from resources.lab_acme import LabAcmeError
-from resources.podman import PodmanResource
+from resources.podman import PodmanError, PodmanResource
+from resources.registry import RegistryError
 
 
 class LabUpError(RuntimeError):
@@ -167,7 +168,30 @@ def up(topology_file: Path, *, job: str = "main", echo=None) -> dict[str, Any]:
     if not result.success:
         raise LabUpError(_failure_text(result))
     start_git_daemon(site, Path(topology_file).absolute().parent)
+    publish_base_image(site, echo)
     return status(topology_file)
+
+
+def publish_base_image(site: LabSite, echo=None) -> str | None:
+    """The project's base image in the lab's registry, for the lab's own Dagster (the dagster
+    role), which has no podman to make it: pushed from this machine's storage when the
+    registry's is another. Returns what happened (None: no dagster or registry host)."""
+    from infra_assets.app_images import publish_base_image as publish
+    from infra_assets.definitions import lab_resources
+
+    if not site.topo.hosts_with_role("dagster"):
+        return None
+    registry = lab_resources(site).get("registry")
+    if registry is None:
+        return None
+    lines: list[str] = []
+    try:
+        _image, note = publish(PodmanResource(), registry, registry.endpoint(), lines.append)
+    except (PodmanError, RegistryError) as err:
+        raise LabUpError(f"the base image, for the lab's Dagster: {err}") from None
+    if echo:
+        echo(f"  {note} (the lab's Dagster builds FROM it)")
+    return note
 
 
 def start_git_daemon(site: LabSite, base_dir: Path) -> dict[str, Any] | None:

@@ -197,6 +197,11 @@ class PodmanResource(dg.ConfigurableResource):
 
     # --- images -----------------------------------------------------------------------------
 
+    def available(self) -> bool:
+        """Whether podman is installed here (a Dagster host without it takes the base images
+        from the registry: infra_assets/app_images.py)."""
+        return shutil.which("podman") is not None
+
     def image_id(self, ref: str) -> str | None:
         result = self.run(["image", "inspect", "--format", "{{.Id}}", ref], log=_quiet, check=False)
         if result.returncode != 0:

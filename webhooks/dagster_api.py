@@ -4,10 +4,12 @@ endpoint can run beside any Dagster webserver it can reach."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import requests
+
+from resources.lab_link import route_problem
 
 # workspace.yaml's code location, and the repository a `Definitions` object makes
 LOCATION = "coop-infra"
@@ -67,6 +69,32 @@ mutation DryRun($selector: SensorSelector!, $cursor: String) {
 }"""
 
 
+START_SENSOR = """
+mutation Start($selector: SensorSelector!) {
+  startSensor(sensorSelector: $selector) {
+    __typename
+    ... on Sensor { sensorState { status } }
+    ... on Error { message }
+  }
+}"""
+
+RUNS_SINCE = """
+query Runs($filter: RunsFilter!) {
+  runsOrError(filter: $filter, limit: 20) {
+    __typename
+    ... on Runs { results { runId status jobName tags { key value } } }
+    ... on Error { message }
+  }
+}"""
+
+RUN_FAILURE = """
+query Failure($id: ID!) {
+  logsForRun(runId: $id) {
+    ... on EventConnection { events { __typename ... on MessageEvent { message } } }
+  }
+}"""
+
+
 class DagsterApiError(RuntimeError):
     """Dagster could not be asked, or refused; the message says which call and why."""
 
@@ -84,17 +112,45 @@ class RunRef:
     run_id: str
     status: str
     job: str
+    tags: list[dict[str, str]] = field(default_factory=list)
+
+    def tag(self, key: str) -> str | None:
+        return next((t["value"] for t in self.tags if t.get("key") == key), None)
 
 
 class DagsterApi:
-    def __init__(self, url: str, *, session: requests.Session | None = None):
+    """Dagster's GraphQL API at `url` (its webserver, or nginx before it). Behind a login:
+    `auth` (account, password) and the certificate to check in `ca_file`. `route_device`: the
+    address is in a lab, and nothing is sent unless the machine's route to it goes through
+    that link (resources/lab_link.py)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        session: requests.Session | None = None,
+        auth: tuple[str, str] | None = None,
+        ca_file: str | None = None,
+        route_device: str | None = None,
+    ):
         self.url = url.rstrip("/")
         self.session = session or requests.Session()
+        self.route_device = route_device
+        if auth:
+            self.session.auth = auth
+        if ca_file:
+            self.session.verify = ca_file
+        if route_device:
+            self.session.trust_env = False  # a lab's address, never through a proxy
 
     def run_url(self, run_id: str) -> str:
         return f"{self.url}/runs/{run_id}"
 
     def _call(self, what: str, query: str, variables: dict[str, Any]) -> dict[str, Any]:
+        if self.route_device:
+            problem = route_problem(self.url + "/", self.route_device)
+            if problem:
+                raise DagsterApiError(f"{what}: {problem}")
         try:
             answer = self.session.post(
                 f"{self.url}/graphql",
@@ -194,6 +250,34 @@ class DagsterApi:
         if result.get("__typename") != "LaunchRunSuccess":
             raise self._refused(what, result)
         return result["run"]["runId"]
+
+    def start_sensor(self, name: str) -> str:
+        """Turn sensor `name` on (on already: nothing changes); its status."""
+        what = f"start sensor {name}"
+        data = self._call(what, START_SENSOR, {"selector": _sensor(name)})
+        result = data.get("startSensor") or {}
+        if result.get("__typename") != "Sensor":
+            raise self._refused(what, result)
+        return result["sensorState"]["status"]
+
+    def runs_since(self, created_after: float) -> list[RunRef]:
+        """The runs created after `created_after` (a timestamp), newest first (at most 20)."""
+        what = "find runs"
+        data = self._call(what, RUNS_SINCE, {"filter": {"createdAfter": created_after}})
+        result = data.get("runsOrError") or {}
+        if result.get("__typename") != "Runs":
+            raise self._refused(what, result)
+        return [
+            RunRef(r["runId"], r["status"], r["jobName"], r.get("tags") or [])
+            for r in result["results"]
+        ]
+
+    def failure(self, run_id: str) -> str:
+        """The messages of a run's failed steps and of its failure (what went wrong)."""
+        data = self._call("read a run's events", RUN_FAILURE, {"id": run_id})
+        events = (data.get("logsForRun") or {}).get("events") or []
+        failed = ("ExecutionStepFailureEvent", "RunFailureEvent")
+        return "\n".join(e["message"] for e in events if e["__typename"] in failed)
 
 
 def _repository() -> dict[str, str]:

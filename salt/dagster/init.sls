@@ -10,9 +10,11 @@
     the co-op's accounts from the secrets, as bcrypt hashes; the passwords never reach this host).
 
     The code location gets its settings from /etc/dagster/env (0600, root; systemd reads it):
-    the topology file of the checkout, the instance's database URL, salt-api's and the
-    registry's accounts, and INFRA_RUNS_ON, which tells it that it runs on a host of the
-    topology (it reaches the services directly, as on a server, not through a lab's link).
+    the topology file (the checkout's, or the lab's as the pillar gives it), the instance's
+    database URL, salt-api's and the registry's accounts, the secrets file (written here for
+    the dagster user alone: this Dagster renders every host's pillar), and INFRA_RUNS_ON, which
+    tells it that it runs on a host of the topology (it reaches the services directly, as on a
+    server, not through a lab's link).
 
     A new commit of the checkout, a new env or a new dagster.yaml restart both units.
     An image bake: the packages, the user and the venv (salt/dagster/files/requirements.txt:
@@ -154,6 +156,24 @@ dagster-topology:
     - require:
       - file: dagster-etc
 
+dagster-registry-ca:
+  file.managed:
+    - name: /etc/dagster/registry-ca.pem
+    - contents: {{ dg['registry_ca'] | json }}
+    - mode: '0644'
+    - require:
+      - file: dagster-etc
+
+dagster-secrets:
+  file.managed:
+    - name: /etc/dagster/secrets.yaml
+    - contents_pillar: dagster:secrets
+    - user: dagster
+    - mode: '0600'
+    - show_changes: False
+    - require:
+      - file: dagster-etc
+
 dagster-env:
   file.managed:
     - name: /etc/dagster/env
@@ -181,13 +201,26 @@ dagster-instance:
 
 {{ daemon(unit, unit,
           watch=[{'git': 'dagster-checkout'}, {'file': 'dagster-env'}, {'file': 'dagster-topology'},
+                 {'file': 'dagster-secrets'}, {'file': 'dagster-registry-ca'},
                  {'file': 'dagster-instance'}, {'cmd': 'dagster-install'},
                  {'file': unit ~ '-unit'}],
           on_change='restart',
-          host='127.0.0.1' if unit == 'dagster-webserver' else None,
-          port=3000 if unit == 'dagster-webserver' else None,
           require=[{'cmd': 'dagster-units-reload'}, {'file': 'dagster-salt-api-ca'}]) }}
 {%- endfor %}
+
+{#- The webserver listens once it has loaded the code location (15-20 s on the lab; up to
+    3 minutes allowed, on a busy host). #}
+dagster-webserver-listening:
+  cmd.run:
+    - name: >-
+        for i in $(seq 900); do (: <>/dev/tcp/127.0.0.1/3000) 2>/dev/null && exit 0;
+        sleep 0.2; done; echo "dagster-webserver: nothing listens on 127.0.0.1:3000 after 180 s";
+        exit 1
+    - unless: '(: <>/dev/tcp/127.0.0.1/3000) 2>/dev/null'
+    - shell: /bin/bash
+    - require:
+      - service: dagster-webserver-running
+      - cmd: dagster-webserver-restart
 
 dagster-nginx-dir:
   file.directory:
