@@ -131,6 +131,21 @@ def _metadata(instance, key, sha: str, name: str) -> float:
     raise RuntimeError(f"no materialisation of {key.to_user_string()} for {sha[:12]}")
 
 
+RELEASES = """{ assetOrError(assetKey: {path: ["release", "staging", "hello"]}) {
+  ... on Asset { assetMaterializations(limit: 20) { metadataEntries { label
+    ... on TextMetadataEntry { text } ... on FloatMetadataEntry { floatValue } } } } } }"""
+
+
+def _metadata_api(api, sha: str, name: str) -> float:
+    """`name` from the lab's Dagster's release of commit `sha` (through its GraphQL API)."""
+    data = api.query("the releases", RELEASES, {})
+    for mat in data["assetOrError"]["assetMaterializations"]:
+        meta = {e["label"]: e for e in mat["metadataEntries"]}
+        if (meta.get("sha") or {}).get("text") == sha:
+            return float(meta[name]["floatValue"])
+    raise RuntimeError(f"no release of {sha[:12]} in the lab's Dagster")
+
+
 def _rounds(topology: Path, env: dict[str, str]) -> tuple[list[float], dict[str, list[float]]]:
     """ROUNDS pushes, each followed until live; (totals, each stage's seconds per round)."""
     import dagster as dg
@@ -138,6 +153,7 @@ def _rounds(topology: Path, env: dict[str, str]) -> tuple[list[float], dict[str,
     from infra_assets.app_images import deliver_job_name
     from lab import demo_loop
     from lab.demo import staging_site
+    from lab.lab_dagster import lab_dagster
     from lab.site import environment, lab_site
 
     totals: list[float] = []
@@ -147,6 +163,7 @@ def _rounds(topology: Path, env: dict[str, str]) -> tuple[list[float], dict[str,
         site = lab_site(topology)
         topo = site.topo
         repo = demo_loop.ensure_repo(topology, topo, "hello", site.root)
+        dagster = lab_dagster(site)  # the lab's own drives it, once it has one
         where = staging_site(site, topo, "hello")
         health = topo.apps["hello"].health
         for n in range(ROUNDS):
@@ -161,8 +178,13 @@ def _rounds(topology: Path, env: dict[str, str]) -> tuple[list[float], dict[str,
                 say=lambda *_a, **_k: None,
                 release_job=deliver_job_name("hello"),
                 timeout_s=300,
+                dagster=dagster,
             )
             totals.append(total)
+            if dagster is not None:
+                for name in stages:
+                    stages[name].append(_metadata_api(dagster.api(), sha, name))
+                continue
             with demo_loop.instance() as inst:
                 key = dg.AssetKey(["release", "staging", "hello"])
                 for name in stages:

@@ -116,10 +116,18 @@ def dev(port: int) -> None:
     bin_dir = Path(sys.executable).parent
     workspace = str(REPO_ROOT / "workspace.yaml")
     daemons = running_daemons(home)
+    lab_ui = _lab_dagster_ui()
     if daemons:
         click.echo(
             f"A Dagster daemon already runs on this instance (pid {daemons[0].pid}, started by"
             " `make demo`; `infra lab down` stops it): starting the webserver only."
+        )
+        argv = [str(bin_dir / "dagster-webserver"), "-w", workspace]
+    elif lab_ui:
+        click.echo(
+            f"The lab's own Dagster drives the lab ({lab_ui}): this machine's only bootstraps"
+            " it (`infra lab up`), so no daemon starts here; starting the webserver only, for"
+            " this machine's runs."
         )
         argv = [str(bin_dir / "dagster-webserver"), "-w", workspace]
     else:
@@ -127,6 +135,23 @@ def dev(port: int) -> None:
     argv += ["-h", "127.0.0.1", "-p", str(port)]
     os.chdir(home)  # dagster.yaml names its storage relative to the instance's folder
     os.execve(argv[0], argv, {**os.environ, "DAGSTER_HOME": str(home)})
+
+
+def _lab_dagster_ui() -> str | None:
+    """The UI of the lab's own Dagster when the topology ($INFRA_TOPOLOGY) is a lab's with a
+    host of the role dagster; else None."""
+    from infra_assets.model import TopologyError, load_topology
+    from infra_assets.paths import default_topology
+    from infra_assets.sites import LabSite, SiteError, site_for
+
+    try:
+        site = site_for(load_topology(default_topology()))
+    except (TopologyError, SiteError, OSError):
+        return None
+    hosts = sorted(site.topo.hosts_with_role("dagster"))
+    if not isinstance(site, LabSite) or not hosts:
+        return None
+    return f"https://{site.reach(hosts[0], 'dagster')}/ on {hosts[0]}"
 
 
 def _table(plan: AddressPlan) -> str:

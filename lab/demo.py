@@ -61,11 +61,13 @@ def run_loop(topology_file: Path, site: LabSite, say, *, rounds: int = 2) -> int
         LoopError,
         demo_app,
         ensure_repo,
+        hand_over,
         push_change,
         start_daemon_and_sensors,
         start_webhooks,
         wait_live,
     )
+    from lab.lab_dagster import LabDagsterError, lab_dagster
     from lab.processes import ProcessError
     from lab.site import start_git_daemon
     from resources.cli_runner import CliError
@@ -87,8 +89,12 @@ def run_loop(topology_file: Path, site: LabSite, say, *, rounds: int = 2) -> int
         if daemon:
             say(f"   the lab clones it from the git daemon on its link ({daemon.get('url', '')})")
         env = {"INFRA_TOPOLOGY": str(Path(topology_file).absolute())}
-        start_daemon_and_sensors(demo_daemon(site), env, say)
-        start_webhooks(site, topology_file, repo, env, say)
+        dagster = lab_dagster(site)  # the lab's own, when a host has the role dagster
+        if dagster is not None:
+            hand_over(dagster, say)
+        else:
+            start_daemon_and_sensors(demo_daemon(site), env, say)
+        start_webhooks(site, topology_file, repo, env, say, dagster)
         for n in range(1, rounds + 1):
             sha, pushed = push_change(repo, n, say)
             took = wait_live(
@@ -98,9 +104,12 @@ def run_loop(topology_file: Path, site: LabSite, say, *, rounds: int = 2) -> int
                 since=pushed,
                 say=say,
                 release_job=deliver_job_name(app),
+                dagster=dagster,
             )
             say(f"== {where.url} answers {sha} ({took:.1f} s after the push)")
-    except (LoopError, LabGitError, ProcessError, LabError, CliError, OSError) as err:
+    except (
+        LoopError, LabGitError, ProcessError, LabError, CliError, OSError, LabDagsterError
+    ) as err:  # fmt: skip
         # the git daemon or dagster-daemon not ready in time, a repo folder that cannot be made
         say(f"== the push-to-live loop stopped: {err}", err=True)
         return 1
@@ -134,14 +143,25 @@ def run_demo(topology_file: Path, say, *, rounds: int = 2) -> int:
         code = run_loop(topology_file, site, say, rounds=rounds)
         if code:
             return code
+    from lab.lab_dagster import lab_dagster
+
     ui = demo_services(site).url("dagster-webserver")
+    dagster = lab_dagster(site)
+    if dagster is not None:
+        shown = (
+            f"{dagster.url}/assets (the lab's own, on {dagster.host}: an account of"
+            f" dagster.accounts in {site.secrets_file()}; its certificate {dagster.ca_file})"
+        )
+    else:
+        shown = f"{ui}/assets (the demo's)" if ui else "make dev, then http://127.0.0.1:3000/assets"
+    history = str(dagster_home() / ".dagster")
+    if dagster is not None:
+        db = sorted(site.topo.hosts_with_role("postgres-production"))
+        history = f"the database `dagster` on {db[0] if db else 'the production postgres host'}"
     where = [
-        (
-            "the Dagster UI: the runs, the lineage",
-            f"{ui}/assets (the demo's)" if ui else "make dev, then http://127.0.0.1:3000/assets",
-        ),
+        ("the Dagster UI: the runs, the lineage", shown),
         ("the lab: hosts, releases, registry", f"infra lab status --topology {topology_file}"),
-        ("Dagster's history of runs", str(dagster_home() / ".dagster")),
+        ("Dagster's history of runs", history),
     ]
     for app in sorted(site.topo.apps):
         staging = staging_site(site, site.topo, app)
@@ -160,10 +180,17 @@ def run_demo(topology_file: Path, say, *, rounds: int = 2) -> int:
         f"cd {dagster_home()} && DAGSTER_HOME=$PWD INFRA_TOPOLOGY={Path(topology_file).absolute()}"
         f" {Path(sys.executable).parent / 'dagster'} job execute -m infra_assets.definitions -j"
     )
+    if dagster is not None:  # the lab's Dagster built and released: it promotes them too
+        execute = f"{dagster.url}/locations/coop-infra/jobs/"
+        jobs = [
+            f"{execute}{job} (Launchpad)" for job in ("promote", "rollback", "rollback_staging")
+        ]
+    else:
+        jobs = [f"{execute} {job}" for job in ("promote", "rollback", "rollback_staging")]
     where += [
-        ("send staging to production", f"{execute} promote"),
-        ("put back production's previous release", f"{execute} rollback"),
-        ("put back staging's previous release", f"{execute} rollback_staging"),
+        ("send staging to production", jobs[0]),
+        ("put back production's previous release", jobs[1]),
+        ("put back staging's previous release", jobs[2]),
         ("stop the daemon and the lab", f"infra lab down --topology {topology_file}"),
     ]
     say("")

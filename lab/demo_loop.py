@@ -27,7 +27,9 @@ import requests
 
 from infra_assets.model import Topology
 from infra_assets.paths import REPO_ROOT, dagster_home
+from lab.lab_dagster import LabDagster, LabDagsterError
 from lab.reach import ReachError, Site
+from webhooks.dagster_api import DagsterApi, DagsterApiError, RunRef
 
 Say = Callable[..., None]
 BIN = Path(sys.executable).parent
@@ -177,9 +179,37 @@ def start_daemon_and_sensors(daemon, env: dict[str, str], say: Say) -> tuple[int
     return pid, ours
 
 
-def start_webhooks(site, topology_file: Path, repo: AppRepo, env: dict[str, str], say: Say) -> str:
-    """The demo's Dagster webserver and webhook endpoint (lab/demo_services.py), and the app's
-    post-receive hook calling it: a push starts its run at once. The webserver's URL."""
+def hand_over(dagster: LabDagster, say: Say) -> None:
+    """The lab's own Dagster takes the lab: once it is ready, its delivery sensors are turned
+    on (the fallbacks of the webhook endpoint; its notices and schedules are on by default).
+    This machine starts no daemon of its own: one Dagster drives the lab."""
+    say(f"   the lab's Dagster on {dagster.host} ({dagster.url}) takes over: this machine's"
+        " bootstrapped the lab (`infra lab up`) and starts no daemon")  # fmt: skip
+    try:
+        dagster.wait_ready()
+    except LabDagsterError as err:
+        raise LoopError(str(err)) from None
+    api = dagster.api()
+    for name in SENSORS:
+        try:
+            api.start_sensor(name)
+        except DagsterApiError as err:
+            raise LoopError(str(err)) from None
+    say(f"   sensors on in the lab's Dagster: {', '.join(SENSORS)} (the fallbacks: a push calls"
+        " the webhook endpoint, which starts its run there at once)")  # fmt: skip
+
+
+def start_webhooks(
+    site,
+    topology_file: Path,
+    repo: AppRepo,
+    env: dict[str, str],
+    say: Say,
+    dagster: LabDagster | None = None,
+) -> str:
+    """The webhook endpoint (lab/demo_services.py) and the app's post-receive hook calling it:
+    a push starts its run at once, in the lab's own Dagster (`dagster`), else in this
+    machine's, whose webserver is started for it. The URL of the Dagster UI that runs it."""
     from infra_assets.secrets import webhook_secret
     from lab.demo import demo_services
     from lab.demo_services import install_hook
@@ -187,8 +217,10 @@ def start_webhooks(site, topology_file: Path, repo: AppRepo, env: dict[str, str]
 
     lab_secrets(site)  # the lab's throwaway secrets, with webhooks.secret
     services = demo_services(site)
-    home = dagster_home()
-    ui = services.start_webserver(dagster_home=home, env=env)
+    if dagster is not None:
+        ui, login = dagster.url, dagster.webhook_options()
+    else:
+        ui, login = services.start_webserver(dagster_home=dagster_home(), env=env), []
     say(f"   the Dagster UI and its GraphQL API: {ui}")
     registry = sorted(site.topo.hosts_with_role("docker-registry")) or sorted(site.topo.hosts)
     where = site.webhooks_url(registry[0])  # where the lab's registry sends its notifications
@@ -197,6 +229,7 @@ def start_webhooks(site, topology_file: Path, repo: AppRepo, env: dict[str, str]
         dagster_url=ui,
         env=env,
         listen=where.removeprefix("http://"),
+        dagster_login=login,
     )
     install_hook(
         repo.bare,
@@ -268,73 +301,121 @@ def wait_live(
     release_job: str | None = None,
     timeout_s: float = 300,
     poll_s: float = 0.2,
+    dagster: LabDagster | None = None,
 ) -> float:
     """Wait until the app's `site` answers with `sha`; follow the runs started since `since` (a
     timestamp) and stop at the first that fails. Returns the seconds from `since` until the URL
     answered. With `release_job`, return only once that job's run for `sha` has finished too
-    (the release records what is live after nginx serves it)."""
+    (the release records what is live after nginx serves it). The runs are those of the lab's
+    own Dagster (`dagster`, through its API) or else of this machine's instance."""
+    wait = (site, health, sha, since, say, release_job, timeout_s, poll_s)
+    if dagster is not None:
+        return _wait_live(*wait, ApiRuns(dagster.api()), f"{dagster.url}/runs")
+    with instance() as inst:
+        return _wait_live(*wait, InstanceRuns(inst), "make dev, then http://127.0.0.1:3000/runs")
+
+
+def _wait_live(
+    site: Site, health: str, sha: str, since: float, say: Say, release_job: str | None,
+    timeout_s: float, poll_s: float, runs: InstanceRuns | ApiRuns, where: str,
+) -> float:  # fmt: skip
     url = site.url
     seen: dict[str, str] = {}
     last_runs_check = 0.0
     live_after: float | None = None
-    with instance() as inst:
-        while True:
-            if live_after is None and live_version(site, health) == sha:
-                live_after = time.time() - since
-            if live_after is not None and (
-                release_job is None or _finished(inst, release_job, sha, since)
-            ):
-                # Still live once the release is over (its last step stops the old container).
-                answer = live_version(site, health)
-                if answer != sha:
-                    raise LoopError(
-                        f"{url} answered with {sha[:12]}, then with {answer or 'nothing'} once"
-                        f" {release_job or 'the release'} had finished"
-                    )
-                return live_after
-            now = time.monotonic()
-            if now - last_runs_check >= 1:
-                last_runs_check = now
-                _follow_runs(inst, since, seen, say)
-            if time.time() - since > timeout_s:
+    while True:
+        if live_after is None and live_version(site, health) == sha:
+            live_after = time.time() - since
+        if live_after is not None and (
+            release_job is None or runs.finished(release_job, sha, since)
+        ):
+            # Still live once the release is over (its last step stops the old container).
+            answer = live_version(site, health)
+            if answer != sha:
                 raise LoopError(
-                    f"{url} does not answer with {sha[:12]} after {timeout_s:.0f} s; the runs:"
-                    f" make dev, then http://127.0.0.1:3000/runs"
+                    f"{url} answered with {sha[:12]}, then with {answer or 'nothing'} once"
+                    f" {release_job or 'the release'} had finished"
                 )
-            time.sleep(poll_s)
+            return live_after
+        now = time.monotonic()
+        if now - last_runs_check >= 1:
+            last_runs_check = now
+            runs.follow(since, seen, say)
+        if time.time() - since > timeout_s:
+            raise LoopError(
+                f"{url} does not answer with {sha[:12]} after {timeout_s:.0f} s; the runs: {where}"
+            )
+        time.sleep(poll_s)
 
 
-def _finished(inst, job: str, sha: str, since: float) -> bool:
-    import dagster as dg
+class InstanceRuns:
+    """The runs of this machine's Dagster instance, read in this process."""
 
-    records = inst.get_run_records(
-        dg.RunsFilter(
-            job_name=job,
-            tags={"coop/sha": sha},
-            statuses=[dg.DagsterRunStatus.SUCCESS],
-            created_after=_utc(since),
-        ),
-        limit=1,
-    )
-    return bool(records)
+    def __init__(self, inst):
+        self.inst = inst
+
+    def finished(self, job: str, sha: str, since: float) -> bool:
+        import dagster as dg
+
+        records = self.inst.get_run_records(
+            dg.RunsFilter(
+                job_name=job,
+                tags={"coop/sha": sha},
+                statuses=[dg.DagsterRunStatus.SUCCESS],
+                created_after=_utc(since),
+            ),
+            limit=1,
+        )
+        return bool(records)
+
+    def follow(self, since: float, seen: dict[str, str], say: Say) -> None:
+        import dagster as dg
+
+        records = self.inst.get_run_records(
+            dg.RunsFilter(created_after=_utc(since)), limit=20, ascending=True
+        )
+        for record in records:
+            run = record.dagster_run
+            status = run.status.value
+            if seen.get(run.run_id) == status:
+                continue
+            seen[run.run_id] = status
+            label = run.tags.get("dagster/partition") or run.tags.get("coop/digest", "")
+            say(f"   {time.time() - since:5.1f} s  {run.job_name} {label[:19]}: {status}")
+            if run.status == dg.DagsterRunStatus.FAILURE:
+                raise LoopError(
+                    f"run {run.run_id} ({run.job_name}) failed:\n{_run_error(self.inst, run)}"
+                )
 
 
-def _follow_runs(inst, since: float, seen: dict[str, str], say: Say) -> None:
-    import dagster as dg
+class ApiRuns:
+    """The runs of the lab's own Dagster, through its GraphQL API (webhooks/dagster_api.py)."""
 
-    records = inst.get_run_records(
-        dg.RunsFilter(created_after=_utc(since)), limit=20, ascending=True
-    )
-    for record in records:
-        run = record.dagster_run
-        status = run.status.value
-        if seen.get(run.run_id) == status:
-            continue
-        seen[run.run_id] = status
-        label = run.tags.get("dagster/partition") or run.tags.get("coop/digest", "")
-        say(f"   {time.time() - since:5.1f} s  {run.job_name} {label[:19]}: {status}")
-        if run.status == dg.DagsterRunStatus.FAILURE:
-            raise LoopError(f"run {run.run_id} ({run.job_name}) failed:\n{_run_error(inst, run)}")
+    def __init__(self, api: DagsterApi):
+        self.api = api
+
+    def _since(self, since: float) -> list[RunRef]:
+        try:
+            return self.api.runs_since(since)
+        except DagsterApiError as err:
+            raise LoopError(str(err)) from None
+
+    def finished(self, job: str, sha: str, since: float) -> bool:
+        return any(
+            r.job == job and r.tag("coop/sha") == sha and r.status == "SUCCESS"
+            for r in self._since(since)
+        )
+
+    def follow(self, since: float, seen: dict[str, str], say: Say) -> None:
+        for run in reversed(self._since(since)):  # oldest first
+            if seen.get(run.run_id) == run.status:
+                continue
+            seen[run.run_id] = run.status
+            label = run.tag("dagster/partition") or run.tag("coop/digest") or ""
+            say(f"   {time.time() - since:5.1f} s  {run.job} {label[:19]}: {run.status}")
+            if run.status == "FAILURE":
+                why = self.api.failure(run.run_id) or "(see the run in the UI)"
+                raise LoopError(f"run {run.run_id} ({run.job}) failed:\n{why}")
 
 
 def _run_error(inst, run) -> str:

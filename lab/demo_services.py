@@ -78,16 +78,18 @@ class DemoServices:
         dagster_url: str,
         env: dict[str, str],
         listen: str | None = None,
+        dagster_login: list[str] = (),
     ) -> str:
         """The webhook endpoint, starting runs through `dagster_url`, on `listen` (HOST:PORT;
-        a free loopback port when None); its URL."""
+        a free loopback port when None); its URL. `dagster_login`: the endpoint's options for
+        a Dagster behind a login (the lab's own: `LabDagster.webhook_options`)."""
         running = self.url(WEBHOOKS)
         if running:
             return running
         listen = listen or f"127.0.0.1:{free_port()}"
         url = f"http://{listen}"
         argv = [BIN / "infra", "webhooks", "serve", "--listen", listen]
-        argv += ["--topology", topology_file, "--dagster-url", dagster_url]
+        argv += ["--topology", topology_file, "--dagster-url", dagster_url, *dagster_login]
         self.supervisor.start(
             WEBHOOKS,
             argv,

@@ -1,9 +1,11 @@
-"""`make demo` on the lab, end to end: `infra demo` on the tests' lab, in a subprocess, on the lab's
-Dagster instance. It runs the `main` job, starts the real `dagster-daemon` and the two sensors,
-makes the sample app's repo, pushes a commit and waits until web-staging-1 answers with it at its
-planned address (the repo's post-receive hook -> the webhook endpoint -> deliver_hello: the build
-on the agent, then the release on web-staging-1), then pushes a second one. Nothing else runs the
-sensors under the real daemon on the lab."""
+"""`make demo` on the lab, end to end: `infra demo` on the tests' lab, in a subprocess. It runs
+the `main` job on this machine's Dagster (the bootstrap: images, containers, keys, highstate,
+among them the `dagster` role on support-1), then hands the lab over to the lab's own Dagster:
+its delivery sensors turned on there, no daemon started here. It makes the sample app's repo,
+pushes a commit and waits until web-staging-1 answers with it at its planned address (the repo's
+post-receive hook -> the webhook endpoint -> deliver_hello in the lab's Dagster: the build on the
+agent, then the release on web-staging-1, run on support-1), then pushes a second one. The runs
+are read back through the lab's Dagster's GraphQL API, as its UI shows them."""
 
 from __future__ import annotations
 
@@ -19,6 +21,8 @@ import pytest
 from lab_env import LAB_NUMBER, LabEnv
 
 from lab.dagster_daemon import running_daemons
+from lab.demo_loop import SENSORS
+from lab.lab_dagster import lab_dagster
 from lab.processes import Supervisor, free_port
 from lab.site import app_site
 
@@ -26,6 +30,13 @@ pytestmark = [pytest.mark.slow, pytest.mark.lab]
 
 INFRA = str(Path(sys.executable).parent / "infra")
 RUN_KEY_TAG = "dagster/run_key"  # the tag Dagster gives a run a sensor asked for with a run_key
+
+RUNS = """query Runs($filter: RunsFilter!) { runsOrError(filter: $filter, limit: 50) {
+  ... on Runs { results { runId jobName status tags { key value } } } } }"""
+RELEASE = """{ assetOrError(assetKey: {path: ["release", "staging", "hello"]}) {
+  ... on Asset { assetMaterializations(limit: 1) { metadataEntries { label
+    ... on TextMetadataEntry { text } ... on FloatMetadataEntry { floatValue }
+    ... on MarkdownMetadataEntry { mdStr } } } } } }"""
 
 
 def test_make_demo_pushes_two_commits_to_live_on_the_lab_s_staging(lab_env: LabEnv):
@@ -36,6 +47,9 @@ def test_make_demo_pushes_two_commits_to_live_on_the_lab_s_staging(lab_env: LabE
         "DAGSTER_HOME": str(lab_env.dagster_home),
         "INFRA_TOPOLOGY": str(lab_env.topology_file),
     }
+    dagster = lab_dagster(lab_env.site)
+    assert dagster is not None
+    api = dagster.api()
     try:
         started = time.monotonic()
         out = subprocess.run(
@@ -49,6 +63,7 @@ def test_make_demo_pushes_two_commits_to_live_on_the_lab_s_staging(lab_env: LabE
         took = time.monotonic() - started
         log = out.stdout + out.stderr
         assert out.returncode == 0, log[-6000:]
+        assert f"the lab's Dagster on support-1 (https://10.{LAB_NUMBER}.12.1) takes over" in log
 
         # Two commits on the app's branch, each announced live on staging.
         work = lab_env.site.root / "git" / "work" / "hello"
@@ -65,62 +80,73 @@ def test_make_demo_pushes_two_commits_to_live_on_the_lab_s_staging(lab_env: LabE
         health = app_site(lab_env.site, "web-staging-1", "hello", "staging").get("/health").json()
         assert health == {"status": "ok", "app": "hello", "version": head}
 
-        # `infra lab status --json`: the live release, the previous one, the daemon.
+        # `infra lab status --json`: the live release, the previous one; the lab's Dagster, and
+        # no daemon of this machine's (one Dagster drives the lab).
         status = _status(env)
         staging = status["releases"]["hello"]["staging"]
         assert staging["sha"] == head and staging["digest"].startswith("sha256:")
         assert staging["previous"]["sha"] == first
-        assert status["dagster"]["daemon_running"] is True
-        assert status["dagster"]["dagster_home"] == str(lab_env.dagster_home)
-
-        # What ran: one deliver_hello run per pushed commit, started by the webhook endpoint
-        # under git_push_sensor's run key (<app>:<sha>), which released it; no release by the
-        # registry sensor of a digest those runs released. The repo's head before the demo may
-        # be delivered too, when the git sensor's first tick comes before the first push.
-        history = set(_git(work, "rev-list", "HEAD").split())
-        assert status["dagster"]["dagster-webserver"].startswith("http://127.0.0.1:")
+        assert status["dagster"]["daemon_running"] is False
+        assert not running_daemons(lab_env.dagster_home)
+        assert status["dagster_ui"][0]["url"] == f"https://10.{LAB_NUMBER}.12.1/"
         # on the lab's link, where the lab's registry sends its notifications
         assert status["dagster"]["webhooks"] == f"http://169.254.{LAB_NUMBER}.1:8700"
-        # (dagster.yaml names its storage relative to the working folder: lab_env.env() is in it)
-        with lab_env.env(), dg.DagsterInstance.from_config(str(lab_env.dagster_home)) as instance:
-            runs = instance.get_runs()
-            done = [(r.job_name, r.tags.get("coop/sha"), r.status.value) for r in runs]
-            delivered = [r for r in runs if r.job_name == "deliver_hello" and RUN_KEY_TAG in r.tags]
-            assert ("main", None, "SUCCESS") in done, done
-            shas = [r.tags["coop/sha"] for r in delivered]
-            assert len(shas) == len(set(shas)) and set(shas) <= history, done
-            for sha in (first, head):
-                [run] = [r for r in delivered if r.tags.get("coop/sha") == sha]
-                assert run.status == dg.DagsterRunStatus.SUCCESS, done
-                assert run.tags[RUN_KEY_TAG] == f"hello:{sha}"
-                assert run.tags["dagster/sensor_name"] == "git_push_sensor"
-                assert run.tags["coop/started_by"] == "webhook"
-            # (earlier tests of the session ran release_staging_hello for commits of their own)
-            by_sensor = [
-                r
-                for r in runs
-                if r.job_name == "release_staging_hello" and r.tags.get("coop/sha") in (first, head)
-            ]
-            assert not by_sensor, done
-            release = instance.get_latest_materialization_event(
-                dg.AssetKey(["release", "staging", "hello"])
-            )
-            meta = release.asset_materialization.metadata
-            assert meta["sha"].value == head and meta["digest"].value == staging["digest"]
-            # Each stage's seconds, from the push.
-            assert 0 < meta["push_to_live_s"].value < 120
-            assert "| build (app_image step) |" in meta["stages"].value
+        assert status["dagster"]["dagster-webserver"] is None  # none of this machine's
 
-        # `make dev` now starts the webserver only: one instance, one daemon.
+        # What ran, in the lab's Dagster: one deliver_hello run per pushed commit, started by
+        # the webhook endpoint under git_push_sensor's run key (<app>:<sha>), which released
+        # it; no release by the registry sensor of a digest those runs released. The repo's
+        # head before the demo may be delivered too, when the git sensor's first tick comes
+        # before the first push.
+        history = set(_git(work, "rev-list", "HEAD").split())
+        runs = api.query("the runs", RUNS, {"filter": {}})["runsOrError"]["results"]
+        done = [(r["jobName"], _tag(r, "coop/sha"), r["status"]) for r in runs]
+        delivered = [r for r in runs if r["jobName"] == "deliver_hello" and _tag(r, RUN_KEY_TAG)]
+        shas = [_tag(r, "coop/sha") for r in delivered]
+        assert len(shas) == len(set(shas)) and set(shas) <= history, done
+        for sha in (first, head):
+            [run] = [r for r in delivered if _tag(r, "coop/sha") == sha]
+            assert run["status"] == "SUCCESS", done
+            assert _tag(run, RUN_KEY_TAG) == f"hello:{sha}"
+            assert _tag(run, "dagster/sensor_name") == "git_push_sensor"
+            assert _tag(run, "coop/started_by") == "webhook"
+        by_sensor = [
+            r
+            for r in runs
+            if r["jobName"] == "release_staging_hello" and _tag(r, "coop/sha") in (first, head)
+        ]
+        assert not by_sensor, done
+        [release] = api.query("the release", RELEASE, {})["assetOrError"]["assetMaterializations"]
+        meta = {e["label"]: e for e in release["metadataEntries"]}
+        assert meta["sha"]["text"] == head and meta["digest"]["text"] == staging["digest"]
+        # Each stage's seconds, from the push.
+        assert 0 < meta["push_to_live_s"]["floatValue"] < 120
+        assert "| build (app_image step) |" in meta["stages"]["mdStr"]
+
+        # This machine's instance holds the bootstrap, and none of the deliveries.
+        with lab_env.env(), dg.DagsterInstance.from_config(str(lab_env.dagster_home)) as instance:
+            mine = [
+                (r.job_name, r.tags.get("coop/sha"), r.status.value) for r in instance.get_runs()
+            ]
+            assert ("main", None, "SUCCESS") in mine, mine
+            assert not [r for r in mine if r[1] in (first, head)], mine
+
+        # `make dev` now starts the webserver only: the lab's Dagster drives the lab.
         _check_make_dev_starts_only_the_webserver(lab_env, env)
         print(f"infra demo on the lab took {took:.0f} s")
     finally:
         stopped = stop_daemon(lab_env.site)
+        # The lab's sensors off again: the session's other tests release on their own.
+        for name in SENSORS:
+            api.stop_sensor(name)
     assert stopped and not running_daemons(lab_env.dagster_home)
 
 
+def _tag(run: dict, key: str) -> str | None:
+    return next((t["value"] for t in run["tags"] if t["key"] == key), None)
+
+
 def _check_make_dev_starts_only_the_webserver(lab_env: LabEnv, env: dict) -> None:
-    [daemon] = running_daemons(lab_env.dagster_home)
     run = lab_env.dagster_home / "dev-run"
     sup = Supervisor(run)
     log = run / "dev.log"
@@ -143,12 +169,10 @@ def _check_make_dev_starts_only_the_webserver(lab_env: LabEnv, env: dict) -> Non
         ready_timeout_s=30,
     )
     try:
-        assert (
-            f"A Dagster daemon already runs on this instance (pid {daemon.pid}" in log.read_text()
-        )
+        assert "The lab's own Dagster drives the lab (https://10." in log.read_text()
         words = cmdline().split()  # `infra dev` became the webserver (exec), not `dagster dev`
         assert Path(words[1]).name == "dagster-webserver" and "dev" not in words
-        assert running_daemons(lab_env.dagster_home) == [daemon]  # no second daemon
+        assert not running_daemons(lab_env.dagster_home)  # no daemon here
     finally:
         sup.stop("infra-dev", sig=2, timeout_s=20)
 

@@ -46,7 +46,31 @@ def webhooks() -> None:
     show_default=True,
     help="The Dagster webserver whose GraphQL API starts the runs ($INFRA_DAGSTER_URL).",
 )
-def serve(listen: str, topology_file: Path, dagster_url: str) -> None:
+@click.option(
+    "--dagster-account-file",
+    type=click.Path(path_type=Path),
+    envvar="INFRA_DAGSTER_ACCOUNT_FILE",
+    help="A file holding `<account>:<password>`: the login of a Dagster behind nginx (the"
+    " dagster role's) ($INFRA_DAGSTER_ACCOUNT_FILE).",
+)
+@click.option(
+    "--dagster-ca-file",
+    envvar="INFRA_DAGSTER_CA_FILE",
+    help="The certificate to check Dagster's against ($INFRA_DAGSTER_CA_FILE).",
+)
+@click.option(
+    "--dagster-route-device",
+    envvar="INFRA_DAGSTER_ROUTE_DEVICE",
+    help="Dagster is in a lab: send nothing unless the route to it goes through this link.",
+)
+def serve(
+    listen: str,
+    topology_file: Path,
+    dagster_url: str,
+    dagster_account_file: Path | None,
+    dagster_ca_file: str | None,
+    dagster_route_device: str | None,
+) -> None:
     """Serve POST /push/<app> until stopped. The signing key is `webhooks.secret` of the
     site's secrets file ($INFRA_SECRETS_FILE; the lab's own on a lab)."""
     from infra_assets.model import TopologyError, load_topology
@@ -67,7 +91,24 @@ def serve(listen: str, topology_file: Path, dagster_url: str) -> None:
     except (SecretsError, SiteError) as err:
         click.echo(f"infra webhooks serve: {err}", err=True)
         sys.exit(2)
-    pushes = PushHandler(topology_file.absolute(), DagsterApi(dagster_url))
+    auth = None
+    if dagster_account_file:
+        try:
+            account, _, password = dagster_account_file.read_text().strip().partition(":")
+        except OSError as err:
+            click.echo(f"infra webhooks serve: {dagster_account_file}: {err.strerror}", err=True)
+            sys.exit(2)
+        if not account or not password:
+            click.echo(
+                f"infra webhooks serve: {dagster_account_file}: must hold <account>:<password>",
+                err=True,
+            )
+            sys.exit(2)
+        auth = (account, password)
+    api = DagsterApi(
+        dagster_url, auth=auth, ca_file=dagster_ca_file, route_device=dagster_route_device
+    )
+    pushes = PushHandler(topology_file.absolute(), api)
     try:
         server = WebhookServer(address, secret=secret, pushes=pushes)
     except OSError as err:

@@ -78,6 +78,24 @@ mutation Start($selector: SensorSelector!) {
   }
 }"""
 
+SENSOR_ID = """
+query Sensor($selector: SensorSelector!) {
+  sensorOrError(sensorSelector: $selector) {
+    __typename
+    ... on Sensor { id }
+    ... on Error { message }
+  }
+}"""
+
+STOP_SENSOR = """
+mutation Stop($id: String!) {
+  stopSensor(id: $id) {
+    __typename
+    ... on StopSensorMutationResult { instigationState { status } }
+    ... on Error { message }
+  }
+}"""
+
 RUNS_SINCE = """
 query Runs($filter: RunsFilter!) {
   runsOrError(filter: $filter, limit: 20) {
@@ -145,6 +163,10 @@ class DagsterApi:
 
     def run_url(self, run_id: str) -> str:
         return f"{self.url}/runs/{run_id}"
+
+    def query(self, what: str, query: str, variables: dict[str, Any]) -> dict[str, Any]:
+        """Any GraphQL query or mutation: its `data` (DagsterApiError names `what` failed)."""
+        return self._call(what, query, variables)
 
     def _call(self, what: str, query: str, variables: dict[str, Any]) -> dict[str, Any]:
         if self.route_device:
@@ -259,6 +281,19 @@ class DagsterApi:
         if result.get("__typename") != "Sensor":
             raise self._refused(what, result)
         return result["sensorState"]["status"]
+
+    def stop_sensor(self, name: str) -> str:
+        """Turn sensor `name` off; its status."""
+        what = f"stop sensor {name}"
+        data = self._call(what, SENSOR_ID, {"selector": _sensor(name)})
+        result = data.get("sensorOrError") or {}
+        if result.get("__typename") != "Sensor":
+            raise self._refused(what, result)
+        data = self._call(what, STOP_SENSOR, {"id": result["id"]})
+        result = data.get("stopSensor") or {}
+        if result.get("__typename") != "StopSensorMutationResult":
+            raise self._refused(what, result)
+        return result["instigationState"]["status"]
 
     def runs_since(self, created_after: float) -> list[RunRef]:
         """The runs created after `created_after` (a timestamp), newest first (at most 20)."""
