@@ -85,6 +85,7 @@ def test_services_answer_at_their_planned_addresses(lab_env: LabEnv):
         ("web-production-1", "web-production", 80): None,
         ("pg-staging-1", "postgres-staging", 5432): "web-staging-1",
         ("pg-production-1", "postgres-production", 5432): "web-production-1",
+        ("support-1", "dagster", 443): None,  # the lab's own Dagster's UI (login required)
     }
     closed = []
     for (host, role, port), source in checks.items():
@@ -139,6 +140,7 @@ def test_the_lab_runs_the_cloud_s_states_only_the_data_differs(lab_env: LabEnv, 
     for location in data["locations"].values():
         location["cloud"] = "catalyst"
         location["number"] = 100
+    data["infra_repo"] = "https://git.example.coop/coop-infra.git"  # where the dagster role clones
     cloud = CloudSite(parse_topology(yaml.safe_dump(data), file="cloud.yaml"))
     secrets = load_secrets(lab_env.site.secrets_file(), lab_env.topo)
     cloud_pillars = render_pillars(cloud, secrets)
