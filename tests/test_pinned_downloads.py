@@ -200,8 +200,6 @@ def test_every_python_requirement_that_pip_downloads_carries_a_sha256():
         for line in lines:
             # (with the extras a dependency asks for: `gql[requests]==4.0.0 --hash=...`)
             pin = r"[a-z0-9-]+(\[[a-z0-9-]+(,[a-z0-9-]+)*\])?==[^ ]+( --hash=sha256:[0-9a-f]{64})+"
-            assert re.fullmatch(pin, line), (
-                f"{name}: {line[:80]}"
-            )
+            assert re.fullmatch(pin, line), f"{name}: {line[:80]}"
     setup = (REPO / "scripts" / "setup").read_text()
     assert setup.count("--require-hashes -r scripts/uv-requirements.txt") == 2
