@@ -340,7 +340,6 @@ def _dagster(b: Block) -> None:
             INFRA_REGISTRY_PASSWORD=client["password"],
             INFRA_REGISTRY_CA_FILE="/etc/dagster/registry-ca.pem",
         )
-    accounts = secrets.get("dagster", "accounts") if secrets is not None else {}
     repo, rev = site.infra_repo(host)
     b.pillar["dagster"] = {
         **_service(site, host, "dagster", "dagster"),
@@ -353,13 +352,46 @@ def _dagster(b: Block) -> None:
         "registry_ca": client["ca_cert"] if client else "",
         "secrets": yaml.safe_dump(secrets.data, sort_keys=True) if secrets is not None else "",
         "htpasswd": "".join(
-            bcrypt_htpasswd_line(user, accounts[user], purpose="dagster") + "\n"
-            for user in sorted(accounts)
+            bcrypt_htpasswd_line(user, password, purpose="dagster") + "\n"
+            for user, password in sorted(dagster_accounts(site, secrets).items())
         ),
         "tls": {
             "cert": _secret(secrets, "dagster", "tls", "cert"),
             "key": _secret(secrets, "dagster", "tls", "key"),
         },
+    }
+
+
+APP_ACCOUNT_PREFIX = "app-"  # the account of an app with `dagster: true`: app-<app>
+
+
+def dagster_accounts(site: Site, secrets: Secrets | None) -> dict[str, str]:
+    """Who may log in to the Dagster UI: the co-op's accounts, and each app with `dagster:
+    true` under an account of its own (app-<app>; a person's account of that name is refused
+    by the secrets' check)."""
+    if secrets is None:
+        return {}
+    accounts = dict(secrets.get("dagster", "accounts"))
+    for name, app in sorted(site.topo.apps.items()):
+        if app.dagster:
+            accounts[APP_ACCOUNT_PREFIX + name] = secrets.get("dagster", "app_accounts", name)
+    return accounts
+
+
+def dagster_api(site: Site, secrets: Secrets | None, app: str) -> dict[str, str]:
+    """What an app with `dagster: true` is given (as secrets): Dagster's URL, its account and
+    the UI's certificate to check it against."""
+    hosts = sorted(site.topo.hosts_with_role("dagster"))
+    if not hosts:
+        raise SiteError(
+            f"app {app!r} has `dagster: true`, and no host has the role dagster: add the role"
+            " to a support server, or remove the setting"
+        )
+    return {
+        "DAGSTER_URL": f"https://{site.reach(hosts[0], 'dagster')}",
+        "DAGSTER_ACCOUNT": APP_ACCOUNT_PREFIX + app,
+        "DAGSTER_PASSWORD": _secret(secrets, "dagster", "app_accounts", app),
+        "DAGSTER_CA": _secret(secrets, "dagster", "tls", "cert"),
     }
 
 
@@ -411,17 +443,22 @@ def firewall_rules(site: Site, host: str) -> dict[str, Any]:
 
 
 def containers_reach(site: Site, host: str) -> list[dict[str, Any]]:
-    """The services `host`'s containers alone may connect to (its roles' `containers_reach`):
-    [{role, address, port}], each service of each host with a listed role."""
+    """The services `host`'s containers alone may connect to (its roles' `containers_reach`,
+    and on a web host Dagster's UI when an app has `dagster: true`): [{role, address, port}],
+    each service of each host with a listed role."""
     catalogue = role_catalogue()
     reach: dict[tuple[str, int], dict[str, Any]] = {}
-    for role in site.topo.hosts[host].roles:
-        spec = catalogue.roles.get(role)
-        for target in spec.containers_reach if spec else ():
-            service = catalogue.roles[target].service
-            for other in sorted(site.topo.hosts_with_role(target)):
-                address, port = site.reach(other, target), site.port(other, service)
-                reach[(address, port)] = {"role": target, "address": address, "port": port}
+    roles = site.topo.hosts[host].roles
+    targets = [t for r in roles if (spec := catalogue.roles.get(r)) for t in spec.containers_reach]
+    if any(app.dagster for app in site.topo.apps.values()) and any(
+        r.startswith("web-") for r in roles
+    ):  # an app asks for Dagster's API (a chat-ops bot): the UI's port, behind its login
+        targets.append("dagster")
+    for target in targets:
+        service = catalogue.roles[target].service
+        for other in sorted(site.topo.hosts_with_role(target)):
+            address, port = site.reach(other, target), site.port(other, service)
+            reach[(address, port)] = {"role": target, "address": address, "port": port}
     return [reach[k] for k in sorted(reach, key=lambda k: (_address_key(k[0]), k[1]))]
 
 
@@ -624,6 +661,8 @@ def _app(site: Site, secrets: Secrets | None, host: str, name: str, env: str) ->
         }
         block["database"] = database
         block["secrets"]["DATABASE_URL"] = database_url(database)
+    if app.dagster:
+        block["secrets"].update(dagster_api(site, secrets, name))
     return block
 
 

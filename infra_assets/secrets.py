@@ -19,6 +19,7 @@
     dagster:                       # when a host has the role dagster (salt/dagster)
       postgres_password: ...       # its instance's database role (on the production postgres)
       accounts: {alice: ...}       # who may open the UI: name -> password (basic auth, TLS)
+      app_accounts: {deploybot: ...}  # per app with `dagster: true`: its account (app-<app>)
       tls: {cert: PEM, key: PEM}   # the UI's certificate (self-signed or from the co-op's CA)
     salt:                          # the lab and the cloud: how Dagster reaches the master
       api:                         # salt-api (rest_cherrypy) on the salt-master host
@@ -160,6 +161,10 @@ def required_keys(topo: Topology) -> list[tuple[str, ...]]:
     if topo.hosts_with_role("dagster"):
         keys += [("dagster", "postgres_password"), ("dagster", "tls", "cert")]
         keys.append(("dagster", "tls", "key"))
+        # an account of its own for each app that asks for Dagster's API (a chat-ops bot)
+        keys += [
+            ("dagster", "app_accounts", name) for name, app in topo.apps.items() if app.dagster
+        ]
     return keys
 
 
@@ -182,7 +187,12 @@ def _accounts_problems(data: dict, topo: Topology) -> list[str]:
         return ["dagster.accounts: must be a mapping of account name -> password, at least one"]
     problems = []
     for name, password in accounts.items():
-        if not isinstance(name, str) or not ACCOUNT_NAME.match(name):
+        if isinstance(name, str) and name.startswith("app-"):
+            problems.append(
+                f"dagster.accounts: {name[:32]!r}: names starting with app- are the apps' (an app"
+                " with `dagster: true` logs in as app-<app>): name the person otherwise"
+            )
+        elif not isinstance(name, str) or not ACCOUNT_NAME.match(name):
             problems.append(
                 f"dagster.accounts: {str(name)[:32]!r} is not an account name (a-z, 0-9, . _ -;"
                 " a letter first; at most 32)"
@@ -432,6 +442,8 @@ def _why(key: tuple[str, ...]) -> str:
         return f"app {key[1]!r} names {key[3]} among its secrets, and {key[2]} has web hosts"
     if key[0] == "salt":
         return "a host has the role salt-master (salt-api, how Dagster reaches it)"
+    if key[:2] == ("dagster", "app_accounts"):
+        return f"app {key[2]!r} has `dagster: true` (its account of Dagster's UI)"
     if key[0] == "dagster":
         return "a host has the role dagster (its instance's database, its UI's certificate)"
     return "a host has the role jenkins-master"

@@ -187,6 +187,13 @@ class App(_Strict):
         " postgres host (its password: the secrets' postgres.<app>.<environment>), given to the"
         " app as DATABASE_URL (TLS required).",
     )
+    dagster: bool = Field(
+        default=False,
+        description="Dagster's GraphQL API for the app (a chat-ops bot): DAGSTER_URL, an account"
+        " of its own (DAGSTER_ACCOUNT app-<app>, DAGSTER_PASSWORD: the secrets'"
+        " dagster.app_accounts.<app>) and DAGSTER_CA, given as secrets; its containers may"
+        " reach the dagster role's UI. Needs a host with the role dagster.",
+    )
     env: dict[EnvName, EnvSetting] = Field(
         default_factory=dict,
         description="Plain settings: NAME: value for both environments, or NAME: {staging:"

@@ -1,0 +1,129 @@
+"""The `dagster` role's data (salt/dagster; infra_assets/pillar.py): what support-1's pillar gives
+the Dagster it runs, its instance's database on the production postgres host, the UI's accounts,
+and what an app with `dagster: true` (a chat-ops bot) is given. The role running for real is
+tests/test_lab_dagster.py's."""
+
+from __future__ import annotations
+
+import bcrypt
+import pytest
+import yaml
+
+from infra_assets.model import parse_topology
+from infra_assets.pillar import render_pillars
+from infra_assets.secrets import SecretsError, ensure_secrets, load_secrets, required_keys
+from infra_assets.sites import SiteError, site_for
+
+
+def _coop(repo_root, **app_settings):
+    data = yaml.safe_load((repo_root / "topology.yaml").read_text())
+    if app_settings:
+        data["apps"]["deploybot"] = {
+            "repo": "https://git.example.coop/deploybot.git",
+            "port": 8010,
+            "health": "/health",
+            **app_settings,
+        }
+    return parse_topology(yaml.safe_dump(data), file="topology.yaml")
+
+
+def test_support_1_runs_dagster_on_the_production_postgres_behind_a_login(repo_root, tmp_path):
+    topo = _coop(repo_root)
+    secrets = ensure_secrets(tmp_path / "secrets.yaml", topo)
+    pillars = render_pillars(site_for(topo), secrets)
+    dg = pillars["support-1"]["dagster"]
+    assert (dg["listen"], dg["port"]) == ("10.100.12.1", 443)
+    assert (dg["repo"], dg["rev"]) == ("https://git.example.coop/coop-infra.git", "main")
+    password = secrets.get("dagster", "postgres_password")
+    assert dg["env"]["DAGSTER_PG_URL"] == (
+        f"postgresql+psycopg2://dagster:{password}@10.100.8.1:5432/dagster?sslmode=require"
+    )
+    assert dg["env"]["INFRA_RUNS_ON"] == "support-1"
+    assert dg["env"]["INFRA_SALT_API_URL"] == "https://10.100.1.1:8000"
+    # the UI's accounts as bcrypt hashes only
+    [(name, value)] = secrets.get("dagster", "accounts").items()
+    [line] = dg["htpasswd"].splitlines()
+    user, hashed = line.split(":", 1)
+    assert user == name and bcrypt.checkpw(value.encode(), hashed.encode())
+    assert value not in dg["htpasswd"]
+    # its database on pg-production-1, for the Dagster host alone
+    db = pillars["pg-production-1"]["postgres"]["databases"]["dagster"]
+    assert db["owner"] == "dagster" and db["password"] == password
+    assert db["clients"] == ["10.100.8.1", "10.100.1.1"]
+    assert "dagster" not in pillars["pg-staging-1"]["postgres"]["databases"]
+    # nobody else gets the secrets file or the database's password
+    for host, pillar in pillars.items():
+        if host not in ("support-1", "pg-production-1"):
+            assert password not in yaml.safe_dump(pillar), host
+
+
+def test_a_topology_with_the_role_and_no_production_postgres_is_a_clear_error(repo_root, tmp_path):
+    data = yaml.safe_load((repo_root / "topology.yaml").read_text())
+    del data["hosts"]["pg-production-1"]
+    topo = parse_topology(yaml.safe_dump(data), file="topology.yaml")
+    secrets = ensure_secrets(tmp_path / "secrets.yaml", topo)
+    with pytest.raises(SiteError, match="support-1 has the role dagster, whose instance is a"):
+        render_pillars(site_for(topo), secrets)
+
+
+def test_a_cloud_topology_with_the_role_names_its_repository(repo_root, tmp_path):
+    data = yaml.safe_load((repo_root / "topology.yaml").read_text())
+    del data["infra_repo"]
+    topo = parse_topology(yaml.safe_dump(data), file="topology.yaml")
+    secrets = ensure_secrets(tmp_path / "secrets.yaml", topo)
+    with pytest.raises(SiteError, match="set `infra_repo` in the topology"):
+        render_pillars(site_for(topo), secrets)
+
+
+def test_an_app_with_dagster_true_gets_the_api_an_account_and_the_way_there(repo_root, tmp_path):
+    topo = _coop(repo_root, dagster=True)
+    assert ("dagster", "app_accounts", "deploybot") in required_keys(topo)
+    secrets = ensure_secrets(tmp_path / "secrets.yaml", topo)
+    pillars = render_pillars(site_for(topo), secrets)
+    given = pillars["web-staging-1"]["apps"]["deploybot"]["secrets"]
+    assert given["DAGSTER_URL"] == "https://10.100.12.1"
+    assert given["DAGSTER_ACCOUNT"] == "app-deploybot"
+    assert given["DAGSTER_PASSWORD"] == secrets.get("dagster", "app_accounts", "deploybot")
+    assert given["DAGSTER_CA"] == secrets.get("dagster", "tls", "cert")
+    assert "DAGSTER_URL" not in pillars["web-staging-1"]["apps"]["hello"]["secrets"]
+    # its account opens the UI (a bcrypt line of its own), and its containers may reach it
+    lines = dict(line.split(":", 1) for line in pillars["support-1"]["dagster"]["htpasswd"].split())
+    assert bcrypt.checkpw(given["DAGSTER_PASSWORD"].encode(), lines["app-deploybot"].encode())
+    for host in ("web-staging-1", "web-production-1"):
+        reach = pillars[host]["firewall"]["containers_reach"]
+        assert {"role": "dagster", "address": "10.100.12.1", "port": 443} in reach, host
+    assert not any(
+        r["role"] == "dagster" for r in pillars["support-2"]["firewall"]["containers_reach"]
+    )
+    # without such an app, no web host's containers reach it
+    plain = render_pillars(site_for(_coop(repo_root)), ensure_secrets(tmp_path / "s2.yaml",
+                                                                        _coop(repo_root)))  # fmt: skip
+    assert not any(
+        r["role"] == "dagster" for r in plain["web-staging-1"]["firewall"]["containers_reach"]
+    )
+
+
+def test_a_person_s_account_may_not_take_an_app_s_name(repo_root, tmp_path):
+    topo = _coop(repo_root)
+    path = tmp_path / "secrets.yaml"
+    ensure_secrets(path, topo)
+    data = yaml.safe_load(path.read_text())
+    data["dagster"]["accounts"] = {"app-deploybot": "a-password", "Bad Name": "x", "ok": ""}
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(SecretsError) as err:
+        load_secrets(path, topo)
+    text = str(err.value)
+    assert "dagster.accounts: 'app-deploybot': names starting with app- are the apps'" in text
+    assert "dagster.accounts: 'Bad Name' is not an account name" in text
+    assert "dagster.accounts.ok: must be a non-empty string" in text
+    assert "a-password" not in text
+
+
+def test_an_app_with_dagster_true_needs_the_role(repo_root, tmp_path):
+    data = yaml.safe_load((repo_root / "topology.yaml").read_text())
+    data["hosts"]["support-1"]["roles"].remove("dagster")
+    data["apps"]["hello"]["dagster"] = True
+    topo = parse_topology(yaml.safe_dump(data), file="topology.yaml")
+    secrets = ensure_secrets(tmp_path / "secrets.yaml", topo)
+    with pytest.raises(SiteError, match="app 'hello' has `dagster: true`, and no host has the"):
+        render_pillars(site_for(topo), secrets)
