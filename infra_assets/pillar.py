@@ -341,6 +341,7 @@ def _dagster(b: Block) -> None:
             INFRA_REGISTRY_CA_FILE="/etc/dagster/registry-ca.pem",
         )
     repo, rev = site.infra_repo(host)
+    salt_key = _secret(secrets, "dagster", "postgres_password")  # a secret of the site's own
     b.pillar["dagster"] = {
         **_service(site, host, "dagster", "dagster"),
         "names": [*_dagster_ui_names(site, host)],
@@ -352,7 +353,7 @@ def _dagster(b: Block) -> None:
         "registry_ca": client["ca_cert"] if client else "",
         "secrets": yaml.safe_dump(secrets.data, sort_keys=True) if secrets is not None else "",
         "htpasswd": "".join(
-            bcrypt_htpasswd_line(user, password, purpose="dagster") + "\n"
+            bcrypt_htpasswd_line(user, password, purpose="dagster", key=salt_key) + "\n"
             for user, password in sorted(dagster_accounts(site, secrets).items())
         ),
         "tls": {
@@ -508,15 +509,24 @@ def secret_paths(pillar: Any, secrets: Secrets, prefix: str = "") -> list[str]:
     return found
 
 
-def bcrypt_htpasswd_line(user: str, password: str, *, purpose: str = "registry") -> str:
+def bcrypt_htpasswd_line(
+    user: str, password: str, *, purpose: str = "registry", key: str | None = None
+) -> str:
     """`user:$2b$...` for Docker Distribution's htpasswd auth (bcrypt only), or nginx's.
 
     The salt is derived from the user and password, so the line is the same on every run (the
     state changes nothing until a password does) and the pillar never holds the password itself.
+    With `key` (a secret), the salt is an HMAC with it: a salt derived from the password alone
+    would let a guess be tested at HMAC's speed, not bcrypt's (the registry's passwords are
+    random tokens; people choose the UI's).
     """
     import bcrypt
 
-    raw = hmac.new(password.encode(), f"coop-infra {purpose} {user}".encode(), hashlib.sha256)
+    if key:
+        message = f"coop-infra {purpose} {user} {password}"
+        raw = hmac.new(key.encode(), message.encode(), hashlib.sha256)
+    else:
+        raw = hmac.new(password.encode(), f"coop-infra {purpose} {user}".encode(), hashlib.sha256)
     salt = _bcrypt_b64(raw.digest()[:16])
     hashed = bcrypt.hashpw(password.encode(), b"$2b$10$" + salt)
     return f"{user}:{hashed.decode()}"
@@ -661,7 +671,9 @@ def _app(site: Site, secrets: Secrets | None, host: str, name: str, env: str) ->
         }
         block["database"] = database
         block["secrets"]["DATABASE_URL"] = database_url(database)
-    if app.dagster:
+    if app.dagster and env == "production":
+        # production's alone: the account can start any job, and staging runs what is not
+        # yet trusted
         block["secrets"].update(dagster_api(site, secrets, name))
     return block
 

@@ -165,13 +165,17 @@ class Site(ABC):
 
     def infra_repo(self, host: str) -> tuple[str, str]:
         """Where the dagster role's `host` clones this repository from, and the revision it
-        checks out: the topology's `infra_repo`, at `main`."""
+        checks out: the topology's `infra_repo`, at the commit this Dagster runs (the one that
+        applies it: never whatever `main` holds when the highstate runs, unreviewed)."""
         if not self.topo.infra_repo:
             raise SiteError(
                 f"{host} has the role dagster, which runs from a checkout of this repository:"
                 " set `infra_repo` in the topology to the git URL it clones"
             )
-        return self.topo.infra_repo, "main"
+        head = _git_head()
+        if not head:
+            raise SiteError(f"{REPO_ROOT}: no commit checked out, for the dagster role to run")
+        return self.topo.infra_repo, head
 
     def address(self, host: str, role: str) -> str:
         """The planned address of `host` for `role` (its primary one for an untyped role)."""

@@ -91,6 +91,10 @@ def run_loop(topology_file: Path, site: LabSite, say, *, rounds: int = 2) -> int
         env = {"INFRA_TOPOLOGY": str(Path(topology_file).absolute())}
         dagster = lab_dagster(site)  # the lab's own, when a host has the role dagster
         if dagster is not None:
+            # nothing of this machine's may drive the lab beside it: a daemon or an endpoint
+            # an earlier demo (without the role) left running
+            for stopped in stop_daemon(site):
+                say(f"   stopped {stopped}: the lab's Dagster drives the lab")
             hand_over(dagster, say)
         else:
             start_daemon_and_sensors(demo_daemon(site), env, say)

@@ -414,7 +414,10 @@ class ApiRuns:
             label = run.tag("dagster/partition") or run.tag("coop/digest") or ""
             say(f"   {time.time() - since:5.1f} s  {run.job} {label[:19]}: {run.status}")
             if run.status == "FAILURE":
-                why = self.api.failure(run.run_id) or "(see the run in the UI)"
+                try:
+                    why = self.api.failure(run.run_id) or "(see the run in the UI)"
+                except DagsterApiError as err:
+                    why = f"(its events could not be read: {err})"
                 raise LoopError(f"run {run.run_id} ({run.job}) failed:\n{why}")
 
 

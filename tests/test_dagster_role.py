@@ -5,12 +5,14 @@ tests/test_lab_dagster.py's."""
 
 from __future__ import annotations
 
+import subprocess
+
 import bcrypt
 import pytest
 import yaml
 
 from infra_assets.model import parse_topology
-from infra_assets.pillar import render_pillars
+from infra_assets.pillar import bcrypt_htpasswd_line, render_pillars
 from infra_assets.secrets import SecretsError, ensure_secrets, load_secrets, required_keys
 from infra_assets.sites import SiteError, site_for
 
@@ -33,19 +35,25 @@ def test_support_1_runs_dagster_on_the_production_postgres_behind_a_login(repo_r
     pillars = render_pillars(site_for(topo), secrets)
     dg = pillars["support-1"]["dagster"]
     assert (dg["listen"], dg["port"]) == ("10.100.12.1", 443)
-    assert (dg["repo"], dg["rev"]) == ("https://git.example.coop/coop-infra.git", "main")
+    # the commit this Dagster runs (it applies it), never what main holds when it highstates
+    head = subprocess.run(["git", "-C", str(repo_root), "rev-parse", "HEAD"], capture_output=True,
+                          text=True, check=True).stdout.strip()  # fmt: skip
+    assert (dg["repo"], dg["rev"]) == ("https://git.example.coop/coop-infra.git", head)
     password = secrets.get("dagster", "postgres_password")
     assert dg["env"]["DAGSTER_PG_URL"] == (
         f"postgresql+psycopg2://dagster:{password}@10.100.8.1:5432/dagster?sslmode=require"
     )
     assert dg["env"]["INFRA_RUNS_ON"] == "support-1"
     assert dg["env"]["INFRA_SALT_API_URL"] == "https://10.100.1.1:8000"
-    # the UI's accounts as bcrypt hashes only
+    # nginx's htpasswd holds bcrypt hashes, with a salt keyed by a secret of the site's (not
+    # derived from the password alone); the passwords are in the secrets file this Dagster reads
     [(name, value)] = secrets.get("dagster", "accounts").items()
     [line] = dg["htpasswd"].splitlines()
     user, hashed = line.split(":", 1)
     assert user == name and bcrypt.checkpw(value.encode(), hashed.encode())
     assert value not in dg["htpasswd"]
+    assert hashed != bcrypt_htpasswd_line(name, value, purpose="dagster").split(":", 1)[1]
+    assert yaml.safe_load(dg["secrets"]) == secrets.data
     # its database on pg-production-1, for the Dagster host alone
     db = pillars["pg-production-1"]["postgres"]["databases"]["dagster"]
     assert db["owner"] == "dagster" and db["password"] == password
@@ -80,12 +88,14 @@ def test_an_app_with_dagster_true_gets_the_api_an_account_and_the_way_there(repo
     assert ("dagster", "app_accounts", "deploybot") in required_keys(topo)
     secrets = ensure_secrets(tmp_path / "secrets.yaml", topo)
     pillars = render_pillars(site_for(topo), secrets)
-    given = pillars["web-staging-1"]["apps"]["deploybot"]["secrets"]
+    # production's alone: the account can start any job, and staging runs what is not yet trusted
+    assert "DAGSTER_PASSWORD" not in pillars["web-staging-1"]["apps"]["deploybot"]["secrets"]
+    given = pillars["web-production-1"]["apps"]["deploybot"]["secrets"]
     assert given["DAGSTER_URL"] == "https://10.100.12.1"
     assert given["DAGSTER_ACCOUNT"] == "app-deploybot"
     assert given["DAGSTER_PASSWORD"] == secrets.get("dagster", "app_accounts", "deploybot")
     assert given["DAGSTER_CA"] == secrets.get("dagster", "tls", "cert")
-    assert "DAGSTER_URL" not in pillars["web-staging-1"]["apps"]["hello"]["secrets"]
+    assert "DAGSTER_URL" not in pillars["web-production-1"]["apps"]["hello"]["secrets"]
     # its account opens the UI (a bcrypt line of its own), and its containers may reach it
     lines = dict(line.split(":", 1) for line in pillars["support-1"]["dagster"]["htpasswd"].split())
     assert bcrypt.checkpw(given["DAGSTER_PASSWORD"].encode(), lines["app-deploybot"].encode())

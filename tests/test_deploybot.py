@@ -1,7 +1,9 @@
-"""deploybot (apps/deploybot/app.py), the chat-ops bot, run as its image runs it: `python3
-app.py` in a process of its own on loopback, against a real dagster-webserver and dagster-daemon
-on an instance of the test's own, loading the project's code location (workspace.yaml) on a
-cloud topology with the app `hello`. The bot talks to Dagster through its GraphQL API alone.
+"""deploybot (apps/deploybot/app.py), the chat-ops bot: `python3 app.py` (its image's command) in
+a process of its own on loopback, against a real dagster-webserver and dagster-daemon on an
+instance of the test's own, loading the project's code location (workspace.yaml) on a cloud
+topology with the app `hello`. The bot talks to Dagster through its GraphQL API alone, here over
+plain HTTP to the webserver itself: the dagster role's nginx, its login and its certificate are
+on the lab's path (tests/test_lab_dagster.py tests them; the bot behind them: not yet).
 
 Each refusal is tested (a bad or missing signature, an old, future or replayed request, an
 unknown user, app or command), and then that none of them started anything: 0 runs by the bot.
@@ -186,6 +188,15 @@ def test_every_refusal_starts_nothing(bot: Bot, dagster: str):
         assert answer.json()["response_type"] == "ephemeral", why  # said to the asker only
     assert "may not deploy" in answers["unknown user"].json()["text"]
     assert "unknown app 'nothello' (the bot deploys hello)" in answers["unknown app"].json()["text"]
+    # A body with no length, a negative one or too long a one is not read.
+    for length in ("", "-1", str(64 * 1024 + 1)):
+        raw = requests.Request("POST", f"{bot.url}/slack/commands", data=b"x").prepare()
+        raw.headers["Content-Length"] = length
+        if not length:
+            del raw.headers["Content-Length"]
+        with requests.Session() as s:
+            status = s.send(raw, timeout=10).status_code
+        assert status in (411, 413), (length, status)
     # 0 commands accepted from the refused set: nothing was started in Dagster.
     assert _bot_runs(dagster) == []
 
@@ -223,6 +234,15 @@ def test_a_promote_answers_at_once_and_posts_the_run_s_failure_later(
     print(message.body["text"])
     assert message.body["response_type"] == "in_channel"
     assert "\nrelease__production__hello: release/production/hello: " in message.body["text"]
+
+    # A rollback of staging: the rollback_staging job, on hello's staging release alone, with
+    # its op's rollback config.
+    answer = bot.post("rollback hello staging", response_url=chat_receiver.url)
+    assert answer.status_code == 200, answer.text
+    run_id = answer.json()["text"].rsplit(" ", 1)[1]
+    [run] = [r for r in _bot_runs(dagster) if r.run_id == run_id]
+    assert run.job == "rollback_staging"
+    chat_receiver.wait_for(f"rollback of hello on staging: failure (run {run_id})", timeout_s=240)
 
     # A status answers at once, from Dagster's records.
     status = bot.post("status hello")

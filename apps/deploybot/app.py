@@ -317,6 +317,7 @@ def handle(form: dict[str, str]) -> dict:
 
 class Handler(BaseHTTPRequestHandler):
     server_version = f"{NAME}/{VERSION[:12]}"
+    timeout = 10  # a client that sends slowly is let go
 
     def do_GET(self) -> None:  # noqa: N802 - the http.server API
         if self.path.split("?", 1)[0] == "/health":
@@ -327,9 +328,12 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # noqa: N802
         if self.path.split("?", 1)[0] != "/slack/commands":
             return self._json(404, {"error": "not found"})
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_BODY:
-            return self._json(413, {"error": "too large"})
+        try:
+            length = int(self.headers.get("Content-Length") or "")
+        except ValueError:
+            return self._json(411, {"error": "a Content-Length is needed"})
+        if not 0 <= length <= MAX_BODY:
+            return self._json(413, {"error": f"the body must be 0 to {MAX_BODY} bytes"})
         body = self.rfile.read(length)
         refused = check_request(self.headers, body, time.time())
         if refused:

@@ -7,7 +7,10 @@
 
     The UI: the webserver listens on 127.0.0.1:3000 only; nginx serves it on the role's address
     (port 443) with TLS (the certificate and key from the secrets) and a login (HTTP basic auth:
-    the co-op's accounts from the secrets, as bcrypt hashes; the passwords never reach this host).
+    the co-op's accounts, as bcrypt hashes in nginx's htpasswd; the passwords themselves are in
+    the secrets file this Dagster reads, /etc/dagster/secrets.yaml, the dagster user's alone);
+    requests from another site's pages are refused (cross-site request forgery), and an app's
+    account (app-<app>) may only POST to /graphql.
 
     The code location gets its settings from /etc/dagster/env (0600, root; systemd reads it):
     the topology file (the checkout's, or the lab's as the pillar gives it), the instance's
@@ -188,10 +191,9 @@ dagster-env:
       - file: dagster-etc
 
 dagster-instance:
-  file.copy:
+  file.managed:
     - name: {{ home }}/dagster.yaml
     - source: {{ checkout }}/dagster.postgres.yaml
-    - force: True
     - user: dagster
     - mode: '0644'
     - require:
@@ -252,9 +254,28 @@ dagster-nginx-key:
   file.managed:
     - name: /etc/nginx/dagster/ui.key
     - contents_pillar: dagster:tls:key
-    - mode: '0640'
-    - group: www-data
+    - mode: '0600'
     - show_changes: False
+    - require:
+      - file: dagster-nginx-dir
+
+dagster-nginx-proxy:
+  file.managed:
+    - name: /etc/nginx/dagster/proxy.conf
+    - mode: '0644'
+    - contents: |
+        # Managed by salt (salt/dagster): how nginx passes a request to the webserver.
+        proxy_pass http://127.0.0.1:3000;
+        proxy_http_version 1.1;
+        # The UI's live updates (GraphQL subscriptions) are websockets.
+        proxy_set_header Upgrade $http_upgrade;
+        proxy_set_header Connection $http_connection;
+        proxy_set_header Host $host;
+        proxy_set_header X-Forwarded-For $remote_addr;
+        proxy_set_header X-Forwarded-Proto https;
+        # The login stays here: the webserver never sees the account's password.
+        proxy_set_header Authorization "";
+        proxy_read_timeout 300s;
     - require:
       - file: dagster-nginx-dir
 
@@ -268,19 +289,23 @@ dagster-nginx-site:
       - file: dagster-nginx-htpasswd
       - file: dagster-nginx-cert
       - file: dagster-nginx-key
+      - file: dagster-nginx-proxy
       - file: dagster-nginx-default-site
 
-{#- nginx -t before a restart: a broken site never replaces a working one. #}
+{#- nginx -t before a restart: a broken site fails the highstate here, and the running nginx
+    keeps serving the last good one (until it is restarted). #}
 dagster-nginx-check:
   cmd.run:
     - name: nginx -t -q
     - onchanges:
       - file: dagster-nginx-site
+      - file: dagster-nginx-proxy
       - file: dagster-nginx-cert
       - file: dagster-nginx-key
 
 {{ daemon('dagster-nginx', 'nginx',
-          watch=[{'file': 'dagster-nginx-site'}, {'file': 'dagster-nginx-htpasswd'},
+          watch=[{'file': 'dagster-nginx-site'}, {'file': 'dagster-nginx-proxy'},
+                 {'file': 'dagster-nginx-htpasswd'},
                  {'file': 'dagster-nginx-cert'}, {'file': 'dagster-nginx-key'}],
           on_change='restart', host=dg['listen'], port=dg['port'],
           require=[{'cmd': 'dagster-nginx-check'}]) }}
