@@ -74,6 +74,15 @@ def test_status_says_where_the_ui_is_and_it_asks_for_an_account(lab_env: LabEnv,
     name = sorted(accounts)[0]
     assert UI(lab_env, (name, "not-the-password")).request("GET", "/").status_code == 401
     assert UI(lab_env, ("nobody", accounts[name])).request("GET", "/").status_code == 401
+    # Logged in, but asked by another site's page (cross-site request forgery): refused.
+    ui = UI(lab_env, (name, accounts[name]))
+    query = {"json": {"query": "{ version }"}}
+    assert ui.request("POST", "/graphql", **query).status_code == 200
+    evil = ui.request("POST", "/graphql", headers={"Origin": "https://evil.example"}, **query)
+    assert evil.status_code == 403
+    cross = ui.request("POST", "/graphql", headers={"Sec-Fetch-Site": "cross-site"}, **query)
+    assert cross.status_code == 403
+    assert ui.request("GET", "/graphql", params={"query": "{ version }"}).status_code == 403
     # Over plain HTTP, nothing is served (nginx listens for TLS only on 443; 80 is closed).
     with pytest.raises(requests.exceptions.ConnectionError):
         UI(lab_env, None).http.get(f"http://10.{LAB_NUMBER}.12.1/", timeout=5)
