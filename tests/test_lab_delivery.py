@@ -291,7 +291,8 @@ def test_the_git_daemon_serves_the_lab_read_only(lab_env: LabEnv, hello):
     with lab_env.env():
         status = site.status(lab_env.topology_file)
     daemon = status["git_daemon"][str(LAB_NUMBER)]
-    assert daemon["running"] and daemon["repos"] == [f"{APP}.git"]
+    # the app's repo, and this repository (the dagster role's checkout on support-1)
+    assert daemon["running"] and daemon["repos"] == sorted([f"{APP}.git", "coop-infra.git"])
     url = f"git://169.254.{LAB_NUMBER}.1/{APP}.git"
     heads = git("ls-remote", url, "refs/heads/main")
     assert heads.split()[0] == git("rev-parse", "HEAD", cwd=hello.work)
