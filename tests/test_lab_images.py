@@ -383,6 +383,7 @@ def test_the_images_asset_on_a_lab_topology_is_the_lab_image_by_its_id(lab, podm
         "docker-registry",
         "npm-cache",
         "pypi-cache",
+        "dagster",
         "dns",
     ]
     tree = REPO / "salt"
