@@ -26,7 +26,13 @@ from typing import Any
 import yaml
 
 from infra_assets.model import ENVIRONMENTS
-from infra_assets.roles import DAGSTER_SOURCE, HOSTS_SOURCE, RoleCatalogueError, role_catalogue
+from infra_assets.roles import (
+    DAGSTER_HOSTS_SOURCE,
+    DAGSTER_SOURCE,
+    HOSTS_SOURCE,
+    RoleCatalogueError,
+    role_catalogue,
+)
 from infra_assets.salt_keys import MASTER, KeyStore
 from infra_assets.secrets import (
     PULL_ACCOUNTS,
@@ -469,6 +475,10 @@ def guarded_sources(site: Site, sources: Iterable[str]) -> list[str]:
     for source in sources:
         if source == DAGSTER_SOURCE:
             addresses += site.dagster_sources()
+        elif source == DAGSTER_HOSTS_SOURCE:
+            addresses += [
+                site.plan.primary(h).address for h in site.topo.hosts_with_role("dagster")
+            ]
         elif source == HOSTS_SOURCE:
             addresses += [site.plan.primary(h).address for h in site.topo.hosts]
         else:

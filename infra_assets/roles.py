@@ -35,6 +35,9 @@ CHECK_NAME = re.compile(r"\A[a-z][a-z0-9_]{0,40}\Z")
 DAGSTER_SOURCE = "dagster"
 # ... and every host of the topology (the salt master's ports: every minion).
 HOSTS_SOURCE = "hosts"
+# ... and the hosts with the role dagster alone (its instance's database): not this machine's
+# Dagster in a lab, nor the master's host where no host has the role.
+DAGSTER_HOSTS_SOURCE = "dagster-hosts"
 
 
 class RoleCatalogueError(ValueError):
@@ -303,9 +306,11 @@ def _check_sources(roles: dict[str, Role], problems: list[str]) -> None:
                 )
         for port, sources in role.only_from.items():
             for source in sources:
-                if source not in (DAGSTER_SOURCE, HOSTS_SOURCE) and source not in roles:
+                pseudo = (DAGSTER_SOURCE, HOSTS_SOURCE, DAGSTER_HOSTS_SOURCE)
+                if source not in pseudo and source not in roles:
                     problems.append(
                         f"roles.{role.name}.only_from.{port}: {source!r} is no role of the"
                         f" catalogue (nor {DAGSTER_SOURCE!r}, where Dagster runs, nor"
+                        f" {DAGSTER_HOSTS_SOURCE!r}, the dagster role's hosts, nor"
                         f" {HOSTS_SOURCE!r}, every host)"
                     )

@@ -170,7 +170,9 @@ MATRIX = {
     ("web", "tcp", 80, 80): ["0.0.0.0/0"],
     ("web", "tcp", 443, 443): ["0.0.0.0/0"],
     ("postgres-staging", "tcp", 5432, 5432): ["10.100.5.1/32"],  # the staging web host
-    ("postgres-production", "tcp", 5432, 5432): ["10.100.6.1/32"],  # the production web host
+    # the production web host, and Dagster on support-1 (its instance's database)
+    ("postgres-production", "tcp", 5432, 5432): ["10.100.1.1/32", "10.100.6.1/32"],
+    ("dagster", "tcp", 443, 443): EVERY_HOST,  # Dagster's UI (behind its login): the hosts
 }
 
 
@@ -193,6 +195,7 @@ def test_the_security_groups_are_the_hand_written_matrix(coop, layout):
         ("jenkins-master", "jenkins-master"),
         ("postgres-staging", "postgres-staging"),
         ("postgres-production", "postgres-production"),
+        ("dagster", "dagster"),
     ]:
         holders = {h for h, host in coop.hosts.items() if role in host.roles}
         assert {h for h in layout["ports"] if group in _groups_of(layout, h)} == holders, group

@@ -66,9 +66,15 @@ locals {
       ]
     }
     postgres-production = {
-      description = "PostgreSQL of production, from the production web hosts"
+      description = "PostgreSQL of production, from the production web hosts and Dagster's hosts (its instance's database)"
       rules = [
-        for remote in local.with_role["web-production"] : { protocol = "tcp", port_min = 5432, port_max = 5432, remote = remote }
+        for remote in sort(distinct(concat(local.with_role["web-production"], local.with_role["dagster"]))) : { protocol = "tcp", port_min = 5432, port_max = 5432, remote = remote }
+      ]
+    }
+    dagster = {
+      description = "Dagster's UI (nginx, TLS and a login) from the co-op's hosts (a chat-ops bot's web host); people reach it through the bastion"
+      rules = [
+        for remote in local.every_host : { protocol = "tcp", port_min = 443, port_max = 443, remote = remote }
       ]
     }
   }
@@ -78,7 +84,7 @@ locals {
   primary    = { for name, host in var.hosts : name => "${host.addresses[0]}/32" }
   every_host = sort(values(local.primary))
   with_role = {
-    for role in ["jenkins-agent", "web-staging", "web-production", "salt-master"] : role => sort([
+    for role in ["jenkins-agent", "web-staging", "web-production", "salt-master", "dagster"] : role => sort([
       for name, host in var.hosts : local.primary[name] if contains(host.roles, role)
     ])
   }
@@ -99,6 +105,7 @@ locals {
     web-production      = ["web"]
     postgres-staging    = ["postgres-staging"]
     postgres-production = ["postgres-production"]
+    dagster             = ["dagster"]
   }
 
   # One entry per rule, keyed by what it lets in ("<group>/<protocol>/<ports>/<remote>"), for
