@@ -40,12 +40,13 @@ def highstate_key(role: str) -> dg.AssetKey:
     return dg.AssetKey(["highstate", role])
 
 
-def highstate_asset(role: str, states: list[str]) -> dg.AssetsDefinition:
+def highstate_asset(role: str, states: list[str], after: list[str] = ()) -> dg.AssetsDefinition:
     @dg.asset(
         key=highstate_key(role),
         group_name=GROUP,
         kinds={"salt"},
-        deps=[dg.AssetKey("minions"), dg.AssetKey("salt_pillar")],
+        # (and the roles the catalogue's `after` names: their highstate first)
+        deps=[dg.AssetKey("minions"), dg.AssetKey("salt_pillar"), *map(highstate_key, after)],
         ins={"topology": dg.AssetIn("topology")},
         pool=POOL,
         output_required=False,  # a dry run observes the asset; it does not materialise it
@@ -152,7 +153,17 @@ def _cell(text: str) -> str:
 def definitions(topo: Topology) -> dg.Definitions:
     roles = role_states()
     used = sorted({role for host in topo.hosts.values() for role in host.roles})
-    assets = [highstate_asset(role, roles.get(role, [])) for role in used]
+    catalogue = role_catalogue()
+    assets = [
+        highstate_asset(
+            role,
+            roles.get(role, []),
+            after=[r for r in catalogue.roles[role].after if r in used]
+            if role in catalogue.roles
+            else [],
+        )
+        for role in used
+    ]
     dry_run = dg.define_asset_job(
         "configure_dry_run",
         # No `minions`: a dry run accepts and deletes no key. The pillar is written (it is data

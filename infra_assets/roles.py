@@ -24,7 +24,7 @@ CATALOGUE_FILE = REPO_ROOT / "salt" / "roles.yaml"
 ROLE_KEYS = frozenset(
     {
         "states", "image", "service", "ports", "only_from", "privileged", "uplinks",
-        "containers_reach", "containers_internet", "pillar", "health",
+        "containers_reach", "containers_internet", "pillar", "health", "after",
     }
 )  # fmt: skip
 # How a health check asks a service (salt/_modules/coop_health.py runs them on the host).
@@ -76,6 +76,9 @@ class Role:
     containers_internet: bool = True
     pillar: tuple[str, ...] = ()
     health: tuple[HealthCheck, ...] = ()
+    # the roles whose highstate comes first where the topology has them (what its services need
+    # running: the dagster role's database)
+    after: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -204,6 +207,10 @@ def _role(name: str, spec: Any, groups: set[str], problems: list[str]) -> Role |
     ):
         problems.append(f"{where}.uplinks: must be a list of host:port")
         uplinks = []
+    after = spec.get("after") or []
+    if not isinstance(after, list) or not all(isinstance(r, str) for r in after):
+        problems.append(f"{where}.after: must be a list of roles")
+        after = []
     reach = spec.get("containers_reach") or []
     if not isinstance(reach, list) or not all(isinstance(r, str) for r in reach):
         problems.append(f"{where}.containers_reach: must be a list of roles")
@@ -230,6 +237,7 @@ def _role(name: str, spec: Any, groups: set[str], problems: list[str]) -> Role |
         containers_internet=internet is not False,
         pillar=tuple(pillar),
         health=health,
+        after=tuple(after),
     )
 
 
@@ -304,6 +312,9 @@ def _check_sources(roles: dict[str, Role], problems: list[str]) -> None:
                     f"roles.{role.name}.containers_reach: {target!r} is no role of the catalogue"
                     " with a service (its containers reach a role's service port)"
                 )
+        for target in role.after:
+            if target not in roles:
+                problems.append(f"roles.{role.name}.after: {target!r} is no role of the catalogue")
         for port, sources in role.only_from.items():
             for source in sources:
                 pseudo = (DAGSTER_SOURCE, HOSTS_SOURCE, DAGSTER_HOSTS_SOURCE)

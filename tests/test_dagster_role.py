@@ -8,6 +8,7 @@ from __future__ import annotations
 import subprocess
 
 import bcrypt
+import dagster as dg
 import pytest
 import yaml
 
@@ -63,6 +64,19 @@ def test_support_1_runs_dagster_on_the_production_postgres_behind_a_login(repo_r
     for host, pillar in pillars.items():
         if host not in ("support-1", "pg-production-1"):
             assert password not in yaml.safe_dump(pillar), host
+
+
+def test_dagster_s_highstate_comes_after_its_database_s(repo_root):
+    """A fresh site: the webserver cannot start before its database exists (the catalogue's
+    `after`), so the main job applies postgres-production's states first."""
+    from infra_assets.definitions import build_definitions
+
+    defs = build_definitions(_coop(repo_root))
+    graph = defs.resolve_asset_graph()
+    parents = graph.get(dg.AssetKey(["highstate", "dagster"])).parent_keys
+    assert dg.AssetKey(["highstate", "postgres-production"]) in parents
+    web = graph.get(dg.AssetKey(["highstate", "web-production"])).parent_keys
+    assert dg.AssetKey(["highstate", "postgres-production"]) not in web
 
 
 def test_a_topology_with_the_role_and_no_production_postgres_is_a_clear_error(repo_root, tmp_path):

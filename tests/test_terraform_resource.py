@@ -496,7 +496,7 @@ def test_pg_backend_keeps_the_state_remotely_and_locks_it(tmp_path, postgres):
     )
     lines: list[str] = []
     plan = plan_network(tf, log=lines.append)
-    assert plan.summary()["add"] == 31  # with the slow stand-in resource
+    assert plan.summary()["add"] == 35  # with the slow stand-in resource
 
     # the state is in PostgreSQL, in the location's own schema
     applying = threading.Thread(target=tf.apply, kwargs={"plan": plan})
