@@ -878,7 +878,9 @@ def test_the_salt_part_of_the_graph(coop):
     roles = {r for h in coop.hosts.values() for r in h.roles}
     for role in roles:
         node = graph.get(key(["highstate", role]))
-        assert node.parent_keys == {key("minions"), key("salt_pillar"), key("topology")}
+        # (the dagster role's after its database's: the catalogue's `after`)
+        after = {key(["highstate", "postgres-production"])} if role == "dagster" else set()
+        assert node.parent_keys == {key("minions"), key("salt_pillar"), key("topology")} | after
         assert node.group_name == "salt" and "salt" in node.kinds
     # the minions come after the hosts exist, with the key pairs made for them
     assert graph.get(key("minions")).parent_keys == {
