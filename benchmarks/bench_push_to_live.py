@@ -182,8 +182,9 @@ def _rounds(topology: Path, env: dict[str, str]) -> tuple[list[float], dict[str,
             )
             totals.append(total)
             if dagster is not None:
+                api = dagster.api()
                 for name in stages:
-                    stages[name].append(_metadata_api(dagster.api(), sha, name))
+                    stages[name].append(_metadata_api(api, sha, name))
                 continue
             with demo_loop.instance() as inst:
                 key = dg.AssetKey(["release", "staging", "hello"])

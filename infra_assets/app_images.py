@@ -362,9 +362,8 @@ def lab_repo_url(site: LabSite, base_dir: Path, agent: str, app_name: str, repo:
     lab's git daemon (started when it is not running), git://169.254.N.1/<app>.git."""
     if not Path(repo).is_absolute():
         return repo
-    daemon = site.git_daemon(site.number_of(agent))
-    daemon.export(site.git_exports(base_dir))
-    daemon.start()
+    daemon = site.serve_git(site.number_of(agent), base_dir)
+    assert daemon is not None  # `repo` is a path: it is among the exports
     return daemon.url(app_name)
 
 

@@ -236,13 +236,8 @@ def _start_acme(site: LabSite, number: int) -> dict[str, Any] | None:
 def _start_git_daemon(site: LabSite, number: int) -> dict | None:
     """The read-only git daemon on the link, when the lab clones from this machine: the apps'
     repos that are paths here, and this repository for the dagster role's checkout."""
-    repos = site.git_exports(default_topology().absolute().parent)
-    if not repos:
-        return None
-    daemon = site.git_daemon(number)
-    daemon.export(repos)
-    daemon.start()
-    return daemon.status()
+    daemon = site.serve_git(number, default_topology().absolute().parent)
+    return daemon.status() if daemon else None
 
 
 def _location_definitions(topo: Topology, location: str) -> dg.Definitions:

@@ -38,6 +38,7 @@ from infra_assets.secrets import (
     PULL_ACCOUNTS,
     PUSH_ACCOUNT,
     Secrets,
+    dagster_names,
     postgres_environments,
     registry_notify_token,
 )
@@ -322,15 +323,12 @@ def _dagster(b: Block) -> None:
     database_url = (
         f"postgresql+psycopg2://{DAGSTER_DB}:{password}@{address}/{DAGSTER_DB}?sslmode=require"
     )
-    master = site.master_host()
     topology_path, topology_text = site.dagster_topology()
     env = {
         "DAGSTER_PG_URL": database_url,
         "INFRA_TOPOLOGY": topology_path,
         "INFRA_RUNS_ON": host,
-        "INFRA_SALT_API_URL": (
-            f"https://{site.reach(master, 'salt-master')}:{site.port(master, 'salt-api')}"
-        ),
+        "INFRA_SALT_API_URL": site.salt_api_url(),
         "INFRA_SALT_API_USER": SALT_API_USER,
         "INFRA_SALT_API_PASSWORD": _secret(secrets, "salt", "api", "password"),
         "INFRA_SALT_API_CA_FILE": "/etc/dagster/salt-api-ca.pem",
@@ -350,7 +348,7 @@ def _dagster(b: Block) -> None:
     salt_key = _secret(secrets, "dagster", "postgres_password")  # a secret of the site's own
     b.pillar["dagster"] = {
         **_service(site, host, "dagster", "dagster"),
-        "names": [*_dagster_ui_names(site, host)],
+        "names": dagster_names(site.topo, [host]),
         "repo": repo,
         "rev": rev,
         "topology": topology_text,
@@ -400,13 +398,6 @@ def dagster_api(site: Site, secrets: Secrets | None, app: str) -> dict[str, str]
         "DAGSTER_PASSWORD": _secret(secrets, "dagster", "app_accounts", app),
         "DAGSTER_CA": _secret(secrets, "dagster", "tls", "cert"),
     }
-
-
-def _dagster_ui_names(site: Site, host: str) -> list[str]:
-    """The names nginx serves the UI under: the host's dagster address and DNS name."""
-    spec = site.topo.hosts[host]
-    names = [a.address for a in site.plan.for_host(host) if a.role == "dagster"]
-    return names + [f"{host}.{spec.location}.{site.topo.domain}"]
 
 
 def _firewall(b: Block) -> None:

@@ -202,11 +202,12 @@ def _accounts_problems(data: dict, topo: Topology) -> list[str]:
     return problems
 
 
-def dagster_names(topo: Topology) -> list[str]:
-    """What the Dagster UI's certificate covers: its hosts' addresses and DNS names."""
+def dagster_names(topo: Topology, hosts: Iterable[str] | None = None) -> list[str]:
+    """What the Dagster UI's certificate covers (its hosts', or `hosts'`, addresses and DNS
+    names): the names nginx serves it under."""
     plan = address_plan(topo)
     names: list[str] = []
-    for host in sorted(topo.hosts_with_role("dagster")):
+    for host in sorted(topo.hosts_with_role("dagster") if hosts is None else hosts):
         spec = topo.hosts[host]
         names += [a.address for a in plan.for_host(host) if a.role == "dagster"]
         names.append(f"{host}.{spec.location}.{topo.domain}")

@@ -172,10 +172,7 @@ class Site(ABC):
                 f"{host} has the role dagster, which runs from a checkout of this repository:"
                 " set `infra_repo` in the topology to the git URL it clones"
             )
-        head = _git_head()
-        if not head:
-            raise SiteError(f"{REPO_ROOT}: no commit checked out, for the dagster role to run")
-        return self.topo.infra_repo, head
+        return self.topo.infra_repo, _applying_commit()
 
     def address(self, host: str, role: str) -> str:
         """The planned address of `host` for `role` (its primary one for an untyped role)."""
@@ -370,9 +367,7 @@ class LabSite(CloudSite):
     def infra_repo(self, host: str) -> tuple[str, str]:
         """The lab's git daemon on `host`'s link serves this repository; the dagster host
         checks out the commit this checkout has checked out (HEAD: what you are trying)."""
-        head = _git_head()
-        if not head:
-            raise SiteError(f"{REPO_ROOT}: no commit checked out, for the dagster role to run")
+        head = _applying_commit()
         address = LabNetwork(self.number_of(host)).machine_address
         return f"git://{address}/{INFRA_REPO_EXPORT}.git", head
 
@@ -387,6 +382,17 @@ class LabSite(CloudSite):
     def git_daemon(self, number: int) -> LabGitDaemon:
         """The read-only git daemon on lab `number`'s link (resources/lab_git.py)."""
         return LabGitDaemon(number, self.git_daemon_dir() / str(number))
+
+    def serve_git(self, number: int, base_dir: Path) -> LabGitDaemon | None:
+        """The git daemon of lab `number` exporting `git_exports(base_dir)` and running
+        (started when it is not); None when there is nothing to export."""
+        repos = self.git_exports(base_dir)
+        if not repos:
+            return None
+        daemon = self.git_daemon(number)
+        daemon.export(repos)
+        daemon.start()
+        return daemon
 
     def git_exports(self, base_dir: Path) -> dict[str, str]:
         """What the lab's git daemon exports: the topology's apps whose repo is a path on this
@@ -440,8 +446,12 @@ def _port(name: str) -> int:
     return role_catalogue().port(name)
 
 
-def _git_head() -> str | None:
-    return _git("rev-parse", "--verify", "HEAD^{commit}")
+def _applying_commit() -> str:
+    """The commit this checkout has checked out: what the dagster role's host runs."""
+    head = _git("rev-parse", "--verify", "HEAD^{commit}")
+    if not head:
+        raise SiteError(f"{REPO_ROOT}: no commit checked out, for the dagster role to run")
+    return head
 
 
 def _git(*args: str) -> str | None:

@@ -199,14 +199,9 @@ def start_git_daemon(site: LabSite, base_dir: Path) -> dict[str, Any] | None:
     path on this machine (the salt builder starts it too when it is not running)."""
     from infra_assets.app_images import BUILD_AGENT_ROLE
 
-    repos = site.git_exports(base_dir)
     agents = sorted(site.topo.hosts_with_role(BUILD_AGENT_ROLE))
-    if not repos or not agents:
-        return None
-    daemon = site.git_daemon(site.number_of(agents[0]))
-    daemon.export(repos)
-    daemon.start()
-    return daemon.status()
+    daemon = site.serve_git(site.number_of(agents[0]), base_dir) if agents else None
+    return daemon.status() if daemon else None
 
 
 def stop_git_daemons(site: LabSite) -> list[str]:

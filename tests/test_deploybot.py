@@ -17,25 +17,22 @@ from __future__ import annotations
 import importlib.util
 import os
 import subprocess
-import sys
 import time
 import urllib.parse
-from pathlib import Path
 
 import pytest
 import requests
 from chat_receiver import ChatReceiver
+from dagster_services import running_dagster
 from fixtures_delivery import write_app_topology
 
 from infra_assets.paths import REPO_ROOT
-from lab.demo_services import DemoServices
-from lab.processes import Supervisor, free_port
+from lab.processes import free_port
 from webhooks.dagster_api import DagsterApi
 
 APP = REPO_ROOT / "apps" / "deploybot" / "app.py"
 SECRET = "the-bot-s-signing-secret-for-tests"
 USER = "U0COOP1"
-BIN = Path(sys.executable).parent
 
 # Slack's own worked example (docs.slack.dev, "Verifying requests from Slack").
 DOC_SECRET = b"8f742231b10e8888abcd99yyyzzz85a5"
@@ -94,24 +91,8 @@ def dagster(tmp_path_factory):
     topology = write_app_topology(tmp / "topology.yaml", {"hello": "https://git.invalid/hello.git"},
                                   cloud="catalyst")  # fmt: skip
     env = {"INFRA_TOPOLOGY": str(topology), "INFRA_STATE_DIR": str(tmp / "state")}
-    home = tmp / "dagster"
-    home.mkdir()
-    (home / "dagster.yaml").write_text((REPO_ROOT / "dagster.yaml").read_text())
-    services = DemoServices(tmp / "run")
-    daemon = Supervisor(tmp / "run")
-    try:
-        ui = services.start_webserver(dagster_home=home, env=env)
-        daemon.start(
-            "dagster-daemon",
-            [BIN / "dagster-daemon", "run", "-w", REPO_ROOT / "workspace.yaml"],
-            log=tmp / "run" / "daemon.log",
-            cwd=home,
-            env={**os.environ, **env, "DAGSTER_HOME": str(home)},
-        )
+    with running_dagster(tmp, env) as ui:
         yield ui
-    finally:
-        daemon.stop("dagster-daemon", timeout_s=30)
-        services.stop()
 
 
 @pytest.fixture(scope="module")

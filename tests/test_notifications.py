@@ -8,26 +8,23 @@ real daemon (test_a_failed_release_is_in_the_chat_within_10_s_of_its_end, below)
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import dagster as dg
 import pytest
 import yaml
 from chat_receiver import ChatReceiver
+from dagster_services import running_dagster
 from fixtures_delivery import HELLO, delivery_defs, make_app_repo, write_app_topology
 
 from infra_assets.model import load_topology
 from infra_assets.secrets import SecretsError, chat_webhook_url
-from lab.demo_services import DemoServices
-from lab.processes import Supervisor
 from resources.chat import ChatError, ChatResource
 from resources.topology import TopologyResource
 from sensors import notifications
 from webhooks.dagster_api import DagsterApi
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
 # A secret value of the test's own, given where a failure message quotes it.
 SECRET_VALUE = "s3cr3t-value-of-the-tests-own"
 
@@ -250,41 +247,29 @@ def test_a_failed_release_is_in_the_chat_within_10_s_of_its_end(tmp_path, chat_r
         "INFRA_STATE_DIR": str(tmp_path / "state"),
     }
     home = tmp_path / "dagster"
-    home.mkdir()
-    (home / "dagster.yaml").write_text((REPO_ROOT / "dagster.yaml").read_text())
-    services = DemoServices(tmp_path / "run")
-    daemon = Supervisor(tmp_path / "run")
     try:
-        ui = services.start_webserver(dagster_home=home, env=env)
-        env[notifications.UI_URL_ENV] = ui
-        daemon.start(
-            "dagster-daemon",
-            [BIN / "dagster-daemon", "run", "-w", REPO_ROOT / "workspace.yaml"],
-            log=tmp_path / "run" / "daemon.log",
-            cwd=home,
-            env={**os.environ, **env, "DAGSTER_HOME": str(home)},
-        )
-        api = DagsterApi(ui)
-        run_id = api.launch(
-            "release_staging_hello",
-            run_config={"ops": {"release__staging__hello": {"config": {"digest": "latest"}}}},
-            tags={"coop/app": "hello"},
-        )
-        message = chat_receiver.wait_for("*release_staging_hello failed*", timeout_s=180)
-        os.chdir(home)
-        with dg.DagsterInstance.from_config(str(home)) as instance:
-            record = instance.get_run_record_by_id(run_id)
-            assert record is not None and record.dagster_run.status == dg.DagsterRunStatus.FAILURE
-            ended = record.end_time
-        assert ended is not None
-        delay = message.received - ended
-        print(f"notice {delay:.1f} s after the run's end")
-        assert 0 <= delay <= 10, delay
-        assert f"{ui}/runs/{run_id}" in message.body["text"]
-        assert "config digest 'latest' is not sha256:" in message.body["text"]
+        with running_dagster(tmp_path, env, ui_url_env=notifications.UI_URL_ENV) as ui:
+            api = DagsterApi(ui)
+            run_id = api.launch(
+                "release_staging_hello",
+                run_config={"ops": {"release__staging__hello": {"config": {"digest": "latest"}}}},
+                tags={"coop/app": "hello"},
+            )
+            message = chat_receiver.wait_for("*release_staging_hello failed*", timeout_s=180)
+            os.chdir(home)
+            with dg.DagsterInstance.from_config(str(home)) as instance:
+                record = instance.get_run_record_by_id(run_id)
+                assert (
+                    record is not None and record.dagster_run.status == dg.DagsterRunStatus.FAILURE
+                )
+                ended = record.end_time
+            assert ended is not None
+            delay = message.received - ended
+            print(f"notice {delay:.1f} s after the run's end")
+            assert 0 <= delay <= 10, delay
+            assert f"{ui}/runs/{run_id}" in message.body["text"]
+            assert "config digest 'latest' is not sha256:" in message.body["text"]
     finally:
-        daemon.stop("dagster-daemon", timeout_s=30)
-        services.stop()
         os.chdir(REPO_ROOT)
 
 

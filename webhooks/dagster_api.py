@@ -17,10 +17,10 @@ REPOSITORY = "__repository__"
 TIMEOUT_S = 10
 
 RUNS = """
-query Runs($filter: RunsFilter!) {
-  runsOrError(filter: $filter, limit: 5) {
+query Runs($filter: RunsFilter!, $limit: Int!) {
+  runsOrError(filter: $filter, limit: $limit) {
     __typename
-    ... on Runs { results { runId status jobName } }
+    ... on Runs { results { runId status jobName tags { key value } } }
     ... on Error { message }
   }
 }"""
@@ -48,7 +48,9 @@ SENSOR = """
 query Sensor($selector: SensorSelector!) {
   sensorOrError(sensorSelector: $selector) {
     __typename
-    ... on Sensor { sensorState { status typeSpecificData { ... on SensorData { lastCursor } } } }
+    ... on Sensor {
+      id sensorState { status typeSpecificData { ... on SensorData { lastCursor } } }
+    }
     ... on Error { message }
   }
 }"""
@@ -78,29 +80,11 @@ mutation Start($selector: SensorSelector!) {
   }
 }"""
 
-SENSOR_ID = """
-query Sensor($selector: SensorSelector!) {
-  sensorOrError(sensorSelector: $selector) {
-    __typename
-    ... on Sensor { id }
-    ... on Error { message }
-  }
-}"""
-
 STOP_SENSOR = """
 mutation Stop($id: String!) {
   stopSensor(id: $id) {
     __typename
     ... on StopSensorMutationResult { instigationState { status } }
-    ... on Error { message }
-  }
-}"""
-
-RUNS_SINCE = """
-query Runs($filter: RunsFilter!) {
-  runsOrError(filter: $filter, limit: 20) {
-    __typename
-    ... on Runs { results { runId status jobName tags { key value } } }
     ... on Error { message }
   }
 }"""
@@ -205,14 +189,19 @@ class DagsterApi:
 
     def runs(self, tags: dict[str, str]) -> list[RunRef]:
         """The runs that carry every one of `tags` (at most 5, newest first)."""
+        tags_filter = [{"key": k, "value": v} for k, v in tags.items()]
+        return self._runs({"tags": tags_filter}, limit=5)
+
+    def _runs(self, runs_filter: dict[str, Any], *, limit: int) -> list[RunRef]:
         what = "find runs"
-        data = self._call(
-            what, RUNS, {"filter": {"tags": [{"key": k, "value": v} for k, v in tags.items()]}}
-        )
+        data = self._call(what, RUNS, {"filter": runs_filter, "limit": limit})
         result = data.get("runsOrError") or {}
         if result.get("__typename") != "Runs":
             raise self._refused(what, result)
-        return [RunRef(r["runId"], r["status"], r["jobName"]) for r in result["results"]]
+        return [
+            RunRef(r["runId"], r["status"], r["jobName"], r.get("tags") or [])
+            for r in result["results"]
+        ]
 
     def add_partition(self, partitions_def: str, key: str) -> None:
         """Add `key` to dynamic partitions `partitions_def` (there already: nothing to do)."""
@@ -229,14 +218,16 @@ class DagsterApi:
         ):
             raise self._refused(what, result)
 
-    def sensor(self, name: str) -> tuple[str, str | None]:
-        """Sensor `name`'s status (RUNNING, STOPPED) and its cursor."""
-        what = f"read sensor {name}"
+    def _sensor_data(self, what: str, name: str) -> dict[str, Any]:
         data = self._call(what, SENSOR, {"selector": _sensor(name)})
         result = data.get("sensorOrError") or {}
         if result.get("__typename") != "Sensor":
             raise self._refused(what, result)
-        state = result["sensorState"]
+        return result
+
+    def sensor(self, name: str) -> tuple[str, str | None]:
+        """Sensor `name`'s status (RUNNING, STOPPED) and its cursor."""
+        state = self._sensor_data(f"read sensor {name}", name)["sensorState"]
         return state["status"], (state.get("typeSpecificData") or {}).get("lastCursor")
 
     def evaluate(self, name: str, cursor: str | None) -> Evaluation:
@@ -285,11 +276,7 @@ class DagsterApi:
     def stop_sensor(self, name: str) -> str:
         """Turn sensor `name` off; its status."""
         what = f"stop sensor {name}"
-        data = self._call(what, SENSOR_ID, {"selector": _sensor(name)})
-        result = data.get("sensorOrError") or {}
-        if result.get("__typename") != "Sensor":
-            raise self._refused(what, result)
-        data = self._call(what, STOP_SENSOR, {"id": result["id"]})
+        data = self._call(what, STOP_SENSOR, {"id": self._sensor_data(what, name)["id"]})
         result = data.get("stopSensor") or {}
         if result.get("__typename") != "StopSensorMutationResult":
             raise self._refused(what, result)
@@ -297,15 +284,7 @@ class DagsterApi:
 
     def runs_since(self, created_after: float) -> list[RunRef]:
         """The runs created after `created_after` (a timestamp), newest first (at most 20)."""
-        what = "find runs"
-        data = self._call(what, RUNS_SINCE, {"filter": {"createdAfter": created_after}})
-        result = data.get("runsOrError") or {}
-        if result.get("__typename") != "Runs":
-            raise self._refused(what, result)
-        return [
-            RunRef(r["runId"], r["status"], r["jobName"], r.get("tags") or [])
-            for r in result["results"]
-        ]
+        return self._runs({"createdAfter": created_after}, limit=20)
 
     def failure(self, run_id: str) -> str:
         """The messages of a run's failed steps and of its failure (what went wrong)."""
