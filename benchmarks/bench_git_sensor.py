@@ -94,7 +94,8 @@ def run() -> list[Result]:
 
             first_times, steady_times = [], []
             for _ in range(RUNS):
-                took, first = tick(None)
+                _, seen = tick(None)  # every head seen once: asked for on the next tick
+                took, first = tick(seen.cursor)
                 assert len(first.run_requests) == APPS, "every app's head is new"
                 first_times.append(took)
                 took, steady = tick(first.cursor)
@@ -108,7 +109,7 @@ def run() -> list[Result]:
     first_s, steady_s = statistics.median(first_times), statistics.median(steady_times)
     return [
         Result(
-            f"git_push_sensor tick over {APPS} repos, first (all new)",
+            f"git_push_sensor tick over {APPS} repos, all new (asked for)",
             first_s,
             "s",
             f"<= {TARGET_S:g} s",

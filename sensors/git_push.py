@@ -1,11 +1,20 @@
 """`git_push_sensor`: a new commit on an app's branch asks for an image build of that commit.
 
 Every app's repo and branch (topology.yaml `apps`) is read at once (`git ls-remote`, in
-parallel). The cursor is the last sha seen per app, as JSON (`{"hello": "3f2a..."}`). Each new
-sha adds a partition to that app's `app_image` (its dynamic partitions are the app's commits) and
-asks for one run of the app's build job with run_key `<app>:<sha>`, so a replayed tick, or a
-branch pushed back to a commit already built, asks for no second run. A repo that cannot be read
-is skipped with its reason and keeps its cursor: the next tick tries it again.
+parallel). It is the fallback: a push reaches Dagster at once through the webhook endpoint
+(webhooks/push.py), which launches the commit's run under this sensor's name and run key. So a
+new head is asked for on the tick after the one that first saw it, still the head then: by that
+time the endpoint's run exists and Dagster skips the request (a run key is run once per sensor).
+Asking on the first sight would race the endpoint, whose check for a run and launch can fall
+between the sensor's evaluation and the daemon's creating its run: two builds of one push. A
+hook that never came costs one interval more (30 s).
+
+The cursor is JSON: `{"asked": {"<app>": "<sha>"}, "seen": {"<app>": "<sha>"}}`, the last sha
+asked for per app and a head seen once, waiting for the next tick. Each sha asked for adds a
+partition to that app's `app_image` (its dynamic partitions are the app's commits) and asks for
+one run of the app's build job with run_key `<app>:<sha>`, so a replayed tick, or a branch pushed
+back to a commit already built, asks for no second run. A repo that cannot be read is skipped
+with its reason and keeps its cursor: the next tick tries it again.
 """
 
 from __future__ import annotations
@@ -34,19 +43,44 @@ class AppTarget:
 
 
 @dataclass
+class Cursor:
+    """What the sensor remembers between ticks (see the module's docstring)."""
+
+    asked: dict[str, str] = field(default_factory=dict)  # app -> the last sha asked for
+    seen: dict[str, str] = field(default_factory=dict)  # app -> a new head seen once
+
+    def dump(self) -> str:
+        data = {"asked": dict(sorted(self.asked.items())), "seen": dict(sorted(self.seen.items()))}
+        return json.dumps(data, separators=(",", ":"))
+
+
+@dataclass
 class Poll:
-    new: dict[str, str] = field(default_factory=dict)  # app -> new sha
+    new: dict[str, str] = field(default_factory=dict)  # app -> sha asked for now
+    waiting: dict[str, str] = field(default_factory=dict)  # app -> sha seen for the first time
     unreachable: dict[str, str] = field(default_factory=dict)  # app -> why
-    cursor: dict[str, str] = field(default_factory=dict)
+    cursor: Cursor = field(default_factory=Cursor)
 
 
-def read_cursor(text: str | None) -> dict[str, str]:
-    return read_json_cursor(
-        text, valid=lambda sha: isinstance(sha, str), shape='{"<app>": "<sha>"}'
-    )
+SHAPE = '{"asked": {"<app>": "<sha>"}, "seen": {"<app>": "<sha>"}}'
 
 
-def poll(*, apps: Mapping[str, App], cursor: Mapping[str, str], git: GitResource, base_dir) -> Poll:
+def read_cursor(text: str | None) -> Cursor:
+    """The cursor; one written before heads waited a tick (`{"<app>": "<sha>"}`) reads as the
+    shas asked for."""
+    data = read_json_cursor(text, valid=lambda value: isinstance(value, str | dict), shape=SHAPE)
+    if all(isinstance(value, str) for value in data.values()):
+        return Cursor(asked=data)
+    if set(data) <= {"asked", "seen"} and all(
+        isinstance(value, dict)
+        and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
+        for value in data.values()
+    ):
+        return Cursor(asked=data.get("asked", {}), seen=data.get("seen", {}))
+    raise CursorError(f"the cursor is not {SHAPE}; reset it in the UI")
+
+
+def poll(*, apps: Mapping[str, App], cursor: Cursor, git: GitResource, base_dir) -> Poll:
     """Read every app's branch head; compare with the cursor. No Dagster here: testable alone."""
     names = list(apps)
     heads = git.heads(
@@ -54,14 +88,25 @@ def poll(*, apps: Mapping[str, App], cursor: Mapping[str, str], git: GitResource
     )
     result = Poll()
     for name, head in zip(names, heads, strict=True):
+        asked, seen = cursor.asked.get(name), cursor.seen.get(name)
         if head.sha is None:
             result.unreachable[name] = head.error or "unknown error"
-            if name in cursor:
-                result.cursor[name] = cursor[name]  # kept: the next tick tries again
+            # kept: the next tick tries again
+            if asked is not None:
+                result.cursor.asked[name] = asked
+            if seen is not None:
+                result.cursor.seen[name] = seen
             continue
-        result.cursor[name] = head.sha
-        if cursor.get(name) != head.sha:
+        if asked is not None:
+            result.cursor.asked[name] = asked
+        if head.sha == asked:
+            continue
+        if head.sha == seen:  # the head a tick ago too: the endpoint had its chance
             result.new[name] = head.sha
+            result.cursor.asked[name] = head.sha
+        else:
+            result.waiting[name] = head.sha
+            result.cursor.seen[name] = head.sha
     return result
 
 
@@ -99,12 +144,18 @@ def build_git_push_sensor(
             context.log.warning(f"skipped {line}")
         if not result.new:
             why = "no new commit"
+            if result.waiting:
+                why = (
+                    summarise_commits(result.waiting, "seen once")
+                    + ": asked for on the next tick if still the head (the webhook endpoint"
+                    " starts a push at once)"
+                )
             if unreachable:
                 why += f"; {len(unreachable)} repo(s) could not be read (cursor kept): " + (
                     "; ".join(unreachable)
                 )
             # The cursor still moves for what was read: only the unreachable keep theirs.
-            return dg.SensorResult(skip_reason=why, cursor=_dump(result.cursor))
+            return dg.SensorResult(skip_reason=why, cursor=result.cursor.dump())
         requests, partitions = [], []
         for app, sha in sorted(result.new.items()):
             target = targets[app]
@@ -125,7 +176,7 @@ def build_git_push_sensor(
         return dg.SensorResult(
             run_requests=requests,
             dynamic_partitions_requests=partitions,
-            cursor=_dump(result.cursor),
+            cursor=result.cursor.dump(),
         )
 
     return git_push_sensor
@@ -134,13 +185,9 @@ def build_git_push_sensor(
 LOGGED_COMMITS = 10
 
 
-def summarise_commits(new: dict[str, str]) -> str:
-    """`new commits: a 1234..., b 5678...` with the first few apps named, the rest counted: one
-    short line per tick, even when 200 apps move at once."""
+def summarise_commits(new: dict[str, str], what: str = "new commits") -> str:
+    """`new commits (2): a 1234..., b 5678...` with the first few apps named, the rest counted:
+    one short line per tick, even when 200 apps move at once."""
     named = [f"{app} {sha[:12]}" for app, sha in sorted(new.items())[:LOGGED_COMMITS]]
     more = len(new) - len(named)
-    return f"new commits ({len(new)}): " + ", ".join(named) + (f", and {more} more" if more else "")
-
-
-def _dump(cursor: Mapping[str, str]) -> str:
-    return json.dumps(dict(sorted(cursor.items())), separators=(",", ":"))
+    return f"{what} ({len(new)}): " + ", ".join(named) + (f", and {more} more" if more else "")

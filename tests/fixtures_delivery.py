@@ -292,7 +292,7 @@ def push_sensor_build(
     daemon would): the run's result. The run is what a push runs (`deliver_<app>`: the build
     and the staging release; `build_<app>` without a staging host); `build_only` runs its build
     step alone."""
-    tick = sensor_tick(defs, git_push.SENSOR_NAME, instance, cursor)
+    tick = push_tick(defs, instance, cursor)
     [request] = [r for r in tick.run_requests if app is None or r.tags["coop/app"] == app]
     for p in tick.dynamic_partitions_requests:
         instance.add_dynamic_partitions(p.partitions_def_name, p.partition_keys)
@@ -330,6 +330,15 @@ def sensor_tick(defs: dg.Definitions, name: str, instance, cursor: str | None):
         instance=instance, cursor=cursor, definitions=defs, resources=defs.resources
     ) as context:
         return defs.resolve_sensor_def(name)(context)
+
+
+def push_tick(defs: dg.Definitions, instance, cursor: str | None):
+    """The git_push_sensor tick that asks for what was pushed since `cursor`: the one after the
+    tick that first sees a new head (sensors/git_push.py)."""
+    tick = sensor_tick(defs, git_push.SENSOR_NAME, instance, cursor)
+    if not tick.run_requests:
+        tick = sensor_tick(defs, git_push.SENSOR_NAME, instance, tick.cursor)
+    return tick
 
 
 def materialization_metadata(result, node: str) -> dict:

@@ -9,12 +9,17 @@ from sensors.cursors import CursorError
 
 
 def test_the_git_cursor_reads_back_and_refuses_other_shapes():
-    assert git_push.read_cursor(None) == {} and git_push.read_cursor("") == {}
-    assert git_push.read_cursor('{"hello": "abc"}') == {"hello": "abc"}
+    assert git_push.read_cursor(None) == git_push.Cursor() == git_push.read_cursor("")
+    cursor = git_push.Cursor(asked={"hello": "abc"}, seen={"hello": "def", "hi": "123"})
+    assert git_push.read_cursor(cursor.dump()) == cursor
+    # written before a head waited a tick: the shas asked for
+    assert git_push.read_cursor('{"hello": "abc"}') == git_push.Cursor(asked={"hello": "abc"})
     with pytest.raises(CursorError, match=r"not JSON .*reset it in the UI"):
         git_push.read_cursor("{hello")
-    with pytest.raises(CursorError, match=r'not \{"<app>": "<sha>"\}; reset it in the UI'):
-        git_push.read_cursor('{"hello": {"main": "abc"}}')
+    shape = r'not \{"asked": \{"<app>": "<sha>"\}, "seen": \{"<app>": "<sha>"\}\}; reset it'
+    for broken in ('{"hello": {"main": "abc"}}', '{"asked": {"hello": 3}}', '["hello"]'):
+        with pytest.raises(CursorError, match=shape):
+            git_push.read_cursor(broken)
 
 
 def test_the_registry_cursor_reads_back_and_refuses_other_shapes():

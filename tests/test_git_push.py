@@ -153,7 +153,16 @@ def tick(defs: dg.Definitions, cursor: str | None, instance=None):
 
 def test_a_push_asks_for_one_build_per_new_commit_and_a_replay_for_nothing(two_apps):
     defs, repos, shas = two_apps
-    first = tick(defs, None)
+    # A head is seen once first: the webhook endpoint, the fast path, starts a push at once.
+    seen = tick(defs, None)
+    assert seen.run_requests in (None, []) and not seen.dynamic_partitions_requests
+    assert seen.skip_reason.skip_message.startswith(
+        f"seen once (2): hello {shas['hello'][:12]}, hello-world {shas['hello-world'][:12]}:"
+        " asked for on the next tick if still the head"
+    )
+    assert json.loads(seen.cursor) == {"asked": {}, "seen": shas}
+
+    first = tick(defs, seen.cursor)
     assert isinstance(first, dg.SensorResult)
     got = {r.run_key: (r.job_name, r.partition_key, r.tags["coop/app"]) for r in first.run_requests}
     assert got == {
@@ -171,19 +180,31 @@ def test_a_push_asks_for_one_build_per_new_commit_and_a_replay_for_nothing(two_a
         ("commits_hello", (shas["hello"],)),
         ("commits_hello_world", (shas["hello-world"],)),
     }
-    assert json.loads(first.cursor) == shas
+    assert json.loads(first.cursor) == {"asked": shas, "seen": {}}
 
     # The same tick again, from the cursor it left: nothing new, nothing asked.
     replay = tick(defs, first.cursor)
     assert replay.run_requests in (None, [])
     assert "no new commit" in replay.skip_reason.skip_message
 
-    # A push to one app: one build, of that commit only.
+    # A push to one app: one build, of that commit only, on the tick after the one that saw it.
     new = repos["hello"].commit(message="hello 2")
     after_push = tick(defs, first.cursor)
-    assert [r.run_key for r in after_push.run_requests] == [f"hello:{new}"]
-    assert [r.partition_key for r in after_push.run_requests] == [new]
-    assert json.loads(after_push.cursor) == {**shas, "hello": new}
+    assert after_push.run_requests in (None, [])
+    assert json.loads(after_push.cursor) == {"asked": shas, "seen": {"hello": new}}
+    confirmed = tick(defs, after_push.cursor)
+    assert [r.run_key for r in confirmed.run_requests] == [f"hello:{new}"]
+    assert [r.partition_key for r in confirmed.run_requests] == [new]
+    assert json.loads(confirmed.cursor) == {"asked": {**shas, "hello": new}, "seen": {}}
+
+    # Two pushes between ticks, or a head that moved again before its second tick: the head
+    # then is what is asked for, once.
+    repos["hello"].commit(message="hello 3")
+    moved = tick(defs, confirmed.cursor)
+    latest = repos["hello"].commit(message="hello 4")
+    again = tick(defs, moved.cursor)
+    assert again.run_requests in (None, [])
+    assert [r.run_key for r in tick(defs, again.cursor).run_requests] == [f"hello:{latest}"]
 
 
 class SensorDaemon:
@@ -239,6 +260,8 @@ def test_the_daemon_makes_one_run_per_commit_and_skips_a_run_key_it_has_seen(two
     _, repos, shas = two_apps
     hello = repos["hello"]
     with sensor_daemon() as daemon:
+        seen = daemon.tick()  # each head seen once: asked for on the next tick
+        assert seen.status == TickStatus.SKIPPED and seen.run_keys == []
         first = daemon.tick()
         assert first.status == TickStatus.SUCCESS
         assert set(first.run_keys) == {f"{app}:{sha}" for app, sha in shas.items()}
@@ -249,11 +272,13 @@ def test_the_daemon_makes_one_run_per_commit_and_skips_a_run_key_it_has_seen(two
         assert quiet.skip_reason == "no new commit"
 
         new = hello.commit(message="hello 2")
+        assert daemon.tick().run_keys == []
         pushed = daemon.tick()
         assert pushed.status == TickStatus.SUCCESS and pushed.run_keys == [f"hello:{new}"]
         assert len(daemon.runs()) == 3
 
         git("push", "-q", "--force", "origin", f"{shas['hello']}:refs/heads/main", cwd=hello.work)
+        assert daemon.tick().run_keys == []
         back = daemon.tick()
         # asked again (the cursor was at `new`), skipped by the daemon: the key has its run
         assert back.run_keys == [f"hello:{shas['hello']}"]
@@ -271,20 +296,20 @@ def test_the_daemon_makes_one_run_per_commit_and_skips_a_run_key_it_has_seen(two
 
 def test_an_unreachable_repo_is_skipped_with_its_reason_and_keeps_its_cursor(two_apps):
     defs, repos, shas = two_apps
-    cursor = tick(defs, None).cursor
+    cursor = tick(defs, tick(defs, None).cursor).cursor  # both heads asked for
     shutil.move(repos["hello-world"].bare, repos["hello-world"].bare.with_suffix(".moved"))
     new = repos["hello"].commit(message="hello 2")
 
-    result = tick(defs, cursor)
+    result = tick(defs, tick(defs, cursor).cursor)
     assert [r.run_key for r in result.run_requests] == [f"hello:{new}"]
-    assert json.loads(result.cursor) == {"hello": new, "hello-world": shas["hello-world"]}
+    assert json.loads(result.cursor)["asked"] == {"hello": new, "hello-world": shas["hello-world"]}
 
     quiet = tick(defs, result.cursor)
     assert quiet.run_requests in (None, [])
     reason = quiet.skip_reason.skip_message
     assert "1 repo(s) could not be read (cursor kept)" in reason
     assert "hello-world:" in reason and "does not appear to be a git repository" in reason
-    assert json.loads(quiet.cursor)["hello-world"] == shas["hello-world"]
+    assert json.loads(quiet.cursor)["asked"]["hello-world"] == shas["hello-world"]
 
     # Back again, at the same commit: still nothing to build.
     shutil.move(repos["hello-world"].bare.with_suffix(".moved"), repos["hello-world"].bare)
@@ -305,7 +330,7 @@ def test_a_broken_cursor_is_a_clear_skip(two_apps):
     result = tick(defs, "not json")
     assert "the cursor is not JSON" in result.skip_message
     result = tick(defs, '["hello"]')
-    assert 'the cursor is not {"<app>": "<sha>"}' in result.skip_message
+    assert 'the cursor is not {"asked": {"<app>": "<sha>"}, "seen":' in result.skip_message
 
 
 def test_the_requested_partition_and_run_exist_in_the_code_location(two_apps, tmp_path):
@@ -313,7 +338,7 @@ def test_the_requested_partition_and_run_exist_in_the_code_location(two_apps, tm
     the run request names, of the job it names."""
     defs, _, shas = two_apps
     instance = dg.DagsterInstance.ephemeral()
-    result = tick(defs, None, instance)
+    result = tick(defs, tick(defs, None).cursor, instance)
     for request in result.dynamic_partitions_requests:
         instance.add_dynamic_partitions(request.partitions_def_name, request.partition_keys)
     for run in result.run_requests:

@@ -22,6 +22,7 @@ from fixtures_delivery import (
     make_app_repo,
     materialization_metadata,
     push_sensor_build,
+    push_tick,
     sensor_tick,
     step_failures,
 )
@@ -82,7 +83,7 @@ def test_a_push_is_built_on_the_agent_released_on_staging_and_promoted(
         ).digest
 
         # The git sensor reads the path repo on this machine: one build, one partition.
-        tick = sensor_tick(defs, git_push.SENSOR_NAME, instance, None)
+        tick = push_tick(defs, instance, None)
         assert [r.run_key for r in tick.run_requests] == [f"{APP}:{sha}"]
         for request in tick.dynamic_partitions_requests:
             instance.add_dynamic_partitions(request.partitions_def_name, request.partition_keys)
@@ -372,23 +373,22 @@ def _build_requested(defs, instance, tick, **kw) -> list[dg.ExecuteInProcessResu
 
 
 def _cursor_at_heads(defs, instance) -> str:
-    """A git sensor cursor that has seen every app's head already (the lab's `hello` included):
+    """A git sensor cursor that has asked for every app's head already (the lab's `hello` included):
     the next tick asks only for what is pushed after."""
-    tick = sensor_tick(defs, git_push.SENSOR_NAME, instance, None)
-    return tick.cursor
+    return push_tick(defs, instance, None).cursor
 
 
 def test_a_rebuild_is_skipped_and_an_old_commit_leaves_the_branch_tag_alone(hello_build):
     repo, defs, instance = hello_build
     cursor = _cursor_at_heads(defs, instance)
     first = repo.commit(message="v1")
-    tick1 = sensor_tick(defs, git_push.SENSOR_NAME, instance, cursor)
+    tick1 = push_tick(defs, instance, cursor)
     [run1] = _build_requested(defs, instance, tick1)
     assert run1.success, step_failures(run1)
     digest1 = materialization_metadata(run1, BUILD_NODE)["digest"]
 
     second = repo.commit({"app.py": (HELLO / "app.py").read_text() + "# v2\n"}, "v2")
-    tick2 = sensor_tick(defs, git_push.SENSOR_NAME, instance, tick1.cursor)
+    tick2 = push_tick(defs, instance, tick1.cursor)
     assert [r.partition_key for r in tick2.run_requests] == [second]
     [run2] = _build_requested(defs, instance, tick2)
     meta2 = materialization_metadata(run2, BUILD_NODE)
@@ -414,7 +414,7 @@ def test_a_failing_build_fails_the_run_with_its_log_and_pushes_nothing(hello_bui
     cursor = _cursor_at_heads(defs, instance)
     broken = (HELLO / "Dockerfile").read_text() + 'RUN echo "tests fail here" && exit 3\n'
     sha = repo.commit({"Dockerfile": broken}, "broken")
-    tick = sensor_tick(defs, git_push.SENSOR_NAME, instance, cursor)
+    tick = push_tick(defs, instance, cursor)
     [run] = _build_requested(defs, instance, tick, raise_on_error=False)
     assert not run.success
     failure = run.failure_data_for_node(BUILD_NODE)
