@@ -5,9 +5,10 @@ A push reaches Dagster at once through the webhook endpoint (webhooks/: a git se
 post-receive hook, or a forge's webhook), which reads the branch head itself and launches
 `deliver_<app>` for it with git_push_sensor's name and run key (`<app>:<sha>`): Dagster skips a
 run key for the sensor that made it, so the sensor, polling every 30 s and asking for a head on
-the tick after the one that first saw it, never starts the same commit again. Either way the run is `app_image/<app>` at the commit (its partition), then
-`release/staging/<app>` of the image that step recorded, unless the branch has moved on (the newer
-head's run releases that). Each stage's seconds are in the release's metadata (`stages`).
+the tick after the one that first saw it, never starts the same commit again. Either way the
+run is `app_image/<app>` at the commit (its partition), then `release/staging/<app>` of the image
+that step recorded, unless the branch has moved on (the newer head's run releases that). Each
+stage's seconds are in the release's metadata (`stages`).
 
 `build_<app>`, also here, is a build alone: registry_image_sensor releases
 what it pushes (infra_assets/releases.py), and never a digest a `deliver_<app>` run has released

@@ -676,6 +676,9 @@ def _app(site: Site, secrets: Secrets | None, host: str, name: str, env: str) ->
         # production's alone: the account can start any job, and staging runs what is not
         # yet trusted
         block["secrets"].update(dagster_api(site, secrets, name))
+        proxy = site.chat_proxy(host)
+        if proxy:  # the lab's way out to the chat, for the bot's later answers
+            block["env"] = {**block["env"], "HTTPS_PROXY": proxy}
     return block
 
 

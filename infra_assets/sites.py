@@ -26,6 +26,7 @@ Implementations:
 from __future__ import annotations
 
 import os
+import urllib.parse
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import ClassVar
@@ -35,6 +36,7 @@ import yaml
 from infra_assets.model import Topology, address_plan, load_topology
 from infra_assets.paths import REPO_ROOT, default_topology, state_dir
 from infra_assets.roles import role_catalogue
+from infra_assets.secrets import SecretsError, chat_webhook_url
 from resources.cli_runner import CliError, run_cli
 from resources.git_url import resolve_repo
 from resources.lab import LabNetwork
@@ -128,6 +130,12 @@ class Site(ABC):
     def egress_proxy(self, host: str) -> str | None:
         """The HTTPS proxy `host`'s caches reach their registries through; None: directly (a
         cloud's servers go out through its router)."""
+        return None
+
+    def chat_proxy(self, host: str) -> str | None:
+        """The proxy `host` reaches the co-op's chat through (a CONNECT tunnel: Dagster's
+        notices, a chat-ops bot's answers); None: directly (a cloud's servers go out through its
+        router)."""
         return None
 
     def acme(self, host: str) -> dict[str, str]:
@@ -306,14 +314,46 @@ class LabSite(CloudSite):
 
     def egress_allow(self, number: int) -> dict[str, list[str]]:
         """Who on lab `number` may reach what through its egress proxy: every address of each
-        cache host there -> the registries its cache roles fetch from."""
+        cache host there -> the registries its cache roles fetch from; of each host that posts
+        to the chat (`chat_clients`), when the lab's secrets name one -> the chat's host."""
+        chat, chat_clients = self.chat_target(), self.chat_clients()
         allow: dict[str, list[str]] = {}
         for host in self.topo.hosts:
             targets = self._uplinks(host)
+            if chat and host in chat_clients:
+                targets = sorted({*targets, chat})
             if targets and self.number_of(host) == number:
                 for address in self.plan.for_host(host):
                     allow[address.address] = targets
         return allow
+
+    def chat_clients(self) -> list[str]:
+        """The hosts that post to the chat: Dagster's (its notices) and, when an app has
+        `dagster: true` (a chat-ops bot, in production alone), the production web hosts."""
+        hosts = set(self.topo.hosts_with_role("dagster"))
+        if any(app.dagster for app in self.topo.apps.values()):
+            hosts |= set(self.topo.hosts_with_role("web-production"))
+        return sorted(hosts)
+
+    def chat_target(self) -> str | None:
+        """`host:port` of the chat's webhook (`chat.webhook_url` in the lab's secrets), where
+        the chat's clients may go through the egress proxy; None: no chat (or a secrets file
+        that does not say one: the pillar's asset reports a broken one)."""
+        try:
+            url = chat_webhook_url(self.secrets_file())
+        except SecretsError:
+            return None
+        if not url:
+            return None
+        parts = urllib.parse.urlsplit(url)
+        if not parts.hostname:
+            return None
+        return f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
+
+    def chat_proxy(self, host: str) -> str | None:
+        if host not in self.chat_clients() or self.chat_target() is None:
+            return None
+        return self.egress(self.number_of(host)).url
 
     def _uplinks(self, host: str) -> list[str]:
         """The registries `host`'s roles fetch from (the catalogue's `uplinks`): [] for a host

@@ -8,9 +8,9 @@ request with a short timeout; the caller (a sensor) decides what to do when it f
 
 from __future__ import annotations
 
+import http.client
 import json
-import urllib.error
-import urllib.request
+import urllib.parse
 
 import dagster as dg
 
@@ -24,38 +24,56 @@ class ChatError(RuntimeError):
 
 
 class ChatResource(dg.ConfigurableResource):
-    """Posts to one incoming webhook. `webhook_url` empty: no chat; `post` says so."""
+    """Posts to one incoming webhook. `webhook_url` empty: no chat; `post` says so. `proxy`: an
+    HTTP proxy (`http://host:port`) the webhook is reached through, as a CONNECT tunnel for an
+    http:// webhook too (the lab's egress proxy opens tunnels alone)."""
 
     webhook_url: str = ""
     username: str = "coop-infra"
     timeout_s: float = 5.0
+    proxy: str = ""
 
     def post(self, text: str) -> None:
         if not self.webhook_url:
             raise ChatError("no chat webhook is configured")
-        if not self.webhook_url.startswith(("https://", "http://")):
+        url = urllib.parse.urlsplit(self.webhook_url)
+        if url.scheme not in ("https", "http") or not url.hostname:
             raise ChatError("the chat's webhook URL is not an http(s) URL")
         if len(text) > MAX_TEXT:
             text = text[: MAX_TEXT - 1] + "…"
         body = json.dumps({"text": text, "username": self.username}).encode()
-        request = urllib.request.Request(
-            self.webhook_url,
-            data=body,
-            method="POST",
-            headers={"Content-Type": "application/json", "User-Agent": "coop-infra"},
-        )
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as answer:
-                answer.read(4096)
-        except urllib.error.HTTPError as err:
-            said = err.read(300).decode("utf-8", "replace").strip()
-            raise ChatError(
-                f"the chat's webhook answered {err.code} {err.reason}"
-                + (f": {said}" if said else "")
-            ) from None
-        except urllib.error.URLError as err:  # its reason names the host at most
-            raise ChatError(f"the chat's webhook cannot be reached: {err.reason}") from None
-        except OSError as err:
-            raise ChatError(f"the chat's webhook cannot be reached: {err}") from None
-        except ValueError:  # urllib's message would quote the URL
+            port = url.port or (443 if url.scheme == "https" else 80)
+        except ValueError:  # its message would quote the URL
             raise ChatError("the chat's webhook URL is not an http(s) URL") from None
+        conn = self._connection(url.scheme, url.hostname, port)
+        path = (url.path or "/") + (f"?{url.query}" if url.query else "")
+        headers = {"Content-Type": "application/json", "User-Agent": "coop-infra"}
+        try:
+            conn.request("POST", path, body=body, headers=headers)
+            answer = conn.getresponse()
+            said = answer.read(4096)
+        except (OSError, http.client.HTTPException) as err:  # names the host at most
+            raise ChatError(f"the chat's webhook cannot be reached: {err}") from None
+        finally:
+            conn.close()
+        if not 200 <= answer.status < 300:
+            said = said[:300].decode("utf-8", "replace").strip()
+            raise ChatError(
+                f"the chat's webhook answered {answer.status} {answer.reason}"
+                + (f": {said}" if said else "")
+            )
+
+    def _connection(self, scheme: str, host: str, port: int) -> http.client.HTTPConnection:
+        """A connection to the webhook's host, or to the proxy with a tunnel to it."""
+        proxy = urllib.parse.urlsplit(self.proxy) if self.proxy else None
+        if proxy is not None and not (proxy.scheme == "http" and proxy.hostname):
+            raise ChatError("the chat's proxy is not an http://host:port URL")
+        where = (proxy.hostname, proxy.port or 80) if proxy else (host, port)
+        if scheme == "https":
+            conn = http.client.HTTPSConnection(*where, timeout=self.timeout_s)
+        else:
+            conn = http.client.HTTPConnection(*where, timeout=self.timeout_s)
+        if proxy:
+            conn.set_tunnel(host, port)
+        return conn

@@ -1,12 +1,14 @@
-"""The lab's only way out: an allow-list HTTPS proxy for its cache hosts, on the machine's side
-of the lab's link.
+"""The lab's only way out: an allow-list HTTPS proxy for its cache hosts (and the hosts that post
+to the co-op's chat), on the machine's side of the lab's link.
 
 The lab's hosts have no route off the machine (the lab's namespace forwards nothing out, and the
 machine keeps its own `ip_forward` as it is). The cache hosts (the npm cache's verdaccio, later a
 PyPI cache) need the package registries, as their servers reach them through the cloud's router.
 In the lab they reach them through this proxy: `CONNECT host:443` to 169.254.N.1:3128 (the
 machine's end of lab N's veth link, and nowhere else), allowed only when the client's address is
-a cache host's and the target is one of the registries its role needs (`allow.json` in the
+a cache host's and the target is one of the registries its role needs, or a host's that posts to
+the chat (the lab's Dagster, a chat-ops bot's web host) and the target is the chat's host from
+the lab's secrets (infra_assets/sites.py, `LabSite.egress_allow`; `allow.json` in the
 proxy's folder, read on every request: {client address: ["host:port", ...]}). Anything else is
 answered `403` and logged. The tunnel carries the client's own TLS end to end; nothing is
 decrypted here.
@@ -194,9 +196,9 @@ class _Proxy:
         except (OSError, ValueError) as err:
             return f"no allow-list ({err})"
         if client not in allow:
-            return f"{client} is not a cache host of the lab"
+            return f"{client} may not go out of the lab (no cache host, and no chat client)"
         if target not in allow[client]:
-            return f"{target} is not a registry {client}'s roles need"
+            return f"{target} is not a registry {client}'s roles need, nor the chat"
         return None
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

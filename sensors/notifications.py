@@ -41,7 +41,7 @@ import dagster as dg
 from infra_assets.model import TopologyError
 from infra_assets.paths import state_dir
 from infra_assets.secrets import SecretsError, chat_webhook_url, secret_values
-from infra_assets.sites import SiteError, site_for
+from infra_assets.sites import RUNS_ON_ENV, SiteError, site_for
 from resources.chat import ChatError, ChatResource
 from resources.topology import TopologyResource
 from sensors.cursors import CursorError, read_json_cursor
@@ -73,7 +73,8 @@ def chat_for(topology_file: TopologyResource) -> Chat:
     """The chat, from the secrets file of the topology's site."""
     try:
         topo = topology_file.load()
-        path = site_for(topo).secrets_file()
+        site = site_for(topo)
+        path = site.secrets_file()
     except (TopologyError, SiteError):
         # No secrets file named (a cloud without $INFRA_SECRETS_FILE, a broken topology): no
         # chat configured, as with a file that names none; nothing is kept for later.
@@ -86,7 +87,11 @@ def chat_for(topology_file: TopologyResource) -> Chat:
         url = chat_webhook_url(path)
     except SecretsError as err:  # the notices are kept, their secrets cut all the same
         return Chat(None, secrets, str(err))
-    return Chat(ChatResource(webhook_url=url) if url else None, secrets)
+    # A Dagster on a host of the site (the dagster role) reaches the chat as that host does:
+    # through the lab's egress proxy in a lab, directly on a cloud.
+    runs_on = os.environ.get(RUNS_ON_ENV)
+    proxy = site.chat_proxy(runs_on) if runs_on in topo.hosts else None
+    return Chat(ChatResource(webhook_url=url, proxy=proxy or "") if url else None, secrets)
 
 
 class NoticeError(RuntimeError):

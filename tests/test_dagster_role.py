@@ -151,3 +151,60 @@ def test_an_app_with_dagster_true_needs_the_role(repo_root, tmp_path):
     secrets = ensure_secrets(tmp_path / "secrets.yaml", topo)
     with pytest.raises(SiteError, match="app 'hello' has `dagster: true`, and no host has the"):
         render_pillars(site_for(topo), secrets)
+
+
+def test_on_the_lab_the_chat_s_clients_go_out_through_the_egress_proxy(repo_root, tmp_path):
+    """The lab's only way out is its egress proxy: once the lab's secrets name a chat, the
+    Dagster host (its notices) and the production web host of an app with `dagster: true` (the
+    bot's later answers) may reach the chat's host through it, and are told the proxy; nobody
+    else, and nothing without a chat."""
+    from infra_assets.sites import LabSite
+    from resources.topology import TopologyResource
+    from sensors.notifications import chat_for
+
+    data = yaml.safe_load((repo_root / "topology.lab.yaml").read_text())
+    data["apps"]["deploybot"] = {"repo": "git/deploybot.git", "port": 8010, "health": "/health",
+                                 "dagster": True}  # fmt: skip
+    topo_file = tmp_path / "topology.yaml"
+    topo_file.write_text(yaml.safe_dump(data))
+    topo = parse_topology(topo_file.read_text(), file=str(topo_file))
+    site = LabSite(topo, root=tmp_path / "lab")
+    site.root.mkdir()
+    secrets_file = site.secrets_file()
+    secrets = ensure_secrets(secrets_file, topo)
+    caches = {"files.pythonhosted.org:443", "pypi.org:443", "registry.npmjs.org:443"}
+    support_1, web_production_1 = (
+        site.plan.for_host("support-1"),
+        site.plan.for_host("web-production-1"),
+    )
+
+    def bot_env(pillars):
+        return pillars["web-production-1"]["apps"]["deploybot"]["env"]
+
+    # no chat: the caches alone go out, and nobody is told a proxy for the chat
+    allow = site.egress_allow(127)
+    assert set(allow) == {a.address for a in support_1}
+    assert all(set(targets) == caches for targets in allow.values())
+    assert "HTTPS_PROXY" not in bot_env(render_pillars(site, secrets))
+
+    data = yaml.safe_load(secrets_file.read_text())
+    data["chat"] = {"webhook_url": "https://chat.example.coop/hooks/s3cr3t-token"}
+    secrets_file.write_text(yaml.safe_dump(data))
+    allow = site.egress_allow(127)
+    assert set(allow) == {a.address for a in [*support_1, *web_production_1]}
+    for address in support_1:
+        assert set(allow[address.address]) == {*caches, "chat.example.coop:443"}
+    for address in web_production_1:
+        assert allow[address.address] == ["chat.example.coop:443"]
+    pillars = render_pillars(site, load_secrets(secrets_file, topo))
+    assert bot_env(pillars)["HTTPS_PROXY"] == "http://169.254.127.1:3128"
+    assert "HTTPS_PROXY" not in pillars["web-staging-1"]["apps"]["deploybot"]["env"]
+    assert "HTTPS_PROXY" not in pillars["web-production-1"]["apps"]["hello"]["env"]
+    # the lab's Dagster (on support-1) posts its notices through the proxy; this machine's
+    # Dagster reaches the chat directly
+    resource = TopologyResource(path=str(topo_file))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("INFRA_SECRETS_FILE", str(secrets_file))
+        assert chat_for(resource).resource.proxy == ""
+        patch.setenv("INFRA_RUNS_ON", "support-1")
+        assert chat_for(resource).resource.proxy == "http://169.254.127.1:3128"

@@ -183,3 +183,63 @@ def test_a_run_launched_through_graphql_runs_in_the_lab_and_is_stored_in_postgre
     assert rows == "SUCCESS"
     sqlite = driver.exec(LAB_NUMBER, HOST, ["find", "/var/lib/dagster", "-name", "*.db"])
     assert sqlite.returncode == 0 and sqlite.output.strip() == ""  # the folder is there
+
+
+FAIL_AT_ONCE = {"release__staging__hello": {"config": {"digest": "sha256:not-a-digest"}}}
+
+
+def test_the_lab_s_dagster_posts_a_failed_run_to_the_chat_through_the_egress_proxy(
+    lab_env: LabEnv, ui: UI, chat_receiver
+):
+    """The lab's only way out is its egress proxy. Once the lab's secrets name the chat (here a
+    receiver of the test's own on this machine), `infra lab up`'s assets let the Dagster host
+    reach it through the proxy, and the dagster role hands it the secrets: a run that fails in
+    the lab's Dagster is a notice at the receiver, posted from support-1 through a tunnel of
+    the proxy. The lab's secrets are put back after."""
+    secrets_file = lab_env.site.secrets_file()
+    original = secrets_file.read_text()
+    data = yaml.safe_load(original)
+    data["chat"] = {"webhook_url": chat_receiver.url}
+    secrets_file.write_text(yaml.safe_dump(data))
+    egress = lab_env.site.egress(LAB_NUMBER)
+    target = chat_receiver.url.split("/")[2]
+    try:
+        applied = lab_env.run("network/lab", "salt_pillar", "highstate/dagster")
+        assert applied.success
+        support_1 = {a.address for a in lab_env.site.plan.for_host(HOST)}
+        allow = yaml.safe_load(egress.allow_file.read_text())
+        assert all(target in allow[address] for address in support_1), allow
+        since = time.time()
+        launched = ui.graphql(
+            "mutation($p: ExecutionParams!) { launchRun(executionParams: $p) { __typename"
+            " ... on LaunchRunSuccess { run { runId } } ... on PythonError { message } } }",
+            {
+                "p": {
+                    "selector": {
+                        "repositoryLocationName": LOCATION,
+                        "repositoryName": REPOSITORY,
+                        "jobName": "release_staging_hello",
+                    },
+                    "runConfigData": {"ops": FAIL_AT_ONCE},
+                }
+            },
+        )["launchRun"]
+        assert launched["__typename"] == "LaunchRunSuccess", launched
+        run_id = launched["run"]["runId"]
+        notice = chat_receiver.wait_for(run_id, timeout_s=240)
+        assert notice.body["text"].startswith(":x: *release_staging_hello failed* (hello)\n")
+        assert "is not sha256:<64 hex digits>" in notice.body["text"]
+        # ... posted from support-1, through a tunnel of the egress proxy
+        deadline = time.monotonic() + 15  # a tunnel's line is written when it closes
+        while True:
+            tunnels = [t for t in egress.tunnels_since(since) if t["target"] == target]
+            if tunnels or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert tunnels and {t["client"] for t in tunnels} <= support_1, egress.log()[-5:]
+    finally:
+        secrets_file.write_text(original)
+        restored = lab_env.run("network/lab", "salt_pillar", "highstate/dagster")
+        assert restored.success
+    allow = yaml.safe_load(egress.allow_file.read_text())
+    assert not any(target in targets for targets in allow.values())

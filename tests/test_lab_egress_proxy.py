@@ -130,12 +130,15 @@ def test_everything_else_is_refused_with_its_reason_and_logged(proxy, upstream):
     head, sock = _connect(port, f"127.0.0.1:{upstream}")
     sock.close()
     assert head.startswith("HTTP/1.1 403 Forbidden")
-    assert f"127.0.0.1:{upstream} is not a registry 127.0.0.1's roles need" in head
+    assert f"127.0.0.1:{upstream} is not a registry 127.0.0.1's roles need, nor the chat" in head
     # Not a cache host (the allow-list is read on every request: no restart).
     _allow(folder, {"10.127.1.1": ["registry.npmjs.org:443"]})
     head, sock = _connect(port, "registry.npmjs.org:443")
     sock.close()
-    assert head.startswith("HTTP/1.1 403") and "127.0.0.1 is not a cache host of the lab" in head
+    assert (
+        head.startswith("HTTP/1.1 403")
+        and "127.0.0.1 may not go out of the lab (no cache host" in head
+    )
     # Only CONNECT: no plain HTTP forwarding.
     with socket.create_connection(("127.0.0.1", port), timeout=5) as plain:
         plain.sendall(b"GET http://example.com/ HTTP/1.1\r\nHost: example.com\r\n\r\n")
@@ -177,3 +180,31 @@ def test_start_twice_stop_by_pid_and_an_orphan_is_found_and_replaced(tmp_path):
     finally:
         for proc in (first, LabEgressProxy(0, tmp_path / "two", listen="127.0.0.1", port=port)):
             proc.stop()
+
+
+def test_the_chat_is_posted_to_through_a_tunnel_and_refused_elsewhere(proxy, chat_receiver):
+    """What the lab's Dagster and a chat-ops bot do (resources/chat.py): an http:// webhook
+    through the proxy as a CONNECT tunnel (the proxy opens tunnels alone); a client the
+    allow-list does not name for the chat's host gets the proxy's refusal, and nothing arrives."""
+    from resources.chat import ChatError, ChatResource
+
+    port, folder = proxy
+    target = f"127.0.0.1:{chat_receiver.url.split(':')[2].split('/')[0]}"
+    chat = ChatResource(webhook_url=chat_receiver.url, proxy=f"http://127.0.0.1:{port}")
+    _allow(folder, {"127.0.0.1": [target]})
+    chat.post("through the tunnel")
+    assert [m.body["text"] for m in chat_receiver.messages] == ["through the tunnel"]
+    deadline = time.monotonic() + 5  # a tunnel's line is written when it closes
+
+    def tunnelled() -> bool:
+        log = LabEgressProxy(0, folder).log()
+        return any(e["target"] == target and e["result"] == "allowed" for e in log)
+
+    while not tunnelled():
+        assert time.monotonic() < deadline, LabEgressProxy(0, folder).log()
+        time.sleep(0.1)
+
+    _allow(folder, {"127.0.0.1": ["registry.npmjs.org:443"]})
+    with pytest.raises(ChatError, match="cannot be reached: Tunnel connection failed: 403"):
+        chat.post("not allowed")
+    assert len(chat_receiver.messages) == 1

@@ -495,7 +495,9 @@ def test_the_npm_cache_goes_out_through_the_egress_proxy_and_nothing_else_goes_o
     refused = [e for e in proxy.log()[first:] if e["result"] == "refused"]
     assert [e["target"] for e in refused] == ["registry.npmjs.org:443", "example.com:443"]
     assert refused[0]["client"] == lab_env.address("web-staging-1")
-    assert refused[0]["why"] == f"{refused[0]['client']} is not a cache host of the lab"
+    assert refused[0]["why"] == (
+        f"{refused[0]['client']} may not go out of the lab (no cache host, and no chat client)"
+    )
     assert refused[1]["client"] in support
 
 
