@@ -86,19 +86,26 @@ class SiteSession:
         check) as they come."""
         return self.request("GET", path, timeout_s=timeout_s)
 
-    def post(self, path: str, body: str, *, timeout_s: float = 5.0) -> requests.Response:
-        """POST `body` (text) to `path`, as `get` does a GET."""
-        return self.request("POST", path, body=body, timeout_s=timeout_s)
+    def post(
+        self, path: str, body: str, *, headers: dict[str, str] | None = None,
+        timeout_s: float = 5.0,
+    ) -> requests.Response:  # fmt: skip
+        """POST `body` (text, unless `headers` say another Content-Type) to `path`, as `get`
+        does a GET."""
+        return self.request("POST", path, body=body, headers=headers, timeout_s=timeout_s)
 
     def request(
-        self, method: str, path: str, *, body: str | None = None, timeout_s: float = 5.0
-    ) -> requests.Response:
+        self, method: str, path: str, *, body: str | None = None,
+        headers: dict[str, str] | None = None, timeout_s: float = 5.0,
+    ) -> requests.Response:  # fmt: skip
         problem = route_problem(self.base + "/", self.site.route_device)
         if problem:
             raise ReachError(f"{self.site.url}: {problem}")
+        given = dict(headers or {})
         headers = {"Host": self.site.host}
         if body is not None:
             headers["Content-Type"] = "text/plain; charset=utf-8"
+        headers.update(given)
         return self.http.request(
             method,
             self.base + path,
