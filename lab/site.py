@@ -168,30 +168,43 @@ def up(topology_file: Path, *, job: str = "main", echo=None) -> dict[str, Any]:
     if not result.success:
         raise LabUpError(_failure_text(result))
     start_git_daemon(site, Path(topology_file).absolute().parent)
-    publish_base_image(site, echo)
+    publish_build_images(site, echo)
     return status(topology_file)
 
 
-def publish_base_image(site: LabSite, echo=None) -> str | None:
-    """The project's base image in the lab's registry, for the lab's own Dagster (the dagster
-    role), which has no podman to make it: pushed from this machine's storage when the
-    registry's is another. Returns what happened (None: no dagster or registry host)."""
-    from infra_assets.app_images import publish_base_image as publish
+def publish_build_images(site: LabSite, echo=None) -> list[str]:
+    """The project's base image, and the standard build's runtime images whose package cache
+    the lab has, in the lab's registry for the lab's own Dagster (the dagster role), which has
+    no podman to make them: pushed from this machine's storage when the registry's are others
+    (made here first when missing). Returns what happened ([]: no dagster or registry host)."""
+    from infra_assets.app_images import (
+        RUNTIME_CACHES,
+        publish_base_image,
+        publish_runtime_image,
+    )
     from infra_assets.definitions import lab_resources
 
     if not site.topo.hosts_with_role("dagster"):
-        return None
+        return []
     registry = lab_resources(site).get("registry")
     if registry is None:
-        return None
-    lines: list[str] = []
+        return []
+    podman, endpoint, lines = PodmanResource(), registry.endpoint(), []
+    notes: list[str] = []
     try:
-        _image, note = publish(PodmanResource(), registry, registry.endpoint(), lines.append)
+        _image, note = publish_base_image(podman, registry, endpoint, lines.append)
+        notes.append(f"{note} (the lab's Dagster builds FROM it)")
+        for runtime, cache in sorted(RUNTIME_CACHES.items()):
+            if site.topo.hosts_with_role(cache):
+                _image, note = publish_runtime_image(
+                    podman, registry, endpoint, runtime, lines.append
+                )
+                notes.append(f"{note} (the lab's Dagster's standard builds of {runtime} apps)")
     except (PodmanError, RegistryError) as err:
-        raise LabUpError(f"the base image, for the lab's Dagster: {err}") from None
-    if echo:
-        echo(f"  {note} (the lab's Dagster builds FROM it)")
-    return note
+        raise LabUpError(f"the build images, for the lab's Dagster: {err}") from None
+    for note in notes if echo else []:
+        echo(f"  {note}")
+    return notes
 
 
 def start_git_daemon(site: LabSite, base_dir: Path) -> dict[str, Any] | None:

@@ -83,6 +83,9 @@ UNREACHABLE_METRIC = 4000
 VIA_METRIC = 10
 NETNS_DIR = Path("/run/netns")
 BOOTED_STATES = ("running", "degraded")
+# What `podman exec` says of a container whose processes are gone while podman's record says it
+# runs (they were killed, or the machine restarted and podman's state outlived it).
+STOPPED_UNDER_PODMAN = "cannot exec in a stopped container"
 HOST_RE = re.compile(r"\A[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z")  # \Z: not before a newline
 
 # What every container that is not --privileged gets, on top of podman's default capabilities
@@ -1138,15 +1141,25 @@ class Lab:
                 state = self.systemd_state(number, host)
                 if state in BOOTED_STATES or time.monotonic() > deadline:
                     return state
+                if STOPPED_UNDER_PODMAN in state:  # it will not boot by waiting
+                    return state
                 time.sleep(0.25)
 
         with ThreadPoolExecutor(max_workers=min(8, max(1, len(hosts)))) as pool:
             states = dict(zip(hosts, pool.map(wait, hosts), strict=True))
         late = {h: s for h, s in states.items() if s not in BOOTED_STATES}
         if late:
+            stale = any(STOPPED_UNDER_PODMAN in s for s in late.values())
             raise LabError(
                 f"lab {number}: systemd did not boot within {timeout_s:g} s in "
                 + ", ".join(f"{h} ({s})" for h, s in sorted(late.items()))
+                + (
+                    ": podman counts those containers as running, but their processes are gone"
+                    " (killed, or the machine restarted while podman's state was kept):"
+                    " `infra lab down`, then `infra lab up`, makes them again"
+                    if stale
+                    else ""
+                )
             )
         rows = self.status(number, systemd=False)
         return [dataclasses.replace(r, systemd=states.get(r.host)) for r in rows]

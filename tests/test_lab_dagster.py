@@ -63,6 +63,20 @@ def ui(lab_env: LabEnv, accounts) -> UI:
     return UI(lab_env, (name, password))
 
 
+def test_lab_up_gives_the_lab_s_dagster_the_images_its_builds_start_from(lab_env: LabEnv):
+    """support-1 has no podman: `infra lab up` pushed the base image, and the standard build's
+    runtime images (the lab has both caches), each with its runtime's version as a label."""
+    from resources.podman import RUNTIME_LABEL
+
+    registry = lab_env.definitions().resources["registry"]
+    assert registry.manifest(repository="coop-base", reference="bookworm") is not None
+    for runtime in ("node", "python"):
+        manifest = registry.manifest(repository=f"coop-{runtime}", reference="bookworm")
+        assert manifest is not None, runtime
+        labels = registry.labels(repository=f"coop-{runtime}", manifest=manifest)
+        assert labels.get(RUNTIME_LABEL), (runtime, labels)
+
+
 def test_status_says_where_the_ui_is_and_it_asks_for_an_account(lab_env: LabEnv, accounts):
     status = lab_site.status(lab_env.topology_file)
     (entry,) = status["dagster_ui"]

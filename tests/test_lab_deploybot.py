@@ -33,7 +33,7 @@ from infra_assets.pillar import registry_tls_names
 from infra_assets.secrets import ensure_secrets
 from lab.demo_loop import ensure_repo
 from lab.lab_dagster import lab_dagster
-from lab.site import app_site, environment
+from lab.site import app_site, environment, lab_site
 from webhooks.dagster_api import DagsterApi
 from webhooks.push import PushHandler
 
@@ -55,7 +55,7 @@ PROMOTE = """mutation($p: ExecutionParams!) { launchRun(executionParams: $p) { _
 def _apply(lab_env: LabEnv, topology_file: Path) -> dg.ExecuteInProcessResult:
     """APPLY's assets for `topology_file`, by this machine's Dagster (the lab's bootstrap)."""
     defs = build_definitions(load_topology(topology_file))
-    with environment(lab_env.dagster_home, INFRA_TOPOLOGY=str(topology_file)):
+    with lab_env.env(), environment(INFRA_TOPOLOGY=str(topology_file)):
         return defs.resolve_implicit_global_asset_job_def().execute_in_process(
             instance=dg.DagsterInstance.get(),
             asset_selection=[dg.AssetKey.from_user_string(k) for k in ("topology", *APPLY)],
@@ -140,7 +140,7 @@ def test_a_signed_deploy_promote_hello_promotes_on_the_lab_and_answers_in_the_ch
             "runConfigData": {}}})["launchRun"]  # fmt: skip
         assert launched["__typename"] == "LaunchRunSuccess", launched
         _wait(api, launched["run"]["runId"])
-        bot = app_site(site, "web-production-1", BOT, "production")
+        bot = app_site(lab_site(with_bot), "web-production-1", BOT, "production")
         health = bot.get("/health").json()
         assert health == {"status": "ok", "app": BOT, "version": bot_sha}
 
@@ -162,6 +162,8 @@ def test_a_signed_deploy_promote_hello_promotes_on_the_lab_and_answers_in_the_ch
 
         # Its later answer in the channel, through the egress proxy; hello is on production.
         done = chat_receiver.wait_for("promote of hello: done", timeout_s=300)
+        print(f"/deploy promote hello: answered in {took:.2f} s; the outcome in the channel"
+              f" {done.received - (time.time() - (time.monotonic() - asked)):.1f} s after")  # fmt: skip
         assert done.path == urllib.parse.urlsplit(response_url).path
         assert done.body["response_type"] == "in_channel"
         assert f"production runs {sha[:12]}" in done.body["text"]
