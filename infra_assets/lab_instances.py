@@ -260,7 +260,8 @@ def _location_definitions(topo: Topology, location: str) -> dg.Definitions:
         description=f"The lab's network for {location}: a namespace of the project's own with a"
         f" podman bridge for 10.{number}.0.0/16, the link into it, the `unreachable` route"
         " that keeps the lab's addresses off the machine's network, and the lab's only way out:"
-        " the egress proxy on the link, for the cache hosts' registries alone. On the link too:"
+        " the egress proxy on the link, for the cache hosts' registries and the chat's clients"
+        " alone. On the link too:"
         " the lab's ACME server (pebble), Let's Encrypt's stand-in for the web hosts, and the"
         " read-only git daemon (the apps' repos that are paths here, this repository).",
     )

@@ -349,13 +349,27 @@ def chat_webhook_url(path: Path) -> str | None:
     value = _lookup(data, CHAT_WEBHOOK)
     if value is _MISSING:
         return None
-    if not isinstance(value, str) or not value.strip().startswith(("https://", "http://")):
+    if not isinstance(value, str) or not _is_webhook_url(value.strip()):
         raise SecretsError(path, ["chat.webhook_url: must be the chat's incoming webhook, an"
-                                  " https:// URL (Slack, Mattermost, Rocket.Chat)"])  # fmt: skip
+                                  " https:// URL (Slack, Mattermost, Rocket.Chat) on one line,"
+                                  " with no space in it"])  # fmt: skip
     mode = path.stat().st_mode & 0o777
     if mode & 0o077:
         raise SecretsError(path, [f"readable by others (mode {oct(mode)}): chmod 600 {path}"])
     return value.strip()
+
+
+def _is_webhook_url(value: str) -> bool:
+    """An http(s) URL with a host (and a port, if any, that is one), and no space or control
+    character (a URL folded over two lines in YAML gets one)."""
+    if any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        return False
+    parts = urllib.parse.urlsplit(value)
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port that is none
+    except ValueError:
+        return False
+    return parts.scheme in ("https", "http") and bool(parts.hostname)
 
 
 def secret_values(path: Path) -> list[str]:

@@ -345,10 +345,10 @@ class LabSite(CloudSite):
             return None
         if not url:
             return None
-        parts = urllib.parse.urlsplit(url)
-        if not parts.hostname:
-            return None
-        return f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
+        parts = urllib.parse.urlsplit(url)  # checked by chat_webhook_url: a host, a port
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else parts.hostname
+        return f"{host}:{port}"
 
     def chat_proxy(self, host: str) -> str | None:
         if host not in self.chat_clients() or self.chat_target() is None:

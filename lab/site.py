@@ -189,9 +189,10 @@ def publish_build_images(site: LabSite, echo=None) -> list[str]:
     registry = lab_resources(site).get("registry")
     if registry is None:
         return []
-    podman, endpoint, lines = PodmanResource(), registry.endpoint(), []
+    podman, lines = PodmanResource(), []
     notes: list[str] = []
     try:
+        endpoint = registry.endpoint()
         _image, note = publish_base_image(podman, registry, endpoint, lines.append)
         notes.append(f"{note} (the lab's Dagster builds FROM it)")
         for runtime, cache in sorted(RUNTIME_CACHES.items()):
@@ -200,7 +201,7 @@ def publish_build_images(site: LabSite, echo=None) -> list[str]:
                     podman, registry, endpoint, runtime, lines.append
                 )
                 notes.append(f"{note} (the lab's Dagster's standard builds of {runtime} apps)")
-    except (PodmanError, RegistryError) as err:
+    except (PodmanError, RegistryError, SiteError) as err:
         raise LabUpError(f"the build images, for the lab's Dagster: {err}") from None
     for note in notes if echo else []:
         echo(f"  {note}")

@@ -53,7 +53,11 @@ class ChatResource(dg.ConfigurableResource):
             conn.request("POST", path, body=body, headers=headers)
             answer = conn.getresponse()
             said = answer.read(4096)
-        except (OSError, http.client.HTTPException) as err:  # names the host at most
+        except http.client.InvalidURL:  # its message quotes the URL
+            raise ChatError("the chat's webhook URL is not an http(s) URL") from None
+        except http.client.HTTPException as err:  # some quote what they read: the name alone
+            raise ChatError(f"the chat's webhook answered badly ({type(err).__name__})") from None
+        except OSError as err:  # names the host or the proxy's answer at most
             raise ChatError(f"the chat's webhook cannot be reached: {err}") from None
         finally:
             conn.close()
@@ -67,9 +71,12 @@ class ChatResource(dg.ConfigurableResource):
     def _connection(self, scheme: str, host: str, port: int) -> http.client.HTTPConnection:
         """A connection to the webhook's host, or to the proxy with a tunnel to it."""
         proxy = urllib.parse.urlsplit(self.proxy) if self.proxy else None
-        if proxy is not None and not (proxy.scheme == "http" and proxy.hostname):
+        try:
+            where = (proxy.hostname, proxy.port or 80) if proxy else (host, port)
+        except ValueError:  # a port that is none
+            where = (None, 0)
+        if proxy is not None and not (proxy.scheme == "http" and where[0]):
             raise ChatError("the chat's proxy is not an http://host:port URL")
-        where = (proxy.hostname, proxy.port or 80) if proxy else (host, port)
         if scheme == "https":
             conn = http.client.HTTPSConnection(*where, timeout=self.timeout_s)
         else:

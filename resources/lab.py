@@ -1148,18 +1148,18 @@ class Lab:
         with ThreadPoolExecutor(max_workers=min(8, max(1, len(hosts)))) as pool:
             states = dict(zip(hosts, pool.map(wait, hosts), strict=True))
         late = {h: s for h, s in states.items() if s not in BOOTED_STATES}
+        stale = sorted(h for h, s in late.items() if STOPPED_UNDER_PODMAN in s)
+        if stale:
+            raise LabError(
+                f"lab {number}: podman counts {', '.join(stale)} as running, but"
+                f" {'its' if len(stale) == 1 else 'their'} processes are gone (killed, or the"
+                " machine restarted while podman's state was kept): `infra lab down`, then"
+                " `infra lab up`, makes the lab again"
+            )
         if late:
-            stale = any(STOPPED_UNDER_PODMAN in s for s in late.values())
             raise LabError(
                 f"lab {number}: systemd did not boot within {timeout_s:g} s in "
                 + ", ".join(f"{h} ({s})" for h, s in sorted(late.items()))
-                + (
-                    ": podman counts those containers as running, but their processes are gone"
-                    " (killed, or the machine restarted while podman's state was kept):"
-                    " `infra lab down`, then `infra lab up`, makes them again"
-                    if stale
-                    else ""
-                )
             )
         rows = self.status(number, systemd=False)
         return [dataclasses.replace(r, systemd=states.get(r.host)) for r in rows]

@@ -129,7 +129,9 @@ def build_git_push_sensor(
         minimum_interval_seconds=minimum_interval_seconds,
         default_status=dg.DefaultSensorStatus.STOPPED,
         description="A new commit on an app's branch (topology.yaml apps: repo, branch) -> an"
-        " image build of that commit (run_key <app>:<sha>). Cursor: the last sha per app.",
+        " image build of that commit (run_key <app>:<sha>), asked for on the tick after the"
+        " one that first saw it (the webhook endpoint starts a push at once). Cursor: the last"
+        " sha asked for per app, and the heads seen once.",
     )
     def git_push_sensor(
         context: dg.SensorEvaluationContext, git: GitResource, topology_file: TopologyResource

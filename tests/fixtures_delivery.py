@@ -335,10 +335,9 @@ def sensor_tick(defs: dg.Definitions, name: str, instance, cursor: str | None):
 def push_tick(defs: dg.Definitions, instance, cursor: str | None):
     """The git_push_sensor tick that asks for what was pushed since `cursor`: the one after the
     tick that first sees a new head (sensors/git_push.py)."""
-    tick = sensor_tick(defs, git_push.SENSOR_NAME, instance, cursor)
-    if not tick.run_requests:
-        tick = sensor_tick(defs, git_push.SENSOR_NAME, instance, tick.cursor)
-    return tick
+    seen = sensor_tick(defs, git_push.SENSOR_NAME, instance, cursor)
+    assert not seen.run_requests, "a head is never asked for on the tick that first sees it"
+    return sensor_tick(defs, git_push.SENSOR_NAME, instance, seen.cursor)
 
 
 def materialization_metadata(result, node: str) -> dict:

@@ -316,6 +316,21 @@ def test_an_unreachable_repo_is_skipped_with_its_reason_and_keeps_its_cursor(two
     assert tick(defs, quiet.cursor).run_requests in (None, [])
 
 
+def test_a_head_seen_once_then_unreadable_is_asked_for_once_it_reads_again(two_apps):
+    defs, repos, shas = two_apps
+    cursor = tick(defs, tick(defs, None).cursor).cursor  # both heads asked for
+    new = repos["hello"].commit(message="hello 2")
+    seen = tick(defs, cursor)
+    assert json.loads(seen.cursor)["seen"] == {"hello": new}
+    shutil.move(repos["hello"].bare, repos["hello"].bare.with_suffix(".moved"))
+    away = tick(defs, seen.cursor)
+    assert away.run_requests in (None, [])
+    assert json.loads(away.cursor)["seen"] == {"hello": new}  # kept while it cannot be read
+    shutil.move(repos["hello"].bare.with_suffix(".moved"), repos["hello"].bare)
+    back = tick(defs, away.cursor)
+    assert [r.run_key for r in back.run_requests] == [f"hello:{new}"]
+
+
 def test_a_repo_with_no_commit_yet_is_skipped_not_failed(tmp_path, app_repos, monkeypatch):
     app_repos("hello")  # created, nothing pushed
     topo_file = write_app_topology(tmp_path / "topology.yaml", {"hello": "git/hello.git"})

@@ -8,7 +8,11 @@ inside the lab; then the run's row is read in PostgreSQL on pg-production-1."""
 
 from __future__ import annotations
 
+import http.client
+import json
+import ssl
 import time
+from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -42,6 +46,20 @@ class UI:
         problem = route_problem(self.base + "/", self.device)
         assert problem is None, problem
         return self.http.request(method, self.base + path, timeout=30, **kwargs)
+
+    def raw(self, path: str) -> tuple[int, bytes]:
+        """GET `path` exactly as written, with no account (requests would tidy `..` away)."""
+        problem = route_problem(self.base + "/", self.device)
+        assert problem is None, problem
+        context = ssl.create_default_context(cafile=self.http.verify)
+        conn = http.client.HTTPSConnection(urlsplit(self.base).hostname, 443, context=context,
+                                           timeout=30)  # fmt: skip
+        try:
+            conn.request("GET", path)
+            answer = conn.getresponse()
+            return answer.status, answer.read()
+        finally:
+            conn.close()
 
     def graphql(self, query: str, variables: dict | None = None) -> dict:
         response = self.request("POST", "/graphql", json={"query": query, "variables": variables})
@@ -84,7 +102,21 @@ def test_status_says_where_the_ui_is_and_it_asks_for_an_account(lab_env: LabEnv,
     assert entry["url"] == f"https://10.{LAB_NUMBER}.12.1/"  # its planned address (type 12)
     assert status["hosts"][HOST]["services"]["dagster"]["port"] == 443
 
-    assert UI(lab_env, None).request("GET", "/server_info").status_code == 401
+    anyone = UI(lab_env, None)
+    assert anyone.request("GET", "/").status_code == 401
+    assert anyone.request("POST", "/graphql", json={"query": "{ version }"}).status_code == 401
+    # ... but for the health check's probe: the webserver's versions, and nothing else
+    info = anyone.request("GET", "/server_info")
+    assert info.status_code == 200 and set(info.json()) <= {
+        "dagster_webserver_version", "dagster_version", "dagster_graphql_version",
+    }  # fmt: skip
+    assert anyone.request("POST", "/server_info").status_code == 403
+    # nginx passes that path and no other: `..` before it reaches the versions, not the UI
+    status, body = anyone.raw("/static/../server_info")
+    assert status == 200 and set(json.loads(body)) <= {
+        "dagster_webserver_version", "dagster_version", "dagster_graphql_version",
+    }, body[:200]  # fmt: skip
+    assert anyone.raw("/server_info/../")[0] == 401
     name = sorted(accounts)[0]
     assert UI(lab_env, (name, "not-the-password")).request("GET", "/").status_code == 401
     assert UI(lab_env, ("nobody", accounts[name])).request("GET", "/").status_code == 401

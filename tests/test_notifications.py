@@ -63,7 +63,16 @@ def test_a_chat_that_refuses_or_cannot_be_reached_is_a_clear_error_without_its_u
     assert str(away.value).startswith("the chat's webhook cannot be reached: ")
     with pytest.raises(ChatError, match="^the chat's webhook URL is not an http"):
         ChatResource(webhook_url=f"ftp://x/{chat_receiver.token}").post("hello")
-    for err in (refused.value, away.value):
+    # a URL that http.client refuses (its message would quote the path), a port that is none
+    folded = chat_receiver.url.replace("/hooks/", "/hooks/ ")
+    with pytest.raises(ChatError) as invalid:
+        ChatResource(webhook_url=folded).post("hello")
+    assert str(invalid.value) == "the chat's webhook URL is not an http(s) URL"
+    with pytest.raises(ChatError, match="^the chat's webhook URL is not an http"):
+        ChatResource(webhook_url=f"http://127.0.0.1:99999/{chat_receiver.token}").post("hello")
+    with pytest.raises(ChatError, match="^the chat's proxy is not an http://host:port URL"):
+        ChatResource(webhook_url=chat_receiver.url, proxy="http://127.0.0.1:x/").post("hello")
+    for err in (refused.value, away.value, invalid.value):
         assert chat_receiver.token not in str(err)
 
 
@@ -76,6 +85,10 @@ def test_the_chat_s_url_is_a_secret_of_the_secrets_file(tmp_path):
         chat_webhook_url(_secrets(tmp_path / "bad.yaml", "chat.example.coop/hooks/abc123"))
     assert "chat.webhook_url: must be the chat's incoming webhook" in str(wrong.value)
     assert "abc123" not in str(wrong.value)
+    for broken in ("https://chat.example.coop/hooks/ abc123", "https://chat.example.coop:x/a"):
+        with pytest.raises(SecretsError, match="on one line, with no space in it") as folded:
+            chat_webhook_url(_secrets(tmp_path / "folded.yaml", broken))
+        assert "abc123" not in str(folded.value)
     shared = _secrets(tmp_path / "shared.yaml", url)
     shared.chmod(0o644)
     with pytest.raises(SecretsError, match="readable by others"):
