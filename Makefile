@@ -4,6 +4,7 @@
 #   make lab     install what the lab needs, then bring it up (infra lab up; infra lab down)
 #   make dev     the Dagster UI on http://127.0.0.1:$(DEV_PORT)
 #   make bench   the benchmarks (figures in the README)
+#   make snapshot  write the asset graph's snapshot (tests/snapshots/asset_graph.yaml) anew
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
@@ -16,7 +17,7 @@ DEV_PORT ?= 3000
 UV = $(shell command -v uv 2>/dev/null || { test -x .tools/bin/uv && echo .tools/bin/uv; } || echo python3 -m uv)
 RUN = $(UV) run --locked --no-sync
 
-.PHONY: help setup test lint demo lab dev bench
+.PHONY: help setup test lint demo lab dev bench snapshot
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -44,3 +45,7 @@ dev: setup
 
 bench: setup
 	$(RUN) python -m benchmarks
+
+# The only writer of the snapshot tests/test_asset_graph.py compares the graph with.
+snapshot: setup
+	$(RUN) python scripts/asset_graph.py --write
