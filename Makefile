@@ -1,5 +1,6 @@
 # coop-infra: the commands the README names. Each one does its own set-up first.
 #   make test    install what the tests need, then run the whole suite
+#   make test-fast  the tests that start no service and need no lab (a minute or two)
 #   make demo    install what the lab needs, bring it up, then push to live on it twice
 #   make lab     install what the lab needs, then bring it up (infra lab up; infra lab down)
 #   make dev     the Dagster UI on http://127.0.0.1:$(DEV_PORT)
@@ -17,7 +18,7 @@ DEV_PORT ?= 3000
 UV = $(shell command -v uv 2>/dev/null || { test -x .tools/bin/uv && echo .tools/bin/uv; } || echo python3 -m uv)
 RUN = $(UV) run --locked --no-sync
 
-.PHONY: help setup test lint demo lab dev bench snapshot
+.PHONY: help setup test test-fast lint demo lab dev bench snapshot
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -31,6 +32,9 @@ lint: setup
 
 test: setup lint
 	$(RUN) pytest
+
+test-fast: setup lint
+	$(RUN) pytest -m "not lab and not slow"
 
 demo: setup
 	@INFRA_TOPOLOGY=$(TOPOLOGY) $(RUN) infra demo

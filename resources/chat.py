@@ -25,7 +25,7 @@ class ChatError(RuntimeError):
 
 class ChatResource(dg.ConfigurableResource):
     """Posts to one incoming webhook. `webhook_url` empty: no chat; `post` says so. `proxy`: an
-    HTTP proxy (`http://host:port`) the webhook is reached through, as a CONNECT tunnel for an
+    HTTP proxy (`http://<host>:<port>`) the webhook is reached through, as a CONNECT tunnel for an
     http:// webhook too (the lab's egress proxy opens tunnels alone)."""
 
     webhook_url: str = ""
@@ -76,7 +76,7 @@ class ChatResource(dg.ConfigurableResource):
         except ValueError:  # a port that is none
             where = (None, 0)
         if proxy is not None and not (proxy.scheme == "http" and where[0]):
-            raise ChatError("the chat's proxy is not an http://host:port URL")
+            raise ChatError("the chat's proxy is not an http URL with a host and a port")
         if scheme == "https":
             conn = http.client.HTTPSConnection(*where, timeout=self.timeout_s)
         else:

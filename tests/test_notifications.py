@@ -70,7 +70,9 @@ def test_a_chat_that_refuses_or_cannot_be_reached_is_a_clear_error_without_its_u
     assert str(invalid.value) == "the chat's webhook URL is not an http(s) URL"
     with pytest.raises(ChatError, match="^the chat's webhook URL is not an http"):
         ChatResource(webhook_url=f"http://127.0.0.1:99999/{chat_receiver.token}").post("hello")
-    with pytest.raises(ChatError, match="^the chat's proxy is not an http://host:port URL"):
+    with pytest.raises(
+        ChatError, match="^the chat's proxy is not an http URL with a host and a port"
+    ):
         ChatResource(webhook_url=chat_receiver.url, proxy="http://127.0.0.1:x/").post("hello")
     for err in (refused.value, away.value, invalid.value):
         assert chat_receiver.token not in str(err)

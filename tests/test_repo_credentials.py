@@ -27,7 +27,7 @@ from resources.git_url import redact_repo, repo_password, repo_secrets
 from resources.jenkins import JenkinsResource
 from resources.registry import RegistryResource
 from resources.topology import TopologyResource
-from sensors.git_push import poll
+from sensors.git_push import Cursor, poll
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = REPO_ROOT / "jenkins" / "build-app-image.sh"
@@ -249,8 +249,8 @@ def test_the_push_sensor_s_reasons_name_no_password(tmp_path, app_repos, git_ove
             port=8000,
         ),
     }
-    result = poll(apps=apps, cursor={}, git=GitResource(timeout_s=30), base_dir=tmp_path)
-    assert result.new == {"hello": sha}
+    result = poll(apps=apps, cursor=Cursor(), git=GitResource(timeout_s=30), base_dir=tmp_path)
+    assert result.waiting == {"hello": sha}  # read through the credentials: seen
     assert f"unable to look up {USER}:***@127.0.0.1" in result.unreachable["gone"]
     assert SECRET not in json.dumps(result.unreachable)
 
