@@ -292,7 +292,7 @@ def push_sensor_build(
     daemon would): the run's result. The run is what a push runs (`deliver_<app>`: the build
     and the staging release; `build_<app>` without a staging host); `build_only` runs its build
     step alone."""
-    tick = push_tick(defs, instance, cursor)
+    tick = push_tick(defs, instance, cursor, app)
     [request] = [r for r in tick.run_requests if app is None or r.tags["coop/app"] == app]
     for p in tick.dynamic_partitions_requests:
         instance.add_dynamic_partitions(p.partitions_def_name, p.partition_keys)
@@ -332,11 +332,20 @@ def sensor_tick(defs: dg.Definitions, name: str, instance, cursor: str | None):
         return defs.resolve_sensor_def(name)(context)
 
 
-def push_tick(defs: dg.Definitions, instance, cursor: str | None):
-    """The git_push_sensor tick that asks for what was pushed since `cursor`: the one after the
-    tick that first sees a new head (sensors/git_push.py)."""
+def push_tick(defs: dg.Definitions, instance, cursor: str | None, app: str | None = None):
+    """The git_push_sensor tick that asks for what was pushed since `cursor` (of `app`, or of
+    every app): the one after the tick that first sees a new head (sensors/git_push.py). That
+    first tick asks for no head it sees for the first time (another app's head that the cursor
+    had seen once is asked for there)."""
     seen = sensor_tick(defs, git_push.SENSOR_NAME, instance, cursor)
-    assert not seen.run_requests, "a head is never asked for on the tick that first sees it"
+    before = git_push.read_cursor(cursor)
+    early = [
+        r
+        for r in seen.run_requests or []
+        if (app is None or r.tags["coop/app"] == app)
+        and before.seen.get(r.tags["coop/app"]) != r.tags["coop/sha"]
+    ]
+    assert not early, f"asked for on the tick that first saw them: {early}"
     return sensor_tick(defs, git_push.SENSOR_NAME, instance, seen.cursor)
 
 
