@@ -98,7 +98,9 @@ def test_a_signed_deploy_promote_hello_promotes_on_the_lab_and_answers_in_the_ch
     data["apps"][BOT] = {
         "repo": str(lab_env.topology_file.parent / "git" / f"{BOT}.git"),
         "branch": "main",
-        "port": 8010,
+        # a port of its own: its containers outlive the test (no state removes an app from a
+        # web host yet), and the session's other apps listen on 8000-8020
+        "port": 8090,
         "health": "/health",
         "dagster": True,
         "env": {"ALLOWED_USERS": USER, "DEPLOY_APPS": "hello"},
