@@ -6,19 +6,15 @@ again, so that it is a diff in the pull request that makes it. This test never w
 from __future__ import annotations
 
 import difflib
-import importlib.util
 from pathlib import Path
+
+from scripts_loader import load_script
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location(
-        "asset_graph", REPO / "scripts" / "asset_graph.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("asset_graph")
 
 
 def test_the_asset_graph_is_its_committed_snapshot(monkeypatch):

@@ -61,6 +61,25 @@ class UI:
         finally:
             conn.close()
 
+    def launch(self, job: str, run_config: dict | None = None) -> str:
+        """Launch a run of `job` through the GraphQL API; its id."""
+        launched = self.graphql(
+            "mutation($p: ExecutionParams!) { launchRun(executionParams: $p) { __typename"
+            " ... on LaunchRunSuccess { run { runId } } ... on PythonError { message } } }",
+            {
+                "p": {
+                    "selector": {
+                        "repositoryLocationName": LOCATION,
+                        "repositoryName": REPOSITORY,
+                        "jobName": job,
+                    },
+                    "runConfigData": run_config or {},
+                }
+            },
+        )["launchRun"]
+        assert launched["__typename"] == "LaunchRunSuccess", launched
+        return launched["run"]["runId"]
+
     def graphql(self, query: str, variables: dict | None = None) -> dict:
         response = self.request("POST", "/graphql", json={"query": query, "variables": variables})
         assert response.status_code == 200, response.text[:500]
@@ -164,22 +183,7 @@ def test_the_webserver_behind_nginx_has_the_code_location_and_a_healthy_daemon(u
 def test_a_run_launched_through_graphql_runs_in_the_lab_and_is_stored_in_postgres(
     lab_env: LabEnv, ui: UI
 ):
-    launched = ui.graphql(
-        "mutation($p: ExecutionParams!) { launchRun(executionParams: $p) { __typename"
-        " ... on LaunchRunSuccess { run { runId } } ... on PythonError { message } } }",
-        {
-            "p": {
-                "selector": {
-                    "repositoryLocationName": LOCATION,
-                    "repositoryName": REPOSITORY,
-                    "jobName": "health",
-                },
-                "runConfigData": {},
-            }
-        },
-    )["launchRun"]
-    assert launched["__typename"] == "LaunchRunSuccess", launched
-    run_id = launched["run"]["runId"]
+    run_id = ui.launch("health")
 
     deadline = time.monotonic() + 300
     status = None
@@ -256,22 +260,7 @@ def test_the_lab_s_dagster_posts_a_failed_run_to_the_chat_through_the_egress_pro
         allow = yaml.safe_load(egress.allow_file.read_text())
         assert all(target in allow[address] for address in support_1), allow
         since = time.time()
-        launched = ui.graphql(
-            "mutation($p: ExecutionParams!) { launchRun(executionParams: $p) { __typename"
-            " ... on LaunchRunSuccess { run { runId } } ... on PythonError { message } } }",
-            {
-                "p": {
-                    "selector": {
-                        "repositoryLocationName": LOCATION,
-                        "repositoryName": REPOSITORY,
-                        "jobName": "release_staging_hello",
-                    },
-                    "runConfigData": {"ops": FAIL_AT_ONCE},
-                }
-            },
-        )["launchRun"]
-        assert launched["__typename"] == "LaunchRunSuccess", launched
-        run_id = launched["run"]["runId"]
+        run_id = ui.launch("release_staging_hello", {"ops": FAIL_AT_ONCE})
         notice = chat_receiver.wait_for(run_id, timeout_s=240)
         assert notice.body["text"].startswith(":x: *release_staging_hello failed* (hello)\n")
         assert "is not sha256:<64 hex digits>" in notice.body["text"]

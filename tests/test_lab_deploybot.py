@@ -48,8 +48,6 @@ APPLY = ("network/lab", "salt_pillar", "highstate/dns", "highstate/dagster",
          "highstate/web-staging", "highstate/web-production")  # fmt: skip
 
 RUN = """query($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }"""
-PROMOTE = """mutation($p: ExecutionParams!) { launchRun(executionParams: $p) { __typename
-  ... on LaunchRunSuccess { run { runId } } ... on Error { message } } }"""
 
 
 def _apply(lab_env: LabEnv, topology_file: Path) -> dg.ExecuteInProcessResult:
@@ -134,14 +132,10 @@ def test_a_signed_deploy_promote_hello_promotes_on_the_lab_and_answers_in_the_ch
             outcome = pushes.push(app, refs=None, pushed_at=None)
             assert outcome.started, outcome
             _wait(api, outcome.run_id)
-        launched = api.query("promote the bot", PROMOTE, {"p": {
-            "selector": {"repositoryLocationName": "coop-infra", "repositoryName": "__repository__",
-                         "jobName": "promote",
-                         "assetSelection": [{"path": ["topology"]},
-                                            {"path": ["release", "production", BOT]}]},
-            "runConfigData": {}}})["launchRun"]  # fmt: skip
-        assert launched["__typename"] == "LaunchRunSuccess", launched
-        _wait(api, launched["run"]["runId"])
+        promoted = api.launch(
+            "promote", tags={}, assets=[["topology"], ["release", "production", BOT]]
+        )
+        _wait(api, promoted)
         bot = app_site(lab_site(with_bot), "web-production-1", BOT, "production")
         health = bot.get("/health").json()
         assert health == {"status": "ok", "app": BOT, "version": bot_sha}

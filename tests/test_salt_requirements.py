@@ -4,7 +4,6 @@ carries the same file, and pip enforces the files' sha256 pins (one test downloa
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -12,18 +11,14 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from scripts_loader import load_script
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
 def generator():
-    spec = importlib.util.spec_from_file_location(
-        "salt_requirements", REPO / "scripts" / "salt_requirements.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("salt_requirements")
 
 
 def test_the_committed_requirements_are_uv_lock_s(generator):

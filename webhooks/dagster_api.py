@@ -244,17 +244,22 @@ class DagsterApi:
         return Evaluation(evaluation.get("runRequests") or [], evaluation.get("skipReason") or "")
 
     def launch(
-        self, job: str, *, tags: dict[str, str], run_config: dict[str, Any] | None = None
-    ) -> str:
-        """Launch a run of `job` with `tags` (its partition: the `dagster/partition` tag); the
-        run id. The run waits in Dagster's queue until the daemon starts it."""
+        self, job: str, *, tags: dict[str, str], run_config: dict[str, Any] | None = None,
+        assets: list[list[str]] | None = None,
+    ) -> str:  # fmt: skip
+        """Launch a run of `job` with `tags` (its partition: the `dagster/partition` tag), of
+        `assets` alone when given (asset key paths); the run id. The run waits in Dagster's
+        queue until the daemon starts it."""
         what = f"launch {job}"
+        selector: dict[str, Any] = {
+            "repositoryLocationName": LOCATION,
+            "repositoryName": REPOSITORY,
+            "jobName": job,
+        }
+        if assets:
+            selector["assetSelection"] = [{"path": path} for path in assets]
         params = {
-            "selector": {
-                "repositoryLocationName": LOCATION,
-                "repositoryName": REPOSITORY,
-                "jobName": job,
-            },
+            "selector": selector,
             "runConfigData": run_config or {},
             "executionMetadata": {"tags": [{"key": k, "value": v} for k, v in tags.items()]},
         }
