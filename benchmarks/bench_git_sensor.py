@@ -70,7 +70,7 @@ def write_topology(root: Path, repos: dict[str, str]) -> Path:
 
 def run() -> list[Result]:
     from infra_assets.definitions import build_definitions
-    from infra_assets.model import load_topology
+    from infra_assets.topology.model import load_topology
     from sensors.git_push import SENSOR_NAME
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from benchmarks import Result
-from infra_assets.paths import REPO_ROOT
+from resources.paths import REPO_ROOT
 
 NUMBER = 125
 
@@ -51,7 +51,7 @@ def run() -> list[Result]:
 
 
 def _warm(topology: Path, env: _Env) -> list[Result]:
-    from infra_assets.model import load_topology
+    from infra_assets.topology.model import load_topology
 
     topo = load_topology(topology)
     hosts = sorted(topo.hosts)
@@ -99,7 +99,7 @@ class _Env:
 
     def definitions(self):
         from infra_assets.definitions import build_definitions
-        from infra_assets.model import load_topology
+        from infra_assets.topology.model import load_topology
 
         return build_definitions(load_topology(self.topology))
 

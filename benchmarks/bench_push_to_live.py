@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 from benchmarks import Result
-from infra_assets.paths import REPO_ROOT
+from resources.paths import REPO_ROOT
 
 NUMBER = 124
 ROUNDS = 5
@@ -150,7 +150,7 @@ def _rounds(topology: Path, env: dict[str, str]) -> tuple[list[float], dict[str,
     """ROUNDS pushes, each followed until live; (totals, each stage's seconds per round)."""
     import dagster as dg
 
-    from infra_assets.app_images import deliver_job_name
+    from infra_assets.delivery.app_images import deliver_job_name
     from lab import demo_loop
     from lab.demo import staging_site
     from lab.lab_dagster import lab_dagster

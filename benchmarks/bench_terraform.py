@@ -23,9 +23,9 @@ import time
 from pathlib import Path
 
 from benchmarks import Result
-from infra_assets.cloud.stacks import instances_vars, network_vars
-from infra_assets.model import load_topology
-from infra_assets.paths import REPO_ROOT
+from infra_assets.cloud.tfvars import instances_vars, network_vars
+from infra_assets.topology.model import load_topology
+from resources.paths import REPO_ROOT
 
 sys.path.insert(0, str(REPO_ROOT / "tests"))  # the stand-in and Terraform 1.0.3 helpers
 from cloud_env import terraform_resource, write_location  # noqa: E402

@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 from benchmarks import Result
-from infra_assets.model import address_plan, load_topology
+from infra_assets.topology.model import address_plan, load_topology
 
 RUNS = 5
 TYPES = {

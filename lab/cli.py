@@ -8,8 +8,8 @@ from pathlib import Path
 
 import click
 
-from infra_assets.model import TopologyError
-from infra_assets.secrets import SecretsError
+from infra_assets.topology.model import TopologyError
+from infra_assets.topology.secrets import SecretsError
 
 
 def topology_option(help: str = "The lab's topology ($INFRA_TOPOLOGY)."):
@@ -34,8 +34,8 @@ def lab() -> None:
 
 
 def known_errors():
-    from infra_assets.secrets import SecretsError
-    from infra_assets.sites import SiteError
+    from infra_assets.topology.secrets import SecretsError
+    from infra_assets.topology.sites import SiteError
     from lab.site import LabUpError
     from resources.cli_runner import CliError
     from resources.lab import LabError

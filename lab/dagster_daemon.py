@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from infra_assets.paths import REPO_ROOT
 from lab.processes import Supervisor, command_lines
+from resources.paths import REPO_ROOT
 
 PROCESS = "dagster-daemon"
 BIN = Path(sys.executable).parent

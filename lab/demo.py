@@ -22,8 +22,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from infra_assets.model import Topology
-from infra_assets.sites import LabSite
+from infra_assets.topology.model import Topology
+from infra_assets.topology.sites import LabSite
 from lab.dagster_daemon import DagsterDaemon
 from lab.demo_services import DemoServices
 from lab.reach import Site
@@ -56,7 +56,7 @@ def staging_site(site: LabSite, topo: Topology, app: str) -> Site:
 
 def run_loop(topology_file: Path, site: LabSite, say, *, rounds: int = 2) -> int:
     """`rounds` commits pushed to the demo app, each followed until staging answers with it."""
-    from infra_assets.app_images import deliver_job_name
+    from infra_assets.delivery.app_images import deliver_job_name
     from lab.demo_loop import (
         LoopError,
         demo_app,
@@ -122,11 +122,11 @@ def run_loop(topology_file: Path, site: LabSite, say, *, rounds: int = 2) -> int
 
 def run_demo(topology_file: Path, say, *, rounds: int = 2) -> int:
     """`make demo` on a lab topology: `infra lab up`, the push-to-live loop, where to look."""
-    from infra_assets.model import TopologyError
-    from infra_assets.paths import dagster_home
-    from infra_assets.secrets import SecretsError
+    from infra_assets.topology.model import TopologyError
+    from infra_assets.topology.secrets import SecretsError
     from lab import site as lab
     from lab.cli import known_errors
+    from resources.paths import dagster_home
 
     try:
         site = lab.lab_site(topology_file)

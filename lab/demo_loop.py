@@ -25,11 +25,11 @@ from pathlib import Path
 
 import requests
 
-from infra_assets.model import Topology
-from infra_assets.paths import REPO_ROOT, dagster_home
+from infra_assets.topology.model import Topology
 from lab.lab_dagster import LabDagster, LabDagsterError
 from lab.reach import ReachError, Site
-from webhooks.dagster_api import DagsterApi, DagsterApiError, RunRef
+from resources.dagster_api import DagsterApi, DagsterApiError, RunRef
+from resources.paths import REPO_ROOT, dagster_home
 
 Say = Callable[..., None]
 BIN = Path(sys.executable).parent
@@ -210,7 +210,7 @@ def start_webhooks(
     """The webhook endpoint (lab/demo_services.py) and the app's post-receive hook calling it:
     a push starts its run at once, in the lab's own Dagster (`dagster`), else in this
     machine's, whose webserver is started for it. The URL of the Dagster UI that runs it."""
-    from infra_assets.secrets import webhook_secret
+    from infra_assets.topology.secrets import webhook_secret
     from lab.demo import demo_services
     from lab.demo_services import install_hook
     from lab.site import lab_secrets
@@ -389,7 +389,7 @@ class InstanceRuns:
 
 
 class ApiRuns:
-    """The runs of the lab's own Dagster, through its GraphQL API (webhooks/dagster_api.py)."""
+    """The runs of the lab's own Dagster, through its GraphQL API (resources/dagster_api.py)."""
 
     def __init__(self, api: DagsterApi):
         self.api = api

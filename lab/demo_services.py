@@ -21,8 +21,8 @@ from typing import Any
 
 import requests
 
-from infra_assets.paths import REPO_ROOT
 from lab.processes import Supervisor, free_port
+from resources.paths import REPO_ROOT
 
 BIN = Path(sys.executable).parent
 WEBSERVER = "dagster-webserver"

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import yaml
 
-from infra_assets.sites import LabSite
+from infra_assets.topology.sites import LabSite
+from resources.dagster_api import DagsterApi, DagsterApiError
 from resources.lab import LabNetwork
-from webhooks.dagster_api import DagsterApi, DagsterApiError
 
 READY = """{
   workspaceOrError { ... on Workspace { locationEntries {

@@ -12,10 +12,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from infra_assets.model import Topology, load_topology
-from infra_assets.pillar import registry_tls_names
-from infra_assets.secrets import Secrets, ensure_secrets, load_secrets
-from infra_assets.sites import SECRETS_ENV, LabSite, SiteError, site_for
+from infra_assets.configuration.pillar import registry_tls_names
+from infra_assets.topology.model import Topology, load_topology
+from infra_assets.topology.secrets import Secrets, ensure_secrets, load_secrets
+from infra_assets.topology.sites import SECRETS_ENV, LabSite, SiteError, site_for
 from lab.reach import Site
 from resources.lab import LabNetwork, LabResource
 from resources.lab_acme import LabAcmeError
@@ -32,7 +32,7 @@ def write_lab_topology(folder: Path, number: int) -> Path:
     the tests', a benchmark's), its app repos under `folder`. Returns the file written there."""
     import yaml
 
-    from infra_assets.paths import REPO_ROOT
+    from resources.paths import REPO_ROOT
 
     data = yaml.safe_load((REPO_ROOT / "topology.lab.yaml").read_text())
     for location in data["locations"].values():
@@ -95,7 +95,7 @@ def write_salt_api_client(site: LabSite, secrets: Secrets) -> None:
 def write_registry_client(site: LabSite, secrets: Secrets) -> None:
     """What Dagster needs to use the lab's registry: the push account's password (mode 600) and
     the registry's certificate to check it against, beside the lab's secrets."""
-    from infra_assets.app_images import REGISTRY_ACCOUNT
+    from infra_assets.delivery.app_images import REGISTRY_ACCOUNT
 
     if not site.topo.hosts_with_role("docker-registry"):
         return
@@ -140,7 +140,7 @@ def up(topology_file: Path, *, job: str = "main", echo=None) -> dict[str, Any]:
     import dagster as dg
 
     from infra_assets.definitions import build_definitions
-    from infra_assets.paths import dagster_home
+    from resources.paths import dagster_home
 
     site = lab_site(topology_file)
     lab_secrets(site)
@@ -177,12 +177,12 @@ def publish_build_images(site: LabSite, echo=None) -> list[str]:
     the lab has, in the lab's registry for the lab's own Dagster (the dagster role), which has
     no podman to make them: pushed from this machine's storage when the registry's are others
     (made here first when missing). Returns what happened ([]: no dagster or registry host)."""
-    from infra_assets.app_images import (
+    from infra_assets.delivery.app_images import (
         RUNTIME_CACHES,
         publish_base_image,
         publish_runtime_image,
     )
-    from infra_assets.definitions import lab_resources
+    from infra_assets.site_resources import lab_resources
 
     if not site.topo.hosts_with_role("dagster"):
         return []
@@ -211,7 +211,7 @@ def publish_build_images(site: LabSite, echo=None) -> list[str]:
 def start_git_daemon(site: LabSite, base_dir: Path) -> dict[str, Any] | None:
     """The read-only git daemon on the build agent's lab link, serving the apps whose repo is a
     path on this machine (the salt builder starts it too when it is not running)."""
-    from infra_assets.app_images import BUILD_AGENT_ROLE
+    from infra_assets.delivery.app_images import BUILD_AGENT_ROLE
 
     agents = sorted(site.topo.hosts_with_role(BUILD_AGENT_ROLE))
     daemon = site.serve_git(site.number_of(agents[0]), base_dir) if agents else None
@@ -364,7 +364,7 @@ def _git_daemons(site: LabSite) -> dict[str, Any]:
 
 def _registry(site: LabSite) -> dict[str, Any]:
     """Where the lab's registry is and how Dagster reaches it (never a password)."""
-    from infra_assets.definitions import lab_resources
+    from infra_assets.site_resources import lab_resources
 
     registry = lab_resources(site).get("registry")
     if registry is None:
@@ -382,9 +382,9 @@ def releases(site: LabSite) -> dict[str, Any]:
     """`releases.<app>.<environment>`: what the web hosts record as live (read through salt)
     and where the machine reaches it (`lab_app_reach`: the app's URL, the web host's planned
     address it is reached at through the lab's link, the root its certificate chains to)."""
-    from infra_assets.definitions import lab_resources
-    from infra_assets.model import ENVIRONMENTS
-    from infra_assets.releases import read_records
+    from infra_assets.delivery.releases import read_records
+    from infra_assets.site_resources import lab_resources
+    from infra_assets.topology.model import ENVIRONMENTS
     from resources.salt import SaltError
 
     topo = site.topo
@@ -454,7 +454,7 @@ def lab_app_reach(site: LabSite, host: str, app: str, environment: str) -> dict[
 
 def _services(site: LabSite, host: str) -> dict[str, Any]:
     """Each service of `host` and how the machine reaches it: through the lab's link."""
-    from infra_assets.roles import role_catalogue
+    from infra_assets.topology.roles import role_catalogue
 
     services = role_catalogue().services()
     out: dict[str, Any] = {}

@@ -8,8 +8,8 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from infra_assets.paths import REPO_ROOT
 from resources.cli_runner import CliError, run_cli
+from resources.paths import REPO_ROOT
 
 
 class GitError(RuntimeError):

@@ -8,7 +8,7 @@ In the lab they reach them through this proxy: `CONNECT host:443` to 169.254.N.1
 machine's end of lab N's veth link, and nowhere else), allowed only when the client's address is
 a cache host's and the target is one of the registries its role needs, or a host's that posts to
 the chat (the lab's Dagster, a chat-ops bot's web host) and the target is the chat's host from
-the lab's secrets (infra_assets/sites.py, `LabSite.egress_allow`; `allow.json` in the
+the lab's secrets (infra_assets/topology/sites.py, `LabSite.egress_allow`; `allow.json` in the
 proxy's folder, read on every request: {client address: ["host:port", ...]}). Anything else is
 answered `403` and logged. The tunnel carries the client's own TLS end to end; nothing is
 decrypted here.

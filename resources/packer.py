@@ -29,8 +29,8 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
-from infra_assets.paths import REPO_ROOT, state_dir
 from resources.cli_runner import CliError, LogSink, default_log, run_cli
+from resources.paths import REPO_ROOT, state_dir
 from resources.podman import PodmanResource
 
 LAB_SOURCE = "docker.lab"

@@ -31,8 +31,8 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from infra_assets.paths import state_dir
 from resources.cli_runner import CliError, run_cli
+from resources.paths import state_dir
 from resources.registry import Endpoint
 
 LogSink = Callable[[str], object]
@@ -199,7 +199,7 @@ class PodmanResource(dg.ConfigurableResource):
 
     def available(self) -> bool:
         """Whether podman is installed here (a Dagster host without it takes the base images
-        from the registry: infra_assets/app_images.py)."""
+        from the registry: infra_assets/delivery/app_images.py)."""
         return shutil.which("podman") is not None
 
     def image_id(self, ref: str) -> str | None:

@@ -30,6 +30,8 @@ DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 # Without an Accept header the registry would convert to the old schema 1 (another digest).
 MANIFEST_TYPES = (OCI_MANIFEST, DOCKER_MANIFEST, OCI_INDEX, DOCKER_LIST)
+# The commit an image was built from, as its builds label it (OCI's annotation key).
+REVISION_LABEL = "org.opencontainers.image.revision"
 
 
 class RegistryError(RuntimeError):

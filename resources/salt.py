@@ -10,7 +10,7 @@
   loggers. The worker holds one `LocalClient` and one `WheelClient` and streams each minion's
   return back as it arrives. Dagster beside the master on the co-op's support server uses it.
 
-Which master a site has (this machine, a lab, a cloud) is `infra_assets/sites.py`'s business.
+Which master a site has (this machine, a lab, a cloud) is `topology/sites.py`'s business.
 
     salt = SaltResource(api_url="https://10.127.1.1:8000", api_user="dagster",
                         api_password=dg.EnvVar("INFRA_SALT_API_PASSWORD"), api_ca_file="ca.pem")
@@ -41,6 +41,10 @@ from pydantic import Field, PrivateAttr
 
 from resources.lab_link import listening, read_secret_file, route_problem
 from resources.salt_api import SaltApi, SaltError
+
+# The master beside Dagster: `master_config`, else this setting, else the support server's own.
+MASTER_CONFIG_ENV = "INFRA_SALT_MASTER_CONFIG"
+DEFAULT_MASTER_CONFIG = Path("/etc/salt/master")
 
 __all__ = ["SaltError", "SaltResource"]  # and the typed results below
 
@@ -315,7 +319,7 @@ class SaltResource(dg.ConfigurableResource):
         default="",
         description="The salt master's config FILE (the local-master transport). Empty, with no"
         " api_url: $INFRA_SALT_MASTER_CONFIG, else the master of the site the topology names"
-        " (infra_assets/sites.py).",
+        " (infra_assets/topology/sites.py).",
     )
     api_url: str = Field(
         default="",
@@ -383,9 +387,8 @@ class SaltResource(dg.ConfigurableResource):
             )
         if self.master_config:
             return Path(self.master_config).absolute()
-        from infra_assets.sites import salt_master_config
-
-        return salt_master_config()
+        env = os.environ.get(MASTER_CONFIG_ENV)
+        return Path(env).absolute() if env else DEFAULT_MASTER_CONFIG
 
     def _connect(self) -> _Worker | _ApiTransport:
         if self._worker is not None and self._worker.alive():

@@ -38,8 +38,8 @@ from typing import Any, Literal
 import dagster as dg
 from pydantic import Field
 
-from infra_assets.paths import REPO_ROOT, state_dir
 from resources.cli_runner import CliError, LogSink, run_cli
+from resources.paths import REPO_ROOT, state_dir
 
 # What a plan may not destroy or replace without the run's leave (the destroy gate): servers, the
 # network they sit on, and the web hosts' public addresses (DNS points at them; a new floating IP

@@ -1,17 +1,21 @@
-"""TopologyResource: the topology file Dagster works on, read and validated on demand."""
+"""TopologyResource (`topology_file`): the topology file Dagster works on, read once per run.
+
+The resource reads the file; `infra_assets/topology` parses and checks it
+(`infra_assets.topology.assets.read`): a run's assets, checks and sensors all see the text
+that its first read found, even if the file changes while the run goes on.
+"""
 
 from __future__ import annotations
 
 import hashlib
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
-from infra_assets.model import Topology, load_topology
-from infra_assets.paths import default_topology
+from resources.cli_runner import CliError, run_cli
+from resources.paths import default_topology
 
 
 @dataclass(frozen=True)
@@ -34,29 +38,43 @@ class TopologyResource(dg.ConfigurableResource):
         default="",
         description="The topology file. Empty: $INFRA_TOPOLOGY, else the repo's topology.yaml.",
     )
+    # The file's text, once read in a run (set up by Dagster for each run or sensor tick; a
+    # resource used outside Dagster reads the file at each call).
+    _run_text: str | None = PrivateAttr(default=None)
+    _in_run: bool = PrivateAttr(default=False)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        self._in_run, self._run_text = True, None
 
     def file(self) -> Path:
         return Path(self.path).absolute() if self.path else default_topology()
 
-    def load(self) -> Topology:
-        """The validated topology. Raises `TopologyError` listing every problem in the file."""
-        return load_topology(self.file())
+    def text(self) -> str:
+        """The file's text: read once per run. Raises OSError or UnicodeDecodeError."""
+        if self._run_text is not None:
+            return self._run_text
+        text = self.file().read_text(encoding="utf-8")
+        if self._in_run:
+            self._run_text = text
+        return text
 
     def source(self) -> TopologySource:
         file = self.file()
-        digest = hashlib.sha256(file.read_bytes()).hexdigest()
+        digest = hashlib.sha256(self.text().encode("utf-8")).hexdigest()
         commit, dirty = _git_state(file)
         return TopologySource(path=file, sha256=digest, commit=commit, dirty=dirty)
 
 
 def _git_state(file: Path) -> tuple[str | None, bool]:
-    def git(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            ["git", "-C", str(file.parent), *args], capture_output=True, text=True, check=False
-        )
+    def git(*args: str) -> str | None:
+        try:
+            command = ["git", "-C", str(file.parent), *args]
+            return run_cli(command, timeout_s=30, log=lambda line: None).output
+        except CliError:
+            return None
 
     head = git("rev-parse", "--verify", "-q", "HEAD")
-    if head.returncode != 0:
+    if head is None:
         return None, False
-    status = git("status", "--porcelain", "--", file.name)
-    return head.stdout.strip(), bool(status.stdout.strip())
+    status = git("status", "--porcelain", "--", file.name) or ""
+    return head.strip(), bool(status.strip())

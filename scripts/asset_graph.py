@@ -27,7 +27,7 @@ TOPOLOGIES = ("topology.yaml", "topology.lab.yaml")
 def graph_of(topology_file: Path) -> dict[str, Any]:
     """The graph of the code location `topology_file` makes."""
     from infra_assets.definitions import build_definitions
-    from infra_assets.model import load_topology
+    from infra_assets.topology.model import load_topology
 
     defs = build_definitions(load_topology(topology_file))
     graph = defs.resolve_asset_graph()

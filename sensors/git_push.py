@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import dagster as dg
 
-from infra_assets.model import App
+from infra_assets.topology.model import App
 from resources.git import GitResource
 from resources.git_url import resolve_repo
 from resources.topology import TopologyResource

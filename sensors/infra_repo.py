@@ -9,10 +9,10 @@ second run; every skip says why; a failed look at git leaves the cursor where it
 import dagster as dg
 
 from infra_assets.cloud.changes import changes_between
-from infra_assets.cloud_jobs import apply_job, ensure_location_pools, images_job, plan_job
-from infra_assets.images import image_key
-from infra_assets.model import TopologyError, parse_topology
-from infra_assets.stacks import apply_key, plan_key
+from infra_assets.cloud.images import image_key
+from infra_assets.cloud.jobs import apply_job, ensure_location_pools, images_job, plan_job
+from infra_assets.cloud.stacks import apply_key, plan_key
+from infra_assets.topology.model import TopologyError, parse_topology
 from resources.infra_repo import GitError, InfraRepoResource
 from resources.topology import TopologyResource
 

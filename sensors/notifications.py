@@ -1,7 +1,7 @@
 """Notices to the co-op's chat: what went wrong, what went live, and what mended itself.
 
 Three sensors post to the chat's incoming webhook (resources/chat.py; its URL is the secret
-`chat.webhook_url`, infra_assets/secrets.py; without it they skip, saying so):
+`chat.webhook_url`, infra_assets/topology/secrets.py; without it they skip, saying so):
 
 - `run_failure_notice`: every run that fails (a build, a release, a plan...), with the failed
   steps' own messages and the run's page;
@@ -38,11 +38,11 @@ from pathlib import Path
 
 import dagster as dg
 
-from infra_assets.model import TopologyError
-from infra_assets.paths import state_dir
-from infra_assets.secrets import SecretsError, chat_webhook_url, secret_values
-from infra_assets.sites import RUNS_ON_ENV, SiteError, site_for
+from infra_assets.topology.model import TopologyError, read_topology
+from infra_assets.topology.secrets import SecretsError, chat_webhook_url, secret_values
+from infra_assets.topology.sites import RUNS_ON_ENV, SiteError, site_for
 from resources.chat import ChatError, ChatResource
+from resources.paths import state_dir
 from resources.topology import TopologyResource
 from sensors.cursors import CursorError, read_json_cursor
 
@@ -72,7 +72,7 @@ class Chat:
 def chat_for(topology_file: TopologyResource) -> Chat:
     """The chat, from the secrets file of the topology's site."""
     try:
-        topo = topology_file.load()
+        topo = read_topology(topology_file)
         site = site_for(topo)
         path = site.secrets_file()
     except (TopologyError, SiteError):

@@ -5,7 +5,7 @@ branch (`hello:main`), the tag the image build moves to each new head of the bra
 is the digest per app and tag, as JSON (`{"hello": {"main": "sha256:..."}}`). Each new digest asks
 for one run with run_key = the digest, its tags naming the app, the digest, the image and the
 commit (the image's `org.opencontainers.image.revision` label). Only a digest that
-`app_image/<app>` built and recorded (Dagster's event log: infra_assets/provenance.py) is
+`app_image/<app>` built and recorded (Dagster's event log: infra_assets/delivery/provenance.py) is
 released: any other at the tag (an image someone else pushed) is named in the tick, with no run,
 and the cursor stays before it. An image whose label is not a commit (40 hex digits) is refused:
 no run, the reason in the tick, the cursor past it. A registry
@@ -13,7 +13,7 @@ that cannot be reached
 (or refuses the credentials) skips the tick with the reason, and the cursor stays where it was.
 
 The run goes to the job that `job_for_app` names for the app: its staging release
-(`release_staging_<app>`, infra_assets/releases.py), with the digest and the commit in the run's
+(`release_staging_<app>`, delivery/releases.py), with the digest and the commit in the run's
 config (`run_config_for`), so the run releases exactly the image the sensor saw.
 """
 
@@ -25,16 +25,15 @@ from dataclasses import dataclass, field
 
 import dagster as dg
 
-from infra_assets.model import App
-from infra_assets.provenance import our_build
+from infra_assets.delivery.provenance import our_build
+from infra_assets.topology.model import App
 from resources.git import SHA_RE
-from resources.registry import RegistryError, RegistryResource
+from resources.registry import REVISION_LABEL, RegistryError, RegistryResource
 from sensors.cursors import CursorError, read_json_cursor
 
 SENSOR_NAME = "registry_image_sensor"
 # Run statuses of a `deliver_<app>` run that will still release its image.
 IN_PROGRESS = frozenset({"QUEUED", "NOT_STARTED", "STARTING", "STARTED"})
-REVISION_LABEL = "org.opencontainers.image.revision"
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from infra_assets.paths import REPO_ROOT
 from lab.processes import Supervisor, free_port
+from resources.paths import REPO_ROOT
 from resources.terraform import TerraformResource
 
 STANDIN = Path(__file__).parent / "terraform" / "standin"

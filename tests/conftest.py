@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from infra_assets.paths import REPO_ROOT
+from resources.paths import REPO_ROOT
 
 
 @pytest.fixture(scope="session")

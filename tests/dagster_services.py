@@ -10,9 +10,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from infra_assets.paths import REPO_ROOT
 from lab.demo_services import DemoServices
 from lab.processes import Supervisor
+from resources.paths import REPO_ROOT
 
 BIN = Path(sys.executable).parent
 

@@ -18,9 +18,9 @@ from typing import Any
 import dagster as dg
 import pytest
 
-from infra_assets.model import Topology, load_topology
-from infra_assets.paths import REPO_ROOT
-from infra_assets.sites import LabSite
+from infra_assets.topology.model import Topology, load_topology
+from infra_assets.topology.sites import LabSite
+from resources.paths import REPO_ROOT
 
 
 def _free_lab_number() -> int:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from infra_assets.roles import role_catalogue
+from infra_assets.topology.roles import role_catalogue
 
 HERE = Path(__file__).parent
 REPO = HERE.parent

@@ -24,11 +24,11 @@ import yaml
 from cloud_env import terraform_resource, write_location
 from fakes.openstack import FakeOpenStack
 
-from infra_assets.cloud.stacks import salt_key_vars
+from infra_assets.cloud.stacks import GIT_SHA_TAG as GIT_SHA
+from infra_assets.cloud.tfvars import salt_key_vars
+from infra_assets.configuration.salt_keys import KeyStore
 from infra_assets.definitions import build_definitions
-from infra_assets.model import load_topology
-from infra_assets.salt_keys import KeyStore
-from infra_assets.stacks import GIT_SHA_TAG as GIT_SHA
+from infra_assets.topology.model import load_topology
 from resources.infra_repo import InfraRepoResource
 from resources.openstack import GROUP_PROPERTY, OpenStackResource
 from resources.packer import PackerResource

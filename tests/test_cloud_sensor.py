@@ -11,9 +11,9 @@ import dagster as dg
 import pytest
 
 from infra_assets.cloud.changes import changes_between
-from infra_assets.cloud_jobs import ensure_location_pools, schedules
+from infra_assets.cloud.jobs import ensure_location_pools, schedules
 from infra_assets.definitions import build_definitions
-from infra_assets.model import parse_topology
+from infra_assets.topology.model import parse_topology
 from resources.infra_repo import InfraRepoResource
 from resources.topology import TopologyResource
 from sensors.infra_repo import infra_main_sensor
@@ -234,7 +234,7 @@ def test_rewritten_history_plans_everything(repo, instance):
 def test_every_file_of_the_salt_tree_rebuilds_the_images_of_the_roles_that_apply_it(repo_root):
     """On the co-op's topology (every image group in use on nz-por-1) and the real salt/ tree
     and roles.yaml: each state's files rebuild its roles' images only."""
-    from infra_assets.highstate import role_states
+    from infra_assets.configuration.highstate import role_states
 
     coop = parse_topology((repo_root / "topology.yaml").read_text())
     roles = role_states(repo_root / "salt" / "roles.yaml")

@@ -1,4 +1,4 @@
-"""The `dagster` role's data (salt/dagster; infra_assets/pillar.py): what support-1's pillar gives
+"""The `dagster` role's data (salt/dagster; infra_assets/configuration/pillar.py): what support-1's pillar gives
 the Dagster it runs, its instance's database on the production postgres host, the UI's accounts,
 and what an app with `dagster: true` (a chat-ops bot) is given. The role running for real is
 tests/test_lab_dagster.py's."""
@@ -12,10 +12,10 @@ import dagster as dg
 import pytest
 import yaml
 
-from infra_assets.model import parse_topology
-from infra_assets.pillar import bcrypt_htpasswd_line, render_pillars
-from infra_assets.secrets import SecretsError, ensure_secrets, load_secrets, required_keys
-from infra_assets.sites import SiteError, site_for
+from infra_assets.configuration.pillar import bcrypt_htpasswd_line, render_pillars
+from infra_assets.topology.model import parse_topology
+from infra_assets.topology.secrets import SecretsError, ensure_secrets, load_secrets, required_keys
+from infra_assets.topology.sites import SiteError, site_for
 
 
 def _coop(repo_root, **app_settings):
@@ -158,7 +158,7 @@ def test_on_the_lab_the_chat_s_clients_go_out_through_the_egress_proxy(repo_root
     Dagster host (its notices) and the production web host of an app with `dagster: true` (the
     bot's later answers) may reach the chat's host through it, and are told the proxy; nobody
     else, and nothing without a chat."""
-    from infra_assets.sites import LabSite
+    from infra_assets.topology.sites import LabSite
     from resources.topology import TopologyResource
     from sensors.notifications import chat_for
 

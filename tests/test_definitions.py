@@ -10,8 +10,8 @@ import sys
 import dagster as dg
 import pytest
 
-from infra_assets.model import Address, AddressPlan, address_plan, load_topology
-from infra_assets.topology import check_plan
+from infra_assets.topology.assets import check_plan
+from infra_assets.topology.model import Address, AddressPlan, address_plan, load_topology
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,9 @@ from __future__ import annotations
 import dagster as dg
 import pytest
 
-from infra_assets.app_images import builder_for
 from infra_assets.definitions import build_definitions
-from infra_assets.model import load_topology
+from infra_assets.delivery.app_images import builder_for
+from infra_assets.topology.model import load_topology
 
 
 @pytest.fixture
@@ -159,7 +159,7 @@ def test_release_jobs(lab_defs):
 
 
 def test_nothing_to_roll_back_to_is_a_clear_error():
-    from infra_assets.releases import Record, _rollback_target
+    from infra_assets.delivery.releases import Record, _rollback_target
 
     record = Record("web-production-1", {"digest": "sha256:" + "a" * 64}, None)
     with pytest.raises(dg.Failure) as err:
@@ -172,7 +172,7 @@ def test_nothing_to_roll_back_to_is_a_clear_error():
 
 def test_a_partition_that_is_a_sha_with_a_newline_is_refused(repo_root):
     # `$` matches before a final newline: the sha would reach the build's command line and tags.
-    from infra_assets.app_images import materialize
+    from infra_assets.delivery.app_images import materialize
 
     topo = load_topology(repo_root / "topology.lab.yaml")
     sha = "0123456789abcdef0123456789abcdef01234567"

@@ -26,9 +26,9 @@ from chat_receiver import ChatReceiver
 from dagster_services import running_dagster
 from fixtures_delivery import write_app_topology
 
-from infra_assets.paths import REPO_ROOT
 from lab.processes import free_port
-from webhooks.dagster_api import DagsterApi
+from resources.dagster_api import DagsterApi
+from resources.paths import REPO_ROOT
 
 APP = REPO_ROOT / "apps" / "deploybot" / "app.py"
 SECRET = "the-bot-s-signing-secret-for-tests"

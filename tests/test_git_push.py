@@ -22,8 +22,8 @@ from dagster._core.workspace.load_target import InProcessWorkspaceLoadTarget
 from dagster._daemon.sensor import execute_sensor_iteration
 from fixtures_delivery import REPO_ROOT, delivery_defs, git, write_app_topology
 
-from infra_assets.app_images import build_job_name, partitions_def_name
-from infra_assets.model import load_topology
+from infra_assets.delivery.app_images import build_job_name, partitions_def_name
+from infra_assets.topology.model import load_topology
 from lab.processes import free_port
 from resources.git import GitError, GitResource
 from resources.git_url import resolve_repo

@@ -137,8 +137,8 @@ def test_the_dns_probe_asks_each_name_and_compares_with_the_plan():
 
 
 def test_a_minion_with_another_copy_of_the_module_says_so_instead_of_probing(web):
-    """infra_assets/salt_modules.py syncs the modules to a minion that answers so."""
-    from infra_assets.salt_modules import STALE, module_sha256
+    """infra_assets/configuration/salt_modules.py syncs the modules to a minion that answers so."""
+    from infra_assets.configuration.salt_modules import STALE, module_sha256
 
     mine = module_sha256("coop_health")
     assert health.probe({}, module_sha256="0" * 64) == {STALE: mine}

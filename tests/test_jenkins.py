@@ -24,10 +24,10 @@ from fixtures_delivery import (
     write_app_topology,
 )
 
-from infra_assets.app_images import builder_for
-from infra_assets.model import load_topology
-from infra_assets.pillar import build_caches
-from infra_assets.sites import site_for
+from infra_assets.configuration.pillar import build_caches
+from infra_assets.delivery.app_images import builder_for
+from infra_assets.topology.model import load_topology
+from infra_assets.topology.sites import site_for
 from resources.jenkins import JenkinsError, JenkinsResource
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -13,10 +13,10 @@ import yaml
 from lab_env import LAB_NUMBER, LabEnv
 
 from infra_assets.cloud.groups import CATALOGUE_FILE, group_of_host
-from infra_assets.model import parse_topology
-from infra_assets.pillar import render_pillars
-from infra_assets.secrets import load_secrets
-from infra_assets.sites import CloudSite
+from infra_assets.configuration.pillar import render_pillars
+from infra_assets.topology.model import parse_topology
+from infra_assets.topology.secrets import load_secrets
+from infra_assets.topology.sites import CloudSite
 
 pytestmark = [pytest.mark.slow, pytest.mark.lab]
 
@@ -66,7 +66,7 @@ def test_every_minion_answers_through_salt_api_with_keys_made_ahead(lab_env: Lab
         assert salt.ping(minions=sorted(lab_env.topo.hosts)).ok
         # every minion pins the master's key: the fingerprint minion_keys recorded
         finger = lab_env.site.keys_dir() / "master.pub"
-        from infra_assets.salt_keys import pem_finger
+        from infra_assets.configuration.salt_keys import pem_finger
 
         pinned = salt.call(minions=["web-staging-1"], fun="config.get", args=["master_finger"])
         assert pinned["web-staging-1"] == pem_finger(finger.read_text())

@@ -10,7 +10,7 @@ import urllib.request
 
 import pytest
 
-from infra_assets.secrets import self_signed_certificate
+from infra_assets.topology.secrets import self_signed_certificate
 from lab.processes import free_port
 from resources.lab_acme import LabAcme, LabAcmeError
 

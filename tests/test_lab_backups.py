@@ -9,7 +9,7 @@ from __future__ import annotations
 import dagster as dg
 from lab_env import LAB_NUMBER, LabEnv
 
-from infra_assets.backups import JOB, MASTER_COPIES, backup_key, recent
+from infra_assets.operations.backups import JOB, MASTER_COPIES, backup_key, recent
 
 HOST = "pg-staging-1"
 DATABASE = "hello_staging"

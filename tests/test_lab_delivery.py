@@ -28,8 +28,8 @@ from fixtures_delivery import (
 )
 from lab_env import LAB_NUMBER, LabEnv
 
-from infra_assets.app_images import asset_key, build_job_name
-from infra_assets.releases import staging_job_name
+from infra_assets.delivery.app_images import asset_key, build_job_name
+from infra_assets.delivery.releases import staging_job_name
 from sensors import git_push, registry_images
 
 pytestmark = [pytest.mark.slow, pytest.mark.lab]
@@ -115,7 +115,7 @@ def test_a_push_is_built_on_the_agent_released_on_staging_and_promoted(
         assert meta["image"] == f"10.{LAB_NUMBER}.9.1:5001/{APP}@{digest}"  # the push door
         assert meta["base_image"].startswith(f"10.{LAB_NUMBER}.9.1:5001/coop-base@sha256:")
         # No secret reaches the log: the push account is the agent's own auth file.
-        from infra_assets.secrets import load_secrets
+        from infra_assets.topology.secrets import load_secrets
 
         secrets = load_secrets(lab_env.site.secrets_file(), lab_env.topo)
         assert secrets.get("registry", "users", "ci") not in log
@@ -195,7 +195,7 @@ def test_a_deliver_run_of_a_commit_no_longer_the_head_builds_it_and_releases_not
     """Two pushes in a row, their runs in the other order: the older commit's run builds it, then
     reads the branch head from the repository, finds the newer commit there and releases nothing
     (its step succeeds): staging is not sent back to an older commit."""
-    from infra_assets.app_images import deliver_job_name
+    from infra_assets.delivery.app_images import deliver_job_name
 
     older = hello.commit(message="pushed first")
     hello.commit(message="pushed second")
@@ -336,7 +336,7 @@ def hello_build(lab_env: LabEnv, tmp_path):
     served by the lab's git daemon): the same lab, registry and agent."""
     import yaml
 
-    from infra_assets.model import load_topology
+    from infra_assets.topology.model import load_topology
     from lab.site import lab_secrets
 
     repo = make_app_repo(tmp_path, BUILD_APP, source=HELLO)

@@ -27,14 +27,14 @@ import pytest
 import yaml
 from lab_env import LabEnv
 
+from infra_assets.configuration.pillar import registry_tls_names
 from infra_assets.definitions import build_definitions
-from infra_assets.model import load_topology
-from infra_assets.pillar import registry_tls_names
-from infra_assets.secrets import ensure_secrets
+from infra_assets.topology.model import load_topology
+from infra_assets.topology.secrets import ensure_secrets
 from lab.demo_loop import ensure_repo
 from lab.lab_dagster import lab_dagster
 from lab.site import app_site, environment, lab_site
-from webhooks.dagster_api import DagsterApi
+from resources.dagster_api import DagsterApi
 from webhooks.push import PushHandler
 
 pytestmark = [pytest.mark.slow, pytest.mark.lab]

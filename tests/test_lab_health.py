@@ -13,7 +13,7 @@ import yaml
 from chat_receiver import ChatReceiver
 from lab_env import LAB_NUMBER, LabEnv
 
-from infra_assets.health import JOB, SCHEDULE, health_key
+from infra_assets.operations.health import JOB, SCHEDULE, health_key
 from resources.topology import TopologyResource
 from sensors import notifications
 

@@ -24,9 +24,13 @@ from pathlib import Path
 
 import pytest
 
-from infra_assets.images import build_lab_image, group_role_states, group_salt_files, lab_roles
-from infra_assets.paths import state_dir
-from infra_assets.roles import role_catalogue
+from infra_assets.cloud.images import (
+    build_lab_image,
+    group_role_states,
+    group_salt_files,
+    lab_roles,
+)
+from infra_assets.topology.roles import role_catalogue
 from resources.cli_runner import run_cli
 from resources.lab_images import (
     LAB_BASE_IMAGE,
@@ -36,6 +40,7 @@ from resources.lab_images import (
     ensure_wheelhouse,
 )
 from resources.packer import INPUTS_LABEL, LabImage, PackerResource, lab_tag
+from resources.paths import state_dir
 from resources.podman import PodmanResource
 
 pytestmark = pytest.mark.slow
@@ -221,7 +226,7 @@ def support_image(lab, podman) -> LabImage:
     """The support group's image with the roles topology.lab.yaml's support host has (no
     jenkins-master: no Jenkins here), as `images/support` builds it (after `lab`: the base and
     the wheelhouse exist)."""
-    from infra_assets.model import load_topology
+    from infra_assets.topology.model import load_topology
 
     roles = lab_roles(load_topology(REPO / "topology.lab.yaml"), "support")
     assert "npm-cache" in roles and "jenkins-master" not in roles
@@ -235,9 +240,9 @@ def test_the_support_image_runs_the_locked_verdaccio_on_debian_s_node(support_im
     12's nodejs 18; booted with systemd, the npm-cache state's server branch (with support-1's
     pillar from the lab topology, listening on 127.0.0.1) starts it: it answers, and refuses a
     self-registration (max_users: -1)."""
-    from infra_assets.model import load_topology
-    from infra_assets.pillar import host_pillar
-    from infra_assets.sites import LabSite
+    from infra_assets.configuration.pillar import host_pillar
+    from infra_assets.topology.model import load_topology
+    from infra_assets.topology.sites import LabSite
 
     files = REPO / "salt" / "npm-cache" / "files"
     lock = json.loads((files / "package-lock.json").read_text())
@@ -368,9 +373,9 @@ def test_the_images_asset_on_a_lab_topology_is_the_lab_image_by_its_id(lab, podm
     and web-production, both on the lab), with the image id as its data version."""
     import dagster as dg
 
-    from infra_assets import images as images_module
-    from infra_assets import topology as topology_module
-    from infra_assets.model import load_topology
+    from infra_assets.cloud import images as images_module
+    from infra_assets.topology import assets as topology_module
+    from infra_assets.topology.model import load_topology
     from resources.openstack import OpenStackResource
     from resources.topology import TopologyResource
 

@@ -35,9 +35,9 @@ from cryptography import x509
 from fixtures_delivery import HELLO, record_build
 from lab_env import LAB_NUMBER, LabEnv
 
-from infra_assets.model import load_topology
-from infra_assets.provenance import our_build
-from infra_assets.secrets import load_secrets
+from infra_assets.delivery.provenance import our_build
+from infra_assets.topology.model import load_topology
+from infra_assets.topology.secrets import load_secrets
 from lab.reach import Site, SiteSession
 from resources.topology import TopologyResource
 from sensors import notifications

@@ -28,10 +28,10 @@ import pytest
 import yaml
 from lab_env import LAB_NUMBER, LabEnv
 
-from infra_assets.model import load_topology
-from infra_assets.roles import role_catalogue
-from infra_assets.salt_keys import KeyStore
-from infra_assets.secrets import Secrets, load_secrets
+from infra_assets.configuration.salt_keys import KeyStore
+from infra_assets.topology.model import load_topology
+from infra_assets.topology.roles import role_catalogue
+from infra_assets.topology.secrets import Secrets, load_secrets
 from resources.lab import LabNetwork, container_name
 from resources.lab_egress import IDLE_S
 

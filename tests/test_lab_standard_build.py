@@ -23,7 +23,7 @@ from fixtures_delivery import (
 )
 from lab_env import LAB_NUMBER, LabEnv
 
-from infra_assets.app_images import deliver_job_name
+from infra_assets.delivery.app_images import deliver_job_name
 from resources.lab_egress import IDLE_S
 from sensors import git_push
 
@@ -44,7 +44,7 @@ def _declared(lab_env: LabEnv, tmp_path, name: str, source, entry: dict, *config
     under tmp_path, from `source`): the lab's secrets with the app's, and the pillar (the web
     hosts release only the apps of theirs) with `configure`'s assets; the lab's own again after
     (for the tests after)."""
-    from infra_assets.model import load_topology
+    from infra_assets.topology.model import load_topology
     from lab.site import lab_secrets
 
     repo = make_app_repo(tmp_path, name, source=source)

@@ -22,7 +22,7 @@ import yaml
 from cloud_env import STANDIN_PROTECTED, cli_config, standin_tree, terraform_binary, write_location
 from fakes.openstack import FakeOpenStack
 
-from infra_assets.cloud_jobs import ensure_location_pools
+from infra_assets.cloud.jobs import ensure_location_pools
 from lab.processes import Supervisor
 from resources.openstack import GROUP_PROPERTY
 

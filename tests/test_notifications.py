@@ -17,12 +17,12 @@ from chat_receiver import ChatReceiver
 from dagster_services import running_dagster
 from fixtures_delivery import HELLO, delivery_defs, make_app_repo, write_app_topology
 
-from infra_assets.model import load_topology
-from infra_assets.secrets import SecretsError, chat_webhook_url
+from infra_assets.topology.model import load_topology
+from infra_assets.topology.secrets import SecretsError, chat_webhook_url
 from resources.chat import ChatError, ChatResource
+from resources.dagster_api import DagsterApi
 from resources.topology import TopologyResource
 from sensors import notifications
-from webhooks.dagster_api import DagsterApi
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # A secret value of the test's own, given where a failure message quotes it.

@@ -1,4 +1,4 @@
-"""What counts as ours (infra_assets/provenance.py), on a real Dagster instance: the digests that
+"""What counts as ours (infra_assets/delivery/provenance.py), on a real Dagster instance: the digests that
 `app_image/<app>` recorded in a run, for the app's branch; never a materialisation reported by
 hand; production's digest is the last successful staging release's."""
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from infra_assets.provenance import build_records, our_build, staging_record
+from infra_assets.delivery.provenance import build_records, our_build, staging_record
 
 D1, D2, D3 = (f"sha256:{c * 64}" for c in "abc")
 SHA1, SHA2 = "1" * 40, "2" * 40

@@ -17,8 +17,8 @@ import requests
 from fixtures_delivery import delivery_defs, record_build, write_app_topology
 from lab_env import LAB_NUMBER
 
-from infra_assets.model import load_topology
-from infra_assets.secrets import load_secrets
+from infra_assets.topology.model import load_topology
+from infra_assets.topology.secrets import load_secrets
 from lab.processes import free_port
 from resources.cli_runner import CliError
 from resources.lab import LabNetwork
@@ -305,7 +305,7 @@ def test_registry_sensor_asks_once_per_new_digest(
     first = _tick(defs, None, instance)
     [request] = first.run_requests
     assert request.run_key == oci_digest
-    # A staging release of exactly that digest (infra_assets/releases.py).
+    # A staging release of exactly that digest (infra_assets/delivery/releases.py).
     assert request.job_name == "release_staging_tiny"
     assert request.run_config == {
         "ops": {"release__staging__tiny": {"config": {"digest": oci_digest, "sha": ""}}}

@@ -12,7 +12,7 @@ import dagster as dg
 import pytest
 from fixtures_delivery import delivery_defs, push_image, record_build, write_app_topology
 
-from infra_assets.model import load_topology
+from infra_assets.topology.model import load_topology
 from sensors.registry_images import REVISION_LABEL, SENSOR_NAME
 
 pytestmark = pytest.mark.slow  # a registry process

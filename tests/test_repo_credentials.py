@@ -21,6 +21,8 @@ import pytest
 from fakes.jenkins import Console, FakeJenkins
 from fixtures_delivery import AppRepo, delivery_defs, git, push_sensor_build, write_app_topology
 
+from infra_assets.topology import assets as topology_assets
+from infra_assets.topology.model import read_topology
 from lab.processes import free_port
 from resources.git import GitError, GitResource
 from resources.git_url import redact_repo, repo_password, repo_secrets
@@ -234,7 +236,7 @@ def test_what_git_itself_echoes_of_a_password_is_hidden(password):
 def test_the_push_sensor_s_reasons_name_no_password(tmp_path, app_repos, git_over_http):
     """A repo URL from elsewhere than a topology (the model's check bypassed): the poll reads
     it, and what it says of a repo it cannot read holds no password."""
-    from infra_assets.model import App
+    from infra_assets.topology.model import App
 
     repo = app_repos("hello")
     sha = repo.commit(message="one")
@@ -377,16 +379,11 @@ def test_the_build_script_labels_the_image_without_the_password(
     assert SECRET not in json.dumps(labels) and not [line for line in lines if SECRET in line]
 
 
-class RepoFromElsewhere(TopologyResource):
-    """The topology file as read and checked, then every app's repo replaced by `repo`: a URL
-    that reached the run by another way than a topology (which would refuse it)."""
-
-    repo: str
-
-    def load(self):
-        topo = super().load()
-        apps = {name: app.model_copy(update={"repo": self.repo}) for name, app in topo.apps.items()}
-        return topo.model_copy(update={"apps": apps})
+def with_repo(topo, repo: str):
+    """`topo` with every app's repo replaced by `repo`: a URL that reached the run by another
+    way than a topology (which would refuse it)."""
+    apps = {name: app.model_copy(update={"repo": repo}) for name, app in topo.apps.items()}
+    return topo.model_copy(update={"apps": apps})
 
 
 @pytest.mark.slow
@@ -408,8 +405,14 @@ def test_a_build_run_shows_no_password_that_reached_the_repo_url(
     )
     monkeypatch.setenv("INFRA_TOPOLOGY", str(topo_file))
     monkeypatch.setenv("INFRA_STATE_DIR", str(tmp_path / "state"))
-    topology_file = RepoFromElsewhere(path=str(topo_file), repo=secret_url)
-    topo = topology_file.load()
+    topology_file = TopologyResource(path=str(topo_file))
+    # The `topology` asset reads the file as checked, then gets every app's repo replaced.
+    monkeypatch.setattr(
+        topology_assets,
+        "read_topology",
+        lambda resource: with_repo(read_topology(resource), secret_url),
+    )
+    topo = topology_assets.read_topology(topology_file)
     assert topo.apps["hello-ci"].repo == secret_url
     env = build_host_env(tmp_path, podman, git_over_http)
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from infra_assets.model import load_topology
-from infra_assets.pillar import render_pillars
-from infra_assets.roles import CATALOGUE_FILE, RoleCatalogueError, role_catalogue
-from infra_assets.secrets import ensure_secrets
-from infra_assets.sites import site_for
+from infra_assets.configuration.pillar import render_pillars
+from infra_assets.topology.model import load_topology
+from infra_assets.topology.roles import CATALOGUE_FILE, RoleCatalogueError, role_catalogue
+from infra_assets.topology.secrets import ensure_secrets
+from infra_assets.topology.sites import site_for
 
 
 def test_every_role_of_both_topologies_is_in_the_catalogue(repo_root):
@@ -105,7 +105,9 @@ def test_a_broken_catalogue_names_the_file_and_the_key(tmp_path, edit, expected)
 
 def test_a_pillar_block_nobody_builds_is_a_clear_error(repo_root, tmp_path, monkeypatch):
     path = _broken(tmp_path, lambda d: d["roles"]["dns"].update(pillar=["dns", "dnssec"]))
-    monkeypatch.setattr("infra_assets.pillar.role_catalogue", lambda: role_catalogue(path))
+    monkeypatch.setattr(
+        "infra_assets.configuration.pillar.role_catalogue", lambda: role_catalogue(path)
+    )
     topo = load_topology(repo_root / "topology.yaml")
     with pytest.raises(RoleCatalogueError, match=r"roles\.dns\.pillar: no pillar block 'dnssec'"):
         render_pillars(site_for(topo), None)
@@ -148,7 +150,7 @@ def test_top_sls_reads_the_catalogue_through_salt(tmp_path, repo_root):
 def test_a_lab_image_depends_on_the_catalogue_only_through_its_roles_states(tmp_path, repo_root):
     """A port, an uplink or a pillar block in the catalogue rebuilds no lab image; a state of
     one of the image's roles does (what goes into the image's inputs hash)."""
-    from infra_assets.images import group_role_states, group_salt_files
+    from infra_assets.cloud.images import group_role_states, group_salt_files
 
     tree = tmp_path / "salt"
     shutil.copytree(repo_root / "salt", tree)
@@ -175,7 +177,7 @@ def test_what_only_releases_apply_is_in_no_image_s_inputs(repo_root):
     """The `app` state and its module (salt/app/, salt/_states/coop_app.py) are applied by
     releases on running hosts: a change to them rebuilds no lab image (nor a cloud one:
     tests/test_cloud_sensor.py)."""
-    from infra_assets.images import group_salt_files
+    from infra_assets.cloud.images import group_salt_files
 
     tree = repo_root / "salt"
     assert (tree / "app" / "init.sls").is_file() and (tree / "_states" / "coop_app.py").is_file()

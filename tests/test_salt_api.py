@@ -31,14 +31,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from infra_assets.paths import REPO_ROOT
+from resources.paths import REPO_ROOT
 from resources.salt import SaltError, SaltResource
 from resources.salt_api import SaltApi
 
 pytestmark = pytest.mark.slow
 
 BIN = Path(sys.executable).parent
-USER = "dagster"  # infra_assets/pillar.py SALT_API_USER
+USER = "dagster"  # infra_assets/configuration/pillar.py SALT_API_USER
 MINIONS = ("api-m1", "api-m2")
 SLOW = "api-m2"  # its state sleeps 3 s
 

@@ -1,4 +1,4 @@
-"""Key pairs made ahead of the hosts (infra_assets/salt_keys.py), checked against salt itself.
+"""Key pairs made ahead of the hosts (infra_assets/configuration/salt_keys.py), checked against salt itself.
 
 salt is imported in a subprocess only: importing it replaces the interpreter's logger class, which
 breaks Dagster's loggers for every later test (resources/salt.py runs salt in a worker for that)."""
@@ -10,7 +10,7 @@ import stat
 import subprocess
 import sys
 
-from infra_assets.salt_keys import MASTER, KeyStore
+from infra_assets.configuration.salt_keys import MASTER, KeyStore
 
 SALT_CHECK = """
 import json, sys

@@ -18,10 +18,10 @@ import pytest
 import yaml
 from cryptography import x509
 
-from infra_assets.model import TopologyError, load_topology
-from infra_assets.pillar import render_pillars, secret_paths
-from infra_assets.secrets import SecretsError, ensure_secrets, load_secrets, required_keys
-from infra_assets.sites import CloudSite, LabSite, SiteError, site_for
+from infra_assets.configuration.pillar import render_pillars, secret_paths
+from infra_assets.topology.model import TopologyError, load_topology
+from infra_assets.topology.secrets import SecretsError, ensure_secrets, load_secrets, required_keys
+from infra_assets.topology.sites import CloudSite, LabSite, SiteError, site_for
 from resources.salt import ApplyResult, MinionRun, parse_state_return, write_pillar_tree
 
 DATA = Path(__file__).parent / "data"
@@ -83,7 +83,7 @@ def test_the_registry_notifies_the_webhook_endpoint_with_a_token_of_its_own(
     """The lab's registry tells the demo's webhook endpoint (on the lab's link) of each push,
     with a bearer token derived from webhooks.secret (never the secret itself; hidden from logs
     like a secret); a cloud's only when $INFRA_WEBHOOKS_URL says where the endpoint is."""
-    from infra_assets.secrets import registry_notify_token
+    from infra_assets.topology.secrets import registry_notify_token
 
     lab = site_for(load_topology(repo_root / "topology.lab.yaml"), root=tmp_path)
     secrets = ensure_secrets(tmp_path / "secrets.yaml", lab.topo, tls_names=["x"])
@@ -770,7 +770,7 @@ def test_a_secret_with_a_slash_and_a_space_is_known_in_each_url_encoding(tmp_pat
     path) and a form's (spaces as "+"): each is one of the values never shown."""
     import urllib.parse
 
-    from infra_assets.secrets import Secrets
+    from infra_assets.topology.secrets import Secrets
 
     secret = "pa/ss wo:rd@x"
     values = Secrets(file=tmp_path / "secrets.yaml", data={"db": {"password": secret}}).values()
@@ -792,8 +792,8 @@ def test_secrets_and_their_encoded_forms_never_reach_the_log_the_table_or_the_er
     import base64
     import urllib.parse
 
-    from infra_assets.highstate import report
-    from infra_assets.secrets import Secrets
+    from infra_assets.configuration.highstate import report
+    from infra_assets.topology.secrets import Secrets
     from resources.salt import take_minion_return
 
     pull = 'pull-S3cret "quoted" \\ back'

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from infra_assets.model import address_plan, load_topology
-from infra_assets.pillar import host_pillar
-from infra_assets.sites import CloudSite
+from infra_assets.configuration.pillar import host_pillar
+from infra_assets.topology.model import address_plan, load_topology
+from infra_assets.topology.sites import CloudSite
 
 REPO = Path(__file__).parent.parent
 SALT_CALL = str(Path(sys.executable).parent / "salt-call")

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from infra_assets.app_images import STANDARD_BUILD as SCRIPT
-from infra_assets.app_images import standard_build_module
+from infra_assets.delivery.app_images import STANDARD_BUILD as SCRIPT
+from infra_assets.delivery.app_images import standard_build_module
 
 standard = standard_build_module()
 

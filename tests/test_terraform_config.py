@@ -18,9 +18,9 @@ import yaml
 from cloud_env import cli_config, terraform_binary
 
 from infra_assets.cloud.groups import image_groups
-from infra_assets.cloud.stacks import network_vars, salt_key_vars, stack_hosts
-from infra_assets.model import address_plan, load_topology
-from infra_assets.salt_keys import KeyStore
+from infra_assets.cloud.tfvars import network_vars, salt_key_vars, stack_hosts
+from infra_assets.configuration.salt_keys import KeyStore
+from infra_assets.topology.model import address_plan, load_topology
 from resources.terraform import TerraformResource
 
 BASTION = "203.0.113.10/32"

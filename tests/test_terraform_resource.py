@@ -22,8 +22,8 @@ from cloud_env import (
     write_location,
 )
 
-from infra_assets.cloud.stacks import instances_vars, network_vars
-from infra_assets.model import parse_topology
+from infra_assets.cloud.tfvars import instances_vars, network_vars
+from infra_assets.topology.model import parse_topology
 from resources.terraform import (
     DEFAULT_PROTECTED,
     StalePlanError,

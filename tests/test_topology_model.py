@@ -7,7 +7,7 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from infra_assets.model import App, TopologyError, address_plan, load_topology
+from infra_assets.topology.model import App, TopologyError, address_plan, load_topology
 
 
 def problems_of(path) -> list[str]:
@@ -575,7 +575,7 @@ class NoDagster(importlib.abc.MetaPathFinder):
             raise ImportError(f"{name} imported by the model")
 
 sys.meta_path.insert(0, NoDagster())
-from infra_assets.model import address_plan, load_topology
+from infra_assets.topology.model import address_plan, load_topology
 
 topo = load_topology(sys.argv[1])
 plan = address_plan(topo)

@@ -293,7 +293,7 @@ def test_a_registry_notification_needs_its_token_and_wakes_only_for_an_app_s_bra
 ):
     """The registry's notifications carry a bearer token derived from the secret; only a push
     of an app's branch tag wakes registry_image_sensor, and a sensor that is off stays off."""
-    from infra_assets.secrets import registry_notify_token
+    from infra_assets.topology.secrets import registry_notify_token
 
     def notify(events: list, token: str):
         return requests.post(

@@ -73,10 +73,10 @@ def serve(
 ) -> None:
     """Serve POST /push/<app> until stopped. The signing key is `webhooks.secret` of the
     site's secrets file ($INFRA_SECRETS_FILE; the lab's own on a lab)."""
-    from infra_assets.model import TopologyError, load_topology
-    from infra_assets.secrets import SecretsError, webhook_secret
-    from infra_assets.sites import SiteError, site_for
-    from webhooks.dagster_api import DagsterApi
+    from infra_assets.topology.model import TopologyError, load_topology
+    from infra_assets.topology.secrets import SecretsError, webhook_secret
+    from infra_assets.topology.sites import SiteError, site_for
+    from resources.dagster_api import DagsterApi
     from webhooks.push import PushHandler
     from webhooks.server import WebhookServer
 

@@ -15,14 +15,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from infra_assets.app_images import partitions_def_name
-from infra_assets.delivery import push_job_name
-from infra_assets.model import Topology, TopologyError, load_topology
-from infra_assets.releases import PARTITION_TAG, PUSHED_AT_TAG
+from infra_assets.delivery.app_images import partitions_def_name
+from infra_assets.delivery.jobs import push_job_name
+from infra_assets.delivery.releases import PARTITION_TAG, PUSHED_AT_TAG
+from infra_assets.topology.model import Topology, TopologyError, load_topology
+from resources.dagster_api import DagsterApi
 from resources.git import GitError, GitResource
 from resources.git_url import redact_repo, resolve_repo
 from sensors import git_push
-from webhooks.dagster_api import DagsterApi
 
 SENSOR_NAME_TAG = "dagster/sensor_name"
 RUN_KEY_TAG = "dagster/run_key"

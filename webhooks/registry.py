@@ -25,9 +25,9 @@ from typing import Any
 
 import yaml
 
-from infra_assets.model import TopologyError, load_topology
+from infra_assets.topology.model import TopologyError, load_topology
+from resources.dagster_api import DagsterApi
 from sensors import registry_images
-from webhooks.dagster_api import DagsterApi
 from webhooks.push import RUN_KEY_TAG, SENSOR_NAME_TAG, STARTED_BY_TAG
 
 RETRY_AFTER_S = (3.0, 10.0)

@@ -29,8 +29,8 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from infra_assets.secrets import registry_notify_token
-from webhooks.dagster_api import DagsterApiError
+from infra_assets.topology.secrets import registry_notify_token
+from resources.dagster_api import DagsterApiError
 from webhooks.push import PushError, PushHandler
 from webhooks.registry import RegistryWake, pushed_apps
 

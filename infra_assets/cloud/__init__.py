@@ -1,3 +1,4 @@
-"""The cloud part's plain Python (no Dagster): image groups, the Terraform stacks' variables
-derived from the topology, and what a commit changed. The Dagster assets are in
-`infra_assets/images.py`, `network.py` and `instances.py`."""
+"""The cloud part: role images (`images.py`), networks and instances on OpenStack (`network.py`,
+`instances.py`, with the Terraform plan and apply of `stacks.py` and their variables in
+`tfvars.py`) or on the lab (`lab_instances.py`), their jobs and schedules (`jobs.py`), and what a
+commit changed (`changes.py`)."""

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
 from infra_assets.cloud.groups import ImageGroupError, group_of_role, groups_in_use
-from infra_assets.cloud.stacks import STACKS, cloud_locations, stack_hosts
-from infra_assets.model import Topology, TopologyError, parse_topology
+from infra_assets.cloud.tfvars import STACKS, cloud_locations, stack_hosts
+from infra_assets.topology.model import Topology, TopologyError, parse_topology
 
 
 @dataclass

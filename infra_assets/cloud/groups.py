@@ -9,8 +9,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from infra_assets.model import Host, Topology
-from infra_assets.roles import CATALOGUE_FILE, ImageGroup, RoleCatalogueError, role_catalogue
+from infra_assets.topology.model import Host, Topology
+from infra_assets.topology.roles import (
+    CATALOGUE_FILE,
+    ImageGroup,
+    RoleCatalogueError,
+    role_catalogue,
+)
 
 __all__ = ["CATALOGUE_FILE", "ImageGroup", "ImageGroupError", "image_groups"]
 

@@ -1,5 +1,5 @@
 """coop_backup: a postgres host's backups, for Dagster's `backup/<host>` assets
-(infra_assets/backups.py), which call these functions through salt.
+(infra_assets/operations/backups.py), which call these functions through salt.
 
     dump(keep_days)            every database, `pg_dump -Fc`, with the row count of every
                                table taken in the dump's own snapshot; each dump and its counts

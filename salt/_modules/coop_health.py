@@ -1,5 +1,5 @@
 """coop_health: the health probes a host runs on itself, for Dagster's `health/<host>` assets
-(infra_assets/health.py), which call `coop_health.probe` on every minion in one salt job.
+(infra_assets/operations/health.py), which call `coop_health.probe` on every minion in one salt job.
 
 A check is a service of the host: its systemd unit active, and then its answer where it has
 one (an HTTP status, a TCP connection, DNS answers for the plan's names, `pg_isready`, an app's

@@ -3,7 +3,7 @@
     (/srv/coop-infra, the pillar's `repo` at `rev`), with the instance (runs, event log,
     schedules' and sensors' state) on PostgreSQL: the repository's dagster.postgres.yaml as
     $DAGSTER_HOME/dagster.yaml (the queued run coordinator, the location pools), its database
-    on the production postgres host (infra_assets/pillar.py says why).
+    on the production postgres host (infra_assets/configuration/pillar.py says why).
 
     The UI: the webserver listens on 127.0.0.1:3000 only; nginx serves it on the role's address
     (port 443) with TLS (the certificate and key from the secrets) and a login (HTTP basic auth:

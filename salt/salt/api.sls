@@ -2,7 +2,7 @@
     account of its own (sharedsecret) for Dagster, which reaches the master only this way, as an
     operator's machine would (resources/salt_api.py). Included by salt.master.
 
-    Pillar (the master's only; infra_assets/pillar.py): salt:api:listen (its address; default
+    Pillar (the master's only; infra_assets/configuration/pillar.py): salt:api:listen (its address; default
     salt:master:interface), salt:api:port (default 8000), salt:api:user (default dagster),
     salt:api:password (the shared secret), salt:api:tls:cert and salt:api:tls:key (PEM: the api's
     certificate, which Dagster trusts as its CA file, and its key).

@@ -8,7 +8,7 @@ import hashlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from infra_assets.paths import REPO_ROOT
+from resources.paths import REPO_ROOT
 from resources.salt import SaltError, SaltResource
 
 MODULES = REPO_ROOT / "salt" / "_modules"

@@ -13,10 +13,10 @@ stopped: turn them on in the UI (Automation) where the cloud credentials are set
 
 import dagster as dg
 
-from infra_assets.cloud.stacks import cloud_locations
-from infra_assets.images import FORCE_TAG
-from infra_assets.model import Topology, TopologyError
-from infra_assets.stacks import MODE_TAG, pool_of
+from infra_assets.cloud.images import FORCE_TAG
+from infra_assets.cloud.stacks import MODE_TAG, pool_of
+from infra_assets.cloud.tfvars import cloud_locations
+from infra_assets.topology.model import Topology, TopologyError, read_topology
 from resources.topology import TopologyResource
 
 _BASE = dg.AssetSelection.assets("topology", "ip_plan")
@@ -68,7 +68,7 @@ def ensure_location_pools(instance: dg.DagsterInstance, locations: list[str]) ->
 
 def _locations(topology_file: TopologyResource) -> list[str]:
     try:
-        return cloud_locations(topology_file.load())
+        return cloud_locations(read_topology(topology_file))
     except TopologyError:
         return []
 
@@ -105,9 +105,8 @@ def schedules() -> list[dg.ScheduleDefinition]:
 
 
 def definitions(topo: Topology) -> dg.Definitions:
-    """The schedules and the sensor, where there is a cloud to act on."""
+    """The schedules, where there is a cloud to act on (the `infra_main` sensor:
+    sensors/infra_repo.py)."""
     if not cloud_locations(topo):
         return dg.Definitions()
-    from sensors.infra_repo import infra_main_sensor
-
-    return dg.Definitions(schedules=schedules(), sensors=[infra_main_sensor])
+    return dg.Definitions(schedules=schedules())

@@ -4,7 +4,13 @@ import ipaddress
 
 import dagster as dg
 
-from infra_assets.model import AddressPlan, Topology, TopologyError, address_plan
+from infra_assets.topology.model import (
+    AddressPlan,
+    Topology,
+    TopologyError,
+    address_plan,
+    read_topology,
+)
 from resources.topology import TopologyResource
 
 GROUP = "topology"
@@ -25,7 +31,7 @@ GROUP = "topology"
 )
 def topology(context: dg.AssetExecutionContext, topology_file: TopologyResource) -> dg.Output:
     try:
-        topo = topology_file.load()
+        topo = read_topology(topology_file)
     except TopologyError as err:
         raise dg.Failure(
             description=err.render(),

@@ -10,11 +10,11 @@ reports them (an AssetObservation on `instances/<location>`: status and addresse
 import dagster as dg
 
 from infra_assets.cloud.groups import CATALOGUE_FILE, ImageGroupError, group_of_host, image_groups
-from infra_assets.cloud.stacks import cloud_locations, instances_vars, salt_key_vars
-from infra_assets.model import Topology, address_plan
-from infra_assets.salt_keys import KeyStore
-from infra_assets.sites import SiteError, site_for
-from infra_assets.stacks import MODE_TAG, NotReady, apply_key, stack_definitions, tool_env
+from infra_assets.cloud.stacks import MODE_TAG, NotReady, apply_key, stack_definitions, tool_env
+from infra_assets.cloud.tfvars import cloud_locations, instances_vars, salt_key_vars
+from infra_assets.configuration.salt_keys import KeyStore
+from infra_assets.topology.model import Topology, address_plan
+from infra_assets.topology.sites import SiteError, site_for
 from resources.openstack import OpenStackError, OpenStackResource, Server
 from resources.terraform import TerraformError, TerraformResource
 

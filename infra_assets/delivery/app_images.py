@@ -20,7 +20,7 @@ the metadata is the same: digest, size, build time, the build log.
 Idempotent: a commit whose image is already in the registry (its sha tag, with that commit as its
 revision label) is not built again; the materialisation says so.
 
-A push runs `deliver_<app>` (infra_assets/delivery.py): this build and the staging release in one
+A push runs `deliver_<app>` (delivery/jobs.py): this build and the staging release in one
 run; `build_<app>` is the build alone.
 """
 
@@ -37,23 +37,22 @@ from types import ModuleType
 
 import dagster as dg
 
-from infra_assets.highstate import highstate_key
-from infra_assets.model import App, Topology
-from infra_assets.paths import REPO_ROOT, state_dir
-from infra_assets.pillar import build_caches
-from infra_assets.provenance import our_build
-from infra_assets.secrets import PUSH_ACCOUNT, SecretsError, load_secrets
-from infra_assets.sites import LabSite, SiteError, site_for
+from infra_assets.configuration.highstate import highstate_key
+from infra_assets.configuration.pillar import build_caches
+from infra_assets.delivery.provenance import our_build
+from infra_assets.topology.model import App, Topology
+from infra_assets.topology.secrets import PUSH_ACCOUNT, SecretsError, load_secrets
+from infra_assets.topology.sites import LabSite, SiteError, site_for
 from resources.cli_runner import CliError
 from resources.git import GitError, GitResource
 from resources.git_url import redact_repo, resolve_repo
 from resources.jenkins import JenkinsError, JenkinsResource
 from resources.lab_git import LabGitError
+from resources.paths import REPO_ROOT, state_dir
 from resources.podman import RUNTIME_LABEL, PodmanError, PodmanResource
-from resources.registry import Endpoint, Manifest, RegistryError, RegistryResource
+from resources.registry import REVISION_LABEL, Endpoint, Manifest, RegistryError, RegistryResource
 from resources.salt import SaltError, SaltResource
 from resources.topology import TopologyResource
-from sensors.registry_images import REVISION_LABEL
 
 GROUP = "app_images"
 SHA_RE = re.compile(r"\A[0-9a-f]{40}\Z")  # \Z: `$` also matches before a final newline
@@ -102,7 +101,7 @@ def build_job_name(app: str) -> str:
 
 
 def deliver_job_name(app: str) -> str:
-    """The push path's job: the build and the staging release (infra_assets/delivery.py)."""
+    """The push path's job: the build and the staging release (infra_assets/delivery/jobs.py)."""
     return f"deliver_{_ident(app)}"
 
 
@@ -662,7 +661,7 @@ def _human(size: int) -> str:
 
 def definitions(topo: Topology) -> dg.Definitions:
     """`app_image/<app>` for each app of `topo` (the jobs that build them and git_push_sensor:
-    infra_assets/delivery.py)."""
+    infra_assets/delivery/jobs.py)."""
     if not topo.apps:
         return dg.Definitions()
     builder = builder_for(topo)

@@ -10,7 +10,7 @@ import ipaddress
 from collections import Counter
 from dataclasses import asdict, dataclass
 
-from infra_assets.model.topology import Topology
+from infra_assets.topology.model.topology import Topology
 
 
 @dataclass(frozen=True)

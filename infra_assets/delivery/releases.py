@@ -16,7 +16,7 @@ Which digest:
 - with `rollback: true` (the `rollback` and `rollback_staging` jobs): the previous release recorded
   on the environment's hosts.
 Whichever it is, it is released only when `app_image/<app>` built and recorded it for a commit of
-the app's branch (infra_assets/provenance.py): a digest someone else pushed, under any tag, or a
+the app's branch (provenance.py): a digest someone else pushed, under any tag, or a
 host's record names, is refused; so are indexes and images whose revision label is not the
 recorded commit.
 
@@ -35,20 +35,18 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
-from infra_assets.app_images import asset_key as app_image_key
-from infra_assets.app_images import deliver_job_name
-from infra_assets.highstate import highstate_key, report
-from infra_assets.minions import POOL
-from infra_assets.model import ENVIRONMENTS, Topology
-from infra_assets.provenance import build_of_commit, our_build, staging_record
-from infra_assets.secrets import SecretsError, load_secrets
-from infra_assets.sites import RECORDS_DIR, Site, SiteError, site_for
+from infra_assets.configuration.highstate import highstate_key, report
+from infra_assets.configuration.minions import POOL
+from infra_assets.delivery.app_images import asset_key as app_image_key
+from infra_assets.delivery.provenance import build_of_commit, our_build, staging_record
+from infra_assets.topology.model import ENVIRONMENTS, Topology
+from infra_assets.topology.secrets import SecretsError, load_secrets
+from infra_assets.topology.sites import RECORDS_DIR, Site, SiteError, site_for
 from resources.git import GitError, GitResource
 from resources.git_url import resolve_repo
-from resources.registry import RegistryError, RegistryResource
+from resources.registry import REVISION_LABEL, RegistryError, RegistryResource
 from resources.salt import ApplyResult, SaltError, SaltResource, StateResult
 from resources.topology import TopologyResource
-from sensors.registry_images import REVISION_LABEL, NewImage, build_registry_image_sensor
 
 GROUP = "releases"
 # \Z, not $: `$` also matches before a final newline (a newline would add nginx directives).
@@ -353,7 +351,7 @@ def _choose(
     delivered: str | None,
 ) -> tuple[str, str, str]:
     """(digest, sha, why) of what to release: only ever a digest that `app_image/<app>` built
-    and recorded for a commit of the app's branch (infra_assets/provenance.py); production only
+    and recorded for a commit of the app's branch (provenance.py); production only
     the digest of the last successful staging release, which every staging host must run. In a
     `deliver_<app>` run (`delivered`: its commit, still its branch's head), the image its build
     step recorded."""
@@ -688,7 +686,7 @@ def _pushed_at(tag: str | None, created: float) -> float | None:
     return pushed if created - 3600 <= pushed <= created + 1 else None
 
 
-# --- jobs and the registry sensor --------------------------------------------------------------
+# --- jobs -------------------------------------------------------------------------------------
 
 
 def _rollback_config(assets: list[dg.AssetsDefinition]) -> dict:
@@ -696,8 +694,8 @@ def _rollback_config(assets: list[dg.AssetsDefinition]) -> dict:
 
 
 def definitions(topo: Topology) -> dg.Definitions:
-    """The release assets of every app and environment, the jobs that run them, and the
-    registry sensor that starts staging releases."""
+    """The release assets of every app and environment, and the jobs that run them (the
+    registry sensor that starts staging releases: sensors/registry_images.py)."""
     if not topo.apps:
         return dg.Definitions()
     by_env = {env: [release_asset(env, name, topo) for name in topo.apps] for env in ENVIRONMENTS}
@@ -734,21 +732,7 @@ def definitions(topo: Topology) -> dg.Definitions:
         config=_rollback_config(by_env["staging"]),
     )
 
-    def run_config(image: NewImage) -> dict:
-        config = {"digest": image.digest, "sha": image.sha or ""}
-        return {"ops": {release_op_name("staging", image.app): {"config": config}}}
-
-    sensor = build_registry_image_sensor(
-        apps=topo.apps,
-        job_for_app={name: job.name for name, job in staging_jobs.items()},
-        jobs=list(staging_jobs.values()),
-        run_config_for=run_config,
-        deliver_job_for_app={name: deliver_job_name(name) for name in topo.apps},
-        # The fallback: the registry's notifications wake it (webhooks/registry.py).
-        minimum_interval_seconds=30,
-    )
     return dg.Definitions(
         assets=assets,
         jobs=[*staging_jobs.values(), promote, rollback, rollback_staging],
-        sensors=[sensor],
     )

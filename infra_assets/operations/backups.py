@@ -21,10 +21,10 @@ import time
 
 import dagster as dg
 
-from infra_assets.highstate import highstate_key
-from infra_assets.model import Topology
-from infra_assets.salt_modules import call_synced
-from infra_assets.sites import SiteError, site_for
+from infra_assets.configuration.highstate import highstate_key
+from infra_assets.configuration.salt_modules import call_synced
+from infra_assets.topology.model import Topology
+from infra_assets.topology.sites import SiteError, site_for
 from resources.salt import SaltError, SaltResource
 
 GROUP = "backups"

@@ -28,7 +28,7 @@
 
 Which keys are required follows from the topology (`required_keys`); `webhooks.secret` is
 required by the webhook endpoint when it starts (`webhook_secret`). The pillar hands each minion
-only the values its roles need (`infra_assets/pillar.py`). The lab generates throwaway
+only the values its roles need (`infra_assets/configuration/pillar.py`). The lab generates throwaway
 values (`ensure_secrets`) under the gitignored state folder; a real site's file is written by a
 person and never generated.
 """
@@ -52,7 +52,7 @@ from typing import Any
 
 import yaml
 
-from infra_assets.model import ENVIRONMENTS, Topology, address_plan
+from infra_assets.topology.model import ENVIRONMENTS, Topology, address_plan
 
 # The registry's accounts: the push account (builds; the push door only) and the pull accounts
 # (web hosts; the read-only door only).

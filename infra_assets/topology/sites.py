@@ -9,7 +9,7 @@ only here:
 - where a host's service listens and how other hosts reach it (`listen`, `reach`, `port`),
 - where the secrets file and the salt key pairs are (`secrets_file`, `keys_dir`).
 
-The pillar is rendered from these answers (`infra_assets/pillar.py`: each role's `listen` and
+The pillar is rendered from these answers (`configuration/pillar.py`: each role's `listen` and
 `port`); the states read only the pillar and never know which site they run on.
 
 Implementations:
@@ -33,10 +33,9 @@ from typing import ClassVar
 
 import yaml
 
-from infra_assets.model import Topology, address_plan, load_topology
-from infra_assets.paths import REPO_ROOT, default_topology, state_dir
-from infra_assets.roles import role_catalogue
-from infra_assets.secrets import SecretsError, chat_webhook_url
+from infra_assets.topology.model import Topology, address_plan
+from infra_assets.topology.roles import role_catalogue
+from infra_assets.topology.secrets import SecretsError, chat_webhook_url
 from resources.cli_runner import CliError, run_cli
 from resources.git_url import resolve_repo
 from resources.lab import LabNetwork
@@ -44,6 +43,8 @@ from resources.lab_acme import LabAcme
 from resources.lab_egress import LabEgressProxy
 from resources.lab_git import LabGitDaemon
 from resources.lab_link import WEBHOOKS_PORT
+from resources.paths import REPO_ROOT, default_topology, state_dir
+from resources.salt import DEFAULT_MASTER_CONFIG
 
 # Where a site's registry sends its notifications (the webhook endpoint); the lab's endpoint
 # listens on the machine's side of the lab's link, at this port (`make demo` starts it).
@@ -57,7 +58,6 @@ DAGSTER_CHECKOUT = "/srv/coop-infra"  # where the dagster role checks it out (sa
 # Set by the dagster role (salt/dagster) for the Dagster it runs: the host it runs on. Such a
 # Dagster is inside the site and reaches its services directly, as on a server (no lab link).
 RUNS_ON_ENV = "INFRA_RUNS_ON"
-MASTER_CONFIG_ENV = "INFRA_SALT_MASTER_CONFIG"
 KEYS_ENV = "INFRA_SALT_KEYS_DIR"
 
 # A release runs in one of two slots (blue/green): the new one starts beside the live one.
@@ -199,7 +199,7 @@ class CloudSite(Site):
     kind = "cloud"
 
     def salt_master_config(self) -> Path:
-        return Path("/etc/salt/master")
+        return DEFAULT_MASTER_CONFIG
 
     def salt_ports(self) -> tuple[int, int]:
         return _port("salt-publish"), _port("salt-ret")
@@ -470,15 +470,6 @@ def site_for(topo: Topology, *, root: Path | None = None) -> Site:
     if kinds == {"lab"}:
         return LabSite(topo, root=root)
     return CloudSite(topo)
-
-
-def salt_master_config() -> Path:
-    """The master that Dagster talks to: `$INFRA_SALT_MASTER_CONFIG`, else the master of the
-    site that the default topology (`$INFRA_TOPOLOGY`) names."""
-    env = os.environ.get(MASTER_CONFIG_ENV)
-    if env:
-        return Path(env).absolute()
-    return site_for(load_topology(default_topology())).salt_master_config()
 
 
 def _port(name: str) -> int:

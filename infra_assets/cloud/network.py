@@ -4,9 +4,9 @@ cloud are this machine: they have no network to make, and get no assets here."""
 
 import dagster as dg
 
-from infra_assets.cloud.stacks import cloud_locations, network_vars
-from infra_assets.model import Topology
-from infra_assets.stacks import stack_definitions
+from infra_assets.cloud.stacks import stack_definitions
+from infra_assets.cloud.tfvars import cloud_locations, network_vars
+from infra_assets.topology.model import Topology
 
 
 def _variables(location: str):

@@ -11,25 +11,19 @@ that step recorded, unless the branch has moved on (the newer head's run release
 stage's seconds are in the release's metadata (`stages`).
 
 `build_<app>`, also here, is a build alone: registry_image_sensor releases
-what it pushes (infra_assets/releases.py), and never a digest a `deliver_<app>` run has released
+what it pushes (releases.py), and never a digest a `deliver_<app>` run has released
 or is releasing.
 """
 
 import dagster as dg
 
-from infra_assets.app_images import (
+from infra_assets.delivery.app_images import (
     asset_key,
     build_job_name,
     deliver_job_name,
-    partitions_def_name,
 )
-from infra_assets.model import Topology
-from infra_assets.releases import release_key
-from sensors.git_push import AppTarget, build_git_push_sensor
-
-# The sensor is the fallback now that pushes call the webhook endpoint: it catches a push whose
-# hook could not reach Dagster (Dagster down, the hook not installed).
-FALLBACK_POLL_S = 30
+from infra_assets.delivery.releases import release_key
+from infra_assets.topology.model import Topology
 
 
 def push_job_name(topo: Topology, app: str) -> str:
@@ -39,8 +33,8 @@ def push_job_name(topo: Topology, app: str) -> str:
 
 
 def definitions(topo: Topology) -> dg.Definitions:
-    """Each app's `build_<app>` and (with a staging web host) `deliver_<app>`, and
-    git_push_sensor, which starts the job a push runs."""
+    """Each app's `build_<app>` and (with a staging web host) `deliver_<app>` (git_push_sensor,
+    which starts the job a push runs when no webhook did: sensors/git_push.py)."""
     if not topo.apps:
         return dg.Definitions()
     jobs = [
@@ -69,13 +63,4 @@ def definitions(topo: Topology) -> dg.Definitions:
             )
             for name in topo.apps
         ]
-    targets = {
-        name: AppTarget(push_job_name(topo, name), partitions_def_name(name)) for name in topo.apps
-    }
-    sensor = build_git_push_sensor(
-        apps=topo.apps,
-        targets=targets,
-        jobs=jobs,
-        minimum_interval_seconds=FALLBACK_POLL_S,
-    )
-    return dg.Definitions(jobs=jobs, sensors=[sensor])
+    return dg.Definitions(jobs=jobs)

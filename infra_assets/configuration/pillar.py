@@ -25,16 +25,16 @@ from typing import Any
 
 import yaml
 
-from infra_assets.model import ENVIRONMENTS
-from infra_assets.roles import (
+from infra_assets.configuration.salt_keys import MASTER, KeyStore
+from infra_assets.topology.model import ENVIRONMENTS
+from infra_assets.topology.roles import (
     DAGSTER_HOSTS_SOURCE,
     DAGSTER_SOURCE,
     HOSTS_SOURCE,
     RoleCatalogueError,
     role_catalogue,
 )
-from infra_assets.salt_keys import MASTER, KeyStore
-from infra_assets.secrets import (
+from infra_assets.topology.secrets import (
     PULL_ACCOUNTS,
     PUSH_ACCOUNT,
     Secrets,
@@ -42,7 +42,7 @@ from infra_assets.secrets import (
     postgres_environments,
     registry_notify_token,
 )
-from infra_assets.sites import Site, SiteError
+from infra_assets.topology.sites import Site, SiteError
 
 SALT_API_USER = "dagster"  # salt-api's eauth account for Dagster (salt/salt/api.sls)
 
@@ -92,7 +92,7 @@ def host_pillar(site: Site, secrets: Secrets | None, host: str) -> dict[str, Any
             if block not in BLOCKS:
                 raise RoleCatalogueError(
                     f"{catalogue.path}: roles.{role}.pillar: no pillar block {block!r}"
-                    f" (infra_assets/pillar.py builds {', '.join(sorted(BLOCKS))})"
+                    f" (infra_assets/configuration/pillar.py builds {', '.join(sorted(BLOCKS))})"
                 )
             blocks[block] = BLOCKS[block]
     for build in [_firewall, *blocks.values()]:  # every host's firewall (common.firewall)

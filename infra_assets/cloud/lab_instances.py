@@ -1,7 +1,7 @@
 """The lab's part of the graph: `network/<location>`, `plan/instances/<location>` and
 `instances/<location>` for locations on `cloud: lab` (this machine as a cloud).
 
-They do for containers what the Terraform stacks do for servers (infra_assets/stacks.py):
+They do for containers what the Terraform stacks do for servers (infra_assets/cloud/stacks.py):
 
 - `network/<location>`: the lab's network namespace, its podman bridge for 10.N.0.0/16, the link
   the machine reaches it through, and the `unreachable` route that keeps 10.N.x off the wire.
@@ -29,18 +29,18 @@ import dagster as dg
 from pydantic import Field
 
 from infra_assets.cloud.groups import CATALOGUE_FILE, ImageGroupError, group_of_host
-from infra_assets.cloud.stacks import lab_locations, salt_key_vars
-from infra_assets.model import Topology
-from infra_assets.paths import REPO_ROOT, default_topology
-from infra_assets.pillar import host_pillar
-from infra_assets.roles import role_catalogue
-from infra_assets.salt_keys import KeyStore
-from infra_assets.secrets import SecretsError, load_secrets, self_signed_certificate
-from infra_assets.sites import LabSite, SiteError, site_for
+from infra_assets.cloud.tfvars import lab_locations, salt_key_vars
+from infra_assets.configuration.pillar import host_pillar
+from infra_assets.configuration.salt_keys import KeyStore
+from infra_assets.topology.model import Topology
+from infra_assets.topology.roles import role_catalogue
+from infra_assets.topology.secrets import SecretsError, load_secrets, self_signed_certificate
+from infra_assets.topology.sites import LabSite, SiteError, site_for
 from resources.lab import HostSpec, LabError, LabNetwork, LabPlan, LabResource
 from resources.lab_acme import LabAcmeError
 from resources.lab_egress import LabEgressError
 from resources.lab_git import LabGitError
+from resources.paths import REPO_ROOT, default_topology
 from resources.terraform import TerraformError, TerraformResource
 
 GUEST = REPO_ROOT / "lab" / "guest"
@@ -130,7 +130,7 @@ def host_files(
         for unit, variable in (("verdaccio", "NODE_EXTRA_CA_CERTS"),
                                ("proxpi", "REQUESTS_CA_BUNDLE")):  # fmt: skip
             files[f"/etc/systemd/system/{unit}.service.d/50-coop-lab-egress.conf"] = (
-                b"# Written by the coop-infra lab (infra_assets/lab_instances.py)\n"
+                b"# Written by the coop-infra lab (infra_assets/cloud/lab_instances.py)\n"
                 + f"[Service]\nEnvironment={variable}=/etc/coop-lab/machine-ca.pem\n".encode(),
                 0o644,
             )

@@ -22,13 +22,13 @@ from typing import Any
 
 import dagster as dg
 
-from infra_assets import backups
-from infra_assets.highstate import highstate_key
-from infra_assets.model import Topology
-from infra_assets.releases import record_path
-from infra_assets.roles import role_catalogue
-from infra_assets.salt_modules import call_synced
-from infra_assets.sites import Site, SiteError, site_for
+from infra_assets.configuration.highstate import highstate_key
+from infra_assets.configuration.salt_modules import call_synced
+from infra_assets.delivery.releases import record_path
+from infra_assets.operations import backups
+from infra_assets.topology.model import Topology
+from infra_assets.topology.roles import role_catalogue
+from infra_assets.topology.sites import Site, SiteError, site_for
 from resources.salt import SaltError, SaltResource
 
 GROUP = "health"

@@ -18,7 +18,13 @@ from pathlib import Path
 
 import click
 
-from infra_assets.model import AddressPlan, Topology, TopologyError, address_plan, load_topology
+from infra_assets.topology.model import (
+    AddressPlan,
+    Topology,
+    TopologyError,
+    address_plan,
+    load_topology,
+)
 from lab.cli import lab, topology_option
 from webhooks.cli import webhooks
 
@@ -109,8 +115,8 @@ def dev(port: int) -> None:
     one instance never gets two daemons."""
     import os
 
-    from infra_assets.paths import REPO_ROOT, dagster_home
     from lab.dagster_daemon import running_daemons
+    from resources.paths import REPO_ROOT, dagster_home
 
     home = dagster_home()
     bin_dir = Path(sys.executable).parent
@@ -140,9 +146,9 @@ def dev(port: int) -> None:
 def _lab_dagster_ui() -> str | None:
     """The UI of the lab's own Dagster when the topology ($INFRA_TOPOLOGY) is a lab's with a
     host of the role dagster; else None."""
-    from infra_assets.model import TopologyError, load_topology
-    from infra_assets.paths import default_topology
-    from infra_assets.sites import LabSite, SiteError, site_for
+    from infra_assets.topology.model import TopologyError, load_topology
+    from infra_assets.topology.sites import LabSite, SiteError, site_for
+    from resources.paths import default_topology
 
     try:
         site = site_for(load_topology(default_topology()))

@@ -9,15 +9,16 @@ are themselves valid.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from infra_assets.model.addresses import address_plan
-from infra_assets.model.errors import Problem, TopologyError
-from infra_assets.model.topology import (
+from infra_assets.topology.model.addresses import address_plan
+from infra_assets.topology.model.errors import Problem, TopologyError
+from infra_assets.topology.model.topology import (
     DOMAIN_RE,
     NAME_RE,
     UNTYPED_ROLES,
@@ -45,11 +46,29 @@ REQUIRED_SECTIONS = ("locations", "types", "hosts")
 TOP_LEVEL = ("domain", *SECTIONS, "acme", "infra_repo")
 
 
+class TopologyFile(Protocol):
+    """Where a run reads its topology (resources/topology.py's `topology_file`: once per run)."""
+
+    def file(self) -> Path: ...
+
+    def text(self) -> str: ...
+
+
 def load_topology(path: str | Path) -> Topology:
     """Read and validate a topology file. Raises `TopologyError` listing every problem."""
     path = Path(path)
+    return _checked(path, lambda: path.read_text(encoding="utf-8"))
+
+
+def read_topology(topology_file: TopologyFile) -> Topology:
+    """The topology a run works on, as its `topology_file` resource read it. Raises
+    `TopologyError` listing every problem."""
+    return _checked(topology_file.file(), topology_file.text)
+
+
+def _checked(path: Path, read: Callable[[], str]) -> Topology:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read()
     except FileNotFoundError:
         raise TopologyError(
             str(path), [Problem(None, "", "no such file: pass the topology file's path")]

@@ -16,11 +16,11 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
-from infra_assets.minions import GROUP, POOL
-from infra_assets.model import Topology
-from infra_assets.roles import CATALOGUE_FILE, role_catalogue
-from infra_assets.secrets import SecretsError, load_secrets
-from infra_assets.sites import SiteError, site_for
+from infra_assets.configuration.minions import GROUP, POOL
+from infra_assets.topology.model import Topology
+from infra_assets.topology.roles import CATALOGUE_FILE, role_catalogue
+from infra_assets.topology.secrets import SecretsError, load_secrets
+from infra_assets.topology.sites import SiteError, site_for
 from resources.salt import ApplyResult, SaltError, SaltResource, StateResult
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from infra_assets.paths import REPO_ROOT
+from resources.paths import REPO_ROOT
 
 CATALOGUE_FILE = REPO_ROOT / "salt" / "roles.yaml"
 ROLE_KEYS = frozenset(
@@ -31,7 +31,7 @@ ROLE_KEYS = frozenset(
 PROBES = frozenset({"http", "https", "tcp", "dns", "postgres"})
 CHECK_NAME = re.compile(r"\A[a-z][a-z0-9_]{0,40}\Z")
 # Who may reach a port that `only_from` guards, besides hosts of the listed roles: where Dagster
-# runs (the site says where that is: infra_assets/sites.py).
+# runs (the site says where that is: infra_assets/topology/sites.py).
 DAGSTER_SOURCE = "dagster"
 # ... and every host of the topology (the salt master's ports: every minion).
 HOSTS_SOURCE = "hosts"

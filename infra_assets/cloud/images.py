@@ -28,11 +28,11 @@ from infra_assets.cloud.groups import (
     groups_in_use,
     image_groups,
 )
-from infra_assets.model import Topology
-from infra_assets.paths import REPO_ROOT, state_dir
+from infra_assets.topology.model import Topology
 from resources.lab_images import ensure_lab_base_image, ensure_wheelhouse
 from resources.openstack import OpenStackError, OpenStackResource, redacted_env
 from resources.packer import LAB_SOURCE, LabImage, PackerError, PackerResource
+from resources.paths import REPO_ROOT, state_dir
 from resources.podman import PodmanError, PodmanResource
 
 TEMPLATE = "coop.pkr.hcl"
@@ -103,8 +103,8 @@ def group_salt_files(tree: Path, roles: list[str]) -> list[Path]:
     rebuilds), and but the role catalogue (roles.yaml), of which an image bakes only its roles'
     states (hashed on their own: `group_role_states`), not ports, pillar blocks or other roles.
     The cloud is coarser: any change to roles.yaml rebuilds every cloud image in use."""
-    from infra_assets.highstate import role_states
-    from infra_assets.roles import RoleCatalogueError
+    from infra_assets.configuration.highstate import role_states
+    from infra_assets.topology.roles import RoleCatalogueError
 
     try:
         states = role_states(tree / "roles.yaml")
@@ -129,8 +129,8 @@ def group_role_states(tree: Path, roles: list[str]) -> dict[str, list[str]]:
     """The part of the role catalogue an image of `roles` bakes: each role's states ({} when the
     catalogue is missing or broken: then `group_salt_files` counts the whole tree, itself
     included)."""
-    from infra_assets.highstate import role_states
-    from infra_assets.roles import RoleCatalogueError
+    from infra_assets.configuration.highstate import role_states
+    from infra_assets.topology.roles import RoleCatalogueError
 
     try:
         states = role_states(tree / "roles.yaml")

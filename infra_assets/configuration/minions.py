@@ -19,13 +19,13 @@ import hashlib
 import dagster as dg
 from pydantic import Field
 
-from infra_assets import lab_instances
-from infra_assets.cloud.stacks import cloud_locations
-from infra_assets.model import Topology
-from infra_assets.pillar import firewall_rules, render_pillars, secret_paths
-from infra_assets.salt_keys import KeyStore
-from infra_assets.secrets import SecretsError, load_secrets
-from infra_assets.sites import SiteError, site_for
+from infra_assets.cloud import lab_instances
+from infra_assets.cloud.tfvars import cloud_locations
+from infra_assets.configuration.pillar import firewall_rules, render_pillars, secret_paths
+from infra_assets.configuration.salt_keys import KeyStore
+from infra_assets.topology.model import Topology
+from infra_assets.topology.secrets import SecretsError, load_secrets
+from infra_assets.topology.sites import SiteError, site_for
 from resources.salt import KeyList, SaltError, SaltResource
 
 GROUP = "salt"
