@@ -29,6 +29,7 @@ setup:
 lint: setup
 	$(RUN) ruff check .
 	$(RUN) ruff format --check .
+	$(RUN) lint-imports
 
 test: setup lint
 	$(RUN) pytest
