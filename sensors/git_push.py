@@ -136,52 +136,77 @@ def build_git_push_sensor(
     def git_push_sensor(
         context: dg.SensorEvaluationContext, git: GitResource, topology_file: TopologyResource
     ):
-        try:
-            cursor = read_cursor(context.cursor)
-        except CursorError as err:
-            return dg.SkipReason(str(err))
-        result = poll(apps=apps, cursor=cursor, git=git, base_dir=topology_file.file().parent)
-        unreachable = [f"{app}: {why}" for app, why in sorted(result.unreachable.items())]
-        for line in unreachable:
-            context.log.warning(f"skipped {line}")
-        if not result.new:
-            why = "no new commit"
-            if result.waiting:
-                why = (
-                    summarise_commits(result.waiting, "seen once")
-                    + ": asked for on the next tick if still the head (the webhook endpoint"
-                    " starts a push at once)"
-                )
-            if unreachable:
-                why += f"; {len(unreachable)} repo(s) could not be read (cursor kept): " + (
-                    "; ".join(unreachable)
-                )
-            # The cursor still moves for what was read: only the unreachable keep theirs.
-            return dg.SensorResult(skip_reason=why, cursor=result.cursor.dump())
-        requests, partitions = [], []
-        for app, sha in sorted(result.new.items()):
-            target = targets[app]
-            partitions.append(
-                dg.AddDynamicPartitionsRequest(
-                    partitions_def_name=target.partitions_def_name, partition_keys=[sha]
-                )
-            )
-            requests.append(
-                dg.RunRequest(
-                    run_key=run_key(app, sha),
-                    job_name=target.job_name,
-                    partition_key=sha,
-                    tags={"coop/app": app, "coop/sha": sha, "coop/branch": apps[app].branch},
-                )
-            )
-        context.log.info(summarise_commits(result.new))
-        return dg.SensorResult(
-            run_requests=requests,
-            dynamic_partitions_requests=partitions,
-            cursor=result.cursor.dump(),
-        )
+        return _evaluate(context, git, topology_file, apps=apps, targets=targets)
 
     return git_push_sensor
+
+
+def _evaluate(
+    context: dg.SensorEvaluationContext,
+    git: GitResource,
+    topology_file: TopologyResource,
+    *,
+    apps: Mapping[str, App],
+    targets: Mapping[str, AppTarget],
+) -> dg.SkipReason | dg.SensorResult:
+    """One tick: the new heads asked for (each with its partition), or why there is none."""
+    try:
+        cursor = read_cursor(context.cursor)
+    except CursorError as err:
+        return dg.SkipReason(str(err))
+    result = poll(apps=apps, cursor=cursor, git=git, base_dir=topology_file.file().parent)
+    unreachable = [f"{app}: {why}" for app, why in sorted(result.unreachable.items())]
+    for line in unreachable:
+        context.log.warning(f"skipped {line}")
+    if not result.new:
+        return _nothing_new(result, unreachable)
+    requests, partitions = _requests(result.new, apps=apps, targets=targets)
+    context.log.info(summarise_commits(result.new))
+    return dg.SensorResult(
+        run_requests=requests,
+        dynamic_partitions_requests=partitions,
+        cursor=result.cursor.dump(),
+    )
+
+
+def _nothing_new(result: Poll, unreachable: list[str]) -> dg.SensorResult:
+    """The skip of a tick with no head to ask for: why (heads waiting, repos unreadable)."""
+    why = "no new commit"
+    if result.waiting:
+        why = (
+            summarise_commits(result.waiting, "seen once")
+            + ": asked for on the next tick if still the head (the webhook endpoint"
+            " starts a push at once)"
+        )
+    if unreachable:
+        why += f"; {len(unreachable)} repo(s) could not be read (cursor kept): " + (
+            "; ".join(unreachable)
+        )
+    # The cursor still moves for what was read: only the unreachable keep theirs.
+    return dg.SensorResult(skip_reason=why, cursor=result.cursor.dump())
+
+
+def _requests(
+    new: dict[str, str], *, apps: Mapping[str, App], targets: Mapping[str, AppTarget]
+) -> tuple[list[dg.RunRequest], list[dg.AddDynamicPartitionsRequest]]:
+    """Per new head: its build run (run_key `<app>:<sha>`) and its partition of the app's image."""
+    requests, partitions = [], []
+    for app, sha in sorted(new.items()):
+        target = targets[app]
+        partitions.append(
+            dg.AddDynamicPartitionsRequest(
+                partitions_def_name=target.partitions_def_name, partition_keys=[sha]
+            )
+        )
+        requests.append(
+            dg.RunRequest(
+                run_key=run_key(app, sha),
+                job_name=target.job_name,
+                partition_key=sha,
+                tags={"coop/app": app, "coop/sha": sha, "coop/branch": apps[app].branch},
+            )
+        )
+    return requests, partitions
 
 
 LOGGED_COMMITS = 10

@@ -8,11 +8,11 @@ second run; every skip says why; a failed look at git leaves the cursor where it
 
 import dagster as dg
 
-from infra_assets.cloud.changes import changes_between
+from infra_assets.cloud.changes import ChangeSet, changes_between
 from infra_assets.cloud.images import image_key
 from infra_assets.cloud.jobs import apply_job, ensure_location_pools, images_job, plan_job
 from infra_assets.cloud.stacks import apply_key, plan_key
-from infra_assets.topology.model import TopologyError, parse_topology
+from infra_assets.topology.model import Topology, TopologyError, parse_topology
 from resources.infra_repo import GitError, InfraRepoResource
 from resources.topology import TopologyResource
 
@@ -61,6 +61,19 @@ def infra_main_sensor(
             skip_reason=f"{path} at {head[:12]} is broken, nothing planned:\n{err.render()}",
             cursor=head,
         )
+    return _runs_for_changes(context, infra_repo, topo, path, last=last, head=head)
+
+
+def _runs_for_changes(
+    context: dg.SensorEvaluationContext,
+    infra_repo: InfraRepoResource,
+    topo: Topology,
+    path: str,
+    *,
+    last: str,
+    head: str,
+) -> dg.SkipReason | dg.SensorResult:
+    """What `last..head` changes (everything, if history was rewritten), and the runs for it."""
     try:
         if infra_repo.is_ancestor(last, head):
             changed = infra_repo.changed_files(last, head)
@@ -85,6 +98,21 @@ def infra_main_sensor(
             cursor=head,
         )
 
+    requests, notes = _run_requests(context, work, topo, head)
+    for reason in work.reasons:
+        context.log.info(reason)
+    for note in notes:
+        context.log.warning(note)
+    if not requests:
+        return dg.SensorResult(skip_reason="; ".join(notes) or "nothing to run", cursor=head)
+    return dg.SensorResult(run_requests=requests, cursor=head)
+
+
+def _run_requests(
+    context: dg.SensorEvaluationContext, work: ChangeSet, topo: Topology, head: str
+) -> tuple[list[dg.RunRequest], list[str]]:
+    """A plan (or apply) run per location whose stacks changed, an images run for the changed
+    image groups; notes for the locations the loaded code location does not hold yet."""
     known = set(context.repository_def.asset_graph.get_all_asset_keys())
     requests, notes = [], []
     ensure_location_pools(context.instance, list(work.stacks))
@@ -116,13 +144,7 @@ def infra_main_sensor(
                 tags=tags,
             )
         )
-    for reason in work.reasons:
-        context.log.info(reason)
-    for note in notes:
-        context.log.warning(note)
-    if not requests:
-        return dg.SensorResult(skip_reason="; ".join(notes) or "nothing to run", cursor=head)
-    return dg.SensorResult(run_requests=requests, cursor=head)
+    return requests, notes
 
 
 def _salt_roles(infra_repo: InfraRepoResource, sha: str) -> dict[str, list[str]] | None:

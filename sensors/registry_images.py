@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 
 import dagster as dg
 
@@ -150,67 +151,106 @@ def build_registry_image_sensor(
         " of that digest (run_key = the digest). Cursor: the digest per app and tag.",
     )
     def registry_image_sensor(context: dg.SensorEvaluationContext, registry: RegistryResource):
-        try:
-            cursor = read_cursor(context.cursor)
-        except CursorError as err:
-            return dg.SkipReason(str(err))
-
-        def ours(app: str, branch: str, digest: str) -> bool:
-            return our_build(context.instance, app, branch, digest) is not None
-
-        def delivered_by(app: str, sha: str) -> tuple[str, str] | None:
-            job = (deliver_job_for_app or {}).get(app)
-            if job is None:
-                return None
-            records = context.instance.get_run_records(
-                dg.RunsFilter(job_name=job, tags={"coop/sha": sha}), limit=1
-            )
-            if not records:
-                return None
-            run = records[0].dagster_run
-            return f"run {run.run_id} ({job})", run.status.value
-
-        try:
-            result = poll(
-                apps=apps, cursor=cursor, registry=registry, ours=ours, delivered_by=delivered_by
-            )
-        except RegistryError as err:
-            return dg.SkipReason(f"registry unreachable, cursor unchanged: {err}")
-        for refused in [*result.refused, *result.foreign]:
-            context.log.warning(refused)
-        for line in result.delivered:
-            context.log.info(line)
-        if not result.new:
-            absent = [result.absent[a] for a in sorted(result.absent)]
-            why = "; ".join(
-                ["no new image", *result.delivered, *result.refused, *result.foreign, *absent]
-            )
-            if result.refused or result.delivered:  # the cursor moves past them
-                return dg.SensorResult(
-                    cursor=json.dumps(result.cursor, sort_keys=True), skip_reason=why
-                )
-            return dg.SkipReason(why)
-        requests = []
-        for image in result.new:
-            tags = {
-                "coop/app": image.app,
-                "coop/tag": image.tag,
-                "coop/digest": image.digest,
-                "coop/image": image.image,
-            }
-            if image.sha:
-                tags["coop/sha"] = image.sha
-            requests.append(
-                dg.RunRequest(
-                    run_key=image.digest,
-                    job_name=job_for_app[image.app],
-                    run_config=run_config_for(image) if run_config_for else {},
-                    tags=tags,
-                )
-            )
-            context.log.info(f"new image {image.app}:{image.tag} = {image.digest}")
-        return dg.SensorResult(
-            run_requests=requests, cursor=json.dumps(result.cursor, sort_keys=True)
+        return _evaluate(
+            context,
+            registry,
+            apps=apps,
+            job_for_app=job_for_app,
+            run_config_for=run_config_for,
+            deliver_job_for_app=deliver_job_for_app,
         )
 
     return registry_image_sensor
+
+
+def _evaluate(
+    context: dg.SensorEvaluationContext,
+    registry: RegistryResource,
+    *,
+    apps: Mapping[str, App],
+    job_for_app: Mapping[str, str],
+    run_config_for: Callable[[NewImage], dict] | None,
+    deliver_job_for_app: Mapping[str, str] | None,
+) -> dg.SkipReason | dg.SensorResult:
+    """One tick: a run per new image of ours, or why there is none."""
+    try:
+        cursor = read_cursor(context.cursor)
+    except CursorError as err:
+        return dg.SkipReason(str(err))
+    try:
+        result = poll(
+            apps=apps,
+            cursor=cursor,
+            registry=registry,
+            ours=partial(_ours, context),
+            delivered_by=partial(_delivered_by, context, deliver_job_for_app),
+        )
+    except RegistryError as err:
+        return dg.SkipReason(f"registry unreachable, cursor unchanged: {err}")
+    for refused in [*result.refused, *result.foreign]:
+        context.log.warning(refused)
+    for line in result.delivered:
+        context.log.info(line)
+    if not result.new:
+        return _nothing_new(result)
+    requests = []
+    for image in result.new:
+        requests.append(_run_request(image, job_for_app, run_config_for))
+        context.log.info(f"new image {image.app}:{image.tag} = {image.digest}")
+    return dg.SensorResult(run_requests=requests, cursor=json.dumps(result.cursor, sort_keys=True))
+
+
+def _ours(context: dg.SensorEvaluationContext, app: str, branch: str, digest: str) -> bool:
+    """Whether app_image built that digest (its record in Dagster's event log)."""
+    return our_build(context.instance, app, branch, digest) is not None
+
+
+def _delivered_by(
+    context: dg.SensorEvaluationContext,
+    deliver_job_for_app: Mapping[str, str] | None,
+    app: str,
+    sha: str,
+) -> tuple[str, str] | None:
+    """The newest `deliver_<app>` run of that commit and its status; None: there is none."""
+    job = (deliver_job_for_app or {}).get(app)
+    if job is None:
+        return None
+    records = context.instance.get_run_records(
+        dg.RunsFilter(job_name=job, tags={"coop/sha": sha}), limit=1
+    )
+    if not records:
+        return None
+    run = records[0].dagster_run
+    return f"run {run.run_id} ({job})", run.status.value
+
+
+def _nothing_new(result: RegistryPoll) -> dg.SkipReason | dg.SensorResult:
+    """The skip of a tick with no image to release; the cursor moves past the refused and the
+    delivered."""
+    absent = [result.absent[a] for a in sorted(result.absent)]
+    why = "; ".join(["no new image", *result.delivered, *result.refused, *result.foreign, *absent])
+    if result.refused or result.delivered:  # the cursor moves past them
+        return dg.SensorResult(cursor=json.dumps(result.cursor, sort_keys=True), skip_reason=why)
+    return dg.SkipReason(why)
+
+
+def _run_request(
+    image: NewImage,
+    job_for_app: Mapping[str, str],
+    run_config_for: Callable[[NewImage], dict] | None,
+) -> dg.RunRequest:
+    """The release run of one new image: run_key = its digest, tags naming it."""
+    tags = {
+        "coop/app": image.app,
+        "coop/tag": image.tag,
+        "coop/digest": image.digest,
+        "coop/image": image.image,
+    }
+    if image.sha:
+        tags["coop/sha"] = image.sha
+    return dg.RunRequest(
+        run_key=image.digest,
+        job_name=job_for_app[image.app],
+        run_config=run_config_for(image) if run_config_for else {},
+        tags=tags,
+    )

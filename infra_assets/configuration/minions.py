@@ -26,7 +26,7 @@ from infra_assets.configuration.salt_keys import KeyStore
 from infra_assets.topology.model import Topology
 from infra_assets.topology.secrets import SecretsError, load_secrets
 from infra_assets.topology.sites import SiteError, site_for
-from resources.salt import KeyList, SaltError, SaltResource
+from resources.salt import KeyList, PingResult, SaltError, SaltResource
 
 GROUP = "salt"
 POOL = "salt"  # one writer at a time to the salt master's minions
@@ -257,6 +257,30 @@ def _minions(
         context.log.warning(
             f"key {m!r} ({after.state_of(m)}) is not a host of the topology: left unaccepted"
         )
+    denied, rejected = _name_claimed_hosts(context, declared, after)
+    missing = [m for m in declared if m not in after.accepted]
+    rows = _minions_table(topology, declared, after, targets, ping, removed, undeclared)
+    return dg.MaterializeResult(
+        metadata={
+            "declared": len(declared),
+            "accepted_keys": list(after.accepted),
+            "deleted_keys": removed,
+            "undeclared_keys": undeclared,
+            "missing_keys": missing,
+            "denied_keys": denied,
+            "rejected_keys": rejected,
+            "answering": list(ping.answered),
+            "silent": list(ping.silent),
+            "minions": dg.MetadataValue.md("\n".join(rows)),
+        }
+    )
+
+
+def _name_claimed_hosts(
+    context: dg.AssetExecutionContext, declared: list[str], after: KeyList
+) -> tuple[list[str], list[str]]:
+    """The declared hosts whose name is on a key the master will not use (denied, rejected),
+    each named with a warning."""
     # A declared host's name on a key the master will not use: denied (another machine presents
     # a different key for a name that already has one: an impostor, or the server was rebuilt)
     # or rejected (by a person). Neither is accepted or deleted here; both are named.
@@ -274,7 +298,19 @@ def _minions(
             f"host {m}: a key under its name was rejected (salt-key -r) and is left so; if the"
             f" host is genuine, `salt-key -d {m}` and let its minion authenticate again"
         )
-    missing = [m for m in declared if m not in after.accepted]
+    return denied, rejected
+
+
+def _minions_table(
+    topology: Topology,
+    declared: list[str],
+    after: KeyList,
+    targets: list[str],
+    ping: PingResult,
+    removed: list[str],
+    undeclared: list[str],
+) -> list[str]:
+    """The rows of the `minions` metadata table: declared hosts, deleted keys, undeclared keys."""
     rows = ["| minion | roles | key | answers | this run |", "|---|---|---|---|---|"]
     for m in declared:
         answers = "yes" if m in ping.answered else ("no" if m in targets else "-")
@@ -284,20 +320,7 @@ def _minions(
         rows.append(f"| {m} | (not in the topology) | deleted | - | key deleted |")
     for m in undeclared:
         rows.append(f"| {m} | (not in the topology) | {after.state_of(m)} | - | left unaccepted |")
-    return dg.MaterializeResult(
-        metadata={
-            "declared": len(declared),
-            "accepted_keys": list(after.accepted),
-            "deleted_keys": removed,
-            "undeclared_keys": undeclared,
-            "missing_keys": missing,
-            "denied_keys": denied,
-            "rejected_keys": rejected,
-            "answering": list(ping.answered),
-            "silent": list(ping.silent),
-            "minions": dg.MetadataValue.md("\n".join(rows)),
-        }
-    )
+    return rows
 
 
 @dg.asset_check(

@@ -168,28 +168,8 @@ def definitions(topo: Topology) -> dg.Definitions:
         site = site_for(topo)
     except SiteError:
         return dg.Definitions()
-    plan = {
-        host: [Check(MINION_CHECK, "its salt minion answers test.ping", {}),
-               *host_checks(site, topo, host)]
-        for host in sorted(topo.hosts)
-    }  # fmt: skip
-    specs = [
-        dg.AssetSpec(
-            health_key(host),
-            group_name=GROUP,
-            deps=[highstate_key(r) for r in topo.hosts[host].roles],
-            freshness_policy=FRESHNESS,
-            kinds={"salt"},
-            description=f"What {host}'s services answered at the last check: "
-            + ", ".join(c.name for c in checks),
-        )
-        for host, checks in plan.items()
-    ]
-    check_specs = [
-        dg.AssetCheckSpec(check.name, asset=health_key(host), description=check.description)
-        for host, checks in plan.items()
-        for check in checks
-    ]
+    plan = _health_plan(site, topo)
+    specs, check_specs = _health_specs(topo, plan)
 
     @dg.multi_asset(
         name="check_health",
@@ -199,23 +179,7 @@ def definitions(topo: Topology) -> dg.Definitions:
         description="Every host checks its own services (one salt job).",
     )
     def health(context: dg.AssetExecutionContext, salt: SaltResource):
-        selected = context.selected_asset_check_keys
-        # the hosts whose asset or one of whose checks is asked for (a check alone from the UI)
-        hosts = sorted(
-            {key.path[1] for key in context.selected_asset_keys}
-            | {key.asset_key.path[1] for key in selected}
-        )
-        try:
-            got = probe_all(salt, {h: plan[h] for h in hosts}, context.log.info)
-        except SaltError as err:
-            got = {h: f"salt cannot be asked: {err}" for h in hosts}
-        for host in hosts:
-            results, metadata = _results(host, plan[host], got[host])
-            if health_key(host) in context.selected_asset_keys:
-                yield dg.MaterializeResult(asset_key=health_key(host), metadata=metadata)
-            yield from (
-                r for r in results if dg.AssetCheckKey(health_key(host), r.check_name) in selected
-            )
+        yield from _check_health(context, salt, plan)
 
     job = dg.define_asset_job(
         JOB,
@@ -234,3 +198,59 @@ def definitions(topo: Topology) -> dg.Definitions:
         " (check_notice).",
     )
     return dg.Definitions(assets=[health], jobs=[job], schedules=[schedule])
+
+
+def _health_plan(site: Site, topo: Topology) -> dict[str, list[Check]]:
+    """Every host's checks: its minion answering, then its services'."""
+    return {
+        host: [Check(MINION_CHECK, "its salt minion answers test.ping", {}),
+               *host_checks(site, topo, host)]
+        for host in sorted(topo.hosts)
+    }  # fmt: skip
+
+
+def _health_specs(
+    topo: Topology, plan: dict[str, list[Check]]
+) -> tuple[list[dg.AssetSpec], list[dg.AssetCheckSpec]]:
+    """`health/<host>` for every host of the plan, and one check spec per check."""
+    specs = [
+        dg.AssetSpec(
+            health_key(host),
+            group_name=GROUP,
+            deps=[highstate_key(r) for r in topo.hosts[host].roles],
+            freshness_policy=FRESHNESS,
+            kinds={"salt"},
+            description=f"What {host}'s services answered at the last check: "
+            + ", ".join(c.name for c in checks),
+        )
+        for host, checks in plan.items()
+    ]
+    check_specs = [
+        dg.AssetCheckSpec(check.name, asset=health_key(host), description=check.description)
+        for host, checks in plan.items()
+        for check in checks
+    ]
+    return specs, check_specs
+
+
+def _check_health(
+    context: dg.AssetExecutionContext, salt: SaltResource, plan: dict[str, list[Check]]
+):
+    """The selected hosts probed in one salt job: their materialisations and selected checks."""
+    selected = context.selected_asset_check_keys
+    # the hosts whose asset or one of whose checks is asked for (a check alone from the UI)
+    hosts = sorted(
+        {key.path[1] for key in context.selected_asset_keys}
+        | {key.asset_key.path[1] for key in selected}
+    )
+    try:
+        got = probe_all(salt, {h: plan[h] for h in hosts}, context.log.info)
+    except SaltError as err:
+        got = {h: f"salt cannot be asked: {err}" for h in hosts}
+    for host in hosts:
+        results, metadata = _results(host, plan[host], got[host])
+        if health_key(host) in context.selected_asset_keys:
+            yield dg.MaterializeResult(asset_key=health_key(host), metadata=metadata)
+        yield from (
+            r for r in results if dg.AssetCheckKey(health_key(host), r.check_name) in selected
+        )
