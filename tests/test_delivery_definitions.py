@@ -105,7 +105,7 @@ def test_secrets_come_from_the_environment_as_env_vars(monkeypatch, repo_root):
     monkeypatch.setenv("INFRA_REGISTRY_URL", "https://registry.example.coop")
     monkeypatch.setenv("INFRA_REGISTRY_PASSWORD", "s3cret")
     monkeypatch.setenv("INFRA_JENKINS_API_TOKEN", "t0ken")
-    from infra_assets.definitions import resources
+    from infra_assets.site_resources import resources
 
     res = resources()
     assert isinstance(res["registry"].password, dg.EnvVar)
