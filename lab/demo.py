@@ -22,29 +22,31 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from infra_assets.topology.model import Topology
+from infra_assets.delivery.app_images import deliver_job_name
+from infra_assets.topology.model import Topology, TopologyError
+from infra_assets.topology.secrets import SecretsError
 from infra_assets.topology.sites import LabSite
-from lab.dagster_daemon import DagsterDaemon
-from lab.demo_services import DemoServices
+from lab import site as lab
+from lab.cli import known_errors
+from lab.demo_loop import (
+    LoopError,
+    demo_app,
+    ensure_repo,
+    hand_over,
+    push_change,
+    start_daemon_and_sensors,
+    start_webhooks,
+    wait_live,
+)
+from lab.demo_services import demo_daemon, demo_services, stop_daemon
+from lab.lab_dagster import LabDagsterError, lab_dagster
+from lab.processes import ProcessError
 from lab.reach import Site
-from lab.site import app_site
-
-
-def demo_daemon(site: LabSite) -> DagsterDaemon:
-    """The demo's Dagster daemon of this lab, recorded under the lab's state folder."""
-    return DagsterDaemon(site.root / "run")
-
-
-def demo_services(site: LabSite) -> DemoServices:
-    """The demo's webserver and webhook endpoint of this lab (lab/demo_services.py)."""
-    return DemoServices(site.root / "run")
-
-
-def stop_daemon(site: LabSite) -> list[str]:
-    """Stop the demo's webhook endpoint, webserver and daemon."""
-    stopped = demo_services(site).stop()
-    pid = demo_daemon(site).stop()
-    return stopped + ([f"dagster-daemon (pid {pid})"] if pid else [])
+from lab.site import app_site, start_git_daemon
+from resources.cli_runner import CliError
+from resources.lab import LabError
+from resources.lab_git import LabGitError
+from resources.paths import dagster_home
 
 
 def staging_site(site: LabSite, topo: Topology, app: str) -> Site:
@@ -56,24 +58,6 @@ def staging_site(site: LabSite, topo: Topology, app: str) -> Site:
 
 def run_loop(topology_file: Path, site: LabSite, say, *, rounds: int = 2) -> int:
     """`rounds` commits pushed to the demo app, each followed until staging answers with it."""
-    from infra_assets.delivery.app_images import deliver_job_name
-    from lab.demo_loop import (
-        LoopError,
-        demo_app,
-        ensure_repo,
-        hand_over,
-        push_change,
-        start_daemon_and_sensors,
-        start_webhooks,
-        wait_live,
-    )
-    from lab.lab_dagster import LabDagsterError, lab_dagster
-    from lab.processes import ProcessError
-    from lab.site import start_git_daemon
-    from resources.cli_runner import CliError
-    from resources.lab import LabError
-    from resources.lab_git import LabGitError
-
     topo = site.topo
     if not topo.hosts_with_role("web-staging"):
         say("== no host has the role web-staging: nothing to release to", err=True)
@@ -122,12 +106,6 @@ def run_loop(topology_file: Path, site: LabSite, say, *, rounds: int = 2) -> int
 
 def run_demo(topology_file: Path, say, *, rounds: int = 2) -> int:
     """`make demo` on a lab topology: `infra lab up`, the push-to-live loop, where to look."""
-    from infra_assets.topology.model import TopologyError
-    from infra_assets.topology.secrets import SecretsError
-    from lab import site as lab
-    from lab.cli import known_errors
-    from resources.paths import dagster_home
-
     try:
         site = lab.lab_site(topology_file)
         say(f"== infra lab up: {topology_file} (the main job; every run is in the Dagster UI)")
@@ -147,8 +125,6 @@ def run_demo(topology_file: Path, say, *, rounds: int = 2) -> int:
         code = run_loop(topology_file, site, say, rounds=rounds)
         if code:
             return code
-    from lab.lab_dagster import lab_dagster
-
     ui = demo_services(site).url("dagster-webserver")
     dagster = lab_dagster(site)
     if dagster is not None:

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 import shutil
 import subprocess
@@ -23,12 +24,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import dagster as dg
 import requests
 
 from infra_assets.topology.model import Topology
+from infra_assets.topology.secrets import webhook_secret
+from lab.demo_services import demo_services, install_hook
 from lab.lab_dagster import LabDagster, LabDagsterError
 from lab.reach import ReachError, Site
+from lab.site import lab_secrets, step_error_text
 from resources.dagster_api import DagsterApi, DagsterApiError, RunRef
+from resources.git_url import redact_repo, resolve_repo
 from resources.paths import REPO_ROOT, dagster_home
 
 Say = Callable[..., None]
@@ -87,8 +93,6 @@ def demo_app(topo: Topology) -> str:
 
 def ensure_repo(topology_file: Path, topo: Topology, app: str, state: Path) -> AppRepo:
     """The app's bare repo where the topology says (made once, from apps/<app>/) and a clone."""
-    from resources.git_url import redact_repo, resolve_repo
-
     spec = topo.apps[app]
     bare = Path(resolve_repo(spec.repo, topology_file.parent))
     if "://" in str(spec.repo) or "@" in str(spec.repo).split("/")[0]:
@@ -210,11 +214,6 @@ def start_webhooks(
     """The webhook endpoint (lab/demo_services.py) and the app's post-receive hook calling it:
     a push starts its run at once, in the lab's own Dagster (`dagster`), else in this
     machine's, whose webserver is started for it. The URL of the Dagster UI that runs it."""
-    from infra_assets.topology.secrets import webhook_secret
-    from lab.demo import demo_services
-    from lab.demo_services import install_hook
-    from lab.site import lab_secrets
-
     lab_secrets(site)  # the lab's throwaway secrets, with webhooks.secret
     services = demo_services(site)
     if dagster is not None:
@@ -261,8 +260,6 @@ def _topology_of(pid: int) -> Path | None:
 @contextmanager
 def instance():
     """The repo's Dagster instance (dagster.yaml names its storage relative to DAGSTER_HOME)."""
-    import dagster as dg
-
     home = dagster_home()
     before = os.getcwd()
     os.chdir(home)
@@ -355,8 +352,6 @@ class InstanceRuns:
         self.inst = inst
 
     def finished(self, job: str, sha: str, since: float) -> bool:
-        import dagster as dg
-
         records = self.inst.get_run_records(
             dg.RunsFilter(
                 job_name=job,
@@ -369,8 +364,6 @@ class InstanceRuns:
         return bool(records)
 
     def follow(self, since: float, seen: dict[str, str], say: Say) -> None:
-        import dagster as dg
-
         records = self.inst.get_run_records(
             dg.RunsFilter(created_after=_utc(since)), limit=20, ascending=True
         )
@@ -422,8 +415,6 @@ class ApiRuns:
 
 
 def _run_error(inst, run) -> str:
-    import dagster as dg
-
     lines = []
     for entry in inst.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_FAILURE):
         data = entry.dagster_event.step_failure_data
@@ -433,22 +424,7 @@ def _run_error(inst, run) -> str:
     return "\n".join(lines) or "(see the run's log in the UI)"
 
 
-def step_error_text(error) -> str:
-    """A failed step's error without Dagster's wrapper: the outermost error in the chain that is
-    not Dagster's own (the project's errors name the file, key or command), else the last."""
-    if error is None:
-        return "failed"
-    chain = []
-    while error is not None:
-        chain.append(error)
-        error = error.cause
-    ours = next((e for e in chain if not (e.cls_name or "").startswith("Dagster")), chain[-1])
-    return ours.message.strip()
-
-
 def _utc(timestamp: float):
-    import datetime
-
     return datetime.datetime.fromtimestamp(timestamp, tz=datetime.UTC)
 
 

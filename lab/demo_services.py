@@ -21,6 +21,8 @@ from typing import Any
 
 import requests
 
+from infra_assets.topology.sites import LabSite
+from lab.dagster_daemon import DagsterDaemon
 from lab.processes import Supervisor, free_port
 from resources.paths import REPO_ROOT
 
@@ -152,3 +154,20 @@ def _location_loaded(url: str) -> bool:
         and (e.get("locationOrLoadError") or {}).get("__typename") == "RepositoryLocation"
         for e in entries
     )
+
+
+def demo_daemon(site: LabSite) -> DagsterDaemon:
+    """The demo's Dagster daemon of this lab, recorded under the lab's state folder."""
+    return DagsterDaemon(site.root / "run")
+
+
+def demo_services(site: LabSite) -> DemoServices:
+    """The demo's webserver and webhook endpoint of this lab (lab/demo_services.py)."""
+    return DemoServices(site.root / "run")
+
+
+def stop_daemon(site: LabSite) -> list[str]:
+    """Stop the demo's webhook endpoint, webserver and daemon."""
+    stopped = demo_services(site).stop()
+    pid = demo_daemon(site).stop()
+    return stopped + ([f"dagster-daemon (pid {pid})"] if pid else [])

@@ -12,15 +12,32 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import dagster as dg
+import yaml
+
 from infra_assets.configuration.pillar import registry_tls_names
-from infra_assets.topology.model import Topology, load_topology
+from infra_assets.definitions import build_definitions
+from infra_assets.delivery.app_images import (
+    BUILD_AGENT_ROLE,
+    REGISTRY_ACCOUNT,
+    RUNTIME_CACHES,
+    publish_base_image,
+    publish_runtime_image,
+)
+from infra_assets.delivery.releases import read_records
+from infra_assets.site_resources import lab_resources
+from infra_assets.topology.model import ENVIRONMENTS, Topology, load_topology
+from infra_assets.topology.roles import role_catalogue
 from infra_assets.topology.secrets import Secrets, ensure_secrets, load_secrets
 from infra_assets.topology.sites import SECRETS_ENV, LabSite, SiteError, site_for
+from lab.demo_services import demo_daemon, demo_services, stop_daemon
 from lab.reach import Site
 from resources.lab import LabNetwork, LabResource
 from resources.lab_acme import LabAcmeError
+from resources.paths import REPO_ROOT, dagster_home
 from resources.podman import PodmanError, PodmanResource
 from resources.registry import RegistryError
+from resources.salt import SaltError
 
 
 class LabUpError(RuntimeError):
@@ -30,9 +47,6 @@ class LabUpError(RuntimeError):
 def write_lab_topology(folder: Path, number: int) -> Path:
     """The repo's topology.lab.yaml at another location number (a second lab beside a developer's:
     the tests', a benchmark's), its app repos under `folder`. Returns the file written there."""
-    import yaml
-
-    from resources.paths import REPO_ROOT
 
     data = yaml.safe_load((REPO_ROOT / "topology.lab.yaml").read_text())
     for location in data["locations"].values():
@@ -95,8 +109,6 @@ def write_salt_api_client(site: LabSite, secrets: Secrets) -> None:
 def write_registry_client(site: LabSite, secrets: Secrets) -> None:
     """What Dagster needs to use the lab's registry: the push account's password (mode 600) and
     the registry's certificate to check it against, beside the lab's secrets."""
-    from infra_assets.delivery.app_images import REGISTRY_ACCOUNT
-
     if not site.topo.hosts_with_role("docker-registry"):
         return
     password = site.registry_password_file()
@@ -137,10 +149,6 @@ def up(topology_file: Path, *, job: str = "main", echo=None) -> dict[str, Any]:
     """Images when missing, the network, the keys, the containers, the minions, every role's
     states: the `main` job, through Dagster, on the repo's instance ($DAGSTER_HOME). Safe to run
     twice (every step compares first). `echo` gets a line per step as the run goes."""
-    import dagster as dg
-
-    from infra_assets.definitions import build_definitions
-    from resources.paths import dagster_home
 
     site = lab_site(topology_file)
     lab_secrets(site)
@@ -177,13 +185,6 @@ def publish_build_images(site: LabSite, echo=None) -> list[str]:
     the lab has, in the lab's registry for the lab's own Dagster (the dagster role), which has
     no podman to make them: pushed from this machine's storage when the registry's are others
     (made here first when missing). Returns what happened ([]: no dagster or registry host)."""
-    from infra_assets.delivery.app_images import (
-        RUNTIME_CACHES,
-        publish_base_image,
-        publish_runtime_image,
-    )
-    from infra_assets.site_resources import lab_resources
-
     if not site.topo.hosts_with_role("dagster"):
         return []
     registry = lab_resources(site).get("registry")
@@ -211,8 +212,6 @@ def publish_build_images(site: LabSite, echo=None) -> list[str]:
 def start_git_daemon(site: LabSite, base_dir: Path) -> dict[str, Any] | None:
     """The read-only git daemon on the build agent's lab link, serving the apps whose repo is a
     path on this machine (the salt builder starts it too when it is not running)."""
-    from infra_assets.delivery.app_images import BUILD_AGENT_ROLE
-
     agents = sorted(site.topo.hosts_with_role(BUILD_AGENT_ROLE))
     daemon = site.serve_git(site.number_of(agents[0]), base_dir) if agents else None
     return daemon.status() if daemon else None
@@ -244,8 +243,6 @@ class _Follower:
             self._drain()
 
     def _drain(self) -> None:
-        import dagster as dg
-
         try:
             records = self.instance.all_logs(self.run_id)
         except Exception:  # noqa: BLE001 - the run's storage may not exist yet
@@ -272,9 +269,20 @@ class _Follower:
         self._drain()
 
 
-def _failure_text(result) -> str:
-    from lab.demo_loop import step_error_text
+def step_error_text(error) -> str:
+    """A failed step's error without Dagster's wrapper: the outermost error in the chain that is
+    not Dagster's own (the project's errors name the file, key or command), else the last."""
+    if error is None:
+        return "failed"
+    chain = []
+    while error is not None:
+        chain.append(error)
+        error = error.cause
+    ours = next((e for e in chain if not (e.cls_name or "").startswith("Dagster")), chain[-1])
+    return ours.message.strip()
 
+
+def _failure_text(result) -> str:
     lines = []
     for event in result.all_events:
         if event.is_step_failure:
@@ -287,8 +295,6 @@ def _failure_text(result) -> str:
 def down(topology_file: Path) -> list[str]:
     """Remove every container of the lab, its network, namespace and link. The `unreachable`
     route for each lab /16 stays, so nothing for the lab's addresses ever leaves the machine."""
-    from lab.demo import stop_daemon
-
     site = lab_site(topology_file)
     lab = lab_resource()
     removed = stop_daemon(site) + stop_git_daemons(site)
@@ -353,8 +359,6 @@ def _dagster_ui(site: LabSite) -> list[dict[str, Any]]:
 def _demo_daemon(site: LabSite) -> dict[str, Any]:
     """The Dagster daemon `make demo` started for this lab (it runs what pushes start), its
     webserver (the UI) and the webhook endpoint the app repos' hooks call."""
-    from lab.demo import demo_daemon, demo_services
-
     return {**demo_daemon(site).status(), **demo_services(site).status()}
 
 
@@ -364,8 +368,6 @@ def _git_daemons(site: LabSite) -> dict[str, Any]:
 
 def _registry(site: LabSite) -> dict[str, Any]:
     """Where the lab's registry is and how Dagster reaches it (never a password)."""
-    from infra_assets.site_resources import lab_resources
-
     registry = lab_resources(site).get("registry")
     if registry is None:
         return {"url": None, "note": "no host has the role docker-registry"}
@@ -382,11 +384,6 @@ def releases(site: LabSite) -> dict[str, Any]:
     """`releases.<app>.<environment>`: what the web hosts record as live (read through salt)
     and where the machine reaches it (`lab_app_reach`: the app's URL, the web host's planned
     address it is reached at through the lab's link, the root its certificate chains to)."""
-    from infra_assets.delivery.releases import read_records
-    from infra_assets.site_resources import lab_resources
-    from infra_assets.topology.model import ENVIRONMENTS
-    from resources.salt import SaltError
-
     topo = site.topo
     out: dict[str, Any] = {}
     if not topo.apps:
@@ -454,8 +451,6 @@ def lab_app_reach(site: LabSite, host: str, app: str, environment: str) -> dict[
 
 def _services(site: LabSite, host: str) -> dict[str, Any]:
     """Each service of `host` and how the machine reaches it: through the lab's link."""
-    from infra_assets.topology.roles import role_catalogue
-
     services = role_catalogue().services()
     out: dict[str, Any] = {}
     for role in site.topo.hosts[host].roles:

@@ -7,6 +7,7 @@ second run; every skip says why; a failed look at git leaves the cursor where it
 """
 
 import dagster as dg
+import yaml
 
 from infra_assets.cloud.changes import ChangeSet, changes_between
 from infra_assets.cloud.images import image_key
@@ -150,8 +151,6 @@ def _run_requests(
 def _salt_roles(infra_repo: InfraRepoResource, sha: str) -> dict[str, list[str]] | None:
     """The role catalogue (salt/roles.yaml) at `sha`: role -> states; None if it is missing or
     broken, and then every salt/ change rebuilds every image."""
-    import yaml
-
     text = infra_repo.show(sha, "salt/roles.yaml")
     if text is None:
         return None

@@ -40,7 +40,7 @@ RELEASE = """{ assetOrError(assetKey: {path: ["release", "staging", "hello"]}) {
 
 
 def test_make_demo_pushes_two_commits_to_live_on_the_lab_s_staging(lab_env: LabEnv):
-    from lab.demo import stop_daemon
+    from lab.demo_services import stop_daemon
 
     env = {
         **os.environ,

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import bcrypt
 import yaml
 
 from infra_assets.configuration.salt_keys import MASTER, KeyStore
@@ -521,8 +522,6 @@ def bcrypt_htpasswd_line(
     would let a guess be tested at HMAC's speed, not bcrypt's (the registry's passwords are
     random tokens; people choose the UI's).
     """
-    import bcrypt
-
     if key:
         message = f"coop-infra {purpose} {user} {password}"
         raw = hmac.new(key.encode(), message.encode(), hashlib.sha256)

@@ -51,6 +51,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from infra_assets.topology.model import ENVIRONMENTS, Topology, address_plan
 
@@ -485,11 +489,6 @@ def _generate(key: tuple[str, ...], data: dict, tls_names: Iterable[str], topo: 
 
 def self_signed_certificate(names: list[str]) -> tuple[str, str]:
     """A self-signed certificate (PEM) for `names` (DNS names and IP addresses), and its key."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
     alt: list[x509.GeneralName] = []
