@@ -46,12 +46,12 @@ from infra_assets.topology.sites import LabSite, SiteError, site_for
 from resources.cli_runner import CliError
 from resources.git import GitError, GitResource
 from resources.git_url import redact_repo, resolve_repo
-from resources.jenkins import JenkinsError, JenkinsResource
+from resources.jenkins import JenkinsBuild, JenkinsError, JenkinsResource
 from resources.lab_git import LabGitError
 from resources.paths import REPO_ROOT, state_dir
 from resources.podman import RUNTIME_LABEL, PodmanError, PodmanResource
 from resources.registry import REVISION_LABEL, Endpoint, Manifest, RegistryError, RegistryResource
-from resources.salt import SaltError, SaltResource
+from resources.salt import ApplyResult, SaltError, SaltResource
 from resources.topology import TopologyResource
 
 GROUP = "app_images"
@@ -198,20 +198,7 @@ def app_image_asset(
 def materialize(
     context: dg.AssetExecutionContext, topology: Topology, app_name: str, builder: str
 ) -> dg.Output:
-    sha = context.partition_key
-    if not SHA_RE.match(sha):
-        raise dg.Failure(
-            f"partition {sha!r} of app_image/{app_name} is not a commit sha (40 hex digits):"
-            " partitions are added by git_push_sensor, one per commit",
-            allow_retries=False,
-        )
-    app = topology.apps.get(app_name)
-    if app is None:
-        raise dg.Failure(
-            f"app {app_name!r} is no longer in the topology ({', '.join(topology.apps) or 'none'}"
-            " left): nothing to build",
-            allow_retries=False,
-        )
+    sha, app = _partition_commit(context, topology, app_name)
     res = context.resources
     registry: RegistryResource = res.registry
     topology_file: TopologyResource = res.topology_file
@@ -227,35 +214,9 @@ def materialize(
     _refuse_a_commit_off_the_branch(res.git, app_name, app, repo, sha)
     log = BuildLog(state_dir() / "builds" / app_name / f"{sha}.log", context)
     try:
-        existing, foreign = _already_built(context.instance, registry, app_name, app.branch, sha)
-        if foreign:
-            log(foreign)
-        if existing is not None:
-            log(f"{endpoint.image(app_name, sha)} is already in the registry ({existing.digest})")
-            outcome = BuildOutcome(
-                None, 0.0, ["already in the registry, built by app_image: not built again"], {}
-            )
-        elif builder == "salt":
-            outcome = _build_salt(context, topology, endpoint, app_name, app, shown, sha, log)
-        else:
-            outcome = _build_jenkins(context, topology, endpoint, app_name, app, shown, sha, log)
-        manifest = registry.manifest(repository=app_name, reference=sha)
-        if manifest is None:
-            raise dg.Failure(f"{endpoint.image(app_name, sha)} is not in the registry after push")
-        if existing is not None and manifest.digest != existing.digest:
-            raise dg.Failure(  # someone else pushes to our tags: said, not tried again
-                f"{endpoint.image(app_name, sha)} changed while it was being adopted (it was"
-                f" {existing.digest}, it is {manifest.digest}): nothing recorded; run it again",
-                allow_retries=False,
-            )
-        if outcome.digest is not None and manifest.digest != outcome.digest:
-            raise dg.Failure(
-                f"the build pushed {outcome.digest}, but the registry serves"
-                f" {endpoint.image(app_name, sha)} as {manifest.digest}",
-                allow_retries=False,
-            )
-        tags, branch_note = _follow_branch(res, registry, app_name, app, repo, sha, manifest)
-        outcome.notes.append(branch_note)
+        manifest, outcome, tags = _build_or_adopt(
+            context, topology, endpoint, app_name, app, repo, shown, sha, builder, log
+        )
     except (
         GitError, PodmanError, JenkinsError, RegistryError, CliError, SaltError, LabGitError,
         SiteError, SecretsError, BuildRefused,
@@ -270,7 +231,93 @@ def materialize(
         ) from None
     finally:
         log.close()
+    return _image_output(endpoint, app_name, app, shown, sha, builder, manifest, outcome, tags, log)
 
+
+def _partition_commit(
+    context: dg.AssetExecutionContext, topology: Topology, app_name: str
+) -> tuple[str, App]:
+    """The commit this partition names and the app it is of; refused (not retried) when the
+    partition is no sha or the app has left the topology."""
+    sha = context.partition_key
+    if not SHA_RE.match(sha):
+        raise dg.Failure(
+            f"partition {sha!r} of app_image/{app_name} is not a commit sha (40 hex digits):"
+            " partitions are added by git_push_sensor, one per commit",
+            allow_retries=False,
+        )
+    app = topology.apps.get(app_name)
+    if app is None:
+        raise dg.Failure(
+            f"app {app_name!r} is no longer in the topology ({', '.join(topology.apps) or 'none'}"
+            " left): nothing to build",
+            allow_retries=False,
+        )
+    return sha, app
+
+
+def _build_or_adopt(
+    context: dg.AssetExecutionContext,
+    topology: Topology,
+    endpoint: Endpoint,
+    app_name: str,
+    app: App,
+    repo: str,
+    shown: str,
+    sha: str,
+    builder: str,
+    log: BuildLog,
+) -> tuple[Manifest, BuildOutcome, list[str]]:
+    """The image of `sha` in the registry, built unless app_image built it already, checked
+    against what the build pushed, and the branch tag moved to it when `sha` is the branch's
+    head: (its manifest, the build's outcome, its tags)."""
+    res = context.resources
+    registry: RegistryResource = res.registry
+    existing, foreign = _already_built(context.instance, registry, app_name, app.branch, sha)
+    if foreign:
+        log(foreign)
+    if existing is not None:
+        log(f"{endpoint.image(app_name, sha)} is already in the registry ({existing.digest})")
+        outcome = BuildOutcome(
+            None, 0.0, ["already in the registry, built by app_image: not built again"], {}
+        )
+    elif builder == "salt":
+        outcome = _build_salt(context, topology, endpoint, app_name, app, shown, sha, log)
+    else:
+        outcome = _build_jenkins(context, topology, endpoint, app_name, app, shown, sha, log)
+    manifest = registry.manifest(repository=app_name, reference=sha)
+    if manifest is None:
+        raise dg.Failure(f"{endpoint.image(app_name, sha)} is not in the registry after push")
+    if existing is not None and manifest.digest != existing.digest:
+        raise dg.Failure(  # someone else pushes to our tags: said, not tried again
+            f"{endpoint.image(app_name, sha)} changed while it was being adopted (it was"
+            f" {existing.digest}, it is {manifest.digest}): nothing recorded; run it again",
+            allow_retries=False,
+        )
+    if outcome.digest is not None and manifest.digest != outcome.digest:
+        raise dg.Failure(
+            f"the build pushed {outcome.digest}, but the registry serves"
+            f" {endpoint.image(app_name, sha)} as {manifest.digest}",
+            allow_retries=False,
+        )
+    tags, branch_note = _follow_branch(res, registry, app_name, app, repo, sha, manifest)
+    outcome.notes.append(branch_note)
+    return manifest, outcome, tags
+
+
+def _image_output(
+    endpoint: Endpoint,
+    app_name: str,
+    app: App,
+    shown: str,
+    sha: str,
+    builder: str,
+    manifest: Manifest,
+    outcome: BuildOutcome,
+    tags: list[str],
+    log: BuildLog,
+) -> dg.Output:
+    """The AppImage handed downstream, with the build's metadata."""
     image = AppImage(
         app=app_name,
         sha=sha,
@@ -529,6 +576,25 @@ def _build_salt(
     result = salt.apply(
         minions=[agent], sls=[BUILD_STATE], pillar={"build": build}, log=log, redact=secrets
     )
+    digest = _salt_build_digest(result, app_name, agent, secrets, log)
+    return BuildOutcome(
+        digest,
+        time.monotonic() - started,
+        [*start.notes, f"built on {agent} through salt ({BUILD_STATE}, job {result.jid})"],
+        {
+            "build_host": agent,
+            "salt_jid": result.jid,
+            "base_image": start.base_image,
+            "repo_url": source,
+        },
+    )
+
+
+def _salt_build_digest(
+    result: ApplyResult, app_name: str, agent: str, secrets: list[str], log: BuildLog
+) -> str:
+    """The build's output to the log (its secrets masked), its failure said (`BuildRefused`
+    when the app itself cannot be built), and the digest it pushed."""
     step = next((s for s in result.states() if s.state_id == f"jenkins-build-{app_name}"), None)
     output = ""
     if step is not None and isinstance(step.changes, dict):
@@ -555,17 +621,7 @@ def _build_salt(
     found = DIGEST_LINE.findall(output)
     if not found:
         raise SaltError(f"the build on {agent} printed no PUSHED_DIGEST=sha256:... line")
-    return BuildOutcome(
-        found[-1],
-        time.monotonic() - started,
-        [*start.notes, f"built on {agent} through salt ({BUILD_STATE}, job {result.jid})"],
-        {
-            "build_host": agent,
-            "salt_jid": result.jid,
-            "base_image": start.base_image,
-            "repo_url": source,
-        },
-    )
+    return found[-1]
 
 
 def _build_jenkins(
@@ -600,6 +656,21 @@ def _build_jenkins(
         "jenkins_console": dg.MetadataValue.url(build.console_url),
         "jenkins_result": build.result,
     }
+    digest = _jenkins_build_digest(build, extra)
+    return BuildOutcome(
+        digest,
+        time.monotonic() - started,
+        [
+            *start.notes,
+            f"Jenkins {build.job} #{build.number}: {build.result} in {build.duration_s:.1f} s",
+        ],
+        {**extra, "base_image": start.base_image},
+    )
+
+
+def _jenkins_build_digest(build: JenkinsBuild, extra: dict) -> str:
+    """The digest the Jenkins build pushed; its failure said (not retried when the app itself
+    cannot be built, or the job prints no digest)."""
     # The script's last line, among the pipeline's own lines that follow it.
     refused = [m[1] for m in map(BUILD_ERROR_LINE.search, build.console.splitlines()[-40:]) if m]
     if not build.ok:
@@ -622,15 +693,7 @@ def _build_jenkins(
             metadata=extra,
             allow_retries=False,  # the job's configuration: the same again next time
         )
-    return BuildOutcome(
-        found[-1],
-        time.monotonic() - started,
-        [
-            *start.notes,
-            f"Jenkins {build.job} #{build.number}: {build.result} in {build.duration_s:.1f} s",
-        ],
-        {**extra, "base_image": start.base_image},
-    )
+    return found[-1]
 
 
 def _follow_branch(res, registry, app_name, app, repo, sha, manifest) -> tuple[list[str], str]:

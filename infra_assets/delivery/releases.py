@@ -39,7 +39,7 @@ from infra_assets.configuration.highstate import highstate_key, report
 from infra_assets.configuration.minions import POOL
 from infra_assets.delivery.app_images import asset_key as app_image_key
 from infra_assets.delivery.provenance import build_of_commit, our_build, staging_record
-from infra_assets.topology.model import ENVIRONMENTS, Topology
+from infra_assets.topology.model import ENVIRONMENTS, App, Topology
 from infra_assets.topology.secrets import SecretsError, load_secrets
 from infra_assets.topology.sites import RECORDS_DIR, Site, SiteError, site_for
 from resources.git import GitError, GitResource
@@ -206,24 +206,7 @@ def materialize(
     (the newer head's run releases that)."""
     what = f"release/{environment}/{app_name}"
     step_started = time.time()
-    if config.digest and not DIGEST_RE.match(config.digest):
-        raise _fail(
-            f"{what}: config digest {config.digest!r} is not sha256:<64 hex digits> (a release is"
-            " an image by digest, as the registry names it)"
-        )
-    if config.sha and not SHA_RE.match(config.sha):
-        raise _fail(
-            f"{what}: config sha {config.sha!r} is not a commit (40 lowercase hex digits, as"
-            " `git rev-parse` prints it); leave it empty to take the image's revision label"
-        )
-    if config.digest and config.rollback:
-        raise _fail(f"{what}: config asks for a digest and a rollback: give one or the other")
-    app = topology.apps.get(app_name)
-    if app is None:
-        raise _fail(f"{what}: app {app_name!r} is no longer in the topology")
-    hosts = sorted(topology.hosts_with_role(f"web-{environment}"))
-    if not hosts:
-        raise _fail(f"{what}: no host has the role web-{environment}: nowhere to release")
+    app, hosts = _checked_request(what, config, topology, environment, app_name)
     try:
         site = site_for(topology)
         secrets = load_secrets(site.secrets_file(), topology).values()
@@ -249,6 +232,65 @@ def materialize(
             " (sha256:<64 hex digits>; 40 hex digits): nothing was released"
         )
     context.log.info(f"{what}: {digest} ({why}) on {', '.join(hosts)}")
+    results, took, live_at = _release_host_by_host(
+        context, salt, config, environment, app_name, hosts, digest, sha, secrets
+    )
+
+    worker = app.kind == "worker"
+    url = None if worker else site.app_url(hosts[0], app_name, environment)
+    states = [s for r in results for s in r.states()]
+    changed = any(s.changed for s in states)
+    previous = _previous_digest(before, digest)
+    after = _records_after(what, salt, site, hosts, app_name, digest)
+    metadata = _release_metadata(context, app_name, app, environment, hosts, (digest, sha, why),
+                                 url=url, previous=previous, changed=changed, results=results,
+                                 after=after, took=took, step_started=step_started,
+                                 live_at=live_at)  # fmt: skip
+    if not changed:
+        context.log.info(f"{what}: {digest} was live already; nothing changed")
+    return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(digest))
+
+
+def _checked_request(
+    what: str, config: ReleaseConfig, topology: Topology, environment: str, app_name: str
+) -> tuple[App, list[str]]:
+    """The app and the environment's web hosts, sorted; refused (not retried) when the run
+    config is malformed, the app has left the topology or no host has the role."""
+    if config.digest and not DIGEST_RE.match(config.digest):
+        raise _fail(
+            f"{what}: config digest {config.digest!r} is not sha256:<64 hex digits> (a release is"
+            " an image by digest, as the registry names it)"
+        )
+    if config.sha and not SHA_RE.match(config.sha):
+        raise _fail(
+            f"{what}: config sha {config.sha!r} is not a commit (40 lowercase hex digits, as"
+            " `git rev-parse` prints it); leave it empty to take the image's revision label"
+        )
+    if config.digest and config.rollback:
+        raise _fail(f"{what}: config asks for a digest and a rollback: give one or the other")
+    app = topology.apps.get(app_name)
+    if app is None:
+        raise _fail(f"{what}: app {app_name!r} is no longer in the topology")
+    hosts = sorted(topology.hosts_with_role(f"web-{environment}"))
+    if not hosts:
+        raise _fail(f"{what}: no host has the role web-{environment}: nowhere to release")
+    return app, hosts
+
+
+def _release_host_by_host(
+    context: dg.AssetExecutionContext,
+    salt: SaltResource,
+    config: ReleaseConfig,
+    environment: str,
+    app_name: str,
+    hosts: list[str],
+    digest: str,
+    sha: str,
+    secrets: list[str],
+) -> tuple[list[ApplyResult], float, float | None]:
+    """The `app` state on each host, one after another, the first failure stopping the release:
+    (each host's result, the seconds it took, when nginx served it on the first host)."""
+    what = f"release/{environment}/{app_name}"
     results: list[ApplyResult] = []
     started = time.monotonic()
     live_at: float | None = None  # when nginx served it on the first host (wall clock)
@@ -278,12 +320,13 @@ def materialize(
         if live_at is None:
             live_at = time.time() - _seconds_after_switch(result)
     took = time.monotonic() - started
+    return results, took, live_at
 
-    worker = app.kind == "worker"
-    url = None if worker else site.app_url(hosts[0], app_name, environment)
-    states = [s for r in results for s in r.states()]
-    changed = any(s.changed for s in states)
-    previous = _previous_digest(before, digest)
+
+def _records_after(
+    what: str, salt: SaltResource, site: Site, hosts: list[str], app_name: str, digest: str
+) -> list[Record]:
+    """The hosts' records once released: each must record `digest` live."""
     try:
         after = read_records(salt, site, hosts, app_name)
     except SaltError as err:
@@ -291,6 +334,11 @@ def materialize(
     wrong = [r.host for r in after if r.digest() != digest]
     if wrong:
         raise _fail(f"{what}: released, but {', '.join(wrong)} records another release live")
+    return after
+
+
+def _hosts_table(after: list[Record], results: list[ApplyResult], digest: str) -> str:
+    """What each host runs now, and what it did (markdown)."""
     rows = [
         "| host | live | slot | port | container | previous | steps changed |",
         "|---|---|---|---|---|---|---|",
@@ -303,8 +351,31 @@ def materialize(
             f" {(prev.get('sha') or prev.get('digest') or 'none')[:19]} |"
             f" {sum(step.changed for step in steps_of(result))} |"
         )
+    return "\n".join(rows)
+
+
+def _release_metadata(
+    context: dg.AssetExecutionContext,
+    app_name: str,
+    app: App,
+    environment: str,
+    hosts: list[str],
+    chosen: tuple[str, str, str],
+    *,
+    url: str | None,
+    previous: str | None,
+    changed: bool,
+    results: list[ApplyResult],
+    after: list[Record],
+    took: float,
+    step_started: float,
+    live_at: float | None,
+) -> dict[str, Any]:
+    """The release's metadata: what was released where, why, its health, each host's part."""
+    digest, sha, why = chosen
+    worker = app.kind == "worker"
     first = steps_of(results[0])
-    metadata: dict[str, Any] = {
+    return {
         "digest": digest,
         "sha": sha or "(unknown)",
         "image": f"{app_name}@{digest}",
@@ -324,7 +395,7 @@ def materialize(
         "what_happened": dg.MetadataValue.md(
             "\n".join(f"- {h}: {_summary(r)}" for h, r in zip(hosts, results, strict=True))
         ),
-        "release_hosts": dg.MetadataValue.md("\n".join(rows)),
+        "release_hosts": dg.MetadataValue.md(_hosts_table(after, results, digest)),
         "apply_s": dg.MetadataValue.float(round(took, 2)),
         # From `podman run` to the first 200 on the health path, on the slowest host.
         "container_start_s": dg.MetadataValue.float(
@@ -333,9 +404,6 @@ def materialize(
         **{k: v for k, v in report(_merge(results)).items() if k in ("results", "states")},
         **push_stages(context, app_name, step_started, live_at or time.time()),
     }
-    if not changed:
-        context.log.info(f"{what}: {digest} was live already; nothing changed")
-    return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(digest))
 
 
 def _choose(
@@ -379,11 +447,27 @@ def _choose(
                 " (git_push_sensor builds it)"
             )
         digest, why = found, f"the image at {app_name}:{app.branch}"
-    record = our_build(instance, app_name, app.branch, digest)
+    sha = _recorded_commit(instance, config, registry, what, app_name, app.branch, digest, why)
+    return digest, sha, why
+
+
+def _recorded_commit(
+    instance: dg.DagsterInstance,
+    config: ReleaseConfig,
+    registry: RegistryResource,
+    what: str,
+    app_name: str,
+    branch: str,
+    digest: str,
+    why: str,
+) -> str:
+    """The commit of `branch` app_image recorded `digest` built from; refused unless it is the
+    config's sha (when given) and the image in the registry is labelled with it."""
+    record = our_build(instance, app_name, branch, digest)
     if record is None:
         raise _fail(
             f"{what}: {app_name}@{digest} ({why}) is not an image app_image/{app_name} built for a"
-            f" commit of {app.branch}: nothing was released. Only what the pipeline built is"
+            f" commit of {branch}: nothing was released. Only what the pipeline built is"
             " released: push the commit and let app_image build it"
         )
     if config.sha and config.sha != record.sha:
@@ -402,7 +486,7 @@ def _choose(
             f"{what}: {app_name}@{digest} carries {REVISION_LABEL}={label!r}, not the commit it"
             f" was recorded for ({record.sha}): nothing was released"
         )
-    return digest, record.sha, why
+    return record.sha
 
 
 def _rollback_target(what: str, before: list[Record]) -> tuple[str, str]:
