@@ -856,20 +856,9 @@ class Lab:
         specs = list(specs)
         replace = set(replace)
         self._check_specs(net, specs)
-        image_ids = {ref: self.image_id(ref) for ref in sorted({s.image for s in specs})}
-        missing = [ref for ref, image_id in image_ids.items() if not image_id]
-        if missing:
-            raise LabError(
-                f"lab {number}: no image {', '.join(missing)} in the lab's podman storage"
-                " (build the image groups first)"
-            )
+        image_ids = self._image_ids(number, specs)
         wanted = {s.host: s for s in specs}
-        unknown = sorted(replace - set(wanted))
-        if unknown:
-            raise LabError(
-                f"replace names {', '.join(unknown)}, not a host of lab {number}'s plan"
-                f" (its hosts: {', '.join(sorted(wanted)) or 'none'})"
-            )
+        self._check_replace(number, replace, wanted)
         existing = self._containers(number)
         taken = self._names_taken(number)
         create, replaced, keep = [], [], []
@@ -913,6 +902,27 @@ class Lab:
             prior={host: info["Id"] for host, info in sorted(existing.items())},
             notes=notes,
         )
+
+    def _image_ids(self, number: int, specs: Sequence[HostSpec]) -> dict[str, str | None]:
+        """The id of each image the specs name, in the lab's podman storage; all must be there."""
+        image_ids = {ref: self.image_id(ref) for ref in sorted({s.image for s in specs})}
+        missing = [ref for ref, image_id in image_ids.items() if not image_id]
+        if missing:
+            raise LabError(
+                f"lab {number}: no image {', '.join(missing)} in the lab's podman storage"
+                " (build the image groups first)"
+            )
+        return image_ids
+
+    @staticmethod
+    def _check_replace(number: int, replace: set[str], wanted: Mapping[str, HostSpec]) -> None:
+        """Every host that `replace` names is one of the plan's."""
+        unknown = sorted(replace - set(wanted))
+        if unknown:
+            raise LabError(
+                f"replace names {', '.join(unknown)}, not a host of lab {number}'s plan"
+                f" (its hosts: {', '.join(sorted(wanted)) or 'none'})"
+            )
 
     @staticmethod
     def _check_specs(net: LabNetwork, specs: Sequence[HostSpec]) -> None:

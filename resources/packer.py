@@ -365,13 +365,10 @@ class PackerResource(dg.ConfigurableResource):
         states of the group's roles, from the role catalogue (hashed in its place)."""
         started = time.monotonic()
         tree = self.states_dir()
-        if salt_files is None:
-            salt_files = [p for p in tree.rglob("*") if p.is_file()]
-        inputs = lab_inputs_sha256(
+        inputs = self._lab_inputs(
+            tree,
             group=group,
             roles=roles,
-            packer_dir=self.folder(),
-            salt_tree=tree,
             salt_files=salt_files,
             base_image_id=base_image_id,
             template=template,
@@ -404,6 +401,31 @@ class PackerResource(dg.ConfigurableResource):
             # the previous image, untagged now; a container still running it keeps it (rmi fails)
             podman.run(["rmi", old], log=lambda _line: None, check=False)
         return LabImage(group, tag, image_id, inputs, True, time.monotonic() - started, list(roles))
+
+    def _lab_inputs(
+        self,
+        tree: Path,
+        *,
+        group: str,
+        roles: Sequence[str],
+        salt_files: Sequence[Path] | None,
+        base_image_id: str,
+        template: str,
+        role_states: Mapping[str, Sequence[str]] | None,
+    ) -> str:
+        """The hash of the group's lab image inputs (`salt_files` None: the whole salt `tree`)."""
+        if salt_files is None:
+            salt_files = [p for p in tree.rglob("*") if p.is_file()]
+        return lab_inputs_sha256(
+            group=group,
+            roles=roles,
+            packer_dir=self.folder(),
+            salt_tree=tree,
+            salt_files=salt_files,
+            base_image_id=base_image_id,
+            template=template,
+            role_states=role_states,
+        )
 
     def _build_lab(
         self,

@@ -309,16 +309,7 @@ class PodmanResource(dg.ConfigurableResource):
         in it by chroot, no package caches or lists left), `podman import`ed as `ref` with
         `changes` (and a label per `label_probes`, each a command's output in the new system):
         the image id. The app bases and the lab base are all made here."""
-        if not Path(DEBIAN_KEYRING).is_file():
-            raise PodmanError(
-                f"{DEBIAN_KEYRING} is missing: install the debian-archive-keyring package"
-                " (scripts/apt-packages.txt)"
-            )
-        if shutil.which("debootstrap") is None:
-            raise PodmanError(
-                "debootstrap is not installed: `apt-get install debootstrap` (listed in"
-                " scripts/apt-packages.txt; `make setup` installs it)"
-            )
+        self._check_debootstrap_tools()
         rootfs = work / "rootfs"
         tarball = work / "rootfs.tar"
         if work.exists():
@@ -327,33 +318,12 @@ class PodmanResource(dg.ConfigurableResource):
         work.mkdir(parents=True)
         cache = [f"--cache-dir={cache_dir}"] if cache_dir else []
         try:
-            run_cli(
-                [
-                    "debootstrap",
-                    "--variant=minbase",
-                    # Every Release file checked against Debian's keys, never skipped: without
-                    # this file debootstrap fails instead of going on unverified.
-                    f"--keyring={DEBIAN_KEYRING}",
-                    f"--include={','.join(packages)}",
-                    *cache,
-                    suite,
-                    str(rootfs),
-                    mirror,
-                ],
-                log=log,
-                timeout_s=self.timeout_s,
-            )
+            self._debootstrap(rootfs, suite, mirror, packages, cache, log)
             if setup_script:
                 run_cli(["chroot", str(rootfs), "/bin/sh", "-c", setup_script], log=log)
             changes = list(changes)
-            for label, command in (label_probes or {}).items():  # a label from what was installed
-                probed = run_cli(["chroot", str(rootfs), "/bin/sh", "-c", command], log=_quiet)
-                changes.append(f"LABEL {label}={probed.output.strip()}")
-            # What an image does not need: downloaded packages and package lists (~90 MB).
-            for leftover in ("var/cache/apt/archives", "var/lib/apt/lists"):
-                for entry in (rootfs / leftover).glob("*"):
-                    if entry.is_file():
-                        entry.unlink()
+            changes += self._probed_labels(rootfs, label_probes or {})
+            self._drop_package_files(rootfs)
             run_cli(
                 ["tar", "-C", str(rootfs), "--numeric-owner", "-cf", str(tarball), "."], log=log
             )
@@ -371,6 +341,64 @@ class PodmanResource(dg.ConfigurableResource):
         if not image_id:
             raise PodmanError(f"{ref} is not in the storage after podman import")
         return image_id
+
+    @staticmethod
+    def _check_debootstrap_tools() -> None:
+        """Debian's archive keys and debootstrap are installed here."""
+        if not Path(DEBIAN_KEYRING).is_file():
+            raise PodmanError(
+                f"{DEBIAN_KEYRING} is missing: install the debian-archive-keyring package"
+                " (scripts/apt-packages.txt)"
+            )
+        if shutil.which("debootstrap") is None:
+            raise PodmanError(
+                "debootstrap is not installed: `apt-get install debootstrap` (listed in"
+                " scripts/apt-packages.txt; `make setup` installs it)"
+            )
+
+    def _debootstrap(
+        self,
+        rootfs: Path,
+        suite: str,
+        mirror: str,
+        packages: Sequence[str],
+        cache: Sequence[str],
+        log: LogSink | None,
+    ) -> None:
+        """A minimal Debian `suite` with `packages` into `rootfs`, checked with Debian's keys."""
+        run_cli(
+            [
+                "debootstrap",
+                "--variant=minbase",
+                # Every Release file checked against Debian's keys, never skipped: without
+                # this file debootstrap fails instead of going on unverified.
+                f"--keyring={DEBIAN_KEYRING}",
+                f"--include={','.join(packages)}",
+                *cache,
+                suite,
+                str(rootfs),
+                mirror,
+            ],
+            log=log,
+            timeout_s=self.timeout_s,
+        )
+
+    @staticmethod
+    def _probed_labels(rootfs: Path, label_probes: Mapping[str, str]) -> list[str]:
+        """A `LABEL` change per probe: its command's output in the new system."""
+        changes = []
+        for label, command in label_probes.items():  # a label from what was installed
+            probed = run_cli(["chroot", str(rootfs), "/bin/sh", "-c", command], log=_quiet)
+            changes.append(f"LABEL {label}={probed.output.strip()}")
+        return changes
+
+    @staticmethod
+    def _drop_package_files(rootfs: Path) -> None:
+        """What an image does not need: downloaded packages and package lists (~90 MB)."""
+        for leftover in ("var/cache/apt/archives", "var/lib/apt/lists"):
+            for entry in (rootfs / leftover).glob("*"):
+                if entry.is_file():
+                    entry.unlink()
 
     def build(
         self,

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import sys
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 OPTS_KEYS = (
@@ -63,46 +64,7 @@ def main(config: str) -> int:
         request = json.loads(line)
         rid = request.get("id")
         try:
-            op = request["op"]
-            if op == "opts":
-                send(
-                    {"id": rid, "event": "done", "value": {k: local.opts.get(k) for k in OPTS_KEYS}}
-                )
-            elif op == "wheel":
-                value = wheel.cmd(
-                    request["fun"],
-                    request.get("args", []),
-                    kwarg=request.get("kwargs") or None,
-                    print_event=False,
-                )
-                send({"id": rid, "event": "done", "value": value})
-            elif op == "run":
-                for item in local.cmd_iter(
-                    request["tgt"],
-                    request["fun"],
-                    arg=request.get("arg", []),
-                    kwarg=request.get("kwarg") or {},
-                    tgt_type="list",
-                    timeout=request.get("timeout", 30),
-                    full_return=True,
-                    expect_minions=True,
-                    yield_pub_data=True,
-                    **(
-                        {"gather_job_timeout": request["gather_job_timeout"]}
-                        if request.get("gather_job_timeout")
-                        else {}
-                    ),
-                ):
-                    if not item:
-                        continue
-                    if "jid" in item and "minions" in item:
-                        send({"id": rid, "event": "pub", "jid": item["jid"]})
-                        continue
-                    for minion, ret in item.items():
-                        send({"id": rid, "event": "ret", "minion": minion, "ret": ret})
-                send({"id": rid, "event": "done", "value": None})
-            else:
-                send({"id": rid, "event": "error", "message": f"unknown op {op!r}"})
+            _answer(request, rid, local, wheel, send)
         except Exception as exc:  # noqa: BLE001 - reported to the resource, which raises
             send(
                 {
@@ -113,6 +75,61 @@ def main(config: str) -> int:
                 }
             )
     return 0
+
+
+def _answer(
+    request: dict[str, Any],
+    rid: Any,
+    local: Any,
+    wheel: Any,
+    send: Callable[[dict[str, Any]], None],
+) -> None:
+    """One request's answers: `opts`, a `wheel` function, or a `run` of a job on minions."""
+    op = request["op"]
+    if op == "opts":
+        send({"id": rid, "event": "done", "value": {k: local.opts.get(k) for k in OPTS_KEYS}})
+    elif op == "wheel":
+        value = wheel.cmd(
+            request["fun"],
+            request.get("args", []),
+            kwarg=request.get("kwargs") or None,
+            print_event=False,
+        )
+        send({"id": rid, "event": "done", "value": value})
+    elif op == "run":
+        _run_job(request, rid, local, send)
+    else:
+        send({"id": rid, "event": "error", "message": f"unknown op {op!r}"})
+
+
+def _run_job(
+    request: dict[str, Any], rid: Any, local: Any, send: Callable[[dict[str, Any]], None]
+) -> None:
+    """The job published (`pub`), each minion's return as it comes (`ret`), then `done`."""
+    for item in local.cmd_iter(
+        request["tgt"],
+        request["fun"],
+        arg=request.get("arg", []),
+        kwarg=request.get("kwarg") or {},
+        tgt_type="list",
+        timeout=request.get("timeout", 30),
+        full_return=True,
+        expect_minions=True,
+        yield_pub_data=True,
+        **(
+            {"gather_job_timeout": request["gather_job_timeout"]}
+            if request.get("gather_job_timeout")
+            else {}
+        ),
+    ):
+        if not item:
+            continue
+        if "jid" in item and "minions" in item:
+            send({"id": rid, "event": "pub", "jid": item["jid"]})
+            continue
+        for minion, ret in item.items():
+            send({"id": rid, "event": "ret", "minion": minion, "ret": ret})
+    send({"id": rid, "event": "done", "value": None})
 
 
 if __name__ == "__main__":
