@@ -14,7 +14,7 @@ pins the project's own dependencies but salt (Dagster reaches salt through salt-
 build-requirements.txt beside it what pip builds their two sdists with (python-terraform,
 multi-key-dict); no first boot carries those.
 
-tests/test_salt_requirements.py checks that all of them match uv.lock.
+tests/configuration/test_salt_requirements.py checks that all of them match uv.lock.
 """
 
 from __future__ import annotations

@@ -89,9 +89,9 @@ def _dagster_contexts_are_closed():
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """A test that needs a lab up (the session's: the `lab_env` fixture, directly or through
-    another fixture such as `registry_site`; or tests/test_lab_network.py's own: `lab`) is
+    another fixture such as `registry_site`; or tests/lab/test_lab_network.py's own: `lab`) is
     marked `lab` and `slow`, so `-m "not lab"` leaves out exactly the tests that bring a lab up
-    (tests/test_lab_images.py's Packer builds, which bring no lab up, are `slow`)."""
+    (tests/cloud/test_lab_images.py's Packer builds, which bring no lab up, are `slow`)."""
     for item in items:
         fixtures = set(getattr(item, "fixturenames", ()))
         own_lab = item.path.name == "test_lab_network.py" and "lab" in fixtures

@@ -315,7 +315,7 @@ def push_sensor_build(
 def record_build(instance: dg.DagsterInstance, app: str, digest: str, sha: str, branch: str):
     """What `app_image/<app>` records when it has built `digest` from commit `sha` of `branch`
     (infra_assets/delivery/provenance.py), materialised in a run of `instance`: for tests whose images
-    podman built here, not app_image (tests/test_lab_delivery.py runs the real chain)."""
+    podman built here, not app_image (tests/lab/test_lab_delivery.py runs the real chain)."""
 
     @dg.asset(key=["app_image", app])
     def built() -> dg.MaterializeResult:

@@ -4,7 +4,7 @@
 # and `image_bake: true`, so the states install what is the same on every host and start nothing
 # (salt/lib/site.jinja). The pillar holds no host, address or secret: the server's first highstate
 # brings those. Run by packer/coop.pkr.hcl on the build instance (as root) or in the lab's build
-# container (source docker.lab), and by the tests on this machine (tests/test_bake_states.py:
+# container (source docker.lab), and by the tests on this machine (tests/configuration/test_bake_states.py:
 # every image group of the role catalogue, salt/roles.yaml, against the real salt/).
 #
 # Salt comes from PyPI into a venv at /opt/salt, pinned with its whole dependency closure

@@ -1,7 +1,7 @@
 # The location's layout as data, with no provider: its address range, its security groups and
 # their rules, and each host's port (fixed addresses, security groups). The network and
 # instances stacks turn it into OpenStack resources; the tests evaluate it with a real Terraform
-# (tests/test_terraform_config.py), so the rules below are checked as Terraform reads them.
+# (tests/cloud/test_terraform_config.py), so the rules below are checked as Terraform reads them.
 
 locals {
   cidr    = "10.${var.location_number}.0.0/16"

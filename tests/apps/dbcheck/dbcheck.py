@@ -1,7 +1,7 @@
 """Log in to the app's database as the app would, with only the standard library: DATABASE_URL's
 host, port, role, password and database, TLS first (PostgreSQL's SSLRequest), then SCRAM-SHA-256
 (RFC 5802, RFC 7677), then a query. The lab's release tests run it as an image's release command
-(tests/test_lab_releases.py): it proves that a release's container reaches the environment's
+(tests/lab/test_lab_releases.py): it proves that a release's container reaches the environment's
 database over TLS with the credentials the release gave it. Prints one line; exits 1 on failure.
 """
 

@@ -1,7 +1,7 @@
 """The health probes (salt/_modules/coop_health.py) run here for real, against services the
 test starts on loopback (an HTTP server, a closed port, a DNS server that answers as dnsmasq
 does) and systemd as this machine has it. The lab runs them on its hosts
-(tests/test_lab_health.py)."""
+(tests/lab/test_lab_health.py)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import pytest
 
 from lab.processes import free_port
 
-MODULE = Path(__file__).resolve().parent.parent / "salt" / "_modules" / "coop_health.py"
+MODULE = Path(__file__).resolve().parents[2] / "salt" / "_modules" / "coop_health.py"
 
 
 def _load():
@@ -90,7 +90,7 @@ def test_an_app_is_checked_on_the_port_its_release_record_names(web, tmp_path):
 def _dns_server(records: dict[str, str]):
     """A DNS server on a port of the test's own (port 53 is not ours to take), answering A
     records as dnsmasq does (a compressed name pointer in each answer). The lab's dnsmasq is
-    asked by tests/test_lab_health.py."""
+    asked by tests/lab/test_lab_health.py."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind(("127.0.0.1", 0))
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from cloud_env import ThrowawayPostgres
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 

@@ -24,7 +24,7 @@ from infra_assets.topology.secrets import SecretsError, ensure_secrets, load_sec
 from infra_assets.topology.sites import CloudSite, LabSite, SiteError, site_for
 from resources.salt import ApplyResult, MinionRun, parse_state_return, write_pillar_tree
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parents[1] / "data"
 
 
 @pytest.fixture
@@ -102,7 +102,7 @@ def test_a_topology_mixing_the_lab_and_a_cloud_is_refused(write_topology):
     def edit(data):
         data["locations"]["lab"] = {"number": 101, "cloud": "lab"}
 
-    # Refused when the topology is read, before any site is picked (tests/test_topology_model.py).
+    # Refused when the topology is read, before any site is picked (tests/topology/test_topology_model.py).
     with pytest.raises(TopologyError, match=r"locations\.lab\.cloud: 'lab' \(this machine\)"):
         load_topology(write_topology(edit=edit))
 

@@ -2,7 +2,7 @@
 receiver of the test's own (tests/chat_receiver.py): the chat's JSON, its refusals, the secret
 URL kept out of errors, a failed release's notice from the real run's events, and the check
 sensor's failures and recoveries from real check evaluations. The notice of a release that went
-live, and the daemon's timing, are tested on the lab (tests/test_lab_releases.py) and with the
+live, and the daemon's timing, are tested on the lab (tests/lab/test_lab_releases.py) and with the
 real daemon (test_a_failed_release_is_in_the_chat_within_10_s_of_its_end, below)."""
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from resources.dagster_api import DagsterApi
 from resources.topology import TopologyResource
 from sensors import notifications
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 # A secret value of the test's own, given where a failure message quotes it.
 SECRET_VALUE = "s3cr3t-value-of-the-tests-own"
 

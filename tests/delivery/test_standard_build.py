@@ -1,7 +1,7 @@
 """The standard build's rules (salt/jenkins/files/standard_build.py, which the build agents run
 for a repository without a Dockerfile): which runtime, which commands, which warnings and which
 errors, read from repositories laid out as the co-op's apps are. The images it makes are built
-on the lab: tests/test_lab_standard_build.py."""
+on the lab: tests/lab/test_lab_standard_build.py."""
 
 from __future__ import annotations
 
@@ -251,7 +251,7 @@ def test_the_command_prints_its_answer_and_writes_the_dockerfile(tmp_path):
 
 
 # git and podman stand-ins for the build script (test_jenkins.py runs the script the same way;
-# the lab runs it with the real ones: tests/test_lab_standard_build.py). The checkout writes an
+# the lab runs it with the real ones: tests/lab/test_lab_standard_build.py). The checkout writes an
 # app that asks for Node 22; the image build fails.
 FAKE_GIT = """#!/bin/bash
 if [[ " $* " == *" checkout "* ]]; then

@@ -1,7 +1,7 @@
 """The lab's egress proxy (resources/lab_egress.py), run for real on 127.0.0.1 with an upstream of
 the test's own: a CONNECT from an allowed client to an allowed target is tunnelled byte for byte;
 anything else is refused with a reason and logged. On the lab itself (169.254.N.1, the npm
-cache's verdaccio fetching through it): tests/test_lab_salt.py."""
+cache's verdaccio fetching through it): tests/lab/test_lab_salt.py."""
 
 from __future__ import annotations
 

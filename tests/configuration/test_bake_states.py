@@ -8,7 +8,7 @@ writes (/etc, /var, ...) are overlays whose upper layers are in the test's folde
 states write lands there, and this machine's own /etc and /var are not changed. The bake's own
 minion files live in a temporary folder of bake.sh's.
 
-No Packer here: tests/test_packer.py runs bake.sh inside a real Packer build, with a tiny tree.
+No Packer here: tests/cloud/test_packer.py runs bake.sh inside a real Packer build, with a tiny tree.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import pytest
 
 from infra_assets.topology.roles import role_catalogue
 
-HERE = Path(__file__).parent
+HERE = Path(__file__).parents[1]
 REPO = HERE.parent
 SALT_CALL = str(Path(sys.executable).parent / "salt-call")
 CATALOGUE = role_catalogue(REPO / "salt" / "roles.yaml")

@@ -31,7 +31,7 @@ pytestmark = pytest.mark.slow
 
 BIN = Path(sys.executable).parent
 SECRET = b"a-webhook-secret-of-the-tests-own"
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 class Endpoint:

@@ -3,7 +3,7 @@ a process of its own on loopback, against a real dagster-webserver and dagster-d
 instance of the test's own, loading the project's code location (workspace.yaml) on a cloud
 topology with the app `hello`. The bot talks to Dagster through its GraphQL API alone, here over
 plain HTTP to the webserver itself: the dagster role's nginx, its login and its certificate are
-on the lab's path (tests/test_lab_dagster.py tests them; the bot behind them: not yet).
+on the lab's path (tests/lab/test_lab_dagster.py tests them; the bot behind them: not yet).
 
 Each refusal is tested (a bad or missing signature, an old, future or replayed request, an
 unknown user, app or command), and then that none of them started anything: 0 runs by the bot.

@@ -45,7 +45,7 @@ from resources.podman import PodmanResource
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 GROUPS: dict[str, tuple[str, ...]] = {
     name: g.roles for name, g in role_catalogue(REPO / "salt" / "roles.yaml").images.items()
 }

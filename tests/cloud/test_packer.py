@@ -19,7 +19,7 @@ from fakes.openstack import FakeOpenStack
 from resources.openstack import OpenStackResource, redacted_env
 from resources.packer import PackerError, PackerResource, decode_machine_line, read_manifest
 
-HERE = Path(__file__).parent
+HERE = Path(__file__).parents[1]
 SALT_CALL = str(Path(sys.executable).parent / "salt-call")
 
 

@@ -9,7 +9,7 @@ registry sensor watches; the release jobs are run in process with the digest in 
 the sensor asks, all on one Dagster instance (the module's). A release takes only what
 `app_image/hello` recorded: each image these tests push is recorded as app_image records a build
 (`record_build`: a materialisation of `app_image/hello` in a run, with its digest, commit and
-branch), except the foreign ones, which must be refused. tests/test_lab_delivery.py runs the
+branch), except the foreign ones, which must be refused. tests/lab/test_lab_delivery.py runs the
 real chain (a push, app_image's build on the agent, its record, the releases).
 """
 
@@ -43,7 +43,7 @@ from resources.topology import TopologyResource
 from sensors import notifications
 from sensors.registry_images import REVISION_LABEL, poll
 
-DBCHECK = Path(__file__).parent / "apps" / "dbcheck" / "dbcheck.py"
+DBCHECK = Path(__file__).parents[1] / "apps" / "dbcheck" / "dbcheck.py"
 RELEASE_LABEL = "org.coop-infra.release"  # what the standard build labels Procfile's release: with
 
 pytestmark = [pytest.mark.slow, pytest.mark.lab]

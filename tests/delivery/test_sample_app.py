@@ -1,6 +1,6 @@
 """The sample app (apps/hello), run as the image runs it, without a container: it answers its
 version (built into the image as APP_VERSION) on `/health` and `/`. Its builds and releases on
-the lab: tests/test_lab_delivery.py."""
+the lab: tests/lab/test_lab_delivery.py."""
 
 from __future__ import annotations
 

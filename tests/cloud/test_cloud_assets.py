@@ -33,7 +33,7 @@ from resources.infra_repo import InfraRepoResource
 from resources.openstack import GROUP_PROPERTY, OpenStackResource
 from resources.packer import PackerResource
 
-HERE = Path(__file__).parent
+HERE = Path(__file__).parents[1]
 
 TOPOLOGY = """
 locations:
@@ -589,7 +589,7 @@ def test_an_image_build_without_the_salt_tree_says_so(site, tmp_path):
 def test_the_lab_s_main_job_needs_no_cloud_credentials(repo_root, monkeypatch):
     """The lab is this machine as a cloud: its main job has the cloud's parts (images, plan,
     instances) and its first steps run with no OpenStack or Terraform credentials at all (the
-    rest needs the lab itself: tests/test_lab.py)."""
+    rest needs the lab itself: tests/lab/test_lab.py)."""
     for name in ("OS_PASSWORD", "TF_PG_CONN_STR", "PGPASSWORD", "OS_CLOUD"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("INFRA_TOPOLOGY", str(repo_root / "topology.lab.yaml"))

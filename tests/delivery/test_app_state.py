@@ -1,7 +1,7 @@
 """The release state's own logic (salt/_states/coop_app.py, which salt syncs to the web hosts):
 which slot a release takes, what it records, the container it starts and the nginx site it
 writes, checked by the real nginx. The release itself, on real web hosts, is tested on the lab:
-tests/test_lab_releases.py."""
+tests/lab/test_lab_releases.py."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-STATE = Path(__file__).resolve().parents[1] / "salt" / "_states" / "coop_app.py"
+STATE = Path(__file__).resolve().parents[2] / "salt" / "_states" / "coop_app.py"
 D1, D2, D3 = (f"sha256:{c * 64}" for c in "abc")
 SHA = "f" * 40
 PILLAR = {

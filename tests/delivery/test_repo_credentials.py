@@ -31,7 +31,7 @@ from resources.registry import RegistryResource
 from resources.topology import TopologyResource
 from sensors.git_push import Cursor, poll
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = REPO_ROOT / "jenkins" / "build-app-image.sh"
 USER, SECRET = "bob", "s3cr3t-token"
 SOURCE_LABEL = "org.opencontainers.image.source"

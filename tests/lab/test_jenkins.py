@@ -30,7 +30,7 @@ from infra_assets.topology.model import load_topology
 from infra_assets.topology.sites import site_for
 from resources.jenkins import JenkinsError, JenkinsResource
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 JENKINSFILE = REPO_ROOT / "jenkins" / "Jenkinsfile"
 SCRIPT = REPO_ROOT / "jenkins" / "build-app-image.sh"
 

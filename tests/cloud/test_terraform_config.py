@@ -82,7 +82,7 @@ def layout(repo_root, coop, tmp_path_factory) -> dict:
 def test_the_configuration_is_formatted(repo_root, tmp_path):
     tf = TerraformResource(binary=str(terraform_binary()))
     assert tf.fmt_check(path=repo_root / "terraform") == []
-    assert tf.fmt_check(path=Path(__file__).parent / "terraform") == []
+    assert tf.fmt_check(path=Path(__file__).parents[1] / "terraform") == []
     # and the check does catch a badly formatted file
     bad = tmp_path / "bad.tf"
     bad.write_text('resource "null_resource" "x" {\ntriggers = {a="b"}\n}\n')
@@ -466,12 +466,14 @@ def test_the_stand_in_has_the_real_stacks_outputs_and_resources(repo_root):
 
     for stack in ("network", "instances"):
         real = set().union(*(outputs(p) for p in (repo_root / "terraform" / stack).glob("*.tf")))
-        standin_file = Path(__file__).parent / "terraform" / "standin" / stack / "standin.tf"
+        standin_file = Path(__file__).parents[1] / "terraform" / "standin" / stack / "standin.tf"
         # the stand-in's one extra output shows the tests what user-data the servers would get
         assert real == outputs(standin_file) - {"user_data"}, stack
     # every resource of the real instances stack has its stand-in, made as many times
     real = for_each(repo_root / "terraform" / "instances" / "main.tf")
-    standin = for_each(Path(__file__).parent / "terraform" / "standin" / "instances" / "standin.tf")
+    standin = for_each(
+        Path(__file__).parents[1] / "terraform" / "standin" / "instances" / "standin.tf"
+    )
     assert sorted(real.values()) == sorted(standin.values())
     assert len(real) == 4  # port, server, floating IP, its association
 

@@ -1,5 +1,5 @@
 """The lab's ACME server (resources/lab_acme.py): Debian's pebble, run for real on loopback at
-free ports (the lab runs it on its link; tests/test_lab_releases.py gets certificates from it)."""
+free ports (the lab runs it on its link; tests/lab/test_lab_releases.py gets certificates from it)."""
 
 from __future__ import annotations
 

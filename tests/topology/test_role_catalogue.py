@@ -176,7 +176,7 @@ def test_a_lab_image_depends_on_the_catalogue_only_through_its_roles_states(tmp_
 def test_what_only_releases_apply_is_in_no_image_s_inputs(repo_root):
     """The `app` state and its module (salt/app/, salt/_states/coop_app.py) are applied by
     releases on running hosts: a change to them rebuilds no lab image (nor a cloud one:
-    tests/test_cloud_sensor.py)."""
+    tests/cloud/test_cloud_sensor.py)."""
     from infra_assets.cloud.images import group_salt_files
 
     tree = repo_root / "salt"

@@ -1,7 +1,7 @@
 """The `dagster` role's data (salt/dagster; infra_assets/configuration/pillar.py): what support-1's pillar gives
 the Dagster it runs, its instance's database on the production postgres host, the UI's accounts,
 and what an app with `dagster: true` (a chat-ops bot) is given. The role running for real is
-tests/test_lab_dagster.py's."""
+tests/lab/test_lab_dagster.py's."""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from scripts_loader import load_script
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

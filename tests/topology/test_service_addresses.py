@@ -21,7 +21,7 @@ from infra_assets.configuration.pillar import host_pillar
 from infra_assets.topology.model import address_plan, load_topology
 from infra_assets.topology.sites import CloudSite
 
-REPO = Path(__file__).parent.parent
+REPO = Path(__file__).parents[2]
 SALT_CALL = str(Path(sys.executable).parent / "salt-call")
 
 
