@@ -16,7 +16,6 @@ from __future__ import annotations
 import datetime
 import os
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -33,6 +32,7 @@ from lab.demo_services import demo_services, install_hook
 from lab.lab_dagster import LabDagster, LabDagsterError
 from lab.reach import ReachError, Site
 from lab.site import lab_secrets, step_error_text
+from resources.cli_runner import CliResult, run_cli
 from resources.dagster_api import DagsterApi, DagsterApiError, RunRef
 from resources.git_url import redact_repo, resolve_repo
 from resources.paths import REPO_ROOT, dagster_home
@@ -75,7 +75,7 @@ class AppRepo:
         out = _run_git("push", "-q", "origin", f"HEAD:refs/heads/{self.branch}", cwd=self.work)
         return [
             line.removeprefix("remote: ").strip()
-            for line in out.stderr.splitlines()
+            for line in out.lines
             if line.startswith("remote: ") and line.removeprefix("remote: ").strip()
         ]
 
@@ -156,24 +156,16 @@ def start_daemon_and_sensors(daemon, env: dict[str, str], say: Say) -> tuple[int
     # Every sensor of the code location: on the lab, these two and the notices (on by
     # default). Through the workspace, so that they are the sensors of the location the daemon
     # runs ("coop-infra").
-    out = subprocess.run(
-        [
-            str(BIN / "dagster"),
-            "sensor",
-            "start",
-            "--start-all",
-            "-w",
-            str(REPO_ROOT / "workspace.yaml"),
-        ],
-        env={**os.environ, **env, "DAGSTER_HOME": str(home)},
+    out = run_cli(
+        [BIN / "dagster", "sensor", "start", "--start-all", "-w", REPO_ROOT / "workspace.yaml"],
+        env={**env, "DAGSTER_HOME": str(home)},
         cwd=home,
-        capture_output=True,
-        text=True,
-        timeout=180,
+        timeout_s=180,
         check=False,
+        log=_quiet,
     )
     if out.returncode != 0:
-        text = (out.stdout + out.stderr).strip()
+        text = out.output.strip()
         raise LoopError(f"`dagster sensor start --start-all` failed:\n{text[-2000:]}")
     say(
         f"   sensors on: {', '.join(SENSORS)} (the fallbacks: a push calls the webhook endpoint,"
@@ -442,20 +434,16 @@ def push_change(repo: AppRepo, n: int, say: Say) -> tuple[str, float]:
     return sha, pushed
 
 
-def _run_git(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    out = subprocess.run(
-        ["git", *args],
-        cwd=cwd,
-        env={**os.environ, **GIT_ENV},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+def _run_git(*args: str, cwd: Path | None = None) -> CliResult:
+    out = run_cli(["git", *args], cwd=cwd, env=GIT_ENV, timeout_s=120, check=False, log=_quiet)
     if out.returncode != 0:
-        raise LoopError(f"git {' '.join(args)}: {out.stderr.strip() or out.stdout.strip()}")
+        raise LoopError(f"git {' '.join(args)}: {out.output.strip()}")
     return out
 
 
 def _git(*args: str, cwd: Path | None = None) -> str:
-    return _run_git(*args, cwd=cwd).stdout.strip()
+    return _run_git(*args, cwd=cwd).output.strip()
+
+
+def _quiet(line: str) -> None:
+    """What a command says goes to its result, not to the log."""
