@@ -39,6 +39,7 @@ from pathlib import Path
 
 from cryptography import x509
 
+from resources.cli_runner import ToolError
 from resources.lab_link import LinkDaemonError, PidFileDaemon, command_line, start_daemon
 
 ACME_PORT = 14000
@@ -46,7 +47,7 @@ MANAGEMENT_PORT = 15000
 PEBBLE = "/usr/bin/pebble"
 
 
-class LabAcmeError(RuntimeError):
+class LabAcmeError(ToolError):
     """Pebble could not be started, or its root could not be read."""
 
 
@@ -186,7 +187,7 @@ class LabAcme(PidFileDaemon):
                 timeout_s=timeout_s,
             )
         except LinkDaemonError as err:
-            raise LabAcmeError(f"lab {self.number}: {err}") from None
+            raise LabAcmeError.from_cli(f"lab {self.number}: {err}", err) from err
 
     def root(self, *, timeout_s: float = 10.0) -> str:
         """The root (PEM) that signs the certificates pebble issues: new at every start. The

@@ -41,6 +41,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from resources.cli_runner import ToolError
 from resources.lab_link import LinkDaemonError, PidFileDaemon, command_line, start_daemon
 
 EGRESS_PORT = 3128
@@ -48,7 +49,7 @@ MAX_HEADER = 16 * 1024
 IDLE_S = 5.0  # a tunnel with nothing either way for this long is closed (see the top)
 
 
-class LabEgressError(RuntimeError):
+class LabEgressError(ToolError):
     """The egress proxy could not be started (or is not the one it should be)."""
 
 
@@ -143,7 +144,7 @@ class LabEgressProxy(PidFileDaemon):
                 timeout_s=timeout_s,
             )
         except LinkDaemonError as err:
-            raise LabEgressError(f"lab {self.number}: {err}") from None
+            raise LabEgressError.from_cli(f"lab {self.number}: {err}", err) from err
 
     def log(self) -> list[dict]:
         """The log's entries (one JSON object per request), oldest first."""
