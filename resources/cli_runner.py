@@ -4,6 +4,8 @@ Output (stderr folded into stdout) is read line by line and each line goes to th
 arrives; JSON lines are parsed where the tool offers them (`terraform -json`, salt's `--out=json`);
 a cancelled run forwards SIGINT to the tool; a failure raises `CliError` with the command, the
 exit code and the last lines. Secrets passed as `redact` never reach the log or the error.
+Each tool's resource raises its own error, a `ToolError` (a CliError too): in its own words,
+keeping the failed command's facts and raised `from` the CliError.
 """
 
 from __future__ import annotations

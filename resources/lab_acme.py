@@ -24,7 +24,8 @@ authorization half the time, so a test of a challenge would pass by chance) and
 
 The daemon is started and stopped by its pid (a file in the folder, checked against the
 process's command line), never by name; `infra lab down` stops it before the link goes. Nothing
-from the project but its link helpers (resources/lab_link.py) is imported here.
+from the project but its link helpers (resources/lab_link.py) and the tools' error base
+(resources/cli_runner.py) is imported here.
 """
 
 from __future__ import annotations

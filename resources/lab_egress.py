@@ -22,8 +22,9 @@ the tunnels opened in it, read once IDLE_S has passed after it.
 
 The proxy is started and stopped by its pid (a file in the folder, checked against the
 process's command line), never by name; `infra lab down` stops it before the link goes. Nothing
-from the project but its link helpers (resources/lab_link.py) is imported here: the number, the
-folder and the allow-list are passed in.
+from the project but its link helpers (resources/lab_link.py) and the tools' error base
+(resources/cli_runner.py) is imported here: the number, the folder and the allow-list are passed
+in.
 
     python -m resources.lab_egress --listen 169.254.127.1 --port 3128 --folder DIR
 """
