@@ -14,12 +14,16 @@ import urllib.parse
 
 import dagster as dg
 
+from resources.cli_runner import ToolError
+
 # Slack cuts a message's text at 40,000 characters; a notice is short, its details are in the
 # run's page.
 MAX_TEXT = 3000
+# What a failed post names as its command: the request, never the webhook's URL.
+POST = "POST <the chat's webhook>"
 
 
-class ChatError(RuntimeError):
+class ChatError(ToolError):
     """The chat did not take a message (its answer, or why there was none; never the URL)."""
 
 
@@ -54,18 +58,21 @@ class ChatResource(dg.ConfigurableResource):
             answer = conn.getresponse()
             said = answer.read(4096)
         except http.client.InvalidURL:  # its message quotes the URL
-            raise ChatError("the chat's webhook URL is not an http(s) URL") from None
+            raise ChatError("the chat's webhook URL is not an http(s) URL", command=POST) from None
         except http.client.HTTPException as err:  # some quote what they read: the name alone
-            raise ChatError(f"the chat's webhook answered badly ({type(err).__name__})") from None
+            raise ChatError(
+                f"the chat's webhook answered badly ({type(err).__name__})", command=POST
+            ) from None
         except OSError as err:  # names the host or the proxy's answer at most
-            raise ChatError(f"the chat's webhook cannot be reached: {err}") from None
+            raise ChatError(f"the chat's webhook cannot be reached: {err}", command=POST) from None
         finally:
             conn.close()
         if not 200 <= answer.status < 300:
             said = said[:300].decode("utf-8", "replace").strip()
             raise ChatError(
                 f"the chat's webhook answered {answer.status} {answer.reason}"
-                + (f": {said}" if said else "")
+                + (f": {said}" if said else ""),
+                command=POST,
             )
 
     def _connection(self, scheme: str, host: str, port: int) -> http.client.HTTPConnection:

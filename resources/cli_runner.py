@@ -4,6 +4,8 @@ Output (stderr folded into stdout) is read line by line and each line goes to th
 arrives; JSON lines are parsed where the tool offers them (`terraform -json`, salt's `--out=json`);
 a cancelled run forwards SIGINT to the tool; a failure raises `CliError` with the command, the
 exit code and the last lines. Secrets passed as `redact` never reach the log or the error.
+Each tool's resource raises its own error, a `ToolError` (a CliError too): in its own words,
+keeping the failed command's facts and raised `from` the CliError.
 """
 
 from __future__ import annotations
@@ -16,11 +18,10 @@ import signal
 import subprocess
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 LogSink = Callable[[str], Any]
 TAIL_LINES = 40
@@ -40,6 +41,33 @@ class CliError(RuntimeError):
         super().__init__(text)
 
 
+class ToolError(CliError):
+    """A tool's own error (each tool's resource subclasses it), in the tool's own words.
+
+    From a failed command (`from_cli`, raised `from` the CliError): that command, its exit code
+    and its last lines. From an API (HTTP) that answered badly: `command` names the request that
+    was made (never a secret), no exit code, no lines. Else (a setting, an answer that cannot be
+    read): `command` is empty."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        command: str = "",
+        returncode: int | None = None,
+        tail: Sequence[str] = (),
+    ):
+        RuntimeError.__init__(self, message)
+        self.command = command
+        self.returncode = returncode
+        self.tail = list(tail)
+
+    @classmethod
+    def from_cli(cls, message: str, failed: CliError | CliResult) -> Self:
+        """This tool's error with `message`, keeping the failed command's facts."""
+        return cls(message, command=failed.command, returncode=failed.returncode, tail=failed.tail)
+
+
 @dataclass
 class CliResult:
     command: str
@@ -51,6 +79,11 @@ class CliResult:
     @property
     def output(self) -> str:
         return "\n".join(self.lines)
+
+    @property
+    def tail(self) -> list[str]:
+        """The last lines, as a CliError keeps them."""
+        return self.lines[-TAIL_LINES:]
 
 
 def default_log() -> LogSink:
@@ -79,61 +112,19 @@ def run_cli(
 ) -> CliResult:
     """Run `args`, streaming each output line to `log`. Raises `CliError` on failure if `check`."""
     argv = [os.fspath(a) for a in args]
-    secrets = [s for s in redact if s]
-
-    def hide(text: str) -> str:
-        for secret in secrets:
-            text = text.replace(secret, "***")
-        return text
-
+    hide = _redactor(redact)
     command = hide(shlex.join(argv))
     sink = log or default_log()
     full_env = {**(os.environ if inherit_env else {}), **(env or {})}
-    tail: deque[str] = deque(maxlen=TAIL_LINES)
-    lines: list[str] = []
-    events: list[dict[str, Any]] = []
     started = time.monotonic()
-    try:
-        proc = subprocess.Popen(
-            argv,
-            cwd=cwd,
-            env=full_env,
-            stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            errors="replace",
-            bufsize=1,
-        )
-    except OSError as exc:
-        raise CliError(command, None, [], why=f"could not start: {exc}") from None
-
+    proc = _start(argv, command, cwd=cwd, env=full_env, stdin=stdin)
     timed_out = threading.Event()
-    timer = None
-    if timeout_s is not None:
-
-        def _expire() -> None:
-            timed_out.set()
-            _interrupt(proc, sigint_grace_s=5)
-
-        timer = threading.Timer(timeout_s, _expire)
-        timer.daemon = True
-        timer.start()
+    timer = _stop_after(proc, timeout_s, timed_out)
     try:
         if stdin is not None and proc.stdin:
             proc.stdin.write(stdin)
             proc.stdin.close()
-        assert proc.stdout is not None
-        for raw in proc.stdout:
-            line = hide(raw.rstrip("\n"))
-            lines.append(line)
-            tail.append(line)
-            if json_lines and line.startswith("{"):
-                try:
-                    events.append(json.loads(line))
-                except json.JSONDecodeError:
-                    pass
-            sink(line)
+        lines, events = _read_lines(proc, hide, sink, json_lines=json_lines)
         returncode = proc.wait()
     except BaseException:
         # A cancelled Dagster run interrupts this thread: let the tool stop cleanly (terraform
@@ -144,11 +135,86 @@ def run_cli(
         if timer is not None:
             timer.cancel()
     duration = time.monotonic() - started
+    tail = lines[-TAIL_LINES:]
     if timed_out.is_set():
-        raise CliError(command, returncode, list(tail), why=f"timed out after {timeout_s:g} s")
+        raise CliError(command, returncode, tail, why=f"timed out after {timeout_s:g} s")
     if check and returncode != 0:
-        raise CliError(command, returncode, list(tail))
+        raise CliError(command, returncode, tail)
     return CliResult(command, returncode, lines, events, duration)
+
+
+def _redactor(redact: Sequence[str]) -> Callable[[str], str]:
+    """What replaces each secret of `redact` in a text with ***."""
+    secrets = [s for s in redact if s]
+
+    def hide(text: str) -> str:
+        for secret in secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    return hide
+
+
+def _start(
+    argv: list[str],
+    command: str,
+    *,
+    cwd: str | Path | None,
+    env: Mapping[str, str],
+    stdin: str | None,
+) -> subprocess.Popen:
+    """The tool started, its stderr folded into its stdout (CliError when it cannot start)."""
+    try:
+        return subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            bufsize=1,
+        )
+    except OSError as exc:
+        raise CliError(command, None, [], why=f"could not start: {exc}") from None
+
+
+def _stop_after(
+    proc: subprocess.Popen, timeout_s: float | None, timed_out: threading.Event
+) -> threading.Timer | None:
+    """A timer that interrupts the tool after `timeout_s` and sets `timed_out` (None: no limit)."""
+    if timeout_s is None:
+        return None
+
+    def _expire() -> None:
+        timed_out.set()
+        _interrupt(proc, sigint_grace_s=5)
+
+    timer = threading.Timer(timeout_s, _expire)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
+def _read_lines(
+    proc: subprocess.Popen, hide: Callable[[str], str], sink: LogSink, *, json_lines: bool
+) -> tuple[list[str], list[dict[str, Any]]]:
+    """Each output line (secrets hidden) to `sink` as it arrives, until the tool closes its
+    output: the lines, and those that are JSON parsed (with `json_lines`)."""
+    lines: list[str] = []
+    events: list[dict[str, Any]] = []
+    assert proc.stdout is not None
+    for raw in proc.stdout:
+        line = hide(raw.rstrip("\n"))
+        lines.append(line)
+        if json_lines and line.startswith("{"):
+            try:
+                events.append(json.loads(line))
+            except json.JSONDecodeError:
+                pass
+        sink(line)
+    return lines, events
 
 
 def _interrupt(proc: subprocess.Popen, *, sigint_grace_s: float) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 
 import requests
 
+from resources.cli_runner import ToolError
 from resources.lab_link import route_problem
 
 # workspace.yaml's code location, and the repository a `Definitions` object makes
@@ -97,7 +98,7 @@ query Failure($id: ID!) {
 }"""
 
 
-class DagsterApiError(RuntimeError):
+class DagsterApiError(ToolError):
     """Dagster could not be asked, or refused; the message says which call and why."""
 
 
@@ -156,7 +157,7 @@ class DagsterApi:
         if self.route_device:
             problem = route_problem(self.url + "/", self.route_device)
             if problem:
-                raise DagsterApiError(f"{what}: {problem}")
+                raise DagsterApiError(f"{what}: {problem}", command=what)
         try:
             answer = self.session.post(
                 f"{self.url}/graphql",
@@ -165,27 +166,30 @@ class DagsterApi:
             )
         except requests.RequestException as err:
             raise DagsterApiError(
-                f"{what}: Dagster at {self.url} cannot be reached: {err}"
+                f"{what}: Dagster at {self.url} cannot be reached: {err}", command=what
             ) from None
         if answer.status_code != 200:
             raise DagsterApiError(
                 f"{what}: Dagster at {self.url} answered HTTP {answer.status_code}:"
-                f" {answer.text[:300]}"
+                f" {answer.text[:300]}",
+                command=what,
             )
         try:
             body = answer.json()
         except ValueError:
-            raise DagsterApiError(f"{what}: Dagster at {self.url} answered no JSON") from None
+            raise DagsterApiError(
+                f"{what}: Dagster at {self.url} answered no JSON", command=what
+            ) from None
         if body.get("errors"):
             messages = "; ".join(str(e.get("message")) for e in body["errors"])
-            raise DagsterApiError(f"{what}: {messages}")
+            raise DagsterApiError(f"{what}: {messages}", command=what)
         return body.get("data") or {}
 
     @staticmethod
     def _refused(what: str, result: dict[str, Any]) -> DagsterApiError:
         errors = [e.get("message") for e in result.get("errors") or []]
         why = result.get("message") or "; ".join(map(str, errors)) or result.get("__typename")
-        return DagsterApiError(f"{what}: {result.get('__typename')}: {why}")
+        return DagsterApiError(f"{what}: {result.get('__typename')}: {why}", command=what)
 
     def runs(self, tags: dict[str, str]) -> list[RunRef]:
         """The runs that carry every one of `tags` (at most 5, newest first)."""

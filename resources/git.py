@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +21,7 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from resources.cli_runner import CliError, CliResult, run_cli
+from resources.cli_runner import CliError, CliResult, ToolError, run_cli
 from resources.git_url import redact_repo, repo_secrets
 
 # \Z, not $: `$` also matches before a final newline.
@@ -39,8 +39,9 @@ GIT_ENV = {
 }
 
 
-class GitError(RuntimeError):
-    """A repo could not be read: unreachable, not a repo, no such branch or commit."""
+class GitError(ToolError):
+    """A repo could not be read (unreachable, not a repo, no such branch or commit), or git
+    failed in one (resources/infra_repo.py raises it too)."""
 
 
 @dataclass(frozen=True)
@@ -79,15 +80,12 @@ class GitResource(dg.ConfigurableResource):
         """The sha at the tip of `branch` in `repo`. Raises GitError if it cannot be read."""
         ref = f"refs/heads/{branch}"
         try:
-            result = run_cli(
-                ["git", "ls-remote", "--", repo, ref],
-                env=GIT_ENV,
-                log=_quiet,
-                redact=repo_secrets(repo),
-                timeout_s=self.timeout_s,
-            )
+            result = run_git(
+                None, "ls-remote", "--", repo, ref,
+                redact=repo_secrets(repo), timeout_s=self.timeout_s,
+            )  # fmt: skip
         except CliError as err:
-            raise GitError(_git_reason(err)) from None
+            raise GitError.from_cli(_git_reason(err), err) from err
         for line in result.lines:
             sha, _, name = line.partition("\t")
             if name == ref and SHA_RE.match(sha):
@@ -126,9 +124,10 @@ class GitResource(dg.ConfigurableResource):
                     f"refs/heads/{branch}:refs/heads/b",
                 )  # fmt: skip
             except CliError as err:
-                raise GitError(
-                    f"cannot read branch {branch!r} of {redact_repo(repo)}: {_git_reason(err)}"
-                ) from None
+                raise GitError.from_cli(
+                    f"cannot read branch {branch!r} of {redact_repo(repo)}: {_git_reason(err)}",
+                    err,
+                ) from err
             # 0: an ancestor; 1: not one; 128: no such commit in the branch's history
             answer = self._git(
                 scratch, repo, "merge-base", "--is-ancestor", sha, "refs/heads/b", check=False
@@ -168,9 +167,9 @@ class GitResource(dg.ConfigurableResource):
                 git("fetch", "-q", "--no-tags", "--", repo, f"refs/heads/{branch}")
             git("-c", "advice.detachedHead=false", "checkout", "-q", sha)
         except CliError as err:
-            raise GitError(
-                f"cannot check out {sha[:12]} of {redact_repo(repo)}: {_git_reason(err)}"
-            ) from None
+            raise GitError.from_cli(
+                f"cannot check out {sha[:12]} of {redact_repo(repo)}: {_git_reason(err)}", err
+            ) from err
         shutil.rmtree(dest / ".git")  # the build context is the tree, not the repo
         return Checkout(dest, sha)
 
@@ -184,14 +183,37 @@ class GitResource(dg.ConfigurableResource):
     ) -> CliResult:
         """git in the folder `where`, on `repo` (its password never printed), given time for a
         fetch."""
-        return run_cli(
-            ["git", "-C", str(where), *args],
-            env=GIT_ENV,
-            log=log or _quiet,
+        return run_git(
+            where,
+            *args,
+            log=log,
             redact=repo_secrets(repo),
             timeout_s=max(self.timeout_s, 300),
             check=check,
         )
+
+
+def run_git(
+    where: str | Path | None,
+    *args: str,
+    env: Mapping[str, str] | None = GIT_ENV,
+    log: Callable[[str], object] | None = None,
+    redact: Sequence[str] = (),
+    timeout_s: float | None = None,
+    check: bool = True,
+) -> CliResult:
+    """The one way this project runs git: `git -C where args` (`where` None: in no folder)
+    through the CLI runner, its output not logged unless `log` is given. `env`: added to git's
+    environment (GIT_ENV: never a prompt nor the system's config; None: git as the person who
+    runs it has it)."""
+    return run_cli(
+        ["git", *(["-C", str(where)] if where is not None else []), *args],
+        env=env,
+        log=log or _quiet,
+        redact=redact,
+        timeout_s=timeout_s,
+        check=check,
+    )
 
 
 def _full_sha(sha: str) -> None:

@@ -8,12 +8,11 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from resources.cli_runner import CliError, run_cli
+from resources.cli_runner import CliError, CliResult
+from resources.git import GitError, run_git
 from resources.paths import REPO_ROOT
 
-
-class GitError(RuntimeError):
-    """git failed; the message carries the command and its output."""
+__all__ = ["GitError", "InfraRepoResource"]  # GitError: resources/git.py's, named here too
 
 
 class InfraRepoResource(dg.ConfigurableResource):
@@ -25,13 +24,16 @@ class InfraRepoResource(dg.ConfigurableResource):
     def root(self) -> Path:
         return Path(self.path).absolute() if self.path else REPO_ROOT
 
+    def _run(self, *args: str, check: bool = True) -> CliResult:
+        """git in this repository, as the person who runs it has git (their config too)."""
+        return run_git(self.root(), *args, env=None, check=check)
+
     def _git(self, *args: str, check: bool = True) -> str:
+        """What git printed; GitError (the command, its message) when it failed."""
         try:
-            result = run_cli(
-                ["git", "-C", str(self.root()), *args], log=lambda _line: None, check=check
-            )
+            result = self._run(*args, check=check)
         except CliError as err:
-            raise GitError(str(err)) from None
+            raise GitError.from_cli(str(err), err) from err
         return result.output if result.returncode == 0 else ""
 
     def head(self) -> str:
@@ -65,10 +67,7 @@ class InfraRepoResource(dg.ConfigurableResource):
 
     def is_ancestor(self, old: str, new: str) -> bool:
         try:
-            run_cli(
-                ["git", "-C", str(self.root()), "merge-base", "--is-ancestor", old, new],
-                log=lambda _line: None,
-            )
+            self._run("merge-base", "--is-ancestor", old, new)
         except CliError:
             return False
         return True
@@ -81,10 +80,7 @@ class InfraRepoResource(dg.ConfigurableResource):
     def show(self, sha: str, path: str) -> str | None:
         """A file's content at a commit; None if it did not exist there."""
         try:
-            return run_cli(
-                ["git", "-C", str(self.root()), "show", f"{sha}:{path}"],
-                log=lambda _line: None,
-            ).output
+            return self._run("show", f"{sha}:{path}").output
         except CliError:
             return None
 

@@ -19,11 +19,14 @@ from dataclasses import dataclass, field
 import dagster as dg
 from pydantic import Field
 
+from resources.cli_runner import ToolError
+
 LogSink = Callable[[str], object]
 
 
-class JenkinsError(RuntimeError):
-    pass
+class JenkinsError(ToolError):
+    """Jenkins could not be asked, or the build could not be waited for (`command`: what was
+    asked of Jenkins, when a call failed)."""
 
 
 @dataclass(frozen=True)
@@ -180,9 +183,13 @@ class JenkinsResource(dg.ConfigurableResource):
         try:
             return fn(*args)
         except jenkins.NotFoundException:
-            raise JenkinsError(f"cannot {what}: not found in Jenkins at {self.url}") from None
+            raise JenkinsError(
+                f"cannot {what}: not found in Jenkins at {self.url}", command=what
+            ) from None
         except (jenkins.JenkinsException, requests.RequestException) as exc:
             text = str(exc)
             if self.api_token:
                 text = text.replace(self.api_token, "***")
-            raise JenkinsError(f"cannot {what} (Jenkins at {self.url}): {text}") from None
+            raise JenkinsError(
+                f"cannot {what} (Jenkins at {self.url}): {text}", command=what
+            ) from None

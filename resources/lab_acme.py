@@ -24,7 +24,8 @@ authorization half the time, so a test of a challenge would pass by chance) and
 
 The daemon is started and stopped by its pid (a file in the folder, checked against the
 process's command line), never by name; `infra lab down` stops it before the link goes. Nothing
-from the project but its link helpers (resources/lab_link.py) is imported here.
+from the project but its link helpers (resources/lab_link.py) and the tools' error base
+(resources/cli_runner.py) is imported here.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from pathlib import Path
 
 from cryptography import x509
 
+from resources.cli_runner import ToolError
 from resources.lab_link import LinkDaemonError, PidFileDaemon, command_line, start_daemon
 
 ACME_PORT = 14000
@@ -46,7 +48,7 @@ MANAGEMENT_PORT = 15000
 PEBBLE = "/usr/bin/pebble"
 
 
-class LabAcmeError(RuntimeError):
+class LabAcmeError(ToolError):
     """Pebble could not be started, or its root could not be read."""
 
 
@@ -186,7 +188,7 @@ class LabAcme(PidFileDaemon):
                 timeout_s=timeout_s,
             )
         except LinkDaemonError as err:
-            raise LabAcmeError(f"lab {self.number}: {err}") from None
+            raise LabAcmeError.from_cli(f"lab {self.number}: {err}", err) from err
 
     def root(self, *, timeout_s: float = 10.0) -> str:
         """The root (PEM) that signs the certificates pebble issues: new at every start. The

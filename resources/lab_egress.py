@@ -22,8 +22,9 @@ the tunnels opened in it, read once IDLE_S has passed after it.
 
 The proxy is started and stopped by its pid (a file in the folder, checked against the
 process's command line), never by name; `infra lab down` stops it before the link goes. Nothing
-from the project but its link helpers (resources/lab_link.py) is imported here: the number, the
-folder and the allow-list are passed in.
+from the project but its link helpers (resources/lab_link.py) and the tools' error base
+(resources/cli_runner.py) is imported here: the number, the folder and the allow-list are passed
+in.
 
     python -m resources.lab_egress --listen 169.254.127.1 --port 3128 --folder DIR
 """
@@ -41,6 +42,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from resources.cli_runner import ToolError
 from resources.lab_link import LinkDaemonError, PidFileDaemon, command_line, start_daemon
 
 EGRESS_PORT = 3128
@@ -48,7 +50,7 @@ MAX_HEADER = 16 * 1024
 IDLE_S = 5.0  # a tunnel with nothing either way for this long is closed (see the top)
 
 
-class LabEgressError(RuntimeError):
+class LabEgressError(ToolError):
     """The egress proxy could not be started (or is not the one it should be)."""
 
 
@@ -143,7 +145,7 @@ class LabEgressProxy(PidFileDaemon):
                 timeout_s=timeout_s,
             )
         except LinkDaemonError as err:
-            raise LabEgressError(f"lab {self.number}: {err}") from None
+            raise LabEgressError.from_cli(f"lab {self.number}: {err}", err) from err
 
     def log(self) -> list[dict]:
         """The log's entries (one JSON object per request), oldest first."""

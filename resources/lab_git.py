@@ -23,12 +23,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from resources.cli_runner import ToolError
 from resources.lab_link import LinkDaemonError, PidFileDaemon, command_line, start_daemon
 
 GIT_PORT = 9418
 
 
-class LabGitError(RuntimeError):
+class LabGitError(ToolError):
     """The git daemon could not be started (or is not the one it should be)."""
 
 
@@ -126,7 +127,7 @@ class LabGitDaemon(PidFileDaemon):
                 timeout_s=timeout_s,
             )
         except LinkDaemonError as err:
-            raise LabGitError(f"lab {self.number}: {err}") from None
+            raise LabGitError.from_cli(f"lab {self.number}: {err}", err) from err
 
     def status(self) -> dict:
         pid = self.pid()

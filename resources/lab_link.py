@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -20,6 +21,8 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
+
+from resources.cli_runner import CliError, ToolError, run_cli
 
 # The webhook endpoint's port on the machine's side of a lab's link (webhooks/, started by
 # `make demo`): the lab's registry posts its notifications there.
@@ -31,11 +34,11 @@ def route_problem(url: str, device: str) -> str | None:
     else what is wrong, for the caller's error."""
     host = urlsplit(url).hostname or ""
     try:
-        out = subprocess.run(
-            ["ip", "-j", "route", "get", host], capture_output=True, text=True, timeout=10
+        out = run_cli(
+            ["ip", "-j", "route", "get", host], log=lambda _line: None, check=False, timeout_s=10
         )
-        routes = json.loads(out.stdout or "[]") if out.returncode == 0 else []
-    except (OSError, ValueError, subprocess.TimeoutExpired):
+        routes = json.loads(out.output or "[]") if out.returncode == 0 else []
+    except (CliError, ValueError):  # no `ip`, or no answer in time; not JSON
         routes = []
     dev = routes[0].get("dev") if routes else None
     if dev == device:
@@ -54,7 +57,7 @@ def read_secret_file(path: str) -> str:
 # --- the machine-side daemons on a lab's link (its git daemon, its egress proxy) --------------
 
 
-class LinkDaemonError(RuntimeError):
+class LinkDaemonError(ToolError):
     """A daemon on the lab's link did not start (it exited, or did not listen in time)."""
 
 
@@ -125,6 +128,7 @@ def start_daemon(
     listen in time."""
     log = open(log_file, "ab")  # noqa: SIM115 - handed to the daemon
     try:
+        # Popen, not run_cli: a daemon keeps running after this returns (no exit to wait for).
         proc = subprocess.Popen(
             list(argv),
             stdin=subprocess.DEVNULL,
@@ -144,14 +148,20 @@ def start_daemon(
             pid_file.unlink(missing_ok=True)
             raise LinkDaemonError(
                 f"{what} on {address}:{port} exited ({proc.returncode}):"
-                f" {' / '.join(tail) or 'no output'} (is the lab's link up?)"
+                f" {' / '.join(tail) or 'no output'} (is the lab's link up?)",
+                command=shlex.join(argv),
+                returncode=proc.returncode,
+                tail=tail,
             )
         if listening(address, port):
             return proc.pid
         time.sleep(0.1)
     stop_process(proc.pid)
     pid_file.unlink(missing_ok=True)
-    raise LinkDaemonError(f"{what} on {address}:{port} did not listen within {timeout_s} s")
+    raise LinkDaemonError(
+        f"{what} on {address}:{port} did not listen within {timeout_s} s",
+        command=shlex.join(argv),
+    )
 
 
 def stop_process(pid: int, *, timeout_s: float = 10.0) -> None:

@@ -20,10 +20,12 @@ from typing import Any
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
+from resources.cli_runner import ToolError
+
 GROUP_PROPERTY = "coop_image_group"
 
 
-class OpenStackError(RuntimeError):
+class OpenStackError(ToolError):
     """The cloud could not be reached or refused; the message says which cloud and what to do."""
 
 
@@ -142,9 +144,13 @@ class OpenStackResource(dg.ConfigurableResource):
                 if status == 401
                 else ""
             )
-            raise OpenStackError(f"cloud {cloud!r}: {what} failed: {exc}{hint}") from None
+            raise OpenStackError(
+                f"cloud {cloud!r}: {what} failed: {exc}{hint}", command=f"{cloud}: {what}"
+            ) from None
         except (ks_errors.ClientException, sdk_errors.SDKException) as exc:
-            raise OpenStackError(f"cloud {cloud!r}: {what} failed: {exc}") from None
+            raise OpenStackError(
+                f"cloud {cloud!r}: {what} failed: {exc}", command=f"{cloud}: {what}"
+            ) from None
 
     def tool_env(self, *, cloud: str) -> dict[str, str]:
         """The environment for a tool that reads clouds.yaml itself (Packer, Terraform's

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 import dagster as dg
 from pydantic import Field
 
+from resources.cli_runner import ToolError
 from resources.lab_link import read_secret_file, route_problem
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -34,7 +35,7 @@ MANIFEST_TYPES = (OCI_MANIFEST, DOCKER_MANIFEST, OCI_INDEX, DOCKER_LIST)
 REVISION_LABEL = "org.opencontainers.image.revision"
 
 
-class RegistryError(RuntimeError):
+class RegistryError(ToolError):
     """The registry could not be reached, or answered with an error."""
 
 
@@ -295,22 +296,27 @@ class RegistryResource(dg.ConfigurableResource):
         except requests.exceptions.SSLError as exc:
             raise RegistryError(
                 f"registry {end.url}: its TLS certificate is not trusted ({_short(exc)}); set the"
-                " registry's CA file (INFRA_REGISTRY_CA_FILE, the resource's ca_file)"
+                " registry's CA file (INFRA_REGISTRY_CA_FILE, the resource's ca_file)",
+                command=f"{method} {path}",
             ) from None
         except requests.RequestException as exc:
-            raise RegistryUnreachable(f"registry {end.url} unreachable: {_short(exc)}") from None
+            raise RegistryUnreachable(
+                f"registry {end.url} unreachable: {_short(exc)}", command=f"{method} {path}"
+            ) from None
         if response.status_code in (401, 403):
             who = f"user {end.username!r}" if end.username else "no credentials"
             raise RegistryAuthError(
                 f"registry {end.url} refused {method} {path} ({response.status_code}, {who}):"
-                f" {_errors(response)}; check the registry's username and password"
+                f" {_errors(response)}; check the registry's username and password",
+                command=f"{method} {path}",
             )
         if response.status_code == 404 and missing_ok:
             return None
         if response.status_code >= 400:
             raise RegistryError(
                 f"registry {end.url}: {method} {path} -> {response.status_code}:"
-                f" {_errors(response)}"
+                f" {_errors(response)}",
+                command=f"{method} {path}",
             )
         return response
 

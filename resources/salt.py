@@ -201,6 +201,7 @@ class _Worker:
         self.stderr: deque[str] = deque(maxlen=40)
         self.lock = threading.Lock()
         self.next_id = 1
+        # Popen, not run_cli: the worker keeps running, answering one request after another.
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "resources.salt_worker", str(config)],
             stdin=subprocess.PIPE,

@@ -35,6 +35,8 @@ from typing import Any
 
 import requests
 
+from resources.cli_runner import ToolError
+
 CONNECT_TIMEOUT_S = 5.0
 READ_TIMEOUT_S = 60.0
 # How long the event stream may take to say it is subscribed (its first line, `retry:`).
@@ -42,7 +44,7 @@ SUBSCRIBE_TIMEOUT_S = 10.0
 POLL_INTERVAL_S = 1.0
 
 
-class SaltError(RuntimeError):
+class SaltError(ToolError):
     """The master could not be used, or a minion's answer could not be read."""
 
 
@@ -123,25 +125,29 @@ class SaltApi:
                 f"salt-api at {self.url}: its TLS certificate could not be verified with {trust}:"
                 f" {_reason(err)}. Give the CA that signed the api's certificate (salt:api:tls"
                 " in the master's pillar) as api_ca_file, and check that the certificate names"
-                " the address in the URL"
+                " the address in the URL",
+                command=f"{method} {path}",
             ) from None
         except requests.exceptions.ConnectTimeout:
             raise SaltError(
                 f"salt-api at {self.url} does not answer (no connection within"
                 f" {CONNECT_TIMEOUT_S:g} s): check the address and port, that this machine has a"
-                " route to the master, and that salt-api runs there (systemctl status salt-api)"
+                " route to the master, and that salt-api runs there (systemctl status salt-api)",
+                command=f"{method} {path}",
             ) from None
         except requests.exceptions.ReadTimeout:
             raise SaltError(
                 f"salt-api at {self.url}: {method} {path} got no answer within"
                 f" {read_timeout_s or self.read_timeout_s:g} s (is the master overloaded or"
-                " stopped? systemctl status salt-master salt-api)"
+                " stopped? systemctl status salt-master salt-api)",
+                command=f"{method} {path}",
             ) from None
         except requests.exceptions.ConnectionError as err:
             raise SaltError(
                 f"salt-api at {self.url} is unreachable ({_reason(err)}): check the address and"
                 " port, that salt-api runs on the master (systemctl status salt-api) and listens"
-                " on that address (rest_cherrypy host/port in /etc/salt/master.d/api.conf)"
+                " on that address (rest_cherrypy host/port in /etc/salt/master.d/api.conf)",
+                command=f"{method} {path}",
             ) from None
 
     def login(self, *, wait_s: float = 0.0) -> None:
@@ -172,7 +178,8 @@ class SaltApi:
             raise SaltError(
                 f"salt-api at {self.url} refused the login for user {self.user!r} (eauth"
                 f" {self.eauth}): check the password (api_password) and that the master's"
-                f" external_auth lists this user"
+                f" external_auth lists this user",
+                command="POST /login",
             )
         body = _json(resp, f"login at {self.url}")
         try:
@@ -200,7 +207,8 @@ class SaltApi:
         if resp.status_code == 401:
             raise SaltError(
                 f"salt-api at {self.url}: user {self.user!r} may not run {what} (401 after a"
-                " fresh login): check the master's external_auth for this user"
+                " fresh login): check the master's external_auth for this user",
+                command="POST /",
             )
         body = _json(resp, what)
         ret = body.get("return") if isinstance(body, dict) else None

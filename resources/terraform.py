@@ -38,7 +38,7 @@ from typing import Any, Literal
 import dagster as dg
 from pydantic import Field
 
-from resources.cli_runner import CliError, LogSink, run_cli
+from resources.cli_runner import CliError, LogSink, ToolError, run_cli
 from resources.paths import REPO_ROOT, state_dir
 
 # What a plan may not destroy or replace without the run's leave (the destroy gate): servers, the
@@ -87,7 +87,7 @@ PASSED_ENV_PREFIX = "TF_"  # Terraform's own settings (TF_PLUGIN_CACHE_DIR, TF_V
 WITHHELD_ENV = frozenset({"TF_LOG", "TF_LOG_CORE", "TF_LOG_PROVIDER", "TF_LOG_PATH"})
 
 
-class TerraformError(RuntimeError):
+class TerraformError(ToolError):
     """Terraform could not do what was asked; the message says why and what to do."""
 
 
@@ -406,9 +406,13 @@ class TerraformResource(dg.ConfigurableResource):
                 check=False,
             )
         except CliError as err:  # could not start, or timed out
-            raise TerraformError(_redact(f"{stack}/{location}: {err}", secrets)) from None
+            raise TerraformError.from_cli(
+                _redact(f"{stack}/{location}: {err}", secrets), err
+            ) from err
         if check and result.returncode != 0:
-            raise TerraformError(_redact(_failure(stack, location, result), secrets))
+            raise TerraformError.from_cli(
+                _redact(_failure(stack, location, result), secrets), result
+            )
         return result
 
     # --- verbs -----------------------------------------------------------------------------
@@ -452,7 +456,9 @@ class TerraformResource(dg.ConfigurableResource):
                     timeout_s=60,
                 )
             except CliError as err:
-                raise TerraformError(f"rendering {stack}'s user-data failed: {err}") from err
+                raise TerraformError.from_cli(
+                    f"rendering {stack}'s user-data failed: {err}", err
+                ) from err
         for line in reversed(result.lines):
             line = line.strip()
             if line.startswith('"') and line.endswith('"'):
@@ -673,7 +679,9 @@ class TerraformResource(dg.ConfigurableResource):
         argv = [self.binary_path(), "fmt", "-check", "-list=true", "-recursive", "."]
         result = run_cli(argv, cwd=path, log=log or (lambda _line: None), check=False)
         if result.returncode not in (0, 3):
-            raise TerraformError(f"`terraform fmt` failed: {result.output[-2000:]}")
+            raise TerraformError.from_cli(
+                f"`terraform fmt` failed: {result.output[-2000:]}", result
+            )
         return [str(path / line.strip()) for line in result.lines if line.strip()]
 
 

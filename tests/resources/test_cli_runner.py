@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 import sys
 import threading
 import time
 
 import pytest
 
-from resources.cli_runner import CliError, run_cli
+import resources
+from resources.chat import ChatError, ChatResource
+from resources.cli_runner import CliError, CliResult, ToolError, run_cli
+from resources.git import GitError, GitResource
+from resources.infra_repo import InfraRepoResource
 
 PY = sys.executable
 
@@ -114,3 +120,60 @@ def test_runs_in_threads_side_by_side():
     for t in threads:
         t.join()
     assert sorted(r.lines[0] for r in results) == ["0", "1", "2", "3"]
+
+
+# Their errors are another change's (issue 13): not CliErrors yet.
+NOT_YET = {"resources.lab", "resources.packer", "resources.podman"}
+
+
+def _error_classes() -> list[type[Exception]]:
+    """Every exception class defined in a module of resources/."""
+    found = []
+    for info in pkgutil.iter_modules(resources.__path__):
+        module = importlib.import_module(f"resources.{info.name}")
+        found += [
+            value
+            for value in vars(module).values()
+            if isinstance(value, type)
+            and issubclass(value, Exception)
+            and value.__module__ == module.__name__
+            and module.__name__ not in NOT_YET
+        ]
+    return found
+
+
+def test_every_tool_error_is_a_cli_error():
+    classes = _error_classes()
+    assert {c.__name__ for c in classes} >= {"GitError", "TerraformError", "SaltError", "ChatError"}
+    assert [c.__qualname__ for c in classes if not issubclass(c, CliError)] == []
+
+
+def test_a_tool_error_from_a_failed_command_keeps_its_facts(tmp_path):
+    with pytest.raises(GitError) as err:
+        InfraRepoResource(path=str(tmp_path)).head()  # not a repository
+    error = err.value
+    assert error.returncode == 128 and "rev-parse" in error.command
+    assert any("not a git repository" in line for line in error.tail)
+    assert isinstance(error.__cause__, CliError) and error.__cause__.tail == error.tail
+    assert str(error) == str(error.__cause__)  # infra_repo's message: the runner's own
+
+
+def test_a_tool_error_in_its_own_words_keeps_the_command_it_came_from(tmp_path):
+    with pytest.raises(GitError) as err:
+        GitResource().head(repo=str(tmp_path / "none"), branch="main")
+    error = err.value
+    assert "ls-remote" in error.command and error.returncode == 128 and error.tail
+    assert type(error.__cause__) is CliError and str(error) != str(error.__cause__)
+    failed = CliResult("tool --flag", 2, [f"line {i}" for i in range(100)])
+    made = ToolError.from_cli("the tool failed", failed)
+    assert (str(made), made.command, made.returncode) == ("the tool failed", "tool --flag", 2)
+    assert made.tail == [f"line {i}" for i in range(60, 100)]
+
+
+def test_an_api_error_names_the_request_without_an_exit_code():
+    chat = ChatResource(webhook_url="http://127.0.0.1:1/hooks/s3cret", timeout_s=2)
+    with pytest.raises(ChatError, match="cannot be reached") as err:
+        chat.post("hello")
+    assert err.value.command == "POST <the chat's webhook>" and "s3cret" not in err.value.command
+    assert err.value.returncode is None and err.value.tail == []
+    assert ChatError("no chat webhook is configured").command == ""
