@@ -17,8 +17,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import dagster as dg
+import requests
 from pydantic import Field
 
+import jenkins
 from resources.cli_runner import ToolError
 
 LogSink = Callable[[str], object]
@@ -80,8 +82,6 @@ class JenkinsResource(dg.ConfigurableResource):
         return cls(**{k: dg.EnvVar(v) for k, v in names.items() if os.environ.get(v)})
 
     def client(self):
-        import jenkins
-
         if not self.url:
             raise JenkinsError(
                 "the jenkins resource has no url: set INFRA_JENKINS_URL (and INFRA_JENKINS_USER,"
@@ -176,9 +176,6 @@ class JenkinsResource(dg.ConfigurableResource):
             sink(f"[jenkins] could not stop {self.job} #{number}: {exc}")
 
     def _call(self, what: str, fn, *args):
-        import requests
-
-        import jenkins
 
         try:
             return fn(*args)

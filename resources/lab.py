@@ -42,6 +42,7 @@ import json
 import os
 import re
 import socket
+import subprocess
 import tarfile
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -54,7 +55,7 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
-from resources.cli_runner import CliError, CliResult, LogSink, default_log, run_cli
+from resources.cli_runner import CliError, CliResult, LogSink, ToolError, default_log, run_cli
 from resources.lab_acme import ACME_PORT
 from resources.lab_egress import EGRESS_PORT
 from resources.lab_git import GIT_PORT
@@ -106,8 +107,8 @@ BASE_SYSCTLS: Mapping[str, str] = {"net.ipv4.ip_nonlocal_bind": "1"}
 STOP_TIMEOUT_S = 30
 
 
-class LabError(RuntimeError):
-    pass
+class LabError(ToolError):
+    """The lab's container driver failed; from a failed command, that command's facts."""
 
 
 class NotInLabError(LabError):
@@ -835,7 +836,9 @@ class Lab:
         try:
             self.podman(number, ["rm", "--ignore", "--force", *ids])
         except CliError as err:
-            raise LabError(f"lab {number}: its containers could not be removed: {err}") from None
+            raise LabError.from_cli(
+                f"lab {number}: its containers could not be removed: {err}", err
+            ) from err
 
     def image_id(self, ref: str, *, number: int | None = None) -> str | None:
         """The id of image `ref` in the lab's podman storage; None when it is not there."""
@@ -1023,7 +1026,9 @@ class Lab:
                 try:
                     self.podman(plan.number, ["start", *names])
                 except CliError as err:
-                    raise LabError(f"lab {plan.number}: starting {names} failed: {err}") from None
+                    raise LabError.from_cli(
+                        f"lab {plan.number}: starting {names} failed: {err}", err
+                    ) from err
                 self._wait_running(plan.number, hosts, began)
             running_s = time.monotonic() - began
         systemd: dict[str, str] = {}
@@ -1082,7 +1087,9 @@ class Lab:
         except CliError as err:
             # Half made (no files in it): gone, so that the next plan creates it again.
             self.podman(net.number, ["rm", "--ignore", "--force", name], check=False, quiet=True)
-            raise LabError(f"lab {net.number}: creating {name} failed: {err}") from None
+            raise LabError.from_cli(
+                f"lab {net.number}: creating {name} failed: {err}", err
+            ) from err
 
     def _write_files(self, number: int, name: str, spec: HostSpec) -> None:
         """The spec's files and unit links into the created container's root, as one tar
@@ -1413,8 +1420,6 @@ def _run_bytes(
     argv: Sequence[str], *, env: Mapping[str, str], stdin: bytes, timeout_s: float
 ) -> None:
     """A command fed binary stdin (run_cli's stdin is text)."""
-    import subprocess
-
     try:
         proc = subprocess.run(
             list(argv),

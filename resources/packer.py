@@ -29,7 +29,7 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
-from resources.cli_runner import CliError, LogSink, default_log, run_cli
+from resources.cli_runner import CliError, LogSink, ToolError, default_log, run_cli
 from resources.paths import REPO_ROOT, state_dir
 from resources.podman import PodmanResource
 
@@ -38,7 +38,7 @@ INPUTS_LABEL = "org.coop-infra.inputs"
 DOCKER_SHIM = "/usr/bin/docker"  # Debian's podman-docker: `exec podman "$@"`
 
 
-class PackerError(RuntimeError):
+class PackerError(ToolError):
     """Packer failed or its output could not be read; the message carries Packer's errors."""
 
 
@@ -252,7 +252,9 @@ class PackerResource(dg.ConfigurableResource):
             )
         except CliError as err:
             detail = "\n".join(errors) or "\n".join(err.tail)
-            raise PackerError(f"`{err.command}` failed ({err.returncode}):\n{detail}") from None
+            raise PackerError.from_cli(
+                f"`{err.command}` failed ({err.returncode}):\n{detail}", err
+            ) from err
         return result, printed
 
     def validate(

@@ -31,7 +31,7 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from resources.cli_runner import CliError, run_cli
+from resources.cli_runner import CliError, ToolError, run_cli
 from resources.paths import state_dir
 from resources.registry import Endpoint
 
@@ -42,8 +42,8 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEBIAN_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"  # debootstrap checks with it
 
 
-class PodmanError(RuntimeError):
-    pass
+class PodmanError(ToolError):
+    """podman failed; from a failed command, that command's facts."""
 
 
 @dataclass(frozen=True)
@@ -333,7 +333,7 @@ class PodmanResource(dg.ConfigurableResource):
                 args += ["--change", change]
             self.run([*args, "--message", message, str(tarball), ref], log=log)
         except CliError as err:
-            raise PodmanError(f"making {what} {ref} failed: {err}") from None
+            raise PodmanError.from_cli(f"making {what} {ref} failed: {err}", err) from err
         finally:
             _unmount_under(work)  # a debootstrap killed by the timeout leaves /proc mounted
             shutil.rmtree(work, ignore_errors=True)
@@ -434,7 +434,7 @@ class PodmanResource(dg.ConfigurableResource):
             self.run([*args, str(context)], log=log)
             image_id = iidfile.read_text().strip().removeprefix("sha256:")
         except CliError as err:
-            raise PodmanError(f"podman build of {tag} failed: {err}") from None
+            raise PodmanError.from_cli(f"podman build of {tag} failed: {err}", err) from err
         finally:
             iidfile.unlink(missing_ok=True)
         return BuiltImage(tag, image_id, time.monotonic() - started)
@@ -473,7 +473,9 @@ class PodmanResource(dg.ConfigurableResource):
                     redact=[registry.password],
                 )
             except CliError as err:
-                raise PodmanError(f"podman push to {destination} failed: {err}") from None
+                raise PodmanError.from_cli(
+                    f"podman push to {destination} failed: {err}", err
+                ) from err
             digest = digestfile.read_text().strip()
         return Pushed(destination, digest, time.monotonic() - started)
 

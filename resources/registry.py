@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import dagster as dg
+import requests
 from pydantic import Field
 
 from resources.cli_runner import ToolError
@@ -278,8 +279,6 @@ class RegistryResource(dg.ConfigurableResource):
         data: bytes | None = None,
         missing_ok: bool = False,
     ):
-        import requests
-
         end = self.endpoint()
         url = end.url + path
         auth = (end.username, end.password) if end.username else None

@@ -37,8 +37,9 @@ from typing import Any, Literal
 
 import dagster as dg
 from pydantic import Field
+from python_terraform import IsFlagged, Terraform
 
-from resources.cli_runner import CliError, LogSink, ToolError, run_cli
+from resources.cli_runner import CliError, LogSink, ToolError, default_log, run_cli
 from resources.paths import REPO_ROOT, state_dir
 
 # What a plan may not destroy or replace without the run's leave (the destroy gate): servers, the
@@ -376,8 +377,6 @@ class TerraformResource(dg.ConfigurableResource):
         return sorted({s for s in found if len(s) >= 4}, key=len, reverse=True)
 
     def _tf(self, stack: str):
-        from python_terraform import Terraform
-
         return Terraform(working_dir=str(self.stack_dir(stack)), terraform_bin_path=self.binary)
 
     def _run(
@@ -470,8 +469,6 @@ class TerraformResource(dg.ConfigurableResource):
     ) -> None:
         """`terraform init` with this location's backend settings (idempotent). `env`: added to
         Terraform's environment (the cloud's credentials: `OpenStackResource.tool_env`)."""
-        from python_terraform import IsFlagged
-
         self.binary_path()  # a missing binary is said first
         work = self.work_dir(stack, location)
         work.mkdir(parents=True, exist_ok=True)
@@ -522,8 +519,6 @@ class TerraformResource(dg.ConfigurableResource):
         """Plan into a saved file, then describe it (`show -json`) as a `TerraformPlan`. `env`:
         added to Terraform's environment (the provider's credentials); secret-named values in it
         are blanked out of every log line and error."""
-        from python_terraform import IsFlagged
-
         for path in var_files:
             if not Path(path).is_file():
                 raise TerraformError(f"variables file {path} is missing")
@@ -564,8 +559,6 @@ class TerraformResource(dg.ConfigurableResource):
         self, *, stack: str, location: str, plan_file: Path, env: ToolEnv = None
     ) -> TerraformPlan:
         """Describe a saved plan. Its JSON holds variable values: it is parsed, never logged."""
-        from python_terraform import IsFlagged
-
         argv = self._tf(stack).generate_cmd_string(
             "show", str(plan_file), json=IsFlagged, no_color=IsFlagged
         )
@@ -606,8 +599,6 @@ class TerraformResource(dg.ConfigurableResource):
         """Apply exactly this saved plan. Refused if the file changed since it was shown or the
         state moved since it was made (Terraform itself misses the latter when the plan was made
         against an empty state)."""
-        from python_terraform import IsFlagged
-
         path = Path(plan.path)
         if not path.is_file():
             raise TerraformError(
@@ -655,8 +646,6 @@ class TerraformResource(dg.ConfigurableResource):
 
     def output(self, *, stack: str, location: str, env: ToolEnv = None) -> dict[str, Any]:
         """`terraform output -json`: name -> {value, sensitive, type}. Empty before any apply."""
-        from python_terraform import IsFlagged
-
         if not (self.work_dir(stack, location) / ".terraform" / "terraform.tfstate").is_file():
             self.init(stack=stack, location=location, log=lambda _line: None, env=env)
 
@@ -814,8 +803,6 @@ def _failure(stack: str, location: str, result: Any) -> str:
 
 def _json_log(log: LogSink | None) -> Callable[[str], Any]:
     """Terraform's -json lines, logged as the human message they carry."""
-    from resources.cli_runner import default_log
-
     sink = log or default_log()
 
     def emit(line: str) -> None:

@@ -122,10 +122,6 @@ def test_runs_in_threads_side_by_side():
     assert sorted(r.lines[0] for r in results) == ["0", "1", "2", "3"]
 
 
-# Their errors are another change's (issue 13): not CliErrors yet.
-NOT_YET = {"resources.lab", "resources.packer", "resources.podman"}
-
-
 def _error_classes() -> list[type[Exception]]:
     """Every exception class defined in a module of resources/."""
     found = []
@@ -137,7 +133,6 @@ def _error_classes() -> list[type[Exception]]:
             if isinstance(value, type)
             and issubclass(value, Exception)
             and value.__module__ == module.__name__
-            and module.__name__ not in NOT_YET
         ]
     return found
 
