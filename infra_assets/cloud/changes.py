@@ -107,6 +107,83 @@ def states_of_salt_path(path: str, states: set[str]) -> set[str]:
     return {s for s in states if s.split(".")[0] == parts[0]}
 
 
+def _terraform_changed(
+    out: ChangeSet, path: str, parts: tuple[str, ...], locations: list[str]
+) -> None:
+    """`terraform/...`: the modules, shared and network stacks are every location's; instances:
+    every location's instances; `locations/<L>.tfvars`: L's."""
+    if parts[1] in ("modules", "shared", "network"):
+        for loc in locations:
+            out.add_stacks(loc, STACKS, f"{path} changed")
+    elif parts[1] == "instances":
+        for loc in locations:
+            out.add_stacks(loc, ("instances",), f"{path} changed")
+    elif parts[1] == "locations" and len(parts) > 2:
+        loc = parts[2].split(".")[0]
+        if loc in locations:
+            out.add_stacks(loc, STACKS, f"{path} changed")
+
+
+def _packer_changed(
+    out: ChangeSet, path: str, parts: tuple[str, ...], in_use: dict[str, list[str]]
+) -> None:
+    """`packer/clouds/<c>`: the images built on cloud c; the rest of packer/: every image."""
+    if parts[1] == "clouds" and len(parts) > 2:
+        cloud = parts[2].split(".")[0]
+        out.add_images({g for g, c in in_use.items() if cloud in c}, f"{path} changed")
+    else:
+        out.add_images(set(in_use), f"{path} changed")
+
+
+def _salt_changed(
+    out: ChangeSet,
+    path: str,
+    in_use: dict[str, list[str]],
+    role_states: dict[str, set[str]],
+    all_states: set[str],
+) -> None:
+    """A baked salt file: the image groups of the roles whose states it belongs to; a shared
+    file (no role's state, or common / salt.minion): every image in use."""
+    states = states_of_salt_path(path, all_states)
+    if not states or states & EVERY_IMAGE_STATES:
+        out.add_images(set(in_use), f"{path} changed (shared states)")
+        return
+    roles = {r for r, s in role_states.items() if s & states}
+    groups = {group_of_role(r) for r in roles} - {None}
+    out.add_images(
+        {g for g in groups if g in in_use},
+        f"{path} changed (state {', '.join(sorted(states))}: role {', '.join(sorted(roles))})",
+    )
+
+
+def _topology_changed(
+    out: ChangeSet,
+    *,
+    topology_path: str,
+    new_topology: Topology,
+    read_old_topology: Callable[[], str | None],
+    locations: list[str],
+    in_use: dict[str, list[str]],
+) -> None:
+    """The topology file: the stacks whose inputs differ from the old commit's, and the images
+    newly needed on a cloud."""
+    old = _load(read_old_topology(), topology_path)
+    for loc in locations:
+        if old is None or loc not in old.locations:
+            out.add_stacks(loc, STACKS, "new in the topology")
+            continue
+        if _network_inputs(old, loc) != _network_inputs(new_topology, loc):
+            out.add_stacks(loc, STACKS, "its number or cloud changed in the topology")
+        elif _instances_inputs(old, loc) != _instances_inputs(new_topology, loc):
+            out.add_stacks(loc, ("instances",), "its hosts changed in the topology")
+    try:
+        old_groups = groups_in_use(old) if old is not None else {}
+    except ImageGroupError:
+        old_groups = {}
+    fresh = {g for g, clouds in in_use.items() if set(clouds) - set(old_groups.get(g, []))}
+    out.add_images(fresh, "newly needed by a host in the topology")
+
+
 def changes_between(
     changed_files: list[str],
     *,
@@ -134,50 +211,20 @@ def changes_between(
             continue
         top = parts[0]
         if top == "terraform" and len(parts) > 1:
-            if parts[1] in ("modules", "shared", "network"):
-                for loc in locations:
-                    out.add_stacks(loc, STACKS, f"{path} changed")
-            elif parts[1] == "instances":
-                for loc in locations:
-                    out.add_stacks(loc, ("instances",), f"{path} changed")
-            elif parts[1] == "locations" and len(parts) > 2:
-                loc = parts[2].split(".")[0]
-                if loc in locations:
-                    out.add_stacks(loc, STACKS, f"{path} changed")
+            _terraform_changed(out, path, parts, locations)
         elif top == "packer" and len(parts) > 1:
-            if parts[1] == "clouds" and len(parts) > 2:
-                cloud = parts[2].split(".")[0]
-                out.add_images({g for g, c in in_use.items() if cloud in c}, f"{path} changed")
-            else:
-                out.add_images(set(in_use), f"{path} changed")
+            _packer_changed(out, path, parts, in_use)
         elif top == "salt" and not baked(path):
             continue
         elif top == "salt":
-            states = states_of_salt_path(path, all_states)
-            if not states or states & EVERY_IMAGE_STATES:
-                out.add_images(set(in_use), f"{path} changed (shared states)")
-                continue
-            roles = {r for r, s in role_states.items() if s & states}
-            groups = {group_of_role(r) for r in roles} - {None}
-            out.add_images(
-                {g for g in groups if g in in_use},
-                f"{path} changed (state {', '.join(sorted(states))}:"
-                f" role {', '.join(sorted(roles))})",
-            )
+            _salt_changed(out, path, in_use, role_states, all_states)
         elif path == topology_path:
-            old = _load(read_old_topology(), topology_path)
-            for loc in locations:
-                if old is None or loc not in old.locations:
-                    out.add_stacks(loc, STACKS, "new in the topology")
-                    continue
-                if _network_inputs(old, loc) != _network_inputs(new_topology, loc):
-                    out.add_stacks(loc, STACKS, "its number or cloud changed in the topology")
-                elif _instances_inputs(old, loc) != _instances_inputs(new_topology, loc):
-                    out.add_stacks(loc, ("instances",), "its hosts changed in the topology")
-            try:
-                old_groups = groups_in_use(old) if old is not None else {}
-            except ImageGroupError:
-                old_groups = {}
-            fresh = {g for g, clouds in in_use.items() if set(clouds) - set(old_groups.get(g, []))}
-            out.add_images(fresh, "newly needed by a host in the topology")
+            _topology_changed(
+                out,
+                topology_path=topology_path,
+                new_topology=new_topology,
+                read_old_topology=read_old_topology,
+                locations=locations,
+                in_use=in_use,
+            )
     return out

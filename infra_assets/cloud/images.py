@@ -30,7 +30,13 @@ from infra_assets.cloud.groups import (
 )
 from infra_assets.topology.model import Topology
 from resources.lab_images import ensure_lab_base_image, ensure_wheelhouse
-from resources.openstack import OpenStackError, OpenStackResource, redacted_env
+from resources.openstack import (
+    Image,
+    OpenStackError,
+    OpenStackResource,
+    PruneResult,
+    redacted_env,
+)
 from resources.packer import LAB_SOURCE, LabImage, PackerError, PackerResource
 from resources.paths import REPO_ROOT, state_dir
 from resources.podman import PodmanError, PodmanResource
@@ -211,6 +217,240 @@ def _lab_image(
     )
 
 
+def _clouds_of_group(topology: Topology, group: str) -> list[str]:
+    """The clouds that need `group`'s image (`lab` for the lab's hosts)."""
+    try:
+        return groups_in_use(topology).get(group, [])
+    except ImageGroupError as err:
+        raise dg.Failure(description=str(err), allow_retries=False) from None
+
+
+def _salt_tree(packer: PackerResource) -> Path:
+    """The salt state tree the images bake; a Failure when it is missing."""
+    tree = packer.states_dir()
+    if not tree.is_dir():
+        raise dg.Failure(
+            description=f"the salt state tree {tree} does not exist: images bake the role"
+            " states from it (salt/, with top.sls by role)",
+            allow_retries=False,
+        )
+    return tree
+
+
+def _cloud_var_file(packer: PackerResource, cloud: str) -> Path:
+    """packer/clouds/<cloud>.pkrvars.hcl: how to build on `cloud`; a Failure when it is missing."""
+    var_file = packer.folder() / "clouds" / f"{cloud}.pkrvars.hcl"
+    if not var_file.is_file():
+        raise dg.Failure(
+            description=f"{var_file} is missing: it says how to build on cloud"
+            f" {cloud!r} (source image, flavor, network). Copy"
+            " packer/clouds/catalyst.pkrvars.hcl and adapt it.",
+            allow_retries=False,
+        )
+    return var_file
+
+
+def _up_to_date(current: Image, force: bool, states: str, template: str) -> bool:
+    """Whether the newest image already has these states and this template (and no force)."""
+    return (
+        not force
+        and current.properties.get("coop_states_sha256") == states
+        and current.properties.get("coop_template_sha256") == template
+    )
+
+
+def _packer_build_on_cloud(
+    context: dg.AssetExecutionContext,
+    group: str,
+    cloud: str,
+    *,
+    packer: PackerResource,
+    openstack: OpenStackResource,
+    name: str,
+    env: dict[str, str],
+    var_file: Path,
+    tree: Path,
+    commit: str,
+    states: str,
+    template: str,
+) -> Image:
+    """Packer builds the image on `cloud`; the cloud must then have it, active."""
+    build = packer.build(
+        template=TEMPLATE,
+        variables={
+            "group": group,
+            "image_name": name,
+            "cloud": cloud,
+            "salt_tree": str(tree),
+            "git_commit": commit,
+            "states_sha256": states,
+            "template_sha256": template,
+        },
+        var_files=[var_file],
+        env=env,
+        redact=redacted_env(env),
+        skip=[LAB_SOURCE],
+        log=context.log.info,
+    )
+    artifact = build.artifacts[-1]
+    # Packer says it made an image: the cloud must have it, active.
+    image = openstack.find_image(cloud=cloud, name_or_id=artifact.artifact_id)
+    image = image or openstack.find_image(cloud=cloud, name_or_id=artifact.image_name)
+    if image is None or image.status != "active":
+        raise dg.Failure(
+            description=f"Packer reported image {artifact.image_name}"
+            f" ({artifact.artifact_id}) but cloud {cloud!r} has"
+            f" {'no such image' if image is None else 'it ' + image.status}",
+            allow_retries=False,
+        )
+    return image
+
+
+def _image_on_cloud(
+    context: dg.AssetExecutionContext,
+    config: ImageConfig,
+    group: str,
+    cloud: str,
+    *,
+    packer: PackerResource,
+    openstack: OpenStackResource,
+    tree: Path,
+    states: str,
+    commit: str,
+    force: bool,
+) -> tuple[dict, str, PruneResult | None]:
+    """The group's image on `cloud`: the newest one when it is up to date, else a new build and
+    the old images pruned. Returns its `built` entry, its table row and the pruning (None: no
+    build)."""
+    var_file = _cloud_var_file(packer, cloud)
+    template = template_sha256(packer.folder(), var_file)
+    name = f"coop-{group}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+    env = openstack.tool_env(cloud=cloud)
+    try:
+        current = openstack.latest_images(cloud=cloud, groups=[group]).get(group)
+        if current is not None and _up_to_date(current, force, states, template):
+            context.log.info(
+                f"{group} on {cloud}: {current.name} already has these states and this"
+                " template: nothing to build"
+            )
+            entry = {"id": current.id, "name": current.name, "built": False}
+            return entry, f"| {cloud} | {current.name} | `{current.id}` | up to date | | |", None
+        image = _packer_build_on_cloud(
+            context,
+            group,
+            cloud,
+            packer=packer,
+            openstack=openstack,
+            name=name,
+            env=env,
+            var_file=var_file,
+            tree=tree,
+            commit=commit,
+            states=states,
+            template=template,
+        )
+        pruned = openstack.prune_images(
+            cloud=cloud, group=group, keep=config.keep, dry_run=config.prune_dry_run
+        )
+    except (PackerError, OpenStackError) as err:
+        raise dg.Failure(description=str(err), allow_retries=False) from None
+    entry = {"id": image.id, "name": image.name, "built": True}
+    row = (
+        f"| {cloud} | {image.name} | `{image.id}` | built | {len(pruned.deleted)} |"
+        f" {len(pruned.in_use)} |"
+    )
+    context.log.info(
+        f"{group} on {cloud}: built {image.name} ({image.id}); "
+        f"{'would delete' if pruned.dry_run else 'deleted'}"
+        f" {len(pruned.deleted)}, kept {len(pruned.kept)} newest"
+        f" and {len(pruned.in_use)} in use"
+    )
+    return entry, row, pruned
+
+
+def _cloud_images(
+    context: dg.AssetExecutionContext,
+    config: ImageConfig,
+    group: str,
+    clouds: list[str],
+    *,
+    packer: PackerResource,
+    openstack: OpenStackResource,
+    tree: Path,
+    states: str,
+    commit: str,
+    force: bool,
+) -> dg.Output[dict]:
+    """The group's image on each OpenStack cloud that needs it, and a table of them."""
+    built: dict[str, dict] = {}
+    rows = ["| cloud | image | id | what | pruned | kept in use |", "|---|---|---|---|---|---|"]
+    prunes = {}
+    for cloud in clouds:
+        built[cloud], row, pruned = _image_on_cloud(
+            context,
+            config,
+            group,
+            cloud,
+            packer=packer,
+            openstack=openstack,
+            tree=tree,
+            states=states,
+            commit=commit,
+            force=force,
+        )
+        if pruned is not None:
+            prunes[cloud] = pruned
+        rows.append(row)
+    if not clouds:
+        context.log.info(f"no host on an OpenStack location boots the {group} image")
+    return dg.Output(
+        built,
+        metadata={
+            "images": dg.MetadataValue.md("\n".join(rows)),
+            "built": dg.MetadataValue.json(built),
+            "roles": ", ".join(image_groups()[group].roles),
+            "states_sha256": states,
+            "git_commit": commit,
+            "keep": config.keep,
+            **{
+                f"pruning_{cloud}": dg.MetadataValue.md(p.markdown()) for cloud, p in prunes.items()
+            },
+        },
+    )
+
+
+def _build_image(
+    context: dg.AssetExecutionContext,
+    config: ImageConfig,
+    group: str,
+    topology: Topology,
+    packer: PackerResource,
+    openstack: OpenStackResource,
+    podman: PodmanResource,
+) -> dg.Output[dict]:
+    """The `images/<group>` asset: on the lab, or on each OpenStack cloud that needs it."""
+    clouds = _clouds_of_group(topology, group)
+    tree = _salt_tree(packer)
+    states = states_sha256(tree)
+    commit = context.run.tags.get("coop/git_sha") or _head()
+    force = config.force or context.run.tags.get(FORCE_TAG) == "true"
+    if LAB_CLOUD in clouds:
+        # one kind of site per topology (sites.site_for): a lab topology has no other cloud
+        return _lab_image(context, group, topology, packer, podman, commit, force)
+    return _cloud_images(
+        context,
+        config,
+        group,
+        clouds,
+        packer=packer,
+        openstack=openstack,
+        tree=tree,
+        states=states,
+        commit=commit,
+        force=force,
+    )
+
+
 def _image_asset(group: str, description: str, lab: bool = False) -> dg.AssetsDefinition:
     @dg.asset(
         key=image_key(group),
@@ -229,115 +469,7 @@ def _image_asset(group: str, description: str, lab: bool = False) -> dg.AssetsDe
         openstack: OpenStackResource,
         podman: PodmanResource,
     ) -> dg.Output[dict]:
-        try:
-            clouds = groups_in_use(topology).get(group, [])
-        except ImageGroupError as err:
-            raise dg.Failure(description=str(err), allow_retries=False) from None
-        tree = packer.states_dir()
-        if not tree.is_dir():
-            raise dg.Failure(
-                description=f"the salt state tree {tree} does not exist: images bake the role"
-                " states from it (salt/, with top.sls by role)",
-                allow_retries=False,
-            )
-        states = states_sha256(tree)
-        commit = context.run.tags.get("coop/git_sha") or _head()
-        force = config.force or context.run.tags.get(FORCE_TAG) == "true"
-        if LAB_CLOUD in clouds:
-            # one kind of site per topology (sites.site_for): a lab topology has no other cloud
-            return _lab_image(context, group, topology, packer, podman, commit, force)
-        built: dict[str, dict] = {}
-        rows = ["| cloud | image | id | what | pruned | kept in use |", "|---|---|---|---|---|---|"]
-        prunes = {}
-        for cloud in clouds:
-            var_file = packer.folder() / "clouds" / f"{cloud}.pkrvars.hcl"
-            if not var_file.is_file():
-                raise dg.Failure(
-                    description=f"{var_file} is missing: it says how to build on cloud"
-                    f" {cloud!r} (source image, flavor, network). Copy"
-                    " packer/clouds/catalyst.pkrvars.hcl and adapt it.",
-                    allow_retries=False,
-                )
-            template = template_sha256(packer.folder(), var_file)
-            name = f"coop-{group}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
-            env = openstack.tool_env(cloud=cloud)
-            try:
-                current = openstack.latest_images(cloud=cloud, groups=[group]).get(group)
-                if (
-                    current is not None
-                    and not force
-                    and current.properties.get("coop_states_sha256") == states
-                    and current.properties.get("coop_template_sha256") == template
-                ):
-                    context.log.info(
-                        f"{group} on {cloud}: {current.name} already has these states and this"
-                        " template: nothing to build"
-                    )
-                    built[cloud] = {"id": current.id, "name": current.name, "built": False}
-                    rows.append(f"| {cloud} | {current.name} | `{current.id}` | up to date | | |")
-                    continue
-                build = packer.build(
-                    template=TEMPLATE,
-                    variables={
-                        "group": group,
-                        "image_name": name,
-                        "cloud": cloud,
-                        "salt_tree": str(tree),
-                        "git_commit": commit,
-                        "states_sha256": states,
-                        "template_sha256": template,
-                    },
-                    var_files=[var_file],
-                    env=env,
-                    redact=redacted_env(env),
-                    skip=[LAB_SOURCE],
-                    log=context.log.info,
-                )
-                artifact = build.artifacts[-1]
-                # Packer says it made an image: the cloud must have it, active.
-                image = openstack.find_image(cloud=cloud, name_or_id=artifact.artifact_id)
-                image = image or openstack.find_image(cloud=cloud, name_or_id=artifact.image_name)
-                if image is None or image.status != "active":
-                    raise dg.Failure(
-                        description=f"Packer reported image {artifact.image_name}"
-                        f" ({artifact.artifact_id}) but cloud {cloud!r} has"
-                        f" {'no such image' if image is None else 'it ' + image.status}",
-                        allow_retries=False,
-                    )
-                pruned = openstack.prune_images(
-                    cloud=cloud, group=group, keep=config.keep, dry_run=config.prune_dry_run
-                )
-            except (PackerError, OpenStackError) as err:
-                raise dg.Failure(description=str(err), allow_retries=False) from None
-            built[cloud] = {"id": image.id, "name": image.name, "built": True}
-            prunes[cloud] = pruned
-            rows.append(
-                f"| {cloud} | {image.name} | `{image.id}` | built | {len(pruned.deleted)} |"
-                f" {len(pruned.in_use)} |"
-            )
-            context.log.info(
-                f"{group} on {cloud}: built {image.name} ({image.id}); "
-                f"{'would delete' if pruned.dry_run else 'deleted'}"
-                f" {len(pruned.deleted)}, kept {len(pruned.kept)} newest"
-                f" and {len(pruned.in_use)} in use"
-            )
-        if not clouds:
-            context.log.info(f"no host on an OpenStack location boots the {group} image")
-        return dg.Output(
-            built,
-            metadata={
-                "images": dg.MetadataValue.md("\n".join(rows)),
-                "built": dg.MetadataValue.json(built),
-                "roles": ", ".join(image_groups()[group].roles),
-                "states_sha256": states,
-                "git_commit": commit,
-                "keep": config.keep,
-                **{
-                    f"pruning_{cloud}": dg.MetadataValue.md(p.markdown())
-                    for cloud, p in prunes.items()
-                },
-            },
-        )
+        return _build_image(context, config, group, topology, packer, openstack, podman)
 
     return image
 

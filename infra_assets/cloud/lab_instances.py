@@ -240,8 +240,8 @@ def _start_git_daemon(site: LabSite, number: int) -> dict | None:
     return daemon.status() if daemon else None
 
 
-def _location_definitions(topo: Topology, location: str) -> dg.Definitions:
-    number = topo.locations[location].number
+def _location_image_groups(topo: Topology, location: str) -> set[str]:
+    """The role groups of the location's hosts (a host of no group is left out)."""
     groups = set()
     for host, spec in topo.hosts.items():
         if spec.location == location:
@@ -249,6 +249,131 @@ def _location_definitions(topo: Topology, location: str) -> dg.Definitions:
                 groups.add(group_of_host(topo, host, spec, CATALOGUE_FILE))
             except ImageGroupError:
                 pass
+    return groups
+
+
+def _up_network(
+    context: dg.AssetExecutionContext,
+    lab: LabResource,
+    topo: Topology,
+    location: str,
+    number: int,
+) -> dg.MaterializeResult:
+    """`network/<location>`: the lab's network, its egress proxy, ACME server and git daemon."""
+    site = _lab_site(topo)
+    egress = site.egress(number)
+    try:
+        report = lab.up_network(number, log=context.log.info)
+        egress.allow(site.egress_allow(number))
+        egress.start()
+        acme = _start_acme(site, number)
+        git = _start_git_daemon(site, number)
+    except (LabError, LabEgressError, LabAcmeError, LabGitError) as err:
+        raise dg.Failure(description=str(err), allow_retries=False) from None
+    made = report.get("made") or []
+    context.log.info(f"lab network {location}: {', '.join(made) or 'unchanged'}")
+    status = egress.status()
+    context.log.info(f"egress proxy {status['url']}: {status['allow'] or 'nobody allowed'}")
+    context.log.info(
+        f"ACME server {acme['directory']}" if acme else "no ACME server: no web host here"
+    )
+    context.log.info(
+        f"git daemon {git['url']}: {', '.join(git['repos'])}" if git else "no git daemon"
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "number": number,
+            "network": dg.MetadataValue.json(report),
+            "egress": dg.MetadataValue.json(status),
+            "acme": dg.MetadataValue.json(acme or {}),
+            "git_daemon": dg.MetadataValue.json(git or {}),
+        }
+    )
+
+
+def _plan_instances(
+    context: dg.AssetExecutionContext,
+    config: LabPlanConfig,
+    topology: Topology,
+    lab: LabResource,
+    terraform: TerraformResource,
+    location: str,
+    number: int,
+    image_keys: dict[str, dg.AssetKey],
+) -> dg.MaterializeResult:
+    """`plan/instances/<location>`: the lab's plan for the location's containers, saved."""
+    site = _lab_site(topology)
+    try:
+        secrets = load_secrets(site.secrets_file(), topology)
+        images = {g: lab.image_id(LAB_IMAGE.format(group=g)) for g in image_keys}
+        missing = [g for g, i in images.items() if not i]
+        if missing:
+            raise LabError(
+                f"no lab image for {', '.join(missing)}: materialise"
+                f" {', '.join('images/' + g for g in missing)} first"
+            )
+        specs = host_specs(
+            site,
+            location,
+            images=images,
+            keys=KeyStore(site.keys_dir()),
+            terraform=terraform,
+            secrets=secrets,
+        )
+        plan = lab.plan(specs, number, replace=config.replace, log=context.log.info)
+    except (LabError, SiteError, SecretsError, TerraformError, FileNotFoundError) as err:
+        raise dg.Failure(description=str(err), allow_retries=False) from None
+    plan_file = lab.save_plan(plan, site.root / "plans" / f"{location}.json")
+    context.log.info(plan.summary())
+    return dg.MaterializeResult(
+        metadata={
+            "summary": plan.summary(),
+            "changes": plan.has_changes,
+            "plan": dg.MetadataValue.md(plan_table(plan)),
+            "plan_file": dg.MetadataValue.path(str(plan_file)),
+        }
+    )
+
+
+def _apply_instances(
+    context: dg.AssetExecutionContext,
+    config: LabApplyConfig,
+    topology: Topology,
+    lab: LabResource,
+    *,
+    location: str,
+    number: int,
+) -> dg.MaterializeResult:
+    """`instances/<location>`: the saved plan applied (the destroy gate first), booted."""
+    site = _lab_site(topology)
+    try:
+        plan = lab.load_plan(site.root / "plans" / f"{location}.json")
+        blocked = [i.host for i in [*plan.delete, *plan.replace]]
+        blocked = [h for h in blocked if h not in config.allow_destroy]
+        if blocked:
+            raise LabError(
+                f"the plan deletes or rebuilds {', '.join(blocked)}: name them in"
+                " allow_destroy to let this apply do it (their disks are lost)"
+            )
+        applied = lab.apply(plan, boot_timeout_s=config.boot_timeout_s, log=context.log.info)
+        hosts = lab.wait_booted(number, timeout_s=config.boot_timeout_s)
+    except LabError as err:
+        raise dg.Failure(description=str(err), allow_retries=False) from None
+    rows = ["| host | address | image | running | systemd |", "|---|---|---|---|---|"]
+    for h in hosts:
+        rows.append(f"| {h.host} | {h.address} | {h.image_id[:19]} | {h.running} | {h.systemd} |")
+    return dg.MaterializeResult(
+        metadata={
+            "applied": dg.MetadataValue.json(applied.as_dict()),
+            "hosts": dg.MetadataValue.md("\n".join(rows)),
+            "containers": len(hosts),
+        }
+    )
+
+
+def _location_definitions(topo: Topology, location: str) -> dg.Definitions:
+    number = topo.locations[location].number
+    groups = _location_image_groups(topo, location)
     image_keys = {g: dg.AssetKey(["images", g]) for g in sorted(groups)}
 
     @dg.asset(
@@ -266,35 +391,7 @@ def _location_definitions(topo: Topology, location: str) -> dg.Definitions:
         " read-only git daemon (the apps' repos that are paths here, this repository).",
     )
     def network_asset(context: dg.AssetExecutionContext, lab: LabResource):
-        site = _lab_site(topo)
-        egress = site.egress(number)
-        try:
-            report = lab.up_network(number, log=context.log.info)
-            egress.allow(site.egress_allow(number))
-            egress.start()
-            acme = _start_acme(site, number)
-            git = _start_git_daemon(site, number)
-        except (LabError, LabEgressError, LabAcmeError, LabGitError) as err:
-            raise dg.Failure(description=str(err), allow_retries=False) from None
-        made = report.get("made") or []
-        context.log.info(f"lab network {location}: {', '.join(made) or 'unchanged'}")
-        status = egress.status()
-        context.log.info(f"egress proxy {status['url']}: {status['allow'] or 'nobody allowed'}")
-        context.log.info(
-            f"ACME server {acme['directory']}" if acme else "no ACME server: no web host here"
-        )
-        context.log.info(
-            f"git daemon {git['url']}: {', '.join(git['repos'])}" if git else "no git daemon"
-        )
-        return dg.MaterializeResult(
-            metadata={
-                "number": number,
-                "network": dg.MetadataValue.json(report),
-                "egress": dg.MetadataValue.json(status),
-                "acme": dg.MetadataValue.json(acme or {}),
-                "git_daemon": dg.MetadataValue.json(git or {}),
-            }
-        )
+        return _up_network(context, lab, topo, location, number)
 
     @dg.asset(
         key=plan_key(location),
@@ -311,36 +408,8 @@ def _location_definitions(topo: Topology, location: str) -> dg.Definitions:
         lab: LabResource,
         terraform: TerraformResource,
     ):
-        site = _lab_site(topology)
-        try:
-            secrets = load_secrets(site.secrets_file(), topology)
-            images = {g: lab.image_id(LAB_IMAGE.format(group=g)) for g in image_keys}
-            missing = [g for g, i in images.items() if not i]
-            if missing:
-                raise LabError(
-                    f"no lab image for {', '.join(missing)}: materialise"
-                    f" {', '.join('images/' + g for g in missing)} first"
-                )
-            specs = host_specs(
-                site,
-                location,
-                images=images,
-                keys=KeyStore(site.keys_dir()),
-                terraform=terraform,
-                secrets=secrets,
-            )
-            plan = lab.plan(specs, number, replace=config.replace, log=context.log.info)
-        except (LabError, SiteError, SecretsError, TerraformError, FileNotFoundError) as err:
-            raise dg.Failure(description=str(err), allow_retries=False) from None
-        plan_file = lab.save_plan(plan, site.root / "plans" / f"{location}.json")
-        context.log.info(plan.summary())
-        return dg.MaterializeResult(
-            metadata={
-                "summary": plan.summary(),
-                "changes": plan.has_changes,
-                "plan": dg.MetadataValue.md(plan_table(plan)),
-                "plan_file": dg.MetadataValue.path(str(plan_file)),
-            }
+        return _plan_instances(
+            context, config, topology, lab, terraform, location, number, image_keys
         )
 
     @dg.asset(
@@ -357,32 +426,7 @@ def _location_definitions(topo: Topology, location: str) -> dg.Definitions:
         topology: Topology,
         lab: LabResource,
     ):
-        site = _lab_site(topology)
-        try:
-            plan = lab.load_plan(site.root / "plans" / f"{location}.json")
-            blocked = [i.host for i in [*plan.delete, *plan.replace]]
-            blocked = [h for h in blocked if h not in config.allow_destroy]
-            if blocked:
-                raise LabError(
-                    f"the plan deletes or rebuilds {', '.join(blocked)}: name them in"
-                    " allow_destroy to let this apply do it (their disks are lost)"
-                )
-            applied = lab.apply(plan, boot_timeout_s=config.boot_timeout_s, log=context.log.info)
-            hosts = lab.wait_booted(number, timeout_s=config.boot_timeout_s)
-        except LabError as err:
-            raise dg.Failure(description=str(err), allow_retries=False) from None
-        rows = ["| host | address | image | running | systemd |", "|---|---|---|---|---|"]
-        for h in hosts:
-            rows.append(
-                f"| {h.host} | {h.address} | {h.image_id[:19]} | {h.running} | {h.systemd} |"
-            )
-        return dg.MaterializeResult(
-            metadata={
-                "applied": dg.MetadataValue.json(applied.as_dict()),
-                "hosts": dg.MetadataValue.md("\n".join(rows)),
-                "containers": len(hosts),
-            }
-        )
+        return _apply_instances(context, config, topology, lab, location=location, number=number)
 
     return dg.Definitions(assets=[network_asset, plan_asset, instances_asset])
 

@@ -129,17 +129,48 @@ def stack_definitions(
     after_apply: AfterApplyFn | None = None,
 ) -> dg.Definitions:
     """The plan and apply assets of `stack` at `location`, with the gate and drift checks."""
-    pkey, akey = plan_key(stack, location), apply_key(stack, location)
-    pool = pool_of(location)
     tags = {"coop/location": location, "coop/stack": stack}
     # Both stacks' OpenStack provider needs the cloud's credentials (`openstack.tool_env`).
     resource_keys = {"terraform", "openstack"}
+    plan_asset = _plan_asset(
+        stack,
+        location,
+        variables=variables,
+        deps=deps,
+        description=description,
+        tags=tags,
+        resource_keys=resource_keys,
+    )
+    apply_asset = _apply_asset(
+        stack,
+        location,
+        description=description,
+        after_apply=after_apply,
+        tags=tags,
+        resource_keys=resource_keys,
+    )
+    return dg.Definitions(
+        assets=[plan_asset, apply_asset], asset_checks=_plan_checks(plan_key(stack, location))
+    )
+
+
+def _plan_asset(
+    stack: str,
+    location: str,
+    *,
+    variables: VariablesFn,
+    deps: list[dg.AssetKey],
+    description: str,
+    tags: dict[str, str],
+    resource_keys: set[str],
+) -> dg.AssetsDefinition:
+    """`plan/<stack>/<location>`: the Terraform plan, saved for the apply of the same run."""
 
     @dg.asset(
-        key=pkey,
+        key=plan_key(stack, location),
         group_name=stack,
         kinds={"terraform", "openstack"},
-        pool=pool,
+        pool=pool_of(location),
         deps=[dg.AssetKey("ip_plan"), *deps],
         ins={"topology": dg.AssetIn(dg.AssetKey("topology"))},
         required_resource_keys=resource_keys | {"infra_repo", "topology_file"},
@@ -150,63 +181,94 @@ def stack_definitions(
         description=f"The Terraform plan of {stack} at {location}: {description}",
     )
     def plan_asset(context: dg.AssetExecutionContext, config: PlanConfig, topology: Topology):
-        terraform: TerraformResource = context.resources.terraform
-        # Runs launched by hand before the sensor or a schedule ever ran: from now on, at least,
-        # the location's pool has its limit.
-        from infra_assets.cloud.jobs import ensure_location_pools
-
-        ensure_location_pools(context.instance, [location])
-        settings = terraform.location_file(location)
-        if not settings.is_file():
-            raise dg.Failure(
-                description=f"{settings} is missing: it holds {location}'s settings that the"
-                " topology does not (bastion_cidr, external_network). Copy"
-                " terraform/locations/nz-por-1.tfvars and set them for this location.",
-                allow_retries=False,
-            )
-        sha = context.run.tags.get(GIT_SHA_TAG)
-        if sha:
-            problem = checkout_problem(
-                context.resources.infra_repo,
-                sha,
-                [terraform.config_root(), context.resources.topology_file.file()],
-            )
-            if problem:
-                raise dg.Failure(description=problem, allow_retries=False)
-        try:
-            values = variables(context, topology)
-            plan = terraform.plan(
-                stack=stack,
-                location=location,
-                variables=values,
-                var_files=[settings],
-                log=context.log.info,
-                env=tool_env(context, topology, location),
-            )
-        except NotReady as why:
-            context.log.warning(f"{pkey.to_user_string()} skipped: {why}")
-            context.log_event(
-                dg.AssetObservation(
-                    asset_key=pkey, metadata={"skipped": str(why), "planned": False}
-                )
-            )
-            return
-        except (TerraformError, ValueError) as err:
-            raise dg.Failure(description=str(err), allow_retries=False) from None
-        summary = plan.summary()
-        yield dg.Output(
-            StackPlan(plan, context.run_id, tuple(config.allow_destroy)),
-            metadata={
-                "plan": dg.MetadataValue.md(plan.markdown()),
-                **{k: dg.MetadataValue.int(v) for k, v in summary.items()},
-                "has_changes": plan.has_changes,
-                "drift": len(plan.drift),
-                "allow_destroy": dg.MetadataValue.json(list(config.allow_destroy)),
-                "terraform_version": plan.terraform_version,
-                "plan_file": dg.MetadataValue.path(plan.path),
-                "git_sha": context.run.tags.get(GIT_SHA_TAG, "(not from a commit sensor)"),
-            },
+        yield from _plan(
+            context, config, topology, stack=stack, location=location, variables=variables
         )
+
+    return plan_asset
+
+
+def _location_settings(terraform: TerraformResource, location: str) -> Path:
+    """terraform/locations/<location>.tfvars: a Failure when it is missing."""
+    settings = terraform.location_file(location)
+    if not settings.is_file():
+        raise dg.Failure(
+            description=f"{settings} is missing: it holds {location}'s settings that the"
+            " topology does not (bastion_cidr, external_network). Copy"
+            " terraform/locations/nz-por-1.tfvars and set them for this location.",
+            allow_retries=False,
+        )
+    return settings
+
+
+def _check_checkout(context: dg.AssetExecutionContext, terraform: TerraformResource) -> None:
+    """A run tagged with a commit plans only if this checkout is that commit, clean."""
+    sha = context.run.tags.get(GIT_SHA_TAG)
+    if sha:
+        problem = checkout_problem(
+            context.resources.infra_repo,
+            sha,
+            [terraform.config_root(), context.resources.topology_file.file()],
+        )
+        if problem:
+            raise dg.Failure(description=problem, allow_retries=False)
+
+
+def _plan(
+    context: dg.AssetExecutionContext,
+    config: PlanConfig,
+    topology: Topology,
+    *,
+    stack: str,
+    location: str,
+    variables: VariablesFn,
+):
+    """The plan asset's body: the plan as a StackPlan, or nothing when the stack is NotReady."""
+    pkey = plan_key(stack, location)
+    terraform: TerraformResource = context.resources.terraform
+    # Runs launched by hand before the sensor or a schedule ever ran: from now on, at least,
+    # the location's pool has its limit.
+    from infra_assets.cloud.jobs import ensure_location_pools
+
+    ensure_location_pools(context.instance, [location])
+    settings = _location_settings(terraform, location)
+    _check_checkout(context, terraform)
+    try:
+        values = variables(context, topology)
+        plan = terraform.plan(
+            stack=stack,
+            location=location,
+            variables=values,
+            var_files=[settings],
+            log=context.log.info,
+            env=tool_env(context, topology, location),
+        )
+    except NotReady as why:
+        context.log.warning(f"{pkey.to_user_string()} skipped: {why}")
+        context.log_event(
+            dg.AssetObservation(asset_key=pkey, metadata={"skipped": str(why), "planned": False})
+        )
+        return
+    except (TerraformError, ValueError) as err:
+        raise dg.Failure(description=str(err), allow_retries=False) from None
+    summary = plan.summary()
+    yield dg.Output(
+        StackPlan(plan, context.run_id, tuple(config.allow_destroy)),
+        metadata={
+            "plan": dg.MetadataValue.md(plan.markdown()),
+            **{k: dg.MetadataValue.int(v) for k, v in summary.items()},
+            "has_changes": plan.has_changes,
+            "drift": len(plan.drift),
+            "allow_destroy": dg.MetadataValue.json(list(config.allow_destroy)),
+            "terraform_version": plan.terraform_version,
+            "plan_file": dg.MetadataValue.path(plan.path),
+            "git_sha": context.run.tags.get(GIT_SHA_TAG, "(not from a commit sensor)"),
+        },
+    )
+
+
+def _plan_checks(pkey: dg.AssetKey) -> list[dg.AssetChecksDefinition]:
+    """The plan's checks: the destroy gate (blocking) and drift."""
 
     @dg.asset_check(
         asset=pkey,
@@ -230,11 +292,26 @@ def stack_definitions(
     def no_drift(plan: StackPlan) -> dg.AssetCheckResult:
         return drift_result(plan.plan)
 
+    return [safe_to_apply, no_drift]
+
+
+def _apply_asset(
+    stack: str,
+    location: str,
+    *,
+    description: str,
+    after_apply: AfterApplyFn | None,
+    tags: dict[str, str],
+    resource_keys: set[str],
+) -> dg.AssetsDefinition:
+    """`<stack>/<location>`: Terraform applies the plan made in the same run."""
+    pkey = plan_key(stack, location)
+
     @dg.asset(
-        key=akey,
+        key=apply_key(stack, location),
         group_name=stack,
         kinds={"terraform", "openstack"},
-        pool=pool,
+        pool=pool_of(location),
         ins={"stack_plan": dg.AssetIn(pkey), "topology": dg.AssetIn(dg.AssetKey("topology"))},
         required_resource_keys=resource_keys,
         tags=tags,
@@ -244,60 +321,83 @@ def stack_definitions(
     def apply_asset(
         context: dg.AssetExecutionContext, stack_plan: StackPlan, topology: Topology
     ) -> dg.Output[dict[str, Any]]:
-        plan = stack_plan.plan
-        if stack_plan.run_id != context.run_id:
-            raise dg.Failure(
-                description=f"{akey.to_user_string()} applies only a plan made in the same run;"
-                f" this one is from run {stack_plan.run_id}. Materialise"
-                f" {pkey.to_user_string()} with it.",
-                allow_retries=False,
-            )
-        try:
-            return _apply(context, stack_plan, topology)
-        finally:
-            # once this run is done with it, applied or not (refused, nothing to do, failed)
-            context.resources.terraform.discard(plan)
-
-    def _apply(
-        context: dg.AssetExecutionContext, stack_plan: StackPlan, topology: Topology
-    ) -> dg.Output[dict[str, Any]]:
-        terraform: TerraformResource = context.resources.terraform
-        plan = stack_plan.plan
-        blocked = stack_plan.blocked(terraform.protected)
-        if blocked:  # the gate's own test, so that leaving the check out cannot bypass it
-            raise dg.Failure(description=_blocked_text(blocked), allow_retries=False)
-        env = tool_env(context, topology, location)
-        try:
-            if plan.has_changes:
-                result = terraform.apply(plan=plan, log=context.log.info, env=env)
-                outputs = result.outputs
-                applied = {
-                    "applied": True,
-                    "added": result.added,
-                    "changed": result.changed,
-                    "destroyed": result.destroyed,
-                    "apply_seconds": round(result.duration_s, 1),
-                }
-            else:
-                context.log.info(f"{stack}/{location}: the plan has no changes; nothing applied")
-                outputs = terraform.output(stack=stack, location=location, env=env)
-                applied = {"applied": False, "why": "the plan has no changes"}
-        except TerraformError as err:
-            raise dg.Failure(description=str(err), allow_retries=False) from None
-        public = public_outputs(outputs)
-        if after_apply is not None:
-            after_apply(context, topology, public)
-        return dg.Output(
-            public,
-            metadata={
-                **applied,
-                "plan": dg.MetadataValue.md(plan.markdown()),
-                "outputs": dg.MetadataValue.md(_outputs_table(public)),
-                "outputs_json": dg.MetadataValue.json(public),
-            },
+        return _apply_in_run(
+            context, stack_plan, topology, stack=stack, location=location, after_apply=after_apply
         )
 
-    return dg.Definitions(assets=[plan_asset, apply_asset], asset_checks=[safe_to_apply, no_drift])
+    return apply_asset
+
+
+def _apply_in_run(
+    context: dg.AssetExecutionContext,
+    stack_plan: StackPlan,
+    topology: Topology,
+    *,
+    stack: str,
+    location: str,
+    after_apply: AfterApplyFn | None,
+) -> dg.Output[dict[str, Any]]:
+    """The apply asset's body: only a plan of this run is applied, and then discarded."""
+    pkey, akey = plan_key(stack, location), apply_key(stack, location)
+    plan = stack_plan.plan
+    if stack_plan.run_id != context.run_id:
+        raise dg.Failure(
+            description=f"{akey.to_user_string()} applies only a plan made in the same run;"
+            f" this one is from run {stack_plan.run_id}. Materialise"
+            f" {pkey.to_user_string()} with it.",
+            allow_retries=False,
+        )
+    try:
+        return _apply(context, stack_plan, topology, stack, location, after_apply)
+    finally:
+        # once this run is done with it, applied or not (refused, nothing to do, failed)
+        context.resources.terraform.discard(plan)
+
+
+def _apply(
+    context: dg.AssetExecutionContext,
+    stack_plan: StackPlan,
+    topology: Topology,
+    stack: str,
+    location: str,
+    after_apply: AfterApplyFn | None,
+) -> dg.Output[dict[str, Any]]:
+    """Terraform applies the plan (unless the destroy gate blocks it); the public outputs."""
+    terraform: TerraformResource = context.resources.terraform
+    plan = stack_plan.plan
+    blocked = stack_plan.blocked(terraform.protected)
+    if blocked:  # the gate's own test, so that leaving the check out cannot bypass it
+        raise dg.Failure(description=_blocked_text(blocked), allow_retries=False)
+    env = tool_env(context, topology, location)
+    try:
+        if plan.has_changes:
+            result = terraform.apply(plan=plan, log=context.log.info, env=env)
+            outputs = result.outputs
+            applied = {
+                "applied": True,
+                "added": result.added,
+                "changed": result.changed,
+                "destroyed": result.destroyed,
+                "apply_seconds": round(result.duration_s, 1),
+            }
+        else:
+            context.log.info(f"{stack}/{location}: the plan has no changes; nothing applied")
+            outputs = terraform.output(stack=stack, location=location, env=env)
+            applied = {"applied": False, "why": "the plan has no changes"}
+    except TerraformError as err:
+        raise dg.Failure(description=str(err), allow_retries=False) from None
+    public = public_outputs(outputs)
+    if after_apply is not None:
+        after_apply(context, topology, public)
+    return dg.Output(
+        public,
+        metadata={
+            **applied,
+            "plan": dg.MetadataValue.md(plan.markdown()),
+            "outputs": dg.MetadataValue.md(_outputs_table(public)),
+            "outputs_json": dg.MetadataValue.json(public),
+        },
+    )
 
 
 def gate_result(stack_plan: StackPlan, protected: list[str]) -> dg.AssetCheckResult:

@@ -182,45 +182,14 @@ def _role(name: str, spec: Any, groups: set[str], problems: list[str]) -> Role |
         problems.append(
             f"{where}.image: {image!r} is not an image group ({', '.join(sorted(groups))})"
         )
-    service = spec.get("service")
-    service_name, port = None, None
-    if service is not None:
-        if not isinstance(service, dict) or not isinstance(service.get("name"), str):
-            problems.append(f"{where}.service: must be {{name: ..., port: ...}}")
-        else:
-            service_name, port = service["name"], service.get("port")
-            if not isinstance(port, int) or not 0 < port < 65536:
-                problems.append(f"{where}.service.port: must be a port number (1-65535)")
-    ports = spec.get("ports") or {}
-    if not isinstance(ports, dict) or not all(
-        isinstance(p, int) and 0 < p < 65536 for p in ports.values()
-    ):
-        problems.append(f"{where}.ports: must map names to port numbers (1-65535)")
-        ports = {}
-    pillar = spec.get("pillar") or []
-    if not isinstance(pillar, list) or not all(isinstance(b, str) for b in pillar):
-        problems.append(f"{where}.pillar: must be a list of pillar block names")
-        pillar = []
-    uplinks = spec.get("uplinks") or []
-    if not isinstance(uplinks, list) or not all(
-        isinstance(u, str) and u.rpartition(":")[2].isdigit() for u in uplinks
-    ):
-        problems.append(f"{where}.uplinks: must be a list of host:port")
-        uplinks = []
-    after = spec.get("after") or []
-    if not isinstance(after, list) or not all(isinstance(r, str) for r in after):
-        problems.append(f"{where}.after: must be a list of roles")
-        after = []
-    reach = spec.get("containers_reach") or []
-    if not isinstance(reach, list) or not all(isinstance(r, str) for r in reach):
-        problems.append(f"{where}.containers_reach: must be a list of roles")
-        reach = []
-    privileged = spec.get("privileged", False)
-    if not isinstance(privileged, bool):
-        problems.append(f"{where}.privileged: must be true or false")
-    internet = spec.get("containers_internet", True)
-    if not isinstance(internet, bool):
-        problems.append(f"{where}.containers_internet: must be true or false")
+    service_name, port = _role_service(where, spec.get("service"), problems)
+    ports = _role_ports(where, spec, problems)
+    pillar = _role_names(where, spec, "pillar", "pillar block names", problems)
+    uplinks = _role_uplinks(where, spec, problems)
+    after = _role_names(where, spec, "after", "roles", problems)
+    reach = _role_names(where, spec, "containers_reach", "roles", problems)
+    privileged = _role_flag(where, spec, "privileged", False, problems)
+    internet = _role_flag(where, spec, "containers_internet", True, problems)
     only_from = _only_from(where, spec.get("only_from") or {}, service_name, ports, problems)
     health = _health(where, spec.get("health") or {}, service_name, ports, problems)
     return Role(
@@ -239,6 +208,58 @@ def _role(name: str, spec: Any, groups: set[str], problems: list[str]) -> Role |
         health=health,
         after=tuple(after),
     )
+
+
+def _role_service(where: str, service: Any, problems: list[str]) -> tuple[str | None, Any]:
+    """`service`: {name, port}; (None, None) when the role runs none."""
+    service_name, port = None, None
+    if service is not None:
+        if not isinstance(service, dict) or not isinstance(service.get("name"), str):
+            problems.append(f"{where}.service: must be {{name: ..., port: ...}}")
+        else:
+            service_name, port = service["name"], service.get("port")
+            if not isinstance(port, int) or not 0 < port < 65536:
+                problems.append(f"{where}.service.port: must be a port number (1-65535)")
+    return service_name, port
+
+
+def _role_ports(where: str, spec: dict, problems: list[str]) -> dict:
+    """`ports`: name -> port number ({} when wrong)."""
+    ports = spec.get("ports") or {}
+    if not isinstance(ports, dict) or not all(
+        isinstance(p, int) and 0 < p < 65536 for p in ports.values()
+    ):
+        problems.append(f"{where}.ports: must map names to port numbers (1-65535)")
+        ports = {}
+    return ports
+
+
+def _role_names(where: str, spec: dict, key: str, what: str, problems: list[str]) -> list:
+    """A list of names under `key` ([] when missing or wrong)."""
+    names = spec.get(key) or []
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        problems.append(f"{where}.{key}: must be a list of {what}")
+        names = []
+    return names
+
+
+def _role_uplinks(where: str, spec: dict, problems: list[str]) -> list:
+    """`uplinks`: a list of host:port ([] when wrong)."""
+    uplinks = spec.get("uplinks") or []
+    if not isinstance(uplinks, list) or not all(
+        isinstance(u, str) and u.rpartition(":")[2].isdigit() for u in uplinks
+    ):
+        problems.append(f"{where}.uplinks: must be a list of host:port")
+        uplinks = []
+    return uplinks
+
+
+def _role_flag(where: str, spec: dict, key: str, default: bool, problems: list[str]) -> Any:
+    """A true-or-false key, as given (a problem when it is not a boolean)."""
+    value = spec.get(key, default)
+    if not isinstance(value, bool):
+        problems.append(f"{where}.{key}: must be true or false")
+    return value
 
 
 HEALTH_KEYS = frozenset({"unit", "probe", "port", "path", "expect"})

@@ -360,7 +360,21 @@ def _cross_check(report: _Report, data: dict, entries: dict[str, dict[str, Any]]
     valid or not, against every name given (valid or not), so one mistake is reported once."""
     locations: dict[str, Location] = entries["locations"]
     types: dict[str, int] = entries["types"]
+    _check_unique_numbers(report, locations, types)
+    location_names = _names(data.get("locations"))
+    type_names = _names(data.get("types"))
+    raw_hosts = data.get("hosts") if isinstance(data.get("hosts"), dict) else {}
+    for name, host in raw_hosts.items():
+        _check_host(report, name, host, location_names, type_names)
+    _check_salt_master(report, raw_hosts, type_names)
+    _check_location_clouds(report, locations)
+    _check_apps(report, entries["apps"])
 
+
+def _check_unique_numbers(
+    report: _Report, locations: dict[str, Location], types: dict[str, int]
+) -> None:
+    """Each location and each type has a number of its own."""
     by_number: dict[int, str] = {}
     for name, location in locations.items():
         if location.number in by_number:
@@ -382,49 +396,57 @@ def _cross_check(report: _Report, data: dict, entries: dict[str, dict[str, Any]]
         else:
             by_type[number] = name
 
-    location_names = _names(data.get("locations"))
-    type_names = _names(data.get("types"))
+
+def _check_host(
+    report: _Report, name: str, host: Any, location_names: set[str], type_names: set[str]
+) -> None:
+    """A host's name, location and roles against the names the file gives."""
     known_roles = type_names | UNTYPED_ROLES
-    raw_hosts = data.get("hosts") if isinstance(data.get("hosts"), dict) else {}
-    masters = []
-    for name, host in raw_hosts.items():
-        if name in type_names:
+    if name in type_names:
+        report.add(
+            ("hosts", name),
+            f"a host named like the role {name!r}: <{name}>.<location>.<domain> is the DNS"
+            f" name of all the role's hosts (round robin), so the host would lose its own;"
+            f" rename the host (e.g. {name}-1)",
+        )
+    if not isinstance(host, dict):
+        return
+    location = host.get("location")
+    if isinstance(location, str) and location and location not in location_names:
+        report.add(
+            ("hosts", name, "location"),
+            f"unknown location {location!r}{_did_you_mean(location, location_names)};"
+            f" known: {', '.join(sorted(location_names)) or 'none'}",
+        )
+    roles = host.get("roles")
+    if not isinstance(roles, list) or not type_names:
+        return
+    for i, role in enumerate(roles):
+        if isinstance(role, str) and role not in known_roles:
             report.add(
-                ("hosts", name),
-                f"a host named like the role {name!r}: <{name}>.<location>.<domain> is the DNS"
-                f" name of all the role's hosts (round robin), so the host would lose its own;"
-                f" rename the host (e.g. {name}-1)",
+                ("hosts", name, "roles", i),
+                f"unknown role {role!r}{_did_you_mean(role, known_roles)}: a role is a key"
+                " of 'types' (it then takes an address) or one of "
+                + ", ".join(sorted(UNTYPED_ROLES)),
             )
-        if not isinstance(host, dict):
-            continue
-        location = host.get("location")
-        if isinstance(location, str) and location and location not in location_names:
+    if roles and not any(r in type_names for r in roles if isinstance(r, str)):
+        if all(isinstance(r, str) and r in known_roles for r in roles):
             report.add(
-                ("hosts", name, "location"),
-                f"unknown location {location!r}{_did_you_mean(location, location_names)};"
-                f" known: {', '.join(sorted(location_names)) or 'none'}",
+                ("hosts", name, "roles"),
+                "no role with an address type: give the host at least one role listed"
+                " under 'types'",
             )
-        roles = host.get("roles")
-        if isinstance(roles, list) and "salt-master" in roles:
-            masters.append(name)
-        if not isinstance(roles, list) or not type_names:
-            continue
-        for i, role in enumerate(roles):
-            if isinstance(role, str) and role not in known_roles:
-                report.add(
-                    ("hosts", name, "roles", i),
-                    f"unknown role {role!r}{_did_you_mean(role, known_roles)}: a role is a key"
-                    " of 'types' (it then takes an address) or one of "
-                    + ", ".join(sorted(UNTYPED_ROLES)),
-                )
-        if roles and not any(r in type_names for r in roles if isinstance(r, str)):
-            if all(isinstance(r, str) and r in known_roles for r in roles):
-                report.add(
-                    ("hosts", name, "roles"),
-                    "no role with an address type: give the host at least one role listed"
-                    " under 'types'",
-                )
-    # DESIGN.md: every host is a salt minion whose id is its name, of the one master.
+
+
+def _check_salt_master(report: _Report, raw_hosts: dict, type_names: set[str]) -> None:
+    """DESIGN.md: every host is a salt minion whose id is its name, of the one master."""
+    masters = [
+        name
+        for name, host in raw_hosts.items()
+        if isinstance(host, dict)
+        and isinstance(host.get("roles"), list)
+        and "salt-master" in host["roles"]
+    ]
     if raw_hosts and not masters:
         hint = "" if "salt-master" in type_names else " (and the type salt-master under 'types')"
         report.add(
@@ -438,6 +460,9 @@ def _cross_check(report: _Report, data: dict, entries: dict[str, dict[str, Any]]
             f"a second salt master: {masters[0]!r} already has the role salt-master",
         )
 
+
+def _check_location_clouds(report: _Report, locations: dict[str, Location]) -> None:
+    """No `cloud: local` any more, and no lab location beside a cloud's."""
     for name, location in locations.items():
         if location.cloud == "local":
             report.add(
@@ -460,12 +485,15 @@ def _cross_check(report: _Report, data: dict, entries: dict[str, dict[str, Any]]
                 " (topology.lab.yaml)",
             )
 
-    for name, app in entries["apps"].items():
+
+def _check_apps(report: _Report, apps: dict[str, App]) -> None:
+    """Each app's repo looks like a git URL or path, and no two apps share a port."""
+    for name, app in apps.items():
         if "{" in app.repo or app.repo.strip() != app.repo:
             report.add(("apps", name, "repo"), f"{app.repo!r} is not a git URL or path")
     # Each app's releases listen on its port and the next (blue and green) on every web host.
     taken: dict[int, str] = {}
-    for name, app in entries["apps"].items():
+    for name, app in apps.items():
         if app.port is None:  # a worker: no port
             continue
         for port in (app.port, app.port + 1):
