@@ -29,6 +29,8 @@ from infra_assets.cloud.groups import (
     image_groups,
 )
 from infra_assets.topology.model import Topology
+from infra_assets.topology.roles import RoleCatalogueError, role_catalogue
+from resources.cli_runner import run_cli
 from resources.lab_images import ensure_lab_base_image, ensure_wheelhouse
 from resources.openstack import (
     Image,
@@ -109,11 +111,8 @@ def group_salt_files(tree: Path, roles: list[str]) -> list[Path]:
     rebuilds), and but the role catalogue (roles.yaml), of which an image bakes only its roles'
     states (hashed on their own: `group_role_states`), not ports, pillar blocks or other roles.
     The cloud is coarser: any change to roles.yaml rebuilds every cloud image in use."""
-    from infra_assets.configuration.highstate import role_states
-    from infra_assets.topology.roles import RoleCatalogueError
-
     try:
-        states = role_states(tree / "roles.yaml")
+        states = role_catalogue(tree / "roles.yaml").states()
     except RoleCatalogueError:  # missing or broken: every file counts
         states = {}
     if not states:
@@ -135,11 +134,8 @@ def group_role_states(tree: Path, roles: list[str]) -> dict[str, list[str]]:
     """The part of the role catalogue an image of `roles` bakes: each role's states ({} when the
     catalogue is missing or broken: then `group_salt_files` counts the whole tree, itself
     included)."""
-    from infra_assets.configuration.highstate import role_states
-    from infra_assets.topology.roles import RoleCatalogueError
-
     try:
-        states = role_states(tree / "roles.yaml")
+        states = role_catalogue(tree / "roles.yaml").states()
     except RoleCatalogueError:
         return {}
     return {role: states.get(role, []) for role in roles}
@@ -475,8 +471,6 @@ def _image_asset(group: str, description: str, lab: bool = False) -> dg.AssetsDe
 
 
 def _head() -> str:
-    from resources.cli_runner import run_cli
-
     result = run_cli(
         ["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], log=lambda _l: None, check=False
     )

@@ -14,7 +14,7 @@ stopped: turn them on in the UI (Automation) where the cloud credentials are set
 import dagster as dg
 
 from infra_assets.cloud.images import FORCE_TAG
-from infra_assets.cloud.stacks import MODE_TAG, pool_of
+from infra_assets.cloud.stacks import MODE_TAG, ensure_location_pools
 from infra_assets.cloud.tfvars import cloud_locations
 from infra_assets.topology.model import Topology, TopologyError, read_topology
 from resources.topology import TopologyResource
@@ -46,24 +46,6 @@ images_job = dg.define_asset_job(
 )
 
 CLOUD_JOBS = [plan_job, apply_job, images_job]
-
-
-def ensure_location_pools(instance: dg.DagsterInstance, locations: list[str]) -> list[str]:
-    """Give each location's pool its limit before any run uses it. Dagster creates a pool's row
-    on first use, so a first burst of runs would otherwise not be limited. Returns the pools
-    this call created."""
-    storage = instance.event_log_storage
-    if not storage.supports_global_concurrency_limits:
-        return []
-    existing = storage.get_concurrency_keys()
-    limit = instance.global_op_concurrency_default_limit or 1
-    created = []
-    for location in locations:
-        pool = pool_of(location)
-        if pool not in existing:
-            storage.set_concurrency_slots(pool, limit)
-            created.append(pool)
-    return created
 
 
 def _locations(topology_file: TopologyResource) -> list[str]:

@@ -16,6 +16,7 @@ a commit (`coop/git_sha`, by the `infra_main` sensor) plans only if this checkou
 commit, with nothing uncommitted under terraform/ or in the topology.
 """
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,6 +88,24 @@ def checkout_problem(repo: InfraRepoResource, sha: str, paths: list[Path]) -> st
 
 def pool_of(location: str) -> str:
     return f"location/{location}"
+
+
+def ensure_location_pools(instance: dg.DagsterInstance, locations: list[str]) -> list[str]:
+    """Give each location's pool its limit before any run uses it. Dagster creates a pool's row
+    on first use, so a first burst of runs would otherwise not be limited. Returns the pools
+    this call created."""
+    storage = instance.event_log_storage
+    if not storage.supports_global_concurrency_limits:
+        return []
+    existing = storage.get_concurrency_keys()
+    limit = instance.global_op_concurrency_default_limit or 1
+    created = []
+    for location in locations:
+        pool = pool_of(location)
+        if pool not in existing:
+            storage.set_concurrency_slots(pool, limit)
+            created.append(pool)
+    return created
 
 
 def plan_key(stack: str, location: str) -> dg.AssetKey:
@@ -228,8 +247,6 @@ def _plan(
     terraform: TerraformResource = context.resources.terraform
     # Runs launched by hand before the sensor or a schedule ever ran: from now on, at least,
     # the location's pool has its limit.
-    from infra_assets.cloud.jobs import ensure_location_pools
-
     ensure_location_pools(context.instance, [location])
     settings = _location_settings(terraform, location)
     _check_checkout(context, terraform)
@@ -445,7 +462,5 @@ def _outputs_table(outputs: dict[str, Any]) -> str:
 
 
 def _short(value: Any, limit: int = 300) -> str:
-    import json
-
     text = json.dumps(value, sort_keys=True)
     return text if len(text) <= limit else text[: limit - 3] + "..."
