@@ -107,7 +107,7 @@ def run_cli(
     redact: Sequence[str] = (),
     timeout_s: float | None = None,
     check: bool = True,
-    stdin: str | None = None,
+    stdin: str | bytes | None = None,
     sigint_grace_s: float = 20.0,
 ) -> CliResult:
     """Run `args`, streaming each output line to `log`. Raises `CliError` on failure if `check`."""
@@ -122,7 +122,8 @@ def run_cli(
     timer = _stop_after(proc, timeout_s, timed_out)
     try:
         if stdin is not None and proc.stdin:
-            proc.stdin.write(stdin)
+            # bytes (an archive for `podman cp -`) go to the pipe as they are
+            (proc.stdin.buffer if isinstance(stdin, bytes) else proc.stdin).write(stdin)
             proc.stdin.close()
         lines, events = _read_lines(proc, hide, sink, json_lines=json_lines)
         returncode = proc.wait()
@@ -161,7 +162,7 @@ def _start(
     *,
     cwd: str | Path | None,
     env: Mapping[str, str],
-    stdin: str | None,
+    stdin: str | bytes | None,
 ) -> subprocess.Popen:
     """The tool started, its stderr folded into its stdout (CliError when it cannot start)."""
     try:

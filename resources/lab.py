@@ -42,7 +42,6 @@ import json
 import os
 import re
 import socket
-import subprocess
 import tarfile
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -1109,11 +1108,12 @@ class Lab:
                 info.linkname = own if own in spec.files else f"/lib/systemd/system/{unit}"
                 info.mode = 0o777
                 tar.addfile(info)
-        _run_bytes(
+        run_cli(
             self._podman_argv(number, ["cp", "-", f"{name}:/"]),
             env=self.podman_env,
             stdin=archive.getvalue(),
             timeout_s=self.timeout_s,
+            log=lambda line: None,
         )
 
     def _wait_running(self, number: int, hosts: Sequence[str], since: float) -> None:
@@ -1414,24 +1414,3 @@ def _pss(pid: int) -> int:
         if line.startswith("Pss:"):
             return int(line.split()[1]) * 1024
     return 0
-
-
-def _run_bytes(
-    argv: Sequence[str], *, env: Mapping[str, str], stdin: bytes, timeout_s: float
-) -> None:
-    """A command fed binary stdin (run_cli's stdin is text)."""
-    try:
-        proc = subprocess.run(
-            list(argv),
-            input=stdin,
-            env={**os.environ, **env},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            timeout=timeout_s,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        raise CliError(" ".join(argv), None, [], why=f"timed out after {timeout_s:g} s") from None
-    if proc.returncode != 0:
-        tail = proc.stdout.decode(errors="replace").splitlines()[-20:]
-        raise CliError(" ".join(argv), proc.returncode, tail)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import importlib
+import io
 import pkgutil
 import sys
+import tarfile
 import threading
 import time
 
@@ -172,3 +174,15 @@ def test_an_api_error_names_the_request_without_an_exit_code():
     assert err.value.command == "POST <the chat's webhook>" and "s3cret" not in err.value.command
     assert err.value.returncode is None and err.value.tail == []
     assert ChatError("no chat webhook is configured").command == ""
+
+
+def test_binary_stdin_reaches_the_tool_as_it_is(tmp_path):
+    """What the lab writes into a container (`podman cp -`): a tar archive, byte for byte."""
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w") as tar:
+        info = tarfile.TarInfo("etc/coop/first-boot")
+        data = bytes(range(256))
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    run_cli(["tar", "-x", "-C", str(tmp_path)], stdin=archive.getvalue(), log=lambda line: None)
+    assert (tmp_path / "etc" / "coop" / "first-boot").read_bytes() == bytes(range(256))
