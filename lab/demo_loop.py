@@ -34,6 +34,7 @@ from lab.reach import ReachError, Site
 from lab.site import lab_secrets, step_error_text
 from resources.cli_runner import CliResult, run_cli
 from resources.dagster_api import DagsterApi, DagsterApiError, RunRef
+from resources.git import run_git
 from resources.git_url import redact_repo, resolve_repo
 from resources.paths import REPO_ROOT, dagster_home
 
@@ -435,7 +436,7 @@ def push_change(repo: AppRepo, n: int, say: Say) -> tuple[str, float]:
 
 
 def _run_git(*args: str, cwd: Path | None = None) -> CliResult:
-    out = run_cli(["git", *args], cwd=cwd, env=GIT_ENV, timeout_s=120, check=False, log=_quiet)
+    out = run_git(cwd, *args, env=GIT_ENV, timeout_s=120, check=False)
     if out.returncode != 0:
         raise LoopError(f"git {' '.join(args)}: {out.output.strip()}")
     return out

@@ -23,7 +23,7 @@ import requests
 from infra_assets.topology.sites import LabSite
 from lab.dagster_daemon import DagsterDaemon
 from lab.processes import Supervisor, free_port
-from resources.cli_runner import run_cli
+from resources.git import run_git
 from resources.paths import REPO_ROOT
 
 BIN = Path(sys.executable).parent
@@ -129,11 +129,7 @@ def install_hook(bare: Path, *, url: str, secret: bytes, secret_file: Path) -> N
     shutil.copyfile(HOOK, hook)
     hook.chmod(0o755)
     for key, value in (("coop.webhookUrl", url), ("coop.webhookSecretFile", str(secret_file))):
-        run_cli(["git", "config", "--file", bare / "config", key, value], log=_quiet)
-
-
-def _quiet(line: str) -> None:
-    """What a command says goes to its result (and its error), not to the log."""
+        run_git(None, "config", "--file", str(bare / "config"), key, value)
 
 
 def _answers(url: str) -> bool:

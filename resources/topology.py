@@ -14,7 +14,8 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
-from resources.cli_runner import CliError, run_cli
+from resources.cli_runner import CliError
+from resources.git import run_git
 from resources.paths import default_topology
 
 
@@ -68,8 +69,7 @@ class TopologyResource(dg.ConfigurableResource):
 def _git_state(file: Path) -> tuple[str | None, bool]:
     def git(*args: str) -> str | None:
         try:
-            command = ["git", "-C", str(file.parent), *args]
-            return run_cli(command, timeout_s=30, log=lambda line: None).output
+            return run_git(file.parent, *args, env=None, timeout_s=30).output
         except CliError:
             return None
 

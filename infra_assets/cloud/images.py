@@ -30,7 +30,7 @@ from infra_assets.cloud.groups import (
 )
 from infra_assets.topology.model import Topology
 from infra_assets.topology.roles import RoleCatalogueError, role_catalogue
-from resources.cli_runner import run_cli
+from resources.git import run_git
 from resources.lab_images import ensure_lab_base_image, ensure_wheelhouse
 from resources.openstack import (
     Image,
@@ -471,9 +471,7 @@ def _image_asset(group: str, description: str, lab: bool = False) -> dg.AssetsDe
 
 
 def _head() -> str:
-    result = run_cli(
-        ["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], log=lambda _l: None, check=False
-    )
+    result = run_git(REPO_ROOT, "rev-parse", "HEAD", env=None, check=False)
     return result.output.strip() if result.returncode == 0 else ""
 
 

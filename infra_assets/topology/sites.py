@@ -36,7 +36,8 @@ import yaml
 from infra_assets.topology.model import Topology, address_plan
 from infra_assets.topology.roles import role_catalogue
 from infra_assets.topology.secrets import SecretsError, chat_webhook_url
-from resources.cli_runner import CliError, run_cli
+from resources.cli_runner import CliError
+from resources.git import run_git
 from resources.git_url import resolve_repo
 from resources.lab import LabNetwork
 from resources.lab_acme import LabAcme
@@ -489,9 +490,7 @@ def _git(*args: str) -> str | None:
     """What git prints about this checkout (stdout, one line), or None (not a repo, no such
     thing, no git)."""
     try:
-        out = run_cli(
-            ["git", "-C", str(REPO_ROOT), *args], log=lambda _line: None, check=False, timeout_s=10
-        )
+        out = run_git(REPO_ROOT, *args, env=None, check=False, timeout_s=10)
     except (CliError, OSError):
         return None
     return (out.output.strip() or None) if out.returncode == 0 else None
