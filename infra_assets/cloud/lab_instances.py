@@ -40,7 +40,7 @@ from resources.lab import HostSpec, LabError, LabNetwork, LabPlan, LabResource
 from resources.lab_acme import LabAcmeError
 from resources.lab_egress import LabEgressError
 from resources.lab_git import LabGitError
-from resources.paths import REPO_ROOT, default_topology
+from resources.paths import REPO_ROOT
 from resources.terraform import TerraformError, TerraformResource
 
 GUEST = REPO_ROOT / "lab" / "guest"
@@ -236,7 +236,7 @@ def _start_acme(site: LabSite, number: int) -> dict[str, Any] | None:
 def _start_git_daemon(site: LabSite, number: int) -> dict | None:
     """The read-only git daemon on the link, when the lab clones from this machine: the apps'
     repos that are paths here, and this repository for the dagster role's checkout."""
-    daemon = site.serve_git(number, default_topology().absolute().parent)
+    daemon = site.serve_git(number, site.topo.source()[0].parent)
     return daemon.status() if daemon else None
 
 

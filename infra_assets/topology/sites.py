@@ -44,7 +44,7 @@ from resources.lab_acme import LabAcme
 from resources.lab_egress import LabEgressProxy
 from resources.lab_git import LabGitDaemon
 from resources.lab_link import WEBHOOKS_PORT
-from resources.paths import REPO_ROOT, default_topology, state_dir
+from resources.paths import REPO_ROOT, state_dir
 from resources.salt import DEFAULT_MASTER_CONFIG
 
 # Where a site's registry sends its notifications (the webhook endpoint); the lab's endpoint
@@ -166,11 +166,11 @@ class Site(ABC):
         the host must write there or ""): the same file as this Dagster's. A file of this
         repository is read from the host's checkout; another (a lab's at another number, the
         tests') travels in the pillar to /etc/dagster/topology.yaml."""
-        path = default_topology().resolve()
+        path, text = self.topo.source()
         try:
-            return f"{DAGSTER_CHECKOUT}/{path.relative_to(REPO_ROOT.resolve())}", ""
+            return f"{DAGSTER_CHECKOUT}/{path.resolve().relative_to(REPO_ROOT.resolve())}", ""
         except ValueError:
-            return "/etc/dagster/topology.yaml", path.read_text(encoding="utf-8")
+            return "/etc/dagster/topology.yaml", text
 
     def infra_repo(self, host: str) -> tuple[str, str]:
         """Where the dagster role's `host` clones this repository from, and the revision it
@@ -394,8 +394,9 @@ class LabSite(CloudSite):
         """The lab's Dagster runs on this topology as the pillar writes it: the apps' repos
         that are paths on this machine named as the lab's hosts clone them, from the git daemon
         on the link (`git://169.254.N.1/<app>.git`)."""
-        path = default_topology().resolve()
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        path, text = self.topo.source()
+        path = path.resolve()
+        data = yaml.safe_load(text)
         hosts = sorted(self.topo.hosts_with_role("dagster"))
         number = self.number_of(hosts[0]) if hosts else self.numbers()[0]
         exports = self.git_exports(path.parent)

@@ -76,7 +76,9 @@ def _checked(path: Path, read: Callable[[], str]) -> Topology:
     except (OSError, UnicodeDecodeError) as exc:
         problem = Problem(None, "", f"cannot read the file: {exc}")
         raise TopologyError(str(path), [problem]) from None
-    return parse_topology(text, file=str(path))
+    topology = parse_topology(text, file=str(path))
+    topology._source_file, topology._source_text = path.absolute(), text
+    return topology
 
 
 def parse_topology(text: str, *, file: str = "topology.yaml") -> Topology:

@@ -7,6 +7,7 @@ numbers and addresses) is checked in `load.py`, so that every problem is reporte
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -15,11 +16,13 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     field_validator,
     model_validator,
 )
 
 from resources.git_url import redact_repo, repo_password
+from resources.paths import default_topology
 
 # A DNS label: host, location, type, app and role names all end up in DNS names, salt minion ids
 # and container names. \A and \Z, not ^ and $: `$` also matches before a final newline, and a
@@ -345,6 +348,20 @@ class Topology(_Strict):
         default=None,
         description="This repository's git URL, where the dagster role's host checks it out.",
     )
+
+    # The file it was read from and its text as read (load.py sets them): what a site hands on
+    # (the Dagster host's copy of the file, the lab's git exports) without reading it again.
+    _source_file: Path | None = PrivateAttr(default=None)
+    _source_text: str | None = PrivateAttr(default=None)
+
+    def source(self) -> tuple[Path, str]:
+        """(the file, its text) this topology was read from. One built another way (a test's,
+        parsed from a commit) has none: then the file Dagster works on ($INFRA_TOPOLOGY, else
+        topology.yaml), read now."""
+        if self._source_file is not None and self._source_text is not None:
+            return self._source_file, self._source_text
+        path = default_topology()
+        return path, path.read_text(encoding="utf-8")
 
     def roles(self) -> set[str]:
         """Every role a host may have: the typed roles and the untyped ones."""
