@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
-from keystoneauth1 import exceptions as ks_errors
 from pydantic import Field, PrivateAttr
 
 from resources.cli_runner import ToolError
@@ -133,9 +132,10 @@ class OpenStackResource(dg.ConfigurableResource):
         return self.password or os.environ.get(self.password_env) or None
 
     def _call(self, cloud: str, what: str, fn):
-        from openstack import (
-            exceptions as sdk_errors,  # openstacksdk: 1.1 s (tests/test_imports.py)
-        )
+        # Here, not at the top (tests/test_imports.py): openstacksdk costs 1.1 s, and keystoneauth1
+        # reads /proc/version when imported, which the code location's import must not.
+        from keystoneauth1 import exceptions as ks_errors
+        from openstack import exceptions as sdk_errors
 
         try:
             return fn(self.connect(cloud=cloud))
