@@ -13,6 +13,7 @@ A bad topology prints every problem (file:line: key.path: what is wrong) and exi
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -26,6 +27,8 @@ from infra_assets.topology.model import (
     load_topology,
 )
 from lab.cli import lab, topology_option
+from lab.dagster_daemon import running_daemons
+from resources.paths import REPO_ROOT, dagster_home, default_topology
 from webhooks.cli import webhooks
 
 EXIT_BAD_INPUT = 2
@@ -113,11 +116,6 @@ def dev(port: int) -> None:
     """The Dagster UI on 127.0.0.1 (`make dev`): `dagster dev`, or only `dagster-webserver` when
     a Dagster daemon already runs on this instance (started by `make demo`):
     one instance never gets two daemons."""
-    import os
-
-    from lab.dagster_daemon import running_daemons
-    from resources.paths import REPO_ROOT, dagster_home
-
     home = dagster_home()
     bin_dir = Path(sys.executable).parent
     workspace = str(REPO_ROOT / "workspace.yaml")
@@ -146,9 +144,7 @@ def dev(port: int) -> None:
 def _lab_dagster_ui() -> str | None:
     """The UI of the lab's own Dagster when the topology ($INFRA_TOPOLOGY) is a lab's with a
     host of the role dagster; else None."""
-    from infra_assets.topology.model import TopologyError, load_topology
-    from infra_assets.topology.sites import LabSite, SiteError, site_for
-    from resources.paths import default_topology
+    from infra_assets.topology.sites import LabSite, SiteError, site_for  # 1.35 s
 
     try:
         site = site_for(load_topology(default_topology()))

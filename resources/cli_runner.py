@@ -10,6 +10,7 @@ keeping the failed command's facts and raised `from` the CliError.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -122,9 +123,7 @@ def run_cli(
     timer = _stop_after(proc, timeout_s, timed_out)
     try:
         if stdin is not None and proc.stdin:
-            # bytes (an archive for `podman cp -`) go to the pipe as they are
-            (proc.stdin.buffer if isinstance(stdin, bytes) else proc.stdin).write(stdin)
-            proc.stdin.close()
+            _feed(proc, stdin)
         lines, events = _read_lines(proc, hide, sink, json_lines=json_lines)
         returncode = proc.wait()
     except BaseException:
@@ -154,6 +153,17 @@ def _redactor(redact: Sequence[str]) -> Callable[[str], str]:
         return text
 
     return hide
+
+
+def _feed(proc: subprocess.Popen, stdin: str | bytes) -> None:
+    """Write `stdin` to the tool (bytes, an archive for `podman cp -`, as they are). A tool that
+    exits without reading it all is judged by its exit status, as subprocess.run judges it."""
+    try:
+        (proc.stdin.buffer if isinstance(stdin, bytes) else proc.stdin).write(stdin)
+        proc.stdin.close()
+    except BrokenPipeError:
+        with contextlib.suppress(OSError):
+            proc.stdin.close()
 
 
 def _start(

@@ -246,9 +246,9 @@ def _build_wheelhouse(
         )
     except CliError as err:
         shutil.rmtree(new, ignore_errors=True)
-        raise PodmanError(
-            f"building the salt wheelhouse from {requirements} failed: {err}"
-        ) from None
+        raise PodmanError.from_cli(
+            f"building the salt wheelhouse from {requirements} failed: {err}", err
+        ) from err
     (new / ".requirements.sha256").write_text(wanted + "\n")
     old = lab / "wheelhouse.old"
     shutil.rmtree(old, ignore_errors=True)

@@ -319,8 +319,9 @@ class SaltResource(dg.ConfigurableResource):
     master_config: str = Field(
         default="",
         description="The salt master's config FILE (the local-master transport). Empty, with no"
-        " api_url: $INFRA_SALT_MASTER_CONFIG, else the master of the site the topology names"
-        " (infra_assets/topology/sites.py).",
+        " api_url: $INFRA_SALT_MASTER_CONFIG, else /etc/salt/master (the support server's own;"
+        " a lab's master is reached through salt-api, which infra_assets/site_resources.py"
+        " sets).",
     )
     api_url: str = Field(
         default="",

@@ -44,8 +44,24 @@ def graph_of(topology_file: Path) -> dict[str, Any]:
     return {
         "assets": assets,
         "jobs": sorted(j.name for j in repo.get_all_jobs() if not j.name.startswith("__")),
-        "sensors": sorted(s.name for s in repo.sensor_defs),
-        "schedules": sorted(s.name for s in repo.schedule_defs),
+        # what each starts, how often, and whether it runs when a Dagster first loads it
+        "sensors": {
+            s.name: {
+                "jobs": sorted(t.job_name for t in s.targets) if s.has_jobs else [],
+                "interval_s": s.minimum_interval_seconds,
+                "default": s.default_status.value,
+            }
+            for s in repo.sensor_defs
+        },
+        "schedules": {
+            s.name: {
+                "job": s.job_name,
+                "cron": s.cron_schedule,
+                "timezone": s.execution_timezone,
+                "default": s.default_status.value,
+            }
+            for s in repo.schedule_defs
+        },
     }
 
 

@@ -3,7 +3,8 @@
     POST /push/<app>   a branch of the app's repository moved: start its run (webhooks/push.py)
     POST /registry     the registry's notifications: wake registry_image_sensor
                        (webhooks/registry.py); `Authorization: Bearer <token>`, the token
-                       derived from the same secret (infra_assets/secrets.registry_notify_token)
+                       derived from the same secret
+                       (infra_assets/topology/secrets.registry_notify_token)
     GET  /health       200 while it runs
 
 Every POST is signed: `X-Hub-Signature-256: sha256=<hex HMAC-SHA256 of the body>` with the

@@ -1,14 +1,15 @@
-"""The cloud part's jobs, schedules and sensor.
+"""The cloud part's jobs and schedules.
 
-Jobs (in JOBS, so they exist whatever the topology):
+Jobs (CLOUD_JOBS, so they exist whatever the topology):
 - `plan`: Terraform plans of every OpenStack location, no apply: pull requests, CI, the nightly
   drift check;
 - `apply`: plan, gate, apply: network then instances of every OpenStack location;
 - `images`: rebuild the role images.
 
 Schedules: `images_weekly` (Monday 03:00 NZ) and `drift_nightly` (02:30 NZ, the plan job, whose
-`no_drift` checks report drift). Sensor `infra_main` (sensors/infra_repo.py). All three start
-stopped: turn them on in the UI (Automation) where the cloud credentials are set.
+`no_drift` checks report drift); with the sensor `infra_main` (sensors/infra_repo.py, which
+starts these jobs for a new commit of the infra repo), they start stopped: turn them on in the UI
+(Automation) where the cloud credentials are set.
 """
 
 import dagster as dg

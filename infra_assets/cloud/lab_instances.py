@@ -236,7 +236,7 @@ def _start_acme(site: LabSite, number: int) -> dict[str, Any] | None:
 def _start_git_daemon(site: LabSite, number: int) -> dict | None:
     """The read-only git daemon on the link, when the lab clones from this machine: the apps'
     repos that are paths here, and this repository for the dagster role's checkout."""
-    daemon = site.serve_git(number, site.topo.source()[0].parent)
+    daemon = site.serve_git(number, site.topo.source_file().parent)
     return daemon.status() if daemon else None
 
 

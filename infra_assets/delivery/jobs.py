@@ -1,5 +1,6 @@
-"""The push path: `deliver_<app>`, one run that builds a commit and releases it on staging, and
-git_push_sensor, the fallback that starts it when no webhook did (sensors/git_push.py).
+"""The push path's jobs: `deliver_<app>`, one run that builds a commit and releases it on
+staging, started by the webhook endpoint or by git_push_sensor, the fallback when no webhook
+did (sensors/git_push.py; wired in sensors/definitions.py).
 
 A push reaches Dagster at once through the webhook endpoint (webhooks/: a git server's
 post-receive hook, or a forge's webhook), which reads the branch head itself and launches

@@ -186,3 +186,12 @@ def test_binary_stdin_reaches_the_tool_as_it_is(tmp_path):
         tar.addfile(info, io.BytesIO(data))
     run_cli(["tar", "-x", "-C", str(tmp_path)], stdin=archive.getvalue(), log=lambda line: None)
     assert (tmp_path / "etc" / "coop" / "first-boot").read_bytes() == bytes(range(256))
+
+
+def test_a_tool_that_reads_none_of_its_stdin_is_judged_by_its_exit():
+    """A tool that exits before reading what it was given: its status, not a broken pipe."""
+    big = b"x" * (8 << 20)  # more than a pipe holds
+    assert run_cli(["true"], stdin=big, log=lambda line: None).returncode == 0
+    with pytest.raises(CliError) as failed:
+        run_cli(["false"], stdin=big, log=lambda line: None)
+    assert failed.value.returncode == 1

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import pickle
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
@@ -605,3 +607,21 @@ def test_the_model_imports_and_works_without_dagster(repo_root):
         "master": "support-1",
         "support-1": [a.address for a in plan.for_host("support-1")],
     }
+
+
+def test_a_topology_keeps_the_file_and_text_it_was_read_from(tmp_path, monkeypatch):
+    """What a site hands on (the Dagster host's copy, the lab's git exports) is the text read,
+    not the file read again; a topology stored before it kept them falls back to the file
+    Dagster works on."""
+    source = Path(__file__).resolve().parents[2] / "topology.lab.yaml"
+    copy = tmp_path / "topology.yaml"
+    copy.write_text(source.read_text())
+    topo = load_topology(copy)
+    copy.write_text("# changed after the read\n")
+    assert topo.source() == (copy, source.read_text())
+    assert pickle.loads(pickle.dumps(topo)).source() == (copy, source.read_text())
+    old = pickle.loads(pickle.dumps(topo))
+    object.__setattr__(old, "__pydantic_private__", None)  # as pickled before the attributes
+    monkeypatch.setenv("INFRA_TOPOLOGY", str(source))
+    assert old.source_file() == source
+    assert old.source() == (source, source.read_text())

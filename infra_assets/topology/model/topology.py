@@ -354,14 +354,23 @@ class Topology(_Strict):
     _source_file: Path | None = PrivateAttr(default=None)
     _source_text: str | None = PrivateAttr(default=None)
 
+    def source_file(self) -> Path:
+        """The file this topology was read from. One built another way (a test's, parsed from a
+        commit, stored by an older version) has none: then the file Dagster works on
+        ($INFRA_TOPOLOGY, else topology.yaml)."""
+        return self._recorded("_source_file") or default_topology()
+
     def source(self) -> tuple[Path, str]:
-        """(the file, its text) this topology was read from. One built another way (a test's,
-        parsed from a commit) has none: then the file Dagster works on ($INFRA_TOPOLOGY, else
-        topology.yaml), read now."""
-        if self._source_file is not None and self._source_text is not None:
-            return self._source_file, self._source_text
+        """(the file, its text as read). Without a recorded text: `source_file()`, read now."""
+        file, text = self._recorded("_source_file"), self._recorded("_source_text")
+        if file is not None and text is not None:
+            return file, text
         path = default_topology()
         return path, path.read_text(encoding="utf-8")
+
+    def _recorded(self, name: str) -> Any:
+        # A topology pickled before these attributes existed has no private values at all.
+        return (self.__pydantic_private__ or {}).get(name)
 
     def roles(self) -> set[str]:
         """Every role a host may have: the typed roles and the untyped ones."""
