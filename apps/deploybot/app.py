@@ -135,6 +135,11 @@ class DagsterError(RuntimeError):
     pass
 
 
+class DagsterUnreachable(DagsterError):
+    """Dagster did not answer, or answered 5xx: a busy or restarting webserver, worth asking
+    again while a run is awaited."""
+
+
 def _tls() -> ssl.SSLContext:
     context = ssl.create_default_context()
     ca_file, ca_pem = _setting("DAGSTER_CA_FILE"), os.environ.get("DAGSTER_CA", "")
@@ -164,9 +169,11 @@ def graphql(query: str, variables: dict) -> dict:
         answer = conn.getresponse()
         text = answer.read().decode(errors="replace")
     except (OSError, http.client.HTTPException) as err:
-        raise DagsterError(f"Dagster cannot be reached: {err}") from None
+        raise DagsterUnreachable(f"Dagster cannot be reached: {err}") from None
     finally:
         conn.close()
+    if answer.status >= 500:
+        raise DagsterUnreachable(f"Dagster answered HTTP {answer.status}")
     if answer.status != 200:
         raise DagsterError(f"Dagster answered HTTP {answer.status}")
     data = json.loads(text)
@@ -222,12 +229,19 @@ def launch(sub: str, app: str, environment: str, asked_by: str) -> str:
 def wait_run(run_id: str, timeout_s: float) -> tuple[str, str]:
     """Until the run ends: (its status, what went wrong when it failed)."""
     deadline = time.monotonic() + timeout_s
-    status = "UNKNOWN"
+    status, unreachable = "UNKNOWN", None
     while time.monotonic() < deadline:
-        status = (graphql(RUN, {"id": run_id}).get("runOrError") or {}).get("status") or status
+        try:
+            found = graphql(RUN, {"id": run_id}).get("runOrError") or {}
+        except DagsterUnreachable as err:  # asked again until the deadline
+            unreachable = err
+        else:
+            status, unreachable = found.get("status") or status, None
         if status in ("SUCCESS", "FAILURE", "CANCELED"):
             break
         time.sleep(2)
+    if unreachable is not None and status == "UNKNOWN":
+        raise unreachable
     if status != "FAILURE":
         return status, ""
     events = (graphql(FAILURE, {"id": run_id}).get("logsForRun") or {}).get("events") or []

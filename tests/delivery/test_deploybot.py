@@ -15,10 +15,13 @@ HTTP receiver of the test's). The success of a promotion needs a site: the lab's
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import subprocess
+import threading
 import time
 import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
@@ -231,3 +234,38 @@ def test_a_promote_answers_at_once_and_posts_the_run_s_failure_later(
     assert status.json()["text"] == (
         "hello: staging runs nothing released; production runs nothing released"
     )
+
+
+def test_a_run_is_awaited_through_a_busy_dagster(monkeypatch):
+    """While the bot awaits a run, Dagster may not answer (a restarting webserver, a busy host):
+    it asks again until the run's deadline, and reports the outcome; a Dagster that never
+    answers is reported, not a run's status made up."""
+    answers = [502, 503, 200]
+
+    class Dagster(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            status = answers.pop(0) if answers else 200
+            body = json.dumps({"data": {"runOrError": {"status": "SUCCESS"}}}).encode()
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Dagster)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("DAGSTER_URL", f"http://127.0.0.1:{server.server_port}")
+        bot = _bot_module()
+        monkeypatch.setattr(bot.time, "sleep", lambda s: None)
+        assert bot.wait_run("run-1", timeout_s=30) == ("SUCCESS", "")
+        assert answers == []
+        answers.extend([503] * 1000)
+        with pytest.raises(bot.DagsterUnreachable, match="HTTP 503"):
+            bot.wait_run("run-2", timeout_s=0.5)
+    finally:
+        server.shutdown()
+        server.server_close()
