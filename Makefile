@@ -1,6 +1,6 @@
 # coop-infra: the commands the README names. Each one does its own set-up first.
 #   make test    install what the tests need, then run the whole suite
-#   make test-fast  the tests that start no service and need no lab (a minute or two)
+#   make test-fast  lint, then the tests that start no service and need no lab (5-11 minutes)
 #   make demo    install what the lab needs, bring it up, then push to live on it twice
 #   make lab     install what the lab needs, then bring it up (infra lab up; infra lab down)
 #   make dev     the Dagster UI on http://127.0.0.1:$(DEV_PORT)
