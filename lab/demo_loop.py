@@ -32,7 +32,7 @@ from lab.demo_services import demo_services, install_hook
 from lab.lab_dagster import LabDagster, LabDagsterError
 from lab.reach import ReachError, Site
 from lab.site import lab_secrets, step_error_text
-from resources.cli_runner import CliResult, run_cli
+from resources.cli_runner import CliResult, discard, run_cli
 from resources.dagster_api import DagsterApi, DagsterApiError, RunRef
 from resources.git import run_git
 from resources.git_url import redact_repo, resolve_repo
@@ -163,7 +163,7 @@ def start_daemon_and_sensors(daemon, env: dict[str, str], say: Say) -> tuple[int
         cwd=home,
         timeout_s=180,
         check=False,
-        log=_quiet,
+        log=discard,
     )
     if out.returncode != 0:
         text = out.output.strip()
@@ -444,7 +444,3 @@ def _run_git(*args: str, cwd: Path | None = None) -> CliResult:
 
 def _git(*args: str, cwd: Path | None = None) -> str:
     return _run_git(*args, cwd=cwd).output.strip()
-
-
-def _quiet(line: str) -> None:
-    """What a command says goes to its result, not to the log."""

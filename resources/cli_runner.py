@@ -87,6 +87,10 @@ class CliResult:
         return self.lines[-TAIL_LINES:]
 
 
+def discard(_line: str) -> None:
+    """A log that keeps nothing: the command's output goes to its result (and its error) only."""
+
+
 def default_log() -> LogSink:
     """The Dagster log inside a run (get_dagster_logger), Python logging outside one."""
     try:

@@ -21,7 +21,7 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from resources.cli_runner import CliError, CliResult, ToolError, run_cli
+from resources.cli_runner import CliError, CliResult, ToolError, discard, run_cli
 from resources.git_url import redact_repo, repo_secrets
 
 # \Z, not $: `$` also matches before a final newline.
@@ -62,10 +62,6 @@ class Head:
 class Checkout:
     path: Path
     sha: str
-
-
-def _quiet(_line: str) -> None:
-    """ls-remote prints one line per branch; a sensor polling 200 repos logs only its summary."""
 
 
 class GitResource(dg.ConfigurableResource):
@@ -209,7 +205,7 @@ def run_git(
     return run_cli(
         ["git", *(["-C", str(where)] if where is not None else []), *args],
         env=env,
-        log=log or _quiet,
+        log=log or discard,
         redact=redact,
         timeout_s=timeout_s,
         check=check,

@@ -54,7 +54,15 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
-from resources.cli_runner import CliError, CliResult, LogSink, ToolError, default_log, run_cli
+from resources.cli_runner import (
+    CliError,
+    CliResult,
+    LogSink,
+    ToolError,
+    default_log,
+    discard,
+    run_cli,
+)
 from resources.lab_acme import ACME_PORT
 from resources.lab_egress import EGRESS_PORT
 from resources.lab_git import GIT_PORT
@@ -446,7 +454,7 @@ class Lab:
         return run_cli(["ip", *args], log=self.log, check=check, timeout_s=60)
 
     def _ip_json(self, *args: str) -> list[dict[str, Any]]:
-        result = run_cli(["ip", "-j", *args], log=_quiet, check=False, timeout_s=60)
+        result = run_cli(["ip", "-j", *args], log=discard, check=False, timeout_s=60)
         if result.returncode != 0 or not result.output.strip():
             return []
         return json.loads(result.output)
@@ -474,7 +482,7 @@ class Lab:
         return run_cli(
             self._podman_argv(number, args),
             env=self.podman_env,
-            log=_quiet if quiet else self.log,
+            log=discard if quiet else self.log,
             check=check,
             timeout_s=timeout_s or self.timeout_s,
         )
@@ -707,7 +715,7 @@ class Lab:
     def _iptables(self, net: LabNetwork, table: str, *args: str, check: bool = True) -> CliResult:
         """`iptables -t TABLE ARGS` inside the lab's namespace (never the machine's)."""
         argv = ["nsenter", f"--net={net.netns_path}", "iptables", "-w", "-t", table, *args]
-        return run_cli(argv, log=_quiet, check=check, timeout_s=60)
+        return run_cli(argv, log=discard, check=check, timeout_s=60)
 
     def down_network(self, number: int) -> list[str]:
         """Remove lab `number`'s containers, its podman network, the machine's route into it,
@@ -768,7 +776,7 @@ class Lab:
         number = lab_number_of(address)
         net = LabNetwork(number)
         result = run_cli(
-            ["ip", "-j", "route", "get", address], log=_quiet, check=False, timeout_s=30
+            ["ip", "-j", "route", "get", address], log=discard, check=False, timeout_s=30
         )
         routes = json.loads(result.output) if result.returncode == 0 and result.output else []
         route = routes[0] if routes else {}
@@ -1113,7 +1121,7 @@ class Lab:
             env=self.podman_env,
             stdin=archive.getvalue(),
             timeout_s=self.timeout_s,
-            log=lambda line: None,
+            log=discard,
         )
 
     def _wait_running(self, number: int, hosts: Sequence[str], since: float) -> None:
@@ -1328,10 +1336,6 @@ class LabResource(dg.ConfigurableResource):
 
 
 # --- helpers -------------------------------------------------------------------------------------
-
-
-def _quiet(_line: str) -> None:
-    pass
 
 
 def _guest_files_sha() -> str:

@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from resources.cli_runner import CliError, run_cli
+from resources.cli_runner import CliError, discard, run_cli
 from resources.podman import PodmanError, PodmanResource
 
 LogSink = Callable[[str], object]
@@ -162,7 +162,7 @@ def ensure_lab_base_image(
         image_id = _make_base(podman, lab_dir(state), recipe, wanted, log)
         if old and old != image_id:
             # The old base is untagged now; role images built on it keep it alive (rmi fails).
-            podman.run(["rmi", old], log=_quiet, check=False)
+            podman.run(["rmi", old], log=discard, check=False)
     return LabBase(recipe.ref, image_id, wanted, True, time.monotonic() - started)
 
 
@@ -270,10 +270,6 @@ def _locked(path: Path) -> Iterator[None]:
 
 def _wheels(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.glob("*.whl"))
-
-
-def _quiet(_line: str) -> None:
-    pass
 
 
 __all__ = [

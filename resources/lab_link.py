@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from resources.cli_runner import CliError, ToolError, run_cli
+from resources.cli_runner import CliError, ToolError, discard, run_cli
 
 # The webhook endpoint's port on the machine's side of a lab's link (webhooks/, started by
 # `make demo`): the lab's registry posts its notifications there.
@@ -34,9 +34,7 @@ def route_problem(url: str, device: str) -> str | None:
     else what is wrong, for the caller's error."""
     host = urlsplit(url).hostname or ""
     try:
-        out = run_cli(
-            ["ip", "-j", "route", "get", host], log=lambda _line: None, check=False, timeout_s=10
-        )
+        out = run_cli(["ip", "-j", "route", "get", host], log=discard, check=False, timeout_s=10)
         routes = json.loads(out.output or "[]") if out.returncode == 0 else []
     except (CliError, ValueError):  # no `ip`, or no answer in time; not JSON
         routes = []

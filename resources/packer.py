@@ -29,7 +29,7 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
-from resources.cli_runner import CliError, LogSink, ToolError, default_log, run_cli
+from resources.cli_runner import CliError, LogSink, ToolError, default_log, discard, run_cli
 from resources.paths import REPO_ROOT, state_dir
 from resources.podman import PodmanResource
 
@@ -401,7 +401,7 @@ class PackerResource(dg.ConfigurableResource):
             )
         if old and old != image_id:
             # the previous image, untagged now; a container still running it keeps it (rmi fails)
-            podman.run(["rmi", old], log=lambda _line: None, check=False)
+            podman.run(["rmi", old], log=discard, check=False)
         return LabImage(group, tag, image_id, inputs, True, time.monotonic() - started, list(roles))
 
     def _lab_inputs(

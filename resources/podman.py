@@ -31,7 +31,7 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from resources.cli_runner import CliError, ToolError, run_cli
+from resources.cli_runner import CliError, ToolError, discard, run_cli
 from resources.paths import state_dir
 from resources.registry import Endpoint
 
@@ -191,7 +191,7 @@ class PodmanResource(dg.ConfigurableResource):
         `<root>/storage/overlay` stays a mount point, and the folder cannot be removed). The next
         podman command that ends well unmounts it; run a cheap one."""
         try:
-            run_cli(["podman", "images", "-q"], env=env, log=_quiet, check=False, timeout_s=60)
+            run_cli(["podman", "images", "-q"], env=env, log=discard, check=False, timeout_s=60)
         except CliError:
             pass
 
@@ -203,17 +203,19 @@ class PodmanResource(dg.ConfigurableResource):
         return shutil.which("podman") is not None
 
     def image_id(self, ref: str) -> str | None:
-        result = self.run(["image", "inspect", "--format", "{{.Id}}", ref], log=_quiet, check=False)
+        result = self.run(
+            ["image", "inspect", "--format", "{{.Id}}", ref], log=discard, check=False
+        )
         if result.returncode != 0:
             return None
         return result.lines[-1].strip() if result.lines else None
 
     def labels(self, ref: str) -> dict[str, str]:
-        result = self.run(["image", "inspect", "--format", "{{json .Labels}}", ref], log=_quiet)
+        result = self.run(["image", "inspect", "--format", "{{json .Labels}}", ref], log=discard)
         return json.loads(result.lines[-1]) or {}
 
     def remove_image(self, ref: str) -> None:
-        self.run(["rmi", "--force", "--ignore", ref], log=_quiet, check=False)
+        self.run(["rmi", "--force", "--ignore", ref], log=discard, check=False)
 
     def ensure_base_image(self, *, log: LogSink | None = None) -> BaseImage:
         """The base image, made once (debootstrap + podman import, about 30-40 s), then found."""
@@ -388,7 +390,7 @@ class PodmanResource(dg.ConfigurableResource):
         """A `LABEL` change per probe: its command's output in the new system."""
         changes = []
         for label, command in label_probes.items():  # a label from what was installed
-            probed = run_cli(["chroot", str(rootfs), "/bin/sh", "-c", command], log=_quiet)
+            probed = run_cli(["chroot", str(rootfs), "/bin/sh", "-c", command], log=discard)
             changes.append(f"LABEL {label}={probed.output.strip()}")
         return changes
 
@@ -514,10 +516,6 @@ def _temp_path(folder: Path) -> Iterator[Path]:
         Path(name).unlink(missing_ok=True)
 
 
-def _quiet(_line: str) -> None:
-    pass
-
-
 def _containers_conf(root: Path) -> str:
     return f"""\
 # Written by coop-infra (resources/podman.py): podman for this project only.
@@ -558,4 +556,4 @@ def _unmount_under(folder: Path) -> None:
         points = [line.split()[1].replace("\\040", " ") for line in mounts]
     points = [point for point in points if point.startswith(prefix)]
     for point in sorted(points, reverse=True):
-        run_cli(["umount", "--lazy", point], log=lambda _line: None, check=False)
+        run_cli(["umount", "--lazy", point], log=discard, check=False)

@@ -39,7 +39,7 @@ import dagster as dg
 from pydantic import Field
 from python_terraform import IsFlagged, Terraform
 
-from resources.cli_runner import CliError, LogSink, ToolError, default_log, run_cli
+from resources.cli_runner import CliError, LogSink, ToolError, default_log, discard, run_cli
 from resources.paths import REPO_ROOT, state_dir
 
 # What a plan may not destroy or replace without the run's leave (the destroy gate): servers, the
@@ -449,7 +449,7 @@ class TerraformResource(dg.ConfigurableResource):
                     cwd=folder,
                     env=env,
                     inherit_env=False,
-                    log=lambda _line: None,
+                    log=discard,
                     stdin=expression,
                     redact=self._secrets(env),
                     timeout_s=60,
@@ -562,7 +562,7 @@ class TerraformResource(dg.ConfigurableResource):
         argv = self._tf(stack).generate_cmd_string(
             "show", str(plan_file), json=IsFlagged, no_color=IsFlagged
         )
-        result = self._run(stack, location, argv, log=lambda _line: None, env=env)
+        result = self._run(stack, location, argv, log=discard, env=env)
         data = _json_output(result.output, f"{stack}/{location}: `terraform show -json`")
         lineage, serial = _plan_prior_state(plan_file)
         return TerraformPlan(
@@ -579,9 +579,9 @@ class TerraformResource(dg.ConfigurableResource):
     def state_version(self, *, stack: str, location: str, env: ToolEnv = None) -> StateVersion:
         """The lineage and serial of the stored state (empty lineage: no state yet)."""
         if not (self.work_dir(stack, location) / ".terraform" / "terraform.tfstate").is_file():
-            self.init(stack=stack, location=location, log=lambda _line: None, env=env)
+            self.init(stack=stack, location=location, log=discard, env=env)
         argv = self._tf(stack).generate_cmd_string("state pull")
-        result = self._run(stack, location, argv, log=lambda _line: None, env=env)
+        result = self._run(stack, location, argv, log=discard, env=env)
         text = result.output.strip()
         if not text:
             return StateVersion("", 0)
@@ -647,10 +647,10 @@ class TerraformResource(dg.ConfigurableResource):
     def output(self, *, stack: str, location: str, env: ToolEnv = None) -> dict[str, Any]:
         """`terraform output -json`: name -> {value, sensitive, type}. Empty before any apply."""
         if not (self.work_dir(stack, location) / ".terraform" / "terraform.tfstate").is_file():
-            self.init(stack=stack, location=location, log=lambda _line: None, env=env)
+            self.init(stack=stack, location=location, log=discard, env=env)
 
         argv = self._tf(stack).generate_cmd_string("output", json=IsFlagged, no_color=IsFlagged)
-        result = self._run(stack, location, argv, log=lambda _line: None, env=env)
+        result = self._run(stack, location, argv, log=discard, env=env)
         text = result.output.strip()
         if not text:
             return {}
@@ -666,7 +666,7 @@ class TerraformResource(dg.ConfigurableResource):
         """Files under `path` that `terraform fmt` would rewrite (empty: all formatted)."""
         path = Path(path).absolute()
         argv = [self.binary_path(), "fmt", "-check", "-list=true", "-recursive", "."]
-        result = run_cli(argv, cwd=path, log=log or (lambda _line: None), check=False)
+        result = run_cli(argv, cwd=path, log=log or discard, check=False)
         if result.returncode not in (0, 3):
             raise TerraformError.from_cli(
                 f"`terraform fmt` failed: {result.output[-2000:]}", result

@@ -30,7 +30,7 @@ from infra_assets.cloud.groups import (
 )
 from infra_assets.topology.model import Topology
 from infra_assets.topology.roles import RoleCatalogueError, role_catalogue
-from resources.git import run_git
+from infra_assets.topology.sites import checkout_head
 from resources.lab_images import ensure_lab_base_image, ensure_wheelhouse
 from resources.openstack import (
     Image,
@@ -40,7 +40,7 @@ from resources.openstack import (
     redacted_env,
 )
 from resources.packer import LAB_SOURCE, LabImage, PackerError, PackerResource
-from resources.paths import REPO_ROOT, state_dir
+from resources.paths import state_dir
 from resources.podman import PodmanError, PodmanResource
 
 TEMPLATE = "coop.pkr.hcl"
@@ -428,7 +428,7 @@ def _build_image(
     clouds = _clouds_of_group(topology, group)
     tree = _salt_tree(packer)
     states = states_sha256(tree)
-    commit = context.run.tags.get("coop/git_sha") or _head()
+    commit = context.run.tags.get("coop/git_sha") or checkout_head()
     force = config.force or context.run.tags.get(FORCE_TAG) == "true"
     if LAB_CLOUD in clouds:
         # one kind of site per topology (sites.site_for): a lab topology has no other cloud
@@ -468,11 +468,6 @@ def _image_asset(group: str, description: str, lab: bool = False) -> dg.AssetsDe
         return _build_image(context, config, group, topology, packer, openstack, podman)
 
     return image
-
-
-def _head() -> str:
-    result = run_git(REPO_ROOT, "rev-parse", "HEAD", env=None, check=False)
-    return result.output.strip() if result.returncode == 0 else ""
 
 
 def definitions(topo: Topology) -> dg.Definitions:

@@ -479,6 +479,11 @@ def _port(name: str) -> int:
     return role_catalogue().port(name)
 
 
+def checkout_head() -> str:
+    """The commit this checkout has checked out, "" outside git (or with none)."""
+    return _git("rev-parse", "HEAD") or ""
+
+
 def _applying_commit() -> str:
     """The commit this checkout has checked out: what the dagster role's host runs."""
     head = _git("rev-parse", "--verify", "HEAD^{commit}")
