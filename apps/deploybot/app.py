@@ -230,14 +230,14 @@ def wait_run(run_id: str, timeout_s: float) -> tuple[str, str]:
     """Until the run ends: (its status, what went wrong when it failed)."""
     deadline = time.monotonic() + timeout_s
     status, unreachable = "UNKNOWN", None
-    while time.monotonic() < deadline:
+    while True:  # asked at least once, however short the deadline
         try:
             found = graphql(RUN, {"id": run_id}).get("runOrError") or {}
         except DagsterUnreachable as err:  # asked again until the deadline
             unreachable = err
         else:
             status, unreachable = found.get("status") or status, None
-        if status in ("SUCCESS", "FAILURE", "CANCELED"):
+        if status in ("SUCCESS", "FAILURE", "CANCELED") or time.monotonic() >= deadline:
             break
         time.sleep(2)
     if unreachable is not None and status == "UNKNOWN":

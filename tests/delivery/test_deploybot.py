@@ -241,11 +241,12 @@ def test_a_run_is_awaited_through_a_busy_dagster(monkeypatch):
     it asks again until the run's deadline, and reports the outcome; a Dagster that never
     answers is reported, not a run's status made up."""
     answers = [502, 503, 200]
+    then = [200]  # what Dagster answers once `answers` are used up
 
     class Dagster(BaseHTTPRequestHandler):
         def do_POST(self):
             self.rfile.read(int(self.headers["Content-Length"]))
-            status = answers.pop(0) if answers else 200
+            status = answers.pop(0) if answers else then[0]
             body = json.dumps({"data": {"runOrError": {"status": "SUCCESS"}}}).encode()
             self.send_response(status)
             self.send_header("Content-Length", str(len(body)))
@@ -263,7 +264,7 @@ def test_a_run_is_awaited_through_a_busy_dagster(monkeypatch):
         monkeypatch.setattr(bot.time, "sleep", lambda s: None)
         assert bot.wait_run("run-1", timeout_s=30) == ("SUCCESS", "")
         assert answers == []
-        answers.extend([503] * 1000)
+        then[0] = 503  # a Dagster that never answers again
         with pytest.raises(bot.DagsterUnreachable, match="HTTP 503"):
             bot.wait_run("run-2", timeout_s=0.5)
     finally:
