@@ -17,6 +17,13 @@ URL_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://|^[^/]*:")
 _SCHEME_RE = re.compile(r"\A[a-zA-Z][a-zA-Z0-9+.-]*://")
 _AUTHORITY_END = re.compile(r"[/?#]")
 _SCP_HOST_END = re.compile(r"/")
+# An access token written as the user name (`https://ghp_...@github.com/x`, which GitHub and
+# GitLab accept): one of the forges' token prefixes, or 32 or more of a token's characters with
+# letters and digits mixed (GitHub's old 40-hex tokens). A person's user name is neither.
+_TOKEN_USER = re.compile(
+    r"\A(?:(?:gh[pousr]_|github_pat_|glpat-|gldt-|glcbt-)\S+"
+    r"|(?=[A-Za-z0-9_-]*[0-9])(?=[A-Za-z0-9_-]*[A-Za-z])[A-Za-z0-9_-]{32,})\Z"
+)
 
 
 def resolve_repo(repo: str, base_dir: Path) -> str:
@@ -30,7 +37,8 @@ def resolve_repo(repo: str, base_dir: Path) -> str:
 
 def _password_span(repo: str) -> tuple[int, int, int] | None:
     """Where `repo`'s userinfo starts, and where its password starts and ends (the `:` before
-    and the `@` after it excluded); None for a path, or a URL with no password.
+    and the `@` after it excluded); None for a path, or a URL with no password. A user name
+    that is an access token counts as the password (it starts where the userinfo does).
 
     The authority ends at the first `/`, `?` or `#` (an scp-like URL's at the first `/`) and
     the userinfo at the last `@` before that, so a password holding a raw `@` is hidden whole
@@ -43,7 +51,11 @@ def _password_span(repo: str) -> tuple[int, int, int] | None:
     stop = end.start() if end else len(repo)
     at = repo.rfind("@", start, stop)
     colon = repo.find(":", start, at) if at > start else -1
-    return (start, colon + 1, at) if colon >= 0 else None
+    if colon >= 0:
+        return (start, colon + 1, at)
+    if at > start and scheme and _TOKEN_USER.match(unquote(repo[start:at])):
+        return (start, start, at)
+    return None
 
 
 def repo_password(repo: str) -> str:
@@ -64,7 +76,7 @@ def redact_repo(repo: str, mask: str = "") -> str:
     start, password, at = span
     if mask:
         return repo[:password] + mask + repo[at:]
-    user = repo[start : password - 1]
+    user = repo[start : password - 1] if password > start else ""  # a token as the user: none
     return repo[:start] + (f"{user}@" if user else "") + repo[at + 1 :]
 
 

@@ -80,11 +80,51 @@ FORMS = {
         "hunter22",
     ),
 }
+# An access token as the user name: the whole user is the secret; none is left.
+TOKEN_USERS = {
+    "https://ghp_t0kenT0ken@github.com/coop/a.git": "ghp_t0kenT0ken",
+    "https://github_pat_11AB_cd@github.com/coop/a.git": "github_pat_11AB_cd",
+    "https://glpat-Xy12zz@gitlab.example.org:8443/a.git": "glpat-Xy12zz",
+    "https://0123456789abcdef0123456789abcdef01234567@github.com/a.git": (
+        "0123456789abcdef0123456789abcdef01234567"
+    ),
+}
+
+
+@pytest.mark.parametrize("repo", list(TOKEN_USERS))
+def test_a_token_written_as_the_user_name_is_the_secret(repo, tmp_path):
+    token = TOKEN_USERS[repo]
+    host_and_path = repo.split("@", 1)[1]
+    assert repo_password(repo) == token and repo_secrets(repo) == [token]
+    assert redact_repo(repo) == f"https://{host_and_path}"
+    assert redact_repo(repo, mask="***") == f"https://***@{host_and_path}"
+    # git takes it as the user name (what git hands its credential helper); the redacted URL
+    # leaves git nothing of it.
+    assert _git_asks_helper(repo, tmp_path)["username"] == token
+    assert "username" not in _git_asks_helper(redact_repo(repo), tmp_path)
+
+
+def _git_asks_helper(url: str, home: Path) -> dict[str, str]:
+    """What git, reading `url`, hands its credential helper (a helper that writes it down)."""
+    asked = home / "asked"
+    subprocess.run(
+        ["git", "-c", f"credential.helper=!cat > {asked}; :", "credential", "fill"],
+        input=f"url={url}\n\n",
+        env={"PATH": "/usr/bin:/bin", "HOME": str(home), "GIT_TERMINAL_PROMPT": "0"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    return dict(line.split("=", 1) for line in asked.read_text().splitlines() if "=" in line)
+
+
 # No password: each is returned as it is.
 PLAIN = [
     "https://git.example.org/a.git",
     "https://git.example.org:8443/a.git",
     "https://bob@git.example.org:8443/a.git",
+    "https://ana-maria-kowalczyk-smith@git.example.org/a.git",  # a long name is no token
+    "ssh://git@github.com/0123456789abcdef0123456789abcdef01234567.git",
     "https://git.example.org/a.git?x=a:b@c",
     "https://git.example.org/a.git#a:b@c",
     "ssh://git@git.example.org:2222/a.git",

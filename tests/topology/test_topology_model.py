@@ -511,6 +511,21 @@ def test_a_name_with_a_trailing_newline_is_refused(write_topology, old, new, exp
             "https://:***@github.com/coop/a.git",
             ["ghp_t0ken"],
         ),
+        (  # a token as the user name (GitHub and GitLab take it so): no password, all secret
+            "https://ghp_t0kenT0ken@github.com/coop/a.git",
+            "https://***@github.com/coop/a.git",
+            ["ghp_t0kenT0ken"],
+        ),
+        (
+            "https://glpat-Xy12zz@gitlab.example.org/coop/a.git",
+            "https://***@gitlab.example.org/coop/a.git",
+            ["glpat-Xy12zz"],
+        ),
+        (  # GitHub's old tokens: 40 hex digits, no prefix
+            "https://0123456789abcdef0123456789abcdef01234567@github.com/coop/a.git",
+            "https://***@github.com/coop/a.git",
+            ["0123456789abcdef0123456789abcdef01234567"],
+        ),
         (
             "ssh://git:hunter22@git.example.org/a.git",
             "ssh://git:***@git.example.org/a.git",
@@ -556,6 +571,8 @@ def test_the_model_s_own_errors_do_not_show_a_repo_password():
         "git@git.example.org:coop/app.git",
         "https://git.example.org/coop/a.git",
         "https://bob@git.example.org/coop/a.git",  # a user alone: the credential helper's key
+        "https://ana-maria-kowalczyk-smith@git.example.org/coop/a.git",  # a long name, no token
+        "https://bot2@git.example.org/coop/a.git",
         "https://bob:@git.example.org/coop/a.git",  # an empty password holds nothing
         "https://git.example.org:8443/coop/a.git?ref=a:b@c",  # an @ after the host is no user
         "/srv/git/hello.git",
