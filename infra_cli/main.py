@@ -117,6 +117,13 @@ def dev(port: int) -> None:
     a Dagster daemon already runs on this instance (started by `make demo`):
     one instance never gets two daemons."""
     home = dagster_home()
+    if not home.is_dir():
+        click.echo(
+            f"infra dev: DAGSTER_HOME {home} is not a folder: point it at one that holds"
+            " dagster.yaml (the repo's own, as `make dev` does)",
+            err=True,
+        )
+        sys.exit(EXIT_BAD_INPUT)
     bin_dir = Path(sys.executable).parent
     workspace = str(REPO_ROOT / "workspace.yaml")
     daemons = running_daemons(home)

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shlex
@@ -48,8 +49,12 @@ def route_problem(url: str, device: str) -> str | None:
 
 
 def read_secret_file(path: str) -> str:
-    """The secret in `path` ("" for no path); OSError when it cannot be read."""
-    return Path(path).read_text().strip() if path else ""
+    """The secret in `path` ("" for no path); OSError when it cannot be read (or is not UTF-8
+    text: its bytes are never shown)."""
+    try:
+        return Path(path).read_text(encoding="utf-8").strip() if path else ""
+    except UnicodeDecodeError:
+        raise OSError(errno.EINVAL, "it is not UTF-8 text") from None
 
 
 # --- the machine-side daemons on a lab's link (its git daemon, its egress proxy) --------------

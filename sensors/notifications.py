@@ -82,6 +82,7 @@ def chat_for(topology_file: TopologyResource) -> Chat:
     try:
         secrets = secret_values(path)
     except SecretsError as err:
+        # Kept as they are (their secrets cannot be read to cut them): cut when they are posted.
         return Chat(None, [], str(err))
     try:
         url = chat_webhook_url(path)
@@ -144,7 +145,9 @@ def deliver(topology_file: TopologyResource, texts: list[str]) -> str | None:
     if chat.resource is None and chat.problem is None:
         return None
     with spool.held():
-        pending = spool.read() + [chat.redact(t) for t in texts]
+        # Cut here, as they are posted: a notice kept while the secrets file could not be read
+        # went to the spool (0600, the state folder) uncut.
+        pending = [chat.redact(t) for t in spool.read() + texts]
         if chat.resource is None:
             spool.write(pending)
             return f"{len(pending)} notices kept for later: {chat.problem}"

@@ -21,6 +21,24 @@ def _listen(value: str) -> tuple[str, int]:
     return host, number
 
 
+def _dagster_auth(account_file: Path) -> tuple[str, str]:
+    """The account the endpoint starts runs as: `<account>:<password>` in `account_file`."""
+    try:
+        account, _, password = account_file.read_text(encoding="utf-8").strip().partition(":")
+    except OSError as err:
+        click.echo(f"infra webhooks serve: {account_file}: {err.strerror}", err=True)
+        sys.exit(2)
+    except UnicodeDecodeError:  # its bytes are never shown
+        click.echo(f"infra webhooks serve: {account_file}: not UTF-8 text", err=True)
+        sys.exit(2)
+    if not account or not password:
+        click.echo(
+            f"infra webhooks serve: {account_file}: must hold <account>:<password>", err=True
+        )
+        sys.exit(2)
+    return account, password
+
+
 @click.group()
 def webhooks() -> None:
     """The endpoint git servers and forges call on a push (README, "Push to live")."""
@@ -81,6 +99,7 @@ def serve(
     from webhooks.server import WebhookServer
 
     address = _listen(listen)
+    auth = _dagster_auth(dagster_account_file) if dagster_account_file else None
     try:
         topo = load_topology(topology_file)
         secrets_file = site_for(topo).secrets_file()
@@ -91,20 +110,6 @@ def serve(
     except (SecretsError, SiteError) as err:
         click.echo(f"infra webhooks serve: {err}", err=True)
         sys.exit(2)
-    auth = None
-    if dagster_account_file:
-        try:
-            account, _, password = dagster_account_file.read_text().strip().partition(":")
-        except OSError as err:
-            click.echo(f"infra webhooks serve: {dagster_account_file}: {err.strerror}", err=True)
-            sys.exit(2)
-        if not account or not password:
-            click.echo(
-                f"infra webhooks serve: {dagster_account_file}: must hold <account>:<password>",
-                err=True,
-            )
-            sys.exit(2)
-        auth = (account, password)
     api = DagsterApi(
         dagster_url, auth=auth, ca_file=dagster_ca_file, route_device=dagster_route_device
     )

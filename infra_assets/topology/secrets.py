@@ -63,6 +63,8 @@ from infra_assets.topology.model import ENVIRONMENTS, Topology, address_plan
 PUSH_ACCOUNT = "ci"
 PULL_ACCOUNTS = ("deploy",)
 REGISTRY_USERS = (PUSH_ACCOUNT, *PULL_ACCOUNTS)
+# What a YAML error quotes ('...' or "..."): blanked, it may be a secret.
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
 
 
 class SecretsError(Exception):
@@ -250,11 +252,23 @@ def _read(path: Path, keys: list[tuple[str, ...]], *, missing_ok: bool = False) 
         # where the parser gave up (often the end of the file).
         mark = getattr(exc, "context_mark", None) or getattr(exc, "problem_mark", None)
         where = f" on line {mark.line + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or "cannot parse it"
+        # PyYAML quotes what it could not read (a tag, an alias): that may be the secret.
+        problem = _QUOTED.sub("'…'", getattr(exc, "problem", None) or "cannot parse it")
         key = _key_before(text, mark.line, keys) if mark else None
         near = f" (in or after the key {key})" if key else ""
         raise SecretsError(
             path, [f"not valid YAML{where}{near}: {problem}; the line is not shown (secrets)"]
+        ) from None
+    except (ValueError, TypeError, RecursionError):
+        # A value YAML parsed but could not convert (`2024-13-45`, `!!int abc`), or an alias
+        # that holds itself; the error's text would quote the value.
+        raise SecretsError(
+            path,
+            [
+                "a value could not be read (an unquoted value YAML takes for a date or a number,"
+                " a !!tag, or an alias that refers to itself): quote each secret value; the"
+                " value is not shown (secrets)"
+            ],
         ) from None
     if data is None:
         return {}

@@ -152,3 +152,25 @@ def test_infra_demo_runs_on_a_lab_topology_only(repo_root):
     assert "location(s) nz-por-1 are not `cloud: lab`: `infra demo` runs on the lab only" in (
         out.stderr
     )
+
+
+def test_infra_dev_with_no_instance_folder_says_so(tmp_path):
+    gone = tmp_path / "no-such-instance"
+    out = subprocess.run(
+        [INFRA, "dev"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "DAGSTER_HOME": str(gone)},
+        timeout=60,
+    )
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert f"infra dev: DAGSTER_HOME {gone} is not a folder" in out.stderr
+
+
+def test_webhooks_serve_refuses_an_account_file_that_is_not_text(repo_root, tmp_path):
+    account = tmp_path / "account"
+    account.write_bytes(b"bot:\xff\xfe-s3cr3t\n")
+    account.chmod(0o600)
+    out = infra("webhooks", "serve", "--dagster-account-file", str(account), cwd=repo_root)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert f"{account}: not UTF-8 text" in out.stderr and "s3cr3t" not in out.stderr

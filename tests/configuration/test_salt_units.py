@@ -241,8 +241,32 @@ def test_lab_up_refuses_a_bad_secrets_file_before_starting_anything(tmp_path):
         ),
         ("registry: S3CRETVALUE\n", "registry: must be a mapping of http_secret, tls, users"),
         ("registry:\n  users: S3CRETVALUE\n", "registry.users: must be a mapping of ci, deploy"),
+        # YAML's own message would quote the value: a password starting with ! or * reads as
+        # a tag or an alias.
+        (
+            "registry:\n  http_secret: !S3CRETVALUE\n",
+            "not valid YAML on line 2 (in or after the key registry.http_secret): could not"
+            " determine a constructor for the tag '…'",
+        ),
+        (
+            "registry:\n  http_secret: *S3CRETVALUE\n",
+            "not valid YAML on line 2 (in or after the key registry.http_secret): found"
+            " undefined alias '…'",
+        ),
+        # YAML parses these, then cannot convert them (its error would quote the value).
+        ("registry:\n  http_secret: !!int S3CRETVALUE\n", "quote each secret value"),
+        ("registry:\n  http_secret: 2024-13-45\n", "quote each secret value"),
     ],
-    ids=["unclosed-quote", "colon-in-value", "group-not-a-mapping", "users-not-a-mapping"],
+    ids=[
+        "unclosed-quote",
+        "colon-in-value",
+        "group-not-a-mapping",
+        "users-not-a-mapping",
+        "tag",
+        "alias",
+        "int-tag",
+        "impossible-date",
+    ],
 )
 def test_lab_up_refuses_a_broken_throwaway_secrets_file_without_showing_it(
     tmp_path, text, expected

@@ -181,12 +181,21 @@ def test_a_notice_the_chat_does_not_take_is_kept_and_posted_first_next_time(
     # a secrets file others can read: nothing is posted, the notice is kept, the tick says why
     secrets = Path(os.environ["INFRA_SECRETS_FILE"])
     secrets.chmod(0o644)
-    problem = notifications.deliver(TopologyResource(), ["third"])
+    problem = notifications.deliver(TopologyResource(), [f"third {SECRET_VALUE}"])
     assert problem is not None and "1 notices kept for later" in problem
-    assert "readable by others" in problem
+    assert "readable by others" in problem and SECRET_VALUE not in problem
     secrets.chmod(0o600)
     assert notifications.deliver(TopologyResource(), []) is None
-    assert chat_receiver.texts()[-1] == "third"
+    assert chat_receiver.texts()[-1] == "third ***"
+    # a secrets file that cannot be read (broken by hand): the notice is kept as it is, and
+    # cut as it is posted once the file is mended
+    text = secrets.read_text()
+    secrets.write_text(text + "registry: [\n")
+    problem = notifications.deliver(TopologyResource(), [f"fourth {SECRET_VALUE}"])
+    assert problem is not None and "not valid YAML" in problem and SECRET_VALUE not in problem
+    secrets.write_text(text)
+    assert notifications.deliver(TopologyResource(), []) is None
+    assert chat_receiver.texts()[-1] == "fourth ***"
 
 
 # --- asset checks -----------------------------------------------------------------------------

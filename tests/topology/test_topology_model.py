@@ -120,6 +120,14 @@ def test_a_health_path_may_have_a_query_and_percent_escapes(write_topology, path
     [
         # a YAML syntax error, with its line
         ("  salt-master: 1\n", "  salt-master: [1\n", ":5: YAML syntax error"),
+        # a value YAML cannot convert, with its line; an alias that holds itself
+        (
+            "hello: {repo",
+            "hello: {env: {CUTOFF: 2024-02-30}, repo",
+            ":10: a value YAML takes for a date or a number cannot be read (day is out of range"
+            " for month): quote it",
+        ),
+        ("apps:", "loop: &x [*x]\napps:", ": an alias refers to the node that holds it"),
         # an unknown key, with a suggestion
         (
             "instance: 1, roles: [web",

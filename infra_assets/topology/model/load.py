@@ -120,9 +120,37 @@ def _read_yaml(text: str) -> tuple[Any, dict[Path_, int], list[Problem]]:
         return None, {}, [Problem(line, "", f"YAML syntax error{column}: {what}")]
     except yaml.YAMLError as exc:
         return None, {}, [Problem(None, "", f"YAML syntax error: {exc}")]
+    except RecursionError:
+        why = "an alias refers to the node that holds it (`a: &x [*x]`): write the value out"
+        return None, {}, [Problem(None, "", why)]
+    except (ValueError, TypeError) as exc:  # a scalar YAML cannot convert (`2024-02-30`)
+        line = _unreadable_scalar_line(node)
+        why = f"a value YAML takes for a date or a number cannot be read ({exc}): quote it"
+        return None, {}, [Problem(line, "", why)]
     finally:
         loader.dispose()
     return data, lines, problems
+
+
+def _unreadable_scalar_line(root: yaml.Node) -> int | None:
+    """The line of the first scalar under `root` that YAML cannot convert (each tried with a
+    loader of its own: the failed one keeps the half-built document)."""
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, yaml.ScalarNode):
+            probe = _Loader("")
+            try:
+                probe.construct_object(node, deep=True)
+            except (ValueError, TypeError):
+                return node.start_mark.line + 1
+            finally:
+                probe.dispose()
+        elif isinstance(node, yaml.MappingNode):
+            stack.extend(n for pair in reversed(node.value) for n in reversed(pair))
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(reversed(node.value))
+    return None
 
 
 def _index(node: yaml.Node, path: Path_, lines: dict[Path_, int], problems: list[Problem]) -> None:
