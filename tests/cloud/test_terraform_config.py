@@ -164,6 +164,7 @@ MATRIX = {
     # the push door: the agent, and Dagster (on support-1)
     ("docker-registry", "tcp", 5001, 5001): ["10.100.1.1/32", "10.100.2.1/32"],
     ("npm-cache", "tcp", 4873, 4873): ["10.100.2.1/32"],  # the build agent
+    ("pypi-cache", "tcp", 3141, 3141): ["10.100.2.1/32"],  # the build agent
     ("dns", "udp", 53, 53): [PRIVATE],
     ("dns", "tcp", 53, 53): [PRIVATE],
     ("jenkins-master", "tcp", 8080, 8080): ["10.100.1.1/32", "10.100.2.1/32"],  # agent, Dagster
@@ -179,7 +180,7 @@ MATRIX = {
 def test_the_security_groups_are_the_hand_written_matrix(coop, layout):
     """Each guarded port is open to the hosts the role catalogue names and nothing else (salt to
     every host, Jenkins and the registry's push door to the build agent, the read-only door to
-    the web hosts and the agent, the npm cache to the agent, each PostgreSQL to its
+    the web hosts and the agent, the npm and PyPI caches to the agent, each PostgreSQL to its
     environment's web host); DNS to the private network, the web to the world, ssh to the
     bastion. `dagster` is the salt master's host (support-1), where Dagster runs."""
     seen: dict[tuple, list[str]] = {}
@@ -192,6 +193,7 @@ def test_the_security_groups_are_the_hand_written_matrix(coop, layout):
         ("salt-master", "salt-master"),
         ("docker-registry", "docker-registry"),
         ("npm-cache", "npm-cache"),
+        ("pypi-cache", "pypi-cache"),
         ("jenkins-master", "jenkins-master"),
         ("postgres-staging", "postgres-staging"),
         ("postgres-production", "postgres-production"),

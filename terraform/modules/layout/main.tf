@@ -39,6 +39,12 @@ locals {
         for remote in local.with_role["jenkins-agent"] : { protocol = "tcp", port_min = var.npm_cache_port, port_max = var.npm_cache_port, remote = remote }
       ]
     }
+    pypi-cache = {
+      description = "The PyPI cache, from the build agents"
+      rules = [
+        for remote in local.with_role["jenkins-agent"] : { protocol = "tcp", port_min = var.pypi_cache_port, port_max = var.pypi_cache_port, remote = remote }
+      ]
+    }
     dns = {
       description = "DNS for the network, from the private network"
       rules = [
@@ -99,6 +105,7 @@ locals {
     salt-master         = ["salt-master"]
     docker-registry     = ["docker-registry"]
     npm-cache           = ["npm-cache"]
+    pypi-cache          = ["pypi-cache"]
     dns                 = ["dns"]
     jenkins-master      = ["jenkins-master"]
     web-staging         = ["web"]

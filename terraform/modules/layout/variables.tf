@@ -46,6 +46,12 @@ variable "npm_cache_port" {
   default     = 4873
 }
 
+variable "pypi_cache_port" {
+  description = "The PyPI cache's port (proxpi)."
+  type        = number
+  default     = 3141
+}
+
 variable "jenkins_port" {
   description = "The Jenkins master's port (its UI and the agents' connections)."
   type        = number
