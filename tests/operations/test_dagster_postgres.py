@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from cloud_env import ThrowawayPostgres
 
+pytestmark = pytest.mark.slow  # a PostgreSQL of its own
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
