@@ -176,10 +176,10 @@ def test_apply_plans_gates_and_applies_the_network_then_the_instances(site):
         ]
     )
     plan_md = metadata(result, PLAN_NETWORK)
-    assert plan_md["add"] == 34 and plan_md["destroy"] == 0
-    assert plan_md["plan"].startswith(f"**network/{L}**: 34 to add")
+    assert plan_md["add"] == 35 and plan_md["destroy"] == 0
+    assert plan_md["plan"].startswith(f"**network/{L}**: 35 to add")
     net = metadata(result, NETWORK)
-    assert net["applied"] is True and net["added"] == 34
+    assert net["applied"] is True and net["added"] == 35
     assert net["outputs_json"]["cidr"] == "10.42.0.0/16"
     inst = metadata(result, INSTANCES)
     assert inst["added"] == 10  # 3 ports, 3 servers, 2 web hosts' floating IPs and associations

@@ -72,21 +72,21 @@ def plan_network(tf: TerraformResource, text: str = TOPOLOGY, log=None) -> Terra
 def test_plan_summarises_the_changes_per_resource(tf):
     lines: list[str] = []
     plan = plan_network(tf, log=lines.append)
-    # network, subnet, router, router interface, 10 security groups, 19 ingress rules (salt from
+    # network, subnet, router, router interface, 11 security groups, 19 ingress rules (salt from
     # each of the 3 hosts, each staging PostgreSQL from the 2 staging web hosts, Jenkins and the
     # registry's push door from the master's host, where Dagster runs, its read-only door from
     # the 2 web hosts and the master's; the npm cache from no host: there is no build agent;
     # the dagster role's UI from each of the 3 hosts), 1 egress
-    assert plan.summary() == {"add": 34, "change": 0, "destroy": 0, "replace": 0, "unchanged": 0}
+    assert plan.summary() == {"add": 35, "change": 0, "destroy": 0, "replace": 0, "unchanged": 0}
     assert plan.has_changes and plan.terraform_version == "1.0.3"
     # rules are keyed by what they let in: salt's ports from each host's primary address
     assert 'null_resource.ingress["salt-master/tcp/4505-4506/10.42.1.1/32"]' in plan.adds
     md = plan.markdown()
-    assert md.startswith("**network/test-1**: 34 to add, 0 to change, 0 to destroy, 0 to replace")
+    assert md.startswith("**network/test-1**: 35 to add, 0 to change, 0 to destroy, 0 to replace")
     assert "| create | `null_resource.network` |" in md
     # Terraform's -json lines reach the log as the messages they carry, as they arrive
     assert "null_resource.network: Plan to create" in lines
-    assert "Plan: 34 to add, 0 to change, 0 to destroy." in lines
+    assert "Plan: 35 to add, 0 to change, 0 to destroy." in lines
     assert not any(line.startswith("{") for line in lines)
     # the saved plan is where the plan says, and it is the file that was shown
     assert zipfile.is_zipfile(plan.path)
@@ -95,7 +95,7 @@ def test_plan_summarises_the_changes_per_resource(tf):
 def test_apply_applies_the_saved_plan_and_returns_the_outputs(tf):
     plan = plan_network(tf)
     result = tf.apply(plan=plan)
-    assert (result.added, result.changed, result.destroyed) == (34, 0, 0)
+    assert (result.added, result.changed, result.destroyed) == (35, 0, 0)
     outputs = result.outputs
     assert outputs["cidr"]["value"] == "10.42.0.0/16"
     assert set(outputs["security_group_ids"]["value"]) == {
@@ -103,6 +103,7 @@ def test_apply_applies_the_saved_plan_and_returns_the_outputs(tf):
         "salt-master",
         "docker-registry",
         "npm-cache",
+        "pypi-cache",
         "dns",
         "jenkins-master",
         "web",
@@ -113,7 +114,7 @@ def test_apply_applies_the_saved_plan_and_returns_the_outputs(tf):
     assert tf.output(stack="network", location="test-1") == outputs
     again = plan_network(tf)
     assert not again.has_changes
-    assert again.summary()["unchanged"] == 34
+    assert again.summary()["unchanged"] == 35
     assert "No changes" in again.markdown()
 
 
@@ -496,7 +497,7 @@ def test_pg_backend_keeps_the_state_remotely_and_locks_it(tmp_path, postgres):
     )
     lines: list[str] = []
     plan = plan_network(tf, log=lines.append)
-    assert plan.summary()["add"] == 35  # with the slow stand-in resource
+    assert plan.summary()["add"] == 36  # with the slow stand-in resource
 
     # the state is in PostgreSQL, in the location's own schema
     applying = threading.Thread(target=tf.apply, kwargs={"plan": plan})
