@@ -54,7 +54,7 @@ def read_secret_file(path: str) -> str:
     try:
         return Path(path).read_text(encoding="utf-8").strip() if path else ""
     except UnicodeDecodeError:
-        raise OSError(errno.EINVAL, "it is not UTF-8 text") from None
+        raise OSError(errno.EINVAL, "not UTF-8 text") from None
 
 
 # --- the machine-side daemons on a lab's link (its git daemon, its egress proxy) --------------

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from resources.lab_link import read_secret_file
+
 DEFAULT_DAGSTER_URL = "http://127.0.0.1:3000"
 
 
@@ -24,12 +26,9 @@ def _listen(value: str) -> tuple[str, int]:
 def _dagster_auth(account_file: Path) -> tuple[str, str]:
     """The account the endpoint starts runs as: `<account>:<password>` in `account_file`."""
     try:
-        account, _, password = account_file.read_text(encoding="utf-8").strip().partition(":")
-    except OSError as err:
+        account, _, password = read_secret_file(str(account_file)).partition(":")
+    except OSError as err:  # its bytes are never shown
         click.echo(f"infra webhooks serve: {account_file}: {err.strerror}", err=True)
-        sys.exit(2)
-    except UnicodeDecodeError:  # its bytes are never shown
-        click.echo(f"infra webhooks serve: {account_file}: not UTF-8 text", err=True)
         sys.exit(2)
     if not account or not password:
         click.echo(
