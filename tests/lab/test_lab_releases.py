@@ -221,21 +221,26 @@ def test_a_staging_release_serves_the_new_version_with_no_failed_request(site: L
     assert response.text == f"hello from {v1}\n"
     assert response.headers["X-Coop-Release"] == d1  # nginx says which release served it
 
-    # The next release, while four clients keep asking: every answer is a 200, from v1 or v2,
-    # and once v2 answers, v1 never does again.
-    answers: list[tuple[int, str]] = []
+    # The next release, while four clients keep asking: every answer is a 200, from v1 or v2.
+    # Each client is a browser on a keep-alive connection: once it has seen v2 it never sees
+    # v1 again, and every request asked after the release returned is answered by v2. (Across
+    # clients there is no such order: an nginx worker from before the reload finishes the
+    # request it holds with the old upstream, while a new worker already answers another
+    # client with v2.)
+    answers: list[list[tuple[float, int, str]]] = [[] for _ in range(4)]  # (asked, status, v)
     errors: list[BaseException] = []
     stop = threading.Event()
 
-    def client():
+    def client(mine: list[tuple[float, int, str]]):
         try:
-            ask()
+            ask(mine)
         except BaseException as exc:  # a failed route check, say: the test fails with it
             errors.append(exc)
 
-    def ask():
+    def ask(mine: list[tuple[float, int, str]]):
         with site.app_site("staging").session() as session:  # keep-alive, as a browser
             while not stop.is_set():
+                asked = time.monotonic()
                 try:
                     try:
                         r = site.get("staging", session=session)
@@ -248,16 +253,17 @@ def test_a_staging_release_serves_the_new_version_with_no_failed_request(site: L
                         # failure counts.
                         r = site.get("staging", session=session)
                 except requests.RequestException as exc:
-                    answers.append((0, f"{type(exc).__name__}: {exc}"))
+                    mine.append((asked, 0, f"{type(exc).__name__}: {exc}"))
                     continue
-                answers.append((r.status_code, r.headers.get("X-App-Version", "")))
+                mine.append((asked, r.status_code, r.headers.get("X-App-Version", "")))
 
-    clients = [threading.Thread(target=client) for _ in range(4)]
+    clients = [threading.Thread(target=client, args=(mine,)) for mine in answers]
     for c in clients:
         c.start()
     try:
         time.sleep(0.3)
         second = site.release(d2, v2)
+        released = time.monotonic()
         time.sleep(0.3)
     finally:
         stop.set()
@@ -265,11 +271,16 @@ def test_a_staging_release_serves_the_new_version_with_no_failed_request(site: L
             c.join()
     assert not errors, errors
     assert second.success, _failure(second)
-    assert len(answers) > 50
-    assert {status for status, _ in answers} == {200}, [a for a in answers if a[0] != 200][:5]
-    versions = [v for _, v in answers]
-    assert set(versions) == {v1, v2}
-    assert versions[versions.index(v2) :].count(v1) == 0
+    every = [a for mine in answers for a in mine]
+    assert len(every) > 50
+    assert {status for _, status, _ in every} == {200}, [a for a in every if a[1] != 200][:5]
+    assert {v for _, _, v in every} == {v1, v2}
+    for mine in answers:
+        versions = [v for _, _, v in mine]
+        assert v2 in versions, versions  # each client saw the new release ...
+        assert versions[versions.index(v2) :].count(v1) == 0, versions  # ... and kept it
+    after = [v for asked, _, v in every if asked > released]
+    assert after and set(after) == {v2}, after
     assert site.version("staging") == v2
     meta = _meta(second)
     assert meta["previous_digest"] == d1 and meta["changed"] is True
