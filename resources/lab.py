@@ -74,13 +74,27 @@ HOST_LABEL = "org.coop-infra.host"
 # compares to decide that a container must be replaced.
 SPEC_LABEL = "org.coop-infra.lab-spec"
 OWNER_DIR = Path("/run/coop-infra")
-# What the lab's machine is, written into every privileged guest (the roles that run podman):
-# its cgroups are v1 and not delegated, so systemd inside cannot give a container a scope of its
-# own (the scope is empty at once). With podman's default systemd manager every container of the
-# guest then shares one cgroup, and removing one (`podman stop` of an old release) kills the
-# others with it (seen: the new release killed with 137 as the old one stopped). cgroupfs gives
-# each its own. A server VM (cgroups v2, systemd as its own PID 1) needs none of this.
+# What the lab writes into every guest: facts of the lab's machine that a server needs no word of.
+# Its cgroups are v1, in a container: systemd inside hears no "cgroup empty" (v1 tells it through
+# a release agent, which a container has none of), so a unit whose main process exits before its
+# children waits out the stop timeout in `final-sigterm` on every stop and restart, then kills
+# what is left. dagster-daemon is one (its code server and its runs' log tails outlive it by a
+# moment): measured, each of its restarts took 91 s with systemd's default of 90 s, 16 s with
+# 15 s. A server VM (cgroups v2: systemd hears at once) stops it in a second. Units that set
+# their own timeout keep it (Debian's postgresql@: 1 h).
 GUEST_FILES: dict[str, tuple[bytes, int]] = {
+    "/etc/systemd/system.conf.d/50-coop-lab.conf": (
+        b"# Written by the coop-infra lab (resources/lab.py): cgroups v1 in a container\n"
+        b"[Manager]\nDefaultTimeoutStopSec=10s\n",
+        0o644,
+    ),
+}
+# ... and into every privileged guest (the roles that run podman): with the cgroups v1 not
+# delegated, systemd inside cannot give a container a scope of its own (the scope is empty at
+# once). With podman's default systemd manager every container of the guest then shares one
+# cgroup, and removing one (`podman stop` of an old release) kills the others with it (seen: the
+# new release killed with 137 as the old one stopped). cgroupfs gives each its own.
+PRIVILEGED_GUEST_FILES: dict[str, tuple[bytes, int]] = {
     "/etc/containers/containers.conf.d/50-coop-lab.conf": (
         b"# Written by the coop-infra lab (resources/lab.py): cgroups v1, not delegated\n"
         b'[engine]\ncgroup_manager = "cgroupfs"\n',
@@ -260,9 +274,9 @@ class HostSpec:
             "sysctls": dict(sorted(self.sysctls.items())),
             "binds": sorted([str(src), str(dst)] for src, dst in self.binds),
             "labels": dict(sorted(self.labels.items())),
-            # What the lab writes into a privileged guest (GUEST_FILES): a guest made before it
-            # changed is replaced, not left without it.
-            **({"guest_files": _guest_files_sha()} if self.privileged else {}),
+            # What the lab writes into the guest (guest_files): a guest made before it changed
+            # is replaced, not left without it.
+            "guest_files": _files_sha(guest_files(self.privileged)),
         }
 
     def config_label(self) -> str:
@@ -1085,8 +1099,7 @@ class Lab:
         for source, target in sorted(spec.binds):
             args += ["--volume", f"{Path(source).absolute()}:{target}:ro"]
         args += [spec.image, "/sbin/init"]
-        if spec.privileged:
-            spec = dataclasses.replace(spec, files={**GUEST_FILES, **spec.files})
+        spec = dataclasses.replace(spec, files={**guest_files(spec.privileged), **spec.files})
         try:
             self.podman(net.number, args)
             if spec.files or spec.enable_units:
@@ -1338,8 +1351,13 @@ class LabResource(dg.ConfigurableResource):
 # --- helpers -------------------------------------------------------------------------------------
 
 
-def _guest_files_sha() -> str:
-    text = json.dumps({k: [v.decode(), m] for k, (v, m) in sorted(GUEST_FILES.items())})
+def guest_files(privileged: bool) -> dict[str, tuple[bytes, int]]:
+    """What the lab writes into a guest of its own accord (path -> content, mode)."""
+    return {**GUEST_FILES, **(PRIVILEGED_GUEST_FILES if privileged else {})}
+
+
+def _files_sha(files: Mapping[str, tuple[bytes, int]]) -> str:
+    text = json.dumps({k: [v.decode(), m] for k, (v, m) in sorted(files.items())})
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

@@ -36,6 +36,7 @@ from resources.lab import (
     LabPlan,
     NotInLabError,
     StaleLabPlanError,
+    guest_files,
     lab_number_of,
     mac_for,
     owner_file,
@@ -84,9 +85,10 @@ def test_a_spec_config_leaves_out_image_and_files() -> None:
                                              files={"/k": (MINION_PEM, 0o600)}))  # fmt: skip
     c = HostSpec(host="a", image=IMAGE, address="10.125.1.1", cap_add=("cap_sys_time",))
     assert c.config()["cap_add"] == ["SYS_TIME"] and c.config_label() != a.config_label()
-    # A privileged guest gets the lab's GUEST_FILES: a change of them replaces it.
+    # Every guest gets the lab's guest files, a privileged one more: a change of them replaces it.
     d = HostSpec(host="a", image=IMAGE, address="10.125.1.1", privileged=True)
-    assert "guest_files" in d.config() and "guest_files" not in a.config()
+    assert a.config()["guest_files"] != d.config()["guest_files"]
+    assert guest_files(False).keys() < guest_files(True).keys()
 
 
 def test_the_demo_loop_sends_nothing_to_a_lab_address_off_the_lab_s_link() -> None:
