@@ -11,7 +11,9 @@ a new commit of hello is built and released on staging there, the bot's repo is 
 released on staging there, and `promote` sends the bot to production. A signed
 `/deploy promote hello` posted to the bot's public site is answered within Slack's 3 s; the
 lab's Dagster promotes hello; the bot's later answer reaches the chat, and so does the lab's
-Dagster's own notice of the promotion. The session's topology and secrets are put back after.
+Dagster's own notice of the promotion. A run that fails in the lab's Dagster is a notice in the
+chat too, posted from support-1 through a tunnel of the egress proxy (the lab's only way out).
+The session's topology and secrets are put back after, and the chat leaves the allow-list.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 import yaml
-from lab_env import LabEnv
+from lab_env import LAB_NUMBER, LabEnv
 
 from infra_assets.configuration.pillar import registry_tls_names
 from infra_assets.definitions import build_definitions
@@ -46,6 +48,9 @@ USER = "U0LABOPS"
 # web hosts' sites and their containers' way to the UI.
 APPLY = ("network/lab", "salt_pillar", "highstate/dns", "highstate/dagster",
          "highstate/web-staging", "highstate/web-production")  # fmt: skip
+
+# A staging release of hello that fails at its first step (a digest that is none).
+FAIL_AT_ONCE = {"release__staging__hello": {"config": {"digest": "sha256:not-a-digest"}}}
 
 RUN = """query($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }"""
 
@@ -86,6 +91,9 @@ def test_a_signed_deploy_promote_hello_promotes_on_the_lab_and_answers_in_the_ch
     lab_env: LabEnv, chat_receiver, tmp_path: Path
 ):
     site = lab_env.site
+    egress = site.egress(LAB_NUMBER)
+    target = chat_receiver.url.split("/")[2]  # host:port
+    support_1 = {a.address for a in site.plan.for_host("support-1")}
     dagster = lab_dagster(site)
     assert dagster is not None, "the lab's topology runs the dagster role"
     api = dagster.api()
@@ -119,6 +127,9 @@ def test_a_signed_deploy_promote_hello_promotes_on_the_lab_and_answers_in_the_ch
         applied = _apply(lab_env, with_bot)
         assert applied.success, [e.message for e in applied.all_events if e.is_failure]
         dagster.wait_ready()  # restarted by its new topology and secrets
+        # The chat is on the egress proxy's allow-list for the Dagster host's addresses.
+        allow = yaml.safe_load(egress.allow_file.read_text())
+        assert all(target in allow[address] for address in support_1), allow
 
         # Pushes, as the webhook endpoint starts them: a new commit of hello, and the bot.
         pushes = PushHandler(with_bot, api)
@@ -167,7 +178,24 @@ def test_a_signed_deploy_promote_hello_promotes_on_the_lab_and_answers_in_the_ch
         assert production.get("/health").json()["version"] == sha
         # ... and the lab's Dagster's own notice of it
         chat_receiver.wait_for("*hello* promoted to *production*", timeout_s=60)
+
+        # A run that fails in the lab's Dagster: its notice, posted from support-1 through a
+        # tunnel of the egress proxy.
+        since = time.time()
+        failed = api.launch("release_staging_hello", tags={}, run_config={"ops": FAIL_AT_ONCE})
+        notice = chat_receiver.wait_for(failed, timeout_s=240)
+        assert notice.body["text"].startswith(":x: *release_staging_hello failed* (hello)\n")
+        assert "is not sha256:<64 hex digits>" in notice.body["text"]
+        deadline = time.monotonic() + 15  # a tunnel's line is written when it closes
+        while True:
+            tunnels = [t for t in egress.tunnels_since(since) if t["target"] == target]
+            if tunnels or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert tunnels and {t["client"] for t in tunnels} <= support_1, egress.log()[-5:]
     finally:
         secrets_file.write_text(original)
         restored = _apply(lab_env, lab_env.topology_file)
         assert restored.success, [e.message for e in restored.all_events if e.is_failure]
+    allow = yaml.safe_load(egress.allow_file.read_text())
+    assert not any(target in targets for targets in allow.values()), allow
