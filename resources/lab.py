@@ -80,12 +80,14 @@ OWNER_DIR = Path("/run/coop-infra")
 # children waits out the stop timeout in `final-sigterm` on every stop and restart, then kills
 # what is left. dagster-daemon is one (its code server and its runs' log tails outlive it by a
 # moment): measured, each of its restarts took 91 s with systemd's default of 90 s, 16 s with
-# 15 s. A server VM (cgroups v2: systemd hears at once) stops it in a second. Units that set
-# their own timeout keep it (Debian's postgresql@: 1 h).
+# 15 s. 20 s leaves room for the slowest stop that bears no shorter bound: salt-minion's, which
+# waits 5 s and then gives its jobs 2 s before it exits. A server VM (cgroups v2: systemd hears
+# at once) stops dagster-daemon in a second. Units that set their own timeout keep it (Debian's
+# postgresql@: 1 h; nginx: 5 s; salt-api: 3 s).
 GUEST_FILES: dict[str, tuple[bytes, int]] = {
     "/etc/systemd/system.conf.d/50-coop-lab.conf": (
         b"# Written by the coop-infra lab (resources/lab.py): cgroups v1 in a container\n"
-        b"[Manager]\nDefaultTimeoutStopSec=10s\n",
+        b"[Manager]\nDefaultTimeoutStopSec=20s\n",
         0o644,
     ),
 }

@@ -61,7 +61,7 @@ class UI:
         finally:
             conn.close()
 
-    def launch(self, job: str, run_config: dict | None = None) -> str:
+    def launch(self, job: str) -> str:
         """Launch a run of `job` through the GraphQL API; its id."""
         launched = self.graphql(
             "mutation($p: ExecutionParams!) { launchRun(executionParams: $p) { __typename"
@@ -73,7 +73,7 @@ class UI:
                         "repositoryName": REPOSITORY,
                         "jobName": job,
                     },
-                    "runConfigData": run_config or {},
+                    "runConfigData": {},
                 }
             },
         )["launchRun"]

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from resources import lab as lab_module
 from resources.cli_runner import run_cli
 from resources.lab import (
     BASE_CAPS,
@@ -76,7 +77,7 @@ def test_names_and_addresses_of_a_lab() -> None:
         LabNetwork(255)
 
 
-def test_a_spec_config_leaves_out_image_and_files() -> None:
+def test_a_spec_config_leaves_out_image_and_files(monkeypatch) -> None:
     a = HostSpec(host="a", image=IMAGE, address="10.125.1.1", files={"/x": (b"1", 0o600)})
     b = HostSpec(host="a", image=IMAGE_B, address="10.125.1.1", files={"/x": (b"2", 0o644)})
     assert a.config_label() == b.config_label()
@@ -89,6 +90,9 @@ def test_a_spec_config_leaves_out_image_and_files() -> None:
     d = HostSpec(host="a", image=IMAGE, address="10.125.1.1", privileged=True)
     assert a.config()["guest_files"] != d.config()["guest_files"]
     assert guest_files(False).keys() < guest_files(True).keys()
+    before = a.config_label()
+    monkeypatch.setitem(lab_module.GUEST_FILES, "/etc/new", (b"new\n", 0o644))
+    assert a.config_label() != before  # a lab made before this change replaces its guests
 
 
 def test_the_demo_loop_sends_nothing_to_a_lab_address_off_the_lab_s_link() -> None:

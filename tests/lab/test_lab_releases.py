@@ -264,7 +264,11 @@ def test_a_staging_release_serves_the_new_version_with_no_failed_request(site: L
         time.sleep(0.3)
         second = site.release(d2, v2)
         released = time.monotonic()
-        time.sleep(0.3)
+        # ... until every client has had an answer to a request asked after it (10 s at most)
+        while time.monotonic() < released + 10 and not all(
+            mine and mine[-1][0] > released for mine in answers
+        ):
+            time.sleep(0.1)
     finally:
         stop.set()
         for c in clients:
