@@ -313,12 +313,15 @@ class CheckState:
 def check_states(
     instance: dg.DagsterInstance, keys: Sequence[dg.AssetCheckKey]
 ) -> list[CheckState]:
-    """Each check's latest evaluation (checks that never ran, or are running, are left out)."""
+    """Each check's latest evaluation. Checks that never ran are left out, and so are checks
+    whose latest record is only planned: a run that is evaluating them, or one whose asset failed
+    before they ran (that record stays planned for good, and its event is the plan, not an
+    evaluation)."""
     latest = instance.event_log_storage.get_latest_asset_check_execution_by_key(list(keys))
     states = []
     for key, record in latest.items():
         evaluation = record.evaluation
-        if evaluation is None:
+        if not isinstance(evaluation, dg.AssetCheckEvaluation):
             continue
         states.append(
             CheckState(

@@ -211,11 +211,12 @@ def test_a_check_that_starts_failing_is_posted_once_and_its_recovery_too(
     monkeypatch.setenv("INFRA_TOPOLOGY", str(topo_file))
     monkeypatch.setenv("INFRA_STATE_DIR", str(tmp_path / "state"))
     monkeypatch.setenv("INFRA_SECRETS_FILE", str(_secrets(tmp_path / "s.yaml", chat_receiver.url)))
-    outcome = {"passed": True}
+    outcome = {"passed": True, "up": True}
 
     @dg.asset(key=["service", "nginx"])
     def nginx() -> None:
-        return None
+        if not outcome["up"]:
+            raise RuntimeError("the asset failed before its check ran")
 
     @dg.asset_check(asset=nginx, name="answers")
     def answers() -> dg.AssetCheckResult:
@@ -229,10 +230,11 @@ def test_a_check_that_starts_failing_is_posted_once_and_its_recovery_too(
     instance = dg.DagsterInstance.ephemeral()
     cursor = None
 
-    def evaluate(passed: bool) -> list[str]:
+    def evaluate(passed: bool, up: bool = True) -> list[str]:
         nonlocal cursor
-        outcome["passed"] = passed
-        assert dg.materialize([nginx, answers], instance=instance).success
+        outcome["passed"], outcome["up"] = passed, up
+        ran = dg.materialize([nginx, answers], instance=instance, raise_on_error=False)
+        assert ran.success == up
         before = len(chat_receiver.texts())
         with dg.build_sensor_context(
             instance=instance,
@@ -251,6 +253,9 @@ def test_a_check_that_starts_failing_is_posted_once_and_its_recovery_too(
         "web-staging-1: connection refused\nrun "
     )
     assert evaluate(False) == []  # still failing: said once
+    # A run whose asset fails before the check runs leaves the check planned, for good: no
+    # change to post, and the sensor's ticks go on (they failed on it before).
+    assert evaluate(False, up=False) == []
     assert evaluate(True) == [":white_check_mark: *check passes again*: *answers* on service/nginx"]
     assert evaluate(True) == []
 
