@@ -31,8 +31,9 @@ lint: setup
 	$(RUN) ruff format --check .
 	$(RUN) lint-imports
 
+# --durations: the slowest tests, at the end of the run (the README's figures come from it).
 test: setup lint
-	$(RUN) pytest
+	$(RUN) pytest --durations=20
 
 test-fast: setup lint
 	$(RUN) pytest -m "not lab and not slow"
