@@ -128,7 +128,7 @@ def test_a_signed_deploy_promote_hello_promotes_on_the_lab_and_answers_in_the_ch
         assert applied.success, [e.message for e in applied.all_events if e.is_failure]
         dagster.wait_ready()  # restarted by its new topology and secrets
         # The chat is on the egress proxy's allow-list for the Dagster host's addresses.
-        allow = yaml.safe_load(egress.allow_file.read_text())
+        allow = egress.status()["allow"]
         assert all(target in allow[address] for address in support_1), allow
 
         # Pushes, as the webhook endpoint starts them: a new commit of hello, and the bot.
@@ -197,5 +197,5 @@ def test_a_signed_deploy_promote_hello_promotes_on_the_lab_and_answers_in_the_ch
         secrets_file.write_text(original)
         restored = _apply(lab_env, lab_env.topology_file)
         assert restored.success, [e.message for e in restored.all_events if e.is_failure]
-    allow = yaml.safe_load(egress.allow_file.read_text())
+    allow = egress.status()["allow"]
     assert not any(target in targets for targets in allow.values()), allow

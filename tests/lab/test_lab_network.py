@@ -23,10 +23,10 @@ from pathlib import Path
 
 import pytest
 
-from resources import lab as lab_module
 from resources.cli_runner import run_cli
 from resources.lab import (
     BASE_CAPS,
+    GUEST_FILES,
     HOST_LABEL,
     LAB_LABEL,
     Existing,
@@ -91,7 +91,7 @@ def test_a_spec_config_leaves_out_image_and_files(monkeypatch) -> None:
     assert a.config()["guest_files"] != d.config()["guest_files"]
     assert guest_files(False).keys() < guest_files(True).keys()
     before = a.config_label()
-    monkeypatch.setitem(lab_module.GUEST_FILES, "/etc/new", (b"new\n", 0o644))
+    monkeypatch.setitem(GUEST_FILES, "/etc/new", (b"new\n", 0o644))
     assert a.config_label() != before  # a lab made before this change replaces its guests
 
 
